@@ -1,0 +1,1011 @@
+# The compiled decision core.
+#
+# A CoreSnapshot is one tenant's settings compiled into flat arrays (built by
+# engine.snapshot, kept alive in `arrays`) and a C struct of pointers into
+# them.  Decisions are `nogil` C functions over that struct: no Python object
+# is touched between reading the input bytes and writing the Out struct.
+# The semantics are those of docs/decisions.md, which engine/reference.py
+# implements in plain Python; tests hold the two to each other.
+
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+import numpy as np
+
+cimport numpy as cnp
+
+from decimal import Decimal
+
+from . import codes
+from .decision import Decision
+
+cnp.import_array()
+
+# Verdict and reason codes, mirrored from engine.codes (checked at import).
+cdef enum:
+    V_ERROR, V_ROUTE, V_FORWARD, V_VOICEMAIL, V_REJECT, V_ALLOW, V_DENY, V_INTERCEPT, V_NO_PICKUP
+
+cdef enum:
+    R_OK, R_BLACKLISTED, R_OFF_HOURS_BLOCKED, R_OFF_HOURS, R_DOCUMENTS_PENDING, R_UNKNOWN_NUMBER,
+    R_ANONYMOUS, R_ACCOUNT_UNAVAILABLE, R_INSUFFICIENT_FUNDS, R_NO_RATE, R_NO_CALLER_ID,
+    R_INVALID_CALLER, R_INVALID_CALLED, R_INVALID_DESTINATION, R_INVALID_TIME, R_INVALID_USER,
+    R_NOT_PICKUP_CODE, R_NO_RINGING_CALL, R_INVALID_BALANCE
+
+cdef enum:
+    F_REQUIRES_DOCS = 1
+    F_APPROVED = 2
+    KIND_ARRAY = 0
+    KIND_BITSET = 1
+    KIND_RUN = 2
+    WEEK_WORDS = 158          # 7 * 1440 minutes, one bit each, in 64-bit words
+    MAX_CALL_SECONDS = 86400
+
+cdef int64_t MIN_INSTANT = codes.MIN_INSTANT
+cdef int64_t MAX_INSTANT = codes.MAX_INSTANT
+cdef int64_t MAX_BALANCE_MICRO = 1000000000000000  # 1e9 currency units
+assert MAX_CALL_SECONDS == codes.MAX_CALL_SECONDS
+
+_VERDICTS = codes.VERDICTS
+_REASONS = codes.REASON_NAMES
+_SIP = tuple(sip for _, sip in codes.REASONS)
+assert _VERDICTS.index("NO_PICKUP") == V_NO_PICKUP
+assert _REASONS.index("INVALID_BALANCE") == R_INVALID_BALANCE
+assert _REASONS.index("NO_RINGING_CALL") == R_NO_RINGING_CALL
+
+cdef uint16_t SIP[32]
+for _i, _s in enumerate(_SIP):
+    SIP[_i] = _s
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+
+cdef inline uint16_t load16(const uint8_t* p) noexcept nogil:
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return v
+
+
+cdef inline uint32_t load32(const uint8_t* p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return v
+
+
+cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
+    # murmur3 finaliser: spreads E.164 values over the table
+    x ^= x >> 33
+    x *= <uint64_t>0xff51afd7ed558ccd
+    x ^= x >> 33
+    x *= <uint64_t>0xc4ceb9fe1a85ec53
+    x ^= x >> 33
+    return x
+
+
+cdef inline uint64_t fnv1a(const char* p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = <uint64_t>14695981039346656037ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h ^= <uint8_t>p[i]
+        h *= <uint64_t>1099511628211ULL
+    return h | 1  # 0 marks an empty slot
+
+
+cdef inline int32_t number_index(const Snap* s, uint64_t e164) noexcept nogil:
+    cdef uint64_t slot = mix64(e164) & s.nt_mask
+    cdef uint64_t k
+    while True:
+        k = s.nt_keys[slot]
+        if k == e164:
+            return s.nt_vals[slot]
+        if k == 0:
+            return -1
+        slot = (slot + 1) & s.nt_mask
+
+
+cdef inline bint valid_user(const char* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef char c
+    if n < 1 or n > 64:
+        return False
+    for i in range(n):
+        c = p[i]
+        if (c'a' <= c <= c'z') or (c'A' <= c <= c'Z') or (c'0' <= c <= c'9'):
+            continue
+        if i > 0 and (c == c'_' or c == c'.' or c == c':' or c == c'@' or c == c'-'):
+            continue
+        return False
+    return True
+
+
+cdef inline int32_t user_index(const Snap* s, const char* p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = fnv1a(p, n)
+    cdef uint64_t slot = h & s.ut_mask
+    cdef uint64_t k
+    cdef int32_t u, start, j
+    while True:
+        k = s.ut_keys[slot]
+        if k == 0:
+            return -1
+        if k == h:
+            u = s.ut_vals[slot]
+            start = s.user_off[u]
+            if s.user_off[u + 1] - start == n:
+                j = 0
+                while j < n and s.user_blob[start + j] == <uint8_t>p[j]:
+                    j += 1
+                if j == n:
+                    return u
+        slot = (slot + 1) & s.ut_mask
+
+
+# ---------------------------------------------------------------------------
+# Roaring bitmaps, read in place
+# ---------------------------------------------------------------------------
+
+cdef bint roaring_contains(const Roaring* r, uint64_t x) noexcept nogil:
+    cdef uint64_t key = x >> 16
+    cdef uint16_t low = <uint16_t>(x & 0xFFFF)
+    cdef int64_t lo = 0, hi = r.n - 1, mid, clo, chi, cmid
+    cdef uint32_t meta, kind, count
+    cdef const uint8_t* data
+    cdef uint16_t v, start, length
+    while lo <= hi:
+        mid = (lo + hi) >> 1
+        if r.keys[mid] < key:
+            lo = mid + 1
+        elif r.keys[mid] > key:
+            hi = mid - 1
+        else:
+            meta = r.meta[mid]
+            kind = meta >> 28
+            count = meta & 0x0FFFFFFF
+            data = r.buf + r.offs[mid]
+            if kind == KIND_BITSET:
+                return (data[low >> 3] >> (low & 7)) & 1
+            clo = 0
+            chi = <int64_t>count - 1
+            if kind == KIND_ARRAY:
+                while clo <= chi:
+                    cmid = (clo + chi) >> 1
+                    v = load16(data + 2 * cmid)
+                    if v < low:
+                        clo = cmid + 1
+                    elif v > low:
+                        chi = cmid - 1
+                    else:
+                        return True
+                return False
+            # runs: (start, length - 1) pairs sorted by start
+            while clo <= chi:
+                cmid = (clo + chi) >> 1
+                start = load16(data + 4 * cmid)
+                if start > low:
+                    chi = cmid - 1
+                else:
+                    clo = cmid + 1
+            if chi < 0:
+                return False
+            start = load16(data + 4 * chi)
+            length = load16(data + 4 * chi + 2)
+            return <uint32_t>low - start <= length
+    return False
+
+
+def parse_roaring64(const uint8_t[::1] buf not None):
+    """Index the containers of a serialized roaring64 bitmap (pyroaring BitMap64).
+
+    Returns (keys uint64, offs uint32, meta uint32) arrays; the core then reads
+    the containers in place from the same buffer.  Raises ValueError on a
+    malformed buffer rather than reading past its end.
+    """
+    cdef Py_ssize_t n = buf.shape[0], pos = 0, i, hdr, size, cpos, base, offpos, runmap, start, length
+    cdef uint32_t key16, kind, count
+    cdef uint64_t nbuckets, b
+    cdef uint32_t high, cookie, card, off, nruns
+    cdef bint has_runs, has_offsets
+    cdef const uint8_t* p = &buf[0] if n else NULL
+    keys, offs, metas = [], [], []
+    if n < 8:
+        raise ValueError("roaring64 buffer too short")
+    memcpy(&nbuckets, p, 8)
+    pos = 8
+    for b in range(nbuckets):
+        if pos + 8 > n:
+            raise ValueError("roaring64 bucket header truncated")
+        high = load32(p + pos)
+        pos += 4
+        base = pos
+        cookie = load32(p + pos)
+        if (cookie & 0xFFFF) == 12347:
+            has_runs = True
+            size = (cookie >> 16) + 1
+            pos += 4
+            runmap = pos
+            pos += (size + 7) // 8
+        elif cookie == 12346:
+            has_runs = False
+            if pos + 8 > n:
+                raise ValueError("roaring header truncated")
+            size = load32(p + pos + 4)
+            pos += 8
+            runmap = 0
+        else:
+            raise ValueError("not a roaring bitmap (bad cookie)")
+        if size > 65536 or pos + 4 * size > n:
+            raise ValueError("roaring descriptive header truncated")
+        hdr = pos
+        pos += 4 * size
+        has_offsets = (not has_runs) or size >= 4
+        offpos = pos
+        if has_offsets:
+            if pos + 4 * size > n:
+                raise ValueError("roaring offset header truncated")
+            pos += 4 * size
+        cpos = pos
+        for i in range(size):
+            key16 = load16(p + hdr + 4 * i)
+            card = <uint32_t>load16(p + hdr + 4 * i + 2) + 1
+            if has_offsets:
+                cpos = base + load32(p + offpos + 4 * i)
+            if has_runs and (p[runmap + i // 8] >> (i % 8)) & 1:
+                if cpos + 2 > n:
+                    raise ValueError("roaring run container truncated")
+                nruns = load16(p + cpos)
+                kind, count, start, length = KIND_RUN, nruns, cpos + 2, 2 + 4 * nruns
+            elif card <= 4096:
+                kind, count, start, length = KIND_ARRAY, card, cpos, 2 * card
+            else:
+                kind, count, start, length = KIND_BITSET, card, cpos, 8192
+            if start + length - (2 if kind == KIND_RUN else 0) > n:
+                raise ValueError("roaring container truncated")
+            keys.append((<uint64_t>high << 16) | key16)
+            offs.append(start)
+            metas.append((kind << 28) | (count if kind != KIND_BITSET else 0))
+            cpos = start + length - (2 if kind == KIND_RUN else 0)
+        pos = cpos
+    k = np.array(keys, dtype=np.uint64)
+    if len(k) > 1 and not (k[1:] > k[:len(k) - 1]).all():
+        raise ValueError("roaring containers out of order")
+    return k, np.array(offs, dtype=np.uint32), np.array(metas, dtype=np.uint32)
+
+
+# ---------------------------------------------------------------------------
+# Phone numbers
+# ---------------------------------------------------------------------------
+
+cdef inline char lower(char c) noexcept nogil:
+    if c'A' <= c <= c'Z':
+        return c + 32
+    return c
+
+
+cdef bint is_withheld(const char* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t a = 0, b = n, i, k
+    cdef const char* word
+    while a < b and p[a] == c' ':
+        a += 1
+    while b > a and p[b - 1] == c' ':
+        b -= 1
+    if a == b:
+        return True
+    for k in range(5):
+        if k == 0:
+            word = b"anonymous"
+        elif k == 1:
+            word = b"restricted"
+        elif k == 2:
+            word = b"private"
+        elif k == 3:
+            word = b"unavailable"
+        else:
+            word = b"unknown"
+        i = 0
+        while a + i < b and word[i] != 0 and lower(p[a + i]) == word[i]:
+            i += 1
+        if a + i == b and word[i] == 0:
+            return True
+    return False
+
+
+cdef inline bint all_digits(const char* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i] < c'0' or p[i] > c'9':
+            return False
+    return True
+
+
+cdef inline bint finish(uint64_t prefix, int32_t prefix_len, const char* p, Py_ssize_t n,
+                        uint64_t* out) noexcept nogil:
+    # E.164 digits = prefix (prefix_len digits) followed by p[0:n]; 8..15, no leading 0
+    cdef Py_ssize_t total = prefix_len + n, i
+    cdef uint64_t v = prefix
+    if total < 8 or total > 15:
+        return False
+    if prefix_len == 0 and p[0] == c'0':
+        return False
+    for i in range(n):
+        v = v * 10 + <uint64_t>(p[i] - c'0')
+    out[0] = v
+    return True
+
+
+cdef inline bint starts_with(const char* p, Py_ssize_t n, const char* pre, int32_t k) noexcept nogil:
+    cdef int32_t i
+    if k == 0 or n < k:
+        return False
+    for i in range(k):
+        if p[i] != pre[i]:
+            return False
+    return True
+
+
+cdef bint read_international(const char* p, Py_ssize_t n, uint64_t* out) noexcept nogil:
+    """`+digits` or bare digits: E.164."""
+    if n > 0 and p[0] == c'+':
+        p += 1
+        n -= 1
+    if n == 0 or n > 15 or not all_digits(p, n):
+        return False
+    return finish(0, 0, p, n, out)
+
+
+cdef int read_in_country(const char* p, Py_ssize_t n, const Country* c, uint64_t* out) noexcept nogil:
+    """1: read (out set), 2: withheld, 0: invalid.  docs/decisions.md 'Reading phone numbers'."""
+    if is_withheld(p, n):
+        return 2
+    if p[0] == c'+':
+        if n - 1 < 1 or n - 1 > 15 or not all_digits(p + 1, n - 1):
+            return 0
+        return finish(0, 0, p + 1, n - 1, out)
+    if n > 32 or not all_digits(p, n):
+        return 0
+    if starts_with(p, n, c.ip, c.ip_len):
+        return finish(0, 0, p + c.ip_len, n - c.ip_len, out)
+    if starts_with(p, n, c.np, c.np_len):
+        return finish(c.cc, c.cc_len, p + c.np_len, n - c.np_len, out)
+    if n <= 31 and (c.lengths >> n) & 1:
+        return finish(c.cc, c.cc_len, p, n, out)
+    return finish(0, 0, p, n, out)
+
+
+cdef inline int32_t digits_of(uint64_t v, char* buf) noexcept nogil:
+    # writes the decimal digits of v (> 0) into buf, returns their count
+    cdef char tmp[24]
+    cdef int32_t n = 0, i
+    while v > 0:
+        tmp[n] = <char>(c'0' + v % 10)
+        v //= 10
+        n += 1
+    for i in range(n):
+        buf[i] = tmp[n - 1 - i]
+    return n
+
+
+# ---------------------------------------------------------------------------
+# Off hours, rates
+# ---------------------------------------------------------------------------
+
+cdef bint off_hours(const Snap* s, int32_t sched, int64_t at) noexcept nogil:
+    cdef int32_t z, lo, hi, mid, h_lo, h_hi
+    cdef int64_t local, day, sec, minute_of_week
+    cdef int32_t d
+    if sched < 0:
+        return False
+    z = s.sched_zone[sched]
+    lo = s.zone_base[z]
+    hi = s.zone_base[z + 1] - 1
+    # last segment whose start <= at (the first starts at MIN_INSTANT)
+    while lo < hi:
+        mid = (lo + hi + 1) >> 1
+        if s.zone_starts[mid] <= at:
+            lo = mid
+        else:
+            hi = mid - 1
+    local = at + s.zone_offsets[lo]
+    day = local // 86400
+    sec = local - day * 86400
+    d = <int32_t>day
+    h_lo = s.sched_hol_base[sched]
+    h_hi = s.sched_hol_base[sched + 1] - 1
+    while h_lo <= h_hi:
+        mid = (h_lo + h_hi) >> 1
+        if s.hol_days[mid] < d:
+            h_lo = mid + 1
+        elif s.hol_days[mid] > d:
+            h_hi = mid - 1
+        else:
+            return True
+    # 1970-01-01 was a Thursday: Monday is weekday 0
+    minute_of_week = ((day + 3) % 7) * 1440 + sec // 60
+    return not ((s.sched_week[sched * WEEK_WORDS + (minute_of_week >> 6)] >> (minute_of_week & 63)) & 1)
+
+
+cdef inline int32_t match_rate(const Snap* s, int32_t line, uint64_t dest) noexcept nogil:
+    cdef char digits[24]
+    cdef int32_t n = digits_of(dest, digits), i, node, best = -1
+    node = s.line_root[line]
+    for i in range(n):
+        node = s.trie_child[node * 10 + (digits[i] - c'0')]
+        if node < 0:
+            break
+        if s.trie_rate[node] >= 0:
+            best = s.trie_rate[node]
+    return best
+
+
+# ---------------------------------------------------------------------------
+# Decisions
+# ---------------------------------------------------------------------------
+
+cdef inline void clear(Out* o) noexcept nogil:
+    memset(o, 0, sizeof(Out))
+    o.line = -1
+    o.group = -1
+    o.callerid = -1
+    o.rate = -1
+    o.call = -1
+
+
+cdef inline void refuse(Out* o, uint8_t verdict, uint8_t reason) noexcept nogil:
+    o.verdict = verdict
+    o.reason = reason
+    o.sip = SIP[reason]
+
+
+cdef void decide_inbound(const Snap* s, const char* caller, Py_ssize_t nc, const char* called,
+                         Py_ssize_t nd, int64_t at, Out* o) noexcept nogil:
+    cdef uint64_t called_num = 0, caller_num = 0
+    cdef int32_t idx
+    cdef int read
+    cdef bint withheld = False, off
+    clear(o)
+    if at < MIN_INSTANT or at >= MAX_INSTANT:
+        refuse(o, V_ERROR, R_INVALID_TIME)
+        return
+    if not read_international(called, nd, &called_num):
+        refuse(o, V_ERROR, R_INVALID_CALLED)
+        return
+    o.called = called_num
+    idx = number_index(s, called_num)
+    if idx >= 0:
+        read = read_in_country(caller, nc, &s.countries[s.num_country[idx]], &caller_num)
+        if read == 0:
+            refuse(o, V_ERROR, R_INVALID_CALLER)
+            return
+        withheld = read == 2
+        if not withheld:
+            o.caller = caller_num
+    if not s.active:
+        if idx >= 0 and s.backup_line >= 0 and s.num_line[idx] == s.backup_line:
+            o.verdict = V_FORWARD
+            o.reason = R_ACCOUNT_UNAVAILABLE
+            o.target = s.backup_number
+            o.line = s.backup_line
+        else:
+            refuse(o, V_REJECT, R_ACCOUNT_UNAVAILABLE)
+        return
+    if idx < 0:
+        refuse(o, V_REJECT, R_UNKNOWN_NUMBER)
+        return
+    if (s.num_flags[idx] & (F_REQUIRES_DOCS | F_APPROVED)) == F_REQUIRES_DOCS:
+        refuse(o, V_REJECT, R_DOCUMENTS_PENDING)
+        return
+    if withheld:
+        if s.block_anonymous:
+            refuse(o, V_REJECT, R_ANONYMOUS)
+            return
+    elif roaring_contains(&s.blacklist, caller_num):
+        refuse(o, V_REJECT, R_BLACKLISTED)
+        return
+    off = off_hours(s, s.num_sched[idx], at)
+    if off:
+        if not withheld and roaring_contains(&s.offhours_blacklist, caller_num):
+            refuse(o, V_REJECT, R_OFF_HOURS_BLOCKED)
+            return
+        if s.num_action[idx] == 1:
+            o.verdict = V_VOICEMAIL
+            o.reason = R_OFF_HOURS
+        elif s.num_action[idx] == 2:
+            o.verdict = V_FORWARD
+            o.reason = R_OFF_HOURS
+            o.target = s.num_fwd[idx]
+            o.line = s.num_line[idx]
+        else:
+            refuse(o, V_REJECT, R_OFF_HOURS)
+        return
+    o.verdict = V_ROUTE
+    o.reason = R_OK
+    o.group = s.num_group[idx]
+
+
+cdef void decide_outbound(const Snap* s, const char* user, Py_ssize_t nu, const char* dest,
+                          Py_ssize_t nd, int64_t at, int64_t balance, Out* o) noexcept nogil:
+    cdef int32_t u, cid, rate, read
+    cdef uint64_t dest_num = 0
+    cdef int64_t pm, inc, k, cap
+    clear(o)
+    if not valid_user(user, nu):
+        refuse(o, V_ERROR, R_INVALID_USER)
+        return
+    if at < MIN_INSTANT or at >= MAX_INSTANT:
+        refuse(o, V_ERROR, R_INVALID_TIME)
+        return
+    if balance > MAX_BALANCE_MICRO or balance < -MAX_BALANCE_MICRO:
+        refuse(o, V_ERROR, R_INVALID_BALANCE)
+        return
+    u = user_index(s, user, nu)
+    cid = s.user_callerid[u] if u >= 0 else -1
+    if cid < 0:
+        cid = s.default_callerid
+    if cid < 0:
+        refuse(o, V_DENY, R_NO_CALLER_ID)
+        return
+    read = read_in_country(dest, nd, &s.countries[s.num_country[cid]], &dest_num)
+    if read != 1:
+        refuse(o, V_ERROR, R_INVALID_DESTINATION)
+        return
+    if not s.active:
+        refuse(o, V_DENY, R_ACCOUNT_UNAVAILABLE)
+        return
+    if (s.num_flags[cid] & (F_REQUIRES_DOCS | F_APPROVED)) == F_REQUIRES_DOCS:
+        refuse(o, V_DENY, R_DOCUMENTS_PENDING)
+        return
+    rate = match_rate(s, s.num_line[cid], dest_num)
+    if rate < 0:
+        refuse(o, V_DENY, R_NO_RATE)
+        return
+    pm = s.rate_pm[rate]
+    inc = s.rate_inc[rate]
+    cap = MAX_CALL_SECONDS // inc
+    if balance <= 0 and pm > 0:
+        k = 0
+    elif pm == 0:
+        k = cap
+    else:
+        # whole increments whose exact cost pm * inc / 60 fits the balance
+        k = (balance * 60) // (pm * inc)
+        if k > cap:
+            k = cap
+    if k <= 0:
+        refuse(o, V_DENY, R_INSUFFICIENT_FUNDS)
+        return
+    o.verdict = V_ALLOW
+    o.reason = R_OK
+    o.callerid = cid
+    o.called = dest_num
+    o.line = s.num_line[cid]
+    o.rate = rate
+    o.max_duration = k * inc
+
+
+cdef void decide_pickup(const Snap* s, const char* user, Py_ssize_t nu, const char* dialed, Py_ssize_t nd,
+                        Py_ssize_t n, const int32_t* ring_user, const int64_t* since, const uint8_t* answered,
+                        Out* o) noexcept nogil:
+    cdef int32_t me, other, w, best = -1, i
+    cdef bint shared
+    clear(o)
+    if not valid_user(user, nu):
+        refuse(o, V_ERROR, R_INVALID_USER)
+        return
+    if not s.active:
+        refuse(o, V_NO_PICKUP, R_ACCOUNT_UNAVAILABLE)
+        return
+    if s.pickup_len == 0 or nd != s.pickup_len:
+        refuse(o, V_NO_PICKUP, R_NOT_PICKUP_CODE)
+        return
+    for i in range(nd):
+        if dialed[i] != s.pickup[i]:
+            refuse(o, V_NO_PICKUP, R_NOT_PICKUP_CODE)
+            return
+    me = user_index(s, user, nu)
+    if me >= 0:
+        for i in range(n):
+            other = ring_user[i]
+            if answered[i] or other < 0 or other == me:
+                continue
+            shared = False
+            for w in range(s.group_words):
+                if s.user_groups[me * s.group_words + w] & s.user_groups[other * s.group_words + w]:
+                    shared = True
+                    break
+            if shared and (best < 0 or since[i] < since[best]):
+                best = i
+    if best < 0:
+        refuse(o, V_NO_PICKUP, R_NO_RINGING_CALL)
+        return
+    o.verdict = V_INTERCEPT
+    o.reason = R_OK
+    o.call = best
+
+
+# ---------------------------------------------------------------------------
+# Python API
+# ---------------------------------------------------------------------------
+
+cdef inline const char* utf8(str text, Py_ssize_t* n) except NULL:
+    return PyUnicode_AsUTF8AndSize(text, n)
+
+
+cdef str e164(uint64_t v):
+    return None if v == 0 else "+%d" % v
+
+
+cdef class CoreDecision:
+    """A decision as the core wrote it; names are looked up on access."""
+
+    cdef Out o
+    cdef CoreSnapshot snap
+    cdef object _call_id
+
+    @property
+    def verdict(self):
+        return _VERDICTS[self.o.verdict]
+
+    @property
+    def reason(self):
+        return _REASONS[self.o.reason]
+
+    @property
+    def sip_status(self):
+        return self.o.sip
+
+    @property
+    def version(self):
+        return self.snap.version
+
+    @property
+    def target(self):
+        return e164(self.o.target)
+
+    @property
+    def line(self):
+        return self.snap.meta["lines"][self.o.line] if self.o.line >= 0 else None
+
+    @property
+    def group(self):
+        return self.snap.meta["groups"][self.o.group] if self.o.group >= 0 else None
+
+    @property
+    def members(self):
+        return self.snap._members[self.o.group] if self.o.group >= 0 else ()
+
+    @property
+    def caller_id(self):
+        return e164(self.snap.s.num_e164[self.o.callerid]) if self.o.callerid >= 0 else None
+
+    @property
+    def rate_per_minute(self):
+        return self.snap._decimals[self.o.rate] if self.o.rate >= 0 else None
+
+    @property
+    def increment_s(self):
+        return self.snap.s.rate_inc[self.o.rate] if self.o.rate >= 0 else None
+
+    @property
+    def max_duration_s(self):
+        return self.o.max_duration if self.o.verdict == V_ALLOW else None
+
+    @property
+    def call_index(self):
+        return self.o.call if self.o.call >= 0 else None
+
+    def to_decision(self, kind):
+        """The shared `Decision` for kind "inbound", "outbound" or "pickup"."""
+        cdef bint allow = self.o.verdict == V_ALLOW
+        chat = lead = None
+        if kind != "pickup":
+            chat = self.snap.meta["chat_mode"]
+            lead = self.snap.meta["lead_trigger"]
+        return Decision(
+            verdict=self.verdict, reason=self.reason, sip_status=self.o.sip, version=self.snap.version,
+            chat_mode=chat, lead_trigger=lead,
+            caller=e164(self.o.caller) if kind == "inbound" else None,
+            called=e164(self.o.called) if kind == "inbound" else None,
+            target=self.target, line=self.line, group=self.group, members=self.members,
+            caller_id=self.caller_id if allow else None,
+            destination=e164(self.o.called) if allow else None,
+            rate_per_minute=self.rate_per_minute if allow else None,
+            increment_s=self.increment_s if allow else None,
+            max_duration_s=self.max_duration_s,
+            call_id=self._call_id,
+        )
+
+    def __repr__(self):
+        return f"<CoreDecision {self.verdict} {self.reason} v{self.snap.version}>"
+
+
+cdef inline const int32_t* i32p(object a) except NULL:
+    return <const int32_t*>cnp.PyArray_DATA(a)
+
+
+cdef inline const void* ptr(dict arrays, str name) except NULL:
+    a = arrays[name]
+    if not (cnp.PyArray_Check(a) and cnp.PyArray_IS_C_CONTIGUOUS(a)):
+        raise ValueError(f"snapshot array {name} is not a contiguous numpy array")
+    if cnp.PyArray_SIZE(a) == 0:
+        # a valid, never-dereferenced pointer for empty tables
+        return <const void*>&_EMPTY[0]
+    return cnp.PyArray_DATA(a)
+
+
+cdef uint64_t _EMPTY[1]
+
+
+cdef class CoreSnapshot:
+    """One tenant's compiled settings.  Immutable: a new version is a new object.
+
+    Built by `engine.snapshot` from arrays and metadata; see there for how.
+    """
+
+    def __init__(self, dict arrays, dict meta):
+        self.arrays = arrays
+        self.meta = meta
+        self.version = meta["version"]
+        self.tenant = meta["tenant"]
+        self._decimals = tuple(Decimal(x) for x in meta["rates"])
+        self._members = tuple(tuple(m) for m in meta["members"])
+        self._bind()
+
+    cdef void _bind(self) except *:
+        cdef dict a = self.arrays
+        cdef dict m = self.meta
+        cdef Snap* s = &self.s
+        memset(s, 0, sizeof(Snap))
+        s.active = m["active"]
+        s.block_anonymous = m["block_anonymous"]
+        s.backup_line = m["backup_line"]
+        s.backup_number = m["backup_number"]
+        s.default_callerid = m["default_callerid"]
+        code = m["pickup_code"].encode()
+        if len(code) > 15:
+            raise ValueError("pickup code too long")
+        s.pickup_len = len(code)
+        memcpy(s.pickup, <const char*>code, len(code))
+        s.n_numbers = len(a["num_e164"])
+        s.num_e164 = <const uint64_t*>ptr(a, "num_e164")
+        s.num_line = <const int32_t*>ptr(a, "num_line")
+        s.num_country = <const int32_t*>ptr(a, "num_country")
+        s.num_flags = <const uint8_t*>ptr(a, "num_flags")
+        s.num_sched = <const int32_t*>ptr(a, "num_sched")
+        s.num_action = <const uint8_t*>ptr(a, "num_action")
+        s.num_fwd = <const uint64_t*>ptr(a, "num_fwd")
+        s.num_group = <const int32_t*>ptr(a, "num_group")
+        s.nt_keys = <const uint64_t*>ptr(a, "nt_keys")
+        s.nt_vals = <const int32_t*>ptr(a, "nt_vals")
+        s.nt_mask = len(a["nt_keys"]) - 1
+        if a["countries"].dtype.itemsize != sizeof(Country):
+            raise ValueError("country table has the wrong layout")
+        s.countries = <const Country*>ptr(a, "countries")
+        s.sched_zone = <const int32_t*>ptr(a, "sched_zone")
+        s.sched_week = <const uint64_t*>ptr(a, "sched_week")
+        s.sched_hol_base = <const int32_t*>ptr(a, "sched_hol_base")
+        s.hol_days = <const int32_t*>ptr(a, "hol_days")
+        s.zone_base = <const int32_t*>ptr(a, "zone_base")
+        s.zone_starts = <const int64_t*>ptr(a, "zone_starts")
+        s.zone_offsets = <const int32_t*>ptr(a, "zone_offsets")
+        s.line_root = <const int32_t*>ptr(a, "line_root")
+        s.trie_child = <const int32_t*>ptr(a, "trie_child")
+        s.trie_rate = <const int32_t*>ptr(a, "trie_rate")
+        s.rate_pm = <const int64_t*>ptr(a, "rate_pm")
+        s.rate_inc = <const int32_t*>ptr(a, "rate_inc")
+        s.n_users = len(a["user_off"]) - 1
+        s.ut_keys = <const uint64_t*>ptr(a, "ut_keys")
+        s.ut_vals = <const int32_t*>ptr(a, "ut_vals")
+        s.ut_mask = len(a["ut_keys"]) - 1
+        s.user_blob = <const uint8_t*>ptr(a, "user_blob")
+        s.user_off = <const int32_t*>ptr(a, "user_off")
+        s.user_callerid = <const int32_t*>ptr(a, "user_callerid")
+        s.user_groups = <const uint64_t*>ptr(a, "user_groups")
+        s.group_words = m["group_words"]
+        self._bind_roaring(&s.blacklist, "blacklist")
+        self._bind_roaring(&s.offhours_blacklist, "offhours_blacklist")
+
+    cdef void _bind_roaring(self, Roaring* r, str name) except *:
+        cdef dict a = self.arrays
+        if f"{name}_keys" not in a:
+            keys, offs, meta = parse_roaring64(a[name])
+            a[f"{name}_keys"] = keys
+            a[f"{name}_offs"] = offs
+            a[f"{name}_meta"] = meta
+        r.buf = <const uint8_t*>ptr(a, name)
+        r.keys = <const uint64_t*>ptr(a, f"{name}_keys")
+        r.offs = <const uint32_t*>ptr(a, f"{name}_offs")
+        r.meta = <const uint32_t*>ptr(a, f"{name}_meta")
+        r.n = len(a[f"{name}_keys"])
+
+    # -- single decisions -------------------------------------------------
+
+    def inbound(self, str caller not None, str called not None, long long at):
+        """Inbound decision for one call; see docs/decisions.md."""
+        cdef Py_ssize_t nc, nd
+        cdef const char* pc = utf8(caller, &nc)
+        cdef const char* pd = utf8(called, &nd)
+        cdef CoreDecision d = CoreDecision.__new__(CoreDecision)
+        d.snap = self
+        decide_inbound(&self.s, pc, nc, pd, nd, at, &d.o)
+        return d
+
+    def outbound(self, str user not None, str destination not None, long long at, long long balance_micro):
+        """Outbound decision; the balance is in micro-units of the currency (1e-6)."""
+        cdef Py_ssize_t nu, nd
+        cdef const char* pu = utf8(user, &nu)
+        cdef const char* pd = utf8(destination, &nd)
+        cdef CoreDecision d = CoreDecision.__new__(CoreDecision)
+        d.snap = self
+        decide_outbound(&self.s, pu, nu, pd, nd, at, balance_micro, &d.o)
+        return d
+
+    def pickup(self, str user not None, str dialed not None, ringing):
+        """Pickup decision: which of `ringing` (RingingCall-like objects) the user may intercept."""
+        cdef Py_ssize_t nu, nd, n = len(ringing), i
+        cdef const char* pu = utf8(user, &nu)
+        cdef const char* pd = utf8(dialed, &nd)
+        cdef const char* pr
+        cdef Py_ssize_t nr
+        cdef cnp.ndarray[int32_t, ndim=1] users = np.empty(n, dtype=np.int32)
+        cdef cnp.ndarray[int64_t, ndim=1] since = np.empty(n, dtype=np.int64)
+        cdef cnp.ndarray[uint8_t, ndim=1] answered = np.empty(n, dtype=np.uint8)
+        cdef CoreDecision d = CoreDecision.__new__(CoreDecision)
+        for i in range(n):
+            call = ringing[i]
+            pr = utf8(call.user, &nr)
+            users[i] = user_index(&self.s, pr, nr) if valid_user(pr, nr) else -1
+            since[i] = call.since
+            answered[i] = bool(call.answered)
+        d.snap = self
+        decide_pickup(&self.s, pu, nu, pd, nd, n, <const int32_t*>cnp.PyArray_DATA(users),
+                      <const int64_t*>cnp.PyArray_DATA(since), <const uint8_t*>cnp.PyArray_DATA(answered), &d.o)
+        if d.o.call >= 0:
+            d._call_id = ringing[d.o.call].call_id
+        return d
+
+    # -- batches ----------------------------------------------------------
+
+    def inbound_batch(self, cnp.ndarray callers not None, cnp.ndarray called not None, cnp.ndarray at not None):
+        """Inbound decisions for columns of calls, without the GIL.
+
+        `callers` and `called` are fixed-width bytes arrays (dtype "S<n>",
+        NUL-padded UTF-8), `at` int64 UTC seconds.  Returns a dict of columns:
+        verdict, reason, sip (codes of engine.codes), target (E.164 as uint64,
+        0: none), line and group (indexes into meta lines/groups, -1: none).
+        """
+        cdef Py_ssize_t n = _check_columns(callers, called, at)
+        cdef Py_ssize_t wc = callers.dtype.itemsize, wd = called.dtype.itemsize, i
+        cdef const char* pc = <const char*>cnp.PyArray_DATA(callers)
+        cdef const char* pd = <const char*>cnp.PyArray_DATA(called)
+        cdef const int64_t* pt = <const int64_t*>cnp.PyArray_DATA(at)
+        out = _batch_columns(n, self.version)
+        cdef uint8_t[::1] verdict = out["verdict"]
+        cdef uint8_t[::1] reason = out["reason"]
+        cdef uint16_t[::1] sip = out["sip"]
+        cdef uint64_t[::1] target = out["target"]
+        cdef int32_t[::1] line = out["line"]
+        cdef int32_t[::1] group = out["group"]
+        cdef Out o
+        with nogil:
+            for i in range(n):
+                decide_inbound(&self.s, pc + i * wc, _strnlen(pc + i * wc, wc),
+                               pd + i * wd, _strnlen(pd + i * wd, wd), pt[i], &o)
+                verdict[i] = o.verdict
+                reason[i] = o.reason
+                sip[i] = o.sip
+                target[i] = o.target
+                line[i] = o.line
+                group[i] = o.group
+        return out
+
+    def outbound_batch(self, cnp.ndarray users not None, cnp.ndarray destinations not None,
+                       cnp.ndarray at not None, cnp.ndarray balance_micro not None):
+        """Outbound decisions for columns; balances int64 micro-units.
+
+        Returns columns verdict, reason, sip, line, callerid (number index,
+        -1: none), rate (index, -1), max_duration (seconds).
+        """
+        cdef Py_ssize_t n = _check_columns(users, destinations, at)
+        if balance_micro.dtype != np.int64 or not balance_micro.flags.c_contiguous or len(balance_micro) != n:
+            raise ValueError("balance_micro must be a contiguous int64 column as long as the others")
+        cdef Py_ssize_t wu = users.dtype.itemsize, wd = destinations.dtype.itemsize, i
+        cdef const char* pu = <const char*>cnp.PyArray_DATA(users)
+        cdef const char* pd = <const char*>cnp.PyArray_DATA(destinations)
+        cdef const int64_t* pt = <const int64_t*>cnp.PyArray_DATA(at)
+        cdef const int64_t* pb = <const int64_t*>cnp.PyArray_DATA(balance_micro)
+        out = _batch_columns(n, self.version)
+        out["callerid"] = np.empty(n, dtype=np.int32)
+        out["rate"] = np.empty(n, dtype=np.int32)
+        out["max_duration"] = np.empty(n, dtype=np.int64)
+        cdef uint8_t[::1] verdict = out["verdict"]
+        cdef uint8_t[::1] reason = out["reason"]
+        cdef uint16_t[::1] sip = out["sip"]
+        cdef int32_t[::1] line = out["line"]
+        cdef int32_t[::1] callerid = out["callerid"]
+        cdef int32_t[::1] rate = out["rate"]
+        cdef int64_t[::1] duration = out["max_duration"]
+        cdef Out o
+        with nogil:
+            for i in range(n):
+                decide_outbound(&self.s, pu + i * wu, _strnlen(pu + i * wu, wu),
+                                pd + i * wd, _strnlen(pd + i * wd, wd), pt[i], pb[i], &o)
+                verdict[i] = o.verdict
+                reason[i] = o.reason
+                sip[i] = o.sip
+                line[i] = o.line
+                callerid[i] = o.callerid
+                rate[i] = o.rate
+                duration[i] = o.max_duration
+        del out["target"], out["group"]
+        return out
+
+    # -- lists ------------------------------------------------------------
+
+    def on_blacklist(self, str number not None):
+        """Is this E.164 number on the blacklist (as the core sees it)?"""
+        cdef uint64_t v = 0
+        cdef Py_ssize_t n
+        cdef const char* p = utf8(number, &n)
+        return read_international(p, n, &v) and roaring_contains(&self.s.blacklist, v)
+
+    def on_offhours_blacklist(self, str number not None):
+        cdef uint64_t v = 0
+        cdef Py_ssize_t n
+        cdef const char* p = utf8(number, &n)
+        return read_international(p, n, &v) and roaring_contains(&self.s.offhours_blacklist, v)
+
+    def contains_batch(self, str which, cnp.ndarray values not None):
+        """Membership of uint64 E.164 values in "blacklist" or "offhours_blacklist" (for tests and benchmarks)."""
+        if values.dtype != np.uint64 or not values.flags.c_contiguous:
+            raise ValueError("values must be a contiguous uint64 array")
+        cdef const Roaring* r = &self.s.blacklist if which == "blacklist" else &self.s.offhours_blacklist
+        cdef Py_ssize_t n = len(values), i
+        cdef const uint64_t* pv = <const uint64_t*>cnp.PyArray_DATA(values)
+        res = np.empty(n, dtype=np.uint8)
+        cdef uint8_t[::1] pr = res
+        with nogil:
+            for i in range(n):
+                pr[i] = roaring_contains(r, pv[i])
+        return res.view(np.bool_)
+
+
+cdef inline Py_ssize_t _strnlen(const char* p, Py_ssize_t w) noexcept nogil:
+    cdef Py_ssize_t n = 0
+    while n < w and p[n] != 0:
+        n += 1
+    return n
+
+
+cdef Py_ssize_t _check_columns(cnp.ndarray a, cnp.ndarray b, cnp.ndarray at) except -1:
+    if a.dtype.kind != "S" or b.dtype.kind != "S":
+        raise ValueError("number and user columns must be fixed-width bytes arrays (dtype 'S<n>')")
+    if at.dtype != np.int64:
+        raise ValueError("the time column must be int64 UTC seconds")
+    if a.ndim != 1 or b.ndim != 1 or at.ndim != 1:
+        raise ValueError("columns must be one-dimensional")
+    if not (a.flags.c_contiguous and b.flags.c_contiguous and at.flags.c_contiguous):
+        raise ValueError("columns must be contiguous")
+    if not (len(a) == len(b) == len(at)):
+        raise ValueError(f"columns differ in length: {len(a)}, {len(b)}, {len(at)}")
+    return len(a)
+
+
+def _batch_columns(Py_ssize_t n, long long version):
+    return {
+        "version": version,
+        "verdict": np.empty(n, dtype=np.uint8),
+        "reason": np.empty(n, dtype=np.uint8),
+        "sip": np.empty(n, dtype=np.uint16),
+        "target": np.empty(n, dtype=np.uint64),
+        "line": np.empty(n, dtype=np.int32),
+        "group": np.empty(n, dtype=np.int32),
+    }
+
+
+# numpy dtype with the layout of struct Country, for engine.snapshot
+COUNTRY_DTYPE = np.dtype([
+    ("cc", np.uint64), ("cc_len", np.int32), ("ip_len", np.int32), ("np_len", np.int32),
+    ("lengths", np.uint32), ("ip", "S8"), ("np", "S8"),
+], align=True)
+assert COUNTRY_DTYPE.itemsize == sizeof(Country)
+WEEK_WORDS_ = WEEK_WORDS

@@ -1,0 +1,78 @@
+"""Public names of verdicts and reason codes, with their integer codes.
+
+The integers are what the compiled core writes into its result structs and
+batch columns; the names are the public contract (SPEC §3).  The order of
+these tables is frozen: appending is fine, renumbering breaks stored batches
+and the gRPC enums that mirror them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Verdicts -------------------------------------------------------------------
+VERDICTS: Final = (
+    "ERROR",  # the input could not be decided on (see the reason)
+    "ROUTE",
+    "FORWARD",
+    "VOICEMAIL",
+    "REJECT",
+    "ALLOW",
+    "DENY",
+    "INTERCEPT",
+    "NO_PICKUP",
+)
+VERDICT_CODE: Final = {name: i for i, name in enumerate(VERDICTS)}
+
+# Reasons, each with the SIP status a proxy should answer with when the call
+# is refused (0: not a refusal, or no SIP answer is implied).
+REASONS: Final = (
+    ("OK", 0),
+    ("BLACKLISTED", 603),
+    ("OFF_HOURS_BLOCKED", 480),
+    ("OFF_HOURS", 480),
+    ("DOCUMENTS_PENDING", 403),
+    ("UNKNOWN_NUMBER", 404),
+    ("ANONYMOUS", 433),
+    ("ACCOUNT_UNAVAILABLE", 480),
+    ("INSUFFICIENT_FUNDS", 402),
+    ("NO_RATE", 403),
+    ("NO_CALLER_ID", 403),
+    ("INVALID_CALLER", 400),
+    ("INVALID_CALLED", 400),
+    ("INVALID_DESTINATION", 400),
+    ("INVALID_TIME", 400),
+    ("INVALID_USER", 400),
+    ("NOT_PICKUP_CODE", 0),
+    ("NO_RINGING_CALL", 0),
+    ("INVALID_BALANCE", 400),
+)
+REASON_NAMES: Final = tuple(name for name, _ in REASONS)
+REASON_CODE: Final = {name: i for i, name in enumerate(REASON_NAMES)}
+SIP_STATUS: Final = dict(REASONS)
+
+# Reasons that mean "the request was bad", not "the call is refused".  The
+# Python API raises for them; batch columns carry them as verdict ERROR.
+INPUT_ERRORS: Final = frozenset(
+    {"INVALID_CALLER", "INVALID_CALLED", "INVALID_DESTINATION", "INVALID_TIME", "INVALID_USER", "INVALID_BALANCE"}
+)
+
+CHAT_MODES: Final = ("chat_per_call", "single_chat", "none")
+LEAD_TRIGGERS: Final = ("on_answer", "on_hangup")
+OFFHOURS_ACTIONS: Final = ("reject", "voicemail", "forward")
+TENANT_STATUSES: Final = ("active", "suspended", "disabled")
+LINE_KINDS: Final = ("rented", "sip_trunk", "byoc")
+CURRENCIES: Final = ("USD", "EUR")
+
+# Words that SIP headers use for a withheld caller (RFC 3323 "anonymous" and
+# the spellings carriers send in practice), compared case-insensitively.
+WITHHELD_CALLERS: Final = frozenset({"", "anonymous", "restricted", "private", "unavailable", "unknown"})
+
+# Longest call a decision grants, whatever the balance: the cap every switch
+# puts on a single call so a stuck leg cannot run up an unbounded charge.
+MAX_CALL_SECONDS: Final = 86_400
+
+# Instants the decision API accepts (UTC seconds): 2000-01-01 .. 2100-01-01.
+# Off-hours tables are precomputed over this window.
+MIN_INSTANT: Final = 946_684_800
+MAX_INSTANT: Final = 4_102_444_800

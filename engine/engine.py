@@ -1,0 +1,87 @@
+"""Every tenant's compiled snapshot in one process, replaced atomically.
+
+A decision looks the tenant's snapshot up once and runs entirely on that
+object: a push that installs a new snapshot meanwhile replaces the dict
+entry (one atomic store under the GIL) and never changes a snapshot in
+use, so a reader sees the old version or the new one, never a mix.  Batch
+decisions release the GIL and keep their snapshot alive by reference.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from ._core import CoreDecision, CoreSnapshot
+from .decision import RingingCall
+from .settings import Settings
+from .snapshot import compile_settings, micro_units, with_documents
+
+
+class UnknownTenant(LookupError):
+    """No settings have been pushed for this tenant."""
+
+    def __init__(self, tenant: str):
+        super().__init__(f"tenant {tenant!r} has no settings: push them first")
+        self.tenant = tenant
+
+
+def instant(at: int | float | dt.datetime) -> int:
+    """UTC seconds of an instant given as epoch seconds or an aware datetime."""
+    if isinstance(at, dt.datetime):
+        if at.tzinfo is None:
+            raise ValueError("a naive datetime is ambiguous: give it a time zone (UTC for the proxy's clock)")
+        return int(at.timestamp() // 1)
+    if isinstance(at, bool) or not isinstance(at, (int, float)):
+        raise TypeError(f"an instant is epoch seconds or an aware datetime, not {type(at).__name__}")
+    return int(at // 1)
+
+
+class Engine:
+    def __init__(self) -> None:
+        self._snapshots: dict[str, CoreSnapshot] = {}
+
+    # -- snapshots ---------------------------------------------------------
+    def install(self, snapshot: CoreSnapshot) -> None:
+        """Put a compiled snapshot in force for its tenant (atomic)."""
+        self._snapshots[snapshot.tenant] = snapshot
+
+    def push(self, settings: Settings, version: int, approved: Iterable[str] = ()) -> CoreSnapshot:
+        """Compile validated settings and put them in force."""
+        snapshot = compile_settings(settings, version, approved)
+        self.install(snapshot)
+        return snapshot
+
+    def set_approved(self, tenant: str, approved: Iterable[str]) -> CoreSnapshot:
+        """Change which numbers have approved documents, without recompiling."""
+        snapshot = with_documents(self.snapshot(tenant), approved)
+        self.install(snapshot)
+        return snapshot
+
+    def remove(self, tenant: str) -> None:
+        self._snapshots.pop(tenant, None)
+
+    def snapshot(self, tenant: str) -> CoreSnapshot:
+        try:
+            return self._snapshots[tenant]
+        except KeyError:
+            raise UnknownTenant(tenant) from None
+
+    def tenants(self) -> list[str]:
+        return sorted(self._snapshots)
+
+    # -- decisions ---------------------------------------------------------
+    def inbound(self, tenant: str, caller: str, called: str, at: int | float | dt.datetime) -> CoreDecision:
+        return self.snapshot(tenant).inbound(caller, called, instant(at))
+
+    def outbound(self, tenant: str, user: str, destination: str, at: int | float | dt.datetime,
+                 balance: Decimal | int | str) -> CoreDecision:
+        return self.snapshot(tenant).outbound(user, destination, instant(at), micro_units(balance))
+
+    def pickup(self, tenant: str, user: str, dialed: str, ringing: Sequence[RingingCall]) -> CoreDecision:
+        return self.snapshot(tenant).pickup(user, dialed, ringing)
+
+    def stats(self) -> dict[str, Any]:
+        return {t: {"version": s.version} for t, s in self._snapshots.items()}

@@ -1,0 +1,358 @@
+"""Compile validated settings into the core's snapshot; save and load it.
+
+`compile_settings` turns a `Settings` into flat numpy arrays plus a small
+metadata dict and hands both to `_core.CoreSnapshot`.  The same arrays and
+metadata serialize with msgpack (arrays as raw little-endian bytes) so that
+another process loads a snapshot without compiling it again (`dumps`,
+`loads`).
+
+Layout decisions, and why:
+
+- Blacklists are roaring64 bitmaps of E.164 numbers (as integers), kept in
+  their portable serialization: the core reads containers in place from
+  those bytes (no pyroaring call, no Python object, on the hot path), and a
+  saved snapshot carries the very same bytes.
+- Schedules are deduplicated: numbers with the same zone, weekly intervals
+  and holidays share one schedule; schedules in the same zone share one UTC
+  offset table (`engine.timezones`).
+- Rates are a digit trie per line for longest-prefix matching.
+- Numbers and users are open-addressing hash tables.
+"""
+
+from __future__ import annotations
+
+import array
+import datetime as dt
+import sys
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+import msgpack
+import numpy as np
+from pyroaring import BitMap64
+
+from . import _core
+from .dialing import country_dialing
+from .settings import Settings
+from .timezones import zone_table
+
+FORMAT = 1  # bump when the array layout changes; loads() refuses others
+WEEK_WORDS = _core.WEEK_WORDS_
+MICRO = Decimal(1_000_000)
+_EPOCH = dt.date(1970, 1, 1)
+
+assert sys.byteorder == "little", "snapshots are stored little-endian"
+
+
+def e164_values(numbers: Sequence[str]) -> np.ndarray:
+    """E.164 strings (already validated) as uint64 values of their digits."""
+    return np.fromiter((int(x[1:]) for x in numbers), dtype=np.uint64, count=len(numbers))
+
+
+def roaring_bytes(values: np.ndarray) -> np.ndarray:
+    """Serialized roaring64 bitmap of the values, as a uint8 array."""
+    ordered = array.array("Q")
+    ordered.frombytes(np.sort(values).tobytes())
+    bitmap = BitMap64(ordered)
+    bitmap.run_optimize()
+    bitmap.shrink_to_fit()
+    return np.frombuffer(bitmap.serialize(), dtype=np.uint8)
+
+
+def _table_size(n: int) -> int:
+    size = 8
+    while size < 2 * n:
+        size *= 2
+    return size
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    # must match mix64() in _core.pyx
+    x = x.copy()
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(33)
+        x *= np.uint64(0xFF51AFD7ED558CCD)
+        x ^= x >> np.uint64(33)
+        x *= np.uint64(0xC4CEB9FE1A85EC53)
+        x ^= x >> np.uint64(33)
+    return x
+
+
+def _fnv1a(data: bytes) -> int:
+    # must match fnv1a() in _core.pyx
+    h = 14695981039346656037
+    for byte in data:
+        h = ((h ^ byte) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h | 1
+
+
+def _hash_table(hashes: Iterable[int], size: int) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.zeros(size, dtype=np.uint64)
+    vals = np.full(size, -1, dtype=np.int32)
+    mask = size - 1
+    for index, key in enumerate(hashes):
+        slot = key & mask
+        while keys[slot] != 0:
+            slot = (slot + 1) & mask
+        keys[slot] = key
+        vals[slot] = index
+    return keys, vals
+
+
+def _number_table(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    size = _table_size(len(values))
+    keys = np.zeros(size, dtype=np.uint64)
+    vals = np.full(size, -1, dtype=np.int32)
+    mask = size - 1
+    slots = (_mix64(values) & np.uint64(mask)).astype(np.int64)
+    for index, (value, slot) in enumerate(zip(values.tolist(), slots.tolist(), strict=True)):
+        while keys[slot] != 0:
+            slot = (slot + 1) & mask
+        keys[slot] = value
+        vals[slot] = index
+    return keys, vals
+
+
+def _micro(amount: Decimal) -> int:
+    micro = amount * MICRO
+    if micro != micro.to_integral_value():
+        raise ValueError(f"{amount} has more than 6 decimal places")
+    return int(micro)
+
+
+def compile_settings(settings: Settings, version: int = 1, approved: Iterable[str] = ()) -> _core.CoreSnapshot:
+    """Compile validated settings; `approved` are numbers whose documents are approved."""
+    arrays, meta = compile_arrays(settings, version, approved)
+    return _core.CoreSnapshot(arrays, meta)
+
+
+def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) -> tuple[dict, dict]:
+    approved_set = set(approved)
+    line_ids = [line.id for line in settings.lines]
+    line_index = {lid: i for i, lid in enumerate(line_ids)}
+    group_members = settings.group_members()
+    group_ids = list(group_members)
+    group_index = {gid: i for i, gid in enumerate(group_ids)}
+
+    # countries
+    regions = sorted({n.country for n in settings.numbers})
+    region_index = {r: i for i, r in enumerate(regions)}
+    countries = np.zeros(len(regions), dtype=_core.COUNTRY_DTYPE)
+    for i, region in enumerate(regions):
+        d = country_dialing(region)
+        assert d is not None, region
+        countries[i] = (int(d.country_code), len(d.country_code), len(d.international_prefix),
+                        len(d.national_prefix), sum(1 << n for n in d.national_lengths),
+                        d.international_prefix.encode(), d.national_prefix.encode())
+
+    # schedules (deduplicated) and zones
+    zone_ids: dict[str, int] = {}
+    sched_ids: dict[Any, int] = {}
+    sched_zone: list[int] = []
+    weeks: list[np.ndarray] = []
+    holidays: list[list[int]] = []
+    num_sched = np.full(len(settings.numbers), -1, dtype=np.int32)
+    for i, number in enumerate(settings.numbers):
+        sch = number.schedule
+        if sch is None:
+            continue
+        key = (sch.timezone, sch.weekly, sch.holidays)
+        if key not in sched_ids:
+            sched_ids[key] = len(sched_zone)
+            sched_zone.append(zone_ids.setdefault(sch.timezone, len(zone_ids)))
+            bits = np.zeros(WEEK_WORDS * 64, dtype=np.uint8)
+            for day, intervals in enumerate(sch.weekly):
+                for start, end in intervals:
+                    bits[day * 1440 + start: day * 1440 + end] = 1
+            weeks.append(np.packbits(bits, bitorder="little").view(np.uint64))
+            holidays.append(sorted((h - _EPOCH).days for h in sch.holidays))
+        num_sched[i] = sched_ids[key]
+    zone_starts: list[np.ndarray] = []
+    zone_offsets: list[np.ndarray] = []
+    zone_base = [0]
+    for name in zone_ids:
+        starts, offsets = zone_table(name)
+        zone_starts.append(starts)
+        zone_offsets.append(offsets)
+        zone_base.append(zone_base[-1] + len(starts))
+    hol_base = np.zeros(len(holidays) + 1, dtype=np.int32)
+    hol_base[1:] = np.cumsum([len(h) for h in holidays]) if holidays else []
+
+    # numbers
+    n = len(settings.numbers)
+    num_e164 = e164_values([x.number for x in settings.numbers])
+    by_number = {x.number: i for i, x in enumerate(settings.numbers)}
+    flags = np.array([(1 if x.requires_documents else 0) | (2 if x.number in approved_set else 0)
+                      | (4 if x.inbound_only else 0) for x in settings.numbers], dtype=np.uint8)
+    actions = {"reject": 0, "voicemail": 1, "forward": 2}
+    nt_keys, nt_vals = _number_table(num_e164)
+
+    # rates: one digit trie per line
+    trie_child: list[list[int]] = []
+    trie_rate: list[int] = []
+    rate_pm: list[int] = []
+    rate_inc: list[int] = []
+    rate_text: list[str] = []
+    line_root = []
+    for line in settings.lines:
+        root = len(trie_rate)
+        trie_child.append([-1] * 10)
+        trie_rate.append(-1)
+        line_root.append(root)
+        for rate in line.rates:
+            node = root
+            for ch in rate.prefix:
+                digit = ord(ch) - 48
+                if trie_child[node][digit] < 0:
+                    trie_child[node][digit] = len(trie_rate)
+                    trie_child.append([-1] * 10)
+                    trie_rate.append(-1)
+                node = trie_child[node][digit]
+            trie_rate[node] = len(rate_pm)
+            rate_pm.append(_micro(rate.per_minute))
+            rate_inc.append(rate.increment_s)
+            rate_text.append(str(rate.per_minute))
+
+    # users: `users` entries and every queue-group member
+    user_groups = settings.user_groups()
+    user_ids = list(user_groups)
+    own_caller = {u.id: u.caller_id for u in settings.users}
+    words = max(1, (len(group_ids) + 63) // 64)
+    groups_bits = np.zeros((len(user_ids), words), dtype=np.uint64)
+    for ui, uid in enumerate(user_ids):
+        for gid in user_groups[uid]:
+            g = group_index[gid]
+            groups_bits[ui, g // 64] |= np.uint64(1 << (g % 64))
+    encoded = [uid.encode() for uid in user_ids]
+    user_off = np.zeros(len(encoded) + 1, dtype=np.int32)
+    user_off[1:] = np.cumsum([len(e) for e in encoded]) if encoded else []
+    ut_keys, ut_vals = _hash_table((_fnv1a(e) for e in encoded), _table_size(len(encoded)))
+    caller_of = [own_caller.get(uid) for uid in user_ids]
+
+    backup = settings.backup
+    arrays: dict[str, np.ndarray] = {
+        "num_e164": num_e164,
+        "num_line": np.array([line_index[x.line] for x in settings.numbers], dtype=np.int32),
+        "num_country": np.array([region_index[x.country] for x in settings.numbers], dtype=np.int32),
+        "num_flags": flags,
+        "num_sched": num_sched,
+        "num_action": np.array([actions[x.offhours_action.action] for x in settings.numbers], dtype=np.uint8),
+        "num_fwd": np.array([int(x.offhours_action.to[1:]) if x.offhours_action.to else 0
+                             for x in settings.numbers], dtype=np.uint64),
+        "num_group": np.array([group_index[x.route_to] if x.route_to else -1 for x in settings.numbers],
+                              dtype=np.int32),
+        "nt_keys": nt_keys,
+        "nt_vals": nt_vals,
+        "countries": countries,
+        "sched_zone": np.array(sched_zone, dtype=np.int32),
+        "sched_week": np.concatenate(weeks) if weeks else np.zeros(0, dtype=np.uint64),
+        "sched_hol_base": hol_base,
+        "hol_days": np.array([d for h in holidays for d in h], dtype=np.int32),
+        "zone_base": np.array(zone_base, dtype=np.int32),
+        "zone_starts": np.concatenate(zone_starts) if zone_starts else np.zeros(0, dtype=np.int64),
+        "zone_offsets": np.concatenate(zone_offsets) if zone_offsets else np.zeros(0, dtype=np.int32),
+        "line_root": np.array(line_root, dtype=np.int32),
+        "trie_child": np.array(trie_child, dtype=np.int32).reshape(-1),
+        "trie_rate": np.array(trie_rate, dtype=np.int32),
+        "rate_pm": np.array(rate_pm, dtype=np.int64),
+        "rate_inc": np.array(rate_inc, dtype=np.int32),
+        "ut_keys": ut_keys,
+        "ut_vals": ut_vals,
+        "user_blob": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+        "user_off": user_off,
+        "user_callerid": np.array([by_number[c] if c else -1 for c in caller_of], dtype=np.int32),
+        "user_groups": groups_bits.reshape(-1),
+        "blacklist": roaring_bytes(e164_values(settings.blacklist)),
+        "offhours_blacklist": roaring_bytes(e164_values(settings.offhours_blacklist)),
+    }
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "tenant": settings.tenant,
+        "version": version,
+        "currency": settings.currency,
+        "active": settings.status == "active",
+        "block_anonymous": settings.block_anonymous,
+        "chat_mode": settings.chat_mode,
+        "lead_trigger": settings.lead_trigger,
+        "backup_line": line_index[backup.line] if backup else -1,
+        "backup_number": int(backup.number[1:]) if backup else 0,
+        "default_callerid": by_number[settings.default_caller_id] if settings.default_caller_id else -1,
+        "pickup_code": settings.pickup_code or "",
+        "lines": line_ids,
+        "groups": group_ids,
+        "members": [list(group_members[g]) for g in group_ids],
+        "numbers": [x.number for x in settings.numbers],
+        "users": user_ids,
+        "rates": rate_text,
+        "group_words": words,
+        "approved": sorted(approved_set & set(by_number)),
+    }
+    assert n == len(arrays["num_line"])
+    return arrays, meta
+
+
+# Arrays derived again on load (indexes of the roaring containers) are not saved.
+_DERIVED = ("blacklist_keys", "blacklist_offs", "blacklist_meta",
+            "offhours_blacklist_keys", "offhours_blacklist_offs", "offhours_blacklist_meta")
+
+
+def dumps(snapshot: _core.CoreSnapshot) -> bytes:
+    """Serialize a compiled snapshot: msgpack metadata plus raw little-endian arrays."""
+    arrays = {
+        name: {"dtype": a.dtype.descr if a.dtype.fields else a.dtype.str, "shape": list(a.shape),
+               "data": a.tobytes()}
+        for name, a in snapshot.arrays.items()
+        if name not in _DERIVED
+    }
+    return msgpack.packb({"meta": snapshot.meta, "arrays": arrays}, use_bin_type=True)
+
+
+def _dtype(spec: Any) -> np.dtype:
+    if isinstance(spec, str):
+        return np.dtype(spec)
+    return np.dtype([tuple(field) for field in spec], align=True)
+
+
+def loads(data: bytes) -> _core.CoreSnapshot:
+    """Load a snapshot saved by `dumps`, without compiling (arrays are views of `data`)."""
+    try:
+        doc = msgpack.unpackb(data, raw=False, use_list=True)
+        meta = doc["meta"]
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"snapshot format {meta.get('format')!r}, expected {FORMAT}")
+        arrays = {}
+        for name, spec in doc["arrays"].items():
+            dtype = _dtype(spec["dtype"])
+            arr = np.frombuffer(spec["data"], dtype=dtype).reshape(spec["shape"])
+            arrays[name] = arr
+        return _core.CoreSnapshot(arrays, meta)
+    except (KeyError, TypeError, ValueError, msgpack.exceptions.ExtraData,
+            msgpack.exceptions.FormatError, msgpack.exceptions.StackError) as exc:
+        raise ValueError(f"not a callgate snapshot: {exc}") from None
+
+
+def with_documents(snapshot: _core.CoreSnapshot, approved: Iterable[str]) -> _core.CoreSnapshot:
+    """The same snapshot with another set of approved numbers (no recompiling).
+
+    Only the small per-number flags array is copied; everything else is shared.
+    """
+    meta = dict(snapshot.meta)
+    index = {num: i for i, num in enumerate(meta["numbers"])}
+    approved_set = {num for num in approved if num in index}
+    flags = snapshot.arrays["num_flags"].copy()
+    flags &= np.uint8(0xFF ^ 2)
+    for num in approved_set:
+        flags[index[num]] |= np.uint8(2)
+    arrays = dict(snapshot.arrays)
+    arrays["num_flags"] = flags
+    meta["approved"] = sorted(approved_set)
+    return _core.CoreSnapshot(arrays, meta)
+
+
+def micro_units(balance: Decimal | int | str) -> int:
+    """A balance in micro-units of its currency, exactly (at most 6 decimals)."""
+    amount = Decimal(balance) if not isinstance(balance, Decimal) else balance
+    if not amount.is_finite():
+        raise ValueError(f"balance {balance!r} is not a number")
+    return _micro(amount)
