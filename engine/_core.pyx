@@ -7,6 +7,7 @@
 # The semantics are those of docs/decisions.md, which engine/reference.py
 # implements in plain Python; tests hold the two to each other.
 
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
@@ -561,8 +562,8 @@ cdef void decide_outbound(const Snap* s, const char* user, Py_ssize_t nu, const 
     pm = s.rate_pm[rate]
     inc = s.rate_inc[rate]
     cap = MAX_CALL_SECONDS // inc
-    if balance <= 0 and pm > 0:
-        k = 0
+    if balance < 0 or (balance == 0 and pm > 0):
+        k = 0  # even a free call costs more than a debt
     elif pm == 0:
         k = cap
     else:
@@ -628,6 +629,19 @@ cdef void decide_pickup(const Snap* s, const char* user, Py_ssize_t nu, const ch
 
 cdef inline const char* utf8(str text, Py_ssize_t* n) except NULL:
     return PyUnicode_AsUTF8AndSize(text, n)
+
+
+cdef inline int64_t instant(object at) except? -1:
+    # any Python int; values beyond int64 are as invalid as any outside the window
+    cdef int overflow = 0
+    cdef long long v
+    if type(at) is not int:
+        if isinstance(at, bool) or not isinstance(at, int):
+            raise TypeError(f"an instant is an int of UTC seconds, not {type(at).__name__}")
+    v = PyLong_AsLongLongAndOverflow(at, &overflow)
+    if overflow:
+        return MIN_INSTANT - 1
+    return v
 
 
 cdef str e164(uint64_t v):
@@ -819,24 +833,24 @@ cdef class CoreSnapshot:
 
     # -- single decisions -------------------------------------------------
 
-    def inbound(self, str caller not None, str called not None, long long at):
+    def inbound(self, str caller not None, str called not None, at):
         """Inbound decision for one call; see docs/decisions.md."""
         cdef Py_ssize_t nc, nd
         cdef const char* pc = utf8(caller, &nc)
         cdef const char* pd = utf8(called, &nd)
         cdef CoreDecision d = CoreDecision.__new__(CoreDecision)
         d.snap = self
-        decide_inbound(&self.s, pc, nc, pd, nd, at, &d.o)
+        decide_inbound(&self.s, pc, nc, pd, nd, instant(at), &d.o)
         return d
 
-    def outbound(self, str user not None, str destination not None, long long at, long long balance_micro):
+    def outbound(self, str user not None, str destination not None, at, long long balance_micro):
         """Outbound decision; the balance is in micro-units of the currency (1e-6)."""
         cdef Py_ssize_t nu, nd
         cdef const char* pu = utf8(user, &nu)
         cdef const char* pd = utf8(destination, &nd)
         cdef CoreDecision d = CoreDecision.__new__(CoreDecision)
         d.snap = self
-        decide_outbound(&self.s, pu, nu, pd, nd, at, balance_micro, &d.o)
+        decide_outbound(&self.s, pu, nu, pd, nd, instant(at), balance_micro, &d.o)
         return d
 
     def pickup(self, str user not None, str dialed not None, ringing):
