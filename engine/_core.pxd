@@ -5,14 +5,29 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
+cdef struct Container:
+    uint64_t key              # high 48 bits of the values it holds; UINT64_MAX: empty slot
+    uint32_t off              # byte offset of its data in the serialized buffer
+    uint32_t meta             # kind << 28 | count (array: values, run: runs)
+
+
+cdef struct Slot:
+    uint64_t key
+    int32_t index
+    int32_t pad
+
+
 cdef struct Roaring:
-    # A roaring64 bitmap read in place from its portable serialization:
-    # container i covers the values whose high 48 bits are keys[i].
+    # A roaring64 bitmap read in place from its portable serialization.  Two
+    # indexes are derived on load: an open-addressing table of its containers
+    # (one probe instead of a binary search over them) and a one-hash bit
+    # filter over its values that turns most non-members away in one access.
     const uint8_t* buf
-    const uint64_t* keys
-    const uint32_t* offs      # byte offset of the container's data in buf
-    const uint32_t* meta      # kind << 28 | count (array: values, bitset: -, run: runs)
-    int64_t n
+    const Container* table
+    uint64_t table_mask
+    const uint64_t* filter
+    uint64_t filter_mask      # in bits
+    int64_t n                 # containers
 
 
 cdef struct Country:
@@ -44,8 +59,7 @@ cdef struct Snap:
     const uint8_t* num_action # 0 reject, 1 voicemail, 2 forward
     const uint64_t* num_fwd
     const int32_t* num_group  # -1: no route_to
-    const uint64_t* nt_keys   # 0: empty slot
-    const int32_t* nt_vals
+    const Slot* nt            # key 0: empty slot
     uint64_t nt_mask
     const Country* countries
     # schedules and zones
@@ -54,6 +68,7 @@ cdef struct Snap:
     const int32_t* sched_hol_base
     const int32_t* hol_days     # local days since 1970-01-01, sorted per schedule
     const int32_t* zone_base    # zone z: segments zone_base[z] .. zone_base[z+1]
+    const int32_t* zone_bucket  # ZONE_BUCKETS per zone: the segment in force when each bucket starts
     const int64_t* zone_starts
     const int32_t* zone_offsets
     # lines and rates: a digit trie per line

@@ -9,8 +9,14 @@ from .decision import Decision, RingingCall
 
 COUNTRY_DTYPE: np.dtype
 WEEK_WORDS_: int
+ZONE_BUCKETS_: int
+ZONE_BUCKET_BITS_: int
+MIN_INSTANT_: int
+CONTAINER_DTYPE: np.dtype
+SLOT_DTYPE: np.dtype
 
 def parse_roaring64(buf: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def roaring_index(buf: Any) -> tuple[np.ndarray, np.ndarray]: ...
 
 class CoreDecision:
     @property
@@ -57,3 +63,5 @@ class CoreSnapshot:
     def on_blacklist(self, number: str) -> bool: ...
     def on_offhours_blacklist(self, number: str) -> bool: ...
     def contains_batch(self, which: str, values: np.ndarray) -> np.ndarray: ...
+
+def e164_array(numbers: Sequence[str]) -> np.ndarray: ...

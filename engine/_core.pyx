@@ -10,7 +10,11 @@
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memchr, memcpy, memset
+
+
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long) nogil
 
 import numpy as np
 
@@ -40,11 +44,14 @@ cdef enum:
     KIND_BITSET = 1
     KIND_RUN = 2
     WEEK_WORDS = 158          # 7 * 1440 minutes, one bit each, in 64-bit words
+    ZONE_BUCKET_BITS = 22     # zone offsets are indexed by 2^22 s (48.5 day) buckets
     MAX_CALL_SECONDS = 86400
 
 cdef int64_t MIN_INSTANT = codes.MIN_INSTANT
+cdef int64_t ZONE_BUCKETS = ((codes.MAX_INSTANT - codes.MIN_INSTANT) >> ZONE_BUCKET_BITS) + 1
 cdef int64_t MAX_INSTANT = codes.MAX_INSTANT
 cdef int64_t MAX_BALANCE_MICRO = 1000000000000000  # 1e9 currency units
+cdef uint64_t EMPTY_KEY = 0xFFFFFFFFFFFFFFFFULL     # no key: values are < 2^64 >> 16
 assert MAX_CALL_SECONDS == codes.MAX_CALL_SECONDS
 
 _VERDICTS = codes.VERDICTS
@@ -98,9 +105,9 @@ cdef inline int32_t number_index(const Snap* s, uint64_t e164) noexcept nogil:
     cdef uint64_t slot = mix64(e164) & s.nt_mask
     cdef uint64_t k
     while True:
-        k = s.nt_keys[slot]
+        k = s.nt[slot].key
         if k == e164:
-            return s.nt_vals[slot]
+            return s.nt[slot].index
         if k == 0:
             return -1
         slot = (slot + 1) & s.nt_mask
@@ -146,53 +153,126 @@ cdef inline int32_t user_index(const Snap* s, const char* p, Py_ssize_t n) noexc
 # Roaring bitmaps, read in place
 # ---------------------------------------------------------------------------
 
-cdef bint roaring_contains(const Roaring* r, uint64_t x) noexcept nogil:
-    cdef uint64_t key = x >> 16
-    cdef uint16_t low = <uint16_t>(x & 0xFFFF)
-    cdef int64_t lo = 0, hi = r.n - 1, mid, clo, chi, cmid
-    cdef uint32_t meta, kind, count
-    cdef const uint8_t* data
-    cdef uint16_t v, start, length
+cdef inline bint container_contains(const uint8_t* data, uint32_t meta, uint16_t low) noexcept nogil:
+    cdef uint32_t kind = meta >> 28, count = meta & 0x0FFFFFFF
+    cdef int64_t lo = 0, hi = <int64_t>count - 1, mid
+    cdef uint16_t v, start
+    if kind == KIND_BITSET:
+        return (data[low >> 3] >> (low & 7)) & 1
+    if kind == KIND_ARRAY:
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            v = load16(data + 2 * mid)
+            if v < low:
+                lo = mid + 1
+            elif v > low:
+                hi = mid - 1
+            else:
+                return True
+        return False
+    # runs: (start, length - 1) pairs sorted by start; find the last start <= low
     while lo <= hi:
         mid = (lo + hi) >> 1
-        if r.keys[mid] < key:
-            lo = mid + 1
-        elif r.keys[mid] > key:
+        start = load16(data + 4 * mid)
+        if start > low:
             hi = mid - 1
         else:
-            meta = r.meta[mid]
-            kind = meta >> 28
-            count = meta & 0x0FFFFFFF
-            data = r.buf + r.offs[mid]
-            if kind == KIND_BITSET:
-                return (data[low >> 3] >> (low & 7)) & 1
-            clo = 0
-            chi = <int64_t>count - 1
-            if kind == KIND_ARRAY:
-                while clo <= chi:
-                    cmid = (clo + chi) >> 1
-                    v = load16(data + 2 * cmid)
-                    if v < low:
-                        clo = cmid + 1
-                    elif v > low:
-                        chi = cmid - 1
-                    else:
-                        return True
-                return False
-            # runs: (start, length - 1) pairs sorted by start
-            while clo <= chi:
-                cmid = (clo + chi) >> 1
-                start = load16(data + 4 * cmid)
-                if start > low:
-                    chi = cmid - 1
-                else:
-                    clo = cmid + 1
-            if chi < 0:
-                return False
-            start = load16(data + 4 * chi)
-            length = load16(data + 4 * chi + 2)
-            return <uint32_t>low - start <= length
-    return False
+            lo = mid + 1
+    if hi < 0:
+        return False
+    return <uint32_t>low - load16(data + 4 * hi) <= load16(data + 4 * hi + 2)
+
+
+cdef inline bint roaring_contains(const Roaring* r, uint64_t x) noexcept nogil:
+    cdef uint64_t h, key, slot
+    cdef const Container* c
+    if r.n == 0:
+        return False
+    h = mix64(x) & r.filter_mask
+    if not ((r.filter[h >> 6] >> (h & 63)) & 1):
+        return False
+    key = x >> 16
+    slot = mix64(key) & r.table_mask
+    while True:
+        c = &r.table[slot]
+        if c.key == key:
+            return container_contains(r.buf + c.off, c.meta, <uint16_t>(x & 0xFFFF))
+        if c.key == EMPTY_KEY:
+            return False
+        slot = (slot + 1) & r.table_mask
+
+
+cdef void _fill_filter(uint64_t* filt, uint64_t mask, uint64_t key, const uint8_t* data, uint32_t meta) noexcept nogil:
+    # set the filter bit of every value in one container
+    cdef uint32_t kind = meta >> 28, count = meta & 0x0FFFFFFF, i, w
+    cdef uint64_t base = key << 16, h, word
+    cdef uint32_t start, length, v
+    if kind == KIND_ARRAY:
+        for i in range(count):
+            h = mix64(base | load16(data + 2 * i)) & mask
+            filt[h >> 6] |= (<uint64_t>1) << (h & 63)
+    elif kind == KIND_BITSET:
+        for w in range(1024):
+            memcpy(&word, data + 8 * w, 8)
+            while word:
+                v = w * 64 + <uint32_t>__builtin_ctzll(word)
+                word &= word - 1
+                h = mix64(base | v) & mask
+                filt[h >> 6] |= (<uint64_t>1) << (h & 63)
+    else:
+        for i in range(count):
+            start = load16(data + 4 * i)
+            length = load16(data + 4 * i + 2)
+            for v in range(start, start + length + 1):
+                h = mix64(base | v) & mask
+                filt[h >> 6] |= (<uint64_t>1) << (h & 63)
+
+
+def roaring_index(const uint8_t[::1] buf not None):
+    """Derived indexes of a serialized roaring64 bitmap: (container table, filter words).
+
+    The table is a power-of-two open-addressing array of Container structs
+    (load <= 0.5); the filter has at least 8 bits per value.
+    """
+    keys, offs, metas = parse_roaring64(buf)
+    cdef Py_ssize_t n = len(keys), i
+    cdef uint64_t size = 16, slot, bits = 1024, values = 0
+    while size < 2 * <uint64_t>n:
+        size *= 2
+    table = np.zeros(size, dtype=CONTAINER_DTYPE)
+    table["key"] = EMPTY_KEY
+    cdef Container* t = <Container*>cnp.PyArray_DATA(table)
+    cdef const uint64_t[::1] k = keys
+    cdef const uint32_t[::1] o = offs
+    cdef const uint32_t[::1] m = metas
+    for i in range(n):
+        values += _count(&buf[0], o[i], m[i])
+    while bits < 8 * values:
+        bits *= 2
+    filt = np.zeros(bits // 64, dtype=np.uint64)
+    cdef uint64_t* f = <uint64_t*>cnp.PyArray_DATA(filt)
+    with nogil:
+        for i in range(n):
+            slot = mix64(k[i]) & (size - 1)
+            while t[slot].key != EMPTY_KEY:
+                slot = (slot + 1) & (size - 1)
+            t[slot].key = k[i]
+            t[slot].off = o[i]
+            t[slot].meta = m[i]
+            _fill_filter(f, bits - 1, k[i], &buf[0] + o[i], m[i])
+    return table, filt
+
+
+cdef uint64_t _count(const uint8_t* buf, uint32_t off, uint32_t meta) noexcept nogil:
+    cdef uint32_t kind = meta >> 28, count = meta & 0x0FFFFFFF, i
+    cdef uint64_t total = 0
+    if kind == KIND_ARRAY:
+        return count
+    if kind == KIND_BITSET:
+        return 65536  # an upper bound is enough to size the filter
+    for i in range(count):
+        total += <uint64_t>load16(buf + off + 4 * i + 2) + 1
+    return total
 
 
 def parse_roaring64(const uint8_t[::1] buf not None):
@@ -292,6 +372,8 @@ cdef bint is_withheld(const char* p, Py_ssize_t n) noexcept nogil:
         b -= 1
     if a == b:
         return True
+    if p[a] == c'+' or (c'0' <= p[a] <= c'9'):
+        return False  # the common case: a number, not a word
     for k in range(5):
         if k == 0:
             word = b"anonymous"
@@ -311,17 +393,10 @@ cdef bint is_withheld(const char* p, Py_ssize_t n) noexcept nogil:
     return False
 
 
-cdef inline bint all_digits(const char* p, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if p[i] < c'0' or p[i] > c'9':
-            return False
-    return True
-
-
 cdef inline bint finish(uint64_t prefix, int32_t prefix_len, const char* p, Py_ssize_t n,
                         uint64_t* out) noexcept nogil:
-    # E.164 digits = prefix (prefix_len digits) followed by p[0:n]; 8..15, no leading 0
+    # E.164 digits = prefix (prefix_len digits) followed by p[0:n], which must
+    # be ASCII digits; 8..15 digits in all, no leading 0
     cdef Py_ssize_t total = prefix_len + n, i
     cdef uint64_t v = prefix
     if total < 8 or total > 15:
@@ -329,6 +404,8 @@ cdef inline bint finish(uint64_t prefix, int32_t prefix_len, const char* p, Py_s
     if prefix_len == 0 and p[0] == c'0':
         return False
     for i in range(n):
+        if p[i] < c'0' or p[i] > c'9':
+            return False
         v = v * 10 + <uint64_t>(p[i] - c'0')
     out[0] = v
     return True
@@ -349,8 +426,6 @@ cdef bint read_international(const char* p, Py_ssize_t n, uint64_t* out) noexcep
     if n > 0 and p[0] == c'+':
         p += 1
         n -= 1
-    if n == 0 or n > 15 or not all_digits(p, n):
-        return False
     return finish(0, 0, p, n, out)
 
 
@@ -359,10 +434,8 @@ cdef int read_in_country(const char* p, Py_ssize_t n, const Country* c, uint64_t
     if is_withheld(p, n):
         return 2
     if p[0] == c'+':
-        if n - 1 < 1 or n - 1 > 15 or not all_digits(p + 1, n - 1):
-            return 0
         return finish(0, 0, p + 1, n - 1, out)
-    if n > 32 or not all_digits(p, n):
+    if n > 32:
         return 0
     if starts_with(p, n, c.ip, c.ip_len):
         return finish(0, 0, p + c.ip_len, n - c.ip_len, out)
@@ -386,6 +459,24 @@ cdef inline int32_t digits_of(uint64_t v, char* buf) noexcept nogil:
     return n
 
 
+def e164_array(numbers):
+    """Validated E.164 strings as a uint64 array of their digits (compile helper)."""
+    cdef Py_ssize_t n = len(numbers), i, k
+    cdef const char* p
+    cdef uint64_t v = 0
+    out = np.empty(n, dtype=np.uint64)
+    cdef uint64_t[::1] o = out
+    for i in range(n):
+        text = numbers[i]
+        if type(text) is not str:
+            raise ValueError(f"entry {i} is not a string")
+        p = PyUnicode_AsUTF8AndSize(text, &k)
+        if not read_international(p, k, &v) or p[0] != c'+':
+            raise ValueError(f"entry {i} ({text!r}) is not an E.164 number")
+        o[i] = v
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Off hours, rates
 # ---------------------------------------------------------------------------
@@ -397,15 +488,12 @@ cdef bint off_hours(const Snap* s, int32_t sched, int64_t at) noexcept nogil:
     if sched < 0:
         return False
     z = s.sched_zone[sched]
-    lo = s.zone_base[z]
-    hi = s.zone_base[z + 1] - 1
-    # last segment whose start <= at (the first starts at MIN_INSTANT)
-    while lo < hi:
-        mid = (lo + hi + 1) >> 1
-        if s.zone_starts[mid] <= at:
-            lo = mid
-        else:
-            hi = mid - 1
+    # the segment in force when at's bucket starts, then at most the few
+    # transitions inside the bucket (offsets change at most every few weeks)
+    lo = s.zone_bucket[z * ZONE_BUCKETS + ((at - MIN_INSTANT) >> ZONE_BUCKET_BITS)]
+    hi = s.zone_base[z + 1]
+    while lo + 1 < hi and s.zone_starts[lo + 1] <= at:
+        lo += 1
     local = at + s.zone_offsets[lo]
     day = local // 86400
     sec = local - day * 86400
@@ -788,9 +876,10 @@ cdef class CoreSnapshot:
         s.num_action = <const uint8_t*>ptr(a, "num_action")
         s.num_fwd = <const uint64_t*>ptr(a, "num_fwd")
         s.num_group = <const int32_t*>ptr(a, "num_group")
-        s.nt_keys = <const uint64_t*>ptr(a, "nt_keys")
-        s.nt_vals = <const int32_t*>ptr(a, "nt_vals")
-        s.nt_mask = len(a["nt_keys"]) - 1
+        if a["nt"].dtype != SLOT_DTYPE:
+            raise ValueError("number table has the wrong layout")
+        s.nt = <const Slot*>ptr(a, "nt")
+        s.nt_mask = len(a["nt"]) - 1
         if a["countries"].dtype.itemsize != sizeof(Country):
             raise ValueError("country table has the wrong layout")
         s.countries = <const Country*>ptr(a, "countries")
@@ -799,6 +888,9 @@ cdef class CoreSnapshot:
         s.sched_hol_base = <const int32_t*>ptr(a, "sched_hol_base")
         s.hol_days = <const int32_t*>ptr(a, "hol_days")
         s.zone_base = <const int32_t*>ptr(a, "zone_base")
+        if len(a["zone_bucket"]) != (len(a["zone_base"]) - 1) * ZONE_BUCKETS:
+            raise ValueError("zone bucket index has the wrong size")
+        s.zone_bucket = <const int32_t*>ptr(a, "zone_bucket")
         s.zone_starts = <const int64_t*>ptr(a, "zone_starts")
         s.zone_offsets = <const int32_t*>ptr(a, "zone_offsets")
         s.line_root = <const int32_t*>ptr(a, "line_root")
@@ -820,16 +912,17 @@ cdef class CoreSnapshot:
 
     cdef void _bind_roaring(self, Roaring* r, str name) except *:
         cdef dict a = self.arrays
-        if f"{name}_keys" not in a:
-            keys, offs, meta = parse_roaring64(a[name])
-            a[f"{name}_keys"] = keys
-            a[f"{name}_offs"] = offs
-            a[f"{name}_meta"] = meta
+        if f"{name}_table" not in a:
+            a[f"{name}_table"], a[f"{name}_filter"] = roaring_index(a[name])
+        table = a[f"{name}_table"]
+        if table.dtype != CONTAINER_DTYPE:
+            raise ValueError(f"{name} container table has the wrong layout")
         r.buf = <const uint8_t*>ptr(a, name)
-        r.keys = <const uint64_t*>ptr(a, f"{name}_keys")
-        r.offs = <const uint32_t*>ptr(a, f"{name}_offs")
-        r.meta = <const uint32_t*>ptr(a, f"{name}_meta")
-        r.n = len(a[f"{name}_keys"])
+        r.table = <const Container*>ptr(a, f"{name}_table")
+        r.table_mask = len(table) - 1
+        r.filter = <const uint64_t*>ptr(a, f"{name}_filter")
+        r.filter_mask = len(a[f"{name}_filter"]) * 64 - 1
+        r.n = int((table["key"] != EMPTY_KEY).sum())
 
     # -- single decisions -------------------------------------------------
 
@@ -984,10 +1077,9 @@ cdef class CoreSnapshot:
 
 
 cdef inline Py_ssize_t _strnlen(const char* p, Py_ssize_t w) noexcept nogil:
-    cdef Py_ssize_t n = 0
-    while n < w and p[n] != 0:
-        n += 1
-    return n
+    # length of a NUL-padded fixed-width cell
+    cdef const void* end = memchr(p, 0, w)
+    return w if end == NULL else <const char*>end - p
 
 
 cdef Py_ssize_t _check_columns(cnp.ndarray a, cnp.ndarray b, cnp.ndarray at) except -1:
@@ -1023,3 +1115,10 @@ COUNTRY_DTYPE = np.dtype([
 ], align=True)
 assert COUNTRY_DTYPE.itemsize == sizeof(Country)
 WEEK_WORDS_ = WEEK_WORDS
+ZONE_BUCKETS_ = ZONE_BUCKETS
+MIN_INSTANT_ = MIN_INSTANT
+ZONE_BUCKET_BITS_ = ZONE_BUCKET_BITS
+SLOT_DTYPE = np.dtype([("key", np.uint64), ("index", np.int32), ("pad", np.int32)])
+assert SLOT_DTYPE.itemsize == sizeof(Slot)
+CONTAINER_DTYPE = np.dtype([("key", np.uint64), ("off", np.uint32), ("meta", np.uint32)])
+assert CONTAINER_DTYPE.itemsize == sizeof(Container)

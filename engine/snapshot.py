@@ -47,7 +47,7 @@ assert sys.byteorder == "little", "snapshots are stored little-endian"
 
 def e164_values(numbers: Sequence[str]) -> np.ndarray:
     """E.164 strings (already validated) as uint64 values of their digits."""
-    return np.fromiter((int(x[1:]) for x in numbers), dtype=np.uint64, count=len(numbers))
+    return _core.e164_array(numbers)
 
 
 def roaring_bytes(values: np.ndarray) -> np.ndarray:
@@ -100,18 +100,22 @@ def _hash_table(hashes: Iterable[int], size: int) -> tuple[np.ndarray, np.ndarra
     return keys, vals
 
 
-def _number_table(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _number_table(values: np.ndarray) -> np.ndarray:
+    """Open-addressing table E.164 value -> number index (key 0: empty), probed by mix64."""
     size = _table_size(len(values))
-    keys = np.zeros(size, dtype=np.uint64)
-    vals = np.full(size, -1, dtype=np.int32)
+    keys = [0] * size
+    index = [-1] * size
     mask = size - 1
     slots = (_mix64(values) & np.uint64(mask)).astype(np.int64)
-    for index, (value, slot) in enumerate(zip(values.tolist(), slots.tolist(), strict=True)):
+    for i, (value, slot) in enumerate(zip(values.tolist(), slots.tolist(), strict=True)):
         while keys[slot] != 0:
             slot = (slot + 1) & mask
         keys[slot] = value
-        vals[slot] = index
-    return keys, vals
+        index[slot] = i
+    table = np.zeros(size, dtype=_core.SLOT_DTYPE)
+    table["key"] = keys
+    table["index"] = index
+    return table
 
 
 def _micro(amount: Decimal) -> int:
@@ -176,6 +180,13 @@ def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) ->
         zone_starts.append(starts)
         zone_offsets.append(offsets)
         zone_base.append(zone_base[-1] + len(starts))
+    # per zone and 2^22 s bucket: the segment in force at the bucket's start
+    bucket_starts = _core.MIN_INSTANT_ + (np.arange(_core.ZONE_BUCKETS_, dtype=np.int64)
+                                          << _core.ZONE_BUCKET_BITS_)
+    zone_bucket = np.concatenate(
+        [base + np.searchsorted(starts, bucket_starts, side="right") - 1
+         for base, starts in zip(zone_base, zone_starts, strict=False)]
+    ).astype(np.int32) if zone_starts else np.zeros(0, dtype=np.int32)
     hol_base = np.zeros(len(holidays) + 1, dtype=np.int32)
     hol_base[1:] = np.cumsum([len(h) for h in holidays]) if holidays else []
 
@@ -186,7 +197,7 @@ def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) ->
     flags = np.array([(1 if x.requires_documents else 0) | (2 if x.number in approved_set else 0)
                       | (4 if x.inbound_only else 0) for x in settings.numbers], dtype=np.uint8)
     actions = {"reject": 0, "voicemail": 1, "forward": 2}
-    nt_keys, nt_vals = _number_table(num_e164)
+    number_table = _number_table(num_e164)
 
     # rates: one digit trie per line
     trie_child: list[list[int]] = []
@@ -242,14 +253,14 @@ def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) ->
                              for x in settings.numbers], dtype=np.uint64),
         "num_group": np.array([group_index[x.route_to] if x.route_to else -1 for x in settings.numbers],
                               dtype=np.int32),
-        "nt_keys": nt_keys,
-        "nt_vals": nt_vals,
+        "nt": number_table,
         "countries": countries,
         "sched_zone": np.array(sched_zone, dtype=np.int32),
         "sched_week": np.concatenate(weeks) if weeks else np.zeros(0, dtype=np.uint64),
         "sched_hol_base": hol_base,
         "hol_days": np.array([d for h in holidays for d in h], dtype=np.int32),
         "zone_base": np.array(zone_base, dtype=np.int32),
+        "zone_bucket": zone_bucket,
         "zone_starts": np.concatenate(zone_starts) if zone_starts else np.zeros(0, dtype=np.int64),
         "zone_offsets": np.concatenate(zone_offsets) if zone_offsets else np.zeros(0, dtype=np.int32),
         "line_root": np.array(line_root, dtype=np.int32),
@@ -292,9 +303,8 @@ def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) ->
     return arrays, meta
 
 
-# Arrays derived again on load (indexes of the roaring containers) are not saved.
-_DERIVED = ("blacklist_keys", "blacklist_offs", "blacklist_meta",
-            "offhours_blacklist_keys", "offhours_blacklist_offs", "offhours_blacklist_meta")
+# Arrays derived again on load (the roaring indexes) are not saved.
+_DERIVED = ("blacklist_table", "blacklist_filter", "offhours_blacklist_table", "offhours_blacklist_filter")
 
 
 def dumps(snapshot: _core.CoreSnapshot) -> bytes:

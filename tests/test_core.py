@@ -50,7 +50,7 @@ def test_roaring_reader_agrees_with_pyroaring(members, probes):
     snap = compile_settings(parse_settings(doc))
     arrays = dict(snap.arrays)
     arrays["blacklist"] = roaring_bytes(values)
-    for derived in ("blacklist_keys", "blacklist_offs", "blacklist_meta"):
+    for derived in ("blacklist_table", "blacklist_filter"):
         arrays.pop(derived)
     core = type(snap)(arrays, dict(snap.meta))
     reference = BitMap64(members)
