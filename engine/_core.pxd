@@ -107,6 +107,25 @@ cdef struct Out:
     int64_t max_duration
 
 
+cdef struct InRow:            # one row of an inbound batch result (INBOUND_DTYPE)
+    uint64_t target
+    int32_t line
+    int32_t group
+    uint16_t sip
+    uint8_t verdict
+    uint8_t reason
+
+
+cdef struct OutRow:           # one row of an outbound batch result (OUTBOUND_DTYPE)
+    int64_t max_duration
+    int32_t line
+    int32_t callerid
+    int32_t rate
+    uint16_t sip
+    uint8_t verdict
+    uint8_t reason
+
+
 cdef class CoreSnapshot:
     cdef Snap s
     cdef readonly dict arrays

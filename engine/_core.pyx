@@ -976,41 +976,38 @@ cdef class CoreSnapshot:
         """Inbound decisions for columns of calls, without the GIL.
 
         `callers` and `called` are fixed-width bytes arrays (dtype "S<n>",
-        NUL-padded UTF-8), `at` int64 UTC seconds.  Returns a dict of columns:
-        verdict, reason, sip (codes of engine.codes), target (E.164 as uint64,
-        0: none), line and group (indexes into meta lines/groups, -1: none).
+        NUL-padded UTF-8), `at` int64 UTC seconds.  Returns one structured
+        array (INBOUND_DTYPE) with the fields verdict, reason, sip (codes of
+        engine.codes), target (E.164 as uint64, 0: none), line and group
+        (indexes into meta lines/groups, -1: none).
         """
         cdef Py_ssize_t n = _check_columns(callers, called, at)
         cdef Py_ssize_t wc = callers.dtype.itemsize, wd = called.dtype.itemsize, i
         cdef const char* pc = <const char*>cnp.PyArray_DATA(callers)
         cdef const char* pd = <const char*>cnp.PyArray_DATA(called)
         cdef const int64_t* pt = <const int64_t*>cnp.PyArray_DATA(at)
-        out = _batch_columns(n, self.version)
-        cdef uint8_t[::1] verdict = out["verdict"]
-        cdef uint8_t[::1] reason = out["reason"]
-        cdef uint16_t[::1] sip = out["sip"]
-        cdef uint64_t[::1] target = out["target"]
-        cdef int32_t[::1] line = out["line"]
-        cdef int32_t[::1] group = out["group"]
+        rows = np.empty(n, dtype=INBOUND_DTYPE)
+        cdef InRow* r = <InRow*>cnp.PyArray_DATA(rows)
         cdef Out o
         with nogil:
             for i in range(n):
                 decide_inbound(&self.s, pc + i * wc, _strnlen(pc + i * wc, wc),
                                pd + i * wd, _strnlen(pd + i * wd, wd), pt[i], &o)
-                verdict[i] = o.verdict
-                reason[i] = o.reason
-                sip[i] = o.sip
-                target[i] = o.target
-                line[i] = o.line
-                group[i] = o.group
-        return out
+                r[i].target = o.target
+                r[i].line = o.line
+                r[i].group = o.group
+                r[i].sip = o.sip
+                r[i].verdict = o.verdict
+                r[i].reason = o.reason
+        return rows
 
     def outbound_batch(self, cnp.ndarray users not None, cnp.ndarray destinations not None,
                        cnp.ndarray at not None, cnp.ndarray balance_micro not None):
         """Outbound decisions for columns; balances int64 micro-units.
 
-        Returns columns verdict, reason, sip, line, callerid (number index,
-        -1: none), rate (index, -1), max_duration (seconds).
+        Returns one structured array (OUTBOUND_DTYPE): verdict, reason, sip,
+        line, callerid (number index, -1: none), rate (index, -1: none),
+        max_duration (seconds).
         """
         cdef Py_ssize_t n = _check_columns(users, destinations, at)
         if balance_micro.dtype != np.int64 or not balance_micro.flags.c_contiguous or len(balance_micro) != n:
@@ -1020,31 +1017,21 @@ cdef class CoreSnapshot:
         cdef const char* pd = <const char*>cnp.PyArray_DATA(destinations)
         cdef const int64_t* pt = <const int64_t*>cnp.PyArray_DATA(at)
         cdef const int64_t* pb = <const int64_t*>cnp.PyArray_DATA(balance_micro)
-        out = _batch_columns(n, self.version)
-        out["callerid"] = np.empty(n, dtype=np.int32)
-        out["rate"] = np.empty(n, dtype=np.int32)
-        out["max_duration"] = np.empty(n, dtype=np.int64)
-        cdef uint8_t[::1] verdict = out["verdict"]
-        cdef uint8_t[::1] reason = out["reason"]
-        cdef uint16_t[::1] sip = out["sip"]
-        cdef int32_t[::1] line = out["line"]
-        cdef int32_t[::1] callerid = out["callerid"]
-        cdef int32_t[::1] rate = out["rate"]
-        cdef int64_t[::1] duration = out["max_duration"]
+        rows = np.empty(n, dtype=OUTBOUND_DTYPE)
+        cdef OutRow* r = <OutRow*>cnp.PyArray_DATA(rows)
         cdef Out o
         with nogil:
             for i in range(n):
                 decide_outbound(&self.s, pu + i * wu, _strnlen(pu + i * wu, wu),
                                 pd + i * wd, _strnlen(pd + i * wd, wd), pt[i], pb[i], &o)
-                verdict[i] = o.verdict
-                reason[i] = o.reason
-                sip[i] = o.sip
-                line[i] = o.line
-                callerid[i] = o.callerid
-                rate[i] = o.rate
-                duration[i] = o.max_duration
-        del out["target"], out["group"]
-        return out
+                r[i].max_duration = o.max_duration
+                r[i].line = o.line
+                r[i].callerid = o.callerid
+                r[i].rate = o.rate
+                r[i].sip = o.sip
+                r[i].verdict = o.verdict
+                r[i].reason = o.reason
+        return rows
 
     # -- lists ------------------------------------------------------------
 
@@ -1096,18 +1083,6 @@ cdef Py_ssize_t _check_columns(cnp.ndarray a, cnp.ndarray b, cnp.ndarray at) exc
     return len(a)
 
 
-def _batch_columns(Py_ssize_t n, long long version):
-    return {
-        "version": version,
-        "verdict": np.empty(n, dtype=np.uint8),
-        "reason": np.empty(n, dtype=np.uint8),
-        "sip": np.empty(n, dtype=np.uint16),
-        "target": np.empty(n, dtype=np.uint64),
-        "line": np.empty(n, dtype=np.int32),
-        "group": np.empty(n, dtype=np.int32),
-    }
-
-
 # numpy dtype with the layout of struct Country, for engine.snapshot
 COUNTRY_DTYPE = np.dtype([
     ("cc", np.uint64), ("cc_len", np.int32), ("ip_len", np.int32), ("np_len", np.int32),
@@ -1118,6 +1093,13 @@ WEEK_WORDS_ = WEEK_WORDS
 ZONE_BUCKETS_ = ZONE_BUCKETS
 MIN_INSTANT_ = MIN_INSTANT
 ZONE_BUCKET_BITS_ = ZONE_BUCKET_BITS
+INBOUND_DTYPE = np.dtype([("target", np.uint64), ("line", np.int32), ("group", np.int32), ("sip", np.uint16),
+                          ("verdict", np.uint8), ("reason", np.uint8)], align=True)
+assert INBOUND_DTYPE.itemsize == sizeof(InRow)
+OUTBOUND_DTYPE = np.dtype([("max_duration", np.int64), ("line", np.int32), ("callerid", np.int32),
+                           ("rate", np.int32), ("sip", np.uint16), ("verdict", np.uint8), ("reason", np.uint8)],
+                          align=True)
+assert OUTBOUND_DTYPE.itemsize == sizeof(OutRow)
 SLOT_DTYPE = np.dtype([("key", np.uint64), ("index", np.int32), ("pad", np.int32)])
 assert SLOT_DTYPE.itemsize == sizeof(Slot)
 CONTAINER_DTYPE = np.dtype([("key", np.uint64), ("off", np.uint32), ("meta", np.uint32)])

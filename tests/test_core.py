@@ -16,7 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroaring import BitMap64
 
-from engine import Engine, codes, compile_settings, dumps, loads, micro_units, parse_settings, with_documents
+from engine import (
+    Engine,
+    SettingsError,
+    UnknownTenant,
+    _core,
+    codes,
+    compile_settings,
+    dumps,
+    loads,
+    micro_units,
+    parse_settings,
+    with_documents,
+)
 from engine._core import parse_roaring64
 from engine.snapshot import roaring_bytes
 
@@ -136,7 +148,7 @@ def test_inbound_batch_matches_single_calls():
     out = snap.inbound_batch(np.array([r[0].encode() for r in rows], dtype="S20"),
                              np.array([r[1].encode() for r in rows], dtype="S16"),
                              np.array([r[2] for r in rows], dtype=np.int64))
-    assert out["version"] == 4
+    assert out.dtype == _core.INBOUND_DTYPE
     for i, (c, d, t) in enumerate(rows):
         single = snap.inbound(c, d, t).to_decision("inbound")
         assert codes.VERDICTS[out["verdict"][i]] == single.verdict
@@ -194,8 +206,9 @@ def test_snapshot_swap_is_atomic_for_concurrent_batch_readers():
 
     def reader() -> None:
         while not stop.is_set():
-            out = engine.snapshot("acme").inbound_batch(callers, called, at)
-            version = out["version"]
+            snap = engine.snapshot("acme")
+            out = snap.inbound_batch(callers, called, at)
+            version = snap.version
             seen_versions.add(version)
             expected = 4 if version % 2 else 1  # REJECT BLACKLISTED on odd versions, ROUTE on even
             if not (out["verdict"] == expected).all():
@@ -216,3 +229,22 @@ def test_snapshot_swap_is_atomic_for_concurrent_batch_readers():
         t.join(timeout=30)
     assert not problems, problems[:3]
     assert len(seen_versions) >= 2
+
+
+# -- pushes are all-or-nothing ---------------------------------------------------
+
+def test_a_refused_push_changes_nothing():
+    engine = Engine()
+    engine.push(example(), version=1)
+    doc = json.loads(json.dumps(EXAMPLE))
+    doc["blacklist"] = ["+14155550199", "not a number"]
+    with pytest.raises(SettingsError):
+        engine.push(parse_settings(doc), version=2)
+    snap = engine.snapshot("acme")
+    assert snap.version == 1
+    assert snap.inbound("+14155550199", "+14155550199", TUESDAY_1030_LA).reason == "OK"
+
+
+def test_unknown_tenant_is_a_clear_error():
+    with pytest.raises(UnknownTenant, match="tenant 'nobody' has no settings: push them first"):
+        Engine().inbound("nobody", "+14155550666", "+14155550199", TUESDAY_1030_LA)

@@ -1,0 +1,115 @@
+"""The `callgate` command line.
+
+Offline commands for now (the gRPC server and its admin commands arrive
+with issue #3):
+
+    callgate check FILE            validate a settings document, list every problem
+    callgate compile FILE -o SNAP  compile it and save the snapshot (loads without compiling)
+    callgate demo [FILE]           print a few decisions on FILE (default: examples/acme.json)
+
+Exit codes: 0 success, 2 bad input (the message says what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import demo
+from .settings import Settings, SettingsError, parse_settings
+from .snapshot import compile_settings, dumps
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "acme.json"
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _parse(path: Path, fmt: str | None) -> Settings:
+    data = _read(path)
+    if fmt is None and path.suffix in (".msgpack", ".mpk"):
+        fmt = "msgpack"
+    try:
+        return parse_settings(data, fmt)
+    except SettingsError as exc:
+        raise CliError(f"{path}: {exc}") from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _parse(args.file, args.format)
+    print(f"{args.file}: valid settings for tenant {settings.tenant!r}: {len(settings.numbers)} numbers, "
+          f"{len(settings.users)} users, {len(settings.queue_groups)} queue groups, "
+          f"{len(settings.blacklist)} + {len(settings.offhours_blacklist)} listed callers")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    settings = _parse(args.file, args.format)
+    start = time.perf_counter()
+    snapshot = compile_settings(settings, version=args.version)
+    compiled = time.perf_counter() - start
+    data = dumps(snapshot)
+    try:
+        args.output.write_bytes(data)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    print(f"compiled tenant {settings.tenant!r} version {args.version} in {compiled:.3f} s; "
+          f"wrote {len(data):,} bytes to {args.output}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return demo.main([str(args.file)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callgate", description="callgate: the call-decision engine for cloud telephony.",
+        epilog="Settings documents are JSON or msgpack (SPEC §1); see examples/acme.json.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="validate a settings document and list every problem",
+                           description="Validate a settings document whole. Every problem is listed with "
+                                       "the path of its field; exit code 2 if there is any.")
+    check.add_argument("file", type=Path, help="settings document (JSON, or msgpack with --format msgpack)")
+    check.add_argument("--format", choices=("json", "msgpack"), help="document format (default: guessed)")
+    check.set_defaults(run=cmd_check)
+
+    comp = sub.add_parser("compile", help="compile settings into a snapshot file",
+                          description="Compile a settings document into the core's snapshot and save it; "
+                                      "a saved snapshot loads in another process without compiling.")
+    comp.add_argument("file", type=Path, help="settings document")
+    comp.add_argument("-o", "--output", type=Path, required=True, help="snapshot file to write")
+    comp.add_argument("--version", type=int, default=1, help="settings version to stamp (default 1)")
+    comp.add_argument("--format", choices=("json", "msgpack"), help="document format (default: guessed)")
+    comp.set_defaults(run=cmd_compile)
+
+    dem = sub.add_parser("demo", help="print a few decisions on a settings document",
+                         description="Compile a settings document and print inbound, outbound and pickup "
+                                     "decisions in words.")
+    dem.add_argument("file", type=Path, nargs="?", default=EXAMPLE, help="settings document (default: the example)")
+    dem.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except CliError as exc:
+        print(f"callgate: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
