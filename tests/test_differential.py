@@ -11,6 +11,7 @@ window.  Every answer must be the same `Decision`, field for field.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 from decimal import Decimal
 from typing import Any
@@ -289,3 +290,60 @@ def test_pickup_core_equals_reference(data: Any, tenant: tuple[dict, list[str]])
         dialed = data.draw(st.sampled_from(["*8", "#99", "*0*", "**", "8", "*8 ", ""]))
         same(core.pickup(user, dialed, ringing), ref.pickup(user, dialed, ringing), "pickup",
              (user, dialed, ringing))
+
+
+# -- DST changes, head on ------------------------------------------------------------
+
+# Zones whose clocks change, including ones that change at local midnight
+# (Havana, Santiago, Beirut), where the weekday and the holiday change too.
+DST_ZONES = ["America/Los_Angeles", "America/New_York", "Europe/London", "Europe/Berlin", "Australia/Sydney",
+             "Pacific/Chatham", "America/St_Johns", "America/Havana", "America/Santiago", "Asia/Beirut",
+             "Africa/Casablanca", "Pacific/Auckland"]
+
+
+@functools.cache
+def dst_changes(zone_name: str) -> tuple[int, ...]:
+    """Every offset change of the zone in 2025-2027, found by scanning hours with zoneinfo."""
+    zone = ZoneInfo(zone_name)
+
+    def offset(t: int) -> dt.timedelta | None:
+        return dt.datetime.fromtimestamp(t, zone).utcoffset()
+
+    start = int(dt.datetime(2025, 1, 1, tzinfo=dt.UTC).timestamp())
+    found = []
+    for hour in range(3 * 366 * 24):
+        lo, hi = start + hour * 3600, start + (hour + 1) * 3600
+        if offset(lo) != offset(hi):
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if offset(mid) == offset(lo) else (lo, mid)
+            found.append(hi)
+    return tuple(found)
+
+
+@settings(max_examples=max(EXAMPLES // 3, 50), deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), zone=st.sampled_from(DST_ZONES))
+def test_off_hours_at_dst_changes_core_equals_reference(data: Any, zone: str) -> None:
+    """One scheduled number; every instant is a DST change of its zone, or a second either side."""
+    changes = dst_changes(zone)
+    local_days = sorted({dt.datetime.fromtimestamp(t + d, ZoneInfo(zone)).date()
+                         for t in changes for d in (-3600, 3600)})
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    doc = {
+        "tenant": "t", "currency": "EUR", "status": "active", "chat_mode": "none", "lead_trigger": "on_hangup",
+        "lines": [{"id": "l", "kind": "rented"}],
+        "numbers": [{"number": "+14155550100", "line": "l", "country": "US",
+                     "schedule": {"timezone": zone,
+                                  "weekly": {d: data.draw(intervals()) for d in days if data.draw(st.booleans())},
+                                  "holidays": [h.isoformat() for h in
+                                               data.draw(st.lists(st.sampled_from(local_days), max_size=3))]},
+                     "offhours_action": {"action": "voicemail"}}],
+        "offhours_blacklist": ["+14155550777"],
+    }
+    parsed = parse_settings(doc)
+    core, ref = compile_settings(parsed), Reference(parsed)
+    for t in changes:
+        for delta in (-1, 0, 1):
+            for caller in ("+14155550777", "+14155551234"):
+                same(core.inbound(caller, "+14155550100", t + delta), ref.inbound(caller, "+14155550100", t + delta),
+                     "inbound", (zone, caller, t + delta))
