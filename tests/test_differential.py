@@ -223,6 +223,14 @@ def instants(draw: Any, zones: list[str]) -> int:
     return midnight + draw(st.integers(-14 * 3600, 38 * 3600))
 
 
+def both(data: Any, doc: dict, version: int) -> tuple[Any, Reference]:
+    """The core snapshot and the reference for one document, with a random set of approved numbers."""
+    parsed = parse_settings(doc)
+    approved = data.draw(st.lists(st.sampled_from([n["number"] for n in doc["numbers"]]), unique=True))
+    return (compile_settings(parsed, version=version, approved=approved),
+            Reference(parsed, version=version, approved=approved))
+
+
 def same(core: Any, ref: Any, kind: str, context: Any) -> None:
     got = core.to_decision(kind)
     assert got == ref, f"{context}\ncore:      {got}\nreference: {ref}"
@@ -232,10 +240,7 @@ def same(core: Any, ref: Any, kind: str, context: Any) -> None:
 @given(data=st.data(), tenant=tenants())
 def test_inbound_core_equals_reference(data: Any, tenant: tuple[dict, list[str]]) -> None:
     doc, callers = tenant
-    parsed = parse_settings(doc)
-    approved = data.draw(st.lists(st.sampled_from([n["number"] for n in doc["numbers"]]), unique=True))
-    core = compile_settings(parsed, version=5, approved=approved)
-    ref = Reference(parsed, version=5, approved=approved)
+    core, ref = both(data, doc, version=5)
     zones = sorted({n["schedule"]["timezone"] for n in doc["numbers"] if "schedule" in n})
     for _ in range(12):
         target = data.draw(st.sampled_from(doc["numbers"] + [None]))
@@ -257,10 +262,7 @@ def test_inbound_core_equals_reference(data: Any, tenant: tuple[dict, list[str]]
 @given(data=st.data(), tenant=tenants())
 def test_outbound_core_equals_reference(data: Any, tenant: tuple[dict, list[str]]) -> None:
     doc, callers = tenant
-    parsed = parse_settings(doc)
-    approved = data.draw(st.lists(st.sampled_from([n["number"] for n in doc["numbers"]]), unique=True))
-    core = compile_settings(parsed, version=3, approved=approved)
-    ref = Reference(parsed, version=3, approved=approved)
+    core, ref = both(data, doc, version=3)
     for _ in range(12):
         user = data.draw(st.sampled_from(["u0", "u1", "u2", "u5", "u6", "stranger", "", "bad user", "x" * 65,
                                           "é", "a-b.c@d:e", "-lead"]))
