@@ -18,11 +18,25 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-build: $(STAMP)
+PROTOS := $(wildcard proto/callgate/v1/*.proto)
+GENERATED := callgate/v1/decisions_pb2.py
+
+build: $(STAMP) $(GENERATED)
 	$(PY) setup.py --quiet build_ext --inplace
 
+# gRPC code (with .pyi stubs) from the .proto files; a test checks it is fresh.
+$(GENERATED): $(PROTOS) $(STAMP)
+	$(PY) -m server.codegen
+
 run: build
-	$(PY) -m engine.demo examples/acme.json
+	@echo "callgate: serving gRPC on 127.0.0.1:50051 with the example tenant 'acme' (data in ./data); Ctrl-C stops."
+	@echo "  try, in another terminal:"
+	@echo "    $(PY) -m callgate decide inbound --tenant acme --caller +14155550666 --called +14155550199"
+	@echo "    $(PY) -m callgate decide outbound --tenant acme --user u3 --destination 02071112222"
+	@echo "    $(PY) -m callgate settings history --tenant acme"
+	@echo "  metrics: http://127.0.0.1:9464/metrics   offline demo: $(PY) -m callgate demo"
+	$(PY) -m callgate serve --listen 127.0.0.1:50051 --data-dir data --seed examples/acme.json \
+		--seed-credit 10.00 --log-format text
 
 lint: build
 	$(VENV)/bin/ruff check .
@@ -35,4 +49,4 @@ bench: build
 	$(PY) -m loadtest.core_bench
 
 clean:
-	rm -rf build engine/_core.c engine/_core*.so
+	rm -rf build engine/_core.c engine/_core*.so callgate/v1/*_pb2*

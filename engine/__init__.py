@@ -5,7 +5,7 @@ The public API is plain Python over the compiled core (`engine._core`):
     from engine import Engine, parse_settings
     engine = Engine()
     engine.push(parse_settings(open("examples/acme.json").read()), version=1)
-    engine.inbound("acme", "+14155550666", "+14155550199", at=1764600000).reason  # 'BLACKLISTED'
+    engine.inbound("acme", "+14155550666", "+14155550199", at=1796149800).reason  # 'BLACKLISTED'
 
 `engine.reference.Reference` decides the same in plain Python; see
 docs/decisions.md for the semantics both follow.

@@ -752,6 +752,28 @@ cdef class CoreDecision:
         return _REASONS[self.o.reason]
 
     @property
+    def verdict_code(self):
+        return self.o.verdict
+
+    @property
+    def reason_code(self):
+        return self.o.reason
+
+    @property
+    def caller(self):
+        """Inbound: the caller as E.164 (None if withheld or not read)."""
+        return e164(self.o.caller)
+
+    @property
+    def called(self):
+        """Inbound: the called number; outbound ALLOW: the destination (E.164)."""
+        return e164(self.o.called)
+
+    @property
+    def call_id(self):
+        return self._call_id
+
+    @property
     def sip_status(self):
         return self.o.sip
 

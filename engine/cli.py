@@ -1,7 +1,4 @@
-"""The `callgate` command line.
-
-Offline commands for now (the gRPC server and its admin commands arrive
-with issue #3):
+"""The offline part of the `callgate` command (the rest is in server/cli.py):
 
     callgate check FILE            validate a settings document, list every problem
     callgate compile FILE -o SNAP  compile it and save the snapshot (loads without compiling)
@@ -16,6 +13,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from . import demo
 from .settings import Settings, SettingsError, parse_settings
@@ -72,12 +70,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main([str(args.file)])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="callgate", description="callgate: the call-decision engine for cloud telephony.",
-        epilog="Settings documents are JSON or msgpack (SPEC §1); see examples/acme.json.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_offline_commands(sub: Any) -> None:
+    """check, compile and demo: the commands that need no server."""
     check = sub.add_parser("check", help="validate a settings document and list every problem",
                            description="Validate a settings document whole. Every problem is listed with "
                                        "the path of its field; exit code 2 if there is any.")
@@ -94,11 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--format", choices=("json", "msgpack"), help="document format (default: guessed)")
     comp.set_defaults(run=cmd_compile)
 
-    dem = sub.add_parser("demo", help="print a few decisions on a settings document",
+    dem = sub.add_parser("demo", help="print a few decisions on a settings document (offline)",
                          description="Compile a settings document and print inbound, outbound and pickup "
                                      "decisions in words.")
     dem.add_argument("file", type=Path, nargs="?", default=EXAMPLE, help="settings document (default: the example)")
     dem.set_defaults(run=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine", description="callgate's offline tools (the full command is `callgate`).")
+    add_offline_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     return parser
 
 

@@ -76,3 +76,28 @@ MAX_CALL_SECONDS: Final = 86_400
 # Off-hours tables are precomputed over this window.
 MIN_INSTANT: Final = 946_684_800
 MAX_INSTANT: Final = 4_102_444_800
+
+# The rule that decided, in words, per reason (SPEC §2-§3 rule numbers), for
+# the CLI and the `rule` field of gRPC decisions.
+RULES: Final = {
+    "OK": "no rule refused the call",
+    "BLACKLISTED": "the caller is on the tenant's blacklist, refused at all times (rule 8)",
+    "OFF_HOURS_BLOCKED": "the number is in its off hours and the caller is on the off-hours blacklist (rule 8)",
+    "OFF_HOURS": "the number is in its off hours: its offhours_action applies (rule 8)",
+    "DOCUMENTS_PENDING": "the number needs approved documents before it may be used (rule 1)",
+    "UNKNOWN_NUMBER": "the called number is not one of the tenant's numbers",
+    "ANONYMOUS": "the caller is withheld and the tenant blocks anonymous calls",
+    "ACCOUNT_UNAVAILABLE": "the tenant is not active: calls on the backup line go to the backup number (rule 3)",
+    "INSUFFICIENT_FUNDS": "the balance does not pay for one billing increment",
+    "NO_RATE": "the caller ID's line has no rate for this destination",
+    "NO_CALLER_ID": "the user has no caller ID and the tenant no default_caller_id (rule 2)",
+    "INVALID_CALLER": "the caller is not a phone number (E.164, digits, national, or withheld)",
+    "INVALID_CALLED": "the called number is not a phone number (E.164 or digits)",
+    "INVALID_DESTINATION": "the destination is not a phone number (E.164, digits or national)",
+    "INVALID_TIME": "the instant is outside 2000-01-01 .. 2100-01-01 (UTC seconds)",
+    "INVALID_USER": "the user id is not 1-64 letters, digits or _ . : @ -",
+    "NOT_PICKUP_CODE": "the dialled string is not the tenant's pickup code (rule 6)",
+    "NO_RINGING_CALL": "no unanswered call rings at another member of the user's queue groups (rule 6)",
+    "INVALID_BALANCE": "the balance is beyond 1e9 or has more than 6 decimals",
+}
+assert set(RULES) == set(REASON_NAMES)

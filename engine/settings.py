@@ -64,6 +64,10 @@ _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 class SettingsError(ValueError):
     """A settings document that cannot be accepted; `errors` lists each problem."""
 
+    def __reduce__(self) -> tuple[type[SettingsError], tuple[list[str]]]:
+        # crosses process boundaries (compiles run in a worker pool) whole
+        return (SettingsError, (self.errors,))
+
     def __init__(self, errors: Sequence[str]):
         self.errors = list(errors)
         shown = "\n".join(f"  - {e}" for e in self.errors[:50])

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import array
 import datetime as dt
+import json
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -34,7 +36,7 @@ from pyroaring import BitMap64
 
 from . import _core
 from .dialing import country_dialing
-from .settings import Settings
+from .settings import Settings, parse_settings
 from .timezones import zone_table
 
 FORMAT = 1  # bump when the array layout changes; loads() refuses others
@@ -52,12 +54,16 @@ def e164_values(numbers: Sequence[str]) -> np.ndarray:
 
 def roaring_bytes(values: np.ndarray) -> np.ndarray:
     """Serialized roaring64 bitmap of the values, as a uint8 array."""
+    return np.frombuffer(roaring_bitmap(values).serialize(), dtype=np.uint8)
+
+
+def roaring_bitmap(values: np.ndarray) -> BitMap64:
     ordered = array.array("Q")
     ordered.frombytes(np.sort(values).tobytes())
     bitmap = BitMap64(ordered)
     bitmap.run_optimize()
     bitmap.shrink_to_fit()
-    return np.frombuffer(bitmap.serialize(), dtype=np.uint8)
+    return bitmap
 
 
 def _table_size(n: int) -> int:
@@ -242,6 +248,8 @@ def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) ->
     caller_of = [own_caller.get(uid) for uid in user_ids]
 
     backup = settings.backup
+    blacklist = roaring_bitmap(e164_values(settings.blacklist))
+    offhours = roaring_bitmap(e164_values(settings.offhours_blacklist))
     arrays: dict[str, np.ndarray] = {
         "num_e164": num_e164,
         "num_line": np.array([line_index[x.line] for x in settings.numbers], dtype=np.int32),
@@ -274,8 +282,8 @@ def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) ->
         "user_off": user_off,
         "user_callerid": np.array([by_number[c] if c else -1 for c in caller_of], dtype=np.int32),
         "user_groups": groups_bits.reshape(-1),
-        "blacklist": roaring_bytes(e164_values(settings.blacklist)),
-        "offhours_blacklist": roaring_bytes(e164_values(settings.offhours_blacklist)),
+        "blacklist": np.frombuffer(blacklist.serialize(), dtype=np.uint8),
+        "offhours_blacklist": np.frombuffer(offhours.serialize(), dtype=np.uint8),
     }
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -298,6 +306,8 @@ def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) ->
         "rates": rate_text,
         "group_words": words,
         "approved": sorted(approved_set & set(by_number)),
+        "blacklist_size": len(blacklist),
+        "offhours_blacklist_size": len(offhours),
     }
     assert n == len(arrays["num_line"])
     return arrays, meta
@@ -324,13 +334,19 @@ def _dtype(spec: Any) -> np.dtype:
     return np.dtype([tuple(field) for field in spec], align=True)
 
 
-def loads(data: bytes) -> _core.CoreSnapshot:
-    """Load a snapshot saved by `dumps`, without compiling (arrays are views of `data`)."""
+def loads(data: bytes, version: int | None = None) -> _core.CoreSnapshot:
+    """Load a snapshot saved by `dumps`, without compiling (arrays are views of `data`).
+
+    `version` stamps the settings version it is in force as (a blob is
+    compiled before the store assigns the version number).
+    """
     try:
         doc = msgpack.unpackb(data, raw=False, use_list=True)
         meta = doc["meta"]
         if meta.get("format") != FORMAT:
             raise ValueError(f"snapshot format {meta.get('format')!r}, expected {FORMAT}")
+        if version is not None:
+            meta["version"] = version
         arrays = {}
         for name, spec in doc["arrays"].items():
             dtype = _dtype(spec["dtype"])
@@ -366,3 +382,30 @@ def micro_units(balance: Decimal | int | str) -> int:
     if not amount.is_finite():
         raise ValueError(f"balance {balance!r} is not a number")
     return _micro(amount)
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A validated document, as JSON, and its compiled snapshot blob (see `build`)."""
+
+    tenant: str
+    document: bytes     # JSON: the bytes pushed if they were JSON, else the document re-encoded
+    blob: bytes         # dumps() of the compiled snapshot
+    compile_seconds: float
+
+
+def build(document: bytes, fmt: str | None = None, approved: Iterable[str] = ()) -> Built:
+    """Validate a settings document and compile it; raises SettingsError.
+
+    The unit of work of a push: pure, picklable in and out, so that servers
+    run it in a separate process and never stall their event loop on it.
+    """
+    import time
+
+    start = time.perf_counter()
+    settings = parse_settings(document, fmt)
+    blob = dumps(compile_settings(settings, version=0, approved=approved))
+    if fmt == "msgpack" or (fmt is None and document.lstrip()[:1] not in (b"{", b"[")):
+        document = json.dumps(settings.document, separators=(",", ":"), ensure_ascii=False,
+                              default=str).encode()
+    return Built(settings.tenant, document, blob, time.perf_counter() - start)

@@ -59,16 +59,16 @@ def test_compiled_snapshot_loads_in_another_process(tmp_path):
     snap = tmp_path / "acme.snap"
     assert main(["compile", str(EXAMPLE), "-o", str(snap), "--version", "12"]) == 0
     script = ("import sys; from engine import loads; s = loads(open(sys.argv[1], 'rb').read()); "
-              "print(s.version, s.inbound('+14155550666', '+14155550199', 1764613800).reason)")
+              "print(s.version, s.inbound('+14155550666', '+14155550199', 1796149800).reason)")
     out = subprocess.run([sys.executable, "-c", script, str(snap)], cwd=ROOT, capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["12", "BLACKLISTED"]
 
 
 def test_help_explains_each_command():
-    out = subprocess.run([sys.executable, "-m", "engine", "--help"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "callgate", "--help"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     for command in ("check", "compile", "demo"):
         assert command in out
-    bad = subprocess.run([sys.executable, "-m", "engine", "nonsense"], cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "callgate", "nonsense"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2

@@ -34,7 +34,7 @@ from engine.snapshot import roaring_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = json.loads((ROOT / "examples" / "acme.json").read_text())
-TUESDAY_1030_LA = 1764613800  # 2026-12-01T10:30:00-08:00
+TUESDAY_1030_LA = 1796149800  # 2026-12-01T10:30:00-08:00
 
 
 def example(**changes):
@@ -91,7 +91,7 @@ def test_snapshot_loads_in_another_process_without_compiling(tmp_path):
         "import sys, engine.snapshot as s\n"
         "s.compile_settings = None  # loading must not compile\n"
         "snap = s.loads(open(sys.argv[1], 'rb').read())\n"
-        "d = snap.inbound('+14155550666', '+14155550199', 1764613800)\n"
+        "d = snap.inbound('+14155550666', '+14155550199', 1796149800)\n"
         "print(snap.version, d.verdict, d.reason)\n"
     )
     out = subprocess.run([sys.executable, "-c", script, str(path)], cwd=ROOT, capture_output=True, text=True,

@@ -1,0 +1,7 @@
+"""`python -m callgate` is the `callgate` command."""
+
+import sys
+
+from server.cli import main
+
+sys.exit(main())

@@ -1,0 +1,334 @@
+"""`callgate serve`: the gRPC server, one process or N workers sharing a port.
+
+One worker (`serve_worker`) holds the compiled snapshots of every tenant and
+nothing else of its own: it loads them from the store at start, and a
+watcher polls the store's versions (every 0.2 s by default) and installs
+new ones off the request path, so a push through any worker is in force in
+all of them within a second.
+
+With `--workers N` (N > 1) a supervisor process starts N workers that bind
+the same address with SO_REUSEPORT, serves the metrics of all of them, and
+starts a new worker when one dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("callgate.server")
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+STORE_FILE = "callgate.sqlite"
+
+# LogRecord attributes that are not `extra` fields
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, pid, logger, message and the `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "pid": record.process, "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines for people: time, level, pid, message, then the `extra` fields as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s [%(process)d] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD)
+        return super().format(record) + (f"  {extra}" if extra else "")
+
+
+def setup_logging(fmt: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+@dataclass(frozen=True)
+class Options:
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path = Path("data")
+    workers: int = 1
+    metrics: str = "127.0.0.1:9464"
+    seed: Path | None = None
+    seed_credit: str | None = None
+    poll: float = 0.2
+    grace: float = 5.0
+    max_message_mb: int = 64
+    log_format: str = "json"
+    reuse_port: bool = False
+
+
+def _split(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{addr!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+async def serve_worker(opts: Options, ready: Any = None) -> None:
+    """Run one worker until SIGTERM/SIGINT; `ready(port)` is called once it serves."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
+
+    from .service import AdminServicer, Compiler, DecisionsServicer, State
+    from .store import SQLiteStore
+
+    store = SQLiteStore(opts.data_dir / STORE_FILE)
+    compiler = Compiler()
+    state = State(store, compiler)
+    limit = opts.max_message_mb * 1024 * 1024
+    server = grpc.aio.server(options=[
+        ("grpc.so_reuseport", 1 if opts.reuse_port else 0),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+    ])
+    decisions_pb2_grpc.add_DecisionsServicer_to_server(DecisionsServicer(state), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(state, max_document=limit), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (decisions_pb2.DESCRIPTOR.services_by_name["Decisions"].full_name,
+             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    port = server.add_insecure_port(opts.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {opts.listen}")
+
+    changed = await state.refresh()
+    log.info("settings loaded", extra={"event": "loaded", "tenants": len(changed)})
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(names[1], health_pb2.HealthCheckResponse.SERVING)
+
+    async def decisions_health() -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if state.engine.tenants()
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        await health_servicer.set(names[0], status)
+
+    await decisions_health()
+    host = opts.listen.rpartition(":")[0]
+    log.info("listening", extra={"event": "listening", "address": f"{host}:{port}"})
+    if ready is not None:
+        ready(port)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    async def watch() -> None:
+        while not stopping.is_set():
+            try:
+                for tenant, version in await state.refresh():
+                    log.info("version installed", extra={"event": "installed", "tenant": tenant, "version": version})
+                await decisions_health()
+            except Exception:  # the store may be busy or a blob bad: log, keep serving, try again
+                log.exception("refresh from the store failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), opts.poll)
+
+    watcher = asyncio.create_task(watch())
+    await stopping.wait()
+    log.info("stopping: finishing calls in flight", extra={"event": "stopping", "grace_s": opts.grace})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(opts.grace)
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    compiler.close()
+    store.close()
+    log.info("stopped", extra={"event": "stopped"})
+
+
+def _seed(opts: Options) -> None:
+    """Push the --seed document if its tenant has no settings yet (first start of `make run`)."""
+    from engine.snapshot import build, micro_units
+
+    from .store import SQLiteStore
+    from .store_api import VersionConflict
+
+    assert opts.seed is not None
+    built = build(opts.seed.read_bytes())
+    store = SQLiteStore(opts.data_dir / STORE_FILE)
+    try:
+        version = store.commit_version(built.tenant, "push", built.document, built.blob, 0, f"seed from {opts.seed}")
+        log.info("seeded", extra={"event": "seeded", "tenant": built.tenant, "version": version})
+        if opts.seed_credit:
+            store.credit(built.tenant, micro_units(opts.seed_credit), "opening_credit", "seed")
+            log.info("opening credit", extra={"event": "credit", "tenant": built.tenant, "amount": opts.seed_credit})
+    except VersionConflict:
+        log.info("seed skipped: tenant already has settings", extra={"event": "seed_skipped", "tenant": built.tenant})
+    finally:
+        store.close()
+
+
+def _worker_main(opts: Options, log_format: str) -> None:
+    setup_logging(log_format)
+    asyncio.run(serve_worker(opts))
+
+
+def _metrics_server(addr: str, multiproc_dir: str | None) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    host, port = _split(addr)
+    if multiproc_dir:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
+        start_http_server(port, addr=host, registry=registry)
+    else:
+        start_http_server(port, addr=host)
+    log.info("metrics", extra={"event": "metrics", "address": f"http://{host}:{port}/metrics"})
+
+
+def run(opts: Options) -> int:
+    """Start the server as `callgate serve` does; returns the exit code."""
+    setup_logging(opts.log_format)
+    opts.data_dir.mkdir(parents=True, exist_ok=True)
+    from .store import SQLiteStore
+
+    SQLiteStore(opts.data_dir / STORE_FILE).close()  # create or migrate the store once, before any worker
+    if opts.seed:
+        _seed(opts)
+    if opts.workers == 1:
+        if opts.metrics:
+            _metrics_server(opts.metrics, None)
+        asyncio.run(serve_worker(opts))
+        return 0
+    return _supervise(opts)
+
+
+def _supervise(opts: Options) -> int:
+    host, port = _split(opts.listen)
+    if port == 0:
+        port = free_port(host)
+    worker_opts = Options(**{**opts.__dict__, "listen": f"{host}:{port}", "reuse_port": True})
+    metrics_dir = tempfile.mkdtemp(prefix="callgate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    if opts.metrics:
+        _metrics_server(opts.metrics, metrics_dir)
+    ctx = multiprocessing.get_context("spawn")
+    workers: list[Any] = []
+
+    def start() -> Any:
+        p = ctx.Process(target=_worker_main, args=(worker_opts, opts.log_format), daemon=False)
+        p.start()
+        log.info("worker started", extra={"event": "worker_started", "worker_pid": p.pid})
+        return p
+
+    workers = [start() for _ in range(opts.workers)]
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("supervising", extra={"event": "supervising", "workers": opts.workers, "address": f"{host}:{port}"})
+    while not stopping:
+        time.sleep(0.2)
+        for i, p in enumerate(workers):
+            if not p.is_alive() and not stopping:
+                log.warning("worker died; starting another", extra={"event": "worker_died", "worker_pid": p.pid,
+                                                                    "exitcode": p.exitcode})
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(p.pid)
+                workers[i] = start()
+    for p in workers:
+        if p.is_alive() and p.pid:
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + opts.grace + 5
+    for p in workers:
+        p.join(max(0.1, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+    log.info("supervisor stopped", extra={"event": "stopped"})
+    return 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (for --workers N with port 0)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                        help=f"address to serve gRPC on (default {DEFAULT_LISTEN}; port 0 picks a free one)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"),
+                        help="directory of the SQLite store (created if missing; default ./data)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes sharing the port with SO_REUSEPORT (default 1)")
+    parser.add_argument("--metrics", default="127.0.0.1:9464", metavar="HOST:PORT",
+                        help="Prometheus /metrics address (default 127.0.0.1:9464; '' disables)")
+    parser.add_argument("--seed", type=Path, help="settings document to push at start if its tenant has none")
+    parser.add_argument("--seed-credit", metavar="AMOUNT",
+                        help="with --seed: opening balance credited to a freshly seeded tenant (e.g. 10.00)")
+    parser.add_argument("--poll", type=float, default=0.2,
+                        help="seconds between checks of the store for new versions (default 0.2)")
+    parser.add_argument("--grace", type=float, default=5.0,
+                        help="seconds calls in flight get to finish on SIGTERM (default 5)")
+    parser.add_argument("--max-message-mb", type=int, default=64,
+                        help="largest gRPC message, and so settings document, accepted (default 64)")
+    parser.add_argument("--log-format", choices=("json", "text"), default="json",
+                        help="log lines as JSON objects (default) or plain text")
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    if args.workers < 1 or args.workers > 64:
+        raise ValueError("--workers must be 1..64")
+    if args.poll <= 0 or args.poll > 5:
+        raise ValueError("--poll must be in (0, 5] seconds: pushes must be in force everywhere within a second")
+    _split(args.listen)
+    if args.metrics:
+        _split(args.metrics)
+    if args.seed is not None and not args.seed.is_file():
+        raise ValueError(f"--seed {args.seed}: no such file")
+    if args.seed_credit is not None:
+        from decimal import Decimal, InvalidOperation
+
+        try:
+            if not Decimal(args.seed_credit).is_finite() or Decimal(args.seed_credit) < 0:
+                raise InvalidOperation
+        except InvalidOperation:
+            raise ValueError(f"--seed-credit {args.seed_credit!r} is not an amount such as 10.00") from None
+    return Options(listen=args.listen, data_dir=args.data_dir, workers=args.workers, metrics=args.metrics,
+                   seed=args.seed, seed_credit=args.seed_credit, poll=args.poll, grace=args.grace,
+                   max_message_mb=args.max_message_mb, log_format=args.log_format)

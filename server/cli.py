@@ -1,0 +1,366 @@
+"""The `callgate` command: the server, the admin commands over gRPC, and the offline tools.
+
+    callgate serve --listen 127.0.0.1:50051 --data-dir data --workers 2
+    callgate settings push FILE [--expect-version N]
+    callgate settings show --tenant T [--version V]
+    callgate settings history --tenant T
+    callgate settings rollback VERSION --tenant T
+    callgate blacklist add|remove --tenant T [--offhours] NUMBER...
+    callgate blacklist import FILE.csv --tenant T [--offhours]
+    callgate decide inbound --tenant T --caller X --called Y [--at TIME]
+    callgate decide outbound --tenant T --user U --destination D [--at TIME]
+    callgate decide pickup --tenant T --user U --dialed CODE
+    callgate stats [--tenant T]
+    callgate check FILE | compile FILE -o SNAP | demo [FILE]     (offline)
+
+Errors are one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine import cli as offline
+from engine.cli import CliError
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+
+def _channel(args: argparse.Namespace) -> Any:
+    import grpc
+
+    return grpc.insecure_channel(args.server, options=[("grpc.max_send_message_length", 256 * 1024 * 1024),
+                                                       ("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+
+
+def _call(args: argparse.Namespace, fn: Callable[[], Any]) -> Any:
+    """Run one RPC; turn gRPC errors into one readable line."""
+    import grpc
+
+    try:
+        return fn()
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise CliError(f"cannot reach callgate at {args.server}: is `callgate serve` running there? "
+                           f"({exc.details()})") from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise CliError(f"callgate at {args.server} did not answer within {args.timeout} s") from None
+        details = (exc.details() or "").strip()
+        raise CliError(f"{code.name}: {details}") from None
+
+
+def _stubs(args: argparse.Namespace) -> tuple[Any, Any]:
+    from callgate.v1 import admin_pb2_grpc, decisions_pb2_grpc
+
+    channel = _channel(args)
+    return admin_pb2_grpc.AdminStub(channel), decisions_pb2_grpc.DecisionsStub(channel)
+
+
+def _instant(text: str | None) -> int:
+    """--at: epoch seconds or an ISO 8601 time with a zone; None: now (0 lets the server use its clock)."""
+    if text is None:
+        return 0
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--at {text!r} is neither epoch seconds nor an ISO time like 2026-12-01T10:30:00-08:00") \
+            from None
+    if moment.tzinfo is None:
+        raise CliError(f"--at {text!r} has no time zone: add one, e.g. {text}Z or {text}-08:00")
+    return int(moment.timestamp())
+
+
+# -- settings -------------------------------------------------------------------
+
+def cmd_settings_push(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    data = offline._read(args.file)
+    fmt = args.format or ("msgpack" if args.file.suffix in (".msgpack", ".mpk") else "json")
+    admin, _ = _stubs(args)
+    start = time.perf_counter()
+    reply = _call(args, lambda: admin.PushSettings(admin_pb2.PushSettingsRequest(
+        document=data, format=fmt, expected_version=args.expect_version or 0, comment=args.comment or ""),
+        timeout=args.timeout))
+    print(f"tenant {reply.tenant!r} is at version {reply.version} "
+          f"(compiled in {reply.compile_seconds:.2f} s, in force after {time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+def cmd_settings_show(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    admin, _ = _stubs(args)
+    record = _call(args, lambda: admin.GetSettings(admin_pb2.GetSettingsRequest(tenant=args.tenant,
+                                                                                version=args.version or 0),
+                                                   timeout=args.timeout))
+    when = dt.datetime.fromtimestamp(record.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    force = "in force" if record.in_force else "not in force"
+    print(f"# tenant {record.tenant!r} version {record.version} ({record.kind}, {when}, {force})", file=sys.stderr)
+    sys.stdout.write(json.dumps(json.loads(record.document), indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def cmd_settings_history(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    admin, _ = _stubs(args)
+    reply = _call(args, lambda: admin.ListVersions(admin_pb2.ListVersionsRequest(tenant=args.tenant,
+                                                                                 limit=args.limit),
+                                                   timeout=args.timeout))
+    print(f"{'version':>8}  {'kind':<9} {'created (UTC)':<20} comment")
+    for v in reply.versions:
+        when = dt.datetime.fromtimestamp(v.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        mark = " *" if v.in_force else "  "
+        print(f"{v.version:>8}{mark}{v.kind:<9} {when:<20} {v.comment}")
+    print("(* in force)")
+    return 0
+
+
+def cmd_settings_rollback(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    admin, _ = _stubs(args)
+    reply = _call(args, lambda: admin.Rollback(admin_pb2.RollbackRequest(
+        tenant=args.tenant, version=args.version, expected_version=args.expect_version or 0), timeout=args.timeout))
+    print(f"tenant {reply.tenant!r} is at version {reply.version}: the settings of version {args.version}")
+    return 0
+
+
+# -- blacklists -----------------------------------------------------------------
+
+def _patch(args: argparse.Namespace, add: list[str], remove: list[str]) -> Any:
+    from callgate.v1 import admin_pb2
+
+    admin, _ = _stubs(args)
+    which = admin_pb2.PatchBlacklistRequest.OFFHOURS_BLACKLIST if args.offhours else \
+        admin_pb2.PatchBlacklistRequest.BLACKLIST
+    return _call(args, lambda: admin.PatchBlacklist(admin_pb2.PatchBlacklistRequest(
+        tenant=args.tenant, list=which, add=add, remove=remove), timeout=args.timeout))
+
+
+def _list_name(args: argparse.Namespace) -> str:
+    return "off-hours blacklist" if args.offhours else "blacklist"
+
+
+def cmd_blacklist_change(args: argparse.Namespace) -> int:
+    add = args.numbers if args.action == "add" else []
+    remove = args.numbers if args.action == "remove" else []
+    reply = _patch(args, add, remove)
+    print(f"{_list_name(args)} of {reply.tenant!r}: {reply.added} added, {reply.removed} removed, "
+          f"{reply.size} entries; version {reply.version}")
+    return 0
+
+
+IMPORT_CHUNK = 500_000  # numbers per PatchBlacklist call (each chunk is one version)
+
+
+def read_numbers_csv(path: Path) -> list[str]:
+    """The first column of a CSV file; a header row and blank or '#' lines are skipped."""
+    text = offline._read(path).decode("utf-8-sig", errors="replace")
+    numbers = []
+    for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+            continue
+        value = row[0].strip()
+        if lineno == 1 and not value.lstrip("+").isdigit():
+            continue  # a header such as "number"
+        numbers.append(value)
+    return numbers
+
+
+def cmd_blacklist_import(args: argparse.Namespace) -> int:
+    numbers = read_numbers_csv(args.file)
+    if not numbers:
+        raise CliError(f"{args.file}: no numbers found (one per line, in the first column)")
+    added = 0
+    reply = None
+    for start in range(0, len(numbers), IMPORT_CHUNK):
+        chunk = numbers[start:start + IMPORT_CHUNK]
+        reply = _patch(args, chunk, [])
+        added += reply.added
+        print(f"  {min(start + IMPORT_CHUNK, len(numbers)):,} / {len(numbers):,} sent, version {reply.version}",
+              file=sys.stderr)
+    assert reply is not None
+    print(f"imported {len(numbers):,} numbers into the {_list_name(args)} of {reply.tenant!r}: "
+          f"{added:,} new, {len(numbers) - added:,} already listed; {reply.size:,} entries; version {reply.version}")
+    return 0
+
+
+# -- decisions ------------------------------------------------------------------
+
+def describe(d: Any) -> str:
+    """A decision in words, with the rule that decided it."""
+    from callgate.v1 import decisions_pb2
+
+    verdict = decisions_pb2.Verdict.Name(d.verdict)
+    reason = decisions_pb2.Reason.Name(d.reason)
+    lines = [f"{verdict} ({reason}{', SIP ' + str(d.sip_status) if d.sip_status else ''})"]
+    if verdict == "ROUTE":
+        lines.append(f"  to queue group {d.group or '(none)'}: {', '.join(d.members) or '(no members)'}")
+    if verdict == "FORWARD":
+        lines.append(f"  to {d.target} on line {d.line}")
+    if verdict == "ALLOW":
+        lines.append(f"  present {d.caller_id}, line {d.line}, {d.rate_per_minute} per minute billed per "
+                     f"{d.increment_s} s, at most {d.max_duration_s} s")
+    if verdict == "INTERCEPT":
+        lines.append(f"  call {d.call_id}")
+    lines.append(f"  rule: {d.rule}")
+    extras = [f"settings version {d.version}"]
+    if d.chat_mode:
+        extras.append(f"chat {d.chat_mode}")
+    if d.lead_trigger:
+        extras.append(f"lead {d.lead_trigger}")
+    lines.append("  " + ", ".join(extras))
+    return "\n".join(lines)
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from callgate.v1 import decisions_pb2
+
+    _, decisions = _stubs(args)
+    if args.kind == "inbound":
+        d = _call(args, lambda: decisions.Inbound(decisions_pb2.InboundRequest(
+            tenant=args.tenant, caller=args.caller, called=args.called, at=_instant(args.at), explain=True),
+            timeout=args.timeout))
+    elif args.kind == "outbound":
+        d = _call(args, lambda: decisions.Outbound(decisions_pb2.OutboundRequest(
+            tenant=args.tenant, user=args.user, destination=args.destination, at=_instant(args.at), explain=True),
+            timeout=args.timeout))
+    else:
+        d = _call(args, lambda: decisions.Pickup(decisions_pb2.PickupRequest(
+            tenant=args.tenant, user=args.user, dialed=args.dialed, explain=True), timeout=args.timeout))
+    print(describe(d))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    admin, _ = _stubs(args)
+    reply = _call(args, lambda: admin.Stats(admin_pb2.StatsRequest(tenant=args.tenant or ""), timeout=args.timeout))
+    print(f"worker pid {reply.pid}, up {reply.uptime_seconds:.0f} s, {reply.decisions:,} decisions")
+    print(f"{'tenant':<24}{'version':>8}{'loaded':>8}{'numbers':>9}{'blacklist':>11}{'off-hours':>11}  status")
+    for t in reply.tenants:
+        print(f"{t.tenant:<24}{t.version:>8}{t.loaded_version:>8}{t.numbers:>9,}{t.blacklist:>11,}"
+              f"{t.offhours_blacklist:>11,}  {t.status}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import app
+
+    try:
+        opts = app.options_from(args)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return app.run(opts)
+
+
+# -- parser ---------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import app
+
+    parser = argparse.ArgumentParser(
+        prog="callgate", description="callgate: the call-decision engine for cloud telephony.",
+        epilog="Admin and decide commands talk to a running server (--server); check, compile and demo work "
+               "offline. Errors: one line on stderr, exit code 2.")
+    parser.add_argument("--server", default=DEFAULT_SERVER, metavar="HOST:PORT",
+                        help=f"callgate server for admin and decide commands (default {DEFAULT_SERVER})")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer (default 60)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gRPC server",
+                           description="Serve the Decisions and Admin gRPC services, health checking and "
+                                       "reflection, with state in a SQLite file under --data-dir.")
+    app.add_arguments(serve)
+    serve.set_defaults(run=cmd_serve)
+
+    settings = sub.add_parser("settings", help="push, show, list and roll back a tenant's settings")
+    ssub = settings.add_subparsers(dest="action", required=True, metavar="ACTION")
+    push = ssub.add_parser("push", help="push a whole settings document (validated whole; all or nothing)")
+    push.add_argument("file", type=Path, help="settings document (JSON, or msgpack)")
+    push.add_argument("--expect-version", type=int, help="push only if this version is in force (0: none yet)")
+    push.add_argument("--format", choices=("json", "msgpack"), help="document format (default: by file name)")
+    push.add_argument("--comment", help="note kept in the history")
+    push.set_defaults(run=cmd_settings_push)
+    show = ssub.add_parser("show", help="print the document of the version in force (or --version)")
+    show.add_argument("--tenant", required=True)
+    show.add_argument("--version", type=int, help="an older version")
+    show.set_defaults(run=cmd_settings_show)
+    hist = ssub.add_parser("history", help="list a tenant's versions, newest first")
+    hist.add_argument("--tenant", required=True)
+    hist.add_argument("--limit", type=int, default=50)
+    hist.set_defaults(run=cmd_settings_history)
+    roll = ssub.add_parser("rollback", help="put an older version's settings back in force (as a new version)")
+    roll.add_argument("version", type=int)
+    roll.add_argument("--tenant", required=True)
+    roll.add_argument("--expect-version", type=int, help="roll back only if this version is in force")
+    roll.set_defaults(run=cmd_settings_rollback)
+
+    black = sub.add_parser("blacklist", help="add, remove or import numbers on a tenant's blacklists")
+    bsub = black.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("add", "list numbers"), ("remove", "unlist numbers")):
+        b = bsub.add_parser(action, help=f"{text} (E.164) without a full settings push")
+        b.add_argument("numbers", nargs="+", metavar="NUMBER")
+        b.add_argument("--tenant", required=True)
+        b.add_argument("--offhours", action="store_true", help="the off-hours blacklist instead of the blacklist")
+        b.set_defaults(run=cmd_blacklist_change)
+    imp = bsub.add_parser("import", help="add every number of a CSV file (first column)")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--tenant", required=True)
+    imp.add_argument("--offhours", action="store_true", help="the off-hours blacklist instead of the blacklist")
+    imp.set_defaults(run=cmd_blacklist_import)
+
+    decide = sub.add_parser("decide", help="ask the server for a decision and print it in words")
+    dsub = decide.add_subparsers(dest="kind", required=True, metavar="KIND")
+    inb = dsub.add_parser("inbound", help="what to do with a call to one of the tenant's numbers")
+    inb.add_argument("--tenant", required=True)
+    inb.add_argument("--caller", required=True, help="E.164, digits, national, or 'anonymous'")
+    inb.add_argument("--called", required=True)
+    inb.add_argument("--at", help="epoch seconds or ISO time with zone (default: now)")
+    out = dsub.add_parser("outbound", help="may a user call this destination, as whom, for how long")
+    out.add_argument("--tenant", required=True)
+    out.add_argument("--user", required=True)
+    out.add_argument("--destination", required=True)
+    out.add_argument("--at", help="epoch seconds or ISO time with zone (default: now)")
+    pick = dsub.add_parser("pickup", help="which ringing call the user's pickup code takes")
+    pick.add_argument("--tenant", required=True)
+    pick.add_argument("--user", required=True)
+    pick.add_argument("--dialed", required=True)
+    decide.set_defaults(run=cmd_decide)
+
+    stats = sub.add_parser("stats", help="versions in force and sizes, per tenant")
+    stats.add_argument("--tenant")
+    stats.set_defaults(run=cmd_stats)
+
+    offline.add_offline_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except CliError as exc:
+        print(f"callgate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

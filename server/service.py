@@ -1,0 +1,497 @@
+"""The gRPC servicers: `Decisions` for SIP proxies, `Admin` for admins.
+
+Decisions run on the worker's in-memory snapshots (`engine.Engine`) and
+never wait on the store, except for the call registry (pickup, call events)
+and the balance cache.  Admin writes go to the store; the compile of a
+pushed document runs in a separate process (`Compiler`), so that the event
+loop keeps answering while a million-number blacklist compiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+
+from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
+from engine import codes
+from engine._core import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreDecision, CoreSnapshot
+from engine.decision import RingingCall
+from engine.engine import Engine
+from engine.settings import SettingsError
+from engine.snapshot import Built, build, loads
+
+from . import metrics
+from .store_api import NotFound, Store, StoreBusy, VersionConflict
+
+log = logging.getLogger("callgate.service")
+INBOUND_SECONDS = metrics.LATENCY.labels("inbound")
+OUTBOUND_SECONDS = metrics.LATENCY.labels("outbound")
+
+MAX_TEXT = 256            # longest number, user or tenant string a decision accepts
+MAX_BATCH = 100_000       # rows per DecideBatch
+MAX_WIDTH = 64            # bytes per text cell in a batch
+LIST_NAMES = {admin_pb2.PatchBlacklistRequest.BLACKLIST: "blacklist",
+              admin_pb2.PatchBlacklistRequest.OFFHOURS_BLACKLIST: "offhours_blacklist"}
+
+
+class RequestError(Exception):
+    """A request the server refuses; carries the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _text(name: str, value: str) -> str:
+    if len(value) > MAX_TEXT:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{name} is {len(value)} characters long; at most {MAX_TEXT}")
+    return value
+
+
+def _now(at: int) -> int:
+    return at if at else int(time.time())
+
+
+class Compiler:
+    """Validates and compiles pushed documents in a separate process."""
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            import multiprocessing
+
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def build_blocking(self, document: bytes, fmt: str | None) -> Built:
+        """From a thread: compile in the pool and wait (the caller's thread, not the event loop)."""
+        try:
+            return self._executor().submit(build, document, fmt).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            self._pool = None  # the compile process died (e.g. out of memory): start afresh next time
+            raise
+
+    async def build(self, document: bytes, fmt: str | None) -> Built:
+        return await asyncio.get_running_loop().run_in_executor(None, self.build_blocking, document, fmt)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+class State:
+    """What one worker holds: the engine (snapshots), balances, the store handle."""
+
+    def __init__(self, store: Store, compiler: Compiler) -> None:
+        self.store = store
+        self.compiler = compiler
+        self.engine = Engine()
+        self.balances: dict[str, int] = {}
+        self.started = time.monotonic()
+        self.decisions = 0
+        self.loaded = asyncio.Event()
+
+    def snapshot(self, tenant: str) -> CoreSnapshot:
+        snap = self.engine._snapshots.get(tenant)
+        if snap is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"tenant {tenant[:64]!r} has no settings: push them with Admin.PushSettings")
+        return snap
+
+    async def install_blob(self, tenant: str, version: int, blob: bytes) -> None:
+        # loads() parses container headers and builds the lookup indexes, mostly without the GIL
+        snap = await asyncio.to_thread(loads, blob, version)
+        if snap.tenant != tenant:
+            raise RuntimeError(f"snapshot of version {version} is for {snap.tenant!r}, not {tenant!r}")
+        current = self.engine._snapshots.get(tenant)
+        if current is None or current.version < version:
+            self.engine.install(snap)
+            metrics.TENANT_VERSION.labels(tenant).set(version)
+
+    async def refresh(self) -> list[tuple[str, int]]:
+        """Bring every tenant to the version in force in the store; returns what changed."""
+        versions = await asyncio.to_thread(self.store.current_versions)
+        changed = []
+        for tenant, version in versions.items():
+            current = self.engine._snapshots.get(tenant)
+            if current is not None and current.version >= version:
+                continue
+            blob = await asyncio.to_thread(self.store.snapshot, tenant, version)
+            if blob is None:  # pruned or written by another kind of store: compile the document again
+                record = await asyncio.to_thread(self.store.get_version, tenant, version)
+                assert record.document is not None
+                blob = (await self.compiler.build(record.document, "json")).blob
+            await self.install_blob(tenant, version, blob)
+            changed.append((tenant, version))
+        balances = {t: await asyncio.to_thread(self.store.balance, t) for t in versions}
+        self.balances = balances
+        return changed
+
+
+def decision_message(d: CoreDecision, kind: str, snap: CoreSnapshot, explain: bool = False
+                     ) -> decisions_pb2.Decision:
+    """The protobuf form of a core decision (only the fields that apply are set)."""
+    verdict = d.verdict_code
+    fields: dict[str, Any] = {"verdict": verdict, "reason": d.reason_code, "sip_status": d.sip_status,
+                              "version": snap.version}
+    if explain:
+        fields["rule"] = codes.RULES[d.reason]
+    if kind != "pickup":
+        meta = snap.meta
+        fields["chat_mode"] = meta["chat_mode"]
+        fields["lead_trigger"] = meta["lead_trigger"]
+    if kind == "inbound":
+        fields["caller"] = d.caller or ""
+        fields["called"] = d.called or ""
+        if verdict == 1:  # ROUTE
+            fields["group"] = d.group or ""
+            fields["members"] = d.members
+        elif verdict == 2:  # FORWARD
+            fields["target"] = d.target
+            fields["line"] = d.line
+    elif kind == "outbound" and verdict == 5:  # ALLOW
+        fields.update(caller_id=d.caller_id, destination=d.called, line=d.line,
+                      rate_per_minute=str(d.rate_per_minute), increment_s=d.increment_s,
+                      max_duration_s=d.max_duration_s)
+    elif kind == "pickup" and verdict == 7:  # INTERCEPT
+        fields["call_id"] = d.call_id
+    return decisions_pb2.Decision(**fields)
+
+
+def _input_error(d: CoreDecision) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{d.reason}: {codes.RULES[d.reason]}")
+
+
+class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    # -- the decisions, shared by unary calls and the stream --------------
+    def inbound(self, r: decisions_pb2.InboundRequest) -> decisions_pb2.Decision:
+        snap = self.state.snapshot(r.tenant)
+        d = snap.inbound(_text("caller", r.caller), _text("called", r.called), _now(r.at))
+        metrics.count(d.verdict_code, d.reason_code)
+        if d.verdict_code == 0:
+            raise _input_error(d)
+        return decision_message(d, "inbound", snap, r.explain)
+
+    def outbound(self, r: decisions_pb2.OutboundRequest) -> decisions_pb2.Decision:
+        snap = self.state.snapshot(r.tenant)
+        balance = self.state.balances.get(r.tenant, 0)
+        d = snap.outbound(_text("user", r.user), _text("destination", r.destination), _now(r.at), balance)
+        metrics.count(d.verdict_code, d.reason_code)
+        if d.verdict_code == 0:
+            raise _input_error(d)
+        return decision_message(d, "outbound", snap, r.explain)
+
+    async def pickup(self, r: decisions_pb2.PickupRequest) -> decisions_pb2.Decision:
+        snap = self.state.snapshot(r.tenant)
+        user, dialed = _text("user", r.user), _text("dialed", r.dialed)
+        store = self.state.store
+        rows = await asyncio.to_thread(store.ringing_calls, r.tenant)
+        ringing = [RingingCall(call_id, ringing_user, since) for call_id, ringing_user, since in rows]
+        while True:  # another user may claim the chosen call first: then take the next one
+            d = snap.pickup(user, dialed, ringing)
+            if d.verdict_code == 0:
+                raise _input_error(d)
+            if d.verdict != "INTERCEPT":
+                break
+            call_id = d.call_id
+            assert call_id is not None
+            if await asyncio.to_thread(store.answer, r.tenant, call_id, user, int(time.time())):
+                break
+            ringing = [c for c in ringing if c.call_id != call_id]  # shrinks every turn: the loop ends
+        metrics.count(d.verdict_code, d.reason_code)
+        return decision_message(d, "pickup", snap, r.explain)
+
+    async def call_event(self, r: decisions_pb2.CallEventRequest) -> decisions_pb2.CallEventReply:
+        snap = self.state.snapshot(r.tenant)
+        call_id = _text("call_id", r.call_id)
+        if not call_id:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "call_id is required")
+        kinds = decisions_pb2.CallEventRequest
+        store, at, lead = self.state.store, _now(r.at), snap.meta["lead_trigger"]
+        reply = decisions_pb2.CallEventReply(call_id=call_id, version=snap.version)
+        if r.kind == kinds.RINGING:
+            if not r.user:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "RINGING needs the user it rings at")
+            if r.direction not in ("inbound", "outbound", ""):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "direction is inbound or outbound")
+            await asyncio.to_thread(store.ring, r.tenant, call_id, _text("user", r.user), at,
+                                    r.direction or "inbound", _text("caller", r.caller), _text("called", r.called))
+            reply.state = "ringing"
+        elif r.kind == kinds.ANSWERED:
+            if not r.user:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "ANSWERED needs the user who answered")
+            first = await asyncio.to_thread(store.answer, r.tenant, call_id, _text("user", r.user), at)
+            reply.state = "answered"
+            if first and lead == "on_answer":
+                reply.create_lead, reply.lead_responsible = True, r.user
+        elif r.kind == kinds.ENDED:
+            await asyncio.to_thread(store.end, r.tenant, call_id, at)
+            reply.state = "ended"
+        elif r.kind == kinds.TRANSFERRED:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               "TRANSFERRED is not recorded yet (call lifecycle issue #4)")
+        else:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "kind must be RINGING, ANSWERED, TRANSFERRED or ENDED")
+        return reply
+
+    # -- unary RPCs -------------------------------------------------------
+    async def Inbound(self, request: decisions_pb2.InboundRequest, context: grpc.aio.ServicerContext
+                      ) -> decisions_pb2.Decision:
+        start = time.perf_counter()
+        try:
+            return self.inbound(request)
+        except RequestError as exc:
+            await context.abort(exc.code, str(exc))
+            raise  # unreachable: abort raises
+        finally:
+            INBOUND_SECONDS.observe(time.perf_counter() - start)
+
+    async def Outbound(self, request: decisions_pb2.OutboundRequest, context: grpc.aio.ServicerContext
+                       ) -> decisions_pb2.Decision:
+        start = time.perf_counter()
+        try:
+            return self.outbound(request)
+        except RequestError as exc:
+            await context.abort(exc.code, str(exc))
+            raise
+        finally:
+            OUTBOUND_SECONDS.observe(time.perf_counter() - start)
+
+    async def Pickup(self, request: decisions_pb2.PickupRequest, context: grpc.aio.ServicerContext
+                     ) -> decisions_pb2.Decision:
+        try:
+            return await self.pickup(request)
+        except RequestError as exc:
+            await context.abort(exc.code, str(exc))
+            raise
+
+    async def CallEvent(self, request: decisions_pb2.CallEventRequest, context: grpc.aio.ServicerContext
+                        ) -> decisions_pb2.CallEventReply:
+        try:
+            return await self.call_event(request)
+        except RequestError as exc:
+            await context.abort(exc.code, str(exc))
+            raise
+
+    async def DecideBatch(self, request: decisions_pb2.BatchRequest, context: grpc.aio.ServicerContext
+                          ) -> decisions_pb2.BatchReply:
+        try:
+            return self.batch(request)
+        except RequestError as exc:
+            await context.abort(exc.code, str(exc))
+            raise
+
+    def batch(self, r: decisions_pb2.BatchRequest) -> decisions_pb2.BatchReply:
+        snap = self.state.snapshot(r.tenant)
+        n, w = r.count, r.width
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if r.kind not in (decisions_pb2.BatchRequest.INBOUND, decisions_pb2.BatchRequest.OUTBOUND):
+            raise RequestError(bad, "kind must be INBOUND or OUTBOUND")
+        if not 0 < n <= MAX_BATCH:
+            raise RequestError(bad, f"count must be 1..{MAX_BATCH}, not {n}")
+        if not 0 < w <= MAX_WIDTH:
+            raise RequestError(bad, f"width must be 1..{MAX_WIDTH} bytes, not {w}")
+        for name, column, size in (("a", r.a, n * w), ("b", r.b, n * w), ("at", r.at, n * 8)):
+            if len(column) != size:
+                raise RequestError(bad, f"column {name} is {len(column)} bytes; {n} rows need {size}")
+        a = np.frombuffer(r.a, dtype=f"S{w}")
+        b = np.frombuffer(r.b, dtype=f"S{w}")
+        at = np.frombuffer(r.at, dtype="<i8")
+        if not at.all():
+            at = np.where(at == 0, int(time.time()), at)
+        reply = decisions_pb2.BatchReply(version=snap.version, count=n)
+        if r.kind == decisions_pb2.BatchRequest.INBOUND:
+            rows = snap.inbound_batch(a, b, at)
+            reply.row_size = INBOUND_DTYPE.itemsize
+            if r.want_tables:
+                reply.lines.extend(snap.meta["lines"])
+                reply.groups.extend(snap.meta["groups"])
+        else:
+            balance = np.full(n, self.state.balances.get(r.tenant, 0), dtype=np.int64)
+            rows = snap.outbound_batch(a, b, at, balance)
+            reply.row_size = OUTBOUND_DTYPE.itemsize
+            if r.want_tables:
+                reply.lines.extend(snap.meta["lines"])
+                reply.numbers.extend(snap.meta["numbers"])
+        metrics.count_batch(rows["verdict"], rows["reason"])
+        reply.rows = rows.tobytes()
+        return reply
+
+    async def Stream(self, request_iterator: AsyncIterator[decisions_pb2.StreamRequest],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[decisions_pb2.StreamReply]:
+        async for req in request_iterator:
+            reply = decisions_pb2.StreamReply(id=req.id)
+            try:
+                which = req.WhichOneof("request")
+                if which == "inbound":
+                    reply.decision.CopyFrom(self.inbound(req.inbound))
+                elif which == "outbound":
+                    reply.decision.CopyFrom(self.outbound(req.outbound))
+                elif which == "pickup":
+                    reply.decision.CopyFrom(await self.pickup(req.pickup))
+                elif which == "call_event":
+                    reply.call_event.CopyFrom(await self.call_event(req.call_event))
+                else:
+                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "the request is empty")
+            except RequestError as exc:
+                reply.error = str(exc)
+                reply.error_code = exc.code.value[0]
+            yield reply
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, state: State, max_document: int) -> None:
+        self.state = state
+        self.max_document = max_document
+
+    async def _guard(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await work()
+        except RequestError as exc:
+            await context.abort(exc.code, str(exc))
+        except SettingsError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except VersionConflict as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except StoreBusy as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the store is busy, try again: {exc}")
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        raise AssertionError("unreachable")
+
+    async def PushSettings(self, request: admin_pb2.PushSettingsRequest, context: grpc.aio.ServicerContext
+                           ) -> admin_pb2.PushSettingsReply:
+        async def work() -> admin_pb2.PushSettingsReply:
+            if request.format not in ("", "json", "msgpack"):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "format is json or msgpack")
+            if len(request.document) > self.max_document:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"document is {len(request.document)} bytes; at most {self.max_document}")
+            if request.expected_version < 0:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "expected_version must be >= 0")
+            start = time.perf_counter()
+            built = await self.state.compiler.build(request.document, request.format or None)
+            return await self._commit(built, "push", request.expected_version, request.comment, start)
+
+        return await self._guard(context, work)
+
+    async def _commit(self, built: Built, kind: str, expected: int, comment: str,
+                      start: float) -> admin_pb2.PushSettingsReply:
+        state = self.state
+        version = await asyncio.to_thread(
+            state.store.commit_version, built.tenant, kind, built.document, built.blob,
+            expected if expected else None, comment[:500])
+        await state.install_blob(built.tenant, version, built.blob)
+        seconds = time.perf_counter() - start
+        metrics.PUSH_SECONDS.observe(seconds)
+        log.info("settings in force", extra={"event": kind, "tenant": built.tenant, "version": version,
+                                             "seconds": round(seconds, 3)})
+        return admin_pb2.PushSettingsReply(tenant=built.tenant, version=version,
+                                           compile_seconds=built.compile_seconds)
+
+    async def GetSettings(self, request: admin_pb2.GetSettingsRequest, context: grpc.aio.ServicerContext
+                          ) -> admin_pb2.SettingsVersion:
+        async def work() -> admin_pb2.SettingsVersion:
+            record = await asyncio.to_thread(self.state.store.get_version, _text("tenant", request.tenant),
+                                             request.version or None)
+            return admin_pb2.SettingsVersion(tenant=record.tenant, version=record.version, kind=record.kind,
+                                             document=record.document or b"", created_at=record.created_at,
+                                             comment=record.comment, in_force=record.in_force)
+
+        return await self._guard(context, work)
+
+    async def ListVersions(self, request: admin_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext
+                           ) -> admin_pb2.ListVersionsReply:
+        async def work() -> admin_pb2.ListVersionsReply:
+            limit = request.limit or 50
+            if limit > 1000:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "limit is at most 1000")
+            records = await asyncio.to_thread(self.state.store.list_versions, _text("tenant", request.tenant), limit)
+            return admin_pb2.ListVersionsReply(versions=[
+                admin_pb2.SettingsVersion(tenant=r.tenant, version=r.version, kind=r.kind, created_at=r.created_at,
+                                          comment=r.comment, in_force=r.in_force) for r in records])
+
+        return await self._guard(context, work)
+
+    async def Rollback(self, request: admin_pb2.RollbackRequest, context: grpc.aio.ServicerContext
+                       ) -> admin_pb2.PushSettingsReply:
+        async def work() -> admin_pb2.PushSettingsReply:
+            if request.version <= 0:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "version must be a version number (>= 1)")
+            start = time.perf_counter()
+            record = await asyncio.to_thread(self.state.store.get_version, _text("tenant", request.tenant),
+                                             request.version)
+            assert record.document is not None
+            built = await self.state.compiler.build(record.document, "json")
+            return await self._commit(built, "rollback", request.expected_version,
+                                      f"rollback to version {request.version}", start)
+
+        return await self._guard(context, work)
+
+    async def PatchBlacklist(self, request: admin_pb2.PatchBlacklistRequest, context: grpc.aio.ServicerContext
+                             ) -> admin_pb2.PatchBlacklistReply:
+        async def work() -> admin_pb2.PatchBlacklistReply:
+            tenant = _text("tenant", request.tenant)
+            list_name = LIST_NAMES.get(request.list)
+            if list_name is None:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "list is BLACKLIST or OFFHOURS_BLACKLIST")
+            if not request.add and not request.remove:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "nothing to add or remove")
+            start = time.perf_counter()
+            blobs: list[bytes] = []
+
+            def snapshot_for(document: bytes) -> bytes:
+                built = self.state.compiler.build_blocking(document, "json")
+                blobs.append(built.blob)
+                return built.blob
+
+            result = await asyncio.to_thread(self.state.store.patch_list, tenant, list_name, list(request.add),
+                                             list(request.remove), snapshot_for,
+                                             request.expected_version or None)
+            await self.state.install_blob(tenant, result.version, blobs[-1])
+            metrics.PUSH_SECONDS.observe(time.perf_counter() - start)
+            log.info("blacklist patched", extra={"event": "patch", "tenant": tenant, "version": result.version,
+                                                 "list": list_name, "added": result.added,
+                                                 "removed": result.removed})
+            return admin_pb2.PatchBlacklistReply(tenant=tenant, version=result.version, added=result.added,
+                                                 removed=result.removed, size=result.size)
+
+        return await self._guard(context, work)
+
+    async def Stats(self, request: admin_pb2.StatsRequest, context: grpc.aio.ServicerContext
+                    ) -> admin_pb2.StatsReply:
+        async def work() -> admin_pb2.StatsReply:
+            versions = await asyncio.to_thread(self.state.store.current_versions)
+            tenants = [request.tenant] if request.tenant else sorted(versions)
+            if request.tenant and request.tenant not in versions:
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"tenant {request.tenant[:64]!r} has no settings")
+            out = []
+            for t in tenants:
+                snap = self.state.engine._snapshots.get(t)
+                out.append(admin_pb2.TenantStats(
+                    tenant=t, version=versions.get(t, 0), loaded_version=snap.version if snap else 0,
+                    numbers=len(snap.meta["numbers"]) if snap else 0,
+                    blacklist=snap.meta["blacklist_size"] if snap else 0,
+                    offhours_blacklist=snap.meta["offhours_blacklist_size"] if snap else 0,
+                    status="active" if snap and snap.meta["active"] else "unavailable"))
+            return admin_pb2.StatsReply(tenants=out, pid=os.getpid(), decisions=metrics.decided(),
+                                        uptime_seconds=time.monotonic() - self.state.started)
+
+        return await self._guard(context, work)

@@ -1,0 +1,691 @@
+"""The embedded store: one SQLite file in WAL mode, shared by every worker process (SPEC §5).
+
+`SQLiteStore` implements `server.store_api.Store`.  Design notes:
+
+* One connection per thread (the async service calls the store from a thread
+  pool) and per process: a connection is never used across `fork()`; a child
+  opens its own and leaves the inherited ones alone (closing them in the child
+  could disturb the parent's locks).
+* Connections run in autocommit mode; every write is one explicit
+  `BEGIN IMMEDIATE` transaction (the write lock is taken first, so
+  read-then-write sequences such as the version check cannot be overtaken),
+  multi-statement reads are one `BEGIN` (a consistent WAL snapshot).
+* `synchronous=FULL`: a committed version or ledger entry survives a power
+  loss, not only a process crash.
+* The schema is versioned from day one: `MIGRATIONS` is applied in order, in
+  one `BEGIN IMMEDIATE` transaction, when the store opens; a database whose
+  schema is newer than this code is refused.
+* Blacklist patches are stored as rows, not as a copy of the document: the
+  effective document of version v is the newest full document at or before v
+  with the patch rows of every later patch version up to v applied in order.
+* Only parameters reach SQL: no statement is built from caller data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from server.store_api import (
+    NotFound,
+    PatchResult,
+    SnapshotBuilder,
+    StoreBusy,
+    StoreError,
+    VersionConflict,
+    VersionRecord,
+)
+
+__all__ = [
+    "KEEP_SNAPSHOTS",
+    "LIST_NAMES",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SQLiteStore",
+    "SchemaTooNew",
+    "StoreBusy",
+]
+
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer callgate than this one."""
+
+
+# -- schema ------------------------------------------------------------------
+
+# (version, description, SQL).  Append only: never edit a released migration,
+# add the next one.  Each runs inside the opening transaction, statement by
+# statement (not `executescript`, which would commit first).
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "settings versions, list patches, snapshots, ledger, calls", """
+CREATE TABLE versions (
+    tenant      TEXT    NOT NULL,
+    version     INTEGER NOT NULL CHECK (version >= 1),
+    kind        TEXT    NOT NULL,
+    document    BLOB,                       -- NULL for a patch: see list_patches
+    created_at  INTEGER NOT NULL,
+    comment     TEXT    NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant, version)
+);
+
+CREATE TABLE "current" (
+    tenant      TEXT    PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    FOREIGN KEY (tenant, version) REFERENCES versions (tenant, version)
+);
+
+CREATE TABLE list_patches (
+    tenant      TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,           -- order of application within the version
+    list_name   TEXT    NOT NULL CHECK (list_name IN ('blacklist', 'offhours_blacklist')),
+    op          TEXT    NOT NULL CHECK (op IN ('add', 'remove')),
+    number      TEXT    NOT NULL,
+    PRIMARY KEY (tenant, version, seq),     -- also the index the replay reads by
+    FOREIGN KEY (tenant, version) REFERENCES versions (tenant, version)
+);
+
+CREATE TABLE snapshots (
+    tenant      TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    blob        BLOB    NOT NULL,
+    PRIMARY KEY (tenant, version),
+    FOREIGN KEY (tenant, version) REFERENCES versions (tenant, version)
+);
+
+CREATE TABLE ledger (
+    id           INTEGER PRIMARY KEY,
+    tenant       TEXT    NOT NULL,
+    kind         TEXT    NOT NULL,
+    amount_micro INTEGER NOT NULL,
+    ref          TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    UNIQUE (tenant, kind, ref)
+);
+
+CREATE TABLE calls (
+    tenant       TEXT    NOT NULL,
+    call_id      TEXT    NOT NULL,
+    direction    TEXT    NOT NULL,
+    caller       TEXT    NOT NULL,
+    called       TEXT    NOT NULL,
+    state        TEXT    NOT NULL CHECK (state IN ('ringing', 'answered', 'ended')),
+    ringing_user TEXT,
+    answered_by  TEXT,
+    last_user    TEXT,
+    ringing_at   INTEGER,
+    answered_at  INTEGER,
+    ended_at     INTEGER,
+    PRIMARY KEY (tenant, call_id)
+);
+
+CREATE INDEX calls_by_state ON calls (tenant, state, ringing_at);
+
+CREATE TABLE call_events (
+    tenant      TEXT    NOT NULL,
+    call_id     TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    kind        TEXT    NOT NULL,
+    user        TEXT,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (tenant, call_id, seq)
+);
+"""),
+]
+
+SCHEMA_VERSION: int = MIGRATIONS[-1][0]
+
+_versions = [m[0] for m in MIGRATIONS]
+if _versions != list(range(1, len(MIGRATIONS) + 1)):  # pragma: no cover - guards future edits
+    raise RuntimeError(f"MIGRATIONS must be numbered 1, 2, 3, ... in order, got {_versions}")
+del _versions
+
+KEEP_SNAPSHOTS = 3                      # compiled snapshot blobs kept per tenant
+LIST_NAMES = ("blacklist", "offhours_blacklist")
+COMMIT_KINDS = ("push", "rollback")     # "patch" versions are made by patch_list only
+BUSY_TIMEOUT_MS = 10_000
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script into complete statements (semicolons inside literals/triggers are kept)."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \t\r\n;"):
+        raise ValueError(f"incomplete SQL statement in a migration: {pending.strip()[:80]!r}")
+    return statements
+
+
+# -- input checks ------------------------------------------------------------
+
+def _check_str(name: str, value: object, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, not {type(value).__name__}")
+    if not allow_empty and not value:
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
+def _check_int(name: str, value: object, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, not {type(value).__name__}")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError(f"{name} {value} does not fit in 64 bits")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_bytes(name: str, value: object) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise ValueError(f"{name} must be bytes, not {type(value).__name__}")
+
+
+def _check_numbers(name: str, value: object) -> list[str]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ValueError(f"{name} must be a list of numbers, not {type(value).__name__}")
+    for i, number in enumerate(value):
+        _check_str(f"{name}[{i}]", number)
+    return list(value)
+
+
+# -- JSON documents ----------------------------------------------------------
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _loads(document: bytes) -> dict[str, Any]:
+    """Parse a settings document; floats become Decimal so that re-serializing is exact."""
+    doc = json.loads(document, parse_float=Decimal, parse_constant=_reject_constant)
+    if not isinstance(doc, dict):
+        raise ValueError(f"a settings document must be a JSON object, not {type(doc).__name__}")
+    return doc
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    """Compact JSON with every Decimal written back digit for digit (json has no raw-number hook).
+
+    Each Decimal is first written as a string holding a marker (a NUL, which
+    json always escapes as \\u0000, and a random nonce, so no string of the
+    document can be mistaken for one), then the quoted marker is replaced by
+    the Decimal's text.
+    """
+    decimals: list[str] = []
+    nonce = secrets.token_hex(8)
+
+    def default(obj: object) -> str:
+        if isinstance(obj, Decimal) and obj.is_finite():
+            decimals.append(str(obj))
+            return f"\x00{nonce}:{len(decimals) - 1}\x00"
+        raise TypeError(f"cannot write {type(obj).__name__} {obj!r} as JSON")
+
+    def encode(ensure_ascii: bool) -> bytes:
+        decimals.clear()
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=ensure_ascii, allow_nan=False,
+                          default=default)
+        if decimals:
+            marker = re.compile(r'"\\u0000' + nonce + r':(\d+)\\u0000"')
+            text = marker.sub(lambda m: decimals[int(m.group(1))], text)
+        return text.encode("utf-8")
+
+    try:
+        return encode(ensure_ascii=False)
+    except UnicodeEncodeError:      # a lone surrogate from a \ud8xx escape: keep it escaped
+        return encode(ensure_ascii=True)
+
+
+def _apply_patch(doc: dict[str, Any], list_name: str, ops: list[tuple[str, str]]) -> None:
+    """Apply one version's effective patch rows (removes, then adds) to doc[list_name] in place.
+
+    The same function computes the document handed to `snapshot_for` and
+    replays the rows in `get_version`, so both always agree.
+    """
+    current = doc.get(list_name)
+    if current is None:
+        if not ops:
+            return
+        current = []
+    if not isinstance(current, list):
+        raise StoreError(f"the stored document's {list_name!r} is not a list")
+    removed = {number for op, number in ops if op == "remove"}
+    result = [number for number in current if number not in removed] if removed else list(current)
+    result.extend(number for op, number in ops if op == "add")
+    doc[list_name] = result
+
+
+# -- connections -------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Conn:
+    conn: sqlite3.Connection
+    pid: int
+    thread: threading.Thread
+    generation: int
+    closed: bool = field(default=False)
+
+
+class SQLiteStore:
+    """`Store` on one SQLite file (WAL, synchronous=FULL), safe across threads and processes."""
+
+    def __init__(self, path: str | Path):
+        if not isinstance(path, str | Path):
+            raise ValueError(f"path must be a str or Path, not {type(path).__name__}")
+        if str(path) in ("", ":memory:") or str(path).startswith("file:"):
+            raise ValueError(f"the store needs a file path shared by every worker, not {str(path)!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conns: list[_Conn] = []     # every connection opened, to close them all (this process's only)
+        self._generation = 0
+        conn = self._conn()
+        try:
+            self._migrate(conn)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connection management ---------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")   # a constant, not caller data
+            # Switching a fresh file to WAL while another process opens it returns "database is
+            # locked" at once, without calling the busy handler: retry it until the busy timeout.
+            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            while True:
+                try:
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    break
+                except sqlite3.OperationalError as exc:
+                    if self._busy(exc) is None or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.002 + random.random() * 0.02)
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot switch to WAL journal mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection in this process, opened on first use."""
+        slot: _Conn | None = getattr(self._local, "slot", None)
+        pid = os.getpid()
+        if slot is not None and not slot.closed and slot.pid == pid and slot.generation == self._generation:
+            return slot.conn
+        if pid != self._pid:
+            # A forked child: the lock may have been copied while another thread of the parent held it.
+            self._lock, self._pid = threading.Lock(), pid
+        try:
+            conn = self._connect()
+        except sqlite3.OperationalError as exc:
+            raise (self._busy(exc) or exc) from None
+        slot = _Conn(conn, pid, threading.current_thread(), self._generation)
+        with self._lock:
+            # Close the connections of threads that have ended (this process's only: a
+            # connection inherited through fork() belongs to the parent and is left alone).
+            for old in self._conns:
+                if old.pid == pid and not old.closed and not old.thread.is_alive():
+                    old.closed = True
+                    old.conn.close()
+            self._conns = [c for c in self._conns if not c.closed]
+            self._conns.append(slot)
+        self._local.slot = slot
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this process opened (call it when no other call is in flight).
+
+        The store stays usable: a later call opens a new connection.
+        """
+        pid = os.getpid()
+        with self._lock:
+            self._generation += 1
+            for slot in self._conns:
+                if slot.pid == pid and not slot.closed:
+                    slot.closed = True
+                    try:
+                        slot.conn.close()
+                    except sqlite3.Error:  # pragma: no cover - closing is best effort
+                        pass
+            self._conns = [c for c in self._conns if not c.closed]
+        self._local.slot = None
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _busy(self, exc: sqlite3.OperationalError) -> StoreBusy | None:
+        """StoreBusy for a lock timeout (other OperationalErrors are bugs or I/O errors: let them through)."""
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            return StoreBusy(f"{self.path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s: {exc}")
+        return None
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise (self._busy(exc) or exc) from None
+
+    # -- migrations ----------------------------------------------------------
+
+    @staticmethod
+    def _schema_version(conn: sqlite3.Connection) -> int:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
+        if not exists:
+            return 0
+        return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0])
+
+    def _refuse_newer(self, found: int) -> None:
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{self.path} has schema version {found}, newer than this callgate knows "
+                f"({SCHEMA_VERSION}): run the callgate release that migrated it (or a newer one)")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        try:
+            found = self._schema_version(conn)
+        except sqlite3.OperationalError as exc:
+            raise (self._busy(exc) or exc) from None
+        self._refuse_newer(found)
+        if found == SCHEMA_VERSION:
+            return          # the common case: no write lock taken
+        with self._transaction(write=True):
+            # Checked again under the write lock: another process may have migrated meanwhile.
+            conn.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
+                                version     INTEGER PRIMARY KEY,
+                                description TEXT    NOT NULL,
+                                applied_at  INTEGER NOT NULL)""")
+            found = self._schema_version(conn)
+            self._refuse_newer(found)
+            for version, description, script in MIGRATIONS:
+                if version <= found:
+                    continue
+                for statement in _split_sql(script):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+                             (version, description, int(time.time())))
+
+    # -- settings ------------------------------------------------------------
+
+    @staticmethod
+    def _current(conn: sqlite3.Connection, tenant: str) -> int:
+        row = conn.execute('SELECT version FROM "current" WHERE tenant = ?', (tenant,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _store_snapshot(conn: sqlite3.Connection, tenant: str, version: int, blob: bytes) -> None:
+        conn.execute("INSERT OR REPLACE INTO snapshots (tenant, version, blob) VALUES (?, ?, ?)",
+                     (tenant, version, blob))
+        conn.execute("""DELETE FROM snapshots WHERE tenant = ? AND version NOT IN (
+                            SELECT version FROM snapshots WHERE tenant = ? ORDER BY version DESC LIMIT ?)""",
+                     (tenant, tenant, KEEP_SNAPSHOTS))
+
+    @staticmethod
+    def _put_in_force(conn: sqlite3.Connection, tenant: str, version: int) -> None:
+        conn.execute('INSERT INTO "current" (tenant, version) VALUES (?, ?) '
+                     "ON CONFLICT (tenant) DO UPDATE SET version = excluded.version", (tenant, version))
+
+    @staticmethod
+    def _effective(conn: sqlite3.Connection, tenant: str, version: int) -> dict[str, Any]:
+        """The effective document of an existing version, parsed."""
+        base = conn.execute("""SELECT version, document FROM versions
+                               WHERE tenant = ? AND version <= ? AND document IS NOT NULL
+                               ORDER BY version DESC LIMIT 1""", (tenant, version)).fetchone()
+        if base is None:
+            raise StoreError(f"tenant {tenant!r} version {version}: no full document at or before it")
+        doc = _loads(base[1])
+        rows = conn.execute("""SELECT version, list_name, op, number FROM list_patches
+                               WHERE tenant = ? AND version > ? AND version <= ?
+                               ORDER BY version, seq""", (tenant, base[0], version))
+        group: tuple[int, str] | None = None
+        ops: list[tuple[str, str]] = []
+        for patch_version, list_name, op, number in rows:
+            if (patch_version, list_name) != group:
+                if group is not None:
+                    _apply_patch(doc, group[1], ops)
+                group, ops = (patch_version, list_name), []
+            ops.append((op, number))
+        if group is not None:
+            _apply_patch(doc, group[1], ops)
+        return doc
+
+    def current_versions(self) -> dict[str, int]:
+        try:
+            rows = self._conn().execute('SELECT tenant, version FROM "current"').fetchall()
+        except sqlite3.OperationalError as exc:
+            raise (self._busy(exc) or exc) from None
+        return {tenant: int(version) for tenant, version in rows}
+
+    def commit_version(self, tenant: str, kind: str, document: bytes, snapshot: bytes,
+                       expected_version: int | None, comment: str = "") -> int:
+        _check_str("tenant", tenant)
+        if kind not in COMMIT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(COMMIT_KINDS)}, not {kind!r}")
+        document = _check_bytes("document", document)
+        snapshot = _check_bytes("snapshot", snapshot)
+        if expected_version is not None:
+            _check_int("expected_version", expected_version, minimum=0)
+        _check_str("comment", comment, allow_empty=True)
+        try:
+            doc = _loads(document)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"document is not a JSON settings document: {exc}") from None
+        if "tenant" in doc and doc["tenant"] != tenant:
+            raise ValueError(f"the document is for tenant {doc['tenant']!r}, not {tenant!r}")
+        now = int(time.time())
+        with self._transaction(write=True) as conn:
+            current = self._current(conn, tenant)
+            if expected_version is not None and expected_version != current:
+                raise VersionConflict(tenant, expected_version, current)
+            version = current + 1
+            conn.execute("INSERT INTO versions (tenant, version, kind, document, created_at, comment) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (tenant, version, kind, document, now, comment))
+            self._store_snapshot(conn, tenant, version, snapshot)
+            self._put_in_force(conn, tenant, version)
+        return version
+
+    def patch_list(self, tenant: str, list_name: str, add: list[str], remove: list[str],
+                   snapshot_for: SnapshotBuilder, expected_version: int | None) -> PatchResult:
+        _check_str("tenant", tenant)
+        if list_name not in LIST_NAMES:
+            raise ValueError(f"list_name must be one of {', '.join(LIST_NAMES)}, not {list_name!r}")
+        add = _check_numbers("add", add)
+        remove = _check_numbers("remove", remove)
+        if not add and not remove:
+            raise ValueError("nothing to patch: add and remove are both empty")
+        if not callable(snapshot_for):
+            raise ValueError("snapshot_for must be callable")
+        if expected_version is not None:
+            _check_int("expected_version", expected_version, minimum=0)
+        now = int(time.time())
+        with self._transaction(write=True) as conn:
+            current = self._current(conn, tenant)
+            if current == 0:
+                raise NotFound(f"tenant {tenant!r} has no settings")
+            if expected_version is not None and expected_version != current:
+                raise VersionConflict(tenant, expected_version, current)
+            doc = self._effective(conn, tenant, current)
+            listed = doc.get(list_name)
+            if listed is None:
+                listed = []
+            if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+                raise StoreError(f"tenant {tenant!r} version {current}: {list_name!r} is not a list of numbers")
+            present = set(listed)
+            ops: list[tuple[str, str]] = []
+            for number in remove:           # removes first, then adds (a number in both ends up listed)
+                if number in present:
+                    present.discard(number)
+                    ops.append(("remove", number))
+            for number in add:
+                if number not in present:
+                    present.add(number)
+                    ops.append(("add", number))
+            _apply_patch(doc, list_name, ops)
+            blob = _check_bytes("snapshot_for(...) result", snapshot_for(_dumps(doc)))
+            added = sum(1 for op, _ in ops if op == "add")
+            removed = len(ops) - added
+            version = current + 1
+            conn.execute("INSERT INTO versions (tenant, version, kind, document, created_at, comment) "
+                         "VALUES (?, ?, 'patch', NULL, ?, ?)",
+                         (tenant, version, now, f"{list_name}: +{added} -{removed}"))
+            conn.executemany("INSERT INTO list_patches (tenant, version, seq, list_name, op, number) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             [(tenant, version, seq, list_name, op, number) for seq, (op, number) in enumerate(ops)])
+            self._store_snapshot(conn, tenant, version, blob)
+            self._put_in_force(conn, tenant, version)
+        return PatchResult(version=version, added=added, removed=removed, size=len(doc.get(list_name, [])))
+
+    def get_version(self, tenant: str, version: int | None = None) -> VersionRecord:
+        _check_str("tenant", tenant)
+        if version is not None:
+            _check_int("version", version, minimum=1)
+        with self._transaction(write=False) as conn:
+            current = self._current(conn, tenant)
+            if version is None:
+                if current == 0:
+                    raise NotFound(f"tenant {tenant!r} has no settings")
+                version = current
+            row = conn.execute("SELECT kind, created_at, comment, document FROM versions "
+                               "WHERE tenant = ? AND version = ?", (tenant, version)).fetchone()
+            if row is None:
+                raise NotFound(f"tenant {tenant!r} has no version {version}")
+            kind, created_at, comment, document = row
+            if document is None:
+                document = _dumps(self._effective(conn, tenant, version))
+        return VersionRecord(tenant=tenant, version=version, kind=kind, created_at=int(created_at),
+                             comment=comment, in_force=version == current, document=bytes(document))
+
+    def list_versions(self, tenant: str, limit: int = 50) -> list[VersionRecord]:
+        _check_str("tenant", tenant)
+        _check_int("limit", limit, minimum=1)
+        with self._transaction(write=False) as conn:
+            current = self._current(conn, tenant)
+            rows = conn.execute("SELECT version, kind, created_at, comment FROM versions WHERE tenant = ? "
+                                "ORDER BY version DESC LIMIT ?", (tenant, limit)).fetchall()
+        if not rows:
+            raise NotFound(f"tenant {tenant!r} has no settings")
+        return [VersionRecord(tenant=tenant, version=int(v), kind=kind, created_at=int(created_at),
+                              comment=comment, in_force=v == current)
+                for v, kind, created_at, comment in rows]
+
+    def snapshot(self, tenant: str, version: int) -> bytes | None:
+        _check_str("tenant", tenant)
+        _check_int("version", version, minimum=1)
+        try:
+            row = self._conn().execute("SELECT blob FROM snapshots WHERE tenant = ? AND version = ?",
+                                       (tenant, version)).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise (self._busy(exc) or exc) from None
+        return bytes(row[0]) if row else None
+
+    # -- balances --------------------------------------------------------------
+
+    def balance(self, tenant: str) -> int:
+        _check_str("tenant", tenant)
+        try:
+            row = self._conn().execute("SELECT COALESCE(SUM(amount_micro), 0) FROM ledger WHERE tenant = ?",
+                                       (tenant,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise (self._busy(exc) or exc) from None
+        return int(row[0])
+
+    def credit(self, tenant: str, amount_micro: int, kind: str, ref: str) -> bool:
+        _check_str("tenant", tenant)
+        _check_int("amount_micro", amount_micro)
+        _check_str("kind", kind)
+        _check_str("ref", ref)
+        with self._transaction(write=True) as conn:
+            cursor = conn.execute("INSERT OR IGNORE INTO ledger (tenant, kind, amount_micro, ref, created_at) "
+                                  "VALUES (?, ?, ?, ?, ?)", (tenant, kind, amount_micro, ref, int(time.time())))
+            return cursor.rowcount == 1
+
+    # -- ringing calls -----------------------------------------------------------
+
+    def ring(self, tenant: str, call_id: str, user: str, at: int, direction: str, caller: str,
+             called: str) -> None:
+        _check_str("tenant", tenant)
+        _check_str("call_id", call_id)
+        _check_str("user", user)
+        _check_int("at", at, minimum=0)
+        _check_str("direction", direction)
+        _check_str("caller", caller, allow_empty=True)      # a withheld caller is empty
+        _check_str("called", called, allow_empty=True)
+        with self._transaction(write=True) as conn:
+            conn.execute("INSERT OR IGNORE INTO calls (tenant, call_id, direction, caller, called, state, "
+                         "ringing_user, last_user, ringing_at) VALUES (?, ?, ?, ?, ?, 'ringing', ?, ?, ?)",
+                         (tenant, call_id, direction, caller, called, user, user, at))
+
+    def answer(self, tenant: str, call_id: str, user: str, at: int) -> bool:
+        _check_str("tenant", tenant)
+        _check_str("call_id", call_id)
+        _check_str("user", user)
+        _check_int("at", at, minimum=0)
+        with self._transaction(write=True) as conn:
+            cursor = conn.execute("UPDATE calls SET state = 'answered', answered_by = ?, last_user = ?, "
+                                  "answered_at = ? WHERE tenant = ? AND call_id = ? AND state = 'ringing'",
+                                  (user, user, at, tenant, call_id))
+            return cursor.rowcount == 1
+
+    def end(self, tenant: str, call_id: str, at: int) -> bool:
+        _check_str("tenant", tenant)
+        _check_str("call_id", call_id)
+        _check_int("at", at, minimum=0)
+        with self._transaction(write=True) as conn:
+            cursor = conn.execute("UPDATE calls SET state = 'ended', ended_at = ? "
+                                  "WHERE tenant = ? AND call_id = ? AND state != 'ended'", (at, tenant, call_id))
+            return cursor.rowcount == 1
+
+    def ringing_calls(self, tenant: str) -> list[tuple[str, str, int]]:
+        _check_str("tenant", tenant)
+        try:
+            rows = self._conn().execute("SELECT call_id, ringing_user, ringing_at FROM calls "
+                                        "WHERE tenant = ? AND state = 'ringing' ORDER BY ringing_at, call_id",
+                                        (tenant,)).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise (self._busy(exc) or exc) from None
+        return [(call_id, user, int(at)) for call_id, user, at in rows]

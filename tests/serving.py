@@ -1,0 +1,95 @@
+"""Real `callgate serve` processes for integration tests (loopback only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "acme.json"
+
+
+class Server:
+    """`python -m callgate serve` in a subprocess; logs collected; stopped by its PID."""
+
+    def __init__(self, data_dir: Path, *args: str, seed: Path | None = EXAMPLE, listen: str = "127.0.0.1:0",
+                 workers: int = 1, wait: bool = True) -> None:
+        cmd = [sys.executable, "-m", "callgate", "serve", "--listen", listen, "--data-dir", str(data_dir),
+               "--metrics", "", "--workers", str(workers), "--poll", "0.1", *args]
+        if seed is not None:
+            cmd += ["--seed", str(seed)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.logs: list[dict] = []
+        self.port: int | None = int(listen.rsplit(":", 1)[1]) or None
+        self._listening = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if wait:
+            self.wait_listening(workers)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = {"msg": line.rstrip()}
+            self.logs.append(record)
+            if record.get("event") == "listening":
+                self.port = int(record["address"].rsplit(":", 1)[1])
+                if sum(1 for r in self.logs if r.get("event") == "listening") >= self._want:
+                    self._listening.set()
+
+    _want = 1
+
+    def wait_listening(self, workers: int = 1, timeout: float = 60) -> None:
+        self._want = workers
+        if sum(1 for r in self.logs if r.get("event") == "listening") >= workers:
+            self._listening.set()
+        if not self._listening.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"server did not start; logs: {self.logs[-20:]}")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address, options=[("grpc.max_send_message_length", 64 << 20),
+                                                            ("grpc.max_receive_message_length", 64 << 20)])
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def events(self, name: str) -> list[dict]:
+        return [r for r in self.logs if r.get("event") == name]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; return its value (or raise after timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)

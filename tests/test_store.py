@@ -1,0 +1,561 @@
+"""server.store.SQLiteStore: the embedded store (SPEC §5), on real SQLite files.
+
+Covers the schema migrations, settings versions (compare-and-set, history,
+rollback-style commits), blacklist patches stored as rows and replayed,
+snapshot pruning, the ledger, the ringing-call registry, and concurrency
+between threads and between processes sharing one file.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import sqlite3
+import tempfile
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+import server.store
+from server.store import KEEP_SNAPSHOTS, MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, SQLiteStore, StoreBusy
+from server.store_api import NotFound, PatchResult, Store, StoreError, VersionConflict
+
+FORK = mp.get_context("fork")   # children open their own store on the same file
+
+
+def doc(tenant: str = "acme", **extra: Any) -> bytes:
+    base: dict[str, Any] = {"tenant": tenant, "currency": "USD", "status": "active",
+                            "blacklist": ["+14155550666"], "offhours_blacklist": ["+14155550777"]}
+    base.update(extra)
+    return json.dumps(base).encode()
+
+
+def snap(document: bytes) -> bytes:
+    return b"compiled:" + document
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "callgate.sqlite"
+
+
+@pytest.fixture
+def store(db: Path):
+    s = SQLiteStore(db)
+    yield s
+    s.close()
+
+
+def raw(db: Path) -> sqlite3.Connection:
+    return sqlite3.connect(db)
+
+
+# -- opening, pragmas, migrations ----------------------------------------------------
+
+def test_is_a_store(store: SQLiteStore) -> None:
+    s: Store = store            # mypy checks the protocol here
+    assert s.current_versions() == {}
+
+
+def test_open_creates_dirs_and_sets_pragmas(store: SQLiteStore, db: Path) -> None:
+    assert db.exists()
+    conn = store._conn()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2          # FULL
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+
+
+def test_migrations_applied_once_and_reopen_keeps_data(db: Path) -> None:
+    assert SCHEMA_VERSION == MIGRATIONS[-1][0] == len(MIGRATIONS)
+    s = SQLiteStore(db)
+    s.commit_version("acme", "push", doc(), b"s1", 0)
+    s.credit("acme", 5_000_000, "topup", "r1")
+    s.close()
+    s2 = SQLiteStore(db)
+    assert s2.get_version("acme").document == doc()
+    assert s2.balance("acme") == 5_000_000
+    s2.close()
+    with raw(db) as conn:
+        rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert rows == [(v,) for v, _, _ in MIGRATIONS]
+    assert {"versions", "current", "list_patches", "snapshots", "ledger", "calls", "call_events",
+            "schema_migrations"} <= tables
+
+
+def test_refuses_a_newer_schema(db: Path) -> None:
+    SQLiteStore(db).close()
+    with raw(db) as conn:
+        conn.execute("INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, 'future', 0)",
+                     (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaTooNew, match=rf"schema version {SCHEMA_VERSION + 1}, newer than this callgate"):
+        SQLiteStore(db)
+
+
+def test_rejects_paths_that_cannot_be_shared() -> None:
+    for bad in (":memory:", "", "file:x?mode=memory"):
+        with pytest.raises(ValueError):
+            SQLiteStore(bad)
+
+
+# -- settings versions ---------------------------------------------------------------
+
+def test_commit_and_conflict_change_nothing(store: SQLiteStore, db: Path) -> None:
+    assert store.commit_version("acme", "push", doc(), b"s1", 0, "first") == 1
+    with pytest.raises(VersionConflict) as info:
+        store.commit_version("acme", "push", doc(status="suspended"), b"s2", 0)
+    assert (info.value.tenant, info.value.expected, info.value.actual) == ("acme", 0, 1)
+    assert "at version 1, not 0" in str(info.value)
+    with pytest.raises(VersionConflict):
+        store.commit_version("acme", "push", doc(), b"s2", 5)
+    assert store.current_versions() == {"acme": 1}
+    assert [v.version for v in store.list_versions("acme")] == [1]
+    assert store.snapshot("acme", 2) is None
+    with raw(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == 1
+    assert store.commit_version("acme", "push", doc(status="suspended"), b"s2", 1) == 2
+    assert store.commit_version("acme", "push", doc(), b"s3", None) == 3     # None: no check
+
+
+def test_versions_history_and_in_force(store: SQLiteStore) -> None:
+    docs = [doc(status=f"s{i}") for i in range(1, 5)]
+    for i, d in enumerate(docs):
+        assert store.commit_version("acme", "push", d, b"snap%d" % (i + 1), i, f"push {i + 1}") == i + 1
+    store.commit_version("beta", "push", doc("beta"), b"b", 0)
+
+    assert store.current_versions() == {"acme": 4, "beta": 1}
+    history = store.list_versions("acme")
+    assert [v.version for v in history] == [4, 3, 2, 1]
+    assert [v.in_force for v in history] == [True, False, False, False]
+    assert all(v.document is None and v.kind == "push" and v.tenant == "acme" for v in history)
+    assert history[-1].comment == "push 1"
+    assert abs(history[0].created_at - time.time()) < 60
+    assert [v.version for v in store.list_versions("acme", limit=2)] == [4, 3]
+
+    now = store.get_version("acme")
+    assert (now.version, now.in_force, now.document) == (4, True, docs[3])
+    old = store.get_version("acme", 2)
+    assert (old.version, old.in_force, old.document, old.comment) == (2, False, docs[1], "push 2")
+
+    with pytest.raises(NotFound, match=r"tenant 'acme' has no version 7"):
+        store.get_version("acme", 7)
+    with pytest.raises(NotFound, match=r"tenant 'nobody' has no settings"):
+        store.get_version("nobody")
+    with pytest.raises(NotFound, match=r"tenant 'nobody' has no settings"):
+        store.list_versions("nobody")
+    assert store.snapshot("nobody", 1) is None
+
+
+def test_document_bytes_kept_exactly(store: SQLiteStore) -> None:
+    exact = b'{ "tenant" : "acme",\n  "rate": 0.0200, "blacklist": [] }'
+    store.commit_version("acme", "push", exact, b"s", 0)
+    assert store.get_version("acme", 1).document == exact
+
+
+def test_rollback_commits_an_old_document_as_new_version(store: SQLiteStore) -> None:
+    store.commit_version("acme", "push", doc(status="active"), b"s1", 0)
+    store.commit_version("acme", "push", doc(status="suspended"), b"s2", 1)
+    store.patch_list("acme", "blacklist", ["+14155550001"], [], snap, 2)
+    old = store.get_version("acme", 1).document
+    assert old is not None
+    assert store.commit_version("acme", "rollback", old, b"s1 again", 3, "rollback to 1") == 4
+    now = store.get_version("acme")
+    assert (now.version, now.kind, now.document, now.comment) == (4, "rollback", old, "rollback to 1")
+    assert store.snapshot("acme", 4) == b"s1 again"
+    assert [v.kind for v in store.list_versions("acme")] == ["rollback", "patch", "push", "push"]
+    # the patch history before the rollback does not leak into later versions
+    result = store.patch_list("acme", "blacklist", ["+14155550002"], [], snap, 4)
+    assert json.loads(store.get_version("acme", 5).document or b"")["blacklist"] == \
+        ["+14155550666", "+14155550002"]
+    assert result.size == 2
+
+
+def test_snapshot_pruning_keeps_the_newest_three(store: SQLiteStore, db: Path) -> None:
+    for i in range(5):
+        store.commit_version("acme", "push", doc(status=f"s{i}"), b"snap%d" % (i + 1), None)
+    store.commit_version("beta", "push", doc("beta"), b"beta1", None)
+    assert [store.snapshot("acme", v) for v in range(1, 6)] == [None, None, b"snap3", b"snap4", b"snap5"]
+    store.patch_list("acme", "blacklist", ["+14155550001"], [], snap, None)
+    assert store.snapshot("acme", 3) is None
+    assert store.snapshot("acme", 6) == snap(store.get_version("acme", 6).document or b"")
+    assert store.snapshot("beta", 1) == b"beta1"        # per tenant
+    with raw(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM snapshots WHERE tenant = 'acme'").fetchone()[0] == KEEP_SNAPSHOTS
+    # the documents stay: a rollback to any version can recompile
+    assert store.get_version("acme", 1).document == doc(status="s0")
+
+
+# -- blacklist patches ------------------------------------------------------------------
+
+def blacklist(store: SQLiteStore, version: int, name: str = "blacklist") -> list[str]:
+    document = store.get_version("acme", version).document
+    assert document is not None
+    return list(json.loads(document)[name])
+
+
+def test_patches_replayed_at_every_version(store: SQLiteStore, db: Path) -> None:
+    store.commit_version("acme", "push", doc(blacklist=["+1001", "+1002", "+1003"]), b"s1", 0)
+    seen: list[bytes] = []
+
+    def builder(document: bytes) -> bytes:
+        seen.append(document)
+        return b"compiled %d" % len(seen)
+
+    r2 = store.patch_list("acme", "blacklist", ["+1004", "+1001", "+1005", "+1004"], ["+1002", "+1999"], builder, 1)
+    assert r2 == PatchResult(version=2, added=2, removed=1, size=4)
+    r3 = store.patch_list("acme", "offhours_blacklist", ["+2001"], ["+14155550777"], builder, 2)
+    assert r3 == PatchResult(version=3, added=1, removed=1, size=1)
+    r4 = store.patch_list("acme", "blacklist", ["+1003", "+1004"], ["+1999"], builder, None)   # all no-ops
+    assert r4 == PatchResult(version=4, added=0, removed=0, size=4)
+    r5 = store.patch_list("acme", "blacklist", ["+1002"], ["+1001", "+1001"], builder, 4)
+    assert r5 == PatchResult(version=5, added=1, removed=1, size=4)
+
+    assert blacklist(store, 1) == ["+1001", "+1002", "+1003"]
+    assert blacklist(store, 2) == ["+1001", "+1003", "+1004", "+1005"]
+    assert blacklist(store, 3) == blacklist(store, 4) == blacklist(store, 2)
+    assert blacklist(store, 5) == ["+1003", "+1004", "+1005", "+1002"]
+    assert blacklist(store, 2, "offhours_blacklist") == ["+14155550777"]
+    assert blacklist(store, 5, "offhours_blacklist") == ["+2001"]
+    # the builder saw exactly the effective documents, and its blobs were stored
+    assert seen == [store.get_version("acme", v).document for v in (2, 3, 4, 5)]
+    assert store.snapshot("acme", 5) == b"compiled 4"
+    # the rest of the document is untouched
+    assert json.loads(seen[-1])["currency"] == "USD"
+    history = store.list_versions("acme")
+    assert [(v.kind, v.comment) for v in history[:2]] == [("patch", "blacklist: +1 -1"), ("patch", "blacklist: +0 -0")]
+    with raw(db) as conn:   # stored as rows, only the effective changes, no document copies
+        assert conn.execute("SELECT COUNT(*) FROM versions WHERE document IS NOT NULL").fetchone()[0] == 1
+        assert conn.execute("SELECT version, op, number FROM list_patches WHERE version = 2 ORDER BY seq"
+                            ).fetchall() == [(2, "remove", "+1002"), (2, "add", "+1004"), (2, "add", "+1005")]
+        assert conn.execute("SELECT COUNT(*) FROM list_patches WHERE version = 4").fetchone()[0] == 0
+
+
+def test_patch_keeps_decimals_and_text_exact(store: SQLiteStore) -> None:
+    original = ('{"tenant":"acme","auto_topup":{"amount":"20.00"},"rate":0.0200,"tiny":1e-7,"big":12345678901234567890,'
+                '"name":"Zürich ☎","nested":[1.10,{"x":-0.0}]}').encode()
+    store.commit_version("acme", "push", original, b"s", 0)
+    store.patch_list("acme", "blacklist", ["+1001"], [], snap, 1)
+    patched = store.get_version("acme", 2).document
+    assert patched is not None
+    assert patched == ('{"tenant":"acme","auto_topup":{"amount":"20.00"},"rate":0.0200,"tiny":1E-7,'
+                       '"big":12345678901234567890,"name":"Zürich ☎","nested":[1.10,{"x":-0.0}],'
+                       '"blacklist":["+1001"]}').encode()
+    assert json.loads(patched, parse_float=Decimal)["rate"] == Decimal("0.0200")
+
+
+def test_snapshot_for_failure_rolls_back(store: SQLiteStore, db: Path) -> None:
+    store.commit_version("acme", "push", doc(), b"s1", 0)
+
+    def broken(document: bytes) -> bytes:
+        raise RuntimeError("compile failed")
+
+    with pytest.raises(RuntimeError, match="compile failed"):
+        store.patch_list("acme", "blacklist", ["+1001"], [], broken, 1)
+    with pytest.raises(ValueError, match="must be bytes"):
+        store.patch_list("acme", "blacklist", ["+1001"], [], lambda d: "not bytes", 1)  # type: ignore[arg-type]
+    assert store.current_versions() == {"acme": 1}
+    assert [v.version for v in store.list_versions("acme")] == [1]
+    with raw(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM list_patches").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0] == 1
+    assert store.patch_list("acme", "blacklist", ["+1001"], [], snap, 1).version == 2
+
+
+def test_patch_refusals(store: SQLiteStore) -> None:
+    calls: list[bytes] = []
+
+    def builder(document: bytes) -> bytes:
+        calls.append(document)
+        return b""
+
+    with pytest.raises(NotFound, match="tenant 'acme' has no settings"):
+        store.patch_list("acme", "blacklist", ["+1001"], [], builder, None)
+    store.commit_version("acme", "push", doc(), b"s1", 0)
+    with pytest.raises(VersionConflict):
+        store.patch_list("acme", "blacklist", ["+1001"], [], builder, 0)
+    with pytest.raises(ValueError, match="list_name"):
+        store.patch_list("acme", "whitelist", ["+1001"], [], builder, 1)
+    with pytest.raises(ValueError, match="add must be a list"):
+        store.patch_list("acme", "blacklist", "+1001", [], builder, 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="nothing to patch"):
+        store.patch_list("acme", "blacklist", [], [], builder, 1)
+    with pytest.raises(ValueError, match=r"remove\[1\]"):
+        store.patch_list("acme", "blacklist", [], ["+1", 2], builder, 1)  # type: ignore[list-item]
+    assert calls == []
+    assert store.current_versions() == {"acme": 1}
+
+
+def test_patch_on_a_document_without_the_list(store: SQLiteStore) -> None:
+    store.commit_version("acme", "push", b'{"tenant":"acme"}', b"s", 0)
+    assert store.patch_list("acme", "offhours_blacklist", [], ["+1001"], snap, 1).size == 0
+    assert store.get_version("acme", 2).document == b'{"tenant":"acme"}'
+    store.patch_list("acme", "offhours_blacklist", ["+1001"], [], snap, 2)
+    assert store.get_version("acme", 3).document == b'{"tenant":"acme","offhours_blacklist":["+1001"]}'
+
+
+numbers = st.sampled_from([f"+1415555{i:04d}" for i in range(8)])
+
+
+@hsettings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.lists(numbers, max_size=4), st.lists(numbers, max_size=4)).filter(lambda p: p[0] or p[1]),
+                min_size=1, max_size=6),
+       st.lists(numbers, max_size=4, unique=True))
+def test_patches_match_a_model(patches: list[tuple[list[str], list[str]]], initial: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        s = SQLiteStore(Path(tmp) / "db.sqlite")
+        try:
+            s.commit_version("t", "push", json.dumps({"tenant": "t", "blacklist": initial}).encode(), b"", 0)
+            model, history = list(initial), [list(initial)]
+            for add, remove in patches:
+                removed = [n for n in dict.fromkeys(remove) if n in model]
+                model = [n for n in model if n not in removed]
+                added = [n for n in dict.fromkeys(add) if n not in model]
+                model += added
+                history.append(list(model))
+                result = s.patch_list("t", "blacklist", add, remove, snap, None)
+                assert (result.added, result.removed, result.size) == (len(added), len(removed), len(model))
+            for version, expected in enumerate(history, start=1):
+                assert json.loads(s.get_version("t", version).document or b"")["blacklist"] == expected
+        finally:
+            s.close()
+
+
+# -- input validation and injection ---------------------------------------------------------
+
+def test_sql_injection_looking_ids_are_plain_data(store: SQLiteStore, db: Path) -> None:
+    evil = "x'); DROP TABLE versions;--"
+    d = json.dumps({"tenant": evil, "blacklist": []}).encode()
+    assert store.commit_version(evil, "push", d, b"s", 0, comment=evil) == 1
+    store.patch_list(evil, "blacklist", [evil], [], snap, 1)
+    assert store.current_versions() == {evil: 2}
+    assert store.get_version(evil, 1).document == d
+    assert json.loads(store.get_version(evil).document or b"")["blacklist"] == [evil]
+    assert store.list_versions(evil)[1].comment == evil
+    assert store.credit(evil, 1, evil, evil) and store.balance(evil) == 1
+    store.ring(evil, evil, evil, 1, evil, evil, evil)
+    assert store.ringing_calls(evil) == [(evil, evil, 1)]
+    with raw(db) as conn:
+        assert conn.execute("SELECT tenant FROM versions").fetchall() == [(evil,), (evil,)]
+
+
+def test_inputs_are_validated(store: SQLiteStore) -> None:
+    bad_calls = [
+        lambda: store.commit_version("", "push", doc(), b"", None),
+        lambda: store.commit_version(7, "push", doc(), b"", None),                   # type: ignore[arg-type]
+        lambda: store.commit_version("acme", "patch", doc(), b"", None),
+        lambda: store.commit_version("acme", "push", "{}", b"", None),               # type: ignore[arg-type]
+        lambda: store.commit_version("acme", "push", b"[1, 2]", b"", None),
+        lambda: store.commit_version("acme", "push", b"{not json", b"", None),
+        lambda: store.commit_version("acme", "push", b'{"x": NaN}', b"", None),
+        lambda: store.commit_version("acme", "push", doc("beta"), b"", None),
+        lambda: store.commit_version("acme", "push", doc(), b"", -1),
+        lambda: store.commit_version("acme", "push", doc(), b"", True),
+        lambda: store.get_version("acme", 0),
+        lambda: store.get_version("acme", "1"),                                      # type: ignore[arg-type]
+        lambda: store.list_versions("acme", 0),
+        lambda: store.snapshot("acme", 1.0),                                         # type: ignore[arg-type]
+        lambda: store.credit("acme", 1.5, "topup", "r"),                             # type: ignore[arg-type]
+        lambda: store.credit("acme", 2**63, "topup", "r"),
+        lambda: store.credit("acme", 1, "topup", ""),
+        lambda: store.ring("acme", "", "u1", 1, "inbound", "", "+1"),
+        lambda: store.answer("acme", "c1", "u1", -1),
+        lambda: store.end(None, "c1", 1),  # type: ignore[arg-type]
+    ]
+    for i, call in enumerate(bad_calls):
+        with pytest.raises(ValueError):
+            call()
+            pytest.fail(f"bad call #{i} was accepted")
+    assert store.current_versions() == {}
+
+
+# -- ledger --------------------------------------------------------------------------
+
+def test_balance_and_idempotent_credit(store: SQLiteStore) -> None:
+    assert store.balance("acme") == 0
+    assert store.credit("acme", 20_000_000, "topup", "pay-1") is True
+    assert store.credit("acme", 20_000_000, "topup", "pay-1") is False        # retried: counted once
+    assert store.credit("acme", -1_500_000, "call", "pay-1") is True          # same ref, other kind
+    assert store.credit("acme", -250_000, "call", "c-2") is True
+    assert store.credit("beta", 7, "topup", "pay-1") is True                  # same ref, other tenant
+    assert store.balance("acme") == 18_250_000
+    assert store.balance("beta") == 7
+
+
+def run_processes(target: Any, args: list[tuple[Any, ...]]) -> list[Any]:
+    """Start one forked process per args tuple (each gets a shared Barrier and result Queue appended), collect
+    one result from each, and always reap them, so a failing child fails the test instead of hanging it."""
+    barrier, out = FORK.Barrier(len(args)), FORK.Queue()
+    procs = [FORK.Process(target=target, args=(*a, barrier, out), daemon=True) for a in args]
+    for p in procs:
+        p.start()
+    try:
+        return [out.get(timeout=60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+# -- ringing calls ----------------------------------------------------------------------
+
+def test_call_lifecycle(store: SQLiteStore, db: Path) -> None:
+    store.ring("acme", "c2", "u2", 200, "inbound", "+1999", "+1000")
+    store.ring("acme", "c1", "u1", 100, "inbound", "", "+1000")
+    store.ring("acme", "c3", "u3", 200, "outbound", "+1000", "+1888")
+    store.ring("acme", "c1", "u9", 999, "inbound", "", "+1000")       # idempotent: the first ring stands
+    store.ring("beta", "c1", "x", 50, "inbound", "", "+2000")
+    assert store.ringing_calls("acme") == [("c1", "u1", 100), ("c2", "u2", 200), ("c3", "u3", 200)]
+
+    assert store.answer("acme", "c2", "u7", 210) is True
+    assert store.answer("acme", "c2", "u8", 211) is False
+    assert store.ringing_calls("acme") == [("c1", "u1", 100), ("c3", "u3", 200)]
+    assert store.end("acme", "c2", 300) is True
+    assert store.end("acme", "c2", 301) is False
+    assert store.end("acme", "c1", 150) is True                       # ended while ringing (missed)
+    assert store.answer("acme", "c1", "u1", 160) is False
+    assert store.end("acme", "nope", 1) is False
+    assert store.answer("acme", "nope", "u1", 1) is False
+    assert store.ringing_calls("acme") == [("c3", "u3", 200)]
+    assert store.ringing_calls("beta") == [("c1", "x", 50)]
+    with raw(db) as conn:
+        row = conn.execute("SELECT state, ringing_user, answered_by, last_user, ringing_at, answered_at, ended_at "
+                           "FROM calls WHERE tenant = 'acme' AND call_id = 'c2'").fetchone()
+    assert row == ("ended", "u2", "u7", "u7", 200, 210, 300)
+
+
+def test_answer_race_between_threads(store: SQLiteStore) -> None:
+    store.ring("acme", "c1", "u0", 1, "inbound", "+1", "+2")
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+    conns: set[int] = set()
+    lock = threading.Lock()
+
+    def pick_up(user: str) -> None:
+        with lock:
+            conns.add(id(store._conn()))
+        barrier.wait(timeout=30)    # all alive here, so the ids are of distinct live objects
+        won = store.answer("acme", "c1", user, 2)
+        with lock:
+            results.append(won)
+
+    threads = [threading.Thread(target=pick_up, args=(f"u{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert len(conns) == 8 and id(store._conn()) not in conns       # one connection per thread
+    # the connections of ended threads are closed when the next one is opened
+    late = threading.Thread(target=store.balance, args=("acme",))
+    late.start()
+    late.join()
+    assert len([slot for slot in store._conns if not slot.closed]) <= 2
+    store.close()
+    assert store._conns == []
+    assert store.ringing_calls("acme") == []        # usable again after close: reopens
+
+
+def _answer_worker(db: str, worker: int, calls: int, inherited: SQLiteStore, barrier: Any, out: Any) -> None:
+    try:
+        # worker 0 uses the store object inherited through fork(): it must open its own connection
+        s = inherited if worker == 0 else SQLiteStore(db)
+        barrier.wait(timeout=30)
+        won = [i for i in range(calls) if s.answer("acme", f"c{i}", f"u{worker}", 10)]
+        s.close()
+        out.put((worker, won))
+    except BaseException as exc:  # reported to the parent; the others must not wait for this one
+        barrier.abort()
+        out.put((worker, repr(exc)))
+
+
+def test_answer_race_between_processes(store: SQLiteStore, db: Path) -> None:
+    calls, workers = 30, 4
+    for i in range(calls):
+        store.ring("acme", f"c{i}", "u0", i, "inbound", "+1", "+2")
+    results = run_processes(_answer_worker, [(str(db), w, calls, store) for w in range(workers)])
+    winners: dict[int, list[int]] = {}
+    for worker, won in results:
+        assert isinstance(won, list), won
+        for i in won:
+            winners.setdefault(i, []).append(worker)
+    assert sorted(winners) == list(range(calls))
+    assert all(len(w) == 1 for w in winners.values()), winners
+    # the parent's store (opened before the fork) still works
+    assert store.ringing_calls("acme") == []
+
+
+# -- concurrent versions ------------------------------------------------------------------
+
+def _commit_worker(db: str, worker: int, wanted: int, barrier: Any, out: Any) -> None:
+    try:
+        barrier.wait(timeout=30)
+        s = SQLiteStore(db)         # several processes opening a fresh file at once: one migrates
+        made: list[int] = []
+        conflicts = 0
+        for _ in range(wanted * 50):
+            if len(made) == wanted:
+                break
+            expected = s.current_versions().get("acme", 0)
+            try:
+                version = s.commit_version("acme", "push", doc(status=f"w{worker}"), b"w%d" % worker, expected)
+            except VersionConflict as exc:
+                assert exc.expected == expected and exc.actual > expected
+                conflicts += 1
+                continue
+            assert version == expected + 1
+            made.append(version)
+        s.close()
+        out.put((worker, made, conflicts))
+    except BaseException as exc:  # reported to the parent; the others must not wait for this one
+        barrier.abort()
+        out.put((worker, repr(exc), 0))
+
+
+def test_concurrent_commits_from_processes(db: Path) -> None:
+    workers, wanted = 4, 8
+    results = run_processes(_commit_worker, [(str(db), w, wanted) for w in range(workers)])
+    made: list[int] = []
+    for worker, versions, _conflicts in results:
+        assert isinstance(versions, list), versions
+        assert len(versions) == wanted, (worker, versions)
+        made += versions
+    total = workers * wanted
+    assert sorted(made) == list(range(1, total + 1))            # contiguous, no duplicates
+    s = SQLiteStore(db)
+    try:
+        history = s.list_versions("acme", limit=1000)
+        assert [v.version for v in history] == list(range(total, 0, -1))
+        assert s.current_versions() == {"acme": total}
+        with raw(db) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == len(MIGRATIONS)
+    finally:
+        s.close()
+
+
+def test_lock_timeout_is_store_busy(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    SQLiteStore(db).close()
+    monkeypatch.setattr(server.store, "BUSY_TIMEOUT_MS", 100)
+    s = SQLiteStore(db)
+    holder = raw(db)
+    holder.isolation_level = None
+    holder.execute("BEGIN IMMEDIATE")          # another process holding the write lock
+    try:
+        with pytest.raises(StoreBusy, match="stayed locked"):
+            s.commit_version("acme", "push", doc(), b"s", 0)
+        assert s.current_versions() == {}       # reads are not blocked by a writer (WAL)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert s.commit_version("acme", "push", doc(), b"s", 0) == 1
+    s.close()
+    assert issubclass(StoreBusy, StoreError) and issubclass(SchemaTooNew, StoreError)
