@@ -774,6 +774,15 @@ cdef class CoreDecision:
         return self._call_id
 
     @property
+    def shape(self):
+        """(verdict, reason, line, group, target): everything an inbound reply carries but the echoes.
+
+        Replies with the same shape from the same snapshot are the same
+        message, so servers can build each one once.
+        """
+        return (self.o.verdict, self.o.reason, self.o.line, self.o.group, self.o.target)
+
+    @property
     def sip_status(self):
         return self.o.sip
 

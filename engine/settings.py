@@ -51,7 +51,7 @@ RATE_DECIMALS = 6
 AMOUNT_DECIMALS = 2
 MAX_INCREMENT_S = 3600
 
-_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")
 _TIME = re.compile(r"([0-9]{2}):([0-9]{2})")
@@ -301,7 +301,7 @@ class _Validator:
     def e164(self, path: str, value: Any) -> str | None:
         if self.str_(path, value) is None:
             return None
-        if not _E164.fullmatch(value):
+        if not E164.fullmatch(value):
             self.err(path, f"{_q(value)} is not an E.164 number (+ and 8 to 15 digits)")
             return None
         return str(value)
@@ -486,7 +486,7 @@ class _Validator:
         raw = self.list_(key, top.get(key, []), key)
         if raw is None:
             return ()
-        bad = [i for i, v in enumerate(raw) if not (isinstance(v, str) and _E164.fullmatch(v))]
+        bad = [i for i, v in enumerate(raw) if not (isinstance(v, str) and E164.fullmatch(v))]
         for i in bad[:100]:
             self.e164(f"{key}[{i}]", raw[i])
         if len(bad) > 100:

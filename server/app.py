@@ -102,6 +102,7 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
 
     from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 
+    from . import metrics
     from .service import AdminServicer, Compiler, DecisionsServicer, State
     from .store import SQLiteStore
 
@@ -152,9 +153,12 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     async def watch() -> None:
         while not stopping.is_set():
             try:
-                for tenant, version in await state.refresh():
+                changed = await state.refresh()
+                for tenant, version in changed:
                     log.info("version installed", extra={"event": "installed", "tenant": tenant, "version": version})
-                await decisions_health()
+                if changed:
+                    await decisions_health()
+                metrics.flush()
             except Exception:  # the store may be busy or a blob bad: log, keep serving, try again
                 log.exception("refresh from the store failed")
             with contextlib.suppress(asyncio.TimeoutError):
@@ -168,6 +172,7 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
+    metrics.flush()
     compiler.close()
     store.close()
     log.info("stopped", extra={"event": "stopped"})

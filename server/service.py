@@ -25,15 +25,13 @@ from engine import codes
 from engine._core import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreDecision, CoreSnapshot
 from engine.decision import RingingCall
 from engine.engine import Engine
-from engine.settings import SettingsError
+from engine.settings import E164, SettingsError
 from engine.snapshot import Built, build, loads
 
 from . import metrics
 from .store_api import NotFound, Store, StoreBusy, VersionConflict
 
 log = logging.getLogger("callgate.service")
-INBOUND_SECONDS = metrics.LATENCY.labels("inbound")
-OUTBOUND_SECONDS = metrics.LATENCY.labels("outbound")
 
 MAX_TEXT = 256            # longest number, user or tenant string a decision accepts
 MAX_BATCH = 100_000       # rows per DecideBatch
@@ -103,13 +101,6 @@ class State:
         self.decisions = 0
         self.loaded = asyncio.Event()
 
-    def snapshot(self, tenant: str) -> CoreSnapshot:
-        snap = self.engine._snapshots.get(tenant)
-        if snap is None:
-            raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"tenant {tenant[:64]!r} has no settings: push them with Admin.PushSettings")
-        return snap
-
     async def install_blob(self, tenant: str, version: int, blob: bytes) -> None:
         # loads() parses container headers and builds the lookup indexes, mostly without the GIL
         snap = await asyncio.to_thread(loads, blob, version)
@@ -121,10 +112,18 @@ class State:
             metrics.TENANT_VERSION.labels(tenant).set(version)
 
     async def refresh(self) -> list[tuple[str, int]]:
-        """Bring every tenant to the version in force in the store; returns what changed."""
-        versions = await asyncio.to_thread(self.store.current_versions)
+        """Bring every tenant to the version in force in the store; returns what changed.
+
+        The check itself runs in the event loop (microseconds, never waits on
+        a lock); only a changed tenant costs thread work (fetching and loading
+        its snapshot).
+        """
+        poll = self.store.poll()
+        if poll is None:  # the store is busy this instant: try at the next tick
+            return []
+        self.balances = poll.balances
         changed = []
-        for tenant, version in versions.items():
+        for tenant, version in poll.versions.items():
             current = self.engine._snapshots.get(tenant)
             if current is not None and current.version >= version:
                 continue
@@ -135,14 +134,16 @@ class State:
                 blob = (await self.compiler.build(record.document, "json")).blob
             await self.install_blob(tenant, version, blob)
             changed.append((tenant, version))
-        balances = {t: await asyncio.to_thread(self.store.balance, t) for t in versions}
-        self.balances = balances
         return changed
 
 
 def decision_message(d: CoreDecision, kind: str, snap: CoreSnapshot, explain: bool = False
                      ) -> decisions_pb2.Decision:
-    """The protobuf form of a core decision (only the fields that apply are set)."""
+    """The protobuf form of a core decision (only the fields that apply are set).
+
+    With `explain`, also the rule in words and (inbound) the caller and
+    called number as read; proxies leave it off and get smaller replies.
+    """
     verdict = d.verdict_code
     fields: dict[str, Any] = {"verdict": verdict, "reason": d.reason_code, "sip_status": d.sip_status,
                               "version": snap.version}
@@ -153,8 +154,9 @@ def decision_message(d: CoreDecision, kind: str, snap: CoreSnapshot, explain: bo
         fields["chat_mode"] = meta["chat_mode"]
         fields["lead_trigger"] = meta["lead_trigger"]
     if kind == "inbound":
-        fields["caller"] = d.caller or ""
-        fields["called"] = d.called or ""
+        if explain:
+            fields["caller"] = d.caller or ""
+            fields["called"] = d.called or ""
         if verdict == 1:  # ROUTE
             fields["group"] = d.group or ""
             fields["members"] = d.members
@@ -170,6 +172,28 @@ def decision_message(d: CoreDecision, kind: str, snap: CoreSnapshot, explain: bo
     return decisions_pb2.Decision(**fields)
 
 
+class ReplyCache:
+    """Inbound replies built once per (snapshot, shape): a proxy's reply depends on nothing else.
+
+    The cached messages are never mutated after they are built.
+    """
+
+    def __init__(self) -> None:
+        self._by_tenant: dict[str, tuple[CoreSnapshot, dict[tuple[int, ...], decisions_pb2.Decision]]] = {}
+
+    def inbound(self, snap: CoreSnapshot, d: CoreDecision) -> decisions_pb2.Decision:
+        entry = self._by_tenant.get(snap.tenant)
+        if entry is None or entry[0] is not snap:
+            entry = self._by_tenant[snap.tenant] = (snap, {})
+        shape = d.shape
+        reply = entry[1].get(shape)
+        if reply is None:
+            if len(entry[1]) > 4096:  # bounded: FORWARD targets are few, but never trust that
+                entry[1].clear()
+            reply = entry[1][shape] = decision_message(d, "inbound", snap)
+        return reply
+
+
 def _input_error(d: CoreDecision) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{d.reason}: {codes.RULES[d.reason]}")
 
@@ -177,18 +201,35 @@ def _input_error(d: CoreDecision) -> RequestError:
 class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
     def __init__(self, state: State) -> None:
         self.state = state
+        self.snapshots = state.engine._snapshots  # the live dict: Engine.install replaces entries in it
+        self.replies = ReplyCache()
+
+    def _snapshot(self, tenant: str) -> CoreSnapshot:
+        snap = self.snapshots.get(tenant)
+        if snap is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"tenant {tenant[:64]!r} has no settings: push them with Admin.PushSettings")
+        return snap
 
     # -- the decisions, shared by unary calls and the stream --------------
+    # (the hot path: every line here is paid on every call)
     def inbound(self, r: decisions_pb2.InboundRequest) -> decisions_pb2.Decision:
-        snap = self.state.snapshot(r.tenant)
-        d = snap.inbound(_text("caller", r.caller), _text("called", r.called), _now(r.at))
-        metrics.count(d.verdict_code, d.reason_code)
-        if d.verdict_code == 0:
+        snap = self._snapshot(r.tenant)
+        caller, called = r.caller, r.called
+        if len(caller) > MAX_TEXT or len(called) > MAX_TEXT:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"caller and called are at most {MAX_TEXT} "
+                                                                 "characters long")
+        d = snap.inbound(caller, called, r.at or int(time.time()))
+        verdict = d.verdict_code
+        metrics.count(verdict, d.reason_code)
+        if verdict == 0:
             raise _input_error(d)
-        return decision_message(d, "inbound", snap, r.explain)
+        if r.explain:
+            return decision_message(d, "inbound", snap, True)
+        return self.replies.inbound(snap, d)
 
     def outbound(self, r: decisions_pb2.OutboundRequest) -> decisions_pb2.Decision:
-        snap = self.state.snapshot(r.tenant)
+        snap = self._snapshot(r.tenant)
         balance = self.state.balances.get(r.tenant, 0)
         d = snap.outbound(_text("user", r.user), _text("destination", r.destination), _now(r.at), balance)
         metrics.count(d.verdict_code, d.reason_code)
@@ -197,7 +238,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         return decision_message(d, "outbound", snap, r.explain)
 
     async def pickup(self, r: decisions_pb2.PickupRequest) -> decisions_pb2.Decision:
-        snap = self.state.snapshot(r.tenant)
+        snap = self._snapshot(r.tenant)
         user, dialed = _text("user", r.user), _text("dialed", r.dialed)
         store = self.state.store
         rows = await asyncio.to_thread(store.ringing_calls, r.tenant)
@@ -217,7 +258,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         return decision_message(d, "pickup", snap, r.explain)
 
     async def call_event(self, r: decisions_pb2.CallEventRequest) -> decisions_pb2.CallEventReply:
-        snap = self.state.snapshot(r.tenant)
+        snap = self._snapshot(r.tenant)
         call_id = _text("call_id", r.call_id)
         if not call_id:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "call_id is required")
@@ -254,23 +295,23 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
                       ) -> decisions_pb2.Decision:
         start = time.perf_counter()
         try:
-            return self.inbound(request)
+            reply = self.inbound(request)
         except RequestError as exc:
             await context.abort(exc.code, str(exc))
             raise  # unreachable: abort raises
-        finally:
-            INBOUND_SECONDS.observe(time.perf_counter() - start)
+        metrics.observe("inbound", time.perf_counter() - start)
+        return reply
 
     async def Outbound(self, request: decisions_pb2.OutboundRequest, context: grpc.aio.ServicerContext
                        ) -> decisions_pb2.Decision:
         start = time.perf_counter()
         try:
-            return self.outbound(request)
+            reply = self.outbound(request)
         except RequestError as exc:
             await context.abort(exc.code, str(exc))
             raise
-        finally:
-            OUTBOUND_SECONDS.observe(time.perf_counter() - start)
+        metrics.observe("outbound", time.perf_counter() - start)
+        return reply
 
     async def Pickup(self, request: decisions_pb2.PickupRequest, context: grpc.aio.ServicerContext
                      ) -> decisions_pb2.Decision:
@@ -297,7 +338,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
             raise
 
     def batch(self, r: decisions_pb2.BatchRequest) -> decisions_pb2.BatchReply:
-        snap = self.state.snapshot(r.tenant)
+        snap = self._snapshot(r.tenant)
         n, w = r.count, r.width
         bad = grpc.StatusCode.INVALID_ARGUMENT
         if r.kind not in (decisions_pb2.BatchRequest.INBOUND, decisions_pb2.BatchRequest.OUTBOUND):
@@ -454,6 +495,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "list is BLACKLIST or OFFHOURS_BLACKLIST")
             if not request.add and not request.remove:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "nothing to add or remove")
+            for field, numbers in (("add", request.add), ("remove", request.remove)):
+                bad = [i for i, n in enumerate(numbers) if not E164.fullmatch(n)]
+                if bad:
+                    shown = ", ".join(f"{field}[{i}] {numbers[i][:20]!r}" for i in bad[:5])
+                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"{len(bad)} entries are not E.164 numbers (+ and 8 to 15 digits): {shown}")
             start = time.perf_counter()
             blobs: list[bytes] = []
 
@@ -465,7 +512,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             result = await asyncio.to_thread(self.state.store.patch_list, tenant, list_name, list(request.add),
                                              list(request.remove), snapshot_for,
                                              request.expected_version or None)
-            await self.state.install_blob(tenant, result.version, blobs[-1])
+            if blobs:  # else the patch changed nothing and made no version
+                await self.state.install_blob(tenant, result.version, blobs[-1])
             metrics.PUSH_SECONDS.observe(time.perf_counter() - start)
             log.info("blacklist patched", extra={"event": "patch", "tenant": tenant, "version": result.version,
                                                  "list": list_name, "added": result.added,

@@ -41,6 +41,7 @@ from typing import Any
 from server.store_api import (
     NotFound,
     PatchResult,
+    Poll,
     SnapshotBuilder,
     StoreBusy,
     StoreError,
@@ -299,6 +300,9 @@ class SQLiteStore:
         self._pid = os.getpid()
         self._conns: list[_Conn] = []     # every connection opened, to close them all (this process's only)
         self._generation = 0
+        self._poll_conn: sqlite3.Connection | None = None
+        self._poll_pid = 0
+        self._poll_seen: tuple[int, Poll] | None = None
         conn = self._conn()
         try:
             self._migrate(conn)
@@ -355,6 +359,9 @@ class SQLiteStore:
                     old.closed = True
                     old.conn.close()
             self._conns = [c for c in self._conns if not c.closed]
+            if self._poll_conn is not None and self._poll_pid == pid:
+                self._poll_conn.close()
+            self._poll_conn, self._poll_seen = None, None
             self._conns.append(slot)
         self._local.slot = slot
         return conn
@@ -494,6 +501,35 @@ class SQLiteStore:
             _apply_patch(doc, group[1], ops)
         return doc
 
+    def poll(self) -> Poll | None:
+        # One connection of its own, with no busy wait: a worker's event loop calls this, and a
+        # locked store must cost it nothing but a skipped poll.  PRAGMA data_version changes only
+        # when another connection commits, so an unchanged store costs one pragma.
+        with self._lock:
+            if self._poll_conn is None or self._poll_pid != os.getpid():
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+                conn.execute("PRAGMA busy_timeout = 0")
+                self._poll_conn, self._poll_pid, self._poll_seen = conn, os.getpid(), None
+            conn = self._poll_conn
+        try:
+            seen = conn.execute("PRAGMA data_version").fetchone()[0]
+            if self._poll_seen is not None and seen == self._poll_seen[0]:
+                return self._poll_seen[1]
+            conn.execute("BEGIN")
+            try:
+                versions = {t: int(v) for t, v in conn.execute('SELECT tenant, version FROM "current"')}
+                balances = {t: int(b) for t, b in conn.execute(
+                    "SELECT tenant, SUM(amount_micro) FROM ledger GROUP BY tenant")}
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._busy(exc) is not None:
+                return None
+            raise
+        result = Poll(versions, balances)
+        self._poll_seen = (seen, result)
+        return result
+
     def current_versions(self) -> dict[str, int]:
         try:
             rows = self._conn().execute('SELECT tenant, version FROM "current"').fetchall()
@@ -565,6 +601,8 @@ class SQLiteStore:
                 if number not in present:
                     present.add(number)
                     ops.append(("add", number))
+            if not ops:  # nothing would change: no new version (a replayed patch is a no-op)
+                return PatchResult(version=current, added=0, removed=0, size=len(listed))
             _apply_patch(doc, list_name, ops)
             blob = _check_bytes("snapshot_for(...) result", snapshot_for(_dumps(doc)))
             added = sum(1 for op, _ in ops if op == "add")

@@ -50,6 +50,14 @@ class VersionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Poll:
+    """What a worker checks several times a second: versions in force and balances, per tenant."""
+
+    versions: dict[str, int]
+    balances: dict[str, int]      # micro-units; tenants without ledger entries are absent (0)
+
+
+@dataclass(frozen=True, slots=True)
 class PatchResult:
     version: int
     added: int                  # numbers that were not on the list
@@ -61,6 +69,14 @@ class Store(Protocol):
     # -- settings ----------------------------------------------------------
     def current_versions(self) -> dict[str, int]:
         """Tenant -> version in force, for every tenant.  Cheap: workers poll it."""
+        ...
+
+    def poll(self) -> Poll | None:
+        """Versions and balances without waiting on a lock: None if the store is busy this instant.
+
+        Called from the worker's event loop, several times a second, so it
+        must cost microseconds when nothing changed and never block.
+        """
         ...
 
     def commit_version(self, tenant: str, kind: str, document: bytes, snapshot: bytes,
@@ -79,8 +95,10 @@ class Store(Protocol):
 
         The patch itself is stored as rows (not a copy of the document); the
         effective document of the new version is the previous one with the
-        patch applied.  `snapshot_for(document_json) -> snapshot bytes` compiles
-        it; it is called inside the transaction, so a failure changes nothing.
+        patch applied.  A patch that changes nothing (adds listed numbers,
+        removes unlisted ones) makes no version and returns the current one.
+        `snapshot_for(document_json) -> snapshot bytes` compiles it; it is
+        called inside the transaction, so a failure changes nothing.
         Raises NotFound if the tenant has no settings, VersionConflict as above.
         """
         ...

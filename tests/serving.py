@@ -23,9 +23,9 @@ class Server:
     """`python -m callgate serve` in a subprocess; logs collected; stopped by its PID."""
 
     def __init__(self, data_dir: Path, *args: str, seed: Path | None = EXAMPLE, listen: str = "127.0.0.1:0",
-                 workers: int = 1, wait: bool = True) -> None:
+                 workers: int = 1, wait: bool = True, metrics: str = "") -> None:
         cmd = [sys.executable, "-m", "callgate", "serve", "--listen", listen, "--data-dir", str(data_dir),
-               "--metrics", "", "--workers", str(workers), "--poll", "0.1", *args]
+               "--metrics", metrics, "--workers", str(workers), "--poll", "0.1", *args]
         if seed is not None:
             cmd += ["--seed", str(seed)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

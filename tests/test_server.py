@@ -81,7 +81,10 @@ def test_inbound_unary(stubs):
     d = decisions.Inbound(decisions_pb2.InboundRequest(tenant="acme", caller="4155551234", called="+14155550199",
                                                        at=TUESDAY_1030_LA))
     assert d.verdict == decisions_pb2.ROUTE and d.group == "sales" and list(d.members) == ["u1", "u2"]
-    assert d.caller == "+14155551234" and d.chat_mode == "chat_per_call" and d.lead_trigger == "on_answer"
+    assert d.chat_mode == "chat_per_call" and d.lead_trigger == "on_answer" and d.caller == ""
+    d = decisions.Inbound(decisions_pb2.InboundRequest(tenant="acme", caller="4155551234", called="+14155550199",
+                                                       at=TUESDAY_1030_LA, explain=True))
+    assert d.caller == "+14155551234" and d.called == "+14155550199"  # as read, when asked
     d = decisions.Inbound(decisions_pb2.InboundRequest(tenant="acme", caller="+14155551234", called="+14155550199",
                                                        at=SATURDAY_NOON_LA))
     assert (d.verdict, d.reason) == (decisions_pb2.VOICEMAIL, decisions_pb2.OFF_HOURS)
@@ -173,7 +176,7 @@ def test_patch_blacklist(stubs):
     with pytest.raises(grpc.RpcError) as err:
         admin.PatchBlacklist(admin_pb2.PatchBlacklistRequest(tenant="acme", add=["not-a-number"]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "blacklist[" in err.value.details()
+    assert "add[0]" in err.value.details()
 
 
 def test_decide_batch_matches_unary(stubs):

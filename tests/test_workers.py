@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -113,3 +114,25 @@ def two_workers_db(srv: Server) -> str:
     cmd = srv.proc.args
     assert isinstance(cmd, list)
     return str(cmd[cmd.index("--data-dir") + 1]) + "/callgate.sqlite"
+
+
+def test_metrics_add_up_the_workers(tmp_path):
+    metrics_port = free_port()
+    srv = Server(tmp_path / "data", listen=f"127.0.0.1:{free_port()}", workers=2,
+                 metrics=f"127.0.0.1:{metrics_port}")
+    try:
+        for _ in range(30):  # fresh connections land on both workers
+            with grpc.insecure_channel(srv.address) as channel:
+                decisions_pb2_grpc.DecisionsStub(channel).Inbound(decisions_pb2.InboundRequest(
+                    tenant="acme", caller="+14155550666", called="+14155550199", at=TUESDAY_1030_LA), timeout=5)
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+                return reply.read().decode()
+
+        line = 'callgate_decisions_total{reason="BLACKLISTED",verdict="REJECT"} 30.0'
+        text = wait_for(lambda: line in (t := scrape()) and t, timeout=10)
+        assert 'callgate_decision_seconds_count{rpc="inbound"} 30.0' in text
+        assert 'callgate_tenant_version{tenant="acme"} 1.0' in text
+    finally:
+        srv.stop()
