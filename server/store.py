@@ -578,14 +578,17 @@ class SQLiteStore:
             raise ValueError("snapshot_for must be callable")
         if expected_version is not None:
             _check_int("expected_version", expected_version, minimum=0)
-        now = int(time.time())
-        with self._transaction(write=True) as conn:
-            current = self._current(conn, tenant)
-            if current == 0:
-                raise NotFound(f"tenant {tenant!r} has no settings")
-            if expected_version is not None and expected_version != current:
-                raise VersionConflict(tenant, expected_version, current)
-            doc = self._effective(conn, tenant, current)
+        # The compile (snapshot_for) can take a second for a big list: it runs outside the write
+        # lock, on the version read first; the write then checks that no other version came in
+        # between (VersionConflict with expected_version, else the patch is worked out again).
+        for _attempt in range(5):
+            with self._transaction(write=False) as conn:
+                current = self._current(conn, tenant)
+                if current == 0:
+                    raise NotFound(f"tenant {tenant!r} has no settings")
+                if expected_version is not None and expected_version != current:
+                    raise VersionConflict(tenant, expected_version, current)
+                doc = self._effective(conn, tenant, current)
             listed = doc.get(list_name)
             if listed is None:
                 listed = []
@@ -607,16 +610,25 @@ class SQLiteStore:
             blob = _check_bytes("snapshot_for(...) result", snapshot_for(_dumps(doc)))
             added = sum(1 for op, _ in ops if op == "add")
             removed = len(ops) - added
-            version = current + 1
-            conn.execute("INSERT INTO versions (tenant, version, kind, document, created_at, comment) "
-                         "VALUES (?, ?, 'patch', NULL, ?, ?)",
-                         (tenant, version, now, f"{list_name}: +{added} -{removed}"))
-            conn.executemany("INSERT INTO list_patches (tenant, version, seq, list_name, op, number) "
-                             "VALUES (?, ?, ?, ?, ?, ?)",
-                             [(tenant, version, seq, list_name, op, number) for seq, (op, number) in enumerate(ops)])
-            self._store_snapshot(conn, tenant, version, blob)
-            self._put_in_force(conn, tenant, version)
-        return PatchResult(version=version, added=added, removed=removed, size=len(doc.get(list_name, [])))
+            now = int(time.time())
+            with self._transaction(write=True) as conn:
+                latest = self._current(conn, tenant)
+                if latest != current:
+                    if expected_version is not None:
+                        raise VersionConflict(tenant, expected_version, latest)
+                    continue  # another version came in while compiling: patch that one
+                version = current + 1
+                conn.execute("INSERT INTO versions (tenant, version, kind, document, created_at, comment) "
+                             "VALUES (?, ?, 'patch', NULL, ?, ?)",
+                             (tenant, version, now, f"{list_name}: +{added} -{removed}"))
+                conn.executemany("INSERT INTO list_patches (tenant, version, seq, list_name, op, number) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)",
+                                 [(tenant, version, seq, list_name, op, number)
+                                  for seq, (op, number) in enumerate(ops)])
+                self._store_snapshot(conn, tenant, version, blob)
+                self._put_in_force(conn, tenant, version)
+            return PatchResult(version=version, added=added, removed=removed, size=len(doc.get(list_name, [])))
+        raise StoreBusy(f"tenant {tenant!r}: other versions kept arriving while this patch compiled; try again")
 
     def get_version(self, tenant: str, version: int | None = None) -> VersionRecord:
         _check_str("tenant", tenant)

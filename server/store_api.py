@@ -97,8 +97,10 @@ class Store(Protocol):
         effective document of the new version is the previous one with the
         patch applied.  A patch that changes nothing (adds listed numbers,
         removes unlisted ones) makes no version and returns the current one.
-        `snapshot_for(document_json) -> snapshot bytes` compiles it; it is
-        called inside the transaction, so a failure changes nothing.
+        `snapshot_for(document_json) -> snapshot bytes` compiles it, outside
+        the write lock (other writers are not held up by a long compile);
+        the write then checks that the version compiled is still the one in
+        force.  A failure changes nothing.
         Raises NotFound if the tenant has no settings, VersionConflict as above.
         """
         ...

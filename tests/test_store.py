@@ -561,3 +561,27 @@ def test_lock_timeout_is_store_busy(db: Path, monkeypatch: pytest.MonkeyPatch) -
     assert s.commit_version("acme", "push", doc(), b"s", 0) == 1
     s.close()
     assert issubclass(StoreBusy, StoreError) and issubclass(SchemaTooNew, StoreError)
+
+
+def test_patch_compiles_outside_the_write_lock_and_retries_on_a_new_version(store: SQLiteStore) -> None:
+    store.commit_version("acme", "push", doc(blacklist=["+1001"]), b"s1", 0)
+    calls: list[bytes] = []
+
+    def builder(document: bytes) -> bytes:
+        calls.append(document)
+        if len(calls) == 1:  # another admin pushes while this patch compiles (writes are not blocked)
+            store.commit_version("acme", "push", doc(blacklist=["+2002"]), b"s2", None)
+        return b"compiled"
+
+    result = store.patch_list("acme", "blacklist", ["+3003"], [], builder, None)
+    assert result == PatchResult(version=3, added=1, removed=0, size=2)
+    assert blacklist(store, 3) == ["+2002", "+3003"]  # applied to the version that came in meanwhile
+    assert len(calls) == 2
+
+    def pushing_builder(document: bytes) -> bytes:
+        store.commit_version("acme", "push", doc(blacklist=[]), b"s", None)
+        return b"compiled"
+
+    with pytest.raises(VersionConflict):  # with expected_version, the race is the caller's to resolve
+        store.patch_list("acme", "blacklist", ["+4004"], [], pushing_builder, 3)
+    assert store.current_versions() == {"acme": 4}
