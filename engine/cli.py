@@ -102,13 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse, run the chosen command; a CliError is one line on stderr and exit code 2."""
+    args = parser.parse_args(argv)
     try:
         return int(args.run(args))
     except CliError as exc:
         print(f"callgate: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

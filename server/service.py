@@ -198,6 +198,32 @@ def _input_error(d: CoreDecision) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{d.reason}: {codes.RULES[d.reason]}")
 
 
+def unary(handler: Callable[[Any, Any], Any], timed: str | None = None) -> Callable[..., Any]:
+    """A gRPC method from a handler (plain or async) that raises RequestError to refuse.
+
+    `timed` names the latency histogram series the call is observed in.
+    """
+
+    async def rpc(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        try:
+            reply = handler(self, request)
+            if asyncio.iscoroutine(reply):
+                reply = await reply
+        except RequestError as exc:
+            await context.abort(exc.code, str(exc))
+            raise  # unreachable: abort raises
+        except StoreBusy as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the store is busy, try again: {exc}")
+            raise
+        if timed is not None:
+            metrics.observe(timed, time.perf_counter() - start)
+        return reply
+
+    rpc.__name__ = handler.__name__
+    return rpc
+
+
 class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
     def __init__(self, state: State) -> None:
         self.state = state
@@ -263,6 +289,9 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         if not call_id:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "call_id is required")
         kinds = decisions_pb2.CallEventRequest
+        if r.at and not codes.MIN_INSTANT <= r.at < codes.MAX_INSTANT:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "at must be UTC seconds in 2000-01-01 .. 2100-01-01, or 0 for now")
         store, at, lead = self.state.store, _now(r.at), snap.meta["lead_trigger"]
         reply = decisions_pb2.CallEventReply(call_id=call_id, version=snap.version)
         if r.kind == kinds.RINGING:
@@ -290,52 +319,11 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "kind must be RINGING, ANSWERED, TRANSFERRED or ENDED")
         return reply
 
-    # -- unary RPCs -------------------------------------------------------
-    async def Inbound(self, request: decisions_pb2.InboundRequest, context: grpc.aio.ServicerContext
-                      ) -> decisions_pb2.Decision:
-        start = time.perf_counter()
-        try:
-            reply = self.inbound(request)
-        except RequestError as exc:
-            await context.abort(exc.code, str(exc))
-            raise  # unreachable: abort raises
-        metrics.observe("inbound", time.perf_counter() - start)
-        return reply
-
-    async def Outbound(self, request: decisions_pb2.OutboundRequest, context: grpc.aio.ServicerContext
-                       ) -> decisions_pb2.Decision:
-        start = time.perf_counter()
-        try:
-            reply = self.outbound(request)
-        except RequestError as exc:
-            await context.abort(exc.code, str(exc))
-            raise
-        metrics.observe("outbound", time.perf_counter() - start)
-        return reply
-
-    async def Pickup(self, request: decisions_pb2.PickupRequest, context: grpc.aio.ServicerContext
-                     ) -> decisions_pb2.Decision:
-        try:
-            return await self.pickup(request)
-        except RequestError as exc:
-            await context.abort(exc.code, str(exc))
-            raise
-
-    async def CallEvent(self, request: decisions_pb2.CallEventRequest, context: grpc.aio.ServicerContext
-                        ) -> decisions_pb2.CallEventReply:
-        try:
-            return await self.call_event(request)
-        except RequestError as exc:
-            await context.abort(exc.code, str(exc))
-            raise
-
-    async def DecideBatch(self, request: decisions_pb2.BatchRequest, context: grpc.aio.ServicerContext
-                          ) -> decisions_pb2.BatchReply:
-        try:
-            return self.batch(request)
-        except RequestError as exc:
-            await context.abort(exc.code, str(exc))
-            raise
+    # -- unary RPCs: the decision above, refusals as gRPC statuses -----------
+    Inbound = unary(inbound, timed="inbound")
+    Outbound = unary(outbound, timed="outbound")
+    Pickup = unary(pickup)
+    CallEvent = unary(call_event)
 
     def batch(self, r: decisions_pb2.BatchRequest) -> decisions_pb2.BatchReply:
         snap = self._snapshot(r.tenant)
@@ -372,6 +360,8 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         metrics.count_batch(rows["verdict"], rows["reason"])
         reply.rows = rows.tobytes()
         return reply
+
+    DecideBatch = unary(batch)
 
     async def Stream(self, request_iterator: AsyncIterator[decisions_pb2.StreamRequest],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[decisions_pb2.StreamReply]:

@@ -293,3 +293,13 @@ def test_store_survives_restart(tmp_path):
         assert d.reason == decisions_pb2.BLACKLISTED and d.version == 2
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize("at", [-1, 5, 2**62])
+def test_call_event_with_an_impossible_instant_is_invalid_argument(stubs, at):
+    """Found by the wire fuzz: the store refused it with a bare ValueError (gRPC UNKNOWN)."""
+    decisions, _ = stubs
+    ev = decisions_pb2.CallEventRequest
+    with pytest.raises(grpc.RpcError) as err:
+        decisions.CallEvent(ev(tenant="acme", call_id="c-at", kind=ev.RINGING, user="u1", at=at))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "2000-01-01" in err.value.details()

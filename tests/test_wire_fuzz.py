@@ -19,14 +19,16 @@ from engine.settings import E164
 from .serving import Server
 
 ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 TUESDAY_1030_LA = 1796149800
 
+# no lone surrogates: protobuf refuses to encode them on the client side, they never reach a server
+chars = st.characters(blacklist_categories=("Cs",))
 texts = st.one_of(
-    st.text(max_size=40),
+    st.text(chars, max_size=40),
     st.sampled_from(["", "acme", "+14155550199", "+14155550666", "anonymous", "u1", "*8", "\x00", "' OR 1=1 --",
                      "../../etc/passwd", "+" + "9" * 20, "١٢٣٤٥٦٧٨٩"]),
-    st.builds(lambda c, n: c * n, st.characters(), st.integers(1000, 200_000)),
+    st.builds(lambda c, n: c * n, chars, st.integers(1000, 200_000)),
 )
 tenants = st.one_of(st.just("acme"), texts)
 not_e164 = texts.filter(lambda t: not E164.fullmatch(t))
