@@ -245,8 +245,10 @@ def roaring_index(const uint8_t[::1] buf not None):
     cdef const uint64_t[::1] k = keys
     cdef const uint32_t[::1] o = offs
     cdef const uint32_t[::1] m = metas
-    for i in range(n):
-        values += _count(&buf[0], o[i], m[i])
+    cdef const uint8_t* data = &buf[0]
+    with nogil:
+        for i in range(n):
+            values += _count(data, o[i], m[i])
     while bits < 8 * values:
         bits *= 2
     filt = np.zeros(bits // 64, dtype=np.uint64)
@@ -275,27 +277,24 @@ cdef uint64_t _count(const uint8_t* buf, uint32_t off, uint32_t meta) noexcept n
     return total
 
 
-def parse_roaring64(const uint8_t[::1] buf not None):
-    """Index the containers of a serialized roaring64 bitmap (pyroaring BitMap64).
+cdef int64_t _walk_roaring(const uint8_t* p, Py_ssize_t n, uint64_t* keys, uint32_t* offs,
+                           uint32_t* metas) noexcept nogil:
+    """Walk the containers of a serialized roaring64 bitmap; fill the arrays if given.
 
-    Returns (keys uint64, offs uint32, meta uint32) arrays; the core then reads
-    the containers in place from the same buffer.  Raises ValueError on a
-    malformed buffer rather than reading past its end.
+    Returns the number of containers, or -1 - (what is wrong) for a
+    malformed buffer: it never reads past the end.
     """
-    cdef Py_ssize_t n = buf.shape[0], pos = 0, i, hdr, size, cpos, base, offpos, runmap, start, length
-    cdef uint32_t key16, kind, count
+    cdef Py_ssize_t pos = 8, i, hdr, size, cpos, base, offpos, runmap = 0, start, length
     cdef uint64_t nbuckets, b
-    cdef uint32_t high, cookie, card, off, nruns
+    cdef uint32_t high, cookie, card, nruns, key16, kind, count
     cdef bint has_runs, has_offsets
-    cdef const uint8_t* p = &buf[0] if n else NULL
-    keys, offs, metas = [], [], []
+    cdef int64_t total = 0
     if n < 8:
-        raise ValueError("roaring64 buffer too short")
+        return -2
     memcpy(&nbuckets, p, 8)
-    pos = 8
     for b in range(nbuckets):
         if pos + 8 > n:
-            raise ValueError("roaring64 bucket header truncated")
+            return -3
         high = load32(p + pos)
         pos += 4
         base = pos
@@ -308,22 +307,19 @@ def parse_roaring64(const uint8_t[::1] buf not None):
             pos += (size + 7) // 8
         elif cookie == 12346:
             has_runs = False
-            if pos + 8 > n:
-                raise ValueError("roaring header truncated")
             size = load32(p + pos + 4)
             pos += 8
-            runmap = 0
         else:
-            raise ValueError("not a roaring bitmap (bad cookie)")
+            return -4
         if size > 65536 or pos + 4 * size > n:
-            raise ValueError("roaring descriptive header truncated")
+            return -5
         hdr = pos
         pos += 4 * size
         has_offsets = (not has_runs) or size >= 4
         offpos = pos
         if has_offsets:
             if pos + 4 * size > n:
-                raise ValueError("roaring offset header truncated")
+                return -5
             pos += 4 * size
         cpos = pos
         for i in range(size):
@@ -333,24 +329,60 @@ def parse_roaring64(const uint8_t[::1] buf not None):
                 cpos = base + load32(p + offpos + 4 * i)
             if has_runs and (p[runmap + i // 8] >> (i % 8)) & 1:
                 if cpos + 2 > n:
-                    raise ValueError("roaring run container truncated")
+                    return -6
                 nruns = load16(p + cpos)
-                kind, count, start, length = KIND_RUN, nruns, cpos + 2, 2 + 4 * nruns
+                kind, count, start, length = KIND_RUN, nruns, cpos + 2, 4 * nruns
             elif card <= 4096:
                 kind, count, start, length = KIND_ARRAY, card, cpos, 2 * card
             else:
-                kind, count, start, length = KIND_BITSET, card, cpos, 8192
-            if start + length - (2 if kind == KIND_RUN else 0) > n:
-                raise ValueError("roaring container truncated")
-            keys.append((<uint64_t>high << 16) | key16)
-            offs.append(start)
-            metas.append((kind << 28) | (count if kind != KIND_BITSET else 0))
-            cpos = start + length - (2 if kind == KIND_RUN else 0)
+                kind, count, start, length = KIND_BITSET, 0, cpos, 8192
+            if start + length > n or <uint64_t>start > <uint64_t>0xFFFFFFFFU:
+                return -6
+            if keys != NULL:
+                keys[total] = (<uint64_t>high << 16) | key16
+                offs[total] = <uint32_t>start
+                metas[total] = (kind << 28) | count
+                if total > 0 and keys[total] <= keys[total - 1]:
+                    return -7
+            total += 1
+            cpos = start + length
         pos = cpos
-    k = np.array(keys, dtype=np.uint64)
-    if len(k) > 1 and not (k[1:] > k[:len(k) - 1]).all():
-        raise ValueError("roaring containers out of order")
-    return k, np.array(offs, dtype=np.uint32), np.array(metas, dtype=np.uint32)
+    return total
+
+
+_ROARING_ERRORS = {-2: "roaring64 buffer too short", -3: "roaring64 bucket header truncated",
+                   -4: "not a roaring bitmap (bad cookie)", -5: "roaring header truncated",
+                   -6: "roaring container truncated", -7: "roaring containers out of order"}
+
+
+def parse_roaring64(const uint8_t[::1] buf not None):
+    """Index the containers of a serialized roaring64 bitmap (pyroaring BitMap64).
+
+    Returns (keys uint64, offs uint32, meta uint32) arrays; the core then reads
+    the containers in place from the same buffer.  Raises ValueError on a
+    malformed buffer rather than reading past its end.  Runs without the GIL
+    (two passes: count, then fill), so a server loading a big list keeps
+    answering meanwhile.
+    """
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef const uint8_t* p = &buf[0] if n else NULL
+    cdef int64_t total
+    with nogil:
+        total = _walk_roaring(p, n, NULL, NULL, NULL)
+    if total < 0:
+        raise ValueError(_ROARING_ERRORS.get(total, "malformed roaring bitmap"))
+    keys = np.empty(total, dtype=np.uint64)
+    offs = np.empty(total, dtype=np.uint32)
+    metas = np.empty(total, dtype=np.uint32)
+    cdef uint64_t* pk = <uint64_t*>cnp.PyArray_DATA(keys)
+    cdef uint32_t* po = <uint32_t*>cnp.PyArray_DATA(offs)
+    cdef uint32_t* pm = <uint32_t*>cnp.PyArray_DATA(metas)
+    cdef int64_t again
+    with nogil:
+        again = _walk_roaring(p, n, pk, po, pm)
+    if again < 0:
+        raise ValueError(_ROARING_ERRORS.get(again, "malformed roaring bitmap"))
+    return keys, offs, metas
 
 
 # ---------------------------------------------------------------------------

@@ -389,8 +389,8 @@ class Built:
     """A validated document, as JSON, and its compiled snapshot blob (see `build`)."""
 
     tenant: str
-    document: bytes     # JSON: the bytes pushed if they were JSON, else the document re-encoded
-    blob: bytes         # dumps() of the compiled snapshot
+    document: bytes | None  # the document re-encoded as JSON; None: the bytes pushed were JSON, keep them
+    blob: bytes             # dumps() of the compiled snapshot
     compile_seconds: float
 
 
@@ -405,7 +405,7 @@ def build(document: bytes, fmt: str | None = None, approved: Iterable[str] = ())
     start = time.perf_counter()
     settings = parse_settings(document, fmt)
     blob = dumps(compile_settings(settings, version=0, approved=approved))
+    as_json = None  # JSON pushed stays byte for byte (and is not sent back across the process boundary)
     if fmt == "msgpack" or (fmt is None and document.lstrip()[:1] not in (b"{", b"[")):
-        document = json.dumps(settings.document, separators=(",", ":"), ensure_ascii=False,
-                              default=str).encode()
-    return Built(settings.tenant, document, blob, time.perf_counter() - start)
+        as_json = json.dumps(settings.document, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return Built(settings.tenant, as_json, blob, time.perf_counter() - start)

@@ -189,7 +189,8 @@ def _seed(opts: Options) -> None:
     built = build(opts.seed.read_bytes())
     store = SQLiteStore(opts.data_dir / STORE_FILE)
     try:
-        version = store.commit_version(built.tenant, "push", built.document, built.blob, 0, f"seed from {opts.seed}")
+        document = built.document or opts.seed.read_bytes()
+        version = store.commit_version(built.tenant, "push", document, built.blob, 0, f"seed from {opts.seed}")
         log.info("seeded", extra={"event": "seeded", "tenant": built.tenant, "version": version})
         if opts.seed_credit:
             store.credit(built.tenant, micro_units(opts.seed_credit), "opening_credit", "seed")
