@@ -374,6 +374,43 @@ def busy_cores(seconds: float = 1.0) -> float:
     return (b1 - b0) / (t1 - t0) * (os.cpu_count() or 1) if t1 > t0 else 0.0
 
 
+def foreign_cpu() -> dict[int, tuple[int, float]]:
+    """pid -> (start time, CPU seconds) of every user process outside our own process tree."""
+    ours = {os.getpid(), *(p for p, _ in descendants(os.getpid()))}
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in ours:
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        f = text[text.rindex(")") + 2:].split()
+        if int(entry.name) == 2 or int(f[1]) == 2:  # kernel threads (softirq work for our own traffic)
+            continue
+        out[int(entry.name)] = (int(f[19]), (int(f[11]) + int(f[12])) / ticks)
+    return out
+
+
+class Interference:
+    """Cores kept busy by processes outside the bench's tree (other users of the machine) over an interval."""
+
+    def __init__(self) -> None:
+        self.before = foreign_cpu()
+        self.wall0 = time.monotonic()
+
+    def cores(self) -> tuple[float, list[str]]:
+        """(cores busy, the top few "pid command: cores")."""
+        wall = max(time.monotonic() - self.wall0, 1e-9)
+        used: dict[int, float] = {}
+        for pid, (start, cpu) in foreign_cpu().items():
+            prev = self.before.get(pid)
+            used[pid] = cpu - prev[1] if prev is not None and prev[0] == start else cpu
+        top = sorted(((c, p) for p, c in used.items() if c > 0.05 * wall), reverse=True)[:3]
+        return sum(used.values()) / wall, [f"{p} {_cmdline(p)[:60]}: {c / wall:.2f}" for c, p in top]
+
+
 class CpuMeter:
     """CPU of given PIDs (from /proc), of our reaped children, and of the whole machine, over an interval."""
 
@@ -1128,9 +1165,12 @@ def _main(args: argparse.Namespace) -> int:
     need_w2 = bool({3, 6, 7} & set(wanted))
     servers: list[ServeProcess] = []
     crashed: list[int] = []
+    interference: dict[str, Any] = {}
 
     def run(section: int, fn: Callable[[], Any]) -> Any:
-        """One section; an exception is reported (and the run goes on), not raised."""
+        """One section; an exception is reported (and the run goes on), not raised.  The CPU other processes
+        used meanwhile is noted: on a 2-core machine, any of it shows in the figures."""
+        meter = Interference()
         try:
             return fn()
         except Exception as exc:
@@ -1140,6 +1180,12 @@ def _main(args: argparse.Namespace) -> int:
             rep.add(section, f"section {SECTIONS[section]} did not complete: {type(exc).__name__}", None,
                     target="completes", check=lambda _: False)
             return None
+        finally:
+            busy, top = meter.cores()
+            interference[SECTIONS[section]] = {"other_cores": busy, "top": top}
+            if busy > 0.1:
+                rep.note(section, f"other processes kept {busy:.2f} cores busy during this section ({'; '.join(top)}):"
+                                  " its figures may suffer; rerun on a quiet machine")
 
     def serve(name: str, workers: int) -> ServeProcess:
         server = ServeProcess(name, Path(tmp) / name, workers)
@@ -1193,7 +1239,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.json:
         data = {"plan": asdict(plan), "machine": machine, "elapsed_s": elapsed, "sections": rep.sections,
                 "summary": [asdict(r) for r in rep.rows],
-                "notes": {str(k): v for k, v in rep.notes.items()}, "crashed": crashed}
+                "notes": {str(k): v for k, v in rep.notes.items()}, "crashed": crashed,
+                "interference": interference}
         args.json.write_text(json.dumps(data, indent=2, default=str) + "\n")
         print(f"figures written to {args.json}")
     return 1 if crashed else 0

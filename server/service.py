@@ -141,6 +141,9 @@ class State:
         self.started = time.monotonic()
         self.decisions = 0
         self.loaded = asyncio.Event()
+        # tenants whose new version this worker is committing and installing itself: the
+        # watcher leaves them alone (else it loads the same big snapshot a second time)
+        self.installing: set[str] = set()
 
     async def install_blob(self, tenant: str, version: int, blob: bytes) -> None:
         # loads() parses container headers and builds the lookup indexes, mostly without the GIL
@@ -166,7 +169,7 @@ class State:
         changed = []
         for tenant, version in poll.versions.items():
             current = self.engine._snapshots.get(tenant)
-            if current is not None and current.version >= version:
+            if (current is not None and current.version >= version) or tenant in self.installing:
                 continue
             blob = await asyncio.to_thread(self.store.snapshot, tenant, version)
             if blob is None:  # pruned or written by another kind of store: compile the document again
@@ -469,10 +472,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def _commit(self, built: Built, document: bytes, kind: str, expected: int, comment: str,
                       start: float) -> admin_pb2.PushSettingsReply:
         state = self.state
-        version = await asyncio.to_thread(
-            state.store.commit_version, built.tenant, kind, document, built.blob,
-            expected if expected else None, comment[:500])
-        await state.install_blob(built.tenant, version, built.blob)
+        state.installing.add(built.tenant)
+        try:
+            version = await asyncio.to_thread(
+                state.store.commit_version, built.tenant, kind, document, built.blob,
+                expected if expected else None, comment[:500])
+            await state.install_blob(built.tenant, version, built.blob)
+        finally:
+            state.installing.discard(built.tenant)
         seconds = time.perf_counter() - start
         metrics.PUSH_SECONDS.observe(seconds)
         log.info("settings in force", extra={"event": kind, "tenant": built.tenant, "version": version,
@@ -542,11 +549,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 blobs.append(built.blob)
                 return built.blob
 
-            result = await asyncio.to_thread(self.state.store.patch_list, tenant, list_name, list(request.add),
-                                             list(request.remove), snapshot_for,
-                                             request.expected_version or None)
-            if blobs:  # else the patch changed nothing and made no version
-                await self.state.install_blob(tenant, result.version, blobs[-1])
+            self.state.installing.add(tenant)
+            try:
+                result = await asyncio.to_thread(self.state.store.patch_list, tenant, list_name,
+                                                 list(request.add), list(request.remove), snapshot_for,
+                                                 request.expected_version or None)
+                if blobs:  # else the patch changed nothing and made no version
+                    await self.state.install_blob(tenant, result.version, blobs[-1])
+            finally:
+                self.state.installing.discard(tenant)
             metrics.PUSH_SECONDS.observe(time.perf_counter() - start)
             log.info("blacklist patched", extra={"event": "patch", "tenant": tenant, "version": result.version,
                                                  "list": list_name, "added": result.added,
