@@ -11,6 +11,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+from ._core import CoreDecision
 from .decision import RingingCall
 from .engine import Engine
 from .settings import SettingsError, parse_settings
@@ -20,8 +21,8 @@ def _utc(text: str) -> int:
     return int(dt.datetime.fromisoformat(text).astimezone(dt.UTC).timestamp())
 
 
-def describe(kind: str, args: str, d: object) -> str:
-    dec = d.to_decision(kind)  # type: ignore[attr-defined]
+def describe(kind: str, args: str, d: CoreDecision) -> str:
+    dec = d.to_decision(kind)
     words = f"{dec.verdict} ({dec.reason}"
     if dec.sip_status:
         words += f", SIP {dec.sip_status}"
