@@ -10,6 +10,7 @@ Exit codes: 0 success, 2 bad input (the message says what to fix).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -112,6 +113,10 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`callgate ... | head`): no trace, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
