@@ -854,10 +854,6 @@ cdef class CoreDecision:
     def max_duration_s(self):
         return self.o.max_duration if self.o.verdict == V_ALLOW else None
 
-    @property
-    def call_index(self):
-        return self.o.call if self.o.call >= 0 else None
-
     def to_decision(self, kind):
         """The shared `Decision` for kind "inbound", "outbound" or "pickup"."""
         cdef bint allow = self.o.verdict == V_ALLOW
@@ -881,10 +877,6 @@ cdef class CoreDecision:
 
     def __repr__(self):
         return f"<CoreDecision {self.verdict} {self.reason} v{self.snap.version}>"
-
-
-cdef inline const int32_t* i32p(object a) except NULL:
-    return <const int32_t*>cnp.PyArray_DATA(a)
 
 
 cdef inline const void* ptr(dict arrays, str name) except NULL:
@@ -1097,19 +1089,6 @@ cdef class CoreSnapshot:
         return rows
 
     # -- lists ------------------------------------------------------------
-
-    def on_blacklist(self, str number not None):
-        """Is this E.164 number on the blacklist (as the core sees it)?"""
-        cdef uint64_t v = 0
-        cdef Py_ssize_t n
-        cdef const char* p = utf8(number, &n)
-        return read_international(p, n, &v) and roaring_contains(&self.s.blacklist, v)
-
-    def on_offhours_blacklist(self, str number not None):
-        cdef uint64_t v = 0
-        cdef Py_ssize_t n
-        cdef const char* p = utf8(number, &n)
-        return read_international(p, n, &v) and roaring_contains(&self.s.offhours_blacklist, v)
 
     def contains_batch(self, str which, cnp.ndarray values not None):
         """Membership of uint64 E.164 values in "blacklist" or "offhours_blacklist" (for tests and benchmarks)."""

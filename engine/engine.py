@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Any
 
 from ._core import CoreDecision, CoreSnapshot
 from .decision import RingingCall
@@ -60,9 +59,6 @@ class Engine:
         self.install(snapshot)
         return snapshot
 
-    def remove(self, tenant: str) -> None:
-        self._snapshots.pop(tenant, None)
-
     def snapshot(self, tenant: str) -> CoreSnapshot:
         try:
             return self._snapshots[tenant]
@@ -82,6 +78,3 @@ class Engine:
 
     def pickup(self, tenant: str, user: str, dialed: str, ringing: Sequence[RingingCall]) -> CoreDecision:
         return self.snapshot(tenant).pickup(user, dialed, ringing)
-
-    def stats(self) -> dict[str, Any]:
-        return {t: {"version": s.version} for t, s in self._snapshots.items()}

@@ -41,6 +41,8 @@ import grpc
 
 from callgate.v1 import decisions_pb2, decisions_pb2_grpc
 
+from .stats import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_OPTIONS: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
 INBOUND_ROW_SIZE = 24
@@ -237,16 +239,10 @@ class BareServer:
 
     def stop(self, timeout_s: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout_s`; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5.0)
+        code = stop_process(self.proc, timeout_s)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-        return self.proc.returncode
+        return code
 
     def __enter__(self) -> BareServer:
         return self

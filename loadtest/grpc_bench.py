@@ -85,6 +85,7 @@ import numpy as np
 
 from callgate.v1 import decisions_pb2
 
+from . import stats
 from .bare_server import BareServer
 from .stats import Histogram, RunRecorder, SampleBuffer, merge_all, proc_cpu_seconds
 
@@ -568,25 +569,9 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], float | None], bool]] = [
 
 
 def format_table(figures: dict[str, dict[str, Any]], reference: str | None, batch: bool) -> str:
+    rows = [row for row in ROWS if batch or row[0] != "decisions/s"]
+    text = stats.format_table(figures, reference, rows)
     names = list(figures)
-    others = [n for n in names if n != reference] if reference else []
-    header = ["", *names, *[f"{n}/{reference}" for n in others]]
-    lines = [header]
-    for label, fmt, get, want_ratio in ROWS:
-        if label == "decisions/s" and not batch:
-            continue
-        values = [get(figures[n]) for n in names]
-        if all(v is None for v in values):
-            continue
-        cells = [label, *["-" if v is None else fmt.format(v) for v in values]]
-        for n in others:
-            a, b = get(figures[n]), get(figures[reference]) if reference else None
-            cells.append(f"{a / b:.2f}" if want_ratio and a is not None and b else "")
-        lines.append(cells)
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    text = "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths,
-                                                                                                 strict=True)))
-                     for row in lines)
     errors = [f"  {n}: " + ", ".join(f"{k} {v}" for k, v in figures[n]["errors"].items())
               for n in names if figures[n]["errors"]]
     if errors:

@@ -42,6 +42,7 @@ import numpy as np
 
 from callgate.v1 import decisions_pb2
 
+from . import stats
 from .bare_server import BareServer
 from .grpc_bench import (
     DEFAULT_AT,
@@ -187,22 +188,7 @@ ROWS: list[tuple[str, str, Any, bool]] = [
 
 
 def format_table(figures: dict[str, dict[str, Any]], reference: str | None) -> str:
-    names = list(figures)
-    others = [n for n in names if n != reference] if reference else []
-    rows = [["", *names, *[f"{n}/{reference}" for n in others]]]
-    for label, fmt, get, ratio in ROWS:
-        values = [get(figures[n]) for n in names]
-        if all(v is None for v in values):
-            continue
-        row = [label, *["-" if v is None else fmt.format(v) for v in values]]
-        for n in others:
-            a, b = get(figures[n]), get(figures[reference]) if reference else None
-            row.append(f"{a / b:.2f}" if ratio and a is not None and b else "")
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
-                                                                                             strict=True)))
-                     for r in rows)
+    return stats.format_table(figures, reference, ROWS)
 
 
 def main(argv: list[str] | None = None) -> int:

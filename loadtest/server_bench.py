@@ -88,7 +88,7 @@ from server.app import free_port
 from . import h2load
 from .bare_server import BareServer
 from .grpc_bench import METHODS, LoadSpec, batch_payloads, inbound_payloads, probe, run_load
-from .stats import proc_cpu_seconds
+from .stats import proc_cpu_seconds, stop_process
 from .world import big_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -335,12 +335,7 @@ class ServeProcess:
         """SIGTERM, then SIGKILL after `timeout_s`; then SIGKILL any descendant left behind."""
         if self.proc.poll() is None:
             self.remember_processes()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5.0)
+        stop_process(self.proc, timeout_s)
         self.left_behind = kill_leftovers(self._known)
         if self.left_behind:
             say(f"{self.name}: {len(self.left_behind)} process(es) outlived the server by 3 s; killed: "

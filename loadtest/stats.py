@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import subprocess
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,3 +244,38 @@ def proc_cpu_seconds(pid: int) -> float | None:
     fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
+
+
+Row = tuple[str, str, Callable[[dict[str, Any]], Any], bool]
+
+
+def format_table(figures: dict[str, dict[str, Any]], reference: str | None, rows: list[Row]) -> str:
+    """Targets side by side, one row per (label, format, getter, show ratio), plus each target's ratio to
+    `reference`; rows where every target has no value are left out."""
+    names = list(figures)
+    others = [n for n in names if n != reference] if reference else []
+    lines = [["", *names, *[f"{n}/{reference}" for n in others]]]
+    for label, fmt, get, want_ratio in rows:
+        values = [get(figures[n]) for n in names]
+        if all(v is None for v in values):
+            continue
+        cells = [label, *["-" if v is None else fmt.format(v) for v in values]]
+        for n in others:
+            a, b = get(figures[n]), get(figures[reference]) if reference else None
+            cells.append(f"{a / b:.2f}" if want_ratio and a is not None and b else "")
+        lines.append(cells)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in lines)
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float) -> int | None:
+    """SIGTERM a process we started, SIGKILL it after `timeout_s`; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5.0)
+    return proc.returncode

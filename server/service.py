@@ -140,7 +140,6 @@ class State:
         self.balances: dict[str, int] = {}
         self.started = time.monotonic()
         self.decisions = 0
-        self.loaded = asyncio.Event()
         # tenants whose new version this worker is committing and installing itself: the
         # watcher leaves them alone (else it loads the same big snapshot a second time)
         self.installing: set[str] = set()
