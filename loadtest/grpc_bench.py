@@ -221,6 +221,7 @@ class _Worker:
         if intended_ns >= self.measure_ns:
             # from the intended start, or from the actual send when the timer fired a little early
             self.latency.add(end - min(intended_ns, sent_ns))
+            self.rec.timeline.add(intended_ns, end - min(intended_ns, sent_ns))
             self.rec.add_outcome(code)
             self.rec.window(intended_ns, end)
             if self.spec.mode == "open":

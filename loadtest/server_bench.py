@@ -26,8 +26,9 @@ examples/acme.json, and measures:
      zeros) alongside shows what the transport alone allows.
   5. No stalls: p99 of Inbound at an open loop of 1,000 calls/s for 15 s,
      once without and once with, 4 s into the measured window, an
-     Admin.PushSettings of a tenant "big" with a 1,000,000-entry blacklist
-     (loadtest.world.big_tenant, 120 s deadline, 64 MB messages); with-push
+     Admin.PushSettingsUpload (the document in 256 KiB pieces, as the CLI
+     sends it) of a tenant "big" with a 1,000,000-entry blacklist
+     (loadtest.world.big_tenant, 120 s deadline); with-push
      p99 <= 2 x without-push p99.  The push's own duration is reported.
   6. Propagation, --workers 2: time from a PushSettings reply until every
      worker reports the new version (Admin.Stats over fresh connections
@@ -84,11 +85,12 @@ import grpc
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2
 from server.app import free_port
+from server.client import upload_messages
 
 from . import h2load
 from .bare_server import BareServer
 from .grpc_bench import METHODS, LoadSpec, batch_payloads, inbound_payloads, probe, run_load
-from .stats import proc_cpu_seconds, stop_process
+from .stats import Timeline, proc_cpu_seconds, stop_process
 from .world import big_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -443,6 +445,7 @@ class Window:
     called_ns: int
     first_ns: int
     last_ns: int
+    timeline: Timeline | None = None
 
     @property
     def startup_ns(self) -> int:
@@ -459,7 +462,8 @@ def open_loop(address: str, rate: float, duration_s: float, plan: Plan, server_p
                     max_requests=int(rate * duration_s * 1.2) + 10, timeout_s=5.0, max_inflight=10_000)
     called = time.monotonic_ns()
     result = run_load(spec, server_pid)
-    return result.figures(), Window(called, result.recorder.first_start_ns, result.recorder.last_end_ns)
+    rec = result.recorder
+    return result.figures(), Window(called, rec.first_start_ns, rec.last_end_ns, rec.timeline)
 
 
 def h2load_once(address: str, message: bytes, method: str, n: int, c: int, m: int, pids: Sequence[int],
@@ -538,8 +542,8 @@ def seen_workers(address: str, want: int, tries: int) -> set[int]:
 
 def push(address: str, document: bytes, timeout_s: float) -> admin_pb2.PushSettingsReply:
     with grpc.insecure_channel(address, options=BIG_OPTIONS) as channel:
-        reply: admin_pb2.PushSettingsReply = admin_pb2_grpc.AdminStub(channel).PushSettings(
-            admin_pb2.PushSettingsRequest(document=document, comment="server_bench"), timeout=timeout_s)
+        reply: admin_pb2.PushSettingsReply = admin_pb2_grpc.AdminStub(channel).PushSettingsUpload(
+            upload_messages(document, comment="server_bench"), timeout=timeout_s)
         return reply
 
 
@@ -815,6 +819,18 @@ def section_stalls(w1: ServeProcess, plan: Plan, rep: Report, offset_ns: int) ->
         out["window_s"] = (window.last_ns - window.first_ns) / 1e9
         out["push_inside_window"] = window.first_ns <= pushed["start_ns"] and pushed["end_ns"] <= window.last_ns
     out["push"] = {k: v for k, v in pushed.items() if not k.endswith("_ns")}
+    phases = [e for e in w1.events("push") if e.get("tenant") == "big"]
+    if phases:
+        out["server_phases"] = {k: phases[-1].get(k) for k in ("seconds", "build_s", "store_s", "install_s")}
+        say(f"5 stalls: the server's push phases (s): {out['server_phases']}")
+    if window.timeline is not None and "start_ns" in pushed and "end_ns" in pushed:
+        # where the slow calls were: 100 ms bins from 1 s before the push to 2 s after it
+        rows = [r for r in window.timeline.rows(pushed["start_ns"]) if -1.0 <= r[0] <= out["push_s"] + 2.0]
+        out["timeline_around_push"] = [{"at_s": round(t, 1), "calls": n, "mean_ms": round(m, 3),
+                                        "max_ms": round(x, 3)} for t, n, m, x in rows]
+        slow = [f"{t:+.1f}s {m:.1f}/{x:.1f}" for t, n, m, x in rows if x > 3 * lat(base)["p99"]]
+        say("5 stalls: 100 ms bins (from the push's start) with a call slower than 3x the no-push p99, "
+            f"mean/max ms: {', '.join(slow) if slow else 'none'}")
     if "error" not in pushed and "version" in pushed:
         try:
             with grpc.insecure_channel(w1.address) as channel:

@@ -9,7 +9,9 @@ dicts (sparse counts) so that worker processes can send them back and the
 parent merges them.
 
 `RunRecorder` adds what a run needs around the histograms: completions by
-outcome (gRPC status code names), the measured window, and merging.
+outcome (gRPC status code names), the measured window, a `Timeline` (calls
+and worst latency per 100 ms of intended start, to see when a stall
+happened), and merging.
 
 `proc_cpu_seconds(pid)` reads a process's user+system CPU from /proc, to
 charge server CPU per request.
@@ -173,6 +175,48 @@ class SampleBuffer:
         return self.hist
 
 
+class Timeline:
+    """Per time bin (by intended start, CLOCK_MONOTONIC ns // bin_ns): calls, latency sum and max, in ns."""
+
+    def __init__(self, bin_ns: int = 100_000_000) -> None:
+        self.bin_ns = bin_ns
+        self.bins: dict[int, list[int]] = {}
+
+    def add(self, at_ns: int, latency_ns: int) -> None:
+        cell = self.bins.get(at_ns // self.bin_ns)
+        if cell is None:
+            self.bins[at_ns // self.bin_ns] = [1, latency_ns, latency_ns]
+        else:
+            cell[0] += 1
+            cell[1] += latency_ns
+            if latency_ns > cell[2]:
+                cell[2] = latency_ns
+
+    def merge(self, other: Timeline) -> Timeline:
+        if other.bin_ns != self.bin_ns:
+            raise ValueError("timelines with different bins")
+        for key, (n, total, worst) in other.bins.items():
+            cell = self.bins.setdefault(key, [0, 0, 0])
+            cell[0] += n
+            cell[1] += total
+            cell[2] = max(cell[2], worst)
+        return self
+
+    def rows(self, origin_ns: int = 0) -> list[tuple[float, int, float, float]]:
+        """(seconds since origin, calls, mean ms, max ms) per bin, in time order."""
+        return [((key * self.bin_ns - origin_ns) / 1e9, n, total / n / 1e6, worst / 1e6)
+                for key, (n, total, worst) in sorted(self.bins.items())]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bin_ns": self.bin_ns, "bins": {str(k): v for k, v in self.bins.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Timeline:
+        out = cls(int(data["bin_ns"]))
+        out.bins = {int(k): [int(x) for x in v] for k, v in data["bins"].items()}
+        return out
+
+
 @dataclass
 class RunRecorder:
     """Completions of one run (one process or merged): latency, outcomes, measured window."""
@@ -181,6 +225,7 @@ class RunRecorder:
     outcomes: dict[str, int] = field(default_factory=dict)  # gRPC status code name -> count
     first_start_ns: int = 0  # monotonic clock (CLOCK_MONOTONIC: comparable across processes)
     last_end_ns: int = 0
+    timeline: Timeline = field(default_factory=Timeline)
 
     def add_outcome(self, code: str, n: int = 1) -> None:
         self.outcomes[code] = self.outcomes.get(code, 0) + n
@@ -211,6 +256,7 @@ class RunRecorder:
 
     def merge(self, other: RunRecorder) -> RunRecorder:
         self.latency.merge(other.latency)
+        self.timeline.merge(other.timeline)
         for k, v in other.outcomes.items():
             self.add_outcome(k, v)
         if other.first_start_ns or other.last_end_ns:
@@ -219,12 +265,13 @@ class RunRecorder:
 
     def to_dict(self) -> dict[str, Any]:
         return {"latency": self.latency.to_dict(), "outcomes": dict(self.outcomes),
-                "first_start_ns": self.first_start_ns, "last_end_ns": self.last_end_ns}
+                "first_start_ns": self.first_start_ns, "last_end_ns": self.last_end_ns,
+                "timeline": self.timeline.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecorder:
         return cls(Histogram.from_dict(data["latency"]), dict(data["outcomes"]),
-                   int(data["first_start_ns"]), int(data["last_end_ns"]))
+                   int(data["first_start_ns"]), int(data["last_end_ns"]), Timeline.from_dict(data["timeline"]))
 
 
 def merge_all(recorders: Iterable[RunRecorder]) -> RunRecorder:

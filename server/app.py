@@ -83,6 +83,7 @@ class Options:
     poll: float = 0.2
     grace: float = 5.0
     max_message_mb: int = 64
+    upload_mb_per_s: float = 25.0
     log_format: str = "json"
     reuse_port: bool = False
 
@@ -116,7 +117,8 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
         ("grpc.max_send_message_length", limit),
     ])
     decisions_pb2_grpc.add_DecisionsServicer_to_server(DecisionsServicer(state), server)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(state, max_document=limit), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(
+        state, max_document=limit, upload_rate=opts.upload_mb_per_s * 1024 * 1024), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (decisions_pb2.DESCRIPTOR.services_by_name["Decisions"].full_name,
@@ -313,6 +315,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds calls in flight get to finish on SIGTERM (default 5)")
     parser.add_argument("--max-message-mb", type=int, default=64,
                         help="largest gRPC message, and so settings document, accepted (default 64)")
+    parser.add_argument("--upload-mb-per-s", type=float, default=25.0, metavar="MB",
+                        help="read settings uploads (PushSettingsUpload) at most this fast, so that a big push "
+                             "does not take the CPU from decisions (default 25; 0: no limit)")
     parser.add_argument("--log-format", choices=("json", "text"), default="json",
                         help="log lines as JSON objects (default) or plain text")
 
@@ -322,6 +327,8 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ValueError("--workers must be 1..64")
     if args.poll <= 0 or args.poll > 5:
         raise ValueError("--poll must be in (0, 5] seconds: pushes must be in force everywhere within a second")
+    if args.upload_mb_per_s < 0:
+        raise ValueError("--upload-mb-per-s must be >= 0 (0: no limit)")
     _split(args.listen)
     if args.metrics:
         _split(args.metrics)
@@ -337,4 +344,5 @@ def options_from(args: argparse.Namespace) -> Options:
             raise ValueError(f"--seed-credit {args.seed_credit!r} is not an amount such as 10.00") from None
     return Options(listen=args.listen, data_dir=args.data_dir, workers=args.workers, metrics=args.metrics,
                    seed=args.seed, seed_credit=args.seed_credit, poll=args.poll, grace=args.grace,
-                   max_message_mb=args.max_message_mb, log_format=args.log_format)
+                   max_message_mb=args.max_message_mb, upload_mb_per_s=args.upload_mb_per_s,
+                   log_format=args.log_format)

@@ -85,15 +85,16 @@ def _instant(text: str | None) -> int:
 # -- settings -------------------------------------------------------------------
 
 def cmd_settings_push(args: argparse.Namespace) -> int:
-    from callgate.v1 import admin_pb2
 
     data = offline._read(args.file)
     fmt = args.format or ("msgpack" if args.file.suffix in (".msgpack", ".mpk") else "json")
     admin, _ = _stubs(args)
     start = time.perf_counter()
-    reply = _call(args, lambda: admin.PushSettings(admin_pb2.PushSettingsRequest(
-        document=data, format=fmt, expected_version=args.expect_version or 0, comment=args.comment or ""),
-        timeout=args.timeout))
+    from .client import upload_messages
+
+    # in pieces: a document of megabytes never sits in the server as one message
+    reply = _call(args, lambda: admin.PushSettingsUpload(upload_messages(
+        data, fmt, expected_version=args.expect_version or 0, comment=args.comment or ""), timeout=args.timeout))
     print(f"tenant {reply.tenant!r} is at version {reply.version} "
           f"(compiled in {reply.compile_seconds:.2f} s, in force after {time.perf_counter() - start:.2f} s)")
     return 0

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 from engine._core import INBOUND_DTYPE, OUTBOUND_DTYPE
 from server import codegen
+from server.client import upload_messages
 
 from .serving import EXAMPLE, ROOT, Server
 
@@ -155,6 +156,52 @@ def test_invalid_and_garbage_pushes_change_nothing(stubs):
     d = decisions.Inbound(decisions_pb2.InboundRequest(tenant="acme", caller="+14155550666", called="+14155550199",
                                                        at=TUESDAY_1030_LA))
     assert d.version == v
+
+
+def test_push_in_pieces(stubs):
+    """PushSettingsUpload: the document in pieces, options in the first message, same checks as a push."""
+    decisions, admin = stubs
+    v = current_version(admin)
+    doc = copy.deepcopy(DOC)
+    doc["blacklist"] = ["+14155550666", "+14155550667"]
+    document = json.dumps(doc, indent=1).encode()
+    reply = admin.PushSettingsUpload(upload_messages(document, "json", v, "in pieces", piece=97), timeout=60)
+    assert (reply.tenant, reply.version) == ("acme", v + 1)
+    shown = admin.GetSettings(admin_pb2.GetSettingsRequest(tenant="acme"))
+    assert shown.document == document and shown.comment == "in pieces"
+    d = decisions.Inbound(decisions_pb2.InboundRequest(tenant="acme", caller="+14155550667", called="+14155550199",
+                                                       at=TUESDAY_1030_LA))
+    assert (d.reason, d.version) == (decisions_pb2.BLACKLISTED, v + 1)
+    refused = [
+        (upload_messages(document, "json", v, piece=1000), grpc.StatusCode.FAILED_PRECONDITION, "version"),
+        (iter([]), grpc.StatusCode.INVALID_ARGUMENT, "no document"),
+        (iter([admin_pb2.PushSettingsRequest(document=document[:50]),
+               admin_pb2.PushSettingsRequest(document=document[50:], comment="late")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "first message only"),
+        (upload_messages(document[:-1], "json", piece=1000), grpc.StatusCode.INVALID_ARGUMENT, "document"),
+        (upload_messages(np.random.default_rng(3).bytes(10 << 20), "msgpack"), grpc.StatusCode.INVALID_ARGUMENT,
+         "document"),
+        (upload_messages(document, "yaml"), grpc.StatusCode.INVALID_ARGUMENT, "json or msgpack"),
+    ]
+    for messages, code, words in refused:
+        with pytest.raises(grpc.RpcError) as err:
+            admin.PushSettingsUpload(messages, timeout=60)
+        assert err.value.code() == code and words in err.value.details(), err.value.details()
+    assert current_version(admin) == v + 1
+
+
+def test_upload_larger_than_the_limit_is_refused_while_it_arrives(tmp_path):
+    srv = Server(tmp_path, "--max-message-mb", "1")
+    try:
+        with srv.channel() as channel:
+            admin = admin_pb2_grpc.AdminStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                admin.PushSettingsUpload(upload_messages(b" " * (3 << 20)), timeout=60)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"at most {1 << 20}" in err.value.details()
+            assert current_version(admin) == 1
+    finally:
+        assert srv.stop() == 0
 
 
 def test_patch_blacklist(stubs):

@@ -112,6 +112,10 @@ def test_admin_rpcs(stubs, data) -> None:
         document=data.draw(st.one_of(blobs, st.just(b'{"tenant": "acme"}'), st.just(b"[]"))),
         format=data.draw(st.sampled_from(["", "json", "msgpack", "yaml", "\x00"])),
         expected_version=data.draw(int64), comment=data.draw(texts)))
+    pieces = [admin_pb2.PushSettingsRequest(document=data.draw(blobs), format=data.draw(texts),
+                                            expected_version=data.draw(int64), comment=data.draw(texts))
+              for _ in range(data.draw(st.integers(0, 3)))]
+    call(admin.PushSettingsUpload, iter(pieces))
     call(admin.GetSettings, admin_pb2.GetSettingsRequest(tenant=data.draw(tenants), version=data.draw(int64)))
     call(admin.ListVersions, admin_pb2.ListVersionsRequest(tenant=data.draw(tenants), limit=data.draw(uint32)))
     # a rollback of acme to a real version would be a legitimate change: keep the fuzz to impossible ones
