@@ -306,6 +306,12 @@ def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) ->
         "rates": rate_text,
         "group_words": words,
         "approved": sorted(approved_set & set(by_number)),
+        # what billing needs beside the decisions (server/billing.py): money as strings, dates ISO
+        "auto_topup": {"enabled": settings.auto_topup.enabled,
+                       "amount": str(settings.auto_topup.amount) if settings.auto_topup.amount is not None else None},
+        "rentals": [[x.number, str(x.rental.monthly_fee), x.rental.renews_on.isoformat()]
+                    for x in settings.numbers if x.rental is not None],
+        "documents_required": [x.number for x in settings.numbers if x.requires_documents],
         "blacklist_size": len(blacklist),
         "offhours_blacklist_size": len(offhours),
     }
@@ -374,6 +380,24 @@ def with_documents(snapshot: _core.CoreSnapshot, approved: Iterable[str]) -> _co
     arrays["num_flags"] = flags
     meta["approved"] = sorted(approved_set)
     return _core.CoreSnapshot(arrays, meta)
+
+
+def line_rate(snapshot: _core.CoreSnapshot, line: str, number: str) -> tuple[int, int] | None:
+    """(per-minute rate in micro-units, increment in seconds) of the longest prefix of `number`'s digits
+    on `line`, or None (unknown line, no matching rate).  For billing forwarded legs, off the hot path:
+    it walks the same prefix trie as the core."""
+    lines = snapshot.meta["lines"]
+    if line not in lines or not number.startswith("+") or not number[1:].isdigit():
+        return None
+    a = snapshot.arrays
+    node, best = int(a["line_root"][lines.index(line)]), -1
+    for ch in number[1:]:
+        node = int(a["trie_child"][node * 10 + ord(ch) - 48])
+        if node < 0:
+            break
+        if a["trie_rate"][node] >= 0:
+            best = int(a["trie_rate"][node])
+    return (int(a["rate_pm"][best]), int(a["rate_inc"][best])) if best >= 0 else None
 
 
 def micro_units(balance: Decimal | int | str) -> int:

@@ -25,9 +25,11 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .jobs import MAX_TOPUP_ATTEMPTS, JobOptions
 
 log = logging.getLogger("callgate.server")
 
@@ -83,7 +85,9 @@ class Options:
     poll: float = 0.2
     grace: float = 5.0
     max_message_mb: int = 64
+    max_upload_mb: int = 10
     upload_mb_per_s: float = 25.0
+    jobs: JobOptions = field(default_factory=JobOptions)
     log_format: str = "json"
     reuse_port: bool = False
 
@@ -104,6 +108,9 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 
     from . import metrics
+    from .billing import SandboxGateway
+    from .documents import BlobStore
+    from .jobs import Jobs
     from .service import AdminServicer, Compiler, DecisionsServicer, State
     from .store import SQLiteStore
 
@@ -118,7 +125,9 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     ])
     decisions_pb2_grpc.add_DecisionsServicer_to_server(DecisionsServicer(state), server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(
-        state, max_document=limit, upload_rate=opts.upload_mb_per_s * 1024 * 1024), server)
+        state, max_document=limit, upload_rate=opts.upload_mb_per_s * 1024 * 1024,
+        blobs=BlobStore(opts.data_dir / "documents"), max_upload=opts.max_upload_mb * 1024 * 1024), server)
+    background = Jobs(store, state.engine._snapshots, SandboxGateway(store), opts.jobs)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (decisions_pb2.DESCRIPTOR.services_by_name["Decisions"].full_name,
@@ -163,6 +172,10 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
                 metrics.flush()
             except Exception:  # the store may be busy or a blob bad: log, keep serving, try again
                 log.exception("refresh from the store failed")
+            try:
+                await background.tick()
+            except Exception:  # a busy store or a gateway outage: the next tick tries again
+                log.exception("background work (top-ups, renewals, expiry) failed")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stopping.wait(), opts.poll)
 
@@ -195,7 +208,8 @@ def _seed(opts: Options) -> None:
         version = store.commit_version(built.tenant, "push", document, built.blob, 0, f"seed from {opts.seed}")
         log.info("seeded", extra={"event": "seeded", "tenant": built.tenant, "version": version})
         if opts.seed_credit:
-            store.credit(built.tenant, micro_units(opts.seed_credit), "opening_credit", "seed")
+            currency = json.loads(document)["currency"]
+            store.credit(built.tenant, micro_units(opts.seed_credit), "credit", "seed", currency)
             log.info("opening credit", extra={"event": "credit", "tenant": built.tenant, "amount": opts.seed_credit})
     except VersionConflict:
         log.info("seed skipped: tenant already has settings", extra={"event": "seed_skipped", "tenant": built.tenant})
@@ -318,6 +332,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upload-mb-per-s", type=float, default=25.0, metavar="MB",
                         help="read settings uploads (PushSettingsUpload) at most this fast, so that a big push "
                              "does not take the CPU from decisions (default 25; 0: no limit)")
+    parser.add_argument("--max-upload-mb", type=int, default=10,
+                        help="largest document image accepted, per file (default 10)")
+    parser.add_argument("--topup-retry-s", type=float, default=30.0, metavar="SECONDS",
+                        help="first retry of a declined auto top-up; doubles each time up to an hour, "
+                             f"{MAX_TOPUP_ATTEMPTS} attempts (default 30)")
+    parser.add_argument("--ring-timeout-s", type=int, default=600, metavar="SECONDS",
+                        help="expire a call ringing this long without an answer or an end (default 600)")
+    parser.add_argument("--call-max-s", type=int, default=86_400, metavar="SECONDS",
+                        help="expire an answered call this long without an end (default 86400; expired calls "
+                             "are logged and not charged)")
     parser.add_argument("--log-format", choices=("json", "text"), default="json",
                         help="log lines as JSON objects (default) or plain text")
 
@@ -327,6 +351,12 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ValueError("--workers must be 1..64")
     if args.poll <= 0 or args.poll > 5:
         raise ValueError("--poll must be in (0, 5] seconds: pushes must be in force everywhere within a second")
+    if not 0 < args.max_upload_mb <= 1024:
+        raise ValueError("--max-upload-mb must be 1..1024")
+    if not 0 < args.topup_retry_s <= 86_400:
+        raise ValueError("--topup-retry-s must be in (0, 86400]")
+    if args.ring_timeout_s < 1 or args.call_max_s < 1:
+        raise ValueError("--ring-timeout-s and --call-max-s must be at least 1 second")
     if args.upload_mb_per_s < 0:
         raise ValueError("--upload-mb-per-s must be >= 0 (0: no limit)")
     _split(args.listen)
@@ -344,5 +374,9 @@ def options_from(args: argparse.Namespace) -> Options:
             raise ValueError(f"--seed-credit {args.seed_credit!r} is not an amount such as 10.00") from None
     return Options(listen=args.listen, data_dir=args.data_dir, workers=args.workers, metrics=args.metrics,
                    seed=args.seed, seed_credit=args.seed_credit, poll=args.poll, grace=args.grace,
-                   max_message_mb=args.max_message_mb, upload_mb_per_s=args.upload_mb_per_s,
+                   max_message_mb=args.max_message_mb, max_upload_mb=args.max_upload_mb,
+                   upload_mb_per_s=args.upload_mb_per_s,
+                   jobs=JobOptions(topup_retry_s=args.topup_retry_s, ring_timeout_s=args.ring_timeout_s,
+                                   call_max_s=args.call_max_s,
+                                   expire_every_s=min(5.0, args.ring_timeout_s / 2)),
                    log_format=args.log_format)

@@ -348,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--tenant")
     stats.set_defaults(run=cmd_stats)
 
+    from .cli_operator import add_operator_commands
+
+    add_operator_commands(sub)
     offline.add_offline_commands(sub)
     return parser
 

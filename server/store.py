@@ -32,13 +32,14 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from server.store_accounts import AccountsMixin
 from server.store_api import (
     NotFound,
     PatchResult,
@@ -49,6 +50,7 @@ from server.store_api import (
     VersionConflict,
     VersionRecord,
 )
+from server.store_checks import _check_bytes, _check_int, _check_numbers, _check_str
 
 __all__ = [
     "KEEP_SNAPSHOTS",
@@ -145,6 +147,153 @@ CREATE TABLE call_events (
     PRIMARY KEY (tenant, call_id, seq)
 );
 """),
+    (2, "call registry with billing columns, event replies, leads, accounts, top-ups, cards, documents", """
+CREATE TABLE calls_v2 (
+    tenant       TEXT    NOT NULL,
+    call_id      TEXT    NOT NULL,
+    direction    TEXT    NOT NULL CHECK (direction IN ('inbound', 'outbound', 'forwarded')),
+    caller       TEXT    NOT NULL,
+    called       TEXT    NOT NULL,
+    state        TEXT    NOT NULL CHECK (state IN ('ringing', 'answered', 'ended', 'expired')),
+    ringing_user TEXT    NOT NULL,
+    answered_by  TEXT    NOT NULL DEFAULT '',
+    last_user    TEXT    NOT NULL DEFAULT '',
+    ringing_at   INTEGER NOT NULL,
+    answered_at  INTEGER NOT NULL DEFAULT 0,
+    ended_at     INTEGER NOT NULL DEFAULT 0,
+    line         TEXT    NOT NULL DEFAULT '',
+    rate_micro   INTEGER NOT NULL DEFAULT 0,
+    increment_s  INTEGER NOT NULL DEFAULT 0,
+    talked_s     INTEGER NOT NULL DEFAULT 0,
+    charge_micro INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, call_id)
+);
+
+INSERT INTO calls_v2 (tenant, call_id, direction, caller, called, state, ringing_user, answered_by, last_user,
+                      ringing_at, answered_at, ended_at)
+    SELECT tenant, call_id, CASE WHEN direction IN ('inbound', 'outbound', 'forwarded') THEN direction
+                                 ELSE 'inbound' END,
+           caller, called, state, COALESCE(ringing_user, ''), COALESCE(answered_by, ''), COALESCE(last_user, ''),
+           COALESCE(ringing_at, 0), COALESCE(answered_at, 0), COALESCE(ended_at, 0)
+    FROM calls;
+
+DROP TABLE calls;
+
+ALTER TABLE calls_v2 RENAME TO calls;
+
+CREATE INDEX calls_by_state ON calls (tenant, state, ringing_at);
+
+CREATE INDEX calls_open ON calls (state, ringing_at) WHERE state IN ('ringing', 'answered');
+
+DROP TABLE call_events;
+
+CREATE TABLE call_events (
+    tenant      TEXT    NOT NULL,
+    call_id     TEXT    NOT NULL,
+    key         TEXT    NOT NULL,           -- server.calls.Event.key: a replay has the same key
+    kind        TEXT    NOT NULL,
+    user        TEXT    NOT NULL,
+    at          INTEGER NOT NULL,
+    reply       TEXT    NOT NULL,           -- JSON of server.calls.Reply: what a replay gets back
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, call_id, key)
+);
+
+CREATE TABLE leads (
+    tenant      TEXT    NOT NULL,
+    call_id     TEXT    NOT NULL,
+    responsible TEXT    NOT NULL,
+    trigger     TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, call_id)           -- one lead per call, whatever the retries
+);
+
+ALTER TABLE ledger ADD COLUMN currency TEXT NOT NULL DEFAULT '';
+
+ALTER TABLE ledger ADD COLUMN balance_micro INTEGER;
+
+CREATE TABLE accounts (
+    tenant        TEXT    PRIMARY KEY,
+    balance_micro INTEGER NOT NULL DEFAULT 0,  -- always SUM(ledger.amount_micro): kept in the same transaction
+    documents     INTEGER NOT NULL DEFAULT 0   -- bumped by each document upload and review
+);
+
+INSERT INTO accounts (tenant, balance_micro) SELECT tenant, SUM(amount_micro) FROM ledger GROUP BY tenant;
+
+CREATE TABLE topups (
+    id              INTEGER PRIMARY KEY,
+    tenant          TEXT    NOT NULL,
+    amount_micro    INTEGER NOT NULL CHECK (amount_micro > 0),
+    currency        TEXT    NOT NULL,
+    status          TEXT    NOT NULL CHECK (status IN ('pending', 'charging', 'charged', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    claimed_at      INTEGER NOT NULL DEFAULT 0,
+    last_reason     TEXT    NOT NULL DEFAULT '',
+    gateway_ref     TEXT    NOT NULL DEFAULT '',
+    trigger         TEXT    NOT NULL,
+    created_at      INTEGER NOT NULL
+);
+
+CREATE UNIQUE INDEX one_open_topup ON topups (tenant) WHERE status IN ('pending', 'charging');
+
+CREATE INDEX topups_due ON topups (status, next_attempt_at);
+
+CREATE TABLE cards (
+    tenant     TEXT    PRIMARY KEY,
+    token      TEXT    NOT NULL,
+    brand      TEXT    NOT NULL,
+    last4      TEXT    NOT NULL,
+    exp_month  INTEGER NOT NULL,
+    exp_year   INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+
+CREATE TABLE sandbox_charges (
+    key          TEXT    PRIMARY KEY,       -- the gateway idempotency key
+    tenant       TEXT    NOT NULL,
+    card_token   TEXT    NOT NULL,
+    amount_micro INTEGER NOT NULL,
+    currency     TEXT    NOT NULL,
+    ok           INTEGER NOT NULL,
+    reference    TEXT    NOT NULL,
+    reason       TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL
+);
+
+CREATE TABLE rentals_seen (
+    tenant TEXT NOT NULL,
+    number TEXT NOT NULL,
+    since  TEXT NOT NULL,                   -- ISO date the rental was first in force: no renewals before it
+    PRIMARY KEY (tenant, number)
+);
+
+CREATE TABLE document_sets (
+    id          INTEGER PRIMARY KEY,
+    tenant      TEXT    NOT NULL,
+    number      TEXT    NOT NULL,
+    status      TEXT    NOT NULL CHECK (status IN ('pending', 'approved', 'rejected')),
+    reason      TEXT    NOT NULL DEFAULT '',
+    uploaded_at INTEGER NOT NULL,
+    due_on      TEXT    NOT NULL,
+    decided_at  INTEGER NOT NULL DEFAULT 0,
+    decided_by  TEXT    NOT NULL DEFAULT ''
+);
+
+CREATE INDEX document_sets_by_number ON document_sets (tenant, number, status);
+
+CREATE TABLE document_files (
+    set_id INTEGER NOT NULL REFERENCES document_sets (id),
+    seq    INTEGER NOT NULL,
+    sha256 TEXT    NOT NULL,                -- the file under DATA_DIR/documents (content-addressed)
+    name   TEXT    NOT NULL,
+    format TEXT    NOT NULL,
+    width  INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    size   INTEGER NOT NULL,
+    PRIMARY KEY (set_id, seq)
+);
+"""),
 ]
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
@@ -158,7 +307,6 @@ KEEP_SNAPSHOTS = 3                      # compiled snapshot blobs kept per tenan
 LIST_NAMES = ("blacklist", "offhours_blacklist")
 COMMIT_KINDS = ("push", "rollback")     # "patch" versions are made by patch_list only
 BUSY_TIMEOUT_MS = 10_000
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _split_sql(script: str) -> list[str]:
@@ -177,38 +325,6 @@ def _split_sql(script: str) -> list[str]:
 
 
 # -- input checks ------------------------------------------------------------
-
-def _check_str(name: str, value: object, *, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, not {type(value).__name__}")
-    if not allow_empty and not value:
-        raise ValueError(f"{name} must not be empty")
-    return value
-
-
-def _check_int(name: str, value: object, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, not {type(value).__name__}")
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise ValueError(f"{name} {value} does not fit in 64 bits")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_bytes(name: str, value: object) -> bytes:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise ValueError(f"{name} must be bytes, not {type(value).__name__}")
-
-
-def _check_numbers(name: str, value: object) -> list[str]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise ValueError(f"{name} must be a list of numbers, not {type(value).__name__}")
-    for i, number in enumerate(value):
-        _check_str(f"{name}[{i}]", number)
-    return list(value)
-
 
 # -- JSON documents ----------------------------------------------------------
 
@@ -299,7 +415,7 @@ class _Conn:
     closed: bool = field(default=False)
 
 
-class SQLiteStore:
+class SQLiteStore(AccountsMixin):
     """`Store` on one SQLite file (WAL, synchronous=FULL), safe across threads and processes."""
 
     def __init__(self, path: str | Path):
@@ -410,6 +526,13 @@ class SQLiteStore:
         if "locked" in text or "busy" in text:
             return StoreBusy(f"{self.path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s: {exc}")
         return None
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """One read statement on this thread's connection (autocommit: a consistent snapshot of its own)."""
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise (self._busy(exc) or exc) from None
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
@@ -532,15 +655,16 @@ class SQLiteStore:
             conn.execute("BEGIN")
             try:
                 versions = {t: int(v) for t, v in conn.execute('SELECT tenant, version FROM "current"')}
-                balances = {t: int(b) for t, b in conn.execute(
-                    "SELECT tenant, SUM(amount_micro) FROM ledger GROUP BY tenant")}
+                balances, documents = {}, {}
+                for t, b, d in conn.execute("SELECT tenant, balance_micro, documents FROM accounts"):
+                    balances[t], documents[t] = int(b), int(d)
             finally:
                 conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             if self._busy(exc) is not None:
                 return None
             raise
-        result = Poll(versions, balances)
+        result = Poll(versions, balances, documents)
         self._poll_seen = (seen, result)
         return result
 
@@ -695,70 +819,3 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             raise (self._busy(exc) or exc) from None
         return bytes(row[0]) if row else None
-
-    # -- balances --------------------------------------------------------------
-
-    def balance(self, tenant: str) -> int:
-        _check_str("tenant", tenant)
-        try:
-            row = self._conn().execute("SELECT COALESCE(SUM(amount_micro), 0) FROM ledger WHERE tenant = ?",
-                                       (tenant,)).fetchone()
-        except sqlite3.OperationalError as exc:
-            raise (self._busy(exc) or exc) from None
-        return int(row[0])
-
-    def credit(self, tenant: str, amount_micro: int, kind: str, ref: str) -> bool:
-        _check_str("tenant", tenant)
-        _check_int("amount_micro", amount_micro)
-        _check_str("kind", kind)
-        _check_str("ref", ref)
-        with self._transaction(write=True) as conn:
-            cursor = conn.execute("INSERT OR IGNORE INTO ledger (tenant, kind, amount_micro, ref, created_at) "
-                                  "VALUES (?, ?, ?, ?, ?)", (tenant, kind, amount_micro, ref, int(time.time())))
-            return cursor.rowcount == 1
-
-    # -- ringing calls -----------------------------------------------------------
-
-    def ring(self, tenant: str, call_id: str, user: str, at: int, direction: str, caller: str,
-             called: str) -> None:
-        _check_str("tenant", tenant)
-        _check_str("call_id", call_id)
-        _check_str("user", user)
-        _check_int("at", at, minimum=0)
-        _check_str("direction", direction)
-        _check_str("caller", caller, allow_empty=True)      # a withheld caller is empty
-        _check_str("called", called, allow_empty=True)
-        with self._transaction(write=True) as conn:
-            conn.execute("INSERT OR IGNORE INTO calls (tenant, call_id, direction, caller, called, state, "
-                         "ringing_user, last_user, ringing_at) VALUES (?, ?, ?, ?, ?, 'ringing', ?, ?, ?)",
-                         (tenant, call_id, direction, caller, called, user, user, at))
-
-    def answer(self, tenant: str, call_id: str, user: str, at: int) -> bool:
-        _check_str("tenant", tenant)
-        _check_str("call_id", call_id)
-        _check_str("user", user)
-        _check_int("at", at, minimum=0)
-        with self._transaction(write=True) as conn:
-            cursor = conn.execute("UPDATE calls SET state = 'answered', answered_by = ?, last_user = ?, "
-                                  "answered_at = ? WHERE tenant = ? AND call_id = ? AND state = 'ringing'",
-                                  (user, user, at, tenant, call_id))
-            return cursor.rowcount == 1
-
-    def end(self, tenant: str, call_id: str, at: int) -> bool:
-        _check_str("tenant", tenant)
-        _check_str("call_id", call_id)
-        _check_int("at", at, minimum=0)
-        with self._transaction(write=True) as conn:
-            cursor = conn.execute("UPDATE calls SET state = 'ended', ended_at = ? "
-                                  "WHERE tenant = ? AND call_id = ? AND state != 'ended'", (at, tenant, call_id))
-            return cursor.rowcount == 1
-
-    def ringing_calls(self, tenant: str) -> list[tuple[str, str, int]]:
-        _check_str("tenant", tenant)
-        try:
-            rows = self._conn().execute("SELECT call_id, ringing_user, ringing_at FROM calls "
-                                        "WHERE tenant = ? AND state = 'ringing' ORDER BY ringing_at, call_id",
-                                        (tenant,)).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise (self._busy(exc) or exc) from None
-        return [(call_id, user, int(at)) for call_id, user, at in rows]

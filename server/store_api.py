@@ -1,8 +1,8 @@
 """The one narrow interface between callgate's service and its state (SPEC §5).
 
 Everything stored goes through `Store`: settings versions and their history,
-blacklist patches, compiled snapshot blobs, and (for the call lifecycle and
-billing issue) calls and the ledger.  The embedded default is
+blacklist patches, compiled snapshot blobs, the call registry and CRM leads,
+the ledger with its balances, auto top-ups, cards, and documents.  The embedded default is
 `server.store.SQLiteStore` (one SQLite file in WAL mode, shared by every
 worker process); a PostgreSQL store implements the same methods.
 
@@ -13,8 +13,12 @@ Money is integer micro-units (1e-6 of the currency), never float.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .calls import Call, Event, Outcome, Reply
 
 
 class StoreError(Exception):
@@ -51,10 +55,81 @@ class VersionRecord:
 
 @dataclass(frozen=True, slots=True)
 class Poll:
-    """What a worker checks several times a second: versions in force and balances, per tenant."""
+    """What a worker checks several times a second: versions in force, balances, document changes."""
 
     versions: dict[str, int]
     balances: dict[str, int]      # micro-units; tenants without ledger entries are absent (0)
+    documents: dict[str, int]     # a counter per tenant, bumped by every document upload or review
+
+
+@dataclass(frozen=True, slots=True)
+class TopupPolicy:
+    """Rule 7 for one tenant at one moment: top up `amount` when the balance falls below `threshold`."""
+
+    amount_micro: int
+    threshold_micro: int          # max(3.00, the next renewal amount)
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    id: int
+    tenant: str
+    kind: str                     # call | rental | topup | credit
+    amount_micro: int             # + credits, - debits
+    ref: str                      # the idempotency key within (tenant, kind): call id, number:date, ...
+    currency: str
+    created_at: int
+    balance_micro: int            # the balance after this entry
+
+
+@dataclass(frozen=True, slots=True)
+class Topup:
+    id: int
+    tenant: str
+    amount_micro: int
+    currency: str
+    status: str                   # pending | charging | charged | failed
+    attempts: int
+    next_attempt_at: int
+    last_reason: str
+    gateway_ref: str
+    trigger: str                  # the ledger entry whose debit crossed the threshold
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class CardRecord:
+    tenant: str
+    token: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentFile:
+    sha256: str
+    name: str
+    format: str
+    width: int
+    height: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentSet:
+    id: int
+    tenant: str
+    number: str
+    status: str                   # pending | approved | rejected
+    reason: str
+    uploaded_at: int
+    due_on: str                   # ISO date
+    decided_at: int
+    decided_by: str
+    files: tuple[DocumentFile, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,31 +192,91 @@ class Store(Protocol):
         """The compiled snapshot blob stored with that version, if still kept."""
         ...
 
-    # -- balances (filled by the billing issue) ----------------------------
-    def balance(self, tenant: str) -> int:
-        """The tenant's balance in micro-units: the sum of its ledger (0 if empty)."""
-        ...
-
-    def credit(self, tenant: str, amount_micro: int, kind: str, ref: str) -> bool:
-        """Add a ledger entry, idempotent on (tenant, kind, ref); False if it was already there."""
-        ...
-
-    # -- ringing calls (filled by CallEvent) --------------------------------
-    def ring(self, tenant: str, call_id: str, user: str, at: int, direction: str, caller: str,
-             called: str) -> None:
-        """Record a call ringing at `user` (idempotent per call id)."""
-        ...
-
-    def answer(self, tenant: str, call_id: str, user: str, at: int) -> bool:
-        """Mark a ringing call answered by `user`; False if it was not ringing (already answered/ended)."""
-        ...
-
-    def end(self, tenant: str, call_id: str, at: int) -> bool:
-        """Mark a call ended; False if it was unknown or already ended."""
+    # -- calls -----------------------------------------------------------------
+    def call_event(self, tenant: str, call_id: str, event: Event, rules: Callable[[Call | None], Outcome],
+                   topup: TopupPolicy | None, currency: str) -> Reply:
+        """Apply one call event atomically: a recorded event key returns its recorded reply (a replay);
+        otherwise `rules` (server.calls.apply) gives the call's new record, the reply and the charge,
+        all committed in one transaction with the ledger debit, the CRM lead and any top-up it triggers.
+        Raises server.calls.EventRefused (nothing written) when the event cannot apply."""
         ...
 
     def ringing_calls(self, tenant: str) -> list[tuple[str, str, int]]:
         """(call_id, user, since) of the tenant's calls ringing and unanswered, oldest first."""
+        ...
+
+    def calls(self, tenant: str, states: tuple[str, ...], limit: int = 100) -> list[Call]:
+        """The tenant's calls in those states, oldest first."""
+        ...
+
+    def expire_calls(self, ring_cutoff: int, talk_cutoff: int, now: int) -> list[Call]:
+        """Mark expired the calls ringing since before ring_cutoff or answered before talk_cutoff."""
+        ...
+
+    def lead_count(self, tenant: str, call_id: str) -> int:
+        """CRM leads recorded for a call (0 or 1)."""
+        ...
+
+    # -- money -----------------------------------------------------------------
+    def balance(self, tenant: str) -> int:
+        """The tenant's balance in micro-units (0 without ledger entries)."""
+        ...
+
+    def ledger_sum(self, tenant: str) -> int:
+        """The sum of the tenant's ledger, computed afresh (the balance must always equal it)."""
+        ...
+
+    def credit(self, tenant: str, amount_micro: int, kind: str, ref: str, currency: str = "",
+               topup: TopupPolicy | None = None) -> bool:
+        """Add a ledger entry, idempotent on (tenant, kind, ref); False if it was already there.
+        A debit that takes the balance across `topup.threshold_micro` opens one top-up."""
+        ...
+
+    def ledger(self, tenant: str, limit: int = 50, before_id: int = 0) -> list[LedgerEntry]:
+        """The tenant's ledger entries, newest first (before_id > 0: older than that entry)."""
+        ...
+
+    def claim_topup(self, now: int, stale_s: int) -> tuple[Topup, CardRecord | None] | None:
+        """Take the next due top-up for charging (or one whose charging worker died), with the card."""
+        ...
+
+    def finish_topup(self, topup_id: int, attempt: int, ok: bool, gateway_ref: str, reason: str,
+                     retry_at: int | None) -> None:
+        """Record the gateway's answer: credit the ledger once, or schedule a retry (None: give up)."""
+        ...
+
+    def topups(self, tenant: str, limit: int = 20) -> list[Topup]:
+        ...
+
+    def set_card(self, card: CardRecord) -> None:
+        ...
+
+    def card(self, tenant: str) -> CardRecord | None:
+        ...
+
+    def sandbox_charge(self, key: str, tenant: str, card_token: str, amount_micro: int, currency: str,
+                       ok: bool, reason: str) -> tuple[bool, str, str]:
+        """The sandbox gateway's record: the first outcome stored under `key` wins."""
+        ...
+
+    def rentals_since(self, tenant: str, numbers: list[str], today: str) -> dict[str, str]:
+        """When each rented number was first seen in force (recorded now for new ones), ISO dates."""
+        ...
+
+    # -- documents ---------------------------------------------------------------
+    def add_document_set(self, tenant: str, number: str, files: list[DocumentFile], uploaded_at: int,
+                         due_on: str) -> DocumentSet:
+        ...
+
+    def review_document_set(self, set_id: int, approve: bool, reason: str, by: str, at: int) -> DocumentSet:
+        ...
+
+    def document_sets(self, tenant: str, number: str = "", status: str = "", limit: int = 100
+                      ) -> list[DocumentSet]:
+        ...
+
+    def approved_numbers(self, tenant: str) -> list[str]:
+        """Numbers of the tenant with an approved document set."""
         ...
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ between threads and between processes sharing one file.
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing as mp
 import sqlite3
@@ -24,10 +25,21 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 import server.store
+from server import calls
 from server.store import KEEP_SNAPSHOTS, MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, SQLiteStore, StoreBusy
 from server.store_api import NotFound, PatchResult, Store, StoreError, VersionConflict
 
 FORK = mp.get_context("fork")   # children open their own store on the same file
+
+
+def event(store: SQLiteStore, kind: str, call_id: str, user: str = "", at: int = 1, tenant: str = "acme",
+          direction: str = "inbound", caller: str = "+1", called: str = "+2", rate: int = 0, increment: int = 0,
+          lead: str = "on_answer") -> calls.Reply:
+    """One call event through the store, with the service's rules."""
+    e = (calls.Event(kind, user, at, direction, caller, called, "line-1" if rate else "", rate, increment)
+         if kind == "RINGING" else calls.Event(kind, user, at))
+    rules = functools.partial(calls.apply, event=e, tenant=tenant, call_id=call_id, lead_trigger=lead)
+    return store.call_event(tenant, call_id, e, rules, None, "USD")
 
 
 def doc(tenant: str = "acme", **extra: Any) -> bytes:
@@ -88,7 +100,8 @@ def test_migrations_applied_once_and_reopen_keeps_data(db: Path) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert rows == [(v,) for v, _, _ in MIGRATIONS]
     assert {"versions", "current", "list_patches", "snapshots", "ledger", "calls", "call_events",
-            "schema_migrations"} <= tables
+            "schema_migrations", "leads", "accounts", "topups", "cards", "sandbox_charges", "rentals_seen",
+            "document_sets", "document_files"} <= tables
 
 
 def test_refuses_a_newer_schema(db: Path) -> None:
@@ -341,8 +354,8 @@ def test_sql_injection_looking_ids_are_plain_data(store: SQLiteStore, db: Path) 
     assert store.get_version(evil, 1).document == d
     assert json.loads(store.get_version(evil).document or b"")["blacklist"] == [evil]
     assert store.list_versions(evil)[1].comment == evil
-    assert store.credit(evil, 1, evil, evil) and store.balance(evil) == 1
-    store.ring(evil, evil, evil, 1, evil, evil, evil)
+    assert store.credit(evil, 1, "credit", evil, evil) and store.balance(evil) == 1
+    event(store, "RINGING", evil, evil, 1, tenant=evil, caller=evil, called=evil)
     assert store.ringing_calls(evil) == [(evil, evil, 1)]
     with raw(db) as conn:
         assert conn.execute("SELECT tenant FROM versions").fetchall() == [(evil,), (evil,)]
@@ -367,9 +380,11 @@ def test_inputs_are_validated(store: SQLiteStore) -> None:
         lambda: store.credit("acme", 1.5, "topup", "r"),                             # type: ignore[arg-type]
         lambda: store.credit("acme", 2**63, "topup", "r"),
         lambda: store.credit("acme", 1, "topup", ""),
-        lambda: store.ring("acme", "", "u1", 1, "inbound", "", "+1"),
-        lambda: store.answer("acme", "c1", "u1", -1),
-        lambda: store.end(None, "c1", 1),  # type: ignore[arg-type]
+        lambda: store.credit("acme", 1, "bonus", "r"),
+        lambda: event(store, "RINGING", "", "u1"),
+        lambda: event(store, "RINGING", "c1", "u1", direction="sideways"),
+        lambda: event(store, "RINGING", "c1", "u1", tenant=None),  # type: ignore[arg-type]
+        lambda: store.calls("acme", ("ringing",), 0),
     ]
     for i, call in enumerate(bad_calls):
         with pytest.raises(ValueError):
@@ -408,35 +423,76 @@ def run_processes(target: Any, args: list[tuple[Any, ...]]) -> list[Any]:
                 p.join()
 
 
-# -- ringing calls ----------------------------------------------------------------------
+# -- calls ---------------------------------------------------------------------------------
 
 def test_call_lifecycle(store: SQLiteStore, db: Path) -> None:
-    store.ring("acme", "c2", "u2", 200, "inbound", "+1999", "+1000")
-    store.ring("acme", "c1", "u1", 100, "inbound", "", "+1000")
-    store.ring("acme", "c3", "u3", 200, "outbound", "+1000", "+1888")
-    store.ring("acme", "c1", "u9", 999, "inbound", "", "+1000")       # idempotent: the first ring stands
-    store.ring("beta", "c1", "x", 50, "inbound", "", "+2000")
-    assert store.ringing_calls("acme") == [("c1", "u1", 100), ("c2", "u2", 200), ("c3", "u3", 200)]
+    assert event(store, "RINGING", "c2", "u2", 200, caller="+1999", called="+1000") == calls.Reply("ringing")
+    event(store, "RINGING", "c1", "u1", 100, caller="", called="+1000")
+    event(store, "RINGING", "c3", "u3", 200, caller="+1000", called="+1888")
+    event(store, "RINGING", "c1", "u9", 999)                  # rings at the next member: same call, same start
+    event(store, "RINGING", "c1", "x", 50, tenant="beta")
+    assert store.ringing_calls("acme") == [("c1", "u9", 100), ("c2", "u2", 200), ("c3", "u3", 200)]
 
-    assert store.answer("acme", "c2", "u7", 210) is True
-    assert store.answer("acme", "c2", "u8", 211) is False
-    assert store.ringing_calls("acme") == [("c1", "u1", 100), ("c3", "u3", 200)]
-    assert store.end("acme", "c2", 300) is True
-    assert store.end("acme", "c2", 301) is False
-    assert store.end("acme", "c1", 150) is True                       # ended while ringing (missed)
-    assert store.answer("acme", "c1", "u1", 160) is False
-    assert store.end("acme", "nope", 1) is False
-    assert store.answer("acme", "nope", "u1", 1) is False
+    answered = event(store, "ANSWERED", "c2", "u7", 210)
+    assert answered == calls.Reply("answered", True, "u7")
+    assert event(store, "ANSWERED", "c2", "u7", 210) == answered       # a replay: the same answer
+    with pytest.raises(calls.EventRefused, match="already answered by 'u7'"):
+        event(store, "ANSWERED", "c2", "u8", 211)
+    assert store.ringing_calls("acme") == [("c1", "u9", 100), ("c3", "u3", 200)]
+    event(store, "TRANSFERRED", "c2", "u5", 250)
+    ended = event(store, "ENDED", "c2", at=300)
+    assert ended == calls.Reply("ended", talked_s=90)                   # inbound: no charge; on_answer: no lead
+    assert event(store, "ENDED", "c2", at=301) == ended                 # a replay, even with another time
+    assert event(store, "ENDED", "c1", at=150).state == "ended"         # ended while ringing (missed)
+    with pytest.raises(calls.EventRefused, match="already ended") as late:
+        event(store, "ANSWERED", "c1", "u1", 160)
+    assert late.value.code == "FAILED_PRECONDITION"
+    for kind in ("ANSWERED", "TRANSFERRED", "ENDED"):
+        with pytest.raises(calls.EventRefused, match="report RINGING first") as unknown:
+            event(store, kind, "nope", "u1", 1)
+        assert unknown.value.code == "NOT_FOUND"
     assert store.ringing_calls("acme") == [("c3", "u3", 200)]
     assert store.ringing_calls("beta") == [("c1", "x", 50)]
     with raw(db) as conn:
         row = conn.execute("SELECT state, ringing_user, answered_by, last_user, ringing_at, answered_at, ended_at "
                            "FROM calls WHERE tenant = 'acme' AND call_id = 'c2'").fetchone()
-    assert row == ("ended", "u2", "u7", "u7", 200, 210, 300)
+        assert conn.execute("SELECT count(*) FROM call_events WHERE call_id = 'c2'").fetchone()[0] == 4
+        assert conn.execute("SELECT call_id, responsible FROM leads").fetchall() == [("c2", "u7")]
+    assert row == ("ended", "u2", "u7", "u5", 200, 210, 300)
+
+
+def test_outbound_call_is_charged_once_and_on_hangup_lead_names_the_last_talker(store: SQLiteStore) -> None:
+    store.credit("acme", 10_000_000, "credit", "opening", "USD")
+    # 0.0350 per minute in 1 s increments: 91 s cost 0.053083.. -> 0.05
+    event(store, "RINGING", "o1", "u1", 1000, direction="outbound", rate=35_000, increment=1, lead="on_hangup")
+    assert event(store, "ANSWERED", "o1", "u1", 1009, lead="on_hangup").create_lead is False
+    event(store, "TRANSFERRED", "o1", "u2", 1050, lead="on_hangup")
+    ended = event(store, "ENDED", "o1", at=1100, lead="on_hangup")
+    assert ended == calls.Reply("ended", True, "u2", 91, 50_000)
+    assert event(store, "ENDED", "o1", at=1100, lead="on_hangup") == ended
+    assert store.balance("acme") == store.ledger_sum("acme") == 9_950_000
+    assert [(e.kind, e.amount_micro, e.ref, e.balance_micro) for e in store.ledger("acme")] == [
+        ("call", -50_000, "o1", 9_950_000), ("credit", 10_000_000, "opening", 10_000_000)]
+    assert store.lead_count("acme", "o1") == 1
+
+
+def test_expired_calls(store: SQLiteStore) -> None:
+    event(store, "RINGING", "r1", "u1", 100)
+    event(store, "RINGING", "a1", "u1", 100)
+    event(store, "ANSWERED", "a1", "u1", 120)
+    event(store, "RINGING", "fresh", "u1", 900)
+    expired = store.expire_calls(ring_cutoff=500, talk_cutoff=110, now=1000)
+    assert [c.call_id for c in expired] == ["r1"]
+    assert [c.call_id for c in store.expire_calls(500, 500, 1001)] == ["a1"]
+    assert store.expire_calls(500, 500, 1002) == []                     # once
+    with pytest.raises(calls.EventRefused, match="expired"):
+        event(store, "ENDED", "a1", at=1003)
+    assert [c.call_id for c in store.calls("acme", ("expired",))] == ["a1", "r1"]   # by ringing time, id
+    assert [c.call_id for c in store.calls("acme", ("ringing", "answered"))] == ["fresh"]
 
 
 def test_answer_race_between_threads(store: SQLiteStore) -> None:
-    store.ring("acme", "c1", "u0", 1, "inbound", "+1", "+2")
+    event(store, "RINGING", "c1", "u0", 1)
     barrier = threading.Barrier(8)
     results: list[bool] = []
     conns: set[int] = set()
@@ -446,7 +502,11 @@ def test_answer_race_between_threads(store: SQLiteStore) -> None:
         with lock:
             conns.add(id(store._conn()))
         barrier.wait(timeout=30)    # all alive here, so the ids are of distinct live objects
-        won = store.answer("acme", "c1", user, 2)
+        try:
+            event(store, "ANSWERED", "c1", user, 2)
+            won = True
+        except calls.EventRefused:
+            won = False
         with lock:
             results.append(won)
 
@@ -467,12 +527,18 @@ def test_answer_race_between_threads(store: SQLiteStore) -> None:
     assert store.ringing_calls("acme") == []        # usable again after close: reopens
 
 
-def _answer_worker(db: str, worker: int, calls: int, inherited: SQLiteStore, barrier: Any, out: Any) -> None:
+def _answer_worker(db: str, worker: int, n: int, inherited: SQLiteStore, barrier: Any, out: Any) -> None:
     try:
         # worker 0 uses the store object inherited through fork(): it must open its own connection
         s = inherited if worker == 0 else SQLiteStore(db)
         barrier.wait(timeout=30)
-        won = [i for i in range(calls) if s.answer("acme", f"c{i}", f"u{worker}", 10)]
+        won = []
+        for i in range(n):
+            try:
+                event(s, "ANSWERED", f"c{i}", f"u{worker}", 10)
+                won.append(i)
+            except calls.EventRefused:
+                pass
         s.close()
         out.put((worker, won))
     except BaseException as exc:  # reported to the parent; the others must not wait for this one
@@ -481,16 +547,16 @@ def _answer_worker(db: str, worker: int, calls: int, inherited: SQLiteStore, bar
 
 
 def test_answer_race_between_processes(store: SQLiteStore, db: Path) -> None:
-    calls, workers = 30, 4
-    for i in range(calls):
-        store.ring("acme", f"c{i}", "u0", i, "inbound", "+1", "+2")
-    results = run_processes(_answer_worker, [(str(db), w, calls, store) for w in range(workers)])
+    n, workers = 30, 4
+    for i in range(n):
+        event(store, "RINGING", f"c{i}", "u0", i)
+    results = run_processes(_answer_worker, [(str(db), w, n, store) for w in range(workers)])
     winners: dict[int, list[int]] = {}
     for worker, won in results:
         assert isinstance(won, list), won
         for i in won:
             winners.setdefault(i, []).append(worker)
-    assert sorted(winners) == list(range(calls))
+    assert sorted(winners) == list(range(n))
     assert all(len(w) == 1 for w in winners.values()), winners
     # the parent's store (opened before the fork) still works
     assert store.ringing_calls("acme") == []
@@ -585,3 +651,26 @@ def test_patch_compiles_outside_the_write_lock_and_retries_on_a_new_version(stor
     with pytest.raises(VersionConflict):  # with expected_version, the race is the caller's to resolve
         store.patch_list("acme", "blacklist", ["+4004"], [], pushing_builder, 3)
     assert store.current_versions() == {"acme": 4}
+
+
+def test_migration_2_keeps_calls_and_ledger_of_a_version_1_file(db: Path) -> None:
+    """A store made by the first release (schema 1) opens with its calls and balances intact."""
+    db.parent.mkdir(parents=True)
+    with raw(db) as conn:
+        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+                     "applied_at INTEGER NOT NULL)")
+        for statement in server.store._split_sql(MIGRATIONS[0][2]):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (1, 'first', 0)")
+        conn.execute("INSERT INTO ledger (tenant, kind, amount_micro, ref, created_at) VALUES "
+                     "('acme', 'opening_credit', 10000000, 'seed', 1), ('acme', 'call', -20000, 'c0', 2)")
+        conn.execute("INSERT INTO calls (tenant, call_id, direction, caller, called, state, ringing_user, last_user, "
+                     "ringing_at) VALUES ('acme', 'c1', 'inbound', '+1', '+2', 'ringing', 'u1', 'u1', 5)")
+        conn.commit()
+    s = SQLiteStore(db)
+    try:
+        assert s.balance("acme") == s.ledger_sum("acme") == 9_980_000
+        assert s.ringing_calls("acme") == [("c1", "u1", 5)]
+        assert event(s, "ANSWERED", "c1", "u2", 6).state == "answered"
+    finally:
+        s.close()

@@ -1,0 +1,210 @@
+"""The operator's commands: `callgate billing ...`, `callgate documents ...`, `callgate calls ...` (over gRPC)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from engine.cli import CliError
+
+from .cli import _call, _stubs
+
+
+def _when(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if seconds else "-"
+
+
+# -- billing ----------------------------------------------------------------------
+
+def cmd_billing_balance(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    admin, _ = _stubs(args)
+    r = _call(args, lambda: admin.GetBalance(admin_pb2.BalanceRequest(tenant=args.tenant), timeout=args.timeout))
+    print(f"tenant {r.tenant!r}: balance {r.balance} {r.currency}")
+    if r.auto_topup:
+        print(f"auto top-up: {r.topup_amount} {r.currency} when the balance falls below {r.topup_threshold}")
+    else:
+        print("auto top-up: off")
+    for t in r.topups:
+        extra = f", last decline: {t.last_reason}" if t.last_reason else ""
+        retry = f", next attempt {_when(t.next_attempt_at)}" if t.status == "pending" and t.attempts else ""
+        print(f"  top-up #{t.id} {t.amount} {r.currency} {t.status} after {t.attempts} attempt(s) "
+              f"({t.trigger}, {_when(t.created_at)}{extra}{retry})")
+    return 0
+
+
+def cmd_billing_ledger(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    admin, _ = _stubs(args)
+    r = _call(args, lambda: admin.ListLedger(admin_pb2.LedgerRequest(tenant=args.tenant, limit=args.limit,
+                                                                      before_id=args.before or 0),
+                                             timeout=args.timeout))
+    print(f"{'id':>8}  {'when (UTC)':<20} {'kind':<7} {'amount':>12} {'balance':>12}  ref")
+    for e in r.entries:
+        print(f"{e.id:>8}  {_when(e.created_at):<20} {e.kind:<7} {e.amount:>12} {e.balance:>12}  {e.ref}")
+    if not r.entries:
+        print("(no entries)")
+    return 0
+
+
+def cmd_billing_topup(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    admin, _ = _stubs(args)
+    r = _call(args, lambda: admin.Credit(admin_pb2.CreditRequest(tenant=args.tenant, amount=args.amount,
+                                                                  reference=args.reference), timeout=args.timeout))
+    said = "credited" if r.recorded else "already credited before (same reference): nothing changed"
+    print(f"{args.amount} {r.currency} {said}; balance {r.balance} {r.currency}")
+    return 0
+
+
+def cmd_billing_card(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    month = year = 0
+    if args.set:
+        if not args.expires:
+            raise CliError("--set needs --expires MM/YYYY")
+        try:
+            m, _, y = args.expires.partition("/")
+            month, year = int(m), int(y)
+        except ValueError:
+            raise CliError(f"--expires {args.expires!r} is not MM/YYYY, e.g. 12/2028") from None
+    admin, _ = _stubs(args)
+    r = _call(args, lambda: admin.Card(admin_pb2.CardRequest(tenant=args.tenant, number=args.set or "",
+                                                             exp_month=month, exp_year=year), timeout=args.timeout))
+    if not r.on_file:
+        print(f"tenant {r.tenant!r}: no card on file (auto top-ups cannot be charged)")
+    else:
+        print(f"tenant {r.tenant!r}: {r.brand} ending {r.last4}, expires {r.exp_month:02d}/{r.exp_year}")
+    return 0
+
+
+# -- documents ----------------------------------------------------------------------
+
+def _print_set(s: Any) -> None:
+    reason = f" ({s.reason})" if s.reason else ""
+    decided = f", decided {_when(s.decided_at)} by {s.decided_by}" if s.decided_at else ""
+    print(f"set {s.id}: {s.tenant} {s.number} {s.status}{reason}; uploaded {_when(s.uploaded_at)}, "
+          f"review due {s.due_on}{decided}")
+    for f in s.files:
+        print(f"    {f.name}  {f.format} {f.width}x{f.height}  {f.size:,} bytes  sha256 {f.sha256[:16]}…")
+
+
+def cmd_documents_upload(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    files = []
+    for path in args.files:
+        try:
+            files.append(admin_pb2.DocumentUpload(name=path.name, content=path.read_bytes()))
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    admin, _ = _stubs(args)
+    r = _call(args, lambda: admin.UploadDocuments(admin_pb2.UploadDocumentsRequest(
+        tenant=args.tenant, number=args.number, files=files), timeout=args.timeout))
+    _print_set(r)
+    return 0
+
+
+def cmd_documents_list(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    admin, _ = _stubs(args)
+    r = _call(args, lambda: admin.ListDocuments(admin_pb2.ListDocumentsRequest(
+        tenant=args.tenant or "", number=args.number or "", status=args.status or "", limit=args.limit),
+        timeout=args.timeout))
+    for s in r.sets:
+        _print_set(s)
+    if not r.sets:
+        print("(no document sets)")
+    return 0
+
+
+def cmd_documents_review(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    approve = args.action == "approve"
+    admin, _ = _stubs(args)
+    r = _call(args, lambda: admin.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(
+        set_id=args.set_id, approve=approve, reason=getattr(args, "reason", "") or "",
+        reviewer=args.reviewer), timeout=args.timeout))
+    _print_set(r)
+    return 0
+
+
+# -- calls ----------------------------------------------------------------------------
+
+def cmd_calls_active(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    admin, _ = _stubs(args)
+    r = _call(args, lambda: admin.ListCalls(admin_pb2.ListCallsRequest(tenant=args.tenant, state=args.state or "",
+                                                                        limit=args.limit), timeout=args.timeout))
+    print(f"{'call id':<24} {'direction':<9} {'state':<8} {'from':<16} {'to':<16} {'user':<10} since (UTC)")
+    for c in r.calls:
+        user = c.last_user or c.ringing_user
+        print(f"{c.call_id[:24]:<24} {c.direction:<9} {c.state:<8} {c.caller[:16]:<16} {c.called[:16]:<16} "
+              f"{user[:10]:<10} {_when(c.ringing_at)}")
+    if not r.calls:
+        print("(no calls)")
+    return 0
+
+
+def add_operator_commands(sub: Any) -> None:
+    billing = sub.add_parser("billing", help="balances, ledger, operator credits and the card on file")
+    bsub = billing.add_subparsers(dest="action", required=True, metavar="ACTION")
+    bal = bsub.add_parser("balance", help="a tenant's balance, auto top-up rule and recent top-ups")
+    bal.add_argument("tenant")
+    bal.set_defaults(run=cmd_billing_balance)
+    led = bsub.add_parser("ledger", help="a tenant's ledger entries, newest first")
+    led.add_argument("tenant")
+    led.add_argument("--limit", type=int, default=50)
+    led.add_argument("--before", type=int, metavar="ID", help="entries older than this id (paging)")
+    led.set_defaults(run=cmd_billing_ledger)
+    top = bsub.add_parser("topup", help="credit a payment received (idempotent on --reference)")
+    top.add_argument("tenant")
+    top.add_argument("amount", help="e.g. 20.00, in the tenant's currency")
+    top.add_argument("--reference", required=True, help="the payment's id: the same reference is credited once")
+    top.set_defaults(run=cmd_billing_topup)
+    card = bsub.add_parser("card", help="show the card auto top-ups charge, or --set a new one")
+    card.add_argument("tenant")
+    card.add_argument("--set", metavar="NUMBER", help="card number (the sandbox gateway tokenizes it; "
+                                                      "4000000000000002 always declines)")
+    card.add_argument("--expires", metavar="MM/YYYY")
+    card.set_defaults(run=cmd_billing_card)
+
+    docs = sub.add_parser("documents", help="upload, list, approve and reject a number's legal documents")
+    dsub = docs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = dsub.add_parser("upload", help="upload document images (PNG, JPEG, WEBP, TIFF; each side <= 2000 px) "
+                                        "for one of the tenant's numbers")
+    up.add_argument("number", help="E.164")
+    up.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    up.add_argument("--tenant", required=True)
+    up.set_defaults(run=cmd_documents_upload)
+    ls = dsub.add_parser("list", help="document sets, newest first")
+    ls.add_argument("--tenant")
+    ls.add_argument("--number")
+    ls.add_argument("--status", choices=("pending", "approved", "rejected"))
+    ls.add_argument("--limit", type=int, default=100)
+    ls.set_defaults(run=cmd_documents_list)
+    for action, text in (("approve", "approve a set: its number may be used at once"),
+                         ("reject", "reject a set with a reason: its number stays unusable")):
+        p = dsub.add_parser(action, help=text)
+        p.add_argument("set_id", type=int, metavar="SET_ID")
+        if action == "reject":
+            p.add_argument("--reason", required=True, help="what the tenant must fix")
+        p.add_argument("--reviewer", default="operator", help="who decided (kept with the set)")
+        p.set_defaults(run=cmd_documents_review)
+
+    calls = sub.add_parser("calls", help="the call registry")
+    csub = calls.add_subparsers(dest="action", required=True, metavar="ACTION")
+    act = csub.add_parser("active", help="a tenant's calls ringing or answered (or --state)")
+    act.add_argument("tenant")
+    act.add_argument("--state", choices=("ringing", "answered", "ended", "expired"))
+    act.add_argument("--limit", type=int, default=100)
+    act.set_defaults(run=cmd_calls_active)

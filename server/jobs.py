@@ -1,0 +1,151 @@
+"""Background work every worker does beside answering calls: auto top-ups, rental renewals, call expiry.
+
+Every worker runs these from its watcher loop; the store makes them safe to
+run everywhere at once (a top-up is claimed by one worker, a renewal is a
+ledger entry unique on number and date, an expiry is one UPDATE), so there is
+no leader to elect and nothing stops when a worker dies.
+
+Dates are UTC: a rental renews at 00:00 UTC of its date.  Renewals are charged
+from the day the rental is first seen in force (a `renews_on` already past when
+the number was added is not charged back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+
+from engine._core import CoreSnapshot
+
+from . import billing
+from .store_api import Store, TopupPolicy
+
+log = logging.getLogger("callgate.jobs")
+
+MAX_TOPUP_ATTEMPTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    topup_retry_s: float = 30.0      # first retry of a declined top-up; doubles each time
+    topup_retry_cap_s: float = 3600.0
+    topup_stale_s: int = 60          # a claim older than this belongs to a dead worker: take it over
+    ring_timeout_s: int = 600        # a call ringing this long without an answer is expired
+    call_max_s: int = 86_400         # an answered call this long without an end is expired
+    expire_every_s: float = 5.0
+    rentals_every_s: float = 60.0
+
+
+def rentals_of(snap: CoreSnapshot) -> list[billing.Rental]:
+    return [billing.Rental(number, billing.to_micro(fee), dt.date.fromisoformat(day))
+            for number, fee, day in snap.meta.get("rentals", [])]
+
+
+def topup_policy(snap: CoreSnapshot, today: dt.date) -> TopupPolicy | None:
+    """Rule 7 for the tenant now: None when auto top-up is off."""
+    auto = snap.meta.get("auto_topup") or {}
+    if not auto.get("enabled") or not auto.get("amount"):
+        return None
+    return TopupPolicy(billing.to_micro(auto["amount"]), billing.topup_threshold(rentals_of(snap), today),
+                       snap.meta["currency"])
+
+
+class Jobs:
+    def __init__(self, store: Store, snapshots: dict[str, CoreSnapshot], gateway: billing.PaymentGateway,
+                 options: JobOptions) -> None:
+        self.store, self.snapshots, self.gateway, self.options = store, snapshots, gateway, options
+        self._next_expire = 0.0
+        self._next_rentals = 0.0
+        self._rental_versions: dict[str, int] = {}
+
+    async def tick(self) -> None:
+        """One round: due top-ups now; expiry and renewals when their interval has passed."""
+        await self.topups()
+        now = time.monotonic()
+        if now >= self._next_expire:
+            self._next_expire = now + self.options.expire_every_s
+            await asyncio.to_thread(self.expire)
+        versions = {tenant: snap.version for tenant, snap in self.snapshots.items()}
+        if now >= self._next_rentals or versions != self._rental_versions:  # new settings may add rentals
+            self._next_rentals = now + self.options.rentals_every_s
+            self._rental_versions = versions
+            await asyncio.to_thread(self.rentals, dt.datetime.now(dt.UTC).date())
+
+    # -- top-ups -----------------------------------------------------------------
+
+    async def topups(self, limit: int = 10) -> int:
+        done = 0
+        while done < limit:
+            if not await asyncio.to_thread(self.charge_one):
+                break
+            done += 1
+        return done
+
+    def charge_one(self) -> bool:
+        """Claim one due top-up and charge it; False when none is due."""
+        o = self.options
+        now = int(time.time())
+        claimed = self.store.claim_topup(now, o.topup_stale_s)
+        if claimed is None:
+            return False
+        topup, card = claimed
+        if card is None:
+            ok, ref, reason = False, "", "no card on file: add one with `callgate billing card`"
+        else:
+            result = self.gateway.charge(key=f"topup-{topup.id}-{topup.attempts}", tenant=topup.tenant,
+                                         card=billing.Card(card.token, card.brand, card.last4),
+                                         amount_micro=topup.amount_micro, currency=topup.currency)
+            ok, ref, reason = result.ok, result.reference, result.decline_reason
+        retry_at = None
+        if not ok and topup.attempts < MAX_TOPUP_ATTEMPTS:
+            retry_at = now + max(1, round(billing.retry_delay_s(topup.attempts, o.topup_retry_s,
+                                                                o.topup_retry_cap_s)))
+        self.store.finish_topup(topup.id, topup.attempts, ok, ref, reason, retry_at)
+        fields = {"event": "topup", "tenant": topup.tenant, "topup": topup.id, "attempt": topup.attempts,
+                  "amount": billing.format_amount(topup.amount_micro), "currency": topup.currency, "gateway_ref": ref}
+        if ok:
+            log.info("auto top-up charged", extra=fields)
+        elif retry_at is not None:
+            log.warning("auto top-up declined, will retry", extra={**fields, "reason": reason,
+                                                                   "retry_in_s": retry_at - now})
+        else:
+            log.error("auto top-up failed for good", extra={**fields, "reason": reason})
+        return True
+
+    # -- rentals -------------------------------------------------------------------
+
+    def rentals(self, today: dt.date) -> int:
+        """Charge every rental renewal due up to today (idempotent: one ledger entry per number and date)."""
+        charged = 0
+        for tenant, snap in list(self.snapshots.items()):
+            rentals = rentals_of(snap)
+            if not rentals:
+                continue
+            since = self.store.rentals_since(tenant, [r.number for r in rentals], today.isoformat())
+            policy = topup_policy(snap, today)
+            for rental in rentals:
+                start = dt.date.fromisoformat(since.get(rental.number, today.isoformat()))
+                for number, day, fee in billing.due_renewals([rental], start, today):
+                    if fee and self.store.credit(tenant, -fee, "rental", f"{number}:{day.isoformat()}",
+                                                 snap.meta["currency"], policy):
+                        charged += 1
+                        log.info("rental renewed", extra={
+                            "event": "rental", "tenant": tenant, "number": number, "date": day.isoformat(),
+                            "amount": billing.format_amount(fee)})
+        return charged
+
+    # -- expiry --------------------------------------------------------------------
+
+    def expire(self) -> int:
+        o = self.options
+        now = int(time.time())
+        expired = self.store.expire_calls(now - o.ring_timeout_s, now - o.call_max_s, now)
+        for c in expired:
+            log.warning("call expired: no end came in time (not charged; check the proxy's events)",
+                        extra={"event": "call_expired", "tenant": c.tenant, "call_id": c.call_id,
+                               "state_before": "answered" if c.answered_at else "ringing",
+                               "direction": c.direction, "ringing_at": c.ringing_at, "answered_at": c.answered_at})
+        return len(expired)

@@ -1,0 +1,305 @@
+"""The SQLite store's stateful half: calls and leads, ledger and balances, top-ups and cards, documents.
+
+A mixin of `server.store.SQLiteStore` (it uses the store's `_transaction`,
+`_read` and `_busy`); the methods are the `Store` protocol's (server/store_api.py).
+
+Invariants kept here, each inside one write transaction:
+- `accounts.balance_micro` is the sum of the tenant's ledger: every ledger
+  insert updates it in the same transaction, and a ledger entry is unique on
+  (tenant, kind, ref), so a retried charge changes nothing.
+- A call's record, the event that changed it (with its reply), its charge and
+  its CRM lead are written together; a replayed event finds its key and gets
+  the recorded reply.
+- At most one open top-up per tenant (a partial unique index), opened only by
+  the debit that crosses the threshold.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .calls import Call, Event, EventRefused, Outcome, Reply, check_replay
+from .store_api import CardRecord, DocumentFile, DocumentSet, LedgerEntry, NotFound, Topup, TopupPolicy
+from .store_checks import _check_int, _check_str
+
+CALL_COLUMNS = ("tenant, call_id, direction, caller, called, state, ringing_user, ringing_at, answered_by, "
+                "last_user, answered_at, ended_at, line, rate_micro, increment_s, talked_s, charge_micro")
+TOPUP_COLUMNS = ("id, tenant, amount_micro, currency, status, attempts, next_attempt_at, last_reason, gateway_ref, "
+                 "trigger, created_at")
+LEDGER_KINDS = ("call", "rental", "topup", "credit")
+
+
+def _call(row: Any) -> Call:
+    return Call(*row)
+
+
+def _topup(row: Any) -> Topup:
+    return Topup(*row)
+
+
+class AccountsMixin:
+    """Calls, money and documents for SQLiteStore (see the module docstring)."""
+
+    # provided by SQLiteStore
+    _transaction: Callable[[bool], AbstractContextManager[sqlite3.Connection]]
+    _read: Callable[[str, tuple[Any, ...]], list[Any]]
+
+    # -- calls -----------------------------------------------------------------
+
+    def call_event(self, tenant: str, call_id: str, event: Event, rules: Callable[[Call | None], Outcome],
+                   topup: TopupPolicy | None, currency: str) -> Reply:
+        _check_str("tenant", tenant)
+        _check_str("call_id", call_id)
+        with self._transaction(True) as conn:
+            row = conn.execute("SELECT user, reply FROM call_events WHERE tenant = ? AND call_id = ? AND key = ?",
+                               (tenant, call_id, event.key)).fetchone()
+            if row is not None:
+                check_replay(event, row[0], call_id)
+                return Reply.from_json(row[1])
+            found = conn.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE tenant = ? AND call_id = ?",
+                                 (tenant, call_id)).fetchone()
+            outcome = rules(_call(found) if found else None)
+            c = outcome.call
+            conn.execute(f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+                         (c.tenant, c.call_id, c.direction, c.caller, c.called, c.state, c.ringing_user,
+                          c.ringing_at, c.answered_by, c.last_user, c.answered_at, c.ended_at, c.line,
+                          c.rate_micro, c.increment_s, c.talked_s, c.charge_micro))
+            now = int(time.time())
+            conn.execute("INSERT INTO call_events (tenant, call_id, key, kind, user, at, reply, recorded_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (tenant, call_id, event.key, event.kind, event.user, event.at, outcome.reply.to_json(), now))
+            if outcome.charge_micro:
+                self._ledger(conn, tenant, "call", -outcome.charge_micro, call_id, currency, topup, now)
+            if outcome.reply.create_lead:
+                conn.execute("INSERT OR IGNORE INTO leads (tenant, call_id, responsible, trigger, created_at) "
+                             "VALUES (?, ?, ?, ?, ?)",
+                             (tenant, call_id, outcome.reply.lead_responsible, event.kind, now))
+            return outcome.reply
+
+    def ringing_calls(self, tenant: str) -> list[tuple[str, str, int]]:
+        _check_str("tenant", tenant)
+        rows = self._read("SELECT call_id, ringing_user, ringing_at FROM calls WHERE tenant = ? AND state = 'ringing' "
+                          "ORDER BY ringing_at, call_id", (tenant,))
+        return [(call_id, user, int(at)) for call_id, user, at in rows]
+
+    def calls(self, tenant: str, states: tuple[str, ...], limit: int = 100) -> list[Call]:
+        _check_str("tenant", tenant)
+        _check_int("limit", limit, minimum=1)
+        marks = ", ".join("?" * len(states))
+        rows = self._read(f"SELECT {CALL_COLUMNS} FROM calls WHERE tenant = ? AND state IN ({marks}) "
+                          "ORDER BY ringing_at, call_id LIMIT ?", (tenant, *states, limit))
+        return [_call(r) for r in rows]
+
+    def expire_calls(self, ring_cutoff: int, talk_cutoff: int, now: int) -> list[Call]:
+        with self._transaction(True) as conn:
+            rows = conn.execute(
+                f"UPDATE calls SET state = 'expired', ended_at = ? "
+                "WHERE (state = 'ringing' AND ringing_at < ?) OR (state = 'answered' AND answered_at < ?) "
+                f"RETURNING {CALL_COLUMNS}", (now, ring_cutoff, talk_cutoff)).fetchall()
+        return [_call(r) for r in rows]
+
+    def lead_count(self, tenant: str, call_id: str) -> int:
+        rows = self._read("SELECT count(*) FROM leads WHERE tenant = ? AND call_id = ?", (tenant, call_id))
+        return int(rows[0][0])
+
+    # -- money -----------------------------------------------------------------
+
+    def _ledger(self, conn: sqlite3.Connection, tenant: str, kind: str, amount: int, ref: str, currency: str,
+                topup: TopupPolicy | None, now: int) -> bool:
+        """One ledger entry and the balance that follows it; opens a top-up on a crossing."""
+        row = conn.execute("SELECT balance_micro FROM accounts WHERE tenant = ?", (tenant,)).fetchone()
+        before = int(row[0]) if row else 0
+        after = before + amount
+        cursor = conn.execute("INSERT OR IGNORE INTO ledger (tenant, kind, amount_micro, ref, created_at, currency, "
+                              "balance_micro) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              (tenant, kind, amount, ref, now, currency, after))
+        if cursor.rowcount != 1:
+            return False  # this (kind, ref) was entered before: a retry changes nothing
+        conn.execute("INSERT INTO accounts (tenant, balance_micro) VALUES (?, ?) "
+                     "ON CONFLICT (tenant) DO UPDATE SET balance_micro = excluded.balance_micro", (tenant, after))
+        if topup is not None and amount < 0 and before >= topup.threshold_micro > after:
+            # once per crossing: the partial unique index refuses a second open top-up for the tenant
+            conn.execute("INSERT OR IGNORE INTO topups (tenant, amount_micro, currency, status, next_attempt_at, "
+                         "trigger, created_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                         (tenant, topup.amount_micro, topup.currency, now, f"{kind}:{ref}", now))
+        return True
+
+    def balance(self, tenant: str) -> int:
+        _check_str("tenant", tenant)
+        rows = self._read("SELECT balance_micro FROM accounts WHERE tenant = ?", (tenant,))
+        return int(rows[0][0]) if rows else 0
+
+    def ledger_sum(self, tenant: str) -> int:
+        _check_str("tenant", tenant)
+        rows = self._read("SELECT COALESCE(SUM(amount_micro), 0) FROM ledger WHERE tenant = ?", (tenant,))
+        return int(rows[0][0])
+
+    def credit(self, tenant: str, amount_micro: int, kind: str, ref: str, currency: str = "",
+               topup: TopupPolicy | None = None) -> bool:
+        _check_str("tenant", tenant)
+        _check_int("amount_micro", amount_micro)
+        _check_str("kind", kind)
+        _check_str("ref", ref)
+        if kind not in LEDGER_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(LEDGER_KINDS)}, not {kind!r}")
+        with self._transaction(True) as conn:
+            return self._ledger(conn, tenant, kind, amount_micro, ref, currency, topup, int(time.time()))
+
+    def ledger(self, tenant: str, limit: int = 50, before_id: int = 0) -> list[LedgerEntry]:
+        _check_str("tenant", tenant)
+        _check_int("limit", limit, minimum=1)
+        _check_int("before_id", before_id, minimum=0)
+        rows = self._read("SELECT id, tenant, kind, amount_micro, ref, currency, created_at, "
+                          "COALESCE(balance_micro, 0) FROM ledger WHERE tenant = ? AND (? = 0 OR id < ?) "
+                          "ORDER BY id DESC LIMIT ?", (tenant, before_id, before_id, limit))
+        return [LedgerEntry(*r) for r in rows]
+
+    def claim_topup(self, now: int, stale_s: int) -> tuple[Topup, CardRecord | None] | None:
+        with self._transaction(True) as conn:
+            row = conn.execute(
+                f"SELECT {TOPUP_COLUMNS} FROM topups WHERE (status = 'pending' AND next_attempt_at <= ?) "
+                "OR (status = 'charging' AND claimed_at < ?) ORDER BY next_attempt_at, id LIMIT 1",
+                (now, now - stale_s)).fetchone()
+            if row is None:
+                return None
+            t = _topup(row)
+            # A stale claim keeps its attempt number, so the gateway sees the same idempotency key
+            # and answers with what it did then instead of charging again.
+            attempts = t.attempts + 1 if t.status == "pending" else t.attempts
+            conn.execute("UPDATE topups SET status = 'charging', claimed_at = ?, attempts = ? WHERE id = ?",
+                         (now, attempts, t.id))
+            card = conn.execute("SELECT tenant, token, brand, last4, exp_month, exp_year FROM cards "
+                                "WHERE tenant = ?", (t.tenant,)).fetchone()
+        t = Topup(t.id, t.tenant, t.amount_micro, t.currency, "charging", attempts, t.next_attempt_at,
+                  t.last_reason, t.gateway_ref, t.trigger, t.created_at)
+        return t, (CardRecord(*card) if card else None)
+
+    def finish_topup(self, topup_id: int, attempt: int, ok: bool, gateway_ref: str, reason: str,
+                     retry_at: int | None) -> None:
+        now = int(time.time())
+        with self._transaction(True) as conn:
+            row = conn.execute("SELECT tenant, amount_micro, currency, status, attempts FROM topups WHERE id = ?",
+                               (topup_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no top-up {topup_id}")
+            tenant, amount, currency, status, attempts = row
+            if status != "charging" or attempts != attempt:
+                return  # another worker took it over (a stale claim) and answers for it
+            if ok:
+                conn.execute("UPDATE topups SET status = 'charged', gateway_ref = ?, last_reason = '' WHERE id = ?",
+                             (gateway_ref, topup_id))
+                self._ledger(conn, tenant, "topup", amount, str(topup_id), currency, None, now)
+            elif retry_at is None:
+                conn.execute("UPDATE topups SET status = 'failed', gateway_ref = ?, last_reason = ? WHERE id = ?",
+                             (gateway_ref, reason, topup_id))
+            else:
+                conn.execute("UPDATE topups SET status = 'pending', gateway_ref = ?, last_reason = ?, "
+                             "next_attempt_at = ? WHERE id = ?", (gateway_ref, reason, retry_at, topup_id))
+
+    def topups(self, tenant: str, limit: int = 20) -> list[Topup]:
+        _check_str("tenant", tenant)
+        rows = self._read(f"SELECT {TOPUP_COLUMNS} FROM topups WHERE tenant = ? ORDER BY id DESC LIMIT ?",
+                          (tenant, limit))
+        return [_topup(r) for r in rows]
+
+    def set_card(self, card: CardRecord) -> None:
+        _check_str("tenant", card.tenant)
+        with self._transaction(True) as conn:
+            conn.execute("INSERT OR REPLACE INTO cards (tenant, token, brand, last4, exp_month, exp_year, updated_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (card.tenant, card.token, card.brand, card.last4,
+                                                          card.exp_month, card.exp_year, int(time.time())))
+
+    def card(self, tenant: str) -> CardRecord | None:
+        _check_str("tenant", tenant)
+        rows = self._read("SELECT tenant, token, brand, last4, exp_month, exp_year FROM cards WHERE tenant = ?",
+                          (tenant,))
+        return CardRecord(*rows[0]) if rows else None
+
+    def sandbox_charge(self, key: str, tenant: str, card_token: str, amount_micro: int, currency: str,
+                       ok: bool, reason: str) -> tuple[bool, str, str]:
+        _check_str("key", key)
+        with self._transaction(True) as conn:
+            row = conn.execute("SELECT ok, reference, reason FROM sandbox_charges WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                n = conn.execute("SELECT count(*) FROM sandbox_charges").fetchone()[0]
+                reference = f"sbx_{n + 1:08d}"
+                conn.execute("INSERT INTO sandbox_charges (key, tenant, card_token, amount_micro, currency, ok, "
+                             "reference, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (key, tenant, card_token, amount_micro, currency, int(ok), reference, reason,
+                              int(time.time())))
+                return ok, reference, reason
+        return bool(row[0]), row[1], row[2]
+
+    def rentals_since(self, tenant: str, numbers: list[str], today: str) -> dict[str, str]:
+        _check_str("tenant", tenant)
+        with self._transaction(True) as conn:
+            conn.executemany("INSERT OR IGNORE INTO rentals_seen (tenant, number, since) VALUES (?, ?, ?)",
+                             [(tenant, n, today) for n in numbers])
+            rows = conn.execute("SELECT number, since FROM rentals_seen WHERE tenant = ?", (tenant,)).fetchall()
+        wanted = set(numbers)
+        return {n: s for n, s in rows if n in wanted}
+
+    # -- documents ---------------------------------------------------------------
+
+    def _document_sets(self, where: str, args: tuple[Any, ...], limit: int) -> list[DocumentSet]:
+        rows = self._read("SELECT id, tenant, number, status, reason, uploaded_at, due_on, decided_at, decided_by "
+                          f"FROM document_sets WHERE {where} ORDER BY id DESC LIMIT ?", (*args, limit))
+        out = []
+        for r in rows:
+            files = self._read("SELECT sha256, name, format, width, height, size FROM document_files "
+                               "WHERE set_id = ? ORDER BY seq", (r[0],))
+            set_id, tenant, number, status, reason, uploaded_at, due_on, decided_at, decided_by = r
+            out.append(DocumentSet(set_id, tenant, number, status, reason, uploaded_at, due_on, decided_at, decided_by,
+                                   tuple(DocumentFile(*f) for f in files)))
+        return out
+
+    def add_document_set(self, tenant: str, number: str, files: list[DocumentFile], uploaded_at: int,
+                         due_on: str) -> DocumentSet:
+        _check_str("tenant", tenant)
+        _check_str("number", number)
+        if not files:
+            raise ValueError("a document set needs at least one file")
+        with self._transaction(True) as conn:
+            set_id = conn.execute("INSERT INTO document_sets (tenant, number, status, uploaded_at, due_on) "
+                                  "VALUES (?, ?, 'pending', ?, ?)", (tenant, number, uploaded_at, due_on)).lastrowid
+            conn.executemany("INSERT INTO document_files (set_id, seq, sha256, name, format, width, height, size) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             [(set_id, i, f.sha256, f.name, f.format, f.width, f.height, f.size)
+                              for i, f in enumerate(files)])
+            self._bump_documents(conn, tenant)
+        return self._document_sets("id = ?", (set_id,), 1)[0]
+
+    @staticmethod
+    def _bump_documents(conn: sqlite3.Connection, tenant: str) -> None:
+        conn.execute("INSERT INTO accounts (tenant, documents) VALUES (?, 1) "
+                     "ON CONFLICT (tenant) DO UPDATE SET documents = documents + 1", (tenant,))
+
+    def review_document_set(self, set_id: int, approve: bool, reason: str, by: str, at: int) -> DocumentSet:
+        _check_int("set_id", set_id, minimum=1)
+        with self._transaction(True) as conn:
+            row = conn.execute("SELECT tenant FROM document_sets WHERE id = ?", (set_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no document set {set_id}")
+            conn.execute("UPDATE document_sets SET status = ?, reason = ?, decided_at = ?, decided_by = ? "
+                         "WHERE id = ?", ("approved" if approve else "rejected", reason, at, by, set_id))
+            self._bump_documents(conn, row[0])
+        return self._document_sets("id = ?", (set_id,), 1)[0]
+
+    def document_sets(self, tenant: str, number: str = "", status: str = "", limit: int = 100
+                      ) -> list[DocumentSet]:
+        _check_int("limit", limit, minimum=1)
+        return self._document_sets("(? = '' OR tenant = ?) AND (? = '' OR number = ?) AND (? = '' OR status = ?)",
+                                   (tenant, tenant, number, number, status, status), limit)
+
+    def approved_numbers(self, tenant: str) -> list[str]:
+        _check_str("tenant", tenant)
+        rows = self._read("SELECT DISTINCT number FROM document_sets WHERE tenant = ? AND status = 'approved' "
+                          "ORDER BY number", (tenant,))
+        return [r[0] for r in rows]
+
+
+__all__ = ["AccountsMixin", "EventRefused"]
