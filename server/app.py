@@ -108,9 +108,9 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 
     from . import metrics
-    from .billing import SandboxGateway
+    from .billing import PaymentGateway, SandboxGateway
     from .documents import BlobStore
-    from .jobs import Jobs
+    from .jobs import Jobs, SlowGateway
     from .service import AdminServicer, Compiler, DecisionsServicer, State
     from .store import SQLiteStore
 
@@ -127,7 +127,10 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(
         state, max_document=limit, upload_rate=opts.upload_mb_per_s * 1024 * 1024,
         blobs=BlobStore(opts.data_dir / "documents"), max_upload=opts.max_upload_mb * 1024 * 1024), server)
-    background = Jobs(store, state.engine._snapshots, SandboxGateway(store), opts.jobs)
+    gateway: PaymentGateway = SandboxGateway(store)
+    if opts.jobs.gateway_latency_s:
+        gateway = SlowGateway(gateway, opts.jobs.gateway_latency_s)
+    background = Jobs(store, state.engine._snapshots, gateway, opts.jobs)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (decisions_pb2.DESCRIPTOR.services_by_name["Decisions"].full_name,
@@ -337,6 +340,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topup-retry-s", type=float, default=30.0, metavar="SECONDS",
                         help="first retry of a declined auto top-up; doubles each time up to an hour, "
                              f"{MAX_TOPUP_ATTEMPTS} attempts (default 30)")
+    parser.add_argument("--topup-stale-s", type=int, default=60, metavar="SECONDS",
+                        help="a top-up claimed this long ago by a worker that died is taken over; the gateway's "
+                             "idempotency key makes sure it is not charged twice (default 60)")
+    parser.add_argument("--sandbox-latency-ms", type=int, default=0, metavar="MS",
+                        help="the sandbox payment gateway answers after this long, as a real one does "
+                             "(default 0)")
     parser.add_argument("--ring-timeout-s", type=int, default=600, metavar="SECONDS",
                         help="expire a call ringing this long without an answer or an end (default 600)")
     parser.add_argument("--call-max-s", type=int, default=86_400, metavar="SECONDS",
@@ -355,8 +364,10 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ValueError("--max-upload-mb must be 1..1024")
     if not 0 < args.topup_retry_s <= 86_400:
         raise ValueError("--topup-retry-s must be in (0, 86400]")
-    if args.ring_timeout_s < 1 or args.call_max_s < 1:
-        raise ValueError("--ring-timeout-s and --call-max-s must be at least 1 second")
+    if args.ring_timeout_s < 1 or args.call_max_s < 1 or args.topup_stale_s < 1:
+        raise ValueError("--ring-timeout-s, --call-max-s and --topup-stale-s must be at least 1 second")
+    if not 0 <= args.sandbox_latency_ms <= 60_000:
+        raise ValueError("--sandbox-latency-ms must be 0..60000")
     if args.upload_mb_per_s < 0:
         raise ValueError("--upload-mb-per-s must be >= 0 (0: no limit)")
     _split(args.listen)
@@ -376,7 +387,9 @@ def options_from(args: argparse.Namespace) -> Options:
                    seed=args.seed, seed_credit=args.seed_credit, poll=args.poll, grace=args.grace,
                    max_message_mb=args.max_message_mb, max_upload_mb=args.max_upload_mb,
                    upload_mb_per_s=args.upload_mb_per_s,
-                   jobs=JobOptions(topup_retry_s=args.topup_retry_s, ring_timeout_s=args.ring_timeout_s,
+                   jobs=JobOptions(topup_retry_s=args.topup_retry_s, topup_stale_s=args.topup_stale_s,
+                                   gateway_latency_s=args.sandbox_latency_ms / 1000,
+                                   ring_timeout_s=args.ring_timeout_s,
                                    call_max_s=args.call_max_s,
                                    expire_every_s=min(5.0, args.ring_timeout_s / 2)),
                    log_format=args.log_format)

@@ -33,6 +33,7 @@ class JobOptions:
     topup_retry_s: float = 30.0      # first retry of a declined top-up; doubles each time
     topup_retry_cap_s: float = 3600.0
     topup_stale_s: int = 60          # a claim older than this belongs to a dead worker: take it over
+    gateway_latency_s: float = 0.0   # the sandbox gateway's answer time
     ring_timeout_s: int = 600        # a call ringing this long without an answer is expired
     call_max_s: int = 86_400         # an answered call this long without an end is expired
     expire_every_s: float = 5.0
@@ -51,6 +52,22 @@ def topup_policy(snap: CoreSnapshot, today: dt.date) -> TopupPolicy | None:
         return None
     return TopupPolicy(billing.to_micro(auto["amount"]), billing.topup_threshold(rentals_of(snap), today),
                        snap.meta["currency"])
+
+
+class SlowGateway:
+    """A gateway that answers after `seconds`, half before charging and half after: real card networks take
+    a second or two, and the half after is the dangerous window (charged, not yet credited) that a crash
+    test must be able to hit."""
+
+    def __init__(self, gateway: billing.PaymentGateway, seconds: float) -> None:
+        self.gateway, self.seconds = gateway, seconds
+
+    def charge(self, *, key: str, tenant: str, card: billing.Card, amount_micro: int,
+               currency: str) -> billing.ChargeResult:
+        time.sleep(self.seconds / 2)
+        result = self.gateway.charge(key=key, tenant=tenant, card=card, amount_micro=amount_micro, currency=currency)
+        time.sleep(self.seconds / 2)
+        return result
 
 
 class Jobs:

@@ -25,6 +25,7 @@ class Server:
 
     def __init__(self, data_dir: Path, *args: str, seed: Path | None = EXAMPLE, listen: str = "127.0.0.1:0",
                  workers: int = 1, wait: bool = True, metrics: str = "") -> None:
+        self.data_dir = data_dir
         cmd = [sys.executable, "-m", "callgate", "serve", "--listen", listen, "--data-dir", str(data_dir),
                "--metrics", metrics, "--workers", str(workers), "--poll", "0.1", *args]
         if seed is not None:
