@@ -106,3 +106,44 @@ def test_blacklist_add_remove_import(server, capsys, tmp_path):
 def test_stats_lists_tenants(server, capsys):
     code, out, _ = run(server, capsys, "stats")
     assert code == 0 and "acme" in out and "worker pid" in out
+
+
+def test_operator_commands(server, capsys, tmp_path):
+    from PIL import Image
+
+    code, out, _ = run(server, capsys, "billing", "balance", "acme")
+    assert code == 0 and "balance 10.00 USD" in out and "auto top-up: 20.00 USD when the balance falls below" in out
+    code, out, _ = run(server, capsys, "billing", "topup", "acme", "5.50", "--reference", "wire-77")
+    assert code == 0 and "balance 15.50 USD" in out
+    code, out, _ = run(server, capsys, "billing", "topup", "acme", "5.50", "--reference", "wire-77")
+    assert code == 0 and "already credited before" in out and "balance 15.50 USD" in out
+    code, out, _ = run(server, capsys, "billing", "ledger", "acme")
+    assert code == 0 and "credit" in out and "wire-77" in out and "15.50" in out
+    code, out, _ = run(server, capsys, "billing", "card", "acme")
+    assert code == 0 and "no card on file" in out
+    code, out, _ = run(server, capsys, "billing", "card", "acme", "--set", "4242 4242 4242 4242", "--expires",
+                       "12/2030")
+    assert code == 0 and "visa ending 4242, expires 12/2030" in out
+
+    scan = tmp_path / "id-card.png"
+    Image.new("L", (800, 500), "white").save(scan)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    code, _, err = run(server, capsys, "documents", "upload", "+14155550100", str(text), "--tenant", "acme")
+    assert code == 2 and err.startswith("callgate: error: INVALID_ARGUMENT: notes.png: not an image")
+    code, out, _ = run(server, capsys, "documents", "upload", "+14155550100", str(scan), "--tenant", "acme")
+    assert code == 0 and "pending" in out and "id-card.png  PNG 800x500" in out
+    set_id = out.split()[1].rstrip(":")
+    code, out, _ = run(server, capsys, "documents", "list", "--status", "pending")
+    assert code == 0 and f"set {set_id}: acme +14155550100 pending" in out
+    code, out, _ = run(server, capsys, "documents", "reject", set_id, "--reason", "too dark")
+    assert code == 0 and "rejected (too dark)" in out
+    code, out, _ = run(server, capsys, "documents", "approve", set_id, "--reviewer", "ops-2")
+    assert code == 0 and "approved" in out and "by ops-2" in out
+
+    code, out, _ = run(server, capsys, "calls", "active", "acme")
+    assert code == 0 and "(no calls)" in out
+    code, _, err = run(server, capsys, "billing", "topup", "acme", "-3", "--reference", "x")
+    assert code == 2 and "more than 0" in err
+    code, _, err = run(server, capsys, "billing", "card", "acme", "--set", "4242", "--expires", "12/2030")
+    assert code == 2 and err.startswith("callgate: error: INVALID_ARGUMENT:")
