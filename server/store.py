@@ -32,12 +32,12 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from server.store_accounts import AccountsMixin
 from server.store_api import (
@@ -51,6 +51,9 @@ from server.store_api import (
     VersionRecord,
 )
 from server.store_checks import _check_bytes, _check_int, _check_numbers, _check_str
+from server.store_group import GroupCommitter
+
+T = TypeVar("T")
 
 __all__ = [
     "KEEP_SNAPSHOTS",
@@ -433,6 +436,8 @@ class SQLiteStore(AccountsMixin):
         self._poll_conn: sqlite3.Connection | None = None
         self._poll_pid = 0
         self._poll_seen: tuple[int, Poll] | None = None
+        self._committer: GroupCommitter | None = None
+        self._committer_pid = 0
         conn = self._conn()
         try:
             self._migrate(conn)
@@ -503,6 +508,9 @@ class SQLiteStore(AccountsMixin):
         """
         pid = os.getpid()
         with self._lock:
+            committer, self._committer = self._committer, None
+            if committer is not None and self._committer_pid == pid:
+                committer.close()
             self._generation += 1
             for slot in self._conns:
                 if slot.pid == pid and not slot.closed:
@@ -526,6 +534,16 @@ class SQLiteStore(AccountsMixin):
         if "locked" in text or "busy" in text:
             return StoreBusy(f"{self.path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s: {exc}")
         return None
+
+    def _grouped(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a small write in this process's next group commit (server/store_group.py)."""
+        pid = os.getpid()
+        with self._lock:
+            if self._committer is None or self._committer_pid != pid:  # first use, or a forked child
+                self._committer = GroupCommitter(self._connect, lambda exc: self._busy(exc) or exc)
+                self._committer_pid = pid
+            committer = self._committer
+        return committer.run(fn)
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         """One read statement on this thread's connection (autocommit: a consistent snapshot of its own)."""

@@ -3,7 +3,10 @@
 A mixin of `server.store.SQLiteStore` (it uses the store's `_transaction`,
 `_read` and `_busy`); the methods are the `Store` protocol's (server/store_api.py).
 
-Invariants kept here, each inside one write transaction:
+Call events and ledger entries go through the store's group commit
+(server/store_group.py): many per transaction, each in its own savepoint,
+acknowledged only after the commit.  Invariants kept here, each inside one
+write (savepoint or transaction):
 - `accounts.balance_micro` is the sum of the tenant's ledger: every ledger
   insert updates it in the same transaction, and a ledger entry is unique on
   (tenant, kind, ref), so a retried charge changes nothing.
@@ -47,6 +50,7 @@ class AccountsMixin:
     # provided by SQLiteStore
     _transaction: Callable[[bool], AbstractContextManager[sqlite3.Connection]]
     _read: Callable[[str, tuple[Any, ...]], list[Any]]
+    _grouped: Callable[[Callable[[sqlite3.Connection], Any]], Any]
 
     # -- calls -----------------------------------------------------------------
 
@@ -54,7 +58,8 @@ class AccountsMixin:
                    topup: TopupPolicy | None, currency: str) -> Reply:
         _check_str("tenant", tenant)
         _check_str("call_id", call_id)
-        with self._transaction(True) as conn:
+
+        def write(conn: sqlite3.Connection) -> Reply:
             row = conn.execute("SELECT user, reply FROM call_events WHERE tenant = ? AND call_id = ? AND key = ?",
                                (tenant, call_id, event.key)).fetchone()
             if row is not None:
@@ -79,6 +84,8 @@ class AccountsMixin:
                              "VALUES (?, ?, ?, ?, ?)",
                              (tenant, call_id, outcome.reply.lead_responsible, event.kind, now))
             return outcome.reply
+
+        return self._grouped(write)
 
     def ringing_calls(self, tenant: str) -> list[tuple[str, str, int]]:
         _check_str("tenant", tenant)
@@ -146,8 +153,8 @@ class AccountsMixin:
         _check_str("ref", ref)
         if kind not in LEDGER_KINDS:
             raise ValueError(f"kind must be one of {', '.join(LEDGER_KINDS)}, not {kind!r}")
-        with self._transaction(True) as conn:
-            return self._ledger(conn, tenant, kind, amount_micro, ref, currency, topup, int(time.time()))
+        now = int(time.time())
+        return self._grouped(lambda conn: self._ledger(conn, tenant, kind, amount_micro, ref, currency, topup, now))
 
     def ledger(self, tenant: str, limit: int = 50, before_id: int = 0) -> list[LedgerEntry]:
         _check_str("tenant", tenant)

@@ -17,7 +17,7 @@ from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_
 from .serving import Server, wait_for
 from .test_lifecycle import DOC, EV, US_DEST, no_rentals
 
-CALLS = 300
+CALLS = 1000
 
 
 def start(data: Path) -> Server:
@@ -62,11 +62,15 @@ def test_sigkill_with_endings_and_topups_in_flight(tmp_path: Path) -> None:
                    timeout=10)
         admin.Credit(admin_pb2.CreditRequest(tenant="acme", amount="3.01", reference="opening"), timeout=10)
         t0 = 1_800_000_000
-        for i in range(CALLS):
+
+        def ring_and_answer(i: int) -> None:
             decisions.CallEvent(EV(tenant="acme", call_id=f"c{i}", kind=EV.RINGING, user="u3", at=t0 + i,
                                    direction="outbound", called=US_DEST), timeout=10)
             decisions.CallEvent(EV(tenant="acme", call_id=f"c{i}", kind=EV.ANSWERED, user="u3", at=t0 + i + 1),
                                 timeout=10)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(ring_and_answer, range(CALLS)))
 
         acknowledged: dict[str, decisions_pb2.CallEventReply] = {}
         lock = threading.Lock()
@@ -104,12 +108,16 @@ def test_sigkill_with_endings_and_topups_in_flight(tmp_path: Path) -> None:
     try:
         with srv.channel() as channel:
             decisions = decisions_pb2_grpc.DecisionsStub(channel)
-            for i in range(CALLS):
+
+            def retry(i: int) -> None:
                 reply = decisions.CallEvent(EV(tenant="acme", call_id=f"c{i}", kind=EV.ENDED, at=t0 + i + 61),
                                             timeout=10)
                 assert reply.charge == "0.02"
                 if f"c{i}" in acknowledged:
                     assert reply == acknowledged[f"c{i}"]    # a replay answers as the first time did
+
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                list(pool.map(retry, range(CALLS)))
             # the claim of the dead worker is taken over and credited once
             wait_for(lambda: check_books(db, settled=False)["open"] == 0, timeout=30)
         books = check_books(db)

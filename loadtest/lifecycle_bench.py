@@ -1,0 +1,839 @@
+"""CallEvent throughput: whole calls (RINGING -> ANSWERED -> ENDED) per second against a real server.
+
+    python -m loadtest.lifecycle_bench                          # 32 lanes, 5,000 calls or 15 s, one worker
+    python -m loadtest.lifecycle_bench --json bench-results/lifecycle.json
+    python -m loadtest.lifecycle_bench --calls 200 --duration 5 --lanes 8 --warmup 0     # a smoke run
+    python -m loadtest.lifecycle_bench --target 127.0.0.1:50051 --tenant acme --push     # a running server
+
+What is measured.  The acceptance of the call lifecycle issue: "at least 500
+calls/s with one worker on this machine", where a call is its three events,
+each a CallEvent RPC that the server commits in its own SQLite write
+transaction (WAL, synchronous=FULL: one fsync per event).  The figure is
+whole calls per second: lifecycles whose three events all answered OK,
+started inside the measured window, divided by that window (first measured
+RINGING sent -> last measured ENDED answered).  Events per second, latency
+per event kind and of the whole call (p50/p90/p99/max, loadtest.stats
+Histogram, from send to answer), errors by event kind and gRPC status, and
+CPU are reported alongside.
+
+The server.  By default the bench starts its own:
+
+    python -m callgate serve --listen 127.0.0.1:0 --data-dir <tmp> --metrics '' --log-format json
+
+(one worker, on loopback, a fresh store in a temporary directory under
+`--data-parent`, default the system's temporary directory; the filesystem
+type is printed, with a warning on tmpfs, where an fsync costs nothing and
+the figure would flatter the server), reads the port from its JSON "listening"
+log line, and stops it by its PID (SIGTERM, SIGKILL after a timeout) at the
+end, whatever happens.  It pushes (Admin.PushSettings) the tenant of
+examples/acme.json with every number's rental removed and auto top-up
+disabled, so that no rental renewal or top-up lands in the ledger during the
+run, and credits it (Admin.Credit, reference "bench-opening") so that the
+outbound calls are paid for.  `--target HOST:PORT` measures a running
+server instead: `--tenant` must exist there with acme's users, numbers and
+rates (`--push` pushes and credits the bench tenant there too); give
+`--server-pid` to have its CPU measured, and, for a server started empty
+for the bench, `--store` (its callgate.sqlite) to have the store checked.
+
+The load.  `--lanes` coroutines (grpc.aio, over `--channels` connections per
+client process, in `--procs` client processes started with multiprocessing
+spawn) each run whole calls one after the other, as fast as the server
+answers (closed loop: this is a throughput measurement, latency is service
+time under that load).  Calls alternate between
+  inbound:  RINGING user u1, caller +1212555xxxx, called +14155550199;
+            ANSWERED by u2
+  outbound: RINGING user u3, direction outbound, called +15551230000 (u3's
+            caller ID, +442071234567, needs no documents); ANSWERED by u3
+and every event carries an explicit instant (`--base-at` for RINGING, +3 s
+for ANSWERED, + `--talk-seconds` for ENDED), so charges do not depend on the
+clock: a 61 s outbound call at acme's 0.0200/min in 60 s increments costs
+exactly 0.04.  Call ids are unique per run ("lb-<run>-<process>-<n>"), so
+a second run against the same server never replays the first.  A run stops
+starting calls after `--warmup` + `--duration` seconds or `--calls`
+measured calls, whichever comes first; a call already started is carried
+to its end (each event has the `--timeout` deadline).  Warm-up calls are
+not measured but are verified like the others.
+
+Verification (exit code 1 if any check fails; every check is listed):
+  - no event failed (any gRPC error is a failure of the run);
+  - every reply is what the call lifecycle rules (server/calls.py) say:
+    RINGING -> state ringing; ANSWERED -> answered, and for inbound calls
+    create_lead with lead_responsible u2 (acme's lead_trigger is on_answer);
+    ENDED -> ended, talked_seconds = --talk-seconds, charge 0.04 for
+    outbound (at the defaults) and 0.00 for inbound;
+  - replay: the ENDED of `--replays` random completed calls is sent again;
+    the replies must be identical and the balance (Admin.GetBalance before
+    and after) must not move;
+  - with a server it started (or `--store`), its SQLite file
+    (<data-dir>/callgate.sqlite, opened read-only while the server runs):
+    every completed call is in state ended with its charge and talk time;
+    no call of the run that the bench did not start; one ledger row of kind
+    'call' per completed outbound call (and no other), each minus the
+    charge; the ledger holds the opening credit and the calls only;
+    accounts.balance_micro = SUM(ledger.amount_micro) = the credit minus
+    the charges; one lead per inbound call answered, responsible u2, and
+    one lead per outbound call exactly when its ANSWERED reply said
+    create_lead (rule 5 as the server applies it makes no difference of
+    direction, so outbound calls answered by u3 get a lead too);
+  - the server it started logged no warning or error.
+
+Report: a progress line every second on stderr (calls done, calls/s), then
+the table, the checks, and a PASS/FAIL line of the calls/s figure against
+`--target-rate` (500).  Missing the rate is not an error (exit 0) unless
+`--require-rate`; `--json FILE` writes every figure.  On the 2-core
+machine the client shares the CPU with the server: the table shows both
+(CPU ms per call, cores busy) and what the rest of the machine used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import resource
+import shlex
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
+
+from .grpc_bench import CHANNEL_OPTIONS, START_DELAY_NS, _wait_messages, share
+from .server_bench import EXAMPLE, ROOT, CpuMeter, ServeProcess, _terminate
+from .stats import RunRecorder, SampleBuffer, format_table, merge_all
+
+KINDS = ("RINGING", "ANSWERED", "ENDED")
+Event = decisions_pb2.CallEventRequest
+DEFAULT_BASE_AT = 1_800_000_000  # 2027-01-15: in the future, so the server's expiry job never touches a bench call
+ANSWER_AFTER_S = 3
+INBOUND = {"ringing_user": "u1", "answer_user": "u2", "called": "+14155550199"}
+OUTBOUND = {"ringing_user": "u3", "answer_user": "u3", "called": "+15551230000"}
+RATE, INCREMENT_S = Decimal("0.0200"), 60  # acme's line rent-1, prefix "1": what bills +15551230000
+CREDIT_REFERENCE = "bench-opening"
+MICRO = 1_000_000
+
+
+# -- what the calls should cost -------------------------------------------------------------------
+
+def expected_charge(talk_s: int) -> str:
+    """The outbound charge worked out here, independently of server/billing.py: whole increments, cents half-up."""
+    increments = math.ceil(talk_s / INCREMENT_S) if talk_s > 0 else 0
+    exact = RATE * INCREMENT_S / 60 * increments
+    return str(exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def to_micro(amount: str) -> int:
+    return int(Decimal(amount) * MICRO)
+
+
+def bench_document(tenant: str) -> bytes:
+    """examples/acme.json without rentals and without auto top-up, under `tenant`'s name."""
+    doc = json.loads(EXAMPLE.read_text())
+    doc["tenant"] = tenant
+    for number in doc["numbers"]:
+        number.pop("rental", None)  # no renewal may charge the ledger during the run
+    doc["auto_topup"] = {"enabled": False}  # nor a top-up: the ledger holds the credit and the calls only
+    return json.dumps(doc).encode()
+
+
+# -- the server -----------------------------------------------------------------------------------
+
+def filesystem_type(path: Path) -> str:
+    """Type of the filesystem holding `path` (the longest mount point above it in /proc/mounts)."""
+    best, kind = "", "unknown"
+    resolved = str(path.resolve())
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1].replace("\\040", " ")
+        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > len(best):
+            best, kind = mount, fields[2]
+    return kind
+
+
+class LifecycleServer(ServeProcess):
+    """ServeProcess with this bench's command line: one worker, port 0, no seed (the bench pushes its tenant).
+
+    ServeProcess always seeds the full acme document with a 10.00 credit; the checks here need a ledger
+    that holds nothing but the bench's credit and calls, so only the start differs: the log reader,
+    wait_events, stop (SIGTERM by PID via stop_process, then any leftover by PID) are ServeProcess's.
+    """
+
+    def __init__(self, data_dir: Path, start_timeout_s: float = 60.0) -> None:
+        self.name, self.workers, self.data_dir = "callgate", 1, data_dir
+        cmd = [sys.executable, "-m", "callgate", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+               "--metrics", "", "--log-format", "json"]
+        self.command = cmd
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        self.logs: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.port: int | None = None  # from the "listening" log line
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, name="callgate-logs", daemon=True)
+        self._reader.start()
+        self._known: list[tuple[int, int]] = []
+        self.left_behind: list[str] = []
+        try:
+            self.wait_events("listening", 1, start_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        self.remember_processes()
+
+    def problems(self) -> list[str]:
+        """Log lines at warning level or above (a crash trace would be one)."""
+        with self._lock:
+            return [str(r.get("msg", r)) for r in self.logs
+                    if str(r.get("level", "")).lower() in ("warning", "error", "critical")]
+
+
+def admin_setup(address: str, tenant: str, push: bool, credit: str | None, timeout_s: float) -> dict[str, Any]:
+    """Push the bench tenant and credit it (each when asked); returns what the server said."""
+    out: dict[str, Any] = {}
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        admin = admin_pb2_grpc.AdminStub(channel)
+        if push:
+            r = admin.PushSettings(admin_pb2.PushSettingsRequest(document=bench_document(tenant), format="json",
+                                                                 comment="lifecycle_bench"), timeout=timeout_s)
+            out["version"] = r.version
+        if credit is not None:
+            c = admin.Credit(admin_pb2.CreditRequest(tenant=tenant, amount=credit, reference=CREDIT_REFERENCE),
+                             timeout=timeout_s)
+            out["credit_recorded"] = c.recorded
+        out["balance"] = admin.GetBalance(admin_pb2.BalanceRequest(tenant=tenant), timeout=timeout_s).balance
+    return out
+
+
+# -- the load: lanes of whole calls ---------------------------------------------------------------
+
+@dataclass
+class Spec:
+    """Everything a client process needs (pickled to it)."""
+
+    target: str
+    tenant: str
+    run_id: str
+    lanes: int
+    procs: int
+    channels: int
+    warmup_s: float
+    duration_s: float
+    max_calls: int  # measured calls, in total
+    timeout_s: float
+    base_at: int
+    talk_s: int
+    charge: str  # what an outbound call must cost
+    samples: int  # ENDED (request, reply) kept per process for the replay check
+    seed: int
+
+
+def _code_name(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code().name
+    return f"EXCEPTION_{type(exc).__name__}"
+
+
+class Client:
+    """The lanes of one client process, in one asyncio loop."""
+
+    def __init__(self, spec: Spec, index: int, progress: Callable[[int], None]) -> None:
+        self.spec, self.index, self.progress = spec, index, progress
+        self.cap = share(spec.max_calls, spec.procs, index)
+        self.events = {k: RunRecorder() for k in KINDS}
+        self.event_lat = {k: SampleBuffer(self.events[k].latency) for k in KINDS}
+        self.calls = RunRecorder()
+        self.call_lat = SampleBuffer(self.calls.latency)
+        self.started = 0  # calls started, warm-up included (numbers the call ids)
+        self.measured_started = 0
+        self.done = 0  # calls finished, warm-up included, OK or not
+        self.completed: dict[str, list[str]] = {"inbound": [], "outbound": []}  # three events OK
+        self.failed: list[str] = []
+        self.lead_replies: dict[str, list[str]] = {"inbound": [], "outbound": []}  # ANSWERED said create_lead
+        self.wrong = 0
+        self.wrong_examples: list[str] = []
+        self.samples: list[tuple[str, str, bytes, bytes]] = []  # (call id, direction, ENDED request, reply)
+        self.rng = random.Random(spec.seed * 1000 + index)
+        self.stubs: list[decisions_pb2_grpc.DecisionsStub] = []
+        self.set_start(0)
+
+    def set_start(self, t0_ns: int) -> None:
+        self.t0_ns = t0_ns
+        self.measure_ns = t0_ns + int(self.spec.warmup_s * 1e9)
+        self.end_ns = self.measure_ns + int(self.spec.duration_s * 1e9)
+
+    def _wrong(self, call_id: str, kind: str, why: str, reply: decisions_pb2.CallEventReply) -> None:
+        self.wrong += 1
+        if len(self.wrong_examples) < 10:
+            shown = str(reply).replace("\n", " ").strip()
+            self.wrong_examples.append(f"{call_id} {kind}: {why} (reply: {shown})")
+
+    async def _event(self, stub: decisions_pb2_grpc.DecisionsStub, req: decisions_pb2.CallEventRequest,
+                     kind: str, measured: bool) -> decisions_pb2.CallEventReply | None:
+        t0 = time.monotonic_ns()
+        reply: decisions_pb2.CallEventReply | None = None
+        try:
+            reply = await stub.CallEvent(req, timeout=self.spec.timeout_s)
+            code = "OK"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure is counted by its status, the lane goes on
+            code = _code_name(exc)
+        t1 = time.monotonic_ns()
+        if measured:
+            rec = self.events[kind]
+            rec.add_outcome(code)
+            rec.window(t0, t1)
+            self.event_lat[kind].add(t1 - t0)
+        return reply
+
+    async def one_call(self, stub: decisions_pb2_grpc.DecisionsStub) -> None:
+        spec = self.spec
+        n = self.started
+        self.started += 1
+        start = time.monotonic_ns()
+        measured = start >= self.measure_ns
+        if measured:
+            self.measured_started += 1
+        call_id = f"{spec.run_id}-{self.index}-{n}"
+        direction = "outbound" if n % 2 else "inbound"
+        who = OUTBOUND if n % 2 else INBOUND
+        ring_at = spec.base_at
+        answer_at = ring_at + ANSWER_AFTER_S
+        end_at = answer_at + spec.talk_s
+        if direction == "inbound":
+            ringing = Event(tenant=spec.tenant, call_id=call_id, kind=Event.RINGING, user=who["ringing_user"],
+                           at=ring_at, caller=f"+1212555{n % 10000:04d}", called=who["called"])
+        else:
+            ringing = Event(tenant=spec.tenant, call_id=call_id, kind=Event.RINGING, user=who["ringing_user"],
+                           at=ring_at, direction="outbound", called=who["called"])
+        ok = True
+        r = await self._event(stub, ringing, "RINGING", measured)
+        if r is None:
+            ok = False
+        else:
+            if r.state != "ringing" or r.call_id != call_id:
+                self._wrong(call_id, "RINGING", "state is not ringing", r)
+            answered = Event(tenant=spec.tenant, call_id=call_id, kind=Event.ANSWERED, user=who["answer_user"],
+                            at=answer_at)
+            r = await self._event(stub, answered, "ANSWERED", measured)
+            if r is None:
+                ok = False  # still end it: a proxy would, and the call must not stay open in the store
+            else:
+                if r.state != "answered":
+                    self._wrong(call_id, "ANSWERED", "state is not answered", r)
+                if direction == "inbound" and not (r.create_lead and r.lead_responsible == who["answer_user"]):
+                    self._wrong(call_id, "ANSWERED", f"no lead for {who['answer_user']} (lead_trigger on_answer)", r)
+                if r.create_lead:
+                    if r.lead_responsible != who["answer_user"]:
+                        self._wrong(call_id, "ANSWERED", f"lead responsible is not {who['answer_user']}", r)
+                    self.lead_replies[direction].append(call_id)
+            ended = Event(tenant=spec.tenant, call_id=call_id, kind=Event.ENDED, at=end_at)
+            r = await self._event(stub, ended, "ENDED", measured)
+            if r is None:
+                ok = False
+            else:
+                want = spec.charge if direction == "outbound" else "0.00"
+                if r.state != "ended" or r.charge != want or r.talked_seconds != spec.talk_s:
+                    self._wrong(call_id, "ENDED", f"want state ended, charge {want}, talked {spec.talk_s} s", r)
+                if ok:
+                    self._sample(call_id, direction, ended, r)
+        end = time.monotonic_ns()
+        if ok:
+            self.completed[direction].append(call_id)
+        else:
+            self.failed.append(call_id)
+        if measured:
+            self.calls.add_outcome("OK" if ok else "FAILED")
+            self.calls.window(start, end)
+            self.call_lat.add(end - start)
+        self.done += 1
+        self.progress(self.done)
+
+    def _sample(self, call_id: str, direction: str, req: decisions_pb2.CallEventRequest,
+                reply: decisions_pb2.CallEventReply) -> None:
+        """Reservoir sampling: every completed call equally likely to be replayed."""
+        seen = len(self.completed["inbound"]) + len(self.completed["outbound"]) + 1
+        item = (call_id, direction, req.SerializeToString(), reply.SerializeToString())
+        if len(self.samples) < self.spec.samples:
+            self.samples.append(item)
+        else:
+            j = self.rng.randrange(seen)
+            if j < self.spec.samples:
+                self.samples[j] = item
+
+    async def lane(self, k: int) -> None:
+        stub = self.stubs[k % len(self.stubs)]
+        while True:
+            now = time.monotonic_ns()
+            if now >= self.end_ns or (now >= self.measure_ns and self.measured_started >= self.cap):
+                return
+            await self.one_call(stub)
+
+    async def run(self, ready: Callable[[], None], wait_start: Callable[[], int]) -> dict[str, Any]:
+        spec = self.spec
+        channels = [grpc.aio.insecure_channel(spec.target, options=CHANNEL_OPTIONS) for _ in range(spec.channels)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), 15.0)
+            self.stubs = [decisions_pb2_grpc.DecisionsStub(ch) for ch in channels]
+            ready()
+            self.set_start(await asyncio.get_running_loop().run_in_executor(None, wait_start))
+            await asyncio.sleep(max(self.t0_ns - time.monotonic_ns(), 0) / 1e9)
+            ru0 = resource.getrusage(resource.RUSAGE_SELF)
+            wall0 = time.monotonic_ns()
+            await asyncio.gather(*(self.lane(k) for k in range(share(spec.lanes, spec.procs, self.index))))
+            wall1 = time.monotonic_ns()
+            ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        finally:
+            for ch in channels:
+                await ch.close()
+        for buf in (*self.event_lat.values(), self.call_lat):
+            buf.flush()
+        return {
+            "index": self.index,
+            "events": {k: rec.to_dict() for k, rec in self.events.items()},
+            "calls": self.calls.to_dict(),
+            "started": self.started, "done": self.done,
+            "completed": self.completed, "failed": self.failed, "lead_replies": self.lead_replies,
+            "wrong": self.wrong, "wrong_examples": self.wrong_examples, "samples": self.samples,
+            "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+            "wall_s": (wall1 - wall0) / 1e9,
+        }
+
+
+def _client_main(spec: Spec, index: int, msgs: Any, start_event: Any, start_at: Any, progress: Any) -> None:
+    """Entry point of a spawned client process: connect, say ready, wait for the common start, load, report."""
+    def ready() -> None:
+        msgs.put(("ready", index, None))
+
+    def wait_start() -> int:
+        if not start_event.wait(120.0):
+            raise TimeoutError("no start signal from the parent in 120 s")
+        return int(start_at.value)
+
+    def tick(done: int) -> None:
+        progress[index] = done  # shared memory without a lock: one writer per slot, read for display only
+
+    try:
+        msgs.put(("result", index, asyncio.run(Client(spec, index, tick).run(ready, wait_start))))
+    except BaseException:
+        msgs.put(("error", index, traceback.format_exc()))
+
+
+class Progress:
+    """A line on stderr every second: calls finished so far and the rate over the last second."""
+
+    def __init__(self, counts: Sequence[int], interval_s: float = 1.0) -> None:
+        self.counts, self.interval_s = counts, interval_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def _run(self) -> None:
+        t0 = last_t = time.monotonic()
+        last = 0
+        while not self.stop.wait(self.interval_s):
+            now, done = time.monotonic(), sum(self.counts)
+            rate = (done - last) / (now - last_t) if now > last_t else 0.0
+            print(f"[{now - t0:5.1f}s] calls done {done:,}  ({rate:,.0f} calls/s)", file=sys.stderr, flush=True)
+            last, last_t = done, now
+
+    def __enter__(self) -> Progress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(2.0)
+
+
+def run_clients(spec: Spec, server_pids: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The load: in this process with --procs 1, else in spawned client processes.
+
+    Returns their results and the CPU of the server and of the machine (CpuMeter) from the moment every
+    client is connected to the moment the last one reports: client start-up (a spawned process imports
+    grpc and numpy) must not count as load.
+    """
+    meter: list[CpuMeter] = []
+    if spec.procs == 1:
+        counts = [0]
+
+        def tick(done: int) -> None:
+            counts[0] = done
+
+        def start_now() -> int:  # one process: nobody to wait for, the load starts at once
+            meter.append(CpuMeter(server_pids))
+            return time.monotonic_ns()
+
+        with Progress(counts):
+            result = asyncio.run(Client(spec, 0, tick).run(lambda: None, start_now))
+        return [result], meter[0].read()
+    ctx = mp.get_context("spawn")  # never fork a process that has gRPC state
+    msgs = ctx.Queue()
+    start_event = ctx.Event()
+    start_at = ctx.Value("q", 0)
+    shared = ctx.Array("q", spec.procs, lock=False)
+    procs = [ctx.Process(target=_client_main, args=(spec, i, msgs, start_event, start_at, shared),
+                         name=f"lifecycle-bench-{i}", daemon=True) for i in range(spec.procs)]
+    for p in procs:
+        p.start()
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        _wait_messages(msgs, procs, "ready", 60.0, {})
+        meter.append(CpuMeter(server_pids))
+        start_at.value = time.monotonic_ns() + START_DELAY_NS
+        start_event.set()
+        # each lane finishes the call it is in: up to three deadlines past the end
+        limit = START_DELAY_NS / 1e9 + spec.warmup_s + spec.duration_s + 3 * spec.timeout_s + 60.0
+        with Progress(shared):
+            _wait_messages(msgs, procs, "result", limit, results)
+        cpu = meter[0].read()
+    finally:
+        for p in procs:
+            p.join(10.0)
+            if p.is_alive():  # our own child, by its PID
+                p.terminate()
+                p.join(5.0)
+        msgs.close()
+    return [results[i] for i in sorted(results)], cpu
+
+
+# -- verification ---------------------------------------------------------------------------------
+
+@dataclass
+class Checks:
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, name: str, ok: bool, detail: str = "") -> None:
+        self.items.append({"name": name, "ok": bool(ok), "detail": detail})
+
+    @property
+    def passed(self) -> bool:
+        return all(c["ok"] for c in self.items)
+
+
+def replay_check(address: str, tenant: str, samples: list[tuple[str, str, bytes, bytes]], n: int, seed: int,
+                 timeout_s: float, checks: Checks) -> None:
+    """Send again the ENDED of `n` random completed calls: same replies, same balance."""
+    chosen = random.Random(seed).sample(samples, min(n, len(samples)))
+    differ: list[str] = []
+    with grpc.insecure_channel(address) as channel:
+        admin, decisions = admin_pb2_grpc.AdminStub(channel), decisions_pb2_grpc.DecisionsStub(channel)
+        before = admin.GetBalance(admin_pb2.BalanceRequest(tenant=tenant), timeout=timeout_s).balance
+        for call_id, _direction, req, first in chosen:
+            again = decisions.CallEvent(decisions_pb2.CallEventRequest.FromString(req), timeout=timeout_s)
+            if again != decisions_pb2.CallEventReply.FromString(first):
+                differ.append(call_id)
+        after = admin.GetBalance(admin_pb2.BalanceRequest(tenant=tenant), timeout=timeout_s).balance
+    checks.add(f"replayed ENDED of {len(chosen)} calls: identical replies", len(chosen) >= min(n, 1) and not differ,
+               f"differ: {differ[:5]}" if differ else "")
+    checks.add("replays did not move the balance", before == after, f"{before} -> {after}")
+
+
+def store_checks(db: Path, tenant: str, run_id: str, completed: dict[str, list[str]], failed: list[str],
+                 leads_said: dict[str, list[str]], credit: str, charge: str, talk_s: int, checks: Checks) -> None:
+    """The server's SQLite file (read-only), against what the replies said."""
+    ours = f"{run_id}-%"  # run ids are hex and '-': no LIKE wildcard in them
+    charge_micro = to_micro(charge)
+    inbound, outbound = set(completed["inbound"]), set(completed["outbound"])
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
+    try:
+        calls = {row[0]: row[1:] for row in conn.execute(
+            "SELECT call_id, direction, state, charge_micro, talked_s FROM calls WHERE tenant = ? AND call_id LIKE ?",
+            (tenant, ours))}
+        open_ = sorted(c for c in inbound | outbound if calls.get(c, ("", ""))[1] in ("ringing", "answered"))
+        checks.add("no completed call left ringing or answered", not open_,
+                   f"{len(open_)}: {open_[:5]}" if open_ else "")
+        bad = sorted(c for c in inbound | outbound if calls.get(c) != (
+            "outbound" if c in outbound else "inbound", "ended", charge_micro if c in outbound else 0, talk_s))
+        checks.add("every completed call recorded ended, with its charge and talk time", not bad,
+                   f"{len(bad)} differ: {[(c, calls.get(c)) for c in bad[:3]]}" if bad else f"{len(calls)} calls")
+        unknown = set(calls) - inbound - outbound - set(failed)
+        checks.add("no call in the store that the bench did not start", not unknown,
+                   f"{len(unknown)}: {sorted(unknown)[:5]}" if unknown else "")
+
+        ledger = conn.execute("SELECT ref, amount_micro FROM ledger WHERE tenant = ? AND kind = 'call'",
+                              (tenant,)).fetchall()
+        refs = [r for r, _ in ledger]
+        checks.add("ledger rows of kind 'call' == outbound calls completed",
+                   len(ledger) == len(outbound) and set(refs) == outbound,
+                   f"{len(ledger)} rows, {len(outbound)} outbound calls")
+        wrong_amount = [(r, a) for r, a in ledger if a != -charge_micro]
+        checks.add(f"every call ledger row is -{charge}", not wrong_amount,
+                   f"{len(wrong_amount)}: {wrong_amount[:3]}" if wrong_amount else "")
+        kinds = dict(conn.execute("SELECT kind, count(*) FROM ledger WHERE tenant = ? GROUP BY kind", (tenant,)))
+        checks.add("ledger holds the opening credit and the calls only",
+                   set(kinds) <= {"credit", "call"} and kinds.get("credit") == 1, f"{kinds}")
+        row = conn.execute("SELECT balance_micro FROM accounts WHERE tenant = ?", (tenant,)).fetchone()
+        balance = int(row[0]) if row else None
+        total = int(conn.execute("SELECT COALESCE(SUM(amount_micro), 0) FROM ledger WHERE tenant = ?",
+                                 (tenant,)).fetchone()[0])
+        want = to_micro(credit) - charge_micro * len(outbound)
+        checks.add("accounts.balance_micro == SUM(ledger.amount_micro) == credit - charges",
+                   balance == total == want, f"balance {balance}, ledger sum {total}, expected {want}")
+
+        leads = dict(conn.execute("SELECT call_id, responsible FROM leads WHERE tenant = ? AND call_id LIKE ?",
+                                  (tenant, ours)).fetchall())
+        in_leads = {c: u for c, u in leads.items() if c in inbound}
+        checks.add("leads of inbound calls == inbound calls answered, responsible u2",
+                   len(in_leads) == len(inbound) and set(in_leads.values()) <= {INBOUND["answer_user"]},
+                   f"{len(in_leads)} leads, {len(inbound)} inbound calls")
+        said = set(leads_said["outbound"]) & outbound
+        out_leads = {c: u for c, u in leads.items() if c in outbound}
+        checks.add("leads of outbound calls == those whose ANSWERED said create_lead, responsible u3",
+                   set(out_leads) == said and set(out_leads.values()) <= {OUTBOUND["answer_user"]},
+                   f"{len(out_leads)} leads, {len(said)} said (of {len(outbound)} outbound calls)")
+    finally:
+        conn.close()
+
+
+# -- figures and report ---------------------------------------------------------------------------
+
+def figures_of(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    events = {k: merge_all(RunRecorder.from_dict(p["events"][k]) for p in parts) for k in KINDS}
+    calls = merge_all(RunRecorder.from_dict(p["calls"]) for p in parts)
+    elapsed = calls.elapsed_s
+    errors = {f"{k}:{code}": n for k, rec in events.items() for code, n in rec.errors.items()}
+    lat = {k: rec.latency.summary() for k, rec in events.items()}
+    lat["call"] = calls.latency.summary()
+    ok_events = sum(rec.ok for rec in events.values())
+    return {
+        "calls_per_s": calls.ok / elapsed if elapsed > 0 else 0.0,
+        "events_per_s": ok_events / elapsed if elapsed > 0 else 0.0,
+        "measured_calls": calls.ok, "measured_failed": calls.completed - calls.ok, "elapsed_s": elapsed,
+        "calls_total": sum(p["done"] for p in parts),
+        "completed_inbound": sum(len(p["completed"]["inbound"]) for p in parts),
+        "completed_outbound": sum(len(p["completed"]["outbound"]) for p in parts),
+        "errors": errors, "latency_ms": lat,
+        "client_cpu_s": sum(p["cpu_s"] for p in parts),
+        "client_wall_s": max(p["wall_s"] for p in parts) if parts else 0.0,
+    }
+
+
+def table(f: dict[str, Any]) -> str:
+    def lat(kind: str, q: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda x: x["latency_ms"][kind][q]
+
+    rows: list[tuple[str, str, Callable[[dict[str, Any]], Any], bool]] = [
+        ("calls/s (whole lifecycles)", "{:,.0f}", lambda x: x["calls_per_s"], False),
+        ("events/s", "{:,.0f}", lambda x: x["events_per_s"], False),
+        ("measured calls", "{:,}", lambda x: x["measured_calls"], False),
+        ("measured window, s", "{:.2f}", lambda x: x["elapsed_s"], False),
+        ("calls incl. warm-up", "{:,}", lambda x: x["calls_total"], False),
+        ("errors (events)", "{:,}", lambda x: sum(x["errors"].values()), False),
+    ]
+    for kind in (*KINDS, "call"):
+        label = "whole call" if kind == "call" else kind
+        for q in ("p50", "p90", "p99", "max"):
+            rows.append((f"{label} {q}, ms", "{:.2f}", lat(kind, q), False))
+    rows += [
+        ("server CPU ms/call", "{:.3f}", lambda x: x.get("server_cpu_ms_per_call"), False),
+        ("server cores busy", "{:.2f}", lambda x: x.get("server_cores_busy"), False),
+        ("client CPU ms/call", "{:.3f}", lambda x: x.get("client_cpu_ms_per_call"), False),
+        ("client cores busy", "{:.2f}", lambda x: x.get("client_cores_busy"), False),
+        ("machine cores busy", "{:.2f}", lambda x: x.get("machine_cores_busy"), False),
+        ("other processes, cores", "{:.2f}", lambda x: x.get("other_cores_busy"), False),
+    ]
+    return format_table({"lifecycle": f}, None, rows)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m loadtest.lifecycle_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("server")
+    g.add_argument("--target", metavar="HOST:PORT",
+                   help="a running server to measure instead of starting one (its store is checked only with --store)")
+    g.add_argument("--tenant", default="acme",
+                   help="tenant of the calls (default acme); with --target it must exist there with acme's users, "
+                        "numbers and rates, unless --push")
+    g.add_argument("--push", action="store_true",
+                   help="with --target: push the bench tenant (acme without rentals or auto top-up) and credit it "
+                        "(the bench always does both on a server it starts)")
+    g.add_argument("--credit", default="100000.00", metavar="AMOUNT",
+                   help="opening credit of the bench tenant, reference 'bench-opening' (default 100000.00)")
+    g.add_argument("--server-pid", type=int, help="with --target: the server's PID, to measure its CPU per call")
+    g.add_argument("--store", type=Path, metavar="FILE",
+                   help="with --target --push on a server started empty for the bench: its callgate.sqlite, to run "
+                        "the store checks on it too (read-only)")
+    g.add_argument("--data-parent", type=Path, metavar="DIR",
+                   help="where the started server's temporary data directory goes (default: the system's temporary "
+                        "directory); it must be on the disk you mean to measure, not tmpfs")
+    g.add_argument("--keep-data", action="store_true",
+                   help="keep the temporary data directory of the server the bench starts (its path is printed)")
+    g = p.add_argument_group("load")
+    g.add_argument("--calls", type=int, default=5000, help="measured calls at most, in total (default 5000)")
+    g.add_argument("--duration", type=float, default=15.0, help="measured seconds at most (default 15)")
+    g.add_argument("--warmup", type=float, default=1.0, help="seconds of calls before measuring (default 1)")
+    g.add_argument("--lanes", type=int, default=32, help="concurrent lanes, each one call at a time (default 32)")
+    g.add_argument("--channels", type=int, default=4, help="gRPC connections per client process (default 4)")
+    g.add_argument("--procs", type=int, default=1, help="client processes (default 1: the load runs in this one)")
+    g.add_argument("--timeout", type=float, default=10.0, help="deadline of each event, seconds (default 10)")
+    g.add_argument("--talk-seconds", type=int, default=61,
+                   help="ANSWERED -> ENDED, seconds (default 61: an outbound call costs 0.04)")
+    g.add_argument("--base-at", type=int, default=DEFAULT_BASE_AT,
+                   help=f"RINGING instant, UTC seconds (default {DEFAULT_BASE_AT}); ANSWERED is 3 s later")
+    g = p.add_argument_group("checks and output")
+    g.add_argument("--replays", type=int, default=20, help="completed calls whose ENDED is sent again (default 20)")
+    g.add_argument("--seed", type=int, default=1, help="random seed of the replay sample (default 1)")
+    g.add_argument("--target-rate", type=float, default=500.0, help="calls/s to PASS (default 500)")
+    g.add_argument("--require-rate", action="store_true", help="exit 2 when --target-rate is not reached")
+    g.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():
+        return _main(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds: the server is stopped in a finally
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.lanes < 1 or args.channels < 1 or args.procs < 1 or args.lanes < args.procs:
+        raise SystemExit("need --lanes >= --procs >= 1 and --channels >= 1")
+    if args.calls < args.procs or args.duration <= 0 or args.warmup < 0 or args.timeout <= 0:
+        raise SystemExit("need --calls >= --procs, --duration > 0, --warmup >= 0, --timeout > 0")
+    if args.store is not None and not (args.target and args.push and args.store.is_file()):
+        raise SystemExit("--store FILE goes with --target and --push, and FILE must be the server's callgate.sqlite")
+    if args.talk_seconds < 1:
+        raise SystemExit("--talk-seconds must be at least 1")
+    charge = expected_charge(args.talk_seconds)
+    server: LifecycleServer | None = None
+    tmp: str | None = None
+    out: dict[str, Any] = {}
+    checks = Checks()
+    try:
+        if args.target:
+            address, pid = args.target, args.server_pid
+            setup = admin_setup(address, args.tenant, args.push, args.credit if args.push else None, 15.0)
+        else:
+            tmp = tempfile.mkdtemp(prefix="lifecycle-bench-", dir=args.data_parent)
+            fs = filesystem_type(Path(tmp))
+            if fs in ("tmpfs", "ramfs"):
+                print(f"warning: {tmp} is on {fs}: fsync costs nothing there, the figure flatters the server",
+                      file=sys.stderr)
+            server = LifecycleServer(Path(tmp))
+            address, pid = server.address, server.pid
+            print(f"server: {shlex.join(server.command)}  (pid {pid}, {address}; store on {fs})", flush=True)
+            setup = admin_setup(address, args.tenant, True, args.credit, 15.0)
+        print(f"tenant {args.tenant}: {setup}", flush=True)
+        spec = Spec(target=address, tenant=args.tenant, run_id=f"lb-{uuid.uuid4().hex[:10]}", lanes=args.lanes,
+                    procs=args.procs, channels=args.channels, warmup_s=args.warmup, duration_s=args.duration,
+                    max_calls=args.calls, timeout_s=args.timeout, base_at=args.base_at, talk_s=args.talk_seconds,
+                    charge=charge, samples=max(args.replays, 64), seed=args.seed)
+        print(f"load: {spec.lanes} lanes, {spec.procs} client process(es) x {spec.channels} channel(s), "
+              f"{spec.warmup_s:g} s warm-up + {spec.duration_s:g} s or {spec.max_calls:,} calls; "
+              f"calls {spec.run_id}-*", flush=True)
+        parts, cpu = run_clients(spec, [pid] if pid else [])
+        f = figures_of(parts)
+        calls_total = f["calls_total"]
+        if pid and calls_total:
+            f["server_cpu_ms_per_call"] = cpu["server_cpu_s"] / calls_total * 1e3
+            f["server_cores_busy"] = cpu["server_cores"]
+        if calls_total:
+            f["client_cpu_ms_per_call"] = f["client_cpu_s"] / calls_total * 1e3
+        wall = cpu["wall_s"]
+        f["client_cores_busy"] = f["client_cpu_s"] / f["client_wall_s"] if f["client_wall_s"] else 0.0
+        f["machine_cores_busy"] = cpu["machine_cores"]
+        if pid:
+            f["other_cores_busy"] = max(cpu["machine_cores"] - (cpu["server_cpu_s"] + f["client_cpu_s"]) / wall, 0.0)
+
+        # -- verification
+        completed = {d: [c for p in parts for c in p["completed"][d]] for d in ("inbound", "outbound")}
+        failed = [c for p in parts for c in p["failed"]]
+        leads_said = {d: [c for p in parts for c in p["lead_replies"][d]] for d in ("inbound", "outbound")}
+        wrong = sum(p["wrong"] for p in parts)
+        examples = [e for p in parts for e in p["wrong_examples"]][:10]
+        checks.add("calls completed", bool(completed["inbound"] or completed["outbound"]),
+                   f"{len(completed['inbound'])} inbound, {len(completed['outbound'])} outbound")
+        checks.add("no event failed", not f["errors"] and not failed,
+                   f"{f['errors']}, {len(failed)} calls failed" if failed or f["errors"] else "")
+        checks.add(f"every reply as the rules say (outbound charge {charge}, inbound 0.00, inbound lead u2)",
+                   wrong == 0, f"{wrong} wrong: {examples}" if wrong else "")
+        samples = [s for p in parts for s in p["samples"]]
+        try:
+            replay_check(address, args.tenant, samples, args.replays, args.seed, 15.0, checks)
+        except grpc.RpcError as exc:  # a server that died or refuses: a failed check, not a trace
+            checks.add("replay check could run", False, f"{exc.code().name}: {exc.details()}")
+        store = server.store_path if server is not None else args.store
+        if store is not None:
+            try:
+                store_checks(store, args.tenant, spec.run_id, completed, failed, leads_said, args.credit,
+                             charge, args.talk_seconds, checks)
+            except sqlite3.Error as exc:
+                checks.add(f"store {store} could be read", False, str(exc))
+        if server is not None:
+            problems = server.problems()
+            checks.add("server logged no warning or error", not problems, f"{problems[:3]}" if problems else "")
+
+        print()
+        print(table(f))
+        for key, n in sorted(f["errors"].items()):
+            print(f"error {key}: {n}")
+        print()
+        for c in checks.items:
+            print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['name']}" + (f"  [{c['detail']}]" if c["detail"] else ""))
+        met = f["calls_per_s"] >= args.target_rate
+        print(f"verification: {'PASS' if checks.passed else 'FAIL'}")
+        print(f"{'PASS' if met else 'FAIL'}: {f['calls_per_s']:,.0f} calls/s with one worker "
+              f"(target >= {args.target_rate:,.0f} calls/s)")
+        out = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "spec": {k: v for k, v in asdict(spec).items()}, "server": {"address": address, "pid": pid,
+               "command": server.command if server else None, "data_dir": tmp,
+               "filesystem": filesystem_type(Path(tmp)) if tmp else None, "setup": setup},
+               "machine": {"cpus": os.cpu_count()}, "cpu": cpu, **f,
+               "target": {"calls_per_s": args.target_rate, "met": met},
+               "verification": {"passed": checks.passed, "checks": checks.items}}
+    finally:
+        if server is not None:
+            code = server.stop()
+            if code not in (0, None):
+                print(f"note: the server exited with code {code}", file=sys.stderr)
+        if tmp is not None:
+            if args.keep_data:
+                print(f"data kept in {tmp}")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
+        print(f"figures written to {args.json}")
+    if not checks.passed:
+        return 1
+    return 2 if args.require_rate and not out["target"]["met"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
