@@ -365,10 +365,10 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
             # the picker's own ANSWERED that follows is a replay that returns the lead hint.
             event = calls.Event("ANSWERED", user, int(time.time()))
             try:
-                await asyncio.to_thread(store.call_event, r.tenant, call_id, event,
-                                        functools.partial(calls.apply, event=event, tenant=r.tenant,
-                                                          call_id=call_id, lead_trigger=lead_trigger),
-                                        None, snap.meta["currency"])
+                await asyncio.wrap_future(store.submit_call_event(
+                    r.tenant, call_id, event, functools.partial(calls.apply, event=event, tenant=r.tenant,
+                                                                call_id=call_id, lead_trigger=lead_trigger),
+                    None, snap.meta["currency"]))
                 break
             except calls.EventRefused:
                 ringing = [c for c in ringing if c.call_id != call_id]  # shrinks every turn: the loop ends
@@ -431,8 +431,9 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         rules = functools.partial(calls.apply, event=event, tenant=r.tenant, call_id=call_id,
                                   lead_trigger=snap.meta["lead_trigger"])
         try:
-            reply = await asyncio.to_thread(self.state.store.call_event, r.tenant, call_id, event, rules,
-                                            jobs.topup_policy(snap, dt.datetime.now(dt.UTC).date()), currency)
+            # no thread waits for the commit: the store's group commit wakes this coroutine when done
+            reply = await asyncio.wrap_future(self.state.store.submit_call_event(
+                r.tenant, call_id, event, rules, jobs.topup_policy(snap, dt.datetime.now(dt.UTC).date()), currency))
         except calls.EventRefused as exc:
             raise RequestError(getattr(grpc.StatusCode, exc.code), str(exc)) from None
         out = decisions_pb2.CallEventReply(call_id=call_id, version=snap.version, state=reply.state,

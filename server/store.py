@@ -33,6 +33,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -535,15 +536,18 @@ class SQLiteStore(AccountsMixin):
             return StoreBusy(f"{self.path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s: {exc}")
         return None
 
-    def _grouped(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a small write in this process's next group commit (server/store_group.py)."""
+    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        """Queue a small write for this process's next group commit (server/store_group.py)."""
         pid = os.getpid()
         with self._lock:
             if self._committer is None or self._committer_pid != pid:  # first use, or a forked child
                 self._committer = GroupCommitter(self._connect, lambda exc: self._busy(exc) or exc)
                 self._committer_pid = pid
             committer = self._committer
-        return committer.run(fn)
+        return committer.submit(fn)
+
+    def _grouped(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._submit(fn).result()
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         """One read statement on this thread's connection (autocommit: a consistent snapshot of its own)."""

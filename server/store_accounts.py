@@ -22,6 +22,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -51,11 +52,16 @@ class AccountsMixin:
     _transaction: Callable[[bool], AbstractContextManager[sqlite3.Connection]]
     _read: Callable[[str, tuple[Any, ...]], list[Any]]
     _grouped: Callable[[Callable[[sqlite3.Connection], Any]], Any]
+    _submit: Callable[[Callable[[sqlite3.Connection], Any]], Future[Any]]
 
     # -- calls -----------------------------------------------------------------
 
     def call_event(self, tenant: str, call_id: str, event: Event, rules: Callable[[Call | None], Outcome],
                    topup: TopupPolicy | None, currency: str) -> Reply:
+        return self.submit_call_event(tenant, call_id, event, rules, topup, currency).result()
+
+    def submit_call_event(self, tenant: str, call_id: str, event: Event, rules: Callable[[Call | None], Outcome],
+                          topup: TopupPolicy | None, currency: str) -> Future[Reply]:
         _check_str("tenant", tenant)
         _check_str("call_id", call_id)
 
@@ -85,7 +91,7 @@ class AccountsMixin:
                              (tenant, call_id, outcome.reply.lead_responsible, event.kind, now))
             return outcome.reply
 
-        return self._grouped(write)
+        return self._submit(write)
 
     def ringing_calls(self, tenant: str) -> list[tuple[str, str, int]]:
         _check_str("tenant", tenant)

@@ -14,6 +14,7 @@ Money is integer micro-units (1e-6 of the currency), never float.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -199,6 +200,11 @@ class Store(Protocol):
         otherwise `rules` (server.calls.apply) gives the call's new record, the reply and the charge,
         all committed in one transaction with the ledger debit, the CRM lead and any top-up it triggers.
         Raises server.calls.EventRefused (nothing written) when the event cannot apply."""
+        ...
+
+    def submit_call_event(self, tenant: str, call_id: str, event: Event, rules: Callable[[Call | None], Outcome],
+                          topup: TopupPolicy | None, currency: str) -> Future[Reply]:
+        """call_event without waiting: the future is done once the event is committed (or refused)."""
         ...
 
     def ringing_calls(self, tenant: str) -> list[tuple[str, str, int]]:

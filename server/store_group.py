@@ -39,11 +39,16 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="store-group-commit", daemon=True)
         self._thread.start()
 
-    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` in the next group transaction; return its result once committed."""
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        """Queue `fn(conn)` for the next group transaction; the future is done once that committed
+        (an event loop awaits it with asyncio.wrap_future, without a thread of its own waiting)."""
         future: Future[T] = Future()
         self._queue.put((fn, future))
-        return future.result()
+        return future
+
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` in the next group transaction; return its result once committed."""
+        return self.submit(fn).result()
 
     def close(self) -> None:
         self._queue.put(None)
