@@ -183,6 +183,7 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
                 await asyncio.wait_for(stopping.wait(), opts.poll)
 
     watcher = asyncio.create_task(watch())
+    warming = asyncio.create_task(compiler.warm())
     await stopping.wait()
     log.info("stopping: finishing calls in flight", extra={"event": "stopping", "grace_s": opts.grace})
     await health_servicer.enter_graceful_shutdown()
@@ -190,6 +191,8 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
+    with contextlib.suppress(Exception):
+        await warming
     metrics.flush()
     compiler.close()
     store.close()

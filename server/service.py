@@ -140,6 +140,12 @@ class Compiler:
             self._pool = None  # the compile process died (e.g. out of memory): start afresh next time
             raise
 
+    async def warm(self) -> None:
+        """Start the compile process now, not at the first push: a spawned interpreter imports numpy and
+        the engine at normal priority before its initializer lowers it, which took CPU from decisions
+        in the middle of the first push (measured as slow calls right where the compile began)."""
+        await asyncio.get_running_loop().run_in_executor(None, lambda: self._executor().submit(os.getpid).result())
+
     async def build(self, document: bytes, fmt: str | None) -> Built:
         return await asyncio.get_running_loop().run_in_executor(None, self.build_blocking, document, fmt)
 
