@@ -34,13 +34,15 @@ run: build
 	@echo "    $(PY) -m callgate decide inbound --tenant acme --caller +14155550666 --called +14155550199"
 	@echo "    $(PY) -m callgate decide outbound --tenant acme --user u3 --destination 02071112222"
 	@echo "    $(PY) -m callgate settings history --tenant acme"
+	@echo "    $(PY) -m callgate billing balance acme        (sandbox payments; card 4000000000000002 declines)"
+	@echo "    $(PY) -m callgate documents upload +14155550100 SCAN.png --tenant acme"
 	@echo "  metrics: http://127.0.0.1:9464/metrics   offline demo: $(PY) -m callgate demo"
 	$(PY) -m callgate serve --listen 127.0.0.1:50051 --data-dir data --seed examples/acme.json \
 		--seed-credit 10.00 --log-format text
 
 lint: build
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy engine loadtest tests
+	$(VENV)/bin/mypy engine server loadtest tests
 
 test: build lint
 	$(PY) -m pytest -q

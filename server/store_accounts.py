@@ -108,11 +108,12 @@ class AccountsMixin:
         return [_call(r) for r in rows]
 
     def expire_calls(self, ring_cutoff: int, talk_cutoff: int, now: int) -> list[Call]:
+        stale = "(state = 'ringing' AND ringing_at < ?) OR (state = 'answered' AND answered_at < ?)"
+        if not self._read(f"SELECT 1 FROM calls WHERE {stale} LIMIT 1", (ring_cutoff, talk_cutoff)):
+            return []  # the common case, without the write lock
         with self._transaction(True) as conn:
-            rows = conn.execute(
-                f"UPDATE calls SET state = 'expired', ended_at = ? "
-                "WHERE (state = 'ringing' AND ringing_at < ?) OR (state = 'answered' AND answered_at < ?) "
-                f"RETURNING {CALL_COLUMNS}", (now, ring_cutoff, talk_cutoff)).fetchall()
+            rows = conn.execute(f"UPDATE calls SET state = 'expired', ended_at = ? WHERE {stale} "
+                                f"RETURNING {CALL_COLUMNS}", (now, ring_cutoff, talk_cutoff)).fetchall()
         return [_call(r) for r in rows]
 
     def lead_count(self, tenant: str, call_id: str) -> int:
@@ -172,6 +173,10 @@ class AccountsMixin:
         return [LedgerEntry(*r) for r in rows]
 
     def claim_topup(self, now: int, stale_s: int) -> tuple[Topup, CardRecord | None] | None:
+        # every worker asks several times a second: answer "nothing due" without the write lock
+        due = ("(status = 'pending' AND next_attempt_at <= ?) OR (status = 'charging' AND claimed_at < ?)")
+        if not self._read(f"SELECT 1 FROM topups WHERE {due} LIMIT 1", (now, now - stale_s)):
+            return None
         with self._transaction(True) as conn:
             row = conn.execute(
                 f"SELECT {TOPUP_COLUMNS} FROM topups WHERE (status = 'pending' AND next_attempt_at <= ?) "
