@@ -353,10 +353,10 @@ class _Worker:
         }
 
 
-def _worker_main(spec: LoadSpec, index: int, msgs: Any, start_event: Any, start_at: Any) -> None:
-    """Entry point of a client process: connect, say ready, wait for the common start, load, report."""
-    if spec.mode == "open":
-        sys.setswitchinterval(0.0005)  # the timer thread gets the GIL back quickly
+def start_signals(msgs: Any, index: int, start_event: Any, start_at: Any
+                  ) -> tuple[Callable[[], None], Callable[[], int]]:
+    """In a client process: `ready()` tells the parent it is connected, `wait_start()` waits for the
+    common start and returns its CLOCK_MONOTONIC ns (the same clock in every process)."""
 
     def ready() -> None:
         msgs.put(("ready", index, None))
@@ -366,6 +366,15 @@ def _worker_main(spec: LoadSpec, index: int, msgs: Any, start_event: Any, start_
             raise TimeoutError("no start signal from the parent in 120 s")
         return int(start_at.value)
 
+    return ready, wait_start
+
+
+def _worker_main(spec: LoadSpec, index: int, msgs: Any, start_event: Any, start_at: Any) -> None:
+    """Entry point of a client process: connect, say ready, wait for the common start, load, report."""
+    if spec.mode == "open":
+        sys.setswitchinterval(0.0005)  # the timer thread gets the GIL back quickly
+
+    ready, wait_start = start_signals(msgs, index, start_event, start_at)
     try:
         result = asyncio.run(_Worker(spec, index).run(ready, wait_start))
         msgs.put(("result", index, result))

@@ -116,7 +116,7 @@ import grpc
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 
-from .grpc_bench import CHANNEL_OPTIONS, START_DELAY_NS, _wait_messages, share
+from .grpc_bench import CHANNEL_OPTIONS, START_DELAY_NS, _wait_messages, share, start_signals
 from .server_bench import EXAMPLE, ROOT, CpuMeter, ServeProcess, _terminate
 from .stats import RunRecorder, SampleBuffer, format_table, merge_all
 
@@ -430,13 +430,7 @@ class Client:
 
 def _client_main(spec: Spec, index: int, msgs: Any, start_event: Any, start_at: Any, progress: Any) -> None:
     """Entry point of a spawned client process: connect, say ready, wait for the common start, load, report."""
-    def ready() -> None:
-        msgs.put(("ready", index, None))
-
-    def wait_start() -> int:
-        if not start_event.wait(120.0):
-            raise TimeoutError("no start signal from the parent in 120 s")
-        return int(start_at.value)
+    ready, wait_start = start_signals(msgs, index, start_event, start_at)
 
     def tick(done: int) -> None:
         progress[index] = done  # shared memory without a lock: one writer per slot, read for display only
