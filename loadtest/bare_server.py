@@ -6,7 +6,8 @@
 It answers `Inbound` with one dict lookup (the tenant) and one roaring-bitmap
 lookup (the caller on the tenant's blacklist), and a nearly constant
 `Decision`: REJECT BLACKLISTED (603) for the listed caller +14155550666,
-ROUTE otherwise, version 1.  An unknown tenant is NOT_FOUND.  `DecideBatch`
+ROUTE otherwise, version 1; `Outbound` with one dict lookup and a constant
+ALLOW.  An unknown tenant is NOT_FOUND.  `DecideBatch`
 (INBOUND) checks the column sizes and answers `count` rows of zeros (24
 bytes each), so that it measures the transport of a columnar batch.  Every
 other method is UNIMPLEMENTED.  It is the baseline the real server is
@@ -65,6 +66,9 @@ class BareState:
         self.route = decisions_pb2.Decision(verdict=decisions_pb2.ROUTE, reason=decisions_pb2.OK, version=1,
                                             chat_mode="chat_per_call", lead_trigger="on_answer",
                                             rule="bare server: route")
+        self.allow = decisions_pb2.Decision(verdict=decisions_pb2.ALLOW, reason=decisions_pb2.OK, version=1,
+                                            chat_mode="chat_per_call", lead_trigger="on_answer",
+                                            rule="bare server: allow")
         self.reject = decisions_pb2.Decision(verdict=decisions_pb2.REJECT, reason=decisions_pb2.BLACKLISTED,
                                              sip_status=603, version=1, rule="bare server: blacklisted")
 
@@ -78,6 +82,9 @@ class BareState:
         if digits.isdigit() and int(digits) in entry[1]:  # the one bitmap lookup
             return self.reject
         return self.route
+
+    def outbound(self, request: decisions_pb2.OutboundRequest) -> decisions_pb2.Decision | None:
+        return self.allow if request.tenant in self.tenants else None
 
     def batch(self, request: decisions_pb2.BatchRequest) -> tuple[decisions_pb2.BatchReply | None, str]:
         """Rows of zeros, or (None, what is wrong)."""
@@ -105,6 +112,14 @@ class AioServicer(decisions_pb2_grpc.DecisionsServicer):
         await context.abort(grpc.StatusCode.NOT_FOUND, f"tenant {request.tenant!r} has no settings")
         raise AssertionError("abort() raises")
 
+    async def Outbound(self, request: decisions_pb2.OutboundRequest,
+                       context: grpc.aio.ServicerContext) -> decisions_pb2.Decision:
+        decision = self.state.outbound(request)
+        if decision is not None:
+            return decision
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"tenant {request.tenant!r} has no settings")
+        raise AssertionError("abort() raises")
+
     async def DecideBatch(self, request: decisions_pb2.BatchRequest,
                           context: grpc.aio.ServicerContext) -> decisions_pb2.BatchReply:
         reply, error = self.state.batch(request)
@@ -122,6 +137,14 @@ class SyncServicer(decisions_pb2_grpc.DecisionsServicer):
     def Inbound(self, request: decisions_pb2.InboundRequest,
                 context: grpc.ServicerContext) -> decisions_pb2.Decision:
         decision = self.state.inbound(request)
+        if decision is not None:
+            return decision
+        context.abort(grpc.StatusCode.NOT_FOUND, f"tenant {request.tenant!r} has no settings")
+        raise AssertionError("abort() raises")
+
+    def Outbound(self, request: decisions_pb2.OutboundRequest,
+                 context: grpc.ServicerContext) -> decisions_pb2.Decision:
+        decision = self.state.outbound(request)
         if decision is not None:
             return decision
         context.abort(grpc.StatusCode.NOT_FOUND, f"tenant {request.tenant!r} has no settings")

@@ -172,6 +172,20 @@ class LoadSpec:
     max_requests: int  # measured calls, in total
     timeout_s: float
     max_inflight: int  # open: per process
+    # A mix of methods: payload i goes to methods[method_of[i]] (None: every payload to `method`).
+    methods: list[str] | None = None
+    method_of: list[int] | None = None
+    # Verification: check(expectations[i], reply bytes) -> None when the reply is right, else what is wrong.
+    # `check` must be a module-level function (it is pickled to the client processes).
+    check: Callable[[Any, bytes], str | None] | None = None
+    expectations: list[Any] | None = None
+    describe: Callable[[Any], str] | None = None  # a request in words, for the wrong-answer examples
+
+    def method_list(self) -> list[str]:
+        return self.methods if self.methods else [self.method]
+
+
+MAX_WRONG_EXAMPLES = 10
 
 
 def share(total: int, parts: int, index: int) -> int:
@@ -188,8 +202,8 @@ def _code_name(exc: BaseException) -> str:
 class _Worker:
     """The load of one process (runs in its own asyncio loop)."""
 
-    def __init__(self, spec: LoadSpec, index: int) -> None:
-        self.spec, self.index = spec, index
+    def __init__(self, spec: LoadSpec, index: int, counts: Any = None) -> None:
+        self.spec, self.index, self.counts = spec, index, counts
         self.set_start(0)
         self.cap = share(spec.max_requests, spec.procs, index)
         self.rec = RunRecorder()
@@ -198,7 +212,10 @@ class _Worker:
         self.lag = SampleBuffer()  # open loop: actual send - intended start
         self.measured_started = 0
         self.completed_total = 0  # including warm-up
-        self.calls: list[Callable[..., Any]] = []
+        self.calls: list[list[Callable[..., Any]]] = []  # [channel][method]
+        self.checked = 0  # replies compared with their expectation (warm-up included: every answer counts)
+        self.wrong = 0
+        self.wrong_examples: list[str] = []
 
     def set_start(self, t0_ns: int) -> None:
         """The common start (monotonic ns): warm-up from t0, measured window after it."""
@@ -206,18 +223,35 @@ class _Worker:
         self.measure_ns = t0_ns + int(self.spec.warmup_s * 1e9)
         self.end_ns = self.measure_ns + int(self.spec.duration_s * 1e9)
 
-    async def _one(self, payload: bytes, call: Callable[..., Any]) -> str:
+    async def _one(self, seq: int, channel: int) -> str:
+        """Send request `seq` (modulo the payloads) on `channel`; check the reply when asked to."""
+        spec = self.spec
+        i = seq % len(spec.payloads)
+        call = self.calls[channel % len(self.calls)][spec.method_of[i] if spec.method_of else 0]
         try:
-            await call(payload, timeout=self.spec.timeout_s)
-            return "OK"
+            reply = await call(spec.payloads[i], timeout=spec.timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             return _code_name(exc)
+        if spec.check is not None and spec.expectations is not None:
+            self.checked += 1
+            why = spec.check(spec.expectations[i], reply)
+            if why is not None:
+                self.wrong += 1
+                if len(self.wrong_examples) < MAX_WRONG_EXAMPLES:
+                    what = spec.describe(spec.expectations[i]) if spec.describe else f"request #{i}"
+                    self.wrong_examples.append(f"{what}: {why}")
+        return "OK"
 
     def _done(self, intended_ns: int, sent_ns: int, code: str) -> None:
         end = time.monotonic_ns()
         self.completed_total += 1
+        if self.counts is not None:
+            at = 3 * self.index
+            self.counts[at] = self.completed_total
+            self.counts[at + 1] += code != "OK"
+            self.counts[at + 2] = self.wrong
         if intended_ns >= self.measure_ns:
             # from the intended start, or from the actual send when the timer fired a little early
             self.latency.add(end - min(intended_ns, sent_ns))
@@ -235,7 +269,6 @@ class _Worker:
 
         async def lane(k: int) -> None:
             i = self.index + k * self.spec.procs
-            call = self.calls[k % len(self.calls)]
             while True:
                 start = time.monotonic_ns()
                 if start >= self.end_ns:
@@ -244,7 +277,7 @@ class _Worker:
                     if self.measured_started >= self.cap:
                         return
                     self.measured_started += 1
-                code = await self._one(self.spec.payloads[i % n], call)
+                code = await self._one(i % n, k)
                 self._done(start, start, code)
                 i += self.spec.concurrency
 
@@ -266,7 +299,7 @@ class _Worker:
         async def send(seq: int, intended: int) -> None:
             sent = time.monotonic_ns()
             lead[0] = min(max(lead[0] + (sent - intended) // 8, 0), LEAD_MAX_NS)
-            code = await self._one(spec.payloads[seq % n], self.calls[seq % len(self.calls)])
+            code = await self._one(seq % n, seq)
             self._done(intended, sent, code)
 
         def fire(batch: list[tuple[int, int]]) -> None:
@@ -326,7 +359,7 @@ class _Worker:
         try:
             await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), 15.0)
             # no serializers: the payloads are bytes already and the replies stay bytes
-            self.calls = [ch.unary_unary(self.spec.method) for ch in channels]
+            self.calls = [[ch.unary_unary(m) for m in self.spec.method_list()] for ch in channels]
             ready()
             self.set_start(await asyncio.get_running_loop().run_in_executor(None, wait_start))
             await asyncio.sleep(max(self.t0_ns - time.monotonic_ns(), 0) / 1e9)
@@ -348,6 +381,7 @@ class _Worker:
             "service": self.service.flush().to_dict(),
             "lag": self.lag.flush().to_dict(),
             "completed_total": self.completed_total,
+            "checked": self.checked, "wrong": self.wrong, "wrong_examples": self.wrong_examples,
             "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
             "wall_s": (wall1 - wall0) / 1e9,
         }
@@ -369,14 +403,15 @@ def start_signals(msgs: Any, index: int, start_event: Any, start_at: Any
     return ready, wait_start
 
 
-def _worker_main(spec: LoadSpec, index: int, msgs: Any, start_event: Any, start_at: Any) -> None:
+def _worker_main(spec: LoadSpec, index: int, msgs: Any, start_event: Any, start_at: Any, counts: Any = None
+                 ) -> None:
     """Entry point of a client process: connect, say ready, wait for the common start, load, report."""
     if spec.mode == "open":
         sys.setswitchinterval(0.0005)  # the timer thread gets the GIL back quickly
 
     ready, wait_start = start_signals(msgs, index, start_event, start_at)
     try:
-        result = asyncio.run(_Worker(spec, index).run(ready, wait_start))
+        result = asyncio.run(_Worker(spec, index, counts).run(ready, wait_start))
         msgs.put(("result", index, result))
     except BaseException:
         msgs.put(("error", index, traceback.format_exc()))
@@ -399,6 +434,9 @@ class RunResult:
     server_cpu_s: float | None
     wall_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    checked: int = 0  # replies compared with their expectation
+    wrong: int = 0
+    wrong_examples: list[str] = field(default_factory=list)
 
     @property
     def throughput(self) -> float:
@@ -433,16 +471,24 @@ def _cpu_of_children_and_self() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
-def run_load(spec: LoadSpec, server_pid: int | None = None) -> RunResult:
-    """Start `spec.procs` client processes, run the load once, merge their figures."""
+ProgressFactory = Callable[[Callable[[], tuple[int, int, int]]], contextlib.AbstractContextManager[Any]]
+
+
+def run_load(spec: LoadSpec, server_pid: int | None = None, progress: ProgressFactory | None = None) -> RunResult:
+    """Start `spec.procs` client processes, run the load once, merge their figures.
+
+    `progress(poll)`, if given, is entered while the load runs; poll() returns (calls done, errors, wrong
+    answers) so far, summed over the client processes."""
     if spec.mode == "closed" and spec.concurrency < spec.procs:
         raise ValueError("--closed-loop concurrency must be at least --procs")
     ctx = mp.get_context("spawn")  # never fork a process that has gRPC state
     msgs = ctx.Queue()
     start_event = ctx.Event()
     start_at = ctx.Value("q", 0)
+    # (done, errors, wrong) per process: one writer per slot, read only for display, so no lock
+    counts = ctx.Array("q", 3 * spec.procs, lock=False)
     cpu_before = _cpu_of_children_and_self()
-    procs = [ctx.Process(target=_worker_main, args=(spec, i, msgs, start_event, start_at),
+    procs = [ctx.Process(target=_worker_main, args=(spec, i, msgs, start_event, start_at, counts),
                          name=f"grpc-bench-{i}", daemon=True) for i in range(spec.procs)]
     for p in procs:
         p.start()
@@ -454,7 +500,12 @@ def run_load(spec: LoadSpec, server_pid: int | None = None) -> RunResult:
         wall0 = time.monotonic()
         start_event.set()
         limit = START_DELAY_NS / 1e9 + spec.warmup_s + spec.duration_s + spec.timeout_s + 60.0
-        _wait_messages(msgs, procs, "result", limit, results)
+
+        def poll() -> tuple[int, int, int]:
+            return (sum(counts[0::3]), sum(counts[1::3]), sum(counts[2::3]))
+
+        with progress(poll) if progress is not None else contextlib.nullcontext():
+            _wait_messages(msgs, procs, "result", limit, results)
         wall = time.monotonic() - wall0 - START_DELAY_NS / 1e9
         server_cpu1 = proc_cpu_seconds(server_pid) if server_pid else None
     finally:
@@ -473,7 +524,9 @@ def run_load(spec: LoadSpec, server_pid: int | None = None) -> RunResult:
         items_per_call=spec.items_per_call, mode=spec.mode, offered_rate=spec.rate,
         completed_total=sum(r["completed_total"] for r in parts),
         client_load_cpu_s=sum(r["cpu_s"] for r in parts), client_total_cpu_s=cpu_after - cpu_before,
-        procs=spec.procs, server_cpu_s=server_cpu, wall_s=max(r["wall_s"] for r in parts) if parts else wall)
+        procs=spec.procs, server_cpu_s=server_cpu, wall_s=max(r["wall_s"] for r in parts) if parts else wall,
+        checked=sum(r["checked"] for r in parts), wrong=sum(r["wrong"] for r in parts),
+        wrong_examples=[e for r in parts for e in r["wrong_examples"]][:MAX_WRONG_EXAMPLES])
 
 
 def _merge_hists(dicts: Any) -> Histogram:

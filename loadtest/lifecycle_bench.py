@@ -99,7 +99,6 @@ import shlex
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -117,7 +116,7 @@ import grpc
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 
 from .grpc_bench import CHANNEL_OPTIONS, START_DELAY_NS, _wait_messages, share, start_signals
-from .server_bench import EXAMPLE, ROOT, CpuMeter, ServeProcess, _terminate
+from .server_bench import EXAMPLE, CpuMeter, ServeProcess, _terminate
 from .stats import RunRecorder, SampleBuffer, format_table, merge_all
 
 KINDS = ("RINGING", "ANSWERED", "ENDED")
@@ -176,36 +175,11 @@ def filesystem_type(path: Path) -> str:
 
 
 class LifecycleServer(ServeProcess):
-    """ServeProcess with this bench's command line: one worker, port 0, no seed (the bench pushes its tenant).
-
-    ServeProcess always seeds the full acme document with a 10.00 credit; the checks here need a ledger
-    that holds nothing but the bench's credit and calls, so only the start differs: the log reader,
-    wait_events, stop (SIGTERM by PID via stop_process, then any leftover by PID) are ServeProcess's.
-    """
+    """ServeProcess without the seed (the checks here need a ledger that holds nothing but the bench's
+    credit and calls): one worker, port 0; the log reader, wait_events and stop are ServeProcess's."""
 
     def __init__(self, data_dir: Path, start_timeout_s: float = 60.0) -> None:
-        self.name, self.workers, self.data_dir = "callgate", 1, data_dir
-        cmd = [sys.executable, "-m", "callgate", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
-               "--metrics", "", "--log-format", "json"]
-        self.command = cmd
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        self.logs: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self.port: int | None = None  # from the "listening" log line
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-        self._reader = threading.Thread(target=self._read, name="callgate-logs", daemon=True)
-        self._reader.start()
-        self._known: list[tuple[int, int]] = []
-        self.left_behind: list[str] = []
-        try:
-            self.wait_events("listening", 1, start_timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        self.remember_processes()
+        super().__init__("callgate", data_dir, 1, start_timeout_s, seed=False)
 
     def problems(self) -> list[str]:
         """Log lines at warning level or above (a crash trace would be one)."""

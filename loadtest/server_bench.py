@@ -243,12 +243,15 @@ def connections_by_pid(pids: Sequence[int], port: int) -> dict[int, int]:
 class ServeProcess:
     """`python -m callgate serve` on 127.0.0.1, its JSON log lines collected; stopped by its PID."""
 
-    def __init__(self, name: str, data_dir: Path, workers: int = 1, start_timeout_s: float = 60.0) -> None:
+    def __init__(self, name: str, data_dir: Path, workers: int = 1, start_timeout_s: float = 60.0,
+                 seed: bool = True, extra: Sequence[str] = ()) -> None:
         self.name, self.workers, self.data_dir = name, workers, data_dir
         port = free_port() if workers > 1 else 0  # N workers share an explicit port (SO_REUSEPORT)
         cmd = [sys.executable, "-m", "callgate", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir",
-               str(data_dir), "--metrics", "", "--seed", str(EXAMPLE), "--seed-credit", "10.00",
-               "--workers", str(workers)]
+               str(data_dir), "--metrics", "", "--workers", str(workers), "--log-format", "json", *extra]
+        if seed:  # the example tenant with a 10.00 credit; a caller that pushes its own tenants says seed=False
+            cmd += ["--seed", str(EXAMPLE), "--seed-credit", "10.00"]
+        self.command = cmd
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         self.logs: list[dict[str, Any]] = []

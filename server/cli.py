@@ -270,6 +270,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return app.run(opts)
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from loadtest.harness import main as loadtest_main
+
+    return loadtest_main(args.args)
+
+
 # -- parser ---------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="versions in force and sizes, per tenant")
     stats.add_argument("--tenant")
     stats.set_defaults(run=cmd_stats)
+
+    lt = sub.add_parser("loadtest", add_help=False, prefix_chars="\0",
+                        help="the load-test harness: a synthetic world, a call mix, every answer checked "
+                             "(`callgate loadtest --help`; the same as python -m loadtest)")
+    lt.add_argument("args", nargs=argparse.REMAINDER)
+    lt.set_defaults(run=cmd_loadtest)
 
     from .cli_operator import add_operator_commands
 

@@ -1,0 +1,66 @@
+"""The load-test harness end to end: a real server checked answer by answer, and a wrong server caught."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest import harness, scenario
+from loadtest.bare_server import BareServer
+
+from .serving import ROOT
+
+SMALL = ["--tenants", "2", "--numbers", "20", "--blacklist", "500", "--offhours-blacklist", "100", "--users", "6",
+         "--requests", "600", "--warmup", "0.3"]
+
+
+def test_short_load_against_a_real_server_has_no_wrong_answer(tmp_path: Path, capsys) -> None:
+    out_json, out_png = tmp_path / "run.json", tmp_path / "run.png"
+    code = harness.main([*SMALL, "--open-loop", "300", "--duration", "2", "--compare-bare",
+                         "--json", str(out_json), "--png", str(out_png)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
+    figures = json.loads(out_json.read_text())
+    text = json.dumps(figures)
+    assert "callgate" in text and "bare" in text
+    assert "wrong answers: 0 of" in printed.out
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_batch_mode_checks_every_row(tmp_path: Path, capsys) -> None:
+    code = harness.main([*SMALL, "--rpc", "batch", "--batch-size", "50", "--closed-loop", "2", "--duration", "1"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
+    assert "wrong answers: 0 of" in printed.out
+
+
+def test_a_wrong_server_is_caught(capsys) -> None:
+    """The bare server answers ROUTE or a fixed blacklist REJECT to everything: the checks must say so."""
+    world = scenario.build_world(scenario.WorldSpec(seed=1, tenants=2, numbers_per_tenant=20, blacklist=500,
+                                                    offhours_blacklist=100, users_per_tenant=6))
+    with BareServer("aio", extra=[a for t in world.tenants for a in ("--tenant", t.id)]) as bare:
+        code = harness.main([*SMALL, "--target", bare.address, "--no-push", "--open-loop", "300",
+                             "--duration", "1"])
+    printed = capsys.readouterr()
+    assert code == 1, printed.out + printed.err
+    assert "WRONG ANSWERS" in printed.out and "wrong answers: 0 of" not in printed.out
+    assert "expected" in printed.out or "!=" in printed.out           # the examples say what differed
+
+
+@pytest.mark.parametrize("argv, words", [(["--tenants", "0"], "--tenants must be at least 1"),
+                                         (["--blacklisted", "0.9", "--unknown", "0.5"], "add up to at most 1"),
+                                         (["--duration", "0"], "--duration")])
+def test_bad_arguments_exit_2_with_a_message(argv, words, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        harness.main(argv)
+    assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_callgate_loadtest_is_the_harness() -> None:
+    done = subprocess.run([sys.executable, "-m", "callgate", "loadtest", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "python -m loadtest" in done.stdout and "--open-loop" in done.stdout
