@@ -7,7 +7,7 @@ It answers `Inbound` with one dict lookup (the tenant) and one roaring-bitmap
 lookup (the caller on the tenant's blacklist), and a nearly constant
 `Decision`: REJECT BLACKLISTED (603) for the listed caller +14155550666,
 ROUTE otherwise, version 1; `Outbound` with one dict lookup and a constant
-ALLOW.  An unknown tenant is NOT_FOUND.  `DecideBatch`
+ALLOW; `Stream` (aio mode) the same, pipelined.  An unknown tenant is NOT_FOUND.  `DecideBatch`
 (INBOUND) checks the column sizes and answers `count` rows of zeros (24
 bytes each), so that it measures the transport of a columnar batch.  Every
 other method is UNIMPLEMENTED.  It is the baseline the real server is
@@ -119,6 +119,17 @@ class AioServicer(decisions_pb2_grpc.DecisionsServicer):
             return decision
         await context.abort(grpc.StatusCode.NOT_FOUND, f"tenant {request.tenant!r} has no settings")
         raise AssertionError("abort() raises")
+
+    async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for req in request_iterator:
+            which = req.WhichOneof("request")
+            decision = (self.state.inbound(req.inbound) if which == "inbound"
+                        else self.state.outbound(req.outbound) if which == "outbound" else None)
+            if decision is None:
+                yield decisions_pb2.StreamReply(id=req.id, error="unknown tenant or request",
+                                                error_code=grpc.StatusCode.NOT_FOUND.value[0])
+            else:
+                yield decisions_pb2.StreamReply(id=req.id, decision=decision)
 
     async def DecideBatch(self, request: decisions_pb2.BatchRequest,
                           context: grpc.aio.ServicerContext) -> decisions_pb2.BatchReply:

@@ -93,7 +93,9 @@ DEFAULT_TENANT = "acme"
 DEFAULT_CALLERS = ["+14155550666", "+14155551234"]
 DEFAULT_CALLED = ["+14155550199"]
 DEFAULT_AT = 1764613800
-METHODS = {"inbound": "/callgate.v1.Decisions/Inbound", "batch": "/callgate.v1.Decisions/DecideBatch"}
+METHODS = {"inbound": "/callgate.v1.Decisions/Inbound", "batch": "/callgate.v1.Decisions/DecideBatch",
+           "stream": "/callgate.v1.Decisions/Stream"}
+STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
 START_DELAY_NS = 200_000_000  # between "go" and the first intended start, so that every worker is awake
 LEAD_INITIAL_NS, LEAD_MAX_NS = 150_000, 1_000_000  # open loop: how early the timer thread wakes up
@@ -180,6 +182,9 @@ class LoadSpec:
     check: Callable[[Any, bytes], str | None] | None = None
     expectations: list[Any] | None = None
     describe: Callable[[Any], str] | None = None  # a request in words, for the wrong-answer examples
+    # Pipelining: one Stream per connection, `payloads` are StreamRequest bodies without their id (field 1 is
+    # put in front when sent: protobuf takes fields in any order), replies matched by id.
+    stream: bool = False
 
     def method_list(self) -> list[str]:
         return self.methods if self.methods else [self.method]
@@ -199,6 +204,63 @@ def _code_name(exc: BaseException) -> str:
     return f"EXCEPTION_{type(exc).__name__}"
 
 
+def _id_field(value: int) -> bytes:
+    """Field 1 (varint) of a protobuf message: the StreamRequest id."""
+    out = bytearray(b"\x08")
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class _Stream:
+    """One bidirectional Stream: a writer task sends requests in order, a reader task matches replies by id."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.next_id = 1
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.writer = asyncio.create_task(self._write())
+        self.reader = asyncio.create_task(self._read())
+
+    async def _write(self) -> None:
+        while (item := await self.queue.get()) is not None:
+            await self.call.write(item)
+        await self.call.done_writing()
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.call:
+                reply = decisions_pb2.StreamReply.FromString(raw)
+                future = self.pending.pop(reply.id, None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        except Exception as exc:  # the stream broke: every request waiting on it fails with its status
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(exc)
+            self.pending.clear()
+
+    async def request(self, body: bytes, timeout_s: float) -> Any:
+        ident, self.next_id = self.next_id, self.next_id + 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[ident] = future
+        self.queue.put_nowait(_id_field(ident) + body)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self.pending.pop(ident, None)
+
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer, 5.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.reader, 5.0)
+
+
 class _Worker:
     """The load of one process (runs in its own asyncio loop)."""
 
@@ -213,6 +275,7 @@ class _Worker:
         self.measured_started = 0
         self.completed_total = 0  # including warm-up
         self.calls: list[list[Callable[..., Any]]] = []  # [channel][method]
+        self.streams: list[_Stream] = []  # stream mode: one per channel
         self.checked = 0  # replies compared with their expectation (warm-up included: every answer counts)
         self.wrong = 0
         self.wrong_examples: list[str] = []
@@ -227,11 +290,20 @@ class _Worker:
         """Send request `seq` (modulo the payloads) on `channel`; check the reply when asked to."""
         spec = self.spec
         i = seq % len(spec.payloads)
-        call = self.calls[channel % len(self.calls)][spec.method_of[i] if spec.method_of else 0]
+        reply: Any
         try:
-            reply = await call(spec.payloads[i], timeout=spec.timeout_s)
+            if spec.stream:
+                answer = await self.streams[channel % len(self.streams)].request(spec.payloads[i], spec.timeout_s)
+                if answer.error:
+                    return STATUS_NAMES.get(answer.error_code, "UNKNOWN")
+                reply = getattr(answer, answer.WhichOneof("reply"))
+            else:
+                call = self.calls[channel % len(self.calls)][spec.method_of[i] if spec.method_of else 0]
+                reply = await call(spec.payloads[i], timeout=spec.timeout_s)
         except asyncio.CancelledError:
             raise
+        except TimeoutError:
+            return "DEADLINE_EXCEEDED"
         except Exception as exc:
             return _code_name(exc)
         if spec.check is not None and spec.expectations is not None:
@@ -360,6 +432,8 @@ class _Worker:
             await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), 15.0)
             # no serializers: the payloads are bytes already and the replies stay bytes
             self.calls = [[ch.unary_unary(m) for m in self.spec.method_list()] for ch in channels]
+            if self.spec.stream:
+                self.streams = [_Stream(ch.stream_stream(METHODS["stream"])()) for ch in channels]
             ready()
             self.set_start(await asyncio.get_running_loop().run_in_executor(None, wait_start))
             await asyncio.sleep(max(self.t0_ns - time.monotonic_ns(), 0) / 1e9)
@@ -372,6 +446,8 @@ class _Worker:
             wall1 = time.monotonic_ns()
             ru1 = resource.getrusage(resource.RUSAGE_SELF)
         finally:
+            for st in self.streams:
+                await st.close()
             for ch in channels:
                 await ch.close()
         self.latency.flush()

@@ -3,6 +3,7 @@
     python -m loadtest                                   # its own server; open loop 1,000/s for 10 s
     python -m loadtest --closed-loop 64 --procs 2        # maximum throughput
     python -m loadtest --rpc batch --closed-loop 4       # DecideBatch, 1,000 rows per call
+    python -m loadtest --rpc stream --closed-loop 64     # pipelined on one Stream per connection
     python -m loadtest --compare-bare                    # the same load against a bare grpcio server too
     python -m loadtest --target HOST:PORT --server-pid PID   # a server you started (loopback by default)
 
@@ -197,6 +198,22 @@ def unary_spec(target: str, plans: Sequence[scenario.Planned], versions: dict[st
             "describe": describe_item}
 
 
+def stream_spec(target: str, plans: Sequence[scenario.Planned], versions: dict[str, int] | None
+                ) -> dict[str, Any]:
+    """LoadSpec fields for pipelining over Stream: the same requests inside StreamRequests."""
+    bodies = []
+    for p in plans:
+        message = scenario.request_message(p)
+        if p.kind == "inbound":
+            body = decisions_pb2.StreamRequest(inbound=decisions_pb2.InboundRequest.FromString(message))
+        else:
+            body = decisions_pb2.StreamRequest(outbound=decisions_pb2.OutboundRequest.FromString(message))
+        bodies.append(body.SerializeToString())
+    fields = unary_spec(target, plans, versions)
+    fields.update(method=METHODS["stream"], methods=None, method_of=None, payloads=bodies, stream=True)
+    return fields
+
+
 def batch_spec(target: str, plans: Sequence[scenario.Planned], size: int, versions: dict[str, int] | None
                ) -> dict[str, Any]:
     by_tenant: dict[str, list[Item]] = {}
@@ -245,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--open-loop", type=float, metavar="RATE", help="calls/s at fixed intended starts "
                                                                        "(default 1,000)")
     mode.add_argument("--closed-loop", type=int, metavar="N", help="N calls always in flight")
-    ld.add_argument("--rpc", choices=("unary", "batch"), default="unary",
-                    help="unary Inbound/Outbound calls (default) or DecideBatch of inbound rows")
+    ld.add_argument("--rpc", choices=("unary", "stream", "batch"), default="unary",
+                    help="unary Inbound/Outbound calls (default), the same pipelined on one bidirectional Stream "
+                         "per connection, or DecideBatch of inbound rows")
     ld.add_argument("--batch-size", type=int, default=1000)
     ld.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
     ld.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring (default 1)")
@@ -313,7 +331,8 @@ def run(args: argparse.Namespace) -> int:
         f"{len(plans):,} planned requests with their expected answers in {time.monotonic() - t0:.1f} s")
     say("plan: " + ", ".join(f"{k} {v:,}" for k, v in scenario.summary(plans).items()))
     load = f"open loop {args.open_loop:,.0f}/s" if args.open_loop is not None else f"closed loop {args.closed_loop}"
-    title = f"{'DecideBatch' if args.rpc == 'batch' else 'Inbound/Outbound'} {load}, {len(world.tenants)} tenants"
+    rpc = {"batch": "DecideBatch", "stream": "Inbound/Outbound on Stream"}.get(args.rpc, "Inbound/Outbound")
+    title = f"{rpc} {load}, {len(world.tenants)} tenants"
     started: list[Any] = []
     results: list[report.TargetResult] = []
     try:
@@ -339,8 +358,12 @@ def run(args: argparse.Namespace) -> int:
             targets.append(("bare", bare.address, bare.pid, None))  # it answers nearly constant replies
         total_s = args.warmup + args.duration
         for name, target, target_pid, check in targets:
-            fields = (batch_spec(target, plans, args.batch_size, check) if args.rpc == "batch"
-                      else unary_spec(target, plans, check))
+            if args.rpc == "batch":
+                fields = batch_spec(target, plans, args.batch_size, check)
+            elif args.rpc == "stream":
+                fields = stream_spec(target, plans, check)
+            else:
+                fields = unary_spec(target, plans, check)
             say(f"{name}: {load} for {args.duration:g} s (+{args.warmup:g} s warm-up), {args.procs} client "
                 f"process(es) x {args.channels} connection(s)")
             result = run_load(load_spec(fields, args), target_pid,

@@ -38,6 +38,13 @@ def test_batch_mode_checks_every_row(tmp_path: Path, capsys) -> None:
     assert "wrong answers: 0 of" in printed.out
 
 
+def test_stream_mode_pipelines_and_checks(capsys) -> None:
+    code = harness.main([*SMALL, "--rpc", "stream", "--closed-loop", "16", "--duration", "1", "--compare-bare"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
+    assert "wrong answers: 0 of" in printed.out and "bare: errors: none" in printed.out
+
+
 def test_a_wrong_server_is_caught(capsys) -> None:
     """The bare server answers ROUTE or a fixed blacklist REJECT to everything: the checks must say so."""
     world = scenario.build_world(scenario.WorldSpec(seed=1, tenants=2, numbers_per_tenant=20, blacklist=500,
