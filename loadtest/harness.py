@@ -4,6 +4,7 @@
     python -m loadtest --closed-loop 64 --procs 2        # maximum throughput
     python -m loadtest --rpc batch --closed-loop 4       # DecideBatch, 1,000 rows per call
     python -m loadtest --rpc stream --closed-loop 64     # pipelined on one Stream per connection
+    python -m loadtest --rpc lifecycle --closed-loop 32  # whole calls with pickups, charges and leads checked
     python -m loadtest --compare-bare                    # the same load against a bare grpcio server too
     python -m loadtest --target HOST:PORT --server-pid PID   # a server you started (loopback by default)
 
@@ -262,9 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--open-loop", type=float, metavar="RATE", help="calls/s at fixed intended starts "
                                                                        "(default 1,000)")
     mode.add_argument("--closed-loop", type=int, metavar="N", help="N calls always in flight")
-    ld.add_argument("--rpc", choices=("unary", "stream", "batch"), default="unary",
+    ld.add_argument("--rpc", choices=("unary", "stream", "batch", "lifecycle"), default="unary",
                     help="unary Inbound/Outbound calls (default), the same pipelined on one bidirectional Stream "
-                         "per connection, or DecideBatch of inbound rows")
+                         "per connection, DecideBatch of inbound rows, or whole call lifecycles (RINGING, "
+                         "ANSWERED or a colleague's pickup, ENDED; closed loop: loadtest.lifecycle_bench --pickups)")
     ld.add_argument("--batch-size", type=int, default=1000)
     ld.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
     ld.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring (default 1)")
@@ -386,9 +388,33 @@ def run(args: argparse.Namespace) -> int:
     return 1 if report.failed(results) else 0
 
 
+def lifecycle_argv(args: argparse.Namespace) -> list[str]:
+    """Whole call lifecycles are lanes of dependent events: loadtest.lifecycle_bench drives and checks them
+    (every reply, replays, and the store's books when it starts the server itself)."""
+    if args.open_loop is not None:
+        raise ValueError("--rpc lifecycle is closed loop: give --closed-loop LANES")
+    out = ["--pickups", "--lanes", str(args.closed_loop or 32), "--procs", str(args.procs), "--channels",
+           str(args.channels), "--duration", str(args.duration), "--warmup", str(args.warmup), "--calls",
+           str(args.max_requests), "--timeout", str(args.timeout), "--seed", str(args.seed)]
+    if args.target:
+        out += ["--target", args.target, "--push"] + (["--server-pid", str(args.server_pid)] if args.server_pid
+                                                      else [])
+    if args.json:
+        out += ["--json", str(args.json)]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.rpc == "lifecycle":
+        try:
+            forwarded = lifecycle_argv(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+        from . import lifecycle_bench
+
+        return lifecycle_bench.main(forwarded)
     try:
         check_args(args)
     except ValueError as exc:

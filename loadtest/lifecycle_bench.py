@@ -119,7 +119,7 @@ from .grpc_bench import CHANNEL_OPTIONS, START_DELAY_NS, _wait_messages, share, 
 from .server_bench import EXAMPLE, CpuMeter, ServeProcess, _terminate
 from .stats import RunRecorder, SampleBuffer, format_table, merge_all
 
-KINDS = ("RINGING", "ANSWERED", "ENDED")
+KINDS = ("RINGING", "PICKUP", "ANSWERED", "ENDED")
 Event = decisions_pb2.CallEventRequest
 DEFAULT_BASE_AT = 1_800_000_000  # 2027-01-15: in the future, so the server's expiry job never touches a bench call
 ANSWER_AFTER_S = 3
@@ -143,13 +143,25 @@ def to_micro(amount: str) -> int:
     return int(Decimal(amount) * MICRO)
 
 
+PICKUP_GROUPS = 256  # pairs of users, one pair per lane (lanes beyond reuse pairs and skip the pickups)
+
+
+def pair(lane: int) -> tuple[str, str]:
+    """The lane's own queue group of two: a call rings at the first, the second picks it up."""
+    return f"pa{lane}", f"pb{lane}"
+
+
 def bench_document(tenant: str) -> bytes:
-    """examples/acme.json without rentals and without auto top-up, under `tenant`'s name."""
+    """examples/acme.json without rentals and without auto top-up, under `tenant`'s name, plus one queue
+    group of two users per lane: a pickup in a group no other lane uses has one right answer."""
     doc = json.loads(EXAMPLE.read_text())
     doc["tenant"] = tenant
     for number in doc["numbers"]:
         number.pop("rental", None)  # no renewal may charge the ledger during the run
     doc["auto_topup"] = {"enabled": False}  # nor a top-up: the ledger holds the credit and the calls only
+    for lane in range(PICKUP_GROUPS):
+        a, b = pair(lane)
+        doc["queue_groups"].append({"id": f"pick{lane}", "members": [a, b]})
     return json.dumps(doc).encode()
 
 
@@ -227,6 +239,7 @@ class Spec:
     charge: str  # what an outbound call must cost
     samples: int  # ENDED (request, reply) kept per process for the replay check
     seed: int
+    pickups: bool = False  # every second inbound call is picked up by the lane's colleague instead of answered
 
 
 def _code_name(exc: BaseException) -> str:
@@ -288,7 +301,27 @@ class Client:
             self.event_lat[kind].add(t1 - t0)
         return reply
 
-    async def one_call(self, stub: decisions_pb2_grpc.DecisionsStub) -> None:
+    async def _pickup(self, stub: decisions_pb2_grpc.DecisionsStub, user: str, at: int, measured: bool
+                      ) -> decisions_pb2.Decision | None:
+        t0 = time.monotonic_ns()
+        reply: decisions_pb2.Decision | None = None
+        try:
+            reply = await stub.Pickup(decisions_pb2.PickupRequest(tenant=self.spec.tenant, user=user, dialed="*8",
+                                                                  at=at), timeout=self.spec.timeout_s)
+            code = "OK"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code = _code_name(exc)
+        t1 = time.monotonic_ns()
+        if measured:
+            rec = self.events["PICKUP"]
+            rec.add_outcome(code)
+            rec.window(t0, t1)
+            self.event_lat["PICKUP"].add(t1 - t0)
+        return reply
+
+    async def one_call(self, stub: decisions_pb2_grpc.DecisionsStub, lane: int = -1) -> None:
         spec = self.spec
         n = self.started
         self.started += 1
@@ -299,6 +332,10 @@ class Client:
         call_id = f"{spec.run_id}-{self.index}-{n}"
         direction = "outbound" if n % 2 else "inbound"
         who = OUTBOUND if n % 2 else INBOUND
+        picked = spec.pickups and direction == "inbound" and n % 4 == 2 and 0 <= lane < PICKUP_GROUPS
+        if picked:  # rings at the lane's first user; its colleague dials *8
+            a, b = pair(lane)
+            who = {"ringing_user": a, "answer_user": b, "called": INBOUND["called"]}
         ring_at = spec.base_at
         answer_at = ring_at + ANSWER_AFTER_S
         end_at = answer_at + spec.talk_s
@@ -315,6 +352,15 @@ class Client:
         else:
             if r.state != "ringing" or r.call_id != call_id:
                 self._wrong(call_id, "RINGING", "state is not ringing", r)
+            if picked:
+                d = await self._pickup(stub, who["answer_user"], answer_at, measured)
+                if d is None:
+                    ok = False
+                elif d.verdict != decisions_pb2.INTERCEPT or d.call_id != call_id:
+                    self.wrong += 1
+                    if len(self.wrong_examples) < 10:
+                        self.wrong_examples.append(f"{call_id} PICKUP by {who['answer_user']}: want INTERCEPT of "
+                                                   f"this call, got {str(d).strip()!r}")
             answered = Event(tenant=spec.tenant, call_id=call_id, kind=Event.ANSWERED, user=who["answer_user"],
                             at=answer_at)
             r = await self._event(stub, answered, "ANSWERED", measured)
@@ -365,11 +411,12 @@ class Client:
 
     async def lane(self, k: int) -> None:
         stub = self.stubs[k % len(self.stubs)]
+        lane = self.index + k * self.spec.procs  # unique over the processes: the lane's own pickup group
         while True:
             now = time.monotonic_ns()
             if now >= self.end_ns or (now >= self.measure_ns and self.measured_started >= self.cap):
                 return
-            await self.one_call(stub)
+            await self.one_call(stub, lane)
 
     async def run(self, ready: Callable[[], None], wait_start: Callable[[], int]) -> dict[str, Any]:
         spec = self.spec
@@ -569,9 +616,12 @@ def store_checks(db: Path, tenant: str, run_id: str, completed: dict[str, list[s
         leads = dict(conn.execute("SELECT call_id, responsible FROM leads WHERE tenant = ? AND call_id LIKE ?",
                                   (tenant, ours)).fetchall())
         in_leads = {c: u for c, u in leads.items() if c in inbound}
-        checks.add("leads of inbound calls == inbound calls answered, responsible u2",
-                   len(in_leads) == len(inbound) and set(in_leads.values()) <= {INBOUND["answer_user"]},
-                   f"{len(in_leads)} leads, {len(inbound)} inbound calls")
+        pickers = {pair(lane)[1] for lane in range(PICKUP_GROUPS)}
+        checks.add("leads of inbound calls == inbound calls answered, responsible u2 (or the colleague who "
+                   "picked the call up)",
+                   len(in_leads) == len(inbound) and set(in_leads.values()) <= {INBOUND["answer_user"]} | pickers,
+                   f"{len(in_leads)} leads, {len(inbound)} inbound calls, "
+                   f"{sum(u in pickers for u in in_leads.values())} picked up")
         said = set(leads_said["outbound"]) & outbound
         out_leads = {c: u for c, u in leads.items() if c in outbound}
         checks.add("leads of outbound calls == those whose ANSWERED said create_lead, responsible u3",
@@ -664,6 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels", type=int, default=4, help="gRPC connections per client process (default 4)")
     g.add_argument("--procs", type=int, default=1, help="client processes (default 1: the load runs in this one)")
     g.add_argument("--timeout", type=float, default=10.0, help="deadline of each event, seconds (default 10)")
+    g.add_argument("--pickups", action="store_true",
+                   help="every second inbound call is intercepted by the lane's colleague with the pickup code "
+                        "(*8) instead of answered; the pickup must take exactly that call")
     g.add_argument("--talk-seconds", type=int, default=61,
                    help="ANSWERED -> ENDED, seconds (default 61: an outbound call costs 0.04)")
     g.add_argument("--base-at", type=int, default=DEFAULT_BASE_AT,
@@ -720,7 +773,7 @@ def _main(args: argparse.Namespace) -> int:
         spec = Spec(target=address, tenant=args.tenant, run_id=f"lb-{uuid.uuid4().hex[:10]}", lanes=args.lanes,
                     procs=args.procs, channels=args.channels, warmup_s=args.warmup, duration_s=args.duration,
                     max_calls=args.calls, timeout_s=args.timeout, base_at=args.base_at, talk_s=args.talk_seconds,
-                    charge=charge, samples=max(args.replays, 64), seed=args.seed)
+                    charge=charge, samples=max(args.replays, 64), seed=args.seed, pickups=args.pickups)
         print(f"load: {spec.lanes} lanes, {spec.procs} client process(es) x {spec.channels} channel(s), "
               f"{spec.warmup_s:g} s warm-up + {spec.duration_s:g} s or {spec.max_calls:,} calls; "
               f"calls {spec.run_id}-*", flush=True)

@@ -355,6 +355,9 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
     async def pickup(self, r: decisions_pb2.PickupRequest) -> decisions_pb2.Decision:
         snap = self._snapshot(r.tenant)
         user, dialed = _text("user", r.user), _text("dialed", r.dialed)
+        if r.at and not codes.MIN_INSTANT <= r.at < codes.MAX_INSTANT:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "at must be UTC seconds in 2000-01-01 .. 2100-01-01, or 0 for now")
         store = self.state.store
         rows = await asyncio.to_thread(store.ringing_calls, r.tenant)
         ringing = [RingingCall(call_id, ringing_user, since) for call_id, ringing_user, since in rows]
@@ -369,7 +372,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
             assert call_id is not None
             # The pickup is the call's ANSWERED event: the store lets exactly one user answer, and
             # the picker's own ANSWERED that follows is a replay that returns the lead hint.
-            event = calls.Event("ANSWERED", user, int(time.time()))
+            event = calls.Event("ANSWERED", user, _now(r.at))
             try:
                 await asyncio.wrap_future(store.submit_call_event(
                     r.tenant, call_id, event, functools.partial(calls.apply, event=event, tenant=r.tenant,

@@ -45,6 +45,14 @@ def test_stream_mode_pipelines_and_checks(capsys) -> None:
     assert "wrong answers: 0 of" in printed.out and "bare: errors: none" in printed.out
 
 
+def test_lifecycles_with_pickups(capsys) -> None:
+    code = harness.main(["--rpc", "lifecycle", "--closed-loop", "8", "--duration", "2", "--warmup", "0",
+                         "--max-requests", "300"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
+    assert "verification: PASS" in printed.out and "picked up" in printed.out
+
+
 def test_a_wrong_server_is_caught(capsys) -> None:
     """The bare server answers ROUTE or a fixed blacklist REJECT to everything: the checks must say so."""
     world = scenario.build_world(scenario.WorldSpec(seed=1, tenants=2, numbers_per_tenant=20, blacklist=500,
