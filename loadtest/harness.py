@@ -401,6 +401,8 @@ def lifecycle_argv(args: argparse.Namespace) -> list[str]:
                                                       else [])
     if args.json:
         out += ["--json", str(args.json)]
+    if args.png:
+        out += ["--png", str(args.png)]
     return out
 
 

@@ -393,6 +393,7 @@ class Client:
         if measured:
             self.calls.add_outcome("OK" if ok else "FAILED")
             self.calls.window(start, end)
+            self.calls.timeline.add(start, end - start)
             self.call_lat.add(end - start)
         self.done += 1
         self.progress(self.done)
@@ -727,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target-rate", type=float, default=500.0, help="calls/s to PASS (default 500)")
     g.add_argument("--require-rate", action="store_true", help="exit 2 when --target-rate is not reached")
     g.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE")
+    g.add_argument("--png", type=Path, metavar="FILE", help="plot whole-call latency over time and by percentile")
     return p
 
 
@@ -752,6 +754,7 @@ def _main(args: argparse.Namespace) -> int:
         raise SystemExit("--talk-seconds must be at least 1")
     charge = expected_charge(args.talk_seconds)
     server: LifecycleServer | None = None
+    whole_calls: RunRecorder | None = None
     tmp: str | None = None
     out: dict[str, Any] = {}
     checks = Checks()
@@ -779,6 +782,7 @@ def _main(args: argparse.Namespace) -> int:
               f"calls {spec.run_id}-*", flush=True)
         parts, cpu = run_clients(spec, [pid] if pid else [])
         f = figures_of(parts)
+        whole_calls = merge_all(RunRecorder.from_dict(p["calls"]) for p in parts)
         calls_total = f["calls_total"]
         if pid and calls_total:
             f["server_cpu_ms_per_call"] = cpu["server_cpu_s"] / calls_total * 1e3
@@ -851,6 +855,12 @@ def _main(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
         print(f"figures written to {args.json}")
+    if args.png and whole_calls is not None:
+        from .report import TargetResult, write_png
+
+        write_png(args.png, [TargetResult("whole calls", whole_calls)],
+                  f"Whole calls (RINGING, ANSWERED or pickup, ENDED), {args.lanes} lanes")
+        print(f"plot written to {args.png}")
     if not checks.passed:
         return 1
     return 2 if args.require_rate and not out["target"]["met"] else 0
