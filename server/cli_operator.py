@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,47 @@ def cmd_calls_active(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- export ---------------------------------------------------------------------------
+
+def failover_table(admin: Any, timeout: float) -> dict[str, Any]:
+    """What a SIP proxy needs to keep rule 3 while callgate is down: every number's tenant and line, and each
+    tenant's backup number and line (integrations/kamailio/callgate_kemi.py reads it)."""
+    import json
+
+    from callgate.v1 import admin_pb2
+
+    stats = admin.Stats(admin_pb2.StatsRequest(), timeout=timeout)
+    out: dict[str, Any] = {"generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                           "tenants": {}, "numbers": {}}
+    for t in stats.tenants:
+        doc = json.loads(admin.GetSettings(admin_pb2.GetSettingsRequest(tenant=t.tenant), timeout=timeout).document)
+        out["tenants"][t.tenant] = {"version": t.version, "status": doc.get("status"), "backup": doc.get("backup")}
+        for n in doc.get("numbers", []):
+            out["numbers"][n["number"]] = {"tenant": t.tenant, "line": n["line"]}
+    return out
+
+
+def cmd_export_failover(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    admin, _ = _stubs(args)
+    table = _call(args, lambda: failover_table(admin, args.timeout))
+    text = json.dumps(table, indent=2, sort_keys=True) + "\n"
+    if args.output is None:
+        print(text, end="")
+        return 0
+    partial = args.output.with_name(args.output.name + ".tmp")
+    try:  # written whole, then renamed: a proxy reading it never sees half a table
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, args.output)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror}") from None
+    print(f"failover table for {len(table['tenants'])} tenant(s), {len(table['numbers'])} number(s) "
+          f"written to {args.output}", file=sys.stderr)
+    return 0
+
+
 def add_operator_commands(sub: Any) -> None:
     billing = sub.add_parser("billing", help="balances, ledger, operator credits and the card on file")
     bsub = billing.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -200,6 +242,13 @@ def add_operator_commands(sub: Any) -> None:
             p.add_argument("--reason", required=True, help="what the tenant must fix")
         p.add_argument("--reviewer", default="operator", help="who decided (kept with the set)")
         p.set_defaults(run=cmd_documents_review)
+
+    export = sub.add_parser("export", help="tables for SIP proxies")
+    esub = export.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fo = esub.add_parser("failover", help="every number's tenant and line and each tenant's backup, as JSON, for "
+                                          "a proxy's fail-open policy (rule 3 while callgate is down)")
+    fo.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (atomically) instead of stdout")
+    fo.set_defaults(run=cmd_export_failover)
 
     calls = sub.add_parser("calls", help="the call registry")
     csub = calls.add_subparsers(dest="action", required=True, metavar="ACTION")

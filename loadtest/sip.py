@@ -1,0 +1,232 @@
+"""Real SIP traffic through Kamailio with callgate in front: processes and sipp scenarios, for tests and load.
+
+`Kamailio` runs Debian's kamailio with integrations/kamailio/kamailio.cfg (its
+listen address and KEMI script path substituted) and the callgate settings in
+its environment; `Uas` runs a sipp UAS that answers every INVITE (180, 200,
+copying Record-Route so that ACK and BYE pass the proxy, as a PBX would) and
+logs what it received; `call()` runs a sipp UAC for one call and says which
+final status it got.  Every process is ours, started on free loopback ports
+and stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from server.app import free_port
+
+from .stats import stop_process
+
+ROOT = Path(__file__).resolve().parent.parent
+KAMAILIO_DIR = ROOT / "integrations" / "kamailio"
+PACKAGES = "kamailio kamailio-python3-modules sip-tester"
+
+SDP = """v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000"""
+
+HEAD = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+"""
+
+INVITE = """  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:[CALLER]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: sip:[CALLER]@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      """ + SDP + """
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+"""
+
+
+def _in_dialog(method: str, cseq: int) -> str:
+    return f"""  <send{' retrans="500"' if method == 'BYE' else ''}>
+    <![CDATA[
+      {method} [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:[CALLER]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq} {method}
+      [routes]
+      Contact: sip:[CALLER]@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+
+def uac_scenario(expect: int, hold_ms: int = 200) -> str:
+    """A UAC call that must end with `expect`: 200 -> ACK, hold, BYE, 200; else ACK of the refusal."""
+    body = INVITE
+    if expect == 200:
+        body += '  <recv response="180" optional="true"/>\n  <recv response="183" optional="true"/>\n'
+        body += '  <recv response="200" rrs="true"/>\n' + _in_dialog("ACK", 1)
+        body += f'  <pause milliseconds="{hold_ms}"/>\n' + _in_dialog("BYE", 2) + '  <recv response="200"/>\n'
+    else:
+        body += '  <recv response="180" optional="true"/>\n  <recv response="183" optional="true"/>\n'
+        body += f'  <recv response="{expect}"/>\n' + """  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:[CALLER]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+    return HEAD + f'<scenario name="callgate: expect {expect}">\n' + body + "</scenario>\n"
+
+
+def _reply(status: str, sdp: bool) -> str:
+    text = f"""  <send>
+    <![CDATA[
+      SIP/2.0 {status}
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      [last_Record-Route:]
+      X-Callgate-User: u1
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+"""
+    if sdp:
+        text += "      Content-Type: application/sdp\n      Content-Length: [len]\n\n      " + SDP + "\n"
+    else:
+        text += "      Content-Length: 0\n"
+    return text + "    ]]>\n  </send>\n"
+
+
+UAS_SCENARIO = (HEAD + '<scenario name="callgate: a PBX that answers and keeps the proxy on the route">\n'
+                '  <recv request="INVITE" crlf="true"/>\n' + _reply("180 Ringing", False) + _reply("200 OK", True)
+                + '  <recv request="ACK" crlf="true"/>\n  <recv request="BYE"/>\n' + """  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+</scenario>
+""")
+
+
+def missing_tools() -> list[str]:
+    return [t for t in ("kamailio", "sipp") if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
+
+
+def python_path() -> str:
+    """Folders Kamailio's embedded Python needs: this repository and the site-packages with grpcio."""
+    import grpc
+
+    return f"{ROOT}:{Path(grpc.__file__).resolve().parent.parent}"
+
+
+class Uas:
+    """A sipp UAS on a free port: answers every INVITE; `received()` lists the request lines it got."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.scenario = folder / "uas.xml"
+        self.scenario.write_text(UAS_SCENARIO)
+        self.log = folder / f"uas-{self.port}.log"
+        self.proc = subprocess.Popen(["sipp", "-sf", str(self.scenario), "-i", "127.0.0.1", "-p", str(self.port),
+                                      "-nostdin", "-trace_msg", "-message_file", str(self.log)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+
+    def received(self) -> list[str]:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return re.findall(r"^(?:INVITE|BYE|ACK) sip:\S+", text, flags=re.MULTILINE)
+
+    def stop(self) -> None:
+        stop_process(self.proc, 5.0)
+
+
+class Kamailio:
+    """kamailio -DD -E with the shipped configuration; callgate settings through its environment."""
+
+    def __init__(self, folder: Path, callgate: str, route_port: int, tenant: str = "acme",
+                 failure: str = "closed", failover: Path | None = None, deadline_ms: int = 200,
+                 children: int = 4) -> None:
+        self.port = free_port()
+        self.folder = folder
+        cfg = (KAMAILIO_DIR / "kamailio.cfg").read_text()
+        cfg = cfg.replace("udp:127.0.0.1:5060", f"udp:127.0.0.1:{self.port}")
+        cfg = cfg.replace("/etc/kamailio/callgate_kemi.py", str(KAMAILIO_DIR / "callgate_kemi.py"))
+        cfg = cfg.replace("children=4", f"children={children}")
+        self.cfg = folder / f"kamailio-{self.port}.cfg"
+        self.cfg.write_text(cfg)
+        env = {**os.environ, "CALLGATE_TARGET": callgate, "CALLGATE_TENANT": tenant,
+               "CALLGATE_ROUTE_URI": f"sip:127.0.0.1:{route_port}", "CALLGATE_FAILURE": failure,
+               "CALLGATE_DEADLINE_MS": str(deadline_ms), "CALLGATE_PYTHONPATH": python_path()}
+        if failover is not None:
+            env["CALLGATE_FAILOVER"] = str(failover)
+        self.log = folder / f"kamailio-{self.port}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                ["kamailio", "-DD", "-E", "-f", str(self.cfg), "-w", str(folder), "-Y", str(folder),
+                 "-m", "64", "-M", "8"], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 20
+        while "callgate" not in self.text() and "INFO" not in self.text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"kamailio did not start:\n{self.text()[-3000:]}")
+            time.sleep(0.1)
+        time.sleep(1.0)  # the workers' child_init (gRPC channels) run after the main process logs
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        stop_process(self.proc, 10.0)
+
+
+def call(proxy: str, caller: str, called: str, expect: int, folder: Path, calls: int = 1, rate: float = 0,
+         timeout_s: float = 30.0, extra: list[str] | None = None) -> tuple[bool, str]:
+    """Run a sipp UAC against `proxy`; (every call ended with `expect`, what sipp reported)."""
+    scenario = folder / f"uac-{expect}.xml"
+    scenario.write_text(uac_scenario(expect))
+    errors = Path(tempfile.mkstemp(prefix="sipp-err-", suffix=".log", dir=folder)[1])
+    cmd = ["sipp", "-sf", str(scenario), "-s", called, proxy, "-i", "127.0.0.1", "-p", str(free_port()),
+           "-m", str(calls), "-key", "CALLER", caller, "-nostdin", "-timeout", f"{int(timeout_s)}s",
+           "-timeout_error", "-trace_err", "-error_file", str(errors), *(extra or [])]
+    if rate:
+        cmd += ["-r", str(rate)]
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s + 30)
+    report = errors.read_text(errors="replace")[-2000:] if errors.exists() else ""
+    return done.returncode == 0, f"sipp exit {done.returncode}; {report}{done.stderr[-500:]}"
+
+
+__all__ = ["PACKAGES", "Kamailio", "Uas", "call", "missing_tools", "uac_scenario"]
