@@ -167,6 +167,10 @@ class Uas:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return re.findall(r"^(?:INVITE|BYE|ACK) sip:\S+", text, flags=re.MULTILINE)
 
+    def messages(self) -> str:
+        """Everything the UAS logged (requests with their headers)."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
     def stop(self) -> None:
         stop_process(self.proc, 5.0)
 

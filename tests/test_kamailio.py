@@ -10,6 +10,7 @@ import copy
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,33 @@ def test_an_allowed_call_is_registered_with_its_events(world) -> None:
     mine = [c for c in calls if c.caller == "+12125550123"]
     assert mine and mine[-1].answered_by == "u1" and mine[-1].called == OPEN    # RINGING, ANSWERED, ENDED arrived
     assert f"INVITE sip:{OPEN}@" in " ".join(world["uas"].received())
+
+
+def test_outbound_gets_the_caller_id_or_the_refusal(world) -> None:
+    from callgate.v1 import admin_pb2, admin_pb2_grpc
+
+    expect(world, "closed", "u3", "+15551230000", 402)                     # no credit yet: INSUFFICIENT_FUNDS
+    with world["callgate"].channel() as channel:
+        admin_pb2_grpc.AdminStub(channel).Credit(admin_pb2.CreditRequest(tenant="acme", amount="5.00",
+                                                                         reference="sip-test"), timeout=10)
+    time.sleep(0.5)                                                         # the workers poll balances
+    before = len(world["uas"].messages())
+    expect(world, "closed", "u3", "+15551230000", 200)
+    assert "P-Asserted-Identity: <sip:+442071234567@" in world["uas"].messages()[before:]
+    expect(world, "closed", "u1", "+15551230000", 403)                     # u1's caller ID needs documents
+
+
+def test_pickup_code_intercepts_a_ringing_call(world) -> None:
+    from callgate.v1 import decisions_pb2, decisions_pb2_grpc
+
+    with world["callgate"].channel() as channel:
+        decisions_pb2_grpc.DecisionsStub(channel).CallEvent(decisions_pb2.CallEventRequest(
+            tenant="acme", call_id="ringing-at-u1", kind=decisions_pb2.CallEventRequest.RINGING, user="u1",
+            caller="+12125550999", called=OPEN), timeout=10)
+    before = len(world["uas"].messages())
+    expect(world, "closed", "u2", "*8", 200)                               # u2 shares sales with u1
+    assert "X-Callgate-Intercept: ringing-at-u1" in world["uas"].messages()[before:]
+    expect(world, "closed", "u2", "*8", 404)                               # nothing ringing any more
 
 
 def test_a_mismatch_fails(world) -> None:
