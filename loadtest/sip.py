@@ -180,7 +180,7 @@ class Kamailio:
 
     def __init__(self, folder: Path, callgate: str, route_port: int, tenant: str = "acme",
                  failure: str = "closed", failover: Path | None = None, deadline_ms: int = 200,
-                 children: int = 4) -> None:
+                 children: int = 4, bypass: bool = False) -> None:
         self.port = free_port()
         self.folder = folder
         cfg = (KAMAILIO_DIR / "kamailio.cfg").read_text()
@@ -194,6 +194,8 @@ class Kamailio:
                "CALLGATE_DEADLINE_MS": str(deadline_ms), "CALLGATE_PYTHONPATH": python_path()}
         if failover is not None:
             env["CALLGATE_FAILOVER"] = str(failover)
+        if bypass:  # relay without asking callgate: the baseline
+            env["CALLGATE_BYPASS"] = "1"
         self.log = folder / f"kamailio-{self.port}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(

@@ -163,3 +163,15 @@ def test_kemi_script_is_plain_python(tmp_path: Path) -> None:
     """The script compiles outside Kamailio too (KSR is only imported at run time by app_python3)."""
     source = (ROOT / "integrations" / "kamailio" / "callgate_kemi.py").read_text()
     compile(source, "callgate_kemi.py", "exec")
+
+
+def test_sip_bench_smoke(tmp_path: Path) -> None:
+    """The SIP benchmark end to end with a tiny load: both proxies carry every call."""
+    out = tmp_path / "sip.json"
+    done = subprocess.run([sys.executable, "-m", "loadtest.sip_bench", "--rate", "20", "--seconds", "2",
+                           "--ramp", "", "--children", "2", "--json", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for name in ("with callgate", "without callgate"):
+        assert figures["bounded"][name]["successful"] == 40 and figures["bounded"][name]["failed"] == 0
