@@ -15,8 +15,9 @@ a 100 ms hold, BYE, 200) from a clean caller to an always-open number.
    every call must succeed (zero failed calls), and it reports the calls
    sipp completed, failed and retransmitted, and the response time.
 2. The ramp: rates of `--ramp`, `--step-seconds` each, through each proxy;
-   the breaking rate is the first where a call fails or fewer than 95% of the
-   calls asked for complete in time.  The whole machine (2 cores) carries
+   the breaking rate is the first where more than 1% of the calls fail or
+   fewer than 95% of the calls asked for complete in time (every step's
+   failures are reported).  The whole machine (2 cores) carries
    sipp twice, Kamailio and callgate: the figure is this machine's.
 
 Every sipp run is bounded by its call count (-m) and a timeout.
@@ -86,7 +87,9 @@ def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float
 
 
 def broke(r: dict[str, Any]) -> bool:
-    return r["failed"] > 0 or r["successful"] < 0.95 * r["calls"] or r["exit"] != 0
+    """More than 1% of the calls failed, or fewer than 95% completed: a stray failure among thousands on a
+    2-core machine that also runs both sipps is noise, a collapse is not."""
+    return r["failed"] > 0.01 * r["calls"] or r["successful"] < 0.95 * r["calls"]
 
 
 def say(text: str) -> None:
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=200.0, help="calls/s of the bounded run (default 200)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the bounded run (default 10)")
-    p.add_argument("--ramp", default="100,200,250,300,350,400,500,600",
+    p.add_argument("--ramp", default="100,200,300,350,400,450,500,600,800",
                    help="calls/s of the ramp steps, comma-separated ('' skips the ramp)")
     p.add_argument("--step-seconds", type=float, default=5.0, help="length of each ramp step (default 5)")
     p.add_argument("--children", type=int, default=8, help="Kamailio UDP workers (default 8)")
