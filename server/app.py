@@ -90,6 +90,17 @@ class Options:
     jobs: JobOptions = field(default_factory=JobOptions)
     log_format: str = "json"
     reuse_port: bool = False
+    auth: str = "auto"
+
+
+def _loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def auth_enabled(opts: Options) -> bool:
+    """`auto`: tokens are required unless the server listens on loopback only."""
+    return opts.auth == "tokens" or (opts.auth == "auto" and not _loopback(opts.listen))
 
 
 def _split(addr: str) -> tuple[str, int]:
@@ -118,7 +129,21 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     compiler = Compiler()
     state = State(store, compiler)
     limit = opts.max_message_mb * 1024 * 1024
-    server = grpc.aio.server(options=[
+    interceptors = []
+    if auth_enabled(opts):
+        from .auth import Authenticator, AuthInterceptor
+
+        async def audit(row: dict[str, Any]) -> None:
+            try:
+                await asyncio.to_thread(store.add_audit, row)
+            except Exception:  # an audit row that cannot be written is logged: the call's answer stands
+                log.exception("audit row not written", extra={"event": "audit_failed", "row": row})
+
+        interceptors.append(AuthInterceptor(Authenticator(store.get_token), audit))
+    elif not _loopback(opts.listen):
+        log.warning("listening beyond loopback with no authentication: anyone who reaches the port may push "
+                    "any tenant's settings; use --auth tokens", extra={"event": "insecure"})
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.so_reuseport", 1 if opts.reuse_port else 0),
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
@@ -354,6 +379,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--call-max-s", type=int, default=86_400, metavar="SECONDS",
                         help="expire an answered call this long without an end (default 86400; expired calls "
                              "are logged and not charged)")
+    parser.add_argument("--auth", choices=("auto", "tokens", "off"), default="auto",
+                        help="bearer tokens (callgate tokens create) required on every call but health and "
+                             "reflection: 'tokens' always, 'auto' (default) unless listening on loopback only")
     parser.add_argument("--log-format", choices=("json", "text"), default="json",
                         help="log lines as JSON objects (default) or plain text")
 
@@ -389,7 +417,7 @@ def options_from(args: argparse.Namespace) -> Options:
     return Options(listen=args.listen, data_dir=args.data_dir, workers=args.workers, metrics=args.metrics,
                    seed=args.seed, seed_credit=args.seed_credit, poll=args.poll, grace=args.grace,
                    max_message_mb=args.max_message_mb, max_upload_mb=args.max_upload_mb,
-                   upload_mb_per_s=args.upload_mb_per_s,
+                   upload_mb_per_s=args.upload_mb_per_s, auth=args.auth,
                    jobs=JobOptions(topup_retry_s=args.topup_retry_s, topup_stale_s=args.topup_stale_s,
                                    gateway_latency_s=args.sandbox_latency_ms / 1000,
                                    ring_timeout_s=args.ring_timeout_s,

@@ -36,10 +36,18 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 
 
 def _channel(args: argparse.Namespace) -> Any:
+    import os
+
     import grpc
 
-    return grpc.insecure_channel(args.server, options=[("grpc.max_send_message_length", 256 * 1024 * 1024),
-                                                       ("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+    channel = grpc.insecure_channel(args.server, options=[("grpc.max_send_message_length", 256 * 1024 * 1024),
+                                                          ("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+    token = getattr(args, "token", None) or os.environ.get("CALLGATE_TOKEN", "")
+    if token:
+        from .client import with_token
+
+        channel = with_token(channel, token)
+    return channel
 
 
 def _call(args: argparse.Namespace, fn: Callable[[], Any]) -> Any:
@@ -288,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", default=DEFAULT_SERVER, metavar="HOST:PORT",
                         help=f"callgate server for admin and decide commands (default {DEFAULT_SERVER})")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer (default 60)")
+    parser.add_argument("--token", help="bearer token for a server with --auth (default: $CALLGATE_TOKEN)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gRPC server",
@@ -363,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_operator import add_operator_commands
 
     add_operator_commands(sub)
+    from .cli_security import add_security_commands
+
+    add_security_commands(sub)
     offline.add_offline_commands(sub)
     return parser
 

@@ -32,7 +32,7 @@ from engine.engine import Engine
 from engine.settings import E164, SettingsError
 from engine.snapshot import Built, build, line_rate, loads, micro_units, with_documents
 
-from . import billing, calls, documents, jobs, metrics
+from . import auth, billing, calls, documents, jobs, metrics
 from .store_api import CardRecord, DocumentFile, DocumentSet, NotFound, Store, StoreBusy, VersionConflict
 
 log = logging.getLogger("callgate.service")
@@ -540,7 +540,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def _guard(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[Any]]) -> Any:
         try:
             return await work()
-        except RequestError as exc:
+        except (RequestError, auth.AuthError) as exc:
             await context.abort(exc.code, str(exc))
         except SettingsError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -616,6 +616,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def _commit(self, built: Built, document: bytes, kind: str, expected: int, comment: str,
                       start: float) -> admin_pb2.PushSettingsReply:
         state = self.state
+        auth.require_tenant(built.tenant)  # a pushed document names its tenant only inside
         state.installing.add(built.tenant)
         built_at = time.perf_counter()
         try:
@@ -627,6 +628,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         finally:
             state.installing.discard(built.tenant)
         end = time.perf_counter()
+        auth.note(tenant=built.tenant, version_before=version - 1, version_after=version)
         seconds = end - start
         metrics.PUSH_SECONDS.observe(seconds)
         # the phases tell an operator where a slow push spent its time
@@ -710,6 +712,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             finally:
                 self.state.installing.discard(tenant)
             metrics.PUSH_SECONDS.observe(time.perf_counter() - start)
+            auth.note(version_before=result.version - (1 if blobs else 0), version_after=result.version)
             log.info("blacklist patched", extra={"event": "patch", "tenant": tenant, "version": result.version,
                                                  "list": list_name, "added": result.added,
                                                  "removed": result.removed})

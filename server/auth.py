@@ -1,0 +1,272 @@
+"""Who may do what: bearer tokens with a role and, for tenant roles, the tenants they may touch.
+
+A token is `cg_<id>_<secret>`: the id finds its row, the secret is checked
+against the stored SHA-256 of the whole token with a constant-time compare,
+and only the hash is ever stored.  Roles (issue 7):
+
+- `proxy`: the Decisions service (every tenant: a SIP proxy serves them all);
+- `tenant-admin`: settings, blacklists, document upload, balance, ledger and
+  calls of its tenants, and their decisions (`callgate decide`);
+- `operator`: reading every tenant, document review, billing operations;
+- `owner`: everything, tokens included.
+
+No token, or an unknown, revoked or expired one -> UNAUTHENTICATED; a token
+whose role may not call the method, or may not touch the request's tenant ->
+PERMISSION_DENIED, with the same words whether or not that tenant exists.
+Health checking and reflection stay open.  Every Admin call is written to the
+audit log, refused ones included (`callgate audit`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+ROLES = ("proxy", "tenant-admin", "operator", "owner")
+TENANT_ROLES = ("tenant-admin",)
+PREFIX = "cg_"
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                 "/grpc.reflection.v1.ServerReflection/")
+
+D, A = "/callgate.v1.Decisions/", "/callgate.v1.Admin/"
+# method -> roles allowed; tenant-admin calls are further limited to the request's tenant
+PERMISSIONS: dict[str, frozenset[str]] = {
+    **{D + m: frozenset({"proxy", "operator", "owner", "tenant-admin"})
+       for m in ("Inbound", "Outbound", "Pickup", "CallEvent", "DecideBatch")},
+    D + "Stream": frozenset({"proxy", "operator", "owner"}),
+    **{A + m: frozenset({"tenant-admin", "owner"})
+       for m in ("PushSettings", "PushSettingsUpload", "Rollback", "PatchBlacklist", "UploadDocuments")},
+    **{A + m: frozenset({"tenant-admin", "operator", "owner"})
+       for m in ("GetSettings", "ListVersions", "Stats", "ListDocuments", "GetBalance", "ListLedger", "ListCalls")},
+    **{A + m: frozenset({"operator", "owner"}) for m in ("ReviewDocuments", "Credit", "Card")},
+}
+
+
+class AuthError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    id: str
+    role: str
+    tenants: tuple[str, ...]
+    created_at: int
+    expires_at: int           # 0: never
+    revoked_at: int           # 0: in force
+    comment: str
+    token_hash: str = field(repr=False, default="")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    token_id: str
+    role: str
+    tenants: tuple[str, ...]
+
+    def may_touch(self, tenant: str) -> bool:
+        return self.role not in TENANT_ROLES or tenant in self.tenants
+
+
+def new_token() -> tuple[str, str, str]:
+    """(token id, the token to hand out once, its hash to store)."""
+    ident = secrets.token_hex(6)
+    token = f"{PREFIX}{ident}_{secrets.token_urlsafe(32)}"
+    return ident, token, hash_token(token)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_id(token: str) -> str | None:
+    if not token.startswith(PREFIX) or len(token) > 200:
+        return None
+    ident, sep, secret = token[len(PREFIX):].partition("_")
+    return ident if sep and ident and secret and all(c in "0123456789abcdef" for c in ident) else None
+
+
+# The caller of the RPC being served (set by the interceptor, read by handlers that check the tenant of
+# something they load, e.g. the tenant inside a pushed document), and what the audit row should say.
+CURRENT: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("callgate_principal", default=None)
+AUDIT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("callgate_audit", default=None)
+
+
+def require_tenant(tenant: str) -> None:
+    """In a handler: refuse when the caller's token may not touch `tenant` (no-op without auth)."""
+    principal = CURRENT.get()
+    if principal is not None and not principal.may_touch(tenant):
+        raise AuthError(grpc.StatusCode.PERMISSION_DENIED, denied(principal, tenant))
+
+
+def note(**fields: Any) -> None:
+    """In a handler: add to this call's audit row (versions before and after, the tenant, ...)."""
+    audit = AUDIT.get()
+    if audit is not None:
+        audit.update(fields)
+
+
+def denied(principal: Principal, tenant: str) -> str:
+    # the same words whether or not the tenant exists
+    return f"token {principal.token_id} ({principal.role}) may not act on tenant {tenant[:64]!r}"
+
+
+class Authenticator:
+    """Resolves bearer tokens against the store, with a short cache (revocation is in force within `ttl_s`)."""
+
+    def __init__(self, lookup: Callable[[str], TokenRecord | None], ttl_s: float = 2.0) -> None:
+        self.lookup, self.ttl_s = lookup, ttl_s
+        self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
+
+    def principal(self, metadata: Any) -> Principal:
+        header = ""
+        for key, value in metadata or ():
+            if key == "authorization":
+                header = value if isinstance(value, str) else value.decode("latin-1")
+                break
+        if not header:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED,
+                            "no token: send 'authorization: Bearer <token>' (callgate tokens create)")
+        scheme, _, token = header.partition(" ")
+        ident = token_id(token.strip()) if scheme.lower() == "bearer" else None
+        if ident is None:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "malformed token: expected 'Bearer cg_<id>_<secret>'")
+        now = time.monotonic()
+        cached = self._cache.get(ident)
+        if cached is None or now - cached[0] > self.ttl_s:
+            cached = (now, self.lookup(ident))
+            self._cache[ident] = cached
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+        record = cached[1]
+        # compare even when there is no record, so that timing does not tell which ids exist
+        expected = record.token_hash if record is not None else "0" * 64
+        if not hmac.compare_digest(expected, hash_token(token.strip())) or record is None:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+        if record.revoked_at:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"token {ident} was revoked")
+        if record.expires_at and record.expires_at <= time.time():
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"token {ident} has expired")
+        return Principal(record.id, record.role, record.tenants)
+
+
+def _tenant_of(request: Any) -> str | None:
+    """The tenant a request names, if its message has one (empty string: every tenant)."""
+    try:
+        return str(request.tenant)
+    except AttributeError:
+        return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every call but health and reflection; checks role and tenant; audits Admin calls."""
+
+    def __init__(self, authenticator: Authenticator,
+                 audit: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> None:
+        self.authenticator = authenticator
+        self.audit = audit
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+        handler = await continuation(details)
+        if handler is None or method.startswith(OPEN_SERVICES):
+            return handler
+        principal: Principal | None = None
+        try:
+            principal = self.authenticator.principal(details.invocation_metadata)
+            allowed = PERMISSIONS.get(method)
+            if allowed is None or principal.role not in allowed:
+                name = method.rsplit("/", 1)[-1]
+                raise AuthError(grpc.StatusCode.PERMISSION_DENIED,
+                                f"token {principal.token_id} ({principal.role}) may not call {name}")
+        except AuthError as exc:
+            return self._refusal(handler, exc, method, principal)
+        return self._wrap(handler, principal, method)
+
+    def _refusal(self, handler: Any, exc: AuthError, method: str, principal: Principal | None) -> Any:
+        async def refuse(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.audit is not None and method.startswith(A):
+                await self.audit({"token_id": principal.token_id if principal else "",
+                                  "role": principal.role if principal else "", "action": method.rsplit("/", 1)[-1],
+                                  "tenant": _tenant_of(request_or_iterator) or "", "result": exc.code.name,
+                                  "detail": str(exc)})
+            await context.abort(exc.code, str(exc))
+
+        async def refuse_stream(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            await refuse(request_or_iterator, context)
+            yield None  # pragma: no cover - abort() raises
+
+        streaming = handler.unary_stream is not None or handler.stream_stream is not None
+        return _same_kind(handler, refuse_stream if streaming else refuse)
+
+    def _wrap(self, handler: Any, principal: Principal, method: str) -> Any:
+        audited = self.audit is not None and method.startswith(A)
+        inner = (handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream)
+        is_unary_request = handler.unary_unary is not None or handler.unary_stream is not None
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            CURRENT.set(principal)
+            row: dict[str, Any] = {"token_id": principal.token_id, "role": principal.role,
+                                   "action": method.rsplit("/", 1)[-1], "tenant": "", "result": "OK", "detail": ""}
+            AUDIT.set(row)
+            try:
+                if is_unary_request:
+                    tenant = _tenant_of(request)
+                    if tenant is not None:
+                        row["tenant"] = tenant
+                        if principal.role in TENANT_ROLES and not principal.may_touch(tenant):
+                            raise AuthError(grpc.StatusCode.PERMISSION_DENIED, denied(principal, tenant))
+                return await inner(request, context)
+            except AuthError as exc:
+                row.update(result=exc.code.name, detail=str(exc))
+                await context.abort(exc.code, str(exc))
+            except BaseException as exc:
+                code = _code_of(context)
+                row.update(result=getattr(code, "name", None) or type(exc).__name__, detail=str(exc)[:500])
+                raise
+            finally:
+                if audited and self.audit is not None:
+                    code = _code_of(context)
+                    if row["result"] == "OK" and code not in (None, grpc.StatusCode.OK):
+                        row["result"] = code.name
+                    await self.audit(dict(row))
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            CURRENT.set(principal)
+            async for reply in inner(request, context):
+                yield reply
+
+        if handler.unary_stream is not None or handler.stream_stream is not None:
+            return _same_kind(handler, streaming)  # Stream: no tenant in the call, no audit (not Admin)
+        return _same_kind(handler, behavior)
+
+
+def _code_of(context: Any) -> Any:
+    try:
+        return context.code()
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+def _same_kind(handler: Any, behavior: Any) -> Any:
+    """A method handler of the same streaming kind as `handler`, with `behavior` and its (de)serializers."""
+    kwargs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(behavior, **kwargs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(behavior, **kwargs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(behavior, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(behavior, **kwargs)

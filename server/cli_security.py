@@ -1,0 +1,156 @@
+"""`callgate tokens create|list|revoke` and `callgate audit`: run on the server's host, on its data directory.
+
+Tokens are made where the store is, not over the network: the first owner
+token cannot come from a server that already wants one.  The token is shown
+once; only its SHA-256 is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.cli import CliError
+
+DURATION = re.compile(r"^(\d+)([smhdw])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def seconds(text: str) -> int:
+    match = DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise CliError(f"{text!r} is not a duration such as 90d, 12h or 30m")
+    return int(match.group(1)) * UNITS[match.group(2)]
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from .app import STORE_FILE
+    from .store import SQLiteStore
+
+    path = args.data_dir / STORE_FILE
+    if not path.exists():
+        raise CliError(f"no callgate store at {path}: give the server's --data-dir")
+    return SQLiteStore(path)
+
+
+def _when(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if at else "-"
+
+
+def cmd_tokens_create(args: argparse.Namespace) -> int:
+    import time
+
+    from .auth import new_token
+
+    expires = int(time.time()) + seconds(args.expires_in) if args.expires_in else 0
+    ident, token, token_hash = new_token()
+    store = _store(args)
+    try:
+        record = store.add_token(ident, token_hash, args.role, args.tenant or [], expires, args.comment or "")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    print(token)
+    scope = f"tenants {', '.join(record.tenants)}" if record.tenants else "every tenant"
+    print(f"# token {record.id}: {record.role}, {scope}, expires {_when(record.expires_at) if expires else 'never'}; "
+          "shown once: keep it (only its hash is stored)", file=sys.stderr)
+    return 0
+
+
+def cmd_tokens_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        tokens = store.list_tokens()
+    finally:
+        store.close()
+    print(f"{'id':<14} {'role':<13} {'tenants':<24} {'created (UTC)':<21} {'expires':<21} {'revoked':<21} comment")
+    for t in tokens:
+        print(f"{t.id:<14} {t.role:<13} {','.join(t.tenants) or '*':<24} {_when(t.created_at):<21} "
+              f"{_when(t.expires_at):<21} {_when(t.revoked_at):<21} {t.comment}")
+    if not tokens:
+        print("(no tokens)")
+    return 0
+
+
+def cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    from .store_api import NotFound
+
+    store = _store(args)
+    try:
+        record = store.revoke_token(args.id)
+    except NotFound as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"token {record.id} ({record.role}) revoked at {_when(record.revoked_at)}; servers refuse it within "
+          "2 seconds")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import time
+
+    since = 0.0
+    if args.since:
+        try:
+            since = time.time() - seconds(args.since)
+        except CliError:
+            try:
+                moment = dt.datetime.fromisoformat(args.since)
+            except ValueError:
+                raise CliError(f"--since {args.since!r}: a duration (2h, 7d) or an ISO time with a zone") from None
+            if moment.tzinfo is None:
+                raise CliError(f"--since {args.since!r} has no time zone") from None
+            since = moment.timestamp()
+    store = _store(args)
+    try:
+        rows = store.audit_rows(args.tenant or "", since, args.limit)
+    finally:
+        store.close()
+    print(f"{'when (UTC)':<21} {'token':<14} {'role':<13} {'tenant':<12} {'action':<20} {'versions':<9} "
+          f"{'result':<18} detail")
+    for r in rows:
+        versions = f"{r['version_before']}->{r['version_after']}" if r["version_after"] else ""
+        print(f"{_when(r['at']):<21} {r['token_id'] or '-':<14} {r['role'] or '-':<13} {r['tenant'][:12]:<12} "
+              f"{r['action']:<20} {versions:<9} {r['result']:<18} {r['detail'][:80]}")
+    if not rows:
+        print("(no audit rows)")
+    return 0
+
+
+def add_security_commands(sub: Any) -> None:
+    from .auth import ROLES
+
+    def data_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", type=Path, default=Path("data"), help="the server's data directory (./data)")
+
+    tokens = sub.add_parser("tokens", help="create, list and revoke API tokens (on the server's host)")
+    tsub = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = tsub.add_parser("create", help="a new token, printed once")
+    create.add_argument("--role", required=True, choices=ROLES,
+                        help="proxy: Decisions; tenant-admin: its tenants' settings, lists, documents, balance; "
+                             "operator: reading, document review, billing; owner: everything")
+    create.add_argument("--tenant", action="append", help="a tenant a tenant-admin token may touch (repeatable)")
+    create.add_argument("--expires-in", metavar="DURATION", help="e.g. 90d, 12h (default: never)")
+    create.add_argument("--comment", help="who or what it is for")
+    data_dir(create)
+    create.set_defaults(run=cmd_tokens_create)
+    ls = tsub.add_parser("list", help="every token (ids, roles, tenants, expiry, revocation; never the secret)")
+    data_dir(ls)
+    ls.set_defaults(run=cmd_tokens_list)
+    rev = tsub.add_parser("revoke", help="refuse a token from now on")
+    rev.add_argument("id")
+    data_dir(rev)
+    rev.set_defaults(run=cmd_tokens_revoke)
+
+    audit = sub.add_parser("audit", help="the audit log of Admin calls, newest first (on the server's host)")
+    audit.add_argument("--tenant")
+    audit.add_argument("--since", help="a duration back (2h, 7d) or an ISO time with a zone")
+    audit.add_argument("--limit", type=int, default=100)
+    data_dir(audit)
+    audit.set_defaults(run=cmd_audit)

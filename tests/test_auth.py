@@ -1,0 +1,256 @@
+"""Who may do what (issue 7): every RPC x role x own/other tenant through a real server with --auth tokens."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import itertools
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
+from server import auth
+from server.client import upload_messages, with_token
+from server.store import SQLiteStore
+
+from .serving import EXAMPLE, Server
+
+DOC = json.loads(EXAMPLE.read_text())
+ROLES = ("proxy", "tenant-admin", "operator", "owner")
+counter = itertools.count()
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (40, 30), "white").save(out, "PNG")
+    return out.getvalue()
+
+
+def doc_for(tenant: str) -> bytes:
+    d = copy.deepcopy(DOC)
+    d["tenant"] = tenant
+    d["blacklist"] = [*d["blacklist"], f"+1415555{next(counter) % 10000:04d}"]
+    return json.dumps(d).encode()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    data = tmp_path_factory.mktemp("auth") / "data"
+    data.mkdir()
+    store = SQLiteStore(data / "callgate.sqlite")
+    tokens: dict[str, str] = {}
+    for name, role, tenants, expires in (("proxy", "proxy", [], 0), ("tenant-admin", "tenant-admin", ["acme"], 0),
+                                         ("operator", "operator", [], 0), ("owner", "owner", [], 0),
+                                         ("revoked", "owner", [], 0), ("expired", "owner", [], int(time.time()) + 2)):
+        ident, token, token_hash = auth.new_token()
+        store.add_token(ident, token_hash, role, tenants, expires, name)
+        tokens[name] = token
+    store.revoke_token(auth.token_id(tokens["revoked"]) or "")
+    store.close()
+    srv = Server(data, "--auth", "tokens")
+    try:
+        owner = srv.channel()
+        admin = admin_pb2_grpc.AdminStub(with_token(owner, tokens["owner"]))
+        admin.PushSettings(admin_pb2.PushSettingsRequest(document=doc_for("beta")), timeout=60)
+        sets = {}
+        for t in ("acme", "beta"):
+            sets[t] = admin.UploadDocuments(admin_pb2.UploadDocumentsRequest(
+                tenant=t, number="+14155550100", files=[admin_pb2.DocumentUpload(name="id.png", content=png())]),
+                timeout=30).id
+        time.sleep(2.5)  # the expired token's time has come
+        yield {"server": srv, "tokens": tokens, "sets": sets, "db": data / "callgate.sqlite"}
+    finally:
+        srv.stop()
+
+
+def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str, Callable[[], Any]]:
+    """One valid call of every RPC for `tenant` (each makes a change or reads, when allowed)."""
+    d = decisions_pb2_grpc.DecisionsStub(channel)
+    a = admin_pb2_grpc.AdminStub(channel)
+    n = next(counter)
+    rows = 1
+    batch = decisions_pb2.BatchRequest(tenant=tenant, kind=decisions_pb2.BatchRequest.INBOUND, count=rows, width=16,
+                                       a=b"+12125550000".ljust(16, b"\0"), b=b"+14155550199".ljust(16, b"\0"),
+                                       at=np.zeros(rows, dtype="<i8").tobytes())
+
+    def stream() -> Any:
+        replies = list(d.Stream(iter([decisions_pb2.StreamRequest(id=1, inbound=decisions_pb2.InboundRequest(
+            tenant=tenant, caller="+12125550000", called="+14155550199"))]), timeout=10))
+        assert len(replies) == 1
+        return replies
+
+    return {
+        "Inbound": lambda: d.Inbound(decisions_pb2.InboundRequest(tenant=tenant, caller="+12125550000",
+                                                                  called="+14155550199"), timeout=10),
+        "Outbound": lambda: d.Outbound(decisions_pb2.OutboundRequest(tenant=tenant, user="u3",
+                                                                     destination="+15551230000"), timeout=10),
+        "Pickup": lambda: d.Pickup(decisions_pb2.PickupRequest(tenant=tenant, user="u1", dialed="*8"), timeout=10),
+        "CallEvent": lambda: d.CallEvent(decisions_pb2.CallEventRequest(
+            tenant=tenant, call_id=f"auth-{n}", kind=decisions_pb2.CallEventRequest.RINGING, user="u1"), timeout=10),
+        "DecideBatch": lambda: d.DecideBatch(batch, timeout=10),
+        "Stream": stream,
+        "PushSettings": lambda: a.PushSettings(admin_pb2.PushSettingsRequest(document=doc_for(tenant)), timeout=60),
+        "PushSettingsUpload": lambda: a.PushSettingsUpload(upload_messages(doc_for(tenant)), timeout=60),
+        "GetSettings": lambda: a.GetSettings(admin_pb2.GetSettingsRequest(tenant=tenant), timeout=10),
+        "ListVersions": lambda: a.ListVersions(admin_pb2.ListVersionsRequest(tenant=tenant), timeout=10),
+        "Rollback": lambda: a.Rollback(admin_pb2.RollbackRequest(tenant=tenant, version=1), timeout=60),
+        "PatchBlacklist": lambda: a.PatchBlacklist(admin_pb2.PatchBlacklistRequest(
+            tenant=tenant, add=[f"+1212555{n % 10000:04d}"]), timeout=60),
+        "Stats": lambda: a.Stats(admin_pb2.StatsRequest(tenant=tenant), timeout=10),
+        "UploadDocuments": lambda: a.UploadDocuments(admin_pb2.UploadDocumentsRequest(
+            tenant=tenant, number="+14155550100", files=[admin_pb2.DocumentUpload(name="p.png", content=png())]),
+            timeout=30),
+        "ListDocuments": lambda: a.ListDocuments(admin_pb2.ListDocumentsRequest(tenant=tenant), timeout=10),
+        "ReviewDocuments": lambda: a.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(
+            set_id=world["sets"][tenant], approve=True), timeout=10),
+        "GetBalance": lambda: a.GetBalance(admin_pb2.BalanceRequest(tenant=tenant), timeout=10),
+        "ListLedger": lambda: a.ListLedger(admin_pb2.LedgerRequest(tenant=tenant), timeout=10),
+        "Credit": lambda: a.Credit(admin_pb2.CreditRequest(tenant=tenant, amount="1.00", reference=f"auth-{n}"),
+                                   timeout=10),
+        "Card": lambda: a.Card(admin_pb2.CardRequest(tenant=tenant), timeout=10),
+        "ListCalls": lambda: a.ListCalls(admin_pb2.ListCallsRequest(tenant=tenant), timeout=10),
+    }
+
+
+def fingerprint(db: Path) -> str:
+    """Every stored row but the audit log's."""
+    digest = hashlib.sha256()
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        for table in tables:
+            if table in ("audit", "sqlite_sequence"):
+                continue
+            for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY rowid'):
+                digest.update(repr((table, row)).encode())
+    finally:
+        conn.close()
+    return digest.hexdigest()
+
+
+def allowed(role: str, method: str, own: bool) -> bool:
+    roles = next(v for k, v in auth.PERMISSIONS.items() if k.endswith("/" + method))
+    return role in roles and (role != "tenant-admin" or own)
+
+
+def test_every_rpc_role_and_tenant(world) -> None:
+    """Exactly the allowed cells succeed; the others fail with the right status and change nothing."""
+    base = world["server"].channel()
+    failures = []
+    for role in ROLES:
+        channel = with_token(base, world["tokens"][role])
+        for tenant in ("acme", "beta"):                      # the tenant-admin's own tenant is acme
+            for method, call in calls(world, channel, tenant).items():
+                want = allowed(role, method, tenant == "acme")
+                before = None if want else fingerprint(world["db"])
+                try:
+                    call()
+                    got = "OK"
+                except grpc.RpcError as exc:
+                    got = exc.code().name
+                    if not want and "beta" in exc.details() and tenant == "beta" and role == "tenant-admin":
+                        assert "may not act on tenant 'beta'" in exc.details()
+                expected = "OK" if want else "PERMISSION_DENIED"
+                if got != expected:
+                    failures.append(f"{role} {method} {tenant}: {got}, expected {expected}")
+                elif not want and fingerprint(world["db"]) != before:
+                    failures.append(f"{role} {method} {tenant}: refused but the store changed")
+    assert not failures, "\n".join(failures)
+
+
+def test_without_a_valid_token_every_rpc_is_unauthenticated(world) -> None:
+    base = world["server"].channel()
+    before = fingerprint(world["db"])
+    for name in (None, "revoked", "expired", "malformed"):
+        if name is None:
+            channel = base
+        elif name == "malformed":
+            channel = with_token(base, "cg_zz_" + "x" * 10)
+        else:
+            channel = with_token(base, world["tokens"][name])
+        for method, call in calls(world, channel, "acme").items():
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, (name, method, err.value.details())
+            assert err.value.details()
+    assert fingerprint(world["db"]) == before
+    # health checking and reflection stay open
+    status = health_pb2_grpc.HealthStub(base).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_other_tenants_are_not_revealed(world) -> None:
+    channel = with_token(world["server"].channel(), world["tokens"]["tenant-admin"])
+    a = admin_pb2_grpc.AdminStub(channel)
+    texts = []
+    for tenant in ("beta", "no-such-tenant"):
+        with pytest.raises(grpc.RpcError) as err:
+            a.GetSettings(admin_pb2.GetSettingsRequest(tenant=tenant), timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        texts.append(err.value.details().replace(tenant, "T"))
+    assert texts[0] == texts[1]                     # an existing and a missing tenant read the same
+    with pytest.raises(grpc.RpcError) as err:       # every tenant at once is not a tenant-admin's
+        a.Stats(admin_pb2.StatsRequest(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_admin_calls_are_audited_refusals_included(world) -> None:
+    conn = sqlite3.connect(f"file:{world['db']}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT token_id, role, tenant, action, version_before, version_after, result "
+                            "FROM audit").fetchall()
+    finally:
+        conn.close()
+    actions = {(r[1], r[3], r[6]) for r in rows}
+    assert ("tenant-admin", "PushSettings", "OK") in actions
+    assert ("tenant-admin", "PushSettings", "PERMISSION_DENIED") in actions   # beta's document
+    assert ("proxy", "GetSettings", "PERMISSION_DENIED") in actions
+    assert ("", "GetSettings", "UNAUTHENTICATED") in actions
+    pushes = [r for r in rows if r[3] == "PushSettings" and r[6] == "OK" and r[1] == "owner"]
+    assert pushes and all(r[5] == r[4] + 1 for r in pushes)                  # versions before and after
+
+
+def test_tokens_and_audit_commands(tmp_path: Path, capsys) -> None:
+    from server.cli import main
+
+    data = tmp_path / "data"
+    SQLiteStore(data / "callgate.sqlite").close()
+    assert main(["tokens", "create", "--role", "tenant-admin", "--data-dir", str(data)]) == 2
+    assert "needs the tenants" in capsys.readouterr().err
+    assert main(["tokens", "create", "--role", "owner", "--expires-in", "soon", "--data-dir", str(data)]) == 2
+    assert "not a duration" in capsys.readouterr().err
+    assert main(["tokens", "create", "--role", "owner", "--expires-in", "30d", "--comment", "ci",
+                 "--data-dir", str(data)]) == 0
+    out = capsys.readouterr()
+    token = out.out.strip()
+    assert token.startswith("cg_") and "shown once" in out.err
+    srv = Server(data, "--auth", "tokens")
+    try:
+        assert main(["--server", srv.address, "stats"]) == 2
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+        assert main(["--server", srv.address, "--token", token, "stats"]) == 0
+        capsys.readouterr()
+        ident = auth.token_id(token)
+        assert main(["tokens", "list", "--data-dir", str(data)]) == 0
+        listed = capsys.readouterr().out
+        assert ident in listed and "owner" in listed and token not in listed
+        assert main(["tokens", "revoke", ident or "", "--data-dir", str(data)]) == 0
+        capsys.readouterr()
+        time.sleep(2.2)                                   # the servers' token cache
+        assert main(["--server", srv.address, "--token", token, "stats"]) == 2
+        assert "revoked" in capsys.readouterr().err
+        assert main(["audit", "--since", "1h", "--data-dir", str(data)]) == 0
+        assert "Stats" in capsys.readouterr().out
+    finally:
+        srv.stop()
