@@ -91,6 +91,9 @@ class Options:
     log_format: str = "json"
     reuse_port: bool = False
     auth: str = "auto"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
 
 
 def _loopback(listen: str) -> bool:
@@ -163,7 +166,15 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = server.add_insecure_port(opts.listen)
+    if opts.tls_cert is not None and opts.tls_key is not None:
+        from .tls import server_credentials
+
+        port = server.add_secure_port(opts.listen, server_credentials(opts.tls_cert, opts.tls_key, opts.client_ca))
+    else:
+        if not _loopback(opts.listen):
+            log.warning("listening beyond loopback in plaintext: give --tls-cert and --tls-key",
+                        extra={"event": "plaintext"})
+        port = server.add_insecure_port(opts.listen)
     if port == 0:
         raise OSError(f"cannot listen on {opts.listen}")
 
@@ -382,6 +393,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth", choices=("auto", "tokens", "off"), default="auto",
                         help="bearer tokens (callgate tokens create) required on every call but health and "
                              "reflection: 'tokens' always, 'auto' (default) unless listening on loopback only")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate (chain)")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="... and this private key")
+    parser.add_argument("--client-ca", type=Path, metavar="PEM",
+                        help="mutual TLS: require a client certificate signed by this CA")
     parser.add_argument("--log-format", choices=("json", "text"), default="json",
                         help="log lines as JSON objects (default) or plain text")
 
@@ -399,6 +414,15 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ValueError("--ring-timeout-s, --call-max-s and --topup-stale-s must be at least 1 second")
     if not 0 <= args.sandbox_latency_ms <= 60_000:
         raise ValueError("--sandbox-latency-ms must be 0..60000")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.client_ca is not None and args.tls_cert is None:
+        raise ValueError("--client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--client-ca", args.client_ca)):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{flag} {path}: no such file")
+        if path is not None and b"-----BEGIN" not in path.read_bytes()[:100_000]:
+            raise ValueError(f"{flag} {path} is not PEM")
     if args.upload_mb_per_s < 0:
         raise ValueError("--upload-mb-per-s must be >= 0 (0: no limit)")
     _split(args.listen)
@@ -417,7 +441,8 @@ def options_from(args: argparse.Namespace) -> Options:
     return Options(listen=args.listen, data_dir=args.data_dir, workers=args.workers, metrics=args.metrics,
                    seed=args.seed, seed_credit=args.seed_credit, poll=args.poll, grace=args.grace,
                    max_message_mb=args.max_message_mb, max_upload_mb=args.max_upload_mb,
-                   upload_mb_per_s=args.upload_mb_per_s, auth=args.auth,
+                   upload_mb_per_s=args.upload_mb_per_s, auth=args.auth, tls_cert=args.tls_cert,
+                   tls_key=args.tls_key, client_ca=args.client_ca,
                    jobs=JobOptions(topup_retry_s=args.topup_retry_s, topup_stale_s=args.topup_stale_s,
                                    gateway_latency_s=args.sandbox_latency_ms / 1000,
                                    ring_timeout_s=args.ring_timeout_s,

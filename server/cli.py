@@ -40,8 +40,18 @@ def _channel(args: argparse.Namespace) -> Any:
 
     import grpc
 
-    channel = grpc.insecure_channel(args.server, options=[("grpc.max_send_message_length", 256 * 1024 * 1024),
-                                                          ("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+    options = [("grpc.max_send_message_length", 256 * 1024 * 1024),
+               ("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+    if getattr(args, "tls_ca", None):
+        from .tls import channel_credentials
+
+        try:
+            creds = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        channel = grpc.secure_channel(args.server, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(args.server, options=options)
     token = getattr(args, "token", None) or os.environ.get("CALLGATE_TOKEN", "")
     if token:
         from .client import with_token
@@ -278,6 +288,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return app.run(opts)
 
 
+def cmd_dev_ca(args: argparse.Namespace) -> int:
+    from .tls import make_dev_ca
+
+    for path in make_dev_ca(args.folder, args.days):
+        print(path)
+    print(f"# a throwaway CA and certificates for 127.0.0.1/::1/localhost, valid {args.days} days: "
+          f"callgate serve --tls-cert {args.folder}/server.pem --tls-key {args.folder}/server.key "
+          f"[--client-ca {args.folder}/ca.pem]; clients: --tls-ca {args.folder}/ca.pem", file=sys.stderr)
+    return 0
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
     from loadtest.harness import main as loadtest_main
 
@@ -297,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"callgate server for admin and decide commands (default {DEFAULT_SERVER})")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer (default 60)")
     parser.add_argument("--token", help="bearer token for a server with --auth (default: $CALLGATE_TOKEN)")
+    parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="talk TLS to the server, trusting this CA")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gRPC server",
@@ -362,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="versions in force and sizes, per tenant")
     stats.add_argument("--tenant")
     stats.set_defaults(run=cmd_stats)
+
+    ca = sub.add_parser("dev-ca", help="a throwaway CA with server and client certificates, for TLS on loopback")
+    ca.add_argument("folder", type=Path, help="where to write ca.pem, server.pem/key, client.pem/key")
+    ca.add_argument("--days", type=int, default=30, help="validity (default 30)")
+    ca.set_defaults(run=cmd_dev_ca)
 
     lt = sub.add_parser("loadtest", add_help=False, prefix_chars="\0",
                         help="the load-test harness: a synthetic world, a call mix, every answer checked "
