@@ -91,6 +91,7 @@ class Options:
     log_format: str = "json"
     reuse_port: bool = False
     auth: str = "auto"
+    admin_per_minute: int = 600
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
@@ -142,7 +143,7 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
             except Exception:  # an audit row that cannot be written is logged: the call's answer stands
                 log.exception("audit row not written", extra={"event": "audit_failed", "row": row})
 
-        interceptors.append(AuthInterceptor(Authenticator(store.get_token), audit))
+        interceptors.append(AuthInterceptor(Authenticator(store.get_token), audit, opts.admin_per_minute))
     elif not _loopback(opts.listen):
         log.warning("listening beyond loopback with no authentication: anyone who reaches the port may push "
                     "any tenant's settings; use --auth tokens", extra={"event": "insecure"})
@@ -393,6 +394,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth", choices=("auto", "tokens", "off"), default="auto",
                         help="bearer tokens (callgate tokens create) required on every call but health and "
                              "reflection: 'tokens' always, 'auto' (default) unless listening on loopback only")
+    parser.add_argument("--admin-calls-per-minute", type=int, default=600, metavar="N",
+                        help="with --auth: Admin calls a token may make per minute, per worker (default 600; 0: no "
+                             "limit); beyond, RESOURCE_EXHAUSTED with when to try again")
     parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate (chain)")
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="... and this private key")
     parser.add_argument("--client-ca", type=Path, metavar="PEM",
@@ -412,6 +416,8 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ValueError("--topup-retry-s must be in (0, 86400]")
     if args.ring_timeout_s < 1 or args.call_max_s < 1 or args.topup_stale_s < 1:
         raise ValueError("--ring-timeout-s, --call-max-s and --topup-stale-s must be at least 1 second")
+    if args.admin_calls_per_minute < 0:
+        raise ValueError("--admin-calls-per-minute must be >= 0 (0: no limit)")
     if not 0 <= args.sandbox_latency_ms <= 60_000:
         raise ValueError("--sandbox-latency-ms must be 0..60000")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -441,7 +447,8 @@ def options_from(args: argparse.Namespace) -> Options:
     return Options(listen=args.listen, data_dir=args.data_dir, workers=args.workers, metrics=args.metrics,
                    seed=args.seed, seed_credit=args.seed_credit, poll=args.poll, grace=args.grace,
                    max_message_mb=args.max_message_mb, max_upload_mb=args.max_upload_mb,
-                   upload_mb_per_s=args.upload_mb_per_s, auth=args.auth, tls_cert=args.tls_cert,
+                   upload_mb_per_s=args.upload_mb_per_s, auth=args.auth, admin_per_minute=args.admin_calls_per_minute,
+                   tls_cert=args.tls_cert,
                    tls_key=args.tls_key, client_ca=args.client_ca,
                    jobs=JobOptions(topup_retry_s=args.topup_retry_s, topup_stale_s=args.topup_stale_s,
                                    gateway_latency_s=args.sandbox_latency_ms / 1000,

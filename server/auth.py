@@ -168,13 +168,36 @@ def _tenant_of(request: Any) -> str | None:
         return None
 
 
+class RateLimit:
+    """At most `per_minute` calls per token in any 60 s (a sliding window of call times), in this worker."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.calls: dict[str, list[float]] = {}
+
+    def check(self, token: str, now: float | None = None) -> float:
+        """0 when the call may go ahead (and counts it), else the seconds until it may."""
+        if self.per_minute <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        recent = [t for t in self.calls.get(token, ()) if now - t < 60.0]
+        if len(recent) >= self.per_minute:
+            self.calls[token] = recent
+            return 60.0 - (now - recent[0])
+        recent.append(now)
+        self.calls[token] = recent
+        return 0.0
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call but health and reflection; checks role and tenant; audits Admin calls."""
 
     def __init__(self, authenticator: Authenticator,
-                 audit: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> None:
+                 audit: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+                 admin_per_minute: int = 0) -> None:
         self.authenticator = authenticator
         self.audit = audit
+        self.limit = RateLimit(admin_per_minute)
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
@@ -190,6 +213,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 name = method.rsplit("/", 1)[-1]
                 raise AuthError(grpc.StatusCode.PERMISSION_DENIED,
                                 f"token {principal.token_id} ({principal.role}) may not call {name}")
+            wait = self.limit.check(principal.token_id) if method.startswith(A) else 0.0
+            if wait:
+                raise AuthError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"token {principal.token_id} made {self.limit.per_minute} admin calls in the last "
+                                f"minute, its limit: try again in {wait:.0f} s")
         except AuthError as exc:
             return self._refusal(handler, exc, method, principal)
         return self._wrap(handler, principal, method)

@@ -254,3 +254,37 @@ def test_tokens_and_audit_commands(tmp_path: Path, capsys) -> None:
         assert "Stats" in capsys.readouterr().out
     finally:
         srv.stop()
+
+
+def test_admin_calls_per_minute_per_token(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    store = SQLiteStore(data / "callgate.sqlite")
+    tokens = []
+    for _ in range(2):
+        ident, token, token_hash = auth.new_token()
+        store.add_token(ident, token_hash, "operator", [], 0, "limit test")
+        tokens.append(token)
+    store.close()
+    srv = Server(data, "--auth", "tokens", "--admin-calls-per-minute", "5")
+    try:
+        first = admin_pb2_grpc.AdminStub(with_token(srv.channel(), tokens[0]))
+        for _ in range(5):                                   # the limit itself is allowed
+            first.Stats(admin_pb2.StatsRequest(), timeout=10)
+        with pytest.raises(grpc.RpcError) as err:            # one more is not
+            first.Stats(admin_pb2.StatsRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "try again in" in err.value.details()
+        second = admin_pb2_grpc.AdminStub(with_token(srv.channel(), tokens[1]))
+        second.Stats(admin_pb2.StatsRequest(), timeout=10)   # per token
+        decisions = decisions_pb2_grpc.DecisionsStub(with_token(srv.channel(), tokens[0]))
+        decisions.Inbound(decisions_pb2.InboundRequest(tenant="acme", caller="+12125550000",
+                                                       called="+14155550199"), timeout=10)  # decisions: no limit
+    finally:
+        srv.stop()
+
+
+def test_rate_limit_window() -> None:
+    limit = auth.RateLimit(2)
+    assert limit.check("t", 0.0) == 0 and limit.check("t", 1.0) == 0
+    assert limit.check("t", 2.0) == pytest.approx(58.0)
+    assert limit.check("t", 60.5) == 0                      # the first call left the window
