@@ -28,17 +28,27 @@ build: $(STAMP) $(GENERATED)
 $(GENERATED): $(PROTOS) $(STAMP)
 	$(PY) -m server.codegen
 
+# The secure setup on loopback: TLS with a throwaway CA (data/tls) and an owner token (data/owner.token),
+# both made on the first run; delete them to start afresh.
+CG = $(PY) -m callgate --tls-ca data/tls/ca.pem
 run: build
-	@echo "callgate: serving gRPC on 127.0.0.1:50051 with the example tenant 'acme' (data in ./data); Ctrl-C stops."
+	@mkdir -p data
+	@test -f data/tls/server.pem || $(PY) -m callgate dev-ca data/tls > /dev/null
+	@test -s data/owner.token || (umask 077 && $(PY) -m callgate tokens create --role owner \
+		--comment "make run" --data-dir data > data/owner.token)
+	@echo "callgate: serving gRPC with TLS on 127.0.0.1:50051, tokens required, example tenant 'acme' (data in ./data)."
 	@echo "  try, in another terminal:"
-	@echo "    $(PY) -m callgate decide inbound --tenant acme --caller +14155550666 --called +14155550199"
-	@echo "    $(PY) -m callgate decide outbound --tenant acme --user u3 --destination 02071112222"
-	@echo "    $(PY) -m callgate settings history --tenant acme"
-	@echo "    $(PY) -m callgate billing balance acme        (sandbox payments; card 4000000000000002 declines)"
-	@echo "    $(PY) -m callgate documents upload +14155550100 SCAN.png --tenant acme"
-	@echo "  metrics: http://127.0.0.1:9464/metrics   offline demo: $(PY) -m callgate demo"
+	@echo "    export CALLGATE_TOKEN=\$$(cat data/owner.token)"
+	@echo "    $(CG) decide inbound --tenant acme --caller +14155550666 --called +14155550199"
+	@echo "    $(CG) decide outbound --tenant acme --user u3 --destination 02071112222"
+	@echo "    $(CG) settings history --tenant acme"
+	@echo "    $(CG) billing balance acme        (sandbox payments; card 4000000000000002 declines)"
+	@echo "    $(CG) documents upload +14155550100 SCAN.png --tenant acme"
+	@echo "    $(PY) -m callgate tokens create --role proxy --data-dir data     (a token for a SIP proxy)"
+	@echo "  metrics: http://127.0.0.1:9464/metrics   offline demo: $(PY) -m callgate demo   Ctrl-C stops."
 	$(PY) -m callgate serve --listen 127.0.0.1:50051 --data-dir data --seed examples/acme.json \
-		--seed-credit 10.00 --log-format text
+		--seed-credit 10.00 --log-format text --auth tokens \
+		--tls-cert data/tls/server.pem --tls-key data/tls/server.key
 
 lint: build
 	$(VENV)/bin/ruff check .

@@ -27,14 +27,14 @@ def seconds(text: str) -> int:
     return int(match.group(1)) * UNITS[match.group(2)]
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace, create: bool = False) -> Any:
     from .app import STORE_FILE
     from .store import SQLiteStore
 
     path = args.data_dir / STORE_FILE
-    if not path.exists():
+    if not path.exists() and not create:
         raise CliError(f"no callgate store at {path}: give the server's --data-dir")
-    return SQLiteStore(path)
+    return SQLiteStore(path)  # a first token on a new host creates the (empty) store
 
 
 def _when(at: float) -> str:
@@ -48,7 +48,7 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
 
     expires = int(time.time()) + seconds(args.expires_in) if args.expires_in else 0
     ident, token, token_hash = new_token()
-    store = _store(args)
+    store = _store(args, create=True)
     try:
         record = store.add_token(ident, token_hash, args.role, args.tenant or [], expires, args.comment or "")
     except ValueError as exc:
