@@ -185,6 +185,8 @@ class LoadSpec:
     # Pipelining: one Stream per connection, `payloads` are StreamRequest bodies without their id (field 1 is
     # put in front when sent: protobuf takes fields in any order), replies matched by id.
     stream: bool = False
+    tls_ca: bytes | None = None  # PEM of the CA to trust: TLS
+    token: str = ""  # bearer token for a server with --auth
 
     def method_list(self) -> list[str]:
         return self.methods if self.methods else [self.method]
@@ -261,6 +263,13 @@ class _Stream:
             await asyncio.wait_for(self.reader, 5.0)
 
 
+def open_aio_channel(target: str, tls_ca: bytes | None) -> grpc.aio.Channel:
+    if tls_ca is not None:
+        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=tls_ca),
+                                       options=CHANNEL_OPTIONS)
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
 class _Worker:
     """The load of one process (runs in its own asyncio loop)."""
 
@@ -276,6 +285,7 @@ class _Worker:
         self.completed_total = 0  # including warm-up
         self.calls: list[list[Callable[..., Any]]] = []  # [channel][method]
         self.streams: list[_Stream] = []  # stream mode: one per channel
+        self.metadata: tuple[tuple[str, str], ...] | None = None
         self.checked = 0  # replies compared with their expectation (warm-up included: every answer counts)
         self.wrong = 0
         self.wrong_examples: list[str] = []
@@ -299,7 +309,7 @@ class _Worker:
                 reply = getattr(answer, answer.WhichOneof("reply"))
             else:
                 call = self.calls[channel % len(self.calls)][spec.method_of[i] if spec.method_of else 0]
-                reply = await call(spec.payloads[i], timeout=spec.timeout_s)
+                reply = await call(spec.payloads[i], timeout=spec.timeout_s, metadata=self.metadata)
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -426,14 +436,15 @@ class _Worker:
             thread.join(2.0)
 
     async def run(self, ready: Callable[[], None], wait_start: Callable[[], int]) -> dict[str, Any]:
-        channels = [grpc.aio.insecure_channel(self.spec.target, options=CHANNEL_OPTIONS)
-                    for _ in range(self.spec.channels)]
+        channels = [open_aio_channel(self.spec.target, self.spec.tls_ca) for _ in range(self.spec.channels)]
+        self.metadata = (("authorization", f"Bearer {self.spec.token}"),) if self.spec.token else None
         try:
             await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), 15.0)
             # no serializers: the payloads are bytes already and the replies stay bytes
             self.calls = [[ch.unary_unary(m) for m in self.spec.method_list()] for ch in channels]
             if self.spec.stream:
-                self.streams = [_Stream(ch.stream_stream(METHODS["stream"])()) for ch in channels]
+                self.streams = [_Stream(ch.stream_stream(METHODS["stream"])(metadata=self.metadata))
+                                for ch in channels]
             ready()
             self.set_start(await asyncio.get_running_loop().run_in_executor(None, wait_start))
             await asyncio.sleep(max(self.t0_ns - time.monotonic_ns(), 0) / 1e9)

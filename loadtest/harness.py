@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -54,7 +55,7 @@ import numpy as np
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2
 from engine import codes
 from engine._core import INBOUND_DTYPE
-from server.client import upload_messages
+from server.client import open_channel, upload_messages
 
 from . import report, scenario
 from .bare_server import BareServer
@@ -73,11 +74,12 @@ def say(text: str) -> None:
 
 # -- the world on the server ----------------------------------------------------------------------
 
-def push_world(address: str, world: scenario.World, timeout_s: float = 120.0) -> dict[str, int]:
+def push_world(address: str, world: scenario.World, timeout_s: float = 120.0, tls_ca: bytes | None = None,
+               token: str = "") -> dict[str, int]:
     """Push every tenant (unless the server has the very same document in force) and credit its opening
     balance once; returns tenant -> version in force."""
     versions: dict[str, int] = {}
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, tls_ca, token) as channel:
         admin = admin_pb2_grpc.AdminStub(channel)
         for tenant in world.tenants:
             document = json.dumps(tenant.document).encode()
@@ -99,11 +101,11 @@ def push_world(address: str, world: scenario.World, timeout_s: float = 120.0) ->
 
 
 def wait_until_right(address: str, plans: Sequence[scenario.Planned], versions: dict[str, int],
-                     timeout_s: float = 10.0) -> None:
+                     timeout_s: float = 10.0, tls_ca: bytes | None = None, token: str = "") -> None:
     """Workers read balances from the store a few times a second: wait until probes answer as expected."""
     probes = [p for p in plans if p.kind == "outbound"][:5] + [p for p in plans if p.kind == "inbound"][:5]
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, tls_ca, token) as channel:
         calls = {m: channel.unary_unary(m) for m in {scenario.rpc_method(p) for p in probes}}
         while True:
             wrong = [why for p in probes
@@ -280,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--server-pid", type=int, help="its PID, to measure its CPU per call")
     t.add_argument("--workers", type=int, default=1, help="workers of the server started here (default 1)")
     t.add_argument("--no-push", action="store_true", help="the target has the world already")
+    t.add_argument("--token", default=os.environ.get("CALLGATE_TOKEN", ""),
+                   help="bearer token for a server with --auth (default $CALLGATE_TOKEN; pushing the world needs "
+                        "an owner token, the load a proxy or owner one)")
+    t.add_argument("--tls-ca", type=Path, metavar="PEM", help="talk TLS to --target, trusting this CA")
     t.add_argument("--no-check", action="store_true", help="do not compare answers (e.g. a server in another "
                                                              "state); wrong answers are then not counted")
     t.add_argument("--compare-bare", action="store_true",
@@ -307,11 +313,17 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--open-loop rate must be in (0, 1,000,000] calls/s")
     if args.closed_loop is not None and args.closed_loop < args.procs:
         raise ValueError("--closed-loop must be at least --procs")
+    if args.tls_ca is not None and not args.tls_ca.is_file():
+        raise ValueError(f"--tls-ca {args.tls_ca}: no such file")
+    if args.tls_ca is not None and not args.target:
+        raise ValueError("--tls-ca is for --target (the server started here is plaintext on loopback)")
     if args.target and not args.target.startswith(("127.", "localhost", "[::1]")):
         say(f"note: {args.target} is not loopback: make sure you may load it")
 
 
-def load_spec(fields: dict[str, Any], args: argparse.Namespace) -> LoadSpec:
+def load_spec(fields: dict[str, Any], args: argparse.Namespace, secure: bool = True) -> LoadSpec:
+    if secure:
+        fields = {**fields, "tls_ca": args.tls_ca.read_bytes() if args.tls_ca else None, "token": args.token}
     return LoadSpec(mode="open" if args.open_loop is not None else "closed", rate=args.open_loop or 0.0,
                     concurrency=args.closed_loop or 0, procs=args.procs, channels=args.channels,
                     warmup_s=args.warmup, duration_s=args.duration, max_requests=args.max_requests,
@@ -349,9 +361,10 @@ def run(args: argparse.Namespace) -> int:
         versions = {t.id: 1 for t in world.tenants}
         if not args.no_push:
             t1 = time.monotonic()
-            versions = push_world(address, world)
+            tls_ca = args.tls_ca.read_bytes() if args.tls_ca else None
+            versions = push_world(address, world, tls_ca=tls_ca, token=args.token)
             say(f"pushed {len(versions)} tenants and their opening balances in {time.monotonic() - t1:.1f} s")
-            wait_until_right(address, plans, versions)
+            wait_until_right(address, plans, versions, tls_ca=tls_ca, token=args.token)
         targets: list[tuple[str, str, int | None, dict[str, int] | None]] = [
             ("callgate", address, pid, None if args.no_check else versions)]
         if args.compare_bare:
@@ -368,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
                 fields = unary_spec(target, plans, check)
             say(f"{name}: {load} for {args.duration:g} s (+{args.warmup:g} s warm-up), {args.procs} client "
                 f"process(es) x {args.channels} connection(s)")
-            result = run_load(load_spec(fields, args), target_pid,
+            result = run_load(load_spec(fields, args, secure=name == "callgate"), target_pid,
                               progress=lambda poll: report.Progress(total_s, poll))
             results.append(to_result(name, result))
     finally:

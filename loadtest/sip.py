@@ -180,7 +180,7 @@ class Kamailio:
 
     def __init__(self, folder: Path, callgate: str, route_port: int, tenant: str = "acme",
                  failure: str = "closed", failover: Path | None = None, deadline_ms: int = 200,
-                 children: int = 4, bypass: bool = False) -> None:
+                 children: int = 4, bypass: bool = False, tls_ca: Path | None = None, token: str = "") -> None:
         self.port = free_port()
         self.folder = folder
         cfg = (KAMAILIO_DIR / "kamailio.cfg").read_text()
@@ -196,6 +196,10 @@ class Kamailio:
             env["CALLGATE_FAILOVER"] = str(failover)
         if bypass:  # relay without asking callgate: the baseline
             env["CALLGATE_BYPASS"] = "1"
+        if tls_ca is not None:
+            env["CALLGATE_TLS_CA"] = str(tls_ca)
+        if token:
+            env["CALLGATE_TOKEN"] = token
         self.log = folder / f"kamailio-{self.port}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(

@@ -56,3 +56,14 @@ class _Details(grpc.ClientCallDetails):
 def with_token(channel: grpc.Channel, token: str) -> grpc.Channel:
     """The channel with the bearer token on every call (servers with --auth tokens)."""
     return grpc.intercept_channel(channel, _Bearer(token))
+
+
+def open_channel(address: str, tls_ca: bytes | None = None, token: str = "",
+                 options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+    """A channel to callgate: TLS when `tls_ca` (PEM) is given, the bearer token on every call when given."""
+    if tls_ca is not None:
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=tls_ca),
+                                      options=options or [])
+    else:
+        channel = grpc.insecure_channel(address, options=options or [])
+    return with_token(channel, token) if token else channel

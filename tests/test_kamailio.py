@@ -159,6 +159,43 @@ def test_callgate_stopped_fails_closed_or_open_to_the_backup(world) -> None:
     assert "forwarding" in world["open"].text() and "backup" in world["open"].text()
 
 
+def test_through_tls_with_a_proxy_token(tmp_path: Path, world) -> None:
+    """Kamailio talks TLS to a callgate that requires tokens, with a proxy token."""
+    from server.cli import main
+
+    assert main(["dev-ca", str(tmp_path / "tls")]) == 0
+    data = tmp_path / "data"
+    token = _proxy_token(data)
+    tls = tmp_path / "tls"
+    secure = Server(data, "--auth", "tokens", "--tls-cert", str(tls / "server.pem"), "--tls-key",
+                    str(tls / "server.key"))
+    kam = None
+    try:
+        kam = sip.Kamailio(tmp_path, secure.address, world["uas"].port, tls_ca=tls / "ca.pem", token=token)
+        for caller, status in (("+14155550666", 603), ("+12125550000", 200)):
+            ok, report = sip.call(kam.address, caller, OPEN, status, tmp_path)
+            assert ok, report
+        assert "UNAUTHENTICATED" not in kam.text() and "UNAVAILABLE" not in kam.text()
+    finally:
+        if kam is not None:
+            kam.stop()
+        secure.stop()
+
+
+def _proxy_token(data: Path) -> str:
+    """A proxy token in a fresh store (what `callgate tokens create --role proxy` does, without the printing)."""
+    from server import auth
+    from server.store import SQLiteStore
+
+    ident, token, token_hash = auth.new_token()
+    store = SQLiteStore(data / "callgate.sqlite")
+    try:
+        store.add_token(ident, token_hash, "proxy", [], 0, "kamailio test")
+    finally:
+        store.close()
+    return token
+
+
 def test_kemi_script_is_plain_python(tmp_path: Path) -> None:
     """The script compiles outside Kamailio too (KSR is only imported at run time by app_python3)."""
     source = (ROOT / "integrations" / "kamailio" / "callgate_kemi.py").read_text()

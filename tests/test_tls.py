@@ -67,3 +67,26 @@ def test_bad_tls_options_are_clear(tmp_path: Path, capsys) -> None:
     key.write_text("not pem")
     assert main(["serve", "--data-dir", str(tmp_path), "--tls-cert", str(key), "--tls-key", str(key)]) == 2
     assert "not PEM" in capsys.readouterr().err
+
+
+def test_load_test_speaks_tls_and_tokens(ca: Path, tmp_path: Path, capsys) -> None:
+    from loadtest import harness
+
+    data = tmp_path / "data"
+    assert main(["tokens", "create", "--role", "owner", "--data-dir", str(data)]) == 0
+    token = capsys.readouterr().out.strip()
+    srv = Server(data, "--auth", "tokens", "--tls-cert", str(ca / "server.pem"), "--tls-key", str(ca / "server.key"))
+    try:
+        code = harness.main(["--target", srv.address, "--tls-ca", str(ca / "ca.pem"), "--token", token,
+                             "--tenants", "1", "--numbers", "10", "--blacklist", "200", "--requests", "300",
+                             "--open-loop", "200", "--duration", "1", "--warmup", "0.2"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "wrong answers: 0 of" in out
+        code = harness.main(["--target", srv.address, "--tls-ca", str(ca / "ca.pem"), "--tenants", "1",
+                             "--numbers", "10", "--blacklist", "200", "--requests", "300", "--no-push",
+                             "--open-loop", "100", "--duration", "0.5", "--warmup", "0"])
+        out = capsys.readouterr().out
+        assert "UNAUTHENTICATED" in out                        # without the token every call is refused
+    finally:
+        assert srv.stop() == 0

@@ -30,7 +30,9 @@ waits on them).
 
 Environment: CALLGATE_TARGET (127.0.0.1:50051), CALLGATE_TENANT (the tenant
 when the failover table does not name one for the number), CALLGATE_ROUTE_URI
-(sip:127.0.0.1:5080), CALLGATE_PYTHONPATH (folders with grpcio and the
+(sip:127.0.0.1:5080), CALLGATE_TLS_CA (the CA's PEM: talk TLS to callgate),
+CALLGATE_TOKEN (a `proxy` token for a server with --auth),
+CALLGATE_PYTHONPATH (folders with grpcio and the
 `callgate` package, ':'-separated, put in front of sys.path), CALLGATE_BYPASS=1
 (relay everything without asking: the baseline of the SIP benchmark).
 """
@@ -53,6 +55,9 @@ DEADLINE_S = int(os.environ.get("CALLGATE_DEADLINE_MS", "50")) / 1000
 FAILURE = os.environ.get("CALLGATE_FAILURE", "closed")
 ROUTE_URI = os.environ.get("CALLGATE_ROUTE_URI", "sip:127.0.0.1:5080")
 FAILOVER_FILE = os.environ.get("CALLGATE_FAILOVER", "")
+TLS_CA = os.environ.get("CALLGATE_TLS_CA", "")      # PEM of the CA that signed callgate's certificate: TLS
+TOKEN = os.environ.get("CALLGATE_TOKEN", "")        # a `proxy` token for a server with --auth
+METADATA = (("authorization", f"Bearer {TOKEN}"),) if TOKEN else None
 # a plain relay that never asks callgate: the baseline for measuring what callgate adds to the proxy
 BYPASS = os.environ.get("CALLGATE_BYPASS", "") == "1"
 PHRASES = {403: "Forbidden", 404: "Not Found", 433: "Anonymity Disallowed", 480: "Temporarily Unavailable",
@@ -87,7 +92,12 @@ class kamailio:
         from callgate.v1 import decisions_pb2, decisions_pb2_grpc
 
         self.grpc, self.pb = grpc, decisions_pb2
-        self.decisions = decisions_pb2_grpc.DecisionsStub(grpc.insecure_channel(TARGET))
+        if TLS_CA:
+            with open(TLS_CA, "rb") as handle:
+                channel = grpc.secure_channel(TARGET, grpc.ssl_channel_credentials(root_certificates=handle.read()))
+        else:
+            channel = grpc.insecure_channel(TARGET)
+        self.decisions = decisions_pb2_grpc.DecisionsStub(channel)
         return 0
 
     # -- helpers -----------------------------------------------------------------------------
@@ -110,7 +120,8 @@ class kamailio:
     def event(self, tenant: str, kind: int, user: str = "", **fields: Any) -> None:
         try:
             self.decisions.CallEvent(self.pb.CallEventRequest(tenant=tenant, call_id=KSR.pv.get("$ci"), kind=kind,
-                                                              user=user, **fields), timeout=DEADLINE_S * 4)
+                                                              user=user, **fields), timeout=DEADLINE_S * 4,
+                                     metadata=METADATA)
         except self.grpc.RpcError as exc:  # a lost event is logged, never waited on
             KSR.warn(f"callgate: CallEvent {kind} for {KSR.pv.get('$ci')}: {exc.code().name}\n")
 
@@ -151,7 +162,7 @@ class kamailio:
     def ask(self, method: str, request: Any) -> Any:
         """One decision within the deadline; None when callgate is unreachable, late or refuses the input."""
         try:
-            return getattr(self.decisions, method)(request, timeout=DEADLINE_S)
+            return getattr(self.decisions, method)(request, timeout=DEADLINE_S, metadata=METADATA)
         except self.grpc.RpcError as exc:
             KSR.warn(f"callgate: {method} for {KSR.pv.get('$ci')}: {exc.code().name} {exc.details()}\n")
             return None
