@@ -288,3 +288,39 @@ def test_rate_limit_window() -> None:
     assert limit.check("t", 0.0) == 0 and limit.check("t", 1.0) == 0
     assert limit.check("t", 2.0) == pytest.approx(58.0)
     assert limit.check("t", 60.5) == 0                      # the first call left the window
+
+
+def test_hostile_names_ids_and_metadata(world) -> None:
+    owner = with_token(world["server"].channel(), world["tokens"]["owner"])
+    a = admin_pb2_grpc.AdminStub(owner)
+    names = ["../../../../etc/passwd.png", "a\x00b.png", "x" * 5000 + ".png", "..", "C:\\windows\\win.ini"]
+    uploaded = a.UploadDocuments(admin_pb2.UploadDocumentsRequest(
+        tenant="acme", number="+14155550100",
+        files=[admin_pb2.DocumentUpload(name=n, content=png()) for n in names]), timeout=30)
+    kept = [f.name for f in uploaded.files]
+    assert kept[0] == "passwd.png" and kept[1] == "ab.png" and len(kept[2]) <= 200 and kept[2].endswith(".png")
+    assert all("/" not in k and "\\" not in k and "\x00" not in k and k not in ("", "..") for k in kept)
+    documents = world["db"].parent / "documents"
+    files = [p for p in documents.rglob("*") if p.is_file()]
+    assert files and all(p.resolve().is_relative_to(documents.resolve()) for p in files)
+
+    before = fingerprint(world["db"])
+    for tenant in ("../../etc", "x'); DROP TABLE versions;--", "\x00", "a" * 300, "%s%n"):
+        for call in (lambda t=tenant: a.GetSettings(admin_pb2.GetSettingsRequest(tenant=t), timeout=10),
+                     lambda t=tenant: a.Rollback(admin_pb2.RollbackRequest(tenant=t, version=1), timeout=10),
+                     lambda t=tenant: a.PatchBlacklist(admin_pb2.PatchBlacklistRequest(
+                         tenant=t, add=["+12125550000"]), timeout=10),
+                     lambda t=tenant: a.UploadDocuments(admin_pb2.UploadDocumentsRequest(
+                         tenant=t, number="+14155550100", files=[admin_pb2.DocumentUpload(name="x.png",
+                                                                                          content=png())]),
+                         timeout=10)):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), tenant
+    assert fingerprint(world["db"]) == before
+
+    # oversized metadata: refused by the transport, and the server keeps serving
+    huge = with_token(world["server"].channel(), "cg_" + "a" * 12 + "_" + "b" * 200_000)
+    with pytest.raises(grpc.RpcError):
+        admin_pb2_grpc.AdminStub(huge).Stats(admin_pb2.StatsRequest(), timeout=10)
+    assert a.Stats(admin_pb2.StatsRequest(), timeout=10).pid > 0
