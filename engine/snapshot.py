@@ -416,6 +416,7 @@ class Built:
     document: bytes | None  # the document re-encoded as JSON; None: the bytes pushed were JSON, keep them
     blob: bytes             # dumps() of the compiled snapshot
     compile_seconds: float
+    longest_list: int = 0   # entries on the longer of the two blacklists (servers cap it)
 
 
 def build(document: bytes, fmt: str | None = None, approved: Iterable[str] = ()) -> Built:
@@ -432,4 +433,5 @@ def build(document: bytes, fmt: str | None = None, approved: Iterable[str] = ())
     as_json = None  # JSON pushed stays byte for byte (and is not sent back across the process boundary)
     if fmt == "msgpack" or (fmt is None and document.lstrip()[:1] not in (b"{", b"[")):
         as_json = json.dumps(settings.document, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-    return Built(settings.tenant, as_json, blob, time.perf_counter() - start)
+    return Built(settings.tenant, as_json, blob, time.perf_counter() - start,
+                 max(len(settings.blacklist), len(settings.offhours_blacklist)))

@@ -92,6 +92,7 @@ class Options:
     reuse_port: bool = False
     auth: str = "auto"
     admin_per_minute: int = 600
+    max_list_entries: int = 10_000_000
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
@@ -155,7 +156,8 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     decisions_pb2_grpc.add_DecisionsServicer_to_server(DecisionsServicer(state), server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(
         state, max_document=limit, upload_rate=opts.upload_mb_per_s * 1024 * 1024,
-        blobs=BlobStore(opts.data_dir / "documents"), max_upload=opts.max_upload_mb * 1024 * 1024), server)
+        blobs=BlobStore(opts.data_dir / "documents"), max_upload=opts.max_upload_mb * 1024 * 1024,
+        max_list=opts.max_list_entries), server)
     gateway: PaymentGateway = SandboxGateway(store)
     if opts.jobs.gateway_latency_s:
         gateway = SlowGateway(gateway, opts.jobs.gateway_latency_s)
@@ -375,6 +377,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upload-mb-per-s", type=float, default=25.0, metavar="MB",
                         help="read settings uploads (PushSettingsUpload) at most this fast, so that a big push "
                              "does not take the CPU from decisions (default 25; 0: no limit)")
+    parser.add_argument("--max-list-entries", type=int, default=10_000_000, metavar="N",
+                        help="entries a tenant's blacklist or off-hours blacklist may hold (default 10,000,000)")
     parser.add_argument("--max-upload-mb", type=int, default=10,
                         help="largest document image accepted, per file (default 10)")
     parser.add_argument("--topup-retry-s", type=float, default=30.0, metavar="SECONDS",
@@ -416,6 +420,8 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ValueError("--topup-retry-s must be in (0, 86400]")
     if args.ring_timeout_s < 1 or args.call_max_s < 1 or args.topup_stale_s < 1:
         raise ValueError("--ring-timeout-s, --call-max-s and --topup-stale-s must be at least 1 second")
+    if args.max_list_entries < 1:
+        raise ValueError("--max-list-entries must be at least 1")
     if args.admin_calls_per_minute < 0:
         raise ValueError("--admin-calls-per-minute must be >= 0 (0: no limit)")
     if not 0 <= args.sandbox_latency_ms <= 60_000:
@@ -448,7 +454,7 @@ def options_from(args: argparse.Namespace) -> Options:
                    seed=args.seed, seed_credit=args.seed_credit, poll=args.poll, grace=args.grace,
                    max_message_mb=args.max_message_mb, max_upload_mb=args.max_upload_mb,
                    upload_mb_per_s=args.upload_mb_per_s, auth=args.auth, admin_per_minute=args.admin_calls_per_minute,
-                   tls_cert=args.tls_cert,
+                   tls_cert=args.tls_cert, max_list_entries=args.max_list_entries,
                    tls_key=args.tls_key, client_ca=args.client_ca,
                    jobs=JobOptions(topup_retry_s=args.topup_retry_s, topup_stale_s=args.topup_stale_s,
                                    gateway_latency_s=args.sandbox_latency_ms / 1000,

@@ -530,8 +530,9 @@ def admin_rpc(handler: Callable[[Any, Any], Awaitable[Any]]) -> Callable[..., An
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(self, state: State, max_document: int, upload_rate: float = 0.0, *,
-                 blobs: documents.BlobStore, max_upload: int = documents.MAX_BYTES) -> None:
+                 blobs: documents.BlobStore, max_upload: int = documents.MAX_BYTES, max_list: int = 0) -> None:
         self.state = state
+        self.max_list = max_list  # entries per blacklist; 0: no cap
         self.max_document = max_document
         self.blobs = blobs
         self.max_upload = max_upload
@@ -565,6 +566,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                                       request.expected_version, request.comment, start)
 
         return await self._guard(context, work)
+
+    def _check_lists(self, built: Built) -> None:
+        if self.max_list and built.longest_list > self.max_list:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"a blacklist of tenant {built.tenant!r} would hold {built.longest_list:,} entries; "
+                               f"at most {self.max_list:,} per list (the server's --max-list-entries)")
 
     def _check_push(self, request: admin_pb2.PushSettingsRequest, size: int) -> None:
         if request.format not in ("", "json", "msgpack"):
@@ -617,6 +624,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                       start: float) -> admin_pb2.PushSettingsReply:
         state = self.state
         auth.require_tenant(built.tenant)  # a pushed document names its tenant only inside
+        self._check_lists(built)
         state.installing.add(built.tenant)
         built_at = time.perf_counter()
         try:
@@ -699,6 +707,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
             def snapshot_for(document: bytes) -> bytes:
                 built = self.state.compiler.build_blocking(document, "json")
+                self._check_lists(built)
                 blobs.append(built.blob)
                 return built.blob
 

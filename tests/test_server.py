@@ -350,3 +350,24 @@ def test_call_event_with_an_impossible_instant_is_invalid_argument(stubs, at):
     with pytest.raises(grpc.RpcError) as err:
         decisions.CallEvent(ev(tenant="acme", call_id="c-at", kind=ev.RINGING, user="u1", at=at))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "2000-01-01" in err.value.details()
+
+
+def test_list_length_cap_at_the_boundary(tmp_path):
+    doc = copy.deepcopy(DOC)
+    doc["blacklist"] = [f"+1212555{i:04d}" for i in range(10)]
+    srv = Server(tmp_path, "--max-list-entries", "10")
+    try:
+        with srv.channel() as channel:
+            admin = admin_pb2_grpc.AdminStub(channel)
+            assert push(admin, doc).version == 2                             # exactly the cap: accepted
+            with pytest.raises(grpc.RpcError) as err:                        # one more through a patch
+                admin.PatchBlacklist(admin_pb2.PatchBlacklistRequest(tenant="acme", add=["+12125559999"]), timeout=60)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "11 entries; at most 10 per list" in err.value.details()
+            doc["offhours_blacklist"] = [f"+1646555{i:04d}" for i in range(11)]
+            with pytest.raises(grpc.RpcError) as err:                        # or through a push
+                push(admin, doc)
+            assert "at most 10 per list" in err.value.details()
+            assert current_version(admin) == 2
+    finally:
+        assert srv.stop() == 0
