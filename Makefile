@@ -44,7 +44,7 @@ run: build
 	@echo "    $(CG) settings history --tenant acme"
 	@echo "    $(CG) billing balance acme        (sandbox payments; card 4000000000000002 declines)"
 	@echo "    $(CG) documents upload +14155550100 SCAN.png --tenant acme"
-	@echo "    $(PY) -m callgate tokens create --role proxy --data-dir data     (a token for a SIP proxy)"
+	@echo "    $(CG) tokens create --role proxy          (a token for a SIP proxy; tokens list, tokens revoke ID)"
 	@echo "  metrics: http://127.0.0.1:9464/metrics   offline demo: $(PY) -m callgate demo   Ctrl-C stops."
 	$(PY) -m callgate serve --listen 127.0.0.1:50051 --data-dir data --seed examples/acme.json \
 		--seed-credit 10.00 --log-format text --auth tokens \

@@ -47,6 +47,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     **{A + m: frozenset({"tenant-admin", "operator", "owner"})
        for m in ("GetSettings", "ListVersions", "Stats", "ListDocuments", "GetBalance", "ListLedger", "ListCalls")},
     **{A + m: frozenset({"operator", "owner"}) for m in ("ReviewDocuments", "Credit", "Card")},
+    **{A + m: frozenset({"owner"}) for m in ("CreateToken", "ListTokens", "RevokeToken")},
 }
 
 

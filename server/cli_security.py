@@ -41,11 +41,31 @@ def _when(at: float) -> str:
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if at else "-"
 
 
+def _info(t: Any) -> Any:
+    """A TokenInfo message as the record the printers use."""
+    from .auth import TokenRecord
+
+    return TokenRecord(t.id, t.role, tuple(t.tenants), t.created_at, t.expires_at, t.revoked_at, t.comment)
+
+
 def cmd_tokens_create(args: argparse.Namespace) -> int:
     import time
 
     from .auth import new_token
 
+    if args.data_dir is None:  # over gRPC, with an owner token
+        from callgate.v1 import admin_pb2
+
+        from .cli import _call, _stubs
+
+        admin, _ = _stubs(args)
+        reply = _call(args, lambda: admin.CreateToken(admin_pb2.CreateTokenRequest(
+            role=args.role, tenants=args.tenant or [], comment=args.comment or "",
+            expires_in_seconds=seconds(args.expires_in) if args.expires_in else 0), timeout=args.timeout))
+        print(reply.token)
+        print(f"# token {reply.info.id}: {reply.info.role}; shown once: keep it (only its hash is stored)",
+              file=sys.stderr)
+        return 0
     expires = int(time.time()) + seconds(args.expires_in) if args.expires_in else 0
     ident, token, token_hash = new_token()
     store = _store(args, create=True)
@@ -63,11 +83,20 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_list(args: argparse.Namespace) -> int:
-    store = _store(args)
-    try:
-        tokens = store.list_tokens()
-    finally:
-        store.close()
+    if args.data_dir is None:
+        from callgate.v1 import admin_pb2
+
+        from .cli import _call, _stubs
+
+        admin, _ = _stubs(args)
+        reply = _call(args, lambda: admin.ListTokens(admin_pb2.ListTokensRequest(), timeout=args.timeout))
+        tokens = [_info(t) for t in reply.tokens]
+    else:
+        store = _store(args)
+        try:
+            tokens = store.list_tokens()
+        finally:
+            store.close()
     print(f"{'id':<14} {'role':<13} {'tenants':<24} {'created (UTC)':<21} {'expires':<21} {'revoked':<21} comment")
     for t in tokens:
         print(f"{t.id:<14} {t.role:<13} {','.join(t.tenants) or '*':<24} {_when(t.created_at):<21} "
@@ -80,13 +109,22 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     from .store_api import NotFound
 
-    store = _store(args)
-    try:
-        record = store.revoke_token(args.id)
-    except NotFound as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        store.close()
+    if args.data_dir is None:
+        from callgate.v1 import admin_pb2
+
+        from .cli import _call, _stubs
+
+        admin, _ = _stubs(args)
+        record = _info(_call(args, lambda: admin.RevokeToken(admin_pb2.RevokeTokenRequest(id=args.id),
+                                                              timeout=args.timeout)))
+    else:
+        store = _store(args)
+        try:
+            record = store.revoke_token(args.id)
+        except NotFound as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            store.close()
     print(f"token {record.id} ({record.role}) revoked at {_when(record.revoked_at)}; servers refuse it within "
           "2 seconds")
     return 0
@@ -126,10 +164,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def add_security_commands(sub: Any) -> None:
     from .auth import ROLES
 
-    def data_dir(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", type=Path, default=Path("data"), help="the server's data directory (./data)")
+    def data_dir(p: argparse.ArgumentParser, required: bool = False) -> None:
+        p.add_argument("--data-dir", type=Path, required=required,
+                       help="work on the server's data directory (on its host)" +
+                            ("" if required else "; without it, over gRPC with an owner --token"))
 
-    tokens = sub.add_parser("tokens", help="create, list and revoke API tokens (on the server's host)")
+    tokens = sub.add_parser("tokens", help="create, list and revoke API tokens (over gRPC with an owner token, "
+                                           "or with --data-dir on the server's host: the first token)")
     tsub = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = tsub.add_parser("create", help="a new token, printed once")
     create.add_argument("--role", required=True, choices=ROLES,
@@ -152,5 +193,5 @@ def add_security_commands(sub: Any) -> None:
     audit.add_argument("--tenant")
     audit.add_argument("--since", help="a duration back (2h, 7d) or an ISO time with a zone")
     audit.add_argument("--limit", type=int, default=100)
-    data_dir(audit)
+    data_dir(audit, required=True)
     audit.set_defaults(run=cmd_audit)

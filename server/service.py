@@ -880,6 +880,30 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             answered_at=c.answered_at, ended_at=c.ended_at, talked_seconds=c.talked_s,
             charge=billing.format_amount(c.charge_micro)) for c in found])
 
+    async def _create_token(self, r: admin_pb2.CreateTokenRequest) -> admin_pb2.CreateTokenReply:
+        if not 0 <= r.expires_in_seconds <= 10 * 365 * 86_400:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "expires_in_seconds is 0 (never) up to ten years")
+        ident, token, token_hash = auth.new_token()
+        expires = int(time.time()) + r.expires_in_seconds if r.expires_in_seconds else 0
+        record = await asyncio.to_thread(self.state.store.add_token, ident, token_hash, _text("role", r.role),
+                                         [_text("tenant", t) for t in r.tenants], expires, _text("comment", r.comment))
+        auth.note(detail=f"created token {record.id} ({record.role})")
+        log.info("token created", extra={"event": "token_created", "id": record.id, "role": record.role})
+        return admin_pb2.CreateTokenReply(info=token_message(record), token=token)
+
+    async def _list_tokens(self, r: admin_pb2.ListTokensRequest) -> admin_pb2.ListTokensReply:
+        records = await asyncio.to_thread(self.state.store.list_tokens)
+        return admin_pb2.ListTokensReply(tokens=[token_message(t) for t in records])
+
+    async def _revoke_token(self, r: admin_pb2.RevokeTokenRequest) -> admin_pb2.TokenInfo:
+        record = await asyncio.to_thread(self.state.store.revoke_token, _text("id", r.id))
+        auth.note(detail=f"revoked token {record.id}")
+        log.info("token revoked", extra={"event": "token_revoked", "id": record.id})
+        return token_message(record)
+
+    CreateToken = admin_rpc(_create_token)
+    ListTokens = admin_rpc(_list_tokens)
+    RevokeToken = admin_rpc(_revoke_token)
     UploadDocuments = admin_rpc(_upload_documents)
     ListDocuments = admin_rpc(_list_documents)
     ReviewDocuments = admin_rpc(_review_documents)
@@ -896,3 +920,8 @@ def document_set_message(ds: DocumentSet) -> admin_pb2.DocumentSet:
         uploaded_at=ds.uploaded_at, due_on=ds.due_on, decided_at=ds.decided_at, decided_by=ds.decided_by,
         files=[admin_pb2.DocumentFile(sha256=f.sha256, name=f.name, format=f.format, width=f.width,
                                       height=f.height, size=f.size) for f in ds.files])
+
+
+def token_message(t: auth.TokenRecord) -> admin_pb2.TokenInfo:
+    return admin_pb2.TokenInfo(id=t.id, role=t.role, tenants=list(t.tenants), created_at=t.created_at,
+                               expires_at=t.expires_at, revoked_at=t.revoked_at, comment=t.comment)

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from .auth import TokenRecord
     from .calls import Call, Event, Outcome, Reply
 
 
@@ -283,6 +284,26 @@ class Store(Protocol):
 
     def approved_numbers(self, tenant: str) -> list[str]:
         """Numbers of the tenant with an approved document set."""
+        ...
+
+    # -- security ----------------------------------------------------------------
+    def add_token(self, ident: str, token_hash: str, role: str, tenants: list[str], expires_at: int,
+                  comment: str) -> TokenRecord:
+        ...
+
+    def get_token(self, ident: str) -> TokenRecord | None:
+        ...
+
+    def list_tokens(self) -> list[TokenRecord]:
+        ...
+
+    def revoke_token(self, ident: str) -> TokenRecord:
+        ...
+
+    def add_audit(self, row: dict[str, Any]) -> None:
+        ...
+
+    def audit_rows(self, tenant: str = "", since: float = 0.0, limit: int = 100) -> list[dict[str, Any]]:
         ...
 
     def close(self) -> None:

@@ -120,6 +120,11 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
                                    timeout=10),
         "Card": lambda: a.Card(admin_pb2.CardRequest(tenant=tenant), timeout=10),
         "ListCalls": lambda: a.ListCalls(admin_pb2.ListCallsRequest(tenant=tenant), timeout=10),
+        "CreateToken": lambda: a.CreateToken(admin_pb2.CreateTokenRequest(role="proxy", comment=f"m{n}"),
+                                             timeout=10),
+        "ListTokens": lambda: a.ListTokens(admin_pb2.ListTokensRequest(), timeout=10),
+        "RevokeToken": lambda: a.RevokeToken(admin_pb2.RevokeTokenRequest(
+            id=auth.token_id(world["tokens"]["revoked"]) or ""), timeout=10),
     }
 
 
@@ -252,6 +257,15 @@ def test_tokens_and_audit_commands(tmp_path: Path, capsys) -> None:
         assert "revoked" in capsys.readouterr().err
         assert main(["audit", "--since", "1h", "--data-dir", str(data)]) == 0
         assert "Stats" in capsys.readouterr().out
+        assert main(["tokens", "create", "--role", "owner", "--data-dir", str(data)]) == 0
+        owner = capsys.readouterr().out.strip()
+        assert main(["--server", srv.address, "--token", owner, "tokens", "create", "--role", "tenant-admin",
+                     "--tenant", "acme"]) == 0                                   # over gRPC, as an owner
+        admin_token = capsys.readouterr().out.strip()
+        assert main(["--server", srv.address, "--token", owner, "tokens", "list"]) == 0
+        assert "tenant-admin" in capsys.readouterr().out
+        assert main(["--server", srv.address, "--token", admin_token, "tokens", "list"]) == 2
+        assert "PERMISSION_DENIED" in capsys.readouterr().err                     # tokens are the owner's
     finally:
         srv.stop()
 

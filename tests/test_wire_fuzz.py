@@ -153,6 +153,11 @@ def test_document_billing_and_call_rpcs(stubs, data) -> None:
                                            exp_month=data.draw(uint32), exp_year=data.draw(uint32)))
     call(admin.ListCalls, admin_pb2.ListCallsRequest(tenant=data.draw(tenants), state=data.draw(texts),
                                                      limit=data.draw(uint32)))
+    call(admin.CreateToken, admin_pb2.CreateTokenRequest(
+        role=data.draw(texts.filter(lambda r: r not in ("proxy", "tenant-admin", "operator", "owner"))),
+        tenants=data.draw(st.lists(texts, max_size=3)), expires_in_seconds=data.draw(int64), comment=data.draw(texts)))
+    call(admin.RevokeToken, admin_pb2.RevokeTokenRequest(id=data.draw(texts)))
+    call(admin.ListTokens, admin_pb2.ListTokensRequest())
 
 
 def test_still_serving_and_nothing_changed(server, stubs) -> None:
@@ -167,7 +172,7 @@ def test_still_serving_and_nothing_changed(server, stubs) -> None:
     db = sqlite3.connect(f"{args[args.index('--data-dir') + 1]}/callgate.sqlite")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert db.execute("SELECT count(*) FROM versions WHERE tenant='acme'").fetchone()[0] == 1
-    for table in ("document_sets", "cards", "topups"):
+    for table in ("document_sets", "cards", "topups", "tokens"):
         assert db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
     assert db.execute("SELECT count(*) FROM ledger WHERE kind != 'call'").fetchone()[0] == 0
     db.close()
