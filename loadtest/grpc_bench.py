@@ -558,6 +558,21 @@ def _cpu_of_children_and_self() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
+def spawn_clients(main: Callable[..., None], spec: Any, procs: int, slots: int, name: str
+                  ) -> tuple[Any, Any, Any, Any, list[Any]]:
+    """Start `procs` client processes running main(spec, index, msgs, start_event, start_at, shared): a
+    message queue, the common start (an event and its CLOCK_MONOTONIC ns), and `slots` shared integers per
+    process (one writer each: no lock)."""
+    ctx = mp.get_context("spawn")  # never fork a process that has gRPC state
+    msgs, start_event, start_at = ctx.Queue(), ctx.Event(), ctx.Value("q", 0)
+    shared = ctx.Array("q", slots * procs, lock=False)
+    started = [ctx.Process(target=main, args=(spec, i, msgs, start_event, start_at, shared),
+                           name=f"{name}-{i}", daemon=True) for i in range(procs)]
+    for p in started:
+        p.start()
+    return msgs, start_event, start_at, shared, started
+
+
 ProgressFactory = Callable[[Callable[[], tuple[int, int, int]]], contextlib.AbstractContextManager[Any]]
 
 
@@ -568,17 +583,9 @@ def run_load(spec: LoadSpec, server_pid: int | None = None, progress: ProgressFa
     answers) so far, summed over the client processes."""
     if spec.mode == "closed" and spec.concurrency < spec.procs:
         raise ValueError("--closed-loop concurrency must be at least --procs")
-    ctx = mp.get_context("spawn")  # never fork a process that has gRPC state
-    msgs = ctx.Queue()
-    start_event = ctx.Event()
-    start_at = ctx.Value("q", 0)
-    # (done, errors, wrong) per process: one writer per slot, read only for display, so no lock
-    counts = ctx.Array("q", 3 * spec.procs, lock=False)
     cpu_before = _cpu_of_children_and_self()
-    procs = [ctx.Process(target=_worker_main, args=(spec, i, msgs, start_event, start_at, counts),
-                         name=f"grpc-bench-{i}", daemon=True) for i in range(spec.procs)]
-    for p in procs:
-        p.start()
+    # (done, errors, wrong) per process: one writer per slot, read only for display, so no lock
+    msgs, start_event, start_at, counts, procs = spawn_clients(_worker_main, spec, spec.procs, 3, "grpc-bench")
     results: dict[int, dict[str, Any]] = {}
     try:
         _wait_messages(msgs, procs, "ready", 60.0, {})

@@ -91,7 +91,6 @@ import argparse
 import asyncio
 import json
 import math
-import multiprocessing as mp
 import os
 import random
 import resource
@@ -115,7 +114,7 @@ import grpc
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 
-from .grpc_bench import CHANNEL_OPTIONS, START_DELAY_NS, _wait_messages, share, start_signals
+from .grpc_bench import CHANNEL_OPTIONS, START_DELAY_NS, _wait_messages, share, spawn_clients, start_signals
 from .server_bench import EXAMPLE, CpuMeter, ServeProcess, _terminate
 from .stats import RunRecorder, SampleBuffer, format_table, merge_all
 
@@ -510,15 +509,7 @@ def run_clients(spec: Spec, server_pids: Sequence[int]) -> tuple[list[dict[str, 
         with Progress(counts):
             result = asyncio.run(Client(spec, 0, tick).run(lambda: None, start_now))
         return [result], meter[0].read()
-    ctx = mp.get_context("spawn")  # never fork a process that has gRPC state
-    msgs = ctx.Queue()
-    start_event = ctx.Event()
-    start_at = ctx.Value("q", 0)
-    shared = ctx.Array("q", spec.procs, lock=False)
-    procs = [ctx.Process(target=_client_main, args=(spec, i, msgs, start_event, start_at, shared),
-                         name=f"lifecycle-bench-{i}", daemon=True) for i in range(spec.procs)]
-    for p in procs:
-        p.start()
+    msgs, start_event, start_at, shared, procs = spawn_clients(_client_main, spec, spec.procs, 1, "lifecycle-bench")
     results: dict[int, dict[str, Any]] = {}
     try:
         _wait_messages(msgs, procs, "ready", 60.0, {})
