@@ -88,5 +88,14 @@ def test_load_test_speaks_tls_and_tokens(ca: Path, tmp_path: Path, capsys) -> No
                              "--open-loop", "100", "--duration", "0.5", "--warmup", "0"])
         out = capsys.readouterr().out
         assert "UNAUTHENTICATED" in out                        # without the token every call is refused
+        assert main(["--server", srv.address, "--tls-ca", str(ca / "ca.pem"), "--token", token, "tokens", "create",
+                     "--role", "proxy"]) == 0
+        proxy = capsys.readouterr().out.strip()
+        code = harness.main(["--target", srv.address, "--tls-ca", str(ca / "ca.pem"), "--token", proxy,
+                             "--tenants", "1", "--numbers", "10", "--blacklist", "200", "--requests", "300",
+                             "--no-push", "--rpc", "stream", "--closed-loop", "8", "--duration", "1",
+                             "--warmup", "0"])
+        out = capsys.readouterr().out
+        assert code == 0 and "wrong answers: 0 of" in out, out  # a proxy's load over TLS: decisions only
     finally:
         assert srv.stop() == 0
