@@ -240,8 +240,9 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
 
 def _seed(opts: Options) -> None:
     """Push the --seed document if its tenant has no settings yet (first start of `make run`)."""
-    from engine.snapshot import build, micro_units
+    from engine.snapshot import build
 
+    from .billing import to_micro
     from .store import SQLiteStore
     from .store_api import VersionConflict
 
@@ -254,7 +255,7 @@ def _seed(opts: Options) -> None:
         log.info("seeded", extra={"event": "seeded", "tenant": built.tenant, "version": version})
         if opts.seed_credit:
             currency = json.loads(document)["currency"]
-            store.credit(built.tenant, micro_units(opts.seed_credit), "credit", "seed", currency)
+            store.credit(built.tenant, to_micro(opts.seed_credit), "credit", "seed", currency)
             log.info("opening credit", extra={"event": "credit", "tenant": built.tenant, "amount": opts.seed_credit})
     except VersionConflict:
         log.info("seed skipped: tenant already has settings", extra={"event": "seed_skipped", "tenant": built.tenant})
@@ -443,12 +444,12 @@ def options_from(args: argparse.Namespace) -> Options:
     if args.seed is not None and not args.seed.is_file():
         raise ValueError(f"--seed {args.seed}: no such file")
     if args.seed_credit is not None:
-        from decimal import Decimal, InvalidOperation
+        from .billing import to_micro
 
         try:
-            if not Decimal(args.seed_credit).is_finite() or Decimal(args.seed_credit) < 0:
-                raise InvalidOperation
-        except InvalidOperation:
+            if to_micro(args.seed_credit) < 0:
+                raise ValueError
+        except ValueError:
             raise ValueError(f"--seed-credit {args.seed_credit!r} is not an amount such as 10.00") from None
     return Options(listen=args.listen, data_dir=args.data_dir, workers=args.workers, metrics=args.metrics,
                    seed=args.seed, seed_credit=args.seed_credit, poll=args.poll, grace=args.grace,

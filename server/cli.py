@@ -84,6 +84,11 @@ def _stubs(args: argparse.Namespace) -> tuple[Any, Any]:
     return admin_pb2_grpc.AdminStub(channel), decisions_pb2_grpc.DecisionsStub(channel)
 
 
+def when(seconds: float) -> str:
+    """UTC seconds as the CLI prints them; '-' for none."""
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if seconds else "-"
+
+
 def _instant(text: str | None) -> int:
     """--at: epoch seconds or an ISO 8601 time with a zone; None: now (0 lets the server use its clock)."""
     if text is None:
@@ -125,9 +130,9 @@ def cmd_settings_show(args: argparse.Namespace) -> int:
     record = _call(args, lambda: admin.GetSettings(admin_pb2.GetSettingsRequest(tenant=args.tenant,
                                                                                 version=args.version or 0),
                                                    timeout=args.timeout))
-    when = dt.datetime.fromtimestamp(record.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     force = "in force" if record.in_force else "not in force"
-    print(f"# tenant {record.tenant!r} version {record.version} ({record.kind}, {when}, {force})", file=sys.stderr)
+    print(f"# tenant {record.tenant!r} version {record.version} ({record.kind}, {when(record.created_at)}, {force})",
+          file=sys.stderr)
     sys.stdout.write(json.dumps(json.loads(record.document), indent=2, ensure_ascii=False) + "\n")
     return 0
 

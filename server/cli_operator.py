@@ -11,11 +11,7 @@ from typing import Any
 from engine.cli import CliError
 
 from .cli import _call, _stubs
-
-
-def _when(seconds: int) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if seconds else "-"
-
+from .cli import when as _when
 
 # -- billing ----------------------------------------------------------------------
 

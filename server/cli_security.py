@@ -16,6 +16,8 @@ from typing import Any
 
 from engine.cli import CliError
 
+from .cli import when as _when
+
 DURATION = re.compile(r"^(\d+)([smhdw])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
@@ -35,10 +37,6 @@ def _store(args: argparse.Namespace, create: bool = False) -> Any:
     if not path.exists() and not create:
         raise CliError(f"no callgate store at {path}: give the server's --data-dir")
     return SQLiteStore(path)  # a first token on a new host creates the (empty) store
-
-
-def _when(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if at else "-"
 
 
 def _info(t: Any) -> Any:

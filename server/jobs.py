@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from engine._core import CoreSnapshot
 
@@ -45,13 +46,25 @@ def rentals_of(snap: CoreSnapshot) -> list[billing.Rental]:
             for number, fee, day in snap.meta.get("rentals", [])]
 
 
-def topup_policy(snap: CoreSnapshot, today: dt.date) -> TopupPolicy | None:
-    """Rule 7 for the tenant now: None when auto top-up is off."""
-    auto = snap.meta.get("auto_topup") or {}
-    if not auto.get("enabled") or not auto.get("amount"):
-        return None
-    return TopupPolicy(billing.to_micro(auto["amount"]), billing.topup_threshold(rentals_of(snap), today),
-                       snap.meta["currency"])
+# tenant -> (the snapshot meta it was worked out from, the day, the policy): call endings ask for the policy,
+# and working it out walks every rental of the tenant
+_POLICIES: dict[str, tuple[Any, dt.date, TopupPolicy | None]] = {}
+
+
+def topup_policy(snap: CoreSnapshot, today: dt.date, rentals: list[billing.Rental] | None = None
+                 ) -> TopupPolicy | None:
+    """Rule 7 for the tenant today: None when auto top-up is off (kept until the settings or the day change)."""
+    meta = snap.meta
+    cached = _POLICIES.get(snap.tenant)
+    if cached is not None and cached[0] is meta and cached[1] == today:
+        return cached[2]
+    auto = meta.get("auto_topup") or {}
+    policy = None
+    if auto.get("enabled") and auto.get("amount"):
+        threshold = billing.topup_threshold(rentals if rentals is not None else rentals_of(snap), today)
+        policy = TopupPolicy(billing.to_micro(auto["amount"]), threshold, meta["currency"])
+    _POLICIES[snap.tenant] = (meta, today, policy)
+    return policy
 
 
 class SlowGateway:
@@ -142,7 +155,7 @@ class Jobs:
             if not rentals:
                 continue
             since = self.store.rentals_since(tenant, [r.number for r in rentals], today.isoformat())
-            policy = topup_policy(snap, today)
+            policy = topup_policy(snap, today, rentals)
             for rental in rentals:
                 start = dt.date.fromisoformat(since.get(rental.number, today.isoformat()))
                 for number, day, fee in billing.due_renewals([rental], start, today):

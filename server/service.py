@@ -30,7 +30,7 @@ from engine._core import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreDecision, CoreSnapsh
 from engine.decision import RingingCall
 from engine.engine import Engine
 from engine.settings import E164, SettingsError
-from engine.snapshot import Built, build, line_rate, loads, micro_units, with_documents
+from engine.snapshot import Built, build, line_rate, loads, with_documents
 
 from . import auth, billing, calls, documents, jobs, metrics
 from .store_api import CardRecord, DocumentFile, DocumentSet, NotFound, Store, StoreBusy, VersionConflict
@@ -64,6 +64,10 @@ def _text(name: str, value: str) -> str:
 
 
 def _now(at: int) -> int:
+    """A request's instant: UTC seconds in the engine's range, or 0 for now; else INVALID_ARGUMENT."""
+    if at and not codes.MIN_INSTANT <= at < codes.MAX_INSTANT:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "at must be UTC seconds in 2000-01-01 .. 2100-01-01, or 0 for now")
     return at if at else int(time.time())
 
 
@@ -346,7 +350,8 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
     def outbound(self, r: decisions_pb2.OutboundRequest) -> decisions_pb2.Decision:
         snap = self._snapshot(r.tenant)
         balance = self.state.balances.get(r.tenant, 0)
-        d = snap.outbound(_text("user", r.user), _text("destination", r.destination), _now(r.at), balance)
+        d = snap.outbound(_text("user", r.user), _text("destination", r.destination), r.at or int(time.time()),
+                          balance)  # the core reads the instant itself: a bad one is its INVALID_TIME
         metrics.count(d.verdict_code, d.reason_code)
         if d.verdict_code == 0:
             raise _input_error(d)
@@ -355,9 +360,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
     async def pickup(self, r: decisions_pb2.PickupRequest) -> decisions_pb2.Decision:
         snap = self._snapshot(r.tenant)
         user, dialed = _text("user", r.user), _text("dialed", r.dialed)
-        if r.at and not codes.MIN_INSTANT <= r.at < codes.MAX_INSTANT:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "at must be UTC seconds in 2000-01-01 .. 2100-01-01, or 0 for now")
+        answered_at = _now(r.at)
         store = self.state.store
         rows = await asyncio.to_thread(store.ringing_calls, r.tenant)
         ringing = [RingingCall(call_id, ringing_user, since) for call_id, ringing_user, since in rows]
@@ -372,7 +375,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
             assert call_id is not None
             # The pickup is the call's ANSWERED event: the store lets exactly one user answer, and
             # the picker's own ANSWERED that follows is a replay that returns the lead hint.
-            event = calls.Event("ANSWERED", user, _now(r.at))
+            event = calls.Event("ANSWERED", user, answered_at)
             try:
                 await asyncio.wrap_future(store.submit_call_event(
                     r.tenant, call_id, event, functools.partial(calls.apply, event=event, tenant=r.tenant,
@@ -398,10 +401,10 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
                                    f"({d.reason}): it cannot ring")
             rate = d.rate_per_minute
             assert rate is not None and d.increment_s is not None and d.line is not None
-            return d.line, micro_units(rate), d.increment_s
+            return d.line, billing.to_micro(rate), d.increment_s
         if direction == "forwarded":
             line = _text("line", r.line)
-            if not E164.match(r.called):
+            if not E164.fullmatch(r.called):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    "a forwarded leg's called must be the E.164 number it was forwarded to")
             found = line_rate(snap, line, r.called)
@@ -416,9 +419,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         call_id = _text("call_id", r.call_id)
         if not call_id:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "call_id is required")
-        if r.at and not codes.MIN_INSTANT <= r.at < codes.MAX_INSTANT:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "at must be UTC seconds in 2000-01-01 .. 2100-01-01, or 0 for now")
+        at = _now(r.at)
         kind = decisions_pb2.CallEventRequest.Kind.Name(r.kind) if r.kind in KIND_NUMBERS else ""
         if kind not in calls.KINDS:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "kind must be RINGING, ANSWERED, TRANSFERRED or ENDED")
@@ -426,7 +427,6 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         if kind != "ENDED" and not user:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"{kind} needs the user " + ("it rings at" if kind == "RINGING" else "who talks"))
-        at = _now(r.at)
         if kind == "RINGING":
             direction = r.direction or "inbound"
             if direction not in calls.DIRECTIONS:
@@ -442,7 +442,8 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         try:
             # no thread waits for the commit: the store's group commit wakes this coroutine when done
             reply = await asyncio.wrap_future(self.state.store.submit_call_event(
-                r.tenant, call_id, event, rules, jobs.topup_policy(snap, dt.datetime.now(dt.UTC).date()), currency))
+                r.tenant, call_id, event, rules,
+                jobs.topup_policy(snap, dt.datetime.now(dt.UTC).date()) if kind == "ENDED" else None, currency))
         except calls.EventRefused as exc:
             raise RequestError(getattr(grpc.StatusCode, exc.code), str(exc)) from None
         out = decisions_pb2.CallEventReply(call_id=call_id, version=snap.version, state=reply.state,

@@ -523,9 +523,6 @@ class SQLiteStore(AccountsMixin, SecurityMixin):
                     old.closed = True
                     old.conn.close()
             self._conns = [c for c in self._conns if not c.closed]
-            if self._poll_conn is not None and self._poll_pid == pid:
-                self._poll_conn.close()
-            self._poll_conn, self._poll_seen = None, None
             self._conns.append(slot)
         self._local.slot = slot
         return conn
@@ -540,6 +537,9 @@ class SQLiteStore(AccountsMixin, SecurityMixin):
             committer, self._committer = self._committer, None
             if committer is not None and self._committer_pid == pid:
                 committer.close()
+            if self._poll_conn is not None and self._poll_pid == pid:
+                self._poll_conn.close()
+            self._poll_conn, self._poll_seen = None, None
             self._generation += 1
             for slot in self._conns:
                 if slot.pid == pid and not slot.closed:
@@ -719,11 +719,7 @@ class SQLiteStore(AccountsMixin, SecurityMixin):
         return result
 
     def current_versions(self) -> dict[str, int]:
-        try:
-            rows = self._conn().execute('SELECT tenant, version FROM "current"').fetchall()
-        except sqlite3.OperationalError as exc:
-            raise (self._busy(exc) or exc) from None
-        return {tenant: int(version) for tenant, version in rows}
+        return {tenant: int(version) for tenant, version in self._read('SELECT tenant, version FROM "current"', ())}
 
     def commit_version(self, tenant: str, kind: str, document: bytes, snapshot: bytes,
                        expected_version: int | None, comment: str = "") -> int:
@@ -863,9 +859,5 @@ class SQLiteStore(AccountsMixin, SecurityMixin):
     def snapshot(self, tenant: str, version: int) -> bytes | None:
         _check_str("tenant", tenant)
         _check_int("version", version, minimum=1)
-        try:
-            row = self._conn().execute("SELECT blob FROM snapshots WHERE tenant = ? AND version = ?",
-                                       (tenant, version)).fetchone()
-        except sqlite3.OperationalError as exc:
-            raise (self._busy(exc) or exc) from None
-        return bytes(row[0]) if row else None
+        rows = self._read("SELECT blob FROM snapshots WHERE tenant = ? AND version = ?", (tenant, version))
+        return bytes(rows[0][0]) if rows else None

@@ -26,6 +26,7 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import Any
 
+from .billing import crossed
 from .calls import Call, Event, EventRefused, Outcome, Reply, check_replay
 from .store_api import CardRecord, DocumentFile, DocumentSet, LedgerEntry, NotFound, Topup, TopupPolicy
 from .store_checks import _check_int, _check_str
@@ -135,7 +136,7 @@ class AccountsMixin:
             return False  # this (kind, ref) was entered before: a retry changes nothing
         conn.execute("INSERT INTO accounts (tenant, balance_micro) VALUES (?, ?) "
                      "ON CONFLICT (tenant) DO UPDATE SET balance_micro = excluded.balance_micro", (tenant, after))
-        if topup is not None and amount < 0 and before >= topup.threshold_micro > after:
+        if topup is not None and crossed(before, after, topup.threshold_micro):
             # once per crossing: the partial unique index refuses a second open top-up for the tenant
             conn.execute("INSERT OR IGNORE INTO topups (tenant, amount_micro, currency, status, next_attempt_at, "
                          "trigger, created_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
@@ -174,14 +175,12 @@ class AccountsMixin:
 
     def claim_topup(self, now: int, stale_s: int) -> tuple[Topup, CardRecord | None] | None:
         # every worker asks several times a second: answer "nothing due" without the write lock
-        due = ("(status = 'pending' AND next_attempt_at <= ?) OR (status = 'charging' AND claimed_at < ?)")
+        due = "(status = 'pending' AND next_attempt_at <= ?) OR (status = 'charging' AND claimed_at < ?)"
         if not self._read(f"SELECT 1 FROM topups WHERE {due} LIMIT 1", (now, now - stale_s)):
             return None
         with self._transaction(True) as conn:
-            row = conn.execute(
-                f"SELECT {TOPUP_COLUMNS} FROM topups WHERE (status = 'pending' AND next_attempt_at <= ?) "
-                "OR (status = 'charging' AND claimed_at < ?) ORDER BY next_attempt_at, id LIMIT 1",
-                (now, now - stale_s)).fetchone()
+            row = conn.execute(f"SELECT {TOPUP_COLUMNS} FROM topups WHERE {due} ORDER BY next_attempt_at, id LIMIT 1",
+                               (now, now - stale_s)).fetchone()
             if row is None:
                 return None
             t = _topup(row)
