@@ -59,7 +59,8 @@ from server.client import open_channel, upload_messages
 
 from . import report, scenario
 from .bare_server import BareServer
-from .grpc_bench import METHODS, LoadSpec, RunResult, fixed_width, run_load
+from .grpc_bench import METHODS, LoadSpec, RunResult, run_load
+from .grpc_bench import batch_message as grpc_batch_message
 from .server_bench import ServeProcess
 
 OPENING_REFERENCE = "loadtest-opening"
@@ -135,10 +136,7 @@ def describe_batch(batch: BatchItem) -> str:
 
 
 def batch_message(plans: Sequence[scenario.Planned]) -> bytes:
-    return decisions_pb2.BatchRequest(
-        tenant=plans[0].tenant, kind=decisions_pb2.BatchRequest.INBOUND, count=len(plans), width=BATCH_WIDTH,
-        a=fixed_width([p.a for p in plans], BATCH_WIDTH), b=fixed_width([p.b for p in plans], BATCH_WIDTH),
-        at=np.array([p.at for p in plans], dtype="<i8").tobytes()).SerializeToString()
+    return grpc_batch_message(plans[0].tenant, [(p.a, p.b, p.at) for p in plans], BATCH_WIDTH).SerializeToString()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,15 +202,14 @@ def unary_spec(target: str, plans: Sequence[scenario.Planned], versions: dict[st
 def stream_spec(target: str, plans: Sequence[scenario.Planned], versions: dict[str, int] | None
                 ) -> dict[str, Any]:
     """LoadSpec fields for pipelining over Stream: the same requests inside StreamRequests."""
-    bodies = []
-    for p in plans:
-        message = scenario.request_message(p)
-        if p.kind == "inbound":
-            body = decisions_pb2.StreamRequest(inbound=decisions_pb2.InboundRequest.FromString(message))
-        else:
-            body = decisions_pb2.StreamRequest(outbound=decisions_pb2.OutboundRequest.FromString(message))
-        bodies.append(body.SerializeToString())
     fields = unary_spec(target, plans, versions)
+    bodies = []
+    for p, payload in zip(plans, fields["payloads"], strict=True):
+        if p.kind == "inbound":
+            body = decisions_pb2.StreamRequest(inbound=decisions_pb2.InboundRequest.FromString(payload))
+        else:
+            body = decisions_pb2.StreamRequest(outbound=decisions_pb2.OutboundRequest.FromString(payload))
+        bodies.append(body.SerializeToString())
     fields.update(method=METHODS["stream"], methods=None, method_of=None, payloads=bodies, stream=True)
     return fields
 
@@ -321,10 +318,10 @@ def check_args(args: argparse.Namespace) -> None:
         say(f"note: {args.target} is not loopback: make sure you may load it")
 
 
-def load_spec(fields: dict[str, Any], args: argparse.Namespace, secure: bool = True) -> LoadSpec:
-    if secure:
-        fields = {**fields, "tls_ca": args.tls_ca.read_bytes() if args.tls_ca else None, "token": args.token}
-    return LoadSpec(mode="open" if args.open_loop is not None else "closed", rate=args.open_loop or 0.0,
+def load_spec(fields: dict[str, Any], args: argparse.Namespace, tls_ca: bytes | None = None, token: str = ""
+              ) -> LoadSpec:
+    return LoadSpec(tls_ca=tls_ca, token=token, mode="open" if args.open_loop is not None else "closed",
+                    rate=args.open_loop or 0.0,
                     concurrency=args.closed_loop or 0, procs=args.procs, channels=args.channels,
                     warmup_s=args.warmup, duration_s=args.duration, max_requests=args.max_requests,
                     timeout_s=args.timeout, max_inflight=args.max_inflight, **fields)
@@ -347,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
     load = f"open loop {args.open_loop:,.0f}/s" if args.open_loop is not None else f"closed loop {args.closed_loop}"
     rpc = {"batch": "DecideBatch", "stream": "Inbound/Outbound on Stream"}.get(args.rpc, "Inbound/Outbound")
     title = f"{rpc} {load}, {len(world.tenants)} tenants"
+    tls_ca = args.tls_ca.read_bytes() if args.tls_ca else None
     started: list[Any] = []
     results: list[report.TargetResult] = []
     try:
@@ -361,7 +359,6 @@ def run(args: argparse.Namespace) -> int:
         versions = {t.id: 1 for t in world.tenants}
         if not args.no_push:
             t1 = time.monotonic()
-            tls_ca = args.tls_ca.read_bytes() if args.tls_ca else None
             versions = push_world(address, world, tls_ca=tls_ca, token=args.token)
             say(f"pushed {len(versions)} tenants and their opening balances in {time.monotonic() - t1:.1f} s")
             wait_until_right(address, plans, versions, tls_ca=tls_ca, token=args.token)
@@ -381,7 +378,9 @@ def run(args: argparse.Namespace) -> int:
                 fields = unary_spec(target, plans, check)
             say(f"{name}: {load} for {args.duration:g} s (+{args.warmup:g} s warm-up), {args.procs} client "
                 f"process(es) x {args.channels} connection(s)")
-            result = run_load(load_spec(fields, args, secure=name == "callgate"), target_pid,
+            # the bare server speaks plaintext and wants no token
+            spec = load_spec(fields, args, tls_ca, args.token) if name == "callgate" else load_spec(fields, args)
+            result = run_load(spec, target_pid,
                               progress=lambda poll: report.Progress(total_s, poll))
             results.append(to_result(name, result))
     finally:
@@ -406,6 +405,14 @@ def lifecycle_argv(args: argparse.Namespace) -> list[str]:
     (every reply, replays, and the store's books when it starts the server itself)."""
     if args.open_loop is not None:
         raise ValueError("--rpc lifecycle is closed loop: give --closed-loop LANES")
+    explicit_token = bool(args.token) and args.token != os.environ.get("CALLGATE_TOKEN", "")
+    unsupported = [flag for flag, given in (("--token", explicit_token), ("--tls-ca", args.tls_ca),
+                                            ("--no-push", args.no_push), ("--no-check", args.no_check),
+                                            ("--compare-bare", args.compare_bare), ("--workers", args.workers != 1))
+                   if given]
+    if unsupported:  # said, rather than dropped without a word
+        raise ValueError(f"--rpc lifecycle does not take {', '.join(unsupported)} (it runs on plaintext "
+                         "loopback and pushes its own tenant)")
     out = ["--pickups", "--lanes", str(args.closed_loop or 32), "--procs", str(args.procs), "--channels",
            str(args.channels), "--duration", str(args.duration), "--warmup", str(args.warmup), "--calls",
            str(args.max_requests), "--timeout", str(args.timeout), "--seed", str(args.seed)]

@@ -185,20 +185,6 @@ def filesystem_type(path: Path) -> str:
     return kind
 
 
-class LifecycleServer(ServeProcess):
-    """ServeProcess without the seed (the checks here need a ledger that holds nothing but the bench's
-    credit and calls): one worker, port 0; the log reader, wait_events and stop are ServeProcess's."""
-
-    def __init__(self, data_dir: Path, start_timeout_s: float = 60.0) -> None:
-        super().__init__("callgate", data_dir, 1, start_timeout_s, seed=False)
-
-    def problems(self) -> list[str]:
-        """Log lines at warning level or above (a crash trace would be one)."""
-        with self._lock:
-            return [str(r.get("msg", r)) for r in self.logs
-                    if str(r.get("level", "")).lower() in ("warning", "error", "critical")]
-
-
 def admin_setup(address: str, tenant: str, push: bool, credit: str | None, timeout_s: float) -> dict[str, Any]:
     """Push the bench tenant and credit it (each when asked); returns what the server said."""
     out: dict[str, Any] = {}
@@ -744,7 +730,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.talk_seconds < 1:
         raise SystemExit("--talk-seconds must be at least 1")
     charge = expected_charge(args.talk_seconds)
-    server: LifecycleServer | None = None
+    server: ServeProcess | None = None
     whole_calls: RunRecorder | None = None
     tmp: str | None = None
     out: dict[str, Any] = {}
@@ -759,7 +745,8 @@ def _main(args: argparse.Namespace) -> int:
             if fs in ("tmpfs", "ramfs"):
                 print(f"warning: {tmp} is on {fs}: fsync costs nothing there, the figure flatters the server",
                       file=sys.stderr)
-            server = LifecycleServer(Path(tmp))
+            # no seed: the checks need a ledger that holds nothing but the bench's credit and calls
+            server = ServeProcess("callgate", Path(tmp), seed=False)
             address, pid = server.address, server.pid
             print(f"server: {shlex.join(server.command)}  (pid {pid}, {address}; store on {fs})", flush=True)
             setup = admin_setup(address, args.tenant, True, args.credit, 15.0)

@@ -336,6 +336,12 @@ class ServeProcess:
             if proc not in self._known:
                 self._known.append(proc)
 
+    def problems(self) -> list[str]:
+        """Log lines at warning level or above (a crash trace would be one)."""
+        with self._lock:
+            return [str(r.get("msg", r)) for r in self.logs
+                    if str(r.get("level", "")).lower() in ("warning", "error", "critical")]
+
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout_s`; then SIGKILL any descendant left behind."""
         if self.proc.poll() is None:
