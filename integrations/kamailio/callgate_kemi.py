@@ -111,11 +111,11 @@ class kamailio:
         KSR.sl.send_reply(code, reason)
         return 1
 
-    def relay(self) -> int:
-        KSR.tm.t_on_reply("ksr_onreply_invite")
-        if KSR.tm.t_relay() < 0:
-            KSR.sl.send_reply(500, "Relay Failed")
-        return 1
+    def relay(self, events: bool = True) -> int:
+        """Relay statefully; with `events`, its replies feed CallEvent (ksr_onreply_invite)."""
+        if events:
+            KSR.tm.t_on_reply("ksr_onreply_invite")
+        return 1 if KSR.tm.t_relay() > 0 else self.reply(500, "Relay Failed")
 
     def event(self, tenant: str, kind: int, user: str = "", **fields: Any) -> None:
         try:
@@ -135,11 +135,7 @@ class kamailio:
             return self.reply(200, "OK")
         if KSR.siputils.has_totag() > 0:
             return self.in_dialog(method)
-        if method == "CANCEL":
-            if KSR.tm.t_check_trans() > 0:
-                KSR.tm.t_relay()
-            return 1
-        if method == "ACK":
+        if method in ("CANCEL", "ACK"):  # only for a transaction of ours
             if KSR.tm.t_check_trans() > 0:
                 KSR.tm.t_relay()
             return 1
@@ -148,7 +144,7 @@ class kamailio:
         KSR.rr.record_route()
         if BYPASS:
             KSR.setdsturi(ROUTE_URI)
-            return 1 if KSR.tm.t_relay() > 0 else self.reply(500, "Relay Failed")
+            return self.relay(events=False)
         caller, called = KSR.pv.get("$fU") or "", KSR.pv.get("$rU") or ""
         tenant = self.tenant_of(called)
         KSR.pv.sets("$avp(cg_tenant)", tenant)
@@ -156,7 +152,7 @@ class kamailio:
         if called.startswith(("*", "#")):
             return self.pickup(tenant, caller, called)
         if caller and not caller.lstrip("+").isdigit() and caller != "anonymous":
-            return self.outbound(self.tenant_of(caller) or DEFAULT_TENANT, caller, called)
+            return self.outbound(self.tenant_of(caller), caller, called)
         return self.inbound(tenant, caller, called)
 
     def ask(self, method: str, request: Any) -> Any:
@@ -214,7 +210,7 @@ class kamailio:
             return self.reply(404, "Not Found", self.pb.Reason.Name(d.reason))
         KSR.hdr.append(f"X-Callgate-Intercept: {d.call_id}\r\n")
         KSR.setdsturi(ROUTE_URI)
-        return 1 if KSR.tm.t_relay() > 0 else self.reply(500, "Relay Failed")
+        return self.relay(events=False)
 
     def failed(self, tenant: str, called: str) -> int:
         """callgate unreachable or late: the failure policy."""
@@ -226,7 +222,7 @@ class kamailio:
                 KSR.setuser(backup["number"])
                 KSR.hdr.append(f"X-Callgate-Line: {backup['line']}\r\n")
                 KSR.setdsturi(ROUTE_URI)
-                return 1 if KSR.tm.t_relay() > 0 else self.reply(500, "Relay Failed")
+                return self.relay(events=False)
         return self.reply(503, "Service Unavailable", "callgate unavailable")
 
     def in_dialog(self, method: str) -> int:
