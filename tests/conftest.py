@@ -4,3 +4,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+import pytest  # noqa: E402  (after the path set-up above)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """callgate serve with the example tenant, one per test module (modules that need another kind override it)."""
+    from tests.serving import Server
+
+    srv = Server(tmp_path_factory.mktemp("data"))
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def stubs(server):
+    """(Decisions stub, Admin stub) on one channel to `server`."""
+    from callgate.v1 import admin_pb2_grpc, decisions_pb2_grpc
+
+    channel = server.channel()
+    yield decisions_pb2_grpc.DecisionsStub(channel), admin_pb2_grpc.AdminStub(channel)
+    channel.close()

@@ -25,20 +25,6 @@ TUESDAY_1030_LA = 1796149800  # 2026-12-01T10:30:00-08:00
 SATURDAY_NOON_LA = 1796500800  # 2026-12-05T12:00:00-08:00
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("data"))
-    yield srv
-    assert srv.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def stubs(server):
-    channel = server.channel()
-    yield (decisions_pb2_grpc.DecisionsStub(channel), admin_pb2_grpc.AdminStub(channel))
-    channel.close()
-
-
 def push(admin, doc, expected=0, fmt="json"):
     return admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(doc).encode(), format=fmt,
                                                             expected_version=expected), timeout=60)

@@ -9,14 +9,11 @@ from __future__ import annotations
 import sqlite3
 
 import grpc
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
+from callgate.v1 import admin_pb2, decisions_pb2
 from engine.settings import E164
-
-from .serving import Server
 
 ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -36,20 +33,6 @@ int64 = st.integers(-(2**63), 2**63 - 1)
 uint32 = st.integers(0, 2**32 - 1)
 enums = st.integers(-5, 12)
 blobs = st.one_of(st.binary(max_size=2000), st.builds(lambda n: b"\xff" * n, st.integers(0, 3_000_000)))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("fuzz"))
-    yield srv
-    assert srv.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def stubs(server):
-    channel = server.channel()
-    yield decisions_pb2_grpc.DecisionsStub(channel), admin_pb2_grpc.AdminStub(channel)
-    channel.close()
 
 
 def call(fn, request) -> None:
