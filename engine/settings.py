@@ -52,7 +52,7 @@ AMOUNT_DECIMALS = 2
 MAX_INCREMENT_S = 3600
 
 E164 = re.compile(r"\+[1-9][0-9]{7,14}")
-_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")
 _TIME = re.compile(r"([0-9]{2}):([0-9]{2})")
 _MONEY = re.compile(r"-?[0-9]+(\.[0-9]+)?")
@@ -206,40 +206,173 @@ class Settings:
 # --------------------------------------------------------------------------
 
 
+class Unfit:
+    """A value the decoder could read but no field can hold (an integer of thousands of digits, NaN).
+
+    The decoder puts it where the value was, so that the validator reports it
+    with the path of its field, in the same words as every other problem.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<{self.reason}>"
+
+
+MAX_INT_DIGITS = 30  # far beyond every whole-number field (int64 has 19 digits); longer is Unfit
+
+
+def _json_int(text: str) -> int | Unfit:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        return Unfit(f"a whole number of {digits} digits does not fit any field")
+    return int(text)
+
+
+def _json_constant(name: str) -> Unfit:
+    return Unfit(f"{name} is not a JSON number")
+
+
+BOMS = ((b"\xef\xbb\xbf", "UTF-8"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"),
+        (b"\xfe\xff", "UTF-16"), (b"\xff\xfe", "UTF-16"))
+
+
+class _Keys:
+    """object_pairs_hook for one decode: builds each object and notes duplicate and non-string keys.
+
+    The hook cannot know where the object sits; the problems are located by a
+    walk of the decoded document afterwards (only when there are any).
+    """
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[dict, str]] = []
+
+    def __call__(self, pairs: list[tuple[Any, Any]]) -> dict:
+        out: dict = {}
+        for key, value in pairs:
+            if not isinstance(key, str):
+                self.problems.append((out, f"key {_q(key)} is not a string: object keys are field names"))
+                continue
+            if key in out:
+                self.problems.append((out, f"duplicate key {key!r}"))
+            out[key] = value
+        return out
+
+    def errors(self, document: Any) -> list[str]:
+        """Each problem as 'path: message', in document order (a path the walk cannot reach is 'document')."""
+        wanted = {id(obj) for obj, _ in self.problems}
+        paths: dict[int, tuple[int, str]] = {}   # object -> (place in document order, path)
+        stack: list[tuple[Any, str]] = [(document, "")]
+        while stack and len(paths) < len(wanted):
+            value, path = stack.pop()
+            if isinstance(value, dict):
+                if id(value) in wanted:
+                    paths.setdefault(id(value), (len(paths), path or "document"))
+                children = [(v, f"{path}.{_field(k)}" if path else _field(k)) for k, v in value.items()]
+            elif isinstance(value, list):
+                children = [(v, f"{path}[{i}]") for i, v in enumerate(value) if isinstance(v, dict | list)]
+            else:
+                continue
+            stack.extend(reversed(children))
+        unseen = (len(paths), "document")
+        located = sorted(((paths.get(id(obj), unseen), i, message) for i, (obj, message) in enumerate(self.problems)))
+        return [f"{path}: {message}" for (_, path), _, message in located]
+
+
 def load_document(data: bytes | str, fmt: str | None = None) -> Any:
-    """Decode a settings document from JSON or msgpack bytes.
+    """Decode a settings document from JSON (UTF-8) or msgpack bytes, strictly.
 
     `fmt` is "json" or "msgpack"; None guesses (JSON starts with `{`).
+    Refused with the path of the problem: a key given twice in one object, a
+    key that is not a string (msgpack), a byte-order mark or another encoding
+    than UTF-8; numbers no field can hold reach the validator as `Unfit`.
     """
     if len(data) > MAX_DOCUMENT_BYTES:
         raise SettingsError([f"document: {len(data)} bytes is larger than the {MAX_DOCUMENT_BYTES} byte limit"])
-    if fmt is None:
-        head = data.lstrip()[:1]
-        fmt = "json" if isinstance(data, str) or head in (b"{", b"[") else "msgpack"
-    if fmt == "json":
-        try:
-            return json.loads(data, parse_float=Decimal)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SettingsError([f"document: not valid JSON ({exc})"]) from None
-        except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond Decimal's range
-            raise SettingsError(["document: not valid JSON (a number is out of range)"]) from None
-        except RecursionError:
-            raise SettingsError(["document: not valid JSON (nested too deeply)"]) from None
-    if fmt == "msgpack":
-        if isinstance(data, str):
+    if fmt not in (None, "json", "msgpack"):
+        raise ValueError(f"unknown settings format {fmt!r}: use json or msgpack")
+    if isinstance(data, str):
+        if data.startswith("\ufeff"):
+            raise SettingsError(["document: starts with a byte-order mark (U+FEFF): remove it"])
+        if fmt == "msgpack":
             raise SettingsError(["document: msgpack must be bytes"])
+        text = data
+    else:
+        if fmt != "msgpack":
+            for bom, encoding in BOMS:
+                if data.startswith(bom):
+                    raise SettingsError([f"document: starts with a {encoding} byte-order mark: save it as UTF-8 "
+                                         "without a byte-order mark"])
+        if fmt is None:
+            if data[:1] == b"\x00":  # no msgpack map starts so; UTF-16 or UTF-32 JSON without a mark does
+                raise SettingsError(["document: starts with a NUL byte, as UTF-16 or UTF-32 text does: "
+                                     "JSON documents are read as UTF-8 only"])
+            fmt = "json" if data.lstrip()[:1] in (b"{", b"[") else "msgpack"
+        if fmt == "msgpack":
+            return _load_msgpack(bytes(data))
         try:
-            return msgpack.unpackb(data, raw=False, strict_map_key=True)
-        except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
-                msgpack.exceptions.StackError) as exc:
-            raise SettingsError([f"document: not valid msgpack ({str(exc) or type(exc).__name__})"]) from None
-    raise ValueError(f"unknown settings format {fmt!r}: use json or msgpack")
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SettingsError([f"document: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
+                                 "JSON documents are read as UTF-8 only"]) from None
+        if "\x00" in text[:4]:
+            raise SettingsError(["document: holds NUL bytes, as UTF-16 or UTF-32 text does: "
+                                 "JSON documents are read as UTF-8 only"])
+    keys = _Keys()
+    try:
+        doc = json.loads(text, parse_float=Decimal, parse_int=_json_int, parse_constant=_json_constant,
+                         object_pairs_hook=keys)
+    except ValueError as exc:
+        raise SettingsError([f"document: not valid JSON ({exc})"]) from None
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond Decimal's range
+        raise SettingsError(["document: not valid JSON (a number is out of range)"]) from None
+    except RecursionError:
+        raise SettingsError(["document: not valid JSON (nested too deeply)"]) from None
+    if keys.problems:
+        raise SettingsError(keys.errors(doc))
+    return doc
+
+
+def _load_msgpack(data: bytes) -> Any:
+    keys = _Keys()
+    try:
+        # strict_map_key=False lets any key reach the hook, which refuses it with its path
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=False, object_pairs_hook=keys)
+    except (ValueError, TypeError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
+            msgpack.exceptions.StackError) as exc:
+        raise SettingsError([f"document: not valid msgpack ({str(exc)[:200] or type(exc).__name__})"]) from None
+    if keys.problems:
+        raise SettingsError(keys.errors(doc))
+    return doc
 
 
 def parse_settings(data: bytes | str | Mapping[str, Any], fmt: str | None = None) -> Settings:
     """Validate a whole settings document; return the model or raise SettingsError."""
     doc = load_document(data, fmt) if isinstance(data, (bytes, bytearray, str)) else data
     return _Validator().settings(doc)
+
+
+def tenant_id_problem(value: object) -> str | None:
+    """What is wrong with a tenant id, or None.  The one rule for tenant ids, wherever one arrives:
+    settings documents, tokens, the store and every Admin RPC."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if not TENANT_ID.fullmatch(value):
+        return (f"{_q(value)} is not a valid tenant id (1 to 64 letters, digits, _ . -, starting with a letter "
+                "or a digit)")
+    return None
+
+
+def check_tenant_id(value: object) -> str:
+    """`value` if it is a valid tenant id, else ValueError saying why."""
+    problem = tenant_id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    assert isinstance(value, str)
+    return value
 
 
 def _q(value: Any) -> str:
@@ -264,7 +397,16 @@ class _Validator:
         self.errors.append(f"{path}: {message}")
 
     # -- scalars -----------------------------------------------------------
+    def unfit(self, path: str, value: Any, expected: str = "") -> bool:
+        """Report a value the decoder marked as fitting no field (True: reported)."""
+        if isinstance(value, Unfit):
+            self.err(path, value.reason + (f"; expected {expected}" if expected else ""))
+            return True
+        return False
+
     def fields(self, path: str, value: Any, required: Iterable[str], optional: Iterable[str]) -> dict | None:
+        if self.unfit(path, value, "an object"):
+            return None
         if not isinstance(value, Mapping):
             self.err(path, f"must be an object, not {type(value).__name__}")
             return None
@@ -279,12 +421,16 @@ class _Validator:
         return dict(value)
 
     def str_(self, path: str, value: Any) -> str | None:
+        if self.unfit(path, value, "a string"):
+            return None
         if not isinstance(value, str):
             self.err(path, f"must be a string, not {type(value).__name__}")
             return None
         return value
 
     def bool_(self, path: str, value: Any) -> bool | None:
+        if self.unfit(path, value, "true or false"):
+            return None
         if not isinstance(value, bool):
             self.err(path, f"must be true or false, not {_q(value)}")
             return None
@@ -310,17 +456,20 @@ class _Validator:
         if self.str_(path, value) is None:
             return None
         if not pattern.fullmatch(value):
-            chars = "_ . -" if pattern is _TENANT else "_ . : @ -"
+            chars = "_ . : @ -"
             self.err(path, f"{_q(value)} is not a valid id (letters, digits, {chars}, at most 64)")
             return None
         return str(value)
 
     def money(self, path: str, value: Any, decimals: int, minimum: Decimal, maximum: Decimal) -> Decimal | None:
+        if self.unfit(path, value, "a decimal string such as \"0.0200\""):
+            return None
         if isinstance(value, (float, Decimal)) and not isinstance(value, bool):
-            self.err(path, f"{value} must be a string such as \"0.0200\": money is exact, never a float")
+            self.err(path, f"{_q(value)} must be a string such as \"0.0200\": money is exact, never a float")
             return None
         if isinstance(value, int) and not isinstance(value, bool):
-            self.err(path, f"{value} must be a string such as \"{value}.00\": money is written as a decimal string")
+            self.err(path, f"{_q(value)} must be a string such as \"{_q(value)}.00\": money is written as a "
+                           "decimal string")
             return None
         if self.str_(path, value) is None:
             return None
@@ -343,6 +492,8 @@ class _Validator:
         return amount
 
     def int_(self, path: str, value: Any, lo: int, hi: int) -> int | None:
+        if self.unfit(path, value, f"{lo} .. {hi}"):
+            return None
         if not isinstance(value, int) or isinstance(value, bool):
             self.err(path, f"must be a whole number, not {_q(value)}")
             return None
@@ -363,6 +514,8 @@ class _Validator:
             return None
 
     def list_(self, path: str, value: Any, limit_key: str) -> list | None:
+        if self.unfit(path, value, "a list"):
+            return None
         if not isinstance(value, (list, tuple)):
             self.err(path, f"must be a list, not {type(value).__name__}")
             return None
@@ -400,7 +553,13 @@ class _Validator:
             # fields() words a top-level error with an empty path; give it one.
             self.errors = [e.replace(": ", "document: ", 1) if e.startswith(": ") else e for e in self.errors]
             raise SettingsError(self.errors)
-        tenant = self.ident("tenant", top["tenant"], _TENANT) if "tenant" in top else None
+        tenant = None
+        if "tenant" in top and not self.unfit("tenant", top["tenant"], "a tenant id"):
+            problem = tenant_id_problem(top["tenant"])
+            if problem:
+                self.err("tenant", problem)
+            else:
+                tenant = top["tenant"]
         currency = self.enum("currency", top["currency"], codes.CURRENCIES) if "currency" in top else None
         status = self.enum("status", top["status"], codes.TENANT_STATUSES) if "status" in top else None
         chat_mode = self.enum("chat_mode", top["chat_mode"], codes.CHAT_MODES) if "chat_mode" in top else None
