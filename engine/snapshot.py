@@ -417,6 +417,8 @@ class Built:
     blob: bytes             # dumps() of the compiled snapshot
     compile_seconds: float
     longest_list: int = 0   # entries on the longer of the two blacklists (servers cap it)
+    # (number, line) of every `numbers[i]`, in document order: what the tenant claims (the store's owners)
+    numbers: tuple[tuple[str, str], ...] = ()
 
 
 def build(document: bytes, fmt: str | None = None, approved: Iterable[str] = ()) -> Built:
@@ -434,4 +436,5 @@ def build(document: bytes, fmt: str | None = None, approved: Iterable[str] = ())
     if fmt == "msgpack" or (fmt is None and document.lstrip()[:1] not in (b"{", b"[")):
         as_json = json.dumps(settings.document, separators=(",", ":"), ensure_ascii=False, default=str).encode()
     return Built(settings.tenant, as_json, blob, time.perf_counter() - start,
-                 max(len(settings.blacklist), len(settings.offhours_blacklist)))
+                 max(len(settings.blacklist), len(settings.offhours_blacklist)),
+                 tuple((n.number, n.line) for n in settings.numbers))

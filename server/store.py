@@ -18,6 +18,9 @@
 * Blacklist patches are stored as rows, not as a copy of the document: the
   effective document of version v is the newest full document at or before v
   with the patch rows of every later patch version up to v applied in order.
+* Number ownership (server/store_numbers.py) moves in the transaction of the
+  versions that move it; `commit_versions` writes several tenants' versions
+  (a transfer) all or none.
 * Only parameters reach SQL: no statement is built from caller data.
 """
 
@@ -40,6 +43,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+from server import store_numbers
 from server.store_accounts import AccountsMixin
 from server.store_api import (
     NotFound,
@@ -48,11 +52,14 @@ from server.store_api import (
     SnapshotBuilder,
     StoreBusy,
     StoreError,
+    TenantMissing,
     VersionConflict,
     VersionRecord,
+    VersionWrite,
 )
-from server.store_checks import _check_bytes, _check_int, _check_numbers, _check_str
+from server.store_checks import _check_bytes, _check_e164, _check_int, _check_numbers, _check_str, _check_tenant
 from server.store_group import GroupCommitter
+from server.store_numbers import NumbersMixin
 from server.store_security import SecurityMixin
 
 T = TypeVar("T")
@@ -326,7 +333,35 @@ CREATE TABLE audit (
 
 CREATE INDEX audit_by_tenant ON audit (tenant, at);
 """),
+    (4, "number ownership (one tenant per number), audit objects", """
+CREATE TABLE number_owners (
+    number  TEXT    PRIMARY KEY,            -- E.164: the key itself forbids a second holder (SPEC §7)
+    tenant  TEXT    NOT NULL,
+    line    TEXT    NOT NULL,               -- the holder's line for it (the failover export)
+    version INTEGER NOT NULL,               -- the holder's version that claimed it
+    since   INTEGER NOT NULL
+);
+
+CREATE INDEX number_owners_by_tenant ON number_owners (tenant);
+
+CREATE TABLE number_conflicts (             -- listed by several tenants before ownership: resolve by hand
+    number  TEXT    NOT NULL,
+    tenant  TEXT    NOT NULL,
+    line    TEXT    NOT NULL,
+    PRIMARY KEY (number, tenant)
+);
+
+ALTER TABLE audit ADD COLUMN object TEXT NOT NULL DEFAULT '';
+
+CREATE INDEX audit_by_action ON audit (action, at);
+"""),
 ]
+
+# Work a migration needs beyond SQL (reading stored documents), run right after that migration's
+# statements, in the same transaction.
+BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    4: lambda conn: store_numbers.backfill(conn, SQLiteStore._documents_in_force),
+}
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
 
@@ -337,7 +372,7 @@ del _versions
 
 KEEP_SNAPSHOTS = 3                      # compiled snapshot blobs kept per tenant
 LIST_NAMES = ("blacklist", "offhours_blacklist")
-COMMIT_KINDS = ("push", "rollback")     # "patch" versions are made by patch_list only
+COMMIT_KINDS = ("push", "rollback", "transfer", "resolve")  # "patch" versions are made by patch_list only
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -447,7 +482,7 @@ class _Conn:
     closed: bool = field(default=False)
 
 
-class SQLiteStore(AccountsMixin, SecurityMixin):
+class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
     """`Store` on one SQLite file (WAL, synchronous=FULL), safe across threads and processes."""
 
     def __init__(self, path: str | Path):
@@ -641,6 +676,8 @@ class SQLiteStore(AccountsMixin, SecurityMixin):
                     continue
                 for statement in _split_sql(script):
                     conn.execute(statement)
+                if version in BACKFILLS:
+                    BACKFILLS[version](conn)
                 conn.execute("INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
                              (version, description, int(time.time())))
 
@@ -722,43 +759,86 @@ class SQLiteStore(AccountsMixin, SecurityMixin):
         return {tenant: int(version) for tenant, version in self._read('SELECT tenant, version FROM "current"', ())}
 
     def commit_version(self, tenant: str, kind: str, document: bytes, snapshot: bytes,
-                       expected_version: int | None, comment: str = "") -> int:
-        _check_str("tenant", tenant)
-        if kind not in COMMIT_KINDS:
-            raise ValueError(f"kind must be one of {', '.join(COMMIT_KINDS)}, not {kind!r}")
-        document = _check_bytes("document", document)
-        snapshot = _check_bytes("snapshot", snapshot)
-        if expected_version is not None:
-            _check_int("expected_version", expected_version, minimum=0)
-        _check_str("comment", comment, allow_empty=True)
+                       expected_version: int | None, comment: str = "", *,
+                       numbers: tuple[tuple[str, str], ...] | None = None, may_create: bool = True) -> int:
+        return self.commit_versions([VersionWrite(tenant, kind, document, snapshot, numbers, expected_version,
+                                                  comment)], may_create=may_create)[0]
+
+    def commit_versions(self, writes: list[VersionWrite], *, may_create: bool = True) -> list[int]:
+        if not isinstance(writes, list) or not writes or not all(isinstance(w, VersionWrite) for w in writes):
+            raise ValueError("writes must be a non-empty list of VersionWrite")
+        writes = [self._checked(w) for w in writes]
+        if len({w.tenant for w in writes}) != len(writes):
+            raise ValueError("at most one new version per tenant in one commit")
+        packed = [_pack(w.document) for w in writes]  # before the write lock: zlib lets the GIL go, the lock does not
+        with self._transaction(write=True) as conn:
+            return self._commit_in(conn, writes, may_create, int(time.time()), packed)
+
+    def _checked(self, w: VersionWrite) -> VersionWrite:
+        """The write with its arguments checked and its numbers known (outside the write lock)."""
+        tenant = _check_tenant(w.tenant)
+        if w.kind not in COMMIT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(COMMIT_KINDS)}, not {w.kind!r}")
+        document = _check_bytes("document", w.document)
+        _check_bytes("snapshot", w.snapshot)
+        if w.expected_version is not None:
+            _check_int("expected_version", w.expected_version, minimum=0)
+        _check_str("comment", w.comment, allow_empty=True)
+        numbers = w.numbers
+        if numbers is not None:
+            if not isinstance(numbers, tuple | list):
+                raise ValueError("numbers must be a sequence of (number, line) pairs")
+            numbers = tuple((_check_e164(f"numbers[{i}].number", n), _check_str(f"numbers[{i}].line", line))
+                            for i, (n, line) in enumerate(numbers))
         # The caller validated the document whole (engine.settings); parsing 20 MB of JSON again
         # here would hold the GIL for a tenth of a second in a worker that is serving calls.
         # Small documents are still checked, which catches a caller that mixes tenants up.
         if not document.lstrip()[:1] == b"{":
             raise ValueError("document is not a JSON settings document: it does not start with {")
-        if len(document) <= SMALL_DOCUMENT:
+        if len(document) <= SMALL_DOCUMENT or numbers is None:
             try:
                 doc = _loads(document)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise ValueError(f"document is not a JSON settings document: {exc}") from None
             if "tenant" in doc and doc["tenant"] != tenant:
                 raise ValueError(f"the document is for tenant {doc['tenant']!r}, not {tenant!r}")
-        stored = _pack(document)
-        now = int(time.time())
-        with self._transaction(write=True) as conn:
-            current = self._current(conn, tenant)
-            if expected_version is not None and expected_version != current:
-                raise VersionConflict(tenant, expected_version, current)
-            version = current + 1
+            listed = store_numbers.document_numbers(doc)
+            if numbers is not None and numbers != listed:
+                raise ValueError(f"numbers do not match the document's numbers[] of tenant {tenant!r}")
+            numbers = listed
+        return VersionWrite(tenant, w.kind, document, w.snapshot, numbers, w.expected_version, w.comment[:500])
+
+    def _commit_in(self, conn: sqlite3.Connection, writes: list[VersionWrite], may_create: bool, now: int,
+                   packed: list[bytes] | None = None) -> list[int]:
+        """Insert checked writes as new versions in force, with their numbers' ownership (the caller's transaction)."""
+        versions = []
+        for w in writes:
+            current = self._current(conn, w.tenant)
+            if w.expected_version is not None and w.expected_version != current:
+                raise VersionConflict(w.tenant, w.expected_version, current)
+            if current == 0 and not may_create:
+                raise TenantMissing(f"tenant {w.tenant!r} does not exist: creating a tenant is an operator's or "
+                                    "an owner's act")
+            versions.append(current + 1)
+        store_numbers.claim(conn, [(w.tenant, v, w.numbers or ()) for w, v in zip(writes, versions, strict=True)],
+                            now)
+        stored = packed if packed is not None else [_pack(w.document) for w in writes]
+        for w, version, document in zip(writes, versions, stored, strict=True):
             conn.execute("INSERT INTO versions (tenant, version, kind, document, created_at, comment) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", (tenant, version, kind, stored, now, comment))
-            self._store_snapshot(conn, tenant, version, snapshot)
-            self._put_in_force(conn, tenant, version)
-        return version
+                         "VALUES (?, ?, ?, ?, ?, ?)", (w.tenant, version, w.kind, document, now, w.comment))
+            self._store_snapshot(conn, w.tenant, version, w.snapshot)
+            self._put_in_force(conn, w.tenant, version)
+        return versions
+
+    @staticmethod
+    def _documents_in_force(conn: sqlite3.Connection) -> list[tuple[str, int, dict[str, Any]]]:
+        """(tenant, version, effective document) of every tenant, in the caller's transaction."""
+        rows = conn.execute('SELECT tenant, version FROM "current" ORDER BY tenant').fetchall()
+        return [(tenant, int(version), SQLiteStore._effective(conn, tenant, int(version))) for tenant, version in rows]
 
     def patch_list(self, tenant: str, list_name: str, add: list[str], remove: list[str],
                    snapshot_for: SnapshotBuilder, expected_version: int | None) -> PatchResult:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         if list_name not in LIST_NAMES:
             raise ValueError(f"list_name must be one of {', '.join(LIST_NAMES)}, not {list_name!r}")
         add = _check_numbers("add", add)
@@ -822,7 +902,7 @@ class SQLiteStore(AccountsMixin, SecurityMixin):
         raise StoreBusy(f"tenant {tenant!r}: other versions kept arriving while this patch compiled; try again")
 
     def get_version(self, tenant: str, version: int | None = None) -> VersionRecord:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         if version is not None:
             _check_int("version", version, minimum=1)
         with self._transaction(write=False) as conn:
@@ -844,7 +924,7 @@ class SQLiteStore(AccountsMixin, SecurityMixin):
                              comment=comment, in_force=version == current, document=bytes(document))
 
     def list_versions(self, tenant: str, limit: int = 50) -> list[VersionRecord]:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         _check_int("limit", limit, minimum=1)
         with self._transaction(write=False) as conn:
             current = self._current(conn, tenant)
@@ -857,7 +937,7 @@ class SQLiteStore(AccountsMixin, SecurityMixin):
                 for v, kind, created_at, comment in rows]
 
     def snapshot(self, tenant: str, version: int) -> bytes | None:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         _check_int("version", version, minimum=1)
         rows = self._read("SELECT blob FROM snapshots WHERE tenant = ? AND version = ?", (tenant, version))
         return bytes(rows[0][0]) if rows else None

@@ -29,7 +29,7 @@ from typing import Any
 from .billing import crossed
 from .calls import Call, Event, EventRefused, Outcome, Reply, check_replay
 from .store_api import CardRecord, DocumentFile, DocumentSet, LedgerEntry, NotFound, Topup, TopupPolicy
-from .store_checks import _check_int, _check_str
+from .store_checks import _check_int, _check_str, _check_tenant
 
 CALL_COLUMNS = ("tenant, call_id, direction, caller, called, state, ringing_user, ringing_at, answered_by, "
                 "last_user, answered_at, ended_at, line, rate_micro, increment_s, talked_s, charge_micro")
@@ -63,7 +63,7 @@ class AccountsMixin:
 
     def submit_call_event(self, tenant: str, call_id: str, event: Event, rules: Callable[[Call | None], Outcome],
                           topup: TopupPolicy | None, currency: str) -> Future[Reply]:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         _check_str("call_id", call_id)
 
         def write(conn: sqlite3.Connection) -> Reply:
@@ -95,13 +95,13 @@ class AccountsMixin:
         return self._submit(write)
 
     def ringing_calls(self, tenant: str) -> list[tuple[str, str, int]]:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         rows = self._read("SELECT call_id, ringing_user, ringing_at FROM calls WHERE tenant = ? AND state = 'ringing' "
                           "ORDER BY ringing_at, call_id", (tenant,))
         return [(call_id, user, int(at)) for call_id, user, at in rows]
 
     def calls(self, tenant: str, states: tuple[str, ...], limit: int = 100) -> list[Call]:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         _check_int("limit", limit, minimum=1)
         marks = ", ".join("?" * len(states))
         rows = self._read(f"SELECT {CALL_COLUMNS} FROM calls WHERE tenant = ? AND state IN ({marks}) "
@@ -144,18 +144,18 @@ class AccountsMixin:
         return True
 
     def balance(self, tenant: str) -> int:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         rows = self._read("SELECT balance_micro FROM accounts WHERE tenant = ?", (tenant,))
         return int(rows[0][0]) if rows else 0
 
     def ledger_sum(self, tenant: str) -> int:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         rows = self._read("SELECT COALESCE(SUM(amount_micro), 0) FROM ledger WHERE tenant = ?", (tenant,))
         return int(rows[0][0])
 
     def credit(self, tenant: str, amount_micro: int, kind: str, ref: str, currency: str = "",
                topup: TopupPolicy | None = None) -> bool:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         _check_int("amount_micro", amount_micro)
         _check_str("kind", kind)
         _check_str("ref", ref)
@@ -165,7 +165,7 @@ class AccountsMixin:
         return self._grouped(lambda conn: self._ledger(conn, tenant, kind, amount_micro, ref, currency, topup, now))
 
     def ledger(self, tenant: str, limit: int = 50, before_id: int = 0) -> list[LedgerEntry]:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         _check_int("limit", limit, minimum=1)
         _check_int("before_id", before_id, minimum=0)
         rows = self._read("SELECT id, tenant, kind, amount_micro, ref, currency, created_at, "
@@ -218,20 +218,20 @@ class AccountsMixin:
                              "next_attempt_at = ? WHERE id = ?", (gateway_ref, reason, retry_at, topup_id))
 
     def topups(self, tenant: str, limit: int = 20) -> list[Topup]:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         rows = self._read(f"SELECT {TOPUP_COLUMNS} FROM topups WHERE tenant = ? ORDER BY id DESC LIMIT ?",
                           (tenant, limit))
         return [_topup(r) for r in rows]
 
     def set_card(self, card: CardRecord) -> None:
-        _check_str("tenant", card.tenant)
+        _check_tenant(card.tenant)
         with self._transaction(True) as conn:
             conn.execute("INSERT OR REPLACE INTO cards (tenant, token, brand, last4, exp_month, exp_year, updated_at) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)", (card.tenant, card.token, card.brand, card.last4,
                                                           card.exp_month, card.exp_year, int(time.time())))
 
     def card(self, tenant: str) -> CardRecord | None:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         rows = self._read("SELECT tenant, token, brand, last4, exp_month, exp_year FROM cards WHERE tenant = ?",
                           (tenant,))
         return CardRecord(*rows[0]) if rows else None
@@ -252,7 +252,7 @@ class AccountsMixin:
         return bool(row[0]), row[1], row[2]
 
     def rentals_since(self, tenant: str, numbers: list[str], today: str) -> dict[str, str]:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         with self._transaction(True) as conn:
             conn.executemany("INSERT OR IGNORE INTO rentals_seen (tenant, number, since) VALUES (?, ?, ?)",
                              [(tenant, n, today) for n in numbers])
@@ -276,7 +276,7 @@ class AccountsMixin:
 
     def add_document_set(self, tenant: str, number: str, files: list[DocumentFile], uploaded_at: int,
                          due_on: str) -> DocumentSet:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         _check_str("number", number)
         if not files:
             raise ValueError("a document set needs at least one file")
@@ -313,7 +313,7 @@ class AccountsMixin:
                                    (tenant, tenant, number, number, status, status), limit)
 
     def approved_numbers(self, tenant: str) -> list[str]:
-        _check_str("tenant", tenant)
+        _check_tenant(tenant)
         rows = self._read("SELECT DISTINCT number FROM document_sets WHERE tenant = ? AND status = 'approved' "
                           "ORDER BY number", (tenant,))
         return [r[0] for r in rows]

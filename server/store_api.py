@@ -1,8 +1,12 @@
 """The one narrow interface between callgate's service and its state (SPEC §5).
 
 Everything stored goes through `Store`: settings versions and their history,
-blacklist patches, compiled snapshot blobs, the call registry and CRM leads,
-the ledger with its balances, auto top-ups, cards, and documents.  The embedded default is
+blacklist patches, compiled snapshot blobs, the owner of every phone number,
+the call registry and CRM leads, the ledger with its balances, auto top-ups,
+cards, documents, tokens and the audit log.  Rules that must hold across
+every worker and host are the store's, in its transactions and constraints,
+not only checks above it: a number has one owner, a tenant-admin's write
+never creates a tenant, a token names existing tenants.  The embedded default is
 `server.store.SQLiteStore` (one SQLite file in WAL mode, shared by every
 worker process); a PostgreSQL store implements the same methods.
 
@@ -42,6 +46,94 @@ class VersionConflict(StoreError):
         super().__init__(f"tenant {tenant!r} is at version {actual}, not {expected}: "
                          "read the current settings and push again")
         self.tenant, self.expected, self.actual = tenant, expected, actual
+
+
+class TenantMissing(NotFound):
+    """The write needs a tenant that exists (a tenant-admin's push, a token's tenants, a transfer's target)."""
+
+
+class NumberTaken(StoreError):
+    """A document lists numbers that another tenant holds (gRPC FAILED_PRECONDITION); nothing was written.
+
+    Names each number with its field path, never the tenant that holds it: a
+    tenant learns only that the number is taken.
+    """
+
+    def __init__(self, taken: list[tuple[str, str]]):
+        self.taken = taken                      # (number, field path)
+        shown = "; ".join(f"{path}: {number} belongs to another tenant" for number, path in taken[:10])
+        more = f"; and {len(taken) - 10} more" if len(taken) > 10 else ""
+        super().__init__(f"{shown}{more} (a number belongs to one tenant at a time: an operator moves it with "
+                         "`callgate numbers transfer`)")
+
+
+class OwnershipConflicts(StoreError):
+    """The store holds numbers under more than one tenant, from before numbers had owners: resolve them first."""
+
+    def __init__(self, conflicts: dict[str, list[str]], where: str = "DIR"):
+        self.conflicts = conflicts              # number -> the tenants that list it
+        shown = ", ".join(f"{n} ({', '.join(ts)})" for n, ts in list(conflicts.items())[:10])
+        more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+        super().__init__(f"{len(conflicts)} number(s) are listed by more than one tenant, which callgate no longer "
+                         f"allows: {shown}{more}; give each to one tenant with `callgate numbers resolve NUMBER "
+                         f"--owner TENANT --data-dir {where}` (the others get a new version without it), "
+                         "then start again")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionWrite:
+    """One new settings version, as `commit_versions` writes it (several commit together or not at all)."""
+
+    tenant: str
+    kind: str                     # push | rollback | transfer | resolve
+    document: bytes               # JSON of the whole effective document
+    snapshot: bytes               # its compiled snapshot blob
+    # (number, line) of every numbers[i] in document order: the numbers this version holds.  None: the store
+    # reads them from the document (a parse: the service passes what the compile found instead)
+    numbers: tuple[tuple[str, str], ...] | None = None
+    expected_version: int | None = None   # None: no check; 0: the tenant must not exist yet
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NumberOwner:
+    number: str
+    tenant: str
+    line: str
+    version: int                  # the tenant's version that claimed it
+    since: int                    # UTC seconds
+
+
+@dataclass(frozen=True, slots=True)
+class TenantFailover:
+    tenant: str
+    version: int
+    status: str
+    backup_number: str
+    backup_line: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverView:
+    """Every number's holder and each tenant's backup, read at one moment (`callgate export failover`)."""
+
+    tenants: list[TenantFailover]
+    numbers: list[NumberOwner]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    id: int
+    at: float
+    token_id: str
+    role: str
+    tenant: str
+    action: str
+    object: str                   # what the call acted on: "version 3", "set 12", "token ab12", "number +1..."
+    version_before: int
+    version_after: int
+    result: str                   # OK or the gRPC status name of the refusal
+    detail: str                   # the refusal's message (or what was done)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +249,44 @@ class Store(Protocol):
         ...
 
     def commit_version(self, tenant: str, kind: str, document: bytes, snapshot: bytes,
-                       expected_version: int | None, comment: str = "") -> int:
+                       expected_version: int | None, comment: str = "", *,
+                       numbers: tuple[tuple[str, str], ...] | None = None, may_create: bool = True) -> int:
         """Store a whole effective document (JSON bytes) and its compiled snapshot as the next version.
 
         Atomic: checks `expected_version` (None: no check; 0: the tenant must
         have no version yet) against the version in force, inserts version
         N+1 and puts it in force, or raises VersionConflict and changes nothing.
+        Number ownership moves in the same transaction: the tenant releases
+        the numbers it no longer lists and claims the new ones, or the whole
+        write is refused with NumberTaken.  `may_create=False`: a tenant with
+        no version yet is refused with TenantMissing (only operators and
+        owners create tenants).  The one-write case of `commit_versions`.
         """
+        ...
+
+    def commit_versions(self, writes: list[VersionWrite], *, may_create: bool = True) -> list[int]:
+        """Several tenants' new versions in one transaction, all or none (a number transfer is two)."""
+        ...
+
+    def number_owner(self, number: str) -> NumberOwner | None:
+        """Who holds an E.164 number now, if anyone."""
+        ...
+
+    def number_owners(self, tenant: str = "") -> list[NumberOwner]:
+        """Every held number (of one tenant, or of all), by number."""
+        ...
+
+    def failover_view(self) -> FailoverView:
+        """The ownership table and each tenant's version, status and backup, in one consistent read."""
+        ...
+
+    def ownership_conflicts(self) -> dict[str, list[tuple[str, str]]]:
+        """Numbers found under several tenants when ownership was introduced: number -> [(tenant, line)]."""
+        ...
+
+    def resolve_conflict(self, number: str, owner: str, releases: list[VersionWrite]) -> list[int]:
+        """Give a conflicting number to `owner`; `releases` are the other claimants' new versions without it
+        (one per other claimant, all committed in the same transaction)."""
         ...
 
     def patch_list(self, tenant: str, list_name: str, add: list[str], remove: list[str],
@@ -301,9 +424,12 @@ class Store(Protocol):
         ...
 
     def add_audit(self, row: dict[str, Any]) -> None:
+        """One audit row: token_id, role, tenant, action, object, version_before/after, result, detail."""
         ...
 
-    def audit_rows(self, tenant: str = "", since: float = 0.0, limit: int = 100) -> list[dict[str, Any]]:
+    def audit_rows(self, tenant: str = "", since: float = 0.0, limit: int = 100, action: str = "",
+                   before_id: int = 0) -> list[AuditRow]:
+        """Audit rows newest first, filtered by tenant, time, action; before_id > 0: older than that row."""
         ...
 
     def close(self) -> None:

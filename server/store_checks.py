@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from engine.settings import E164, tenant_id_problem
+
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -38,3 +40,20 @@ def _check_numbers(name: str, value: object) -> list[str]:
     for i, number in enumerate(value):
         _check_str(f"{name}[{i}]", number)
     return list(value)
+
+
+def _check_tenant(value: object, name: str = "tenant") -> str:
+    """A tenant id by the one rule of engine.settings (the store refuses any other)."""
+    problem = tenant_id_problem(value)
+    if problem:
+        raise ValueError(f"{name}: {problem}")
+    assert isinstance(value, str)
+    return value
+
+
+def _check_e164(name: str, value: object) -> str:
+    _check_str(name, value)
+    assert isinstance(value, str)
+    if not E164.fullmatch(value):
+        raise ValueError(f"{name} {value[:32]!r} is not an E.164 number (+ and 8 to 15 digits)")
+    return value

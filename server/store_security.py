@@ -1,4 +1,6 @@
-"""The SQLite store's security tables: API tokens (hashes only) and the audit log of Admin calls."""
+"""The SQLite store's security tables: API tokens (hashes only) and the audit log of Admin calls.
+
+A tenant-admin token names existing tenants only: checked in the transaction that writes it."""
 
 from __future__ import annotations
 
@@ -10,10 +12,15 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from .auth import ROLES, TENANT_ROLES, TokenRecord
-from .store_api import NotFound
-from .store_checks import _check_int, _check_str
+from .store_api import AuditRow, NotFound, TenantMissing
+from .store_checks import _check_int, _check_str, _check_tenant
 
 TOKEN_COLUMNS = "id, role, tenants, created_at, expires_at, revoked_at, comment, token_hash"
+AUDIT_COLUMNS = "id, at, token_id, role, tenant, action, object, version_before, version_after, result, detail"
+
+
+def _version(value: object) -> int:
+    return value if isinstance(value, int) and 0 <= value < 2**63 else 0
 
 
 def _token(row: Any) -> TokenRecord:
@@ -37,9 +44,13 @@ class SecurityMixin:
         if role not in TENANT_ROLES and tenants:
             raise ValueError(f"a {role} token acts on every tenant: give no --tenant")
         for t in tenants:
-            _check_str("tenant", t)
+            _check_tenant(t)
         _check_int("expires_at", expires_at, minimum=0)
         with self._transaction(True) as conn:
+            for t in tenants:   # checked in the write: a token can never name a tenant that is not there
+                if conn.execute('SELECT 1 FROM "current" WHERE tenant = ?', (t,)).fetchone() is None:
+                    raise TenantMissing(f"tenant {t!r} does not exist: a tenant-admin token is made for an "
+                                        "existing tenant (an operator or owner pushes its first settings)")
             conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
                          (ident, role, json.dumps(sorted(set(tenants))), int(time.time()), expires_at, comment,
                           token_hash))
@@ -61,22 +72,28 @@ class SecurityMixin:
         return self.get_token(ident) or _never()
 
     def add_audit(self, row: dict[str, Any]) -> None:
-        with self._transaction(True) as conn:
-            conn.execute("INSERT INTO audit (at, token_id, role, tenant, action, version_before, version_after, "
-                         "result, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (time.time(), row.get("token_id", ""), row.get("role", ""), str(row.get("tenant", ""))[:256],
-                          row.get("action", ""), int(row.get("version_before", 0) or 0),
-                          int(row.get("version_after", 0) or 0), row.get("result", ""),
-                          str(row.get("detail", ""))[:1000]))
+        def text(key: str, limit: int = 256) -> str:
+            return str(row.get(key, "") or "")[:limit]
 
-    def audit_rows(self, tenant: str = "", since: float = 0.0, limit: int = 100) -> list[dict[str, Any]]:
+        with self._transaction(True) as conn:
+            conn.execute("INSERT INTO audit (at, token_id, role, tenant, action, object, version_before, "
+                         "version_after, result, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (time.time(), text("token_id"), text("role"), text("tenant"), text("action"),
+                          text("object"), _version(row.get("version_before")), _version(row.get("version_after")),
+                          text("result"), text("detail", 2000)))
+
+    def audit_rows(self, tenant: str = "", since: float = 0.0, limit: int = 100, action: str = "",
+                   before_id: int = 0) -> list[AuditRow]:
         _check_int("limit", limit, minimum=1)
-        rows = self._read("SELECT id, at, token_id, role, tenant, action, version_before, version_after, result, "
-                          "detail FROM audit WHERE (? = '' OR tenant = ?) AND at >= ? ORDER BY id DESC LIMIT ?",
-                          (tenant, tenant, since, limit))
-        keys = ("id", "at", "token_id", "role", "tenant", "action", "version_before", "version_after", "result",
-                "detail")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        _check_int("before_id", before_id, minimum=0)
+        _check_str("tenant", tenant, allow_empty=True)
+        _check_str("action", action, allow_empty=True)
+        if not isinstance(since, int | float) or since != since:
+            raise ValueError("since must be UTC seconds")
+        rows = self._read(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE (? = '' OR tenant = ?) AND (? = '' OR action = ?) "
+                          "AND at >= ? AND (? = 0 OR id < ?) ORDER BY id DESC LIMIT ?",
+                          (tenant, tenant, action, action, float(since), before_id, before_id, limit))
+        return [AuditRow(*r) for r in rows]
 
 
 def _never() -> TokenRecord:  # pragma: no cover - the row was just written in the same store

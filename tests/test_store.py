@@ -347,18 +347,25 @@ def test_patches_match_a_model(patches: list[tuple[list[str], list[str]]], initi
 
 def test_sql_injection_looking_ids_are_plain_data(store: SQLiteStore, db: Path) -> None:
     evil = "x'); DROP TABLE versions;--"
-    d = json.dumps({"tenant": evil, "blacklist": []}).encode()
-    assert store.commit_version(evil, "push", d, b"s", 0, comment=evil) == 1
-    store.patch_list(evil, "blacklist", [evil], [], snap, 1)
-    assert store.current_versions() == {evil: 2}
-    assert store.get_version(evil, 1).document == d
-    assert json.loads(store.get_version(evil).document or b"")["blacklist"] == [evil]
-    assert store.list_versions(evil)[1].comment == evil
-    assert store.credit(evil, 1, "credit", evil, evil) and store.balance(evil) == 1
-    event(store, "RINGING", evil, evil, 1, tenant=evil, caller=evil, called=evil)
-    assert store.ringing_calls(evil) == [(evil, evil, 1)]
+    # a tenant id follows the one rule for tenant ids: the store refuses this one before any SQL
+    with pytest.raises(ValueError, match="not a valid tenant id"):
+        store.commit_version(evil, "push", json.dumps({"tenant": evil}).encode(), b"s", 0)
+    with pytest.raises(ValueError, match="not a valid tenant id"):
+        store.credit(evil, 1, "credit", "r", "USD")
+    # every other text is plain data
+    tenant = "x.y-z_1"
+    d = json.dumps({"tenant": tenant, "blacklist": []}).encode()
+    assert store.commit_version(tenant, "push", d, b"s", 0, comment=evil) == 1
+    store.patch_list(tenant, "blacklist", [evil], [], snap, 1)
+    assert store.current_versions() == {tenant: 2}
+    assert store.get_version(tenant, 1).document == d
+    assert json.loads(store.get_version(tenant).document or b"")["blacklist"] == [evil]
+    assert store.list_versions(tenant)[1].comment == evil
+    assert store.credit(tenant, 1, "credit", evil, evil) and store.balance(tenant) == 1
+    event(store, "RINGING", evil, evil, 1, tenant=tenant, caller=evil, called=evil)
+    assert store.ringing_calls(tenant) == [(evil, evil, 1)]
     with raw(db) as conn:
-        assert conn.execute("SELECT tenant FROM versions").fetchall() == [(evil,), (evil,)]
+        assert conn.execute("SELECT tenant FROM versions").fetchall() == [(tenant,), (tenant,)]
 
 
 def test_inputs_are_validated(store: SQLiteStore) -> None:

@@ -1,0 +1,159 @@
+"""The SQLite store's number ownership: which tenant holds each E.164 number (SPEC §7).
+
+Contract:
+- `number_owners` has the number as its primary key, so the database itself
+  refuses a second holder, whatever the code above it does and however many
+  processes (or, later, hosts) write at once.
+- Ownership moves only inside the transaction that commits the versions
+  which change it (`claim`): a tenant's new version releases the numbers it
+  no longer lists and claims the new ones; a claim of a number held by
+  another tenant refuses the whole write (NumberTaken, with field paths).
+  A transfer is two versions in one transaction: the release is applied
+  before the claim.
+- `number_conflicts` holds what migration 4 found listed by several tenants
+  in a store made before ownership existed.  Such numbers have no owner row
+  and are never claimed by a write until an operator resolves them
+  (`resolve_conflict`); the server refuses to start while any is left.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .store_api import FailoverView, NotFound, NumberOwner, NumberTaken, StoreError, TenantFailover, VersionWrite
+from .store_checks import _check_e164, _check_tenant
+
+OWNER_COLUMNS = "number, tenant, line, version, since"
+
+
+def document_numbers(doc: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(number, line) of a stored document's numbers[] in order (documents in the store were validated)."""
+    out = []
+    for i, entry in enumerate(doc.get("numbers") or ()):
+        if not isinstance(entry, dict) or not isinstance(entry.get("number"), str):
+            raise StoreError(f"numbers[{i}] of tenant {doc.get('tenant')!r} is not a number entry")
+        out.append((entry["number"], str(entry.get("line", ""))))
+    return tuple(out)
+
+
+def claim(conn: sqlite3.Connection, claims: Sequence[tuple[str, int, Sequence[tuple[str, str]]]], now: int) -> None:
+    """Move ownership for new versions, inside the caller's write transaction.
+
+    `claims` is (tenant, new version, its (number, line) list) per tenant.
+    Raises NumberTaken (the caller's transaction then rolls back) when a
+    number is held by a tenant that is not in the same write.
+    """
+    conflicted = {row[0] for row in conn.execute("SELECT DISTINCT number FROM number_conflicts")}
+    plans = []
+    for tenant, version, numbers in claims:   # every release first: a transfer's target claims what was let go
+        wanted = dict(numbers)
+        held = dict(conn.execute("SELECT number, line FROM number_owners WHERE tenant = ?", (tenant,)))
+        conn.executemany("DELETE FROM number_owners WHERE number = ? AND tenant = ?",
+                         [(n, tenant) for n in held if n not in wanted])
+        plans.append((tenant, version, numbers, wanted, held))
+    taken: list[tuple[str, str]] = []
+    for tenant, version, numbers, wanted, held in plans:
+        new = [(i, n, line) for i, (n, line) in enumerate(numbers) if n not in held and n not in conflicted]
+        before = conn.total_changes
+        conn.executemany(f"INSERT INTO number_owners ({OWNER_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+                         "ON CONFLICT (number) DO NOTHING", [(n, tenant, line, version, now) for _, n, line in new])
+        if conn.total_changes - before != len(new):   # some number has another holder: find which
+            for i, n, _ in new:
+                row = conn.execute("SELECT tenant FROM number_owners WHERE number = ?", (n,)).fetchone()
+                if row is not None and row[0] != tenant:
+                    taken.append((n, f"numbers[{i}].number"))
+        conn.executemany("UPDATE number_owners SET line = ? WHERE number = ? AND tenant = ?",
+                         [(line, n, tenant) for n, line in wanted.items() if n in held and held[n] != line])
+    if taken:
+        raise NumberTaken(taken)
+
+
+def backfill(conn: sqlite3.Connection, documents: Callable[[sqlite3.Connection], list[tuple[str, int, dict]]]
+             ) -> None:
+    """Migration 4: owners from the documents in force; numbers listed by several tenants become conflicts."""
+    claims: dict[str, list[tuple[str, str, int]]] = {}
+    for tenant, version, doc in documents(conn):
+        for number, line in document_numbers(doc):
+            claims.setdefault(number, []).append((tenant, line, version))
+    now = int(time.time())
+    for number, holders in sorted(claims.items()):
+        if len(holders) == 1:
+            tenant, line, version = holders[0]
+            conn.execute(f"INSERT INTO number_owners ({OWNER_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                         (number, tenant, line, version, now))
+        else:
+            conn.executemany("INSERT INTO number_conflicts (number, tenant, line) VALUES (?, ?, ?)",
+                             [(number, tenant, line) for tenant, line, _ in holders])
+
+
+def _owner(row: Any) -> NumberOwner:
+    return NumberOwner(row[0], row[1], row[2], int(row[3]), int(row[4]))
+
+
+class NumbersMixin:
+    """Ownership reads and conflict resolution for SQLiteStore (see the module docstring)."""
+
+    # provided by SQLiteStore
+    _transaction: Callable[[bool], AbstractContextManager[sqlite3.Connection]]
+    _read: Callable[[str, tuple[Any, ...]], list[Any]]
+    _commit_in: Callable[..., list[int]]
+    _checked: Callable[[VersionWrite], VersionWrite]
+    _documents_in_force: Callable[[sqlite3.Connection], list[tuple[str, int, dict]]]
+
+    def number_owner(self, number: str) -> NumberOwner | None:
+        _check_e164("number", number)
+        rows = self._read(f"SELECT {OWNER_COLUMNS} FROM number_owners WHERE number = ?", (number,))
+        return _owner(rows[0]) if rows else None
+
+    def number_owners(self, tenant: str = "") -> list[NumberOwner]:
+        if tenant:
+            _check_tenant(tenant)
+        return [_owner(r) for r in self._read(f"SELECT {OWNER_COLUMNS} FROM number_owners "
+                                              "WHERE ? = '' OR tenant = ? ORDER BY number", (tenant, tenant))]
+
+    def failover_view(self) -> FailoverView:
+        with self._transaction(False) as conn:      # one WAL snapshot: owners and versions agree
+            owners = [_owner(r) for r in conn.execute(f"SELECT {OWNER_COLUMNS} FROM number_owners ORDER BY number")]
+            tenants = []
+            for tenant, version, doc in self._documents_in_force(conn):
+                found = doc.get("backup")
+                backup: dict[str, Any] = found if isinstance(found, dict) else {}
+                tenants.append(TenantFailover(tenant, version, str(doc.get("status", "")),
+                                              str(backup.get("number", "")), str(backup.get("line", ""))))
+        return FailoverView(tenants, owners)
+
+    def ownership_conflicts(self) -> dict[str, list[tuple[str, str]]]:
+        out: dict[str, list[tuple[str, str]]] = {}
+        for number, tenant, line in self._read("SELECT number, tenant, line FROM number_conflicts "
+                                               "ORDER BY number, tenant", ()):
+            out.setdefault(number, []).append((tenant, line))
+        return out
+
+    def resolve_conflict(self, number: str, owner: str, releases: list[VersionWrite]) -> list[int]:
+        _check_e164("number", number)
+        _check_tenant(owner, "owner")
+        releases = [self._checked(w) for w in releases]
+        now = int(time.time())
+        with self._transaction(True) as conn:
+            claimants = dict(conn.execute("SELECT tenant, line FROM number_conflicts WHERE number = ?", (number,)))
+            if not claimants:
+                raise NotFound(f"{number} is not listed by several tenants: nothing to resolve")
+            if owner not in claimants:
+                raise ValueError(f"--owner {owner!r} does not list {number}; it is listed by "
+                                 f"{', '.join(sorted(claimants))}")
+            others = sorted(set(claimants) - {owner})
+            if sorted(w.tenant for w in releases) != others:
+                raise ValueError(f"resolving {number} needs one new version for each of {', '.join(others)}")
+            for w in releases:
+                if any(n == number for n, _ in w.numbers or ()):
+                    raise ValueError(f"the new version of {w.tenant!r} still lists {number}")
+            conn.execute("DELETE FROM number_conflicts WHERE number = ?", (number,))
+            versions = self._commit_in(conn, releases, False, now)
+            current = conn.execute('SELECT version FROM "current" WHERE tenant = ?', (owner,)).fetchone()
+            conn.execute(f"INSERT INTO number_owners ({OWNER_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                         (number, owner, claimants[owner], int(current[0]) if current else 0, now))
+        return versions
