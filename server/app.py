@@ -251,7 +251,8 @@ def _seed(opts: Options) -> None:
     store = SQLiteStore(opts.data_dir / STORE_FILE)
     try:
         document = built.document or opts.seed.read_bytes()
-        version = store.commit_version(built.tenant, "push", document, built.blob, 0, f"seed from {opts.seed}")
+        version = store.commit_version(built.tenant, "push", document, built.blob, 0, f"seed from {opts.seed}",
+                                       numbers=built.numbers)
         log.info("seeded", extra={"event": "seeded", "tenant": built.tenant, "version": version})
         if opts.seed_credit:
             currency = json.loads(document)["currency"]
@@ -287,11 +288,27 @@ def run(opts: Options) -> int:
     """Start the server as `callgate serve` does; returns the exit code."""
     setup_logging(opts.log_format)
     opts.data_dir.mkdir(parents=True, exist_ok=True)
-    from .store import SQLiteStore
+    from engine.cli import CliError
 
-    SQLiteStore(opts.data_dir / STORE_FILE).close()  # create or migrate the store once, before any worker
+    from .store import SQLiteStore
+    from .store_api import NumberTaken, OwnershipConflicts
+
+    store = SQLiteStore(opts.data_dir / STORE_FILE)  # create or migrate the store once, before any worker
+    try:
+        conflicts = store.ownership_conflicts()
+    finally:
+        store.close()
+    if conflicts:  # a store from before ownership lists numbers under several tenants: an operator decides
+        error = OwnershipConflicts({n: [t for t, _ in holders] for n, holders in conflicts.items()},
+                                   str(opts.data_dir))
+        log.error("numbers held twice", extra={"event": "ownership_conflicts",
+                                               "numbers": {n: [t for t, _ in h] for n, h in conflicts.items()}})
+        raise CliError(str(error))
     if opts.seed:
-        _seed(opts)
+        try:
+            _seed(opts)
+        except NumberTaken as exc:
+            raise CliError(f"--seed {opts.seed}: {exc}") from None
     if opts.workers == 1:
         if opts.metrics:
             _metrics_server(opts.metrics, None)

@@ -42,11 +42,14 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     **{D + m: frozenset({"proxy", "operator", "owner", "tenant-admin"})
        for m in ("Inbound", "Outbound", "Pickup", "CallEvent", "DecideBatch")},
     D + "Stream": frozenset({"proxy", "operator", "owner"}),
-    **{A + m: frozenset({"tenant-admin", "owner"})
-       for m in ("PushSettings", "PushSettingsUpload", "Rollback", "PatchBlacklist", "UploadDocuments")},
+    # operators may push only to create a tenant (its first version): the servicer enforces that part
+    **{A + m: frozenset({"tenant-admin", "operator", "owner"}) for m in ("PushSettings", "PushSettingsUpload")},
+    **{A + m: frozenset({"tenant-admin", "owner"}) for m in ("Rollback", "PatchBlacklist", "UploadDocuments")},
     **{A + m: frozenset({"tenant-admin", "operator", "owner"})
        for m in ("GetSettings", "ListVersions", "Stats", "ListDocuments", "GetBalance", "ListLedger", "ListCalls")},
-    **{A + m: frozenset({"operator", "owner"}) for m in ("ReviewDocuments", "Credit", "Card")},
+    **{A + m: frozenset({"operator", "owner"})
+       for m in ("ReviewDocuments", "Credit", "Card", "TransferNumber", "NumberOwner", "ExportFailover",
+                 "ListAudit")},
     **{A + m: frozenset({"owner"}) for m in ("CreateToken", "ListTokens", "RevokeToken")},
 }
 
@@ -169,6 +172,20 @@ def _tenant_of(request: Any) -> str | None:
         return None
 
 
+# request field -> how the audit log names the object of the call
+_OBJECTS = (("number", "number {}"), ("set_id", "set {}"), ("version", "version {}"), ("id", "token {}"),
+            ("reference", "reference {}"))
+
+
+def object_of(request: Any) -> str:
+    """What a request acts on, for the audit row (before the handler says more)."""
+    for name, form in _OBJECTS:
+        value = getattr(request, name, None)
+        if value:
+            return form.format(str(value)[:64])
+    return ""
+
+
 class RateLimit:
     """At most `per_minute` calls per token in any 60 s (a sliding window of call times), in this worker."""
 
@@ -228,7 +245,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if self.audit is not None and method.startswith(A):
                 await self.audit({"token_id": principal.token_id if principal else "",
                                   "role": principal.role if principal else "", "action": method.rsplit("/", 1)[-1],
-                                  "tenant": _tenant_of(request_or_iterator) or "", "result": exc.code.name,
+                                  "tenant": _tenant_of(request_or_iterator) or "",
+                                  "object": object_of(request_or_iterator), "result": exc.code.name,
                                   "detail": str(exc)})
             await context.abort(exc.code, str(exc))
 
@@ -249,10 +267,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
             CURRENT.set(principal)
             row: dict[str, Any] = {"token_id": principal.token_id, "role": principal.role,
-                                   "action": method.rsplit("/", 1)[-1], "tenant": "", "result": "OK", "detail": ""}
+                                   "action": method.rsplit("/", 1)[-1], "tenant": "", "object": "", "result": "OK",
+                                   "detail": ""}
             AUDIT.set(row)
             try:
                 if is_unary_request:
+                    row["object"] = object_of(request)
                     tenant = _tenant_of(request)
                     if tenant is not None:
                         row["tenant"] = tenant
@@ -263,14 +283,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 row.update(result=exc.code.name, detail=str(exc))
                 await context.abort(exc.code, str(exc))
             except BaseException as exc:
-                code = _code_of(context)
-                row.update(result=getattr(code, "name", None) or type(exc).__name__, detail=str(exc)[:500])
+                # a handler's abort() raises with "Locally aborted.": the real status and message are the context's
+                code, details = _status_of(context)
+                row.update(result=getattr(code, "name", None) or type(exc).__name__,
+                           detail=details or str(exc) or type(exc).__name__)
                 raise
             finally:
                 if audited and self.audit is not None:
-                    code = _code_of(context)
+                    code, details = _status_of(context)
                     if row["result"] == "OK" and code not in (None, grpc.StatusCode.OK):
-                        row["result"] = code.name
+                        row.update(result=code.name, detail=details or row["detail"])
                     await self.audit(dict(row))
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -283,11 +305,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return _same_kind(handler, behavior)
 
 
-def _code_of(context: Any) -> Any:
+def _status_of(context: Any) -> tuple[Any, str]:
+    """The status code and message the handler set (or aborted with), if any."""
     try:
-        return context.code()
+        code, details = context.code(), context.details()
     except (AttributeError, NotImplementedError):
-        return None
+        return None, ""
+    if isinstance(details, bytes):
+        details = details.decode("utf-8", errors="replace")
+    return code, str(details or "")
 
 
 def _same_kind(handler: Any, behavior: Any) -> Any:

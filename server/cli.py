@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_security import add_security_commands
 
     add_security_commands(sub)
+    from .cli_numbers import add_numbers_commands
+
+    add_numbers_commands(sub)
     offline.add_offline_commands(sub)
     return parser
 

@@ -156,20 +156,16 @@ def cmd_calls_active(args: argparse.Namespace) -> int:
 
 def failover_table(admin: Any, timeout: float) -> dict[str, Any]:
     """What a SIP proxy needs to keep rule 3 while callgate is down: every number's tenant and line, and each
-    tenant's backup number and line (integrations/kamailio/callgate_kemi.py reads it)."""
-    import json
-
+    tenant's version, status and backup (integrations/kamailio/callgate_kemi.py reads it).  Built from the
+    store's ownership table in one read, so a number is listed once, under the tenant that holds it."""
     from callgate.v1 import admin_pb2
 
-    stats = admin.Stats(admin_pb2.StatsRequest(), timeout=timeout)
-    out: dict[str, Any] = {"generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                           "tenants": {}, "numbers": {}}
-    for t in stats.tenants:
-        doc = json.loads(admin.GetSettings(admin_pb2.GetSettingsRequest(tenant=t.tenant), timeout=timeout).document)
-        out["tenants"][t.tenant] = {"version": t.version, "status": doc.get("status"), "backup": doc.get("backup")}
-        for n in doc.get("numbers", []):
-            out["numbers"][n["number"]] = {"tenant": t.tenant, "line": n["line"]}
-    return out
+    table = admin.ExportFailover(admin_pb2.ExportFailoverRequest(), timeout=timeout)
+    return {"generated_at": dt.datetime.fromtimestamp(table.generated_at, dt.UTC).isoformat(timespec="seconds"),
+            "tenants": {t.tenant: {"version": t.version, "status": t.status,
+                                   "backup": ({"number": t.backup_number, "line": t.backup_line}
+                                              if t.backup_number else None)} for t in table.tenants},
+            "numbers": {n.number: {"tenant": n.tenant, "line": n.line} for n in table.numbers}}
 
 
 def cmd_export_failover(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""`callgate tokens create|list|revoke` and `callgate audit`: run on the server's host, on its data directory.
+"""`callgate tokens create|list|revoke` and `callgate audit`: over gRPC, or on the server's host with --data-dir.
 
 Tokens are made where the store is, not over the network: the first owner
 token cannot come from a server that already wants one.  The token is shown
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import re
 import sys
 from pathlib import Path
@@ -67,9 +68,11 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     expires = int(time.time()) + seconds(args.expires_in) if args.expires_in else 0
     ident, token, token_hash = new_token()
     store = _store(args, create=True)
+    from .store_api import StoreError
+
     try:
         record = store.add_token(ident, token_hash, args.role, args.tenant or [], expires, args.comment or "")
-    except ValueError as exc:
+    except (ValueError, StoreError) as exc:
         raise CliError(str(exc)) from None
     finally:
         store.close()
@@ -128,32 +131,59 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
+def _since(text: str | None) -> float:
     import time
 
-    since = 0.0
-    if args.since:
-        try:
-            since = time.time() - seconds(args.since)
-        except CliError:
-            try:
-                moment = dt.datetime.fromisoformat(args.since)
-            except ValueError:
-                raise CliError(f"--since {args.since!r}: a duration (2h, 7d) or an ISO time with a zone") from None
-            if moment.tzinfo is None:
-                raise CliError(f"--since {args.since!r} has no time zone") from None
-            since = moment.timestamp()
-    store = _store(args)
+    if not text:
+        return 0.0
     try:
-        rows = store.audit_rows(args.tenant or "", since, args.limit)
-    finally:
-        store.close()
-    print(f"{'when (UTC)':<21} {'token':<14} {'role':<13} {'tenant':<12} {'action':<20} {'versions':<9} "
-          f"{'result':<18} detail")
+        return time.time() - seconds(text)
+    except CliError:
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise CliError(f"--since {text!r}: a duration (2h, 7d) or an ISO time with a zone") from None
+        if moment.tzinfo is None:
+            raise CliError(f"--since {text!r} has no time zone") from None
+        return moment.timestamp()
+
+
+AUDIT_FIELDS = ("id", "at", "token_id", "role", "tenant", "action", "object", "version_before", "version_after",
+                "result", "detail")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    since = _since(args.since)
+    if not 1 <= args.limit <= 1000:
+        raise CliError("--limit is 1 to 1000")
+    if args.data_dir is None:  # over gRPC, with an operator or owner token
+        from callgate.v1 import admin_pb2
+
+        from .cli import _call, _stubs
+
+        admin, _ = _stubs(args)
+        reply = _call(args, lambda: admin.ListAudit(admin_pb2.ListAuditRequest(
+            tenant=args.tenant or "", since=since, action=args.action or "", limit=args.limit,
+            before_id=args.before or 0), timeout=args.timeout))
+        rows: list[Any] = list(reply.entries)
+    else:
+        store = _store(args)
+        try:
+            rows = store.audit_rows(args.tenant or "", since, args.limit, args.action or "", args.before or 0)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            store.close()
+    if args.json:
+        for r in rows:
+            print(json.dumps({k: getattr(r, k) for k in AUDIT_FIELDS}, ensure_ascii=False))
+        return 0
+    print(f"{'id':>6} {'when (UTC)':<21} {'token':<14} {'role':<13} {'tenant':<12} {'action':<18} "
+          f"{'object':<24} {'versions':<9} {'result':<19} detail")
     for r in rows:
-        versions = f"{r['version_before']}->{r['version_after']}" if r["version_after"] else ""
-        print(f"{_when(r['at']):<21} {r['token_id'] or '-':<14} {r['role'] or '-':<13} {r['tenant'][:12]:<12} "
-              f"{r['action']:<20} {versions:<9} {r['result']:<18} {r['detail'][:80]}")
+        versions = f"{r.version_before}->{r.version_after}" if r.version_after else ""
+        print(f"{r.id:>6} {_when(r.at):<21} {r.token_id or '-':<14} {r.role or '-':<13} {r.tenant[:12]:<12} "
+              f"{r.action[:18]:<18} {r.object[:24]:<24} {versions:<9} {r.result:<19} {r.detail[:200]}")
     if not rows:
         print("(no audit rows)")
     return 0
@@ -165,7 +195,8 @@ def add_security_commands(sub: Any) -> None:
     def data_dir(p: argparse.ArgumentParser, required: bool = False) -> None:
         p.add_argument("--data-dir", type=Path, required=required,
                        help="work on the server's data directory (on its host)" +
-                            ("" if required else "; without it, over gRPC with an owner --token"))
+                            ("" if required else "; without it, over gRPC with --token (owner for tokens, operator "
+                                                   "or owner for audit)"))
 
     tokens = sub.add_parser("tokens", help="create, list and revoke API tokens (over gRPC with an owner token, "
                                            "or with --data-dir on the server's host: the first token)")
@@ -187,9 +218,17 @@ def add_security_commands(sub: Any) -> None:
     data_dir(rev)
     rev.set_defaults(run=cmd_tokens_revoke)
 
-    audit = sub.add_parser("audit", help="the audit log of Admin calls, newest first (on the server's host)")
-    audit.add_argument("--tenant")
+    audit = sub.add_parser("audit", help="the audit log of Admin calls, newest first (operator or owner token, or "
+                                         "--data-dir on the server's host)",
+                           description="Every Admin call, refused ones included: when, which token and role, the "
+                                       "tenant, the action and its object, the versions before and after, and the "
+                                       "result with the refusal's message. Example: callgate audit --tenant acme "
+                                       "--since 24h --action PushSettings --json")
+    audit.add_argument("--tenant", help="one tenant's rows only")
     audit.add_argument("--since", help="a duration back (2h, 7d) or an ISO time with a zone")
-    audit.add_argument("--limit", type=int, default=100)
-    data_dir(audit, required=True)
+    audit.add_argument("--action", help="one RPC's rows only, e.g. PushSettings, TransferNumber, CreateToken")
+    audit.add_argument("--limit", type=int, default=100, help="rows to show, 1 to 1000 (default 100)")
+    audit.add_argument("--before", type=int, metavar="ID", help="rows older than this id (paging)")
+    audit.add_argument("--json", action="store_true", help="one JSON object per row, for scripts")
+    data_dir(audit)
     audit.set_defaults(run=cmd_audit)

@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
+import json
 import logging
 import os
 import tempfile
@@ -29,11 +30,24 @@ from engine import codes
 from engine._core import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreDecision, CoreSnapshot
 from engine.decision import RingingCall
 from engine.engine import Engine
-from engine.settings import E164, SettingsError
+from engine.settings import E164, SettingsError, tenant_id_problem
 from engine.snapshot import Built, build, line_rate, loads, with_documents
 
-from . import auth, billing, calls, documents, jobs, metrics
-from .store_api import CardRecord, DocumentFile, DocumentSet, NotFound, Store, StoreBusy, VersionConflict
+from . import auth, billing, calls, documents, jobs, metrics, numbers
+from .store_api import (
+    AuditRow,
+    CardRecord,
+    DocumentFile,
+    DocumentSet,
+    NotFound,
+    NumberOwner,
+    NumberTaken,
+    Store,
+    StoreBusy,
+    TenantMissing,
+    VersionConflict,
+    VersionWrite,
+)
 
 log = logging.getLogger("callgate.service")
 
@@ -60,6 +74,21 @@ def _text(name: str, value: str) -> str:
     if len(value) > MAX_TEXT:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"{name} is {len(value)} characters long; at most {MAX_TEXT}")
+    return value
+
+
+def _tenant_arg(name: str, value: str) -> str:
+    """An Admin request's tenant id, by the one rule for tenant ids (INVALID_ARGUMENT otherwise)."""
+    problem = tenant_id_problem(value)
+    if problem:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {problem}")
+    return value
+
+
+def _number_arg(name: str, value: str) -> str:
+    if not E164.fullmatch(value):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{name} {value[:32]!r} is not an E.164 number (+ and 8 to 15 digits)")
     return value
 
 
@@ -546,7 +575,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             await context.abort(exc.code, str(exc))
         except SettingsError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except VersionConflict as exc:
+        except (VersionConflict, NumberTaken, numbers.TransferRefused) as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
@@ -625,19 +654,44 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                       start: float) -> admin_pb2.PushSettingsReply:
         state = self.state
         auth.require_tenant(built.tenant)  # a pushed document names its tenant only inside
+        auth.note(tenant=built.tenant)
         self._check_lists(built)
+        principal = auth.CURRENT.get()
+        role = principal.role if principal is not None else ""   # "": no auth, every act allowed
+        who = f"token {principal.token_id} ({role})" if principal is not None else "this caller"
+        expected_version: int | None = expected if expected else None
+        if role == "operator":
+            # an operator creates tenants (their first version) and nothing else: its tenant-admin or an
+            # owner pushes the versions after that
+            if expected:
+                raise auth.AuthError(grpc.StatusCode.PERMISSION_DENIED,
+                                     f"{who} creates tenants only: expected_version must be 0")
+            expected_version = 0
         state.installing.add(built.tenant)
         built_at = time.perf_counter()
         try:
-            version = await asyncio.to_thread(
-                state.store.commit_version, built.tenant, kind, document, built.blob,
-                expected if expected else None, comment[:500])
+            try:
+                version = await asyncio.to_thread(
+                    state.store.commit_version, built.tenant, kind, document, built.blob, expected_version,
+                    comment[:500], numbers=built.numbers, may_create=role != "tenant-admin")
+            except VersionConflict as exc:
+                if role == "operator" and exc.expected == 0:
+                    raise auth.AuthError(grpc.StatusCode.PERMISSION_DENIED,
+                                         f"{who} creates tenants only: tenant {built.tenant!r} exists (version "
+                                         f"{exc.actual}); its new versions come from its tenant-admin or an owner"
+                                         ) from None
+                raise
+            except TenantMissing:
+                raise auth.AuthError(grpc.StatusCode.PERMISSION_DENIED,
+                                     f"{who} may not create tenant {built.tenant!r}: creating a tenant is an "
+                                     "operator's or an owner's act") from None
             stored_at = time.perf_counter()
             await state.install_blob(built.tenant, version, built.blob)
         finally:
             state.installing.discard(built.tenant)
         end = time.perf_counter()
-        auth.note(tenant=built.tenant, version_before=version - 1, version_after=version)
+        auth.note(version_before=version - 1, version_after=version, object=f"version {version}",
+                  detail=comment[:500])
         seconds = end - start
         metrics.PUSH_SECONDS.observe(seconds)
         # the phases tell an operator where a slow push spent its time
@@ -697,10 +751,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "list is BLACKLIST or OFFHOURS_BLACKLIST")
             if not request.add and not request.remove:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "nothing to add or remove")
-            for field, numbers in (("add", request.add), ("remove", request.remove)):
-                bad = [i for i, n in enumerate(numbers) if not E164.fullmatch(n)]
+            for field, listed in (("add", request.add), ("remove", request.remove)):
+                bad = [i for i, n in enumerate(listed) if not E164.fullmatch(n)]
                 if bad:
-                    shown = ", ".join(f"{field}[{i}] {numbers[i][:20]!r}" for i in bad[:5])
+                    shown = ", ".join(f"{field}[{i}] {listed[i][:20]!r}" for i in bad[:5])
                     raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                        f"{len(bad)} entries are not E.164 numbers (+ and 8 to 15 digits): {shown}")
             start = time.perf_counter()
@@ -722,7 +776,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             finally:
                 self.state.installing.discard(tenant)
             metrics.PUSH_SECONDS.observe(time.perf_counter() - start)
-            auth.note(version_before=result.version - (1 if blobs else 0), version_after=result.version)
+            auth.note(version_before=result.version - (1 if blobs else 0), version_after=result.version,
+                      object=list_name, detail=f"+{result.added} -{result.removed}")
             log.info("blacklist patched", extra={"event": "patch", "tenant": tenant, "version": result.version,
                                                  "list": list_name, "added": result.added,
                                                  "removed": result.removed})
@@ -783,6 +838,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         files = [DocumentFile(f.sha256, name, f.format, f.width, f.height, f.size) for f, name, _ in checked]
         ds = await asyncio.to_thread(self.state.store.add_document_set, r.tenant, number, files, now,
                                      due.isoformat())
+        auth.note(object=f"number {number}, set {ds.id}", detail=f"{len(files)} file(s), review due {ds.due_on}")
         log.info("documents uploaded", extra={"event": "documents_uploaded", "tenant": r.tenant, "number": number,
                                               "set": ds.id, "files": len(files), "due_on": ds.due_on})
         return document_set_message(ds)
@@ -803,6 +859,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         ds = await asyncio.to_thread(self.state.store.review_document_set, int(r.set_id), r.approve, reason,
                                      _text("reviewer", r.reviewer) or "operator", int(time.time()))
         await self.state.apply_documents(ds.tenant)  # in force here at once; elsewhere at the next poll
+        auth.note(tenant=ds.tenant, object=f"set {ds.id}, number {ds.number}",
+                  detail=ds.status + (f": {ds.reason}" if ds.reason else ""))
         log.info("documents reviewed", extra={"event": "documents_reviewed", "tenant": ds.tenant,
                                               "number": ds.number, "set": ds.id, "status": ds.status,
                                               "reason": ds.reason})
@@ -888,7 +946,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         expires = int(time.time()) + r.expires_in_seconds if r.expires_in_seconds else 0
         record = await asyncio.to_thread(self.state.store.add_token, ident, token_hash, _text("role", r.role),
                                          [_text("tenant", t) for t in r.tenants], expires, _text("comment", r.comment))
-        auth.note(detail=f"created token {record.id} ({record.role})")
+        auth.note(object=f"token {record.id}", detail=f"created token {record.id} ({record.role}"
+                  + (f" of {', '.join(record.tenants)}" if record.tenants else "") + ")")
         log.info("token created", extra={"event": "token_created", "id": record.id, "role": record.role})
         return admin_pb2.CreateTokenReply(info=token_message(record), token=token)
 
@@ -902,6 +961,95 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         log.info("token revoked", extra={"event": "token_revoked", "id": record.id})
         return token_message(record)
 
+    # -- numbers and audit --------------------------------------------------------
+
+    async def _number_owner(self, r: admin_pb2.NumberOwnerRequest) -> admin_pb2.NumberOwnerReply:
+        number = _number_arg("number", r.number)
+        owner = await asyncio.to_thread(self.state.store.number_owner, number)
+        if owner is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"no tenant holds {number}")
+        auth.note(tenant=owner.tenant)
+        return number_owner_message(owner)
+
+    async def _transfer_number(self, r: admin_pb2.TransferNumberRequest) -> admin_pb2.TransferNumberReply:
+        number = _number_arg("number", r.number)
+        src, dst = _tenant_arg("from_tenant", r.from_tenant), _tenant_arg("to_tenant", r.to_tenant)
+        if src == dst:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "from_tenant and to_tenant are the same tenant")
+        line, route_to = _text("line", r.line), _text("route_to", r.route_to)
+        comment = _text("comment", r.comment) or f"{number} from {src} to {dst}"
+        auth.note(tenant=src, object=f"number {number}", detail=f"to tenant {dst}")
+        store, state = self.state.store, self.state
+        for _attempt in range(3):  # a push to either tenant in between: work the move out again
+            owner = await asyncio.to_thread(store.number_owner, number)
+            if owner is None or owner.tenant != src:
+                held = f"tenant {owner.tenant!r} holds it" if owner else "no tenant holds it"
+                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"{number} is not {src!r}'s: {held}")
+            a = await asyncio.to_thread(store.get_version, src)
+            b = await asyncio.to_thread(store.get_version, dst)
+            assert a.document is not None and b.document is not None
+            doc_a, entry, notes = numbers.release(json.loads(a.document), number)
+            doc_b, more = numbers.adopt(json.loads(b.document), entry, line, route_to)
+            notes += more
+            built = []
+            for tenant, doc in ((src, doc_a), (dst, doc_b)):
+                document = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+                try:
+                    one = await state.compiler.build(document, "json")
+                except SettingsError as exc:
+                    raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                       f"moving {number} would leave tenant {tenant!r} with settings that are not "
+                                       f"valid: {exc}") from None
+                built.append((one, document))
+            writes = [VersionWrite(t, "transfer", one.document or document, one.blob, one.numbers, record.version,
+                                   comment[:500])
+                      for t, record, (one, document) in ((src, a, built[0]), (dst, b, built[1]))]
+            state.installing.update((src, dst))
+            try:
+                try:
+                    versions = await asyncio.to_thread(store.commit_versions, writes, may_create=False)
+                except VersionConflict:
+                    continue
+                for (one, _document), version, tenant in zip(built, versions, (src, dst), strict=True):
+                    await state.install_blob(tenant, version, one.blob)
+            finally:
+                state.installing.difference_update((src, dst))
+            break
+        else:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"tenants {src!r} and {dst!r} kept getting new versions "
+                                                            "while the transfer was worked out: try again")
+        auth.note(version_before=a.version, version_after=versions[0],
+                  detail=f"to tenant {dst} (version {versions[1]}); " + "; ".join(notes))
+        log.info("number transferred", extra={"event": "number_transferred", "number": number, "from": src,
+                                              "to": dst, "from_version": versions[0], "to_version": versions[1],
+                                              "notes": notes})
+        return admin_pb2.TransferNumberReply(number=number, from_tenant=src, from_version=versions[0], to_tenant=dst,
+                                             to_version=versions[1], notes=notes)
+
+    async def _export_failover(self, r: admin_pb2.ExportFailoverRequest) -> admin_pb2.FailoverTable:
+        view = await asyncio.to_thread(self.state.store.failover_view)
+        return admin_pb2.FailoverTable(
+            generated_at=int(time.time()),
+            tenants=[admin_pb2.TenantFailover(tenant=t.tenant, version=t.version, status=t.status,
+                                              backup_number=t.backup_number, backup_line=t.backup_line)
+                     for t in view.tenants],
+            numbers=[number_owner_message(n) for n in view.numbers])
+
+    async def _list_audit(self, r: admin_pb2.ListAuditRequest) -> admin_pb2.ListAuditReply:
+        if r.tenant:
+            _tenant_arg("tenant", r.tenant)
+        if not r.since == r.since or r.since < 0:  # NaN or before 1970
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "since is UTC seconds (0: from the start)")
+        if r.limit > 1000 or r.before_id >= 2**63:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "limit is at most 1000; before_id is an audit row id")
+        rows = await asyncio.to_thread(self.state.store.audit_rows, r.tenant, r.since, r.limit or 100,
+                                       _text("action", r.action), int(r.before_id))
+        return admin_pb2.ListAuditReply(entries=[audit_message(row) for row in rows])
+
+    NumberOwner = admin_rpc(_number_owner)
+    TransferNumber = admin_rpc(_transfer_number)
+    ExportFailover = admin_rpc(_export_failover)
+    ListAudit = admin_rpc(_list_audit)
     CreateToken = admin_rpc(_create_token)
     ListTokens = admin_rpc(_list_tokens)
     RevokeToken = admin_rpc(_revoke_token)
@@ -921,6 +1069,16 @@ def document_set_message(ds: DocumentSet) -> admin_pb2.DocumentSet:
         uploaded_at=ds.uploaded_at, due_on=ds.due_on, decided_at=ds.decided_at, decided_by=ds.decided_by,
         files=[admin_pb2.DocumentFile(sha256=f.sha256, name=f.name, format=f.format, width=f.width,
                                       height=f.height, size=f.size) for f in ds.files])
+
+
+def number_owner_message(n: NumberOwner) -> admin_pb2.NumberOwnerReply:
+    return admin_pb2.NumberOwnerReply(number=n.number, tenant=n.tenant, line=n.line, version=n.version, since=n.since)
+
+
+def audit_message(a: AuditRow) -> admin_pb2.AuditEntry:
+    return admin_pb2.AuditEntry(id=a.id, at=a.at, token_id=a.token_id, role=a.role, tenant=a.tenant, action=a.action,
+                                object=a.object, version_before=a.version_before, version_after=a.version_after,
+                                result=a.result, detail=a.detail)
 
 
 def token_message(t: auth.TokenRecord) -> admin_pb2.TokenInfo:

@@ -18,6 +18,27 @@ from loadtest.stats import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "acme.json"
+# examples/acme.json's own numbers (a number belongs to one tenant: other tenants get numbers of their own)
+OWN_NUMBERS = ("+14155550100", "+14155550199", "+442071234567")
+
+
+def own_number(number: str, block: int) -> str:
+    """Block 0 is acme's own number; block 100..999 (not 555) the same number in another tenant's range."""
+    if block == 0:
+        return number
+    assert 100 <= block <= 999 and block != 555
+    return {"+14155550100": f"+1415{block}0100", "+14155550199": f"+1415{block}0199",
+            "+442071234567": f"+44207{block}4567"}[number]
+
+
+def example_doc(tenant: str = "acme", block: int = 0) -> dict[str, Any]:
+    """examples/acme.json as `tenant`'s document, with numbers of its own (block as in own_number)."""
+    text = EXAMPLE.read_text()
+    for number in OWN_NUMBERS:
+        text = text.replace(f'"{number}"', f'"{own_number(number, block)}"')
+    doc = json.loads(text)
+    doc["tenant"] = tenant
+    return doc
 
 
 class Server:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import itertools
@@ -24,10 +23,11 @@ from server import auth
 from server.client import upload_messages, with_token
 from server.store import SQLiteStore
 
-from .serving import EXAMPLE, Server
+from .serving import Server, example_doc, own_number
 
-DOC = json.loads(EXAMPLE.read_text())
 ROLES = ("proxy", "tenant-admin", "operator", "owner")
+BLOCK = {"acme": 0, "beta": 601}            # each tenant's own numbers (tests.serving.own_number)
+SPARE = {"acme": "+14155550150", "beta": "+14156010150"}   # a number each holds only to move it around
 counter = itertools.count()
 
 
@@ -37,41 +37,55 @@ def png() -> bytes:
     return out.getvalue()
 
 
-def doc_for(tenant: str) -> bytes:
-    d = copy.deepcopy(DOC)
-    d["tenant"] = tenant
+def doc_for(tenant: str, spare: bool = True) -> bytes:
+    d = example_doc(tenant, BLOCK[tenant])
     d["blacklist"] = [*d["blacklist"], f"+1415555{next(counter) % 10000:04d}"]
+    if spare:
+        d["numbers"].append({"number": SPARE[tenant], "line": "rent-1", "country": "US", "route_to": "sales"})
     return json.dumps(d).encode()
+
+
+def number(tenant: str) -> str:
+    return own_number("+14155550100", BLOCK[tenant])
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
     data = tmp_path_factory.mktemp("auth") / "data"
     data.mkdir()
+    began = time.time()
     store = SQLiteStore(data / "callgate.sqlite")
     tokens: dict[str, str] = {}
-    for name, role, tenants, expires in (("proxy", "proxy", [], 0), ("tenant-admin", "tenant-admin", ["acme"], 0),
-                                         ("operator", "operator", [], 0), ("owner", "owner", [], 0),
-                                         ("revoked", "owner", [], 0), ("expired", "owner", [], int(time.time()) + 2)):
-        ident, token, token_hash = auth.new_token()
+
+    def token(name: str, role: str, tenants: list[str], expires: int = 0) -> None:
+        ident, secret, token_hash = auth.new_token()
         store.add_token(ident, token_hash, role, tenants, expires, name)
-        tokens[name] = token
+        tokens[name] = secret
+
+    for name, role, expires in (("proxy", "proxy", 0), ("operator", "operator", 0), ("owner", "owner", 0),
+                                ("revoked", "owner", 0), ("expired", "owner", int(began) + 4)):
+        token(name, role, [], expires)
     store.revoke_token(auth.token_id(tokens["revoked"]) or "")
-    store.close()
     srv = Server(data, "--auth", "tokens")
     try:
         owner = srv.channel()
         admin = admin_pb2_grpc.AdminStub(with_token(owner, tokens["owner"]))
         admin.PushSettings(admin_pb2.PushSettingsRequest(document=doc_for("beta")), timeout=60)
+        base = {"beta": 1, "acme": admin.PushSettings(admin_pb2.PushSettingsRequest(document=doc_for("acme")),
+                                                      timeout=60).version}
+        token("tenant-admin", "tenant-admin", ["acme"])     # a tenant-admin token names a tenant that exists
+        store.close()
         sets = {}
         for t in ("acme", "beta"):
             sets[t] = admin.UploadDocuments(admin_pb2.UploadDocumentsRequest(
-                tenant=t, number="+14155550100", files=[admin_pb2.DocumentUpload(name="id.png", content=png())]),
+                tenant=t, number=number(t), files=[admin_pb2.DocumentUpload(name="id.png", content=png())]),
                 timeout=30).id
-        time.sleep(2.5)  # the expired token's time has come
-        yield {"server": srv, "tokens": tokens, "sets": sets, "db": data / "callgate.sqlite"}
+        time.sleep(max(0.0, began + 5 - time.time()))  # the expired token's time has come
+        yield {"server": srv, "tokens": tokens, "sets": sets, "db": data / "callgate.sqlite", "base": base,
+               "admin": admin}
     finally:
         srv.stop()
+
 
 
 def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str, Callable[[], Any]]:
@@ -80,19 +94,29 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
     a = admin_pb2_grpc.AdminStub(channel)
     n = next(counter)
     rows = 1
+    called = own_number("+14155550199", BLOCK[tenant])
+    other = "beta" if tenant == "acme" else "acme"
     batch = decisions_pb2.BatchRequest(tenant=tenant, kind=decisions_pb2.BatchRequest.INBOUND, count=rows, width=16,
-                                       a=b"+12125550000".ljust(16, b"\0"), b=b"+14155550199".ljust(16, b"\0"),
+                                       a=b"+12125550000".ljust(16, b"\0"), b=called.encode().ljust(16, b"\0"),
                                        at=np.zeros(rows, dtype="<i8").tobytes())
 
     def stream() -> Any:
         replies = list(d.Stream(iter([decisions_pb2.StreamRequest(id=1, inbound=decisions_pb2.InboundRequest(
-            tenant=tenant, caller="+12125550000", called="+14155550199"))]), timeout=10))
+            tenant=tenant, caller="+12125550000", called=called))]), timeout=10))
         assert len(replies) == 1
         return replies
 
+    def transfer() -> Any:
+        """The spare number to the other tenant; when that worked, back again with the owner's token."""
+        reply = a.TransferNumber(admin_pb2.TransferNumberRequest(number=SPARE[tenant], from_tenant=tenant,
+                                                                 to_tenant=other), timeout=60)
+        world["admin"].TransferNumber(admin_pb2.TransferNumberRequest(number=SPARE[tenant], from_tenant=other,
+                                                                      to_tenant=tenant), timeout=60)
+        return reply
+
     return {
         "Inbound": lambda: d.Inbound(decisions_pb2.InboundRequest(tenant=tenant, caller="+12125550000",
-                                                                  called="+14155550199"), timeout=10),
+                                                                  called=called), timeout=10),
         "Outbound": lambda: d.Outbound(decisions_pb2.OutboundRequest(tenant=tenant, user="u3",
                                                                      destination="+15551230000"), timeout=10),
         "Pickup": lambda: d.Pickup(decisions_pb2.PickupRequest(tenant=tenant, user="u1", dialed="*8"), timeout=10),
@@ -104,12 +128,13 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
         "PushSettingsUpload": lambda: a.PushSettingsUpload(upload_messages(doc_for(tenant)), timeout=60),
         "GetSettings": lambda: a.GetSettings(admin_pb2.GetSettingsRequest(tenant=tenant), timeout=10),
         "ListVersions": lambda: a.ListVersions(admin_pb2.ListVersionsRequest(tenant=tenant), timeout=10),
-        "Rollback": lambda: a.Rollback(admin_pb2.RollbackRequest(tenant=tenant, version=1), timeout=60),
+        "Rollback": lambda: a.Rollback(admin_pb2.RollbackRequest(tenant=tenant, version=world["base"][tenant]),
+                                       timeout=60),
         "PatchBlacklist": lambda: a.PatchBlacklist(admin_pb2.PatchBlacklistRequest(
             tenant=tenant, add=[f"+1212555{n % 10000:04d}"]), timeout=60),
         "Stats": lambda: a.Stats(admin_pb2.StatsRequest(tenant=tenant), timeout=10),
         "UploadDocuments": lambda: a.UploadDocuments(admin_pb2.UploadDocumentsRequest(
-            tenant=tenant, number="+14155550100", files=[admin_pb2.DocumentUpload(name="p.png", content=png())]),
+            tenant=tenant, number=number(tenant), files=[admin_pb2.DocumentUpload(name="p.png", content=png())]),
             timeout=30),
         "ListDocuments": lambda: a.ListDocuments(admin_pb2.ListDocumentsRequest(tenant=tenant), timeout=10),
         "ReviewDocuments": lambda: a.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(
@@ -125,6 +150,10 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
         "ListTokens": lambda: a.ListTokens(admin_pb2.ListTokensRequest(), timeout=10),
         "RevokeToken": lambda: a.RevokeToken(admin_pb2.RevokeTokenRequest(
             id=auth.token_id(world["tokens"]["revoked"]) or ""), timeout=10),
+        "NumberOwner": lambda: a.NumberOwner(admin_pb2.NumberOwnerRequest(number=number(tenant)), timeout=10),
+        "TransferNumber": transfer,
+        "ExportFailover": lambda: a.ExportFailover(admin_pb2.ExportFailoverRequest(), timeout=10),
+        "ListAudit": lambda: a.ListAudit(admin_pb2.ListAuditRequest(tenant=tenant), timeout=10),
     }
 
 
@@ -145,8 +174,18 @@ def fingerprint(db: Path) -> str:
 
 
 def allowed(role: str, method: str, own: bool) -> bool:
+    """The expected cell for a tenant that exists (operators push only to create a tenant: refused here)."""
     roles = next(v for k, v in auth.PERMISSIONS.items() if k.endswith("/" + method))
+    if role == "operator" and method in ("PushSettings", "PushSettingsUpload"):
+        return False
     return role in roles and (role != "tenant-admin" or own)
+
+
+def test_every_rpc_is_in_the_matrix(world) -> None:
+    methods = set(calls(world, world["server"].channel(), "acme"))
+    served = {m.name for m in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods} | \
+             {m.name for m in decisions_pb2.DESCRIPTOR.services_by_name["Decisions"].methods}
+    assert methods == served == {k.rsplit("/", 1)[1] for k in auth.PERMISSIONS}
 
 
 def test_every_rpc_role_and_tenant(world) -> None:
@@ -172,6 +211,32 @@ def test_every_rpc_role_and_tenant(world) -> None:
                 elif not want and fingerprint(world["db"]) != before:
                     failures.append(f"{role} {method} {tenant}: refused but the store changed")
     assert not failures, "\n".join(failures)
+
+
+def test_tenant_creation_by_role(world) -> None:
+    """Creating a tenant (its first version) is an operator's or an owner's act; so is naming it in a token."""
+    base = world["server"].channel()
+    for block, role in enumerate(ROLES, start=700):
+        tenant = f"new-{role}"
+        d = example_doc(tenant, block)
+        for entry in d["numbers"]:       # no renewal may write to the store after the test (the others fingerprint it)
+            entry.pop("rental", None)
+        before = fingerprint(world["db"])
+        stub = admin_pb2_grpc.AdminStub(with_token(base, world["tokens"][role]))
+        try:
+            got = stub.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(d).encode()), timeout=60)
+            assert (got.tenant, got.version) == (tenant, 1)
+            result = "OK"
+        except grpc.RpcError as exc:
+            result = exc.code().name
+            assert fingerprint(world["db"]) == before, role
+        assert result == ("OK" if role in ("operator", "owner") else "PERMISSION_DENIED"), (role, result)
+    owner = admin_pb2_grpc.AdminStub(with_token(base, world["tokens"]["owner"]))
+    with pytest.raises(grpc.RpcError) as err:
+        owner.CreateToken(admin_pb2.CreateTokenRequest(role="tenant-admin", tenants=["new-proxy"]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "does not exist" in err.value.details()
+    made = owner.CreateToken(admin_pb2.CreateTokenRequest(role="tenant-admin", tenants=["new-operator"]), timeout=10)
+    assert made.info.tenants == ["new-operator"]
 
 
 def test_without_a_valid_token_every_rpc_is_unauthenticated(world) -> None:
@@ -224,6 +289,24 @@ def test_admin_calls_are_audited_refusals_included(world) -> None:
     assert ("", "GetSettings", "UNAUTHENTICATED") in actions
     pushes = [r for r in rows if r[3] == "PushSettings" and r[6] == "OK" and r[1] == "owner"]
     assert pushes and all(r[5] == r[4] + 1 for r in pushes)                  # versions before and after
+    # every refusal keeps its real message, never the transport's "Locally aborted."
+    refused = conn_rows(world["db"], "SELECT result, detail, object, tenant, action FROM audit WHERE result != 'OK'")
+    assert refused and all(detail and "Locally aborted" not in detail for _, detail, _, _, _ in refused)
+    assert ("PERMISSION_DENIED", "token " + (auth.token_id(world["tokens"]["tenant-admin"]) or "") +
+            " (tenant-admin) may not act on tenant 'beta'") in {(r[0], r[1]) for r in refused}
+    # and names its object: the document set of a review, the number of an ownership query
+    objects = {(r[4], r[2]) for r in conn_rows(world["db"], "SELECT result, detail, object, tenant, action FROM audit")}
+    assert ("ReviewDocuments", f"set {world['sets']['acme']}, number {number('acme')}") in objects
+    assert ("NumberOwner", f"number {number('beta')}") in objects
+    assert ("TransferNumber", f"number {SPARE['acme']}") in objects
+
+
+def conn_rows(db: Path, sql: str) -> list[Any]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
 
 
 def test_tokens_and_audit_commands(tmp_path: Path, capsys) -> None:

@@ -143,6 +143,21 @@ def test_document_billing_and_call_rpcs(stubs, data) -> None:
     call(admin.ListTokens, admin_pb2.ListTokensRequest())
 
 
+@FUZZ
+@given(data=st.data())
+def test_number_and_audit_rpcs(stubs, data) -> None:
+    _, admin = stubs
+    call(admin.NumberOwner, admin_pb2.NumberOwnerRequest(number=data.draw(texts)))
+    # acme is the only tenant: a move to anywhere is refused (no such tenant, the same tenant, a bad id)
+    call(admin.TransferNumber, admin_pb2.TransferNumberRequest(
+        number=data.draw(st.one_of(st.just("+14155550199"), texts)), from_tenant=data.draw(tenants),
+        to_tenant=data.draw(texts), line=data.draw(texts), route_to=data.draw(texts), comment=data.draw(texts)))
+    call(admin.ExportFailover, admin_pb2.ExportFailoverRequest())
+    call(admin.ListAudit, admin_pb2.ListAuditRequest(
+        tenant=data.draw(texts), since=data.draw(st.floats()), action=data.draw(texts), limit=data.draw(uint32),
+        before_id=data.draw(st.integers(0, 2**64 - 1))))
+
+
 def test_still_serving_and_nothing_changed(server, stubs) -> None:
     """Runs after the fuzz tests (file order): the seeded version is intact and decides as before."""
     decisions, admin = stubs
