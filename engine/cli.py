@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse, run the chosen command; a CliError is one line on stderr and exit code 2."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 (kept as lone surrogates)
+            print(f"callgate: error: argument {arg.encode('utf-8', 'replace').decode()!r} is not UTF-8 text",
+                  file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

@@ -19,6 +19,7 @@ audit log, refused ones included (`callgate audit`).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import hmac
@@ -120,6 +121,22 @@ def note(**fields: Any) -> None:
         audit.update(fields)
 
 
+def note_also(**fields: Any) -> None:
+    """In a handler: one more audit row for this call, the same but for these fields (another tenant the call
+    changed, so that each tenant's audit shows it); written only if the call succeeds."""
+    audit = AUDIT.get()
+    if audit is not None:
+        audit.setdefault("also", []).append(fields)
+
+
+def _peer(context: Any) -> str:
+    try:
+        peer = context.peer()
+    except (AttributeError, NotImplementedError):
+        return ""
+    return (peer.decode("utf-8", "replace") if isinstance(peer, bytes) else str(peer or ""))[:128]
+
+
 def denied(principal: Principal, tenant: str) -> str:
     # the same words whether or not the tenant exists
     return f"token {principal.token_id} ({principal.role}) may not act on tenant {tenant[:64]!r}"
@@ -207,6 +224,32 @@ class RateLimit:
         return 0.0
 
 
+REFUSAL_ROWS = 60  # audit rows a minute of calls refused before they ran, per token (or address) and worker
+
+
+class RowBudget:
+    """At most `per_minute` audit rows per key in each minute; the calls beyond are counted, not written."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.windows: dict[str, tuple[float, int, int]] = {}  # key -> (window start, rows written, skipped)
+
+    def allow(self, key: str, now: float | None = None) -> int:
+        """-1: do not write this row; else write it, saying this many were skipped before it."""
+        now = time.monotonic() if now is None else now
+        start, written, skipped = self.windows.get(key, (now, 0, 0))
+        if now - start >= 60.0:
+            start, written = now, 0
+        if written >= self.per_minute:
+            self.windows[key] = (start, written, skipped + 1)
+            return -1
+        self.windows[key] = (start, written + 1, 0)
+        if len(self.windows) > 10_000:  # many addresses: forget the oldest windows
+            for old in sorted(self.windows, key=lambda k: self.windows[k][0])[:5_000]:
+                del self.windows[old]
+        return skipped
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call but health and reflection; checks role and tenant; audits Admin calls."""
 
@@ -216,6 +259,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.authenticator = authenticator
         self.audit = audit
         self.limit = RateLimit(admin_per_minute)
+        self.refusal_rows = RowBudget(REFUSAL_ROWS)
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
@@ -242,12 +286,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def _refusal(self, handler: Any, exc: AuthError, method: str, principal: Principal | None) -> Any:
         async def refuse(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-            if self.audit is not None and method.startswith(A):
+            peer = _peer(context)
+            # a refused call costs its sender nothing: its rows are written at most REFUSAL_ROWS a minute per
+            # token (or, without one, per address) and worker, the rest counted in the next one, so that a
+            # flood of them cannot fill the disk or hold the store's write lock
+            skipped = self.refusal_rows.allow(principal.token_id if principal else peer.rpartition(":")[0])
+            if self.audit is not None and method.startswith(A) and skipped >= 0:
+                more = f" ({skipped} more refusals from this address were not written)" if skipped else ""
                 await self.audit({"token_id": principal.token_id if principal else "",
                                   "role": principal.role if principal else "", "action": method.rsplit("/", 1)[-1],
                                   "tenant": _tenant_of(request_or_iterator) or "",
                                   "object": object_of(request_or_iterator), "result": exc.code.name,
-                                  "detail": str(exc)})
+                                  "detail": str(exc) + more, "peer": peer})
             await context.abort(exc.code, str(exc))
 
         async def refuse_stream(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -268,7 +318,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             CURRENT.set(principal)
             row: dict[str, Any] = {"token_id": principal.token_id, "role": principal.role,
                                    "action": method.rsplit("/", 1)[-1], "tenant": "", "object": "", "result": "OK",
-                                   "detail": ""}
+                                   "detail": "", "peer": _peer(context)}
             AUDIT.set(row)
             try:
                 if is_unary_request:
@@ -282,18 +332,27 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             except AuthError as exc:
                 row.update(result=exc.code.name, detail=str(exc))
                 await context.abort(exc.code, str(exc))
+            except asyncio.CancelledError:
+                row.update(result="CANCELLED", detail=row["detail"] or "the caller left before the reply")
+                raise
             except BaseException as exc:
                 # a handler's abort() raises with "Locally aborted.": the real status and message are the context's
                 code, details = _status_of(context)
-                row.update(result=getattr(code, "name", None) or type(exc).__name__,
-                           detail=details or str(exc) or type(exc).__name__)
+                if code is None or code == grpc.StatusCode.OK:  # not a refusal: a failure of the server's own
+                    row.update(result="UNKNOWN", detail=f"{type(exc).__name__}: {exc}"[:2000])
+                else:
+                    row.update(result=code.name, detail=details or str(exc) or type(exc).__name__)
                 raise
             finally:
                 if audited and self.audit is not None:
                     code, details = _status_of(context)
                     if row["result"] == "OK" and code not in (None, grpc.StatusCode.OK):
                         row.update(result=code.name, detail=details or row["detail"])
+                    extra = row.pop("also", [])
                     await self.audit(dict(row))
+                    if row["result"] == "OK":  # rows of the other tenants the call changed (a transfer's target)
+                        for fields in extra:
+                            await self.audit({**row, **fields})
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
             CURRENT.set(principal)

@@ -84,6 +84,15 @@ def _stubs(args: argparse.Namespace) -> tuple[Any, Any]:
     return admin_pb2_grpc.AdminStub(channel), decisions_pb2_grpc.DecisionsStub(channel)
 
 
+def shown(text: str, width: int) -> str:
+    """Text from the store as one terminal line: control characters (a newline, an escape sequence a tenant
+    put in a comment) written as escapes, so that no stored text can fake a line or drive the terminal."""
+    text = text[:width * 4]
+    if text.isprintable():
+        return text[:width]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:width]
+
+
 def when(seconds: float) -> str:
     """UTC seconds as the CLI prints them; '-' for none."""
     return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if seconds else "-"
@@ -148,7 +157,7 @@ def cmd_settings_history(args: argparse.Namespace) -> int:
     for v in reply.versions:
         when = dt.datetime.fromtimestamp(v.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         mark = " *" if v.in_force else "  "
-        print(f"{v.version:>8}{mark}{v.kind:<9} {when:<20} {v.comment}")
+        print(f"{v.version:>8}{mark}{v.kind:<9} {when:<20} {shown(v.comment, 500)}")
     print("(* in force)")
     return 0
 

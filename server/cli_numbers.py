@@ -53,6 +53,8 @@ def cmd_numbers_conflicts(args: argparse.Namespace) -> int:
 
     store = _store(args)
     try:
+        for problem in store.check_ownership():  # what a store touched by an older server may hold
+            print(f"check: {problem}")
         conflicts = store.ownership_conflicts()
     finally:
         store.close()
@@ -70,7 +72,7 @@ def cmd_numbers_resolve(args: argparse.Namespace) -> int:
 
     from . import numbers
     from .cli_security import _store
-    from .store_api import StoreError, VersionWrite
+    from .store_api import StoreError, TenantFacts, VersionWrite
 
     store = _store(args)
     try:
@@ -96,7 +98,7 @@ def cmd_numbers_resolve(args: argparse.Namespace) -> int:
                 raise CliError(f"tenant {tenant!r} without {args.number} would not be valid settings: "
                                f"{'; '.join(exc.errors[:5])}") from None
             writes.append(VersionWrite(tenant, "resolve", document, built.blob, built.numbers, record.version,
-                                       comment))
+                                       comment, TenantFacts(built.status, *built.backup)))
             notes += said
         try:
             versions = store.resolve_conflict(args.number, args.owner, writes)
@@ -105,6 +107,11 @@ def cmd_numbers_resolve(args: argparse.Namespace) -> int:
         store.add_audit({"token_id": "", "role": "host", "tenant": args.owner, "action": "NumbersResolve",
                          "object": f"number {args.number}", "result": "OK",
                          "detail": "; ".join([comment, *notes])})
+        for w, version in zip(writes, versions, strict=True):    # each tenant that let the number go
+            store.add_audit({"token_id": "", "role": "host", "tenant": w.tenant, "action": "NumbersResolve",
+                             "object": f"number {args.number}", "version_before": version - 1,
+                             "version_after": version, "result": "OK",
+                             "detail": f"{args.number} given to tenant {args.owner}: a new version without it"})
     finally:
         store.close()
     print(f"{args.number} belongs to tenant {args.owner!r} now")
@@ -139,7 +146,11 @@ def add_numbers_commands(sub: Any) -> None:
     tr.set_defaults(run=cmd_numbers_transfer)
     from pathlib import Path
 
-    co = nsub.add_parser("conflicts", help="numbers an old store lists under several tenants (on the host)")
+    co = nsub.add_parser("conflicts", help="check the owners against the settings in force and list the numbers "
+                                           "held twice (on the host; run it after an upgrade)",
+                         description="Compares every number the settings in force list with its owner; a number "
+                                     "listed twice, or held by a tenant that does not list it, is recorded as a "
+                                     "conflict (the server will not start until `numbers resolve` settles it).")
     co.add_argument("--data-dir", type=Path, required=True, help="the server's data directory")
     co.set_defaults(run=cmd_numbers_conflicts)
     rs = nsub.add_parser("resolve", help="give a number listed by several tenants to one of them (on the host, "

@@ -17,27 +17,45 @@ from typing import Any
 
 from engine.cli import CliError
 
+from .cli import shown
 from .cli import when as _when
 
 DURATION = re.compile(r"^(\d+)([smhdw])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
+MAX_DURATION_S = 100 * 365 * 86_400
+
+
 def seconds(text: str) -> int:
     match = DURATION.match(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise CliError(f"{text!r} is not a duration such as 90d, 12h or 30m")
-    return int(match.group(1)) * UNITS[match.group(2)]
+    if not match or len(match.group(1)) > 12 or int(match.group(1)) == 0:
+        raise CliError(f"{text[:40]!r} is not a duration such as 90d, 12h or 30m")
+    value = int(match.group(1)) * UNITS[match.group(2)]
+    if value > MAX_DURATION_S:
+        raise CliError(f"{text[:40]!r} is more than a hundred years")
+    return value
 
 
 def _store(args: argparse.Namespace, create: bool = False) -> Any:
+    """The server's store, on its host.  A new one is created only for a first token; an existing one of an
+    older schema is refused, not migrated: its server may still be running (the new server migrates)."""
+    import sqlite3
+
     from .app import STORE_FILE
     from .store import SQLiteStore
+    from .store_api import StoreError
 
     path = args.data_dir / STORE_FILE
-    if not path.exists() and not create:
+    exists = path.exists()
+    if not exists and not create:
         raise CliError(f"no callgate store at {path}: give the server's --data-dir")
-    return SQLiteStore(path)  # a first token on a new host creates the (empty) store
+    try:
+        return SQLiteStore(path, migrate=not exists)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        raise CliError(f"{path} is not a callgate store that can be read ({exc}): check the --data-dir") from None
 
 
 def _info(t: Any) -> Any:
@@ -100,8 +118,8 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
             store.close()
     print(f"{'id':<14} {'role':<13} {'tenants':<24} {'created (UTC)':<21} {'expires':<21} {'revoked':<21} comment")
     for t in tokens:
-        print(f"{t.id:<14} {t.role:<13} {','.join(t.tenants) or '*':<24} {_when(t.created_at):<21} "
-              f"{_when(t.expires_at):<21} {_when(t.revoked_at):<21} {t.comment}")
+        print(f"{t.id:<14} {t.role:<13} {shown(','.join(t.tenants) or '*', 60):<24} {_when(t.created_at):<21} "
+              f"{_when(t.expires_at):<21} {_when(t.revoked_at):<21} {shown(t.comment, 200)}")
     if not tokens:
         print("(no tokens)")
     return 0
@@ -149,13 +167,15 @@ def _since(text: str | None) -> float:
 
 
 AUDIT_FIELDS = ("id", "at", "token_id", "role", "tenant", "action", "object", "version_before", "version_after",
-                "result", "detail")
+                "result", "detail", "peer")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     since = _since(args.since)
     if not 1 <= args.limit <= 1000:
         raise CliError("--limit is 1 to 1000")
+    if args.before is not None and not 0 < args.before < 2**63:
+        raise CliError("--before is an audit row id (the first column of `callgate audit`)")
     if args.data_dir is None:  # over gRPC, with an operator or owner token
         from callgate.v1 import admin_pb2
 
@@ -182,8 +202,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
           f"{'object':<24} {'versions':<9} {'result':<19} detail")
     for r in rows:
         versions = f"{r.version_before}->{r.version_after}" if r.version_after else ""
-        print(f"{r.id:>6} {_when(r.at):<21} {r.token_id or '-':<14} {r.role or '-':<13} {r.tenant[:12]:<12} "
-              f"{r.action[:18]:<18} {r.object[:24]:<24} {versions:<9} {r.result:<19} {r.detail[:200]}")
+        print(f"{r.id:>6} {_when(r.at):<21} {r.token_id or '-':<14} {r.role or '-':<13} {shown(r.tenant, 12):<12} "
+              f"{shown(r.action, 18):<18} {shown(r.object, 24):<24} {versions:<9} {shown(r.result, 19):<19} "
+              f"{shown(r.detail, 200)}")
     if not rows:
         print("(no audit rows)")
     return 0

@@ -24,7 +24,16 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .store_api import FailoverView, NotFound, NumberOwner, NumberTaken, StoreError, TenantFailover, VersionWrite
+from .store_api import (
+    FailoverView,
+    NotFound,
+    NumberOwner,
+    NumberTaken,
+    StoreError,
+    TenantFacts,
+    TenantFailover,
+    VersionWrite,
+)
 from .store_checks import _check_e164, _check_tenant
 
 OWNER_COLUMNS = "number, tenant, line, version, since"
@@ -72,22 +81,30 @@ def claim(conn: sqlite3.Connection, claims: Sequence[tuple[str, int, Sequence[tu
         raise NumberTaken(taken)
 
 
+def write_facts(conn: sqlite3.Connection, tenant: str, facts: TenantFacts) -> None:
+    conn.execute("INSERT INTO tenant_facts (tenant, status, backup_number, backup_line) VALUES (?, ?, ?, ?) "
+                 "ON CONFLICT (tenant) DO UPDATE SET status = excluded.status, backup_number = excluded.backup_number, "
+                 "backup_line = excluded.backup_line", (tenant, facts.status, facts.backup_number, facts.backup_line))
+
+
 def backfill(conn: sqlite3.Connection, documents: Callable[[sqlite3.Connection], list[tuple[str, int, dict]]]
              ) -> None:
-    """Migration 4: owners from the documents in force; numbers listed by several tenants become conflicts."""
-    claims: dict[str, list[tuple[str, str, int]]] = {}
+    """Migration 4: owners and facts from the documents in force; numbers listed by several tenants become
+    conflicts (a number a document lists twice counts once)."""
+    claims: dict[str, dict[str, tuple[str, int]]] = {}
     for tenant, version, doc in documents(conn):
+        write_facts(conn, tenant, TenantFacts.of(doc))
         for number, line in document_numbers(doc):
-            claims.setdefault(number, []).append((tenant, line, version))
+            claims.setdefault(number, {}).setdefault(tenant, (line, version))
     now = int(time.time())
     for number, holders in sorted(claims.items()):
         if len(holders) == 1:
-            tenant, line, version = holders[0]
+            [(tenant, (line, version))] = holders.items()
             conn.execute(f"INSERT INTO number_owners ({OWNER_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                          (number, tenant, line, version, now))
         else:
             conn.executemany("INSERT INTO number_conflicts (number, tenant, line) VALUES (?, ?, ?)",
-                             [(number, tenant, line) for tenant, line, _ in holders])
+                             [(number, tenant, line) for tenant, (line, _) in sorted(holders.items())])
 
 
 def _owner(row: Any) -> NumberOwner:
@@ -102,7 +119,7 @@ class NumbersMixin:
     _read: Callable[[str, tuple[Any, ...]], list[Any]]
     _commit_in: Callable[..., list[int]]
     _checked: Callable[[VersionWrite], VersionWrite]
-    _documents_in_force: Callable[[sqlite3.Connection], list[tuple[str, int, dict]]]
+    _documents_in_force: Callable[[sqlite3.Connection], list[tuple[str, int, dict[str, Any]]]]
 
     def number_owner(self, number: str) -> NumberOwner | None:
         _check_e164("number", number)
@@ -116,14 +133,13 @@ class NumbersMixin:
                                               "WHERE ? = '' OR tenant = ? ORDER BY number", (tenant, tenant))]
 
     def failover_view(self) -> FailoverView:
-        with self._transaction(False) as conn:      # one WAL snapshot: owners and versions agree
+        # one WAL snapshot, so that owners and versions agree; no document is parsed (a tenant's blacklist
+        # of millions would hold the worker for seconds)
+        with self._transaction(False) as conn:
             owners = [_owner(r) for r in conn.execute(f"SELECT {OWNER_COLUMNS} FROM number_owners ORDER BY number")]
-            tenants = []
-            for tenant, version, doc in self._documents_in_force(conn):
-                found = doc.get("backup")
-                backup: dict[str, Any] = found if isinstance(found, dict) else {}
-                tenants.append(TenantFailover(tenant, version, str(doc.get("status", "")),
-                                              str(backup.get("number", "")), str(backup.get("line", ""))))
+            tenants = [TenantFailover(t, int(v), s or "", n or "", line or "") for t, v, s, n, line in conn.execute(
+                'SELECT c.tenant, c.version, f.status, f.backup_number, f.backup_line FROM "current" c '
+                "LEFT JOIN tenant_facts f ON f.tenant = c.tenant ORDER BY c.tenant")]
         return FailoverView(tenants, owners)
 
     def ownership_conflicts(self) -> dict[str, list[tuple[str, str]]]:
@@ -132,6 +148,34 @@ class NumbersMixin:
                                                "ORDER BY number, tenant", ()):
             out.setdefault(number, []).append((tenant, line))
         return out
+
+    def check_ownership(self) -> list[str]:
+        """The full check, against the documents in force (they are parsed: an offline tool's job, not a
+        server's).  A number that a document lists but another tenant (or nobody) holds, or that several list,
+        is recorded as a conflict to resolve, and loses its owner until then (the server refuses to start
+        meanwhile); an owner row that no document backs is dropped.  Returns what was found, in words."""
+        found: list[str] = []
+        with self._transaction(True) as conn:
+            listed: dict[str, dict[str, str]] = {}
+            for tenant, _version, doc in self._documents_in_force(conn):
+                for number, line in document_numbers(doc):
+                    listed.setdefault(number, {}).setdefault(tenant, line)
+            owners = dict(conn.execute("SELECT number, tenant FROM number_owners"))
+            conflicted = {row[0] for row in conn.execute("SELECT DISTINCT number FROM number_conflicts")}
+            for number, tenants in sorted(listed.items()):
+                holder = owners.get(number)
+                if number in conflicted or (len(tenants) == 1 and holder in tenants):
+                    continue
+                found.append(f"{number} is listed by {', '.join(sorted(tenants))} but held by "
+                             f"{holder or 'no tenant'}: recorded as a conflict")
+                conn.execute("DELETE FROM number_owners WHERE number = ?", (number,))
+                conn.executemany("INSERT OR IGNORE INTO number_conflicts (number, tenant, line) VALUES (?, ?, ?)",
+                                 [(number, t, line) for t, line in sorted(tenants.items())])
+            for number, holder in sorted(owners.items()):
+                if number not in listed:
+                    found.append(f"{number} is held by {holder} but listed by no settings in force: let go")
+                    conn.execute("DELETE FROM number_owners WHERE number = ?", (number,))
+        return found
 
     def resolve_conflict(self, number: str, owner: str, releases: list[VersionWrite]) -> list[int]:
         _check_e164("number", number)

@@ -16,7 +16,7 @@ from .store_api import AuditRow, NotFound, TenantMissing
 from .store_checks import _check_int, _check_str, _check_tenant
 
 TOKEN_COLUMNS = "id, role, tenants, created_at, expires_at, revoked_at, comment, token_hash"
-AUDIT_COLUMNS = "id, at, token_id, role, tenant, action, object, version_before, version_after, result, detail"
+AUDIT_COLUMNS = "id, at, token_id, role, tenant, action, object, version_before, version_after, result, detail, peer"
 
 
 def _version(value: object) -> int:
@@ -77,10 +77,10 @@ class SecurityMixin:
 
         with self._transaction(True) as conn:
             conn.execute("INSERT INTO audit (at, token_id, role, tenant, action, object, version_before, "
-                         "version_after, result, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         "version_after, result, detail, peer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (time.time(), text("token_id"), text("role"), text("tenant"), text("action"),
                           text("object"), _version(row.get("version_before")), _version(row.get("version_after")),
-                          text("result"), text("detail", 2000)))
+                          text("result"), text("detail", 2000), text("peer", 128)))
 
     def audit_rows(self, tenant: str = "", since: float = 0.0, limit: int = 100, action: str = "",
                    before_id: int = 0) -> list[AuditRow]:

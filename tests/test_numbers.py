@@ -194,6 +194,7 @@ def test_migration_reports_numbers_held_twice_and_drops_nothing(tmp_path: Path) 
         with pytest.raises(ValueError, match="does not list"):
             store.resolve_conflict("+14155550199", "other", releases)
         assert store.resolve_conflict("+14155550199", "acme", releases) == [2, 2]
+        assert store.check_ownership() == []                               # and the full check agrees
         assert store.ownership_conflicts() == {}
         assert owners(store) == {"+14155550100": "acme", "+14155550199": "acme", "+14155550300": "newco"}
         assert store.current_versions() == {"acme": 2, "newco": 2, "third": 2}
@@ -243,3 +244,49 @@ def test_adopt_needs_a_line_of_the_receiver() -> None:
         numbers.adopt(beta, entry, line="trunk", route_to="nope")
     with pytest.raises(numbers.TransferRefused, match="lists \\+14155550100 already"):
         numbers.adopt(out, entry, line="trunk")
+
+
+def test_a_document_listing_a_number_twice_migrates_to_one_owner(tmp_path: Path) -> None:
+    db = tmp_path / "callgate.sqlite"
+    old_store(db, {"acme": doc("acme", "+14155550100", "+14155550100")})     # only a hand-edited store has it
+    store = SQLiteStore(db)
+    try:
+        assert owners(store) == {"+14155550100": "acme"} and store.ownership_conflicts() == {}
+    finally:
+        store.close()
+
+
+def test_tools_beside_a_server_never_migrate_a_store(tmp_path: Path) -> None:
+    from server.store import SchemaTooOld
+
+    db = tmp_path / "callgate.sqlite"
+    old_store(db, {"acme": doc("acme", "+14155550100")})
+    with pytest.raises(SchemaTooOld, match="stop every server on it, start this release's `callgate serve` once"):
+        SQLiteStore(db, migrate=False)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == 3   # untouched
+    SQLiteStore(db).close()                                                  # the server migrates
+    SQLiteStore(db, migrate=False).close()
+
+
+def test_the_full_check_records_what_an_older_server_wrote(tmp_path: Path) -> None:
+    """An older server, still running while the store was migrated, wrote a version without owners."""
+    store = SQLiteStore(tmp_path / "callgate.sqlite")
+    try:
+        push(store, "acme", "+14155550100", "+14155550101")
+        push(store, "beta", "+14155550200")
+        with sqlite3.connect(tmp_path / "callgate.sqlite") as conn:   # beta v2 lists acme's number, no owner rows
+            conn.execute("INSERT INTO versions (tenant, version, kind, document, created_at) VALUES "
+                         "('beta', 2, 'push', ?, 0)", (doc("beta", "+14155550100", "+14155550300"),))
+            conn.execute("UPDATE \"current\" SET version = 2 WHERE tenant = 'beta'")
+        assert store.ownership_conflicts() == {}                              # the cheap check sees nothing
+        found = store.check_ownership()
+        assert found == ["+14155550100 is listed by acme, beta but held by acme: recorded as a conflict",
+                         "+14155550300 is listed by beta but held by no tenant: recorded as a conflict",
+                         "+14155550200 is held by beta but listed by no settings in force: let go"]
+        assert store.ownership_conflicts() == {"+14155550100": [("acme", "l1"), ("beta", "l1")],
+                                               "+14155550300": [("beta", "l1")]}
+        assert owners(store) == {"+14155550101": "acme"}
+        assert store.check_ownership() == []                                  # recorded once
+    finally:
+        store.close()

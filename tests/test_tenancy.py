@@ -9,6 +9,7 @@ audit log keeps each refusal with its message.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,10 @@ def test_the_hostile_sequence_is_refused_at_both_steps(world: Any, capsys: Any) 
     assert ("CreateToken", "NOT_FOUND", "") in seen
     assert ("PushSettings", "PERMISSION_DENIED", "newco") in seen
     assert ("PushSettings", "FAILED_PRECONDITION", "beta") in seen
+    beta_admin = auth.token_id(world["tokens"]["beta-admin"])
+    assert any(e.token_id == beta_admin and e.tenant == "newco" and e.result == "PERMISSION_DENIED"
+               for e in entries)                                   # filed under the tenant the document named
+    assert all(e.peer.startswith("ipv") for e in entries)
     assert all(e.detail and "Locally aborted" not in e.detail for e in entries if e.result != "OK")
     creation = next(e for e in entries if e.action == "CreateToken" and e.result == "NOT_FOUND")
     assert "tenant 'newco' does not exist" in creation.detail and creation.token_id
@@ -289,3 +294,144 @@ def test_a_store_holding_numbers_twice_is_refused_until_resolved(tmp_path: Path,
         assert row["object"] == "number +14155550199" and row["role"] == "host"
     finally:
         assert srv.stop() == 0
+
+
+def test_audit_keeps_what_was_committed_when_the_caller_left(world: Any) -> None:
+    """The client's deadline passes while the store commits: the version stands, and the audit says so."""
+    import threading
+    import time
+
+    db = world["data"] / "callgate.sqlite"
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")                      # the write lock, held for 3 s
+    release = threading.Timer(3.0, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        err = refused(lambda: world["owner"].PushSettings(admin_pb2.PushSettingsRequest(
+            document=document("beta", 602), comment="late"), timeout=1.0))
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        release.join()
+        holder.close()
+
+    def committed() -> Any:
+        versions = world["owner"].ListVersions(admin_pb2.ListVersionsRequest(tenant="beta"), timeout=10).versions
+        return next((v for v in versions if v.comment == "late"), None)
+
+    late = wait_for(committed)                                          # committed all the same
+    deadline = time.monotonic() + 10
+    while True:
+        rows = [e for e in stub(world, "operator").ListAudit(admin_pb2.ListAuditRequest(
+            tenant="beta", action="PushSettings", limit=20), timeout=10).entries if e.result == "CANCELLED"]
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows and rows[0].version_after == late.version and rows[0].object == f"version {late.version}"
+    assert "committed, but the caller left before the reply" in rows[0].detail
+
+
+def test_stored_text_cannot_fake_lines_in_the_cli(world: Any, capsys: Any) -> None:
+    forged = "ok\n 99999 2026-12-02 07:00:00Z abc owner beta TransferNumber OK \x1b[31mRED\x1b[0m"
+    beta = admin_pb2_grpc.AdminStub(with_token(world["server"].channel(), world["tokens"]["beta-admin"]))
+    beta.PushSettings(admin_pb2.PushSettingsRequest(document=document("beta", 602), comment=forged), timeout=60)
+    server = ["--server", world["server"].address]
+    assert main([*server, "--token", world["tokens"]["operator"], "audit", "--tenant", "beta", "--limit", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[31m" in out and not any(line.startswith(" 99999") for line in out.splitlines())
+    assert main([*server, "--token", world["tokens"]["beta-admin"], "settings", "history", "--tenant", "beta"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and all(not line.startswith(" 99999") for line in out.splitlines())
+
+
+@pytest.mark.parametrize("argv", [
+    ["audit", "--before", "-1"], ["audit", "--before", "99999999999999999999999"],
+    ["audit", "--since", "9" * 300 + "w"],
+    ["tokens", "create", "--role", "owner", "--expires-in", "99999999999999999999d"], ["audit", "--limit", "0"],
+])
+def test_cli_mistakes_are_one_line(world: Any, capsys: Any, argv: list[str]) -> None:
+    assert main(["--server", world["server"].address, "--token", world["tokens"]["owner"], *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("callgate: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_host_commands_on_what_is_not_a_store(tmp_path: Path, capsys: Any) -> None:
+    (tmp_path / "callgate.sqlite").write_bytes(b"not a database at all" * 100)
+    for argv in (["numbers", "conflicts"], ["audit"], ["tokens", "list"]):
+        assert main([*argv, "--data-dir", str(tmp_path)]) == 2
+        assert "is not a callgate store that can be read" in capsys.readouterr().err
+    assert main(["numbers", "owner", "+1415555\udcff0100"]) == 2                 # bytes that are not UTF-8
+    assert "is not UTF-8 text" in capsys.readouterr().err
+
+
+def test_refusals_without_a_token_are_written_at_most_sixty_a_minute(world: Any) -> None:
+    anonymous = admin_pb2_grpc.AdminStub(world["server"].channel())
+    before = len(stub(world, "owner").ListAudit(admin_pb2.ListAuditRequest(action="ListCalls", limit=1000),
+                                                timeout=10).entries)
+    for _ in range(100):
+        with pytest.raises(grpc.RpcError):
+            anonymous.ListCalls(admin_pb2.ListCallsRequest(tenant="acme"), timeout=10)
+    rows = stub(world, "owner").ListAudit(admin_pb2.ListAuditRequest(action="ListCalls", limit=1000),
+                                          timeout=10).entries
+    assert 0 < len(rows) - before <= 60                                       # the rest counted, not written
+
+
+def test_a_transfer_is_audited_for_both_tenants_and_the_export_follows_status(world: Any) -> None:
+    owner = world["owner"]
+    number = own_number("+442071234567", 602)
+    owner.TransferNumber(admin_pb2.TransferNumberRequest(number=number, from_tenant="beta", to_tenant="acme"),
+                         timeout=60)
+    rows = owner.ListAudit(admin_pb2.ListAuditRequest(action="TransferNumber", limit=10), timeout=10).entries
+    by_tenant = {e.tenant: e for e in rows if e.result == "OK" and e.object == f"number {number}"}
+    assert set(by_tenant) == {"acme", "beta"} and "from tenant beta" in by_tenant["acme"].detail
+    assert by_tenant["acme"].version_after == by_tenant["acme"].version_before + 1
+    owner.TransferNumber(admin_pb2.TransferNumberRequest(number=number, from_tenant="acme", to_tenant="beta"),
+                         timeout=60)
+    suspended = example_doc("gamma", 603)
+    suspended["status"] = "suspended"
+    owner.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(suspended).encode()), timeout=60)
+    table = {t.tenant: t for t in owner.ExportFailover(admin_pb2.ExportFailoverRequest(), timeout=10).tenants}
+    assert (table["gamma"].status, table["gamma"].backup_number) == ("suspended", "+14155550111")
+
+
+def compile_processes(pid: int) -> list[int]:
+    """The worker's compile process (a multiprocessing spawn child), found in /proc."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
+                found.append(int(child))
+    return found
+
+
+def test_a_compile_process_that_dies_is_unavailable_not_unknown(world: Any) -> None:
+    import signal
+    import threading
+
+    big = example_doc("beta", 602)
+    big["blacklist"] = [f"+1212{i:07d}" for i in range(1_500_000)]
+    outcome: list[Any] = []
+
+    def push() -> None:
+        try:
+            outcome.append(world["owner"].PushSettingsUpload(upload_messages(json.dumps(big).encode()), timeout=120))
+        except grpc.RpcError as exc:
+            outcome.append(exc)
+
+    pid = world["server"].proc.pid
+    before = wait_for(lambda: compile_processes(pid), timeout=30)
+    thread = threading.Thread(target=push)
+    thread.start()
+    try:
+        wait_for(lambda: Path(f"/proc/{before[0]}/stat").read_text().split()[2] == "R" or outcome, timeout=60,
+                 interval=0.01)
+        for child in before:
+            os.kill(child, signal.SIGKILL)
+    finally:
+        thread.join(120)
+    [result] = outcome
+    assert isinstance(result, grpc.RpcError), result
+    assert result.code() == grpc.StatusCode.UNAVAILABLE and "the settings compiler stopped" in result.details()
+    # the next push gets a new compile process
+    assert world["owner"].PushSettings(admin_pb2.PushSettingsRequest(document=document("beta", 602)),
+                                       timeout=60).tenant == "beta"
