@@ -73,6 +73,7 @@ cdef struct Snap:
     const int32_t* zone_offsets
     # lines and rates: a digit trie per line
     const int32_t* line_root
+    const uint8_t* line_format  # how each line's trunk sends callers: codes.CALLER_FORMATS index
     const int32_t* trie_child   # 10 per node, -1: none
     const int32_t* trie_rate    # -1: no rate ends here
     const int64_t* rate_pm      # per minute, micro-units
@@ -102,6 +103,8 @@ cdef struct Out:
     int32_t rate
     int32_t call              # index into the ringing calls
     uint64_t caller           # 0: none / withheld
+    uint64_t caller_alt       # auto: the caller's second reading (its digits as E.164), 0: none
+    uint8_t alt_listed        # 1: the second reading is the one a list holds (it decided)
     uint64_t called
     uint64_t target
     int64_t max_duration

@@ -38,6 +38,9 @@ cdef enum:
     R_NOT_PICKUP_CODE, R_NO_RINGING_CALL, R_INVALID_BALANCE
 
 cdef enum:
+    FMT_AUTO, FMT_E164, FMT_INTERNATIONAL, FMT_NATIONAL   # codes.CALLER_FORMATS
+
+cdef enum:
     F_REQUIRES_DOCS = 1
     F_APPROVED = 2
     KIND_ARRAY = 0
@@ -491,6 +494,66 @@ cdef inline int32_t digits_of(uint64_t v, char* buf) noexcept nogil:
     return n
 
 
+# national lengths of every country calling code (bit n: n digits), by the code's value: E.164 digits whose
+# code and length fit are a plausible number (a caller's second reading must be one)
+cdef uint32_t CC_LENGTHS[1000]
+
+
+def _fill_code_lengths():
+    from .dialing import code_lengths
+
+    memset(CC_LENGTHS, 0, sizeof(CC_LENGTHS))
+    for code, lengths in code_lengths().items():
+        if 0 < int(code) < 1000:
+            CC_LENGTHS[int(code)] = sum(1 << n for n in lengths if n < 32)
+
+
+_fill_code_lengths()
+
+
+cdef bint plausible(uint64_t v) noexcept nogil:
+    """engine.dialing.plausible_e164 of the digits of v."""
+    cdef char digits[24]
+    cdef int32_t n = digits_of(v, digits), k
+    cdef uint32_t cc = 0
+    for k in range(1, 4):
+        if k >= n:
+            return False
+        cc = cc * 10 + <uint32_t>(digits[k - 1] - c'0')
+        if (CC_LENGTHS[cc] >> (n - k)) & 1:
+            return True
+    return False
+
+
+cdef int read_caller(const char* p, Py_ssize_t n, const Country* c, uint8_t fmt, uint64_t* out,
+                     uint64_t* alt) noexcept nogil:
+    """A caller by its line's format: 1 read (out; under auto `alt` the digits' second reading, else 0),
+    2 withheld, 0 invalid.  docs/decisions.md 'Reading phone numbers'."""
+    cdef uint64_t raw = 0
+    cdef int read
+    alt[0] = 0
+    if is_withheld(p, n):
+        return 2
+    if p[0] == c'+':
+        return finish(0, 0, p + 1, n - 1, out)
+    if n > 32 or fmt == FMT_E164:
+        return 0
+    if fmt == FMT_INTERNATIONAL:
+        return finish(0, 0, p, n, out)
+    if fmt == FMT_NATIONAL:
+        if starts_with(p, n, c.ip, c.ip_len):
+            return finish(0, 0, p + c.ip_len, n - c.ip_len, out)
+        if starts_with(p, n, c.np, c.np_len):
+            return finish(c.cc, c.cc_len, p + c.np_len, n - c.np_len, out)
+        return finish(c.cc, c.cc_len, p, n, out)
+    read = read_in_country(p, n, c, out)
+    # auto: digits read in the country may also be a whole E.164 number sent without its "+": when that is a
+    # plausible number, the caller is checked against the lists in both readings (fail safe)
+    if read == 1 and finish(0, 0, p, n, &raw) and raw != out[0] and plausible(raw):
+        alt[0] = raw
+    return read
+
+
 def e164_array(numbers):
     """Validated E.164 strings as a uint64 array of their digits (compile helper)."""
     cdef Py_ssize_t n = len(numbers), i, k
@@ -579,7 +642,7 @@ cdef inline void refuse(Out* o, uint8_t verdict, uint8_t reason) noexcept nogil:
 
 cdef void decide_inbound(const Snap* s, const char* caller, Py_ssize_t nc, const char* called,
                          Py_ssize_t nd, int64_t at, Out* o) noexcept nogil:
-    cdef uint64_t called_num = 0, caller_num = 0
+    cdef uint64_t called_num = 0, caller_num = 0, caller_alt = 0
     cdef int32_t idx
     cdef int read
     cdef bint withheld = False, off
@@ -593,13 +656,15 @@ cdef void decide_inbound(const Snap* s, const char* caller, Py_ssize_t nc, const
     o.called = called_num
     idx = number_index(s, called_num)
     if idx >= 0:
-        read = read_in_country(caller, nc, &s.countries[s.num_country[idx]], &caller_num)
+        read = read_caller(caller, nc, &s.countries[s.num_country[idx]], s.line_format[s.num_line[idx]],
+                           &caller_num, &caller_alt)
         if read == 0:
             refuse(o, V_ERROR, R_INVALID_CALLER)
             return
         withheld = read == 2
         if not withheld:
             o.caller = caller_num
+            o.caller_alt = caller_alt
     if not s.active:
         if idx >= 0 and s.backup_line >= 0 and s.num_line[idx] == s.backup_line:
             o.verdict = V_FORWARD
@@ -622,9 +687,17 @@ cdef void decide_inbound(const Snap* s, const char* caller, Py_ssize_t nc, const
     elif roaring_contains(&s.blacklist, caller_num):
         refuse(o, V_REJECT, R_BLACKLISTED)
         return
+    elif caller_alt and roaring_contains(&s.blacklist, caller_alt):
+        o.alt_listed = 1
+        refuse(o, V_REJECT, R_BLACKLISTED)
+        return
     off = off_hours(s, s.num_sched[idx], at)
     if off:
         if not withheld and roaring_contains(&s.offhours_blacklist, caller_num):
+            refuse(o, V_REJECT, R_OFF_HOURS_BLOCKED)
+            return
+        if not withheld and caller_alt and roaring_contains(&s.offhours_blacklist, caller_alt):
+            o.alt_listed = 1
             refuse(o, V_REJECT, R_OFF_HOURS_BLOCKED)
             return
         if s.num_action[idx] == 1:
@@ -793,8 +866,13 @@ cdef class CoreDecision:
 
     @property
     def caller(self):
-        """Inbound: the caller as E.164 (None if withheld or not read)."""
-        return e164(self.o.caller)
+        """Inbound: the caller as E.164 (None if withheld or not read); of two readings, the listed one."""
+        return e164(self.o.caller_alt if self.o.alt_listed else self.o.caller)
+
+    @property
+    def caller_readings(self):
+        """Inbound: both readings of a caller whose digits read two ways (auto), else ()."""
+        return (e164(self.o.caller), e164(self.o.caller_alt)) if self.o.caller_alt else ()
 
     @property
     def called(self):
@@ -864,7 +942,8 @@ cdef class CoreDecision:
         return Decision(
             verdict=self.verdict, reason=self.reason, sip_status=self.o.sip, version=self.snap.version,
             chat_mode=chat, lead_trigger=lead,
-            caller=e164(self.o.caller) if kind == "inbound" else None,
+            caller=self.caller if kind == "inbound" else None,
+            caller_readings=self.caller_readings if kind == "inbound" else (),
             called=e164(self.o.called) if kind == "inbound" else None,
             target=self.target, line=self.line, group=self.group, members=self.members,
             caller_id=self.caller_id if allow else None,
@@ -949,6 +1028,10 @@ cdef class CoreSnapshot:
         s.zone_starts = <const int64_t*>ptr(a, "zone_starts")
         s.zone_offsets = <const int32_t*>ptr(a, "zone_offsets")
         s.line_root = <const int32_t*>ptr(a, "line_root")
+        formats = a["line_format"]
+        if formats.dtype != np.uint8 or len(formats) != len(a["line_root"]) or (len(formats) and formats.max() > 3):
+            raise ValueError("line formats do not match the lines")
+        s.line_format = <const uint8_t*>ptr(a, "line_format")
         s.trie_child = <const int32_t*>ptr(a, "trie_child")
         s.trie_rate = <const int32_t*>ptr(a, "trie_rate")
         s.rate_pm = <const int64_t*>ptr(a, "rate_pm")

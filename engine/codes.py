@@ -62,6 +62,8 @@ LEAD_TRIGGERS: Final = ("on_answer", "on_hangup")
 OFFHOURS_ACTIONS: Final = ("reject", "voicemail", "forward")
 TENANT_STATUSES: Final = ("active", "suspended", "disabled")
 LINE_KINDS: Final = ("rented", "sip_trunk", "byoc")
+# How a line's trunk sends callers (docs/decisions.md "Reading phone numbers"); the index is the core's code.
+CALLER_FORMATS: Final = ("auto", "e164", "international", "national")
 CURRENCIES: Final = ("USD", "EUR")
 
 # Words that SIP headers use for a withheld caller (RFC 3323 "anonymous" and

@@ -29,6 +29,9 @@ class Decision:
     increment_s: int | None = None
     max_duration_s: int | None = None
     call_id: str | None = None
+    # inbound, auto caller format: the caller's two readings (national, then its digits as E.164) when its
+    # digits read both ways; both are checked against the lists, and `caller` is the one that decided
+    caller_readings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -59,3 +59,26 @@ def country_dialing(region: str) -> CountryDialing | None:
     desc = meta.general_desc
     lengths = frozenset(n for n in ((desc.possible_length if desc else None) or ()) if 1 <= n <= 15)
     return CountryDialing(region, str(meta.country_code), ip, np_, lengths)
+
+
+@functools.cache
+def code_lengths() -> dict[str, frozenset[int]]:
+    """Every country calling code -> the lengths its national numbers may have (all its regions together)."""
+    found: dict[str, set[int]] = {}
+    for region in phonenumbers.SUPPORTED_REGIONS:
+        d = country_dialing(region)
+        if d is not None:
+            found.setdefault(d.country_code, set()).update(d.national_lengths)
+    for code in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS:
+        meta = PhoneMetadata.metadata_for_nongeo_region(code)
+        desc = meta.general_desc if meta is not None else None
+        found.setdefault(str(code), set()).update(n for n in ((desc.possible_length if desc else None) or ())
+                                                  if 1 <= n <= 15)
+    return {code: frozenset(lengths) for code, lengths in found.items()}
+
+
+def plausible_e164(digits: str) -> bool:
+    """The digits of an E.164 number could be a real one: an assigned country code followed by a national
+    number of a length that code has (the test for a caller's second reading, docs/decisions.md)."""
+    table = code_lengths()
+    return any(digits[:k] in table and len(digits) - k in table[digits[:k]] for k in (1, 2, 3))

@@ -20,11 +20,12 @@ import re
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from . import codes
 from .decision import Decision, RingingCall
-from .dialing import CountryDialing, country_dialing
+from .dialing import CountryDialing, country_dialing, plausible_e164
 from .settings import Line, Number, Rate, Schedule, Settings, User
 
 # A user id: 1-64 characters of letters, digits, `_ . : @ -`, the first a
@@ -97,6 +98,38 @@ def read_number(text: str, dialing: CountryDialing | None) -> str | None:
     if not _valid_e164_digits(digits):
         return None
     return "+" + digits
+
+
+def read_caller(text: str, dialing: CountryDialing, caller_format: str = "auto") -> tuple[str, ...] | None:
+    """Read an inbound caller by its line's `caller_format`; return its readings as E.164, or None.
+
+    One reading, except under `auto` when digits without `+` read in the
+    country also read as a plausible whole E.164 number (the proxy dropped
+    the `+`; `dialing.plausible_e164`): then (the national reading, the
+    digits as E.164).  A withheld text is not
+    a number: check `is_withheld` first.
+    """
+    if not isinstance(text, str):
+        return None
+    if text.startswith("+") or caller_format == "auto":
+        primary = read_number(text, dialing)
+        if primary is None:
+            return None
+        other = read_number(text, None) if not text.startswith("+") else None
+        if other is not None and other != primary and plausible_e164(other[1:]):
+            return primary, other
+        return (primary,)
+    if not _is_ascii_digits(text) or caller_format == "e164":
+        return None
+    if caller_format == "international":
+        digits = text
+    elif text.startswith(dialing.international_prefix):
+        digits = text[len(dialing.international_prefix):]
+    elif dialing.national_prefix and text.startswith(dialing.national_prefix):
+        digits = dialing.country_code + text[len(dialing.national_prefix):]
+    else:
+        digits = dialing.country_code + text
+    return ("+" + digits,) if _valid_e164_digits(digits) else None
 
 
 def _valid_user(user: str) -> bool:
@@ -215,6 +248,7 @@ class Reference:
         increment_s: int | None = None,
         max_duration_s: int | None = None,
         call_id: str | None = None,
+        caller_readings: tuple[str, ...] = (),
     ) -> Decision:
         """A decision; the SIP status is the reason's for refusals, 0 otherwise."""
         return Decision(
@@ -236,6 +270,7 @@ class Reference:
             increment_s=increment_s,
             max_duration_s=max_duration_s,
             call_id=call_id,
+            caller_readings=caller_readings,
         )
 
     def _pending(self, number: Number) -> bool:
@@ -253,60 +288,74 @@ class Reference:
             return self._decision("ERROR", "INVALID_CALLED")
         number = self.numbers.get(called_e164)
 
-        # 3. the caller, read in the called number's country (only for a known number)
+        # 3. the caller, read in the called number's country by its line's format (only for a known number)
         withheld = False
         caller_e164: str | None = None
+        readings: tuple[str, ...] = ()
         if number is not None:
             withheld = isinstance(caller, str) and is_withheld(caller)
             if not withheld:
-                caller_e164 = read_number(caller, country_dialing(number.country))
-                if caller_e164 is None:
+                dialing = country_dialing(number.country)
+                assert dialing is not None  # the settings validated the country
+                found = read_caller(caller, dialing, self.lines[number.line].caller_format)
+                if found is None:
                     return self._decision("ERROR", "INVALID_CALLER", called=called_e164)
+                caller_e164 = found[0]
+                readings = found if len(found) > 1 else ()
+
+        read: dict[str, Any] = {"caller": caller_e164, "called": called_e164, "caller_readings": readings}
+
+        def listed(names: set[str]) -> str | None:
+            """The first reading of the caller that is on this list."""
+            return next((r for r in readings or (caller_e164,) if r is not None and r in names), None)
 
         # 4. tenant unavailable: backup forwarding on the backup line only
         if self.settings.status != "active":
             backup = self.settings.backup
             if number is not None and backup is not None and number.line == backup.line:
-                return self._decision("FORWARD", "ACCOUNT_UNAVAILABLE", caller=caller_e164, called=called_e164,
+                return self._decision("FORWARD", "ACCOUNT_UNAVAILABLE", **read,
                                       target=backup.number, line=backup.line)
-            return self._decision("REJECT", "ACCOUNT_UNAVAILABLE", caller=caller_e164, called=called_e164)
+            return self._decision("REJECT", "ACCOUNT_UNAVAILABLE", **read)
 
         # 5. unknown called number
         if number is None:
-            return self._decision("REJECT", "UNKNOWN_NUMBER", caller=caller_e164, called=called_e164)
+            return self._decision("REJECT", "UNKNOWN_NUMBER", **read)
 
         # 6. documents pending
         if self._pending(number):
-            return self._decision("REJECT", "DOCUMENTS_PENDING", caller=caller_e164, called=called_e164)
+            return self._decision("REJECT", "DOCUMENTS_PENDING", **read)
 
         # 7. withheld caller
         if withheld and self.settings.block_anonymous:
-            return self._decision("REJECT", "ANONYMOUS", caller=caller_e164, called=called_e164)
+            return self._decision("REJECT", "ANONYMOUS", **read)
 
-        # 8. blacklist (a withheld caller is on no list)
-        if caller_e164 is not None and caller_e164 in self.blacklist:
-            return self._decision("REJECT", "BLACKLISTED", caller=caller_e164, called=called_e164)
+        # 8. blacklist (a withheld caller is on no list; every reading of the caller is checked)
+        hit = listed(self.blacklist)
+        if hit is not None:
+            return self._decision("REJECT", "BLACKLISTED", caller=hit, called=called_e164, caller_readings=readings)
 
         off = is_off_hours(number.schedule, at)
 
         # 9. off-hours blacklist
-        if off and caller_e164 is not None and caller_e164 in self.offhours_blacklist:
-            return self._decision("REJECT", "OFF_HOURS_BLOCKED", caller=caller_e164, called=called_e164)
+        hit = listed(self.offhours_blacklist) if off else None
+        if hit is not None:
+            return self._decision("REJECT", "OFF_HOURS_BLOCKED", caller=hit, called=called_e164,
+                                  caller_readings=readings)
 
         # 10. off hours: the number's action
         if off:
             action = number.offhours_action
             if action.action == "voicemail":
-                return self._decision("VOICEMAIL", "OFF_HOURS", caller=caller_e164, called=called_e164)
+                return self._decision("VOICEMAIL", "OFF_HOURS", **read)
             if action.action == "forward":
-                return self._decision("FORWARD", "OFF_HOURS", caller=caller_e164, called=called_e164,
+                return self._decision("FORWARD", "OFF_HOURS", **read,
                                       target=action.to, line=number.line)
-            return self._decision("REJECT", "OFF_HOURS", caller=caller_e164, called=called_e164)
+            return self._decision("REJECT", "OFF_HOURS", **read)
 
         # 11. route to the number's queue group
         group = number.route_to
         members = self.group_members.get(group, ()) if group is not None else ()
-        return self._decision("ROUTE", "OK", caller=caller_e164, called=called_e164,
+        return self._decision("ROUTE", "OK", **read,
                               group=group, members=members)
 
     # -- outbound ----------------------------------------------------------

@@ -93,6 +93,7 @@ class Line:
     id: str
     kind: str
     rates: tuple[Rate, ...]
+    caller_format: str = "auto"   # how its trunk sends callers: auto | e164 | international | national
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,11 +654,12 @@ class _Validator:
         return tuple(raw)
 
     def line(self, path: str, value: Any) -> Line | None:
-        f = self.fields(path, value, ("id", "kind"), ("rates",))
+        f = self.fields(path, value, ("id", "kind"), ("rates", "caller_format"))
         if f is None:
             return None
         lid = self.ident(f"{path}.id", f["id"]) if "id" in f else None
         kind = self.enum(f"{path}.kind", f["kind"], codes.LINE_KINDS) if "kind" in f else None
+        caller_format = self.enum(f"{path}.caller_format", f.get("caller_format", "auto"), codes.CALLER_FORMATS)
         rates_raw = self.list_(f"{path}.rates", f.get("rates", []), "rates") or []
         rates: list[Rate] = []
         prefixes: set[str] = set()
@@ -678,9 +680,9 @@ class _Validator:
                 prefixes.add(prefix)
             if prefix is not None and per_minute is not None and increment is not None:
                 rates.append(Rate(prefix, per_minute, increment))
-        if lid is None or kind is None:
+        if lid is None or kind is None or caller_format is None:
             return None
-        return Line(lid, kind, tuple(rates))
+        return Line(lid, kind, tuple(rates), caller_format)
 
     def queue_group(self, path: str, value: Any) -> QueueGroup | None:
         f = self.fields(path, value, ("id",), ("members",))

@@ -34,7 +34,7 @@ import msgpack
 import numpy as np
 from pyroaring import BitMap64
 
-from . import _core
+from . import _core, codes
 from .dialing import country_dialing
 from .settings import Settings, parse_settings
 from .timezones import zone_table
@@ -272,6 +272,8 @@ def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) ->
         "zone_starts": np.concatenate(zone_starts) if zone_starts else np.zeros(0, dtype=np.int64),
         "zone_offsets": np.concatenate(zone_offsets) if zone_offsets else np.zeros(0, dtype=np.int32),
         "line_root": np.array(line_root, dtype=np.int32),
+        "line_format": np.array([codes.CALLER_FORMATS.index(x.caller_format) for x in settings.lines],
+                                dtype=np.uint8),
         "trie_child": np.array(trie_child, dtype=np.int32).reshape(-1),
         "trie_rate": np.array(trie_rate, dtype=np.int32),
         "rate_pm": np.array(rate_pm, dtype=np.int64),
@@ -358,6 +360,8 @@ def loads(data: bytes, version: int | None = None) -> _core.CoreSnapshot:
             dtype = _dtype(spec["dtype"])
             arr = np.frombuffer(spec["data"], dtype=dtype).reshape(spec["shape"])
             arrays[name] = arr
+        if "line_format" not in arrays:  # saved before lines had a caller_format: every line reads "auto"
+            arrays["line_format"] = np.zeros(len(arrays["line_root"]), dtype=np.uint8)
         return _core.CoreSnapshot(arrays, meta)
     except (KeyError, TypeError, ValueError, msgpack.exceptions.ExtraData,
             msgpack.exceptions.FormatError, msgpack.exceptions.StackError) as exc:
@@ -419,6 +423,8 @@ class Built:
     longest_list: int = 0   # entries on the longer of the two blacklists (servers cap it)
     # (number, line) of every `numbers[i]`, in document order: what the tenant claims (the store's owners)
     numbers: tuple[tuple[str, str], ...] = ()
+    status: str = ""                            # the tenant's status, and its backup (number, line) or ("", "")
+    backup: tuple[str, str] = ("", "")
 
 
 def build(document: bytes, fmt: str | None = None, approved: Iterable[str] = ()) -> Built:
@@ -437,4 +443,5 @@ def build(document: bytes, fmt: str | None = None, approved: Iterable[str] = ())
         as_json = json.dumps(settings.document, separators=(",", ":"), ensure_ascii=False, default=str).encode()
     return Built(settings.tenant, as_json, blob, time.perf_counter() - start,
                  max(len(settings.blacklist), len(settings.offhours_blacklist)),
-                 tuple((n.number, n.line) for n in settings.numbers))
+                 tuple((n.number, n.line) for n in settings.numbers), settings.status,
+                 (settings.backup.number, settings.backup.line) if settings.backup else ("", ""))

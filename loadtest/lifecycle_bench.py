@@ -120,7 +120,7 @@ from .stats import RunRecorder, SampleBuffer, format_table, merge_all
 
 KINDS = ("RINGING", "PICKUP", "ANSWERED", "ENDED")
 Event = decisions_pb2.CallEventRequest
-DEFAULT_BASE_AT = 1_800_000_000  # 2027-01-15: in the future, so the server's expiry job never touches a bench call
+BASE_AGO_S = 60  # calls ring a minute before the run starts: the server bounds event instants by its clock
 ANSWER_AFTER_S = 3
 INBOUND = {"ringing_user": "u1", "answer_user": "u2", "called": "+14155550199"}
 OUTBOUND = {"ringing_user": "u3", "answer_user": "u3", "called": "+15551230000"}
@@ -337,6 +337,10 @@ class Client:
         else:
             if r.state != "ringing" or r.call_id != call_id:
                 self._wrong(call_id, "RINGING", "state is not ringing", r)
+            # an outbound call holds credit from its RINGING: the bench's credit covers every call's talk
+            if direction == "outbound" and r.max_duration_s < spec.talk_s:
+                self._wrong(call_id, "RINGING", f"the hold covers {r.max_duration_s} s, less than the "
+                                                f"{spec.talk_s} s the call talks", r)
             if picked:
                 d = await self._pickup(stub, who["answer_user"], answer_at, measured)
                 if d is None:
@@ -583,8 +587,14 @@ def store_checks(db: Path, tenant: str, run_id: str, completed: dict[str, list[s
         kinds = dict(conn.execute("SELECT kind, count(*) FROM ledger WHERE tenant = ? GROUP BY kind", (tenant,)))
         checks.add("ledger holds the opening credit and the calls only",
                    set(kinds) <= {"credit", "call"} and kinds.get("credit") == 1, f"{kinds}")
-        row = conn.execute("SELECT balance_micro FROM accounts WHERE tenant = ?", (tenant,)).fetchone()
+        row = conn.execute("SELECT balance_micro, reserved_micro FROM accounts WHERE tenant = ?",
+                           (tenant,)).fetchone()
         balance = int(row[0]) if row else None
+        held = int(conn.execute("SELECT COALESCE(SUM(reserved_micro), 0) FROM calls WHERE tenant = ? AND state IN "
+                                "('ringing', 'answered')", (tenant,)).fetchone()[0])
+        checks.add("the credit held == the holds of the calls still open (0 once every call ended)",
+                   row is not None and int(row[1]) == held and (held == 0 or bool(failed)),
+                   f"held {row[1] if row else None}, open calls' holds {held}")
         total = int(conn.execute("SELECT COALESCE(SUM(amount_micro), 0) FROM ledger WHERE tenant = ?",
                                  (tenant,)).fetchone()[0])
         want = to_micro(credit) - charge_micro * len(outbound)
@@ -697,8 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(*8) instead of answered; the pickup must take exactly that call")
     g.add_argument("--talk-seconds", type=int, default=61,
                    help="ANSWERED -> ENDED, seconds (default 61: an outbound call costs 0.04)")
-    g.add_argument("--base-at", type=int, default=DEFAULT_BASE_AT,
-                   help=f"RINGING instant, UTC seconds (default {DEFAULT_BASE_AT}); ANSWERED is 3 s later")
+    g.add_argument("--base-at", type=int, default=0,
+                   help=f"RINGING instant, UTC seconds (default: {BASE_AGO_S} s before the run starts; the server "
+                        "refuses events beyond its clock's skew and age bounds); ANSWERED is 3 s later")
     g = p.add_argument_group("checks and output")
     g.add_argument("--replays", type=int, default=20, help="completed calls whose ENDED is sent again (default 20)")
     g.add_argument("--seed", type=int, default=1, help="random seed of the replay sample (default 1)")
@@ -753,7 +764,8 @@ def _main(args: argparse.Namespace) -> int:
         print(f"tenant {args.tenant}: {setup}", flush=True)
         spec = Spec(target=address, tenant=args.tenant, run_id=f"lb-{uuid.uuid4().hex[:10]}", lanes=args.lanes,
                     procs=args.procs, channels=args.channels, warmup_s=args.warmup, duration_s=args.duration,
-                    max_calls=args.calls, timeout_s=args.timeout, base_at=args.base_at, talk_s=args.talk_seconds,
+                    max_calls=args.calls, timeout_s=args.timeout,
+                    base_at=args.base_at or int(time.time()) - BASE_AGO_S, talk_s=args.talk_seconds,
                     charge=charge, samples=max(args.replays, 64), seed=args.seed, pickups=args.pickups)
         print(f"load: {spec.lanes} lanes, {spec.procs} client process(es) x {spec.channels} channel(s), "
               f"{spec.warmup_s:g} s warm-up + {spec.duration_s:g} s or {spec.max_calls:,} calls; "

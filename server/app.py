@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .calls import EventOptions
 from .jobs import MAX_TOPUP_ATTEMPTS, JobOptions
 
 log = logging.getLogger("callgate.server")
@@ -88,6 +89,7 @@ class Options:
     max_upload_mb: int = 10
     upload_mb_per_s: float = 25.0
     jobs: JobOptions = field(default_factory=JobOptions)
+    events: EventOptions = field(default_factory=EventOptions)
     log_format: str = "json"
     reuse_port: bool = False
     auth: str = "auto"
@@ -132,7 +134,7 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
 
     store = SQLiteStore(opts.data_dir / STORE_FILE)
     compiler = Compiler()
-    state = State(store, compiler)
+    state = State(store, compiler, opts.events)
     limit = opts.max_message_mb * 1024 * 1024
     interceptors = []
     if auth_enabled(opts):
@@ -244,7 +246,7 @@ def _seed(opts: Options) -> None:
 
     from .billing import to_micro
     from .store import SQLiteStore
-    from .store_api import VersionConflict
+    from .store_api import TenantFacts, VersionConflict
 
     assert opts.seed is not None
     built = build(opts.seed.read_bytes())
@@ -252,7 +254,7 @@ def _seed(opts: Options) -> None:
     try:
         document = built.document or opts.seed.read_bytes()
         version = store.commit_version(built.tenant, "push", document, built.blob, 0, f"seed from {opts.seed}",
-                                       numbers=built.numbers)
+                                       numbers=built.numbers, facts=TenantFacts(built.status, *built.backup))
         log.info("seeded", extra={"event": "seeded", "tenant": built.tenant, "version": version})
         if opts.seed_credit:
             currency = json.loads(document)["currency"]
@@ -411,8 +413,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ring-timeout-s", type=int, default=600, metavar="SECONDS",
                         help="expire a call ringing this long without an answer or an end (default 600)")
     parser.add_argument("--call-max-s", type=int, default=86_400, metavar="SECONDS",
-                        help="expire an answered call this long without an end (default 86400; expired calls "
-                             "are logged and not charged)")
+                        help="talk a call is billed for at most, and an answered call this long without an end "
+                             "is expired and charged that much (default 86400)")
+    parser.add_argument("--max-clock-skew-s", type=int, default=120, metavar="SECONDS",
+                        help="a call event stamped more than this ahead of the server's clock is refused "
+                             "(INVALID_ARGUMENT: the proxy's clock is wrong; default 120)")
+    parser.add_argument("--max-event-age-s", type=int, metavar="SECONDS",
+                        help="a call event older than this is refused; younger late events are recorded, as a "
+                             "proxy replays what it could not deliver (default: --call-max-s)")
+    parser.add_argument("--reserve-max-s", type=int, default=3_600, metavar="SECONDS",
+                        help="the most talk one outbound call or forwarded leg holds credit for from its RINGING "
+                             "(its RINGING reply's max_duration_s); lower shares a small balance among more "
+                             "parallel calls (default 3600; at most --call-max-s)")
     parser.add_argument("--auth", choices=("auto", "tokens", "off"), default="auto",
                         help="bearer tokens (callgate tokens create) required on every call but health and "
                              "reflection: 'tokens' always, 'auto' (default) unless listening on loopback only")
@@ -438,6 +450,9 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ValueError("--topup-retry-s must be in (0, 86400]")
     if args.ring_timeout_s < 1 or args.call_max_s < 1 or args.topup_stale_s < 1:
         raise ValueError("--ring-timeout-s, --call-max-s and --topup-stale-s must be at least 1 second")
+    max_age = args.call_max_s if args.max_event_age_s is None else args.max_event_age_s
+    if not 0 <= args.max_clock_skew_s <= 86_400 or max_age < 1 or not 1 <= args.reserve_max_s:
+        raise ValueError("--max-clock-skew-s must be 0..86400 s, --max-event-age-s and --reserve-max-s at least 1 s")
     if args.max_list_entries < 1:
         raise ValueError("--max-list-entries must be at least 1")
     if args.admin_calls_per_minute < 0:
@@ -479,4 +494,7 @@ def options_from(args: argparse.Namespace) -> Options:
                                    ring_timeout_s=args.ring_timeout_s,
                                    call_max_s=args.call_max_s,
                                    expire_every_s=min(5.0, args.ring_timeout_s / 2)),
+                   events=EventOptions(max_clock_skew_s=args.max_clock_skew_s, max_event_age_s=max_age,
+                                       ring_timeout_s=args.ring_timeout_s, call_max_s=args.call_max_s,
+                                       reserve_max_s=min(args.reserve_max_s, args.call_max_s)),
                    log_format=args.log_format)

@@ -30,9 +30,16 @@ Auto top-up threshold (rule 7)
     date (strictly after today: today's renewals are charged today, so they
     are already in the balance).
 
+Reservations (SPEC §7)
+    A billed call (outbound, forwarded leg) holds credit from its RINGING to
+    its end (`reservation`): the most talk, in whole increments, that the
+    balance less the other calls' holds pays for, up to a per-call maximum.
+    What is available is the balance less every hold; outbound decisions,
+    new holds and the top-up threshold count that, not the bare balance.
+
 Once per crossing
-    A top-up is triggered by the debit that takes the balance from at or above
-    the threshold to below it (`crossed`).  A further debit while the balance
+    A top-up is triggered by the debit (or the hold) that takes the available
+    credit from at or above the threshold to below it (`crossed`).  A further debit while the balance
     is already below does not trigger another one, and a retried debit (same
     ledger key) changes nothing, so one charge never tops up twice.  A
     declined card charge is recorded and retried with exponential backoff
@@ -76,6 +83,7 @@ __all__ = [
     "format_money",
     "next_renewal",
     "renewal_dates",
+    "reservation",
     "retry_delay_s",
     "to_micro",
     "tokenize_card",
@@ -194,6 +202,33 @@ def call_charge_micro(per_minute_micro: int, increment_s: int, talked_s: int) ->
     numerator = per_minute_micro * increment_s * increments
     cents = (2 * numerator + 60 * CENT) // (120 * CENT)
     return cents * CENT
+
+
+def reservation(per_minute_micro: int, increment_s: int, available_micro: int, max_s: int) -> tuple[int, int]:
+    """(talk seconds covered, micro-units held) for a billed call that starts ringing now (SPEC §7).
+
+    The most whole increments, at most `max_s` of talk, whose charge (rounded
+    as `call_charge_micro` rounds it) fits in `available_micro` (the balance
+    less what calls in progress already hold).  The call is then charged at
+    most what is held for as long as it talks within the covered time, so
+    parallel calls together are never promised more than the balance.  A free
+    rate covers `max_s` and holds nothing; nothing available covers nothing.
+    """
+    _check_int("available_micro", available_micro)
+    _check_int("max_s", max_s)
+    if increment_s < 1 or per_minute_micro < 0 or max_s < 0:
+        raise ValueError("increment_s must be >= 1; per_minute_micro and max_s >= 0")
+    cap = max_s // increment_s
+    if per_minute_micro == 0:
+        return (cap * increment_s, 0) if available_micro >= 0 else (0, 0)
+    if available_micro <= 0 or cap == 0:
+        return 0, 0
+    # exact cost of k increments = k * per_minute * increment / 60: the largest k it fits, then down while
+    # the rounded charge (half-up to cents) is above what is available
+    k = min(cap, available_micro * 60 // (per_minute_micro * increment_s))
+    while k > 0 and call_charge_micro(per_minute_micro, increment_s, k * increment_s) > available_micro:
+        k -= 1
+    return k * increment_s, call_charge_micro(per_minute_micro, increment_s, k * increment_s)
 
 
 # --------------------------------------------------------------------------

@@ -32,8 +32,23 @@ client.  The store keeps one lead row per call, so a lead exists exactly once
 whatever the retries (and a retry's reply repeats the first one, for the
 proxy whose first reply was lost).
 
-Charges: outbound calls and forwarded legs that were answered are charged
-when they end, at the rate fixed when they rang (server/billing.py rounds).
+Instants (SPEC §7): an event's instant comes from the proxy, bounded by the
+server's clock (`Limits`): at most `max_skew_s` in the future, at most
+`max_age_s` old, and never before the call's latest recorded instant
+(RINGING <= ANSWERED <= each TRANSFERRED <= ENDED).  A late RINGING within
+the age is recorded (a proxy replays what it could not deliver) but a call
+that rang longer ago than the ring timeout is never offered to pickup.  A
+replay (a recorded key) gets its recorded reply whatever its instant: the
+checks apply to new events only.
+
+Charges and holds: outbound calls and forwarded legs that were answered are
+charged when they end, at the rate fixed when they rang (server/billing.py
+rounds), for at most `call_max_s` of talk.  Their RINGING holds the credit
+that the talk it allows costs (`billing.reservation`: the balance less the
+other open calls' holds, up to `reserve_max_s`); the end, or the expiry, of
+the call lets the hold go and charges what was talked.  The expiry job ends a
+call the proxy never ended by the same rule (`expire`): what was talked, up
+to the cap, is charged.
 """
 
 from __future__ import annotations
@@ -43,18 +58,19 @@ from dataclasses import asdict, dataclass, replace
 
 from engine import codes
 
-from .billing import call_charge_micro
+from .billing import call_charge_micro, reservation
 
 KINDS = ("RINGING", "ANSWERED", "TRANSFERRED", "ENDED")
 DIRECTIONS = ("inbound", "outbound", "forwarded")
 STATES = ("ringing", "answered", "ended", "expired")
+OPEN = ("ringing", "answered")
 BILLED = ("outbound", "forwarded")
 
 
 class EventRefused(Exception):
     """An event that cannot apply to the call as recorded; nothing is written."""
 
-    def __init__(self, code: str, message: str):  # code: "NOT_FOUND" | "FAILED_PRECONDITION"
+    def __init__(self, code: str, message: str):  # code: "NOT_FOUND" | "FAILED_PRECONDITION" | "INVALID_ARGUMENT"
         super().__init__(message)
         self.code = code
 
@@ -78,6 +94,10 @@ class Call:
     increment_s: int = 0
     talked_s: int = 0
     charge_micro: int = 0
+    last_at: int = 0         # the latest instant of the call's recorded events (the proxy's clock)
+    updated_at: int = 0      # when the last event was recorded (the server's clock)
+    reserved_micro: int = 0  # credit held for the call while it is open (billed legs)
+    reserved_s: int = 0      # the talk that hold pays for
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,19 +122,59 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """The server's bounds on events (its clock and the `callgate serve` options)."""
+
+    now: int
+    max_skew_s: int = 120            # an event at most this far in the server's future
+    max_age_s: int = 86_400          # ... and at most this old
+    call_max_s: int = codes.MAX_CALL_SECONDS  # talk billed at most
+    reserve_max_s: int = 3_600       # talk one call's hold covers at most
+
+
+@dataclass(frozen=True, slots=True)
+class EventOptions:
+    """How a server bounds call events and holds credit (the `callgate serve` options of the same names)."""
+
+    max_clock_skew_s: int = 120
+    max_event_age_s: int = 86_400
+    ring_timeout_s: int = 600
+    call_max_s: int = codes.MAX_CALL_SECONDS
+    reserve_max_s: int = 3_600
+
+    def limits(self, now: int) -> Limits:
+        return Limits(now, self.max_clock_skew_s, self.max_event_age_s, self.call_max_s, self.reserve_max_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """The tenant's money as the event's transaction sees it (micro-units)."""
+
+    balance_micro: int = 0
+    reserved_micro: int = 0          # held by every open call
+
+    @property
+    def available_micro(self) -> int:
+        return self.balance_micro - self.reserved_micro
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     state: str
     create_lead: bool = False
     lead_responsible: str = ""
     talked_s: int = 0
     charge_micro: int = 0
+    max_duration_s: int = 0          # RINGING: the talk the call may have (billed: what its hold pays for)
+    reserved_micro: int = 0          # RINGING of a billed leg: the credit held
+    reason: str = ""                 # RINGING with max_duration_s 0: why (INSUFFICIENT_FUNDS)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Reply:
-        return cls(**json.loads(text))
+        return cls(**json.loads(text))  # replies recorded before a field existed get its default
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +182,7 @@ class Outcome:
     call: Call
     reply: Reply
     charge_micro: int = 0    # to debit from the tenant's balance now
+    hold_micro: int = 0      # the change of the tenant's held credit (+ a new hold, - a released one)
 
 
 def check_replay(event: Event, recorded_user: str, call_id: str) -> None:
@@ -131,10 +192,32 @@ def check_replay(event: Event, recorded_user: str, call_id: str) -> None:
                            f"call {call_id!r} was already answered by {recorded_user!r}, not {event.user!r}")
 
 
-def apply(call: Call | None, event: Event, tenant: str, call_id: str, lead_trigger: str) -> Outcome:
-    """The call after `event`, the reply, and the charge to debit; EventRefused if it cannot apply."""
+def check_instant(event: Event, limits: Limits) -> None:
+    """The event's instant against the server's clock (INVALID_ARGUMENT, saying which bound)."""
+    ahead = event.at - limits.now
+    if ahead > limits.max_skew_s:
+        raise EventRefused("INVALID_ARGUMENT",
+                           f"{event.kind} at {event.at} is {ahead} s ahead of the server's clock, more than "
+                           f"--max-clock-skew-s {limits.max_skew_s}: check the proxy's clock (NTP)")
+    if -ahead > limits.max_age_s:
+        raise EventRefused("INVALID_ARGUMENT",
+                           f"{event.kind} at {event.at} is {-ahead} s old, more than --max-event-age-s "
+                           f"{limits.max_age_s}: a call that old is over, the event is not recorded")
+
+
+def talk_charge(call: Call, until: int, limits: Limits) -> tuple[int, int]:
+    """(talked seconds up to the cap, charge) of an answered call that stops talking at `until`."""
+    talked = min(max(until - call.answered_at, 0), limits.call_max_s)
+    return talked, call_charge_micro(call.rate_micro, call.increment_s, talked) if call.direction in BILLED else 0
+
+
+def apply(call: Call | None, account: Account, event: Event, tenant: str, call_id: str, lead_trigger: str,
+          limits: Limits) -> Outcome:
+    """The call after `event`, the reply, the charge and the hold; EventRefused if it cannot apply."""
     if event.kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    check_instant(event, limits)
+    now = limits.now
     if call is None:
         if event.kind != "RINGING":
             raise EventRefused("NOT_FOUND", f"no call {call_id!r} for tenant {tenant!r}: report RINGING first "
@@ -142,8 +225,15 @@ def apply(call: Call | None, event: Event, tenant: str, call_id: str, lead_trigg
         if event.direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
         new = Call(tenant, call_id, event.direction, event.caller, event.called, "ringing", event.user, event.at,
-                   line=event.line, rate_micro=event.rate_micro, increment_s=event.increment_s)
-        return Outcome(new, Reply("ringing"))
+                   line=event.line, rate_micro=event.rate_micro, increment_s=event.increment_s, last_at=event.at,
+                   updated_at=now)
+        if event.direction not in BILLED:
+            return Outcome(new, Reply("ringing", max_duration_s=limits.call_max_s))
+        covered, held = reservation(event.rate_micro, event.increment_s, account.available_micro,
+                                    min(limits.reserve_max_s, limits.call_max_s))
+        new = replace(new, reserved_micro=held, reserved_s=covered)
+        return Outcome(new, Reply("ringing", max_duration_s=covered, reserved_micro=held,
+                                  reason="" if covered else "INSUFFICIENT_FUNDS"), hold_micro=held)
     if call.state == "expired":
         raise EventRefused("FAILED_PRECONDITION",
                            f"call {call_id!r} expired at {call.ended_at} (no ENDED came in time); "
@@ -151,6 +241,11 @@ def apply(call: Call | None, event: Event, tenant: str, call_id: str, lead_trigg
     if call.state == "ended":
         raise EventRefused("FAILED_PRECONDITION", f"call {call_id!r} already ended at {call.ended_at}; "
                                                   f"a late {event.kind} changes nothing")
+    if event.at < call.last_at:
+        raise EventRefused("FAILED_PRECONDITION",
+                           f"{event.kind} at {event.at} is before the call's last recorded event at {call.last_at}: "
+                           "instants never go back within a call (RINGING <= ANSWERED <= TRANSFERRED <= ENDED)")
+    moved = replace(call, last_at=event.at, updated_at=now)
     if event.kind == "RINGING":
         if event.direction and event.direction != call.direction:
             raise EventRefused("FAILED_PRECONDITION",
@@ -159,24 +254,43 @@ def apply(call: Call | None, event: Event, tenant: str, call_id: str, lead_trigg
             raise EventRefused("FAILED_PRECONDITION",
                                f"call {call_id!r} was already answered by {call.answered_by!r}; "
                                "it cannot ring again")
-        return Outcome(replace(call, ringing_user=event.user), Reply("ringing"))
+        allowed = call.reserved_s if call.direction in BILLED else limits.call_max_s
+        return Outcome(replace(moved, ringing_user=event.user),
+                       Reply("ringing", max_duration_s=allowed, reserved_micro=call.reserved_micro,
+                             reason="" if allowed else "INSUFFICIENT_FUNDS"))
     if event.kind == "ANSWERED":
         if call.state != "ringing":
             raise EventRefused("FAILED_PRECONDITION",
                                f"call {call_id!r} was already answered by {call.answered_by!r}")
-        new = replace(call, state="answered", answered_by=event.user, last_user=event.user,
-                      answered_at=event.at)
+        new = replace(moved, state="answered", answered_by=event.user, last_user=event.user, answered_at=event.at)
         lead = lead_trigger == "on_answer"
         return Outcome(new, Reply("answered", lead, event.user if lead else ""))
     if event.kind == "TRANSFERRED":
         if call.state == "ringing":  # a transfer before anyone answered: it now rings there
-            return Outcome(replace(call, ringing_user=event.user), Reply("ringing"))
-        return Outcome(replace(call, last_user=event.user), Reply("answered"))
-    # ENDED
+            return Outcome(replace(moved, ringing_user=event.user), Reply("ringing"))
+        return Outcome(replace(moved, last_user=event.user), Reply("answered"))
+    # ENDED: the hold goes, what was talked is charged
     if call.state == "ringing":
-        return Outcome(replace(call, state="ended", ended_at=event.at), Reply("ended"))
-    talked = min(max(event.at - call.answered_at, 0), codes.MAX_CALL_SECONDS)
-    charge = call_charge_micro(call.rate_micro, call.increment_s, talked) if call.direction in BILLED else 0
+        return Outcome(replace(moved, state="ended", ended_at=event.at), Reply("ended"),
+                       hold_micro=-call.reserved_micro)
+    talked, charge = talk_charge(call, event.at, limits)
     lead = lead_trigger == "on_hangup"
-    new = replace(call, state="ended", ended_at=event.at, talked_s=talked, charge_micro=charge)
-    return Outcome(new, Reply("ended", lead, call.last_user if lead else "", talked, charge), charge)
+    new = replace(moved, state="ended", ended_at=event.at, talked_s=talked, charge_micro=charge)
+    return Outcome(new, Reply("ended", lead, call.last_user if lead else "", talked, charge), charge,
+                   -call.reserved_micro)
+
+
+def expire(call: Call, limits: Limits, lead_trigger: str) -> Outcome:
+    """The expiry job's end of a call that no ENDED came for: the same rule as a late ENDED at `limits.now`
+    (the hold goes; an answered call is charged what it talked, up to the cap), the state `expired`."""
+    if call.state not in OPEN:
+        raise ValueError(f"call {call.call_id!r} is {call.state}, not open")
+    if call.state == "ringing":
+        return Outcome(replace(call, state="expired", ended_at=limits.now, updated_at=limits.now), Reply("expired"),
+                       hold_micro=-call.reserved_micro)
+    talked, charge = talk_charge(call, limits.now, limits)
+    lead = lead_trigger == "on_hangup" and talked > 0
+    new = replace(call, state="expired", ended_at=limits.now, updated_at=limits.now, talked_s=talked,
+                  charge_micro=charge)
+    return Outcome(new, Reply("expired", lead, call.last_user if lead else "", talked, charge), charge,
+                   -call.reserved_micro)

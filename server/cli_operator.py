@@ -20,9 +20,11 @@ def cmd_billing_balance(args: argparse.Namespace) -> int:
 
     admin, _ = _stubs(args)
     r = _call(args, lambda: admin.GetBalance(admin_pb2.BalanceRequest(tenant=args.tenant), timeout=args.timeout))
-    print(f"tenant {r.tenant!r}: balance {r.balance} {r.currency}")
+    print(f"tenant {r.tenant!r}: balance {r.balance} {r.currency}, reserved {r.reserved} by calls in progress, "
+          f"available {r.available}")
     if r.auto_topup:
-        print(f"auto top-up: {r.topup_amount} {r.currency} when the balance falls below {r.topup_threshold}")
+        print(f"auto top-up: {r.topup_amount} {r.currency} when the available credit falls below "
+              f"{r.topup_threshold}")
     else:
         print("auto top-up: off")
     for t in r.topups:

@@ -21,7 +21,7 @@ from typing import Any
 
 from engine._core import CoreSnapshot
 
-from . import billing
+from . import billing, calls
 from .store_api import Store, TopupPolicy
 
 log = logging.getLogger("callgate.jobs")
@@ -170,12 +170,33 @@ class Jobs:
     # -- expiry --------------------------------------------------------------------
 
     def expire(self) -> int:
+        """End the calls whose ENDED never came, by the rule of a late ENDED (server/calls.py `expire`):
+        ringing longer than the ring timeout, or talking longer than the call max, and nothing heard of
+        them for the ring timeout (a proxy replaying its events is never cut off midway)."""
         o = self.options
         now = int(time.time())
-        expired = self.store.expire_calls(now - o.ring_timeout_s, now - o.call_max_s, now)
+        today = dt.datetime.now(dt.UTC).date()
+        limits = calls.Limits(now, call_max_s=o.call_max_s)
+
+        def rules(call: calls.Call) -> calls.Outcome:
+            snap = self.snapshots.get(call.tenant)
+            return calls.expire(call, limits, snap.meta["lead_trigger"] if snap is not None else "")
+
+        def policy(tenant: str) -> TopupPolicy | None:
+            snap = self.snapshots.get(tenant)
+            return topup_policy(snap, today) if snap is not None else None
+
+        def currency(tenant: str) -> str:
+            snap = self.snapshots.get(tenant)
+            return str(snap.meta["currency"]) if snap is not None else ""
+
+        expired = self.store.expire_calls(now - o.ring_timeout_s, now - o.call_max_s, now - o.ring_timeout_s,
+                                          rules, policy, currency)
         for c in expired:
-            log.warning("call expired: no end came in time (not charged; check the proxy's events)",
+            log.warning("call expired: no end came in time (check the proxy's events)",
                         extra={"event": "call_expired", "tenant": c.tenant, "call_id": c.call_id,
                                "state_before": "answered" if c.answered_at else "ringing",
-                               "direction": c.direction, "ringing_at": c.ringing_at, "answered_at": c.answered_at})
+                               "direction": c.direction, "ringing_at": c.ringing_at, "answered_at": c.answered_at,
+                               "talked_s": c.talked_s, "charge": billing.format_amount(c.charge_micro),
+                               "released": billing.format_amount(c.reserved_micro)})
         return len(expired)

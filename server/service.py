@@ -44,6 +44,7 @@ from .store_api import (
     NumberTaken,
     Store,
     StoreBusy,
+    TenantFacts,
     TenantMissing,
     VersionConflict,
     VersionWrite,
@@ -194,10 +195,12 @@ class Compiler:
 class State:
     """What one worker holds: the engine (snapshots), balances, the store handle."""
 
-    def __init__(self, store: Store, compiler: Compiler) -> None:
+    def __init__(self, store: Store, compiler: Compiler, events: calls.EventOptions | None = None) -> None:
         self.store = store
         self.compiler = compiler
+        self.events = events or calls.EventOptions()
         self.engine = Engine()
+        # what each tenant may still spend: its balance less what its calls in progress hold
         self.balances: dict[str, int] = {}
         self.documents: dict[str, int] = {}  # the store's per-tenant document counter last applied
         self.started = time.monotonic()
@@ -239,7 +242,7 @@ class State:
         poll = self.store.poll()
         if poll is None:  # the store is busy this instant: try at the next tick
             return []
-        self.balances = poll.balances
+        self.balances = {t: poll.available(t) for t in poll.balances.keys() | poll.reserved.keys()}
         for tenant, counter in poll.documents.items():
             if self.documents.get(tenant) != counter:
                 await self.apply_documents(tenant)
@@ -279,6 +282,12 @@ def decision_message(d: CoreDecision, kind: str, snap: CoreSnapshot, explain: bo
         if explain:
             fields["caller"] = d.caller or ""
             fields["called"] = d.called or ""
+            readings = d.caller_readings
+            if readings:
+                fields["caller_readings"] = readings
+                listed = d.reason in ("BLACKLISTED", "OFF_HOURS_BLOCKED")
+                fields["rule"] += (f" (the caller's digits read as {readings[0]} and as {readings[1]}; "
+                                   + (f"{d.caller} is listed)" if listed else "neither is listed)"))
         if verdict == 1:  # ROUTE
             fields["group"] = d.group or ""
             fields["members"] = d.members
@@ -391,7 +400,10 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         user, dialed = _text("user", r.user), _text("dialed", r.dialed)
         answered_at = _now(r.at)
         store = self.state.store
-        rows = await asyncio.to_thread(store.ringing_calls, r.tenant)
+        # a call that started ringing before the ring timeout (a late RINGING a proxy replays) is recorded,
+        # never offered
+        now = int(time.time())
+        rows = await asyncio.to_thread(store.ringing_calls, r.tenant, now - self.state.events.ring_timeout_s)
         ringing = [RingingCall(call_id, ringing_user, since) for call_id, ringing_user, since in rows]
         lead_trigger = snap.meta["lead_trigger"]
         while True:  # another user may claim the chosen call first: then take the next one
@@ -407,11 +419,14 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
             event = calls.Event("ANSWERED", user, answered_at)
             try:
                 await asyncio.wrap_future(store.submit_call_event(
-                    r.tenant, call_id, event, functools.partial(calls.apply, event=event, tenant=r.tenant,
-                                                                call_id=call_id, lead_trigger=lead_trigger),
+                    r.tenant, call_id, event, functools.partial(
+                        calls.apply, event=event, tenant=r.tenant, call_id=call_id, lead_trigger=lead_trigger,
+                        limits=self.state.events.limits(int(time.time()))),
                     None, snap.meta["currency"]))
                 break
-            except calls.EventRefused:
+            except calls.EventRefused as exc:
+                if exc.code == "INVALID_ARGUMENT":  # the pickup's instant: no other call would take it
+                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
                 ringing = [c for c in ringing if c.call_id != call_id]  # shrinks every turn: the loop ends
         metrics.count(d.verdict_code, d.reason_code)
         return decision_message(d, "pickup", snap, r.explain)
@@ -467,12 +482,14 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
             event = calls.Event(kind, user, at)
         currency = snap.meta["currency"]
         rules = functools.partial(calls.apply, event=event, tenant=r.tenant, call_id=call_id,
-                                  lead_trigger=snap.meta["lead_trigger"])
+                                  lead_trigger=snap.meta["lead_trigger"],
+                                  limits=self.state.events.limits(int(time.time())))
+        # a hold (RINGING) and a charge (ENDED) may take the available credit below the top-up threshold
+        policy = jobs.topup_policy(snap, dt.datetime.now(dt.UTC).date()) if kind in ("RINGING", "ENDED") else None
         try:
             # no thread waits for the commit: the store's group commit wakes this coroutine when done
             reply = await asyncio.wrap_future(self.state.store.submit_call_event(
-                r.tenant, call_id, event, rules,
-                jobs.topup_policy(snap, dt.datetime.now(dt.UTC).date()) if kind == "ENDED" else None, currency))
+                r.tenant, call_id, event, rules, policy, currency))
         except calls.EventRefused as exc:
             raise RequestError(getattr(grpc.StatusCode, exc.code), str(exc)) from None
         out = decisions_pb2.CallEventReply(call_id=call_id, version=snap.version, state=reply.state,
@@ -480,6 +497,11 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
                                            talked_seconds=reply.talked_s, currency=currency)
         if kind == "ENDED":
             out.charge = billing.format_amount(reply.charge_micro)
+        if kind == "RINGING":
+            out.max_duration_s = reply.max_duration_s
+            out.reserved = billing.format_amount(reply.reserved_micro)
+            if reply.reason:
+                out.reason = decisions_pb2.Reason.Value(reply.reason)
         return out
 
     # -- unary RPCs: the decision above, refusals as gRPC statuses -----------
@@ -581,6 +603,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except StoreBusy as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the store is busy, try again: {exc}")
+        except concurrent.futures.process.BrokenProcessPool:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "the settings compiler stopped (out of memory?) and is being restarted: try again; "
+                                "a document that keeps doing this is too large for this server")
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         raise AssertionError("unreachable")
@@ -653,8 +679,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def _commit(self, built: Built, document: bytes, kind: str, expected: int, comment: str,
                       start: float) -> admin_pb2.PushSettingsReply:
         state = self.state
+        auth.note(tenant=built.tenant)     # before the check: a refused push is filed under the tenant it named
         auth.require_tenant(built.tenant)  # a pushed document names its tenant only inside
-        auth.note(tenant=built.tenant)
         self._check_lists(built)
         principal = auth.CURRENT.get()
         role = principal.role if principal is not None else ""   # "": no auth, every act allowed
@@ -671,9 +697,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         built_at = time.perf_counter()
         try:
             try:
-                version = await asyncio.to_thread(
+                version = await committed(functools.partial(
                     state.store.commit_version, built.tenant, kind, document, built.blob, expected_version,
-                    comment[:500], numbers=built.numbers, may_create=role != "tenant-admin")
+                    comment[:500], numbers=built.numbers, may_create=role != "tenant-admin", facts=facts_of(built)),
+                    lambda v: {"version_before": v - 1, "version_after": v, "object": f"version {v}"})
             except VersionConflict as exc:
                 if role == "operator" and exc.expected == 0:
                     raise auth.AuthError(grpc.StatusCode.PERMISSION_DENIED,
@@ -869,10 +896,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def _get_balance(self, r: admin_pb2.BalanceRequest) -> admin_pb2.BalanceReply:
         snap = self._tenant(r.tenant)
         store = self.state.store
-        balance = await asyncio.to_thread(store.balance, r.tenant)
+        account = await asyncio.to_thread(store.account, r.tenant)
         topups = await asyncio.to_thread(store.topups, r.tenant, 10)
         policy = jobs.topup_policy(snap, dt.datetime.now(dt.UTC).date())
-        out = admin_pb2.BalanceReply(tenant=r.tenant, balance=billing.format_amount(balance),
+        out = admin_pb2.BalanceReply(tenant=r.tenant, balance=billing.format_amount(account.balance_micro),
+                                     reserved=billing.format_amount(account.reserved_micro),
+                                     available=billing.format_amount(account.available_micro),
                                      currency=snap.meta["currency"],
                                      auto_topup=policy is not None,
                                      topups=[admin_pb2.TopupInfo(
@@ -1002,12 +1031,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                                        f"valid: {exc}") from None
                 built.append((one, document))
             writes = [VersionWrite(t, "transfer", one.document or document, one.blob, one.numbers, record.version,
-                                   comment[:500])
+                                   comment[:500], facts_of(one))
                       for t, record, (one, document) in ((src, a, built[0]), (dst, b, built[1]))]
             state.installing.update((src, dst))
             try:
                 try:
-                    versions = await asyncio.to_thread(store.commit_versions, writes, may_create=False)
+                    versions = await committed(functools.partial(store.commit_versions, writes, may_create=False),
+                                               lambda vs: {"version_before": vs[0] - 1, "version_after": vs[0]})
                 except VersionConflict:
                     continue
                 for (one, _document), version, tenant in zip(built, versions, (src, dst), strict=True):
@@ -1020,6 +1050,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                                                             "while the transfer was worked out: try again")
         auth.note(version_before=a.version, version_after=versions[0],
                   detail=f"to tenant {dst} (version {versions[1]}); " + "; ".join(notes))
+        auth.note_also(tenant=dst, version_before=b.version, version_after=versions[1],
+                       detail=f"from tenant {src} (version {versions[0]}); " + "; ".join(notes))
         log.info("number transferred", extra={"event": "number_transferred", "number": number, "from": src,
                                               "to": dst, "from_version": versions[0], "to_version": versions[1],
                                               "notes": notes})
@@ -1071,6 +1103,28 @@ def document_set_message(ds: DocumentSet) -> admin_pb2.DocumentSet:
                                       height=f.height, size=f.size) for f in ds.files])
 
 
+async def committed(write: Callable[[], Any], audit: Callable[[Any], dict[str, Any]]) -> Any:
+    """Run a store write in a thread and return its result.  When the RPC is cancelled meanwhile (the client's
+    deadline, a dropped connection) the write still completes: wait for it, put what it did in the audit row
+    (`audit(result)`), then let the cancellation go on, so that the log never calls a committed write failed."""
+    task = asyncio.ensure_future(asyncio.to_thread(write))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        try:
+            result = await task
+        except Exception as exc:  # the write failed as well: the cancellation is what the caller saw
+            auth.note(detail=f"the caller left; the write failed: {exc}"[:500])
+        else:
+            auth.note(**audit(result), detail="committed, but the caller left before the reply (its deadline "
+                                              "or connection): check `settings history`")
+        raise
+
+
+def facts_of(built: Built) -> TenantFacts:
+    return TenantFacts(built.status, *built.backup)
+
+
 def number_owner_message(n: NumberOwner) -> admin_pb2.NumberOwnerReply:
     return admin_pb2.NumberOwnerReply(number=n.number, tenant=n.tenant, line=n.line, version=n.version, since=n.since)
 
@@ -1078,7 +1132,7 @@ def number_owner_message(n: NumberOwner) -> admin_pb2.NumberOwnerReply:
 def audit_message(a: AuditRow) -> admin_pb2.AuditEntry:
     return admin_pb2.AuditEntry(id=a.id, at=a.at, token_id=a.token_id, role=a.role, tenant=a.tenant, action=a.action,
                                 object=a.object, version_before=a.version_before, version_after=a.version_after,
-                                result=a.result, detail=a.detail)
+                                result=a.result, detail=a.detail, peer=a.peer)
 
 
 def token_message(t: auth.TokenRecord) -> admin_pb2.TokenInfo:

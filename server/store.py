@@ -52,6 +52,7 @@ from server.store_api import (
     SnapshotBuilder,
     StoreBusy,
     StoreError,
+    TenantFacts,
     TenantMissing,
     VersionConflict,
     VersionRecord,
@@ -71,12 +72,17 @@ __all__ = [
     "SCHEMA_VERSION",
     "SQLiteStore",
     "SchemaTooNew",
+    "SchemaTooOld",
     "StoreBusy",
 ]
 
 
 class SchemaTooNew(StoreError):
     """The database was migrated by a newer callgate than this one."""
+
+
+class SchemaTooOld(StoreError):
+    """The database needs a migration that this caller may not run (a tool beside a possibly running server)."""
 
 
 # -- schema ------------------------------------------------------------------
@@ -351,9 +357,35 @@ CREATE TABLE number_conflicts (             -- listed by several tenants before 
     PRIMARY KEY (number, tenant)
 );
 
+CREATE TABLE tenant_facts (                 -- of the version in force, for the failover export
+    tenant        TEXT    PRIMARY KEY,
+    status        TEXT    NOT NULL,
+    backup_number TEXT    NOT NULL DEFAULT '',
+    backup_line   TEXT    NOT NULL DEFAULT ''
+);
+
 ALTER TABLE audit ADD COLUMN object TEXT NOT NULL DEFAULT '';
 
+ALTER TABLE audit ADD COLUMN peer TEXT NOT NULL DEFAULT '';
+
 CREATE INDEX audit_by_action ON audit (action, at);
+"""),
+    (5, "event instants and credit held by calls in progress", """
+ALTER TABLE calls ADD COLUMN last_at INTEGER NOT NULL DEFAULT 0;      -- latest instant of its events (proxy clock)
+
+ALTER TABLE calls ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;   -- when its last event was recorded (server)
+
+ALTER TABLE calls ADD COLUMN reserved_micro INTEGER NOT NULL DEFAULT 0;  -- credit held while the call is open
+
+ALTER TABLE calls ADD COLUMN reserved_s INTEGER NOT NULL DEFAULT 0;
+
+UPDATE calls SET last_at = MAX(ringing_at, answered_at, ended_at), updated_at = MAX(ringing_at, answered_at, ended_at);
+
+ALTER TABLE accounts ADD COLUMN reserved_micro INTEGER NOT NULL DEFAULT 0;  -- SUM of the open calls' holds
+
+DROP INDEX calls_open;
+
+CREATE INDEX calls_open ON calls (state, updated_at) WHERE state IN ('ringing', 'answered');
 """),
 ]
 
@@ -485,7 +517,9 @@ class _Conn:
 class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
     """`Store` on one SQLite file (WAL, synchronous=FULL), safe across threads and processes."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, migrate: bool = True):
+        """Open (and create) the store; `migrate=False` refuses a store of an older schema instead of migrating
+        it (tools beside a running server: the server of this release migrates, with the old ones stopped)."""
         if not isinstance(path, str | Path):
             raise ValueError(f"path must be a str or Path, not {type(path).__name__}")
         if str(path) in ("", ":memory:") or str(path).startswith("file:"):
@@ -504,7 +538,7 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
         self._committer_pid = 0
         conn = self._conn()
         try:
-            self._migrate(conn)
+            self._migrate(conn, migrate)
         except BaseException:
             self.close()
             raise
@@ -655,7 +689,7 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
                 f"{self.path} has schema version {found}, newer than this callgate knows "
                 f"({SCHEMA_VERSION}): run the callgate release that migrated it (or a newer one)")
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: sqlite3.Connection, allowed: bool = True) -> None:
         try:
             found = self._schema_version(conn)
         except sqlite3.OperationalError as exc:
@@ -663,6 +697,13 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
         self._refuse_newer(found)
         if found == SCHEMA_VERSION:
             return          # the common case: no write lock taken
+        if found and not allowed:
+            # Migrating under a server of the older release would let it write without what the new
+            # schema keeps (number ownership was such a change): the new server migrates, the old one stopped.
+            raise SchemaTooOld(
+                f"{self.path} has schema version {found}, older than this callgate's {SCHEMA_VERSION}: stop every "
+                "server on it, start this release's `callgate serve` once (it migrates the store), then run "
+                "this command again")
         with self._transaction(write=True):
             # Checked again under the write lock: another process may have migrated meanwhile.
             conn.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -742,16 +783,16 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
             conn.execute("BEGIN")
             try:
                 versions = {t: int(v) for t, v in conn.execute('SELECT tenant, version FROM "current"')}
-                balances, documents = {}, {}
-                for t, b, d in conn.execute("SELECT tenant, balance_micro, documents FROM accounts"):
-                    balances[t], documents[t] = int(b), int(d)
+                balances, documents, reserved = {}, {}, {}
+                for t, b, d, r in conn.execute("SELECT tenant, balance_micro, documents, reserved_micro FROM accounts"):
+                    balances[t], documents[t], reserved[t] = int(b), int(d), int(r)
             finally:
                 conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             if self._busy(exc) is not None:
                 return None
             raise
-        result = Poll(versions, balances, documents)
+        result = Poll(versions, balances, documents, reserved)
         self._poll_seen = (seen, result)
         return result
 
@@ -760,9 +801,10 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
 
     def commit_version(self, tenant: str, kind: str, document: bytes, snapshot: bytes,
                        expected_version: int | None, comment: str = "", *,
-                       numbers: tuple[tuple[str, str], ...] | None = None, may_create: bool = True) -> int:
+                       numbers: tuple[tuple[str, str], ...] | None = None, may_create: bool = True,
+                       facts: TenantFacts | None = None) -> int:
         return self.commit_versions([VersionWrite(tenant, kind, document, snapshot, numbers, expected_version,
-                                                  comment)], may_create=may_create)[0]
+                                                  comment, facts)], may_create=may_create)[0]
 
     def commit_versions(self, writes: list[VersionWrite], *, may_create: bool = True) -> list[int]:
         if not isinstance(writes, list) or not writes or not all(isinstance(w, VersionWrite) for w in writes):
@@ -795,7 +837,10 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
         # Small documents are still checked, which catches a caller that mixes tenants up.
         if not document.lstrip()[:1] == b"{":
             raise ValueError("document is not a JSON settings document: it does not start with {")
-        if len(document) <= SMALL_DOCUMENT or numbers is None:
+        facts = w.facts
+        if facts is not None and not isinstance(facts, TenantFacts):
+            raise ValueError("facts must be TenantFacts")
+        if len(document) <= SMALL_DOCUMENT or numbers is None or facts is None:
             try:
                 doc = _loads(document)
             except (ValueError, UnicodeDecodeError) as exc:
@@ -805,8 +850,11 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
             listed = store_numbers.document_numbers(doc)
             if numbers is not None and numbers != listed:
                 raise ValueError(f"numbers do not match the document's numbers[] of tenant {tenant!r}")
-            numbers = listed
-        return VersionWrite(tenant, w.kind, document, w.snapshot, numbers, w.expected_version, w.comment[:500])
+            if facts is not None and facts != TenantFacts.of(doc):
+                raise ValueError(f"facts do not match the document of tenant {tenant!r}")
+            numbers, facts = listed, TenantFacts.of(doc)
+        return VersionWrite(tenant, w.kind, document, w.snapshot, numbers, w.expected_version, w.comment[:500],
+                            facts)
 
     def _commit_in(self, conn: sqlite3.Connection, writes: list[VersionWrite], may_create: bool, now: int,
                    packed: list[bytes] | None = None) -> list[int]:
@@ -828,6 +876,8 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
                          "VALUES (?, ?, ?, ?, ?, ?)", (w.tenant, version, w.kind, document, now, w.comment))
             self._store_snapshot(conn, w.tenant, version, w.snapshot)
             self._put_in_force(conn, w.tenant, version)
+            if w.facts is not None:
+                store_numbers.write_facts(conn, w.tenant, w.facts)
         return versions
 
     @staticmethod

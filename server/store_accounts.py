@@ -27,12 +27,14 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from .billing import crossed
-from .calls import Call, Event, EventRefused, Outcome, Reply, check_replay
+from .calls import Account, Call, Event, EventRefused, Outcome, Reply, check_replay
 from .store_api import CardRecord, DocumentFile, DocumentSet, LedgerEntry, NotFound, Topup, TopupPolicy
 from .store_checks import _check_int, _check_str, _check_tenant
 
 CALL_COLUMNS = ("tenant, call_id, direction, caller, called, state, ringing_user, ringing_at, answered_by, "
-                "last_user, answered_at, ended_at, line, rate_micro, increment_s, talked_s, charge_micro")
+                "last_user, answered_at, ended_at, line, rate_micro, increment_s, talked_s, charge_micro, "
+                "last_at, updated_at, reserved_micro, reserved_s")
+N_CALL_COLUMNS = CALL_COLUMNS.count(",") + 1
 TOPUP_COLUMNS = ("id, tenant, amount_micro, currency, status, attempts, next_attempt_at, last_reason, gateway_ref, "
                  "trigger, created_at")
 LEDGER_KINDS = ("call", "rental", "topup", "credit")
@@ -57,12 +59,14 @@ class AccountsMixin:
 
     # -- calls -----------------------------------------------------------------
 
-    def call_event(self, tenant: str, call_id: str, event: Event, rules: Callable[[Call | None], Outcome],
-                   topup: TopupPolicy | None, currency: str) -> Reply:
+    def call_event(self, tenant: str, call_id: str, event: Event,
+                   rules: Callable[[Call | None, Account], Outcome], topup: TopupPolicy | None,
+                   currency: str) -> Reply:
         return self.submit_call_event(tenant, call_id, event, rules, topup, currency).result()
 
-    def submit_call_event(self, tenant: str, call_id: str, event: Event, rules: Callable[[Call | None], Outcome],
-                          topup: TopupPolicy | None, currency: str) -> Future[Reply]:
+    def submit_call_event(self, tenant: str, call_id: str, event: Event,
+                          rules: Callable[[Call | None, Account], Outcome], topup: TopupPolicy | None,
+                          currency: str) -> Future[Reply]:
         _check_tenant(tenant)
         _check_str("call_id", call_id)
 
@@ -74,30 +78,58 @@ class AccountsMixin:
                 return Reply.from_json(row[1])
             found = conn.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE tenant = ? AND call_id = ?",
                                  (tenant, call_id)).fetchone()
-            outcome = rules(_call(found) if found else None)
-            c = outcome.call
-            conn.execute(f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 17)})",
-                         (c.tenant, c.call_id, c.direction, c.caller, c.called, c.state, c.ringing_user,
-                          c.ringing_at, c.answered_by, c.last_user, c.answered_at, c.ended_at, c.line,
-                          c.rate_micro, c.increment_s, c.talked_s, c.charge_micro))
+            outcome = rules(_call(found) if found else None, self._account(conn, tenant))
             now = int(time.time())
             conn.execute("INSERT INTO call_events (tenant, call_id, key, kind, user, at, reply, recorded_at) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (tenant, call_id, event.key, event.kind, event.user, event.at, outcome.reply.to_json(), now))
-            if outcome.charge_micro:
-                self._ledger(conn, tenant, "call", -outcome.charge_micro, call_id, currency, topup, now)
-            if outcome.reply.create_lead:
-                conn.execute("INSERT OR IGNORE INTO leads (tenant, call_id, responsible, trigger, created_at) "
-                             "VALUES (?, ?, ?, ?, ?)",
-                             (tenant, call_id, outcome.reply.lead_responsible, event.kind, now))
+            self._settle(conn, outcome, event.kind, currency, topup, now)
             return outcome.reply
 
         return self._submit(write)
 
-    def ringing_calls(self, tenant: str) -> list[tuple[str, str, int]]:
+    def _settle(self, conn: sqlite3.Connection, outcome: Outcome, kind: str, currency: str,
+                topup: TopupPolicy | None, now: int) -> None:
+        """Write an outcome's call, its hold, its charge and its lead (inside the caller's write)."""
+        c = outcome.call
+        conn.execute(f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * N_CALL_COLUMNS)})",
+                     (c.tenant, c.call_id, c.direction, c.caller, c.called, c.state, c.ringing_user,
+                      c.ringing_at, c.answered_by, c.last_user, c.answered_at, c.ended_at, c.line,
+                      c.rate_micro, c.increment_s, c.talked_s, c.charge_micro, c.last_at, c.updated_at,
+                      c.reserved_micro, c.reserved_s))
+        if outcome.hold_micro:
+            self._hold(conn, c.tenant, outcome.hold_micro, topup, f"hold:{c.call_id}", now)
+        if outcome.charge_micro:
+            self._ledger(conn, c.tenant, "call", -outcome.charge_micro, c.call_id, currency, topup, now)
+        if outcome.reply.create_lead:
+            conn.execute("INSERT OR IGNORE INTO leads (tenant, call_id, responsible, trigger, created_at) "
+                         "VALUES (?, ?, ?, ?, ?)", (c.tenant, c.call_id, outcome.reply.lead_responsible, kind, now))
+
+    @staticmethod
+    def _account(conn: sqlite3.Connection, tenant: str) -> Account:
+        row = conn.execute("SELECT balance_micro, reserved_micro FROM accounts WHERE tenant = ?", (tenant,)).fetchone()
+        return Account(int(row[0]), int(row[1])) if row else Account()
+
+    def _hold(self, conn: sqlite3.Connection, tenant: str, change: int, topup: TopupPolicy | None, trigger: str,
+              now: int) -> None:
+        """Change the credit held by the tenant's open calls; a new hold may cross the top-up threshold."""
+        before = self._account(conn, tenant)
+        conn.execute("INSERT INTO accounts (tenant, reserved_micro) VALUES (?, ?) "
+                     "ON CONFLICT (tenant) DO UPDATE SET reserved_micro = reserved_micro + excluded.reserved_micro",
+                     (tenant, change))
+        if topup is not None and crossed(before.available_micro, before.available_micro - change,
+                                         topup.threshold_micro):
+            self._open_topup(conn, tenant, topup, trigger, now)
+
+    def account(self, tenant: str) -> Account:
+        _check_tenant(tenant)
+        rows = self._read("SELECT balance_micro, reserved_micro FROM accounts WHERE tenant = ?", (tenant,))
+        return Account(int(rows[0][0]), int(rows[0][1])) if rows else Account()
+
+    def ringing_calls(self, tenant: str, since: int = 0) -> list[tuple[str, str, int]]:
         _check_tenant(tenant)
         rows = self._read("SELECT call_id, ringing_user, ringing_at FROM calls WHERE tenant = ? AND state = 'ringing' "
-                          "ORDER BY ringing_at, call_id", (tenant,))
+                          "AND ringing_at >= ? ORDER BY ringing_at, call_id", (tenant, since))
         return [(call_id, user, int(at)) for call_id, user, at in rows]
 
     def calls(self, tenant: str, states: tuple[str, ...], limit: int = 100) -> list[Call]:
@@ -108,14 +140,23 @@ class AccountsMixin:
                           "ORDER BY ringing_at, call_id LIMIT ?", (tenant, *states, limit))
         return [_call(r) for r in rows]
 
-    def expire_calls(self, ring_cutoff: int, talk_cutoff: int, now: int) -> list[Call]:
-        stale = "(state = 'ringing' AND ringing_at < ?) OR (state = 'answered' AND answered_at < ?)"
-        if not self._read(f"SELECT 1 FROM calls WHERE {stale} LIMIT 1", (ring_cutoff, talk_cutoff)):
+    def expire_calls(self, ring_cutoff: int, talk_cutoff: int, quiet_cutoff: int,
+                     rules: Callable[[Call], Outcome], topup: Callable[[str], TopupPolicy | None],
+                     currency: Callable[[str], str]) -> list[Call]:
+        stale = ("state IN ('ringing', 'answered') AND updated_at < ? AND "
+                 "((state = 'ringing' AND ringing_at < ?) OR (state = 'answered' AND answered_at < ?))")
+        args = (quiet_cutoff, ring_cutoff, talk_cutoff)
+        if not self._read(f"SELECT 1 FROM calls WHERE {stale} LIMIT 1", args):
             return []  # the common case, without the write lock
+        now = int(time.time())
+        out = []
         with self._transaction(True) as conn:
-            rows = conn.execute(f"UPDATE calls SET state = 'expired', ended_at = ? WHERE {stale} "
-                                f"RETURNING {CALL_COLUMNS}", (now, ring_cutoff, talk_cutoff)).fetchall()
-        return [_call(r) for r in rows]
+            for row in conn.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE {stale} LIMIT 1000", args).fetchall():
+                outcome = rules(_call(row))
+                self._settle(conn, outcome, "EXPIRED", currency(outcome.call.tenant), topup(outcome.call.tenant),
+                             now)
+                out.append(outcome.call)
+        return out
 
     def lead_count(self, tenant: str, call_id: str) -> int:
         rows = self._read("SELECT count(*) FROM leads WHERE tenant = ? AND call_id = ?", (tenant, call_id))
@@ -136,12 +177,18 @@ class AccountsMixin:
             return False  # this (kind, ref) was entered before: a retry changes nothing
         conn.execute("INSERT INTO accounts (tenant, balance_micro) VALUES (?, ?) "
                      "ON CONFLICT (tenant) DO UPDATE SET balance_micro = excluded.balance_micro", (tenant, after))
-        if topup is not None and crossed(before, after, topup.threshold_micro):
-            # once per crossing: the partial unique index refuses a second open top-up for the tenant
-            conn.execute("INSERT OR IGNORE INTO topups (tenant, amount_micro, currency, status, next_attempt_at, "
-                         "trigger, created_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-                         (tenant, topup.amount_micro, topup.currency, now, f"{kind}:{ref}", now))
+        if topup is not None:  # the threshold is on the available credit: what calls in progress hold is spent
+            held = self._account(conn, tenant).reserved_micro
+            if crossed(before - held, after - held, topup.threshold_micro):
+                self._open_topup(conn, tenant, topup, f"{kind}:{ref}", now)
         return True
+
+    @staticmethod
+    def _open_topup(conn: sqlite3.Connection, tenant: str, topup: TopupPolicy, trigger: str, now: int) -> None:
+        # once per crossing: the partial unique index refuses a second open top-up for the tenant
+        conn.execute("INSERT OR IGNORE INTO topups (tenant, amount_micro, currency, status, next_attempt_at, "
+                     "trigger, created_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                     (tenant, topup.amount_micro, topup.currency, now, trigger, now))
 
     def balance(self, tenant: str) -> int:
         _check_tenant(tenant)

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .auth import TokenRecord
-    from .calls import Call, Event, Outcome, Reply
+    from .calls import Account, Call, Event, Outcome, Reply
 
 
 class StoreError(Exception):
@@ -81,6 +81,21 @@ class OwnershipConflicts(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class TenantFacts:
+    """What the store keeps of a version beside its document: what the failover export needs."""
+
+    status: str
+    backup_number: str = ""
+    backup_line: str = ""
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> TenantFacts:
+        backup = doc.get("backup") if isinstance(doc.get("backup"), dict) else {}
+        assert isinstance(backup, dict)
+        return cls(str(doc.get("status", "")), str(backup.get("number", "")), str(backup.get("line", "")))
+
+
+@dataclass(frozen=True, slots=True)
 class VersionWrite:
     """One new settings version, as `commit_versions` writes it (several commit together or not at all)."""
 
@@ -93,6 +108,7 @@ class VersionWrite:
     numbers: tuple[tuple[str, str], ...] | None = None
     expected_version: int | None = None   # None: no check; 0: the tenant must not exist yet
     comment: str = ""
+    facts: TenantFacts | None = None      # None: read from the document (like numbers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +148,9 @@ class AuditRow:
     object: str                   # what the call acted on: "version 3", "set 12", "token ab12", "number +1..."
     version_before: int
     version_after: int
-    result: str                   # OK or the gRPC status name of the refusal
+    result: str                   # OK, CANCELLED (the caller left), or the gRPC status name of the refusal
     detail: str                   # the refusal's message (or what was done)
+    peer: str = ""                # the caller's address, as gRPC gives it (ipv4:127.0.0.1:50000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +171,11 @@ class Poll:
     versions: dict[str, int]
     balances: dict[str, int]      # micro-units; tenants without ledger entries are absent (0)
     documents: dict[str, int]     # a counter per tenant, bumped by every document upload or review
+    reserved: dict[str, int] = field(default_factory=dict)  # micro-units held by the tenant's open calls
+
+    def available(self, tenant: str) -> int:
+        """What the tenant may still spend: its balance less what its calls in progress hold."""
+        return self.balances.get(tenant, 0) - self.reserved.get(tenant, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +272,8 @@ class Store(Protocol):
 
     def commit_version(self, tenant: str, kind: str, document: bytes, snapshot: bytes,
                        expected_version: int | None, comment: str = "", *,
-                       numbers: tuple[tuple[str, str], ...] | None = None, may_create: bool = True) -> int:
+                       numbers: tuple[tuple[str, str], ...] | None = None, may_create: bool = True,
+                       facts: TenantFacts | None = None) -> int:
         """Store a whole effective document (JSON bytes) and its compiled snapshot as the next version.
 
         Atomic: checks `expected_version` (None: no check; 0: the tenant must
@@ -278,6 +301,11 @@ class Store(Protocol):
 
     def failover_view(self) -> FailoverView:
         """The ownership table and each tenant's version, status and backup, in one consistent read."""
+        ...
+
+    def check_ownership(self) -> list[str]:
+        """Compare the owners with the numbers the documents in force list; record what disagrees as conflicts
+        (offline: it parses every document).  Returns the findings in words."""
         ...
 
     def ownership_conflicts(self) -> dict[str, list[tuple[str, str]]]:
@@ -318,29 +346,42 @@ class Store(Protocol):
         ...
 
     # -- calls -----------------------------------------------------------------
-    def call_event(self, tenant: str, call_id: str, event: Event, rules: Callable[[Call | None], Outcome],
-                   topup: TopupPolicy | None, currency: str) -> Reply:
+    def call_event(self, tenant: str, call_id: str, event: Event,
+                   rules: Callable[[Call | None, Account], Outcome], topup: TopupPolicy | None,
+                   currency: str) -> Reply:
         """Apply one call event atomically: a recorded event key returns its recorded reply (a replay);
-        otherwise `rules` (server.calls.apply) gives the call's new record, the reply and the charge,
-        all committed in one transaction with the ledger debit, the CRM lead and any top-up it triggers.
+        otherwise `rules(call, account)` (server.calls.apply) gives the call's new record, the reply, the
+        charge and the change of held credit, all committed in one transaction with the ledger debit, the
+        account's holds, the CRM lead and any top-up it triggers (a crossing of the available credit).
         Raises server.calls.EventRefused (nothing written) when the event cannot apply."""
         ...
 
-    def submit_call_event(self, tenant: str, call_id: str, event: Event, rules: Callable[[Call | None], Outcome],
-                          topup: TopupPolicy | None, currency: str) -> Future[Reply]:
+    def submit_call_event(self, tenant: str, call_id: str, event: Event,
+                          rules: Callable[[Call | None, Account], Outcome], topup: TopupPolicy | None,
+                          currency: str) -> Future[Reply]:
         """call_event without waiting: the future is done once the event is committed (or refused)."""
         ...
 
-    def ringing_calls(self, tenant: str) -> list[tuple[str, str, int]]:
-        """(call_id, user, since) of the tenant's calls ringing and unanswered, oldest first."""
+    def ringing_calls(self, tenant: str, since: int = 0) -> list[tuple[str, str, int]]:
+        """(call_id, user, since) of the tenant's calls ringing and unanswered since `since` or later,
+        oldest first (what pickup may take: a call that rang before the ring timeout is not offered)."""
         ...
 
     def calls(self, tenant: str, states: tuple[str, ...], limit: int = 100) -> list[Call]:
         """The tenant's calls in those states, oldest first."""
         ...
 
-    def expire_calls(self, ring_cutoff: int, talk_cutoff: int, now: int) -> list[Call]:
-        """Mark expired the calls ringing since before ring_cutoff or answered before talk_cutoff."""
+    def expire_calls(self, ring_cutoff: int, talk_cutoff: int, quiet_cutoff: int,
+                     rules: Callable[[Call], Outcome], topup: Callable[[str], TopupPolicy | None],
+                     currency: Callable[[str], str]) -> list[Call]:
+        """End the calls no ENDED came for: ringing since before ring_cutoff, or answered since before
+        talk_cutoff, and nothing recorded for them since quiet_cutoff (a replay in progress is never cut).
+        `rules(call)` (server.calls.expire) gives each its end; the charge, the released hold and any top-up
+        are committed with it.  Returns the expired calls."""
+        ...
+
+    def account(self, tenant: str) -> Account:
+        """The tenant's balance and the credit its open calls hold (micro-units)."""
         ...
 
     def lead_count(self, tenant: str, call_id: str) -> int:

@@ -112,7 +112,8 @@ def test_operator_commands(server, capsys, tmp_path):
     from PIL import Image
 
     code, out, _ = run(server, capsys, "billing", "balance", "acme")
-    assert code == 0 and "balance 10.00 USD" in out and "auto top-up: 20.00 USD when the balance falls below" in out
+    assert code == 0 and "balance 10.00 USD, reserved 0.00 by calls in progress, available 10.00" in out
+    assert "auto top-up: 20.00 USD when the available credit falls below" in out
     code, out, _ = run(server, capsys, "billing", "topup", "acme", "5.50", "--reference", "wire-77")
     assert code == 0 and "balance 15.50 USD" in out
     code, out, _ = run(server, capsys, "billing", "topup", "acme", "5.50", "--reference", "wire-77")

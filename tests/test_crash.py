@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -19,10 +20,15 @@ from .test_lifecycle import DOC, EV, US_DEST, no_rentals
 
 CALLS = 1000
 
+NOW = int(time.time())  # call events are checked against the server's clock
+
 
 def start(data: Path) -> Server:
     # the sandbox gateway answers in 0.4 s: the kill lands while a top-up is being charged
-    return Server(data, "--topup-retry-s", "0.2", "--topup-stale-s", "1", "--sandbox-latency-ms", "400", seed=None)
+    # each call holds one minute (0.02) from its RINGING and talks 61 s (0.04): every ending lowers the
+    # available credit, so the crossing, and the top-up, come while the endings are in flight
+    return Server(data, "--topup-retry-s", "0.2", "--topup-stale-s", "1", "--sandbox-latency-ms", "400",
+                  "--reserve-max-s", "60", seed=None)
 
 
 def charging(db: Path) -> bool:
@@ -45,6 +51,8 @@ def check_books(db: Path, settled: bool = True) -> dict[str, int]:
         if settled:
             assert q("SELECT count(*) FROM sandbox_charges WHERE ok = 1") == charged  # no charge without its credit
         assert q("SELECT count(*) FROM topups") == q("SELECT count(DISTINCT trigger) FROM topups")
+        assert q("SELECT reserved_micro FROM accounts WHERE tenant = 'acme'") == q(   # holds: those of open calls
+            "SELECT COALESCE(SUM(reserved_micro), 0) FROM calls WHERE state IN ('ringing', 'answered')")
         return {"calls": q("SELECT count(*) FROM ledger WHERE kind = 'call'"), "topups": charged,
                 "open": q("SELECT count(*) FROM topups WHERE status IN ('pending', 'charging')")}
 
@@ -60,8 +68,9 @@ def test_sigkill_with_endings_and_topups_in_flight(tmp_path: Path) -> None:
         admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(doc).encode()), timeout=60)
         admin.Card(admin_pb2.CardRequest(tenant="acme", number="4242424242424242", exp_month=1, exp_year=2031),
                    timeout=10)
-        admin.Credit(admin_pb2.CreditRequest(tenant="acme", amount="3.01", reference="opening"), timeout=10)
-        t0 = 1_800_000_000
+        # 1,000 holds of 0.02 leave 3.01 available
+        admin.Credit(admin_pb2.CreditRequest(tenant="acme", amount="23.01", reference="opening"), timeout=10)
+        t0 = NOW - 3600
 
         def ring_and_answer(i: int) -> None:
             decisions.CallEvent(EV(tenant="acme", call_id=f"c{i}", kind=EV.RINGING, user="u3", at=t0 + i,
@@ -77,7 +86,7 @@ def test_sigkill_with_endings_and_topups_in_flight(tmp_path: Path) -> None:
 
         def end(i: int) -> None:
             try:
-                reply = decisions.CallEvent(EV(tenant="acme", call_id=f"c{i}", kind=EV.ENDED, at=t0 + i + 61),
+                reply = decisions.CallEvent(EV(tenant="acme", call_id=f"c{i}", kind=EV.ENDED, at=t0 + i + 62),
                                             timeout=10)
             except grpc.RpcError:
                 return  # the server died under this call: not acknowledged
@@ -101,7 +110,7 @@ def test_sigkill_with_endings_and_topups_in_flight(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         charged = {r[0]: r[1] for r in conn.execute("SELECT ref, amount_micro FROM ledger WHERE kind = 'call'")}
     for call_id, reply in acknowledged.items():          # every acknowledged charge is there, exactly once
-        assert reply.charge == "0.02" and charged[call_id] == -20_000
+        assert reply.charge == "0.04" and charged[call_id] == -40_000
     assert after_kill["calls"] >= len(acknowledged)
 
     srv = start(data)                                    # restart; the proxy retries what was not acknowledged
@@ -110,9 +119,9 @@ def test_sigkill_with_endings_and_topups_in_flight(tmp_path: Path) -> None:
             decisions = decisions_pb2_grpc.DecisionsStub(channel)
 
             def retry(i: int) -> None:
-                reply = decisions.CallEvent(EV(tenant="acme", call_id=f"c{i}", kind=EV.ENDED, at=t0 + i + 61),
+                reply = decisions.CallEvent(EV(tenant="acme", call_id=f"c{i}", kind=EV.ENDED, at=t0 + i + 62),
                                             timeout=10)
-                assert reply.charge == "0.02"
+                assert reply.charge == "0.04"
                 if f"c{i}" in acknowledged:
                     assert reply == acknowledged[f"c{i}"]    # a replay answers as the first time did
 
@@ -122,6 +131,8 @@ def test_sigkill_with_endings_and_topups_in_flight(tmp_path: Path) -> None:
             wait_for(lambda: check_books(db, settled=False)["open"] == 0, timeout=30)
         books = check_books(db)
         assert books["calls"] == CALLS
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT reserved_micro FROM accounts").fetchone()[0] == 0   # every hold let go
         print(f"acknowledged before the kill: {len(acknowledged)}, charged then: {after_kill['calls']}, "
               f"top-ups: {after_kill['topups']} then {books['topups']}")
     finally:

@@ -51,6 +51,11 @@ SPECIAL_DAYS = [
 PREFIXES = ["1", "14", "1415", "14155", "44", "4420", "447", "49", "4930", "33", "81", "7", "39", "61", "8"]
 
 
+# E.164 numbers whose digits have the length of national numbers in several COUNTRIES (DE, JP, IT, AU, ...)
+TWO_READINGS = ["+48500600700", "+48500600701", "+33612345678", "+4930123456", "+8190123456", "+61412345678",
+                "+390612345678", "+74951234567", "+14155550123"]
+
+
 def _number(country: str, suffix: int) -> str:
     base = COUNTRIES[country][0]
     width = 12 - len(base) + 1 if country != "IT" else 3
@@ -99,7 +104,11 @@ def tenants(draw: Any) -> tuple[dict, list[str]]:
         prefixes = draw(st.lists(st.sampled_from(PREFIXES), unique=True, max_size=6))
         rates = [{"prefix": p, "per_minute": draw(money),
                   "increment_s": draw(st.sampled_from([1, 6, 30, 60, 7, 3600]))} for p in prefixes]
-        lines.append({"id": f"line-{i}", "kind": "rented", "rates": rates})
+        line: dict[str, Any] = {"id": f"line-{i}", "kind": "rented", "rates": rates}
+        fmt = draw(st.sampled_from(["auto", "auto", None, "e164", "international", "national"]))
+        if fmt is not None:
+            line["caller_format"] = fmt
+        lines.append(line)
     groups = [f"g{i}" for i in range(draw(st.integers(0, 3)))]
     numbers = []
     used: set[str] = set()
@@ -137,6 +146,9 @@ def tenants(draw: Any) -> tuple[dict, list[str]]:
     callers = [f"+1415555{draw(st.integers(1000, 9999))}" for _ in range(4)] + [
         _number(c, draw(st.integers(0, 10**6))) for c in draw(st.lists(st.sampled_from(sorted(COUNTRIES)),
                                                                       max_size=3))]
+    # foreign callers whose bare digits also read as a national number of a tenant's country (a proxy
+    # that drops the "+"): listed, their second reading is what the fail-safe rule must catch
+    callers += draw(st.lists(st.sampled_from(TWO_READINGS), max_size=3))
     doc: dict[str, Any] = {
         "tenant": "t", "currency": draw(st.sampled_from(["USD", "EUR"])),
         "status": draw(st.sampled_from(["active"] * 5 + ["suspended", "disabled"])),

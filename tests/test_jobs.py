@@ -129,19 +129,36 @@ def test_threshold_is_the_next_renewal_when_higher(store: SQLiteStore) -> None:
 
 
 def test_call_events_open_one_top_up_per_crossing(store: SQLiteStore) -> None:
+    """The threshold is on the available credit: a charge crosses it, and so does a call's hold."""
     snap = snapshot(numbers=[{**n, "rental": None} for n in json.loads(EXAMPLE.read_text())["numbers"]])
     policy = topup_policy(snap, TODAY)
     store.credit("acme", 3_050_000, "credit", "opening", "USD", policy)
-    for i in range(4):
-        e = calls.Event("RINGING", "u3", 100, "outbound", "+442071234567", "+15551230000", "rent-1", 20_000, 60)
-        store.call_event("acme", f"c{i}", e, functools.partial(calls.apply, event=e, tenant="acme",
-                                                                  call_id=f"c{i}", lead_trigger="on_answer"),
-                         policy, "USD")
-        for kind, at in (("ANSWERED", 101), ("ENDED", 161)):
-            e = calls.Event(kind, "u3", at)
-            store.call_event("acme", f"c{i}", e, functools.partial(calls.apply, event=e, tenant="acme",
-                                                                      call_id=f"c{i}", lead_trigger="on_answer"),
-                             policy, "USD")
+
+    def call(i: int, reserve_max_s: int) -> None:
+        for kind, at in (("RINGING", 100), ("ANSWERED", 101), ("ENDED", 161)):
+            e = (calls.Event(kind, "u3", at, "outbound", "+442071234567", "+15551230000", "rent-1", 20_000, 60)
+                 if kind == "RINGING" else calls.Event(kind, "u3", at))
+            rules = functools.partial(calls.apply, event=e, tenant="acme", call_id=f"c{i}", lead_trigger="on_answer",
+                                      limits=calls.Limits(200, reserve_max_s=reserve_max_s))
+            store.call_event("acme", f"c{i}", e, rules, policy, "USD")
+
+    for i in range(4):            # holds of one minute (0.02 each, let go at the end)
+        call(i, 60)
     assert store.balance("acme") == 3_050_000 - 4 * 20_000
     [t] = store.topups("acme")
-    assert t.trigger == "call:c2"                                         # 3.01 -> 2.99 at the third call
+    assert t.trigger == "hold:c2"              # 3.01 -> 2.99 available when the third call holds its minute
+    assert store.account("acme").reserved_micro == 0                     # every hold let go at the end
+
+
+def test_a_hold_that_crosses_the_threshold_opens_a_top_up(store: SQLiteStore) -> None:
+    snap = snapshot(numbers=[{**n, "rental": None} for n in json.loads(EXAMPLE.read_text())["numbers"]])
+    policy = topup_policy(snap, TODAY)
+    store.credit("acme", 3_050_000, "credit", "opening", "USD", policy)
+    e = calls.Event("RINGING", "u3", 100, "outbound", "+442071234567", "+15551230000", "rent-1", 20_000, 60)
+    reply = store.call_event("acme", "c9", e, functools.partial(
+        calls.apply, event=e, tenant="acme", call_id="c9", lead_trigger="on_answer", limits=calls.Limits(200)),
+        policy, "USD")
+    assert (reply.max_duration_s, reply.reserved_micro) == (3600, 1_200_000)   # an hour at 0.02/min
+    assert store.account("acme") == calls.Account(3_050_000, 1_200_000)
+    [t] = store.topups("acme")
+    assert t.trigger == "hold:c9" and store.balance("acme") == 3_050_000       # 3.05 -> 1.85 available

@@ -23,6 +23,8 @@ EV = decisions_pb2.CallEventRequest
 US_DEST = "+15551230000"     # rent-1 rate "1": 0.0200 per minute, 60 s increments
 UK_DEST = "+442079460000"    # rent-1 rate "44": 0.0350 per minute, 1 s increments
 
+NOW = int(time.time())  # call events are checked against the server's clock
+
 
 def no_rentals(doc: dict[str, Any]) -> dict[str, Any]:
     """The example without rentals: renewals due on the day a test runs would move balances."""
@@ -140,15 +142,15 @@ def test_lead_on_hangup_names_the_last_user_after_transfers(tmp_path: Path) -> N
     doc["lead_trigger"] = "on_hangup"
     t = Tenant(tmp_path, doc)
     try:
-        t.event(EV.RINGING, "c1", "u1", 1_800_000_000)
-        assert not t.event(EV.ANSWERED, "c1", "u1", 1_800_000_001).create_lead
-        t.event(EV.TRANSFERRED, "c1", "u2", 1_800_000_030)
-        t.event(EV.TRANSFERRED, "c1", "u3", 1_800_000_050)
-        ended = t.event(EV.ENDED, "c1", at=1_800_000_090)
+        t.event(EV.RINGING, "c1", "u1", NOW - 3600)
+        assert not t.event(EV.ANSWERED, "c1", "u1", NOW - 3600 + 1).create_lead
+        t.event(EV.TRANSFERRED, "c1", "u2", NOW - 3600 + 30)
+        t.event(EV.TRANSFERRED, "c1", "u3", NOW - 3600 + 50)
+        ended = t.event(EV.ENDED, "c1", at=NOW - 3600 + 90)
         assert (ended.create_lead, ended.lead_responsible) == (True, "u3")
-        assert t.event(EV.ENDED, "c1", at=1_800_000_090) == ended
-        t.event(EV.RINGING, "missed", "u1", 1_800_000_100)
-        assert not t.event(EV.ENDED, "missed", at=1_800_000_110).create_lead    # nobody talked: no lead
+        assert t.event(EV.ENDED, "c1", at=NOW - 3600 + 90) == ended
+        t.event(EV.RINGING, "missed", "u1", NOW - 3600 + 100)
+        assert not t.event(EV.ENDED, "missed", at=NOW - 3600 + 110).create_lead    # nobody talked: no lead
         with t.db() as conn:
             assert conn.execute("SELECT call_id, responsible FROM leads").fetchall() == [("c1", "u3")]
     finally:
@@ -228,7 +230,7 @@ def test_outbound_calls_are_charged_once_and_decisions_see_the_balance(acme: Ten
     assert not acme.credit("1.00", "pay-1").recorded                          # same reference: once
     wait_for(lambda: acme.decisions.Outbound(out, timeout=10).verdict == decisions_pb2.ALLOW, timeout=5)
     assert acme.decisions.Outbound(out, timeout=10).max_duration_s == 50 * 60  # 1.00 / 0.02 per 60 s
-    t0 = 1_800_000_000
+    t0 = NOW - 3600
     ended = acme.call("o1", t0, 61)                                            # 2 increments of 60 s
     assert (ended.charge, ended.currency, ended.talked_seconds) == ("0.04", "USD", 61)
     assert acme.event(EV.ENDED, "o1", at=t0 + 5 + 61) == ended                 # a retry: not charged again
@@ -258,7 +260,7 @@ def test_forwarded_legs_and_backup_forwarding_are_billed_at_their_line_rate(tmp_
         d = t.decisions.Inbound(decisions_pb2.InboundRequest(tenant="acme", caller="+12125550000",
                                                              called="+14155550199"), timeout=10)
         assert (d.verdict, d.target, d.line) == (decisions_pb2.FORWARD, "+14155550111", "rent-1")
-        t0 = 1_800_000_000
+        t0 = NOW - 3600
         t.event(EV.RINGING, "fwd-1", "backup", t0, direction="forwarded", caller="+12125550000",
                 called=d.target, line=d.line)
         t.event(EV.ANSWERED, "fwd-1", "backup", t0 + 2)
@@ -303,12 +305,12 @@ def _topup_doc() -> dict[str, Any]:
 
 
 def test_topup_exactly_once_under_50_concurrent_call_endings(tmp_path: Path) -> None:
-    t = Tenant(tmp_path, _topup_doc())
+    t = Tenant(tmp_path, _topup_doc(), "--reserve-max-s", "60")   # holds of 0.02: 50 of them take 3.50 to 2.50
     try:
         t.admin.Card(admin_pb2.CardRequest(tenant="acme", number="4242 4242 4242 4242", exp_month=12,
                                            exp_year=2030), timeout=10)
         t.credit("3.50", "opening")
-        t0 = 1_800_000_000
+        t0 = NOW - 3600
         for i in range(50):
             t.event(EV.RINGING, f"c{i}", "u3", t0 + i, direction="outbound", called=US_DEST)
             t.event(EV.ANSWERED, f"c{i}", "u3", t0 + i + 1)
@@ -333,7 +335,7 @@ def test_declined_card_is_recorded_then_retried_successfully(tmp_path: Path) -> 
         t.admin.Card(admin_pb2.CardRequest(tenant="acme", number="4000000000000002", exp_month=1,
                                            exp_year=2031), timeout=10)
         t.credit("3.01", "opening")
-        t.call("c1", 1_800_000_000, 30)                                   # 3.01 - 0.02: below 3.00
+        t.call("c1", NOW - 3600, 30)                                   # 3.01 - 0.02: below 3.00
         declined = wait_for(lambda: [x for x in t.balance().topups if x.last_reason], timeout=10)[0]
         assert (declined.status, declined.last_reason, declined.attempts) == ("pending", "card_declined", 1)
         assert t.balance().balance == "2.99"

@@ -38,8 +38,14 @@ def event(store: SQLiteStore, kind: str, call_id: str, user: str = "", at: int =
     """One call event through the store, with the service's rules."""
     e = (calls.Event(kind, user, at, direction, caller, called, "line-1" if rate else "", rate, increment)
          if kind == "RINGING" else calls.Event(kind, user, at))
-    rules = functools.partial(calls.apply, event=e, tenant=tenant, call_id=call_id, lead_trigger=lead)
-    return store.call_event(tenant, call_id, e, rules, None, "USD")
+    return store.call_event(tenant, call_id, e, rules_for(e, tenant, call_id, lead), None, "USD")
+
+
+def rules_for(e: calls.Event, tenant: str, call_id: str, lead: str = "on_answer", now: int | None = None,
+              **limits: int) -> Any:
+    """The service's rules for one event, with the server's clock at `now` (default: the event's own instant)."""
+    return functools.partial(calls.apply, event=e, tenant=tenant, call_id=call_id, lead_trigger=lead,
+                             limits=calls.Limits(e.at if now is None else now, **limits))
 
 
 def doc(tenant: str = "acme", **extra: Any) -> bytes:
@@ -433,7 +439,8 @@ def run_processes(target: Any, args: list[tuple[Any, ...]]) -> list[Any]:
 # -- calls ---------------------------------------------------------------------------------
 
 def test_call_lifecycle(store: SQLiteStore, db: Path) -> None:
-    assert event(store, "RINGING", "c2", "u2", 200, caller="+1999", called="+1000") == calls.Reply("ringing")
+    assert event(store, "RINGING", "c2", "u2", 200, caller="+1999", called="+1000") == calls.Reply(
+        "ringing", max_duration_s=86_400)                                 # inbound: no hold, the call max
     event(store, "RINGING", "c1", "u1", 100, caller="", called="+1000")
     event(store, "RINGING", "c3", "u3", 200, caller="+1000", called="+1888")
     event(store, "RINGING", "c1", "u9", 999)                  # rings at the next member: same call, same start
@@ -450,7 +457,10 @@ def test_call_lifecycle(store: SQLiteStore, db: Path) -> None:
     ended = event(store, "ENDED", "c2", at=300)
     assert ended == calls.Reply("ended", talked_s=90)                   # inbound: no charge; on_answer: no lead
     assert event(store, "ENDED", "c2", at=301) == ended                 # a replay, even with another time
-    assert event(store, "ENDED", "c1", at=150).state == "ended"         # ended while ringing (missed)
+    with pytest.raises(calls.EventRefused, match="before the call's last recorded event at 999") as back:
+        event(store, "ENDED", "c1", at=150)                             # instants never go back
+    assert back.value.code == "FAILED_PRECONDITION"
+    assert event(store, "ENDED", "c1", at=1000).state == "ended"        # ended while ringing (missed)
     with pytest.raises(calls.EventRefused, match="already ended") as late:
         event(store, "ANSWERED", "c1", "u1", 160)
     assert late.value.code == "FAILED_PRECONDITION"
@@ -483,19 +493,32 @@ def test_outbound_call_is_charged_once_and_on_hangup_lead_names_the_last_talker(
     assert store.lead_count("acme", "o1") == 1
 
 
+def expire(store: SQLiteStore, ring_cutoff: int, talk_cutoff: int, quiet_cutoff: int, now: int) -> list[calls.Call]:
+    limits = calls.Limits(now, call_max_s=300)
+    return store.expire_calls(ring_cutoff, talk_cutoff, quiet_cutoff,
+                              lambda c: calls.expire(c, limits, "on_hangup"), lambda t: None, lambda t: "USD")
+
+
 def test_expired_calls(store: SQLiteStore) -> None:
     event(store, "RINGING", "r1", "u1", 100)
     event(store, "RINGING", "a1", "u1", 100)
     event(store, "ANSWERED", "a1", "u1", 120)
     event(store, "RINGING", "fresh", "u1", 900)
-    expired = store.expire_calls(ring_cutoff=500, talk_cutoff=110, now=1000)
-    assert [c.call_id for c in expired] == ["r1"]
-    assert [c.call_id for c in store.expire_calls(500, 500, 1001)] == ["a1"]
-    assert store.expire_calls(500, 500, 1002) == []                     # once
+    event(store, "RINGING", "late", "u1", 50, called="+3")
+    store.call_event("acme", "late", calls.Event("TRANSFERRED", "u2", 60),   # recorded at 990: heard of lately
+                     rules_for(calls.Event("TRANSFERRED", "u2", 60), "acme", "late", now=990), None, "USD")
+    expired = expire(store, ring_cutoff=500, talk_cutoff=110, quiet_cutoff=950, now=1000)
+    assert [c.call_id for c in expired] == ["r1"]                      # "late" rang long ago but is not quiet
+    assert [c.call_id for c in expire(store, 500, 500, 950, 1001)] == ["a1"]
+    assert expire(store, 500, 500, 950, 1002) == []                    # once
     with pytest.raises(calls.EventRefused, match="expired"):
         event(store, "ENDED", "a1", at=1003)
     assert [c.call_id for c in store.calls("acme", ("expired",))] == ["a1", "r1"]   # by ringing time, id
-    assert [c.call_id for c in store.calls("acme", ("ringing", "answered"))] == ["fresh"]
+    assert {c.call_id for c in store.calls("acme", ("ringing", "answered"))} == {"fresh", "late"}
+    a1 = store.calls("acme", ("expired",))[0]
+    assert (a1.talked_s, a1.ended_at) == (300, 1001)                   # talked up to the cap (inbound: no charge)
+    assert store.lead_count("acme", "a1") == 1                         # on_hangup: somebody talked
+    assert [c[0] for c in store.ringing_calls("acme", since=100)] == ["r1", "fresh"][1:]   # r1 is expired
 
 
 def test_answer_race_between_threads(store: SQLiteStore) -> None:
@@ -542,7 +565,7 @@ def _answer_worker(db: str, worker: int, n: int, inherited: SQLiteStore, barrier
         won = []
         for i in range(n):
             try:
-                event(s, "ANSWERED", f"c{i}", f"u{worker}", 10)
+                event(s, "ANSWERED", f"c{i}", f"u{worker}", 100)
                 won.append(i)
             except calls.EventRefused:
                 pass
