@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from engine.cli import CliError
@@ -144,8 +145,6 @@ def add_numbers_commands(sub: Any) -> None:
                     help="--to's queue group for its calls (default: a group of the same id, else none)")
     tr.add_argument("--comment", help="kept in both tenants' history")
     tr.set_defaults(run=cmd_numbers_transfer)
-    from pathlib import Path
-
     co = nsub.add_parser("conflicts", help="check the owners against the settings in force and list the numbers "
                                            "held twice (on the host; run it after an upgrade)",
                          description="Compares every number the settings in force list with its owner; a number "

@@ -140,6 +140,16 @@ def test_parallel_calls_never_hold_more_than_the_balance(tmp_path: Path) -> None
         t.credit("1.00", "opening")
         pids = {admin_pb2_grpc.AdminStub(c).Stats(admin_pb2.StatsRequest(), timeout=10).pid for c in lanes}
         assert len(pids) == 2, "the lanes reach both workers"
+
+        def in_force_everywhere() -> bool:
+            """The push went through one worker; the other takes it up within a poll."""
+            for c in lanes:
+                stats = admin_pb2_grpc.AdminStub(c).Stats(admin_pb2.StatsRequest(), timeout=10)
+                if not any(s.tenant == "acme" and s.loaded_version == s.version > 0 for s in stats.tenants):
+                    return False
+            return True
+
+        wait_for(in_force_everywhere, timeout=20)
         stubs = [decisions_pb2_grpc.DecisionsStub(c) for c in lanes]
         now = int(time.time())
         expected_balance = micro("1.00")
