@@ -36,6 +36,10 @@ COUNTRIES = {
     "RU": ("+749512", "8"),
     "IT": ("+390612345", ""),
     "AU": ("+61291234", "0"),
+    # bare digits of 11 (and 12) digits are national lengths here too: callers without "+" read two ways
+    "IN": ("+911123", "0"),
+    "IL": ("+97221", "0"),
+    "BR": ("+551112", "0"),
 }
 ZONES = [
     "America/Los_Angeles", "America/New_York", "Europe/London", "Europe/Berlin", "Australia/Sydney",
@@ -48,12 +52,14 @@ SPECIAL_DAYS = [
     dt.date(2026, 4, 5), dt.date(2026, 10, 4), dt.date(2026, 9, 27), dt.date(2026, 12, 31),
     dt.date(2027, 1, 1), dt.date(2028, 2, 29), dt.date(2007, 3, 11), dt.date(2099, 12, 31),
 ]
-PREFIXES = ["1", "14", "1415", "14155", "44", "4420", "447", "49", "4930", "33", "81", "7", "39", "61", "8"]
+PREFIXES = ["1", "14", "1415", "14155", "44", "4420", "447", "49", "4930", "33", "81", "7", "39", "61", "8",
+            "91", "972", "55"]
 
 
 # E.164 numbers whose digits have the length of national numbers in several COUNTRIES (DE, JP, IT, AU, ...)
 TWO_READINGS = ["+48500600700", "+48500600701", "+33612345678", "+4930123456", "+8190123456", "+61412345678",
-                "+390612345678", "+74951234567", "+14155550123"]
+                "+390612345678", "+74951234567", "+14155550123", "+911123456789", "+97221234567", "+551112345678",
+                "+5511912345678"]
 
 
 def _number(country: str, suffix: int) -> str:
@@ -172,7 +178,8 @@ def written_forms(e164: str, country: str) -> list[str]:
     """The ways a proxy may send this number from inside `country`."""
     digits = e164[1:]
     forms = [e164, digits, "00" + digits, "011" + digits]
-    cc = {"US": "1", "GB": "44", "DE": "49", "FR": "33", "JP": "81", "RU": "7", "IT": "39", "AU": "61"}[country]
+    cc = {"US": "1", "GB": "44", "DE": "49", "FR": "33", "JP": "81", "RU": "7", "IT": "39", "AU": "61",
+          "IN": "91", "IL": "972", "BR": "55"}[country]
     if digits.startswith(cc):
         national = digits[len(cc):]
         forms += [national, COUNTRIES[country][1] + national, "0" + national, "8" + national]

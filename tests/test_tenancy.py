@@ -435,3 +435,53 @@ def test_a_compile_process_that_dies_is_unavailable_not_unknown(world: Any) -> N
     # the next push gets a new compile process
     assert world["owner"].PushSettings(admin_pb2.PushSettingsRequest(document=document("beta", 602)),
                                        timeout=60).tenant == "beta"
+
+
+def test_audit_rows_name_the_document_set_and_the_token_they_acted_on(world: Any, tmp_path: Path) -> None:
+    """The object of an audit row: `set N` for UploadDocuments / ReviewDocuments, `token ID` for the tokens."""
+    from PIL import Image
+
+    scan = tmp_path / "id.png"
+    Image.new("L", (640, 400), "white").save(scan)
+    number = own_number("+14155550100", 602)                    # one of beta's numbers
+    beta = stub(world, "beta-admin")
+    uploaded = beta.UploadDocuments(admin_pb2.UploadDocumentsRequest(tenant="beta", number=number, files=[
+        admin_pb2.DocumentUpload(name="id.png", content=scan.read_bytes())]), timeout=30)
+    operator = stub(world, "operator")
+    operator.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(set_id=uploaded.id, approve=False, reason="too dark"),
+                             timeout=30)
+    operator.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(set_id=uploaded.id, approve=True), timeout=30)
+    missing = uploaded.id + 1000
+    err = refused(lambda: operator.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(set_id=missing, approve=True),
+                                                   timeout=30))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    owner = world["owner"]
+    created = owner.CreateToken(admin_pb2.CreateTokenRequest(role="tenant-admin", tenants=["beta"], comment="audit"),
+                                timeout=10)
+    owner.RevokeToken(admin_pb2.RevokeTokenRequest(id=created.info.id), timeout=10)
+    err = refused(lambda: owner.RevokeToken(admin_pb2.RevokeTokenRequest(id="nosuchtoken"), timeout=10))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+    def rows(action: str) -> list[Any]:
+        return list(operator.ListAudit(admin_pb2.ListAuditRequest(action=action, limit=1000), timeout=10).entries)
+
+    upload = [e for e in rows("UploadDocuments") if f"set {uploaded.id}" in e.object]
+    assert len(upload) == 1, rows("UploadDocuments")
+    [row] = upload
+    assert (row.tenant, row.result, row.token_id) == ("beta", "OK", auth.token_id(world["tokens"]["beta-admin"]))
+    assert row.object == f"number {number}, set {uploaded.id}"
+    reviews = sorted((e for e in rows("ReviewDocuments") if e.object.startswith(f"set {uploaded.id},")),
+                     key=lambda e: e.id)
+    assert [(e.object, e.tenant, e.result) for e in reviews] == [(f"set {uploaded.id}, number {number}", "beta",
+                                                                  "OK")] * 2
+    assert reviews[0].detail == "rejected: too dark" and reviews[1].detail == "approved"
+    assert all(e.token_id == auth.token_id(world["tokens"]["operator"]) for e in reviews)
+    [gone] = [e for e in rows("ReviewDocuments") if e.object == f"set {missing}"]
+    assert gone.result == "NOT_FOUND" and f"no document set {missing}" in gone.detail
+    made = [e for e in rows("CreateToken") if e.result == "OK" and e.object == f"token {created.info.id}"]
+    assert len(made) == 1 and made[0].token_id == auth.token_id(world["tokens"]["owner"])
+    assert created.info.id in made[0].detail and "tenant-admin" in made[0].detail
+    revoked = [e for e in rows("RevokeToken") if e.object == f"token {created.info.id}"]
+    assert [(e.result, e.detail) for e in revoked] == [("OK", f"revoked token {created.info.id}")]
+    [unknown] = [e for e in rows("RevokeToken") if e.object == "token nosuchtoken"]
+    assert unknown.result == "NOT_FOUND" and "no token 'nosuchtoken'" in unknown.detail
