@@ -13,8 +13,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import demo
 from .settings import Settings, SettingsError, parse_settings
@@ -25,6 +26,36 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "acme.json"
 
 class CliError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with errors as one line (`callgate: error: ...`, exit 2) instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"callgate: error: {self.prog.removeprefix('callgate ')}: {message} "
+                     f"(`{self.prog} --help` explains)\n")
+
+
+def int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer from low to high (protobuf fields are 64-bit; Python ints are not)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text if len(text) < 30 else text[:27] + '...'} is not {what} "
+                                             f"({low} to {high})")
+        return value
+
+    return parse
+
+
+VERSION = int_in(1, 2**63 - 1, "a settings version")
+VERSION_OR_ZERO = int_in(0, 2**63 - 1, "a settings version (0: none yet)")
+LIMIT = int_in(1, 10_000, "a row count")
+ROW_ID = int_in(1, 2**63 - 1, "a row id")
 
 
 def _read(path: Path) -> bytes:
@@ -85,7 +116,7 @@ def add_offline_commands(sub: Any) -> None:
                                       "a saved snapshot loads in another process without compiling.")
     comp.add_argument("file", type=Path, help="settings document")
     comp.add_argument("-o", "--output", type=Path, required=True, help="snapshot file to write")
-    comp.add_argument("--version", type=int, default=1, help="settings version to stamp (default 1)")
+    comp.add_argument("--version", type=VERSION, default=1, help="settings version to stamp (default 1)")
     comp.add_argument("--format", choices=("json", "msgpack"), help="document format (default: guessed)")
     comp.set_defaults(run=cmd_compile)
 
@@ -97,7 +128,7 @@ def add_offline_commands(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m engine", description="callgate's offline tools (the full command is `callgate`).")
     add_offline_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     return parser
@@ -112,7 +143,10 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
             print(f"callgate: error: argument {arg.encode('utf-8', 'replace').decode()!r} is not UTF-8 text",
                   file=sys.stderr)
             return 2
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad argument (one line already printed)
+        return int(stop.code or 0)
     try:
         return int(args.run(args))
     except CliError as exc:
@@ -124,6 +158,17 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         # the reader went away (`callgate ... | head`): no trace, and none at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"callgate: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # every failure is one line (a store error, a bug): the trace only when asked for
+        if os.environ.get("CALLGATE_TRACEBACK"):
+            raise
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"callgate: error: {text} ({type(exc).__name__}; CALLGATE_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import functools
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -36,6 +39,7 @@ log = logging.getLogger("callgate.server")
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 STORE_FILE = "callgate.sqlite"
+SPOOL_DIR = "spool"
 
 # LogRecord attributes that are not `extra` fields
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -98,6 +102,7 @@ class Options:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    startup_check_s: float = 30.0
 
 
 def _loopback(listen: str) -> bool:
@@ -128,12 +133,16 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     from . import metrics
     from .billing import PaymentGateway, SandboxGateway
     from .documents import BlobStore
+    from .health import STORE as STORE_HEALTH
+    from .health import Health
     from .jobs import Jobs, SlowGateway
     from .service import AdminServicer, Compiler, DecisionsServicer, State
+    from .spool import Spool
     from .store import SQLiteStore
+    from .store_api import StoreError
 
     store = SQLiteStore(opts.data_dir / STORE_FILE)
-    compiler = Compiler()
+    compiler = Compiler(Spool(opts.data_dir / SPOOL_DIR))
     state = State(store, compiler, opts.events)
     limit = opts.max_message_mb * 1024 * 1024
     interceptors = []
@@ -169,32 +178,38 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     names = (decisions_pb2.DESCRIPTOR.services_by_name["Decisions"].full_name,
              admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    for name in ("", *names):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health = Health(health_servicer, health_pb2.HealthCheckResponse.SERVING,
+                    health_pb2.HealthCheckResponse.NOT_SERVING, decisions=names[0])
+    for name in ("", *names, STORE_HEALTH):
+        await health.set(name, False)
+    store.faults.listeners.append(health.store_fault)
+    store.faults.listeners.append(lambda op, kind: metrics.STORE_ERRORS.labels(op, kind).inc())
     if opts.tls_cert is not None and opts.tls_key is not None:
         from .tls import server_credentials
 
-        port = server.add_secure_port(opts.listen, server_credentials(opts.tls_cert, opts.tls_key, opts.client_ca))
+        add_port = functools.partial(server.add_secure_port, opts.listen,
+                                     server_credentials(opts.tls_cert, opts.tls_key, opts.client_ca))
     else:
         if not _loopback(opts.listen):
             log.warning("listening beyond loopback in plaintext: give --tls-cert and --tls-key",
                         extra={"event": "plaintext"})
-        port = server.add_insecure_port(opts.listen)
+        add_port = functools.partial(server.add_insecure_port, opts.listen)
+    try:
+        port = add_port()
+    except RuntimeError:  # grpcio says only "Failed to bind"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {opts.listen}")
+        from engine.cli import CliError
+
+        raise CliError(f"--listen {opts.listen}: cannot listen there (address in use, or not this machine's); "
+                       "choose another --listen")
 
     changed = await state.refresh()
     log.info("settings loaded", extra={"event": "loaded", "tenants": len(changed)})
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set(names[1], health_pb2.HealthCheckResponse.SERVING)
-
-    async def decisions_health() -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if state.engine.tenants()
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        await health_servicer.set(names[0], status)
-
-    await decisions_health()
+    await health.set("", True)
+    await health.set(names[1], True)
+    await health.tick(bool(state.engine.tenants()), store)
     host = opts.listen.rpartition(":")[0]
     log.info("listening", extra={"event": "listening", "address": f"{host}:{port}"})
     if ready is not None:
@@ -211,14 +226,18 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
                 changed = await state.refresh()
                 for tenant, version in changed:
                     log.info("version installed", extra={"event": "installed", "tenant": tenant, "version": version})
-                if changed:
-                    await decisions_health()
                 metrics.flush()
-            except Exception:  # the store may be busy or a blob bad: log, keep serving, try again
+            except StoreError:  # counted, logged (once per interval) and shown by health by the store itself
+                pass
+            except Exception:  # a bug: log, keep serving, try again
                 log.exception("refresh from the store failed")
+            # every tick, whoever installed the snapshots (this worker's own push too)
+            await health.tick(bool(state.engine.tenants()), store)
             try:
                 await background.tick()
-            except Exception:  # a busy store or a gateway outage: the next tick tries again
+            except StoreError:  # counted and logged by the store; the next tick tries again
+                pass
+            except Exception:  # a gateway outage or a bug: the next tick tries again
                 log.exception("background work (top-ups, renewals, expiry) failed")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stopping.wait(), opts.poll)
@@ -252,6 +271,11 @@ def _seed(opts: Options) -> None:
     built = build(opts.seed.read_bytes())
     store = SQLiteStore(opts.data_dir / STORE_FILE)
     try:
+        if store.current_versions():
+            # a store that holds settings is not new: seeding it again could only hide a loss
+            log.info("seed skipped: the store already holds settings (--seed applies to a new store only)",
+                     extra={"event": "seed_skipped", "tenant": built.tenant})
+            return
         document = built.document or opts.seed.read_bytes()
         version = store.commit_version(built.tenant, "push", document, built.blob, 0, f"seed from {opts.seed}",
                                        numbers=built.numbers, facts=TenantFacts(built.status, *built.backup))
@@ -274,43 +298,108 @@ def _worker_main(opts: Options, log_format: str) -> None:
 def _metrics_server(addr: str, multiproc_dir: str | None) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
 
-    host, port = _split(addr)
-    if multiproc_dir:
-        from prometheus_client import multiprocess
+    from engine.cli import CliError
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
-        start_http_server(port, addr=host, registry=registry)
-    else:
-        start_http_server(port, addr=host)
+    host, port = _split(addr)
+    try:
+        if multiproc_dir:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
+            start_http_server(port, addr=host, registry=registry)
+        else:
+            start_http_server(port, addr=host)
+    except OSError as exc:
+        raise CliError(f"--metrics {addr}: {_bind_problem(exc)}; choose another with --metrics HOST:PORT, "
+                       "or --metrics '' for none") from None
     log.info("metrics", extra={"event": "metrics", "address": f"http://{host}:{port}/metrics"})
 
 
-def run(opts: Options) -> int:
-    """Start the server as `callgate serve` does; returns the exit code."""
-    setup_logging(opts.log_format)
-    opts.data_dir.mkdir(parents=True, exist_ok=True)
+def _bind_problem(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another callgate, or another program, listens there)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no interface of this machine has that address"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return exc.strerror or str(exc)
+
+
+def _check_listen(listen: str) -> None:
+    """Refuse an address something already listens on, before any worker starts.
+
+    Bound without SO_REUSEPORT: workers share their port with it, and so
+    would silently share it with another callgate started on the same port.
+    """
     from engine.cli import CliError
 
-    from .store import SQLiteStore
-    from .store_api import NumberTaken, OwnershipConflicts
-
-    store = SQLiteStore(opts.data_dir / STORE_FILE)  # create or migrate the store once, before any worker
+    host, port = _split(listen)
+    if port == 0:
+        return
     try:
-        conflicts = store.ownership_conflicts()
-    finally:
-        store.close()
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CliError(f"--listen {listen}: cannot resolve {host!r} ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CliError(f"--listen {listen}: {_bind_problem(exc)}; stop what listens there or choose another "
+                           "--listen") from None
+
+
+def prepare_data_dir(opts: Options) -> None:
+    """Everything `serve` checks on the data directory before any worker starts (one-line errors)."""
+    from engine.cli import CliError
+
+    from .spool import Spool
+    from .store import SQLiteStore
+    from .store_api import NumberTaken, OwnershipConflicts, StoreError
+
+    try:
+        opts.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--data-dir {opts.data_dir}: cannot create it ({exc.strerror})") from None
+    try:
+        store = SQLiteStore(opts.data_dir / STORE_FILE)  # create or migrate the store once, before any worker
+        try:
+            finished, damaged = store.quick_check(opts.startup_check_s) if opts.startup_check_s else (True, "")
+            if damaged:
+                raise CliError(f"{store.path} is damaged: {damaged}; callgate will not serve it. Stop everything "
+                               f"that uses it, run `callgate store check --data-dir {opts.data_dir}` for the full "
+                               "check and restore the store from a backup")
+            if not finished:
+                log.warning("the start-up check of the store did not finish in time: run `callgate store check` "
+                            "when the server can be stopped", extra={"event": "startup_check_unfinished",
+                                                                     "budget_s": opts.startup_check_s})
+            conflicts = store.ownership_conflicts()
+        finally:
+            store.close()
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"--data-dir {opts.data_dir}: {exc.strerror or exc}") from None
     if conflicts:  # a store from before ownership lists numbers under several tenants: an operator decides
         error = OwnershipConflicts({n: [t for t, _ in holders] for n, holders in conflicts.items()},
                                    str(opts.data_dir))
         log.error("numbers held twice", extra={"event": "ownership_conflicts",
                                                "numbers": {n: [t for t, _ in h] for n, h in conflicts.items()}})
         raise CliError(str(error))
+    Spool(opts.data_dir / SPOOL_DIR).sweep()   # uploads of workers that are gone (a crash, a kill -9)
     if opts.seed:
         try:
             _seed(opts)
-        except NumberTaken as exc:
+        except (NumberTaken, StoreError) as exc:
             raise CliError(f"--seed {opts.seed}: {exc}") from None
+
+
+def run(opts: Options) -> int:
+    """Start the server as `callgate serve` does; returns the exit code."""
+    setup_logging(opts.log_format)
+    _check_listen(opts.listen)
+    prepare_data_dir(opts)
     if opts.workers == 1:
         if opts.metrics:
             _metrics_server(opts.metrics, None)
@@ -320,6 +409,8 @@ def run(opts: Options) -> int:
 
 
 def _supervise(opts: Options) -> int:
+    from .spool import Spool
+
     host, port = _split(opts.listen)
     if port == 0:
         port = free_port(host)
@@ -347,6 +438,10 @@ def _supervise(opts: Options) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("supervising", extra={"event": "supervising", "workers": opts.workers, "address": f"{host}:{port}"})
+    spool = Spool(opts.data_dir / SPOOL_DIR)
+    quick_deaths: list[float] = []   # workers that died within seconds of their start
+    started_at = {p.pid: time.monotonic() for p in workers}
+    failed = False
     while not stopping:
         time.sleep(0.2)
         for i, p in enumerate(workers):
@@ -356,7 +451,20 @@ def _supervise(opts: Options) -> int:
                 from prometheus_client import multiprocess
 
                 multiprocess.mark_process_dead(p.pid)
+                spool.sweep(dead=p.pid)          # the upload it was receiving, if any
+                now = time.monotonic()
+                # a worker that fails at start (an error, a crash; not a kill by someone) within seconds, again and
+                # again, will not start the next time either: a bad store, a port taken meanwhile
+                killed = p.exitcode in (-signal.SIGKILL, -signal.SIGTERM)
+                if now - started_at.pop(p.pid, now) < 5 and not killed:
+                    quick_deaths = [t for t in quick_deaths if now - t < 60] + [now]
+                if len(quick_deaths) >= 5:
+                    log.error("workers keep dying at start (5 in a minute): stopping; see their last error above",
+                              extra={"event": "crash_loop"})
+                    stopping = failed = True
+                    break
                 workers[i] = start()
+                started_at[workers[i].pid] = time.monotonic()
     for p in workers:
         if p.is_alive() and p.pid:
             os.kill(p.pid, signal.SIGTERM)
@@ -365,8 +473,9 @@ def _supervise(opts: Options) -> int:
         p.join(max(0.1, deadline - time.monotonic()))
         if p.is_alive():
             p.kill()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("supervisor stopped", extra={"event": "stopped"})
-    return 0
+    return 1 if failed else 0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -388,6 +497,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=Path, help="settings document to push at start if its tenant has none")
     parser.add_argument("--seed-credit", metavar="AMOUNT",
                         help="with --seed: opening balance credited to a freshly seeded tenant (e.g. 10.00)")
+    parser.add_argument("--startup-check-s", type=float, default=30.0, metavar="SECONDS",
+                        help="SQLite's quick check of the store before serving, stopped after this long (a damaged "
+                             "store is refused; default 30; 0 skips it)")
     parser.add_argument("--poll", type=float, default=0.2,
                         help="seconds between checks of the store for new versions (default 0.2)")
     parser.add_argument("--grace", type=float, default=5.0,
@@ -444,6 +556,8 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ValueError("--workers must be 1..64")
     if args.poll <= 0 or args.poll > 5:
         raise ValueError("--poll must be in (0, 5] seconds: pushes must be in force everywhere within a second")
+    if not 0 <= args.startup_check_s <= 86_400:
+        raise ValueError("--startup-check-s must be 0..86400")
     if not 0 < args.max_upload_mb <= 1024:
         raise ValueError("--max-upload-mb must be 1..1024")
     if not 0 < args.topup_retry_s <= 86_400:
@@ -488,7 +602,7 @@ def options_from(args: argparse.Namespace) -> Options:
                    max_message_mb=args.max_message_mb, max_upload_mb=args.max_upload_mb,
                    upload_mb_per_s=args.upload_mb_per_s, auth=args.auth, admin_per_minute=args.admin_calls_per_minute,
                    tls_cert=args.tls_cert, max_list_entries=args.max_list_entries,
-                   tls_key=args.tls_key, client_ca=args.client_ca,
+                   tls_key=args.tls_key, client_ca=args.client_ca, startup_check_s=args.startup_check_s,
                    jobs=JobOptions(topup_retry_s=args.topup_retry_s, topup_stale_s=args.topup_stale_s,
                                    gateway_latency_s=args.sandbox_latency_ms / 1000,
                                    ring_timeout_s=args.ring_timeout_s,

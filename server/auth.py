@@ -31,6 +31,8 @@ from typing import Any
 
 import grpc
 
+from .store_api import StoreDamaged, StoreUnavailable
+
 ROLES = ("proxy", "tenant-admin", "operator", "owner")
 TENANT_ROLES = ("tenant-admin",)
 PREFIX = "cg_"
@@ -165,7 +167,15 @@ class Authenticator:
         now = time.monotonic()
         cached = self._cache.get(ident)
         if cached is None or now - cached[0] > self.ttl_s:
-            cached = (now, self.lookup(ident))
+            try:
+                cached = (now, self.lookup(ident))
+            except (StoreUnavailable, StoreDamaged) as exc:
+                # a sick store: a token seen lately stays good (proxies keep deciding); a new one waits
+                if cached is None:
+                    code = (grpc.StatusCode.UNAVAILABLE if isinstance(exc, StoreUnavailable)
+                            else grpc.StatusCode.INTERNAL)
+                    raise AuthError(code, f"cannot check the token now: {exc}") from None
+                cached = (now, cached[1])  # asked again after ttl_s, not on every call
             self._cache[ident] = cached
             if len(self._cache) > 10_000:
                 self._cache.clear()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import functools
 import io
 import json
 import sys
@@ -31,6 +32,9 @@ from typing import Any
 
 from engine import cli as offline
 from engine.cli import CliError
+from engine.document_json import dumps_document, loads_document
+
+from .progress import Ticker
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -60,20 +64,43 @@ def _channel(args: argparse.Namespace) -> Any:
     return channel
 
 
-def _call(args: argparse.Namespace, fn: Callable[[], Any]) -> Any:
-    """Run one RPC; turn gRPC errors into one readable line."""
+# what grpcio says when the connection failed or dropped (the server's own UNAVAILABLE messages say none of these)
+_TRANSPORT = ("failed to connect", "connection refused", "socket closed", "connection reset", "goaway",
+              "broken pipe", "dns resolution failed", "connections to all backends failing", "endpoint closing",
+              "stream removed", "recvmsg", "sendmsg", "connection aborted", "keepalive watchdog")
+
+
+def _call(args: argparse.Namespace, fn: Callable[[], Any], *, check: str = "") -> Any:
+    """Run one RPC; turn gRPC errors into one readable line.
+
+    `check`: for a write, the command that shows whether it was made, when
+    the answer was lost after the request went out (a dropped connection or
+    a deadline): the write may have been committed, and must not be assumed
+    lost (nor simply repeated).
+    """
     import grpc
 
     try:
         return fn()
     except grpc.RpcError as exc:
         code = exc.code()
-        if code == grpc.StatusCode.UNAVAILABLE:
-            raise CliError(f"cannot reach callgate at {args.server}: is `callgate serve` running there? "
-                           f"({exc.details()})") from None
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise CliError(f"callgate at {args.server} did not answer within {args.timeout} s") from None
         details = (exc.details() or "").strip()
+        lowered = details.lower()
+        if code == grpc.StatusCode.UNAVAILABLE and any(m in lowered for m in _TRANSPORT):
+            if "failed to connect" in lowered or "connection refused" in lowered or "dns" in lowered:
+                raise CliError(f"cannot reach callgate at {args.server}: is `callgate serve` running there? "
+                               f"({details})") from None
+            if check:
+                raise CliError(f"the connection to callgate at {args.server} dropped before the answer ({details}): "
+                               f"the change may have been made; see `{check}` before trying again") from None
+            raise CliError(f"the connection to callgate at {args.server} dropped ({details}): try again") from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if check:
+                raise CliError(f"callgate at {args.server} did not answer within {args.timeout} s: the change may "
+                               f"still be made; see `{check}` before trying again") from None
+            raise CliError(f"callgate at {args.server} did not answer within {args.timeout} s") from None
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise CliError(f"UNAVAILABLE (nothing was changed; try again later): {details}") from None
         raise CliError(f"{code.name}: {details}") from None
 
 
@@ -126,7 +153,8 @@ def cmd_settings_push(args: argparse.Namespace) -> int:
 
     # in pieces: a document of megabytes never sits in the server as one message
     reply = _call(args, lambda: admin.PushSettingsUpload(upload_messages(
-        data, fmt, expected_version=args.expect_version or 0, comment=args.comment or ""), timeout=args.timeout))
+        data, fmt, expected_version=args.expect_version or 0, comment=args.comment or ""), timeout=args.timeout),
+        check="callgate settings history --tenant TENANT")
     print(f"tenant {reply.tenant!r} is at version {reply.version} "
           f"(compiled in {reply.compile_seconds:.2f} s, in force after {time.perf_counter() - start:.2f} s)")
     return 0
@@ -167,7 +195,8 @@ def cmd_settings_rollback(args: argparse.Namespace) -> int:
 
     admin, _ = _stubs(args)
     reply = _call(args, lambda: admin.Rollback(admin_pb2.RollbackRequest(
-        tenant=args.tenant, version=args.version, expected_version=args.expect_version or 0), timeout=args.timeout))
+        tenant=args.tenant, version=args.version, expected_version=args.expect_version or 0), timeout=args.timeout),
+        check=f"callgate settings history --tenant {args.tenant}")
     print(f"tenant {reply.tenant!r} is at version {reply.version}: the settings of version {args.version}")
     return 0
 
@@ -181,7 +210,8 @@ def _patch(args: argparse.Namespace, add: list[str], remove: list[str]) -> Any:
     which = admin_pb2.PatchBlacklistRequest.OFFHOURS_BLACKLIST if args.offhours else \
         admin_pb2.PatchBlacklistRequest.BLACKLIST
     return _call(args, lambda: admin.PatchBlacklist(admin_pb2.PatchBlacklistRequest(
-        tenant=args.tenant, list=which, add=add, remove=remove), timeout=args.timeout))
+        tenant=args.tenant, list=which, add=add, remove=remove), timeout=args.timeout),
+        check=f"callgate settings history --tenant {args.tenant}")
 
 
 def _list_name(args: argparse.Namespace) -> str:
@@ -197,38 +227,103 @@ def cmd_blacklist_change(args: argparse.Namespace) -> int:
     return 0
 
 
-IMPORT_CHUNK = 500_000  # numbers per PatchBlacklist call (each chunk is one version)
+MAX_BAD_LINES = 20  # bad lines listed by an import that sends nothing
 
 
-def read_numbers_csv(path: Path) -> list[str]:
-    """The first column of a CSV file; a header row and blank or '#' lines are skipped."""
+def read_numbers_csv(path: Path, ticker: Ticker | None = None) -> tuple[list[str], list[str], int]:
+    """The first column of a CSV file: (numbers, problems with their CSV line numbers, lines with a problem).
+
+    A header row and blank or '#' lines are skipped; every other value must be
+    an E.164 number, or its line is reported (the first MAX_BAD_LINES, and
+    how many more).
+    """
+    from engine.settings import E164
+
     text = offline._read(path).decode("utf-8-sig", errors="replace")
-    numbers = []
-    for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    numbers: list[str] = []
+    problems: list[str] = []
+    bad = 0
+    reader = csv.reader(io.StringIO(text))
+    first = True
+    end = 0
+    for row in reader:
+        line, end = end + 1, reader.line_num   # a quoted field may span lines: the row's first line names it
+        if ticker is not None and line % 65536 == 0:
+            ticker.update(line)
         if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
             continue
         value = row[0].strip()
-        if lineno == 1 and not value.lstrip("+").isdigit():
+        header, first = first and not value.lstrip("+").isdigit(), False
+        if header:
             continue  # a header such as "number"
-        numbers.append(value)
-    return numbers
+        if E164.fullmatch(value):
+            numbers.append(value)
+            continue
+        bad += 1
+        if len(problems) < MAX_BAD_LINES:
+            problems.append(f"line {line}: {shown(value, 40)!r} is not an E.164 number (+ and 8 to 15 digits)")
+    if ticker is not None:
+        ticker.update(reader.line_num)
+    return numbers, problems, bad
 
 
 def cmd_blacklist_import(args: argparse.Namespace) -> int:
-    numbers = read_numbers_csv(args.file)
-    if not numbers:
-        raise CliError(f"{args.file}: no numbers found (one per line, in the first column)")
-    added = 0
-    reply = None
-    for start in range(0, len(numbers), IMPORT_CHUNK):
-        chunk = numbers[start:start + IMPORT_CHUNK]
-        reply = _patch(args, chunk, [])
-        added += reply.added
-        print(f"  {min(start + IMPORT_CHUNK, len(numbers)):,} / {len(numbers):,} sent, version {reply.version}",
-              file=sys.stderr)
-    assert reply is not None
+    """All or nothing: the file is checked whole first, then its numbers join the list in ONE new version (the
+    whole document pushed in pieces, on the version it was read from: a version made meanwhile makes it read
+    and try again), so an import of any size is one version or none."""
+    from callgate.v1 import admin_pb2
+
+    from .client import upload_messages
+
+    name = "offhours_blacklist" if args.offhours else "blacklist"
+    with Ticker() as ticker:
+        ticker.stage(f"reading {args.file}", unit="lines")
+        numbers, problems, bad = read_numbers_csv(args.file, ticker)
+        if bad:
+            more = f"; and {bad - len(problems):,} more" if bad > len(problems) else ""
+            raise CliError(f"{args.file}: {bad:,} bad line(s), nothing imported: {'; '.join(problems)}{more}")
+        if not numbers:
+            raise CliError(f"{args.file}: no numbers found (one per line, in the first column)")
+        admin, _ = _stubs(args)
+        for _attempt in range(5):
+            ticker.stage(f"reading the settings of {args.tenant!r}")
+            record = _call(args, lambda: admin.GetSettings(admin_pb2.GetSettingsRequest(tenant=args.tenant),
+                                                           timeout=args.timeout))
+            doc = loads_document(record.document)
+            listed = doc.get(name) or []
+            present = set(listed)
+            new = [n for n in dict.fromkeys(numbers) if n not in present]
+            if not new:
+                print(f"all {len(numbers):,} numbers are already in the {_list_name(args)} of {args.tenant!r}; "
+                      f"version {record.version} unchanged")
+                return 0
+            doc[name] = [*listed, *new]
+            data = dumps_document(doc)
+            ticker.stage(f"sending {len(new):,} new numbers", total=len(data), unit="B")
+            comment = f"{name} import {args.file.name}: +{len(new)}"
+
+            def pieces(data: bytes = data, comment: str = comment, version: int = record.version) -> Any:
+                sent = 0
+                for message in upload_messages(data, "json", expected_version=version, comment=comment):
+                    sent += len(message.document)
+                    ticker.update(sent)
+                    yield message
+                ticker.stage("the server checks and compiles the whole list")
+
+            try:
+                reply = _call(args, functools.partial(admin.PushSettingsUpload, pieces(), timeout=args.timeout),
+                              check=f"callgate settings history --tenant {args.tenant}")
+            except CliError as exc:
+                if str(exc).startswith("FAILED_PRECONDITION") and "is at version" in str(exc):
+                    continue  # another version came in while we worked: read it and add to it
+                raise
+            ticker.stage(f"{len(new):,} new numbers in version {reply.version}")
+            break
+        else:
+            raise CliError(f"tenant {args.tenant!r} kept getting new versions during the import: try again")
     print(f"imported {len(numbers):,} numbers into the {_list_name(args)} of {reply.tenant!r}: "
-          f"{added:,} new, {len(numbers) - added:,} already listed; {reply.size:,} entries; version {reply.version}")
+          f"{len(new):,} new, {len(numbers) - len(new):,} already listed; {len(doc[name]):,} entries; "
+          f"version {reply.version}")
     return 0
 
 
@@ -324,7 +419,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import app
 
-    parser = argparse.ArgumentParser(
+    parser = offline.Parser(
         prog="callgate", description="callgate: the call-decision engine for cloud telephony.",
         epilog="Admin and decide commands talk to a running server (--server); check, compile and demo work "
                "offline. Errors: one line on stderr, exit code 2.")
@@ -347,22 +442,24 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = settings.add_subparsers(dest="action", required=True, metavar="ACTION")
     push = ssub.add_parser("push", help="push a whole settings document (validated whole; all or nothing)")
     push.add_argument("file", type=Path, help="settings document (JSON, or msgpack)")
-    push.add_argument("--expect-version", type=int, help="push only if this version is in force (0: none yet)")
+    push.add_argument("--expect-version", type=offline.VERSION_OR_ZERO,
+                      help="push only if this version is in force (0: none yet)")
     push.add_argument("--format", choices=("json", "msgpack"), help="document format (default: by file name)")
     push.add_argument("--comment", help="note kept in the history")
     push.set_defaults(run=cmd_settings_push)
     show = ssub.add_parser("show", help="print the document of the version in force (or --version)")
     show.add_argument("--tenant", required=True)
-    show.add_argument("--version", type=int, help="an older version")
+    show.add_argument("--version", type=offline.VERSION, help="an older version")
     show.set_defaults(run=cmd_settings_show)
     hist = ssub.add_parser("history", help="list a tenant's versions, newest first")
     hist.add_argument("--tenant", required=True)
-    hist.add_argument("--limit", type=int, default=50)
+    hist.add_argument("--limit", type=offline.LIMIT, default=50)
     hist.set_defaults(run=cmd_settings_history)
     roll = ssub.add_parser("rollback", help="put an older version's settings back in force (as a new version)")
-    roll.add_argument("version", type=int)
+    roll.add_argument("version", type=offline.VERSION, metavar="VERSION", help="the version whose settings to put back")
     roll.add_argument("--tenant", required=True)
-    roll.add_argument("--expect-version", type=int, help="roll back only if this version is in force")
+    roll.add_argument("--expect-version", type=offline.VERSION,
+                      help="roll back only if this version is in force")
     roll.set_defaults(run=cmd_settings_rollback)
 
     black = sub.add_parser("blacklist", help="add, remove or import numbers on a tenant's blacklists")
@@ -403,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("dev-ca", help="a throwaway CA with server and client certificates, for TLS on loopback")
     ca.add_argument("folder", type=Path, help="where to write ca.pem, server.pem/key, client.pem/key")
-    ca.add_argument("--days", type=int, default=30, help="validity (default 30)")
+    ca.add_argument("--days", type=offline.int_in(1, 3650, "a number of days"), default=30,
+                    help="validity (default 30)")
     ca.set_defaults(run=cmd_dev_ca)
 
     lt = sub.add_parser("loadtest", add_help=False, prefix_chars="\0",
@@ -419,8 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_security_commands(sub)
     from .cli_numbers import add_numbers_commands
+    from .cli_store import add_store_commands
 
     add_numbers_commands(sub)
+    add_store_commands(sub)
     offline.add_offline_commands(sub)
     return parser
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine import cli as offline
 from engine.cli import CliError
 
 from .cli import _call, _stubs
@@ -199,8 +200,8 @@ def add_operator_commands(sub: Any) -> None:
     bal.set_defaults(run=cmd_billing_balance)
     led = bsub.add_parser("ledger", help="a tenant's ledger entries, newest first")
     led.add_argument("tenant")
-    led.add_argument("--limit", type=int, default=50)
-    led.add_argument("--before", type=int, metavar="ID", help="entries older than this id (paging)")
+    led.add_argument("--limit", type=offline.LIMIT, default=50)
+    led.add_argument("--before", type=offline.ROW_ID, metavar="ID", help="entries older than this id (paging)")
     led.set_defaults(run=cmd_billing_ledger)
     top = bsub.add_parser("topup", help="credit a payment received (idempotent on --reference)")
     top.add_argument("tenant")
@@ -226,12 +227,12 @@ def add_operator_commands(sub: Any) -> None:
     ls.add_argument("--tenant")
     ls.add_argument("--number")
     ls.add_argument("--status", choices=("pending", "approved", "rejected"))
-    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--limit", type=offline.LIMIT, default=100)
     ls.set_defaults(run=cmd_documents_list)
     for action, text in (("approve", "approve a set: its number may be used at once"),
                          ("reject", "reject a set with a reason: its number stays unusable")):
         p = dsub.add_parser(action, help=text)
-        p.add_argument("set_id", type=int, metavar="SET_ID")
+        p.add_argument("set_id", type=offline.int_in(1, 2**63 - 1, "a document set id"), metavar="SET_ID")
         if action == "reject":
             p.add_argument("--reason", required=True, help="what the tenant must fix")
         p.add_argument("--reviewer", default="operator", help="who decided (kept with the set)")
@@ -249,5 +250,5 @@ def add_operator_commands(sub: Any) -> None:
     act = csub.add_parser("active", help="a tenant's calls ringing or answered (or --state)")
     act.add_argument("tenant")
     act.add_argument("--state", choices=("ringing", "answered", "ended", "expired"))
-    act.add_argument("--limit", type=int, default=100)
+    act.add_argument("--limit", type=offline.LIMIT, default=100)
     act.set_defaults(run=cmd_calls_active)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine import cli as offline
 from engine.cli import CliError
 
 from .cli import shown
@@ -40,11 +41,9 @@ def seconds(text: str) -> int:
 def _store(args: argparse.Namespace, create: bool = False) -> Any:
     """The server's store, on its host.  A new one is created only for a first token; an existing one of an
     older schema is refused, not migrated: its server may still be running (the new server migrates)."""
-    import sqlite3
-
     from .app import STORE_FILE
     from .store import SQLiteStore
-    from .store_api import StoreError
+    from .store_api import StoreDamaged, StoreError
 
     path = args.data_dir / STORE_FILE
     exists = path.exists()
@@ -52,10 +51,10 @@ def _store(args: argparse.Namespace, create: bool = False) -> Any:
         raise CliError(f"no callgate store at {path}: give the server's --data-dir")
     try:
         return SQLiteStore(path, migrate=not exists)
+    except StoreDamaged as exc:
+        raise CliError(f"{path} is not a callgate store that can be read (check the --data-dir): {exc}") from None
     except StoreError as exc:
         raise CliError(str(exc)) from None
-    except sqlite3.DatabaseError as exc:
-        raise CliError(f"{path} is not a callgate store that can be read ({exc}): check the --data-dir") from None
 
 
 def _info(t: Any) -> Any:
@@ -248,8 +247,8 @@ def add_security_commands(sub: Any) -> None:
     audit.add_argument("--tenant", help="one tenant's rows only")
     audit.add_argument("--since", help="a duration back (2h, 7d) or an ISO time with a zone")
     audit.add_argument("--action", help="one RPC's rows only, e.g. PushSettings, TransferNumber, CreateToken")
-    audit.add_argument("--limit", type=int, default=100, help="rows to show, 1 to 1000 (default 100)")
-    audit.add_argument("--before", type=int, metavar="ID", help="rows older than this id (paging)")
+    audit.add_argument("--limit", type=offline.LIMIT, default=100, help="rows to show, 1 to 1000 (default 100)")
+    audit.add_argument("--before", type=offline.ROW_ID, metavar="ID", help="rows older than this id (paging)")
     audit.add_argument("--json", action="store_true", help="one JSON object per row, for scripts")
     data_dir(audit)
     audit.set_defaults(run=cmd_audit)

@@ -31,6 +31,14 @@ TENANT_VERSION = Gauge("callgate_tenant_version", "Settings version in force, pe
 PUSH_SECONDS = Histogram("callgate_push_seconds", "Time from a settings push (or patch) to its version in force",
                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
+STORE_ERRORS = Counter("callgate_store_errors", "Store failures by store method and kind (busy, full, io, readonly, "
+                       "cantopen, memory, damaged, schema, ...)", ["op", "kind"])
+HEALTH = Gauge("callgate_health_serving", "1 while the health service name is SERVING in this worker (the lowest "
+               "over the live workers)", ["service"], multiprocess_mode="livemin")
+SNAPSHOT_REBUILDS = Counter("callgate_snapshot_rebuilds", "Snapshots compiled again from their settings document "
+                            "because the stored blob was damaged, refused by the loader or no longer kept",
+                            ["reason"])
+
 _counts: defaultdict[tuple[int, int], int] = defaultdict(int)
 _latency: dict[str, list[float]] = {}  # rpc -> [sum, count per bucket..., count over the last bucket]
 _decided = 0

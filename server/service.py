@@ -17,10 +17,9 @@ import functools
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import IO, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -34,16 +33,17 @@ from engine.settings import E164, SettingsError, tenant_id_problem
 from engine.snapshot import Built, build, line_rate, loads, with_documents
 
 from . import auth, billing, calls, documents, jobs, metrics, numbers
+from .errors import RequestError, abort, status_for
+from .spool import Spool
 from .store_api import (
     AuditRow,
     CardRecord,
     DocumentFile,
     DocumentSet,
-    NotFound,
     NumberOwner,
-    NumberTaken,
+    SnapshotDamaged,
     Store,
-    StoreBusy,
+    StoreError,
     TenantFacts,
     TenantMissing,
     VersionConflict,
@@ -61,14 +61,6 @@ LIST_NAMES = {admin_pb2.PatchBlacklistRequest.BLACKLIST: "blacklist",
 
 
 KIND_NUMBERS = frozenset(decisions_pb2.CallEventRequest.Kind.values())
-
-
-class RequestError(Exception):
-    """A request the server refuses; carries the gRPC status to answer with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 def _text(name: str, value: str) -> str:
@@ -131,16 +123,11 @@ def build_file(path: str, fmt: str | None) -> Built:
         return build(handle.read(), fmt)
 
 
-def push_file() -> IO[bytes]:
-    """A temporary file for a pushed document: in memory (/dev/shm) where the machine has it."""
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    return tempfile.NamedTemporaryFile(prefix="callgate-push-", dir=folder)
-
-
 class Compiler:
     """Validates and compiles pushed documents in a separate process."""
 
-    def __init__(self) -> None:
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool  # big documents reach the compile process through its files
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
@@ -155,14 +142,13 @@ class Compiler:
     def build_blocking(self, document: bytes, fmt: str | None) -> Built:
         """From a thread: compile in the pool and wait (the caller's thread, not the event loop).
 
-        A big document goes to the compile process through a file in memory
-        (/dev/shm), not through pickle: pickling 20 MB holds the GIL for tens
-        of milliseconds in the worker that is answering calls, writing a file
-        does not.
+        A big document goes to the compile process through a spool file, not
+        through pickle: pickling 20 MB holds the GIL for tens of milliseconds
+        in the worker that is answering calls, writing a file does not.
         """
         if len(document) < 1 << 20:
             return self._run(build, document, fmt)
-        with push_file() as handle:
+        with self.spool.file() as handle:
             handle.write(document)
             handle.flush()
             return self._run(build_file, handle.name, fmt)
@@ -208,6 +194,7 @@ class State:
         # tenants whose new version this worker is committing and installing itself: the
         # watcher leaves them alone (else it loads the same big snapshot a second time)
         self.installing: set[str] = set()
+        self.failed: dict[str, tuple[int, float]] = {}  # tenant -> (version that failed to install, retry after)
 
     async def install_blob(self, tenant: str, version: int, blob: bytes) -> None:
         # loads() parses container headers and builds the lookup indexes, mostly without the GIL
@@ -248,18 +235,56 @@ class State:
                 await self.apply_documents(tenant)
                 self.documents[tenant] = counter
         changed = []
+        now = time.monotonic()
         for tenant, version in poll.versions.items():
             current = self.engine._snapshots.get(tenant)
             if (current is not None and current.version >= version) or tenant in self.installing:
                 continue
-            blob = await asyncio.to_thread(self.store.snapshot, tenant, version)
-            if blob is None:  # pruned or written by another kind of store: compile the document again
-                record = await asyncio.to_thread(self.store.get_version, tenant, version)
-                assert record.document is not None
-                blob = (await self.compiler.build(record.document, "json")).blob
-            await self.install_blob(tenant, version, blob)
+            failed = self.failed.get(tenant)
+            if failed is not None and failed[0] == version and now < failed[1]:
+                continue  # this version failed to install a moment ago: not on every tick
+            try:
+                await self._install_version(tenant, version)
+            except Exception as exc:  # one tenant's trouble never stops the others from being brought up to date
+                self.failed[tenant] = (version, now + 5.0)
+                if failed is None or failed[0] != version:
+                    log.error("tenant %s version %s cannot be installed: %s", tenant, version, exc,
+                              exc_info=not isinstance(exc, StoreError),
+                              extra={"event": "install_failed", "tenant": tenant, "version": version})
+                continue
+            self.failed.pop(tenant, None)
             changed.append((tenant, version))
         return changed
+
+    async def _install_version(self, tenant: str, version: int) -> None:
+        """Install the stored snapshot of a version; compile its document again when the blob is gone, damaged
+        (its checksum) or refused by the loader, and put the good blob back in the store."""
+        why = ""
+        try:
+            blob = await asyncio.to_thread(self.store.snapshot, tenant, version)
+        except SnapshotDamaged as exc:
+            blob, why = None, "checksum"
+            log.error("%s: compiling it again from its document", exc,
+                      extra={"event": "snapshot_damaged", "tenant": tenant, "version": version})
+        if blob is not None:
+            try:
+                await self.install_blob(tenant, version, blob)
+                return
+            except ValueError as exc:  # the core's loader refuses what it cannot follow safely
+                why = "refused"
+                log.error("tenant %s version %s: the stored snapshot was refused (%s): compiling it again from its "
+                          "document", tenant, version, exc,
+                          extra={"event": "snapshot_damaged", "tenant": tenant, "version": version})
+        record = await asyncio.to_thread(self.store.get_version, tenant, version)
+        assert record.document is not None
+        built = await self.compiler.build(record.document, "json")
+        metrics.SNAPSHOT_REBUILDS.labels(why or "missing").inc()
+        if why:
+            replaced = await asyncio.to_thread(self.store.replace_snapshot, tenant, version, built.blob)
+            log.warning("tenant %s version %s: snapshot compiled again from its document%s", tenant, version,
+                        " and stored in place of the damaged one" if replaced else "",
+                        extra={"event": "snapshot_rebuilt", "tenant": tenant, "version": version, "reason": why})
+        await self.install_blob(tenant, version, built.blob)
 
 
 def decision_message(d: CoreDecision, kind: str, snap: CoreSnapshot, explain: bool = False
@@ -341,12 +366,11 @@ def unary(handler: Callable[[Any, Any], Any], timed: str | None = None) -> Calla
             reply = handler(self, request)
             if asyncio.iscoroutine(reply):
                 reply = await reply
-        except RequestError as exc:
-            await context.abort(exc.code, str(exc))
-            raise  # unreachable: abort raises
-        except StoreBusy as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the store is busy, try again: {exc}")
+        except grpc.aio.AbortError:
             raise
+        except Exception as exc:
+            await abort(context, exc, handler.__name__)
+            raise  # unreachable: abort raises
         if timed is not None:
             metrics.observe(timed, time.perf_counter() - start)
         return reply
@@ -564,9 +588,10 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
                     reply.call_event.CopyFrom(await self.call_event(req.call_event))
                 else:
                     raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "the request is empty")
-            except RequestError as exc:
-                reply.error = str(exc)
-                reply.error_code = exc.code.value[0]
+            except Exception as exc:  # this message's answer; the stream goes on
+                code, message = status_for(exc, f"Stream.{req.WhichOneof('request')}")
+                reply.error = message
+                reply.error_code = code.value[0]
             yield reply
 
 
@@ -574,7 +599,7 @@ def admin_rpc(handler: Callable[[Any, Any], Awaitable[Any]]) -> Callable[..., An
     """An Admin gRPC method from `async handler(self, request)`; refusals become statuses (_guard)."""
 
     async def rpc(self: AdminServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._guard(context, lambda: handler(self, request))
+        return await self._guard(context, lambda: handler(self, request), handler.__name__.lstrip("_"))
 
     rpc.__name__ = handler.__name__
     return rpc
@@ -590,25 +615,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.max_upload = max_upload
         self.upload_rate = upload_rate  # bytes/s an upload is read at; 0: as fast as it comes
 
-    async def _guard(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[Any]]) -> Any:
+    async def _guard(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[Any]],
+                     rpc: str = "Admin") -> Any:
         try:
             return await work()
-        except (RequestError, auth.AuthError) as exc:
-            await context.abort(exc.code, str(exc))
-        except SettingsError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except (VersionConflict, NumberTaken, numbers.TransferRefused) as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except StoreBusy as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the store is busy, try again: {exc}")
-        except concurrent.futures.process.BrokenProcessPool:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "the settings compiler stopped (out of memory?) and is being restarted: try again; "
-                                "a document that keeps doing this is too large for this server")
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(context, exc, rpc)
         raise AssertionError("unreachable")
 
     async def PushSettings(self, request: admin_pb2.PushSettingsRequest, context: grpc.aio.ServicerContext
@@ -644,7 +658,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             first: admin_pb2.PushSettingsRequest | None = None
             size = 0
             began = time.monotonic()
-            with push_file() as handle:
+            with self.state.compiler.spool.file() as handle:
                 async for piece in request_iterator:
                     data = piece.document
                     size += len(data)
@@ -654,7 +668,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                            "format, expected_version and comment belong in the first message only")
                     self._check_push(first, size)
-                    handle.write(data)  # a piece to a file in memory: microseconds, the loop keeps answering
+                    handle.write(data)  # a piece to the page cache: microseconds, the loop keeps answering
                     if self.upload_rate:
                         # Reading slower than the client sends lets HTTP/2 flow control hold the rest
                         # back: on a small machine, receiving 20 MB at full speed takes the CPU the

@@ -26,10 +26,11 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+import functools
+import hashlib
 import os
 import random
-import re
 import secrets
 import sqlite3
 import threading
@@ -39,10 +40,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.document_json import dumps_document, loads_document
 from server import store_numbers
 from server.store_accounts import AccountsMixin
 from server.store_api import (
@@ -50,8 +51,13 @@ from server.store_api import (
     PatchResult,
     Poll,
     SnapshotBuilder,
+    SnapshotDamaged,
+    Store,
     StoreBusy,
+    StoreDamaged,
     StoreError,
+    StoreMissing,
+    StoreUnavailable,
     TenantFacts,
     TenantMissing,
     VersionConflict,
@@ -59,6 +65,7 @@ from server.store_api import (
     VersionWrite,
 )
 from server.store_checks import _check_bytes, _check_e164, _check_int, _check_numbers, _check_str, _check_tenant
+from server.store_faults import Faults, describe_check, locate_damage
 from server.store_group import GroupCommitter
 from server.store_numbers import NumbersMixin
 from server.store_security import SecurityMixin
@@ -387,13 +394,42 @@ DROP INDEX calls_open;
 
 CREATE INDEX calls_open ON calls (state, updated_at) WHERE state IN ('ringing', 'answered');
 """),
+    (6, "snapshot checksums, the store's identity, the health probe", """
+ALTER TABLE snapshots ADD COLUMN checksum TEXT NOT NULL DEFAULT '';  -- blake2b-128 of blob, checked on every read
+
+CREATE TABLE store_identity (               -- one row: the id the data directory's marker file repeats
+    id          TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE health_probe (                 -- one row per process: a real write, made to tell if writes work
+    pid INTEGER PRIMARY KEY,
+    at  REAL    NOT NULL
+);
+"""),
 ]
 
 # Work a migration needs beyond SQL (reading stored documents), run right after that migration's
 # statements, in the same transaction.
+def _backfill_6(conn: sqlite3.Connection) -> None:
+    """Checksums of the blobs already stored (from here on a changed byte is caught), and the identity."""
+    rows = conn.execute("SELECT tenant, version, blob FROM snapshots").fetchall()
+    conn.executemany("UPDATE snapshots SET checksum = ? WHERE tenant = ? AND version = ?",
+                     [(checksum(bytes(blob)), tenant, version) for tenant, version, blob in rows])
+    conn.execute("INSERT INTO store_identity (id, created_at) VALUES (?, ?)",
+                 (secrets.token_hex(16), int(time.time())))
+
+
 BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {
     4: lambda conn: store_numbers.backfill(conn, SQLiteStore._documents_in_force),
+    6: _backfill_6,
 }
+
+
+def checksum(blob: bytes) -> str:
+    """What a stored snapshot blob is checked against when read back (SQLite's own checks cannot see a
+    changed byte inside a blob)."""
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
 
@@ -439,50 +475,6 @@ def _pack(document: bytes) -> bytes:
 
 def _unpack(stored: bytes) -> bytes:
     return zlib.decompress(stored) if stored[:1] == b"\x78" else bytes(stored)
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _loads(document: bytes) -> dict[str, Any]:
-    """Parse a settings document; floats become Decimal so that re-serializing is exact."""
-    doc = json.loads(document, parse_float=Decimal, parse_constant=_reject_constant)
-    if not isinstance(doc, dict):
-        raise ValueError(f"a settings document must be a JSON object, not {type(doc).__name__}")
-    return doc
-
-
-def _dumps(doc: dict[str, Any]) -> bytes:
-    """Compact JSON with every Decimal written back digit for digit (json has no raw-number hook).
-
-    Each Decimal is first written as a string holding a marker (a NUL, which
-    json always escapes as \\u0000, and a random nonce, so no string of the
-    document can be mistaken for one), then the quoted marker is replaced by
-    the Decimal's text.
-    """
-    decimals: list[str] = []
-    nonce = secrets.token_hex(8)
-
-    def default(obj: object) -> str:
-        if isinstance(obj, Decimal) and obj.is_finite():
-            decimals.append(str(obj))
-            return f"\x00{nonce}:{len(decimals) - 1}\x00"
-        raise TypeError(f"cannot write {type(obj).__name__} {obj!r} as JSON")
-
-    def encode(ensure_ascii: bool) -> bytes:
-        decimals.clear()
-        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=ensure_ascii, allow_nan=False,
-                          default=default)
-        if decimals:
-            marker = re.compile(r'"\\u0000' + nonce + r':(\d+)\\u0000"')
-            text = marker.sub(lambda m: decimals[int(m.group(1))], text)
-        return text.encode("utf-8")
-
-    try:
-        return encode(ensure_ascii=False)
-    except UnicodeEncodeError:      # a lone surrogate from a \ud8xx escape: keep it escaped
-        return encode(ensure_ascii=True)
-
 
 def _apply_patch(doc: dict[str, Any], list_name: str, ops: list[tuple[str, str]]) -> None:
     """Apply one version's effective patch rows (removes, then adds) to doc[list_name] in place.
@@ -536,12 +528,56 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
         self._poll_seen: tuple[int, Poll] | None = None
         self._committer: GroupCommitter | None = None
         self._committer_pid = 0
-        conn = self._conn()
+        self.faults = Faults(self.path, self._locate_damage)
+        self.marker = self.path.with_name(self.path.name + ".id")
+        # A data directory initialised once keeps a marker beside its store: a store that is then missing or
+        # empty was lost (a wiped disk, a truncated copy), not new, and must be restored, never re-created.
+        if self.marker.exists() and (not self.path.exists() or self.path.stat().st_size == 0):
+            raise StoreMissing(
+                f"{self.path} is {'missing' if not self.path.exists() else 'empty'}, but this data directory was "
+                f"initialised before ({self.marker} names store {self._marker_id()}): callgate will not start "
+                "afresh over it; restore the store from a backup (or, to really start with nothing, delete "
+                f"{self.marker})")
         try:
-            self._migrate(conn, migrate)
-        except BaseException:
+            self._migrate(self._conn(), migrate)
+            self._check_identity()
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, sqlite3.Error | StoreUnavailable | StoreDamaged):
+                raise self.faults.named("open", exc) from None
             raise
+
+    def _marker_id(self) -> str:
+        try:
+            return self.marker.read_text(encoding="ascii", errors="replace").strip()[:64]
+        except OSError as exc:
+            return f"(unreadable: {exc.strerror})"
+
+    def _check_identity(self) -> None:
+        """Write the marker on first open; refuse a store that is not the one the marker names."""
+        ident = self.identity
+        if not ident:
+            raise StoreDamaged("schema", f"{self.path} has no store identity (table store_identity is empty): "
+                                         "restore the store from a backup")
+        if self.marker.exists():
+            named = self._marker_id()
+            if named != ident:
+                raise StoreDamaged("identity", f"{self.path} is store {ident}, but this data directory was "
+                                               f"initialised with store {named} ({self.marker}): a store from "
+                                               "elsewhere was put here; restore the right one (or delete the "
+                                               "marker to adopt this store)")
+            return
+        tmp = self.marker.with_name(f"{self.marker.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(ident + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.marker)
+        fd = os.open(self.marker.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     # -- connection management ---------------------------------------------
 
@@ -661,17 +697,42 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
             try:
                 yield conn
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._rollback(conn)
                 raise
             try:
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._rollback(conn)
                 raise
         except sqlite3.OperationalError as exc:
             raise (self._busy(exc) or exc) from None
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        """Roll back, best effort: on a failing disk the ROLLBACK can fail too; then this thread's connection
+        is dropped (the next call opens a fresh one) instead of staying inside a transaction for good."""
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            slot = getattr(self._local, "slot", None)
+            if slot is not None and slot.conn is conn:
+                with self._lock:
+                    slot.closed = True
+                self._local.slot = None
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+    def _locate_damage(self) -> str:
+        """Which tables a damaged store's quick check names (a connection of its own: ours may be mid-statement)."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=1, isolation_level=None)
+        except sqlite3.Error:
+            return ""
+        try:
+            return locate_damage(conn)
+        finally:
+            conn.close()
 
     # -- migrations ----------------------------------------------------------
 
@@ -731,8 +792,8 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
 
     @staticmethod
     def _store_snapshot(conn: sqlite3.Connection, tenant: str, version: int, blob: bytes) -> None:
-        conn.execute("INSERT OR REPLACE INTO snapshots (tenant, version, blob) VALUES (?, ?, ?)",
-                     (tenant, version, blob))
+        conn.execute("INSERT OR REPLACE INTO snapshots (tenant, version, blob, checksum) VALUES (?, ?, ?, ?)",
+                     (tenant, version, blob, checksum(blob)))
         conn.execute("""DELETE FROM snapshots WHERE tenant = ? AND version NOT IN (
                             SELECT version FROM snapshots WHERE tenant = ? ORDER BY version DESC LIMIT ?)""",
                      (tenant, tenant, KEEP_SNAPSHOTS))
@@ -750,7 +811,7 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
                                ORDER BY version DESC LIMIT 1""", (tenant, version)).fetchone()
         if base is None:
             raise StoreError(f"tenant {tenant!r} version {version}: no full document at or before it")
-        doc = _loads(_unpack(base[1]))
+        doc = loads_document(_unpack(base[1]))
         rows = conn.execute("""SELECT version, list_name, op, number FROM list_patches
                                WHERE tenant = ? AND version > ? AND version <= ?
                                ORDER BY version, seq""", (tenant, base[0], version))
@@ -842,7 +903,7 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
             raise ValueError("facts must be TenantFacts")
         if len(document) <= SMALL_DOCUMENT or numbers is None or facts is None:
             try:
-                doc = _loads(document)
+                doc = loads_document(document)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise ValueError(f"document is not a JSON settings document: {exc}") from None
             if "tenant" in doc and doc["tenant"] != tenant:
@@ -928,7 +989,7 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
             if not ops:  # nothing would change: no new version (a replayed patch is a no-op)
                 return PatchResult(version=current, added=0, removed=0, size=len(listed))
             _apply_patch(doc, list_name, ops)
-            blob = _check_bytes("snapshot_for(...) result", snapshot_for(_dumps(doc)))
+            blob = _check_bytes("snapshot_for(...) result", snapshot_for(dumps_document(doc)))
             added = sum(1 for op, _ in ops if op == "add")
             removed = len(ops) - added
             now = int(time.time())
@@ -967,7 +1028,7 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
                 raise NotFound(f"tenant {tenant!r} has no version {version}")
             kind, created_at, comment, document = row
             if document is None:
-                document = _dumps(self._effective(conn, tenant, version))
+                document = dumps_document(self._effective(conn, tenant, version))
             else:
                 document = _unpack(document)
         return VersionRecord(tenant=tenant, version=version, kind=kind, created_at=int(created_at),
@@ -989,5 +1050,89 @@ class SQLiteStore(AccountsMixin, SecurityMixin, NumbersMixin):
     def snapshot(self, tenant: str, version: int) -> bytes | None:
         _check_tenant(tenant)
         _check_int("version", version, minimum=1)
-        rows = self._read("SELECT blob FROM snapshots WHERE tenant = ? AND version = ?", (tenant, version))
-        return bytes(rows[0][0]) if rows else None
+        rows = self._read("SELECT blob, checksum FROM snapshots WHERE tenant = ? AND version = ?", (tenant, version))
+        if not rows:
+            return None
+        blob, expected = bytes(rows[0][0]), rows[0][1]
+        if expected != checksum(blob):
+            raise SnapshotDamaged(tenant, version, f"checksum {checksum(blob)}, stored {expected or '(none)'}")
+        return blob
+
+    def replace_snapshot(self, tenant: str, version: int, blob: bytes) -> bool:
+        _check_tenant(tenant)
+        _check_int("version", version, minimum=1)
+        _check_bytes("blob", blob)
+        with self._transaction(write=True) as conn:
+            cur = conn.execute("UPDATE snapshots SET blob = ?, checksum = ? WHERE tenant = ? AND version = ?",
+                               (blob, checksum(blob), tenant, version))
+            return cur.rowcount > 0
+
+    def probe(self) -> None:
+        with self._transaction(write=True) as conn:
+            conn.execute("INSERT OR REPLACE INTO health_probe (pid, at) VALUES (?, ?)", (os.getpid(), time.time()))
+
+    def quick_check(self, budget_s: float) -> tuple[bool, str]:
+        """(finished, what is damaged: '' when nothing) by SQLite's quick check, stopped after budget_s."""
+        conn = self._conn()
+        deadline = time.monotonic() + budget_s
+        conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
+        try:
+            lines = [str(r[0]) for r in conn.execute("PRAGMA quick_check(20)").fetchall()]
+        except sqlite3.OperationalError as exc:
+            if "interrupt" in str(exc).lower():
+                return False, ""
+            raise
+        finally:
+            conn.set_progress_handler(None, 0)
+        return True, describe_check(conn, lines)
+
+    @property
+    def identity(self) -> str:
+        rows = self._read("SELECT id FROM store_identity LIMIT 1", ())
+        return str(rows[0][0]) if rows else ""
+
+
+def _named(op: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """`method` with every store failure named (server/store_faults.py): StoreUnavailable or StoreDamaged,
+    counted under `op`, never a bare sqlite3 error.  A Future's failure is named when it completes."""
+
+    @functools.wraps(method)
+    def named(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = method(self, *args, **kwargs)
+        except (sqlite3.Error, StoreUnavailable, StoreDamaged) as exc:
+            if getattr(exc, "_callgate_reported", False):
+                raise                  # an inner store method named it already
+            error = self.faults.named(op, exc)
+            error._callgate_reported = True  # type: ignore[attr-defined]
+            if error is exc:
+                raise
+            raise error from exc
+        if isinstance(result, Future):
+            return _named_future(self, op, result)
+        return result
+
+    return named
+
+
+def _named_future(store: SQLiteStore, op: str, inner: Future[T]) -> Future[T]:
+    outer: Future[T] = Future()
+
+    def done(f: Future[T]) -> None:
+        exc = f.exception()
+        if exc is None:
+            outer.set_result(f.result())
+        elif isinstance(exc, sqlite3.Error | StoreUnavailable | StoreDamaged):
+            outer.set_exception(store.faults.named(op, exc))
+        else:
+            outer.set_exception(exc)
+
+    inner.add_done_callback(done)
+    return outer
+
+
+STORE_METHODS = (*sorted(name for name in vars(Store) if not name.startswith("_") and callable(getattr(Store, name))),
+                 "quick_check")
+for _op in STORE_METHODS:
+    setattr(SQLiteStore, _op, _named(_op, getattr(SQLiteStore, _op)))
+del _op

@@ -35,8 +35,48 @@ class NotFound(StoreError):
     """No such tenant or version (gRPC NOT_FOUND)."""
 
 
-class StoreBusy(StoreError):
+class StoreUnavailable(StoreError):
+    """The store cannot do it now and wrote nothing: busy, disk full, I/O, read-only (gRPC UNAVAILABLE: retry).
+
+    `kind` is one of server.store_faults.KINDS; the message says what to do.
+    """
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class StoreBusy(StoreUnavailable):
     """The store stayed locked by other writers for longer than its busy timeout (gRPC UNAVAILABLE: retry)."""
+
+    def __init__(self, message: str):
+        super().__init__("busy", message)
+
+
+class StoreDamaged(StoreError):
+    """The store's file is damaged or not what this code expects (gRPC INTERNAL: retrying will not help).
+
+    `where` names the damaged tables or indexes when a check found them.
+    """
+
+    def __init__(self, kind: str, message: str, where: str = ""):
+        super().__init__(message)
+        self.kind, self.where = kind, where
+
+
+class SnapshotDamaged(StoreError):
+    """A stored snapshot blob does not match its checksum: compile the version's document again."""
+
+    def __init__(self, tenant: str, version: int, detail: str):
+        super().__init__(f"tenant {tenant!r} version {version}: the stored snapshot is damaged ({detail})")
+        self.tenant, self.version = tenant, version
+
+
+class StoreMissing(StoreDamaged):
+    """The data directory was initialised but its store is gone or empty: restore it, never start afresh."""
+
+    def __init__(self, message: str):
+        super().__init__("missing", message)
 
 
 class VersionConflict(StoreError):
@@ -342,7 +382,16 @@ class Store(Protocol):
         ...
 
     def snapshot(self, tenant: str, version: int) -> bytes | None:
-        """The compiled snapshot blob stored with that version, if still kept."""
+        """The compiled snapshot blob stored with that version, if still kept; SnapshotDamaged when the blob
+        read back is not the one written (its checksum)."""
+        ...
+
+    def replace_snapshot(self, tenant: str, version: int, blob: bytes) -> bool:
+        """Store a recompiled blob in place of a damaged one; False if that version's blob is no longer kept."""
+        ...
+
+    def probe(self) -> None:
+        """A small real write (this process's row of a probe table): raises as any write would; health uses it."""
         ...
 
     # -- calls -----------------------------------------------------------------

@@ -17,6 +17,7 @@ error (none was acknowledged).
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -55,7 +56,9 @@ class GroupCommitter:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        conn = self._connect()
+        # The writer never dies with work queued: a failed connect or a connection that a failing disk
+        # left unusable fails the batch in hand (its callers hear the error) and is opened again for the next.
+        conn: sqlite3.Connection | None = None
         try:
             while True:
                 first = self._queue.get()
@@ -71,12 +74,30 @@ class GroupCommitter:
                         self._queue.put(None)  # stop after this batch
                         break
                     batch.append(item)
-                self._commit(conn, batch)
+                if conn is None:
+                    try:
+                        conn = self._connect()
+                    except BaseException as exc:
+                        self._fail(batch, exc)
+                        continue
+                if not self._commit(conn, batch):
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+                    conn = None
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+
+    def _fail(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]],
+              exc: BaseException) -> None:
+        error = self._translate(exc) if isinstance(exc, sqlite3.OperationalError) else exc
+        for _fn, future in batch:
+            if not future.done():
+                future.set_exception(error)
 
     def _commit(self, conn: sqlite3.Connection,
-                batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
+                batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> bool:
+        """Run and commit one batch; False when the connection could not even roll back (open a new one)."""
         results: list[tuple[Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -93,15 +114,17 @@ class GroupCommitter:
                 results.append((future, True, value))
             conn.execute("COMMIT")
         except BaseException as exc:
+            usable = True
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            error = self._translate(exc) if isinstance(exc, sqlite3.OperationalError) else exc
-            for _fn, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    usable = False
+            self._fail(batch, exc)      # nothing of the batch was acknowledged
+            return usable
         for future, ok, value in results:  # only now, after the fsync: acknowledged means durable
             if ok:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+        return True

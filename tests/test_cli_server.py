@@ -98,9 +98,41 @@ def test_blacklist_add_remove_import(server, capsys, tmp_path):
     csv_file.write_text("number,comment\n+14155554000,robocall\n# a comment\n\n+14155554001,x\n+14155553334,again\n")
     code, out, err = run(server, capsys, "blacklist", "import", str(csv_file), "--tenant", "acme", "--offhours")
     assert code == 0 and "imported 3 numbers into the off-hours blacklist of 'acme': 3 new" in out
-    assert "3 / 3 sent" in err
+    assert "in version" in err.splitlines()[-1]                      # the progress line's last state
     code, _, err = run(server, capsys, "blacklist", "add", "--tenant", "acme", "12")
     assert code == 2 and "INVALID_ARGUMENT" in err and "add[0]" in err
+
+
+def test_blacklist_import_is_all_or_nothing(server, capsys, tmp_path):
+    """A file with bad lines imports nothing and names every bad line by its CSV line number (a quoted field
+    over two lines counts as two); a good file of any size is one new version."""
+    import grpc
+
+    from callgate.v1 import admin_pb2, admin_pb2_grpc
+
+    admin = admin_pb2_grpc.AdminStub(grpc.insecure_channel(server.address))
+    before = admin.ListVersions(admin_pb2.ListVersionsRequest(tenant="acme", limit=1), timeout=10).versions[0].version
+    rows = [f"+4930{i:08d}" for i in range(600_000)]
+    rows[550_000] = "0301234"
+    rows[599_999] = "+49 30 1234"
+    bad = tmp_path / "bad.csv"
+    bad.write_text('number,note\n+4930555,"two\nlines"\n' + "\n".join(rows) + "\n")
+    code, _, err = run(server, capsys, "blacklist", "import", str(bad), "--tenant", "acme")
+    assert code == 2
+    message = err.strip().splitlines()[-1]
+    assert "3 bad line(s), nothing imported" in message
+    assert "line 2: '+4930555' is not an E.164 number" in message            # the quoted field spans lines 2-3
+    assert "line 550004: '0301234'" in message and "line 600003: '+49 30 1234'" in message
+    after = admin.ListVersions(admin_pb2.ListVersionsRequest(tenant="acme", limit=1), timeout=10).versions[0].version
+    assert after == before
+    rows[550_000], rows[599_999] = "+493099999998", "+493099999999"
+    good = tmp_path / "good.csv"
+    good.write_text("\n".join(rows) + "\n")
+    code, out, _ = run(server, capsys, "blacklist", "import", str(good), "--tenant", "acme")
+    assert code == 0 and "imported 600,000 numbers" in out
+    versions = admin.ListVersions(admin_pb2.ListVersionsRequest(tenant="acme", limit=5), timeout=10).versions
+    assert versions[0].version == before + 1 and versions[1].version == before        # one version, not two
+    assert "blacklist import good.csv: +600000" in versions[0].comment
 
 
 def test_stats_lists_tenants(server, capsys):
@@ -148,3 +180,29 @@ def test_operator_commands(server, capsys, tmp_path):
     assert code == 2 and "more than 0" in err
     code, _, err = run(server, capsys, "billing", "card", "acme", "--set", "4242", "--expires", "12/2030")
     assert code == 2 and err.startswith("callgate: error: INVALID_ARGUMENT:")
+
+
+def test_billing_balance_shows_what_calls_in_progress_hold(tmp_path, capsys):
+    """An outbound call to the US (0.02 per 60 s) holds 1.20 for an hour of talk (--reserve-max-s 3600)."""
+    import time
+
+    from .test_lifecycle import EV, US_DEST, Tenant, no_rentals
+
+    doc = no_rentals(DOC)
+    doc["auto_topup"] = {"enabled": False}
+    t = Tenant(tmp_path, doc, "--reserve-max-s", "3600")
+    try:
+        t.credit("5.00", "opening")
+        now = int(time.time())
+        ringing = t.event(EV.RINGING, "o1", "u3", now - 10, direction="outbound", called=US_DEST)
+        assert (ringing.max_duration_s, ringing.reserved) == (3600, "1.20")
+        code, out, _ = run(t.server, capsys, "billing", "balance", "acme")
+        assert code == 0
+        assert "balance 5.00 USD, reserved 1.20 by calls in progress, available 3.80" in out
+        assert "auto top-up: off" in out
+        t.event(EV.ANSWERED, "o1", "u3", now - 9)
+        t.event(EV.ENDED, "o1", at=now)                                  # 9 s: one increment, 0.02
+        code, out, _ = run(t.server, capsys, "billing", "balance", "acme")
+        assert code == 0 and "balance 4.98 USD, reserved 0.00 by calls in progress, available 4.98" in out
+    finally:
+        assert t.close() == 0

@@ -1,0 +1,72 @@
+"""The one table from what went wrong to the gRPC status a caller gets.
+
+Every servicer method (unary, streaming, Stream's per-message errors) answers
+through `status_for`, so that a status means the same thing everywhere:
+
+* INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION: the request, as sent,
+  will never succeed; the message says what to change.
+* UNAVAILABLE: nothing was done and the same request may succeed later (a
+  busy or full store, a restarting compiler); the message says what to do.
+* INTERNAL: the server cannot do it and retrying will not help (a damaged
+  store, a bug); the message names what is damaged, or the log line to read.
+
+UNKNOWN (grpcio's answer to an exception nobody caught) is never sent.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures.process
+import logging
+import secrets
+
+import grpc
+
+from engine.settings import SettingsError
+
+from .store_api import NotFound, NumberTaken, StoreDamaged, StoreUnavailable, VersionConflict
+
+log = logging.getLogger("callgate.service")
+
+
+class RequestError(Exception):
+    """A request the server refuses; carries the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def status_for(exc: BaseException, rpc: str = "") -> tuple[grpc.StatusCode, str]:
+    """The status and message to answer `exc` with; an unexpected exception is logged (with an id the
+    message repeats) and answered INTERNAL."""
+    from . import auth, numbers  # auth imports grpc servicer pieces; numbers imports the engine
+
+    if isinstance(exc, RequestError | auth.AuthError):
+        return exc.code, str(exc)
+    if isinstance(exc, SettingsError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, VersionConflict | NumberTaken | numbers.TransferRefused):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, StoreUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, StoreDamaged):
+        return grpc.StatusCode.INTERNAL, str(exc)
+    if isinstance(exc, concurrent.futures.process.BrokenProcessPool):
+        return (grpc.StatusCode.UNAVAILABLE,
+                "the settings compiler stopped (out of memory?) and is being restarted: try again; "
+                "a document that keeps doing this is too large for this server")
+    if isinstance(exc, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    ident = secrets.token_hex(4)
+    log.error("internal error %s in %s: %r", ident, rpc or "a call", exc, exc_info=exc,
+              extra={"event": "internal_error", "rpc": rpc, "error_id": ident})
+    return grpc.StatusCode.INTERNAL, (f"internal error {ident} ({type(exc).__name__}): the server logged it "
+                                      "as event internal_error; this request will fail the same way until fixed")
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException, rpc: str = "") -> None:
+    """Answer the call with exc's status (raises, as context.abort does)."""
+    code, message = status_for(exc, rpc)
+    await context.abort(code, message)

@@ -1,0 +1,83 @@
+"""What a worker tells grpc.health.v1 and the metrics about itself (SPEC §7: "a health signal").
+
+Three service names, each SERVING or NOT_SERVING:
+
+* `""` (the server): the worker answers calls.
+* `callgate.v1.Decisions`: this worker holds settings (at least one tenant's
+  snapshot is in memory), so decisions can be answered.  Checked every tick,
+  whoever installed the snapshot (the watcher or this worker's own push).
+* `callgate.v1.Store`: the store takes writes.  NOT_SERVING from the first
+  store failure (any kind: busy, full, I/O, damaged) until a real write (a
+  probe row) succeeds again, tried once a second.  Monitoring tells
+  "decisions fine, billing failing" apart by this name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+from . import metrics
+
+log = logging.getLogger("callgate.health")
+
+STORE = "callgate.v1.Store"
+PROBE_EVERY_S = 1.0
+
+
+class Health:
+    def __init__(self, servicer: Any, serving: Any, not_serving: Any, decisions: str) -> None:
+        self._servicer, self._serving, self._not_serving = servicer, serving, not_serving
+        self.decisions = decisions
+        self._status: dict[str, bool] = {}
+        self._faults = 0                    # store faults seen (from any thread)
+        self._faults_lock = threading.Lock()
+        self._cleared = 0                   # faults up to here are answered by a good probe
+        self._last_probe = 0.0
+
+    def store_fault(self, op: str, kind: str) -> None:
+        """The store's fault listener (called from store threads)."""
+        with self._faults_lock:
+            self._faults += 1
+
+    def serving(self, name: str) -> bool:
+        return self._status.get(name, False)
+
+    async def set(self, name: str, serving: bool) -> None:
+        if self._status.get(name) == serving:
+            return
+        before = self._status.get(name)
+        self._status[name] = serving
+        await self._servicer.set(name, self._serving if serving else self._not_serving)
+        metrics.HEALTH.labels(name or "server").set(1 if serving else 0)
+        if before is not None:
+            level = logging.INFO if serving else logging.WARNING
+            log.log(level, "health of %s: %s", name or "the server", "SERVING" if serving else "NOT_SERVING",
+                    extra={"event": "health", "service": name or "server",
+                           "status": "SERVING" if serving else "NOT_SERVING"})
+
+    async def tick(self, holds_settings: bool, store: Any) -> None:
+        await self.set(self.decisions, holds_settings)
+        with self._faults_lock:
+            faults = self._faults
+        if faults == self._cleared:
+            await self.set(STORE, True)
+            return
+        await self.set(STORE, False)
+        now = time.monotonic()
+        if now - self._last_probe < PROBE_EVERY_S:
+            return
+        self._last_probe = now
+        try:
+            await asyncio.to_thread(store.probe)
+        except Exception:  # counted and logged by the store; the next probe tries again
+            return
+        self._cleared = faults  # faults reported while the probe ran keep it NOT_SERVING until the next one
+        await self.set(STORE, self._faults_since(faults) == 0)
+
+    def _faults_since(self, mark: int) -> int:
+        with self._faults_lock:
+            return self._faults - mark

@@ -1,0 +1,240 @@
+"""What a failure of the SQLite store means to its caller: try again, or never (SPEC §7, "faults are loud").
+
+Every `sqlite3.Error` that leaves a store method is turned here into one of
+two named errors (server.store_api):
+
+* `StoreUnavailable` (gRPC UNAVAILABLE): the store cannot do it *now* and
+  nothing was written: locked by other writers, disk full, an I/O error,
+  read-only or unopenable file, out of memory.  The message says what the
+  operator can do; the same request may succeed later.
+* `StoreDamaged` (gRPC INTERNAL): the file is damaged (SQLITE_CORRUPT,
+  SQLITE_NOTADB) or does not hold what this code expects (a table missing):
+  retrying will never help.  The message names the damaged table or index
+  when SQLite's quick check can find it.
+
+So a client tells "try again" from "this will never work" by the status
+alone: the Kamailio script spools an event on UNAVAILABLE and gives up on
+INTERNAL.  Each fault is counted (`Faults.listeners`: the server's metrics
+and health) and logged, one line per kind per interval, so that a disk that
+fills under load writes a line every ten seconds, not one per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .store_api import StoreBusy, StoreDamaged, StoreError, StoreUnavailable
+
+log = logging.getLogger("callgate.store")
+
+# SQLite's primary result codes (the part of an extended name before the second '_') -> our kind.
+_TRANSIENT = {
+    "SQLITE_BUSY": "busy",
+    "SQLITE_LOCKED": "busy",
+    "SQLITE_PROTOCOL": "busy",        # a WAL lock race that outlived its retries
+    "SQLITE_FULL": "full",
+    "SQLITE_IOERR": "io",
+    "SQLITE_READONLY": "readonly",
+    "SQLITE_CANTOPEN": "cantopen",
+    "SQLITE_NOMEM": "memory",
+    "SQLITE_INTERRUPT": "interrupted",
+    "SQLITE_NOLFS": "io",
+}
+_DAMAGE = {"SQLITE_CORRUPT": "damaged", "SQLITE_NOTADB": "damaged", "SQLITE_FORMAT": "damaged"}
+
+KINDS = ("busy", "full", "io", "readonly", "cantopen", "memory", "interrupted", "damaged", "schema")
+
+_ADVICE = {
+    "busy": "other writers held the store's lock too long; try again",
+    "full": "the disk holding the store is full, nothing was written: free space there, then try again "
+            "(decisions go on from memory)",
+    "io": "the disk holding the store reported an I/O error, nothing was written: check the disk "
+          "(kernel log), then try again",
+    "readonly": "the store's file or its directory is read-only: check permissions and the mount, then try again",
+    "cantopen": "the store's file cannot be opened (missing directory, permissions or too many open files): "
+                "check the data directory, then try again",
+    "memory": "the server ran out of memory: try again",
+    "interrupted": "the store operation was interrupted: try again",
+}
+
+_DAMAGE_ADVICE = ("this will not work by retrying: stop callgate, run `callgate store check --data-dir DIR` "
+                  "and restore the store from a backup")
+
+
+def asyncio_running() -> bool:
+    """Is this thread running an event loop (where nothing may block)?"""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _primary(name: str) -> str:
+    parts = name.split("_")
+    return "_".join(parts[:2]) if len(parts) >= 2 else name
+
+
+def kind_of(exc: BaseException) -> str | None:
+    """The fault kind of a sqlite3 error (None: not a sqlite3 error)."""
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    primary = _primary(name)
+    if primary in _TRANSIENT:
+        return _TRANSIENT[primary]
+    if primary in _DAMAGE:
+        return _DAMAGE[primary]
+    text = str(exc).lower()
+    if "malformed" in text or "not a database" in text:
+        return "damaged"
+    if "locked" in text or "busy" in text:
+        return "busy"
+    if "disk is full" in text or "database or disk is full" in text:
+        return "full"
+    if "disk i/o error" in text:
+        return "io"
+    return "schema"         # no such table/column, constraint or misuse: the file is not what the code expects
+
+
+def locate_damage(conn: sqlite3.Connection, budget_s: float = 2.0) -> str:
+    """The tables and indexes SQLite's quick check finds damaged, as text ('' if it finds nothing or runs out).
+
+    Bounded: a progress handler stops the check after `budget_s`, so a large
+    store costs the caller at most that long (damage is rare; callers cache).
+    """
+    deadline = time.monotonic() + budget_s
+    conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
+    try:
+        rows = conn.execute("PRAGMA quick_check(20)").fetchall()
+    except sqlite3.Error:
+        return ""
+    finally:
+        conn.set_progress_handler(None, 0)
+    return describe_check(conn, [str(r[0]) for r in rows])
+
+
+def describe_check(conn: sqlite3.Connection, lines: list[str]) -> str:
+    """quick_check/integrity_check output as the objects it names ('' when it says ok)."""
+    text = "\n".join(lines)
+    if not text or text.strip() == "ok":
+        return ""
+    names: list[str] = []
+    for index in re.findall(r"\bindex (\w+)", text):
+        row = _safe(conn, "SELECT tbl_name FROM sqlite_master WHERE name = ?", (index,))
+        names.append(f"index {index}" + (f" of table {row[0]}" if row else ""))
+    for page in sorted({int(p) for p in re.findall(r"\bpage (\d+)", text)})[:20]:
+        row = _safe(conn, "SELECT name FROM dbstat WHERE pageno = ?", (page,))
+        if row is None:
+            row = _safe(conn, "SELECT name FROM sqlite_master WHERE rootpage = ?", (page,))
+        names.append(f"{_object(conn, row[0]) if row else 'an unknown object'} (page {page})")
+    seen: list[str] = []
+    for name in names:
+        if name not in seen:
+            seen.append(name)
+    return ", ".join(seen) if seen else text.splitlines()[-1][:200]
+
+
+def _object(conn: sqlite3.Connection, name: str) -> str:
+    row = _safe(conn, "SELECT type, tbl_name FROM sqlite_master WHERE name = ?", (name,))
+    if row is None:
+        return f"table {name}" if name.startswith("sqlite_") else name
+    kind, table = row
+    return f"table {name}" if kind == "table" else f"{kind} {name} of table {table}"
+
+
+def _safe(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> tuple[str, ...] | None:
+    try:
+        row = conn.execute(sql, args).fetchone()
+    except sqlite3.Error:
+        return None
+    return tuple(str(x) for x in row) if row else None
+
+
+class Faults:
+    """Turns sqlite3 errors into named store errors; counts them, tells listeners, logs them sparingly."""
+
+    LOG_INTERVAL_S = 10.0
+
+    def __init__(self, path: Path, locate: Callable[[], str] | None = None) -> None:
+        self.path = path
+        self.listeners: list[Callable[[str, str], None]] = []   # (op, kind), from any thread
+        self._locate = locate
+        self._lock = threading.Lock()
+        self._logged: dict[str, tuple[float, int]] = {}         # kind -> (last logged at, faults since)
+        self._where: tuple[float, str] | None = None             # cached locate_damage result
+        self._locating = False
+
+    def named(self, op: str, exc: BaseException) -> StoreError:
+        """The named error for `exc` raised in store method `op`; counted and logged once per interval."""
+        if isinstance(exc, StoreUnavailable | StoreDamaged):
+            error: StoreError = exc
+            kind = exc.kind
+        else:
+            kind = kind_of(exc) or "schema"
+            error = self._error(op, kind, exc)
+        self.report(op, kind, error)
+        return error
+
+    def _error(self, op: str, kind: str, exc: BaseException) -> StoreError:
+        if kind == "busy":
+            return StoreBusy(f"the store stayed locked by other writers: {exc}; try again")
+        if kind in _ADVICE:
+            return StoreUnavailable(kind, f"store {kind} error in {op} ({exc}): {_ADVICE[kind]}")
+        where = self._where_damaged() if kind == "damaged" else ""
+        what = f"in {where}" if where else f"during {op}"
+        if kind == "schema":
+            return StoreDamaged(kind, f"the store does not hold what this callgate expects ({exc}) during {op}: "
+                                      f"{_DAMAGE_ADVICE}", where)
+        return StoreDamaged(kind, f"the store is damaged ({exc}) {what}: {_DAMAGE_ADVICE}", where)
+
+    def _where_damaged(self) -> str:
+        """What the quick check names as damaged (cached a minute).  Never on an event loop's thread (the
+        check may take its whole budget): there it starts in a thread of its own and a later error names it."""
+        now = time.monotonic()
+        with self._lock:
+            if self._where is not None and now - self._where[0] < 60:
+                return self._where[1]
+            if self._locating:
+                return ""
+            self._locating = True
+        if asyncio_running():
+            threading.Thread(target=self._locate_now, name="store-locate-damage", daemon=True).start()
+            return ""
+        return self._locate_now()
+
+    def _locate_now(self) -> str:
+        where = ""
+        try:
+            if self._locate is not None:
+                where = self._locate()
+        except Exception:  # locating is a courtesy: the error is reported either way
+            where = ""
+        with self._lock:
+            self._where, self._locating = (time.monotonic(), where), False
+        return where
+
+    def report(self, op: str, kind: str, error: BaseException) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(op, kind)
+            except Exception:  # a listener's bug must not hide the store's error
+                log.exception("store fault listener failed")
+        now = time.monotonic()
+        with self._lock:
+            last, since = self._logged.get(kind, (0.0, 0))
+            if last and now - last < self.LOG_INTERVAL_S:
+                self._logged[kind] = (last, since + 1)
+                return
+            self._logged[kind] = (now, 0)
+        log.error("store %s fault: %s", kind, error,
+                  extra={"event": "store_fault", "kind": kind, "op": op, "store": str(self.path),
+                         "more_since_last_line": since})
