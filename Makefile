@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all build run test lint bench clean
+.PHONY: all build run test lint bench clean debug
 
 all: build
 
@@ -59,6 +59,11 @@ test: build lint
 
 bench: build
 	$(PY) -m loadtest.core_bench
+
+# the core's debug build (Cython checks on, -O0 -g -Wall -Werror) in build/debug/engine, never in place
+debug: $(STAMP)
+	CALLGATE_DEBUG=1 $(PY) setup.py --quiet build_ext
+	cp engine/*.py build/debug/engine/
 
 clean:
 	rm -rf build engine/_core.c engine/_core*.so callgate/v1/*_pb2*

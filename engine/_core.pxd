@@ -137,8 +137,9 @@ cdef class CoreSnapshot:
     cdef readonly str tenant
     cdef object _decimals
     cdef object _members
-    cdef void _bind(self) except *
-    cdef void _bind_roaring(self, Roaring* r, str name) except *
+    cdef dict _pinned         # the arrays bound, kept alive whatever is later done to `arrays`
+    cdef void _bind(self, CoreSnapshot source) except *
+    cdef void _bind_roaring(self, Roaring* r, const Roaring* was, str name, CoreSnapshot source) except *
 
 
 cdef void decide_inbound(const Snap* s, const char* caller, Py_ssize_t nc, const char* called,

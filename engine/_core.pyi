@@ -8,6 +8,7 @@ import numpy as np
 from .decision import Decision, RingingCall
 
 COUNTRY_DTYPE: np.dtype
+DEBUG_BUILD: bool
 WEEK_WORDS_: int
 ZONE_BUCKETS_: int
 ZONE_BUCKET_BITS_: int
@@ -66,7 +67,10 @@ class CoreSnapshot:
     meta: dict[str, Any]
     version: int
     tenant: str
-    def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None: ...
+    def __init__(
+        self, arrays: dict[str, np.ndarray], meta: dict[str, Any], derived_from: CoreSnapshot | None = None
+    ) -> None:
+        """Checks every index, offset and length the decisions follow (ValueError naming what is wrong)."""
     def inbound(self, caller: str, called: str, at: int) -> CoreDecision: ...
     def outbound(self, user: str, destination: str, at: int, balance_micro: int) -> CoreDecision: ...
     def pickup(self, user: str, dialed: str, ringing: Sequence[RingingCall]) -> CoreDecision: ...

@@ -15,11 +15,21 @@ from libc.string cimport memchr, memcpy, memset
 
 cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
+    int __builtin_popcountll(unsigned long long) nogil
+
+cdef extern from *:
+    """
+    #ifndef CALLGATE_DEBUG
+    #define CALLGATE_DEBUG 0
+    #endif
+    """
+    const int CALLGATE_DEBUG
 
 import numpy as np
 
 cimport numpy as cnp
 
+from datetime import date as _date
 from decimal import Decimal
 
 from . import codes
@@ -231,27 +241,48 @@ cdef void _fill_filter(uint64_t* filt, uint64_t mask, uint64_t key, const uint8_
                 filt[h >> 6] |= (<uint64_t>1) << (h & 63)
 
 
+# Most values a list's bitmap may hold (settings allow 20 M): bounds the filter (8 bits a value) and the
+# time to fill it, whatever a damaged or hostile snapshot claims (a run of 65,536 values takes 4 bytes).
+cdef uint64_t MAX_LIST_VALUES = 1 << 26
+cdef uint64_t BAD_CONTAINER = 0xFFFFFFFFFFFFFFFFULL
+
+
 def roaring_index(const uint8_t[::1] buf not None):
     """Derived indexes of a serialized roaring64 bitmap: (container table, filter words).
 
     The table is a power-of-two open-addressing array of Container structs
-    (load <= 0.5); the filter has at least 8 bits per value.
+    (load <= 0.5); the filter has at least 8 bits per value.  Raises
+    ValueError on a malformed bitmap (see `parse_roaring64`; also run
+    containers whose runs overlap or pass 65535, more than 2^26 values).
     """
+    return _roaring_index(buf)[:2]
+
+
+cdef tuple _roaring_index(const uint8_t[::1] buf):
+    """(container table, filter words, number of containers): see roaring_index."""
     keys, offs, metas = parse_roaring64(buf)
-    cdef Py_ssize_t n = len(keys), i
-    cdef uint64_t size = 16, slot, bits = 1024, values = 0
+    cdef Py_ssize_t n = len(keys), i, bad = -1
+    cdef uint64_t size = 16, slot, bits = 1024, values = 0, c
     while size < 2 * <uint64_t>n:
         size *= 2
-    table = np.zeros(size, dtype=CONTAINER_DTYPE)
-    table["key"] = EMPTY_KEY
-    cdef Container* t = <Container*>cnp.PyArray_DATA(table)
     cdef const uint64_t[::1] k = keys
     cdef const uint32_t[::1] o = offs
     cdef const uint32_t[::1] m = metas
     cdef const uint8_t* data = &buf[0]
     with nogil:
         for i in range(n):
-            values += _count(data, o[i], m[i])
+            c = _count(data, o[i], m[i])
+            if c == BAD_CONTAINER:
+                bad = i
+                break
+            values += c
+    if bad >= 0:
+        raise ValueError(f"roaring run container {bad} has runs out of order, overlapping or past 65535")
+    if values > MAX_LIST_VALUES:
+        raise ValueError(f"roaring bitmap holds {values} values, more than the {MAX_LIST_VALUES} a list may")
+    table = np.zeros(size, dtype=CONTAINER_DTYPE)
+    table["key"] = EMPTY_KEY
+    cdef Container* t = <Container*>cnp.PyArray_DATA(table)
     while bits < 8 * values:
         bits *= 2
     filt = np.zeros(bits // 64, dtype=np.uint64)
@@ -264,19 +295,31 @@ def roaring_index(const uint8_t[::1] buf not None):
             t[slot].key = k[i]
             t[slot].off = o[i]
             t[slot].meta = m[i]
-            _fill_filter(f, bits - 1, k[i], &buf[0] + o[i], m[i])
-    return table, filt
+            _fill_filter(f, bits - 1, k[i], data + o[i], m[i])
+    return table, filt, n
 
 
 cdef uint64_t _count(const uint8_t* buf, uint32_t off, uint32_t meta) noexcept nogil:
+    # the values in one container, exactly; BAD_CONTAINER: runs out of order, overlapping or past 65535
     cdef uint32_t kind = meta >> 28, count = meta & 0x0FFFFFFF, i
-    cdef uint64_t total = 0
+    cdef uint64_t total = 0, word
+    cdef int64_t start, end, prev_end = -1
     if kind == KIND_ARRAY:
+        # (not checked in order: that costs 7% of a load, and an array out of order only answers wrong, like
+        # any other damaged value; runs are checked, as they bound the filter's size and the time to fill it)
         return count
     if kind == KIND_BITSET:
-        return 65536  # an upper bound is enough to size the filter
+        for i in range(1024):
+            memcpy(&word, buf + off + 8 * i, 8)
+            total += <uint64_t>__builtin_popcountll(word)
+        return total
     for i in range(count):
-        total += <uint64_t>load16(buf + off + 4 * i + 2) + 1
+        start = load16(buf + off + 4 * i)
+        end = start + load16(buf + off + 4 * i + 2)
+        if start <= prev_end or end > 0xFFFF:
+            return BAD_CONTAINER
+        prev_end = end
+        total += <uint64_t>(end - start + 1)
     return total
 
 
@@ -310,6 +353,8 @@ cdef int64_t _walk_roaring(const uint8_t* p, Py_ssize_t n, uint64_t* keys, uint3
             pos += (size + 7) // 8
         elif cookie == 12346:
             has_runs = False
+            if pos + 8 > n:
+                return -5
             size = load32(p + pos + 4)
             pos += 8
         else:
@@ -958,10 +1003,446 @@ cdef class CoreDecision:
         return f"<CoreDecision {self.verdict} {self.reason} v{self.snap.version}>"
 
 
+# ---------------------------------------------------------------------------
+# Snapshot validation
+# ---------------------------------------------------------------------------
+#
+# A snapshot may come from bytes (engine.snapshot.loads), and the decisions
+# above read its arrays without the GIL and without bounds checks.  So every
+# index, offset and length that any decision (or a CoreDecision property)
+# follows is checked once, here, before the struct is bound: arrays by exact
+# dtype and length against each other, index arrays by range, offset arrays
+# as monotonic bounds of the arrays they cut, hash tables as power-of-two
+# sized with an empty slot (probes stop) and stored indexes in range, and the
+# metadata lists Python code indexes with decision fields.  O(size), in tight
+# nogil loops; a bad snapshot is a ValueError naming what is wrong.
+
+cdef int64_t MAX_RATE_MICRO = 10000000000000  # 1e7 a minute: far above settings; rate * increment fits int64
+cdef int64_t MAX_ZONE_OFFSET = 86400            # |UTC offset|, s: local times in the window stay positive
+cdef int64_t MAX_E164 = 1000000000000000        # 15 digits
+cdef Py_ssize_t MAX_ENTRIES = 0x7FFFFFFF        # indexes are int32
+_TWO63 = int("9223372036854775808")
+
+
+ctypedef fused _int_t:
+    uint8_t
+    int32_t
+    int64_t
+
+
+cdef void _minmax(const _int_t* p, Py_ssize_t n, int64_t* lo, int64_t* hi) noexcept nogil:
+    cdef _int_t a = p[0], b = p[0], v
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        v = p[i]
+        if v < a:
+            a = v
+        if v > b:
+            b = v
+    lo[0] = a
+    hi[0] = b
+
+
+cdef Py_ssize_t _first_outside(const _int_t* p, Py_ssize_t n, int64_t lo, int64_t hi) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i] < lo or p[i] >= hi:
+            return i
+    return -1
+
+
+cdef Py_ssize_t _first_unsorted(const _int_t* p, Py_ssize_t start, Py_ssize_t end, bint strict) noexcept nogil:
+    # the first i in start+1 .. end-1 with p[i] below (strict: not above) p[i - 1], or -1
+    cdef Py_ssize_t i
+    for i in range(start + 1, end):
+        if p[i] < p[i - 1] or (strict and p[i] == p[i - 1]):
+            return i
+    return -1
+
+
+cdef cnp.ndarray _array(dict a, str name, object dtype, Py_ssize_t n):
+    """arrays[name]: a 1-D, C-contiguous, aligned numpy array of exactly `dtype`, with n entries if n >= 0."""
+    x = a.get(name)
+    if x is None:
+        raise ValueError(f"snapshot array {name} is missing")
+    if not cnp.PyArray_Check(x):
+        raise ValueError(f"snapshot array {name}: {type(x).__name__}, not a numpy array")
+    cdef cnp.ndarray arr = <cnp.ndarray>x
+    if arr.dtype != dtype:
+        raise ValueError(f"snapshot array {name}: dtype {arr.dtype}, expected {np.dtype(dtype)}")
+    if cnp.PyArray_NDIM(arr) != 1:
+        raise ValueError(f"snapshot array {name}: {cnp.PyArray_NDIM(arr)} dimensions, expected 1")
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISALIGNED(arr)):
+        raise ValueError(f"snapshot array {name} is not contiguous and aligned")
+    if cnp.PyArray_DIM(arr, 0) > MAX_ENTRIES:
+        raise ValueError(f"snapshot array {name}: {cnp.PyArray_DIM(arr, 0)} entries, more than an int32 indexes")
+    if n >= 0 and cnp.PyArray_DIM(arr, 0) != n:
+        raise ValueError(f"snapshot array {name}: {cnp.PyArray_DIM(arr, 0)} entries, expected {n}")
+    return arr
+
+
+cdef inline Py_ssize_t _len(cnp.ndarray arr) noexcept nogil:
+    return cnp.PyArray_DIM(arr, 0)
+
+
+cdef _check_range(cnp.ndarray arr, str name, int64_t lo, int64_t hi, str what="index"):
+    """Every entry of a checked uint8, int32 or int64 array lies in [lo, hi)."""
+    cdef Py_ssize_t n = _len(arr), i = -1
+    cdef int64_t mn = 0, mx = 0
+    cdef const void* p = cnp.PyArray_DATA(arr)
+    cdef int size = cnp.PyArray_ITEMSIZE(arr)
+    if n == 0:
+        return
+    with nogil:
+        if size == 1:
+            _minmax(<const uint8_t*>p, n, &mn, &mx)
+        elif size == 4:
+            _minmax(<const int32_t*>p, n, &mn, &mx)
+        else:
+            _minmax(<const int64_t*>p, n, &mn, &mx)
+        if mn < lo or mx >= hi:
+            if size == 1:
+                i = _first_outside(<const uint8_t*>p, n, lo, hi)
+            elif size == 4:
+                i = _first_outside(<const int32_t*>p, n, lo, hi)
+            else:
+                i = _first_outside(<const int64_t*>p, n, lo, hi)
+    if i >= 0:
+        raise ValueError(f"snapshot array {name}: {what} {arr[i]} out of range [{lo}, {hi}) (entry {i})")
+
+
+cdef _check_bounds(cnp.ndarray arr, str name, Py_ssize_t end, bint strict):
+    """A checked int32 array of n + 1 segment bounds over an `end`-long array: 0 first, `end` last, in order
+    (strict: every segment non-empty)."""
+    cdef const int32_t* p = <const int32_t*>cnp.PyArray_DATA(arr)
+    cdef Py_ssize_t n = _len(arr), i
+    if n < 1:
+        raise ValueError(f"snapshot array {name}: no entries, expected at least 1")
+    if p[0] != 0 or p[n - 1] != end:
+        raise ValueError(f"snapshot array {name}: bounds run from {p[0]} to {p[n - 1]}, expected 0 to {end}")
+    with nogil:
+        i = _first_unsorted(p, 0, n, strict)
+    if i >= 0:
+        raise ValueError(f"snapshot array {name}: offset {p[i]} (entry {i}) out of order after {p[i - 1]}")
+
+
+cdef _check_sorted_segments(cnp.ndarray values, str name, cnp.ndarray bounds, bint strict):
+    """Each segment of a checked int32/int64 array cut by checked `bounds` is in order (strict: increases)."""
+    cdef const int32_t* b = <const int32_t*>cnp.PyArray_DATA(bounds)
+    cdef const void* p = cnp.PyArray_DATA(values)
+    cdef Py_ssize_t k = 0, i = -1, segments = _len(bounds) - 1
+    cdef bint wide = cnp.PyArray_ITEMSIZE(values) == 8
+    with nogil:
+        while k < segments:
+            if wide:
+                i = _first_unsorted(<const int64_t*>p, b[k], b[k + 1], strict)
+            else:
+                i = _first_unsorted(<const int32_t*>p, b[k], b[k + 1], strict)
+            if i >= 0:
+                break
+            k += 1
+    if i >= 0:
+        raise ValueError(f"snapshot array {name}: entry {i} ({values[i]}) out of order after {values[i - 1]} "
+                         f"(segment {k})")
+
+
+cdef Py_ssize_t _number_table_error(const Slot* t, Py_ssize_t size, const uint64_t* e164, Py_ssize_t n,
+                                    Py_ssize_t* used) noexcept nogil:
+    # the first slot whose index is out of range or names a number with another key, or -1; used: full slots
+    cdef Py_ssize_t i, count = 0
+    cdef int32_t k
+    for i in range(size):
+        if t[i].key == 0:
+            continue
+        count += 1
+        k = t[i].index
+        if k < 0 or k >= n or e164[k] != t[i].key:
+            used[0] = count
+            return i
+    used[0] = count
+    return -1
+
+
+cdef Py_ssize_t _user_table_error(const uint64_t* keys, const int32_t* vals, Py_ssize_t size,
+                                  const int32_t* off, const uint8_t* blob, Py_ssize_t n,
+                                  Py_ssize_t* used) noexcept nogil:
+    # the first slot whose user index is out of range or whose key is not the hash of that user's id, or -1
+    cdef Py_ssize_t i, count = 0
+    cdef int32_t u
+    for i in range(size):
+        if keys[i] == 0:
+            continue
+        count += 1
+        u = vals[i]
+        if u < 0 or u >= n or fnv1a(<const char*>blob + off[u], off[u + 1] - off[u]) != keys[i]:
+            used[0] = count
+            return i
+    used[0] = count
+    return -1
+
+
+cdef Py_ssize_t _country_error(const Country* c, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if (c[i].cc < 1 or c[i].cc > 999 or c[i].cc_len < 1 or c[i].cc_len > 3 or c[i].ip_len < 0
+                or c[i].ip_len > 8 or c[i].np_len < 0 or c[i].np_len > 8):
+            return i
+    return -1
+
+
+cdef Py_ssize_t _zone_bucket_error(const int32_t* base, Py_ssize_t zones, const int32_t* bucket) noexcept nogil:
+    # the first bucket whose segment is not one of its zone's, or -1
+    cdef Py_ssize_t z, k
+    cdef int32_t v
+    for z in range(zones):
+        for k in range(ZONE_BUCKETS):
+            v = bucket[z * ZONE_BUCKETS + k]
+            if v < base[z] or v >= base[z + 1]:
+                return z * ZONE_BUCKETS + k
+    return -1
+
+
+cdef Py_ssize_t _container_error(const Container* t, Py_ssize_t size, Py_ssize_t buflen,
+                                 Py_ssize_t* used) noexcept nogil:
+    # the first slot of a container table whose kind is unknown or whose data passes the buffer's end, or -1
+    cdef Py_ssize_t i, count = 0
+    cdef uint32_t kind, n
+    cdef uint64_t need
+    for i in range(size):
+        if t[i].key == EMPTY_KEY:
+            continue
+        count += 1
+        kind = t[i].meta >> 28
+        n = t[i].meta & 0x0FFFFFFF
+        if kind == KIND_ARRAY:
+            need = 2 * <uint64_t>n
+        elif kind == KIND_BITSET:
+            need = 8192
+        elif kind == KIND_RUN:
+            need = 4 * <uint64_t>n
+        else:
+            used[0] = count
+            return i
+        if <uint64_t>t[i].off + need > <uint64_t>buflen or t[i].key >> 48:
+            used[0] = count
+            return i
+    used[0] = count
+    return -1
+
+
+cdef object _meta(dict m, str key, object kind):
+    if key not in m:
+        raise ValueError(f"snapshot meta {key} is missing")
+    v = m[key]
+    if kind is int:
+        if type(v) is not int and type(v) is not bool:
+            raise ValueError(f"snapshot meta {key}: {type(v).__name__}, expected int")
+    elif not isinstance(v, kind):
+        raise ValueError(f"snapshot meta {key}: {type(v).__name__}, expected {kind.__name__}")
+    return v
+
+
+cdef object _meta_int(dict m, str key, object lo, object hi):
+    v = _meta(m, key, int)
+    if not lo <= v < hi:
+        raise ValueError(f"snapshot meta {key}: {v} out of range [{lo}, {hi})")
+    return v
+
+
+cdef list _strs(object v, str key, Py_ssize_t n):
+    if type(v) is not list:
+        raise ValueError(f"snapshot meta {key}: {type(v).__name__}, expected list")
+    cdef list items = <list>v
+    if n >= 0 and len(items) != n:
+        raise ValueError(f"snapshot meta {key}: {len(items)} entries, expected {n}")
+    for i in range(len(items)):
+        if type(items[i]) is not str:
+            raise ValueError(f"snapshot meta {key}[{i}]: {type(items[i]).__name__}, expected str")
+    return items
+
+
+cdef list _meta_strs(dict m, str key, Py_ssize_t n):
+    return _strs(_meta(m, key, list), key, n)
+
+
+cdef _check_meta_extras(dict m):
+    """What billing and the server read beside the decisions (present in every snapshot compiled since)."""
+    for key in ("blacklist_size", "offhours_blacklist_size"):
+        _meta_int(m, key, 0, _TWO63)
+    _meta(m, "currency", str)
+    if m["currency"] not in codes.CURRENCIES:
+        raise ValueError(f"snapshot meta currency: {m['currency']!r} is not one of {codes.CURRENCIES}")
+    for key in ("approved", "documents_required"):
+        if key in m:
+            _meta_strs(m, key, -1)
+    if "rentals" in m:
+        for i, rental in enumerate(_meta(m, "rentals", list)):
+            _, fee, day = _strs(rental, f"rentals[{i}]", 3)
+            if not (_amount(fee) and _iso_day(day)):
+                raise ValueError(f"snapshot meta rentals[{i}]: {rental!r:.80} is not [number, fee, ISO date]")
+    if "auto_topup" in m:
+        auto = _meta(m, "auto_topup", dict)
+        amount = auto.get("amount")
+        if type(auto.get("enabled", False)) is not bool or not (amount is None or _amount(amount)):
+            raise ValueError("snapshot meta auto_topup: expected {'enabled': bool, 'amount': a decimal or None}")
+
+
+cdef bint _amount(object text):
+    try:
+        return type(text) is str and Decimal(text).is_finite() and Decimal(text) >= 0
+    except ArithmeticError:
+        return False
+
+
+cdef bint _iso_day(str text):
+    try:
+        _date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+cdef _validate(dict a, dict m):
+    """Checks a snapshot's arrays and metadata against each other (see the comment above)."""
+    cdef Py_ssize_t n, n_lines, n_countries, n_sched, n_zones, n_nodes, n_rates, n_users, n_groups, words
+    cdef Py_ssize_t i, used = 0, size
+    cdef cnp.ndarray nt, zone_base, user_off, ut_keys
+
+    # -- tenant-wide metadata
+    _meta(m, "tenant", str)
+    _meta_int(m, "version", -_TWO63, _TWO63)
+    _meta_int(m, "active", 0, 2)
+    _meta_int(m, "block_anonymous", 0, 2)
+    if _meta(m, "chat_mode", str) not in codes.CHAT_MODES:
+        raise ValueError(f"snapshot meta chat_mode: {m['chat_mode']!r} is not one of {codes.CHAT_MODES}")
+    if _meta(m, "lead_trigger", str) not in codes.LEAD_TRIGGERS:
+        raise ValueError(f"snapshot meta lead_trigger: {m['lead_trigger']!r} is not one of {codes.LEAD_TRIGGERS}")
+    if len(_meta(m, "pickup_code", str).encode()) > 15:
+        raise ValueError("snapshot meta pickup_code: longer than 15 bytes")
+    _check_meta_extras(m)
+
+    # -- numbers
+    num_e164 = _array(a, "num_e164", np.uint64, -1)
+    n = _len(num_e164)
+    if e164_array(_meta_strs(m, "numbers", n)).tobytes() != num_e164.tobytes():
+        raise ValueError("snapshot array num_e164 does not hold the numbers of meta numbers")
+    lines = _meta_strs(m, "lines", -1)
+    n_lines = len(lines)
+    groups = _meta_strs(m, "groups", -1)
+    n_groups = len(groups)
+    members = _meta(m, "members", list)
+    if len(members) != n_groups:
+        raise ValueError(f"snapshot meta members: {len(members)} entries, expected {n_groups} (one per group)")
+    for i in range(n_groups):
+        _strs(members[i], f"members[{i}]", -1)
+    countries = _array(a, "countries", COUNTRY_DTYPE, -1)
+    n_countries = _len(countries)
+    sched_zone = _array(a, "sched_zone", np.int32, -1)
+    n_sched = _len(sched_zone)
+    _check_range(_array(a, "num_line", np.int32, n), "num_line", 0, n_lines)
+    _check_range(_array(a, "num_country", np.int32, n), "num_country", 0, n_countries)
+    _array(a, "num_flags", np.uint8, n)
+    _check_range(_array(a, "num_sched", np.int32, n), "num_sched", -1, n_sched)
+    _check_range(_array(a, "num_action", np.uint8, n), "num_action", 0, 3, "action")
+    num_fwd = _array(a, "num_fwd", np.uint64, n)
+    if n and num_fwd.max() >= MAX_E164:
+        raise ValueError(f"snapshot array num_fwd: {num_fwd.max()} is not an E.164 number")
+    _check_range(_array(a, "num_group", np.int32, n), "num_group", -1, n_groups)
+    nt = _array(a, "nt", SLOT_DTYPE, -1)
+    size = _len(nt)
+    if size & (size - 1) or size <= n:
+        raise ValueError(f"snapshot array nt: {size} slots for {n} numbers, expected a power of two above it")
+    with nogil:
+        i = _number_table_error(<const Slot*>cnp.PyArray_DATA(nt), size,
+                                <const uint64_t*>cnp.PyArray_DATA(num_e164), n, &used)
+    if i >= 0:
+        raise ValueError(f"snapshot array nt: index {nt[i]['index']} in slot {i} is not the number "
+                         f"{nt[i]['key']} (range [0, {n}))")
+    if used != n:
+        raise ValueError(f"snapshot array nt: {used} numbers in the table, expected {n}")
+    with nogil:
+        i = _country_error(<const Country*>cnp.PyArray_DATA(countries), n_countries)
+    if i >= 0:
+        raise ValueError(f"snapshot array countries: entry {i} has lengths out of range ({countries[i]})")
+
+    # -- schedules and zones
+    zone_base = _array(a, "zone_base", np.int32, -1)
+    n_zones = _len(zone_base) - 1
+    zone_starts = _array(a, "zone_starts", np.int64, -1)
+    zone_offsets = _array(a, "zone_offsets", np.int32, _len(zone_starts))
+    _check_bounds(zone_base, "zone_base", _len(zone_starts), True)
+    zone_bucket = _array(a, "zone_bucket", np.int32, n_zones * ZONE_BUCKETS)
+    with nogil:
+        i = _zone_bucket_error(<const int32_t*>cnp.PyArray_DATA(zone_base), n_zones,
+                               <const int32_t*>cnp.PyArray_DATA(zone_bucket))
+    if i >= 0:
+        raise ValueError(f"snapshot array zone_bucket: index {zone_bucket[i]} (entry {i}) out of range "
+                         f"[{zone_base[i // ZONE_BUCKETS]}, {zone_base[i // ZONE_BUCKETS + 1]}) of its zone")
+    _check_sorted_segments(zone_starts, "zone_starts", zone_base, True)
+    _check_range(zone_offsets, "zone_offsets", -MAX_ZONE_OFFSET, MAX_ZONE_OFFSET + 1, "offset")
+    _check_range(sched_zone, "sched_zone", 0, n_zones)
+    _array(a, "sched_week", np.uint64, n_sched * WEEK_WORDS)
+    sched_hol_base = _array(a, "sched_hol_base", np.int32, n_sched + 1)
+    hol_days = _array(a, "hol_days", np.int32, -1)
+    _check_bounds(sched_hol_base, "sched_hol_base", _len(hol_days), False)
+    _check_sorted_segments(hol_days, "hol_days", sched_hol_base, False)
+
+    # -- lines and rates
+    trie_rate = _array(a, "trie_rate", np.int32, -1)
+    n_nodes = _len(trie_rate)
+    rate_pm = _array(a, "rate_pm", np.int64, -1)
+    n_rates = _len(rate_pm)
+    _check_range(_array(a, "line_root", np.int32, n_lines), "line_root", 0, n_nodes)
+    _check_range(_array(a, "line_format", np.uint8, n_lines), "line_format", 0, 4, "format")
+    _check_range(_array(a, "trie_child", np.int32, 10 * n_nodes), "trie_child", -1, n_nodes)
+    _check_range(trie_rate, "trie_rate", -1, n_rates)
+    _check_range(rate_pm, "rate_pm", 0, MAX_RATE_MICRO + 1, "rate")
+    _check_range(_array(a, "rate_inc", np.int32, n_rates), "rate_inc", 1, MAX_CALL_SECONDS + 1, "increment")
+    rates = _meta_strs(m, "rates", n_rates)
+    micro = rate_pm.tolist()
+    for i in range(n_rates):
+        try:
+            exact = Decimal(rates[i]) * 1000000 == micro[i]
+        except ArithmeticError:
+            exact = False
+        if not exact:
+            raise ValueError(f"snapshot meta rates[{i}]: {rates[i][:40]!r} is not rate_pm {micro[i]} micro-units")
+
+    # -- users and queue groups
+    user_off = _array(a, "user_off", np.int32, -1)
+    n_users = _len(user_off) - 1
+    user_blob = _array(a, "user_blob", np.uint8, -1)
+    _check_bounds(user_off, "user_off", _len(user_blob), False)
+    _meta_strs(m, "users", n_users)
+    ut_keys = _array(a, "ut_keys", np.uint64, -1)
+    size = _len(ut_keys)
+    ut_vals = _array(a, "ut_vals", np.int32, size)
+    if size & (size - 1) or size <= n_users:
+        raise ValueError(f"snapshot array ut_keys: {size} slots for {n_users} users, expected a power of two above it")
+    with nogil:
+        i = _user_table_error(<const uint64_t*>cnp.PyArray_DATA(ut_keys), <const int32_t*>cnp.PyArray_DATA(ut_vals),
+                              size, <const int32_t*>cnp.PyArray_DATA(user_off),
+                              <const uint8_t*>cnp.PyArray_DATA(user_blob), n_users, &used)
+    if i >= 0:
+        raise ValueError(f"snapshot array ut_vals: index {ut_vals[i]} in slot {i} out of range [0, {n_users}) "
+                         f"or not the user whose id hashes to its key")
+    if used != n_users:
+        raise ValueError(f"snapshot array ut_keys: {used} users in the table, expected {n_users}")
+    _check_range(_array(a, "user_callerid", np.int32, n_users), "user_callerid", -1, n)
+    words = _meta_int(m, "group_words", 1, 1 << 20)
+    if words != max(1, (n_groups + 63) // 64):
+        raise ValueError(f"snapshot meta group_words: {words} words for {n_groups} groups")
+    _array(a, "user_groups", np.uint64, n_users * words)
+
+    # -- tenant-wide indexes
+    _meta_int(m, "backup_line", -1, n_lines)
+    _meta_int(m, "backup_number", 0, MAX_E164)
+    _meta_int(m, "default_callerid", -1, n)
+
+
 cdef inline const void* ptr(dict arrays, str name) except NULL:
+    # arrays checked by _validate
     a = arrays[name]
-    if not (cnp.PyArray_Check(a) and cnp.PyArray_IS_C_CONTIGUOUS(a)):
-        raise ValueError(f"snapshot array {name} is not a contiguous numpy array")
     if cnp.PyArray_SIZE(a) == 0:
         # a valid, never-dereferenced pointer for empty tables
         return <const void*>&_EMPTY[0]
@@ -977,28 +1458,35 @@ cdef class CoreSnapshot:
     Built by `engine.snapshot` from arrays and metadata; see there for how.
     """
 
-    def __init__(self, dict arrays, dict meta):
+    def __init__(self, dict arrays not None, dict meta not None, CoreSnapshot derived_from=None):
+        """Checks the arrays and metadata (ValueError naming what is wrong), then binds them.
+
+        `derived_from`: the snapshot this one is made from (engine.snapshot.with_documents); a list's
+        bitmap and indexes passed on from it, the very same arrays, are not checked again.
+        """
+        if self.s.nt != NULL:
+            raise TypeError("a CoreSnapshot is immutable: make a new one")
         self.arrays = arrays
         self.meta = meta
+        self._bind(derived_from)
         self.version = meta["version"]
         self.tenant = meta["tenant"]
         self._decimals = tuple(Decimal(x) for x in meta["rates"])
         self._members = tuple(tuple(m) for m in meta["members"])
-        self._bind()
 
-    cdef void _bind(self) except *:
+    cdef void _bind(self, CoreSnapshot source) except *:
         cdef dict a = self.arrays
         cdef dict m = self.meta
-        cdef Snap* s = &self.s
+        cdef Snap bound
+        cdef Snap* s = &bound  # copied in whole once every check has passed
         memset(s, 0, sizeof(Snap))
+        _validate(a, m)  # every index, offset and length the decisions follow; the roaring lists below
         s.active = m["active"]
         s.block_anonymous = m["block_anonymous"]
         s.backup_line = m["backup_line"]
         s.backup_number = m["backup_number"]
         s.default_callerid = m["default_callerid"]
         code = m["pickup_code"].encode()
-        if len(code) > 15:
-            raise ValueError("pickup code too long")
         s.pickup_len = len(code)
         memcpy(s.pickup, <const char*>code, len(code))
         s.n_numbers = len(a["num_e164"])
@@ -1010,27 +1498,18 @@ cdef class CoreSnapshot:
         s.num_action = <const uint8_t*>ptr(a, "num_action")
         s.num_fwd = <const uint64_t*>ptr(a, "num_fwd")
         s.num_group = <const int32_t*>ptr(a, "num_group")
-        if a["nt"].dtype != SLOT_DTYPE:
-            raise ValueError("number table has the wrong layout")
         s.nt = <const Slot*>ptr(a, "nt")
         s.nt_mask = len(a["nt"]) - 1
-        if a["countries"].dtype.itemsize != sizeof(Country):
-            raise ValueError("country table has the wrong layout")
         s.countries = <const Country*>ptr(a, "countries")
         s.sched_zone = <const int32_t*>ptr(a, "sched_zone")
         s.sched_week = <const uint64_t*>ptr(a, "sched_week")
         s.sched_hol_base = <const int32_t*>ptr(a, "sched_hol_base")
         s.hol_days = <const int32_t*>ptr(a, "hol_days")
         s.zone_base = <const int32_t*>ptr(a, "zone_base")
-        if len(a["zone_bucket"]) != (len(a["zone_base"]) - 1) * ZONE_BUCKETS:
-            raise ValueError("zone bucket index has the wrong size")
         s.zone_bucket = <const int32_t*>ptr(a, "zone_bucket")
         s.zone_starts = <const int64_t*>ptr(a, "zone_starts")
         s.zone_offsets = <const int32_t*>ptr(a, "zone_offsets")
         s.line_root = <const int32_t*>ptr(a, "line_root")
-        formats = a["line_format"]
-        if formats.dtype != np.uint8 or len(formats) != len(a["line_root"]) or (len(formats) and formats.max() > 3):
-            raise ValueError("line formats do not match the lines")
         s.line_format = <const uint8_t*>ptr(a, "line_format")
         s.trie_child = <const int32_t*>ptr(a, "trie_child")
         s.trie_rate = <const int32_t*>ptr(a, "trie_rate")
@@ -1045,27 +1524,54 @@ cdef class CoreSnapshot:
         s.user_callerid = <const int32_t*>ptr(a, "user_callerid")
         s.user_groups = <const uint64_t*>ptr(a, "user_groups")
         s.group_words = m["group_words"]
-        self._bind_roaring(&s.blacklist, "blacklist")
-        self._bind_roaring(&s.offhours_blacklist, "offhours_blacklist")
+        self._bind_roaring(&s.blacklist, &source.s.blacklist if source is not None else NULL, "blacklist", source)
+        self._bind_roaring(&s.offhours_blacklist, &source.s.offhours_blacklist if source is not None else NULL,
+                           "offhours_blacklist", source)
+        self._pinned = dict(a)
+        self.s = bound
 
-    cdef void _bind_roaring(self, Roaring* r, str name) except *:
+    cdef void _bind_roaring(self, Roaring* r, const Roaring* was, str name, CoreSnapshot source) except *:
+        # The container table and filter are derived from the bitmap on load (roaring_index checks the
+        # bitmap whole); given, they are checked against the bitmap, unless they are the very arrays
+        # `source` (a checked snapshot, `was` its list) bound.
         cdef dict a = self.arrays
-        if f"{name}_table" not in a:
-            a[f"{name}_table"], a[f"{name}_filter"] = roaring_index(a[name])
-        table = a[f"{name}_table"]
-        if table.dtype != CONTAINER_DTYPE:
-            raise ValueError(f"{name} container table has the wrong layout")
+        cdef str tname = f"{name}_table", fname = f"{name}_filter"
+        cdef Py_ssize_t size, words, nbuf, i = -1, used = -1
+        buf = _array(a, name, np.uint8, -1)
+        if tname not in a:
+            try:
+                a[tname], a[fname], used = _roaring_index(buf)
+            except ValueError as exc:
+                raise ValueError(f"snapshot array {name}: {exc}") from None
+        table = _array(a, tname, CONTAINER_DTYPE, -1)
+        filt = _array(a, fname, np.uint64, -1)
+        size, words, nbuf = _len(table), _len(filt), _len(buf)
+        if size & (size - 1) or size == 0 or words & (words - 1) or words == 0:
+            raise ValueError(f"snapshot array {tname} or {fname}: sizes {size} and {words} are not powers of two")
+        if (used < 0 and source is not None and source.s.nt != NULL and a[name] is source._pinned.get(name)
+                and table is source._pinned.get(tname) and filt is source._pinned.get(fname)):
+            used = was.n
+        if used < 0:  # a table not derived here: every container within the bitmap's bytes
+            with nogil:
+                i = _container_error(<const Container*>cnp.PyArray_DATA(table), size, nbuf, &used)
+        if i >= 0:
+            raise ValueError(f"snapshot array {tname}: container {table[i]} in slot {i} is not within {name} "
+                             f"({_len(buf)} bytes)")
+        if used >= size:
+            raise ValueError(f"snapshot array {tname}: no empty slot")
         r.buf = <const uint8_t*>ptr(a, name)
-        r.table = <const Container*>ptr(a, f"{name}_table")
-        r.table_mask = len(table) - 1
-        r.filter = <const uint64_t*>ptr(a, f"{name}_filter")
-        r.filter_mask = len(a[f"{name}_filter"]) * 64 - 1
-        r.n = int((table["key"] != EMPTY_KEY).sum())
+        r.table = <const Container*>ptr(a, tname)
+        r.table_mask = size - 1
+        r.filter = <const uint64_t*>ptr(a, fname)
+        r.filter_mask = <uint64_t>words * 64 - 1
+        r.n = used
 
     # -- single decisions -------------------------------------------------
 
     def inbound(self, str caller not None, str called not None, at):
         """Inbound decision for one call; see docs/decisions.md."""
+        if self.s.nt == NULL:
+            raise ValueError("this CoreSnapshot was never loaded")
         cdef Py_ssize_t nc, nd
         cdef const char* pc = utf8(caller, &nc)
         cdef const char* pd = utf8(called, &nd)
@@ -1076,6 +1582,8 @@ cdef class CoreSnapshot:
 
     def outbound(self, str user not None, str destination not None, at, long long balance_micro):
         """Outbound decision; the balance is in micro-units of the currency (1e-6)."""
+        if self.s.nt == NULL:
+            raise ValueError("this CoreSnapshot was never loaded")
         cdef Py_ssize_t nu, nd
         cdef const char* pu = utf8(user, &nu)
         cdef const char* pd = utf8(destination, &nd)
@@ -1086,6 +1594,8 @@ cdef class CoreSnapshot:
 
     def pickup(self, str user not None, str dialed not None, ringing):
         """Pickup decision: which of `ringing` (RingingCall-like objects) the user may intercept."""
+        if self.s.nt == NULL:
+            raise ValueError("this CoreSnapshot was never loaded")
         cdef Py_ssize_t nu, nd, n = len(ringing), i
         cdef const char* pu = utf8(user, &nu)
         cdef const char* pd = utf8(dialed, &nd)
@@ -1119,6 +1629,8 @@ cdef class CoreSnapshot:
         engine.codes), target (E.164 as uint64, 0: none), line and group
         (indexes into meta lines/groups, -1: none).
         """
+        if self.s.nt == NULL:
+            raise ValueError("this CoreSnapshot was never loaded")
         cdef Py_ssize_t n = _check_columns(callers, called, at)
         cdef Py_ssize_t wc = callers.dtype.itemsize, wd = called.dtype.itemsize, i
         cdef const char* pc = <const char*>cnp.PyArray_DATA(callers)
@@ -1147,6 +1659,8 @@ cdef class CoreSnapshot:
         line, callerid (number index, -1: none), rate (index, -1: none),
         max_duration (seconds).
         """
+        if self.s.nt == NULL:
+            raise ValueError("this CoreSnapshot was never loaded")
         cdef Py_ssize_t n = _check_columns(users, destinations, at)
         if balance_micro.dtype != np.int64 or not balance_micro.flags.c_contiguous or len(balance_micro) != n:
             raise ValueError("balance_micro must be a contiguous int64 column as long as the others")
@@ -1175,6 +1689,8 @@ cdef class CoreSnapshot:
 
     def contains_batch(self, str which, cnp.ndarray values not None):
         """Membership of uint64 E.164 values in "blacklist" or "offhours_blacklist" (for tests and benchmarks)."""
+        if self.s.nt == NULL:
+            raise ValueError("this CoreSnapshot was never loaded")
         if values.dtype != np.uint64 or not values.flags.c_contiguous:
             raise ValueError("values must be a contiguous uint64 array")
         cdef const Roaring* r = &self.s.blacklist if which == "blacklist" else &self.s.offhours_blacklist
@@ -1215,6 +1731,7 @@ COUNTRY_DTYPE = np.dtype([
 ], align=True)
 assert COUNTRY_DTYPE.itemsize == sizeof(Country)
 WEEK_WORDS_ = WEEK_WORDS
+DEBUG_BUILD = bool(CALLGATE_DEBUG)  # the debug variant (setup.py, CALLGATE_DEBUG=1: checks on, -O0)
 ZONE_BUCKETS_ = ZONE_BUCKETS
 MIN_INSTANT_ = MIN_INSTANT
 ZONE_BUCKET_BITS_ = ZONE_BUCKET_BITS

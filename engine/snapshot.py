@@ -338,34 +338,57 @@ def dumps(snapshot: _core.CoreSnapshot) -> bytes:
 
 def _dtype(spec: Any) -> np.dtype:
     if isinstance(spec, str):
-        return np.dtype(spec)
-    return np.dtype([tuple(field) for field in spec], align=True)
+        dtype = np.dtype(spec)
+    elif isinstance(spec, list) and all(isinstance(field, list) and len(field) == 2 for field in spec):
+        dtype = np.dtype([tuple(field) for field in spec], align=True)
+    else:
+        raise ValueError(f"bad dtype {spec!r:.60}")
+    if dtype.hasobject:
+        raise ValueError(f"dtype {dtype} holds Python objects")
+    return dtype
+
+
+def _array(name: str, spec: Any) -> np.ndarray:
+    if not isinstance(spec, dict) or not isinstance(spec.get("data"), bytes):
+        raise ValueError(f"array {name}: expected a map with dtype, shape and data")
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+        raise ValueError(f"array {name}: bad shape {shape!r:.60}")
+    arr = np.frombuffer(spec["data"], dtype=_dtype(spec.get("dtype"))).reshape(shape)
+    # the core reads arrays in place: they must be aligned (bytes objects are, but never trust that)
+    return arr if arr.flags.aligned else arr.copy()
 
 
 def loads(data: bytes, version: int | None = None) -> _core.CoreSnapshot:
     """Load a snapshot saved by `dumps`, without compiling (arrays are views of `data`).
 
     `version` stamps the settings version it is in force as (a blob is
-    compiled before the store assigns the version number).
+    compiled before the store assigns the version number).  Whatever the
+    bytes, the result is a snapshot whose every index the core has checked,
+    or ValueError("not a callgate snapshot: ...").
     """
     try:
         doc = msgpack.unpackb(data, raw=False, use_list=True)
+        if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or \
+                not isinstance(doc.get("arrays"), dict):
+            raise ValueError("expected a map with meta and arrays")
         meta = doc["meta"]
         if meta.get("format") != FORMAT:
-            raise ValueError(f"snapshot format {meta.get('format')!r}, expected {FORMAT}")
+            raise ValueError(f"snapshot format {meta.get('format')!r:.40}, expected {FORMAT}")
         if version is not None:
             meta["version"] = version
         arrays = {}
         for name, spec in doc["arrays"].items():
-            dtype = _dtype(spec["dtype"])
-            arr = np.frombuffer(spec["data"], dtype=dtype).reshape(spec["shape"])
-            arrays[name] = arr
-        if "line_format" not in arrays:  # saved before lines had a caller_format: every line reads "auto"
+            if name in _DERIVED:  # derived (and so checked) on load, never taken from the bytes
+                raise ValueError(f"array {name} is derived on load, not saved")
+            arrays[name] = _array(name, spec)
+        if "line_format" not in arrays and isinstance(arrays.get("line_root"), np.ndarray):
+            # saved before lines had a caller_format: every line reads "auto"
             arrays["line_format"] = np.zeros(len(arrays["line_root"]), dtype=np.uint8)
         return _core.CoreSnapshot(arrays, meta)
-    except (KeyError, TypeError, ValueError, msgpack.exceptions.ExtraData,
-            msgpack.exceptions.FormatError, msgpack.exceptions.StackError) as exc:
-        raise ValueError(f"not a callgate snapshot: {exc}") from None
+    except Exception as exc:  # whatever the bytes: msgpack, numpy, the core's checks
+        why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"not a callgate snapshot: {why[:500]}") from None
 
 
 def with_documents(snapshot: _core.CoreSnapshot, approved: Iterable[str]) -> _core.CoreSnapshot:
@@ -383,7 +406,7 @@ def with_documents(snapshot: _core.CoreSnapshot, approved: Iterable[str]) -> _co
     arrays = dict(snapshot.arrays)
     arrays["num_flags"] = flags
     meta["approved"] = sorted(approved_set)
-    return _core.CoreSnapshot(arrays, meta)
+    return _core.CoreSnapshot(arrays, meta, derived_from=snapshot)
 
 
 def line_rate(snapshot: _core.CoreSnapshot, line: str, number: str) -> tuple[int, int] | None:

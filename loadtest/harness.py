@@ -42,6 +42,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -347,6 +348,7 @@ def run(args: argparse.Namespace) -> int:
     tls_ca = args.tls_ca.read_bytes() if args.tls_ca else None
     started: list[Any] = []
     results: list[report.TargetResult] = []
+    folder: Path | None = None
     try:
         if args.target:
             address, pid = args.target, args.server_pid
@@ -355,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
             server = ServeProcess("callgate", folder, workers=args.workers, seed=False)
             started.append(server)
             address, pid = server.address, server.pid
-            say(f"server: callgate serve --workers {args.workers} at {address} (data in {folder})")
+            say(f"server: callgate serve --workers {args.workers} at {address} (data in {folder}, removed after)")
         versions = {t.id: 1 for t in world.tenants}
         if not args.no_push:
             t1 = time.monotonic()
@@ -386,6 +388,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for s in reversed(started):
             s.stop()
+        if folder is not None:  # the store of the server this run started: nobody else will use it
+            shutil.rmtree(folder, ignore_errors=True)
     print(report.table(results))
     for line in report.verdict_lines(results):
         print(line)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s in reversed(started):
             s.stop()
+        shutil.rmtree(folder, ignore_errors=True)
     print("\nSIP through Kamailio (whole calls: INVITE, 180, 200, ACK, 100 ms, BYE, 200)")
     for name, r in out["bounded"].items():
         print(f"  bounded {name:<17} {r['successful']:>6,} ok  {r['failed']:>4} failed  at {args.rate:g} calls/s "

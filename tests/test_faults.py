@@ -266,6 +266,37 @@ def test_flipped_bytes_in_the_snapshot_in_force_are_caught_and_compiled_again(tm
         assert checksum(bytes(blob)) == stored
 
 
+def test_a_snapshot_damaged_before_it_was_checksummed_is_refused_by_the_loader_and_compiled_again(
+        tmp_path: Path) -> None:
+    """The checksum matches (damage written with it, or older than it): the core's loader still refuses indexes
+    that point outside their tables, and the worker compiles the version again instead of deciding on it."""
+    import msgpack
+
+    data = seeded(tmp_path)
+    path = data / "callgate.sqlite"
+    with sqlite3.connect(path) as conn:
+        version, blob = conn.execute("SELECT s.version, s.blob FROM snapshots s JOIN current c "
+                                     "ON c.tenant = s.tenant AND c.version = s.version "
+                                     "WHERE s.tenant = 'acme'").fetchone()
+        doc = msgpack.unpackb(blob, raw=False)
+        trie = doc["arrays"]["trie_child"]
+        trie["data"] = b"\x7f" * len(trie["data"])                         # every child index far out of range
+        damaged = msgpack.packb(doc, use_bin_type=True)
+        conn.execute("UPDATE snapshots SET blob = ?, checksum = ? WHERE tenant = 'acme' AND version = ?",
+                     (damaged, checksum(damaged), version))
+    server = Server(data, seed=None)
+    try:
+        decide = decisions_pb2_grpc.DecisionsStub(server.channel())
+        d = decide.Outbound(decisions_pb2.OutboundRequest(tenant="acme", user="u3", destination="+12125550100"),
+                            timeout=10)
+        assert d.verdict == decisions_pb2.ALLOW and d.rate_per_minute == "0.0200"
+        refused = server.events("snapshot_damaged")
+        assert refused and "trie_child" in refused[0]["msg"]
+        assert server.events("snapshot_rebuilt")
+    finally:
+        assert server.stop() == 0
+
+
 # -- spools ---------------------------------------------------------------------------------------------------
 
 def test_the_upload_of_a_worker_killed_mid_push_is_swept(tmp_path: Path) -> None:
