@@ -1,11 +1,15 @@
 """Real SIP traffic through Kamailio with callgate in front: processes and sipp scenarios, for tests and load.
 
 `Kamailio` runs Debian's kamailio with integrations/kamailio/kamailio.cfg (its
-listen address and KEMI script path substituted) and the callgate settings in
-its environment; `Uas` runs a sipp UAS that answers every INVITE (180, 200,
-copying Record-Route so that ACK and BYE pass the proxy, as a PBX would) and
-logs what it received; `call()` runs a sipp UAC for one call and says which
-final status it got.  Every process is ours, started on free loopback ports
+listen address, KEMI script path, INVITE timer and control socket
+substituted) and the callgate settings in its environment; `Uas` runs a sipp
+UAS that plays a PBX (by default it answers every INVITE: 180, 200, copying
+Record-Route so that ACK and BYE pass the proxy; `kind` picks another PBX: one
+that answers 200 without a 180, one that is busy, one that rings and never
+answers) and logs what it received; `call()` runs a sipp UAC (from a chosen
+loopback address: trusted PBXes and carriers are told apart by it) and says
+whether every call ended with the status expected; `cancel()` rings and then
+cancels.  Every process is ours, started on free loopback ports
 and stopped by its PID.
 """
 
@@ -26,6 +30,7 @@ from .stats import stop_process
 ROOT = Path(__file__).resolve().parent.parent
 KAMAILIO_DIR = ROOT / "integrations" / "kamailio"
 PACKAGES = "kamailio kamailio-python3-modules sip-tester"
+TRUSTED = "127.0.0.2"   # the trusted PBX's address in the tests (a carrier calls from 127.0.0.1)
 
 SDP = """v=0
       o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
@@ -122,9 +127,7 @@ def _reply(status: str, sdp: bool) -> str:
     return text + "    ]]>\n  </send>\n"
 
 
-UAS_SCENARIO = (HEAD + '<scenario name="callgate: a PBX that answers and keeps the proxy on the route">\n'
-                '  <recv request="INVITE" crlf="true"/>\n' + _reply("180 Ringing", False) + _reply("200 OK", True)
-                + '  <recv request="ACK" crlf="true"/>\n  <recv request="BYE"/>\n' + """  <send>
+_OK_TO_LAST = """  <send>
     <![CDATA[
       SIP/2.0 200 OK
       [last_Via:]
@@ -135,8 +138,55 @@ UAS_SCENARIO = (HEAD + '<scenario name="callgate: a PBX that answers and keeps t
       Content-Length: 0
     ]]>
   </send>
+"""
+
+_ANSWERED_THEN_BYE = '  <recv request="ACK" crlf="true"/>\n  <recv request="BYE"/>\n' + _OK_TO_LAST
+
+UAS_SCENARIOS = {
+    "answer": (HEAD + '<scenario name="callgate: a PBX that answers and keeps the proxy on the route">\n'
+               '  <recv request="INVITE" crlf="true"/>\n' + _reply("180 Ringing", False)
+               + '  <pause milliseconds="50"/>\n' + _reply("200 OK", True) + _ANSWERED_THEN_BYE + "</scenario>\n"),
+    "direct": (HEAD + '<scenario name="callgate: a PBX that answers 200 without a 180">\n'
+               '  <recv request="INVITE" crlf="true"/>\n' + _reply("200 OK", True) + _ANSWERED_THEN_BYE
+               + "</scenario>\n"),
+    "busy": (HEAD + '<scenario name="callgate: a PBX whose user is busy">\n'
+             '  <recv request="INVITE" crlf="true"/>\n' + _reply("486 Busy Here", False)
+             + '  <recv request="ACK" crlf="true"/>\n</scenario>\n'),
+    # rings until the caller (or the proxy's INVITE timer) cancels: 200 to the CANCEL, 487 to the INVITE
+    "silent": (HEAD + '<scenario name="callgate: a PBX that rings and never answers">\n'
+               '  <recv request="INVITE" crlf="true"/>\n' + _reply("180 Ringing", False)
+               + '  <recv request="CANCEL"/>\n' + _OK_TO_LAST + """  <send>
+    <![CDATA[
+      SIP/2.0 487 Request Terminated
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      CSeq: 1 INVITE
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="ACK"/>
 </scenario>
-""")
+"""),
+}
+UAS_SCENARIO = UAS_SCENARIOS["answer"]
+
+
+def free_sip_port() -> int:
+    """A port free for UDP (SIP) as well as TCP: `free_port` asks TCP only, and two proxies (or a proxy and a
+    sipp) on one UDP port take each other's traffic."""
+    import socket
+
+    for _ in range(100):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free UDP port on 127.0.0.1")
 
 
 def missing_tools() -> list[str]:
@@ -151,12 +201,12 @@ def python_path() -> str:
 
 
 class Uas:
-    """A sipp UAS on a free port: answers every INVITE; `received()` lists the request lines it got."""
+    """A sipp UAS on a free port playing a PBX of `kind` (UAS_SCENARIOS); `received()` lists the request lines."""
 
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.scenario = folder / "uas.xml"
-        self.scenario.write_text(UAS_SCENARIO)
+    def __init__(self, folder: Path, kind: str = "answer") -> None:
+        self.port = free_sip_port()
+        self.scenario = folder / f"uas-{kind}.xml"
+        self.scenario.write_text(UAS_SCENARIOS[kind])
         self.log = folder / f"uas-{self.port}.log"
         self.proc = subprocess.Popen(["sipp", "-sf", str(self.scenario), "-i", "127.0.0.1", "-p", str(self.port),
                                       "-nostdin", "-trace_msg", "-message_file", str(self.log)],
@@ -178,20 +228,25 @@ class Uas:
 class Kamailio:
     """kamailio -DD -E with the shipped configuration; callgate settings through its environment."""
 
-    def __init__(self, folder: Path, callgate: str, route_port: int, tenant: str = "acme",
+    def __init__(self, folder: Path, callgate: str, route_port: int, trusted: str = f"{TRUSTED}=acme",
                  failure: str = "closed", failover: Path | None = None, deadline_ms: int = 200,
-                 children: int = 4, bypass: bool = False, tls_ca: Path | None = None, token: str = "") -> None:
-        self.port = free_port()
+                 children: int = 4, bypass: bool = False, tls_ca: Path | None = None, token: str = "",
+                 fr_inv_ms: int = 30_000) -> None:
+        self.port = free_sip_port()
         self.folder = folder
         cfg = (KAMAILIO_DIR / "kamailio.cfg").read_text()
         cfg = cfg.replace("udp:127.0.0.1:5060", f"udp:127.0.0.1:{self.port}")
         cfg = cfg.replace("/etc/kamailio/callgate_kemi.py", str(KAMAILIO_DIR / "callgate_kemi.py"))
+        cfg = cfg.replace("!CG_FR_INV!30000!", f"!CG_FR_INV!{fr_inv_ms}!")
+        cfg = cfg.replace("unix:/var/run/kamailio/kamailio_ctl", f"unix:{folder}/kamailio-{self.port}.ctl")
         cfg = cfg.replace("children=4", f"children={children}")
         self.cfg = folder / f"kamailio-{self.port}.cfg"
         self.cfg.write_text(cfg)
-        env = {**os.environ, "CALLGATE_TARGET": callgate, "CALLGATE_TENANT": tenant,
+        self.spool = folder / f"spool-{self.port}" / "events.sqlite"
+        env = {**os.environ, "CALLGATE_TARGET": callgate, "CALLGATE_TRUSTED": trusted,
                "CALLGATE_ROUTE_URI": f"sip:127.0.0.1:{route_port}", "CALLGATE_FAILURE": failure,
-               "CALLGATE_DEADLINE_MS": str(deadline_ms), "CALLGATE_PYTHONPATH": python_path()}
+               "CALLGATE_DEADLINE_MS": str(deadline_ms), "CALLGATE_PYTHONPATH": python_path(),
+               "CALLGATE_SPOOL": str(self.spool)}
         if failover is not None:
             env["CALLGATE_FAILOVER"] = str(failover)
         if bypass:  # relay without asking callgate: the baseline
@@ -222,14 +277,24 @@ class Kamailio:
     def stop(self) -> None:
         stop_process(self.proc, 10.0)
 
+    def spooled(self) -> dict[int, int]:
+        """The spool's events by state (0 waiting, 1 sent, 2 refused)."""
+        import sqlite3
+
+        if not self.spool.exists():
+            return {}
+        with sqlite3.connect(self.spool) as conn:
+            return dict(conn.execute("SELECT state, COUNT(*) FROM events GROUP BY state").fetchall())
+
 
 def call(proxy: str, caller: str, called: str, expect: int, folder: Path, calls: int = 1, rate: float = 0,
-         timeout_s: float = 30.0, extra: list[str] | None = None) -> tuple[bool, str]:
-    """Run a sipp UAC against `proxy`; (every call ended with `expect`, what sipp reported)."""
-    scenario = folder / f"uac-{expect}.xml"
-    scenario.write_text(uac_scenario(expect))
+         timeout_s: float = 30.0, extra: list[str] | None = None, source: str = "127.0.0.1",
+         hold_ms: int = 200) -> tuple[bool, str]:
+    """Run a sipp UAC from `source` against `proxy`; (every call ended with `expect`, what sipp reported)."""
+    scenario = folder / f"uac-{expect}-{hold_ms}.xml"
+    scenario.write_text(uac_scenario(expect, hold_ms))
     errors = Path(tempfile.mkstemp(prefix="sipp-err-", suffix=".log", dir=folder)[1])
-    cmd = ["sipp", "-sf", str(scenario), "-s", called, proxy, "-i", "127.0.0.1", "-p", str(free_port()),
+    cmd = ["sipp", "-sf", str(scenario), "-s", called, proxy, "-i", source, "-p", str(free_sip_port()),
            "-m", str(calls), "-key", "CALLER", caller, "-nostdin", "-timeout", f"{int(timeout_s)}s",
            "-timeout_error", "-trace_err", "-error_file", str(errors), *(extra or [])]
     if rate:
@@ -239,4 +304,51 @@ def call(proxy: str, caller: str, called: str, expect: int, folder: Path, calls:
     return done.returncode == 0, f"sipp exit {done.returncode}; {report}{done.stderr[-500:]}"
 
 
-__all__ = ["PACKAGES", "Kamailio", "Uas", "call", "missing_tools", "uac_scenario"]
+def cancel_scenario(ring_ms: int) -> str:
+    """A UAC call that rings for `ring_ms` and is cancelled by the caller: CANCEL, 200, 487, ACK (the CANCEL and
+    the ACK of the 487 carry the INVITE's branch, which sipp writes as z9hG4bK-<pid>-<call>-<message index>)."""
+    return HEAD + '<scenario name="callgate: the caller gives up">\n' + INVITE + """  <recv response="180"/>
+  <pause milliseconds="RING"/>
+  <send>
+    <![CDATA[
+      CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-0
+      From: <sip:[CALLER]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv response="487"/>
+  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-0
+      From: <sip:[CALLER]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+</scenario>
+""".replace("RING", str(ring_ms))
+
+
+def cancel(proxy: str, caller: str, called: str, folder: Path, ring_ms: int = 500, source: str = "127.0.0.1",
+           timeout_s: float = 30.0) -> subprocess.Popen[str]:
+    """Start a sipp UAC that rings `ring_ms` then cancels; the caller waits on (and checks) the process."""
+    scenario = folder / f"uac-cancel-{ring_ms}.xml"
+    scenario.write_text(cancel_scenario(ring_ms))
+    return subprocess.Popen(["sipp", "-sf", str(scenario), "-s", called, proxy, "-i", source, "-p",
+                             str(free_sip_port()), "-m", "1", "-key", "CALLER", caller, "-nostdin", "-timeout",
+                             f"{int(timeout_s)}s", "-timeout_error"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+__all__ = ["PACKAGES", "TRUSTED", "Kamailio", "Uas", "call", "cancel", "cancel_scenario", "missing_tools",
+           "uac_scenario"]

@@ -57,7 +57,7 @@ def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float
     scenario = folder / "uac-200.xml"
     scenario.write_text(sip.uac_scenario(200, hold_ms=100))
     stat = folder / f"stat-{free_port()}.csv"
-    cmd = ["sipp", "-sf", str(scenario), "-s", OPEN, proxy, "-i", "127.0.0.1", "-p", str(free_port()),
+    cmd = ["sipp", "-sf", str(scenario), "-s", OPEN, proxy, "-i", "127.0.0.1", "-p", str(sip.free_sip_port()),
            "-key", "CALLER", "+12125550000", "-m", str(calls), "-r", str(rate), "-l", str(max(int(rate * 3), 10)),
            "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error", "-trace_stat", "-stf", str(stat),
            "-fd", "1", "-recv_timeout", "5000"]
@@ -127,9 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         with grpc.insecure_channel(callgate.address) as channel:
             admin_pb2_grpc.AdminStub(channel).PushSettings(admin_pb2.PushSettingsRequest(
                 document=json.dumps(bench_doc()).encode()), timeout=60)
+        failover = folder / "failover.json"  # the proxy knows each number's tenant from it
+        exported = subprocess.run([sys.executable, "-m", "callgate", "--server", callgate.address, "export",
+                                   "failover", "-o", str(failover)], capture_output=True, text=True, timeout=60)
+        if exported.returncode != 0:
+            raise RuntimeError(f"callgate export failover: {exported.stderr.strip()}")
         uas = sip.Uas(folder)
         started.append(uas)
-        proxies = {"with callgate": sip.Kamailio(folder, callgate.address, uas.port, children=args.children),
+        proxies = {"with callgate": sip.Kamailio(folder, callgate.address, uas.port, children=args.children,
+                                                 failover=failover),
                    "without callgate": sip.Kamailio(folder, callgate.address, uas.port, children=args.children,
                                                     bypass=True)}
         started.extend(proxies.values())

@@ -343,8 +343,12 @@ def _check_listen(listen: str) -> None:
         raise CliError(f"--listen {listen}: cannot resolve {host!r} ({exc.strerror})") from None
     family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR as grpcio sets it: the connections of a server that just stopped (TIME_WAIT) do not
+        # count; a listening socket does
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
+            probe.listen(1)
         except OSError as exc:
             raise CliError(f"--listen {listen}: {_bind_problem(exc)}; stop what listens there or choose another "
                            "--listen") from None

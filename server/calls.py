@@ -28,7 +28,10 @@ CRM leads (rule 5): with `on_answer` the ANSWERED event's reply says "create
 the lead now, responsible = who answered"; with `on_hangup` the ENDED event's
 reply says so with the last user who talked (after transfers).  A call that
 was never answered makes no lead in either mode: nobody talked with the
-client.  The store keeps one lead row per call, so a lead exists exactly once
+client.  The responsible is a person of the tenant (a user or a queue-group
+member): a call answered by a voicemail box or a forward target makes its
+lead unassigned, flagged in the reply (`lead_unassigned`), for someone to
+pick up.  The store keeps one lead row per call, so a lead exists exactly once
 whatever the retries (and a retry's reply repeats the first one, for the
 proxy whose first reply was lost).
 
@@ -55,6 +58,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from engine import codes
 
@@ -65,6 +69,8 @@ DIRECTIONS = ("inbound", "outbound", "forwarded")
 STATES = ("ringing", "answered", "ended", "expired")
 OPEN = ("ringing", "answered")
 BILLED = ("outbound", "forwarded")
+# how a call ended (ENDED's outcome); "" lets the call's state say: answered if it was, else no_answer
+OUTCOMES = ("answered", "busy", "no_answer", "cancelled", "failed")
 
 
 class EventRefused(Exception):
@@ -98,6 +104,9 @@ class Call:
     updated_at: int = 0      # when the last event was recorded (the server's clock)
     reserved_micro: int = 0  # credit held for the call while it is open (billed legs)
     reserved_s: int = 0      # the talk that hold pays for
+    outcome: str = ""        # ended calls: OUTCOMES
+    caller_raw: str = ""     # caller and called as the proxy sent them (caller, called: as E.164)
+    called_raw: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +120,9 @@ class Event:
     line: str = ""
     rate_micro: int = 0
     increment_s: int = 0
+    outcome: str = ""        # ENDED
+    caller_raw: str = ""     # RINGING: as the proxy sent them
+    called_raw: str = ""
 
     @property
     def key(self) -> str:
@@ -168,6 +180,8 @@ class Reply:
     max_duration_s: int = 0          # RINGING: the talk the call may have (billed: what its hold pays for)
     reserved_micro: int = 0          # RINGING of a billed leg: the credit held
     reason: str = ""                 # RINGING with max_duration_s 0: why (INSUFFICIENT_FUNDS)
+    lead_unassigned: bool = False    # create_lead, but nobody who talked is a person of the tenant
+    outcome: str = ""                # ENDED: how the call ended
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -211,11 +225,27 @@ def talk_charge(call: Call, until: int, limits: Limits) -> tuple[int, int]:
     return talked, call_charge_micro(call.rate_micro, call.increment_s, talked) if call.direction in BILLED else 0
 
 
+def people_of(meta: dict[str, Any]) -> frozenset[str]:
+    """Who a tenant's CRM lead may name: its users and its queue groups' members (from a snapshot's meta)."""
+    return frozenset(meta.get("users", ())) | frozenset(m for group in meta.get("members", ()) for m in group)
+
+
+def lead(user: str, people: frozenset[str] | None) -> tuple[str, bool]:
+    """(responsible, unassigned) of a lead: the user if a person of the tenant, else nobody, flagged."""
+    if people is None or user in people:
+        return user, False
+    return "", True
+
+
 def apply(call: Call | None, account: Account, event: Event, tenant: str, call_id: str, lead_trigger: str,
-          limits: Limits) -> Outcome:
-    """The call after `event`, the reply, the charge and the hold; EventRefused if it cannot apply."""
+          limits: Limits, people: frozenset[str] | None = None) -> Outcome:
+    """The call after `event`, the reply, the charge and the hold; EventRefused if it cannot apply.
+
+    `people`: the tenant's users and queue-group members, who may be a lead's responsible (None: anyone)."""
     if event.kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    if event.outcome and event.outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
     check_instant(event, limits)
     now = limits.now
     if call is None:
@@ -226,7 +256,7 @@ def apply(call: Call | None, account: Account, event: Event, tenant: str, call_i
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
         new = Call(tenant, call_id, event.direction, event.caller, event.called, "ringing", event.user, event.at,
                    line=event.line, rate_micro=event.rate_micro, increment_s=event.increment_s, last_at=event.at,
-                   updated_at=now)
+                   updated_at=now, caller_raw=event.caller_raw, called_raw=event.called_raw)
         if event.direction not in BILLED:
             return Outcome(new, Reply("ringing", max_duration_s=limits.call_max_s))
         covered, held = reservation(event.rate_micro, event.increment_s, account.available_micro,
@@ -263,24 +293,30 @@ def apply(call: Call | None, account: Account, event: Event, tenant: str, call_i
             raise EventRefused("FAILED_PRECONDITION",
                                f"call {call_id!r} was already answered by {call.answered_by!r}")
         new = replace(moved, state="answered", answered_by=event.user, last_user=event.user, answered_at=event.at)
-        lead = lead_trigger == "on_answer"
-        return Outcome(new, Reply("answered", lead, event.user if lead else ""))
+        if lead_trigger != "on_answer":
+            return Outcome(new, Reply("answered"))
+        responsible, unassigned = lead(event.user, people)
+        return Outcome(new, Reply("answered", True, responsible, lead_unassigned=unassigned))
     if event.kind == "TRANSFERRED":
         if call.state == "ringing":  # a transfer before anyone answered: it now rings there
             return Outcome(replace(moved, ringing_user=event.user), Reply("ringing"))
         return Outcome(replace(moved, last_user=event.user), Reply("answered"))
     # ENDED: the hold goes, what was talked is charged
     if call.state == "ringing":
-        return Outcome(replace(moved, state="ended", ended_at=event.at), Reply("ended"),
-                       hold_micro=-call.reserved_micro)
+        outcome = event.outcome if event.outcome not in ("", "answered") else "no_answer"
+        return Outcome(replace(moved, state="ended", ended_at=event.at, outcome=outcome),
+                       Reply("ended", outcome=outcome), hold_micro=-call.reserved_micro)
     talked, charge = talk_charge(call, event.at, limits)
-    lead = lead_trigger == "on_hangup"
-    new = replace(moved, state="ended", ended_at=event.at, talked_s=talked, charge_micro=charge)
-    return Outcome(new, Reply("ended", lead, call.last_user if lead else "", talked, charge), charge,
-                   -call.reserved_micro)
+    new = replace(moved, state="ended", ended_at=event.at, talked_s=talked, charge_micro=charge, outcome="answered")
+    if lead_trigger != "on_hangup":
+        return Outcome(new, Reply("ended", talked_s=talked, charge_micro=charge, outcome="answered"), charge,
+                       -call.reserved_micro)
+    responsible, unassigned = lead(call.last_user, people)
+    return Outcome(new, Reply("ended", True, responsible, talked, charge, lead_unassigned=unassigned,
+                              outcome="answered"), charge, -call.reserved_micro)
 
 
-def expire(call: Call, limits: Limits, lead_trigger: str) -> Outcome:
+def expire(call: Call, limits: Limits, lead_trigger: str, people: frozenset[str] | None = None) -> Outcome:
     """The expiry job's end of a call that no ENDED came for: the same rule as a late ENDED at `limits.now`
     (the hold goes; an answered call is charged what it talked, up to the cap), the state `expired`."""
     if call.state not in OPEN:
@@ -289,8 +325,10 @@ def expire(call: Call, limits: Limits, lead_trigger: str) -> Outcome:
         return Outcome(replace(call, state="expired", ended_at=limits.now, updated_at=limits.now), Reply("expired"),
                        hold_micro=-call.reserved_micro)
     talked, charge = talk_charge(call, limits.now, limits)
-    lead = lead_trigger == "on_hangup" and talked > 0
     new = replace(call, state="expired", ended_at=limits.now, updated_at=limits.now, talked_s=talked,
                   charge_micro=charge)
-    return Outcome(new, Reply("expired", lead, call.last_user if lead else "", talked, charge), charge,
+    if lead_trigger != "on_hangup" or talked <= 0:
+        return Outcome(new, Reply("expired", talked_s=talked, charge_micro=charge), charge, -call.reserved_micro)
+    responsible, unassigned = lead(call.last_user, people)
+    return Outcome(new, Reply("expired", True, responsible, talked, charge, lead_unassigned=unassigned), charge,
                    -call.reserved_micro)

@@ -180,7 +180,9 @@ class Jobs:
 
         def rules(call: calls.Call) -> calls.Outcome:
             snap = self.snapshots.get(call.tenant)
-            return calls.expire(call, limits, snap.meta["lead_trigger"] if snap is not None else "")
+            if snap is None:
+                return calls.expire(call, limits, "")
+            return calls.expire(call, limits, snap.meta["lead_trigger"], calls.people_of(snap.meta))
 
         def policy(tenant: str) -> TopupPolicy | None:
             snap = self.snapshots.get(tenant)

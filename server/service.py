@@ -384,6 +384,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         self.state = state
         self.snapshots = state.engine._snapshots  # the live dict: Engine.install replaces entries in it
         self.replies = ReplyCache()
+        self._people: dict[str, tuple[CoreSnapshot, frozenset[str]]] = {}
 
     def _snapshot(self, tenant: str) -> CoreSnapshot:
         snap = self.snapshots.get(tenant)
@@ -445,7 +446,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
                 await asyncio.wrap_future(store.submit_call_event(
                     r.tenant, call_id, event, functools.partial(
                         calls.apply, event=event, tenant=r.tenant, call_id=call_id, lead_trigger=lead_trigger,
-                        limits=self.state.events.limits(int(time.time()))),
+                        limits=self.state.events.limits(int(time.time())), people=self.people(snap)),
                     None, snap.meta["currency"]))
                 break
             except calls.EventRefused as exc:
@@ -454,6 +455,34 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
                 ringing = [c for c in ringing if c.call_id != call_id]  # shrinks every turn: the loop ends
         metrics.count(d.verdict_code, d.reason_code)
         return decision_message(d, "pickup", snap, r.explain)
+
+    def _ringing(self, snap: CoreSnapshot, r: decisions_pb2.CallEventRequest, user: str, at: int) -> calls.Event:
+        """A RINGING as the registry keeps it: the numbers as the decision read them (E.164; the strings the
+        proxy sent kept beside them), and the line and rate that will bill it."""
+        direction = r.direction or "inbound"
+        if direction not in calls.DIRECTIONS:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "direction is inbound, outbound or forwarded")
+        caller_raw, called_raw = _text("caller", r.caller), _text("called", r.called)
+        line, rate, increment = self._billing(snap, r, direction, at)
+        caller, called = caller_raw, called_raw
+        if direction == "inbound":
+            d = snap.inbound(caller_raw, called_raw, at)
+            if d.verdict_code != 0:  # read: the E.164 numbers (a withheld caller: none)
+                caller, called = d.caller or "", d.called or called_raw
+        elif direction == "outbound":
+            d = snap.outbound(user, called_raw, at, 10**15)
+            caller, called = d.caller_id or caller_raw, d.called or called_raw
+        return calls.Event("RINGING", user, at, direction, caller, called, line, rate, increment,
+                           caller_raw=caller_raw, called_raw=called_raw)
+
+    def people(self, snap: CoreSnapshot) -> frozenset[str]:
+        """The tenant's users and queue-group members: who a CRM lead may name (kept per snapshot)."""
+        cached = self._people.get(snap.tenant)
+        if cached is not None and cached[0] is snap:
+            return cached[1]
+        found = calls.people_of(snap.meta)
+        self._people[snap.tenant] = (snap, found)
+        return found
 
     def _billing(self, snap: CoreSnapshot, r: decisions_pb2.CallEventRequest, direction: str, at: int
                  ) -> tuple[str, int, int]:
@@ -495,19 +524,17 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         if kind != "ENDED" and not user:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"{kind} needs the user " + ("it rings at" if kind == "RINGING" else "who talks"))
+        if r.outcome and (kind != "ENDED" or r.outcome not in calls.OUTCOMES):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"outcome is for ENDED only: one of {', '.join(calls.OUTCOMES)}")
         if kind == "RINGING":
-            direction = r.direction or "inbound"
-            if direction not in calls.DIRECTIONS:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "direction is inbound, outbound or forwarded")
-            line, rate, increment = self._billing(snap, r, direction, at)
-            event = calls.Event(kind, user, at, direction, _text("caller", r.caller), _text("called", r.called),
-                                line, rate, increment)
+            event = self._ringing(snap, r, user, at)
         else:
-            event = calls.Event(kind, user, at)
+            event = calls.Event(kind, user, at, outcome=r.outcome)
         currency = snap.meta["currency"]
         rules = functools.partial(calls.apply, event=event, tenant=r.tenant, call_id=call_id,
                                   lead_trigger=snap.meta["lead_trigger"],
-                                  limits=self.state.events.limits(int(time.time())))
+                                  limits=self.state.events.limits(int(time.time())), people=self.people(snap))
         # a hold (RINGING) and a charge (ENDED) may take the available credit below the top-up threshold
         policy = jobs.topup_policy(snap, dt.datetime.now(dt.UTC).date()) if kind in ("RINGING", "ENDED") else None
         try:
@@ -518,9 +545,11 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
             raise RequestError(getattr(grpc.StatusCode, exc.code), str(exc)) from None
         out = decisions_pb2.CallEventReply(call_id=call_id, version=snap.version, state=reply.state,
                                            create_lead=reply.create_lead, lead_responsible=reply.lead_responsible,
-                                           talked_seconds=reply.talked_s, currency=currency)
+                                           lead_unassigned=reply.lead_unassigned, talked_seconds=reply.talked_s,
+                                           currency=currency)
         if kind == "ENDED":
             out.charge = billing.format_amount(reply.charge_micro)
+            out.outcome = reply.outcome
         if kind == "RINGING":
             out.max_duration_s = reply.max_duration_s
             out.reserved = billing.format_amount(reply.reserved_micro)
@@ -980,7 +1009,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             call_id=c.call_id, direction=c.direction, caller=c.caller, called=c.called, state=c.state,
             ringing_user=c.ringing_user, answered_by=c.answered_by, last_user=c.last_user, ringing_at=c.ringing_at,
             answered_at=c.answered_at, ended_at=c.ended_at, talked_seconds=c.talked_s,
-            charge=billing.format_amount(c.charge_micro)) for c in found])
+            charge=billing.format_amount(c.charge_micro), outcome=c.outcome, caller_raw=c.caller_raw,
+            called_raw=c.called_raw) for c in found])
 
     async def _create_token(self, r: admin_pb2.CreateTokenRequest) -> admin_pb2.CreateTokenReply:
         if not 0 <= r.expires_in_seconds <= 10 * 365 * 86_400:

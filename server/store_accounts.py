@@ -33,7 +33,7 @@ from .store_checks import _check_int, _check_str, _check_tenant
 
 CALL_COLUMNS = ("tenant, call_id, direction, caller, called, state, ringing_user, ringing_at, answered_by, "
                 "last_user, answered_at, ended_at, line, rate_micro, increment_s, talked_s, charge_micro, "
-                "last_at, updated_at, reserved_micro, reserved_s")
+                "last_at, updated_at, reserved_micro, reserved_s, outcome, caller_raw, called_raw")
 N_CALL_COLUMNS = CALL_COLUMNS.count(",") + 1
 TOPUP_COLUMNS = ("id, tenant, amount_micro, currency, status, attempts, next_attempt_at, last_reason, gateway_ref, "
                  "trigger, created_at")
@@ -96,14 +96,15 @@ class AccountsMixin:
                      (c.tenant, c.call_id, c.direction, c.caller, c.called, c.state, c.ringing_user,
                       c.ringing_at, c.answered_by, c.last_user, c.answered_at, c.ended_at, c.line,
                       c.rate_micro, c.increment_s, c.talked_s, c.charge_micro, c.last_at, c.updated_at,
-                      c.reserved_micro, c.reserved_s))
+                      c.reserved_micro, c.reserved_s, c.outcome, c.caller_raw, c.called_raw))
         if outcome.hold_micro:
             self._hold(conn, c.tenant, outcome.hold_micro, topup, f"hold:{c.call_id}", now)
         if outcome.charge_micro:
             self._ledger(conn, c.tenant, "call", -outcome.charge_micro, c.call_id, currency, topup, now)
         if outcome.reply.create_lead:
-            conn.execute("INSERT OR IGNORE INTO leads (tenant, call_id, responsible, trigger, created_at) "
-                         "VALUES (?, ?, ?, ?, ?)", (c.tenant, c.call_id, outcome.reply.lead_responsible, kind, now))
+            conn.execute("INSERT OR IGNORE INTO leads (tenant, call_id, responsible, trigger, created_at, unassigned) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (c.tenant, c.call_id, outcome.reply.lead_responsible, kind, now,
+                                                       int(outcome.reply.lead_unassigned)))
 
     @staticmethod
     def _account(conn: sqlite3.Connection, tenant: str) -> Account:
@@ -128,8 +129,10 @@ class AccountsMixin:
 
     def ringing_calls(self, tenant: str, since: int = 0) -> list[tuple[str, str, int]]:
         _check_tenant(tenant)
+        # inbound calls only: an outbound call or a forwarded leg rings outside the tenant, nobody can pick it up
         rows = self._read("SELECT call_id, ringing_user, ringing_at FROM calls WHERE tenant = ? AND state = 'ringing' "
-                          "AND ringing_at >= ? ORDER BY ringing_at, call_id", (tenant, since))
+                          "AND direction = 'inbound' AND ringing_at >= ? ORDER BY ringing_at, call_id",
+                          (tenant, since))
         return [(call_id, user, int(at)) for call_id, user, at in rows]
 
     def calls(self, tenant: str, states: tuple[str, ...], limit: int = 100) -> list[Call]:

@@ -19,18 +19,22 @@ import pytest
 
 from loadtest import sip
 
-from .serving import EXAMPLE, ROOT, Server
+from .serving import EXAMPLE, ROOT, Server, wait_for
 
 DOC = json.loads(EXAMPLE.read_text())
 OPEN = "+14155550199"      # acme's main number; the test gives it no schedule: always open
 CLOSED = "+14155550188"    # a number the test adds, off hours at every instant, off-hours action reject
 PENDING = "+14155550100"   # requires documents, none approved
+LATER = "+14155550177"     # a number acme gets during the tests (the failover table learns it)
 BACKUP = DOC["backup"]["number"]
+US_DEST = "+15551230000"   # outside: 0.0200 per minute billed per 60 s
+PBX = sip.TRUSTED          # the trusted PBX's source address (a carrier calls from 127.0.0.1)
 
 
-def sip_doc(status: str = "active") -> dict[str, Any]:
+def sip_doc(status: str = "active", later: bool = False) -> dict[str, Any]:
     doc = copy.deepcopy(DOC)
     doc["status"] = status
+    doc["block_anonymous"] = True
     for n in doc["numbers"]:
         n.pop("rental", None)
         if n["number"] == OPEN:
@@ -38,7 +42,15 @@ def sip_doc(status: str = "active") -> dict[str, Any]:
     doc["numbers"].append({"number": CLOSED, "line": "rent-1", "country": "US", "route_to": "sales",
                            "schedule": {"timezone": "America/New_York", "weekly": {}},
                            "offhours_action": {"action": "reject"}})
+    if later:
+        doc["numbers"].append({"number": LATER, "line": "rent-1", "country": "US", "route_to": "sales"})
     return doc
+
+
+def export_failover(callgate: Server, path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "callgate", "--server", callgate.address, "export", "failover",
+                           "-o", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -56,69 +68,152 @@ def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
             admin = admin_pb2_grpc.AdminStub(channel)
             admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(sip_doc()).encode()), timeout=60)
         failover = folder / "failover.json"
-        done = subprocess.run([sys.executable, "-m", "callgate", "--server", callgate.address, "export", "failover",
-                               "-o", str(failover)], cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        uas = sip.Uas(folder)
-        started.append(uas)
-        closed = sip.Kamailio(folder, callgate.address, uas.port)
-        started.append(closed)
-        opened = sip.Kamailio(folder, callgate.address, uas.port, failure="open", failover=failover)
-        started.append(opened)
-        yield {"folder": folder, "callgate": callgate, "uas": uas, "closed": closed, "open": opened}
+        export_failover(callgate, failover)
+        world: dict[str, Any] = {"folder": folder, "callgate": callgate, "failover": failover}
+        for kind in ("answer", "direct", "busy", "silent"):
+            world[f"uas-{kind}"] = uas = sip.Uas(folder, kind)
+            started.append(uas)
+        world["uas"] = world["uas-answer"]
+        for name, kind, extra in (("closed", "answer", {}), ("open", "answer", {"failure": "open"}),
+                                  ("direct", "direct", {}), ("busy", "busy", {}),
+                                  ("silent", "silent", {"fr_inv_ms": 4000})):
+            world[name] = proxy = sip.Kamailio(folder, callgate.address, world[f"uas-{kind}"].port,
+                                               failover=failover, **extra)
+            started.append(proxy)
+        yield world
     finally:
         for p in reversed(started):
             p.stop()
 
 
+def admin(world: dict[str, Any]) -> Any:
+    from callgate.v1 import admin_pb2_grpc
+
+    return admin_pb2_grpc.AdminStub(world["callgate"].channel())
+
+
 def push(world: dict[str, Any], doc: dict[str, Any]) -> None:
-    from callgate.v1 import admin_pb2, admin_pb2_grpc
+    from callgate.v1 import admin_pb2
 
-    with world["callgate"].channel() as channel:
-        admin_pb2_grpc.AdminStub(channel).PushSettings(
-            admin_pb2.PushSettingsRequest(document=json.dumps(doc).encode()), timeout=60)
+    admin(world).PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(doc).encode()), timeout=60)
 
 
-def expect(world: dict[str, Any], proxy: str, caller: str, called: str, status: int) -> None:
-    ok, report = sip.call(world[proxy].address, caller, called, status, world["folder"])
-    assert ok, f"{caller} -> {called} through {proxy}: expected {status}: {report}"
+def calls(world: dict[str, Any], state: str) -> list[Any]:
+    from callgate.v1 import admin_pb2
+
+    return list(admin(world).ListCalls(admin_pb2.ListCallsRequest(tenant="acme", state=state, limit=1000),
+                                       timeout=10).calls)
+
+
+def expect(world: dict[str, Any], proxy: str, caller: str, called: str, status: int, source: str = "127.0.0.1",
+           hold_ms: int = 200) -> None:
+    ok, report = sip.call(world[proxy].address, caller, called, status, world["folder"], source=source,
+                          hold_ms=hold_ms)
+    assert ok, f"{caller} -> {called} through {proxy} from {source}: expected {status}: {report}"
+
+
+def delivered(world: dict[str, Any], *proxies: str) -> None:
+    """Wait until each proxy's spool has sent what it holds (no timing assertion: a bounded wait)."""
+    wait_for(lambda: all(not world[p].spooled().get(0) for p in proxies), timeout=20)
 
 
 @pytest.mark.parametrize("caller, called, status", [
     ("+14155550666", OPEN, 603),        # blacklisted
     ("+14155550777", CLOSED, 480),      # on the off-hours blacklist, number off hours
     ("+12125550000", PENDING, 403),     # documents pending
-    ("+12125550000", "+19995550000", 404),   # not one of the tenant's numbers
+    ("+12125550000", "+19995550000", 403),   # from outside, to a number no tenant holds: refused before callgate
     ("+12125550000", OPEN, 200),        # allowed: relayed, answered, ACK and BYE through the proxy
 ])
 def test_expected_sip_status_per_caller(world, caller, called, status) -> None:
     expect(world, "closed", caller, called, status)
 
 
-def test_an_allowed_call_is_registered_with_its_events(world) -> None:
-    from callgate.v1 import admin_pb2, admin_pb2_grpc
+@pytest.mark.parametrize("caller", ["anonymous", "Anonymous", "restricted", "unknown", "Private", "unavailable"])
+def test_every_withheld_spelling_is_a_withheld_caller(world, caller) -> None:
+    """The engine recognises withheld callers (block_anonymous: 433); the script never guesses from the spelling."""
+    expect(world, "closed", caller, OPEN, 433)
+    assert not [c for c in calls(world, "ringing") + calls(world, "ended") if c.direction == "outbound"
+                and c.caller_raw == caller]
 
+
+def test_a_user_from_an_untrusted_source_cannot_call_out(world) -> None:
+    ledger_before = admin_ledger(world)
+    for caller in ("mallory", "u3"):
+        expect(world, "closed", caller, US_DEST, 403)                     # refused before callgate is asked
+    delivered(world, "closed")
+    assert admin_ledger(world) == ledger_before                             # nothing billed
+    assert not [c for c in calls(world, "ringing") + calls(world, "ended") if c.caller_raw in ("mallory",)]
+    assert f"from untrusted 127.0.0.1 to {US_DEST}: refused" in world["closed"].text()
+
+
+def admin_ledger(world: dict[str, Any]) -> list[tuple[str, str]]:
+    from callgate.v1 import admin_pb2
+
+    entries = admin(world).ListLedger(admin_pb2.LedgerRequest(tenant="acme", limit=1000), timeout=10).entries
+    return [(e.kind, e.amount) for e in entries]
+
+
+def test_an_allowed_call_is_registered_with_its_events(world) -> None:
     expect(world, "closed", "+12125550123", OPEN, 200)
-    with world["callgate"].channel() as channel:
-        calls = admin_pb2_grpc.AdminStub(channel).ListCalls(admin_pb2.ListCallsRequest(tenant="acme", state="ended"),
-                                                            timeout=10).calls
-    mine = [c for c in calls if c.caller == "+12125550123"]
+    delivered(world, "closed")
+    mine = [c for c in calls(world, "ended") if c.caller == "+12125550123"]
     assert mine and mine[-1].answered_by == "u1" and mine[-1].called == OPEN    # RINGING, ANSWERED, ENDED arrived
+    assert mine[-1].outcome == "answered"
     assert f"INVITE sip:{OPEN}@" in " ".join(world["uas"].received())
 
 
-def test_outbound_gets_the_caller_id_or_the_refusal(world) -> None:
-    from callgate.v1 import admin_pb2, admin_pb2_grpc
+def test_outbound_from_the_trusted_pbx_gets_the_caller_id_or_the_refusal(world) -> None:
+    from callgate.v1 import admin_pb2
 
-    expect(world, "closed", "u3", "+15551230000", 402)                     # no credit yet: INSUFFICIENT_FUNDS
-    with world["callgate"].channel() as channel:
-        admin_pb2_grpc.AdminStub(channel).Credit(admin_pb2.CreditRequest(tenant="acme", amount="5.00",
-                                                                         reference="sip-test"), timeout=10)
+    expect(world, "closed", "u3", US_DEST, 402, source=PBX)                # no credit yet: INSUFFICIENT_FUNDS
+    admin(world).Credit(admin_pb2.CreditRequest(tenant="acme", amount="5.00", reference="sip-test"), timeout=10)
     time.sleep(0.5)                                                         # the workers poll balances
     before = len(world["uas"].messages())
-    expect(world, "closed", "u3", "+15551230000", 200)
+    expect(world, "closed", "u3", US_DEST, 200, source=PBX)
     assert "P-Asserted-Identity: <sip:+442071234567@" in world["uas"].messages()[before:]
-    expect(world, "closed", "u1", "+15551230000", 403)                     # u1's caller ID needs documents
+    expect(world, "closed", "u1", US_DEST, 403, source=PBX)                # u1's caller ID needs documents
+
+
+def test_a_call_answered_without_ringing_is_registered_and_billed(world) -> None:
+    from callgate.v1 import admin_pb2
+
+    admin(world).Credit(admin_pb2.CreditRequest(tenant="acme", amount="5.00", reference="sip-direct"), timeout=10)
+    time.sleep(0.5)
+    expect(world, "direct", "u3", US_DEST, 200, source=PBX, hold_ms=1000)    # the PBX answers 200, no 180
+    delivered(world, "direct")
+    direct = [c for c in calls(world, "ended") if c.direction == "outbound" and c.ringing_user == "u3"
+              and c.outcome == "answered" and c.talked_seconds >= 1]
+    assert direct, [(c.call_id, c.direction, c.outcome) for c in calls(world, "ended")]
+    assert direct[-1].talked_seconds >= 1 and direct[-1].charge == "0.02"     # one 60 s increment at 0.02
+    assert ("call", "-0.02") in admin_ledger(world)
+
+
+def test_busy_cancelled_and_unanswered_calls_end_with_their_outcome_and_are_never_picked_up(world) -> None:
+    from callgate.v1 import decisions_pb2, decisions_pb2_grpc
+
+    expect(world, "busy", "+12125550201", OPEN, 486)
+    caller = sip.cancel(world["silent"].address, "+12125550202", OPEN, world["folder"], ring_ms=500)
+    assert caller.wait(30) == 0, caller.stderr.read() if caller.stderr else ""
+    expect(world, "silent", "+12125550203", OPEN, 408)                      # the proxy's INVITE timer
+    delivered(world, "busy", "silent")
+    ended = {c.caller: c for c in calls(world, "ended")}
+    assert {n: ended[n].outcome for n in ("+12125550201", "+12125550202", "+12125550203")} == {
+        "+12125550201": "busy", "+12125550202": "cancelled", "+12125550203": "no_answer"}
+    pick = decisions_pb2.PickupRequest(tenant="acme", user="u2", dialed="*8")
+    d = decisions_pb2_grpc.DecisionsStub(world["callgate"].channel()).Pickup(pick, timeout=10)
+    assert d.reason == decisions_pb2.NO_RINGING_CALL
+
+
+def test_a_pickup_never_intercepts_an_outbound_call(world) -> None:
+    # u3 (queue group support, with u2) calls out; the PBX rings the destination for 2.5 s; u2 dials *8 meanwhile
+    ringing = sip.cancel(world["silent"].address, "u3", US_DEST, world["folder"], ring_ms=2500, source=PBX)
+    try:
+        wait_for(lambda: [c for c in calls(world, "ringing") if c.direction == "outbound"], timeout=10)
+        expect(world, "closed", "u2", "*8", 404, source=PBX)
+    finally:
+        assert ringing.wait(30) == 0
+    delivered(world, "silent")
+    assert [c.outcome for c in calls(world, "ended") if c.direction == "outbound"][-1] == "cancelled"
 
 
 def test_pickup_code_intercepts_a_ringing_call(world) -> None:
@@ -129,15 +224,24 @@ def test_pickup_code_intercepts_a_ringing_call(world) -> None:
             tenant="acme", call_id="ringing-at-u1", kind=decisions_pb2.CallEventRequest.RINGING, user="u1",
             caller="+12125550999", called=OPEN), timeout=10)
     before = len(world["uas"].messages())
-    expect(world, "closed", "u2", "*8", 200)                               # u2 shares sales with u1
+    expect(world, "closed", "u2", "*8", 200, source=PBX)                   # u2 shares sales with u1
     assert "X-Callgate-Intercept: ringing-at-u1" in world["uas"].messages()[before:]
-    expect(world, "closed", "u2", "*8", 404)                               # nothing ringing any more
+    expect(world, "closed", "u2", "*8", 404, source=PBX)                   # nothing ringing any more
 
 
 def test_a_mismatch_fails(world) -> None:
     """The check is real: expecting 200 for a blacklisted caller must fail."""
     ok, report = sip.call(world["closed"].address, "+14155550666", OPEN, 200, world["folder"], timeout_s=10)
     assert not ok and "603" in report
+
+
+def test_a_refreshed_failover_table_is_in_force_without_a_restart(world) -> None:
+    push(world, sip_doc(later=True))
+    expect(world, "closed", "+12125550000", LATER, 403)                    # the table does not list it yet
+    export_failover(world["callgate"], world["failover"])                  # what cron does
+    time.sleep(1.2)                                                         # each worker looks once a second
+    expect(world, "closed", "+12125550000", LATER, 200)
+    assert "failover table read: 5 numbers" in world["closed"].text()
 
 
 def test_backup_forwarding_when_the_tenant_is_unavailable(world) -> None:
@@ -147,7 +251,16 @@ def test_backup_forwarding_when_the_tenant_is_unavailable(world) -> None:
         expect(world, "closed", "+12125550000", OPEN, 200)                  # FORWARD to the backup number
         assert any(line.startswith(f"INVITE sip:{BACKUP}@") for line in world["uas"].received()[before:])
     finally:
-        push(world, sip_doc())
+        push(world, sip_doc(later=True))
+
+
+def test_normal_calls_log_no_error(world) -> None:
+    """Refused, cancelled and answered calls are normal: no ERROR line and no traceback in any proxy's log."""
+    for name in ("closed", "direct", "busy", "silent"):
+        text = world[name].text()
+        assert "Traceback" not in text, name
+        errors = [line for line in text.splitlines() if " ERROR: " in line]
+        assert not errors, (name, errors[:5])
 
 
 def test_callgate_stopped_fails_closed_or_open_to_the_backup(world) -> None:
@@ -157,6 +270,7 @@ def test_callgate_stopped_fails_closed_or_open_to_the_backup(world) -> None:
     expect(world, "open", "+12125550000", OPEN, 200)                        # fail open: the backup number
     assert any(line.startswith(f"INVITE sip:{BACKUP}@") for line in world["uas"].received()[before:])
     assert "forwarding" in world["open"].text() and "backup" in world["open"].text()
+    assert world["open"].spooled().get(0)                                   # the leg's events wait for callgate
 
 
 def test_through_tls_with_a_proxy_token(tmp_path: Path, world) -> None:
@@ -171,7 +285,8 @@ def test_through_tls_with_a_proxy_token(tmp_path: Path, world) -> None:
                     str(tls / "server.key"))
     kam = None
     try:
-        kam = sip.Kamailio(tmp_path, secure.address, world["uas"].port, tls_ca=tls / "ca.pem", token=token)
+        kam = sip.Kamailio(tmp_path, secure.address, world["uas"].port, tls_ca=tls / "ca.pem", token=token,
+                           failover=world["failover"])
         for caller, status in (("+14155550666", 603), ("+12125550000", 200)):
             ok, report = sip.call(kam.address, caller, OPEN, status, tmp_path)
             assert ok, report

@@ -455,12 +455,13 @@ def test_call_lifecycle(store: SQLiteStore, db: Path) -> None:
     assert store.ringing_calls("acme") == [("c1", "u9", 100), ("c3", "u3", 200)]
     event(store, "TRANSFERRED", "c2", "u5", 250)
     ended = event(store, "ENDED", "c2", at=300)
-    assert ended == calls.Reply("ended", talked_s=90)                   # inbound: no charge; on_answer: no lead
+    assert ended == calls.Reply("ended", talked_s=90, outcome="answered")  # inbound: no charge; on_answer: no lead
     assert event(store, "ENDED", "c2", at=301) == ended                 # a replay, even with another time
     with pytest.raises(calls.EventRefused, match="before the call's last recorded event at 999") as back:
         event(store, "ENDED", "c1", at=150)                             # instants never go back
     assert back.value.code == "FAILED_PRECONDITION"
-    assert event(store, "ENDED", "c1", at=1000).state == "ended"        # ended while ringing (missed)
+    missed = event(store, "ENDED", "c1", at=1000)                       # ended while ringing (missed)
+    assert (missed.state, missed.outcome) == ("ended", "no_answer")
     with pytest.raises(calls.EventRefused, match="already ended") as late:
         event(store, "ANSWERED", "c1", "u1", 160)
     assert late.value.code == "FAILED_PRECONDITION"
@@ -485,7 +486,7 @@ def test_outbound_call_is_charged_once_and_on_hangup_lead_names_the_last_talker(
     assert event(store, "ANSWERED", "o1", "u1", 1009, lead="on_hangup").create_lead is False
     event(store, "TRANSFERRED", "o1", "u2", 1050, lead="on_hangup")
     ended = event(store, "ENDED", "o1", at=1100, lead="on_hangup")
-    assert ended == calls.Reply("ended", True, "u2", 91, 50_000)
+    assert ended == calls.Reply("ended", True, "u2", 91, 50_000, outcome="answered")
     assert event(store, "ENDED", "o1", at=1100, lead="on_hangup") == ended
     assert store.balance("acme") == store.ledger_sum("acme") == 9_950_000
     assert [(e.kind, e.amount_micro, e.ref, e.balance_micro) for e in store.ledger("acme")] == [

@@ -1,47 +1,81 @@
 """callgate for Kamailio: a KEMI routing script for app_python3 (Kamailio 5.6, Python 3.11).
 
-Each INVITE asks callgate (gRPC, one channel per Kamailio worker, made after
-the fork) and acts on the decision:
+Who is calling is decided by where the request comes from, never by how its
+From user is spelled:
 
-- inbound (the From user is a phone number, the R-URI user one of the tenant's
-  numbers): REJECT -> the suggested SIP status with a Reason header; ROUTE ->
-  relayed to CALLGATE_ROUTE_URI (the PBX that rings the queue group, told the
-  group in X-Callgate-Group); FORWARD -> relayed there with the R-URI user set
-  to the target number (X-Callgate-Line says which line bills the leg);
-  VOICEMAIL -> relayed with the R-URI user `voicemail`;
-- outbound (the From user is a callgate user id): ALLOW -> relayed with
-  P-Asserted-Identity set to the chosen caller ID; DENY -> the SIP status;
-- the tenant's pickup code dialled (R-URI user such as *8): INTERCEPT ->
-  relayed with X-Callgate-Intercept: <call id> for the PBX to bridge, else 404.
+- a request from a trusted source (CALLGATE_TRUSTED: the PBXes and
+  registrars that authenticate the tenant's users) is a call by a user of a
+  tenant: the tenant is the one that source is mapped to, or the one the
+  source asserts in X-Callgate-Tenant (a multi-tenant PBX, after it
+  authenticated the subscriber); the tenant's pickup code dialled (R-URI user
+  such as *8) asks Pickup -> INTERCEPT relays with X-Callgate-Intercept:
+  <call id> for the PBX to bridge, else 404; anything else asks Outbound ->
+  ALLOW relays with P-Asserted-Identity set to the chosen caller ID and the
+  dialog's timer set to the longest duration the credit pays for, DENY -> the
+  SIP status.
+- a request from anywhere else is an inbound call to one of the tenants'
+  numbers (the failover table names the tenant of each): Inbound -> REJECT
+  answers the suggested SIP status with a Reason header; ROUTE relays to
+  CALLGATE_ROUTE_URI (the PBX that rings the queue group, told the group in
+  X-Callgate-Group); FORWARD relays there with the R-URI user set to the
+  target (X-Callgate-Line says which line bills the leg); VOICEMAIL relays
+  with the R-URI user `voicemail`.  A request from an untrusted source for a
+  number that no tenant holds is refused with 403 before callgate is asked:
+  nobody outside calls out on a tenant's bill.  A withheld caller
+  (anonymous, Restricted, unknown, ...) is the engine's to recognise: this
+  script never reads the caller.
 
-Replies and the dialog end feed CallEvent: 180/183 -> RINGING, 200 ->
-ANSWERED, BYE -> ENDED (the Call-ID is callgate's call id), so pickup, CRM
-leads and billing work for calls through Kamailio.  The user a call rings at
-or is answered by comes from the PBX's X-Callgate-User reply header, else the
-first member of the queue group.
+Every call's life reaches callgate exactly once, through an event spool:
+RINGING on the first of 180/183/200 (a 200 without a 180 sends both),
+ANSWERED on the 200, and ENDED for every final outcome with the outcome
+recorded: the dialog's end (BYE, or the timer that caps an outbound call:
+`answered`), or a negative final reply (486/600/603 `busy`, 408/480
+`no_answer`, 487 after a CANCEL `cancelled`, anything else `failed`).  The
+SIP worker only appends the event to the spool (a SQLite file per host,
+CALLGATE_SPOOL); a timer process (rtimer) sends what is pending, in order,
+on one pipelined stream, with backoff while callgate is unreachable or
+slow.  An event callgate refuses for good (INVALID_ARGUMENT, NOT_FOUND,
+FAILED_PRECONDITION, INTERNAL) is logged and kept as refused; the others wait
+and are sent again (callgate answers a replay with its recorded reply, so a
+repeat is harmless).  The spool survives a Kamailio restart, holds at most
+CALLGATE_SPOOL_MAX pending events (past that, new events are refused with an
+ERROR line), and its size and age are logged every 10 s while events wait
+and written for node_exporter's textfile collector
+(`callgate_spool.prom` beside the spool).  An outbound call's RINGING is also
+sent at once (within the deadline) for its credit hold: the dialog's timer
+is lowered to what the hold pays for.
 
-Failure policy (CALLGATE_FAILURE), for callgate unreachable or later than the
-deadline (CALLGATE_DEADLINE_MS, default 50): `closed` (default) answers 503;
-`open` forwards calls on a tenant's backup line to its backup number, from
-the failover table `callgate export failover` writes (CALLGATE_FAILOVER), so
-that rule 3 of the spec holds while callgate itself is down; other calls get
-503.  Events that cannot be sent are logged and dropped (the proxy never
-waits on them).
+Failure policy (CALLGATE_FAILURE), for callgate unreachable or later than
+the deadline (CALLGATE_DEADLINE_MS, default 50): `closed` (default) answers
+503; `open` forwards calls on a tenant's backup line to its backup number,
+from the failover table (CALLGATE_FAILOVER, written by `callgate export
+failover`), so that rule 3 of the spec holds while callgate itself is down
+(the forwarded leg's events are spooled and billed when callgate returns);
+other calls get 503.  The failover table is read again whenever its file
+changes (checked at most once a second): refresh it from cron, no restart.
+The gRPC channel reconnects within a second of callgate's return (backoff
+100 ms to 1 s) and a decision waits for it within the deadline.
 
-Environment: CALLGATE_TARGET (127.0.0.1:50051), CALLGATE_TENANT (the tenant
-when the failover table does not name one for the number), CALLGATE_ROUTE_URI
-(sip:127.0.0.1:5080), CALLGATE_TLS_CA (the CA's PEM: talk TLS to callgate),
-CALLGATE_TOKEN (a `proxy` token for a server with --auth),
-CALLGATE_PYTHONPATH (folders with grpcio and the
-`callgate` package, ':'-separated, put in front of sys.path), CALLGATE_BYPASS=1
-(relay everything without asking: the baseline of the SIP benchmark).
+Environment: CALLGATE_TARGET (127.0.0.1:50051), CALLGATE_TRUSTED (sources of
+calls by users: `ADDRESS[/BITS][=TENANT]`, comma-separated; without
+`=TENANT` the source must send X-Callgate-Tenant), CALLGATE_ROUTE_URI
+(sip:127.0.0.1:5080), CALLGATE_SPOOL (the spool file,
+/var/spool/callgate/events.sqlite), CALLGATE_SPOOL_MAX (100000),
+CALLGATE_TLS_CA (the CA's PEM: talk TLS to callgate), CALLGATE_TOKEN (a
+`proxy` token for a server with --auth), CALLGATE_PYTHONPATH (folders with
+grpcio and the `callgate` package, ':'-separated, put in front of
+sys.path), CALLGATE_BYPASS=1 (relay everything without asking: the baseline
+of the SIP benchmark).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import sqlite3
 import sys
+import time
 from typing import Any
 
 import KSR  # provided by Kamailio's app_python3 (no stubs: mypy ignores missing imports)
@@ -50,11 +84,12 @@ for _folder in reversed([p for p in os.environ.get("CALLGATE_PYTHONPATH", "").sp
     sys.path.insert(0, _folder)
 
 TARGET = os.environ.get("CALLGATE_TARGET", "127.0.0.1:50051")
-DEFAULT_TENANT = os.environ.get("CALLGATE_TENANT", "")
 DEADLINE_S = int(os.environ.get("CALLGATE_DEADLINE_MS", "50")) / 1000
 FAILURE = os.environ.get("CALLGATE_FAILURE", "closed")
 ROUTE_URI = os.environ.get("CALLGATE_ROUTE_URI", "sip:127.0.0.1:5080")
 FAILOVER_FILE = os.environ.get("CALLGATE_FAILOVER", "")
+SPOOL_FILE = os.environ.get("CALLGATE_SPOOL", "/var/spool/callgate/events.sqlite")
+SPOOL_MAX = int(os.environ.get("CALLGATE_SPOOL_MAX", "100000"))
 TLS_CA = os.environ.get("CALLGATE_TLS_CA", "")      # PEM of the CA that signed callgate's certificate: TLS
 TOKEN = os.environ.get("CALLGATE_TOKEN", "")        # a `proxy` token for a server with --auth
 METADATA = (("authorization", f"Bearer {TOKEN}"),) if TOKEN else None
@@ -62,48 +97,249 @@ METADATA = (("authorization", f"Bearer {TOKEN}"),) if TOKEN else None
 BYPASS = os.environ.get("CALLGATE_BYPASS", "") == "1"
 PHRASES = {403: "Forbidden", 404: "Not Found", 433: "Anonymity Disallowed", 480: "Temporarily Unavailable",
            402: "Payment Required", 503: "Service Unavailable", 603: "Decline"}
+# a reconnect within a second of callgate's return (grpcio's default backoff grows to two minutes)
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.enable_retries", 0)]
+# statuses after which sending the same event again can never succeed
+FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL", "OUT_OF_RANGE", "UNIMPLEMENTED")
+SENDER_BATCH = 500
+PENDING, SENT, REFUSED = 0, 1, 2
+PROC_MAIN, PROC_INIT = 0, -127   # Kamailio's process ranks for its main process
+
+
+def parse_trusted(text: str) -> list[tuple[Any, str]]:
+    """CALLGATE_TRUSTED as (network, tenant or '') pairs; a bad entry stops Kamailio at start, saying which."""
+    out = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        address, _, tenant = entry.partition("=")
+        try:
+            out.append((ipaddress.ip_network(address.strip(), strict=False), tenant.strip()))
+        except ValueError as exc:
+            raise SystemExit(f"callgate: CALLGATE_TRUSTED entry {entry!r}: {exc}") from None
+    return out
+
+
+TRUSTED = parse_trusted(os.environ.get("CALLGATE_TRUSTED", ""))
+
+
+def outcome_of(status: int) -> str:
+    """How a call ended, from its final negative reply."""
+    if status in (486, 600, 603):
+        return "busy"
+    if status in (408, 480):
+        return "no_answer"
+    if status == 487:
+        return "cancelled"
+    return "failed"
 
 
 def mod_init() -> Any:
     return kamailio()
 
 
-def load_failover() -> dict[str, Any]:
-    if not FAILOVER_FILE:
-        return {"numbers": {}, "tenants": {}}
-    try:
-        with open(FAILOVER_FILE, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as exc:
-        KSR.err(f"callgate: failover table {FAILOVER_FILE} unreadable: {exc}\n")
-        return {"numbers": {}, "tenants": {}}
+class Spool:
+    """Call events waiting for callgate: a SQLite file per host, shared by every Kamailio process.
+
+    A row per event, unique on its key (call id and kind), so that the first
+    of 180/183/200 makes the RINGING and a retransmitted reply adds nothing.
+    Rows are sent in id order and kept an hour after they were sent.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():  # one connection per process, opened after the fork
+            folder = os.path.dirname(self.path)
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=0.2, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # survives a Kamailio crash; a power cut may lose the last
+            conn.execute("""CREATE TABLE IF NOT EXISTS events (
+                                id       INTEGER PRIMARY KEY AUTOINCREMENT,
+                                key      TEXT    NOT NULL UNIQUE,
+                                request  BLOB    NOT NULL,
+                                created  REAL    NOT NULL,
+                                state    INTEGER NOT NULL DEFAULT 0,
+                                attempts INTEGER NOT NULL DEFAULT 0,
+                                error    TEXT    NOT NULL DEFAULT '',
+                                done_at  REAL    NOT NULL DEFAULT 0)""")
+            conn.execute("CREATE INDEX IF NOT EXISTS events_pending ON events (state, id)")
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def add(self, items: list[tuple[str, bytes]]) -> list[str]:
+        """Append (key, request) events in one transaction; returns the keys that were new."""
+        conn = self.conn()
+        pending = conn.execute("SELECT COUNT(*) FROM events WHERE state = 0").fetchone()[0]
+        if pending + len(items) > SPOOL_MAX:
+            raise OverflowError(f"the spool holds {pending} events, its limit (CALLGATE_SPOOL_MAX) is {SPOOL_MAX}")
+        added = []
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for key, request in items:
+                if conn.execute("INSERT OR IGNORE INTO events (key, request, created) VALUES (?, ?, ?)",
+                                (key, request, now)).rowcount:
+                    added.append(key)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return added
+
+    def has(self, key: str) -> bool:
+        return self.conn().execute("SELECT 1 FROM events WHERE key = ?", (key,)).fetchone() is not None
+
+    def pending(self, limit: int) -> list[tuple[int, bytes]]:
+        return self.conn().execute("SELECT id, request FROM events WHERE state = 0 ORDER BY id LIMIT ?",
+                                   (limit,)).fetchall()
+
+    def mark(self, done: list[tuple[int, int, str]]) -> None:
+        """(id, state, error) of events sent or refused for good."""
+        conn = self.conn()
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("UPDATE events SET state = ?, error = ?, done_at = ?, attempts = attempts + 1 "
+                             "WHERE id = ?", [(state, error[:500], now, i) for i, state, error in done])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def mark_sent(self, key: str) -> None:
+        self.conn().execute("UPDATE events SET state = 1, done_at = ? WHERE key = ? AND state = 0", (time.time(), key))
+
+    def stats(self) -> tuple[int, float, int]:
+        """(pending events, age of the oldest in seconds, refused events)."""
+        conn = self.conn()
+        pending, oldest = conn.execute("SELECT COUNT(*), MIN(created) FROM events WHERE state = 0").fetchone()
+        refused = conn.execute("SELECT COUNT(*) FROM events WHERE state = 2").fetchone()[0]
+        return int(pending), (time.time() - oldest) if oldest else 0.0, int(refused)
+
+    def purge(self, older_than_s: float) -> None:
+        self.conn().execute("DELETE FROM events WHERE state = 1 AND done_at < ?", (time.time() - older_than_s,))
 
 
 class kamailio:
     def __init__(self) -> None:
-        self.failover = load_failover()
-        self.decisions: Any = None
-        self.pb: Any = None
+        self.failover: dict[str, Any] = {"numbers": {}, "tenants": {}}
+        self.failover_seen: tuple[float, int] = (0.0, 0)
+        self.failover_checked = 0.0
+        self.refresh_failover()
+        self.spool = Spool(SPOOL_FILE)
+        self._stub: Any = None
+        self._pid = 0
+        self.down = False
+        self.backoff_until = 0.0
+        self.failures = 0
+        self.last_stats = 0.0
 
     def child_init(self, rank: int) -> int:
-        # gRPC after the fork, in every worker: a channel must not cross a fork
-        import grpc
-
-        from callgate.v1 import decisions_pb2, decisions_pb2_grpc
-
-        self.grpc, self.pb = grpc, decisions_pb2
-        if TLS_CA:
-            with open(TLS_CA, "rb") as handle:
-                channel = grpc.secure_channel(TARGET, grpc.ssl_channel_credentials(root_certificates=handle.read()))
-        else:
-            channel = grpc.insecure_channel(TARGET)
-        self.decisions = decisions_pb2_grpc.DecisionsStub(channel)
+        # Kamailio calls this in its main process too (PROC_INIT, before it forks the others): nothing there.
+        # In a worker, get ready now (grpcio's import and the spool take tens of ms the first time: not on the
+        # first call's reply, where a slow 180 could be overtaken by its 200)
+        if rank not in (PROC_INIT, PROC_MAIN):
+            self.decisions  # noqa: B018 - the channel and its imports
+            try:
+                self.spool.conn()
+            except (sqlite3.Error, OSError) as exc:
+                KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be opened: {exc}\n")
         return 0
 
-    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def decisions(self) -> Any:
+        """This process's gRPC stub, made at its first use: a channel must not cross a fork, and grpcio (with
+        `logging`) must not be imported before Kamailio forks (Kamailio also calls child_init in its main
+        process, and Python's at-fork handlers then print a traceback in every child)."""
+        if self._stub is None or self._pid != os.getpid():
+            import grpc
+
+            from callgate.v1 import decisions_pb2_grpc
+
+            if TLS_CA:
+                with open(TLS_CA, "rb") as handle:
+                    creds = grpc.ssl_channel_credentials(root_certificates=handle.read())
+                channel = grpc.secure_channel(TARGET, creds, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.insecure_channel(TARGET, options=CHANNEL_OPTIONS)
+            # the channel's state as grpcio last reported it (from its own thread): while callgate is known to
+            # be down a decision fails at once instead of holding a SIP worker for the whole deadline
+            self.down = False
+            channel.subscribe(self._state, try_to_connect=True)
+            self._stub, self._pid = decisions_pb2_grpc.DecisionsStub(channel), os.getpid()
+        return self._stub
+
+    def _state(self, state: Any) -> None:
+        self.down = state.name == "TRANSIENT_FAILURE"
+
+    @property
+    def grpc(self) -> Any:
+        import grpc
+
+        return grpc
+
+    @property
+    def pb(self) -> Any:
+        from callgate.v1 import decisions_pb2
+
+        return decisions_pb2
+
+    # -- tables ------------------------------------------------------------------------------
+
+    def refresh_failover(self) -> None:
+        """Read the failover table again when its file changed (at most one stat a second per process)."""
+        if not FAILOVER_FILE:
+            return
+        now = time.monotonic()
+        if now - self.failover_checked < 1.0:
+            return
+        self.failover_checked = now
+        try:
+            stat = os.stat(FAILOVER_FILE)
+        except OSError as exc:
+            if self.failover_seen != (0.0, -1):
+                KSR.err(f"callgate: failover table {FAILOVER_FILE} unreadable: {exc.strerror}\n")
+                self.failover_seen = (0.0, -1)
+            return
+        seen = (stat.st_mtime, stat.st_size)
+        if seen == self.failover_seen:
+            return
+        try:
+            with open(FAILOVER_FILE, encoding="utf-8") as handle:
+                table = json.load(handle)
+            if not isinstance(table.get("numbers"), dict) or not isinstance(table.get("tenants"), dict):
+                raise ValueError("no 'numbers' and 'tenants' objects")
+        except (OSError, ValueError, AttributeError) as exc:
+            KSR.err(f"callgate: failover table {FAILOVER_FILE} unreadable, the last one read stays: {exc}\n")
+            self.failover_seen = seen
+            return
+        self.failover, self.failover_seen = table, seen
+        KSR.info(f"callgate: failover table read: {len(table['numbers'])} numbers\n")
 
     def tenant_of(self, number: str) -> str:
-        return self.failover.get("numbers", {}).get(number, {}).get("tenant") or DEFAULT_TENANT
+        """The tenant that holds a number ('' for none): the failover table, written from callgate's owners."""
+        entry = self.failover.get("numbers", {}).get(number) or self.failover.get("numbers", {}).get("+" + number)
+        return str(entry.get("tenant", "")) if isinstance(entry, dict) else ""
+
+    def trusted_tenant(self) -> str | None:
+        """The tenant of a request from a trusted source ('' when the source must say), None if untrusted."""
+        try:
+            source = ipaddress.ip_address(KSR.pv.get("$si") or "")
+        except ValueError:
+            return None
+        for network, tenant in TRUSTED:
+            if source in network:
+                return tenant or (KSR.pv.get("$hdr(X-Callgate-Tenant)") or "").strip()
+        return None
+
+    # -- helpers -----------------------------------------------------------------------------
 
     def reply(self, code: int, reason: str, cause: str = "") -> int:
         if cause:
@@ -112,18 +348,48 @@ class kamailio:
         return 1
 
     def relay(self, events: bool = True) -> int:
-        """Relay statefully; with `events`, its replies feed CallEvent (ksr_onreply_invite)."""
-        if events:
+        """Relay statefully; with `events`, its replies and its end feed CallEvent (through the spool)."""
+        if events:  # (the caller put the call under the dialog module: dlg_manage, with what it remembers)
             KSR.tm.t_on_reply("ksr_onreply_invite")
+            KSR.tm.t_on_failure("ksr_failure_invite")
         return 1 if KSR.tm.t_relay() > 0 else self.reply(500, "Relay Failed")
 
-    def event(self, tenant: str, kind: int, user: str = "", **fields: Any) -> None:
+    def remember(self, **fields: str) -> None:
+        """What the call's later events need, kept with the transaction (avp) and the dialog (dlg_var)."""
+        for name, value in fields.items():
+            KSR.pv.sets(f"$avp(cg_{name})", value)
+            KSR.dialog.var_sets(f"cg_{name}", value)
+
+    def recall(self, name: str) -> str:
+        return KSR.pv.get(f"$avp(cg_{name})") or KSR.pv.get(f"$dlg_var(cg_{name})") or ""
+
+    def request(self, kind: str, call_id: str, tenant: str, user: str = "", **fields: Any) -> Any:
+        return self.pb.CallEventRequest(tenant=tenant, call_id=call_id, kind=self.pb.CallEventRequest.Kind.Value(kind),
+                                        user=user, at=int(time.time()), **fields)
+
+    def spool_events(self, events: list[tuple[str, Any]]) -> list[str]:
+        """Append events (kind, request) to the spool; those it cannot take are logged (never waited on)."""
+        items = [(f"{r.call_id}:{kind}", r.SerializeToString()) for kind, r in events]
         try:
-            self.decisions.CallEvent(self.pb.CallEventRequest(tenant=tenant, call_id=KSR.pv.get("$ci"), kind=kind,
-                                                              user=user, **fields), timeout=DEADLINE_S * 4,
-                                     metadata=METADATA)
-        except self.grpc.RpcError as exc:  # a lost event is logged, never waited on
-            KSR.warn(f"callgate: CallEvent {kind} for {KSR.pv.get('$ci')}: {exc.code().name}\n")
+            return self.spool.add(items)
+        except (sqlite3.Error, OverflowError, OSError) as exc:
+            KSR.err(f"callgate: {len(items)} call event(s) of {events[0][1].call_id} not spooled, lost: {exc}\n")
+            return []
+
+    def talker(self) -> str:
+        """Who the call rings at or talks with on our side: an outbound call's caller; else the user the PBX
+        names in X-Callgate-User, or the first member of the queue group (voicemail, forward: no person)."""
+        if self.recall("dir") == "outbound":
+            return self.recall("user")
+        return KSR.pv.get("$hdr(X-Callgate-User)") or self.recall("user") or "unknown"
+
+    def ringing(self, call_id: str) -> list[tuple[str, Any]]:
+        """The RINGING of a call, if none was spooled yet (the first of 180, 183 or 200 makes it)."""
+        if self.spool.has(f"{call_id}:RINGING"):
+            return []
+        return [("RINGING", self.request(
+            "RINGING", call_id, self.recall("tenant"), self.talker(), direction=self.recall("dir") or "inbound",
+            caller=self.recall("caller"), called=self.recall("called"), line=self.recall("line")))]
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -145,20 +411,27 @@ class kamailio:
         if BYPASS:
             KSR.setdsturi(ROUTE_URI)
             return self.relay(events=False)
+        self.refresh_failover()
         caller, called = KSR.pv.get("$fU") or "", KSR.pv.get("$rU") or ""
+        tenant = self.trusted_tenant()
+        if tenant is not None:  # a user of a tenant, authenticated by its PBX
+            if not tenant:
+                return self.reply(403, "Forbidden", "a trusted source must name the tenant in X-Callgate-Tenant")
+            if called.startswith(("*", "#")):
+                return self.pickup(tenant, caller, called)
+            return self.outbound(tenant, caller, called)
         tenant = self.tenant_of(called)
-        KSR.pv.sets("$avp(cg_tenant)", tenant)
-        KSR.pv.sets("$avp(cg_called)", called)
-        if called.startswith(("*", "#")):
-            return self.pickup(tenant, caller, called)
-        if caller and not caller.lstrip("+").isdigit() and caller != "anonymous":
-            return self.outbound(self.tenant_of(caller), caller, called)
+        if not tenant:  # from outside, to a number nobody holds: nobody calls out on a tenant's bill
+            KSR.info(f"callgate: {KSR.pv.get('$ci')} from untrusted {KSR.pv.get('$si')} to {called}: refused\n")
+            return self.reply(403, "Forbidden", "not one of our numbers")
         return self.inbound(tenant, caller, called)
 
     def ask(self, method: str, request: Any) -> Any:
         """One decision within the deadline; None when callgate is unreachable, late or refuses the input."""
         try:
-            return getattr(self.decisions, method)(request, timeout=DEADLINE_S, metadata=METADATA)
+            stub = self.decisions
+            # connecting (callgate just came back): wait for it within the deadline; known down: fail at once
+            return getattr(stub, method)(request, timeout=DEADLINE_S, metadata=METADATA, wait_for_ready=not self.down)
         except self.grpc.RpcError as exc:
             KSR.warn(f"callgate: {method} for {KSR.pv.get('$ci')}: {exc.code().name} {exc.details()}\n")
             return None
@@ -166,26 +439,25 @@ class kamailio:
     def inbound(self, tenant: str, caller: str, called: str) -> int:
         d = self.ask("Inbound", self.pb.InboundRequest(tenant=tenant, caller=caller, called=called))
         if d is None:
-            return self.failed(tenant, called)
+            return self.failed(tenant, caller, called)
         verdict = self.pb.Verdict.Name(d.verdict)
-        reason = self.pb.Reason.Name(d.reason)
-        KSR.pv.sets("$avp(cg_dir)", "inbound")
         if verdict == "REJECT":
-            return self.reply(d.sip_status or 480, PHRASES.get(d.sip_status, "Rejected"), reason)
+            return self.reply(d.sip_status or 480, PHRASES.get(d.sip_status, "Rejected"),
+                              self.pb.Reason.Name(d.reason))
         KSR.setdsturi(ROUTE_URI)
+        KSR.dialog.dlg_manage()
+        self.remember(tenant=tenant, dir="inbound", caller=caller, called=called, line="")
         if verdict == "ROUTE":
             KSR.hdr.append(f"X-Callgate-Group: {d.group}\r\n")
-            KSR.pv.sets("$avp(cg_user)", d.members[0] if d.members else d.group)
+            self.remember(user=d.members[0] if d.members else d.group)
         elif verdict == "FORWARD":
             KSR.setuser(d.target)
-            KSR.pv.sets("$avp(cg_called)", d.target)
             KSR.hdr.append(f"X-Callgate-Line: {d.line}\r\n")
-            KSR.pv.sets("$avp(cg_dir)", "forwarded")
-            KSR.pv.sets("$avp(cg_line)", d.line)
-            KSR.pv.sets("$avp(cg_user)", "forward")
+            # the leg to the target is what rings, answers and is billed: a forwarded leg
+            self.remember(dir="forwarded", called=d.target, line=d.line, user="forward")
         elif verdict == "VOICEMAIL":
             KSR.setuser("voicemail")
-            KSR.pv.sets("$avp(cg_user)", "voicemail")
+            self.remember(user="voicemail")
         return self.relay()
 
     def outbound(self, tenant: str, user: str, destination: str) -> int:
@@ -197,9 +469,12 @@ class kamailio:
                               self.pb.Reason.Name(d.reason))
         KSR.hdr.remove("P-Asserted-Identity")
         KSR.hdr.append(f"P-Asserted-Identity: <sip:{d.caller_id}@{KSR.pv.get('$fd')}>\r\n")
-        KSR.pv.sets("$avp(cg_dir)", "outbound")
-        KSR.pv.sets("$avp(cg_user)", user)
         KSR.setdsturi(ROUTE_URI)
+        KSR.dialog.dlg_manage()
+        # the talk the credit pays for: the dialog ends itself (BYE both ways) when it is used up
+        KSR.pv.seti("$dlg_ctx(timeout_bye)", 1)
+        KSR.pv.seti("$dlg_ctx(timeout)", max(1, int(d.max_duration_s)))
+        self.remember(tenant=tenant, dir="outbound", user=user, caller=user, called=destination, line="")
         return self.relay()
 
     def pickup(self, tenant: str, user: str, dialed: str) -> int:
@@ -212,7 +487,7 @@ class kamailio:
         KSR.setdsturi(ROUTE_URI)
         return self.relay(events=False)
 
-    def failed(self, tenant: str, called: str) -> int:
+    def failed(self, tenant: str, caller: str, called: str) -> int:
         """callgate unreachable or late: the failure policy."""
         if FAILURE == "open":
             entry = self.failover.get("numbers", {}).get(called, {})
@@ -222,34 +497,143 @@ class kamailio:
                 KSR.setuser(backup["number"])
                 KSR.hdr.append(f"X-Callgate-Line: {backup['line']}\r\n")
                 KSR.setdsturi(ROUTE_URI)
-                return self.relay(events=False)
+                KSR.dialog.dlg_manage()
+                # the leg is billed at the backup line's rate once callgate has its events (from the spool)
+                self.remember(tenant=entry.get("tenant", tenant), dir="forwarded", user="forward", caller=caller,
+                              called=backup["number"], line=backup["line"])
+                return self.relay()
         return self.reply(503, "Service Unavailable", "callgate unavailable")
 
     def in_dialog(self, method: str) -> int:
-        if KSR.rr.loose_route() > 0:
-            if method == "BYE":
-                tenant = self.tenant_of(KSR.pv.get("$tU") or "") or self.tenant_of(KSR.pv.get("$fU") or "")
-                self.event(tenant, self.pb.CallEventRequest.ENDED)
+        if KSR.rr.loose_route() > 0:  # the dialog module sees BYE here and ends the dialog (ksr_dialog_event)
             KSR.tm.t_relay()
             return 1
-        if method == "ACK" and KSR.tm.t_check_trans() > 0:
-            KSR.tm.t_relay()
+        if method == "ACK":  # the ACK of a negative final reply is the transaction's (hop by hop): never answered
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
             return 1
         return self.reply(404, "Not Here")
+
+    # -- events ------------------------------------------------------------------------------
 
     def ksr_onreply_invite(self, msg: Any) -> int:
         status = int(KSR.pv.get("$rs") or 0)
         if status not in (180, 183, 200) or KSR.pv.get("$rm") != "INVITE":
             return 1
-        tenant = KSR.pv.get("$avp(cg_tenant)") or DEFAULT_TENANT
-        user = KSR.pv.get("$hdr(X-Callgate-User)") or KSR.pv.get("$avp(cg_user)") or "unknown"
+        call_id = KSR.pv.get("$ci")
+        events = self.ringing(call_id)
         if status == 200:
-            self.event(tenant, self.pb.CallEventRequest.ANSWERED, user)
-        else:
-            self.event(tenant, self.pb.CallEventRequest.RINGING, user, direction=KSR.pv.get("$avp(cg_dir)") or
-                       "inbound", caller=KSR.pv.get("$fU") or "", called=KSR.pv.get("$avp(cg_called)") or "",
-                       line=KSR.pv.get("$avp(cg_line)") or "")
+            events.append(("ANSWERED", self.request("ANSWERED", call_id, self.recall("tenant"), self.talker())))
+        added = self.spool_events(events) if events else []
+        if f"{call_id}:RINGING" in added and self.recall("dir") == "outbound":
+            self.hold(call_id, events[0][1])
         return 1
+
+    def hold(self, call_id: str, request: Any) -> None:
+        """An outbound call's RINGING, sent at once for its credit hold: the dialog's timer comes down to what
+        the hold pays for (0: the call ends as soon as it is answered).  Late or unanswered: the spool sends it,
+        and the Outbound decision's timer stands."""
+        try:
+            r = self.decisions.CallEvent(request, timeout=DEADLINE_S, metadata=METADATA)
+        except self.grpc.RpcError:
+            return
+        self.spool.mark_sent(f"{call_id}:RINGING")
+        KSR.dialog.dlg_set_timeout(max(1, int(r.max_duration_s)))
+
+    def ksr_failure_invite(self, msg: Any) -> int:
+        """A negative final reply (or the INVITE timer's 408): the call ended unanswered, with its outcome."""
+        status = int(KSR.pv.get("$T_reply_code") or 0)
+        call_id = KSR.pv.get("$ci")
+        events = self.ringing(call_id)
+        events.append(("ENDED", self.request("ENDED", call_id, self.recall("tenant"), outcome=outcome_of(status))))
+        self.spool_events(events)
+        return 1
+
+    def ksr_dialog_event(self, msg: Any, evname: str) -> int:
+        """The dialog ended (a BYE, or the timer of an outbound call): ENDED, answered."""
+        if evname != "dialog:end":
+            return 1
+        call_id = KSR.pv.get("$dlg(callid)") or KSR.pv.get("$ci")
+        tenant = KSR.pv.get("$dlg_var(cg_tenant)") or ""
+        if call_id and tenant:
+            self.spool_events([("ENDED", self.request("ENDED", call_id, tenant, outcome="answered"))])
+        return 1
+
+    # -- the sender (an rtimer process) ------------------------------------------------------
+
+    def ksr_callgate_sender(self, msg: Any, *_route: Any) -> int:
+        """Send the spooled events in order on one pipelined stream; back off while callgate cannot take them."""
+        now = time.monotonic()
+        if now >= self.last_stats + 10:
+            self.last_stats = now
+            self.report()
+        if now < self.backoff_until:
+            return 1
+        try:
+            rows = self.spool.pending(SENDER_BATCH)
+        except sqlite3.Error as exc:
+            KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be read: {exc}\n")
+            return 1
+        if not rows:
+            return 1
+        requests = []
+        for i, (_, blob) in enumerate(rows):
+            req = self.pb.StreamRequest(id=i)
+            req.call_event.ParseFromString(blob)
+            requests.append(req)
+        done: list[tuple[int, int, str]] = []
+        try:
+            for reply in self.decisions.Stream(iter(requests), timeout=10, metadata=METADATA):
+                row_id = rows[reply.id][0]
+                if reply.WhichOneof("reply") != "error":
+                    done.append((row_id, SENT, ""))
+                    continue
+                code = self.grpc.StatusCode  # a message refused: for good, or try again later
+                name = next((c.name for c in code if c.value[0] == reply.error_code), "UNKNOWN")
+                if name in FINAL:
+                    KSR.warn(f"callgate: event {requests[reply.id].call_event.call_id} refused ({name}): "
+                             f"{reply.error}\n")
+                    done.append((row_id, REFUSED, f"{name}: {reply.error}"))
+                else:
+                    break  # keep the order: this one and those after it wait for the next try
+        except self.grpc.RpcError as exc:
+            self.failures += 1
+            wait = min(5.0, 0.2 * 2 ** min(self.failures, 5))
+            self.backoff_until = time.monotonic() + wait
+            if self.failures in (1, 5) or self.failures % 50 == 0:
+                KSR.warn(f"callgate: {len(rows)} spooled event(s) wait for callgate ({exc.code().name}); "
+                         f"next try in {wait:.1f} s\n")
+        else:
+            self.failures = 0
+        if done:
+            try:
+                self.spool.mark(done)
+            except sqlite3.Error as exc:  # sent again next time: a replay changes nothing
+                KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be written: {exc}\n")
+        return 1
+
+    def report(self) -> None:
+        """Log the spool's size and age while events wait; write them for node_exporter's textfile collector."""
+        try:
+            pending, oldest, refused = self.spool.stats()
+            self.spool.purge(3600)
+        except sqlite3.Error:
+            return
+        if pending:
+            KSR.notice(f"callgate: event spool: {pending} waiting, the oldest {oldest:.0f} s old, {refused} refused\n")
+        prom = os.path.join(os.path.dirname(SPOOL_FILE) or ".", "callgate_spool.prom")
+        try:
+            with open(prom + ".tmp", "w", encoding="ascii") as handle:
+                handle.write("# HELP callgate_spool_events Call events in Kamailio's spool, by state\n"
+                             "# TYPE callgate_spool_events gauge\n"
+                             f'callgate_spool_events{{state="pending"}} {pending}\n'
+                             f'callgate_spool_events{{state="refused"}} {refused}\n'
+                             "# HELP callgate_spool_oldest_seconds Age of the oldest event waiting\n"
+                             "# TYPE callgate_spool_oldest_seconds gauge\n"
+                             f"callgate_spool_oldest_seconds {oldest:.1f}\n")
+            os.replace(prom + ".tmp", prom)
+        except OSError:
+            pass
 
     def ksr_reply_route(self, msg: Any) -> int:
         return 1

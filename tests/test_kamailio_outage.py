@@ -1,0 +1,118 @@
+"""callgate stopped for a minute under SIP load (issue 14): every answered call of the window reaches callgate
+exactly once from Kamailio's event spool and is billed once, and the 503s stop within 2 s of callgate's return.
+
+20 outbound calls/s from the trusted PBX through Kamailio (real Kamailio and sipp), 2 s of talk each; after
+10 s callgate is stopped for 60 s, then started again on the same address and store; 15 s later the load stops.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadtest import sip
+from server.app import free_port
+
+from .serving import ROOT, Server, wait_for
+from .test_kamailio import US_DEST, export_failover, sip_doc
+
+RATE = 20
+BEFORE_S, OUTAGE_S, AFTER_S = 10, 60, 15
+TALK_MS = 2000
+
+
+def stamps(log: Path, pattern: str) -> list[float]:
+    """UTC instants of the messages in a sipp -trace_msg log whose text matches `pattern`."""
+    out = []
+    for block in log.read_text(errors="replace").split("-----------------------------------------------")[1:]:
+        head, _, body = block.partition("\n")
+        if not re.search(pattern, body, flags=re.MULTILINE):
+            continue
+        try:
+            moment = dt.datetime.strptime(head.strip(), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=dt.UTC)
+        except ValueError:  # a separator inside a message body, not a message's header line
+            continue
+        out.append(moment.timestamp())
+    return out
+
+
+def test_an_outage_of_callgate_loses_no_call_and_recovery_is_fast(tmp_path: Path) -> None:
+    missing = sip.missing_tools()
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: run .ci/run, or apt-get install {sip.PACKAGES}")
+    listen = f"127.0.0.1:{free_port()}"
+    data = tmp_path / "data"
+    callgate = Server(data, seed=None, listen=listen)
+    started: list = []
+    try:
+        from callgate.v1 import admin_pb2, admin_pb2_grpc
+
+        with callgate.channel() as channel:
+            admin = admin_pb2_grpc.AdminStub(channel)
+            admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(sip_doc()).encode()), timeout=60)
+            admin.Credit(admin_pb2.CreditRequest(tenant="acme", amount="100.00", reference="outage"), timeout=10)
+        failover = tmp_path / "failover.json"
+        export_failover(callgate, failover)
+        uas = sip.Uas(tmp_path)
+        started.append(uas)
+        proxy = sip.Kamailio(tmp_path, listen, uas.port, failover=failover)
+        started.append(proxy)
+        total = RATE * (BEFORE_S + OUTAGE_S + AFTER_S)
+        scenario = tmp_path / "uac-outage.xml"
+        scenario.write_text(sip.uac_scenario(200, TALK_MS))
+        uac_log = tmp_path / "uac-outage.log"
+        load = subprocess.Popen(
+            ["sipp", "-sf", str(scenario), "-s", US_DEST, proxy.address, "-i", sip.TRUSTED, "-p",
+             str(sip.free_sip_port()), "-m", str(total), "-r", str(RATE), "-key", "CALLER", "u3", "-nostdin",
+             "-trace_msg", "-message_file", str(uac_log), "-timeout", str(BEFORE_S + OUTAGE_S + AFTER_S + 60) + "s"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(BEFORE_S)
+        gone = time.time()
+        callgate.stop()
+        time.sleep(OUTAGE_S - (time.time() - gone))
+        callgate = Server(data, seed=None, listen=listen)
+        back = dt.datetime.strptime(callgate.events("listening")[0]["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=dt.UTC).timestamp()
+        load.wait(AFTER_S + 120)
+        wait_for(lambda: not proxy.spooled().get(0), timeout=60)            # the spool has sent what it held
+
+        # every call answered and hung up (the PBX got its BYE) is in the registry once, ended and billed once
+        answered = set(re.findall(r"^Call-ID: (\S+)", "\n".join(
+            m for m in uas.messages().split("-----------------------------------------------")
+            if re.search(r"^BYE sip:", m, flags=re.MULTILINE)), flags=re.MULTILINE))
+        with sqlite3.connect(data / "callgate.sqlite") as conn:
+            rows = dict(conn.execute("SELECT call_id, state || ':' || charge_micro FROM calls "
+                                     "WHERE direction = 'outbound'").fetchall())
+            ledger = dict(conn.execute("SELECT ref, COUNT(*) FROM ledger WHERE kind = 'call' GROUP BY ref")
+                          .fetchall())
+        assert len(answered) > RATE * (BEFORE_S + AFTER_S) // 2, len(answered)
+        hung_up_meanwhile = [t for t in stamps(uas.log, r"^BYE sip:") if gone <= t <= back]
+        assert hung_up_meanwhile                          # calls that ended while callgate was away: in the spool
+        assert answered <= set(rows), sorted(answered - set(rows))[:5]
+        assert [c for c in answered if rows[c] != "ended:20000"] == []          # ended, one 60 s increment at 0.02
+        assert {c: ledger.get(c) for c in answered} == dict.fromkeys(answered, 1)   # billed once, each
+        assert set(ledger) <= set(rows) and all(n == 1 for n in ledger.values())
+        assert proxy.spooled().get(2) is None                                   # callgate refused no event
+        # during the outage the proxy failed closed; after callgate's return the 503s stop within 2 s
+        refusals = stamps(uac_log, r"^SIP/2.0 503")
+        assert refusals, "callgate's absence was never noticed"
+        late = [t - back for t in refusals if t > back]
+        print(f"503s: {len(refusals)}, the last {max(late, default=0):.2f} s after callgate listened again")
+        assert max(late, default=0.0) <= 2.0
+        assert "Traceback" not in proxy.text()
+    finally:
+        callgate.stop()
+        for p in reversed(started):
+            p.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover - run by hand
+    sys.exit(subprocess.call([sys.executable, "-m", "pytest", "-q", "-s", __file__], cwd=ROOT))
