@@ -82,10 +82,26 @@ def _in_dialog(method: str, cseq: int) -> str:
 """
 
 
-def uac_scenario(expect: int, hold_ms: int = 200) -> str:
-    """A UAC call that must end with `expect`: 200 -> ACK, hold, BYE, 200; else ACK of the refusal."""
+def uac_scenario(expect: int, hold_ms: int = 200, cut: bool = False) -> str:
+    """A UAC call that must end with `expect`: 200 -> ACK, hold, BYE, 200 (with `cut`: the proxy hangs up, the
+    caller answers its BYE within `hold_ms`); else ACK of the refusal."""
     body = INVITE
-    if expect == 200:
+    if expect == 200 and cut:
+        body += '  <recv response="180" optional="true"/>\n  <recv response="183" optional="true"/>\n'
+        body += '  <recv response="200" rrs="true"/>\n' + _in_dialog("ACK", 1)
+        body += f'  <recv request="BYE" timeout="{hold_ms}"/>\n' + """  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+    elif expect == 200:
         body += '  <recv response="180" optional="true"/>\n  <recv response="183" optional="true"/>\n'
         body += '  <recv response="200" rrs="true"/>\n' + _in_dialog("ACK", 1)
         body += f'  <pause milliseconds="{hold_ms}"/>\n' + _in_dialog("BYE", 2) + '  <recv response="200"/>\n'
@@ -289,10 +305,10 @@ class Kamailio:
 
 def call(proxy: str, caller: str, called: str, expect: int, folder: Path, calls: int = 1, rate: float = 0,
          timeout_s: float = 30.0, extra: list[str] | None = None, source: str = "127.0.0.1",
-         hold_ms: int = 200) -> tuple[bool, str]:
+         hold_ms: int = 200, cut: bool = False) -> tuple[bool, str]:
     """Run a sipp UAC from `source` against `proxy`; (every call ended with `expect`, what sipp reported)."""
-    scenario = folder / f"uac-{expect}-{hold_ms}.xml"
-    scenario.write_text(uac_scenario(expect, hold_ms))
+    scenario = folder / f"uac-{expect}-{hold_ms}{'-cut' if cut else ''}.xml"
+    scenario.write_text(uac_scenario(expect, hold_ms, cut))
     errors = Path(tempfile.mkstemp(prefix="sipp-err-", suffix=".log", dir=folder)[1])
     cmd = ["sipp", "-sf", str(scenario), "-s", called, proxy, "-i", source, "-p", str(free_sip_port()),
            "-m", str(calls), "-key", "CALLER", caller, "-nostdin", "-timeout", f"{int(timeout_s)}s",

@@ -7,9 +7,11 @@ Three service names, each SERVING or NOT_SERVING:
   snapshot is in memory), so decisions can be answered.  Checked every tick,
   whoever installed the snapshot (the watcher or this worker's own push).
 * `callgate.v1.Store`: the store takes writes.  NOT_SERVING from the first
-  store failure (any kind: busy, full, I/O, damaged) until a real write (a
-  probe row) succeeds again, tried once a second.  Monitoring tells
-  "decisions fine, billing failing" apart by this name.
+  store failure (full, I/O, ...; a store locked by other writers from its
+  third time in 30 s) until a real write (a probe row) succeeds again, tried
+  once a second; damage keeps it NOT_SERVING until it is repaired and the
+  worker restarted.  Monitoring tells "decisions fine, billing failing"
+  apart by this name.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from typing import Any
 
 from . import metrics
+from .store_faults import DAMAGE
 
 log = logging.getLogger("callgate.health")
 
@@ -37,10 +40,23 @@ class Health:
         self._faults_lock = threading.Lock()
         self._cleared = 0                   # faults up to here are answered by a good probe
         self._last_probe = 0.0
+        self._busy: list[float] = []        # when the store was last found locked too long
+        self.damaged = False
 
     def store_fault(self, op: str, kind: str) -> None:
-        """The store's fault listener (called from store threads)."""
+        """The store's fault listener (called from store threads).
+
+        Damage stays NOT_SERVING until someone fixes it and restarts (a probe write to another table
+        succeeding says nothing about the damaged one); a store locked by other writers counts from its
+        third time in 30 s (one slow moment is not an outage); every other fault at once."""
+        now = time.monotonic()
         with self._faults_lock:
+            if kind in DAMAGE:
+                self.damaged = True
+            if kind == "busy":
+                self._busy = [t for t in self._busy if now - t < 30] + [now]
+                if len(self._busy) < 3:
+                    return
             self._faults += 1
 
     def serving(self, name: str) -> bool:
@@ -62,7 +78,10 @@ class Health:
     async def tick(self, holds_settings: bool, store: Any) -> None:
         await self.set(self.decisions, holds_settings)
         with self._faults_lock:
-            faults = self._faults
+            faults, damaged = self._faults, self.damaged
+        if damaged:
+            await self.set(STORE, False)
+            return
         if faults == self._cleared:
             await self.set(STORE, True)
             return

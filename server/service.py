@@ -487,6 +487,16 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
     def _billing(self, snap: CoreSnapshot, r: decisions_pb2.CallEventRequest, direction: str, at: int
                  ) -> tuple[str, int, int]:
         """(line, per-minute rate, increment) that will bill a call that rings now."""
+        if direction == "outbound" and r.line:
+            # the line the Outbound decision chose: its rate for the destination, whatever rule changed since
+            # the decision (a block pushed between the INVITE and its 180 must not leave the call unbilled)
+            d = snap.outbound(_text("user", r.user), _text("called", r.called), at, 10**15)
+            line, destination = _text("line", r.line), d.called or r.called
+            found = line_rate(snap, line, destination) if E164.fullmatch(destination) else None
+            if found is None:
+                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"line {line!r} has no rate for {destination!r}: the call cannot be billed")
+            return line, found[0], found[1]
         if direction == "outbound":
             # the line and rate an outbound decision would give, whatever the balance is now
             d = snap.outbound(_text("user", r.user), _text("called", r.called), at, 10**15)  # the most it reads

@@ -48,7 +48,8 @@ _TRANSIENT = {
 }
 _DAMAGE = {"SQLITE_CORRUPT": "damaged", "SQLITE_NOTADB": "damaged", "SQLITE_FORMAT": "damaged"}
 
-KINDS = ("busy", "full", "io", "readonly", "cantopen", "memory", "interrupted", "damaged", "schema")
+KINDS = ("busy", "full", "io", "readonly", "cantopen", "memory", "interrupted", "damaged", "schema", "error")
+DAMAGE = frozenset({"damaged", "schema", "missing", "identity"})   # retrying never helps: until fixed by hand
 
 _ADVICE = {
     "busy": "other writers held the store's lock too long; try again",
@@ -102,7 +103,11 @@ def kind_of(exc: BaseException) -> str | None:
         return "full"
     if "disk i/o error" in text:
         return "io"
-    return "schema"         # no such table/column, constraint or misuse: the file is not what the code expects
+    if "closed database" in text or "closed cursor" in text:
+        return "interrupted"  # a connection closed under a call (the server stopping): try again
+    if "no such table" in text or "no such column" in text:
+        return "schema"       # the file is not what this code expects: retrying will not help
+    return "error"            # a constraint, a misuse: a bug of callgate's own, not damage
 
 
 def locate_damage(conn: sqlite3.Connection, budget_s: float = 2.0) -> str:
@@ -194,6 +199,9 @@ class Faults:
         if kind == "schema":
             return StoreDamaged(kind, f"the store does not hold what this callgate expects ({exc}) during {op}: "
                                       f"{_DAMAGE_ADVICE}", where)
+        if kind == "error":
+            return StoreDamaged(kind, f"the store refused {op} ({exc}): a bug of callgate's; this request will fail "
+                                      "the same way, other requests are not affected")
         return StoreDamaged(kind, f"the store is damaged ({exc}) {what}: {_DAMAGE_ADVICE}", where)
 
     def _where_damaged(self) -> str:

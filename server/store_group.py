@@ -105,7 +105,10 @@ class GroupCommitter:
                 conn.execute("SAVEPOINT one_write")
                 try:
                     value = fn(conn)
-                except BaseException as exc:  # this write only: its own changes go, the batch goes on
+                except BaseException as exc:
+                    if not conn.in_transaction:  # a full disk or I/O error rolled the whole batch back: its error
+                        raise
+                    # this write only: its own changes go, the batch goes on
                     conn.execute("ROLLBACK TO one_write")
                     conn.execute("RELEASE one_write")
                     results.append((future, False, exc))

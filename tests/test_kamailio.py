@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,9 @@ def calls(world: dict[str, Any], state: str) -> list[Any]:
 
 
 def expect(world: dict[str, Any], proxy: str, caller: str, called: str, status: int, source: str = "127.0.0.1",
-           hold_ms: int = 200) -> None:
+           hold_ms: int = 200, cut: bool = False) -> None:
     ok, report = sip.call(world[proxy].address, caller, called, status, world["folder"], source=source,
-                          hold_ms=hold_ms)
+                          hold_ms=hold_ms, cut=cut)
     assert ok, f"{caller} -> {called} through {proxy} from {source}: expected {status}: {report}"
 
 
@@ -214,6 +215,68 @@ def test_a_pickup_never_intercepts_an_outbound_call(world) -> None:
         assert ringing.wait(30) == 0
     delivered(world, "silent")
     assert [c.outcome for c in calls(world, "ended") if c.direction == "outbound"][-1] == "cancelled"
+
+
+def test_an_outbound_call_is_cut_when_its_credit_is_talked(world) -> None:
+    """The Outbound decision's longest duration is the dialog's timer: the proxy hangs up both sides (BYE) when
+    the credit is talked, and the call is billed what it talked."""
+    from callgate.v1 import admin_pb2
+
+    available = admin(world).GetBalance(admin_pb2.BalanceRequest(tenant="acme"), timeout=10).available
+    per_minute = (Decimal(available) * 20).quantize(Decimal("0.01"))          # the credit pays for about 3 s
+    doc = sip_doc(later=True)
+    doc["lines"][0]["rates"][0] = {"prefix": "1", "per_minute": str(per_minute), "increment_s": 1}
+    push(world, doc)
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        expect(world, "closed", "u3", US_DEST, 200, source=PBX, hold_ms=20_000, cut=True)
+        assert time.monotonic() - started < 10                                  # cut, not hung up by the caller
+        delivered(world, "closed")
+        cut = [c for c in calls(world, "ended") if c.direction == "outbound" and c.called == US_DEST][-1]
+        assert 1 <= cut.talked_seconds <= 4 and cut.outcome == "answered"
+        assert Decimal(cut.charge) <= Decimal(available)
+    finally:
+        push(world, sip_doc(later=True))
+
+
+def test_headers_from_outside_never_reach_the_pbx_and_the_proxy_relays_no_stranger(world) -> None:
+    """An outsider's X-Callgate-Intercept would make the PBX bridge them into another call; an in-dialog request
+    with a Route the proxy never made would use it as an open relay: both refused."""
+    folder = world["folder"]
+    scenario = folder / "uac-forged.xml"
+    scenario.write_text(sip.uac_scenario(200).replace(
+        "Max-Forwards: 70\n      Content-Type", "X-Callgate-Intercept: somebody-elses-call\n      P-Asserted-Identity: "
+        "<sip:+14155550100@evil>\n      Max-Forwards: 70\n      Content-Type", 1))
+    before = len(world["uas"].messages())
+    done = subprocess.run(["sipp", "-sf", str(scenario), "-s", OPEN, world["closed"].address, "-i", "127.0.0.1",
+                           "-p", str(sip.free_sip_port()), "-m", "1", "-key", "CALLER", "+12125550444", "-nostdin",
+                           "-timeout", "20s", "-timeout_error"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    received = world["uas"].messages()[before:]
+    assert "somebody-elses-call" not in received and "evil" not in received
+    relay = folder / "uac-relay.xml"
+    relay.write_text(sip.HEAD + '<scenario name="an in-dialog request to a host of the sender\'s choice">\n'
+                     + """  <send>
+    <![CDATA[
+      BYE sip:victim@127.0.0.1:9 SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:a@[local_ip]:[local_port]>;tag=abc
+      To: <sip:b@127.0.0.1:9>;tag=def
+      Route: <sip:127.0.0.1:9;lr>
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="403"/>
+</scenario>
+""")
+    done = subprocess.run(["sipp", "-sf", str(relay), world["closed"].address, "-i", "127.0.0.1", "-p",
+                           str(sip.free_sip_port()), "-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_pickup_code_intercepts_a_ringing_call(world) -> None:

@@ -58,7 +58,8 @@ def test_an_outage_of_callgate_loses_no_call_and_recovery_is_fast(tmp_path: Path
         with callgate.channel() as channel:
             admin = admin_pb2_grpc.AdminStub(channel)
             admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(sip_doc()).encode()), timeout=60)
-            admin.Credit(admin_pb2.CreditRequest(tenant="acme", amount="100.00", reference="outage"), timeout=10)
+            # enough for every hold: the calls of the window hold credit until their spooled ENDED arrives
+            admin.Credit(admin_pb2.CreditRequest(tenant="acme", amount="5000.00", reference="outage"), timeout=10)
         failover = tmp_path / "failover.json"
         export_failover(callgate, failover)
         uas = sip.Uas(tmp_path)
@@ -85,7 +86,8 @@ def test_an_outage_of_callgate_loses_no_call_and_recovery_is_fast(tmp_path: Path
         wait_for(lambda: not proxy.spooled().get(0), timeout=60)            # the spool has sent what it held
 
         # every call answered and hung up (the PBX got its BYE) is in the registry once, ended and billed once
-        answered = set(re.findall(r"^Call-ID: (\S+)", "\n".join(
+        # (callgate's call id: the Call-ID and the INVITE's CSeq number)
+        answered = set(f"{c}/1" for c in re.findall(r"^Call-ID: (\S+)", "\n".join(
             m for m in uas.messages().split("-----------------------------------------------")
             if re.search(r"^BYE sip:", m, flags=re.MULTILINE)), flags=re.MULTILINE))
         with sqlite3.connect(data / "callgate.sqlite") as conn:

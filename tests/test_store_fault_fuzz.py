@@ -125,7 +125,26 @@ def test_no_rpc_answers_unknown_whatever_the_store_does(faulty: Faulty, data: An
         channel.close()
 
 
-def test_health_comes_back_when_the_store_does(faulty: Faulty) -> None:
+def test_health_comes_back_when_the_store_does(tmp_path: Path) -> None:
+    """A server of its own: damage (which the fuzz injects) keeps the store NOT_SERVING until a restart."""
+    faulty = Faulty(tmp_path)
+    try:
+        check_health_comes_back(faulty)
+        faulty.fault("damaged")
+        channel = grpc.insecure_channel(faulty.address)
+        with pytest.raises(grpc.RpcError):
+            admin_pb2_grpc.AdminStub(channel).GetBalance(admin_pb2.BalanceRequest(tenant="acme"), timeout=10)
+        faulty.fault("")
+        health = health_pb2_grpc.HealthStub(channel)
+        time.sleep(1.5)                                                 # a probe would have run: damage stays
+        assert health.Check(health_pb2.HealthCheckRequest(service="callgate.v1.Store"),
+                            timeout=10).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        channel.close()
+    finally:
+        faulty.stop()
+
+
+def check_health_comes_back(faulty: Faulty) -> None:
     channel = grpc.insecure_channel(faulty.address)
     health = health_pb2_grpc.HealthStub(channel)
 

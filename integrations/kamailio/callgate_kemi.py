@@ -104,6 +104,7 @@ CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconn
 FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL", "OUT_OF_RANGE", "UNIMPLEMENTED")
 SENDER_BATCH = 500
 PENDING, SENT, REFUSED = 0, 1, 2
+CALL_MAX_S = 86_400   # the longest an inbound call or forwarded leg is kept as a dialog (callgate's --call-max-s)
 PROC_MAIN, PROC_INIT = 0, -127   # Kamailio's process ranks for its main process
 
 
@@ -151,6 +152,7 @@ class Spool:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        self._counted = (0.0, 0)
 
     def conn(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # one connection per process, opened after the fork
@@ -163,29 +165,39 @@ class Spool:
             conn.execute("""CREATE TABLE IF NOT EXISTS events (
                                 id       INTEGER PRIMARY KEY AUTOINCREMENT,
                                 key      TEXT    NOT NULL UNIQUE,
+                                call     TEXT    NOT NULL,
                                 request  BLOB    NOT NULL,
                                 created  REAL    NOT NULL,
                                 state    INTEGER NOT NULL DEFAULT 0,
                                 attempts INTEGER NOT NULL DEFAULT 0,
                                 error    TEXT    NOT NULL DEFAULT '',
                                 done_at  REAL    NOT NULL DEFAULT 0)""")
-            conn.execute("CREATE INDEX IF NOT EXISTS events_pending ON events (state, id)")
+            conn.execute("CREATE INDEX IF NOT EXISTS events_pending ON events (state, call, id)")
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
-    def add(self, items: list[tuple[str, bytes]]) -> list[str]:
-        """Append (key, request) events in one transaction; returns the keys that were new."""
+    def full(self, ended: bool) -> bool:
+        """Past CALLGATE_SPOOL_MAX waiting events new calls' events are refused; an ENDED is taken up to twice
+        that (a lost ENDED leaves its call to the expiry, which bills it as talking until then).  The count is
+        read at most once a second per process."""
+        now = time.monotonic()
+        if now - self._counted[0] > 1.0:
+            self._counted = (now, self.conn().execute("SELECT COUNT(*) FROM events WHERE state = 0").fetchone()[0])
+        return self._counted[1] >= (2 * SPOOL_MAX if ended else SPOOL_MAX)
+
+    def add(self, items: list[tuple[str, str, bytes]]) -> list[str]:
+        """Append (key, call, request) events in one transaction; returns the keys that were new."""
         conn = self.conn()
-        pending = conn.execute("SELECT COUNT(*) FROM events WHERE state = 0").fetchone()[0]
-        if pending + len(items) > SPOOL_MAX:
-            raise OverflowError(f"the spool holds {pending} events, its limit (CALLGATE_SPOOL_MAX) is {SPOOL_MAX}")
+        if self.full(all(key.endswith(":ENDED") for key, _, _ in items)):
+            raise OverflowError(f"the spool holds {self._counted[1]} waiting events, its limit "
+                                f"(CALLGATE_SPOOL_MAX) is {SPOOL_MAX}")
         added = []
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for key, request in items:
-                if conn.execute("INSERT OR IGNORE INTO events (key, request, created) VALUES (?, ?, ?)",
-                                (key, request, now)).rowcount:
+            for key, call, request in items:
+                if conn.execute("INSERT OR IGNORE INTO events (key, call, request, created) VALUES (?, ?, ?, ?)",
+                                (key, call, request, now)).rowcount:
                     added.append(key)
             conn.execute("COMMIT")
         except BaseException:
@@ -197,8 +209,11 @@ class Spool:
         return self.conn().execute("SELECT 1 FROM events WHERE key = ?", (key,)).fetchone() is not None
 
     def pending(self, limit: int) -> list[tuple[int, bytes]]:
-        return self.conn().execute("SELECT id, request FROM events WHERE state = 0 ORDER BY id LIMIT ?",
-                                   (limit,)).fetchall()
+        """The oldest waiting event of each call (a call's next event goes only after this one is answered:
+        if it must wait, the ones after it wait too), oldest first."""
+        return self.conn().execute("""SELECT id, request FROM events WHERE id IN (
+                                          SELECT MIN(id) FROM events WHERE state = 0 GROUP BY call)
+                                      ORDER BY id LIMIT ?""", (limit,)).fetchall()
 
     def mark(self, done: list[tuple[int, int, str]]) -> None:
         """(id, state, error) of events sent or refused for good."""
@@ -223,8 +238,14 @@ class Spool:
         refused = conn.execute("SELECT COUNT(*) FROM events WHERE state = 2").fetchone()[0]
         return int(pending), (time.time() - oldest) if oldest else 0.0, int(refused)
 
-    def purge(self, older_than_s: float) -> None:
-        self.conn().execute("DELETE FROM events WHERE state = 1 AND done_at < ?", (time.time() - older_than_s,))
+    def purge(self, sent_s: float, refused_s: float) -> None:
+        """Forget sent events after `sent_s` and refused ones after `refused_s`, a thousand rows a transaction
+        (the workers' writes wait on it for a moment only)."""
+        conn = self.conn()
+        for state, age in ((SENT, sent_s), (REFUSED, refused_s)):
+            while conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state = ? AND "
+                               "done_at < ? LIMIT 1000)", (state, time.time() - age)).rowcount == 1000:
+                pass
 
 
 class kamailio:
@@ -323,11 +344,6 @@ class kamailio:
         self.failover, self.failover_seen = table, seen
         KSR.info(f"callgate: failover table read: {len(table['numbers'])} numbers\n")
 
-    def tenant_of(self, number: str) -> str:
-        """The tenant that holds a number ('' for none): the failover table, written from callgate's owners."""
-        entry = self.failover.get("numbers", {}).get(number) or self.failover.get("numbers", {}).get("+" + number)
-        return str(entry.get("tenant", "")) if isinstance(entry, dict) else ""
-
     def trusted_tenant(self) -> str | None:
         """The tenant of a request from a trusted source ('' when the source must say), None if untrusted."""
         try:
@@ -369,12 +385,31 @@ class kamailio:
 
     def spool_events(self, events: list[tuple[str, Any]]) -> list[str]:
         """Append events (kind, request) to the spool; those it cannot take are logged (never waited on)."""
-        items = [(f"{r.call_id}:{kind}", r.SerializeToString()) for kind, r in events]
+        items = [(f"{r.call_id}:{kind}", r.call_id, r.SerializeToString()) for kind, r in events]
         try:
             return self.spool.add(items)
         except (sqlite3.Error, OverflowError, OSError) as exc:
             KSR.err(f"callgate: {len(items)} call event(s) of {events[0][1].call_id} not spooled, lost: {exc}\n")
             return []
+
+    def spooled(self, key: str) -> bool:
+        try:
+            return self.spool.has(key)
+        except sqlite3.Error:
+            return False  # a RINGING spooled twice is refused by the spool's key anyway
+
+    @staticmethod
+    def new_call_id() -> str:
+        """callgate's id of this INVITE's call: the Call-ID and the CSeq number, so that a retried INVITE (a
+        401 challenge answered, a failed attempt dialled again with the same Call-ID) is a call of its own."""
+        return f"{KSR.pv.get('$ci')}/{KSR.pv.get('$cs')}"
+
+    def name(self, enum: Any, value: int) -> str:
+        """An enum value's name; a value newer than this script's protobuf (a rolling upgrade) by its number."""
+        try:
+            return str(enum.Name(value))
+        except ValueError:
+            return str(value)
 
     def talker(self) -> str:
         """Who the call rings at or talks with on our side: an outbound call's caller; else the user the PBX
@@ -385,7 +420,7 @@ class kamailio:
 
     def ringing(self, call_id: str) -> list[tuple[str, Any]]:
         """The RINGING of a call, if none was spooled yet (the first of 180, 183 or 200 makes it)."""
-        if self.spool.has(f"{call_id}:RINGING"):
+        if self.spooled(f"{call_id}:RINGING"):
             return []
         return [("RINGING", self.request(
             "RINGING", call_id, self.recall("tenant"), self.talker(), direction=self.recall("dir") or "inbound",
@@ -407,20 +442,26 @@ class kamailio:
             return 1
         if method != "INVITE":
             return self.reply(405, "Method Not Allowed")
+        tenant = self.trusted_tenant()  # (read before the control headers go)
+        # control headers and asserted identities are ours to set: whatever a sender put there goes
+        KSR.textops.remove_hf_re("^X-Callgate-")
+        if tenant is None:
+            KSR.hdr.remove("P-Asserted-Identity")
+            KSR.hdr.remove("P-Preferred-Identity")
         KSR.rr.record_route()
         if BYPASS:
             KSR.setdsturi(ROUTE_URI)
+            KSR.dialog.dlg_manage()
             return self.relay(events=False)
         self.refresh_failover()
         caller, called = KSR.pv.get("$fU") or "", KSR.pv.get("$rU") or ""
-        tenant = self.trusted_tenant()
         if tenant is not None:  # a user of a tenant, authenticated by its PBX
             if not tenant:
                 return self.reply(403, "Forbidden", "a trusted source must name the tenant in X-Callgate-Tenant")
             if called.startswith(("*", "#")):
                 return self.pickup(tenant, caller, called)
             return self.outbound(tenant, caller, called)
-        tenant = self.tenant_of(called)
+        tenant = str(self.entry_of(called).get("tenant") or "")
         if not tenant:  # from outside, to a number nobody holds: nobody calls out on a tenant's bill
             KSR.info(f"callgate: {KSR.pv.get('$ci')} from untrusted {KSR.pv.get('$si')} to {called}: refused\n")
             return self.reply(403, "Forbidden", "not one of our numbers")
@@ -436,76 +477,108 @@ class kamailio:
             KSR.warn(f"callgate: {method} for {KSR.pv.get('$ci')}: {exc.code().name} {exc.details()}\n")
             return None
 
+    def under_dialog(self, timeout_s: int, **fields: str) -> None:
+        """Track the call as a dialog (its end is its ENDED; it ends itself, BYE both ways, after `timeout_s` of
+        talk) and remember what its later events need.  Its callgate id, tenant and direction also ride in the
+        Record-Route, so that its BYE is still recognised after a Kamailio restart has lost the dialog."""
+        call_id = self.new_call_id()
+        KSR.pv.seti("$avp(cg_timeout)", max(1, int(timeout_s)))  # the dialog module's timeout_avp
+        KSR.dialog.dlg_manage()
+        self.remember(call=call_id, **fields)
+        KSR.rr.add_rr_param(f";cgc={call_id.encode().hex()};cgt={fields.get('tenant', '').encode().hex()}")
+
     def inbound(self, tenant: str, caller: str, called: str) -> int:
         d = self.ask("Inbound", self.pb.InboundRequest(tenant=tenant, caller=caller, called=called))
         if d is None:
             return self.failed(tenant, caller, called)
-        verdict = self.pb.Verdict.Name(d.verdict)
+        verdict = self.name(self.pb.Verdict, d.verdict)
         if verdict == "REJECT":
             return self.reply(d.sip_status or 480, PHRASES.get(d.sip_status, "Rejected"),
-                              self.pb.Reason.Name(d.reason))
+                              self.name(self.pb.Reason, d.reason))
+        if verdict not in ("ROUTE", "FORWARD", "VOICEMAIL"):
+            return self.reply(500, "Server Internal Error", f"unexpected verdict {verdict}")
         KSR.setdsturi(ROUTE_URI)
-        KSR.dialog.dlg_manage()
-        self.remember(tenant=tenant, dir="inbound", caller=caller, called=called, line="")
+        fields = {"tenant": tenant, "dir": "inbound", "caller": caller, "called": called, "line": "",
+                  "user": d.group}
         if verdict == "ROUTE":
             KSR.hdr.append(f"X-Callgate-Group: {d.group}\r\n")
-            self.remember(user=d.members[0] if d.members else d.group)
+            fields["user"] = d.members[0] if d.members else d.group
         elif verdict == "FORWARD":
             KSR.setuser(d.target)
             KSR.hdr.append(f"X-Callgate-Line: {d.line}\r\n")
             # the leg to the target is what rings, answers and is billed: a forwarded leg
-            self.remember(dir="forwarded", called=d.target, line=d.line, user="forward")
-        elif verdict == "VOICEMAIL":
+            fields.update(dir="forwarded", called=d.target, line=d.line, user="forward")
+        else:
             KSR.setuser("voicemail")
-            self.remember(user="voicemail")
+            fields["user"] = "voicemail"
+        self.under_dialog(CALL_MAX_S, **fields)
         return self.relay()
 
     def outbound(self, tenant: str, user: str, destination: str) -> int:
         d = self.ask("Outbound", self.pb.OutboundRequest(tenant=tenant, user=user, destination=destination))
         if d is None:
             return self.reply(503, "Service Unavailable", "callgate unavailable")
-        if self.pb.Verdict.Name(d.verdict) != "ALLOW":
+        if self.name(self.pb.Verdict, d.verdict) != "ALLOW":
             return self.reply(d.sip_status or 403, PHRASES.get(d.sip_status, "Forbidden"),
-                              self.pb.Reason.Name(d.reason))
+                              self.name(self.pb.Reason, d.reason))
         KSR.hdr.remove("P-Asserted-Identity")
         KSR.hdr.append(f"P-Asserted-Identity: <sip:{d.caller_id}@{KSR.pv.get('$fd')}>\r\n")
         KSR.setdsturi(ROUTE_URI)
-        KSR.dialog.dlg_manage()
-        # the talk the credit pays for: the dialog ends itself (BYE both ways) when it is used up
-        KSR.pv.seti("$dlg_ctx(timeout_bye)", 1)
-        KSR.pv.seti("$dlg_ctx(timeout)", max(1, int(d.max_duration_s)))
-        self.remember(tenant=tenant, dir="outbound", user=user, caller=user, called=destination, line="")
+        # the talk the credit pays for: the dialog ends itself (BYE both ways) when it is used up; billed at
+        # the line the decision chose (the RINGING names it: a rule changed meanwhile does not unbill the call)
+        self.under_dialog(d.max_duration_s, tenant=tenant, dir="outbound", user=user, caller=user,
+                          called=destination, line=d.line)
         return self.relay()
 
     def pickup(self, tenant: str, user: str, dialed: str) -> int:
         d = self.ask("Pickup", self.pb.PickupRequest(tenant=tenant, user=user, dialed=dialed))
         if d is None:
             return self.reply(503, "Service Unavailable", "callgate unavailable")
-        if self.pb.Verdict.Name(d.verdict) != "INTERCEPT":
-            return self.reply(404, "Not Found", self.pb.Reason.Name(d.reason))
+        if self.name(self.pb.Verdict, d.verdict) != "INTERCEPT":
+            return self.reply(404, "Not Found", self.name(self.pb.Reason, d.reason))
         KSR.hdr.append(f"X-Callgate-Intercept: {d.call_id}\r\n")
         KSR.setdsturi(ROUTE_URI)
+        KSR.dialog.dlg_manage()  # its in-dialog requests are ours to relay (no events: the picked call has them)
         return self.relay(events=False)
+
+    def entry_of(self, number: str) -> dict[str, Any]:
+        """The failover table's entry of a number (sent with or without '+'), {} for none."""
+        numbers = self.failover.get("numbers")
+        if not isinstance(numbers, dict):
+            return {}
+        entry = numbers.get(number) or numbers.get("+" + number)
+        return entry if isinstance(entry, dict) else {}
 
     def failed(self, tenant: str, caller: str, called: str) -> int:
         """callgate unreachable or late: the failure policy."""
         if FAILURE == "open":
-            entry = self.failover.get("numbers", {}).get(called, {})
-            backup = self.failover.get("tenants", {}).get(entry.get("tenant", tenant), {}).get("backup")
-            if backup and entry.get("line") == backup.get("line"):
+            entry = self.entry_of(called)
+            tenants = self.failover.get("tenants")
+            info = tenants.get(str(entry.get("tenant", tenant))) if isinstance(tenants, dict) else None
+            backup = info.get("backup") if isinstance(info, dict) else None
+            if isinstance(backup, dict) and backup.get("number") and entry.get("line") == backup.get("line"):
                 KSR.info(f"callgate: unavailable, forwarding {KSR.pv.get('$ci')} to the backup {backup['number']}\n")
-                KSR.setuser(backup["number"])
+                KSR.setuser(str(backup["number"]))
                 KSR.hdr.append(f"X-Callgate-Line: {backup['line']}\r\n")
                 KSR.setdsturi(ROUTE_URI)
-                KSR.dialog.dlg_manage()
                 # the leg is billed at the backup line's rate once callgate has its events (from the spool)
-                self.remember(tenant=entry.get("tenant", tenant), dir="forwarded", user="forward", caller=caller,
-                              called=backup["number"], line=backup["line"])
+                self.under_dialog(CALL_MAX_S, tenant=str(entry.get("tenant", tenant)), dir="forwarded",
+                                  user="forward", caller=caller, called=str(backup["number"]),
+                                  line=str(backup["line"]))
                 return self.relay()
         return self.reply(503, "Service Unavailable", "callgate unavailable")
 
     def in_dialog(self, method: str) -> int:
-        if KSR.rr.loose_route() > 0:  # the dialog module sees BYE here and ends the dialog (ksr_dialog_event)
+        if KSR.rr.loose_route() > 0:
+            # Only a dialog this proxy made passes: the dialog module knows it, or (Kamailio restarted since)
+            # its Route names a call of ours.  Anything else with a To-tag and a Route is a try at using the
+            # proxy as a relay to anywhere, from its own address.
+            known = KSR.dialog.is_known_dlg() > 0
+            if not known and not self.route_param("cgc"):
+                KSR.info(f"callgate: {method} in no dialog of ours from {KSR.pv.get('$si')}: refused\n")
+                return self.reply(403, "Forbidden", "not a dialog of this proxy")
+            if method == "BYE" and not known:  # its dialog was lost (a restart): its end still reaches callgate
+                self.lost_dialog_ended()
             KSR.tm.t_relay()
             return 1
         if method == "ACK":  # the ACK of a negative final reply is the transaction's (hop by hop): never answered
@@ -514,13 +587,30 @@ class kamailio:
             return 1
         return self.reply(404, "Not Here")
 
+    def route_param(self, name: str) -> str:
+        """A parameter this proxy put in its Record-Route, read back from the request's Route (hex-decoded)."""
+        route = KSR.pv.get("$hdr(Route)") or ""
+        for part in route.replace(">", ";").split(";"):
+            key, _, value = part.strip().partition("=")
+            if key == name:
+                try:
+                    return bytes.fromhex(value).decode()
+                except ValueError:
+                    return ""
+        return ""
+
+    def lost_dialog_ended(self) -> None:
+        call_id, tenant = self.route_param("cgc"), self.route_param("cgt")
+        if call_id and tenant:
+            self.spool_events([("ENDED", self.request("ENDED", call_id, tenant, outcome="answered"))])
+
     # -- events ------------------------------------------------------------------------------
 
     def ksr_onreply_invite(self, msg: Any) -> int:
         status = int(KSR.pv.get("$rs") or 0)
-        if status not in (180, 183, 200) or KSR.pv.get("$rm") != "INVITE":
+        call_id = self.recall("call")
+        if status not in (180, 183, 200) or KSR.pv.get("$rm") != "INVITE" or not call_id:
             return 1
-        call_id = KSR.pv.get("$ci")
         events = self.ringing(call_id)
         if status == 200:
             events.append(("ANSWERED", self.request("ANSWERED", call_id, self.recall("tenant"), self.talker())))
@@ -537,13 +627,18 @@ class kamailio:
             r = self.decisions.CallEvent(request, timeout=DEADLINE_S, metadata=METADATA)
         except self.grpc.RpcError:
             return
-        self.spool.mark_sent(f"{call_id}:RINGING")
+        try:
+            self.spool.mark_sent(f"{call_id}:RINGING")
+        except sqlite3.Error:
+            pass  # sent again by the spool: a replay changes nothing
         KSR.dialog.dlg_set_timeout(max(1, int(r.max_duration_s)))
 
     def ksr_failure_invite(self, msg: Any) -> int:
         """A negative final reply (or the INVITE timer's 408): the call ended unanswered, with its outcome."""
         status = int(KSR.pv.get("$T_reply_code") or 0)
-        call_id = KSR.pv.get("$ci")
+        call_id = self.recall("call")
+        if not call_id:
+            return 1
         events = self.ringing(call_id)
         events.append(("ENDED", self.request("ENDED", call_id, self.recall("tenant"), outcome=outcome_of(status))))
         self.spool_events(events)
@@ -553,7 +648,7 @@ class kamailio:
         """The dialog ended (a BYE, or the timer of an outbound call): ENDED, answered."""
         if evname != "dialog:end":
             return 1
-        call_id = KSR.pv.get("$dlg(callid)") or KSR.pv.get("$ci")
+        call_id = KSR.pv.get("$dlg_var(cg_call)") or ""
         tenant = KSR.pv.get("$dlg_var(cg_tenant)") or ""
         if call_id and tenant:
             self.spool_events([("ENDED", self.request("ENDED", call_id, tenant, outcome="answered"))])
@@ -562,7 +657,8 @@ class kamailio:
     # -- the sender (an rtimer process) ------------------------------------------------------
 
     def ksr_callgate_sender(self, msg: Any, *_route: Any) -> int:
-        """Send the spooled events in order on one pipelined stream; back off while callgate cannot take them."""
+        """Send the spooled events on one pipelined stream, the oldest waiting event of each call (a call's
+        events go in order, one per round); back off while callgate cannot take them."""
         now = time.monotonic()
         if now >= self.last_stats + 10:
             self.last_stats = now
@@ -582,27 +678,28 @@ class kamailio:
             req.call_event.ParseFromString(blob)
             requests.append(req)
         done: list[tuple[int, int, str]] = []
+        waiting = ""
         try:
             for reply in self.decisions.Stream(iter(requests), timeout=10, metadata=METADATA):
                 row_id = rows[reply.id][0]
                 if reply.WhichOneof("reply") != "error":
                     done.append((row_id, SENT, ""))
                     continue
-                code = self.grpc.StatusCode  # a message refused: for good, or try again later
-                name = next((c.name for c in code if c.value[0] == reply.error_code), "UNKNOWN")
-                if name in FINAL:
+                name = next((c.name for c in self.grpc.StatusCode if c.value[0] == reply.error_code), "UNKNOWN")
+                if name in FINAL:  # refused for good: kept as refused, the call's next event goes next round
                     KSR.warn(f"callgate: event {requests[reply.id].call_event.call_id} refused ({name}): "
                              f"{reply.error}\n")
                     done.append((row_id, REFUSED, f"{name}: {reply.error}"))
-                else:
-                    break  # keep the order: this one and those after it wait for the next try
+                else:  # callgate cannot take it now (its store is busy or full): this call waits
+                    waiting = waiting or f"{name}: {reply.error}"
         except self.grpc.RpcError as exc:
+            waiting = exc.code().name
+        if waiting:
             self.failures += 1
             wait = min(5.0, 0.2 * 2 ** min(self.failures, 5))
             self.backoff_until = time.monotonic() + wait
             if self.failures in (1, 5) or self.failures % 50 == 0:
-                KSR.warn(f"callgate: {len(rows)} spooled event(s) wait for callgate ({exc.code().name}); "
-                         f"next try in {wait:.1f} s\n")
+                KSR.warn(f"callgate: spooled events wait for callgate ({waiting[:200]}); next try in {wait:.1f} s\n")
         else:
             self.failures = 0
         if done:
@@ -616,7 +713,7 @@ class kamailio:
         """Log the spool's size and age while events wait; write them for node_exporter's textfile collector."""
         try:
             pending, oldest, refused = self.spool.stats()
-            self.spool.purge(3600)
+            self.spool.purge(3600, 7 * 86400)
         except sqlite3.Error:
             return
         if pending:
