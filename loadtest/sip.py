@@ -82,14 +82,24 @@ def _in_dialog(method: str, cseq: int) -> str:
 """
 
 
-def uac_scenario(expect: int, hold_ms: int = 200, cut: bool = False) -> str:
-    """A UAC call that must end with `expect`: 200 -> ACK, hold, BYE, 200 (with `cut`: the proxy hangs up, the
-    caller answers its BYE within `hold_ms`); else ACK of the refusal."""
-    body = INVITE
-    if expect == 200 and cut:
-        body += '  <recv response="180" optional="true"/>\n  <recv response="183" optional="true"/>\n'
-        body += '  <recv response="200" rrs="true"/>\n' + _in_dialog("ACK", 1)
-        body += f'  <recv request="BYE" timeout="{hold_ms}"/>\n' + """  <send>
+# the ACK of a negative final reply: hop by hop, with the INVITE's branch (sipp writes it as
+# z9hG4bK-<pid>-<call>-<message index>, the INVITE being message 0)
+_ACK_OF_REFUSAL = """  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-0
+      From: <sip:[CALLER]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+# a 200 OK to the request just received (a BYE, a CANCEL)
+_OK_TO_LAST = """  <send>
     <![CDATA[
       SIP/2.0 200 OK
       [last_Via:]
@@ -101,25 +111,22 @@ def uac_scenario(expect: int, hold_ms: int = 200, cut: bool = False) -> str:
     ]]>
   </send>
 """
+
+def uac_scenario(expect: int, hold_ms: int = 200, cut: bool = False) -> str:
+    """A UAC call that must end with `expect`: 200 -> ACK, hold, BYE, 200 (with `cut`: the proxy hangs up, the
+    caller answers its BYE within `hold_ms`); else ACK of the refusal."""
+    body = INVITE
+    if expect == 200 and cut:
+        body += '  <recv response="180" optional="true"/>\n  <recv response="183" optional="true"/>\n'
+        body += '  <recv response="200" rrs="true"/>\n' + _in_dialog("ACK", 1)
+        body += f'  <recv request="BYE" timeout="{hold_ms}"/>\n' + _OK_TO_LAST
     elif expect == 200:
         body += '  <recv response="180" optional="true"/>\n  <recv response="183" optional="true"/>\n'
         body += '  <recv response="200" rrs="true"/>\n' + _in_dialog("ACK", 1)
         body += f'  <pause milliseconds="{hold_ms}"/>\n' + _in_dialog("BYE", 2) + '  <recv response="200"/>\n'
     else:
         body += '  <recv response="180" optional="true"/>\n  <recv response="183" optional="true"/>\n'
-        body += f'  <recv response="{expect}"/>\n' + """  <send>
-    <![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:[CALLER]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-"""
+        body += f'  <recv response="{expect}"/>\n' + _ACK_OF_REFUSAL
     return HEAD + f'<scenario name="callgate: expect {expect}">\n' + body + "</scenario>\n"
 
 
@@ -142,19 +149,6 @@ def _reply(status: str, sdp: bool) -> str:
         text += "      Content-Length: 0\n"
     return text + "    ]]>\n  </send>\n"
 
-
-_OK_TO_LAST = """  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
-"""
 
 _ANSWERED_THEN_BYE = '  <recv request="ACK" crlf="true"/>\n  <recv request="BYE"/>\n' + _OK_TO_LAST
 
@@ -339,20 +333,7 @@ def cancel_scenario(ring_ms: int) -> str:
   </send>
   <recv response="200"/>
   <recv response="487"/>
-  <send>
-    <![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-0
-      From: <sip:[CALLER]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-</scenario>
-""".replace("RING", str(ring_ms))
+""".replace("RING", str(ring_ms)) + _ACK_OF_REFUSAL + "</scenario>\n"
 
 
 def cancel(proxy: str, caller: str, called: str, folder: Path, ring_ms: int = 500, source: str = "127.0.0.1",

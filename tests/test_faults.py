@@ -238,13 +238,18 @@ def test_store_check_passes_a_good_store_and_finds_money_that_does_not_add_up(tm
 
 # -- a damaged snapshot blob --------------------------------------------------------------------------------
 
+def blob_in_force(conn: sqlite3.Connection) -> tuple[int, bytes]:
+    """(version, stored snapshot blob) of acme's version in force."""
+    version, blob = conn.execute("SELECT s.version, s.blob FROM snapshots s JOIN current c "
+                                 "ON c.tenant = s.tenant AND c.version = s.version WHERE s.tenant = 'acme'").fetchone()
+    return int(version), bytes(blob)
+
+
 def test_flipped_bytes_in_the_snapshot_in_force_are_caught_and_compiled_again(tmp_path: Path) -> None:
     data = seeded(tmp_path)
     path = data / "callgate.sqlite"
     with sqlite3.connect(path) as conn:
-        version, blob = conn.execute("SELECT s.version, s.blob FROM snapshots s JOIN current c "
-                                     "ON c.tenant = s.tenant AND c.version = s.version "
-                                     "WHERE s.tenant = 'acme'").fetchone()
+        version, blob = blob_in_force(conn)
         damaged = bytearray(blob)
         middle = len(damaged) // 2
         damaged[middle:middle + 64] = bytes(b ^ 0xA5 for b in damaged[middle:middle + 64])
@@ -275,9 +280,7 @@ def test_a_snapshot_damaged_before_it_was_checksummed_is_refused_by_the_loader_a
     data = seeded(tmp_path)
     path = data / "callgate.sqlite"
     with sqlite3.connect(path) as conn:
-        version, blob = conn.execute("SELECT s.version, s.blob FROM snapshots s JOIN current c "
-                                     "ON c.tenant = s.tenant AND c.version = s.version "
-                                     "WHERE s.tenant = 'acme'").fetchone()
+        version, blob = blob_in_force(conn)
         doc = msgpack.unpackb(blob, raw=False)
         trie = doc["arrays"]["trie_child"]
         trie["data"] = b"\x7f" * len(trie["data"])                         # every child index far out of range
