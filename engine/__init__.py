@@ -1,23 +1,61 @@
 """callgate's decision engine: settings, compiled snapshots and decisions.
 
-The public API is plain Python over the compiled core (`engine._core`):
+This package is the API the rest of callgate uses: everything the server, the
+load tools and the tests need from the compiled core is exported here, so that
+nothing outside `engine/` imports `engine._core` (the implementation module).
 
     from engine import Engine, parse_settings
     engine = Engine()
     engine.push(parse_settings(open("examples/acme.json").read()), version=1)
     engine.inbound("acme", "+14155550666", "+14155550199", at=1796149800).reason  # 'BLACKLISTED'
 
-`engine.reference.Reference` decides the same in plain Python; see
-docs/decisions.md for the semantics both follow.
+What it holds:
+
+- `settings` (with `settings_model`, `settings_decode`, `settings_rules`): the
+  tenant settings document, parsed strictly and validated whole.
+- `snapshot`: settings compiled into a `CoreSnapshot`, serialized and loaded.
+- `_core` (engine/_core.pyx, its `_core_*.pxi` sections, the contract in
+  `_core.pxd`): the compiled core that decides; `reference`: the same
+  decisions in plain Python (docs/decisions.md is what both follow).
+- `engine`: `Engine`, every tenant's snapshot in force; `decision`, `codes`,
+  `dialing`, `timezones`, `document_json`: shared types, codes and tables;
+  `cli`, `demo`: the offline command line.
+
+What it may import: the standard library and its third-party dependencies
+(numpy, msgpack, pyroaring, phonenumbers, tzdata), nothing from `server/`,
+`loadtest/` or `callgate/`: the arrows point into the engine, never out.
 """
 
-from ._core import CoreDecision, CoreSnapshot
+from ._core import (
+    DEBUG_BUILD,
+    INBOUND_DTYPE,
+    OUTBOUND_DTYPE,
+    CoreDecision,
+    CoreSnapshot,
+    parse_roaring64,
+    roaring_index,
+)
 from .decision import Decision, RingingCall
 from .engine import Engine, UnknownTenant, instant
-from .settings import Settings, SettingsError, load_document, parse_settings
-from .snapshot import compile_settings, dumps, loads, micro_units, with_documents
+from .settings import E164, Settings, SettingsError, load_document, parse_settings, tenant_id_problem
+from .snapshot import (
+    Built,
+    build,
+    compile_settings,
+    dumps,
+    line_rate,
+    loads,
+    micro_units,
+    roaring_bytes,
+    with_documents,
+)
 
 __all__ = [
+    "DEBUG_BUILD",
+    "E164",
+    "INBOUND_DTYPE",
+    "OUTBOUND_DTYPE",
+    "Built",
     "CoreDecision",
     "CoreSnapshot",
     "Decision",
@@ -26,12 +64,18 @@ __all__ = [
     "Settings",
     "SettingsError",
     "UnknownTenant",
+    "build",
     "compile_settings",
     "dumps",
     "instant",
+    "line_rate",
     "load_document",
     "loads",
     "micro_units",
+    "parse_roaring64",
     "parse_settings",
+    "roaring_bytes",
+    "roaring_index",
+    "tenant_id_problem",
     "with_documents",
 ]

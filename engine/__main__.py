@@ -1,3 +1,5 @@
+"""`python -m engine`: the offline command line (engine.cli: check, compile and demo, no server)."""
+
 import sys
 
 from .cli import main

@@ -1,8 +1,43 @@
-# The contract of the compiled core: the C layout of a compiled snapshot and
-# of a decision.  Other Cython modules (the server's batch path) cimport these
-# to decide without touching Python objects.
+# The contract of the compiled core (engine/_core.pyx and its engine/_core_*.pxi sections): the codes it
+# writes and the C layout of a compiled snapshot, of a decision and of a batch row.  The numpy dtypes that
+# mirror the structs (COUNTRY_DTYPE, SLOT_DTYPE, CONTAINER_DTYPE, INBOUND_DTYPE, OUTBOUND_DTYPE) are checked
+# against them when the module loads; the verdict and reason codes against engine.codes.  Nothing here is a
+# function: the core exports its decisions to Python only (engine/_core.pyi), never as C symbols.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+
+# Verdicts and reasons: the indexes of engine.codes.VERDICTS and engine.codes.REASONS.
+cdef enum Verdict:
+    V_ERROR, V_ROUTE, V_FORWARD, V_VOICEMAIL, V_REJECT, V_ALLOW, V_DENY, V_INTERCEPT, V_NO_PICKUP
+
+cdef enum Reason:
+    R_OK, R_BLACKLISTED, R_OFF_HOURS_BLOCKED, R_OFF_HOURS, R_DOCUMENTS_PENDING, R_UNKNOWN_NUMBER,
+    R_ANONYMOUS, R_ACCOUNT_UNAVAILABLE, R_INSUFFICIENT_FUNDS, R_NO_RATE, R_NO_CALLER_ID,
+    R_INVALID_CALLER, R_INVALID_CALLED, R_INVALID_DESTINATION, R_INVALID_TIME, R_INVALID_USER,
+    R_NOT_PICKUP_CODE, R_NO_RINGING_CALL, R_INVALID_BALANCE
+
+# How a line's trunk sends callers: the indexes of engine.codes.CALLER_FORMATS (Snap.line_format).
+cdef enum CallerFormat:
+    FMT_AUTO, FMT_E164, FMT_INTERNATIONAL, FMT_NATIONAL
+
+# Bits of Snap.num_flags.
+cdef enum NumberFlag:
+    F_REQUIRES_DOCS = 1
+    F_APPROVED = 2
+    F_INBOUND_ONLY = 4
+
+# Kinds of roaring container (Container.meta >> 28).
+cdef enum ContainerKind:
+    KIND_ARRAY = 0
+    KIND_BITSET = 1
+    KIND_RUN = 2
+
+# Sizes of the layout.
+cdef enum:
+    WEEK_WORDS = 158          # 7 * 1440 minutes, one bit each, in 64-bit words: Snap.sched_week per schedule
+    ZONE_BUCKET_BITS = 22     # zone offsets are indexed by 2^22 s (48.5 day) buckets: Snap.zone_bucket
+    MAX_CALL_SECONDS = 86400  # the longest call an outbound decision allows (engine.codes.MAX_CALL_SECONDS)
 
 
 cdef struct Container:
@@ -127,22 +162,3 @@ cdef struct OutRow:           # one row of an outbound batch result (OUTBOUND_DT
     uint16_t sip
     uint8_t verdict
     uint8_t reason
-
-
-cdef class CoreSnapshot:
-    cdef Snap s
-    cdef readonly dict arrays
-    cdef readonly dict meta
-    cdef readonly long long version
-    cdef readonly str tenant
-    cdef object _decimals
-    cdef object _members
-    cdef dict _pinned         # the arrays bound, kept alive whatever is later done to `arrays`
-    cdef void _bind(self, CoreSnapshot source) except *
-    cdef void _bind_roaring(self, Roaring* r, const Roaring* was, str name, CoreSnapshot source) except *
-
-
-cdef void decide_inbound(const Snap* s, const char* caller, Py_ssize_t nc, const char* called,
-                         Py_ssize_t nd, int64_t at, Out* o) noexcept nogil
-cdef void decide_outbound(const Snap* s, const char* user, Py_ssize_t nu, const char* dest,
-                          Py_ssize_t nd, int64_t at, int64_t balance, Out* o) noexcept nogil

@@ -1,4 +1,5 @@
-# Type stubs for the compiled core (engine/_core.pyx).
+# Type stubs for the compiled core (engine/_core.pyx and its _core_*.pxi sections).  Outside engine/, import
+# these names from `engine`, never from `engine._core`.
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -20,6 +21,8 @@ OUTBOUND_DTYPE: np.dtype
 
 def parse_roaring64(buf: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def roaring_index(buf: Any) -> tuple[np.ndarray, np.ndarray]: ...
+def validate_snapshot(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Checks arrays and metadata as CoreSnapshot does, without binding them or building list indexes."""
 
 class CoreDecision:
     @property
@@ -70,7 +73,10 @@ class CoreSnapshot:
     def __init__(
         self, arrays: dict[str, np.ndarray], meta: dict[str, Any], derived_from: CoreSnapshot | None = None
     ) -> None:
-        """Checks every index, offset and length the decisions follow (ValueError naming what is wrong)."""
+        """Checks every index, offset and length the decisions follow (ValueError naming what is wrong).
+
+        Keeps its own dicts (the arrays as read-only views): never writes into those it was given.
+        """
     def inbound(self, caller: str, called: str, at: int) -> CoreDecision: ...
     def outbound(self, user: str, destination: str, at: int, balance_micro: int) -> CoreDecision: ...
     def pickup(self, user: str, dialed: str, ringing: Sequence[RingingCall]) -> CoreDecision: ...

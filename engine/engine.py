@@ -10,8 +10,9 @@ decisions release the GIL and keep their snapshot alive by reference.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
+from types import MappingProxyType
 
 from ._core import CoreDecision, CoreSnapshot
 from .decision import RingingCall
@@ -39,8 +40,20 @@ def instant(at: int | float | dt.datetime) -> int:
 
 
 class Engine:
+    """Every tenant's snapshot in force, by tenant id; decisions on them."""
+
     def __init__(self) -> None:
         self._snapshots: dict[str, CoreSnapshot] = {}
+        self._view: Mapping[str, CoreSnapshot] = MappingProxyType(self._snapshots)
+
+    @property
+    def snapshots(self) -> Mapping[str, CoreSnapshot]:
+        """The snapshots in force, by tenant: a live read-only view (`install` replaces its entries)."""
+        return self._view
+
+    def get(self, tenant: str) -> CoreSnapshot | None:
+        """The tenant's snapshot in force, or None."""
+        return self._snapshots.get(tenant)
 
     # -- snapshots ---------------------------------------------------------
     def install(self, snapshot: CoreSnapshot) -> None:

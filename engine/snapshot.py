@@ -4,7 +4,9 @@
 metadata dict and hands both to `_core.CoreSnapshot`.  The same arrays and
 metadata serialize with msgpack (arrays as raw little-endian bytes) so that
 another process loads a snapshot without compiling it again (`dumps`,
-`loads`).
+`loads`).  A push's compile process (`build`) serializes the checked arrays
+straight away (`compile_blob`): it decides nothing, so it builds none of the
+indexes that `loads` derives in every process that decides.
 
 Layout decisions, and why:
 
@@ -25,7 +27,7 @@ import array
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -137,7 +139,17 @@ def compile_settings(settings: Settings, version: int = 1, approved: Iterable[st
     return _core.CoreSnapshot(arrays, meta)
 
 
+def compile_blob(settings: Settings, version: int = 1, approved: Iterable[str] = ()) -> bytes:
+    """`dumps(compile_settings(...))` without the snapshot: the arrays and metadata are checked as a
+    CoreSnapshot checks them (`_core.validate_snapshot`), but the lists' indexes, which a blob never
+    carries, are not built (every process that `loads` the blob derives its own)."""
+    arrays, meta = compile_arrays(settings, version, approved)
+    _core.validate_snapshot(arrays, meta)
+    return _pack(arrays, meta)
+
+
 def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) -> tuple[dict, dict]:
+    """The snapshot's arrays and metadata (see the module docstring for their layout), unchecked."""
     approved_set = set(approved)
     line_ids = [line.id for line in settings.lines]
     line_index = {lid: i for i, lid in enumerate(line_ids)}
@@ -327,13 +339,18 @@ _DERIVED = ("blacklist_table", "blacklist_filter", "offhours_blacklist_table", "
 
 def dumps(snapshot: _core.CoreSnapshot) -> bytes:
     """Serialize a compiled snapshot: msgpack metadata plus raw little-endian arrays."""
-    arrays = {
+    return _pack(snapshot.arrays, snapshot.meta)
+
+
+def _pack(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> bytes:
+    """The serialization of `dumps`, from a snapshot's arrays and metadata (derived indexes left out)."""
+    specs = {
         name: {"dtype": a.dtype.descr if a.dtype.fields else a.dtype.str, "shape": list(a.shape),
                "data": a.tobytes()}
-        for name, a in snapshot.arrays.items()
+        for name, a in arrays.items()
         if name not in _DERIVED
     }
-    return msgpack.packb({"meta": snapshot.meta, "arrays": arrays}, use_bin_type=True)
+    return msgpack.packb({"meta": dict(meta), "arrays": specs}, use_bin_type=True)
 
 
 def _dtype(spec: Any) -> np.dtype:
@@ -455,12 +472,15 @@ def build(document: bytes, fmt: str | None = None, approved: Iterable[str] = ())
 
     The unit of work of a push: pure, picklable in and out, so that servers
     run it in a separate process and never stall their event loop on it.
+    The blob is made from the checked arrays without a CoreSnapshot: the
+    compile process decides nothing, so it builds no list indexes for the
+    workers to throw away (each worker's `loads` checks and indexes it).
     """
     import time
 
     start = time.perf_counter()
     settings = parse_settings(document, fmt)
-    blob = dumps(compile_settings(settings, version=0, approved=approved))
+    blob = compile_blob(settings, version=0, approved=approved)
     as_json = None  # JSON pushed stays byte for byte (and is not sent back across the process boundary)
     if fmt == "msgpack" or (fmt is None and document.lstrip()[:1] not in (b"{", b"[")):
         as_json = json.dumps(settings.document, separators=(",", ":"), ensure_ascii=False, default=str).encode()

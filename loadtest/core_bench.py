@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 from pyroaring import BitMap64
 
-from engine import compile_settings, dumps, loads, micro_units, parse_settings
+from engine import compile_settings, dumps, loads, micro_units, parse_settings, roaring_bytes
 from engine.reference import Reference
-from engine.snapshot import roaring_bytes
 
 from .world import big_tenant, draw_numbers, instants_2026
 
@@ -265,7 +264,7 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 def _core_bytes(values: np.ndarray) -> int:
     """Everything the core holds for a list: the roaring bytes and both derived indexes."""
-    from engine._core import roaring_index
+    from engine import roaring_index
     data = roaring_bytes(values)
     table, filt = roaring_index(data)
     return data.nbytes + table.nbytes + filt.nbytes

@@ -48,8 +48,9 @@ from typing import Any
 import grpc
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
+from engine import micro_units
 
-from .server_bench import EXAMPLE, ServeProcess
+from .process import EXAMPLE, ServeProcess
 
 EV = decisions_pb2.CallEventRequest
 TENANT = "acme"
@@ -70,12 +71,6 @@ class Acked:
     def failed(self, exc: grpc.RpcError) -> None:
         with self.lock:
             self.statuses[exc.code().name] += 1
-
-
-def micro(text: str) -> int:
-    units, _, cents = text.partition(".")
-    sign = -1 if units.startswith("-") else 1
-    return sign * (abs(int(units)) * 1_000_000 + int((cents + "000000")[:6]))
 
 
 def retried(acked: Acked, stop: threading.Event, fn: Any, attempts: int = 40) -> Any:
@@ -147,7 +142,7 @@ def lanes(address: str, acked: Acked, stop: threading.Event, rng: random.Random)
                     break
                 if kind == EV.ENDED:
                     with acked.lock:
-                        acked.ended[call_id] = micro(reply.charge)
+                        acked.ended[call_id] = micro_units(reply.charge)
 
     def credits() -> None:
         admin = admin_pb2_grpc.AdminStub(channel())
@@ -159,7 +154,7 @@ def lanes(address: str, acked: Acked, stop: threading.Event, rng: random.Random)
             reply = retried(acked, stop, functools.partial(admin.Credit, credit, timeout=30))
             if reply is not None:
                 with acked.lock:
-                    acked.credits[reference] = micro("0.50")
+                    acked.credits[reference] = micro_units("0.50")
             time.sleep(rng.uniform(0.1, 0.5))
 
     workers = [threading.Thread(target=pushes, name="pushes"), threading.Thread(target=patches, name="patches"),

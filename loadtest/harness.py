@@ -8,7 +8,7 @@
     python -m loadtest --compare-bare                    # the same load against a bare grpcio server too
     python -m loadtest --target HOST:PORT --server-pid PID   # a server you started (loopback by default)
 
-World.  `loadtest.scenario` builds N tenants from a seed: numbers in five
+World.  `loadtest.world` builds N tenants from a seed: numbers in five
 countries and their time zones with weekly schedules and holidays, some
 needing documents (never approved during a run), blacklists and off-hours
 blacklists of the sizes asked, users with caller IDs, queue groups, rates.
@@ -54,15 +54,15 @@ import grpc
 import numpy as np
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2
-from engine import codes
-from engine._core import INBOUND_DTYPE
+from engine import INBOUND_DTYPE, codes
 from server.client import open_channel, upload_messages
 
-from . import report, scenario
-from .bare_server import BareServer
-from .grpc_bench import METHODS, LoadSpec, RunResult, run_load
-from .grpc_bench import batch_message as grpc_batch_message
-from .server_bench import ServeProcess
+from . import fleet, report
+from .loadgen import METHODS, LoadSpec, RunResult, run_load
+from .loadgen import batch_message as grpc_batch_message
+from .plan import MixSpec, Planned, check_reply, describe, plan, request_message, rpc_method, summary
+from .process import BareServer, ServeProcess
+from .world import World, WorldSpec, build_world
 
 OPENING_REFERENCE = "loadtest-opening"
 BATCH_WIDTH = 16
@@ -76,7 +76,7 @@ def say(text: str) -> None:
 
 # -- the world on the server ----------------------------------------------------------------------
 
-def push_world(address: str, world: scenario.World, timeout_s: float = 120.0, tls_ca: bytes | None = None,
+def push_world(address: str, world: World, timeout_s: float = 120.0, tls_ca: bytes | None = None,
                token: str = "") -> dict[str, int]:
     """Push every tenant (unless the server has the very same document in force) and credit its opening
     balance once; returns tenant -> version in force."""
@@ -102,17 +102,17 @@ def push_world(address: str, world: scenario.World, timeout_s: float = 120.0, tl
     return versions
 
 
-def wait_until_right(address: str, plans: Sequence[scenario.Planned], versions: dict[str, int],
+def wait_until_right(address: str, plans: Sequence[Planned], versions: dict[str, int],
                      timeout_s: float = 10.0, tls_ca: bytes | None = None, token: str = "") -> None:
     """Workers read balances from the store a few times a second: wait until probes answer as expected."""
     probes = [p for p in plans if p.kind == "outbound"][:5] + [p for p in plans if p.kind == "inbound"][:5]
     deadline = time.monotonic() + timeout_s
     with open_channel(address, tls_ca, token) as channel:
-        calls = {m: channel.unary_unary(m) for m in {scenario.rpc_method(p) for p in probes}}
+        calls = {m: channel.unary_unary(m) for m in {rpc_method(p) for p in probes}}
         while True:
             wrong = [why for p in probes
-                     if (why := scenario.check_reply(p, calls[scenario.rpc_method(p)](
-                         scenario.request_message(p), timeout=10), version=versions[p.tenant])) is not None]
+                     if (why := check_reply(p, calls[rpc_method(p)](
+                         request_message(p), timeout=10), version=versions[p.tenant])) is not None]
             if not wrong or time.monotonic() > deadline:
                 return
             time.sleep(0.1)
@@ -121,22 +121,22 @@ def wait_until_right(address: str, plans: Sequence[scenario.Planned], versions: 
 # -- requests and checks ----------------------------------------------------------------------------
 
 # What the client processes get for each request: the plan and the settings version its answer must echo.
-Item = tuple[scenario.Planned, int]
+Item = tuple[Planned, int]
 
 
 def check_item(item: Item, reply: bytes) -> str | None:
-    return scenario.check_reply(item[0], reply, version=item[1])
+    return check_reply(item[0], reply, version=item[1])
 
 
 def describe_item(item: Item) -> str:
-    return scenario.describe(item[0])
+    return describe(item[0])
 
 
 def describe_batch(batch: BatchItem) -> str:
     return f"batch of {len(batch.items)} inbound for {batch.items[0][0].tenant}"
 
 
-def batch_message(plans: Sequence[scenario.Planned]) -> bytes:
+def batch_message(plans: Sequence[Planned]) -> bytes:
     return grpc_batch_message(plans[0].tenant, [(p.a, p.b, p.at) for p in plans], BATCH_WIDTH).SerializeToString()
 
 
@@ -179,7 +179,7 @@ def check_batch(batch: BatchItem, reply: bytes) -> str | None:
         got = (int(row["verdict"]), int(row["reason"]), int(row["sip"]),
                f"+{int(row['target'])}" if row["target"] else "")
         expected = (p.expected.verdict, p.expected.reason, p.expected.sip_status, p.expected.target)
-        wrong.append(f"row {i} ({scenario.describe(p)}): got {_names(got)}, expected {_names(expected)}")
+        wrong.append(f"row {i} ({describe(p)}): got {_names(got)}, expected {_names(expected)}")
     return "; ".join(wrong) + (f" (+{len(bad) - 3} more rows)" if len(bad) > 3 else "")
 
 
@@ -189,18 +189,18 @@ def _names(v: tuple[int, int, int, str]) -> str:
     return f"{verdict} {reason} {v[2]}" + (f" {v[3]}" if v[3] else "")
 
 
-def unary_spec(target: str, plans: Sequence[scenario.Planned], versions: dict[str, int] | None) -> dict[str, Any]:
+def unary_spec(target: str, plans: Sequence[Planned], versions: dict[str, int] | None) -> dict[str, Any]:
     """LoadSpec fields for unary calls; with `versions` (tenant -> version in force) every reply is checked."""
-    methods = sorted({scenario.rpc_method(p) for p in plans})
+    methods = sorted({rpc_method(p) for p in plans})
     return {"target": target, "method": methods[0], "methods": methods,
-            "method_of": [methods.index(scenario.rpc_method(p)) for p in plans],
-            "payloads": [scenario.request_message(p) for p in plans], "items_per_call": 1,
+            "method_of": [methods.index(rpc_method(p)) for p in plans],
+            "payloads": [request_message(p) for p in plans], "items_per_call": 1,
             "check": check_item if versions else None,
             "expectations": [(p, versions[p.tenant]) for p in plans] if versions else None,
             "describe": describe_item}
 
 
-def stream_spec(target: str, plans: Sequence[scenario.Planned], versions: dict[str, int] | None
+def stream_spec(target: str, plans: Sequence[Planned], versions: dict[str, int] | None
                 ) -> dict[str, Any]:
     """LoadSpec fields for pipelining over Stream: the same requests inside StreamRequests."""
     fields = unary_spec(target, plans, versions)
@@ -215,7 +215,7 @@ def stream_spec(target: str, plans: Sequence[scenario.Planned], versions: dict[s
     return fields
 
 
-def batch_spec(target: str, plans: Sequence[scenario.Planned], size: int, versions: dict[str, int] | None
+def batch_spec(target: str, plans: Sequence[Planned], size: int, versions: dict[str, int] | None
                ) -> dict[str, Any]:
     by_tenant: dict[str, list[Item]] = {}
     for p in plans:
@@ -268,12 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "per connection, DecideBatch of inbound rows, or whole call lifecycles (RINGING, "
                          "ANSWERED or a colleague's pickup, ENDED; closed loop: loadtest.lifecycle_bench --pickups)")
     ld.add_argument("--batch-size", type=int, default=1000)
-    ld.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
-    ld.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring (default 1)")
+    fleet.add_arguments(ld, duration=10.0, procs=1, channels=2, timeout=5.0)
     ld.add_argument("--max-requests", type=int, default=1_000_000, help="measured calls at most")
-    ld.add_argument("--procs", type=int, default=1, help="client processes (default 1)")
-    ld.add_argument("--channels", type=int, default=2, help="connections per client process (default 2)")
-    ld.add_argument("--timeout", type=float, default=5.0, help="per-call deadline, s (default 5)")
     ld.add_argument("--max-inflight", type=int, default=10_000, help="open loop: calls outstanding per process")
     t = p.add_argument_group("target")
     t.add_argument("--target", metavar="HOST:PORT", help="a running server (default: start one on 127.0.0.1)")
@@ -330,18 +326,17 @@ def load_spec(fields: dict[str, Any], args: argparse.Namespace, tls_ca: bytes | 
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    world = scenario.build_world(scenario.WorldSpec(
+    world = build_world(WorldSpec(
         seed=args.seed, tenants=args.tenants, numbers_per_tenant=args.numbers, blacklist=args.blacklist,
         offhours_blacklist=args.offhours_blacklist, users_per_tenant=args.users))
-    mix = scenario.MixSpec(inbound=args.inbound, blacklisted=args.blacklisted, offhours_listed=args.offhours_listed,
-                           documents_pending=args.documents_pending, unknown_called=args.unknown,
-                           anonymous=args.anonymous)
-    plans = scenario.plan(world, mix, args.requests, args.seed)
+    mix = MixSpec(inbound=args.inbound, blacklisted=args.blacklisted, offhours_listed=args.offhours_listed,
+                  documents_pending=args.documents_pending, unknown_called=args.unknown, anonymous=args.anonymous)
+    plans = plan(world, mix, args.requests, args.seed)
     if args.rpc == "batch":
         plans = [p for p in plans if p.kind == "inbound"]
     say(f"world: {len(world.tenants)} tenants, {args.numbers} numbers, {args.blacklist:,}-entry blacklists each; "
         f"{len(plans):,} planned requests with their expected answers in {time.monotonic() - t0:.1f} s")
-    say("plan: " + ", ".join(f"{k} {v:,}" for k, v in scenario.summary(plans).items()))
+    say("plan: " + ", ".join(f"{k} {v:,}" for k, v in summary(plans).items()))
     load = f"open loop {args.open_loop:,.0f}/s" if args.open_loop is not None else f"closed loop {args.closed_loop}"
     rpc = {"batch": "DecideBatch", "stream": "Inbound/Outbound on Stream"}.get(args.rpc, "Inbound/Outbound")
     title = f"{rpc} {load}, {len(world.tenants)} tenants"
@@ -394,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
     for line in report.verdict_lines(results):
         print(line)
     meta = {"argv": sys.argv[1:], "title": title, "world": dataclasses.asdict(world.spec),
-            "mix": dataclasses.asdict(mix), "plan": scenario.summary(plans)}
+            "mix": dataclasses.asdict(mix), "plan": summary(plans)}
     if args.json:
         report.write_json(args.json, results, meta)
         say(f"figures written to {args.json}")

@@ -77,7 +77,7 @@ Verification (exit code 1 if any check fails; every check is listed):
     direction, so outbound calls answered by u3 get a lead too);
   - the server it started logged no warning or error.
 
-Report: a progress line every second on stderr (calls done, calls/s), then
+Report: a progress bar on stderr (calls done, calls/s, failed calls), then
 the table, the checks, and a PASS/FAIL line of the calls/s figure against
 `--target-rate` (500).  Missing the rate is not an error (exit 0) unless
 `--require-rate`; `--json FILE` writes every figure.  On the 2-core
@@ -88,23 +88,18 @@ machine the client shares the CPU with the server: the table shows both
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
 import random
-import resource
 import shlex
 import shutil
-import signal
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
-import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -113,41 +108,24 @@ from typing import Any
 import grpc
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
+from engine import micro_units
 
-from .grpc_bench import CHANNEL_OPTIONS, START_DELAY_NS, _wait_messages, share, spawn_clients, start_signals
-from .server_bench import EXAMPLE, CpuMeter, ServeProcess, _terminate
-from .stats import RunRecorder, SampleBuffer, format_table, merge_all
+from . import fleet
+from .lifecycle_calls import INBOUND, KINDS, OUTBOUND, PICKUP_GROUPS, Spec, figures_of, pair, run_clients
+from .process import EXAMPLE, ServeProcess, sigterm_unwinds
+from .report import Progress, TargetResult, save_json, write_png
+from .stats import RunRecorder, format_table, merge_all
 
-KINDS = ("RINGING", "PICKUP", "ANSWERED", "ENDED")
-Event = decisions_pb2.CallEventRequest
 BASE_AGO_S = 60  # calls ring a minute before the run starts: the server bounds event instants by its clock
-ANSWER_AFTER_S = 3
-INBOUND = {"ringing_user": "u1", "answer_user": "u2", "called": "+14155550199"}
-OUTBOUND = {"ringing_user": "u3", "answer_user": "u3", "called": "+15551230000"}
 RATE, INCREMENT_S = Decimal("0.0200"), 60  # acme's line rent-1, prefix "1": what bills +15551230000
 CREDIT_REFERENCE = "bench-opening"
-MICRO = 1_000_000
 
-
-# -- what the calls should cost -------------------------------------------------------------------
 
 def expected_charge(talk_s: int) -> str:
     """The outbound charge worked out here, independently of server/billing.py: whole increments, cents half-up."""
     increments = math.ceil(talk_s / INCREMENT_S) if talk_s > 0 else 0
     exact = RATE * INCREMENT_S / 60 * increments
     return str(exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
-
-
-def to_micro(amount: str) -> int:
-    return int(Decimal(amount) * MICRO)
-
-
-PICKUP_GROUPS = 256  # pairs of users, one pair per lane (lanes beyond reuse pairs and skip the pickups)
-
-
-def pair(lane: int) -> tuple[str, str]:
-    """The lane's own queue group of two: a call rings at the first, the second picks it up."""
-    return f"pa{lane}", f"pb{lane}"
 
 
 def bench_document(tenant: str) -> bytes:
@@ -162,27 +140,6 @@ def bench_document(tenant: str) -> bytes:
         a, b = pair(lane)
         doc["queue_groups"].append({"id": f"pick{lane}", "members": [a, b]})
     return json.dumps(doc).encode()
-
-
-# -- the server -----------------------------------------------------------------------------------
-
-def filesystem_type(path: Path) -> str:
-    """Type of the filesystem holding `path` (the longest mount point above it in /proc/mounts)."""
-    best, kind = "", "unknown"
-    resolved = str(path.resolve())
-    try:
-        lines = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return kind
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        mount = fields[1].replace("\\040", " ")
-        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) > len(best):
-            best, kind = mount, fields[2]
-    return kind
 
 
 def admin_setup(address: str, tenant: str, push: bool, credit: str | None, timeout_s: float) -> dict[str, Any]:
@@ -202,326 +159,6 @@ def admin_setup(address: str, tenant: str, push: bool, credit: str | None, timeo
         out["balance"] = admin.GetBalance(admin_pb2.BalanceRequest(tenant=tenant), timeout=timeout_s).balance
     return out
 
-
-# -- the load: lanes of whole calls ---------------------------------------------------------------
-
-@dataclass
-class Spec:
-    """Everything a client process needs (pickled to it)."""
-
-    target: str
-    tenant: str
-    run_id: str
-    lanes: int
-    procs: int
-    channels: int
-    warmup_s: float
-    duration_s: float
-    max_calls: int  # measured calls, in total
-    timeout_s: float
-    base_at: int
-    talk_s: int
-    charge: str  # what an outbound call must cost
-    samples: int  # ENDED (request, reply) kept per process for the replay check
-    seed: int
-    pickups: bool = False  # every second inbound call is picked up by the lane's colleague instead of answered
-
-
-def _code_name(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return exc.code().name
-    return f"EXCEPTION_{type(exc).__name__}"
-
-
-class Client:
-    """The lanes of one client process, in one asyncio loop."""
-
-    def __init__(self, spec: Spec, index: int, progress: Callable[[int], None]) -> None:
-        self.spec, self.index, self.progress = spec, index, progress
-        self.cap = share(spec.max_calls, spec.procs, index)
-        self.events = {k: RunRecorder() for k in KINDS}
-        self.event_lat = {k: SampleBuffer(self.events[k].latency) for k in KINDS}
-        self.calls = RunRecorder()
-        self.call_lat = SampleBuffer(self.calls.latency)
-        self.started = 0  # calls started, warm-up included (numbers the call ids)
-        self.measured_started = 0
-        self.done = 0  # calls finished, warm-up included, OK or not
-        self.completed: dict[str, list[str]] = {"inbound": [], "outbound": []}  # three events OK
-        self.failed: list[str] = []
-        self.lead_replies: dict[str, list[str]] = {"inbound": [], "outbound": []}  # ANSWERED said create_lead
-        self.wrong = 0
-        self.wrong_examples: list[str] = []
-        self.samples: list[tuple[str, str, bytes, bytes]] = []  # (call id, direction, ENDED request, reply)
-        self.rng = random.Random(spec.seed * 1000 + index)
-        self.stubs: list[decisions_pb2_grpc.DecisionsStub] = []
-        self.set_start(0)
-
-    def set_start(self, t0_ns: int) -> None:
-        self.t0_ns = t0_ns
-        self.measure_ns = t0_ns + int(self.spec.warmup_s * 1e9)
-        self.end_ns = self.measure_ns + int(self.spec.duration_s * 1e9)
-
-    def _wrong(self, call_id: str, kind: str, why: str, reply: decisions_pb2.CallEventReply) -> None:
-        self.wrong += 1
-        if len(self.wrong_examples) < 10:
-            shown = str(reply).replace("\n", " ").strip()
-            self.wrong_examples.append(f"{call_id} {kind}: {why} (reply: {shown})")
-
-    async def _event(self, stub: decisions_pb2_grpc.DecisionsStub, req: decisions_pb2.CallEventRequest,
-                     kind: str, measured: bool) -> decisions_pb2.CallEventReply | None:
-        t0 = time.monotonic_ns()
-        reply: decisions_pb2.CallEventReply | None = None
-        try:
-            reply = await stub.CallEvent(req, timeout=self.spec.timeout_s)
-            code = "OK"
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # any failure is counted by its status, the lane goes on
-            code = _code_name(exc)
-        t1 = time.monotonic_ns()
-        if measured:
-            rec = self.events[kind]
-            rec.add_outcome(code)
-            rec.window(t0, t1)
-            self.event_lat[kind].add(t1 - t0)
-        return reply
-
-    async def _pickup(self, stub: decisions_pb2_grpc.DecisionsStub, user: str, at: int, measured: bool
-                      ) -> decisions_pb2.Decision | None:
-        t0 = time.monotonic_ns()
-        reply: decisions_pb2.Decision | None = None
-        try:
-            reply = await stub.Pickup(decisions_pb2.PickupRequest(tenant=self.spec.tenant, user=user, dialed="*8",
-                                                                  at=at), timeout=self.spec.timeout_s)
-            code = "OK"
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            code = _code_name(exc)
-        t1 = time.monotonic_ns()
-        if measured:
-            rec = self.events["PICKUP"]
-            rec.add_outcome(code)
-            rec.window(t0, t1)
-            self.event_lat["PICKUP"].add(t1 - t0)
-        return reply
-
-    async def one_call(self, stub: decisions_pb2_grpc.DecisionsStub, lane: int = -1) -> None:
-        spec = self.spec
-        n = self.started
-        self.started += 1
-        start = time.monotonic_ns()
-        measured = start >= self.measure_ns
-        if measured:
-            self.measured_started += 1
-        call_id = f"{spec.run_id}-{self.index}-{n}"
-        direction = "outbound" if n % 2 else "inbound"
-        who = OUTBOUND if n % 2 else INBOUND
-        picked = spec.pickups and direction == "inbound" and n % 4 == 2 and 0 <= lane < PICKUP_GROUPS
-        if picked:  # rings at the lane's first user; its colleague dials *8
-            a, b = pair(lane)
-            who = {"ringing_user": a, "answer_user": b, "called": INBOUND["called"]}
-        ring_at = spec.base_at
-        answer_at = ring_at + ANSWER_AFTER_S
-        end_at = answer_at + spec.talk_s
-        if direction == "inbound":
-            ringing = Event(tenant=spec.tenant, call_id=call_id, kind=Event.RINGING, user=who["ringing_user"],
-                           at=ring_at, caller=f"+1212555{n % 10000:04d}", called=who["called"])
-        else:
-            ringing = Event(tenant=spec.tenant, call_id=call_id, kind=Event.RINGING, user=who["ringing_user"],
-                           at=ring_at, direction="outbound", called=who["called"])
-        ok = True
-        r = await self._event(stub, ringing, "RINGING", measured)
-        if r is None:
-            ok = False
-        else:
-            if r.state != "ringing" or r.call_id != call_id:
-                self._wrong(call_id, "RINGING", "state is not ringing", r)
-            # an outbound call holds credit from its RINGING: the bench's credit covers every call's talk
-            if direction == "outbound" and r.max_duration_s < spec.talk_s:
-                self._wrong(call_id, "RINGING", f"the hold covers {r.max_duration_s} s, less than the "
-                                                f"{spec.talk_s} s the call talks", r)
-            if picked:
-                d = await self._pickup(stub, who["answer_user"], answer_at, measured)
-                if d is None:
-                    ok = False
-                elif d.verdict != decisions_pb2.INTERCEPT or d.call_id != call_id:
-                    self.wrong += 1
-                    if len(self.wrong_examples) < 10:
-                        self.wrong_examples.append(f"{call_id} PICKUP by {who['answer_user']}: want INTERCEPT of "
-                                                   f"this call, got {str(d).strip()!r}")
-            answered = Event(tenant=spec.tenant, call_id=call_id, kind=Event.ANSWERED, user=who["answer_user"],
-                            at=answer_at)
-            r = await self._event(stub, answered, "ANSWERED", measured)
-            if r is None:
-                ok = False  # still end it: a proxy would, and the call must not stay open in the store
-            else:
-                if r.state != "answered":
-                    self._wrong(call_id, "ANSWERED", "state is not answered", r)
-                if direction == "inbound" and not (r.create_lead and r.lead_responsible == who["answer_user"]):
-                    self._wrong(call_id, "ANSWERED", f"no lead for {who['answer_user']} (lead_trigger on_answer)", r)
-                if r.create_lead:
-                    if r.lead_responsible != who["answer_user"]:
-                        self._wrong(call_id, "ANSWERED", f"lead responsible is not {who['answer_user']}", r)
-                    self.lead_replies[direction].append(call_id)
-            ended = Event(tenant=spec.tenant, call_id=call_id, kind=Event.ENDED, at=end_at)
-            r = await self._event(stub, ended, "ENDED", measured)
-            if r is None:
-                ok = False
-            else:
-                want = spec.charge if direction == "outbound" else "0.00"
-                if r.state != "ended" or r.charge != want or r.talked_seconds != spec.talk_s:
-                    self._wrong(call_id, "ENDED", f"want state ended, charge {want}, talked {spec.talk_s} s", r)
-                if ok:
-                    self._sample(call_id, direction, ended, r)
-        end = time.monotonic_ns()
-        if ok:
-            self.completed[direction].append(call_id)
-        else:
-            self.failed.append(call_id)
-        if measured:
-            self.calls.add_outcome("OK" if ok else "FAILED")
-            self.calls.window(start, end)
-            self.calls.timeline.add(start, end - start)
-            self.call_lat.add(end - start)
-        self.done += 1
-        self.progress(self.done)
-
-    def _sample(self, call_id: str, direction: str, req: decisions_pb2.CallEventRequest,
-                reply: decisions_pb2.CallEventReply) -> None:
-        """Reservoir sampling: every completed call equally likely to be replayed."""
-        seen = len(self.completed["inbound"]) + len(self.completed["outbound"]) + 1
-        item = (call_id, direction, req.SerializeToString(), reply.SerializeToString())
-        if len(self.samples) < self.spec.samples:
-            self.samples.append(item)
-        else:
-            j = self.rng.randrange(seen)
-            if j < self.spec.samples:
-                self.samples[j] = item
-
-    async def lane(self, k: int) -> None:
-        stub = self.stubs[k % len(self.stubs)]
-        lane = self.index + k * self.spec.procs  # unique over the processes: the lane's own pickup group
-        while True:
-            now = time.monotonic_ns()
-            if now >= self.end_ns or (now >= self.measure_ns and self.measured_started >= self.cap):
-                return
-            await self.one_call(stub, lane)
-
-    async def run(self, ready: Callable[[], None], wait_start: Callable[[], int]) -> dict[str, Any]:
-        spec = self.spec
-        channels = [grpc.aio.insecure_channel(spec.target, options=CHANNEL_OPTIONS) for _ in range(spec.channels)]
-        try:
-            await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), 15.0)
-            self.stubs = [decisions_pb2_grpc.DecisionsStub(ch) for ch in channels]
-            ready()
-            self.set_start(await asyncio.get_running_loop().run_in_executor(None, wait_start))
-            await asyncio.sleep(max(self.t0_ns - time.monotonic_ns(), 0) / 1e9)
-            ru0 = resource.getrusage(resource.RUSAGE_SELF)
-            wall0 = time.monotonic_ns()
-            await asyncio.gather(*(self.lane(k) for k in range(share(spec.lanes, spec.procs, self.index))))
-            wall1 = time.monotonic_ns()
-            ru1 = resource.getrusage(resource.RUSAGE_SELF)
-        finally:
-            for ch in channels:
-                await ch.close()
-        for buf in (*self.event_lat.values(), self.call_lat):
-            buf.flush()
-        return {
-            "index": self.index,
-            "events": {k: rec.to_dict() for k, rec in self.events.items()},
-            "calls": self.calls.to_dict(),
-            "started": self.started, "done": self.done,
-            "completed": self.completed, "failed": self.failed, "lead_replies": self.lead_replies,
-            "wrong": self.wrong, "wrong_examples": self.wrong_examples, "samples": self.samples,
-            "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
-            "wall_s": (wall1 - wall0) / 1e9,
-        }
-
-
-def _client_main(spec: Spec, index: int, msgs: Any, start_event: Any, start_at: Any, progress: Any) -> None:
-    """Entry point of a spawned client process: connect, say ready, wait for the common start, load, report."""
-    ready, wait_start = start_signals(msgs, index, start_event, start_at)
-
-    def tick(done: int) -> None:
-        progress[index] = done  # shared memory without a lock: one writer per slot, read for display only
-
-    try:
-        msgs.put(("result", index, asyncio.run(Client(spec, index, tick).run(ready, wait_start))))
-    except BaseException:
-        msgs.put(("error", index, traceback.format_exc()))
-
-
-class Progress:
-    """A line on stderr every second: calls finished so far and the rate over the last second."""
-
-    def __init__(self, counts: Sequence[int], interval_s: float = 1.0) -> None:
-        self.counts, self.interval_s = counts, interval_s
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
-
-    def _run(self) -> None:
-        t0 = last_t = time.monotonic()
-        last = 0
-        while not self.stop.wait(self.interval_s):
-            now, done = time.monotonic(), sum(self.counts)
-            rate = (done - last) / (now - last_t) if now > last_t else 0.0
-            print(f"[{now - t0:5.1f}s] calls done {done:,}  ({rate:,.0f} calls/s)", file=sys.stderr, flush=True)
-            last, last_t = done, now
-
-    def __enter__(self) -> Progress:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(2.0)
-
-
-def run_clients(spec: Spec, server_pids: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The load: in this process with --procs 1, else in spawned client processes.
-
-    Returns their results and the CPU of the server and of the machine (CpuMeter) from the moment every
-    client is connected to the moment the last one reports: client start-up (a spawned process imports
-    grpc and numpy) must not count as load.
-    """
-    meter: list[CpuMeter] = []
-    if spec.procs == 1:
-        counts = [0]
-
-        def tick(done: int) -> None:
-            counts[0] = done
-
-        def start_now() -> int:  # one process: nobody to wait for, the load starts at once
-            meter.append(CpuMeter(server_pids))
-            return time.monotonic_ns()
-
-        with Progress(counts):
-            result = asyncio.run(Client(spec, 0, tick).run(lambda: None, start_now))
-        return [result], meter[0].read()
-    msgs, start_event, start_at, shared, procs = spawn_clients(_client_main, spec, spec.procs, 1, "lifecycle-bench")
-    results: dict[int, dict[str, Any]] = {}
-    try:
-        _wait_messages(msgs, procs, "ready", 60.0, {})
-        meter.append(CpuMeter(server_pids))
-        start_at.value = time.monotonic_ns() + START_DELAY_NS
-        start_event.set()
-        # each lane finishes the call it is in: up to three deadlines past the end
-        limit = START_DELAY_NS / 1e9 + spec.warmup_s + spec.duration_s + 3 * spec.timeout_s + 60.0
-        with Progress(shared):
-            _wait_messages(msgs, procs, "result", limit, results)
-        cpu = meter[0].read()
-    finally:
-        for p in procs:
-            p.join(10.0)
-            if p.is_alive():  # our own child, by its PID
-                p.terminate()
-                p.join(5.0)
-        msgs.close()
-    return [results[i] for i in sorted(results)], cpu
-
-
-# -- verification ---------------------------------------------------------------------------------
 
 @dataclass
 class Checks:
@@ -557,7 +194,7 @@ def store_checks(db: Path, tenant: str, run_id: str, completed: dict[str, list[s
                  leads_said: dict[str, list[str]], credit: str, charge: str, talk_s: int, checks: Checks) -> None:
     """The server's SQLite file (read-only), against what the replies said."""
     ours = f"{run_id}-%"  # run ids are hex and '-': no LIKE wildcard in them
-    charge_micro = to_micro(charge)
+    charge_micro = micro_units(charge)
     inbound, outbound = set(completed["inbound"]), set(completed["outbound"])
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
     try:
@@ -597,7 +234,7 @@ def store_checks(db: Path, tenant: str, run_id: str, completed: dict[str, list[s
                    f"held {row[1] if row else None}, open calls' holds {held}")
         total = int(conn.execute("SELECT COALESCE(SUM(amount_micro), 0) FROM ledger WHERE tenant = ?",
                                  (tenant,)).fetchone()[0])
-        want = to_micro(credit) - charge_micro * len(outbound)
+        want = micro_units(credit) - charge_micro * len(outbound)
         checks.add("accounts.balance_micro == SUM(ledger.amount_micro) == credit - charges",
                    balance == total == want, f"balance {balance}, ledger sum {total}, expected {want}")
 
@@ -619,27 +256,25 @@ def store_checks(db: Path, tenant: str, run_id: str, completed: dict[str, list[s
         conn.close()
 
 
-# -- figures and report ---------------------------------------------------------------------------
 
-def figures_of(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    events = {k: merge_all(RunRecorder.from_dict(p["events"][k]) for p in parts) for k in KINDS}
-    calls = merge_all(RunRecorder.from_dict(p["calls"]) for p in parts)
-    elapsed = calls.elapsed_s
-    errors = {f"{k}:{code}": n for k, rec in events.items() for code, n in rec.errors.items()}
-    lat = {k: rec.latency.summary() for k, rec in events.items()}
-    lat["call"] = calls.latency.summary()
-    ok_events = sum(rec.ok for rec in events.values())
-    return {
-        "calls_per_s": calls.ok / elapsed if elapsed > 0 else 0.0,
-        "events_per_s": ok_events / elapsed if elapsed > 0 else 0.0,
-        "measured_calls": calls.ok, "measured_failed": calls.completed - calls.ok, "elapsed_s": elapsed,
-        "calls_total": sum(p["done"] for p in parts),
-        "completed_inbound": sum(len(p["completed"]["inbound"]) for p in parts),
-        "completed_outbound": sum(len(p["completed"]["outbound"]) for p in parts),
-        "errors": errors, "latency_ms": lat,
-        "client_cpu_s": sum(p["cpu_s"] for p in parts),
-        "client_wall_s": max(p["wall_s"] for p in parts) if parts else 0.0,
-    }
+
+def filesystem_type(path: Path) -> str:
+    """Type of the filesystem holding `path` (the longest mount point above it in /proc/mounts)."""
+    best, kind = "", "unknown"
+    resolved = str(path.resolve())
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1].replace("\\040", " ")
+        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > len(best):
+            best, kind = mount, fields[2]
+    return kind
 
 
 def table(f: dict[str, Any]) -> str:
@@ -696,12 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the temporary data directory of the server the bench starts (its path is printed)")
     g = p.add_argument_group("load")
     g.add_argument("--calls", type=int, default=5000, help="measured calls at most, in total (default 5000)")
-    g.add_argument("--duration", type=float, default=15.0, help="measured seconds at most (default 15)")
-    g.add_argument("--warmup", type=float, default=1.0, help="seconds of calls before measuring (default 1)")
+    fleet.add_arguments(g, duration=15.0, procs=1, channels=4, timeout=10.0)  # one process: the load runs in this one
     g.add_argument("--lanes", type=int, default=32, help="concurrent lanes, each one call at a time (default 32)")
-    g.add_argument("--channels", type=int, default=4, help="gRPC connections per client process (default 4)")
-    g.add_argument("--procs", type=int, default=1, help="client processes (default 1: the load runs in this one)")
-    g.add_argument("--timeout", type=float, default=10.0, help="deadline of each event, seconds (default 10)")
     g.add_argument("--pickups", action="store_true",
                    help="every second inbound call is intercepted by the lane's colleague with the pickup code "
                         "(*8) instead of answered; the pickup must take exactly that call")
@@ -720,16 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is not threading.main_thread():
+    with sigterm_unwinds():  # SIGTERM unwinds: the server is stopped in a finally
         return _main(args)
-    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds: the server is stopped in a finally
-    try:
-        return _main(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
 
 def _main(args: argparse.Namespace) -> int:
     if args.lanes < 1 or args.channels < 1 or args.procs < 1 or args.lanes < args.procs:
@@ -770,7 +396,8 @@ def _main(args: argparse.Namespace) -> int:
         print(f"load: {spec.lanes} lanes, {spec.procs} client process(es) x {spec.channels} channel(s), "
               f"{spec.warmup_s:g} s warm-up + {spec.duration_s:g} s or {spec.max_calls:,} calls; "
               f"calls {spec.run_id}-*", flush=True)
-        parts, cpu = run_clients(spec, [pid] if pid else [])
+        parts, cpu = run_clients(spec, [pid] if pid else [],
+                                 lambda poll: Progress(spec.warmup_s + spec.duration_s, poll))
         f = figures_of(parts)
         whole_calls = merge_all(RunRecorder.from_dict(p["calls"]) for p in parts)
         calls_total = f["calls_total"]
@@ -824,7 +451,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"verification: {'PASS' if checks.passed else 'FAIL'}")
         print(f"{'PASS' if met else 'FAIL'}: {f['calls_per_s']:,.0f} calls/s with one worker "
               f"(target >= {args.target_rate:,.0f} calls/s)")
-        out = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        out = {"config": vars(args),
                "spec": {k: v for k, v in asdict(spec).items()}, "server": {"address": address, "pid": pid,
                "command": server.command if server else None, "data_dir": tmp,
                "filesystem": filesystem_type(Path(tmp)) if tmp else None, "setup": setup},
@@ -842,12 +469,8 @@ def _main(args: argparse.Namespace) -> int:
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
-        print(f"figures written to {args.json}")
+        save_json(args.json, out)
     if args.png and whole_calls is not None:
-        from .report import TargetResult, write_png
-
         write_png(args.png, [TargetResult("whole calls", whole_calls)],
                   f"Whole calls (RINGING, ANSWERED or pickup, ENDED), {args.lanes} lanes")
         print(f"plot written to {args.png}")

@@ -265,6 +265,13 @@ def write_json(path: Path, results: list[TargetResult], meta: dict[str, Any]) ->
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
+def save_json(path: Path, data: Any) -> None:
+    """Write `data` as indented JSON (a value JSON has no type for, a path say, as its text) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"figures written to {path}")
+
+
 # -- PNG ----------------------------------------------------------------------------------------------
 
 NINES = ((1.0, "0%"), (2.0, "50%"), (10.0, "90%"), (100.0, "99%"), (1e3, "99.9%"), (1e4, "99.99%"),

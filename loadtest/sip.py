@@ -23,9 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from server.app import free_port
-
-from .stats import stop_process
+from .process import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 KAMAILIO_DIR = ROOT / "integrations" / "kamailio"
@@ -180,7 +178,6 @@ UAS_SCENARIOS = {
 </scenario>
 """),
 }
-UAS_SCENARIO = UAS_SCENARIOS["answer"]
 
 
 def free_sip_port() -> int:
@@ -224,8 +221,7 @@ class Uas:
         time.sleep(0.3)
 
     def received(self) -> list[str]:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return re.findall(r"^(?:INVITE|BYE|ACK) sip:\S+", text, flags=re.MULTILINE)
+        return re.findall(r"^(?:INVITE|BYE|ACK) sip:\S+", self.messages(), flags=re.MULTILINE)
 
     def messages(self) -> str:
         """Everything the UAS logged (requests with their headers)."""

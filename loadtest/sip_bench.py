@@ -35,10 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server.app import free_port
-
 from . import sip
-from .server_bench import EXAMPLE, ServeProcess
+from .process import EXAMPLE, ServeProcess, free_port
+from .report import save_json
 
 OPEN = "+14155550199"
 
@@ -177,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                       for r in out["bounded"].values())
     print(f"bounded runs with zero failed calls: {'yes' if zero_failed else 'NO'}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        save_json(args.json, out)
     return 0 if zero_failed else 1
 
 

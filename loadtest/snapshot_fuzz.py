@@ -38,8 +38,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from engine import RingingCall, compile_settings, dumps, loads, parse_settings, with_documents
-from engine.snapshot import line_rate
+from engine import RingingCall, compile_settings, dumps, line_rate, loads, parse_settings, with_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 MONDAY_1030_LA = 1796149800 - 86400  # 2026-11-30T10:30:00-08:00

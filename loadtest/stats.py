@@ -13,22 +13,20 @@ outcome (gRPC status code names), the measured window, a `Timeline` (calls
 and worst latency per 100 ms of intended start, to see when a stall
 happened), and merging.
 
-`proc_cpu_seconds(pid)` reads a process's user+system CPU from /proc, to
-charge server CPU per request.
+`format_table` puts the figures of several targets side by side, with their ratios.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .process import stop_process as stop_process  # tests/serving.py imports it from here
 
 PERCENTILES: tuple[float, ...] = (50.0, 90.0, 99.0, 99.9)
 
@@ -73,9 +71,6 @@ class Histogram:
         self.count += int(v.size)
         self.total += int(v.sum())
 
-    def record(self, value: int) -> None:
-        self.record_many(np.array([value], dtype=np.int64))
-
     # -- reading -----------------------------------------------------------------------------------
     def bucket_bounds(self, index: int) -> tuple[int, int]:
         """Lowest and highest value that land in bucket `index`."""
@@ -88,15 +83,7 @@ class Histogram:
     def percentile(self, q: float) -> int:
         """Value at percentile q (0..100): the highest value of the bucket holding that rank
         (as HdrHistogram reports it), clamped to the exact min and max."""
-        if self.count == 0:
-            return 0
-        if q <= 0:
-            return self.min
-        rank = max(1, math.ceil(q / 100.0 * self.count))
-        cumulative = np.cumsum(self.counts)
-        index = int(np.searchsorted(cumulative, rank, side="left"))
-        _, high = self.bucket_bounds(index)
-        return min(max(high, self.min), self.max)
+        return self.min if q <= 0 else self.percentiles((q,))[pname(q)]
 
     def percentiles(self, qs: Sequence[float] = PERCENTILES) -> dict[str, int]:
         if self.count == 0:
@@ -281,18 +268,6 @@ def merge_all(recorders: Iterable[RunRecorder]) -> RunRecorder:
     return out
 
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process `pid` (all its threads), from /proc; None if unreadable."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            text = f.read()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
-
-
 Row = tuple[str, str, Callable[[dict[str, Any]], Any], bool]
 
 
@@ -314,15 +289,3 @@ def format_table(figures: dict[str, dict[str, Any]], reference: str | None, rows
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in lines)
-
-
-def stop_process(proc: subprocess.Popen, timeout_s: float) -> int | None:
-    """SIGTERM a process we started, SIGKILL it after `timeout_s`; returns its exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5.0)
-    return proc.returncode

@@ -17,20 +17,20 @@ from hypothesis import strategies as st
 from pyroaring import BitMap64
 
 from engine import (
+    INBOUND_DTYPE,
     Engine,
     SettingsError,
     UnknownTenant,
-    _core,
     codes,
     compile_settings,
     dumps,
     loads,
     micro_units,
+    parse_roaring64,
     parse_settings,
+    roaring_bytes,
     with_documents,
 )
-from engine._core import parse_roaring64
-from engine.snapshot import roaring_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = json.loads((ROOT / "examples" / "acme.json").read_text())
@@ -148,7 +148,7 @@ def test_inbound_batch_matches_single_calls():
     out = snap.inbound_batch(np.array([r[0].encode() for r in rows], dtype="S20"),
                              np.array([r[1].encode() for r in rows], dtype="S16"),
                              np.array([r[2] for r in rows], dtype=np.int64))
-    assert out.dtype == _core.INBOUND_DTYPE
+    assert out.dtype == INBOUND_DTYPE
     for i, (c, d, t) in enumerate(rows):
         single = snap.inbound(c, d, t).to_decision("inbound")
         assert codes.VERDICTS[out["verdict"][i]] == single.verdict

@@ -3,7 +3,8 @@
 The debug build (setup.py with CALLGATE_DEBUG=1, `make debug`) has Cython's
 bounds, wraparound and initialization checks on and is compiled `-O0 -g
 -Wall -Werror`, into build/debug/engine (the in-place build is left alone).
-It is built once (setuptools rebuilds only when engine/_core.pyx changed),
+It is built once (cythonize rebuilds only when the core's sources changed:
+engine/_core.pyx, its contract _core.pxd and its _core_*.pxi sections),
 next to a copy of the engine package's Python modules; then pytest runs
 tests/test_core.py and tests/test_snapshot_fuzz.py in a subprocess whose
 `engine` is that copy (--import-mode=append keeps the repository's own
@@ -47,7 +48,8 @@ def run_in(tree: Path, *args: str, examples: str = "1000", timeout: float = 300)
 
 def test_the_debug_module_is_the_one_imported(debug_tree: Path) -> None:
     out = run_in(debug_tree, "-c",
-                 "import engine, engine._core as c; print(c.DEBUG_BUILD, c.__file__, engine.__file__)")
+                 "import inspect, engine; "
+                 "print(engine.DEBUG_BUILD, inspect.getfile(engine.CoreSnapshot), engine.__file__)")
     assert out.returncode == 0, out.stderr
     flag, core, package = out.stdout.split()
     assert flag == "True"

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from callgate.v1 import decisions_pb2
-from loadtest import grpc_bench, h2load
-from loadtest.bare_server import BareServer
+from loadtest import grpc_bench, loadgen
+from loadtest.process import BareServer
 from loadtest.stats import Histogram
 
 ORDER = ("min", "p50", "p90", "p99", "p99.9", "max")
@@ -69,7 +69,7 @@ def test_batch_closed_loop(bare: BareServer, tmp_path: Path, capsys: pytest.Capt
 
 
 def test_batch_columns() -> None:
-    msg = grpc_bench.batch_message("acme", [("+1415", "+1999", 7), ("x", "y", -1)], 16)
+    msg = loadgen.batch_message("acme", [("+1415", "+1999", 7), ("x", "y", -1)], 16)
     assert msg.count == 2 and msg.width == 16
     assert msg.a == b"+1415" + b"\0" * 11 + b"x" + b"\0" * 15
     assert msg.at == (7).to_bytes(8, "little") + (-1).to_bytes(8, "little", signed=True)
@@ -99,20 +99,20 @@ req/s           :     993.21      999.78      996.45        2.73    50.00%
 
 
 def test_h2load_parsing_and_framing() -> None:
-    f = h2load.parse_output(H2LOAD_SAMPLE)
+    f = loadgen.parse_output(H2LOAD_SAMPLE)
     assert f["req_per_s"] == pytest.approx(3942.94)
     assert f["requests"]["succeeded"] == 2000 and f["requests"]["failed"] == 0
     assert f["request_us"]["min"] == pytest.approx(380) and f["request_us"]["max"] == pytest.approx(17220)
     assert f["traffic_bytes"]["data"] == 112000
-    assert h2load.grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
+    assert loadgen.grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
 
 
-@pytest.mark.skipif(h2load.h2load_path() is None, reason=h2load.INSTALL_HINT)
+@pytest.mark.skipif(loadgen.h2load_path() is None, reason=loadgen.INSTALL_HINT)
 def test_h2load_run(bare: BareServer) -> None:
     message = decisions_pb2.InboundRequest(tenant="acme", caller="+14155551234", called="+14155550199",
                                            at=1764613800).SerializeToString()
-    reply = h2load.probe_reply(bare.address, grpc_bench.METHODS["inbound"], message)
-    f = h2load.run_h2load(bare.address, message, n=500, c=2, m=4, t=1, timeout_s=30,
+    reply = loadgen.probe_reply(bare.address, loadgen.METHODS["inbound"], message)
+    f = loadgen.run_h2load(bare.address, message, n=500, c=2, m=4, t=1, timeout_s=30,
                           server_pid=bare.pid, reply_size=len(reply))
     print(f)
     assert f["req_per_s"] > 0

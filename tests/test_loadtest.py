@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import harness, scenario
-from loadtest.bare_server import BareServer
+from loadtest import harness, world
+from loadtest.process import BareServer
 
 from .serving import ROOT
 
@@ -55,9 +55,9 @@ def test_lifecycles_with_pickups(capsys) -> None:
 
 def test_a_wrong_server_is_caught(capsys) -> None:
     """The bare server answers ROUTE or a fixed blacklist REJECT to everything: the checks must say so."""
-    world = scenario.build_world(scenario.WorldSpec(seed=1, tenants=2, numbers_per_tenant=20, blacklist=500,
-                                                    offhours_blacklist=100, users_per_tenant=6))
-    with BareServer("aio", extra=[a for t in world.tenants for a in ("--tenant", t.id)]) as bare:
+    tenants = world.build_world(world.WorldSpec(seed=1, tenants=2, numbers_per_tenant=20, blacklist=500,
+                                                offhours_blacklist=100, users_per_tenant=6))
+    with BareServer("aio", extra=[a for t in tenants.tenants for a in ("--tenant", t.id)]) as bare:
         code = harness.main([*SMALL, "--target", bare.address, "--no-push", "--open-loop", "300",
                              "--duration", "1"])
     printed = capsys.readouterr()

@@ -1,4 +1,4 @@
-"""The load test's world and plan (loadtest.scenario): valid documents, right expectations.
+"""The load test's world and plan (loadtest.world, loadtest.plan): valid documents, right expectations.
 
 The expectations come from the pure-Python reference; the proof that they
 are right is that the compiled core, which the server runs, gives the same
@@ -23,7 +23,7 @@ from engine.decision import Decision
 from engine.engine import Engine
 from engine.reference import is_off_hours
 from engine.settings import SettingsError, parse_settings
-from loadtest.scenario import (
+from loadtest.plan import (
     CATEGORIES,
     INBOUND_METHOD,
     MAX_TEXT,
@@ -31,10 +31,7 @@ from loadtest.scenario import (
     Expected,
     MixSpec,
     Planned,
-    World,
-    WorldSpec,
     breakdown,
-    build_world,
     check_reply,
     describe,
     expected_from,
@@ -43,6 +40,7 @@ from loadtest.scenario import (
     rpc_method,
     summary,
 )
+from loadtest.world import World, WorldSpec, build_world
 from server.service import decision_message
 
 SMALL = WorldSpec(seed=7, tenants=3, numbers_per_tenant=30, blacklist=300, offhours_blacklist=60,

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from loadtest import h2load, server_bench
+from loadtest import loadgen, server_bench, server_sections
 
 
 def number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@pytest.mark.skipif(h2load.h2load_path() is None, reason=h2load.INSTALL_HINT)
+@pytest.mark.skipif(loadgen.h2load_path() is None, reason=loadgen.INSTALL_HINT)
 def test_quick_run_measures_every_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "server_bench.json"
     assert server_bench.main(["--quick", "--json", str(out)]) == 0
@@ -26,7 +26,7 @@ def test_quick_run_measures_every_section(tmp_path: Path, capsys: pytest.Capture
     data = json.loads(out.read_text())
     assert data["crashed"] == []
     s = data["sections"]
-    assert set(s) == set(server_bench.SECTIONS.values())
+    assert set(s) == set(server_sections.SECTIONS.values())
 
     # 1: open loop latency against one worker
     for key in ("low", "high"):
@@ -64,5 +64,5 @@ def test_quick_run_measures_every_section(tmp_path: Path, capsys: pytest.Capture
 
     # the summary: every row that has a target was judged
     rows = data["summary"]
-    assert {r["section"] for r in rows} == set(server_bench.SECTIONS)
+    assert {r["section"] for r in rows} == set(server_sections.SECTIONS)
     assert all(r["ok"] in (True, False) for r in rows if r["target"] and r["text"] is None)

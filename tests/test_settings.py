@@ -23,6 +23,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from engine import settings as S
+from engine import settings_decode
 from engine.settings import SettingsError, load_document, parse_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "acme.json"
@@ -703,12 +704,13 @@ def test_unknown_format_is_a_programming_error():
 
 
 def test_document_larger_than_the_limit(monkeypatch):
-    monkeypatch.setattr(S, "MAX_DOCUMENT_BYTES", 100)
+    assert S.MAX_DOCUMENT_BYTES == settings_decode.MAX_DOCUMENT_BYTES  # the decoder's limit, public here too
+    monkeypatch.setattr(settings_decode, "MAX_DOCUMENT_BYTES", 100)
     packed = msgpack.packb(ACME)
     assert errors_of(RAW) == [f"document: {len(RAW)} bytes is larger than the 100 byte limit"]
     assert errors_of(packed) == [f"document: {len(packed)} bytes is larger than the 100 byte limit"]
     assert errors_of(RAW.decode()) == [f"document: {len(RAW)} bytes is larger than the 100 byte limit"]
-    monkeypatch.setattr(S, "MAX_DOCUMENT_BYTES", len(RAW))
+    monkeypatch.setattr(settings_decode, "MAX_DOCUMENT_BYTES", len(RAW))
     assert parse_settings(RAW).tenant == "acme"  # exactly at the limit is fine
 
 
