@@ -15,7 +15,7 @@ Each request's expected answer is computed by `engine.reference.Reference`,
 the plain-Python statement of the rules, and never by the compiled core the
 server runs: a load test that took its expectations from the code under test
 would agree with any bug in it.  `expected_from` keeps exactly the fields
-that `server.service.decision_message` fills for that verdict, so
+that `server.rpc.service.decision_message` fills for that verdict, so
 `check_reply` compares what the server really sends, field by field.  The
 category says what was drawn, the reference says what that means: an
 off-hours-listed caller during working hours is routed, a call to a
@@ -96,7 +96,7 @@ class Expected:
 
 
 def expected_from(decision: Decision) -> Expected:
-    """The reply the server sends for this decision: the same fields `server.service.decision_message` sets.
+    """The reply the server sends for this decision: the same fields `server.rpc.service.decision_message` sets.
 
     Inbound ROUTE carries group and members, FORWARD target and line; outbound
     ALLOW carries caller ID, destination, line, rate, increment and duration;

@@ -351,6 +351,6 @@ def section_kill(w2: ServeProcess, plan: Plan, rep: Report) -> None:
     if left:
         rep.note(7, f"{len(left)} process(es) of the killed worker outlived it (reparented to init, still running "
                     f"seconds later) and were killed by the bench: {left}. Its compile process "
-                    "(server.service.Compiler, a spawn ProcessPoolExecutor) does not exit when its worker dies")
+                    "(server.rpc.service.Compiler, a spawn ProcessPoolExecutor) does not exit when its worker dies")
     rep.sections["kill"] = out
 

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server import store
-from server.cli import main
+from server.cli.main import main
+from server.store import sqlite as store
 
 CONTROL = Path(os.environ["CALLGATE_TEST_FAULTS"])
 FAULTS: dict[str, Callable[[], BaseException]] = {

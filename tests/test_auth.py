@@ -19,9 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
-from server import auth
 from server.client import upload_messages, with_token
-from server.store import SQLiteStore
+from server.rpc import auth
+from server.rules.tokens import new_token, token_id
+from server.store.sqlite import SQLiteStore
 
 from .serving import Server, example_doc, own_number
 
@@ -58,14 +59,14 @@ def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
     tokens: dict[str, str] = {}
 
     def token(name: str, role: str, tenants: list[str], expires: int = 0) -> None:
-        ident, secret, token_hash = auth.new_token()
+        ident, secret, token_hash = new_token()
         store.add_token(ident, token_hash, role, tenants, expires, name)
         tokens[name] = secret
 
     for name, role, expires in (("proxy", "proxy", 0), ("operator", "operator", 0), ("owner", "owner", 0),
                                 ("revoked", "owner", 0), ("expired", "owner", int(began) + 4)):
         token(name, role, [], expires)
-    store.revoke_token(auth.token_id(tokens["revoked"]) or "")
+    store.revoke_token(token_id(tokens["revoked"]) or "")
     srv = Server(data, "--auth", "tokens")
     try:
         owner = srv.channel()
@@ -149,7 +150,7 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
                                              timeout=10),
         "ListTokens": lambda: a.ListTokens(admin_pb2.ListTokensRequest(), timeout=10),
         "RevokeToken": lambda: a.RevokeToken(admin_pb2.RevokeTokenRequest(
-            id=auth.token_id(world["tokens"]["revoked"]) or ""), timeout=10),
+            id=token_id(world["tokens"]["revoked"]) or ""), timeout=10),
         "NumberOwner": lambda: a.NumberOwner(admin_pb2.NumberOwnerRequest(number=number(tenant)), timeout=10),
         "TransferNumber": transfer,
         "ExportFailover": lambda: a.ExportFailover(admin_pb2.ExportFailoverRequest(), timeout=10),
@@ -292,7 +293,7 @@ def test_admin_calls_are_audited_refusals_included(world) -> None:
     # every refusal keeps its real message, never the transport's "Locally aborted."
     refused = conn_rows(world["db"], "SELECT result, detail, object, tenant, action FROM audit WHERE result != 'OK'")
     assert refused and all(detail and "Locally aborted" not in detail for _, detail, _, _, _ in refused)
-    assert ("PERMISSION_DENIED", "token " + (auth.token_id(world["tokens"]["tenant-admin"]) or "") +
+    assert ("PERMISSION_DENIED", "token " + (token_id(world["tokens"]["tenant-admin"]) or "") +
             " (tenant-admin) may not act on tenant 'beta'") in {(r[0], r[1]) for r in refused}
     # and names its object: the document set of a review, the number of an ownership query
     objects = {(r[4], r[2]) for r in conn_rows(world["db"], "SELECT result, detail, object, tenant, action FROM audit")}
@@ -310,7 +311,7 @@ def conn_rows(db: Path, sql: str) -> list[Any]:
 
 
 def test_tokens_and_audit_commands(tmp_path: Path, capsys) -> None:
-    from server.cli import main
+    from server.cli.main import main
 
     data = tmp_path / "data"
     SQLiteStore(data / "callgate.sqlite").close()
@@ -329,7 +330,7 @@ def test_tokens_and_audit_commands(tmp_path: Path, capsys) -> None:
         assert "UNAUTHENTICATED" in capsys.readouterr().err
         assert main(["--server", srv.address, "--token", token, "stats"]) == 0
         capsys.readouterr()
-        ident = auth.token_id(token)
+        ident = token_id(token)
         assert main(["tokens", "list", "--data-dir", str(data)]) == 0
         listed = capsys.readouterr().out
         assert ident in listed and "owner" in listed and token not in listed
@@ -359,7 +360,7 @@ def test_admin_calls_per_minute_per_token(tmp_path: Path) -> None:
     store = SQLiteStore(data / "callgate.sqlite")
     tokens = []
     for _ in range(2):
-        ident, token, token_hash = auth.new_token()
+        ident, token, token_hash = new_token()
         store.add_token(ident, token_hash, "operator", [], 0, "limit test")
         tokens.append(token)
     store.close()

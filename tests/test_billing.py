@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.billing import (
+from server.rules.billing import (
     CENT,
     DECLINE_CARDS,
     MICRO,

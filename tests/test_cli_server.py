@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from server.app import free_port
-from server.cli import main
+from server.app.serve import free_port
+from server.cli.main import main
 
 from .serving import EXAMPLE, Server
 

@@ -1,4 +1,4 @@
-"""server.documents: image checks, file names, due dates and the blob store (SPEC rule 1).
+"""server.rules.documents: image checks, file names, due dates and the blob store (SPEC rule 1).
 
 Every image is made at test time, with Pillow or (for the decompression bomb)
 by hand; no binary fixture is committed.  "No decoding happened" is proven by
@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFile, TiffImagePlugin, WebPImagePlugin
 
-from server.documents import (
+from server.rules.documents import (
     FORMATS,
     MAX_FRAMES,
     MAX_SIDE,

@@ -23,10 +23,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
-from server.app import free_port
-from server.cli import main
-from server.store import SQLiteStore, checksum
-from server.store_api import StoreDamaged
+from server.app.serve import free_port
+from server.cli.main import main
+from server.store.api import StoreDamaged
+from server.store.sqlite import SQLiteStore, checksum
 
 from .serving import EXAMPLE, ROOT, Server, example_doc, wait_for
 

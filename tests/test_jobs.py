@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from engine.snapshot import build, loads
-from server import calls
-from server.billing import ChargeResult, SandboxGateway, tokenize_card
-from server.jobs import MAX_TOPUP_ATTEMPTS, JobOptions, Jobs, topup_policy
-from server.store import SQLiteStore
-from server.store_api import CardRecord
+from server.rules import calls
+from server.rules.billing import ChargeResult, SandboxGateway, tokenize_card
+from server.store.api import CardRecord
+from server.store.sqlite import SQLiteStore
+from server.worker.jobs import MAX_TOPUP_ATTEMPTS, JobOptions, Jobs, topup_policy
 
 from .serving import EXAMPLE
 

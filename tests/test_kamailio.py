@@ -338,7 +338,7 @@ def test_callgate_stopped_fails_closed_or_open_to_the_backup(world) -> None:
 
 def test_through_tls_with_a_proxy_token(tmp_path: Path, world) -> None:
     """Kamailio talks TLS to a callgate that requires tokens, with a proxy token."""
-    from server.cli import main
+    from server.cli.main import main
 
     assert main(["dev-ca", str(tmp_path / "tls")]) == 0
     data = tmp_path / "data"
@@ -362,10 +362,10 @@ def test_through_tls_with_a_proxy_token(tmp_path: Path, world) -> None:
 
 def _proxy_token(data: Path) -> str:
     """A proxy token in a fresh store (what `callgate tokens create --role proxy` does, without the printing)."""
-    from server import auth
-    from server.store import SQLiteStore
+    from server.rules.tokens import new_token
+    from server.store.sqlite import SQLiteStore
 
-    ident, token, token_hash = auth.new_token()
+    ident, token, token_hash = new_token()
     store = SQLiteStore(data / "callgate.sqlite")
     try:
         store.add_token(ident, token_hash, "proxy", [], 0, "kamailio test")

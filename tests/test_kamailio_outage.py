@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from loadtest import sip
-from server.app import free_port
+from server.app.serve import free_port
 
 from .serving import ROOT, Server, wait_for
 from .test_kamailio import US_DEST, export_failover, sip_doc

@@ -83,13 +83,13 @@ class Tenant:
 
 
 def _free_port() -> int:
-    from server.app import free_port
+    from server.app.serve import free_port
 
     return free_port()
 
 
 def micro(text: str) -> int:
-    from server.billing import to_micro
+    from server.rules.billing import to_micro
 
     return to_micro(text)
 

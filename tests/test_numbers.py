@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from engine.snapshot import build
-from server import numbers
-from server.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, _split_sql
-from server.store_api import NumberTaken, TenantMissing, VersionConflict, VersionWrite
+from server.rules import numbers
+from server.store.api import NumberTaken, TenantMissing, VersionConflict, VersionWrite
+from server.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, _split_sql
 
 from .serving import example_doc
 from .test_store import run_processes
@@ -257,7 +257,7 @@ def test_a_document_listing_a_number_twice_migrates_to_one_owner(tmp_path: Path)
 
 
 def test_tools_beside_a_server_never_migrate_a_store(tmp_path: Path) -> None:
-    from server.store import SchemaTooOld
+    from server.store.sqlite import SchemaTooOld
 
     db = tmp_path / "callgate.sqlite"
     old_store(db, {"acme": doc("acme", "+14155550100")})

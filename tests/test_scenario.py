@@ -3,7 +3,7 @@
 The expectations come from the pure-Python reference; the proof that they
 are right is that the compiled core, which the server runs, gives the same
 answers, and that the server's own encoding of those answers
-(`server.service.decision_message`) passes `check_reply`.
+(`server.rpc.service.decision_message`) passes `check_reply`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from loadtest.plan import (
     summary,
 )
 from loadtest.world import World, WorldSpec, build_world
-from server.service import decision_message
+from server.rpc.service import decision_message
 
 SMALL = WorldSpec(seed=7, tenants=3, numbers_per_tenant=30, blacklist=300, offhours_blacklist=60,
                   users_per_tenant=8, groups_per_tenant=3)

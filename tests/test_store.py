@@ -1,4 +1,4 @@
-"""server.store.SQLiteStore: the embedded store (SPEC §5), on real SQLite files.
+"""server.store.sqlite.SQLiteStore: the embedded store (SPEC §5), on real SQLite files.
 
 Covers the schema migrations, settings versions (compare-and-set, history,
 rollback-style commits), blacklist patches stored as rows and replayed,
@@ -24,10 +24,10 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-import server.store
-from server import calls
-from server.store import KEEP_SNAPSHOTS, MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, SQLiteStore, StoreBusy
-from server.store_api import NotFound, PatchResult, Store, StoreError, VersionConflict
+import server.store.sqlite
+from server.rules import calls
+from server.store.api import NotFound, PatchResult, Store, StoreError, VersionConflict
+from server.store.sqlite import KEEP_SNAPSHOTS, MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, SQLiteStore, StoreBusy
 
 FORK = mp.get_context("fork")   # children open their own store on the same file
 
@@ -643,7 +643,7 @@ def test_concurrent_commits_from_processes(db: Path) -> None:
 
 def test_lock_timeout_is_store_busy(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     SQLiteStore(db).close()
-    monkeypatch.setattr(server.store, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(server.store.sqlite, "BUSY_TIMEOUT_MS", 100)
     s = SQLiteStore(db)
     holder = raw(db)
     holder.isolation_level = None
@@ -690,7 +690,7 @@ def test_migration_2_keeps_calls_and_ledger_of_a_version_1_file(db: Path) -> Non
     with raw(db) as conn:
         conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
                      "applied_at INTEGER NOT NULL)")
-        for statement in server.store._split_sql(MIGRATIONS[0][2]):
+        for statement in server.store.sqlite._split_sql(MIGRATIONS[0][2]):
             conn.execute(statement)
         conn.execute("INSERT INTO schema_migrations VALUES (1, 'first', 0)")
         conn.execute("INSERT INTO ledger (tenant, kind, amount_micro, ref, created_at) VALUES "

@@ -19,11 +19,11 @@ import msgpack
 import pytest
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
-from server import auth
-from server.app import free_port
-from server.cli import main
+from server.app.serve import free_port
+from server.cli.main import main
 from server.client import upload_messages, with_token
-from server.store import SQLiteStore
+from server.rules.tokens import new_token, token_id
+from server.store.sqlite import SQLiteStore
 
 from .serving import Server, example_doc, own_number, wait_for
 from .test_numbers import old_store
@@ -55,7 +55,7 @@ def world(tmp_path_factory) -> Any:
     store = SQLiteStore(data / "callgate.sqlite")
     tokens = {}
     for role in ("owner", "operator"):
-        ident, secret, token_hash = auth.new_token()
+        ident, secret, token_hash = new_token()
         store.add_token(ident, token_hash, role, [], 0, role)
         tokens[role] = secret
     store.close()
@@ -65,7 +65,7 @@ def world(tmp_path_factory) -> Any:
     tokens["beta-admin"] = owner.CreateToken(admin_pb2.CreateTokenRequest(role="tenant-admin", tenants=["beta"]),
                                              timeout=10).token
     # a tenant-admin token for a tenant that does not exist, as a store made before this rule could hold
-    ident, secret, token_hash = auth.new_token()
+    ident, secret, token_hash = new_token()
     with sqlite3.connect(data / "callgate.sqlite") as conn:
         conn.execute("INSERT INTO tokens (id, role, tenants, created_at, expires_at, revoked_at, comment, token_hash) "
                      "VALUES (?, 'tenant-admin', '[\"newco\"]', 0, 0, 0, 'legacy', ?)", (ident, token_hash))
@@ -136,7 +136,7 @@ def test_the_hostile_sequence_is_refused_at_both_steps(world: Any, capsys: Any) 
     assert ("CreateToken", "NOT_FOUND", "") in seen
     assert ("PushSettings", "PERMISSION_DENIED", "newco") in seen
     assert ("PushSettings", "FAILED_PRECONDITION", "beta") in seen
-    beta_admin = auth.token_id(world["tokens"]["beta-admin"])
+    beta_admin = token_id(world["tokens"]["beta-admin"])
     assert any(e.token_id == beta_admin and e.tenant == "newco" and e.result == "PERMISSION_DENIED"
                for e in entries)                                   # filed under the tenant the document named
     assert all(e.peer.startswith("ipv") for e in entries)
@@ -468,18 +468,18 @@ def test_audit_rows_name_the_document_set_and_the_token_they_acted_on(world: Any
     upload = [e for e in rows("UploadDocuments") if f"set {uploaded.id}" in e.object]
     assert len(upload) == 1, rows("UploadDocuments")
     [row] = upload
-    assert (row.tenant, row.result, row.token_id) == ("beta", "OK", auth.token_id(world["tokens"]["beta-admin"]))
+    assert (row.tenant, row.result, row.token_id) == ("beta", "OK", token_id(world["tokens"]["beta-admin"]))
     assert row.object == f"number {number}, set {uploaded.id}"
     reviews = sorted((e for e in rows("ReviewDocuments") if e.object.startswith(f"set {uploaded.id},")),
                      key=lambda e: e.id)
     assert [(e.object, e.tenant, e.result) for e in reviews] == [(f"set {uploaded.id}, number {number}", "beta",
                                                                   "OK")] * 2
     assert reviews[0].detail == "rejected: too dark" and reviews[1].detail == "approved"
-    assert all(e.token_id == auth.token_id(world["tokens"]["operator"]) for e in reviews)
+    assert all(e.token_id == token_id(world["tokens"]["operator"]) for e in reviews)
     [gone] = [e for e in rows("ReviewDocuments") if e.object == f"set {missing}"]
     assert gone.result == "NOT_FOUND" and f"no document set {missing}" in gone.detail
     made = [e for e in rows("CreateToken") if e.result == "OK" and e.object == f"token {created.info.id}"]
-    assert len(made) == 1 and made[0].token_id == auth.token_id(world["tokens"]["owner"])
+    assert len(made) == 1 and made[0].token_id == token_id(world["tokens"]["owner"])
     assert created.info.id in made[0].detail and "tenant-admin" in made[0].detail
     revoked = [e for e in rows("RevokeToken") if e.object == f"token {created.info.id}"]
     assert [(e.result, e.detail) for e in revoked] == [("OK", f"revoked token {created.info.id}")]

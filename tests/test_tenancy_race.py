@@ -35,7 +35,7 @@ def claimant(tenant: str, block: int, shared: str) -> bytes:
 
 
 def test_two_workers_creating_tenants_that_claim_one_number_never_both_hold_it(tmp_path: Path) -> None:
-    from server.app import free_port
+    from server.app.serve import free_port
 
     srv = Server(tmp_path / "data", listen=f"127.0.0.1:{free_port()}", workers=2)
     workers: dict[int, grpc.Channel] = {}

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc
-from server.cli import main
+from server.cli.main import main
 from server.tls import channel_credentials
 
 from .serving import Server

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .store_api import (
+from server.store.api import (
     FailoverView,
     NotFound,
     NumberOwner,
@@ -34,7 +34,7 @@ from .store_api import (
     TenantFailover,
     VersionWrite,
 )
-from .store_checks import _check_e164, _check_tenant
+from server.store.checks import _check_e164, _check_tenant
 
 OWNER_COLUMNS = "number, tenant, line, version, since"
 

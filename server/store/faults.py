@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .store_api import StoreBusy, StoreDamaged, StoreError, StoreUnavailable
+from server.store.api import StoreBusy, StoreDamaged, StoreError, StoreUnavailable
 
 log = logging.getLogger("callgate.store")
 

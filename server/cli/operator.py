@@ -10,9 +10,8 @@ from typing import Any
 
 from engine import cli as offline
 from engine.cli import CliError
-
-from .cli import _call, _stubs
-from .cli import when as _when
+from server.cli.main import _call, _stubs
+from server.cli.main import when as _when
 
 # -- billing ----------------------------------------------------------------------
 

@@ -25,17 +25,16 @@ import grpc
 import numpy as np
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
-from engine import codes
-from engine._core import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreDecision, CoreSnapshot
+from engine import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreDecision, CoreSnapshot, codes
 from engine.decision import RingingCall
 from engine.engine import Engine
 from engine.settings import E164, SettingsError, tenant_id_problem
 from engine.snapshot import Built, build, line_rate, loads, with_documents
-
-from . import auth, billing, calls, documents, jobs, metrics, numbers
-from .errors import RequestError, abort, status_for
-from .spool import Spool
-from .store_api import (
+from server import metrics
+from server.rpc import auth
+from server.rpc.errors import RequestError, abort, status_for
+from server.rules import billing, calls, documents, numbers, tokens
+from server.store.api import (
     AuditRow,
     CardRecord,
     DocumentFile,
@@ -49,6 +48,8 @@ from .store_api import (
     VersionConflict,
     VersionWrite,
 )
+from server.worker import jobs
+from server.worker.spool import Spool
 
 log = logging.getLogger("callgate.service")
 
@@ -1025,7 +1026,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def _create_token(self, r: admin_pb2.CreateTokenRequest) -> admin_pb2.CreateTokenReply:
         if not 0 <= r.expires_in_seconds <= 10 * 365 * 86_400:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "expires_in_seconds is 0 (never) up to ten years")
-        ident, token, token_hash = auth.new_token()
+        ident, token, token_hash = tokens.new_token()
         expires = int(time.time()) + r.expires_in_seconds if r.expires_in_seconds else 0
         record = await asyncio.to_thread(self.state.store.add_token, ident, token_hash, _text("role", r.role),
                                          [_text("tenant", t) for t in r.tenants], expires, _text("comment", r.comment))
@@ -1189,6 +1190,6 @@ def audit_message(a: AuditRow) -> admin_pb2.AuditEntry:
                                 result=a.result, detail=a.detail, peer=a.peer)
 
 
-def token_message(t: auth.TokenRecord) -> admin_pb2.TokenInfo:
+def token_message(t: tokens.TokenRecord) -> admin_pb2.TokenInfo:
     return admin_pb2.TokenInfo(id=t.id, role=t.role, tenants=list(t.tenants), created_at=t.created_at,
                                expires_at=t.expires_at, revoked_at=t.revoked_at, comment=t.comment)

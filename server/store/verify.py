@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .documents import BlobStore
-from .store import SQLiteStore, checksum
-from .store_api import StoreError
-from .store_faults import describe_check
+from server.rules.documents import BlobStore
+from server.store.api import StoreError
+from server.store.faults import describe_check
+from server.store.sqlite import SQLiteStore, checksum
 
 Progress = Callable[[str, int], None]
 

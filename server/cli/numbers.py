@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli import CliError
-
-from .cli import _call, _stubs
-from .cli import when as _when
+from server.cli.main import _call, _stubs
+from server.cli.main import when as _when
 
 
 def cmd_numbers_owner(args: argparse.Namespace) -> int:
@@ -50,7 +49,7 @@ def cmd_numbers_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_numbers_conflicts(args: argparse.Namespace) -> int:
-    from .cli_security import _store
+    from server.cli.security import _store
 
     store = _store(args)
     try:
@@ -70,10 +69,9 @@ def cmd_numbers_resolve(args: argparse.Namespace) -> int:
     """Give a number listed by several tenants to --owner: each other claimant gets a new version without it."""
     from engine.settings import SettingsError
     from engine.snapshot import build
-
-    from . import numbers
-    from .cli_security import _store
-    from .store_api import StoreError, TenantFacts, VersionWrite
+    from server.cli.security import _store
+    from server.rules import numbers
+    from server.store.api import StoreError, TenantFacts, VersionWrite
 
     store = _store(args)
     try:

@@ -1,6 +1,6 @@
 """The SQLite store's stateful half: calls and leads, ledger and balances, top-ups and cards, documents.
 
-A mixin of `server.store.SQLiteStore` (it uses the store's `_transaction`,
+A mixin of `server.store.sqlite.SQLiteStore` (it uses the store's `_transaction`,
 `_read` and `_busy`); the methods are the `Store` protocol's (server/store_api.py).
 
 Call events and ledger entries go through the store's group commit
@@ -26,10 +26,10 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .billing import crossed
-from .calls import Account, Call, Event, EventRefused, Outcome, Reply, check_replay
-from .store_api import CardRecord, DocumentFile, DocumentSet, LedgerEntry, NotFound, Topup, TopupPolicy
-from .store_checks import _check_int, _check_str, _check_tenant
+from server.rules.billing import crossed
+from server.rules.calls import Account, Call, Event, EventRefused, Outcome, Reply, check_replay
+from server.store.api import CardRecord, DocumentFile, DocumentSet, LedgerEntry, NotFound, Topup, TopupPolicy
+from server.store.checks import _check_int, _check_str, _check_tenant
 
 CALL_COLUMNS = ("tenant, call_id, direction, caller, called, state, ringing_user, ringing_at, answered_by, "
                 "last_user, answered_at, ended_at, line, rate_micro, increment_s, talked_s, charge_micro, "

@@ -22,8 +22,7 @@ import secrets
 import grpc
 
 from engine.settings import SettingsError
-
-from .store_api import NotFound, NumberTaken, StoreDamaged, StoreUnavailable, VersionConflict
+from server.store.api import NotFound, NumberTaken, StoreDamaged, StoreUnavailable, VersionConflict
 
 log = logging.getLogger("callgate.service")
 
@@ -39,7 +38,8 @@ class RequestError(Exception):
 def status_for(exc: BaseException, rpc: str = "") -> tuple[grpc.StatusCode, str]:
     """The status and message to answer `exc` with; an unexpected exception is logged (with an id the
     message repeats) and answered INTERNAL."""
-    from . import auth, numbers  # auth imports grpc servicer pieces; numbers imports the engine
+    from server.rpc import auth  # auth imports grpc servicer pieces; numbers imports the engine
+    from server.rules import numbers
 
     if isinstance(exc, RequestError | auth.AuthError):
         return exc.code, str(exc)

@@ -61,8 +61,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from engine import codes
-
-from .billing import call_charge_micro, reservation
+from server.rules.billing import call_charge_micro, reservation
 
 KINDS = ("RINGING", "ANSWERED", "TRANSFERRED", "ENDED")
 DIRECTIONS = ("inbound", "outbound", "forwarded")

@@ -22,8 +22,8 @@ import threading
 import time
 from typing import Any
 
-from . import metrics
-from .store_faults import DAMAGE
+from server import metrics
+from server.store.faults import DAMAGE
 
 log = logging.getLogger("callgate.health")
 

@@ -17,9 +17,8 @@ from typing import Any
 
 from engine import cli as offline
 from engine.cli import CliError
-
-from .cli import shown
-from .cli import when as _when
+from server.cli.main import shown
+from server.cli.main import when as _when
 
 DURATION = re.compile(r"^(\d+)([smhdw])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -41,9 +40,9 @@ def seconds(text: str) -> int:
 def _store(args: argparse.Namespace, create: bool = False) -> Any:
     """The server's store, on its host.  A new one is created only for a first token; an existing one of an
     older schema is refused, not migrated: its server may still be running (the new server migrates)."""
-    from .app import STORE_FILE
-    from .store import SQLiteStore
-    from .store_api import StoreDamaged, StoreError
+    from server.app.serve import STORE_FILE
+    from server.store.api import StoreDamaged, StoreError
+    from server.store.sqlite import SQLiteStore
 
     path = args.data_dir / STORE_FILE
     exists = path.exists()
@@ -59,7 +58,7 @@ def _store(args: argparse.Namespace, create: bool = False) -> Any:
 
 def _info(t: Any) -> Any:
     """A TokenInfo message as the record the printers use."""
-    from .auth import TokenRecord
+    from server.rules.tokens import TokenRecord
 
     return TokenRecord(t.id, t.role, tuple(t.tenants), t.created_at, t.expires_at, t.revoked_at, t.comment)
 
@@ -67,12 +66,11 @@ def _info(t: Any) -> Any:
 def cmd_tokens_create(args: argparse.Namespace) -> int:
     import time
 
-    from .auth import new_token
+    from server.rules.tokens import new_token
 
     if args.data_dir is None:  # over gRPC, with an owner token
         from callgate.v1 import admin_pb2
-
-        from .cli import _call, _stubs
+        from server.cli.main import _call, _stubs
 
         admin, _ = _stubs(args)
         reply = _call(args, lambda: admin.CreateToken(admin_pb2.CreateTokenRequest(
@@ -85,7 +83,7 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     expires = int(time.time()) + seconds(args.expires_in) if args.expires_in else 0
     ident, token, token_hash = new_token()
     store = _store(args, create=True)
-    from .store_api import StoreError
+    from server.store.api import StoreError
 
     try:
         record = store.add_token(ident, token_hash, args.role, args.tenant or [], expires, args.comment or "")
@@ -103,8 +101,7 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
 def cmd_tokens_list(args: argparse.Namespace) -> int:
     if args.data_dir is None:
         from callgate.v1 import admin_pb2
-
-        from .cli import _call, _stubs
+        from server.cli.main import _call, _stubs
 
         admin, _ = _stubs(args)
         reply = _call(args, lambda: admin.ListTokens(admin_pb2.ListTokensRequest(), timeout=args.timeout))
@@ -125,12 +122,11 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:
-    from .store_api import NotFound
+    from server.store.api import NotFound
 
     if args.data_dir is None:
         from callgate.v1 import admin_pb2
-
-        from .cli import _call, _stubs
+        from server.cli.main import _call, _stubs
 
         admin, _ = _stubs(args)
         record = _info(_call(args, lambda: admin.RevokeToken(admin_pb2.RevokeTokenRequest(id=args.id),
@@ -177,8 +173,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise CliError("--before is an audit row id (the first column of `callgate audit`)")
     if args.data_dir is None:  # over gRPC, with an operator or owner token
         from callgate.v1 import admin_pb2
-
-        from .cli import _call, _stubs
+        from server.cli.main import _call, _stubs
 
         admin, _ = _stubs(args)
         reply = _call(args, lambda: admin.ListAudit(admin_pb2.ListAuditRequest(
@@ -210,7 +205,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def add_security_commands(sub: Any) -> None:
-    from .auth import ROLES
+    from server.rules.tokens import ROLES
 
     def data_dir(p: argparse.ArgumentParser, required: bool = False) -> None:
         p.add_argument("--data-dir", type=Path, required=required,

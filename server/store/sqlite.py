@@ -1,6 +1,6 @@
 """The embedded store: one SQLite file in WAL mode, shared by every worker process (SPEC §5).
 
-`SQLiteStore` implements `server.store_api.Store`.  Design notes:
+`SQLiteStore` implements `server.store.api.Store`.  Design notes:
 
 * One connection per thread (the async service calls the store from a thread
   pool) and per process: a connection is never used across `fork()`; a child
@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.document_json import dumps_document, loads_document
-from server import store_numbers
-from server.store_accounts import AccountsMixin
-from server.store_api import (
+from server.store import numbers as store_numbers
+from server.store.accounts import AccountsMixin
+from server.store.api import (
     NotFound,
     PatchResult,
     Poll,
@@ -64,11 +64,11 @@ from server.store_api import (
     VersionRecord,
     VersionWrite,
 )
-from server.store_checks import _check_bytes, _check_e164, _check_int, _check_numbers, _check_str, _check_tenant
-from server.store_faults import Faults, describe_check, locate_damage
-from server.store_group import GroupCommitter
-from server.store_numbers import NumbersMixin
-from server.store_security import SecurityMixin
+from server.store.checks import _check_bytes, _check_e164, _check_int, _check_numbers, _check_str, _check_tenant
+from server.store.faults import Faults, describe_check, locate_damage
+from server.store.group import GroupCommitter
+from server.store.numbers import NumbersMixin
+from server.store.security import SecurityMixin
 
 T = TypeVar("T")
 
@@ -215,11 +215,11 @@ DROP TABLE call_events;
 CREATE TABLE call_events (
     tenant      TEXT    NOT NULL,
     call_id     TEXT    NOT NULL,
-    key         TEXT    NOT NULL,           -- server.calls.Event.key: a replay has the same key
+    key         TEXT    NOT NULL,           -- server.rules.calls.Event.key: a replay has the same key
     kind        TEXT    NOT NULL,
     user        TEXT    NOT NULL,
     at          INTEGER NOT NULL,
-    reply       TEXT    NOT NULL,           -- JSON of server.calls.Reply: what a replay gets back
+    reply       TEXT    NOT NULL,           -- JSON of server.rules.calls.Reply: what a replay gets back
     recorded_at INTEGER NOT NULL,
     PRIMARY KEY (tenant, call_id, key)
 );

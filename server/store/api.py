@@ -7,7 +7,7 @@ cards, documents, tokens and the audit log.  Rules that must hold across
 every worker and host are the store's, in its transactions and constraints,
 not only checks above it: a number has one owner, a tenant-admin's write
 never creates a tenant, a token names existing tenants.  The embedded default is
-`server.store.SQLiteStore` (one SQLite file in WAL mode, shared by every
+`server.store.sqlite.SQLiteStore` (one SQLite file in WAL mode, shared by every
 worker process); a PostgreSQL store implements the same methods.
 
 All methods are synchronous and safe to call from several threads and
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .auth import TokenRecord
-    from .calls import Account, Call, Event, Outcome, Reply
+    from server.rules.calls import Account, Call, Event, Outcome, Reply
+    from server.rules.tokens import TokenRecord
 
 
 class StoreError(Exception):
@@ -38,7 +38,7 @@ class NotFound(StoreError):
 class StoreUnavailable(StoreError):
     """The store cannot do it now and wrote nothing: busy, disk full, I/O, read-only (gRPC UNAVAILABLE: retry).
 
-    `kind` is one of server.store_faults.KINDS; the message says what to do.
+    `kind` is one of server.store.faults.KINDS; the message says what to do.
     """
 
     def __init__(self, kind: str, message: str):
@@ -399,10 +399,10 @@ class Store(Protocol):
                    rules: Callable[[Call | None, Account], Outcome], topup: TopupPolicy | None,
                    currency: str) -> Reply:
         """Apply one call event atomically: a recorded event key returns its recorded reply (a replay);
-        otherwise `rules(call, account)` (server.calls.apply) gives the call's new record, the reply, the
+        otherwise `rules(call, account)` (server.rules.calls.apply) gives the call's new record, the reply, the
         charge and the change of held credit, all committed in one transaction with the ledger debit, the
         account's holds, the CRM lead and any top-up it triggers (a crossing of the available credit).
-        Raises server.calls.EventRefused (nothing written) when the event cannot apply."""
+        Raises server.rules.calls.EventRefused (nothing written) when the event cannot apply."""
         ...
 
     def submit_call_event(self, tenant: str, call_id: str, event: Event,
@@ -425,7 +425,7 @@ class Store(Protocol):
                      currency: Callable[[str], str]) -> list[Call]:
         """End the calls no ENDED came for: ringing since before ring_cutoff, or answered since before
         talk_cutoff, and nothing recorded for them since quiet_cutoff (a replay in progress is never cut).
-        `rules(call)` (server.calls.expire) gives each its end; the charge, the released hold and any top-up
+        `rules(call)` (server.rules.calls.expire) gives each its end; the charge, the released hold and any top-up
         are committed with it.  Returns the expired calls."""
         ...
 

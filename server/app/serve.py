@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .calls import EventOptions
-from .jobs import MAX_TOPUP_ATTEMPTS, JobOptions
+from server.rules.calls import EventOptions
+from server.worker.jobs import MAX_TOPUP_ATTEMPTS, JobOptions
 
 log = logging.getLogger("callgate.server")
 
@@ -129,17 +129,16 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     from grpc_reflection.v1alpha import reflection
 
     from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
-
-    from . import metrics
-    from .billing import PaymentGateway, SandboxGateway
-    from .documents import BlobStore
-    from .health import STORE as STORE_HEALTH
-    from .health import Health
-    from .jobs import Jobs, SlowGateway
-    from .service import AdminServicer, Compiler, DecisionsServicer, State
-    from .spool import Spool
-    from .store import SQLiteStore
-    from .store_api import StoreError
+    from server import metrics
+    from server.app.health import STORE as STORE_HEALTH
+    from server.app.health import Health
+    from server.rpc.service import AdminServicer, Compiler, DecisionsServicer, State
+    from server.rules.billing import PaymentGateway, SandboxGateway
+    from server.rules.documents import BlobStore
+    from server.store.api import StoreError
+    from server.store.sqlite import SQLiteStore
+    from server.worker.jobs import Jobs, SlowGateway
+    from server.worker.spool import Spool
 
     store = SQLiteStore(opts.data_dir / STORE_FILE)
     compiler = Compiler(Spool(opts.data_dir / SPOOL_DIR))
@@ -147,7 +146,7 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     limit = opts.max_message_mb * 1024 * 1024
     interceptors = []
     if auth_enabled(opts):
-        from .auth import Authenticator, AuthInterceptor
+        from server.rpc.auth import Authenticator, AuthInterceptor
 
         async def audit(row: dict[str, Any]) -> None:
             try:
@@ -185,7 +184,7 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
     store.faults.listeners.append(health.store_fault)
     store.faults.listeners.append(lambda op, kind: metrics.STORE_ERRORS.labels(op, kind).inc())
     if opts.tls_cert is not None and opts.tls_key is not None:
-        from .tls import server_credentials
+        from server.tls import server_credentials
 
         add_port = functools.partial(server.add_secure_port, opts.listen,
                                      server_credentials(opts.tls_cert, opts.tls_key, opts.client_ca))
@@ -262,10 +261,9 @@ async def serve_worker(opts: Options, ready: Any = None) -> None:
 def _seed(opts: Options) -> None:
     """Push the --seed document if its tenant has no settings yet (first start of `make run`)."""
     from engine.snapshot import build
-
-    from .billing import to_micro
-    from .store import SQLiteStore
-    from .store_api import TenantFacts, VersionConflict
+    from server.rules.billing import to_micro
+    from server.store.api import TenantFacts, VersionConflict
+    from server.store.sqlite import SQLiteStore
 
     assert opts.seed is not None
     built = build(opts.seed.read_bytes())
@@ -357,10 +355,9 @@ def _check_listen(listen: str) -> None:
 def prepare_data_dir(opts: Options) -> None:
     """Everything `serve` checks on the data directory before any worker starts (one-line errors)."""
     from engine.cli import CliError
-
-    from .spool import Spool
-    from .store import SQLiteStore
-    from .store_api import NumberTaken, OwnershipConflicts, StoreError
+    from server.store.api import NumberTaken, OwnershipConflicts, StoreError
+    from server.store.sqlite import SQLiteStore
+    from server.worker.spool import Spool
 
     try:
         opts.data_dir.mkdir(parents=True, exist_ok=True)
@@ -413,7 +410,7 @@ def run(opts: Options) -> int:
 
 
 def _supervise(opts: Options) -> int:
-    from .spool import Spool
+    from server.worker.spool import Spool
 
     host, port = _split(opts.listen)
     if port == 0:
@@ -594,7 +591,7 @@ def options_from(args: argparse.Namespace) -> Options:
     if args.seed is not None and not args.seed.is_file():
         raise ValueError(f"--seed {args.seed}: no such file")
     if args.seed_credit is not None:
-        from .billing import to_micro
+        from server.rules.billing import to_micro
 
         try:
             if to_micro(args.seed_credit) < 0:

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli import CliError
-
-from .progress import Ticker
+from server.cli.progress import Ticker
 
 
 def cmd_store_check(args: argparse.Namespace) -> int:
-    from .app import STORE_FILE
-    from .store import SQLiteStore
-    from .store_api import StoreError
-    from .store_verify import verify
+    from server.app.serve import STORE_FILE
+    from server.store.api import StoreError
+    from server.store.sqlite import SQLiteStore
+    from server.store.verify import verify
 
     path = args.data_dir / STORE_FILE
     if not path.exists() or path.stat().st_size == 0:

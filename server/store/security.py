@@ -11,9 +11,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .auth import ROLES, TENANT_ROLES, TokenRecord
-from .store_api import AuditRow, NotFound, TenantMissing
-from .store_checks import _check_int, _check_str, _check_tenant
+from server.rules.tokens import ROLES, TENANT_ROLES, TokenRecord
+from server.store.api import AuditRow, NotFound, TenantMissing
+from server.store.checks import _check_int, _check_str, _check_tenant
 
 TOKEN_COLUMNS = "id, role, tenants, created_at, expires_at, revoked_at, comment, token_hash"
 AUDIT_COLUMNS = "id, at, token_id, role, tenant, action, object, version_before, version_after, result, detail, peer"

@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from engine._core import CoreSnapshot
-
-from . import billing, calls
-from .store_api import Store, TopupPolicy
+from engine import CoreSnapshot
+from server.rules import billing, calls
+from server.store.api import Store, TopupPolicy
 
 log = logging.getLogger("callgate.jobs")
 
