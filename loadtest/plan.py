@@ -15,11 +15,11 @@ Each request's expected answer is computed by `engine.reference.Reference`,
 the plain-Python statement of the rules, and never by the compiled core the
 server runs: a load test that took its expectations from the code under test
 would agree with any bug in it.  `expected_from` keeps exactly the fields
-that `server.rpc.service.decision_message` fills for that verdict, so
+that `server.rpc.messages.decision_message` fills for that verdict, so
 `check_reply` compares what the server really sends, field by field.  The
 category says what was drawn, the reference says what that means: an
 off-hours-listed caller during working hours is routed, a call to a
-suspicious number may be unknown first (the inbound precedence of SPEC §3).
+suspicious number may be unknown first (the inbound precedence of spec §3).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Expected:
 
 
 def expected_from(decision: Decision) -> Expected:
-    """The reply the server sends for this decision: the same fields `server.rpc.service.decision_message` sets.
+    """The reply the server sends for this decision: the same fields `server.rpc.messages.decision_message` sets.
 
     Inbound ROUTE carries group and members, FORWARD target and line; outbound
     ALLOW carries caller ID, destination, line, rate, increment and duration;
@@ -298,7 +298,7 @@ def plan(world: World, mix: MixSpec, n: int, seed: int) -> list[Planned]:
             elif category == "unknown_called":
                 called = rnd.choice(d.foreign_numbers) if d.foreign_numbers and rnd.random() < 0.5 \
                     else site_number(rnd, taken)[0]
-            else:  # never a pending number: DOCUMENTS_PENDING would come first (SPEC §3 precedence)
+            else:  # never a pending number: DOCUMENTS_PENDING would come first (spec §3 precedence)
                 called = rnd.choice(d.open_numbers)
             if category == "blacklisted":
                 caller = rnd.choice(tenant.blacklisted)

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc
-from server.client import upload_messages
+from server.client import open_channel, upload_messages
 
 from .fleet import CHANNEL_OPTIONS  # a connection of its own
 from .loadgen import METHODS, inbound_payloads
@@ -28,7 +28,7 @@ from .world import big_tenant
 
 def fresh_stats(address: str, tenant: str, timeout_s: float = 5.0) -> tuple[int, int, int]:
     """Admin.Stats over a connection of its own: (answering pid, loaded_version, version in the store)."""
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    with open_channel(address, options=CHANNEL_OPTIONS) as channel:
         reply = admin_pb2_grpc.AdminStub(channel).Stats(admin_pb2.StatsRequest(tenant=tenant), timeout=timeout_s)
     t = reply.tenants[0]
     return reply.pid, t.loaded_version, t.version
@@ -44,7 +44,7 @@ def seen_workers(address: str, want: int, tries: int) -> set[int]:
 
 
 def push(address: str, document: bytes, timeout_s: float) -> admin_pb2.PushSettingsReply:
-    with grpc.insecure_channel(address, options=BIG_OPTIONS) as channel:
+    with open_channel(address, options=BIG_OPTIONS) as channel:
         reply: admin_pb2.PushSettingsReply = admin_pb2_grpc.AdminStub(channel).PushSettingsUpload(
             upload_messages(document, comment="server_bench"), timeout=timeout_s)
         return reply
@@ -108,7 +108,7 @@ def section_stalls(w1: ServeProcess, plan: Plan, rep: Report, offset_ns: int) ->
             f"mean/max ms: {', '.join(slow) if slow else 'none'}")
     if "error" not in pushed and "version" in pushed:
         try:
-            with grpc.insecure_channel(w1.address) as channel:
+            with open_channel(w1.address) as channel:
                 st = admin_pb2_grpc.AdminStub(channel).Stats(admin_pb2.StatsRequest(tenant="big"), timeout=10)
             out["big_loaded"] = {"loaded_version": st.tenants[0].loaded_version,
                                  "blacklist": st.tenants[0].blacklist}
@@ -215,7 +215,7 @@ def section_kill(w2: ServeProcess, plan: Plan, rep: Report) -> None:
         for attempt in range(6):
             for ch in channels:
                 ch.close()
-            channels = [grpc.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(plan.kill_channels)]
+            channels = [open_channel(address, options=CHANNEL_OPTIONS) for _ in range(plan.kill_channels)]
             for ch in channels:
                 grpc.channel_ready_future(ch).result(timeout=10)
             calls = [ch.unary_unary(METHODS["inbound"]) for ch in channels]
@@ -346,11 +346,11 @@ def section_kill(w2: ServeProcess, plan: Plan, rep: Report) -> None:
                 f"(per worker: {conns}); {inflight_at_kill} call(s) were in flight in the client")
     if out["last_error_after_kill_s"] is not None:
         rep.note(7, f"errors after the kill ended {out['last_error_after_kill_s']:.3f} s after it")
-    rep.add(7, "  processes of the killed worker still running after it (not an issue target)", len(left),
+    rep.add(7, "  processes of the killed worker still running after it (not a target)", len(left),
             "{:.0f}")
     if left:
         rep.note(7, f"{len(left)} process(es) of the killed worker outlived it (reparented to init, still running "
                     f"seconds later) and were killed by the bench: {left}. Its compile process "
-                    "(server.rpc.service.Compiler, a spawn ProcessPoolExecutor) does not exit when its worker dies")
+                    "(server.worker.compiler.Compiler, a spawn ProcessPoolExecutor) does not exit when its worker dies")
     rep.sections["kill"] = out
 

@@ -1,4 +1,4 @@
-"""Number ownership in the store (SPEC §7): one tenant per number, moved only with the versions that move it.
+"""Number ownership in the store (spec §7): one tenant per number, moved only with the versions that move it.
 
 Real SQLite files; the race runs in two processes sharing one file.  The
 transfer rules (server/numbers.py) are checked on the example document.
@@ -17,7 +17,7 @@ import pytest
 from engine.snapshot import build
 from server.rules import numbers
 from server.store.api import NumberTaken, TenantMissing, VersionConflict, VersionWrite
-from server.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, _split_sql
+from server.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, split_sql
 
 from .serving import example_doc
 from .test_store import run_processes
@@ -162,7 +162,7 @@ def old_store(db: Path, documents: dict[str, bytes]) -> None:
         conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
                      "applied_at INTEGER NOT NULL)")
         for version, description, script in MIGRATIONS[:3]:
-            for statement in _split_sql(script):
+            for statement in split_sql(script):
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, description))
         for tenant, document in documents.items():

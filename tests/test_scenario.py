@@ -3,7 +3,7 @@
 The expectations come from the pure-Python reference; the proof that they
 are right is that the compiled core, which the server runs, gives the same
 answers, and that the server's own encoding of those answers
-(`server.rpc.service.decision_message`) passes `check_reply`.
+(`server.rpc.messages.decision_message`) passes `check_reply`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from loadtest.plan import (
     summary,
 )
 from loadtest.world import World, WorldSpec, build_world
-from server.rpc.service import decision_message
+from server.rpc.messages import decision_message
 
 SMALL = WorldSpec(seed=7, tenants=3, numbers_per_tenant=30, blacklist=300, offhours_blacklist=60,
                   users_per_tenant=8, groups_per_tenant=3)
@@ -113,7 +113,7 @@ def test_world_shape(world: World) -> None:
         assert {n.offhours_action.action for n in s.numbers} == {"reject", "voicemail", "forward"}
         assert tenant.pending == [n.number for n in s.numbers if n.requires_documents]
         assert len(tenant.pending) == 5
-        # SPEC rule 2: the default caller ID is usable and never the main number
+        # spec §2 rule 2: the default caller ID is usable and never the main number
         assert s.default_caller_id != s.main_number
         default = by_number[s.default_caller_id or ""]
         assert not default.requires_documents and not default.inbound_only

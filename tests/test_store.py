@@ -1,4 +1,4 @@
-"""server.store.sqlite.SQLiteStore: the embedded store (SPEC §5), on real SQLite files.
+"""server.store.sqlite.SQLiteStore: the embedded store (spec §5), on real SQLite files.
 
 Covers the schema migrations, settings versions (compare-and-set, history,
 rollback-style commits), blacklist patches stored as rows and replayed,
@@ -11,23 +11,20 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing as mp
-import sqlite3
-import tempfile
 import threading
 import time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import settings as hsettings
-from hypothesis import strategies as st
 
+import server.store.base
 import server.store.sqlite
 from server.rules import calls
-from server.store.api import NotFound, PatchResult, Store, StoreError, VersionConflict
+from server.store.api import NotFound, Store, StoreError, VersionConflict
 from server.store.sqlite import KEEP_SNAPSHOTS, MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, SQLiteStore, StoreBusy
+
+from .store_cases import doc, patch_list, raw, snap
 
 FORK = mp.get_context("fork")   # children open their own store on the same file
 
@@ -47,32 +44,6 @@ def rules_for(e: calls.Event, tenant: str, call_id: str, lead: str = "on_answer"
     return functools.partial(calls.apply, event=e, tenant=tenant, call_id=call_id, lead_trigger=lead,
                              limits=calls.Limits(e.at if now is None else now, **limits))
 
-
-def doc(tenant: str = "acme", **extra: Any) -> bytes:
-    base: dict[str, Any] = {"tenant": tenant, "currency": "USD", "status": "active",
-                            "blacklist": ["+14155550666"], "offhours_blacklist": ["+14155550777"]}
-    base.update(extra)
-    return json.dumps(base).encode()
-
-
-def snap(document: bytes) -> bytes:
-    return b"compiled:" + document
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "callgate.sqlite"
-
-
-@pytest.fixture
-def store(db: Path):
-    s = SQLiteStore(db)
-    yield s
-    s.close()
-
-
-def raw(db: Path) -> sqlite3.Connection:
-    return sqlite3.connect(db)
 
 
 # -- opening, pragmas, migrations ----------------------------------------------------
@@ -182,7 +153,7 @@ def test_document_bytes_kept_exactly(store: SQLiteStore) -> None:
 def test_rollback_commits_an_old_document_as_new_version(store: SQLiteStore) -> None:
     store.commit_version("acme", "push", doc(status="active"), b"s1", 0)
     store.commit_version("acme", "push", doc(status="suspended"), b"s2", 1)
-    store.patch_list("acme", "blacklist", ["+14155550001"], [], snap, 2)
+    patch_list(store, "acme", "blacklist", ["+14155550001"], [], snap, 2)
     old = store.get_version("acme", 1).document
     assert old is not None
     assert store.commit_version("acme", "rollback", old, b"s1 again", 3, "rollback to 1") == 4
@@ -191,7 +162,7 @@ def test_rollback_commits_an_old_document_as_new_version(store: SQLiteStore) -> 
     assert store.snapshot("acme", 4) == b"s1 again"
     assert [v.kind for v in store.list_versions("acme")] == ["rollback", "patch", "push", "push"]
     # the patch history before the rollback does not leak into later versions
-    result = store.patch_list("acme", "blacklist", ["+14155550002"], [], snap, 4)
+    result = patch_list(store, "acme", "blacklist", ["+14155550002"], [], snap, 4)
     assert json.loads(store.get_version("acme", 5).document or b"")["blacklist"] == \
         ["+14155550666", "+14155550002"]
     assert result.size == 2
@@ -202,7 +173,7 @@ def test_snapshot_pruning_keeps_the_newest_three(store: SQLiteStore, db: Path) -
         store.commit_version("acme", "push", doc(status=f"s{i}"), b"snap%d" % (i + 1), None)
     store.commit_version("beta", "push", doc("beta"), b"beta1", None)
     assert [store.snapshot("acme", v) for v in range(1, 6)] == [None, None, b"snap3", b"snap4", b"snap5"]
-    store.patch_list("acme", "blacklist", ["+14155550001"], [], snap, None)
+    patch_list(store, "acme", "blacklist", ["+14155550001"], [], snap, None)
     assert store.snapshot("acme", 3) is None
     assert store.snapshot("acme", 6) == snap(store.get_version("acme", 6).document or b"")
     assert store.snapshot("beta", 1) == b"beta1"        # per tenant
@@ -210,143 +181,6 @@ def test_snapshot_pruning_keeps_the_newest_three(store: SQLiteStore, db: Path) -
         assert conn.execute("SELECT COUNT(*) FROM snapshots WHERE tenant = 'acme'").fetchone()[0] == KEEP_SNAPSHOTS
     # the documents stay: a rollback to any version can recompile
     assert store.get_version("acme", 1).document == doc(status="s0")
-
-
-# -- blacklist patches ------------------------------------------------------------------
-
-def blacklist(store: SQLiteStore, version: int, name: str = "blacklist") -> list[str]:
-    document = store.get_version("acme", version).document
-    assert document is not None
-    return list(json.loads(document)[name])
-
-
-def test_patches_replayed_at_every_version(store: SQLiteStore, db: Path) -> None:
-    store.commit_version("acme", "push", doc(blacklist=["+1001", "+1002", "+1003"]), b"s1", 0)
-    seen: list[bytes] = []
-
-    def builder(document: bytes) -> bytes:
-        seen.append(document)
-        return b"compiled %d" % len(seen)
-
-    r2 = store.patch_list("acme", "blacklist", ["+1004", "+1001", "+1005", "+1004"], ["+1002", "+1999"], builder, 1)
-    assert r2 == PatchResult(version=2, added=2, removed=1, size=4)
-    r3 = store.patch_list("acme", "offhours_blacklist", ["+2001"], ["+14155550777"], builder, 2)
-    assert r3 == PatchResult(version=3, added=1, removed=1, size=1)
-    r4 = store.patch_list("acme", "blacklist", ["+1003", "+1004"], ["+1999"], builder, None)   # all no-ops
-    assert r4 == PatchResult(version=3, added=0, removed=0, size=4)  # no version for a patch that changes nothing
-    r5 = store.patch_list("acme", "blacklist", ["+1002"], ["+1001", "+1001"], builder, 3)
-    assert r5 == PatchResult(version=4, added=1, removed=1, size=4)
-
-    assert blacklist(store, 1) == ["+1001", "+1002", "+1003"]
-    assert blacklist(store, 2) == ["+1001", "+1003", "+1004", "+1005"]
-    assert blacklist(store, 3) == blacklist(store, 2)
-    assert blacklist(store, 4) == ["+1003", "+1004", "+1005", "+1002"]
-    assert blacklist(store, 2, "offhours_blacklist") == ["+14155550777"]
-    assert blacklist(store, 4, "offhours_blacklist") == ["+2001"]
-    # the builder saw exactly the effective documents, and its blobs were stored
-    assert seen == [store.get_version("acme", v).document for v in (2, 3, 4)]
-    assert store.snapshot("acme", 4) == b"compiled 3"
-    # the rest of the document is untouched
-    assert json.loads(seen[-1])["currency"] == "USD"
-    history = store.list_versions("acme")
-    assert [(v.kind, v.comment) for v in history[:2]] == [("patch", "blacklist: +1 -1"),
-                                                          ("patch", "offhours_blacklist: +1 -1")]
-    with raw(db) as conn:   # stored as rows, only the effective changes, no document copies
-        assert conn.execute("SELECT COUNT(*) FROM versions WHERE document IS NOT NULL").fetchone()[0] == 1
-        assert conn.execute("SELECT version, op, number FROM list_patches WHERE version = 2 ORDER BY seq"
-                            ).fetchall() == [(2, "remove", "+1002"), (2, "add", "+1004"), (2, "add", "+1005")]
-        assert conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == 4
-
-
-def test_patch_keeps_decimals_and_text_exact(store: SQLiteStore) -> None:
-    original = ('{"tenant":"acme","auto_topup":{"amount":"20.00"},"rate":0.0200,"tiny":1e-7,"big":12345678901234567890,'
-                '"name":"Zürich ☎","nested":[1.10,{"x":-0.0}]}').encode()
-    store.commit_version("acme", "push", original, b"s", 0)
-    store.patch_list("acme", "blacklist", ["+1001"], [], snap, 1)
-    patched = store.get_version("acme", 2).document
-    assert patched is not None
-    assert patched == ('{"tenant":"acme","auto_topup":{"amount":"20.00"},"rate":0.0200,"tiny":1E-7,'
-                       '"big":12345678901234567890,"name":"Zürich ☎","nested":[1.10,{"x":-0.0}],'
-                       '"blacklist":["+1001"]}').encode()
-    assert json.loads(patched, parse_float=Decimal)["rate"] == Decimal("0.0200")
-
-
-def test_snapshot_for_failure_rolls_back(store: SQLiteStore, db: Path) -> None:
-    store.commit_version("acme", "push", doc(), b"s1", 0)
-
-    def broken(document: bytes) -> bytes:
-        raise RuntimeError("compile failed")
-
-    with pytest.raises(RuntimeError, match="compile failed"):
-        store.patch_list("acme", "blacklist", ["+1001"], [], broken, 1)
-    with pytest.raises(ValueError, match="must be bytes"):
-        store.patch_list("acme", "blacklist", ["+1001"], [], lambda d: "not bytes", 1)  # type: ignore[arg-type]
-    assert store.current_versions() == {"acme": 1}
-    assert [v.version for v in store.list_versions("acme")] == [1]
-    with raw(db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM list_patches").fetchone()[0] == 0
-        assert conn.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0] == 1
-    assert store.patch_list("acme", "blacklist", ["+1001"], [], snap, 1).version == 2
-
-
-def test_patch_refusals(store: SQLiteStore) -> None:
-    calls: list[bytes] = []
-
-    def builder(document: bytes) -> bytes:
-        calls.append(document)
-        return b""
-
-    with pytest.raises(NotFound, match="tenant 'acme' has no settings"):
-        store.patch_list("acme", "blacklist", ["+1001"], [], builder, None)
-    store.commit_version("acme", "push", doc(), b"s1", 0)
-    with pytest.raises(VersionConflict):
-        store.patch_list("acme", "blacklist", ["+1001"], [], builder, 0)
-    with pytest.raises(ValueError, match="list_name"):
-        store.patch_list("acme", "whitelist", ["+1001"], [], builder, 1)
-    with pytest.raises(ValueError, match="add must be a list"):
-        store.patch_list("acme", "blacklist", "+1001", [], builder, 1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="nothing to patch"):
-        store.patch_list("acme", "blacklist", [], [], builder, 1)
-    with pytest.raises(ValueError, match=r"remove\[1\]"):
-        store.patch_list("acme", "blacklist", [], ["+1", 2], builder, 1)  # type: ignore[list-item]
-    assert calls == []
-    assert store.current_versions() == {"acme": 1}
-
-
-def test_patch_on_a_document_without_the_list(store: SQLiteStore) -> None:
-    store.commit_version("acme", "push", b'{"tenant":"acme"}', b"s", 0)
-    assert store.patch_list("acme", "offhours_blacklist", [], ["+1001"], snap, 1) == PatchResult(1, 0, 0, 0)
-    store.patch_list("acme", "offhours_blacklist", ["+1001"], [], snap, 1)
-    assert store.get_version("acme", 2).document == b'{"tenant":"acme","offhours_blacklist":["+1001"]}'
-
-
-numbers = st.sampled_from([f"+1415555{i:04d}" for i in range(8)])
-
-
-@hsettings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.lists(numbers, max_size=4), st.lists(numbers, max_size=4)).filter(lambda p: p[0] or p[1]),
-                min_size=1, max_size=6),
-       st.lists(numbers, max_size=4, unique=True))
-def test_patches_match_a_model(patches: list[tuple[list[str], list[str]]], initial: list[str]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        s = SQLiteStore(Path(tmp) / "db.sqlite")
-        try:
-            s.commit_version("t", "push", json.dumps({"tenant": "t", "blacklist": initial}).encode(), b"", 0)
-            model, history = list(initial), [list(initial)]
-            for add, remove in patches:
-                removed = [n for n in dict.fromkeys(remove) if n in model]
-                model = [n for n in model if n not in removed]
-                added = [n for n in dict.fromkeys(add) if n not in model]
-                model += added
-                if added or removed:  # a patch that changes nothing makes no version
-                    history.append(list(model))
-                result = s.patch_list("t", "blacklist", add, remove, snap, None)
-                assert result.version == len(history)
-                assert (result.added, result.removed, result.size) == (len(added), len(removed), len(model))
-            for version, expected in enumerate(history, start=1):
-                assert json.loads(s.get_version("t", version).document or b"")["blacklist"] == expected
-        finally:
-            s.close()
 
 
 # -- input validation and injection ---------------------------------------------------------
@@ -362,7 +196,7 @@ def test_sql_injection_looking_ids_are_plain_data(store: SQLiteStore, db: Path) 
     tenant = "x.y-z_1"
     d = json.dumps({"tenant": tenant, "blacklist": []}).encode()
     assert store.commit_version(tenant, "push", d, b"s", 0, comment=evil) == 1
-    store.patch_list(tenant, "blacklist", [evil], [], snap, 1)
+    patch_list(store, tenant, "blacklist", [evil], [], snap, 1)
     assert store.current_versions() == {tenant: 2}
     assert store.get_version(tenant, 1).document == d
     assert json.loads(store.get_version(tenant).document or b"")["blacklist"] == [evil]
@@ -643,7 +477,7 @@ def test_concurrent_commits_from_processes(db: Path) -> None:
 
 def test_lock_timeout_is_store_busy(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     SQLiteStore(db).close()
-    monkeypatch.setattr(server.store.sqlite, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(server.store.base, "BUSY_TIMEOUT_MS", 100)
     s = SQLiteStore(db)
     holder = raw(db)
     holder.isolation_level = None
@@ -660,37 +494,13 @@ def test_lock_timeout_is_store_busy(db: Path, monkeypatch: pytest.MonkeyPatch) -
     assert issubclass(StoreBusy, StoreError) and issubclass(SchemaTooNew, StoreError)
 
 
-def test_patch_compiles_outside_the_write_lock_and_retries_on_a_new_version(store: SQLiteStore) -> None:
-    store.commit_version("acme", "push", doc(blacklist=["+1001"]), b"s1", 0)
-    calls: list[bytes] = []
-
-    def builder(document: bytes) -> bytes:
-        calls.append(document)
-        if len(calls) == 1:  # another admin pushes while this patch compiles (writes are not blocked)
-            store.commit_version("acme", "push", doc(blacklist=["+2002"]), b"s2", None)
-        return b"compiled"
-
-    result = store.patch_list("acme", "blacklist", ["+3003"], [], builder, None)
-    assert result == PatchResult(version=3, added=1, removed=0, size=2)
-    assert blacklist(store, 3) == ["+2002", "+3003"]  # applied to the version that came in meanwhile
-    assert len(calls) == 2
-
-    def pushing_builder(document: bytes) -> bytes:
-        store.commit_version("acme", "push", doc(blacklist=[]), b"s", None)
-        return b"compiled"
-
-    with pytest.raises(VersionConflict):  # with expected_version, the race is the caller's to resolve
-        store.patch_list("acme", "blacklist", ["+4004"], [], pushing_builder, 3)
-    assert store.current_versions() == {"acme": 4}
-
-
 def test_migration_2_keeps_calls_and_ledger_of_a_version_1_file(db: Path) -> None:
     """A store made by the first release (schema 1) opens with its calls and balances intact."""
     db.parent.mkdir(parents=True)
     with raw(db) as conn:
         conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
                      "applied_at INTEGER NOT NULL)")
-        for statement in server.store.sqlite._split_sql(MIGRATIONS[0][2]):
+        for statement in server.store.sqlite.split_sql(MIGRATIONS[0][2]):
             conn.execute(statement)
         conn.execute("INSERT INTO schema_migrations VALUES (1, 'first', 0)")
         conn.execute("INSERT INTO ledger (tenant, kind, amount_micro, ref, created_at) VALUES "

@@ -2,7 +2,7 @@
 
 A token is `cg_<id>_<secret>`: the id finds its row, the secret is checked
 against the stored SHA-256 of the whole token with a constant-time compare,
-and only the hash is ever stored.  Roles (issue 7):
+and only the hash is ever stored.  Roles:
 
 - `proxy`: the Decisions service (every tenant: a SIP proxy serves them all);
 - `tenant-admin`: settings, blacklists, document upload, balance, ledger and

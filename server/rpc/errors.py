@@ -15,13 +15,18 @@ UNKNOWN (grpcio's answer to an exception nobody caught) is never sent.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures.process
 import logging
 import secrets
+import time
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from engine.settings import SettingsError
+from server import metrics
 from server.store.api import NotFound, NumberTaken, StoreDamaged, StoreUnavailable, VersionConflict
 
 log = logging.getLogger("callgate.service")
@@ -70,3 +75,27 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException, rpc: str 
     """Answer the call with exc's status (raises, as context.abort does)."""
     code, message = status_for(exc, rpc)
     await context.abort(code, message)
+
+
+def method(handler: Callable[[Any, Any], Any], timed: str | None = None) -> Callable[..., Any]:
+    """A gRPC method from `handler(self, request)` (plain or async; for a client stream, the request is the
+    iterator of its messages): whatever it raises is answered through `status_for`, the same for every method
+    of every service.  `timed` names the latency series the call is observed in."""
+
+    async def rpc(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        try:
+            reply = handler(self, request)
+            if asyncio.iscoroutine(reply):
+                reply = await reply
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(context, exc, handler.__name__.lstrip("_"))
+            raise  # unreachable: abort raises
+        if timed is not None:
+            metrics.observe(timed, time.perf_counter() - start)
+        return reply
+
+    rpc.__name__ = handler.__name__
+    return rpc

@@ -23,12 +23,12 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import AbstractContextManager
 from typing import Any
 
 from server.rules.billing import crossed
 from server.rules.calls import Account, Call, Event, EventRefused, Outcome, Reply, check_replay
 from server.store.api import CardRecord, DocumentFile, DocumentSet, LedgerEntry, NotFound, Topup, TopupPolicy
+from server.store.base import SQLiteBase
 from server.store.checks import _check_int, _check_str, _check_tenant
 
 CALL_COLUMNS = ("tenant, call_id, direction, caller, called, state, ringing_user, ringing_at, answered_by, "
@@ -48,14 +48,8 @@ def _topup(row: Any) -> Topup:
     return Topup(*row)
 
 
-class AccountsMixin:
+class AccountsPart(SQLiteBase):
     """Calls, money and documents for SQLiteStore (see the module docstring)."""
-
-    # provided by SQLiteStore
-    _transaction: Callable[[bool], AbstractContextManager[sqlite3.Connection]]
-    _read: Callable[[str, tuple[Any, ...]], list[Any]]
-    _grouped: Callable[[Callable[[sqlite3.Connection], Any]], Any]
-    _submit: Callable[[Callable[[sqlite3.Connection], Any]], Future[Any]]
 
     # -- calls -----------------------------------------------------------------
 
@@ -369,4 +363,4 @@ class AccountsMixin:
         return [r[0] for r in rows]
 
 
-__all__ = ["AccountsMixin", "EventRefused"]
+__all__ = ["AccountsPart", "EventRefused"]

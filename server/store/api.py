@@ -1,4 +1,4 @@
-"""The one narrow interface between callgate's service and its state (SPEC §5).
+"""The one narrow interface between callgate's service and its state (spec §5).
 
 Everything stored goes through `Store`: settings versions and their history,
 blacklist patches, compiled snapshot blobs, the owner of every phone number,
@@ -86,6 +86,15 @@ class VersionConflict(StoreError):
         super().__init__(f"tenant {tenant!r} is at version {actual}, not {expected}: "
                          "read the current settings and push again")
         self.tenant, self.expected, self.actual = tenant, expected, actual
+
+
+class VersionMoved(StoreError):
+    """Another version came in between `prepare_patch` and `commit_patch` (no expected version was given):
+    prepare the patch again on the new version."""
+
+    def __init__(self, tenant: str, base: int, actual: int):
+        super().__init__(f"tenant {tenant!r} moved from version {base} to {actual} while the patch compiled")
+        self.tenant, self.base, self.actual = tenant, base, actual
 
 
 class TenantMissing(NotFound):
@@ -296,6 +305,31 @@ class PatchResult:
     size: int                   # entries on the list after the patch
 
 
+@dataclass(frozen=True, slots=True)
+class ListPatch:
+    """A blacklist patch worked out on one version (`prepare_patch`), waiting for its compiled snapshot."""
+
+    tenant: str
+    list_name: str
+    base_version: int                    # the version in force it was worked out on
+    ops: tuple[tuple[str, str], ...]     # ("add" | "remove", number): only what changes the list
+    document: bytes                      # the effective document after the patch, JSON: what to compile
+    size: int                            # entries on the list after the patch
+    expected_version: int | None         # the caller's compare-and-swap, if any
+
+    @property
+    def added(self) -> int:
+        return sum(1 for op, _ in self.ops if op == "add")
+
+    @property
+    def removed(self) -> int:
+        return len(self.ops) - self.added
+
+    def unchanged(self) -> PatchResult:
+        """The answer for a patch that changes nothing (no ops): no new version."""
+        return PatchResult(version=self.base_version, added=0, removed=0, size=self.size)
+
+
 class Store(Protocol):
     # -- settings ----------------------------------------------------------
     def current_versions(self) -> dict[str, int]:
@@ -357,19 +391,25 @@ class Store(Protocol):
         (one per other claimant, all committed in the same transaction)."""
         ...
 
-    def patch_list(self, tenant: str, list_name: str, add: list[str], remove: list[str],
-                   snapshot_for: SnapshotBuilder, expected_version: int | None) -> PatchResult:
-        """Add and remove E.164 numbers on "blacklist" or "offhours_blacklist" as a new version.
+    def prepare_patch(self, tenant: str, list_name: str, add: list[str], remove: list[str],
+                      expected_version: int | None) -> ListPatch:
+        """Work out adding and removing E.164 numbers on "blacklist" or "offhours_blacklist" of the version in
+        force: the changes that change something (removes first, then adds: a number in both ends up listed)
+        and the document after them, for the caller to compile (outside any lock: a big list takes a second).
+        A patch without ops changes nothing and makes no version (`ListPatch.unchanged`).
+        Raises NotFound if the tenant has no settings, VersionConflict as above.  Writes nothing.
+        """
+        ...
 
-        The patch itself is stored as rows (not a copy of the document); the
+    def commit_patch(self, patch: ListPatch, blob: bytes) -> PatchResult:
+        """Store a prepared patch, with its compiled snapshot, as the version after its base.
+
+        The patch is stored as rows (not a copy of the document); the
         effective document of the new version is the previous one with the
-        patch applied.  A patch that changes nothing (adds listed numbers,
-        removes unlisted ones) makes no version and returns the current one.
-        `snapshot_for(document_json) -> snapshot bytes` compiles it, outside
-        the write lock (other writers are not held up by a long compile);
-        the write then checks that the version compiled is still the one in
-        force.  A failure changes nothing.
-        Raises NotFound if the tenant has no settings, VersionConflict as above.
+        patch applied.  If another version came in since `prepare_patch`:
+        VersionConflict when the patch had an expected version (the caller's
+        race to resolve), else VersionMoved (prepare again).  A failure
+        changes nothing.
         """
         ...
 
@@ -524,7 +564,3 @@ class Store(Protocol):
 
     def close(self) -> None:
         ...
-
-
-class SnapshotBuilder(Protocol):
-    def __call__(self, document: bytes) -> bytes: ...

@@ -1,4 +1,4 @@
-"""What a failure of the SQLite store means to its caller: try again, or never (SPEC §7, "faults are loud").
+"""What a failure of the SQLite store means to its caller: try again, or never (spec §7, "faults are loud").
 
 Every `sqlite3.Error` that leaves a store method is turned here into one of
 two named errors (server.store_api):

@@ -1,4 +1,4 @@
-"""The SQLite store's number ownership: which tenant holds each E.164 number (SPEC §7).
+"""The SQLite store's number ownership: which tenant holds each E.164 number (spec §7).
 
 Contract:
 - `number_owners` has the number as its primary key, so the database itself
@@ -21,7 +21,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 from server.store.api import (
@@ -35,6 +34,8 @@ from server.store.api import (
     VersionWrite,
 )
 from server.store.checks import _check_e164, _check_tenant
+from server.store.settings import SettingsPart
+from server.store.versions import documents_in_force
 
 OWNER_COLUMNS = "number, tenant, line, version, since"
 
@@ -111,15 +112,8 @@ def _owner(row: Any) -> NumberOwner:
     return NumberOwner(row[0], row[1], row[2], int(row[3]), int(row[4]))
 
 
-class NumbersMixin:
+class NumbersPart(SettingsPart):
     """Ownership reads and conflict resolution for SQLiteStore (see the module docstring)."""
-
-    # provided by SQLiteStore
-    _transaction: Callable[[bool], AbstractContextManager[sqlite3.Connection]]
-    _read: Callable[[str, tuple[Any, ...]], list[Any]]
-    _commit_in: Callable[..., list[int]]
-    _checked: Callable[[VersionWrite], VersionWrite]
-    _documents_in_force: Callable[[sqlite3.Connection], list[tuple[str, int, dict[str, Any]]]]
 
     def number_owner(self, number: str) -> NumberOwner | None:
         _check_e164("number", number)
@@ -157,7 +151,7 @@ class NumbersMixin:
         found: list[str] = []
         with self._transaction(True) as conn:
             listed: dict[str, dict[str, str]] = {}
-            for tenant, _version, doc in self._documents_in_force(conn):
+            for tenant, _version, doc in documents_in_force(conn):
                 for number, line in document_numbers(doc):
                     listed.setdefault(number, {}).setdefault(tenant, line)
             owners = dict(conn.execute("SELECT number, tenant FROM number_owners"))

@@ -5,14 +5,12 @@ A tenant-admin token names existing tenants only: checked in the transaction tha
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from server.rules.tokens import ROLES, TENANT_ROLES, TokenRecord
 from server.store.api import AuditRow, NotFound, TenantMissing
+from server.store.base import SQLiteBase
 from server.store.checks import _check_int, _check_str, _check_tenant
 
 TOKEN_COLUMNS = "id, role, tenants, created_at, expires_at, revoked_at, comment, token_hash"
@@ -28,11 +26,8 @@ def _token(row: Any) -> TokenRecord:
     return TokenRecord(ident, role, tuple(json.loads(tenants)), created, expires, revoked, comment, token_hash)
 
 
-class SecurityMixin:
+class SecurityPart(SQLiteBase):
     """Tokens and audit for SQLiteStore."""
-
-    _transaction: Callable[[bool], AbstractContextManager[sqlite3.Connection]]
-    _read: Callable[[str, tuple[Any, ...]], list[Any]]
 
     def add_token(self, ident: str, token_hash: str, role: str, tenants: list[str], expires_at: int,
                   comment: str) -> TokenRecord:

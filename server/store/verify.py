@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.money import format_amount
 from server.rules.documents import BlobStore
 from server.store.api import StoreError
 from server.store.faults import describe_check
@@ -104,12 +105,12 @@ def _money(conn: sqlite3.Connection, report: Report) -> None:
     for tenant, balance, total, reserved, held in rows:
         if balance != total:
             bad += 1
-            report.problems.append(f"money: tenant {tenant!r} has balance {_units(balance)} but its ledger sums to "
-                                   f"{_units(total)}")
+            report.problems.append(f"money: tenant {tenant!r} has balance {format_amount(balance)} "
+                                   f"but its ledger sums to {format_amount(total)}")
         if reserved != held:
             bad += 1
-            report.problems.append(f"money: tenant {tenant!r} holds {_units(reserved)} for calls in progress but "
-                                   f"its open calls hold {_units(held)}")
+            report.problems.append(f"money: tenant {tenant!r} holds {format_amount(reserved)} for calls in "
+                                   f"progress but its open calls hold {format_amount(held)}")
     for (tenant,) in orphans:
         bad += 1
         report.problems.append(f"money: tenant {tenant!r} has ledger entries but no account")
@@ -160,6 +161,3 @@ def _documents(conn: sqlite3.Connection, folder: Path, report: Report, progress:
     if not bad:
         report.checked.append(f"documents: {n} file(s) present with their SHA-256")
 
-
-def _units(micro: int) -> str:
-    return f"{micro / 1e6:.6f}".rstrip("0").rstrip(".")

@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +84,7 @@ class SlowGateway:
 
 
 class Jobs:
-    def __init__(self, store: Store, snapshots: dict[str, CoreSnapshot], gateway: billing.PaymentGateway,
+    def __init__(self, store: Store, snapshots: Mapping[str, CoreSnapshot], gateway: billing.PaymentGateway,
                  options: JobOptions) -> None:
         self.store, self.snapshots, self.gateway, self.options = store, snapshots, gateway, options
         self._next_expire = 0.0

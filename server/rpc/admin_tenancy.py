@@ -1,0 +1,136 @@
+"""Admin: API tokens, the owner of every number and its transfers, the failover export, the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+
+import grpc
+
+from callgate.v1 import admin_pb2
+from engine.document_json import dumps_document, loads_document
+from engine.settings import SettingsError
+from server.rpc import auth
+from server.rpc.admin_base import AdminBase
+from server.rpc.errors import RequestError
+from server.rpc.messages import audit_message, committed, facts_of, number_owner_message, token_message
+from server.rpc.requests import _number_arg, _tenant_arg, _text
+from server.rules import numbers, tokens
+from server.store.api import VersionConflict, VersionWrite
+
+log = logging.getLogger("callgate.service")
+
+
+class TenancyAdmin(AdminBase):
+    async def _create_token(self, r: admin_pb2.CreateTokenRequest) -> admin_pb2.CreateTokenReply:
+        if not 0 <= r.expires_in_seconds <= 10 * 365 * 86_400:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "expires_in_seconds is 0 (never) up to ten years")
+        ident, token, token_hash = tokens.new_token()
+        expires = int(time.time()) + r.expires_in_seconds if r.expires_in_seconds else 0
+        record = await asyncio.to_thread(self.state.store.add_token, ident, token_hash, _text("role", r.role),
+                                         [_text("tenant", t) for t in r.tenants], expires, _text("comment", r.comment))
+        auth.note(object=f"token {record.id}", detail=f"created token {record.id} ({record.role}"
+                  + (f" of {', '.join(record.tenants)}" if record.tenants else "") + ")")
+        log.info("token created", extra={"event": "token_created", "id": record.id, "role": record.role})
+        return admin_pb2.CreateTokenReply(info=token_message(record), token=token)
+
+    async def _list_tokens(self, r: admin_pb2.ListTokensRequest) -> admin_pb2.ListTokensReply:
+        records = await asyncio.to_thread(self.state.store.list_tokens)
+        return admin_pb2.ListTokensReply(tokens=[token_message(t) for t in records])
+
+    async def _revoke_token(self, r: admin_pb2.RevokeTokenRequest) -> admin_pb2.TokenInfo:
+        record = await asyncio.to_thread(self.state.store.revoke_token, _text("id", r.id))
+        auth.note(detail=f"revoked token {record.id}")
+        log.info("token revoked", extra={"event": "token_revoked", "id": record.id})
+        return token_message(record)
+
+    # -- numbers and audit --------------------------------------------------------
+
+    async def _number_owner(self, r: admin_pb2.NumberOwnerRequest) -> admin_pb2.NumberOwnerReply:
+        number = _number_arg("number", r.number)
+        owner = await asyncio.to_thread(self.state.store.number_owner, number)
+        if owner is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"no tenant holds {number}")
+        auth.note(tenant=owner.tenant)
+        return number_owner_message(owner)
+
+    async def _transfer_number(self, r: admin_pb2.TransferNumberRequest) -> admin_pb2.TransferNumberReply:
+        number = _number_arg("number", r.number)
+        src, dst = _tenant_arg("from_tenant", r.from_tenant), _tenant_arg("to_tenant", r.to_tenant)
+        if src == dst:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "from_tenant and to_tenant are the same tenant")
+        line, route_to = _text("line", r.line), _text("route_to", r.route_to)
+        comment = _text("comment", r.comment) or f"{number} from {src} to {dst}"
+        auth.note(tenant=src, object=f"number {number}", detail=f"to tenant {dst}")
+        store, state = self.state.store, self.state
+        for _attempt in range(3):  # a push to either tenant in between: work the move out again
+            owner = await asyncio.to_thread(store.number_owner, number)
+            if owner is None or owner.tenant != src:
+                held = f"tenant {owner.tenant!r} holds it" if owner else "no tenant holds it"
+                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"{number} is not {src!r}'s: {held}")
+            a = await asyncio.to_thread(store.get_version, src)
+            b = await asyncio.to_thread(store.get_version, dst)
+            assert a.document is not None and b.document is not None
+            doc_a, entry, notes = numbers.release(loads_document(a.document), number)
+            doc_b, more = numbers.adopt(loads_document(b.document), entry, line, route_to)
+            notes += more
+            built = []
+            for tenant, doc in ((src, doc_a), (dst, doc_b)):
+                document = dumps_document(doc)
+                try:
+                    one = await state.compiler.build(document, "json")
+                except SettingsError as exc:
+                    raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                       f"moving {number} would leave tenant {tenant!r} with settings that are not "
+                                       f"valid: {exc}") from None
+                built.append((one, document))
+            writes = [VersionWrite(t, "transfer", one.document or document, one.blob, one.numbers, record.version,
+                                   comment[:500], facts_of(one))
+                      for t, record, (one, document) in ((src, a, built[0]), (dst, b, built[1]))]
+            state.installing.update((src, dst))
+            try:
+                try:
+                    versions = await committed(functools.partial(store.commit_versions, writes, may_create=False),
+                                               lambda vs: {"version_before": vs[0] - 1, "version_after": vs[0]})
+                except VersionConflict:
+                    continue
+                for (one, _document), version, tenant in zip(built, versions, (src, dst), strict=True):
+                    await state.install_blob(tenant, version, one.blob)
+            finally:
+                state.installing.difference_update((src, dst))
+            break
+        else:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"tenants {src!r} and {dst!r} kept getting new versions "
+                                                            "while the transfer was worked out: try again")
+        auth.note(version_before=a.version, version_after=versions[0],
+                  detail=f"to tenant {dst} (version {versions[1]}); " + "; ".join(notes))
+        auth.note_also(tenant=dst, version_before=b.version, version_after=versions[1],
+                       detail=f"from tenant {src} (version {versions[0]}); " + "; ".join(notes))
+        log.info("number transferred", extra={"event": "number_transferred", "number": number, "from": src,
+                                              "to": dst, "from_version": versions[0], "to_version": versions[1],
+                                              "notes": notes})
+        return admin_pb2.TransferNumberReply(number=number, from_tenant=src, from_version=versions[0], to_tenant=dst,
+                                             to_version=versions[1], notes=notes)
+
+    async def _export_failover(self, r: admin_pb2.ExportFailoverRequest) -> admin_pb2.FailoverTable:
+        view = await asyncio.to_thread(self.state.store.failover_view)
+        return admin_pb2.FailoverTable(
+            generated_at=int(time.time()),
+            tenants=[admin_pb2.TenantFailover(tenant=t.tenant, version=t.version, status=t.status,
+                                              backup_number=t.backup_number, backup_line=t.backup_line)
+                     for t in view.tenants],
+            numbers=[number_owner_message(n) for n in view.numbers])
+
+    async def _list_audit(self, r: admin_pb2.ListAuditRequest) -> admin_pb2.ListAuditReply:
+        if r.tenant:
+            _tenant_arg("tenant", r.tenant)
+        if not r.since == r.since or r.since < 0:  # NaN or before 1970
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "since is UTC seconds (0: from the start)")
+        if r.limit > 1000 or r.before_id >= 2**63:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "limit is at most 1000; before_id is an audit row id")
+        rows = await asyncio.to_thread(self.state.store.audit_rows, r.tenant, r.since, r.limit or 100,
+                                       _text("action", r.action), int(r.before_id))
+        return admin_pb2.ListAuditReply(entries=[audit_message(row) for row in rows])
