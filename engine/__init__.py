@@ -18,7 +18,7 @@ What it holds:
   `_core.pxd`): the compiled core that decides; `reference`: the same
   decisions in plain Python (docs/decisions.md is what both follow).
 - `engine`: `Engine`, every tenant's snapshot in force; `decision`, `codes`,
-  `dialing`, `timezones`, `document_json`: shared types, codes and tables;
+  `dialing`, `timezones`, `document_json`, `money`: shared types, codes and tables;
   `cli`, `demo`: the offline command line.
 
 What it may import: the standard library and its third-party dependencies
@@ -37,23 +37,15 @@ from ._core import (
 )
 from .decision import Decision, RingingCall
 from .engine import Engine, UnknownTenant, instant
+from .money import MICRO, format_amount, to_micro
 from .settings import E164, Settings, SettingsError, load_document, parse_settings, tenant_id_problem
-from .snapshot import (
-    Built,
-    build,
-    compile_settings,
-    dumps,
-    line_rate,
-    loads,
-    micro_units,
-    roaring_bytes,
-    with_documents,
-)
+from .snapshot import Built, build, compile_settings, dumps, loads, roaring_bytes, with_documents
 
 __all__ = [
     "DEBUG_BUILD",
     "E164",
     "INBOUND_DTYPE",
+    "MICRO",
     "OUTBOUND_DTYPE",
     "Built",
     "CoreDecision",
@@ -67,15 +59,15 @@ __all__ = [
     "build",
     "compile_settings",
     "dumps",
+    "format_amount",
     "instant",
-    "line_rate",
     "load_document",
     "loads",
-    "micro_units",
     "parse_roaring64",
     "parse_settings",
     "roaring_bytes",
     "roaring_index",
     "tenant_id_problem",
+    "to_micro",
     "with_documents",
 ]

@@ -94,7 +94,9 @@ cdef void decide_inbound(const Snap* s, const char* caller, Py_ssize_t nc, const
 
 
 cdef void decide_outbound(const Snap* s, const char* user, Py_ssize_t nu, const char* dest,
-                          Py_ssize_t nd, int64_t at, int64_t balance, Out* o) noexcept nogil:
+                          Py_ssize_t nd, int64_t at, int64_t balance, bint any_balance, Out* o) noexcept nogil:
+    # any_balance: the route and rate whatever the credit (a call that starts ringing is priced by them; its
+    # hold is what the credit allows): no funds check, the call's cap as the longest talk
     cdef int32_t u, cid, rate, read
     cdef uint64_t dest_num = 0
     cdef int64_t pm, inc, k, cap
@@ -105,7 +107,7 @@ cdef void decide_outbound(const Snap* s, const char* user, Py_ssize_t nu, const 
     if at < MIN_INSTANT or at >= MAX_INSTANT:
         refuse(o, V_ERROR, R_INVALID_TIME)
         return
-    if balance > MAX_BALANCE_MICRO or balance < -MAX_BALANCE_MICRO:
+    if not any_balance and (balance > MAX_BALANCE_MICRO or balance < -MAX_BALANCE_MICRO):
         refuse(o, V_ERROR, R_INVALID_BALANCE)
         return
     u = user_index(s, user, nu)
@@ -132,7 +134,9 @@ cdef void decide_outbound(const Snap* s, const char* user, Py_ssize_t nu, const 
     pm = s.rate_pm[rate]
     inc = s.rate_inc[rate]
     cap = MAX_CALL_SECONDS // inc
-    if balance < 0 or (balance == 0 and pm > 0):
+    if any_balance:
+        k = cap
+    elif balance < 0 or (balance == 0 and pm > 0):
         k = 0  # even a free call costs more than a debt
     elif pm == 0:
         k = cap

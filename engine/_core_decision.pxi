@@ -107,6 +107,11 @@ cdef class CoreDecision:
         return self.snap._decimals[self.o.rate] if self.o.rate >= 0 else None
 
     @property
+    def rate_micro(self):
+        """The per-minute rate in micro-units (the exact integer behind `rate_per_minute`), or None."""
+        return self.snap.s.rate_pm[self.o.rate] if self.o.rate >= 0 else None
+
+    @property
     def increment_s(self):
         return self.snap.s.rate_inc[self.o.rate] if self.o.rate >= 0 else None
 

@@ -78,18 +78,43 @@ cdef class CoreSnapshot:
         return d
 
     def outbound(self, str user not None, str destination not None, at, balance_micro):
-        """Outbound decision; the balance is an int of micro-units of the currency (1e-6), never a float."""
+        """Outbound decision; the balance is an int of micro-units of the currency (1e-6), never a float.
+
+        `balance_micro` None: the route and rate whatever the credit (ALLOW up to the call's cap wherever a
+        rate exists): what a call that starts ringing is priced by.
+        """
         if self.s.nt == NULL:
             raise ValueError("this CoreSnapshot was never loaded")
-        if type(balance_micro) is not int:  # a float would be truncated: money is never binary floating point
+        cdef bint any_balance = balance_micro is None
+        if any_balance:
+            balance_micro = 0
+        elif type(balance_micro) is not int:  # a float would be truncated: money is never binary floating point
             raise TypeError(f"balance_micro must be an int of micro-units, not {type(balance_micro).__name__}")
         cdef Py_ssize_t nu, nd
         cdef const char* pu = utf8(user, &nu)
         cdef const char* pd = utf8(destination, &nd)
         cdef CoreDecision d = CoreDecision.__new__(CoreDecision)
         d.snap = self
-        decide_outbound(&self.s, pu, nu, pd, nd, instant(at), balance_micro, &d.o)
+        decide_outbound(&self.s, pu, nu, pd, nd, instant(at), balance_micro, any_balance, &d.o)
         return d
+
+    def line_rate(self, str line not None, str number not None):
+        """(per-minute rate in micro-units, increment in seconds) of the longest prefix of `number`'s digits on
+        `line`, or None (unknown line, a number that is not E.164, no matching rate): how a forwarded leg is
+        priced.  The same trie walk as the Outbound decision's."""
+        if self.s.nt == NULL:
+            raise ValueError("this CoreSnapshot was never loaded")
+        if line not in self._lines:
+            return None
+        cdef Py_ssize_t n
+        cdef const char* p = utf8(number, &n)
+        cdef uint64_t num = 0
+        if n < 2 or p[0] != c'+' or not read_international(p, n, &num):
+            return None
+        cdef int32_t rate = match_rate(&self.s, <int32_t>self._lines.index(line), num)
+        if rate < 0:
+            return None
+        return (self.s.rate_pm[rate], self.s.rate_inc[rate])
 
     def pickup(self, str user not None, str dialed not None, ringing):
         """Pickup decision: which of `ringing` (RingingCall-like objects) the user may intercept."""
@@ -174,7 +199,7 @@ cdef class CoreSnapshot:
         with nogil:
             for i in range(n):
                 decide_outbound(&self.s, pu + i * wu, _strnlen(pu + i * wu, wu),
-                                pd + i * wd, _strnlen(pd + i * wd, wd), pt[i], pb[i], &o)
+                                pd + i * wd, _strnlen(pd + i * wd, wd), pt[i], pb[i], False, &o)
                 r[i].max_duration = o.max_duration
                 r[i].line = o.line
                 r[i].callerid = o.callerid

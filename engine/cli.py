@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import demo
-from .settings import Settings, SettingsError, parse_settings
+from .settings import Settings, SettingsError, document_format, parse_settings
 from .snapshot import compile_settings, dumps
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "acme.json"
@@ -67,10 +67,8 @@ def _read(path: Path) -> bytes:
 
 def _parse(path: Path, fmt: str | None) -> Settings:
     data = _read(path)
-    if fmt is None and path.suffix in (".msgpack", ".mpk"):
-        fmt = "msgpack"
     try:
-        return parse_settings(data, fmt)
+        return parse_settings(data, document_format(data, fmt, path.name))
     except SettingsError as exc:
         raise CliError(f"{path}: {exc}") from None
 

@@ -1,7 +1,7 @@
 """Public names of verdicts and reason codes, with their integer codes.
 
 The integers are what the compiled core writes into its result structs and
-batch columns; the names are the public contract (SPEC §3).  The order of
+batch columns; the names are the public contract (spec §3).  The order of
 these tables is frozen: appending is fine, renumbering breaks stored batches
 and the gRPC enums that mirror them.
 """
@@ -79,7 +79,7 @@ MAX_CALL_SECONDS: Final = 86_400
 MIN_INSTANT: Final = 946_684_800
 MAX_INSTANT: Final = 4_102_444_800
 
-# The rule that decided, in words, per reason (SPEC §2-§3 rule numbers), for
+# The rule that decided, in words, per reason (spec §2-§3 rule numbers), for
 # the CLI and the `rule` field of gRPC decisions.
 RULES: Final = {
     "OK": "no rule refused the call",

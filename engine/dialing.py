@@ -1,7 +1,7 @@
 """Dialling facts of a country, taken from phonenumbers' metadata.
 
 A number's `country` in the settings decides how a caller or destination
-written the way SIP headers carry it in practice is read (SPEC §1):
+written the way SIP headers carry it in practice is read (spec §1):
 
 1. `+` and digits: E.164 as written.
 2. the country's international prefix (`00`, `011` in NANP, `810` in

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -26,8 +27,9 @@ def loads_document(document: bytes) -> dict[str, Any]:
     return doc
 
 
-def dumps_document(doc: dict[str, Any]) -> bytes:
-    """Compact JSON with every Decimal written back digit for digit (json has no raw-number hook).
+def dumps_document(doc: Mapping[str, Any], indent: int | None = None) -> bytes:
+    """Compact JSON (`indent`: for people) with every Decimal written back digit for digit (json has no
+    raw-number hook).
 
     Each Decimal is first written as a string holding a marker (a NUL, which
     json always escapes as \\u0000, and a random nonce, so no string of the
@@ -45,8 +47,8 @@ def dumps_document(doc: dict[str, Any]) -> bytes:
 
     def encode(ensure_ascii: bool) -> bytes:
         decimals.clear()
-        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=ensure_ascii, allow_nan=False,
-                          default=default)
+        text = json.dumps(doc, separators=(",", ":") if indent is None else (",", ": "), indent=indent,
+                          ensure_ascii=ensure_ascii, allow_nan=False, default=default)
         if decimals:
             marker = re.compile(r'"\\u0000' + nonce + r':(\d+)\\u0000"')
             text = marker.sub(lambda m: decimals[int(m.group(1))], text)

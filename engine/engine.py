@@ -16,8 +16,9 @@ from types import MappingProxyType
 
 from ._core import CoreDecision, CoreSnapshot
 from .decision import RingingCall
+from .money import to_micro
 from .settings import Settings
-from .snapshot import compile_settings, micro_units, with_documents
+from .snapshot import compile_settings, with_documents
 
 
 class UnknownTenant(LookupError):
@@ -87,7 +88,8 @@ class Engine:
 
     def outbound(self, tenant: str, user: str, destination: str, at: int | float | dt.datetime,
                  balance: Decimal | int | str) -> CoreDecision:
-        return self.snapshot(tenant).outbound(user, destination, instant(at), micro_units(balance))
+        return self.snapshot(tenant).outbound(user, destination, instant(at),
+                                                  to_micro(Decimal(balance) if isinstance(balance, int) else balance))
 
     def pickup(self, tenant: str, user: str, dialed: str, ringing: Sequence[RingingCall]) -> CoreDecision:
         return self.snapshot(tenant).pickup(user, dialed, ringing)

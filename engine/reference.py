@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 from . import codes
 from .decision import Decision, RingingCall
 from .dialing import CountryDialing, country_dialing, plausible_e164
+from .money import to_micro
 from .settings import Line, Number, Rate, Schedule, Settings, User
 
 # A user id: 1-64 characters of letters, digits, `_ . : @ -`, the first a
@@ -359,8 +360,10 @@ class Reference:
                               group=group, members=members)
 
     # -- outbound ----------------------------------------------------------
-    def outbound(self, user: str, destination: str, at: int, balance: Decimal) -> Decision:
-        _check_balance(balance)
+    def outbound(self, user: str, destination: str, at: int, balance: Decimal | None) -> Decision:
+        """`balance` None: the route and rate whatever the credit (a ringing call is priced by them)."""
+        if balance is not None:
+            _check_balance(balance)
 
         # 1. the user id
         if not _valid_user(user):
@@ -399,7 +402,7 @@ class Reference:
             return self._decision("DENY", "NO_RATE")
 
         # 8. affordable increments
-        k = affordable_increments(balance, rate)
+        k = affordable_increments(balance, rate) if balance is not None else codes.MAX_CALL_SECONDS // rate.increment_s
         if k == 0:
             return self._decision("DENY", "INSUFFICIENT_FUNDS")
 
@@ -409,6 +412,14 @@ class Reference:
             caller_id=caller_id, destination=destination_e164, line=line.id,
             rate_per_minute=rate.per_minute, increment_s=rate.increment_s, max_duration_s=k * rate.increment_s,
         )
+
+    def line_rate(self, line: str, number: str) -> tuple[int, int] | None:
+        """(per-minute rate in micro-units, increment) of the longest prefix of E.164 `number` on `line`."""
+        found = self.lines.get(line)
+        if found is None or not number.startswith("+") or read_number(number, None) is None:
+            return None
+        rate = longest_prefix_rate(found, number[1:])
+        return (to_micro(rate.per_minute), rate.increment_s) if rate is not None else None
 
     # -- pickup ------------------------------------------------------------
     def pickup(self, user: str, dialed: str, ringing: Sequence[RingingCall]) -> Decision:

@@ -1,4 +1,4 @@
-"""The tenant settings document (SPEC §1): `parse_settings` and every public name of its three parts.
+"""The tenant settings document (spec §1): `parse_settings` and every public name of its three parts.
 
 A document is decoded strictly (`settings_decode`: JSON or msgpack, no
 duplicate keys, UTF-8 only), then validated whole (`settings_rules`: every
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .settings_decode import BOMS, MAX_DOCUMENT_BYTES, MAX_INT_DIGITS, Unfit, load_document
+from .settings_decode import BOMS, MAX_DOCUMENT_BYTES, MAX_INT_DIGITS, Unfit, document_format, load_document
 from .settings_model import (
     AMOUNT_DECIMALS,
     MAX_AMOUNT,
@@ -66,6 +66,7 @@ __all__ = [
     "Unfit",
     "User",
     "check_tenant_id",
+    "document_format",
     "load_document",
     "parse_settings",
     "tenant_id_problem",

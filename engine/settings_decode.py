@@ -115,6 +115,24 @@ class _Keys:
         return [f"{path}: {message}" for (_, path), _, message in located]
 
 
+MSGPACK_SUFFIXES = (".msgpack", ".mpk")
+
+
+def document_format(data: bytes | str, fmt: str | None = None, filename: str = "") -> str:
+    """The format of a settings document, "json" or "msgpack": the one place it is guessed.
+
+    `fmt` when given; else msgpack for a file named *.msgpack or *.mpk; else
+    JSON when the text starts with `{` or `[` (after white space), msgpack otherwise.
+    """
+    if fmt:
+        return fmt
+    if filename.endswith(MSGPACK_SUFFIXES):
+        return "msgpack"
+    if isinstance(data, str):
+        return "json"
+    return "json" if data.lstrip()[:1] in (b"{", b"[") else "msgpack"
+
+
 def load_document(data: bytes | str, fmt: str | None = None) -> Any:
     """Decode a settings document from JSON (UTF-8) or msgpack bytes, strictly.
 
@@ -143,7 +161,7 @@ def load_document(data: bytes | str, fmt: str | None = None) -> Any:
             if data[:1] == b"\x00":  # no msgpack map starts so; UTF-16 or UTF-32 JSON without a mark does
                 raise SettingsError(["document: starts with a NUL byte, as UTF-16 or UTF-32 text does: "
                                      "JSON documents are read as UTF-8 only"])
-            fmt = "json" if data.lstrip()[:1] in (b"{", b"[") else "msgpack"
+            fmt = document_format(data)
         if fmt == "msgpack":
             return _load_msgpack(bytes(data))
         try:

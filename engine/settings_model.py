@@ -1,4 +1,4 @@
-"""The tenant settings document's typed model (SPEC §1): the frozen dataclasses `parse_settings` returns,
+"""The tenant settings document's typed model (spec §1): the frozen dataclasses `parse_settings` returns,
 the limits and money bounds the rules enforce, and `SettingsError`, which carries every problem at once.
 
 Money stays `Decimal` from the wire to the model; phone numbers stay E.164

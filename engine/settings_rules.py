@@ -1,4 +1,4 @@
-"""The rules of a settings document (SPEC §1, §2), checked whole: `validate` turns a decoded document into
+"""The rules of a settings document (spec §1, §2), checked whole: `validate` turns a decoded document into
 the typed model (`settings_model`) or raises one `SettingsError` listing every problem with the path of the
 field it concerns (``numbers[3].schedule.weekly.tue[0]: '25:00' is not a time``).  Nothing is half applied.
 

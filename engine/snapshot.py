@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import array
 import datetime as dt
-import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import msgpack
@@ -38,12 +36,13 @@ from pyroaring import BitMap64
 
 from . import _core, codes
 from .dialing import country_dialing
-from .settings import Settings, parse_settings
+from .document_json import dumps_document
+from .money import to_micro
+from .settings import Settings, document_format, parse_settings
 from .timezones import zone_table
 
 FORMAT = 1  # bump when the array layout changes; loads() refuses others
 WEEK_WORDS = _core.WEEK_WORDS_
-MICRO = Decimal(1_000_000)
 _EPOCH = dt.date(1970, 1, 1)
 
 assert sys.byteorder == "little", "snapshots are stored little-endian"
@@ -124,13 +123,6 @@ def _number_table(values: np.ndarray) -> np.ndarray:
     table["key"] = keys
     table["index"] = index
     return table
-
-
-def _micro(amount: Decimal) -> int:
-    micro = amount * MICRO
-    if micro != micro.to_integral_value():
-        raise ValueError(f"{amount} has more than 6 decimal places")
-    return int(micro)
 
 
 def compile_settings(settings: Settings, version: int = 1, approved: Iterable[str] = ()) -> _core.CoreSnapshot:
@@ -239,7 +231,7 @@ def compile_arrays(settings: Settings, version: int, approved: Iterable[str]) ->
                     trie_rate.append(-1)
                 node = trie_child[node][digit]
             trie_rate[node] = len(rate_pm)
-            rate_pm.append(_micro(rate.per_minute))
+            rate_pm.append(to_micro(rate.per_minute))
             rate_inc.append(rate.increment_s)
             rate_text.append(str(rate.per_minute))
 
@@ -426,32 +418,6 @@ def with_documents(snapshot: _core.CoreSnapshot, approved: Iterable[str]) -> _co
     return _core.CoreSnapshot(arrays, meta, derived_from=snapshot)
 
 
-def line_rate(snapshot: _core.CoreSnapshot, line: str, number: str) -> tuple[int, int] | None:
-    """(per-minute rate in micro-units, increment in seconds) of the longest prefix of `number`'s digits
-    on `line`, or None (unknown line, no matching rate).  For billing forwarded legs, off the hot path:
-    it walks the same prefix trie as the core."""
-    lines = snapshot.meta["lines"]
-    if line not in lines or not number.startswith("+") or not number[1:].isdigit():
-        return None
-    a = snapshot.arrays
-    node, best = int(a["line_root"][lines.index(line)]), -1
-    for ch in number[1:]:
-        node = int(a["trie_child"][node * 10 + ord(ch) - 48])
-        if node < 0:
-            break
-        if a["trie_rate"][node] >= 0:
-            best = int(a["trie_rate"][node])
-    return (int(a["rate_pm"][best]), int(a["rate_inc"][best])) if best >= 0 else None
-
-
-def micro_units(balance: Decimal | int | str) -> int:
-    """A balance in micro-units of its currency, exactly (at most 6 decimals)."""
-    amount = Decimal(balance) if not isinstance(balance, Decimal) else balance
-    if not amount.is_finite():
-        raise ValueError(f"balance {balance!r} is not a number")
-    return _micro(amount)
-
-
 @dataclass(frozen=True, slots=True)
 class Built:
     """A validated document, as JSON, and its compiled snapshot blob (see `build`)."""
@@ -482,8 +448,8 @@ def build(document: bytes, fmt: str | None = None, approved: Iterable[str] = ())
     settings = parse_settings(document, fmt)
     blob = compile_blob(settings, version=0, approved=approved)
     as_json = None  # JSON pushed stays byte for byte (and is not sent back across the process boundary)
-    if fmt == "msgpack" or (fmt is None and document.lstrip()[:1] not in (b"{", b"[")):
-        as_json = json.dumps(settings.document, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    if document_format(document, fmt) == "msgpack":
+        as_json = dumps_document(settings.document)
     return Built(settings.tenant, as_json, blob, time.perf_counter() - start,
                  max(len(settings.blacklist), len(settings.offhours_blacklist)),
                  tuple((n.number, n.line) for n in settings.numbers), settings.status,

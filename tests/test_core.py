@@ -25,10 +25,10 @@ from engine import (
     compile_settings,
     dumps,
     loads,
-    micro_units,
     parse_roaring64,
     parse_settings,
     roaring_bytes,
+    to_micro,
     with_documents,
 )
 
@@ -167,9 +167,9 @@ def test_outbound_batch_matches_single_calls():
     out = snap.outbound_batch(np.array([r[0].encode() for r in rows], dtype="S12"),
                               np.array([r[1].encode() for r in rows], dtype="S16"),
                               np.full(len(rows), TUESDAY_1030_LA, dtype=np.int64),
-                              np.array([micro_units(r[2]) for r in rows], dtype=np.int64))
+                              np.array([to_micro(r[2]) for r in rows], dtype=np.int64))
     for i, (u, d, b) in enumerate(rows):
-        single = snap.outbound(u, d, TUESDAY_1030_LA, micro_units(b))
+        single = snap.outbound(u, d, TUESDAY_1030_LA, to_micro(b))
         assert codes.REASON_NAMES[out["reason"][i]] == single.reason
         assert codes.VERDICTS[out["verdict"][i]] == single.verdict
         if single.verdict == "ALLOW":

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import RingingCall, compile_settings, micro_units, parse_settings
+from engine import RingingCall, compile_settings, parse_settings, to_micro
 from engine.reference import Reference
 
 EXAMPLES = int(os.environ.get("CALLGATE_DIFF_EXAMPLES", "700"))
@@ -291,7 +291,7 @@ def test_outbound_core_equals_reference(data: Any, tenant: tuple[dict, list[str]
                                    st.sampled_from(callers), malformed))
         balance = Decimal(data.draw(st.integers(-10**8, 10**9))).scaleb(-data.draw(st.integers(0, 6)))
         at = data.draw(instants([]))
-        same(core.outbound(user, dest, at, micro_units(balance)), ref.outbound(user, dest, at, balance),
+        same(core.outbound(user, dest, at, to_micro(balance)), ref.outbound(user, dest, at, balance),
              "outbound", (user, dest, at, balance))
 
 

@@ -1,4 +1,4 @@
-"""Faults are loud and lose nothing (SPEC §7): each fault an operator met, reproduced against real servers and a
+"""Faults are loud and lose nothing (spec §7): each fault an operator met, reproduced against real servers and a
 real SQLite file, and what callgate now does about it."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
-from server.app.serve import free_port
+from loadtest.process import free_port
 from server.cli.main import main
 from server.store.api import StoreDamaged
 from server.store.sqlite import SQLiteStore, checksum
@@ -231,7 +231,7 @@ def test_store_check_passes_a_good_store_and_finds_money_that_does_not_add_up(tm
         conn.execute("UPDATE accounts SET balance_micro = balance_micro + 1 WHERE tenant = 'acme'")
     done = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert "PROBLEM  money: tenant 'acme' has balance 3.000001 but its ledger sums to 3" in done.stdout
+    assert "PROBLEM  money: tenant 'acme' has balance 3.000001 but its ledger sums to 3.00" in done.stdout
     done = subprocess.run([*run[:-1], str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "no callgate store at" in done.stderr
 

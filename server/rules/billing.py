@@ -1,4 +1,4 @@
-"""Billing's exact money rules (SPEC §2 rule 7, §3 "Money arithmetic"), plus the payment gateway.
+"""Billing's exact money rules (spec §2 rule 7, §3 "Billing arithmetic"), plus the payment gateway.
 
 Everything here is pure: no store, no I/O, no clock (callers pass `today`).
 The store and the gRPC service call these functions; the sandbox gateway
@@ -9,7 +9,7 @@ Money
     float: every sum, product and comparison is exact.  `to_micro` is the one
     way in from a decimal string; `format_money` the way out.
 
-Rounding rule (SPEC §3)
+Rounding rule (spec §3)
     A call that talked d seconds costs ceil(d / increment_s) whole increments
     (d <= 0, an unanswered call, costs nothing).  One increment costs
     `per_minute * increment_s / 60` EXACTLY (a fraction of a micro-unit is
@@ -30,7 +30,7 @@ Auto top-up threshold (rule 7)
     date (strictly after today: today's renewals are charged today, so they
     are already in the balance).
 
-Reservations (SPEC §7)
+Reservations (spec §7)
     A billed call (outbound, forwarded leg) holds credit from its RINGING to
     its end (`reservation`): the most talk, in whole increments, that the
     balance less the other calls' holds pays for, up to a per-call maximum.
@@ -54,12 +54,12 @@ import datetime as dt
 import hashlib
 import itertools
 import math
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Protocol
+
+from engine.money import MICRO, check_int, format_amount, to_micro
 
 __all__ = [
     "CENT",
@@ -90,84 +90,9 @@ __all__ = [
     "topup_threshold",
 ]
 
-MICRO = 1_000_000
 CENT = 10_000                      # micro-units per cent
 MIN_TOPUP_THRESHOLD = 3 * MICRO    # rule 7's 3.00
 CURRENCIES = frozenset({"USD", "EUR"})
-
-# The store keeps money in SQLite/PostgreSQL 64-bit integers: an amount that
-# does not fit would overflow there, so it is refused here, at the way in.
-_MAX_MICRO = 2**63 - 1
-
-# --------------------------------------------------------------------------
-# Money in and out
-# --------------------------------------------------------------------------
-
-# ASCII digits only: `Decimal()` alone would also take "1_000", " 5 ", "NaN"
-# and non-ASCII digits, none of which is a money amount.  An exponent is
-# allowed because `str(Decimal)` may write one ("1E+3", "5E-7").
-_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
-
-
-def to_micro(amount: str | Decimal) -> int:
-    """A decimal amount in micro-units, exactly: "20.00" -> 20_000_000.
-
-    Raises ValueError for text that is not a decimal number, for NaN and
-    infinities, for more than 6 decimal places of value ("0.0000001"; trailing
-    zeros such as "1.5000000" are fine) and for amounts beyond a 64-bit
-    integer of micro-units.  A float is refused (TypeError): it is not exact.
-    """
-    if isinstance(amount, str):
-        if not _DECIMAL_TEXT.fullmatch(amount):
-            raise ValueError(f"amount {amount!r} is not a decimal number such as \"20.00\"")
-        value = Decimal(amount)
-    elif isinstance(amount, Decimal):
-        value = amount
-        if not value.is_finite():
-            raise ValueError(f"amount {amount!r} is not a finite number")
-    else:
-        raise TypeError(f"amount must be a decimal string or Decimal, not {type(amount).__name__}: "
-                        "money is exact, never a float")
-    # Integer arithmetic on the decimal's digits: multiplying the Decimal by
-    # 10**6 would round silently past the context's 28 digits.
-    sign, digits, exponent = value.as_tuple()
-    assert isinstance(exponent, int)  # finite, checked above
-    coefficient = int("".join(map(str, digits)) or "0")
-    shift = exponent + 6               # micro = coefficient * 10**shift
-    if coefficient == 0:
-        micro = 0
-    elif shift >= 0:
-        # Bound the shift before raising 10 to it: "1E+999999" must not build a huge int.
-        if len(digits) + shift > 19:
-            raise ValueError(f"amount {amount!r} is too large")
-        micro = coefficient * 10**shift
-    else:
-        # A fraction of a micro-unit is representable only if the dropped digits are all zero.
-        if -shift > len(digits) or coefficient % 10**-shift:
-            raise ValueError(f"amount {amount!r} has more than 6 decimal places")
-        micro = coefficient // 10**-shift
-    if micro > _MAX_MICRO:
-        raise ValueError(f"amount {amount!r} is too large")
-    return -micro if sign else micro
-
-
-def _check_int(name: str, value: object) -> int:
-    # bool is an int subclass; True as an amount is a bug, not 1 micro-unit.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return value
-
-
-def format_amount(micro: int) -> str:
-    """Micro-units as a decimal string: 20_000_000 -> "20.00", -1_500_000 -> "-1.50", 3_500 -> "0.0035".
-
-    At least two decimals; more only when the amount has them (trailing zeros
-    beyond the cents are dropped).
-    """
-    _check_int("micro", micro)
-    whole, frac = divmod(abs(micro), MICRO)
-    decimals = f"{frac:06d}".rstrip("0").ljust(2, "0")
-    return f"{'-' if micro < 0 else ''}{whole}.{decimals}"
 
 
 def format_money(micro: int, currency: str) -> str:
@@ -186,9 +111,9 @@ def call_charge_micro(per_minute_micro: int, increment_s: int, talked_s: int) ->
     ceil(talked_s / increment_s) increments, each `per_minute * increment_s / 60`
     exactly; the total rounded half-up to cents once (module docstring).
     """
-    _check_int("per_minute_micro", per_minute_micro)
-    _check_int("increment_s", increment_s)
-    _check_int("talked_s", talked_s)
+    check_int("per_minute_micro", per_minute_micro)
+    check_int("increment_s", increment_s)
+    check_int("talked_s", talked_s)
     if increment_s < 1:
         raise ValueError(f"increment_s must be at least 1, got {increment_s}")
     if per_minute_micro < 0:
@@ -205,7 +130,7 @@ def call_charge_micro(per_minute_micro: int, increment_s: int, talked_s: int) ->
 
 
 def reservation(per_minute_micro: int, increment_s: int, available_micro: int, max_s: int) -> tuple[int, int]:
-    """(talk seconds covered, micro-units held) for a billed call that starts ringing now (SPEC §7).
+    """(talk seconds covered, micro-units held) for a billed call that starts ringing now (spec §7).
 
     The most whole increments, at most `max_s` of talk, whose charge (rounded
     as `call_charge_micro` rounds it) fits in `available_micro` (the balance
@@ -214,8 +139,8 @@ def reservation(per_minute_micro: int, increment_s: int, available_micro: int, m
     parallel calls together are never promised more than the balance.  A free
     rate covers `max_s` and holds nothing; nothing available covers nothing.
     """
-    _check_int("available_micro", available_micro)
-    _check_int("max_s", max_s)
+    check_int("available_micro", available_micro)
+    check_int("max_s", max_s)
     if increment_s < 1 or per_minute_micro < 0 or max_s < 0:
         raise ValueError("increment_s must be >= 1; per_minute_micro and max_s >= 0")
     cap = max_s // increment_s
@@ -251,8 +176,8 @@ def add_months(day: dt.date, months: int, anchor_day: int | None = None) -> dt.d
     Keeping the anchor apart from the date is what keeps a monthly schedule
     on the 31st: add_months(Feb 28, 1, anchor_day=31) is Mar 31.
     """
-    _check_int("months", months)
-    anchor = day.day if anchor_day is None else _check_int("anchor_day", anchor_day)
+    check_int("months", months)
+    anchor = day.day if anchor_day is None else check_int("anchor_day", anchor_day)
     if not 1 <= anchor <= 31:
         raise ValueError(f"anchor_day must be 1-31, got {anchor}")
     year, month0 = divmod(day.year * 12 + day.month - 1 + months, 12)
@@ -344,7 +269,7 @@ def retry_delay_s(attempt: int, base_s: float, cap_s: float) -> float:
     declined card is retried soon at first and then rarely, never given up on
     silently.
     """
-    _check_int("attempt", attempt)
+    check_int("attempt", attempt)
     if attempt < 1:
         raise ValueError(f"attempt must be at least 1, got {attempt}")
     for name, value in (("base_s", base_s), ("cap_s", cap_s)):
@@ -418,8 +343,8 @@ def tokenize_card(number: str, exp_month: int, exp_year: int, today: dt.date) ->
         raise ValueError(f"card number must have 12 to 19 digits, got {len(digits)}")
     if not _luhn_ok(digits):
         raise ValueError("card number fails the Luhn check (a digit is mistyped)")
-    _check_int("exp_month", exp_month)
-    _check_int("exp_year", exp_year)
+    check_int("exp_month", exp_month)
+    check_int("exp_year", exp_year)
     if not 1 <= exp_month <= 12:
         raise ValueError(f"expiry month must be 1-12, got {exp_month}")
     if not 1000 <= exp_year <= 9999:
@@ -467,7 +392,7 @@ class SandboxGateway:
     def charge(self, *, key: str, tenant: str, card: Card, amount_micro: int, currency: str) -> ChargeResult:
         if not isinstance(key, str) or not key:
             raise ValueError("idempotency key must be a non-empty string")
-        _check_int("amount_micro", amount_micro)
+        check_int("amount_micro", amount_micro)
         if amount_micro <= 0:
             raise ValueError(f"charge amount must be positive, got {format_amount(amount_micro)}")
         if currency not in CURRENCIES:

@@ -1,4 +1,4 @@
-"""The call registry's rules: what each call event does to a call (SPEC §3 call events, §2 rules 5 and 6).
+"""The call registry's rules: what each call event does to a call (spec §3 call events, §2 rules 5 and 6).
 
 A call is created by its first RINGING and moves ringing -> answered -> ended
 (or expired, when its ENDED never comes).  These functions are pure: the store
@@ -35,7 +35,7 @@ pick up.  The store keeps one lead row per call, so a lead exists exactly once
 whatever the retries (and a retry's reply repeats the first one, for the
 proxy whose first reply was lost).
 
-Instants (SPEC §7): an event's instant comes from the proxy, bounded by the
+Instants (spec §7): an event's instant comes from the proxy, bounded by the
 server's clock (`Limits`): at most `max_skew_s` in the future, at most
 `max_age_s` old, and never before the call's latest recorded instant
 (RINGING <= ANSWERED <= each TRANSFERRED <= ENDED).  A late RINGING within

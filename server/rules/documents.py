@@ -1,4 +1,4 @@
-"""Document uploads for rented numbers (SPEC rule 1): the pure, storage-level part.
+"""Document uploads for rented numbers (spec §2 rule 1): the pure, storage-level part.
 
 What lives here and why:
 

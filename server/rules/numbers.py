@@ -1,6 +1,6 @@
 """What moving a phone number between tenants does to their settings documents (pure rules).
 
-A number belongs to one tenant at a time (SPEC §7; the store enforces it).
+A number belongs to one tenant at a time (spec §7; the store enforces it).
 An operator moves one with a transfer, or gives a number that an old store
 holds twice to one of its claimants (resolve).  Both come down to two edits
 of effective documents, worked out here and validated whole by the usual
