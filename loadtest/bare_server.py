@@ -1,4 +1,4 @@
-"""A bare grpcio server for `callgate.v1.Decisions`: the "plain Python grpcio handler" of SPEC §6.
+"""A bare grpcio server for `callgate.v1.Decisions`: the "plain Python grpcio handler" of spec §6.
 
     python -m loadtest.bare_server --mode aio  --listen 127.0.0.1:0
     python -m loadtest.bare_server --mode sync --listen 127.0.0.1:0 --threads 16

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from pyroaring import BitMap64
 
-from engine import compile_settings, dumps, loads, micro_units, parse_settings, roaring_bytes
+from engine import compile_settings, dumps, loads, parse_settings, roaring_bytes, to_micro
 from engine.reference import Reference
 
 from .world import big_tenant, draw_numbers, instants_2026
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     users = [f"u{i % 64}" for i in range(len(rows))]
     dests = [f"+{v}" for v in draw_numbers(rng, len(rows)).tolist()]
     balances = [Decimal(int(rng.integers(0, 5_000))).scaleb(-2) for _ in range(len(rows))]
-    micro = np.array([micro_units(b) for b in balances], dtype=np.int64)
+    micro = np.array([to_micro(b) for b in balances], dtype=np.int64)
     ucol = np.array([u.encode() for u in users], dtype="S8")
     dcol = np.array([d.encode() for d in dests], dtype="S16")
     outbound = snapshot.outbound

@@ -48,7 +48,8 @@ from typing import Any
 import grpc
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
-from engine import micro_units
+from engine import to_micro
+from server.client import open_channel
 
 from .process import EXAMPLE, ServeProcess
 
@@ -97,7 +98,7 @@ def document(i: int) -> bytes:
 
 def lanes(address: str, acked: Acked, stop: threading.Event, rng: random.Random) -> list[threading.Thread]:
     def channel() -> grpc.Channel:
-        return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1),
+        return open_channel(address, options=[("grpc.use_local_subchannel_pool", 1),
                                                        ("grpc.max_send_message_length", 64 << 20)])
 
     def pushes() -> None:
@@ -142,7 +143,7 @@ def lanes(address: str, acked: Acked, stop: threading.Event, rng: random.Random)
                     break
                 if kind == EV.ENDED:
                     with acked.lock:
-                        acked.ended[call_id] = micro_units(reply.charge)
+                        acked.ended[call_id] = to_micro(reply.charge)
 
     def credits() -> None:
         admin = admin_pb2_grpc.AdminStub(channel())
@@ -154,7 +155,7 @@ def lanes(address: str, acked: Acked, stop: threading.Event, rng: random.Random)
             reply = retried(acked, stop, functools.partial(admin.Credit, credit, timeout=30))
             if reply is not None:
                 with acked.lock:
-                    acked.credits[reference] = micro_units("0.50")
+                    acked.credits[reference] = to_micro("0.50")
             time.sleep(rng.uniform(0.1, 0.5))
 
     workers = [threading.Thread(target=pushes, name="pushes"), threading.Thread(target=patches, name="patches"),
@@ -227,16 +228,15 @@ def serving(server: ServeProcess) -> list[int]:
 
 def run(kills: int, seed: int, data_dir: Path, out: Any = sys.stdout) -> int:
     rng = random.Random(seed)
-    server = ServeProcess("crash-matrix", data_dir, workers=2, extra=[
-        "--poll", "0.1", "--sandbox-latency-ms", "400", "--topup-retry-s", "0.5", "--topup-stale-s", "2",
-        "--reserve-max-s", "3600"])
+    server = ServeProcess(data_dir, "--sandbox-latency-ms", "400", "--topup-retry-s", "0.5", "--topup-stale-s", "2",
+                          "--reserve-max-s", "3600", name="crash-matrix", workers=2, seed_credit="10.00", poll_s=0.1)
     acked = Acked()
     stop = threading.Event()
     started = time.monotonic()
     done = 0
     exited = ""
     try:
-        admin = admin_pb2_grpc.AdminStub(grpc.insecure_channel(server.address))
+        admin = admin_pb2_grpc.AdminStub(open_channel(server.address))
         admin.Card(admin_pb2.CardRequest(tenant=TENANT, number="4242424242424242", exp_month=12, exp_year=2035),
                    timeout=30)
         threads = lanes(server.address, acked, stop, rng)

@@ -20,6 +20,8 @@ from typing import Any
 
 import grpc
 
+from server.client import open_channel
+
 from .process import CpuMeter
 from .report import MAX_EXAMPLES
 
@@ -52,12 +54,9 @@ def code_name(exc: BaseException) -> str:
     return f"EXCEPTION_{type(exc).__name__}"
 
 
-def open_aio_channel(target: str, tls_ca: bytes | None = None) -> grpc.aio.Channel:
-    """A grpc.aio channel with a connection of its own; TLS when `tls_ca` (PEM) is given."""
-    if tls_ca is not None:
-        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=tls_ca),
-                                       options=CHANNEL_OPTIONS)
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+def open_aio_channel(target: str, tls_ca: bytes | None = None, token: str = "") -> grpc.aio.Channel:
+    """A grpc.aio channel with a connection of its own (TLS when `tls_ca` is given, the token when given)."""
+    return open_channel(target, tls_ca, token, CHANNEL_OPTIONS, aio=True)
 
 
 class Client:

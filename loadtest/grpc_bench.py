@@ -18,7 +18,7 @@ to have its CPU per call measured).  `--bare aio|sync` (repeatable) starts
 and measures it in the same run; `--compare-bare` is `--bare aio` next to
 `--target`.  Targets are measured one after the other under identical load,
 `--rounds` times interleaved (A B A B ...), and the table ends with the ratio
-of each target to the first bare server (for the server issue: the engine
+of each target to the first bare server (spec §6: the engine
 may add at most 10 %, ratio of throughput >= 0.91).
 
 Load.  `--closed-loop C`: C calls always in flight (split over the client

@@ -1,4 +1,4 @@
-"""Drive nghttp2's `h2load` against a gRPC unary method (the SPEC §6 figures were taken with it).
+"""Drive nghttp2's `h2load` against a gRPC unary method (the spec §6 figures were taken with it).
 
     python -m loadtest.h2load --target 127.0.0.1:50051 -n 20000 -c 4 -m 16
     python -m loadtest.h2load --target 127.0.0.1:50051 -n 20000 -c 4 -m 16 --compare-bare

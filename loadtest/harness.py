@@ -349,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
             address, pid = args.target, args.server_pid
         else:
             folder = Path(tempfile.mkdtemp(prefix="callgate-loadtest-"))
-            server = ServeProcess("callgate", folder, workers=args.workers, seed=False)
+            server = ServeProcess(folder, workers=args.workers, seed=None)
             started.append(server)
             address, pid = server.address, server.pid
             say(f"server: callgate serve --workers {args.workers} at {address} (data in {folder}, removed after)")

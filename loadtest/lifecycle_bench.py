@@ -5,7 +5,7 @@
     python -m loadtest.lifecycle_bench --calls 200 --duration 5 --lanes 8 --warmup 0     # a smoke run
     python -m loadtest.lifecycle_bench --target 127.0.0.1:50051 --tenant acme --push     # a running server
 
-What is measured.  The acceptance of the call lifecycle issue: "at least 500
+What is measured.  The lifecycle target: "at least 500
 calls/s with one worker on this machine", where a call is its three events,
 each a CallEvent RPC that the server commits in its own SQLite write
 transaction (WAL, synchronous=FULL: one fsync per event).  The figure is
@@ -108,7 +108,8 @@ from typing import Any
 import grpc
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
-from engine import micro_units
+from engine import to_micro
+from server.client import open_channel
 
 from . import fleet
 from .lifecycle_calls import INBOUND, KINDS, OUTBOUND, PICKUP_GROUPS, Spec, figures_of, pair, run_clients
@@ -145,7 +146,7 @@ def bench_document(tenant: str) -> bytes:
 def admin_setup(address: str, tenant: str, push: bool, credit: str | None, timeout_s: float) -> dict[str, Any]:
     """Push the bench tenant and credit it (each when asked); returns what the server said."""
     out: dict[str, Any] = {}
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address) as channel:
         grpc.channel_ready_future(channel).result(timeout=timeout_s)
         admin = admin_pb2_grpc.AdminStub(channel)
         if push:
@@ -177,7 +178,7 @@ def replay_check(address: str, tenant: str, samples: list[tuple[str, str, bytes,
     """Send again the ENDED of `n` random completed calls: same replies, same balance."""
     chosen = random.Random(seed).sample(samples, min(n, len(samples)))
     differ: list[str] = []
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address) as channel:
         admin, decisions = admin_pb2_grpc.AdminStub(channel), decisions_pb2_grpc.DecisionsStub(channel)
         before = admin.GetBalance(admin_pb2.BalanceRequest(tenant=tenant), timeout=timeout_s).balance
         for call_id, _direction, req, first in chosen:
@@ -194,7 +195,7 @@ def store_checks(db: Path, tenant: str, run_id: str, completed: dict[str, list[s
                  leads_said: dict[str, list[str]], credit: str, charge: str, talk_s: int, checks: Checks) -> None:
     """The server's SQLite file (read-only), against what the replies said."""
     ours = f"{run_id}-%"  # run ids are hex and '-': no LIKE wildcard in them
-    charge_micro = micro_units(charge)
+    charge_micro = to_micro(charge)
     inbound, outbound = set(completed["inbound"]), set(completed["outbound"])
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
     try:
@@ -234,7 +235,7 @@ def store_checks(db: Path, tenant: str, run_id: str, completed: dict[str, list[s
                    f"held {row[1] if row else None}, open calls' holds {held}")
         total = int(conn.execute("SELECT COALESCE(SUM(amount_micro), 0) FROM ledger WHERE tenant = ?",
                                  (tenant,)).fetchone()[0])
-        want = micro_units(credit) - charge_micro * len(outbound)
+        want = to_micro(credit) - charge_micro * len(outbound)
         checks.add("accounts.balance_micro == SUM(ledger.amount_micro) == credit - charges",
                    balance == total == want, f"balance {balance}, ledger sum {total}, expected {want}")
 
@@ -357,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     with sigterm_unwinds():  # SIGTERM unwinds: the server is stopped in a finally
         return _main(args)
 
+
 def _main(args: argparse.Namespace) -> int:
     if args.lanes < 1 or args.channels < 1 or args.procs < 1 or args.lanes < args.procs:
         raise SystemExit("need --lanes >= --procs >= 1 and --channels >= 1")
@@ -383,7 +385,7 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"warning: {tmp} is on {fs}: fsync costs nothing there, the figure flatters the server",
                       file=sys.stderr)
             # no seed: the checks need a ledger that holds nothing but the bench's credit and calls
-            server = ServeProcess("callgate", Path(tmp), seed=False)
+            server = ServeProcess(Path(tmp), seed=None)
             address, pid = server.address, server.pid
             print(f"server: {shlex.join(server.command)}  (pid {pid}, {address}; store on {fs})", flush=True)
             setup = admin_setup(address, args.tenant, True, args.credit, 15.0)

@@ -25,6 +25,7 @@ import grpc
 import numpy as np
 
 from callgate.v1 import decisions_pb2
+from server.client import open_channel
 
 from .fleet import Client, ProgressFactory, code_name, open_aio_channel, run_fleet, share
 from .process import own_cpu, proc_cpu_seconds
@@ -213,17 +214,16 @@ class LoadClient(Client):
         self.lag = SampleBuffer()  # open loop: actual send - intended start
         self.calls: list[list[Callable[..., Any]]] = []  # [channel][method]
         self.streams: list[_Stream] = []  # stream mode: one per channel
-        self.metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else None
         self.checked = 0  # replies compared with their expectation (warm-up included: every answer counts)
 
     def open_channel(self) -> grpc.aio.Channel:
-        return open_aio_channel(self.spec.target, self.spec.tls_ca)
+        return open_aio_channel(self.spec.target, self.spec.tls_ca, self.spec.token)
 
     def connected(self, channels: list[grpc.aio.Channel]) -> None:
         # no serializers: the payloads are bytes already and the replies stay bytes
         self.calls = [[ch.unary_unary(m) for m in self.spec.method_list()] for ch in channels]
         if self.spec.stream:
-            self.streams = [_Stream(ch.stream_stream(METHODS["stream"])(metadata=self.metadata)) for ch in channels]
+            self.streams = [_Stream(ch.stream_stream(METHODS["stream"])()) for ch in channels]
 
     async def disconnect(self) -> None:
         for st in self.streams:
@@ -242,7 +242,7 @@ class LoadClient(Client):
                 reply = getattr(answer, answer.WhichOneof("reply"))
             else:
                 call = self.calls[channel % len(self.calls)][spec.method_of[i] if spec.method_of else 0]
-                reply = await call(spec.payloads[i], timeout=spec.timeout_s, metadata=self.metadata)
+                reply = await call(spec.payloads[i], timeout=spec.timeout_s)
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -447,7 +447,7 @@ def _merge_hists(dicts: Any) -> Histogram:
 
 def probe_reply(target: str, method: str, message: bytes, timeout_s: float = 5.0) -> bytes:
     """One real gRPC call: the serialized reply (raises grpc.RpcError if the call fails)."""
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target) as channel:
         grpc.channel_ready_future(channel).result(timeout=timeout_s)
         reply: bytes = channel.unary_unary(method)(message, timeout=timeout_s)
         return reply

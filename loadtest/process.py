@@ -257,33 +257,59 @@ class CpuMeter:
 # -- the servers ----------------------------------------------------------------------------------
 
 class ServeProcess:
-    """`python -m callgate serve` on 127.0.0.1, its JSON log lines collected; stopped by its PID."""
+    """`python -m callgate serve` on 127.0.0.1, its JSON log lines collected; stopped by its PID.
 
-    def __init__(self, name: str, data_dir: Path, workers: int = 1, start_timeout_s: float = 60.0,
-                 seed: bool = True, extra: Sequence[str] = ()) -> None:
+    The one server process of the load tools and the tests.  `extra` are more
+    serve options (given last: they win); `seed` the document of a new store
+    (None: none) and `seed_credit` its opening credit; `listen` an explicit
+    address (N workers share an explicit port: one is chosen when not given);
+    `poll_s` how often workers poll the store; `wait` False returns at once
+    (for a server expected to refuse to start).  `program` is the module run
+    with `python -m` and its first arguments.
+    """
+
+    def __init__(self, data_dir: Path, *extra: str, name: str = "callgate", workers: int = 1,
+                 seed: Path | None = EXAMPLE, seed_credit: str = "", listen: str = "", poll_s: float | None = None,
+                 metrics: str = "", wait: bool = True, start_timeout_s: float = 60.0,
+                 program: Sequence[str] = ("callgate", "serve"), env: dict[str, str] | None = None) -> None:
         self.name, self.workers, self.data_dir = name, workers, data_dir
-        port = free_port() if workers > 1 else 0  # N workers share an explicit port (SO_REUSEPORT)
-        cmd = [sys.executable, "-m", "callgate", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir",
-               str(data_dir), "--metrics", "", "--workers", str(workers), "--log-format", "json", *extra]
-        if seed:  # the example tenant with a 10.00 credit; a caller that pushes its own tenants says seed=False
-            cmd += ["--seed", str(EXAMPLE), "--seed-credit", "10.00"]
-        self.command = cmd
+        listen = listen or f"127.0.0.1:{free_port() if workers > 1 else 0}"
+        cmd = [sys.executable, "-m", *program, "--listen", listen, "--data-dir", str(data_dir),
+               "--metrics", metrics, "--workers", str(workers), "--log-format", "json"]
+        if poll_s is not None:
+            cmd += ["--poll", f"{poll_s:g}"]
+        if seed is not None:
+            cmd += ["--seed", str(seed)] + (["--seed-credit", seed_credit] if seed_credit else [])
+        self.command = [*cmd, *extra]
         self.logs: list[dict[str, Any]] = []
         self._lock = threading.RLock()  # wait_for's predicate may read events() with the lock held
         self._changed = threading.Condition(self._lock)
-        self.port: int | None = port or None
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.port: int | None = int(listen.rsplit(":", 1)[1]) or None
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=python_env(PYTHONUNBUFFERED="1", **(env or {})),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
         self._reader = threading.Thread(target=self._read, name=f"{name}-logs", daemon=True)
         self._reader.start()
         self._known: list[tuple[int, int]] = []
         self.left_behind: list[str] = []
+        if wait:
+            self.wait_listening(workers, start_timeout_s)
+
+    def wait_listening(self, workers: int = 1, timeout_s: float = 60.0) -> None:
+        """Until `workers` workers listen (the server is stopped, and RuntimeError raised, if they do not)."""
         try:
-            self.wait_events("listening", workers, start_timeout_s)
+            self.wait_events("listening", workers, timeout_s)
         except BaseException:
             self.stop()
             raise
         self.remember_processes()
+
+    def channel(self) -> Any:
+        """A new channel to the server, for messages up to 64 MiB."""
+        from server.client import open_channel
+
+        return open_channel(self.address, options=[("grpc.max_send_message_length", 64 << 20),
+                                                   ("grpc.max_receive_message_length", 64 << 20)])
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

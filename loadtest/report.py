@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+from server.cli.progress import ProgressLine
 
 from . import stats
 from .stats import PERCENTILES, Histogram, RunRecorder, pname
@@ -372,32 +372,31 @@ def _finish_y(ax: Axes, values: list[float]) -> None:
 
 # -- progress -----------------------------------------------------------------------------------------
 
-class Progress:
+class Progress(ProgressLine):
     """A one-line progress bar on stderr while the load runs, fed by `poll() -> (done, errors, wrong)`.
 
     On a terminal the line is redrawn in place every 0.5 s; otherwise (CI logs, pipes) a plain line is
     printed every 2 s.  The rate is over the last interval (what the load does now); the final line,
-    printed on exit, has the average over the whole run.
+    printed on exit (an interrupted run's too), has the average over the whole run.
 
         with Progress(20.0, lambda: (done, errors, wrong)):
             run_the_load()
     """
 
+    TTY_INTERVAL_S = 0.5
+    PLAIN_INTERVAL_S = 2.0
+    final_on_error = True
+
     def __init__(self, total_s: float, poll: Callable[[], tuple[int, int, int]], stream: TextIO | None = None,
                  *, interval_s: float | None = None, width: int = 30) -> None:
-        # stream resolved now rather than as a default argument: pytest and callers may swap sys.stderr
-        self.stream: TextIO = stream if stream is not None else sys.stderr
+        super().__init__(stream, interval_s)
         self.total_s, self.poll, self.width = total_s, poll, width
-        try:
-            self.tty = self.stream.isatty()
-        except (AttributeError, ValueError):  # a closed or minimal stream
-            self.tty = False
-        self.interval_s = interval_s if interval_s is not None else (0.5 if self.tty else 2.0)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self._t0 = 0.0
         self._last = (0.0, 0)  # (time, done) at the previous draw, for the recent rate
+
+    def started(self) -> None:
+        self._t0 = time.monotonic()
+        self._last = (self._t0, 0)
 
     def line(self, done: int, errors: int, wrong: int, elapsed: float, rate: float, finished: bool = False) -> str:
         if self.total_s > 0:
@@ -409,7 +408,7 @@ class Progress:
         return (f"{head}  {elapsed:.1f} s / {self.total_s:g} s  {done:,} calls  {rate:,.0f}/s"
                 f"  errors {errors:,}  wrong {wrong:,}")
 
-    def _draw(self, final: bool, finished: bool = False) -> None:
+    def text(self, final: bool, completed: bool) -> str:
         now = time.monotonic()
         done, errors, wrong = self.poll()
         elapsed = now - self._t0
@@ -419,32 +418,5 @@ class Progress:
             t_prev, done_prev = self._last
             rate = (done - done_prev) / (now - t_prev) if now > t_prev else 0.0
         self._last = (now, done)
-        text = self.line(done, errors, wrong, elapsed, rate, finished)
-        with self._lock:
-            if self.tty:  # redraw in place; \x1b[K clears what a longer previous line left behind
-                self.stream.write("\r" + text + "\x1b[K" + ("\n" if final else ""))
-            else:
-                self.stream.write(text + "\n")
-            self.stream.flush()
-
-    def _run(self) -> None:
-        if self.tty:
-            self._draw(final=False)  # an empty bar at once, so the terminal shows the run started
-        while not self._stop.wait(self.interval_s):
-            self._draw(final=False)
-
-    def __enter__(self) -> Progress:
-        self._t0 = time.monotonic()
-        self._last = (self._t0, 0)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5.0)  # poll() is expected to be quick; do not hang the run on it
-            self._thread = None
         # a run that ended normally is complete even if it stopped a few ms short of total_s
-        self._draw(final=True, finished=exc_type is None)
+        return self.line(done, errors, wrong, elapsed, rate, finished=final and completed)

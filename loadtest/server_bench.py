@@ -185,7 +185,7 @@ def _main(args: argparse.Namespace) -> int:
                                   " its figures may suffer; rerun on a quiet machine")
 
     def serve(name: str, workers: int) -> ServeProcess:
-        server = ServeProcess(name, Path(tmp) / name, workers)
+        server = ServeProcess(Path(tmp) / name, name=name, workers=workers, seed_credit="10.00")
         servers.append(server)
         return server
 
@@ -225,7 +225,7 @@ def _main(args: argparse.Namespace) -> int:
     rep.rows.sort(key=lambda r: r.section)  # stable: each section's rows keep their order
     print()
     print(f"server_bench summary ({'quick' if plan.quick else 'full'} run, {elapsed:.0f} s, {cores} cores; "
-          "targets from the server issue)")
+          "targets of spec §6)")
     print(rep.table())
     for section in sorted(rep.notes):
         for text in rep.notes[section]:

@@ -110,6 +110,7 @@ _OK_TO_LAST = """  <send>
   </send>
 """
 
+
 def uac_scenario(expect: int, hold_ms: int = 200, cut: bool = False) -> str:
     """A UAC call that must end with `expect`: 200 -> ACK, hold, BYE, 200 (with `cut`: the proxy hangs up, the
     caller answers its BYE within `hold_ms`); else ACK of the refusal."""

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from server.client import open_channel
+
 from . import sip
 from .process import EXAMPLE, ServeProcess, free_port
 from .report import save_json
@@ -117,13 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     started: list[Any] = []
     out: dict[str, Any] = {"bounded": {}, "ramp": {}, "broke_at": {}}
     try:
-        callgate = ServeProcess("callgate", folder / "data", seed=False)
+        callgate = ServeProcess(folder / "data", seed=None)
         started.append(callgate)
-        import grpc
-
         from callgate.v1 import admin_pb2, admin_pb2_grpc
 
-        with grpc.insecure_channel(callgate.address) as channel:
+        with open_channel(callgate.address) as channel:
             admin_pb2_grpc.AdminStub(channel).PushSettings(admin_pb2.PushSettingsRequest(
                 document=json.dumps(bench_doc()).encode()), timeout=60)
         failover = folder / "failover.json"  # the proxy knows each number's tenant from it

@@ -38,7 +38,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from engine import RingingCall, compile_settings, dumps, line_rate, loads, parse_settings, with_documents
+from engine import RingingCall, compile_settings, dumps, loads, parse_settings, with_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 MONDAY_1030_LA = 1796149800 - 86400  # 2026-11-30T10:30:00-08:00
@@ -410,7 +410,7 @@ def exercise(snap: Any, base: Base) -> int:
     snap.contains_batch("blacklist", values)
     snap.contains_batch("offhours_blacklist", values)
     for line in meta["lines"][:3]:
-        line_rate(snap, line, "+447700900123")
+        snap.line_rate(line, "+447700900123")
     if own:
         with_documents(snap, own[:2]).inbound(callers[0], own[0], TIMES[0]).to_decision("inbound")
     return count + n + m

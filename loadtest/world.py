@@ -442,7 +442,7 @@ def _build_tenant(spec: WorldSpec, index: int, taken: set[str]) -> Tenant:
         "currency": "EUR" if index % 3 == 2 else "USD",
         "status": "active",
         "default_caller_id": entries[default_idx]["number"],
-        "main_number": entries[main_idx]["number"],  # never the default caller ID (SPEC rule 2)
+        "main_number": entries[main_idx]["number"],  # never the default caller ID (spec §2 rule 2)
         "chat_mode": codes.CHAT_MODES[index % len(codes.CHAT_MODES)],
         "lead_trigger": codes.LEAD_TRIGGERS[index % len(codes.LEAD_TRIGGERS)],
         "pickup_code": ("*8", "#7", "*98", "**5")[index % 4],

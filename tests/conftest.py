@@ -8,6 +8,8 @@ if str(ROOT) not in sys.path:
 
 import pytest  # noqa: E402  (after the path set-up above)
 
+from tests.store_cases import db, store  # noqa: E402, F401  (fixtures of the store tests)
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -27,3 +29,29 @@ def stubs(server):
     channel = server.channel()
     yield decisions_pb2_grpc.DecisionsStub(channel), admin_pb2_grpc.AdminStub(channel)
     channel.close()
+
+
+# -- the hand-computed decisions (test_reference*.py) run each case on both implementations ------------------
+
+@pytest.fixture(params=["core", "reference"])
+def impl(request):
+    """Each implementation in turn (tests/decide_cases.py): every test that takes it runs against both."""
+    from tests.decide_cases import IMPLEMENTATIONS
+
+    return IMPLEMENTATIONS[request.param]
+
+
+@pytest.fixture
+def ref(impl):
+    """examples/acme.json in the implementation under test."""
+    from tests.decide_cases import acme
+
+    return impl(acme())
+
+
+@pytest.fixture
+def ref_approved(impl):
+    """The same, with the documents of the LA number approved."""
+    from tests.decide_cases import LA_SCHEDULED, acme
+
+    return impl(acme(), approved=[LA_SCHEDULED])

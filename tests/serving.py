@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
+from loadtest.process import EXAMPLE, ROOT, ServeProcess
 
-from loadtest.stats import stop_process
+__all__ = ["EXAMPLE", "OWN_NUMBERS", "ROOT", "Server", "example_doc", "own_number", "wait_for"]
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "acme.json"
 # examples/acme.json's own numbers (a number belongs to one tenant: other tenants get numbers of their own)
 OWN_NUMBERS = ("+14155550100", "+14155550199", "+442071234567")
 
@@ -41,62 +35,11 @@ def example_doc(tenant: str = "acme", block: int = 0) -> dict[str, Any]:
     return doc
 
 
-class Server:
-    """`python -m callgate serve` in a subprocess; logs collected; stopped by its PID."""
+class Server(ServeProcess):
+    """The shared `callgate serve` process (loadtest.process) with the tests' habit: workers poll every 0.1 s."""
 
-    def __init__(self, data_dir: Path, *args: str, seed: Path | None = EXAMPLE, listen: str = "127.0.0.1:0",
-                 workers: int = 1, wait: bool = True, metrics: str = "") -> None:
-        self.data_dir = data_dir
-        cmd = [sys.executable, "-m", "callgate", "serve", "--listen", listen, "--data-dir", str(data_dir),
-               "--metrics", metrics, "--workers", str(workers), "--poll", "0.1", *args]
-        if seed is not None:
-            cmd += ["--seed", str(seed)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.logs: list[dict] = []
-        self.port: int | None = int(listen.rsplit(":", 1)[1]) or None
-        self._listening = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if wait:
-            self.wait_listening(workers)
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = {"msg": line.rstrip()}
-            self.logs.append(record)
-            if record.get("event") == "listening":
-                self.port = int(record["address"].rsplit(":", 1)[1])
-                if sum(1 for r in self.logs if r.get("event") == "listening") >= self._want:
-                    self._listening.set()
-
-    _want = 1
-
-    def wait_listening(self, workers: int = 1, timeout: float = 60) -> None:
-        self._want = workers
-        if sum(1 for r in self.logs if r.get("event") == "listening") >= workers:
-            self._listening.set()
-        if not self._listening.wait(timeout):
-            self.stop()
-            raise RuntimeError(f"server did not start; logs: {self.logs[-20:]}")
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address, options=[("grpc.max_send_message_length", 64 << 20),
-                                                            ("grpc.max_receive_message_length", 64 << 20)])
-
-    def stop(self, timeout: float = 20) -> int | None:
-        return stop_process(self.proc, timeout)
-
-    def events(self, name: str) -> list[dict]:
-        return [r for r in self.logs if r.get("event") == name]
+    def __init__(self, data_dir: Path, *args: str, poll_s: float = 0.1, **options: Any) -> None:
+        super().__init__(data_dir, *args, poll_s=poll_s, **options)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

@@ -4,11 +4,6 @@ from memory go on; and the server serves normally once the fault is gone."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,40 +17,23 @@ from hypothesis import strategies as st
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 
-from .serving import EXAMPLE, ROOT, wait_for
+from .serving import EXAMPLE, Server, wait_for
 
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
 TRANSIENT = ("full", "io", "busy")
 EV = decisions_pb2.CallEventRequest
 
 
-class Faulty:
+class Faulty(Server):
+    """A server whose store fails on demand (tests/faulty_server.py): `fault(kind)`, then `fault("")`."""
+
     def __init__(self, folder: Path) -> None:
         self.control = folder / "faults"
-        env = {**os.environ, "CALLGATE_TEST_FAULTS": str(self.control), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.faulty_server", "--listen", "127.0.0.1:0", "--data-dir",
-             str(folder / "data"), "--metrics", "", "--poll", "0.1", "--seed", str(EXAMPLE), "--seed-credit", "10.00"],
-            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stderr is not None
-        self.logs: list[dict[str, Any]] = []
-        for line in self.proc.stderr:
-            record = json.loads(line) if line.startswith("{") else {"msg": line}
-            self.logs.append(record)
-            if record.get("event") == "listening":
-                self.address = record["address"]
-                break
-        else:
-            raise RuntimeError(f"the faulty server did not start: {self.logs[-5:]}")
-        # keep reading: a full pipe would stop the server at its next log line
-        threading.Thread(target=lambda: [None for _ in self.proc.stderr or ()], daemon=True).start()
+        super().__init__(folder / "data", seed_credit="10.00", program=("tests.faulty_server",),
+                         env={"CALLGATE_TEST_FAULTS": str(self.control)})
 
     def fault(self, kind: str) -> None:
         self.control.write_text(kind)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""TLS and mutual TLS with the development CA (issue 7), through real sockets."""
+"""TLS and mutual TLS with the development CA, through real sockets."""
 
 from __future__ import annotations
 

@@ -21,138 +21,33 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import functools
 import io
-import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from engine import cli as offline
 from engine.cli import CliError
 from engine.document_json import dumps_document, loads_document
+from engine.settings import document_format
 from server.cli.progress import Ticker
-
-DEFAULT_SERVER = "127.0.0.1:50051"
-
-
-def _channel(args: argparse.Namespace) -> Any:
-    import os
-
-    import grpc
-
-    options = [("grpc.max_send_message_length", 256 * 1024 * 1024),
-               ("grpc.max_receive_message_length", 256 * 1024 * 1024)]
-    if getattr(args, "tls_ca", None):
-        from server.tls import channel_credentials
-
-        try:
-            creds = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-        channel = grpc.secure_channel(args.server, creds, options=options)
-    else:
-        channel = grpc.insecure_channel(args.server, options=options)
-    token = getattr(args, "token", None) or os.environ.get("CALLGATE_TOKEN", "")
-    if token:
-        from server.client import with_token
-
-        channel = with_token(channel, token)
-    return channel
-
-
-# what grpcio says when the connection failed or dropped (the server's own UNAVAILABLE messages say none of these)
-_TRANSPORT = ("failed to connect", "connection refused", "socket closed", "connection reset", "goaway",
-              "broken pipe", "dns resolution failed", "connections to all backends failing", "endpoint closing",
-              "stream removed", "recvmsg", "sendmsg", "connection aborted", "keepalive watchdog")
-
-
-def _call(args: argparse.Namespace, fn: Callable[[], Any], *, check: str = "") -> Any:
-    """Run one RPC; turn gRPC errors into one readable line.
-
-    `check`: for a write, the command that shows whether it was made, when
-    the answer was lost after the request went out (a dropped connection or
-    a deadline): the write may have been committed, and must not be assumed
-    lost (nor simply repeated).
-    """
-    import grpc
-
-    try:
-        return fn()
-    except grpc.RpcError as exc:
-        code = exc.code()
-        details = (exc.details() or "").strip()
-        lowered = details.lower()
-        if code == grpc.StatusCode.UNAVAILABLE and any(m in lowered for m in _TRANSPORT):
-            if "failed to connect" in lowered or "connection refused" in lowered or "dns" in lowered:
-                raise CliError(f"cannot reach callgate at {args.server}: is `callgate serve` running there? "
-                               f"({details})") from None
-            if check:
-                raise CliError(f"the connection to callgate at {args.server} dropped before the answer ({details}): "
-                               f"the change may have been made; see `{check}` before trying again") from None
-            raise CliError(f"the connection to callgate at {args.server} dropped ({details}): try again") from None
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            if check:
-                raise CliError(f"callgate at {args.server} did not answer within {args.timeout} s: the change may "
-                               f"still be made; see `{check}` before trying again") from None
-            raise CliError(f"callgate at {args.server} did not answer within {args.timeout} s") from None
-        if code == grpc.StatusCode.UNAVAILABLE:
-            raise CliError(f"UNAVAILABLE (nothing was changed; try again later): {details}") from None
-        raise CliError(f"{code.name}: {details}") from None
-
-
-def _stubs(args: argparse.Namespace) -> tuple[Any, Any]:
-    from callgate.v1 import admin_pb2_grpc, decisions_pb2_grpc
-
-    channel = _channel(args)
-    return admin_pb2_grpc.AdminStub(channel), decisions_pb2_grpc.DecisionsStub(channel)
-
-
-def shown(text: str, width: int) -> str:
-    """Text from the store as one terminal line: control characters (a newline, an escape sequence a tenant
-    put in a comment) written as escapes, so that no stored text can fake a line or drive the terminal."""
-    text = text[:width * 4]
-    if text.isprintable():
-        return text[:width]
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:width]
-
-
-def when(seconds: float) -> str:
-    """UTC seconds as the CLI prints them; '-' for none."""
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if seconds else "-"
-
-
-def _instant(text: str | None) -> int:
-    """--at: epoch seconds or an ISO 8601 time with a zone; None: now (0 lets the server use its clock)."""
-    if text is None:
-        return 0
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise CliError(f"--at {text!r} is neither epoch seconds nor an ISO time like 2026-12-01T10:30:00-08:00") \
-            from None
-    if moment.tzinfo is None:
-        raise CliError(f"--at {text!r} has no time zone: add one, e.g. {text}Z or {text}-08:00")
-    return int(moment.timestamp())
-
+from server.cli.rpc import DEFAULT_SERVER, call, stubs
+from server.cli.text import instant, shown, when
 
 # -- settings -------------------------------------------------------------------
 
 def cmd_settings_push(args: argparse.Namespace) -> int:
 
     data = offline._read(args.file)
-    fmt = args.format or ("msgpack" if args.file.suffix in (".msgpack", ".mpk") else "json")
-    admin, _ = _stubs(args)
+    fmt = document_format(data, args.format, args.file.name)
+    admin, _ = stubs(args)
     start = time.perf_counter()
     from server.client import upload_messages
 
     # in pieces: a document of megabytes never sits in the server as one message
-    reply = _call(args, lambda: admin.PushSettingsUpload(upload_messages(
-        data, fmt, expected_version=args.expect_version or 0, comment=args.comment or ""), timeout=args.timeout),
+    reply = call(args, admin.PushSettingsUpload, upload_messages(
+        data, fmt, expected_version=args.expect_version or 0, comment=args.comment or ""),
         check="callgate settings history --tenant TENANT")
     print(f"tenant {reply.tenant!r} is at version {reply.version} "
           f"(compiled in {reply.compile_seconds:.2f} s, in force after {time.perf_counter() - start:.2f} s)")
@@ -162,24 +57,22 @@ def cmd_settings_push(args: argparse.Namespace) -> int:
 def cmd_settings_show(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
-    record = _call(args, lambda: admin.GetSettings(admin_pb2.GetSettingsRequest(tenant=args.tenant,
-                                                                                version=args.version or 0),
-                                                   timeout=args.timeout))
+    admin, _ = stubs(args)
+    record = call(args, admin.GetSettings, admin_pb2.GetSettingsRequest(tenant=args.tenant,
+                                                                                version=args.version or 0))
     force = "in force" if record.in_force else "not in force"
     print(f"# tenant {record.tenant!r} version {record.version} ({record.kind}, {when(record.created_at)}, {force})",
           file=sys.stderr)
-    sys.stdout.write(json.dumps(json.loads(record.document), indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(dumps_document(loads_document(record.document), indent=2).decode() + "\n")
     return 0
 
 
 def cmd_settings_history(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
-    reply = _call(args, lambda: admin.ListVersions(admin_pb2.ListVersionsRequest(tenant=args.tenant,
-                                                                                 limit=args.limit),
-                                                   timeout=args.timeout))
+    admin, _ = stubs(args)
+    reply = call(args, admin.ListVersions, admin_pb2.ListVersionsRequest(tenant=args.tenant,
+                                                                                 limit=args.limit))
     print(f"{'version':>8}  {'kind':<9} {'created (UTC)':<20} comment")
     for v in reply.versions:
         when = dt.datetime.fromtimestamp(v.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -192,9 +85,9 @@ def cmd_settings_history(args: argparse.Namespace) -> int:
 def cmd_settings_rollback(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
-    reply = _call(args, lambda: admin.Rollback(admin_pb2.RollbackRequest(
-        tenant=args.tenant, version=args.version, expected_version=args.expect_version or 0), timeout=args.timeout),
+    admin, _ = stubs(args)
+    reply = call(args, admin.Rollback, admin_pb2.RollbackRequest(
+        tenant=args.tenant, version=args.version, expected_version=args.expect_version or 0),
         check=f"callgate settings history --tenant {args.tenant}")
     print(f"tenant {reply.tenant!r} is at version {reply.version}: the settings of version {args.version}")
     return 0
@@ -205,11 +98,11 @@ def cmd_settings_rollback(args: argparse.Namespace) -> int:
 def _patch(args: argparse.Namespace, add: list[str], remove: list[str]) -> Any:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
+    admin, _ = stubs(args)
     which = admin_pb2.PatchBlacklistRequest.OFFHOURS_BLACKLIST if args.offhours else \
         admin_pb2.PatchBlacklistRequest.BLACKLIST
-    return _call(args, lambda: admin.PatchBlacklist(admin_pb2.PatchBlacklistRequest(
-        tenant=args.tenant, list=which, add=add, remove=remove), timeout=args.timeout),
+    return call(args, admin.PatchBlacklist, admin_pb2.PatchBlacklistRequest(
+        tenant=args.tenant, list=which, add=add, remove=remove),
         check=f"callgate settings history --tenant {args.tenant}")
 
 
@@ -282,11 +175,10 @@ def cmd_blacklist_import(args: argparse.Namespace) -> int:
             raise CliError(f"{args.file}: {bad:,} bad line(s), nothing imported: {'; '.join(problems)}{more}")
         if not numbers:
             raise CliError(f"{args.file}: no numbers found (one per line, in the first column)")
-        admin, _ = _stubs(args)
+        admin, _ = stubs(args)
         for _attempt in range(5):
             ticker.stage(f"reading the settings of {args.tenant!r}")
-            record = _call(args, lambda: admin.GetSettings(admin_pb2.GetSettingsRequest(tenant=args.tenant),
-                                                           timeout=args.timeout))
+            record = call(args, admin.GetSettings, admin_pb2.GetSettingsRequest(tenant=args.tenant))
             doc = loads_document(record.document)
             listed = doc.get(name) or []
             present = set(listed)
@@ -309,7 +201,7 @@ def cmd_blacklist_import(args: argparse.Namespace) -> int:
                 ticker.stage("the server checks and compiles the whole list")
 
             try:
-                reply = _call(args, functools.partial(admin.PushSettingsUpload, pieces(), timeout=args.timeout),
+                reply = call(args, admin.PushSettingsUpload, pieces(),
                               check=f"callgate settings history --tenant {args.tenant}")
             except CliError as exc:
                 if str(exc).startswith("FAILED_PRECONDITION") and "is at version" in str(exc):
@@ -356,18 +248,16 @@ def describe(d: Any) -> str:
 def cmd_decide(args: argparse.Namespace) -> int:
     from callgate.v1 import decisions_pb2
 
-    _, decisions = _stubs(args)
+    _, decisions = stubs(args)
     if args.kind == "inbound":
-        d = _call(args, lambda: decisions.Inbound(decisions_pb2.InboundRequest(
-            tenant=args.tenant, caller=args.caller, called=args.called, at=_instant(args.at), explain=True),
-            timeout=args.timeout))
+        d = call(args, decisions.Inbound, decisions_pb2.InboundRequest(
+            tenant=args.tenant, caller=args.caller, called=args.called, at=instant(args.at), explain=True))
     elif args.kind == "outbound":
-        d = _call(args, lambda: decisions.Outbound(decisions_pb2.OutboundRequest(
-            tenant=args.tenant, user=args.user, destination=args.destination, at=_instant(args.at), explain=True),
-            timeout=args.timeout))
+        d = call(args, decisions.Outbound, decisions_pb2.OutboundRequest(
+            tenant=args.tenant, user=args.user, destination=args.destination, at=instant(args.at), explain=True))
     else:
-        d = _call(args, lambda: decisions.Pickup(decisions_pb2.PickupRequest(
-            tenant=args.tenant, user=args.user, dialed=args.dialed, explain=True), timeout=args.timeout))
+        d = call(args, decisions.Pickup, decisions_pb2.PickupRequest(
+            tenant=args.tenant, user=args.user, dialed=args.dialed, explain=True))
     print(describe(d))
     return 0
 
@@ -375,8 +265,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
-    reply = _call(args, lambda: admin.Stats(admin_pb2.StatsRequest(tenant=args.tenant or ""), timeout=args.timeout))
+    admin, _ = stubs(args)
+    reply = call(args, admin.Stats, admin_pb2.StatsRequest(tenant=args.tenant or ""))
     print(f"worker pid {reply.pid}, up {reply.uptime_seconds:.0f} s, {reply.decisions:,} decisions")
     print(f"{'tenant':<24}{'version':>8}{'loaded':>8}{'numbers':>9}{'blacklist':>11}{'off-hours':>11}  status")
     for t in reply.tenants:
@@ -386,13 +276,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from server.app import serve as app
+    from server.app.options import options_from
+    from server.app.supervisor import run
 
     try:
-        opts = app.options_from(args)
+        opts = options_from(args)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    return app.run(opts)
+    return run(opts)
 
 
 def cmd_dev_ca(args: argparse.Namespace) -> int:
@@ -416,7 +307,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from server.app import serve as app
+    from server.app.options import add_arguments
 
     parser = offline.Parser(
         prog="callgate", description="callgate: the call-decision engine for cloud telephony.",
@@ -434,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC server",
                            description="Serve the Decisions and Admin gRPC services, health checking and "
                                        "reflection, with state in a SQLite file under --data-dir.")
-    app.add_arguments(serve)
+    add_arguments(serve)
     serve.set_defaults(run=cmd_serve)
 
     settings = sub.add_parser("settings", help="push, show, list and roll back a tenant's settings")

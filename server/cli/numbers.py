@@ -16,31 +16,33 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli import CliError
-from server.cli.main import _call, _stubs
-from server.cli.main import when as _when
+from engine.document_json import dumps_document, loads_document
+from server.cli.local import open_store
+from server.cli.rpc import call, stubs
+from server.cli.text import when
 
 
 def cmd_numbers_owner(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
-    r = _call(args, lambda: admin.NumberOwner(admin_pb2.NumberOwnerRequest(number=args.number), timeout=args.timeout))
+    admin, _ = stubs(args)
+    r = call(args, admin.NumberOwner, admin_pb2.NumberOwnerRequest(number=args.number))
     if args.json:
         print(json.dumps({"number": r.number, "tenant": r.tenant, "line": r.line, "version": r.version,
                           "since": r.since}))
     else:
         print(f"{r.number} belongs to tenant {r.tenant!r} (line {r.line}), since its version {r.version} "
-              f"({_when(r.since)})")
+              f"({when(r.since)})")
     return 0
 
 
 def cmd_numbers_transfer(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
-    r = _call(args, lambda: admin.TransferNumber(admin_pb2.TransferNumberRequest(
+    admin, _ = stubs(args)
+    r = call(args, admin.TransferNumber, admin_pb2.TransferNumberRequest(
         number=args.number, from_tenant=args.from_tenant, to_tenant=args.to_tenant, line=args.line or "",
-        route_to=args.route_to or "", comment=args.comment or ""), timeout=args.timeout))
+        route_to=args.route_to or "", comment=args.comment or ""))
     print(f"{r.number} moved from tenant {r.from_tenant!r} (now at version {r.from_version}) to tenant "
           f"{r.to_tenant!r} (now at version {r.to_version})")
     for note in r.notes:
@@ -49,9 +51,8 @@ def cmd_numbers_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_numbers_conflicts(args: argparse.Namespace) -> int:
-    from server.cli.security import _store
 
-    store = _store(args)
+    store = open_store(args)
     try:
         for problem in store.check_ownership():  # what a store touched by an older server may hold
             print(f"check: {problem}")
@@ -69,11 +70,10 @@ def cmd_numbers_resolve(args: argparse.Namespace) -> int:
     """Give a number listed by several tenants to --owner: each other claimant gets a new version without it."""
     from engine.settings import SettingsError
     from engine.snapshot import build
-    from server.cli.security import _store
     from server.rules import numbers
     from server.store.api import StoreError, TenantFacts, VersionWrite
 
-    store = _store(args)
+    store = open_store(args)
     try:
         holders = [t for t, _ in store.ownership_conflicts().get(args.number, [])]
         if not holders:
@@ -89,8 +89,8 @@ def cmd_numbers_resolve(args: argparse.Namespace) -> int:
                 continue
             record = store.get_version(tenant)
             assert record.document is not None
-            doc, _entry, said = numbers.release(json.loads(record.document), args.number)
-            document = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+            doc, _entry, said = numbers.release(loads_document(record.document), args.number)
+            document = dumps_document(doc)
             try:
                 built = build(document, "json")
             except SettingsError as exc:

@@ -10,16 +10,16 @@ from typing import Any
 
 from engine import cli as offline
 from engine.cli import CliError
-from server.cli.main import _call, _stubs
-from server.cli.main import when as _when
+from server.cli.rpc import call, guarded, stubs
+from server.cli.text import when
 
 # -- billing ----------------------------------------------------------------------
 
 def cmd_billing_balance(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
-    r = _call(args, lambda: admin.GetBalance(admin_pb2.BalanceRequest(tenant=args.tenant), timeout=args.timeout))
+    admin, _ = stubs(args)
+    r = call(args, admin.GetBalance, admin_pb2.BalanceRequest(tenant=args.tenant))
     print(f"tenant {r.tenant!r}: balance {r.balance} {r.currency}, reserved {r.reserved} by calls in progress, "
           f"available {r.available}")
     if r.auto_topup:
@@ -29,22 +29,21 @@ def cmd_billing_balance(args: argparse.Namespace) -> int:
         print("auto top-up: off")
     for t in r.topups:
         extra = f", last decline: {t.last_reason}" if t.last_reason else ""
-        retry = f", next attempt {_when(t.next_attempt_at)}" if t.status == "pending" and t.attempts else ""
+        retry = f", next attempt {when(t.next_attempt_at)}" if t.status == "pending" and t.attempts else ""
         print(f"  top-up #{t.id} {t.amount} {r.currency} {t.status} after {t.attempts} attempt(s) "
-              f"({t.trigger}, {_when(t.created_at)}{extra}{retry})")
+              f"({t.trigger}, {when(t.created_at)}{extra}{retry})")
     return 0
 
 
 def cmd_billing_ledger(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
-    r = _call(args, lambda: admin.ListLedger(admin_pb2.LedgerRequest(tenant=args.tenant, limit=args.limit,
-                                                                      before_id=args.before or 0),
-                                             timeout=args.timeout))
+    admin, _ = stubs(args)
+    r = call(args, admin.ListLedger, admin_pb2.LedgerRequest(tenant=args.tenant, limit=args.limit,
+                                                                      before_id=args.before or 0))
     print(f"{'id':>8}  {'when (UTC)':<20} {'kind':<7} {'amount':>12} {'balance':>12}  ref")
     for e in r.entries:
-        print(f"{e.id:>8}  {_when(e.created_at):<20} {e.kind:<7} {e.amount:>12} {e.balance:>12}  {e.ref}")
+        print(f"{e.id:>8}  {when(e.created_at):<20} {e.kind:<7} {e.amount:>12} {e.balance:>12}  {e.ref}")
     if not r.entries:
         print("(no entries)")
     return 0
@@ -53,9 +52,9 @@ def cmd_billing_ledger(args: argparse.Namespace) -> int:
 def cmd_billing_topup(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
-    r = _call(args, lambda: admin.Credit(admin_pb2.CreditRequest(tenant=args.tenant, amount=args.amount,
-                                                                  reference=args.reference), timeout=args.timeout))
+    admin, _ = stubs(args)
+    r = call(args, admin.Credit, admin_pb2.CreditRequest(tenant=args.tenant, amount=args.amount,
+                                                                  reference=args.reference))
     said = "credited" if r.recorded else "already credited before (same reference): nothing changed"
     print(f"{args.amount} {r.currency} {said}; balance {r.balance} {r.currency}")
     return 0
@@ -73,9 +72,9 @@ def cmd_billing_card(args: argparse.Namespace) -> int:
             month, year = int(m), int(y)
         except ValueError:
             raise CliError(f"--expires {args.expires!r} is not MM/YYYY, e.g. 12/2028") from None
-    admin, _ = _stubs(args)
-    r = _call(args, lambda: admin.Card(admin_pb2.CardRequest(tenant=args.tenant, number=args.set or "",
-                                                             exp_month=month, exp_year=year), timeout=args.timeout))
+    admin, _ = stubs(args)
+    r = call(args, admin.Card, admin_pb2.CardRequest(tenant=args.tenant, number=args.set or "",
+                                                             exp_month=month, exp_year=year))
     if not r.on_file:
         print(f"tenant {r.tenant!r}: no card on file (auto top-ups cannot be charged)")
     else:
@@ -87,8 +86,8 @@ def cmd_billing_card(args: argparse.Namespace) -> int:
 
 def _print_set(s: Any) -> None:
     reason = f" ({s.reason})" if s.reason else ""
-    decided = f", decided {_when(s.decided_at)} by {s.decided_by}" if s.decided_at else ""
-    print(f"set {s.id}: {s.tenant} {s.number} {s.status}{reason}; uploaded {_when(s.uploaded_at)}, "
+    decided = f", decided {when(s.decided_at)} by {s.decided_by}" if s.decided_at else ""
+    print(f"set {s.id}: {s.tenant} {s.number} {s.status}{reason}; uploaded {when(s.uploaded_at)}, "
           f"review due {s.due_on}{decided}")
     for f in s.files:
         print(f"    {f.name}  {f.format} {f.width}x{f.height}  {f.size:,} bytes  sha256 {f.sha256[:16]}…")
@@ -103,9 +102,9 @@ def cmd_documents_upload(args: argparse.Namespace) -> int:
             files.append(admin_pb2.DocumentUpload(name=path.name, content=path.read_bytes()))
         except OSError as exc:
             raise CliError(f"cannot read {path}: {exc.strerror}") from None
-    admin, _ = _stubs(args)
-    r = _call(args, lambda: admin.UploadDocuments(admin_pb2.UploadDocumentsRequest(
-        tenant=args.tenant, number=args.number, files=files), timeout=args.timeout))
+    admin, _ = stubs(args)
+    r = call(args, admin.UploadDocuments, admin_pb2.UploadDocumentsRequest(
+        tenant=args.tenant, number=args.number, files=files))
     _print_set(r)
     return 0
 
@@ -113,10 +112,9 @@ def cmd_documents_upload(args: argparse.Namespace) -> int:
 def cmd_documents_list(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
-    r = _call(args, lambda: admin.ListDocuments(admin_pb2.ListDocumentsRequest(
-        tenant=args.tenant or "", number=args.number or "", status=args.status or "", limit=args.limit),
-        timeout=args.timeout))
+    admin, _ = stubs(args)
+    r = call(args, admin.ListDocuments, admin_pb2.ListDocumentsRequest(
+        tenant=args.tenant or "", number=args.number or "", status=args.status or "", limit=args.limit))
     for s in r.sets:
         _print_set(s)
     if not r.sets:
@@ -128,10 +126,10 @@ def cmd_documents_review(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
     approve = args.action == "approve"
-    admin, _ = _stubs(args)
-    r = _call(args, lambda: admin.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(
+    admin, _ = stubs(args)
+    r = call(args, admin.ReviewDocuments, admin_pb2.ReviewDocumentsRequest(
         set_id=args.set_id, approve=approve, reason=getattr(args, "reason", "") or "",
-        reviewer=args.reviewer), timeout=args.timeout))
+        reviewer=args.reviewer))
     _print_set(r)
     return 0
 
@@ -141,14 +139,14 @@ def cmd_documents_review(args: argparse.Namespace) -> int:
 def cmd_calls_active(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
-    admin, _ = _stubs(args)
-    r = _call(args, lambda: admin.ListCalls(admin_pb2.ListCallsRequest(tenant=args.tenant, state=args.state or "",
-                                                                        limit=args.limit), timeout=args.timeout))
+    admin, _ = stubs(args)
+    r = call(args, admin.ListCalls, admin_pb2.ListCallsRequest(tenant=args.tenant, state=args.state or "",
+                                                                        limit=args.limit))
     print(f"{'call id':<24} {'direction':<9} {'state':<8} {'from':<16} {'to':<16} {'user':<10} since (UTC)")
     for c in r.calls:
         user = c.last_user or c.ringing_user
         print(f"{c.call_id[:24]:<24} {c.direction:<9} {c.state:<8} {c.caller[:16]:<16} {c.called[:16]:<16} "
-              f"{user[:10]:<10} {_when(c.ringing_at)}")
+              f"{user[:10]:<10} {when(c.ringing_at)}")
     if not r.calls:
         print("(no calls)")
     return 0
@@ -174,8 +172,8 @@ def cmd_export_failover(args: argparse.Namespace) -> int:
     import json
     import os
 
-    admin, _ = _stubs(args)
-    table = _call(args, lambda: failover_table(admin, args.timeout))
+    admin, _ = stubs(args)
+    table = guarded(args, lambda: failover_table(admin, args.timeout))
     text = json.dumps(table, indent=2, sort_keys=True) + "\n"
     if args.output is None:
         print(text, end="")

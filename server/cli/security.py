@@ -17,8 +17,9 @@ from typing import Any
 
 from engine import cli as offline
 from engine.cli import CliError
-from server.cli.main import shown
-from server.cli.main import when as _when
+from server.cli.local import open_store
+from server.cli.rpc import call, stubs
+from server.cli.text import shown, when
 
 DURATION = re.compile(r"^(\d+)([smhdw])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -37,25 +38,6 @@ def seconds(text: str) -> int:
     return value
 
 
-def _store(args: argparse.Namespace, create: bool = False) -> Any:
-    """The server's store, on its host.  A new one is created only for a first token; an existing one of an
-    older schema is refused, not migrated: its server may still be running (the new server migrates)."""
-    from server.app.serve import STORE_FILE
-    from server.store.api import StoreDamaged, StoreError
-    from server.store.sqlite import SQLiteStore
-
-    path = args.data_dir / STORE_FILE
-    exists = path.exists()
-    if not exists and not create:
-        raise CliError(f"no callgate store at {path}: give the server's --data-dir")
-    try:
-        return SQLiteStore(path, migrate=not exists)
-    except StoreDamaged as exc:
-        raise CliError(f"{path} is not a callgate store that can be read (check the --data-dir): {exc}") from None
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
-
-
 def _info(t: Any) -> Any:
     """A TokenInfo message as the record the printers use."""
     from server.rules.tokens import TokenRecord
@@ -70,19 +52,18 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
 
     if args.data_dir is None:  # over gRPC, with an owner token
         from callgate.v1 import admin_pb2
-        from server.cli.main import _call, _stubs
 
-        admin, _ = _stubs(args)
-        reply = _call(args, lambda: admin.CreateToken(admin_pb2.CreateTokenRequest(
+        admin, _ = stubs(args)
+        reply = call(args, admin.CreateToken, admin_pb2.CreateTokenRequest(
             role=args.role, tenants=args.tenant or [], comment=args.comment or "",
-            expires_in_seconds=seconds(args.expires_in) if args.expires_in else 0), timeout=args.timeout))
+            expires_in_seconds=seconds(args.expires_in) if args.expires_in else 0))
         print(reply.token)
         print(f"# token {reply.info.id}: {reply.info.role}; shown once: keep it (only its hash is stored)",
               file=sys.stderr)
         return 0
     expires = int(time.time()) + seconds(args.expires_in) if args.expires_in else 0
     ident, token, token_hash = new_token()
-    store = _store(args, create=True)
+    store = open_store(args, create=True)
     from server.store.api import StoreError
 
     try:
@@ -93,7 +74,7 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
         store.close()
     print(token)
     scope = f"tenants {', '.join(record.tenants)}" if record.tenants else "every tenant"
-    print(f"# token {record.id}: {record.role}, {scope}, expires {_when(record.expires_at) if expires else 'never'}; "
+    print(f"# token {record.id}: {record.role}, {scope}, expires {when(record.expires_at) if expires else 'never'}; "
           "shown once: keep it (only its hash is stored)", file=sys.stderr)
     return 0
 
@@ -101,21 +82,20 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
 def cmd_tokens_list(args: argparse.Namespace) -> int:
     if args.data_dir is None:
         from callgate.v1 import admin_pb2
-        from server.cli.main import _call, _stubs
 
-        admin, _ = _stubs(args)
-        reply = _call(args, lambda: admin.ListTokens(admin_pb2.ListTokensRequest(), timeout=args.timeout))
+        admin, _ = stubs(args)
+        reply = call(args, admin.ListTokens, admin_pb2.ListTokensRequest())
         tokens = [_info(t) for t in reply.tokens]
     else:
-        store = _store(args)
+        store = open_store(args)
         try:
             tokens = store.list_tokens()
         finally:
             store.close()
     print(f"{'id':<14} {'role':<13} {'tenants':<24} {'created (UTC)':<21} {'expires':<21} {'revoked':<21} comment")
     for t in tokens:
-        print(f"{t.id:<14} {t.role:<13} {shown(','.join(t.tenants) or '*', 60):<24} {_when(t.created_at):<21} "
-              f"{_when(t.expires_at):<21} {_when(t.revoked_at):<21} {shown(t.comment, 200)}")
+        print(f"{t.id:<14} {t.role:<13} {shown(','.join(t.tenants) or '*', 60):<24} {when(t.created_at):<21} "
+              f"{when(t.expires_at):<21} {when(t.revoked_at):<21} {shown(t.comment, 200)}")
     if not tokens:
         print("(no tokens)")
     return 0
@@ -126,20 +106,18 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
 
     if args.data_dir is None:
         from callgate.v1 import admin_pb2
-        from server.cli.main import _call, _stubs
 
-        admin, _ = _stubs(args)
-        record = _info(_call(args, lambda: admin.RevokeToken(admin_pb2.RevokeTokenRequest(id=args.id),
-                                                              timeout=args.timeout)))
+        admin, _ = stubs(args)
+        record = _info(call(args, admin.RevokeToken, admin_pb2.RevokeTokenRequest(id=args.id)))
     else:
-        store = _store(args)
+        store = open_store(args)
         try:
             record = store.revoke_token(args.id)
         except NotFound as exc:
             raise CliError(str(exc)) from None
         finally:
             store.close()
-    print(f"token {record.id} ({record.role}) revoked at {_when(record.revoked_at)}; servers refuse it within "
+    print(f"token {record.id} ({record.role}) revoked at {when(record.revoked_at)}; servers refuse it within "
           "2 seconds")
     return 0
 
@@ -173,15 +151,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise CliError("--before is an audit row id (the first column of `callgate audit`)")
     if args.data_dir is None:  # over gRPC, with an operator or owner token
         from callgate.v1 import admin_pb2
-        from server.cli.main import _call, _stubs
 
-        admin, _ = _stubs(args)
-        reply = _call(args, lambda: admin.ListAudit(admin_pb2.ListAuditRequest(
+        admin, _ = stubs(args)
+        reply = call(args, admin.ListAudit, admin_pb2.ListAuditRequest(
             tenant=args.tenant or "", since=since, action=args.action or "", limit=args.limit,
-            before_id=args.before or 0), timeout=args.timeout))
+            before_id=args.before or 0))
         rows: list[Any] = list(reply.entries)
     else:
-        store = _store(args)
+        store = open_store(args)
         try:
             rows = store.audit_rows(args.tenant or "", since, args.limit, args.action or "", args.before or 0)
         except ValueError as exc:
@@ -196,7 +173,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
           f"{'object':<24} {'versions':<9} {'result':<19} detail")
     for r in rows:
         versions = f"{r.version_before}->{r.version_after}" if r.version_after else ""
-        print(f"{r.id:>6} {_when(r.at):<21} {r.token_id or '-':<14} {r.role or '-':<13} {shown(r.tenant, 12):<12} "
+        print(f"{r.id:>6} {when(r.at):<21} {r.token_id or '-':<14} {r.role or '-':<13} {shown(r.tenant, 12):<12} "
               f"{shown(r.action, 18):<18} {shown(r.object, 24):<24} {versions:<9} {shown(r.result, 19):<19} "
               f"{shown(r.detail, 200)}")
     if not rows:

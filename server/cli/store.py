@@ -15,7 +15,7 @@ from server.cli.progress import Ticker
 
 
 def cmd_store_check(args: argparse.Namespace) -> int:
-    from server.app.serve import STORE_FILE
+    from server.app.options import STORE_FILE
     from server.store.api import StoreError
     from server.store.sqlite import SQLiteStore
     from server.store.verify import verify

@@ -1,0 +1,81 @@
+"""How the `callgate` command reaches a running server: the channel (TLS, token), the stubs, and every call
+through `call` (or `guarded` for a call that is not one request and one reply), so that a gRPC failure is one
+line that says what to do."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from typing import Any
+
+from engine.cli import CliError
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+
+def channel(args: argparse.Namespace) -> Any:
+    from server.client import BIG_MESSAGES, open_channel
+
+    credentials = None
+    if getattr(args, "tls_ca", None):
+        from server.tls import channel_credentials
+
+        try:
+            credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    token = getattr(args, "token", None) or os.environ.get("CALLGATE_TOKEN", "")
+    return open_channel(args.server, token=token, options=BIG_MESSAGES, credentials=credentials)
+
+
+# what grpcio says when the connection failed or dropped (the server's own UNAVAILABLE messages say none of these)
+_TRANSPORT = ("failed to connect", "connection refused", "socket closed", "connection reset", "goaway",
+              "broken pipe", "dns resolution failed", "connections to all backends failing", "endpoint closing",
+              "stream removed", "recvmsg", "sendmsg", "connection aborted", "keepalive watchdog")
+
+
+def guarded(args: argparse.Namespace, fn: Callable[[], Any], *, check: str = "") -> Any:
+    """Run one RPC; turn gRPC errors into one readable line.
+
+    `check`: for a write, the command that shows whether it was made, when
+    the answer was lost after the request went out (a dropped connection or
+    a deadline): the write may have been committed, and must not be assumed
+    lost (nor simply repeated).
+    """
+    import grpc
+
+    try:
+        return fn()
+    except grpc.RpcError as exc:
+        code = exc.code()
+        details = (exc.details() or "").strip()
+        lowered = details.lower()
+        if code == grpc.StatusCode.UNAVAILABLE and any(m in lowered for m in _TRANSPORT):
+            if "failed to connect" in lowered or "connection refused" in lowered or "dns" in lowered:
+                raise CliError(f"cannot reach callgate at {args.server}: is `callgate serve` running there? "
+                               f"({details})") from None
+            if check:
+                raise CliError(f"the connection to callgate at {args.server} dropped before the answer ({details}): "
+                               f"the change may have been made; see `{check}` before trying again") from None
+            raise CliError(f"the connection to callgate at {args.server} dropped ({details}): try again") from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if check:
+                raise CliError(f"callgate at {args.server} did not answer within {args.timeout} s: the change may "
+                               f"still be made; see `{check}` before trying again") from None
+            raise CliError(f"callgate at {args.server} did not answer within {args.timeout} s") from None
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise CliError(f"UNAVAILABLE (nothing was changed; try again later): {details}") from None
+        raise CliError(f"{code.name}: {details}") from None
+
+
+def call(args: argparse.Namespace, method: Callable[..., Any], request: Any, *, check: str = "") -> Any:
+    """One unary RPC: `method(request)` with the command's --timeout; failures as `guarded` words them."""
+    return guarded(args, lambda: method(request, timeout=args.timeout), check=check)
+
+
+def stubs(args: argparse.Namespace) -> tuple[Any, Any]:
+    from callgate.v1 import admin_pb2_grpc, decisions_pb2_grpc
+
+    ch = channel(args)
+    return admin_pb2_grpc.AdminStub(ch), decisions_pb2_grpc.DecisionsStub(ch)
