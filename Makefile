@@ -21,8 +21,18 @@ $(STAMP): requirements.txt pyproject.toml
 PROTOS := $(wildcard proto/callgate/v1/*.proto)
 GENERATED := callgate/v1/decisions_pb2.py
 
+# The core compiled in place, then the project installed into the virtualenv in editable mode (for the
+# `callgate` command: .venv/bin/callgate); that install skips the extension, built just before.
+EDITABLE := $(VENV)/.editable
+
 build: $(STAMP) $(GENERATED)
 	$(PY) setup.py --quiet build_ext --inplace
+	@$(MAKE) --no-print-directory $(EDITABLE)
+
+$(EDITABLE): pyproject.toml setup.py $(STAMP)
+	CALLGATE_NO_EXT=1 PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	test -x $(VENV)/bin/callgate
+	touch $(EDITABLE)
 
 # gRPC code (with .pyi stubs) from the .proto files; a test checks it is fresh.
 $(GENERATED): $(PROTOS) $(STAMP)
@@ -30,11 +40,11 @@ $(GENERATED): $(PROTOS) $(STAMP)
 
 # The secure setup on loopback: TLS with a throwaway CA (data/tls) and an owner token (data/owner.token),
 # both made on the first run; delete them to start afresh.
-CG = $(PY) -m callgate --tls-ca data/tls/ca.pem
+CG = $(VENV)/bin/callgate --tls-ca data/tls/ca.pem
 run: build
 	@mkdir -p data
-	@test -f data/tls/server.pem || $(PY) -m callgate dev-ca data/tls > /dev/null
-	@test -s data/owner.token || (umask 077 && $(PY) -m callgate tokens create --role owner \
+	@test -f data/tls/server.pem || $(VENV)/bin/callgate dev-ca data/tls > /dev/null
+	@test -s data/owner.token || (umask 077 && $(VENV)/bin/callgate tokens create --role owner \
 		--comment "make run" --data-dir data > data/owner.token)
 	@echo "callgate: serving gRPC with TLS on 127.0.0.1:50051, tokens required, example tenant 'acme' (data in ./data)."
 	@echo "  try, in another terminal:"
@@ -45,8 +55,8 @@ run: build
 	@echo "    $(CG) billing balance acme        (sandbox payments; card 4000000000000002 declines)"
 	@echo "    $(CG) documents upload +14155550100 SCAN.png --tenant acme"
 	@echo "    $(CG) tokens create --role proxy          (a token for a SIP proxy; tokens list, tokens revoke ID)"
-	@echo "  metrics: http://127.0.0.1:9464/metrics   offline demo: $(PY) -m callgate demo   Ctrl-C stops."
-	$(PY) -m callgate serve --listen 127.0.0.1:50051 --data-dir data --seed examples/acme.json \
+	@echo "  metrics: http://127.0.0.1:9464/metrics   offline demo: $(VENV)/bin/callgate demo   Ctrl-C stops."
+	$(VENV)/bin/callgate serve --listen 127.0.0.1:50051 --data-dir data --seed examples/acme.json \
 		--seed-credit 10.00 --log-format text --auth tokens \
 		--tls-cert data/tls/server.pem --tls-key data/tls/server.key
 

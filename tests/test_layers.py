@@ -101,10 +101,10 @@ def test_imports_go_down_the_layers(name: str, path: Path) -> None:
 
 def test_the_checks_are_real() -> None:
     """The checker sees an upward import, a lazy one, a relative one and a forbidden library."""
-    source = "import grpc\n\ndef f():\n    from server.app import serve\n    from ..store import api\n"
+    source = "import grpc\n\ndef f():\n    from server.app import worker\n    from ..store import api\n"
     scratch = ROOT / "build" / "layers-check" / "server" / "rules" / "x.py"
     scratch.parent.mkdir(parents=True, exist_ok=True)
     scratch.write_text(source)
     found = imports("server.rules.x", scratch)
-    assert (1, "grpc") in found and (4, "server.app.serve") in found and (5, "server.store.api") in found
-    assert layer("server.app.serve") == 5 and layer("server.rules.calls") == 1 and layer("json") is None
+    assert (1, "grpc") in found and (4, "server.app.worker") in found and (5, "server.store.api") in found
+    assert layer("server.app.worker") == 5 and layer("server.rules.calls") == 1 and layer("json") is None

@@ -1,4 +1,4 @@
-"""What a worker tells grpc.health.v1 and the metrics about itself (SPEC §7: "a health signal").
+"""What a worker tells grpc.health.v1 and the metrics about itself (spec §7: "a health signal").
 
 Three service names, each SERVING or NOT_SERVING:
 

@@ -1,0 +1,200 @@
+"""One worker: a gRPC server over the store, every tenant's snapshot and the background jobs.
+
+A worker holds the compiled snapshots of every tenant and nothing else of
+its own: it loads them from the store at start, and a watcher polls the
+store's versions (every `--poll` seconds) and installs new ones off the
+request path, so a push through any worker is in force in all of them
+within a second.  `build_worker` makes it (bound, not yet serving);
+`run_worker` serves until SIGTERM/SIGINT, then stops gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
+from server import metrics
+from server.app.health import STORE as STORE_HEALTH
+from server.app.health import Health
+from server.app.logs import setup_logging
+from server.app.options import SPOOL_DIR, STORE_FILE, Options, auth_enabled, loopback
+from server.rpc.admin import AdminServicer
+from server.rpc.decisions import DecisionsServicer
+from server.rules.billing import PaymentGateway, SandboxGateway
+from server.rules.documents import BlobStore
+from server.store.api import StoreError
+from server.store.sqlite import SQLiteStore
+from server.worker.compiler import Compiler
+from server.worker.jobs import Jobs, SlowGateway
+from server.worker.spool import Spool
+from server.worker.state import State
+
+log = logging.getLogger("callgate.server")
+
+
+@dataclass
+class Worker:
+    """A worker made and bound to its port, not yet serving (`build_worker`)."""
+
+    opts: Options
+    store: SQLiteStore
+    compiler: Compiler
+    state: State
+    server: grpc.aio.Server
+    health: Health
+    health_servicer: Any
+    background: Jobs
+    port: int
+    services: tuple[str, str]  # the full names of Decisions and Admin
+
+
+async def build_worker(opts: Options) -> Worker:
+    """Everything a worker serves with, bound to `opts.listen` (CliError when it cannot be)."""
+    store = SQLiteStore(opts.data_dir / STORE_FILE)
+    compiler = Compiler(Spool(opts.data_dir / SPOOL_DIR))
+    state = State(store, compiler, opts.events)
+    limit = opts.max_message_mb * 1024 * 1024
+    interceptors = []
+    if auth_enabled(opts):
+        from server.rpc.auth import Authenticator, AuthInterceptor
+
+        async def audit(row: dict[str, Any]) -> None:
+            try:
+                await asyncio.to_thread(store.add_audit, row)
+            except Exception:  # an audit row that cannot be written is logged: the call's answer stands
+                log.exception("audit row not written", extra={"event": "audit_failed", "row": row})
+
+        interceptors.append(AuthInterceptor(Authenticator(store.get_token), audit, opts.admin_per_minute))
+    elif not loopback(opts.listen):
+        log.warning("listening beyond loopback with no authentication: anyone who reaches the port may push "
+                    "any tenant's settings; use --auth tokens", extra={"event": "insecure"})
+    server = grpc.aio.server(interceptors=interceptors, options=[
+        ("grpc.so_reuseport", 1 if opts.reuse_port else 0),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+    ])
+    decisions_pb2_grpc.add_DecisionsServicer_to_server(DecisionsServicer(state), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(
+        state, max_document=limit, upload_rate=opts.upload_mb_per_s * 1024 * 1024,
+        blobs=BlobStore(opts.data_dir / "documents"), max_upload=opts.max_upload_mb * 1024 * 1024,
+        max_list=opts.max_list_entries), server)
+    gateway: PaymentGateway = SandboxGateway(store)
+    if opts.jobs.gateway_latency_s:
+        gateway = SlowGateway(gateway, opts.jobs.gateway_latency_s)
+    background = Jobs(store, state.engine.snapshots, gateway, opts.jobs)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (decisions_pb2.DESCRIPTOR.services_by_name["Decisions"].full_name,
+             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    health_state = Health(health_servicer, health_pb2.HealthCheckResponse.SERVING,
+                    health_pb2.HealthCheckResponse.NOT_SERVING, decisions=names[0])
+    for name in ("", *names, STORE_HEALTH):
+        await health_state.set(name, False)
+    store.faults.listeners.append(health_state.store_fault)
+    store.faults.listeners.append(lambda op, kind: metrics.STORE_ERRORS.labels(op, kind).inc())
+    if opts.tls_cert is not None and opts.tls_key is not None:
+        from server.tls import server_credentials
+
+        add_port = functools.partial(server.add_secure_port, opts.listen,
+                                     server_credentials(opts.tls_cert, opts.tls_key, opts.client_ca))
+    else:
+        if not loopback(opts.listen):
+            log.warning("listening beyond loopback in plaintext: give --tls-cert and --tls-key",
+                        extra={"event": "plaintext"})
+        add_port = functools.partial(server.add_insecure_port, opts.listen)
+    try:
+        port = add_port()
+    except RuntimeError:  # grpcio says only "Failed to bind"
+        port = 0
+    if port == 0:
+        from engine.cli import CliError
+
+        raise CliError(f"--listen {opts.listen}: cannot listen there (address in use, or not this machine's); "
+                       "choose another --listen")
+
+    return Worker(opts, store, compiler, state, server, health_state, health_servicer, background, port, names)
+
+
+async def run_worker(w: Worker, ready: Any = None) -> None:
+    """Serve until SIGTERM/SIGINT, then stop gracefully; `ready(port)` is called once it serves."""
+    opts, store, compiler, state, server, health = w.opts, w.store, w.compiler, w.state, w.server, w.health
+    background, port, names = w.background, w.port, w.services
+    changed = await state.refresh()
+    log.info("settings loaded", extra={"event": "loaded", "tenants": len(changed)})
+    await server.start()
+    await health.set("", True)
+    await health.set(names[1], True)
+    await health.tick(bool(state.engine.tenants()), store)
+    host = opts.listen.rpartition(":")[0]
+    log.info("listening", extra={"event": "listening", "address": f"{host}:{port}"})
+    if ready is not None:
+        ready(port)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    async def watch() -> None:
+        while not stopping.is_set():
+            try:
+                changed = await state.refresh()
+                for tenant, version in changed:
+                    log.info("version installed", extra={"event": "installed", "tenant": tenant, "version": version})
+                metrics.flush()
+            except StoreError:  # counted, logged (once per interval) and shown by health by the store itself
+                pass
+            except Exception:  # a bug: log, keep serving, try again
+                log.exception("refresh from the store failed")
+            # every tick, whoever installed the snapshots (this worker's own push too)
+            await health.tick(bool(state.engine.tenants()), store)
+            try:
+                await background.tick()
+            except StoreError:  # counted and logged by the store; the next tick tries again
+                pass
+            except Exception:  # a gateway outage or a bug: the next tick tries again
+                log.exception("background work (top-ups, renewals, expiry) failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), opts.poll)
+
+    watcher = asyncio.create_task(watch())
+    warming = asyncio.create_task(compiler.warm())
+    await stopping.wait()
+    log.info("stopping: finishing calls in flight", extra={"event": "stopping", "grace_s": opts.grace})
+    await w.health_servicer.enter_graceful_shutdown()
+    await server.stop(opts.grace)
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    with contextlib.suppress(Exception):
+        await warming
+    metrics.flush()
+    compiler.close()
+    store.close()
+    log.info("stopped", extra={"event": "stopped"})
+
+
+
+
+async def serve_worker(opts: Options, ready: Any = None) -> None:
+    """Build one worker and run it until SIGTERM/SIGINT; `ready(port)` is called once it serves."""
+    await run_worker(await build_worker(opts), ready)
+
+
+def worker_main(opts: Options, log_format: str) -> None:
+    """A supervised worker process's entry point."""
+    setup_logging(log_format)
+    asyncio.run(serve_worker(opts))
+
+
