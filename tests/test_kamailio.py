@@ -1,4 +1,4 @@
-"""Kamailio in front of callgate, with real SIP traffic from sipp on loopback (issue 6).
+"""Kamailio in front of callgate, with real SIP traffic from sipp on loopback.
 
 .ci/run installs kamailio, kamailio-python3-modules and sip-tester; without them these tests fail with
 what to install (they are the proof that the integration works, not an optional extra).
@@ -375,9 +375,10 @@ def _proxy_token(data: Path) -> str:
 
 
 def test_kemi_script_is_plain_python(tmp_path: Path) -> None:
-    """The script compiles outside Kamailio too (KSR is only imported at run time by app_python3)."""
-    source = (ROOT / "integrations" / "kamailio" / "callgate_kemi.py").read_text()
-    compile(source, "callgate_kemi.py", "exec")
+    """The script and its spool module compile outside Kamailio too (KSR is only imported at run time by
+    app_python3)."""
+    for name in ("callgate_kemi.py", "callgate_spool.py"):
+        compile((ROOT / "integrations" / "kamailio" / name).read_text(), name, "exec")
 
 
 def test_sip_bench_smoke(tmp_path: Path) -> None:

@@ -82,6 +82,11 @@ import KSR  # provided by Kamailio's app_python3 (no stubs: mypy ignores missing
 
 for _folder in reversed([p for p in os.environ.get("CALLGATE_PYTHONPATH", "").split(":") if p]):
     sys.path.insert(0, _folder)
+# the spool module sits beside this script (app_python3 puts the script's folder on sys.path; this makes sure)
+if "__file__" in globals():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from callgate_spool import REFUSED, SENT, Spool  # noqa: E402  (after the path set-up above)
 
 TARGET = os.environ.get("CALLGATE_TARGET", "127.0.0.1:50051")
 DEADLINE_S = int(os.environ.get("CALLGATE_DEADLINE_MS", "50")) / 1000
@@ -103,7 +108,6 @@ CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconn
 # statuses after which sending the same event again can never succeed
 FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL", "OUT_OF_RANGE", "UNIMPLEMENTED")
 SENDER_BATCH = 500
-PENDING, SENT, REFUSED = 0, 1, 2
 CALL_MAX_S = 86_400   # the longest an inbound call or forwarded leg is kept as a dialog (callgate's --call-max-s)
 PROC_MAIN, PROC_INIT = 0, -127   # Kamailio's process ranks for its main process
 
@@ -140,121 +144,13 @@ def mod_init() -> Any:
     return kamailio()
 
 
-class Spool:
-    """Call events waiting for callgate: a SQLite file per host, shared by every Kamailio process.
-
-    A row per event, unique on its key (call id and kind), so that the first
-    of 180/183/200 makes the RINGING and a retransmitted reply adds nothing.
-    Rows are sent in id order and kept an hour after they were sent.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
-        self._counted = (0.0, 0)
-
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():  # one connection per process, opened after the fork
-            folder = os.path.dirname(self.path)
-            if folder:
-                os.makedirs(folder, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=0.2, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")  # survives a Kamailio crash; a power cut may lose the last
-            conn.execute("""CREATE TABLE IF NOT EXISTS events (
-                                id       INTEGER PRIMARY KEY AUTOINCREMENT,
-                                key      TEXT    NOT NULL UNIQUE,
-                                call     TEXT    NOT NULL,
-                                request  BLOB    NOT NULL,
-                                created  REAL    NOT NULL,
-                                state    INTEGER NOT NULL DEFAULT 0,
-                                attempts INTEGER NOT NULL DEFAULT 0,
-                                error    TEXT    NOT NULL DEFAULT '',
-                                done_at  REAL    NOT NULL DEFAULT 0)""")
-            conn.execute("CREATE INDEX IF NOT EXISTS events_pending ON events (state, call, id)")
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
-
-    def full(self, ended: bool) -> bool:
-        """Past CALLGATE_SPOOL_MAX waiting events new calls' events are refused; an ENDED is taken up to twice
-        that (a lost ENDED leaves its call to the expiry, which bills it as talking until then).  The count is
-        read at most once a second per process."""
-        now = time.monotonic()
-        if now - self._counted[0] > 1.0:
-            self._counted = (now, self.conn().execute("SELECT COUNT(*) FROM events WHERE state = 0").fetchone()[0])
-        return self._counted[1] >= (2 * SPOOL_MAX if ended else SPOOL_MAX)
-
-    def add(self, items: list[tuple[str, str, bytes]]) -> list[str]:
-        """Append (key, call, request) events in one transaction; returns the keys that were new."""
-        conn = self.conn()
-        if self.full(all(key.endswith(":ENDED") for key, _, _ in items)):
-            raise OverflowError(f"the spool holds {self._counted[1]} waiting events, its limit "
-                                f"(CALLGATE_SPOOL_MAX) is {SPOOL_MAX}")
-        added = []
-        now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for key, call, request in items:
-                if conn.execute("INSERT OR IGNORE INTO events (key, call, request, created) VALUES (?, ?, ?, ?)",
-                                (key, call, request, now)).rowcount:
-                    added.append(key)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return added
-
-    def has(self, key: str) -> bool:
-        return self.conn().execute("SELECT 1 FROM events WHERE key = ?", (key,)).fetchone() is not None
-
-    def pending(self, limit: int) -> list[tuple[int, bytes]]:
-        """The oldest waiting event of each call (a call's next event goes only after this one is answered:
-        if it must wait, the ones after it wait too), oldest first."""
-        return self.conn().execute("""SELECT id, request FROM events WHERE id IN (
-                                          SELECT MIN(id) FROM events WHERE state = 0 GROUP BY call)
-                                      ORDER BY id LIMIT ?""", (limit,)).fetchall()
-
-    def mark(self, done: list[tuple[int, int, str]]) -> None:
-        """(id, state, error) of events sent or refused for good."""
-        conn = self.conn()
-        now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("UPDATE events SET state = ?, error = ?, done_at = ?, attempts = attempts + 1 "
-                             "WHERE id = ?", [(state, error[:500], now, i) for i, state, error in done])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def mark_sent(self, key: str) -> None:
-        self.conn().execute("UPDATE events SET state = 1, done_at = ? WHERE key = ? AND state = 0", (time.time(), key))
-
-    def stats(self) -> tuple[int, float, int]:
-        """(pending events, age of the oldest in seconds, refused events)."""
-        conn = self.conn()
-        pending, oldest = conn.execute("SELECT COUNT(*), MIN(created) FROM events WHERE state = 0").fetchone()
-        refused = conn.execute("SELECT COUNT(*) FROM events WHERE state = 2").fetchone()[0]
-        return int(pending), (time.time() - oldest) if oldest else 0.0, int(refused)
-
-    def purge(self, sent_s: float, refused_s: float) -> None:
-        """Forget sent events after `sent_s` and refused ones after `refused_s`, a thousand rows a transaction
-        (the workers' writes wait on it for a moment only)."""
-        conn = self.conn()
-        for state, age in ((SENT, sent_s), (REFUSED, refused_s)):
-            while conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state = ? AND "
-                               "done_at < ? LIMIT 1000)", (state, time.time() - age)).rowcount == 1000:
-                pass
-
-
 class kamailio:
     def __init__(self) -> None:
         self.failover: dict[str, Any] = {"numbers": {}, "tenants": {}}
         self.failover_seen: tuple[float, int] = (0.0, 0)
         self.failover_checked = 0.0
         self.refresh_failover()
-        self.spool = Spool(SPOOL_FILE)
+        self.spool = Spool(SPOOL_FILE, SPOOL_MAX)
         self._stub: Any = None
         self._pid = 0
         self.down = False
