@@ -1,4 +1,4 @@
-"""Who may do what (issue 7): every RPC x role x own/other tenant through a real server with --auth tokens."""
+"""Who may do what: every RPC x role x own/other tenant through a real server with --auth tokens."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Callers without "+" (SPEC §7): a line's `caller_format`, and the fail-safe check of every reading under auto.
+"""Callers without "+" (spec §7): a line's `caller_format`, and the fail-safe check of every reading under auto.
 
 A proxy that drops the "+" sends a Polish caller +48 500 600 700 as
 `48500600700`.  On a number in a country whose national numbers have 11

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from server.app.serve import free_port
+from loadtest.process import free_port
 from server.cli.main import main
 
 from .serving import EXAMPLE, Server

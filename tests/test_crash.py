@@ -1,4 +1,4 @@
-"""Crash safety (issue 4): SIGKILL of the server while call endings and auto top-ups are in flight."""
+"""Crash safety: SIGKILL of the server while call endings and auto top-ups are in flight."""
 
 from __future__ import annotations
 

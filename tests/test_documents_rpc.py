@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
-from server.app.serve import free_port
+from loadtest.process import free_port
 from server.rules.documents import due_date
 
 from .serving import EXAMPLE, Server, wait_for

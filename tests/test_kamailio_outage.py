@@ -1,4 +1,4 @@
-"""callgate stopped for a minute under SIP load (issue 14): every answered call of the window reaches callgate
+"""callgate stopped for a minute under SIP load: every answered call of the window reaches callgate
 exactly once from Kamailio's event spool and is billed once, and the 503s stop within 2 s of callgate's return.
 
 20 outbound calls/s from the trusted PBX through Kamailio (real Kamailio and sipp), 2 s of talk each; after
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from loadtest import sip
-from server.app.serve import free_port
+from loadtest.process import free_port
 
 from .serving import ROOT, Server, wait_for
 from .test_kamailio import US_DEST, export_failover, sip_doc

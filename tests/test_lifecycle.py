@@ -1,4 +1,4 @@
-"""Issue 4 through a real gRPC channel and a real SQLite file: call registry, pickup, leads, billing, top-ups."""
+"""The call lifecycle through real gRPC and a real SQLite file: call registry, pickup, leads, billing, top-ups."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ class Tenant:
 
 
 def _free_port() -> int:
-    from server.app.serve import free_port
+    from loadtest.process import free_port
 
     return free_port()
 

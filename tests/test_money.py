@@ -1,4 +1,4 @@
-"""Money that cannot be fooled (SPEC §7), through real servers: event instants bounded by the server's clock,
+"""Money that cannot be fooled (spec §7), through real servers: event instants bounded by the server's clock,
 one talk cap on every path, and credit held by calls in progress so that parallel calls are never promised
 more than the balance."""
 

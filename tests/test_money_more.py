@@ -1,4 +1,4 @@
-"""Issue 12 through a real server, the points tests/test_money.py leaves open.
+"""Money through a real server, the points tests/test_money.py leaves open.
 
 - `Outbound` decisions offer at most the balance less the credit open calls hold (as the worker last polled
   it), and offer it again once the call ends.

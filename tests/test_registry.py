@@ -1,4 +1,4 @@
-"""The call registry as the Kamailio operator found it (issue 14, server side), through a real server: pickup
+"""The call registry as the Kamailio operator found it (server side), through a real server: pickup
 offers only inbound calls; the registry keeps the numbers as the decision read them; leads name people; every
 end has its outcome."""
 

@@ -1,4 +1,4 @@
-"""Tenant boundaries through a real server (SPEC §7): numbers, tenant creation, strict documents, the audit.
+"""Tenant boundaries through a real server (spec §7): numbers, tenant creation, strict documents, the audit.
 
 The hostile sequence: a tenant-admin token for a tenant that does not exist,
 then a push that lists another tenant's numbers.  Both steps are refused,
@@ -19,7 +19,7 @@ import msgpack
 import pytest
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
-from server.app.serve import free_port
+from loadtest.process import free_port
 from server.cli.main import main
 from server.client import upload_messages, with_token
 from server.rules.tokens import new_token, token_id

@@ -1,4 +1,4 @@
-"""Issue 11 through a real server: two workers create two tenants at the same moment, both listing one number.
+"""Tenant boundaries through a real server: two workers create two tenants at the same moment, both listing one number.
 
 tests/test_numbers.py races two processes on the SQLite store directly; here
 the race goes through `callgate serve --workers 2`, one push on each worker,
@@ -35,7 +35,7 @@ def claimant(tenant: str, block: int, shared: str) -> bytes:
 
 
 def test_two_workers_creating_tenants_that_claim_one_number_never_both_hold_it(tmp_path: Path) -> None:
-    from server.app.serve import free_port
+    from loadtest.process import free_port
 
     srv = Server(tmp_path / "data", listen=f"127.0.0.1:{free_port()}", workers=2)
     workers: dict[int, grpc.Channel] = {}
