@@ -60,7 +60,8 @@ Environment: CALLGATE_TARGET (127.0.0.1:50051), CALLGATE_TRUSTED (sources of
 calls by users: `ADDRESS[/BITS][=TENANT]`, comma-separated; without
 `=TENANT` the source must send X-Callgate-Tenant), CALLGATE_ROUTE_URI
 (sip:127.0.0.1:5080), CALLGATE_SPOOL (the spool file,
-/var/spool/callgate/events.sqlite), CALLGATE_SPOOL_MAX (100000),
+/var/spool/callgate/events.sqlite), CALLGATE_SPOOL_MAX (100000), CALLGATE_GUARD_S (1: an outbound call's timer is set
+this many seconds short of the talk its credit pays for),
 CALLGATE_TLS_CA (the CA's PEM: talk TLS to callgate), CALLGATE_TOKEN (a
 `proxy` token for a server with --auth), CALLGATE_PYTHONPATH (folders with
 grpcio and the `callgate` package, ':'-separated, put in front of
@@ -108,6 +109,9 @@ CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconn
 # statuses after which sending the same event again can never succeed
 FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL", "OUT_OF_RANGE", "UNIMPLEMENTED")
 SENDER_BATCH = 500
+# The dialog module's timers tick once a second and events carry whole seconds: a call's timer set this much short
+# of the talk its credit pays for keeps the talk billed (ENDED - ANSWERED, in whole seconds) within it.
+GUARD_S = int(os.environ.get("CALLGATE_GUARD_S", "1"))
 CALL_MAX_S = 86_400   # the longest an inbound call or forwarded leg is kept as a dialog (callgate's --call-max-s)
 PROC_MAIN, PROC_INIT = 0, -127   # Kamailio's process ranks for its main process
 
@@ -138,6 +142,11 @@ def outcome_of(status: int) -> str:
     if status == 487:
         return "cancelled"
     return "failed"
+
+
+def talk_timer(paid_s: int) -> int:
+    """The dialog timer for a call whose credit pays for `paid_s` seconds of talk: GUARD_S short, at least 1."""
+    return max(1, int(paid_s) - GUARD_S)
 
 
 def mod_init() -> Any:
@@ -378,7 +387,7 @@ class kamailio:
         talk) and remember what its later events need.  Its callgate id, tenant and direction also ride in the
         Record-Route, so that its BYE is still recognised after a Kamailio restart has lost the dialog."""
         call_id = self.new_call_id()
-        KSR.pv.seti("$avp(cg_timeout)", max(1, int(timeout_s)))  # the dialog module's timeout_avp
+        KSR.pv.seti("$avp(cg_timeout)", talk_timer(timeout_s))  # the dialog module's timeout_avp
         KSR.dialog.dlg_manage()
         self.remember(call=call_id, **fields)
         KSR.rr.add_rr_param(f";cgc={call_id.encode().hex()};cgt={fields.get('tenant', '').encode().hex()}")
@@ -527,7 +536,7 @@ class kamailio:
             self.spool.mark_sent(f"{call_id}:RINGING")
         except sqlite3.Error:
             pass  # sent again by the spool: a replay changes nothing
-        KSR.dialog.dlg_set_timeout(max(1, int(r.max_duration_s)))
+        KSR.dialog.dlg_set_timeout(talk_timer(r.max_duration_s))
 
     def ksr_failure_invite(self, msg: Any) -> int:
         """A negative final reply (or the INVITE timer's 408): the call ended unanswered, with its outcome."""
