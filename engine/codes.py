@@ -23,6 +23,8 @@ VERDICTS: Final = (
     "NO_PICKUP",
 )
 VERDICT_CODE: Final = {name: i for i, name in enumerate(VERDICTS)}
+# the codes by name, for code that branches on a decision's verdict_code (a test checks they match VERDICTS)
+ERROR, ROUTE, FORWARD, VOICEMAIL, REJECT, ALLOW, DENY, INTERCEPT, NO_PICKUP = range(len(VERDICTS))
 
 # Reasons, each with the SIP status a proxy should answer with when the call
 # is refused (0: not a refusal, or no SIP answer is implied).

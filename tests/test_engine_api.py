@@ -211,3 +211,12 @@ def test_engine_snapshots_is_a_live_read_only_view() -> None:
         view["other"] = snap  # type: ignore[index]
     newer = e.push(parse_settings(ACME), version=2)
     assert view["acme"] is newer
+
+
+def test_verdict_names_match_their_codes() -> None:
+    """The named verdict codes the server branches on are the table's, in its order."""
+    from engine import codes
+
+    for name, code in codes.VERDICT_CODE.items():
+        assert getattr(codes, name) == code
+    assert len(codes.VERDICTS) == codes.NO_PICKUP + 1

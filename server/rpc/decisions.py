@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 
 from callgate.v1 import decisions_pb2, decisions_pb2_grpc
-from engine import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreSnapshot
+from engine import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreSnapshot, codes
 from engine.decision import RingingCall
 from engine.settings import E164
 from server import metrics
@@ -56,7 +56,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         d = snap.inbound(caller, called, r.at or int(time.time()))
         verdict = d.verdict_code
         metrics.count(verdict, d.reason_code)
-        if verdict == 0:
+        if verdict == codes.ERROR:  # the input could not be decided on: a status, never a decision
             raise _input_error(d)
         if r.explain:
             return decision_message(d, "inbound", snap, True)
@@ -68,7 +68,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         d = snap.outbound(_text("user", r.user), _text("destination", r.destination), r.at or int(time.time()),
                           balance)  # the core reads the instant itself: a bad one is its INVALID_TIME
         metrics.count(d.verdict_code, d.reason_code)
-        if d.verdict_code == 0:
+        if d.verdict_code == codes.ERROR:
             raise _input_error(d)
         return decision_message(d, "outbound", snap, r.explain)
 
@@ -85,7 +85,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         lead_trigger = snap.meta["lead_trigger"]
         while True:  # another user may claim the chosen call first: then take the next one
             d = snap.pickup(user, dialed, ringing)
-            if d.verdict_code == 0:
+            if d.verdict_code == codes.ERROR:
                 raise _input_error(d)
             if d.verdict != "INTERCEPT":
                 break
@@ -119,7 +119,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         caller, called = caller_raw, called_raw
         if direction == "inbound":
             d = snap.inbound(caller_raw, called_raw, at)
-            if d.verdict_code != 0:  # read: the E.164 numbers (a withheld caller: none)
+            if d.verdict_code != codes.ERROR:  # read: the E.164 numbers (a withheld caller: none)
                 caller, called = d.caller or "", d.called or called_raw
         elif direction == "outbound":
             d = snap.outbound(user, called_raw, at, None)
@@ -152,7 +152,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         if direction == "outbound":
             # the line and rate an outbound decision gives, whatever the balance is now (the hold is what it allows)
             d = snap.outbound(_text("user", r.user), _text("called", r.called), at, None)
-            if d.verdict_code == 0:
+            if d.verdict_code == codes.ERROR:
                 raise _input_error(d)
             if d.verdict != "ALLOW":
                 raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,

@@ -41,17 +41,17 @@ def decision_message(d: CoreDecision, kind: str, snap: CoreSnapshot, explain: bo
                 listed = d.reason in ("BLACKLISTED", "OFF_HOURS_BLOCKED")
                 fields["rule"] += (f" (the caller's digits read as {readings[0]} and as {readings[1]}; "
                                    + (f"{d.caller} is listed)" if listed else "neither is listed)"))
-        if verdict == 1:  # ROUTE
+        if verdict == codes.ROUTE:
             fields["group"] = d.group or ""
             fields["members"] = d.members
-        elif verdict == 2:  # FORWARD
+        elif verdict == codes.FORWARD:
             fields["target"] = d.target
             fields["line"] = d.line
-    elif kind == "outbound" and verdict == 5:  # ALLOW
+    elif kind == "outbound" and verdict == codes.ALLOW:
         fields.update(caller_id=d.caller_id, destination=d.called, line=d.line,
                       rate_per_minute=str(d.rate_per_minute), increment_s=d.increment_s,
                       max_duration_s=d.max_duration_s)
-    elif kind == "pickup" and verdict == 7:  # INTERCEPT
+    elif kind == "pickup" and verdict == codes.INTERCEPT:
         fields["call_id"] = d.call_id
     return decisions_pb2.Decision(**fields)
 
