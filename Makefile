@@ -52,7 +52,7 @@ run: build
 	@echo "    $(CG) decide inbound --tenant acme --caller +14155550666 --called +14155550199"
 	@echo "    $(CG) decide outbound --tenant acme --user u3 --destination 02071112222"
 	@echo "    $(CG) settings history --tenant acme"
-	@echo "    $(CG) billing balance acme        (sandbox payments; card 4000000000000002 declines)"
+	@echo "    $(CG) billing balance --tenant acme       (sandbox payments; card 4000000000000002 declines)"
 	@echo "    $(CG) documents upload +14155550100 SCAN.png --tenant acme"
 	@echo "    $(CG) tokens create --role proxy          (a token for a SIP proxy; tokens list, tokens revoke ID)"
 	@echo "  metrics: http://127.0.0.1:9464/metrics   offline demo: $(VENV)/bin/callgate demo   Ctrl-C stops."

@@ -143,19 +143,19 @@ def test_stats_lists_tenants(server, capsys):
 def test_operator_commands(server, capsys, tmp_path):
     from PIL import Image
 
-    code, out, _ = run(server, capsys, "billing", "balance", "acme")
+    code, out, _ = run(server, capsys, "billing", "balance", "--tenant", "acme")
     assert code == 0 and "balance 10.00 USD, reserved 0.00 by calls in progress, available 10.00" in out
     assert "auto top-up: 20.00 USD when the available credit falls below" in out
-    code, out, _ = run(server, capsys, "billing", "topup", "acme", "5.50", "--reference", "wire-77")
+    code, out, _ = run(server, capsys, "billing", "topup", "--tenant", "acme", "5.50", "--reference", "wire-77")
     assert code == 0 and "balance 15.50 USD" in out
-    code, out, _ = run(server, capsys, "billing", "topup", "acme", "5.50", "--reference", "wire-77")
+    code, out, _ = run(server, capsys, "billing", "topup", "--tenant", "acme", "5.50", "--reference", "wire-77")
     assert code == 0 and "already credited before" in out and "balance 15.50 USD" in out
-    code, out, _ = run(server, capsys, "billing", "ledger", "acme")
+    code, out, _ = run(server, capsys, "billing", "ledger", "--tenant", "acme")
     assert code == 0 and "credit" in out and "wire-77" in out and "15.50" in out
-    code, out, _ = run(server, capsys, "billing", "card", "acme")
+    code, out, _ = run(server, capsys, "billing", "card", "--tenant", "acme")
     assert code == 0 and "no card on file" in out
-    code, out, _ = run(server, capsys, "billing", "card", "acme", "--set", "4242 4242 4242 4242", "--expires",
-                       "12/2030")
+    code, out, _ = run(server, capsys, "billing", "card", "--tenant", "acme", "--set", "4242 4242 4242 4242",
+                       "--expires", "12/2030")
     assert code == 0 and "visa ending 4242, expires 12/2030" in out
 
     scan = tmp_path / "id-card.png"
@@ -174,11 +174,11 @@ def test_operator_commands(server, capsys, tmp_path):
     code, out, _ = run(server, capsys, "documents", "approve", set_id, "--reviewer", "ops-2")
     assert code == 0 and "approved" in out and "by ops-2" in out
 
-    code, out, _ = run(server, capsys, "calls", "active", "acme")
+    code, out, _ = run(server, capsys, "calls", "active", "--tenant", "acme")
     assert code == 0 and "(no calls)" in out
-    code, _, err = run(server, capsys, "billing", "topup", "acme", "-3", "--reference", "x")
+    code, _, err = run(server, capsys, "billing", "topup", "--tenant", "acme", "-3", "--reference", "x")
     assert code == 2 and "more than 0" in err
-    code, _, err = run(server, capsys, "billing", "card", "acme", "--set", "4242", "--expires", "12/2030")
+    code, _, err = run(server, capsys, "billing", "card", "--tenant", "acme", "--set", "4242", "--expires", "12/2030")
     assert code == 2 and err.startswith("callgate: error: INVALID_ARGUMENT:")
 
 
@@ -196,13 +196,13 @@ def test_billing_balance_shows_what_calls_in_progress_hold(tmp_path, capsys):
         now = int(time.time())
         ringing = t.event(EV.RINGING, "o1", "u3", now - 10, direction="outbound", called=US_DEST)
         assert (ringing.max_duration_s, ringing.reserved) == (3600, "1.20")
-        code, out, _ = run(t.server, capsys, "billing", "balance", "acme")
+        code, out, _ = run(t.server, capsys, "billing", "balance", "--tenant", "acme")
         assert code == 0
         assert "balance 5.00 USD, reserved 1.20 by calls in progress, available 3.80" in out
         assert "auto top-up: off" in out
         t.event(EV.ANSWERED, "o1", "u3", now - 9)
         t.event(EV.ENDED, "o1", at=now)                                  # 9 s: one increment, 0.02
-        code, out, _ = run(t.server, capsys, "billing", "balance", "acme")
+        code, out, _ = run(t.server, capsys, "billing", "balance", "--tenant", "acme")
         assert code == 0 and "balance 4.98 USD, reserved 0.00 by calls in progress, available 4.98" in out
     finally:
         assert t.close() == 0

@@ -22,6 +22,7 @@ import argparse
 import csv
 import datetime as dt
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,8 +32,9 @@ from engine import cli as offline
 from engine.cli import CliError
 from engine.document_json import dumps_document, loads_document
 from engine.settings import document_format
+from server.cli.grammar import add_examples, add_global_options, print_json, spread_global_options, tenant_option
 from server.cli.progress import Ticker
-from server.cli.rpc import DEFAULT_SERVER, call, stubs
+from server.cli.rpc import call, stubs
 from server.cli.text import instant, shown, when
 
 # -- settings -------------------------------------------------------------------
@@ -60,6 +62,12 @@ def cmd_settings_show(args: argparse.Namespace) -> int:
     admin, _ = stubs(args)
     record = call(args, admin.GetSettings, admin_pb2.GetSettingsRequest(tenant=args.tenant,
                                                                                 version=args.version or 0))
+    if args.json:  # the record, with the document as it is (exact decimals)
+        meta = {"tenant": record.tenant, "version": record.version, "kind": record.kind,
+                "created_at": record.created_at, "in_force": record.in_force, "comment": record.comment}
+        document = dumps_document(loads_document(record.document)).decode()
+        print(json.dumps(meta, ensure_ascii=False)[:-1] + ', "document": ' + document + "}")
+        return 0
     force = "in force" if record.in_force else "not in force"
     print(f"# tenant {record.tenant!r} version {record.version} ({record.kind}, {when(record.created_at)}, {force})",
           file=sys.stderr)
@@ -73,6 +81,8 @@ def cmd_settings_history(args: argparse.Namespace) -> int:
     admin, _ = stubs(args)
     reply = call(args, admin.ListVersions, admin_pb2.ListVersionsRequest(tenant=args.tenant,
                                                                                  limit=args.limit))
+    if print_json(args, reply):
+        return 0
     print(f"{'version':>8}  {'kind':<9} {'created (UTC)':<20} comment")
     for v in reply.versions:
         when = dt.datetime.fromtimestamp(v.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -258,7 +268,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
     else:
         d = call(args, decisions.Pickup, decisions_pb2.PickupRequest(
             tenant=args.tenant, user=args.user, dialed=args.dialed, explain=True))
-    print(describe(d))
+    if not print_json(args, d):
+        print(describe(d))
     return 0
 
 
@@ -267,6 +278,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     admin, _ = stubs(args)
     reply = call(args, admin.Stats, admin_pb2.StatsRequest(tenant=args.tenant or ""))
+    if print_json(args, reply):
+        return 0
     print(f"worker pid {reply.pid}, up {reply.uptime_seconds:.0f} s, {reply.decisions:,} decisions")
     print(f"{'tenant':<24}{'version':>8}{'loaded':>8}{'numbers':>9}{'blacklist':>11}{'off-hours':>11}  status")
     for t in reply.tenants:
@@ -312,14 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = offline.Parser(
         prog="callgate", description="callgate: the call-decision engine for cloud telephony.",
         epilog="Admin and decide commands talk to a running server (--server); check, compile and demo work "
-               "offline. Errors: one line on stderr, exit code 2.")
-    parser.add_argument("--server", default=DEFAULT_SERVER, metavar="HOST:PORT",
-                        help=f"callgate server for admin and decide commands (default {DEFAULT_SERVER})")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer (default 60)")
-    parser.add_argument("--token", help="bearer token for a server with --auth (default: $CALLGATE_TOKEN)")
-    parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="talk TLS to the server, trusting this CA")
-    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate for mutual TLS")
-    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+               "offline. The options above may also follow the command (callgate stats --server H:P); the "
+               "tenant is always --tenant (default: $CALLGATE_TENANT). Errors: one line on stderr, exit code 2.")
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gRPC server",
@@ -335,19 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--expect-version", type=offline.VERSION_OR_ZERO,
                       help="push only if this version is in force (0: none yet)")
     push.add_argument("--format", choices=("json", "msgpack"), help="document format (default: by file name)")
-    push.add_argument("--comment", help="note kept in the history")
+    push.add_argument("--comment", help="a note kept in the history")
     push.set_defaults(run=cmd_settings_push)
     show = ssub.add_parser("show", help="print the document of the version in force (or --version)")
-    show.add_argument("--tenant", required=True)
-    show.add_argument("--version", type=offline.VERSION, help="an older version")
+    tenant_option(show)
+    show.add_argument("--version", type=offline.VERSION, help="an older version (default: the one in force)")
     show.set_defaults(run=cmd_settings_show)
     hist = ssub.add_parser("history", help="list a tenant's versions, newest first")
-    hist.add_argument("--tenant", required=True)
-    hist.add_argument("--limit", type=offline.LIMIT, default=50)
+    tenant_option(hist)
+    hist.add_argument("--limit", type=offline.LIMIT, default=50, help="versions to list (default 50)")
     hist.set_defaults(run=cmd_settings_history)
     roll = ssub.add_parser("rollback", help="put an older version's settings back in force (as a new version)")
     roll.add_argument("version", type=offline.VERSION, metavar="VERSION", help="the version whose settings to put back")
-    roll.add_argument("--tenant", required=True)
+    tenant_option(roll)
     roll.add_argument("--expect-version", type=offline.VERSION,
                       help="roll back only if this version is in force")
     roll.set_defaults(run=cmd_settings_rollback)
@@ -356,36 +364,36 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = black.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (("add", "list numbers"), ("remove", "unlist numbers")):
         b = bsub.add_parser(action, help=f"{text} (E.164) without a full settings push")
-        b.add_argument("numbers", nargs="+", metavar="NUMBER")
-        b.add_argument("--tenant", required=True)
+        b.add_argument("numbers", nargs="+", metavar="NUMBER", help="E.164 numbers, e.g. +14155550666")
+        tenant_option(b)
         b.add_argument("--offhours", action="store_true", help="the off-hours blacklist instead of the blacklist")
         b.set_defaults(run=cmd_blacklist_change)
     imp = bsub.add_parser("import", help="add every number of a CSV file (first column)")
-    imp.add_argument("file", type=Path)
-    imp.add_argument("--tenant", required=True)
+    imp.add_argument("file", type=Path, help="a CSV file: one number per line in its first column")
+    tenant_option(imp)
     imp.add_argument("--offhours", action="store_true", help="the off-hours blacklist instead of the blacklist")
     imp.set_defaults(run=cmd_blacklist_import)
 
     decide = sub.add_parser("decide", help="ask the server for a decision and print it in words")
     dsub = decide.add_subparsers(dest="kind", required=True, metavar="KIND")
     inb = dsub.add_parser("inbound", help="what to do with a call to one of the tenant's numbers")
-    inb.add_argument("--tenant", required=True)
+    tenant_option(inb)
     inb.add_argument("--caller", required=True, help="E.164, digits, national, or 'anonymous'")
-    inb.add_argument("--called", required=True)
+    inb.add_argument("--called", required=True, help="the tenant's number that was dialled, e.g. +14155550199")
     inb.add_argument("--at", help="epoch seconds or ISO time with zone (default: now)")
     out = dsub.add_parser("outbound", help="may a user call this destination, as whom, for how long")
-    out.add_argument("--tenant", required=True)
-    out.add_argument("--user", required=True)
-    out.add_argument("--destination", required=True)
+    tenant_option(out)
+    out.add_argument("--user", required=True, help="the calling user's id, e.g. u3")
+    out.add_argument("--destination", required=True, help="the number dialled, as the user dialled it")
     out.add_argument("--at", help="epoch seconds or ISO time with zone (default: now)")
     pick = dsub.add_parser("pickup", help="which ringing call the user's pickup code takes")
-    pick.add_argument("--tenant", required=True)
-    pick.add_argument("--user", required=True)
-    pick.add_argument("--dialed", required=True)
+    tenant_option(pick)
+    pick.add_argument("--user", required=True, help="the user who dialled the pickup code")
+    pick.add_argument("--dialed", required=True, help="what the user dialled, e.g. *8")
     decide.set_defaults(run=cmd_decide)
 
     stats = sub.add_parser("stats", help="versions in force and sizes, per tenant")
-    stats.add_argument("--tenant")
+    tenant_option(stats, "one tenant only (default: every tenant)", required=False)
     stats.set_defaults(run=cmd_stats)
 
     ca = sub.add_parser("dev-ca", help="a throwaway CA with server and client certificates, for TLS on loopback")
@@ -397,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("loadtest", add_help=False, prefix_chars="\0",
                         help="the load-test harness: a synthetic world, a call mix, every answer checked "
                              "(`callgate loadtest --help`; the same as python -m loadtest)")
-    lt.add_argument("args", nargs=argparse.REMAINDER)
+    lt.add_argument("args", nargs=argparse.REMAINDER, help="the harness's own options (callgate loadtest --help)")
     lt.set_defaults(run=cmd_loadtest)
 
     from server.cli.operator import add_operator_commands
@@ -412,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_numbers_commands(sub)
     add_store_commands(sub)
     offline.add_offline_commands(sub)
+    spread_global_options(parser)
+    add_examples(parser)
     return parser
 
 

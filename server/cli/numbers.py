@@ -128,7 +128,6 @@ def add_numbers_commands(sub: Any) -> None:
     nsub = numbers.add_subparsers(dest="action", required=True, metavar="ACTION")
     owner = nsub.add_parser("owner", help="the tenant that holds a number (operator or owner token)")
     owner.add_argument("number", help="E.164, e.g. +14155550100")
-    owner.add_argument("--json", action="store_true", help="one JSON object instead of words")
     owner.set_defaults(run=cmd_numbers_owner)
     tr = nsub.add_parser("transfer", help="move a number to another tenant in one step (operator or owner token)",
                          description="Makes a new settings version of --from without the number (and without it "

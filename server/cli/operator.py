@@ -10,6 +10,7 @@ from typing import Any
 
 from engine import cli as offline
 from engine.cli import CliError
+from server.cli.grammar import old_tenant_argument, print_json, tenant_of, tenant_option
 from server.cli.rpc import call, guarded, stubs
 from server.cli.text import when
 
@@ -19,7 +20,9 @@ def cmd_billing_balance(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
     admin, _ = stubs(args)
-    r = call(args, admin.GetBalance, admin_pb2.BalanceRequest(tenant=args.tenant))
+    r = call(args, admin.GetBalance, admin_pb2.BalanceRequest(tenant=tenant_of(args)))
+    if print_json(args, r):
+        return 0
     print(f"tenant {r.tenant!r}: balance {r.balance} {r.currency}, reserved {r.reserved} by calls in progress, "
           f"available {r.available}")
     if r.auto_topup:
@@ -39,8 +42,10 @@ def cmd_billing_ledger(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
     admin, _ = stubs(args)
-    r = call(args, admin.ListLedger, admin_pb2.LedgerRequest(tenant=args.tenant, limit=args.limit,
+    r = call(args, admin.ListLedger, admin_pb2.LedgerRequest(tenant=tenant_of(args), limit=args.limit,
                                                                       before_id=args.before or 0))
+    if print_json(args, r):
+        return 0
     print(f"{'id':>8}  {'when (UTC)':<20} {'kind':<7} {'amount':>12} {'balance':>12}  ref")
     for e in r.entries:
         print(f"{e.id:>8}  {when(e.created_at):<20} {e.kind:<7} {e.amount:>12} {e.balance:>12}  {e.ref}")
@@ -52,11 +57,17 @@ def cmd_billing_ledger(args: argparse.Namespace) -> int:
 def cmd_billing_topup(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
+    if len(args.words) == 2:  # the older form: topup TENANT AMOUNT
+        args.old_tenant, amount = args.words
+    elif len(args.words) == 1:
+        amount = args.words[0]
+    else:
+        raise CliError("billing topup takes one AMOUNT (and --tenant T)")
+    tenant = tenant_of(args)
     admin, _ = stubs(args)
-    r = call(args, admin.Credit, admin_pb2.CreditRequest(tenant=args.tenant, amount=args.amount,
-                                                                  reference=args.reference))
+    r = call(args, admin.Credit, admin_pb2.CreditRequest(tenant=tenant, amount=amount, reference=args.reference))
     said = "credited" if r.recorded else "already credited before (same reference): nothing changed"
-    print(f"{args.amount} {r.currency} {said}; balance {r.balance} {r.currency}")
+    print(f"{amount} {r.currency} {said}; balance {r.balance} {r.currency}")
     return 0
 
 
@@ -73,8 +84,10 @@ def cmd_billing_card(args: argparse.Namespace) -> int:
         except ValueError:
             raise CliError(f"--expires {args.expires!r} is not MM/YYYY, e.g. 12/2028") from None
     admin, _ = stubs(args)
-    r = call(args, admin.Card, admin_pb2.CardRequest(tenant=args.tenant, number=args.set or "",
+    r = call(args, admin.Card, admin_pb2.CardRequest(tenant=tenant_of(args), number=args.set or "",
                                                              exp_month=month, exp_year=year))
+    if print_json(args, r):
+        return 0
     if not r.on_file:
         print(f"tenant {r.tenant!r}: no card on file (auto top-ups cannot be charged)")
     else:
@@ -115,6 +128,8 @@ def cmd_documents_list(args: argparse.Namespace) -> int:
     admin, _ = stubs(args)
     r = call(args, admin.ListDocuments, admin_pb2.ListDocumentsRequest(
         tenant=args.tenant or "", number=args.number or "", status=args.status or "", limit=args.limit))
+    if print_json(args, r):
+        return 0
     for s in r.sets:
         _print_set(s)
     if not r.sets:
@@ -140,8 +155,10 @@ def cmd_calls_active(args: argparse.Namespace) -> int:
     from callgate.v1 import admin_pb2
 
     admin, _ = stubs(args)
-    r = call(args, admin.ListCalls, admin_pb2.ListCallsRequest(tenant=args.tenant, state=args.state or "",
+    r = call(args, admin.ListCalls, admin_pb2.ListCallsRequest(tenant=tenant_of(args), state=args.state or "",
                                                                         limit=args.limit))
+    if print_json(args, r):
+        return 0
     print(f"{'call id':<24} {'direction':<9} {'state':<8} {'from':<16} {'to':<16} {'user':<10} since (UTC)")
     for c in r.calls:
         user = c.last_user or c.ringing_user
@@ -193,23 +210,28 @@ def add_operator_commands(sub: Any) -> None:
     billing = sub.add_parser("billing", help="balances, ledger, operator credits and the card on file")
     bsub = billing.add_subparsers(dest="action", required=True, metavar="ACTION")
     bal = bsub.add_parser("balance", help="a tenant's balance, auto top-up rule and recent top-ups")
-    bal.add_argument("tenant")
+    tenant_option(bal, required=False)
+    old_tenant_argument(bal)
     bal.set_defaults(run=cmd_billing_balance)
     led = bsub.add_parser("ledger", help="a tenant's ledger entries, newest first")
-    led.add_argument("tenant")
-    led.add_argument("--limit", type=offline.LIMIT, default=50)
+    tenant_option(led, required=False)
+    old_tenant_argument(led)
+    led.add_argument("--limit", type=offline.LIMIT, default=50, help="entries to list (default 50)")
     led.add_argument("--before", type=offline.ROW_ID, metavar="ID", help="entries older than this id (paging)")
     led.set_defaults(run=cmd_billing_ledger)
     top = bsub.add_parser("topup", help="credit a payment received (idempotent on --reference)")
-    top.add_argument("tenant")
-    top.add_argument("amount", help="e.g. 20.00, in the tenant's currency")
+    top.add_argument("words", nargs="+", metavar="AMOUNT",
+                     help="e.g. 20.00, in the tenant's currency (the older form `topup TENANT AMOUNT` is "
+                          "accepted until the next release)")
+    tenant_option(top, required=False)
     top.add_argument("--reference", required=True, help="the payment's id: the same reference is credited once")
     top.set_defaults(run=cmd_billing_topup)
     card = bsub.add_parser("card", help="show the card auto top-ups charge, or --set a new one")
-    card.add_argument("tenant")
+    tenant_option(card, required=False)
+    old_tenant_argument(card)
     card.add_argument("--set", metavar="NUMBER", help="card number (the sandbox gateway tokenizes it; "
                                                       "4000000000000002 always declines)")
-    card.add_argument("--expires", metavar="MM/YYYY")
+    card.add_argument("--expires", metavar="MM/YYYY", help="with --set: the card's expiry month")
     card.set_defaults(run=cmd_billing_card)
 
     docs = sub.add_parser("documents", help="upload, list, approve and reject a number's legal documents")
@@ -217,19 +239,20 @@ def add_operator_commands(sub: Any) -> None:
     up = dsub.add_parser("upload", help="upload document images (PNG, JPEG, WEBP, TIFF; each side <= 2000 px) "
                                         "for one of the tenant's numbers")
     up.add_argument("number", help="E.164")
-    up.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    up.add_argument("--tenant", required=True)
+    up.add_argument("files", nargs="+", type=Path, metavar="FILE", help="the scans, one file a page")
+    tenant_option(up)
     up.set_defaults(run=cmd_documents_upload)
     ls = dsub.add_parser("list", help="document sets, newest first")
-    ls.add_argument("--tenant")
-    ls.add_argument("--number")
-    ls.add_argument("--status", choices=("pending", "approved", "rejected"))
-    ls.add_argument("--limit", type=offline.LIMIT, default=100)
+    tenant_option(ls, "one tenant's sets only (default: every tenant)", required=False)
+    ls.add_argument("--number", help="one number's sets only (E.164)")
+    ls.add_argument("--status", choices=("pending", "approved", "rejected"), help="sets in this state only")
+    ls.add_argument("--limit", type=offline.LIMIT, default=100, help="sets to list (default 100)")
     ls.set_defaults(run=cmd_documents_list)
     for action, text in (("approve", "approve a set: its number may be used at once"),
                          ("reject", "reject a set with a reason: its number stays unusable")):
         p = dsub.add_parser(action, help=text)
-        p.add_argument("set_id", type=offline.int_in(1, 2**63 - 1, "a document set id"), metavar="SET_ID")
+        p.add_argument("set_id", type=offline.int_in(1, 2**63 - 1, "a document set id"), metavar="SET_ID",
+                       help="the set's id, as `documents list` shows it")
         if action == "reject":
             p.add_argument("--reason", required=True, help="what the tenant must fix")
         p.add_argument("--reviewer", default="operator", help="who decided (kept with the set)")
@@ -245,7 +268,9 @@ def add_operator_commands(sub: Any) -> None:
     calls = sub.add_parser("calls", help="the call registry")
     csub = calls.add_subparsers(dest="action", required=True, metavar="ACTION")
     act = csub.add_parser("active", help="a tenant's calls ringing or answered (or --state)")
-    act.add_argument("tenant")
-    act.add_argument("--state", choices=("ringing", "answered", "ended", "expired"))
-    act.add_argument("--limit", type=offline.LIMIT, default=100)
+    tenant_option(act, required=False)
+    old_tenant_argument(act)
+    act.add_argument("--state", choices=("ringing", "answered", "ended", "expired"),
+                     help="calls in this state (default: ringing and answered)")
+    act.add_argument("--limit", type=offline.LIMIT, default=100, help="calls to list (default 100)")
     act.set_defaults(run=cmd_calls_active)

@@ -17,6 +17,7 @@ from typing import Any
 
 from engine import cli as offline
 from engine.cli import CliError
+from server.cli.grammar import print_json
 from server.cli.local import open_store
 from server.cli.rpc import call, stubs
 from server.cli.text import shown, when
@@ -92,6 +93,10 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
             tokens = store.list_tokens()
         finally:
             store.close()
+    if print_json(args, [{"id": t.id, "role": t.role, "tenants": list(t.tenants), "created_at": t.created_at,
+                          "expires_at": t.expires_at, "revoked_at": t.revoked_at, "comment": t.comment}
+                         for t in tokens]):
+        return 0
     print(f"{'id':<14} {'role':<13} {'tenants':<24} {'created (UTC)':<21} {'expires':<21} {'revoked':<21} comment")
     for t in tokens:
         print(f"{t.id:<14} {t.role:<13} {shown(','.join(t.tenants) or '*', 60):<24} {when(t.created_at):<21} "
@@ -206,7 +211,7 @@ def add_security_commands(sub: Any) -> None:
     data_dir(ls)
     ls.set_defaults(run=cmd_tokens_list)
     rev = tsub.add_parser("revoke", help="refuse a token from now on")
-    rev.add_argument("id")
+    rev.add_argument("id", help="the token's id, as `tokens list` shows it (never the secret)")
     data_dir(rev)
     rev.set_defaults(run=cmd_tokens_revoke)
 
@@ -221,6 +226,5 @@ def add_security_commands(sub: Any) -> None:
     audit.add_argument("--action", help="one RPC's rows only, e.g. PushSettings, TransferNumber, CreateToken")
     audit.add_argument("--limit", type=offline.LIMIT, default=100, help="rows to show, 1 to 1000 (default 100)")
     audit.add_argument("--before", type=offline.ROW_ID, metavar="ID", help="rows older than this id (paging)")
-    audit.add_argument("--json", action="store_true", help="one JSON object per row, for scripts")
     data_dir(audit)
     audit.set_defaults(run=cmd_audit)
