@@ -29,7 +29,10 @@ class Spool:
             folder = os.path.dirname(self.path)
             if folder:
                 os.makedirs(folder, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=0.2, isolation_level=None, check_same_thread=False)
+            # Every Kamailio process opens the file as it starts, all at once: the first to switch it to WAL and
+            # create the table holds it for a moment, so the opening waits up to 5 s for the others; then a
+            # SIP worker never waits more than 0.2 s on the spool.
+            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # survives a Kamailio crash; a power cut may lose the last
             conn.execute("""CREATE TABLE IF NOT EXISTS events (
@@ -43,6 +46,7 @@ class Spool:
                                 error    TEXT    NOT NULL DEFAULT '',
                                 done_at  REAL    NOT NULL DEFAULT 0)""")
             conn.execute("CREATE INDEX IF NOT EXISTS events_pending ON events (state, call, id)")
+            conn.execute("PRAGMA busy_timeout = 200")
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
