@@ -63,7 +63,7 @@ def test_errors_are_one_line_and_exit_2(server, capsys, argv, message):
 def test_unreachable_server_says_what_to_do(capsys):
     code = main(["--server", f"127.0.0.1:{free_port()}", "--timeout", "3", "stats"])
     err = capsys.readouterr().err
-    assert code == 2 and "is `callgate serve` running there?" in err
+    assert code == 2 and "nothing listens at 127.0.0.1:" in err and "is `callgate serve` running there" in err
 
 
 def test_settings_push_show_history_rollback(server, capsys, tmp_path):

@@ -23,10 +23,16 @@ import csv
 import datetime as dt
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+# grpc's C core writes its own lines on stderr (a TLS handshake a client got wrong, in the server; the
+# handshake's details, in the CLI): callgate says what went wrong in its own words and logs.  GRPC_VERBOSITY=INFO
+# brings them back for debugging.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from engine import cli as offline
 from engine.cli import CliError

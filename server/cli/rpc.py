@@ -32,7 +32,33 @@ def channel(args: argparse.Namespace) -> Any:
 # what grpcio says when the connection failed or dropped (the server's own UNAVAILABLE messages say none of these)
 _TRANSPORT = ("failed to connect", "connection refused", "socket closed", "connection reset", "goaway",
               "broken pipe", "dns resolution failed", "connections to all backends failing", "endpoint closing",
-              "stream removed", "recvmsg", "sendmsg", "connection aborted", "keepalive watchdog")
+              "stream removed", "recvmsg", "sendmsg", "connection aborted", "keepalive watchdog",
+              "errors resolving", "handshake failed")
+
+
+def _not_connected(args: argparse.Namespace, lowered: str) -> str:
+    """Why no connection was made, in words that say what to change (empty: not a connection failure)."""
+    server, tls = args.server, bool(getattr(args, "tls_ca", None))
+    host = server.rpartition(":")[0].strip("[]") or server
+    if "errors resolving" in lowered or "dns resolution failed" in lowered or "domain name not found" in lowered:
+        return f"cannot find the host {host!r} of --server {server} (its name does not resolve): check --server"
+    if "wrong_version_number" in lowered:
+        return (f"callgate at {server} does not speak TLS: leave out --tls-ca (and --tls-cert/--tls-key), or "
+                "serve it with --tls-cert and --tls-key")
+    if "peer name" in lowered or ("hostname" in lowered and "certificate" in lowered):
+        return (f"callgate at {server} has a TLS certificate for another name: use --server with a name or address "
+                "its certificate holds (`callgate dev-ca` certificates hold 127.0.0.1, ::1 and localhost)")
+    if "handshake failed" in lowered or "certificate" in lowered:
+        return (f"callgate at {server} has a TLS certificate that --tls-ca {args.tls_ca} did not sign (or mutual TLS "
+                "refused this client's): give --tls-ca the CA that signed the server's certificate")
+    if "connection refused" in lowered:
+        return (f"nothing listens at {server}: is `callgate serve` running there, on that port? (check --server)")
+    if "failed to connect" in lowered and "socket closed" in lowered and not tls:
+        return (f"callgate at {server} closed the connection at once: it probably serves TLS; give --tls-ca with "
+                "the CA of its certificate (and --token if it asks for one)")
+    if "failed to connect" in lowered:
+        return f"cannot reach callgate at {server}: is `callgate serve` running there? (check --server)"
+    return ""
 
 
 def guarded(args: argparse.Namespace, fn: Callable[[], Any], *, check: str = "") -> Any:
@@ -52,9 +78,9 @@ def guarded(args: argparse.Namespace, fn: Callable[[], Any], *, check: str = "")
         details = (exc.details() or "").strip()
         lowered = details.lower()
         if code == grpc.StatusCode.UNAVAILABLE and any(m in lowered for m in _TRANSPORT):
-            if "failed to connect" in lowered or "connection refused" in lowered or "dns" in lowered:
-                raise CliError(f"cannot reach callgate at {args.server}: is `callgate serve` running there? "
-                               f"({details})") from None
+            problem = _not_connected(args, lowered)
+            if problem:
+                raise CliError(f"{problem} ({details})") from None
             if check:
                 raise CliError(f"the connection to callgate at {args.server} dropped before the answer ({details}): "
                                f"the change may have been made; see `{check}` before trying again") from None
@@ -66,6 +92,13 @@ def guarded(args: argparse.Namespace, fn: Callable[[], Any], *, check: str = "")
             raise CliError(f"callgate at {args.server} did not answer within {args.timeout} s") from None
         if code == grpc.StatusCode.UNAVAILABLE:
             raise CliError(f"UNAVAILABLE (nothing was changed; try again later): {details}") from None
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            if not (getattr(args, "token", None) or os.environ.get("CALLGATE_TOKEN")):
+                raise CliError(f"UNAUTHENTICATED: callgate at {args.server} wants a token: give --token or set "
+                               f"CALLGATE_TOKEN (`callgate tokens create` makes one) ({details})") from None
+            raise CliError(f"UNAUTHENTICATED: callgate at {args.server} refused the token ({details}): check "
+                           "--token or $CALLGATE_TOKEN, or ask an owner for a new one (`callgate tokens list` "
+                           "shows which are revoked or expired)") from None
         raise CliError(f"{code.name}: {details}") from None
 
 
