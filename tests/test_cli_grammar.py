@@ -42,6 +42,7 @@ LINES: dict[str, list[str]] = {
     "documents reject": ["documents", "reject", "7", "--reason", "blurred"],
     "export failover": ["export", "failover"],
     "calls active": ["calls", "active", "--tenant", "acme"],
+    "calls pickup": ["calls", "pickup", "--tenant", "acme", "--user", "u2", "--dialed", "*8"],
     "tokens create": ["tokens", "create", "--role", "proxy"],
     "tokens list": ["tokens", "list"],
     "tokens revoke": ["tokens", "revoke", "abc"],

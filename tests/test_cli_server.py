@@ -206,3 +206,27 @@ def test_billing_balance_shows_what_calls_in_progress_hold(tmp_path, capsys):
         assert code == 0 and "balance 4.98 USD, reserved 0.00 by calls in progress, available 4.98" in out
     finally:
         assert t.close() == 0
+
+
+def test_decide_pickup_is_a_dry_run_and_calls_pickup_takes_the_call(server, capsys):
+    import time
+
+    from callgate.v1 import decisions_pb2, decisions_pb2_grpc
+
+    with server.channel() as channel:
+        stub = decisions_pb2_grpc.DecisionsStub(channel)
+        stub.CallEvent(decisions_pb2.CallEventRequest(
+            tenant="acme", call_id="pick-me", kind=decisions_pb2.CallEventRequest.RINGING, user="u1",
+            at=int(time.time()) - 5, caller="+14155550123", called="+14155550199"), timeout=10)
+    for _ in range(2):  # a dry run, twice: it changes nothing
+        code, out, _ = run(server, capsys, "decide", "pickup", "--tenant", "acme", "--user", "u2", "--dialed", "*8")
+        assert code == 0 and out.startswith("INTERCEPT (OK)") and "call pick-me" in out
+        assert "a dry run: nothing was intercepted" in out
+        code, out, _ = run(server, capsys, "calls", "active", "--tenant", "acme", "--state", "ringing")
+        assert code == 0 and "pick-me" in out
+    code, out, _ = run(server, capsys, "calls", "pickup", "--tenant", "acme", "--user", "u2", "--dialed", "*8")
+    assert code == 0 and out.strip() == "call pick-me intercepted: answered by u2"
+    code, out, _ = run(server, capsys, "calls", "active", "--tenant", "acme", "--state", "answered")
+    assert code == 0 and "pick-me" in out and "u2" in out
+    code, out, _ = run(server, capsys, "calls", "pickup", "--tenant", "acme", "--user", "u2", "--dialed", "*8")
+    assert code == 0 and out.startswith("nothing intercepted (NO_RINGING_CALL)")

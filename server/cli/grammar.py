@@ -69,6 +69,7 @@ EXAMPLES: dict[str, str] = {
     "documents reject": "callgate documents reject 7 --reason 'the ID is expired'",
     "export failover": "callgate export failover -o /etc/kamailio/failover.json",
     "calls active": "callgate calls active --tenant acme --state ringing",
+    "calls pickup": "callgate calls pickup --tenant acme --user u2 --dialed '*8'",
     "tokens create": "callgate tokens create --role tenant-admin --tenant acme --expires-in 90d",
     "tokens list": "callgate tokens list --json",
     "tokens revoke": "callgate tokens revoke 3f9c2a81d0e4",

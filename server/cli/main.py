@@ -271,11 +271,13 @@ def cmd_decide(args: argparse.Namespace) -> int:
     elif args.kind == "outbound":
         d = call(args, decisions.Outbound, decisions_pb2.OutboundRequest(
             tenant=args.tenant, user=args.user, destination=args.destination, at=instant(args.at), explain=True))
-    else:
+    else:  # a dry run: deciding never changes anything (`calls pickup` intercepts)
         d = call(args, decisions.Pickup, decisions_pb2.PickupRequest(
-            tenant=args.tenant, user=args.user, dialed=args.dialed, explain=True))
+            tenant=args.tenant, user=args.user, dialed=args.dialed, explain=True, dry_run=True))
     if not print_json(args, d):
         print(describe(d))
+        if args.kind == "pickup" and d.call_id:
+            print("  (a dry run: nothing was intercepted; `callgate calls pickup` takes the call)")
     return 0
 
 
@@ -392,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--user", required=True, help="the calling user's id, e.g. u3")
     out.add_argument("--destination", required=True, help="the number dialled, as the user dialled it")
     out.add_argument("--at", help="epoch seconds or ISO time with zone (default: now)")
-    pick = dsub.add_parser("pickup", help="which ringing call the user's pickup code takes")
+    pick = dsub.add_parser("pickup", help="which ringing call the user's pickup code would take (a dry run: "
+                                          "`calls pickup` takes it)")
     tenant_option(pick)
     pick.add_argument("--user", required=True, help="the user who dialled the pickup code")
     pick.add_argument("--dialed", required=True, help="what the user dialled, e.g. *8")

@@ -169,6 +169,22 @@ def cmd_calls_active(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calls_pickup(args: argparse.Namespace) -> int:
+    from callgate.v1 import decisions_pb2
+
+    _, decisions = stubs(args)
+    d = call(args, decisions.Pickup, decisions_pb2.PickupRequest(
+        tenant=args.tenant, user=args.user, dialed=args.dialed, explain=True),
+        check=f"callgate calls active --tenant {args.tenant}")
+    if print_json(args, d):
+        return 0
+    if d.call_id:
+        print(f"call {d.call_id} intercepted: answered by {args.user}")
+    else:
+        print(f"nothing intercepted ({decisions_pb2.Reason.Name(d.reason)}): {d.rule}")
+    return 0
+
+
 # -- export ---------------------------------------------------------------------------
 
 def failover_table(admin: Any, timeout: float) -> dict[str, Any]:
@@ -274,3 +290,9 @@ def add_operator_commands(sub: Any) -> None:
                      help="calls in this state (default: ringing and answered)")
     act.add_argument("--limit", type=offline.LIMIT, default=100, help="calls to list (default 100)")
     act.set_defaults(run=cmd_calls_active)
+    pick = csub.add_parser("pickup", help="intercept the ringing call a user's pickup code takes (answers it; "
+                                          "`decide pickup` only shows which)")
+    tenant_option(pick)
+    pick.add_argument("--user", required=True, help="the user who picks the call up")
+    pick.add_argument("--dialed", required=True, help="what the user dialled: the tenant's pickup code, e.g. *8")
+    pick.set_defaults(run=cmd_calls_pickup)

@@ -87,7 +87,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
             d = snap.pickup(user, dialed, ringing)
             if d.verdict_code == codes.ERROR:
                 raise _input_error(d)
-            if d.verdict != "INTERCEPT":
+            if d.verdict != "INTERCEPT" or r.dry_run:  # a dry run only says which call it would take
                 break
             call_id = d.call_id
             assert call_id is not None
