@@ -76,13 +76,16 @@ def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
                                                       timeout=60).version}
         token("tenant-admin", "tenant-admin", ["acme"])     # a tenant-admin token names a tenant that exists
         store.close()
-        sets = {}
+        # a set is reviewed once: one pending set for each review the matrix makes (the first one's id in "sets")
+        pending: dict[str, list[int]] = {}
         for t in ("acme", "beta"):
-            sets[t] = admin.UploadDocuments(admin_pb2.UploadDocumentsRequest(
+            pending[t] = [admin.UploadDocuments(admin_pb2.UploadDocumentsRequest(
                 tenant=t, number=number(t), files=[admin_pb2.DocumentUpload(name="id.png", content=png())]),
-                timeout=30).id
+                timeout=30).id for _ in range(4)]
+        sets = {t: ids[0] for t, ids in pending.items()}
         time.sleep(max(0.0, began + 5 - time.time()))  # the expired token's time has come
-        yield {"server": srv, "tokens": tokens, "sets": sets, "db": data / "callgate.sqlite", "base": base,
+        yield {"server": srv, "tokens": tokens, "sets": sets, "pending": pending, "db": data / "callgate.sqlite",
+               "base": base,
                "admin": admin}
     finally:
         srv.stop()
@@ -94,6 +97,14 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
     d = decisions_pb2_grpc.DecisionsStub(channel)
     a = admin_pb2_grpc.AdminStub(channel)
     n = next(counter)
+
+    def review() -> Any:
+        """Approve the tenant's next pending set (a set is reviewed once)."""
+        pending = world["pending"][tenant]
+        reply = a.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(set_id=pending[0], approve=True), timeout=10)
+        pending.pop(0)
+        return reply
+
     rows = 1
     called = own_number("+14155550199", BLOCK[tenant])
     other = "beta" if tenant == "acme" else "acme"
@@ -138,8 +149,7 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
             tenant=tenant, number=number(tenant), files=[admin_pb2.DocumentUpload(name="p.png", content=png())]),
             timeout=30),
         "ListDocuments": lambda: a.ListDocuments(admin_pb2.ListDocumentsRequest(tenant=tenant), timeout=10),
-        "ReviewDocuments": lambda: a.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(
-            set_id=world["sets"][tenant], approve=True), timeout=10),
+        "ReviewDocuments": review,
         "GetBalance": lambda: a.GetBalance(admin_pb2.BalanceRequest(tenant=tenant), timeout=10),
         "ListLedger": lambda: a.ListLedger(admin_pb2.LedgerRequest(tenant=tenant), timeout=10),
         "Credit": lambda: a.Credit(admin_pb2.CreditRequest(tenant=tenant, amount="1.00", reference=f"auth-{n}"),

@@ -171,7 +171,13 @@ def test_operator_commands(server, capsys, tmp_path):
     assert code == 0 and f"set {set_id}: acme +14155550100 pending" in out
     code, out, _ = run(server, capsys, "documents", "reject", set_id, "--reason", "too dark")
     assert code == 0 and "rejected (too dark)" in out
-    code, out, _ = run(server, capsys, "documents", "approve", set_id, "--reviewer", "ops-2")
+    code, _, err = run(server, capsys, "documents", "approve", set_id, "--reviewer", "ops-2")
+    assert code == 2 and err.startswith(f"callgate: error: FAILED_PRECONDITION: document set {set_id} was already "
+                                        "rejected (too dark) by operator at ")
+    assert "uploads a new set to be reviewed again" in err
+    code, out, _ = run(server, capsys, "documents", "upload", "+14155550100", str(scan), "--tenant", "acme")
+    again = out.split()[1].rstrip(":")
+    code, out, _ = run(server, capsys, "documents", "approve", again, "--reviewer", "ops-2")
     assert code == 0 and "approved" in out and "by ops-2" in out
 
     code, out, _ = run(server, capsys, "calls", "active", "--tenant", "acme")

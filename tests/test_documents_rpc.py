@@ -122,10 +122,15 @@ def test_upload_review_and_every_worker_follows_without_a_push(server: Server, a
     listed = admin.ListDocuments(admin_pb2.ListDocumentsRequest(tenant="acme", status="approved"), timeout=10)
     assert [s.id for s in listed.sets] == [second.id]
 
-    # an operator can withdraw an approval: the number is unusable again everywhere
-    admin.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(set_id=second.id, reason="forged"), timeout=10)
-    wait_for(lambda: set(reasons_by_worker(address, tries=20).values()) == {decisions_pb2.DOCUMENTS_PENDING},
-             timeout=5)
+    # a set is reviewed once: a second review is refused, naming the first, and changes nothing
+    for approve, reason in ((False, "forged"), (True, "")):
+        code, text = refusal(lambda a=approve, r=reason: admin.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(
+            set_id=second.id, approve=a, reason=r, reviewer="ops-9"), timeout=10))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"document set {second.id} was already approved by operator at " in text
+    listed = admin.ListDocuments(admin_pb2.ListDocumentsRequest(tenant="acme", status="approved"), timeout=10)
+    assert [(s.id, s.decided_by) for s in listed.sets] == [(second.id, "operator")]
+    assert set(reasons_by_worker(address, tries=20).values()) == {decisions_pb2.OK}
     with sqlite3.connect(data_dir / "callgate.sqlite") as conn:
         assert conn.execute("SELECT count(*) FROM document_files").fetchone()[0] == 4
     assert len(list((data_dir / "documents").rglob("*.*"))) == 0          # no temp files left

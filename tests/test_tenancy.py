@@ -450,7 +450,9 @@ def test_audit_rows_name_the_document_set_and_the_token_they_acted_on(world: Any
     operator = stub(world, "operator")
     operator.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(set_id=uploaded.id, approve=False, reason="too dark"),
                              timeout=30)
-    operator.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(set_id=uploaded.id, approve=True), timeout=30)
+    twice = refused(lambda: operator.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(set_id=uploaded.id,
+                                                                                    approve=True), timeout=30))
+    assert twice.code() == grpc.StatusCode.FAILED_PRECONDITION and "already rejected (too dark)" in twice.details()
     missing = uploaded.id + 1000
     err = refused(lambda: operator.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(set_id=missing, approve=True),
                                                    timeout=30))
@@ -470,11 +472,12 @@ def test_audit_rows_name_the_document_set_and_the_token_they_acted_on(world: Any
     [row] = upload
     assert (row.tenant, row.result, row.token_id) == ("beta", "OK", token_id(world["tokens"]["beta-admin"]))
     assert row.object == f"number {number}, set {uploaded.id}"
-    reviews = sorted((e for e in rows("ReviewDocuments") if e.object.startswith(f"set {uploaded.id},")),
+    reviews = sorted((e for e in rows("ReviewDocuments") if e.object.split(",")[0] == f"set {uploaded.id}"),
                      key=lambda e: e.id)
-    assert [(e.object, e.tenant, e.result) for e in reviews] == [(f"set {uploaded.id}, number {number}", "beta",
-                                                                  "OK")] * 2
-    assert reviews[0].detail == "rejected: too dark" and reviews[1].detail == "approved"
+    assert [(e.object, e.result) for e in reviews] == [(f"set {uploaded.id}, number {number}", "OK"),
+                                                       (f"set {uploaded.id}", "FAILED_PRECONDITION")]
+    assert reviews[0].tenant == "beta" and reviews[0].detail == "rejected: too dark"
+    assert "already rejected (too dark)" in reviews[1].detail
     assert all(e.token_id == token_id(world["tokens"]["operator"]) for e in reviews)
     [gone] = [e for e in rows("ReviewDocuments") if e.object == f"set {missing}"]
     assert gone.result == "NOT_FOUND" and f"no document set {missing}" in gone.detail

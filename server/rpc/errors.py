@@ -27,7 +27,14 @@ import grpc
 
 from engine.settings import SettingsError
 from server import metrics
-from server.store.api import NotFound, NumberTaken, StoreDamaged, StoreUnavailable, VersionConflict
+from server.store.api import (
+    AlreadyReviewed,
+    NotFound,
+    NumberTaken,
+    StoreDamaged,
+    StoreUnavailable,
+    VersionConflict,
+)
 
 log = logging.getLogger("callgate.service")
 
@@ -50,7 +57,7 @@ def status_for(exc: BaseException, rpc: str = "") -> tuple[grpc.StatusCode, str]
         return exc.code, str(exc)
     if isinstance(exc, SettingsError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, VersionConflict | NumberTaken | numbers.TransferRefused):
+    if isinstance(exc, VersionConflict | NumberTaken | AlreadyReviewed | numbers.TransferRefused):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)

@@ -27,7 +27,16 @@ from typing import Any
 
 from server.rules.billing import crossed
 from server.rules.calls import Account, Call, Event, EventRefused, Outcome, Reply, check_replay
-from server.store.api import CardRecord, DocumentFile, DocumentSet, LedgerEntry, NotFound, Topup, TopupPolicy
+from server.store.api import (
+    AlreadyReviewed,
+    CardRecord,
+    DocumentFile,
+    DocumentSet,
+    LedgerEntry,
+    NotFound,
+    Topup,
+    TopupPolicy,
+)
 from server.store.base import SQLiteBase
 from server.store.checks import _check_int, _check_str, _check_tenant
 
@@ -342,9 +351,12 @@ class AccountsPart(SQLiteBase):
     def review_document_set(self, set_id: int, approve: bool, reason: str, by: str, at: int) -> DocumentSet:
         _check_int("set_id", set_id, minimum=1)
         with self._transaction(True) as conn:
-            row = conn.execute("SELECT tenant FROM document_sets WHERE id = ?", (set_id,)).fetchone()
+            row = conn.execute("SELECT tenant, status, decided_by, decided_at, reason FROM document_sets "
+                               "WHERE id = ?", (set_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no document set {set_id}")
+            if row[1] != "pending":  # reviewed once: a second review would overwrite who decided, and when
+                raise AlreadyReviewed(set_id, row[1], row[2], row[3], row[4])
             conn.execute("UPDATE document_sets SET status = ?, reason = ?, decided_at = ?, decided_by = ? "
                          "WHERE id = ?", ("approved" if approve else "rejected", reason, at, by, set_id))
             self._bump_documents(conn, row[0])

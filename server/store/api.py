@@ -116,6 +116,20 @@ class NumberTaken(StoreError):
                          "`callgate numbers transfer`)")
 
 
+class AlreadyReviewed(StoreError):
+    """A document set is reviewed once: pending -> approved | rejected; a new upload makes a new pending set
+    (gRPC FAILED_PRECONDITION, naming the earlier review)."""
+
+    def __init__(self, set_id: int, status: str, by: str, at: int, reason: str = ""):
+        import datetime as dt
+
+        when = dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if at else "earlier"
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"document set {set_id} was already {status}{why} by {by or 'an operator'} at {when}: a set "
+                         "is reviewed once; the tenant uploads a new set to be reviewed again")
+        self.set_id, self.status, self.by, self.at = set_id, status, by, at
+
+
 class OwnershipConflicts(StoreError):
     """The store holds numbers under more than one tenant, from before numbers had owners: resolve them first."""
 
@@ -529,6 +543,7 @@ class Store(Protocol):
         ...
 
     def review_document_set(self, set_id: int, approve: bool, reason: str, by: str, at: int) -> DocumentSet:
+        """Approve or reject a pending set; NotFound if there is none, AlreadyReviewed if it was reviewed."""
         ...
 
     def document_sets(self, tenant: str, number: str = "", status: str = "", limit: int = 100

@@ -75,6 +75,11 @@ def _integrity(conn: sqlite3.Connection, report: Report, progress: Progress | No
     conn.set_progress_handler(tick, 10_000)
     try:
         lines = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(100)").fetchall()]
+    except sqlite3.DatabaseError as exc:  # the damage stops the whole check: look table by table
+        damaged = _table_by_table(conn)
+        report.problems.append(f"integrity: damaged {damaged or 'pages SQLite cannot read'} (the whole check stopped: "
+                               f"{exc}): restore the store from a backup")
+        return
     finally:
         conn.set_progress_handler(None, 0)
     damaged = describe_check(conn, lines)
@@ -90,6 +95,27 @@ def _integrity(conn: sqlite3.Connection, report: Report, progress: Progress | No
                                "exist")
     else:
         report.checked.append("foreign keys")
+
+
+def _table_by_table(conn: sqlite3.Connection) -> str:
+    """The tables (and their indexes) SQLite's integrity check finds damaged one at a time ('' if even the
+    schema cannot be read)."""
+    try:
+        tables = [str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.DatabaseError:
+        return ""
+    found: list[str] = []
+    for table in tables:
+        try:
+            quoted = table.replace('"', '""')   # a name read back from a file that may have been tampered with
+            lines = [str(r[0]) for r in conn.execute(f'PRAGMA integrity_check("{quoted}")').fetchall()]
+        except sqlite3.DatabaseError:
+            found.append(f"table {table}")
+            continue
+        described = describe_check(conn, lines)
+        if described:
+            found.append(described)
+    return ", ".join(found)
 
 
 def _money(conn: sqlite3.Connection, report: Report) -> None:
