@@ -15,7 +15,7 @@ cdef enum Reason:
     R_OK, R_BLACKLISTED, R_OFF_HOURS_BLOCKED, R_OFF_HOURS, R_DOCUMENTS_PENDING, R_UNKNOWN_NUMBER,
     R_ANONYMOUS, R_ACCOUNT_UNAVAILABLE, R_INSUFFICIENT_FUNDS, R_NO_RATE, R_NO_CALLER_ID,
     R_INVALID_CALLER, R_INVALID_CALLED, R_INVALID_DESTINATION, R_INVALID_TIME, R_INVALID_USER,
-    R_NOT_PICKUP_CODE, R_NO_RINGING_CALL, R_INVALID_BALANCE
+    R_NOT_PICKUP_CODE, R_NO_RINGING_CALL, R_INVALID_BALANCE, R_DOCUMENTS_REJECTED
 
 # How a line's trunk sends callers: the indexes of engine.codes.CALLER_FORMATS (Snap.line_format).
 cdef enum CallerFormat:
@@ -26,6 +26,7 @@ cdef enum NumberFlag:
     F_REQUIRES_DOCS = 1
     F_APPROVED = 2
     F_INBOUND_ONLY = 4
+    F_REJECTED = 8          # its latest document set was rejected (and none is approved)
 
 # Kinds of roaring container (Container.meta >> 28).
 cdef enum ContainerKind:

@@ -55,7 +55,7 @@ cdef void decide_inbound(const Snap* s, const char* caller, Py_ssize_t nc, const
         refuse(o, V_REJECT, R_UNKNOWN_NUMBER)
         return
     if (s.num_flags[idx] & (F_REQUIRES_DOCS | F_APPROVED)) == F_REQUIRES_DOCS:
-        refuse(o, V_REJECT, R_DOCUMENTS_PENDING)
+        refuse(o, V_REJECT, R_DOCUMENTS_REJECTED if s.num_flags[idx] & F_REJECTED else R_DOCUMENTS_PENDING)
         return
     if withheld:
         if s.block_anonymous:
@@ -125,7 +125,7 @@ cdef void decide_outbound(const Snap* s, const char* user, Py_ssize_t nu, const 
         refuse(o, V_DENY, R_ACCOUNT_UNAVAILABLE)
         return
     if (s.num_flags[cid] & (F_REQUIRES_DOCS | F_APPROVED)) == F_REQUIRES_DOCS:
-        refuse(o, V_DENY, R_DOCUMENTS_PENDING)
+        refuse(o, V_DENY, R_DOCUMENTS_REJECTED if s.num_flags[cid] & F_REJECTED else R_DOCUMENTS_PENDING)
         return
     rate = match_rate(s, s.num_line[cid], dest_num)
     if rate < 0:

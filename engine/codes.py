@@ -48,6 +48,7 @@ REASONS: Final = (
     ("NOT_PICKUP_CODE", 0),
     ("NO_RINGING_CALL", 0),
     ("INVALID_BALANCE", 400),
+    ("DOCUMENTS_REJECTED", 403),
 )
 REASON_NAMES: Final = tuple(name for name, _ in REASONS)
 REASON_CODE: Final = {name: i for i, name in enumerate(REASON_NAMES)}
@@ -103,5 +104,7 @@ RULES: Final = {
     "NOT_PICKUP_CODE": "the dialled string is not the tenant's pickup code (rule 6)",
     "NO_RINGING_CALL": "no unanswered call rings at another member of the user's queue groups (rule 6)",
     "INVALID_BALANCE": "the balance is beyond 1e9 or has more than 6 decimals",
+    "DOCUMENTS_REJECTED": "the number's documents were rejected: it may not be used until a new set is approved "
+                          "(rule 1)",
 }
 assert set(RULES) == set(REASON_NAMES)

@@ -218,10 +218,13 @@ _REFUSALS = frozenset({"REJECT", "DENY", "ERROR", "NO_PICKUP"})
 class Reference:
     """Decisions for one tenant's settings, computed the plain way."""
 
-    def __init__(self, settings: Settings, version: int = 1, approved: Iterable[str] = ()) -> None:
+    def __init__(self, settings: Settings, version: int = 1, approved: Iterable[str] = (),
+                 rejected: Iterable[str] = ()) -> None:
         self.settings = settings
         self.version = version
         self.approved: frozenset[str] = frozenset(approved)
+        # numbers whose latest document set was rejected: they answer DOCUMENTS_REJECTED while not approved
+        self.rejected: frozenset[str] = frozenset(rejected) - self.approved
         self.numbers: dict[str, Number] = {n.number: n for n in settings.numbers}
         self.lines: dict[str, Line] = {line.id: line for line in settings.lines}
         self.users: dict[str, User] = {u.id: u for u in settings.users}
@@ -277,6 +280,9 @@ class Reference:
     def _pending(self, number: Number) -> bool:
         return number.requires_documents and number.number not in self.approved
 
+    def _documents_reason(self, number: Number) -> str:
+        return "DOCUMENTS_REJECTED" if number.number in self.rejected else "DOCUMENTS_PENDING"
+
     # -- inbound -----------------------------------------------------------
     def inbound(self, caller: str, called: str, at: int) -> Decision:
         # 1. the instant
@@ -324,7 +330,7 @@ class Reference:
 
         # 6. documents pending
         if self._pending(number):
-            return self._decision("REJECT", "DOCUMENTS_PENDING", **read)
+            return self._decision("REJECT", self._documents_reason(number), **read)
 
         # 7. withheld caller
         if withheld and self.settings.block_anonymous:
@@ -393,7 +399,7 @@ class Reference:
 
         # 6. documents pending on the caller ID number
         if self._pending(number):
-            return self._decision("DENY", "DOCUMENTS_PENDING")
+            return self._decision("DENY", self._documents_reason(number))
 
         # 7. the rate: longest prefix of the destination's digits on the caller ID's line
         line = self.lines[number.line]

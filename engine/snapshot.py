@@ -400,21 +400,29 @@ def loads(data: bytes, version: int | None = None) -> _core.CoreSnapshot:
         raise ValueError(f"not a callgate snapshot: {why[:500]}") from None
 
 
-def with_documents(snapshot: _core.CoreSnapshot, approved: Iterable[str]) -> _core.CoreSnapshot:
-    """The same snapshot with another set of approved numbers (no recompiling).
+def with_documents(snapshot: _core.CoreSnapshot, approved: Iterable[str],
+                   rejected: Mapping[str, str] | Iterable[str] = ()) -> _core.CoreSnapshot:
+    """The same snapshot with another state of the numbers' documents (no recompiling): `approved` numbers may
+    be used; `rejected` ones (a mapping gives each rejection's reason) answer DOCUMENTS_REJECTED instead of
+    DOCUMENTS_PENDING until a set is approved.
 
     Only the small per-number flags array is copied; everything else is shared.
     """
     meta = dict(snapshot.meta)
     index = {num: i for i, num in enumerate(meta["numbers"])}
     approved_set = {num for num in approved if num in index}
+    reasons = dict(rejected) if isinstance(rejected, Mapping) else {num: "" for num in rejected}
+    rejected_set = {num for num in reasons if num in index and num not in approved_set}
     flags = snapshot.arrays["num_flags"].copy()
-    flags &= np.uint8(0xFF ^ 2)
+    flags &= np.uint8(0xFF ^ (2 | 8))
     for num in approved_set:
         flags[index[num]] |= np.uint8(2)
+    for num in rejected_set:
+        flags[index[num]] |= np.uint8(8)
     arrays = dict(snapshot.arrays)
     arrays["num_flags"] = flags
     meta["approved"] = sorted(approved_set)
+    meta["rejections"] = {num: str(reasons[num]) for num in sorted(rejected_set)}
     return _core.CoreSnapshot(arrays, meta, derived_from=snapshot)
 
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import Decision, RingingCall, Settings, compile_settings, parse_settings, to_micro
+from engine import Decision, RingingCall, Settings, compile_settings, parse_settings, to_micro, with_documents
 from engine.reference import Reference
 
 ACME_PATH = Path(__file__).resolve().parent.parent / "examples" / "acme.json"
@@ -85,8 +85,11 @@ class Core:
     turned into the micro-units the core takes (`to_micro`, as `engine.Engine` does), anything else is
     passed on as it is."""
 
-    def __init__(self, settings: Settings, version: int = 1, approved: Iterable[str] = ()) -> None:
+    def __init__(self, settings: Settings, version: int = 1, approved: Iterable[str] = (),
+                 rejected: Iterable[str] = ()) -> None:
         self.snapshot = compile_settings(settings, version=version, approved=approved)
+        if rejected:  # as a worker holds them: the store's review results on the compiled snapshot
+            self.snapshot = with_documents(self.snapshot, approved, {n: "rejected" for n in rejected})
 
     def inbound(self, caller: str, called: str, at: int) -> Decision:
         return self.snapshot.inbound(caller, called, at).to_decision("inbound")

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import RingingCall, compile_settings, parse_settings, to_micro
+from engine import RingingCall, compile_settings, parse_settings, to_micro, with_documents
 from engine.reference import Reference
 
 EXAMPLES = int(os.environ.get("CALLGATE_DIFF_EXAMPLES", "700"))
@@ -243,11 +243,16 @@ def instants(draw: Any, zones: list[str]) -> int:
 
 
 def both(data: Any, doc: dict, version: int) -> tuple[Any, Reference]:
-    """The core snapshot and the reference for one document, with a random set of approved numbers."""
+    """The core snapshot and the reference for one document, with random sets of approved and rejected numbers
+    (a number may be both: an approval wins)."""
     parsed = parse_settings(doc)
-    approved = data.draw(st.lists(st.sampled_from([n["number"] for n in doc["numbers"]]), unique=True))
-    return (compile_settings(parsed, version=version, approved=approved),
-            Reference(parsed, version=version, approved=approved))
+    numbers = [n["number"] for n in doc["numbers"]]
+    approved = data.draw(st.lists(st.sampled_from(numbers), unique=True))
+    rejected = data.draw(st.lists(st.sampled_from(numbers), unique=True))
+    core = compile_settings(parsed, version=version, approved=approved)
+    if rejected:
+        core = with_documents(core, approved, {n: "drawn" for n in rejected})
+    return core, Reference(parsed, version=version, approved=approved, rejected=rejected)
 
 
 def same(core: Any, ref: Any, kind: str, context: Any) -> None:

@@ -104,9 +104,19 @@ def test_upload_review_and_every_worker_follows_without_a_push(server: Server, a
     rejected = admin.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(
         set_id=first.id, reason="the back side is blurred", reviewer="ops-1"), timeout=10)
     assert (rejected.status, rejected.reason, rejected.decided_by) == ("rejected", "the back side is blurred", "ops-1")
-    assert set(reasons_by_worker(address).values()) == {decisions_pb2.DOCUMENTS_PENDING}
+    # a rejected number says so (not "pending"), in every worker within a poll, with the operator's words
+    wait_for(lambda: set(reasons_by_worker(address, tries=20).values()) == {decisions_pb2.DOCUMENTS_REJECTED},
+             timeout=5)
+    with grpc.insecure_channel(address) as channel:
+        d = decisions_pb2_grpc.DecisionsStub(channel).Inbound(decisions_pb2.InboundRequest(
+            tenant="acme", caller="+12125550000", called=NUMBER, at=TUESDAY_1030_LA, explain=True), timeout=5)
+    assert (d.reason, d.sip_status) == (decisions_pb2.DOCUMENTS_REJECTED, 403)
+    assert "documents were rejected" in d.rule and "rejected: the back side is blurred" in d.rule
 
     second = upload(admin, ("back-again.jpg", back), ("passport front.png", front))     # a rejected set again
+    # a new upload is pending again
+    wait_for(lambda: set(reasons_by_worker(address, tries=20).values()) == {decisions_pb2.DOCUMENTS_PENDING},
+             timeout=5)
     approved = admin.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(set_id=second.id, approve=True), timeout=10)
     start = time.monotonic()
     assert approved.status == "approved"

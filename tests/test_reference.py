@@ -257,6 +257,22 @@ def test_inbound_documents_approved(ref_approved: Decider) -> None:
         group="sales", members=("u1", "u2"), **MODES)
 
 
+def test_inbound_documents_rejected(impl: Impl) -> None:
+    r = impl(acme(), rejected=[LA_SCHEDULED])
+    assert r.inbound("+14155550123", LA_SCHEDULED, MON_LA_10) == Decision(
+        verdict="REJECT", reason="DOCUMENTS_REJECTED", sip_status=403, version=1, caller="+14155550123",
+        called=LA_SCHEDULED, **MODES)
+    assert r.inbound("+14155550666", LA_SCHEDULED, WED_LA_10).reason == "DOCUMENTS_REJECTED"  # before the lists
+    # an approved set wins over a rejected one; a rejection of another number does not count
+    assert impl(acme(), approved=[LA_SCHEDULED], rejected=[LA_SCHEDULED]).inbound(
+        "+14155550123", LA_SCHEDULED, MON_LA_10).reason == "OK"
+    assert impl(acme(), rejected=[NY_MAIN]).inbound("+14155550123", LA_SCHEDULED, MON_LA_10).reason == \
+        "DOCUMENTS_PENDING"
+    # a number that needs no documents is not refused for a rejected set
+    assert impl(acme(), rejected=[NY_MAIN]).inbound("+14155550123", NY_MAIN, TUE_NY_NOON).reason != \
+        "DOCUMENTS_REJECTED"
+
+
 def test_inbound_approval_of_another_number_does_not_count(impl: Impl) -> None:
     r = impl(acme(), approved=[NY_MAIN, LONDON])
     assert r.inbound("+14155550123", LA_SCHEDULED, MON_LA_10).reason == "DOCUMENTS_PENDING"

@@ -198,6 +198,14 @@ def test_outbound_documents_pending(ref: Decider) -> None:
     assert ref.outbound("u1", "+33142685300", MON_LA_10, Decimal("0")).reason == "DOCUMENTS_PENDING"
 
 
+def test_outbound_documents_rejected(impl: Impl) -> None:
+    r = impl(acme(), rejected=[LA_SCHEDULED])
+    assert r.outbound("u1", "+14155550123", MON_LA_10, Decimal("10")) == deny("DOCUMENTS_REJECTED", 403)
+    assert r.outbound("u1", "+33142685300", MON_LA_10, Decimal("0")).reason == "DOCUMENTS_REJECTED"
+    assert impl(acme(), approved=[LA_SCHEDULED], rejected=[LA_SCHEDULED]).outbound(
+        "u1", "+14155550123", MON_LA_10, Decimal("10")).verdict == "ALLOW"
+
+
 @pytest.mark.parametrize("user", ["", "-u1", "_u", "u 1", "u1\n", "x" * 65, "é", "u/1", "u1+"])
 def test_outbound_invalid_user(ref: Decider, user: str) -> None:
     assert ref.outbound(user, "+14155550123", 0, Decimal("1")) == deny("INVALID_USER", 400, verdict="ERROR")

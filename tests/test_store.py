@@ -183,6 +183,23 @@ def test_snapshot_pruning_keeps_the_newest_three(store: SQLiteStore, db: Path) -
     assert store.get_version("acme", 1).document == doc(status="s0")
 
 
+def test_document_reviews_happen_once_and_rejections_are_listed(store: SQLiteStore) -> None:
+    from server.store.api import AlreadyReviewed, DocumentFile
+
+    files = [DocumentFile("ab" * 32, "id.png", "PNG", 10, 10, 100)]
+    first = store.add_document_set("acme", "+14155550100", files, 1, "2026-01-02")
+    other = store.add_document_set("acme", "+14155550199", files, 1, "2026-01-02")
+    store.review_document_set(first.id, False, "blurred", "ops-1", 5)
+    store.review_document_set(other.id, True, "", "ops-1", 5)
+    assert store.rejected_numbers("acme") == {"+14155550100": "blurred"}
+    assert store.approved_numbers("acme") == ["+14155550199"]
+    with pytest.raises(AlreadyReviewed, match=f"set {first.id} was already rejected \\(blurred\\) by ops-1"):
+        store.review_document_set(first.id, True, "", "ops-2", 6)
+    assert store.document_sets("acme", "+14155550100")[0].decided_by == "ops-1"      # nothing changed
+    store.add_document_set("acme", "+14155550100", files, 7, "2026-01-02")            # a new set: pending
+    assert store.rejected_numbers("acme") == {}
+
+
 # -- input validation and injection ---------------------------------------------------------
 
 def test_sql_injection_looking_ids_are_plain_data(store: SQLiteStore, db: Path) -> None:

@@ -47,6 +47,7 @@ class AccountsAdmin(AdminBase):
         files = [DocumentFile(f.sha256, name, f.format, f.width, f.height, f.size) for f, name, _ in checked]
         ds = await asyncio.to_thread(self.state.store.add_document_set, r.tenant, number, files, now,
                                      due.isoformat())
+        await self.state.apply_documents(r.tenant)  # a rejected number's new set is pending again, here at once
         auth.note(object=f"number {number}, set {ds.id}", detail=f"{len(files)} file(s), review due {ds.due_on}")
         log.info("documents uploaded", extra={"event": "documents_uploaded", "tenant": r.tenant, "number": number,
                                               "set": ds.id, "files": len(files), "due_on": ds.due_on})

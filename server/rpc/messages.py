@@ -27,6 +27,10 @@ def decision_message(d: CoreDecision, kind: str, snap: CoreSnapshot, explain: bo
                               "version": snap.version}
     if explain:
         fields["rule"] = codes.RULES[d.reason]
+        if d.reason == "DOCUMENTS_REJECTED" and d.called:  # the operator's words, for the number called
+            why = snap.meta.get("rejections", {}).get(d.called)
+            if why:
+                fields["rule"] += f"; rejected: {why}"
     if kind != "pickup":
         meta = snap.meta
         fields["chat_mode"] = meta["chat_mode"]

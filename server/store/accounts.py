@@ -368,6 +368,13 @@ class AccountsPart(SQLiteBase):
         return self._document_sets("(? = '' OR tenant = ?) AND (? = '' OR number = ?) AND (? = '' OR status = ?)",
                                    (tenant, tenant, number, number, status, status), limit)
 
+    def rejected_numbers(self, tenant: str) -> dict[str, str]:
+        _check_tenant(tenant)
+        rows = self._read("SELECT number, status, reason FROM document_sets WHERE id IN (SELECT MAX(id) FROM "
+                          "document_sets WHERE tenant = ? GROUP BY number) AND number NOT IN (SELECT number FROM "
+                          "document_sets WHERE tenant = ? AND status = 'approved')", (tenant, tenant))
+        return {str(number): str(reason) for number, status, reason in rows if status == "rejected"}
+
     def approved_numbers(self, tenant: str) -> list[str]:
         _check_tenant(tenant)
         rows = self._read("SELECT DISTINCT number FROM document_sets WHERE tenant = ? AND status = 'approved' "

@@ -554,6 +554,10 @@ class Store(Protocol):
         """Numbers of the tenant with an approved document set."""
         ...
 
+    def rejected_numbers(self, tenant: str) -> dict[str, str]:
+        """Numbers of the tenant whose latest document set was rejected, and none approved: number -> the reason."""
+        ...
+
     # -- security ----------------------------------------------------------------
     def add_token(self, ident: str, token_hash: str, role: str, tenants: list[str], expires_at: int,
                   comment: str) -> TokenRecord:

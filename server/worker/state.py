@@ -43,7 +43,7 @@ class State:
             raise RuntimeError(f"snapshot of version {version} is for {snap.tenant!r}, not {tenant!r}")
         if snap.meta.get("documents_required"):
             # approvals live in the store, not in the settings: a new version keeps them
-            snap = with_documents(snap, await asyncio.to_thread(self.store.approved_numbers, tenant))
+            snap = with_documents(snap, *await asyncio.to_thread(self._documents, tenant))
         current = self.engine.get(tenant)
         if current is None or current.version < version:
             self.engine.install(snap)
@@ -54,10 +54,14 @@ class State:
         current = self.engine.get(tenant)
         if current is None or not current.meta.get("documents_required"):
             return
-        approved = await asyncio.to_thread(self.store.approved_numbers, tenant)
+        approved, rejected = await asyncio.to_thread(self._documents, tenant)
         latest = self.engine.get(tenant)
         if latest is not None and latest.version == current.version:  # not replaced meanwhile
-            self.engine.install(with_documents(latest, approved))
+            self.engine.install(with_documents(latest, approved, rejected))
+
+    def _documents(self, tenant: str) -> tuple[list[str], dict[str, str]]:
+        """(approved numbers, rejected numbers with their reasons), from a thread."""
+        return self.store.approved_numbers(tenant), self.store.rejected_numbers(tenant)
 
     async def refresh(self) -> list[tuple[str, int]]:
         """Bring every tenant to the version in force in the store; returns what changed.
