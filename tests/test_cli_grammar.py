@@ -52,6 +52,9 @@ LINES: dict[str, list[str]] = {
     "numbers conflicts": ["numbers", "conflicts", "--data-dir", "d"],
     "numbers resolve": ["numbers", "resolve", "+14155550100", "--owner", "acme", "--data-dir", "d"],
     "store check": ["store", "check", "--data-dir", "d"],
+    "grpc list": ["grpc", "list"],
+    "grpc describe": ["grpc", "describe", "callgate.v1.Decisions"],
+    "grpc health": ["grpc", "health"],
 }
 
 
