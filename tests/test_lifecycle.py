@@ -330,7 +330,8 @@ def test_topup_exactly_once_under_50_concurrent_call_endings(tmp_path: Path) -> 
 
 
 def test_declined_card_is_recorded_then_retried_successfully(tmp_path: Path) -> None:
-    t = Tenant(tmp_path, _topup_doc())
+    # the retry comes 3 s after the decline: long enough for the test to see the first one on a loaded machine
+    t = Tenant(tmp_path, _topup_doc(), "--topup-retry-s", "3")
     try:
         t.admin.Card(admin_pb2.CardRequest(tenant="acme", number="4000000000000002", exp_month=1,
                                            exp_year=2031), timeout=10)

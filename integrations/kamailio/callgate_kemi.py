@@ -522,12 +522,15 @@ class kamailio:
         added = self.spool_events(events) if events else []
         if f"{call_id}:RINGING" in added and self.recall("dir") == "outbound":
             self.hold(call_id, events[0][1])
+        paid = self.recall("paid") if status == 200 else ""
+        if paid:  # talk is timed from the answer: a timer set at the 180 would count the ringing as talk
+            KSR.dialog.dlg_set_timeout(talk_timer(int(paid)))
         return 1
 
     def hold(self, call_id: str, request: Any) -> None:
-        """An outbound call's RINGING, sent at once for its credit hold: the dialog's timer comes down to what
-        the hold pays for (0: the call ends as soon as it is answered).  Late or unanswered: the spool sends it,
-        and the Outbound decision's timer stands."""
+        """An outbound call's RINGING, sent at once for its credit hold: the talk the hold pays for is kept for
+        the answer, when the dialog's timer comes down to it (0: the call ends as soon as it is answered).
+        Late or unanswered: the spool sends it, and the Outbound decision's timer stands."""
         try:
             r = self.decisions.CallEvent(request, timeout=DEADLINE_S, metadata=METADATA)
         except self.grpc.RpcError:
@@ -536,7 +539,7 @@ class kamailio:
             self.spool.mark_sent(f"{call_id}:RINGING")
         except sqlite3.Error:
             pass  # sent again by the spool: a replay changes nothing
-        KSR.dialog.dlg_set_timeout(talk_timer(r.max_duration_s))
+        self.remember(paid=str(int(r.max_duration_s)))
 
     def ksr_failure_invite(self, msg: Any) -> int:
         """A negative final reply (or the INVITE timer's 408): the call ended unanswered, with its outcome."""
