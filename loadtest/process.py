@@ -305,11 +305,10 @@ class ServeProcess:
         self.remember_processes()
 
     def channel(self) -> Any:
-        """A new channel to the server, for messages up to 64 MiB."""
-        from server.client import open_channel
+        """A new channel to the server, for messages as big as a whole settings document."""
+        from server.client import BIG_MESSAGES, open_channel
 
-        return open_channel(self.address, options=[("grpc.max_send_message_length", 64 << 20),
-                                                   ("grpc.max_receive_message_length", 64 << 20)])
+        return open_channel(self.address, options=BIG_MESSAGES)
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

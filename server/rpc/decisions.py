@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 
 from callgate.v1 import decisions_pb2, decisions_pb2_grpc
-from engine import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreSnapshot, codes
+from engine import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreDecision, CoreSnapshot, codes
 from engine.decision import RingingCall
 from engine.settings import E164
 from server import metrics
@@ -115,15 +115,17 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         if direction not in calls.DIRECTIONS:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "direction is inbound, outbound or forwarded")
         caller_raw, called_raw = _text("caller", r.caller), _text("called", r.called)
-        line, rate, increment = self._billing(snap, r, direction, at)
+        # an outbound call's route and rate whatever the balance (its hold is what the balance allows): decided
+        # once, for the numbers it reads and for the billing
+        routed = snap.outbound(user, called_raw, at, None) if direction == "outbound" else None
+        line, rate, increment = self._billing(snap, r, direction, routed)
         caller, called = caller_raw, called_raw
         if direction == "inbound":
             d = snap.inbound(caller_raw, called_raw, at)
             if d.verdict_code != codes.ERROR:  # read: the E.164 numbers (a withheld caller: none)
                 caller, called = d.caller or "", d.called or called_raw
-        elif direction == "outbound":
-            d = snap.outbound(user, called_raw, at, None)
-            caller, called = d.caller_id or caller_raw, d.called or called_raw
+        elif routed is not None:
+            caller, called = routed.caller_id or caller_raw, routed.called or called_raw
         return calls.Event("RINGING", user, at, direction, caller, called, line, rate, increment,
                            caller_raw=caller_raw, called_raw=called_raw)
 
@@ -136,13 +138,16 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         self._people[snap.tenant] = (snap, found)
         return found
 
-    def _billing(self, snap: CoreSnapshot, r: decisions_pb2.CallEventRequest, direction: str, at: int
-                 ) -> tuple[str, int, int]:
-        """(line, per-minute rate, increment) that will bill a call that rings now."""
+    def _billing(self, snap: CoreSnapshot, r: decisions_pb2.CallEventRequest, direction: str,
+                 routed: CoreDecision | None) -> tuple[str, int, int]:
+        """(line, per-minute rate, increment) that will bill a call that rings now (`routed`: an outbound
+        call's decision whatever the balance)."""
+        if direction == "outbound":
+            assert routed is not None
+            d = routed
         if direction == "outbound" and r.line:
             # the line the Outbound decision chose: its rate for the destination, whatever rule changed since
             # the decision (a block pushed between the INVITE and its 180 must not leave the call unbilled)
-            d = snap.outbound(_text("user", r.user), _text("called", r.called), at, None)
             line, destination = _text("line", r.line), d.called or r.called
             found = snap.line_rate(line, destination) if E164.fullmatch(destination) else None
             if found is None:
@@ -151,7 +156,6 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
             return line, found[0], found[1]
         if direction == "outbound":
             # the line and rate an outbound decision gives, whatever the balance is now (the hold is what it allows)
-            d = snap.outbound(_text("user", r.user), _text("called", r.called), at, None)
             if d.verdict_code == codes.ERROR:
                 raise _input_error(d)
             if d.verdict != "ALLOW":
