@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from server.cli.main import main
 from server.store.api import StoreDamaged
 from server.store.sqlite import SQLiteStore, checksum
 
+from .disks import fill, small_disk
 from .serving import EXAMPLE, ROOT, Server, example_doc, wait_for
 
 EV = decisions_pb2.CallEventRequest
@@ -56,39 +56,6 @@ def last_line(text: str) -> str:
 
 
 # -- disk full ------------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def small_disk(tmp_path: Path, size: str = "6m") -> Iterator[Path]:
-    where = tmp_path / "disk"
-    where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        print(f"cannot mount a tmpfs here ({done.stderr.strip()}): the disk-full test needs root")
-        pytest.skip(f"mounting a tmpfs is impossible here: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 65536)
-    except OSError:
-        pass
-    try:
-        while True:
-            os.write(fd, b"\0" * 512)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return filler
-
 
 def test_a_full_disk_is_unavailable_counted_and_shown_by_health_and_the_end_is_billed_once(tmp_path: Path) -> None:
     with small_disk(tmp_path) as disk:

@@ -21,6 +21,7 @@ class Options:
     data_dir: Path = Path("data")
     workers: int = 1
     metrics: str = "127.0.0.1:9464"
+    metrics_tenants: int = 20
     seed: Path | None = None
     seed_credit: str | None = None
     poll: float = 0.2
@@ -70,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"worker processes sharing the port with SO_REUSEPORT (default {D.workers})")
     parser.add_argument("--metrics", default=D.metrics, metavar="HOST:PORT",
                         help=f"Prometheus /metrics address (default {D.metrics}; '' disables)")
+    parser.add_argument("--metrics-tenants", type=int, default=D.metrics_tenants, metavar="N",
+                        help="per-tenant series (snapshot bytes, version in force) for the N tenants with the "
+                             f"largest snapshots, so that thousands of tenants stay a bounded set (default "
+                             f"{D.metrics_tenants}; 0: none)")
     parser.add_argument("--seed", type=Path, help="settings document to push at start if its tenant has none")
     parser.add_argument("--seed-credit", metavar="AMOUNT",
                         help="with --seed: opening balance credited to a freshly seeded tenant (e.g. 10.00)")
@@ -166,6 +171,8 @@ def options_from(args: argparse.Namespace) -> Options:
     split_address(args.listen)
     if args.metrics:
         split_address(args.metrics)
+    if not 0 <= args.metrics_tenants <= 1000:
+        raise ValueError("--metrics-tenants must be 0..1000 (each tenant is a series per name in Prometheus)")
     if args.seed is not None and not args.seed.is_file():
         raise ValueError(f"--seed {args.seed}: no such file")
     if args.seed_credit is not None:
@@ -175,6 +182,7 @@ def options_from(args: argparse.Namespace) -> Options:
         except ValueError:
             raise ValueError(f"--seed-credit {args.seed_credit!r} is not an amount such as 10.00") from None
     return Options(listen=args.listen, data_dir=args.data_dir, workers=args.workers, metrics=args.metrics,
+                   metrics_tenants=args.metrics_tenants,
                    seed=args.seed, seed_credit=args.seed_credit, poll=args.poll, grace=args.grace,
                    max_message_mb=args.max_message_mb, max_upload_mb=args.max_upload_mb,
                    upload_mb_per_s=args.upload_mb_per_s, auth=args.auth, admin_per_minute=args.admin_calls_per_minute,

@@ -19,7 +19,8 @@ import time
 from typing import Any
 
 from server.app.logs import setup_logging
-from server.app.options import SPOOL_DIR, Options, split_address
+from server.app.options import SPOOL_DIR, STORE_FILE, Options, split_address
+from server.app.scrape import StoreCollector, WorkersCollector
 from server.app.startup import bind_problem, check_listen, prepare_data_dir
 from server.app.worker import serve_worker, worker_main
 
@@ -33,7 +34,7 @@ def run(opts: Options) -> int:
     prepare_data_dir(opts)
     if opts.workers == 1:
         if opts.metrics:
-            metrics_server(opts.metrics, None)
+            metrics_server(opts, None, WorkersCollector(1))
         asyncio.run(serve_worker(opts))
         return 0
     return supervise(opts)
@@ -48,8 +49,9 @@ def supervise(opts: Options) -> int:
     worker_opts = Options(**{**opts.__dict__, "listen": f"{host}:{port}", "reuse_port": True})
     metrics_dir = tempfile.mkdtemp(prefix="callgate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    counts = WorkersCollector(opts.workers)
     if opts.metrics:
-        metrics_server(opts.metrics, metrics_dir)
+        metrics_server(opts, metrics_dir, counts)
     ctx = multiprocessing.get_context("spawn")
     workers: list[Any] = []
 
@@ -75,6 +77,7 @@ def supervise(opts: Options) -> int:
     failed = False
     while not stopping:
         time.sleep(0.2)
+        counts.alive = sum(p.is_alive() for p in workers)
         for i, p in enumerate(workers):
             if not p.is_alive() and not stopping:
                 log.warning("worker died; starting another", extra={"event": "worker_died", "worker_pid": p.pid,
@@ -95,6 +98,7 @@ def supervise(opts: Options) -> int:
                     stopping = failed = True
                     break
                 workers[i] = start()
+                counts.restarts += 1
                 started_at[workers[i].pid] = time.monotonic()
     for p in workers:
         if p.is_alive() and p.pid:
@@ -116,24 +120,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def metrics_server(addr: str, multiproc_dir: str | None) -> None:
-    from prometheus_client import CollectorRegistry, start_http_server
+def metrics_server(opts: Options, multiproc_dir: str | None, workers: WorkersCollector) -> None:
+    """Serve /metrics at `--metrics`: the workers' samples (from `multiproc_dir` when there are several), the
+    store's figures and the supervisor's."""
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
     from engine.cli import CliError
 
-    host, port = split_address(addr)
-    try:
-        if multiproc_dir:
-            from prometheus_client import multiprocess
+    host, port = split_address(opts.metrics)
+    registry = REGISTRY
+    if multiproc_dir:
+        from prometheus_client import multiprocess
 
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
-            start_http_server(port, addr=host, registry=registry)
-        else:
-            start_http_server(port, addr=host)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
+    registry.register(StoreCollector(opts.data_dir / STORE_FILE, opts.metrics_tenants))
+    registry.register(workers)
+    try:
+        start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        raise CliError(f"--metrics {addr}: {bind_problem(exc)}; choose another with --metrics HOST:PORT, "
+        raise CliError(f"--metrics {opts.metrics}: {bind_problem(exc)}; choose another with --metrics HOST:PORT, "
                        "or --metrics '' for none") from None
     log.info("metrics", extra={"event": "metrics", "address": f"http://{host}:{port}/metrics"})
-
-

@@ -60,6 +60,7 @@ class Worker:
 
 async def build_worker(opts: Options) -> Worker:
     """Everything a worker serves with, bound to `opts.listen` (CliError when it cannot be)."""
+    metrics.start()
     store = SQLiteStore(opts.data_dir / STORE_FILE)
     compiler = Compiler(Spool(opts.data_dir / SPOOL_DIR))
     state = State(store, compiler, opts.events)
@@ -152,6 +153,9 @@ async def run_worker(w: Worker, ready: Any = None) -> None:
                 changed = await state.refresh()
                 for tenant, version in changed:
                     log.info("version installed", extra={"event": "installed", "tenant": tenant, "version": version})
+                metrics.VERSIONS_BEHIND.set(len(state.failed))
+                metrics.TENANTS.set(len(state.engine.snapshots))
+                metrics.SPOOL_BYTES.set(compiler.spool.bytes_of_mine())
                 metrics.flush()
             except StoreError:  # counted, logged (once per interval) and shown by health by the store itself
                 pass

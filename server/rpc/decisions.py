@@ -21,7 +21,7 @@ from engine import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreDecision, CoreSnapshot, co
 from engine.decision import RingingCall
 from engine.settings import E164
 from server import metrics
-from server.rpc.errors import RequestError, method, status_for
+from server.rpc.errors import RequestError, code_of, method, status_for
 from server.rpc.messages import ReplyCache, decision_message
 from server.rpc.requests import KIND_NUMBERS, MAX_BATCH, MAX_TEXT, MAX_WIDTH, _input_error, _now, _text
 from server.rules import billing, calls
@@ -88,6 +88,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
             if d.verdict_code == codes.ERROR:
                 raise _input_error(d)
             if d.verdict != "INTERCEPT" or r.dry_run:  # a dry run only says which call it would take
+                metrics.PICKUPS.labels("dry_run" if d.verdict == "INTERCEPT" else "none").inc()
                 break
             call_id = d.call_id
             assert call_id is not None
@@ -100,10 +101,12 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
                         calls.apply, event=event, tenant=r.tenant, call_id=call_id, lead_trigger=lead_trigger,
                         limits=self.state.events.limits(int(time.time())), people=self.people(snap)),
                     None, snap.meta["currency"]))
+                metrics.PICKUPS.labels("intercepted").inc()
                 break
             except calls.EventRefused as exc:
                 if exc.code == "INVALID_ARGUMENT":  # the pickup's instant: no other call would take it
                     raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+                metrics.PICKUPS.labels("raced").inc()
                 ringing = [c for c in ringing if c.call_id != call_id]  # shrinks every turn: the loop ends
         metrics.count(d.verdict_code, d.reason_code)
         return decision_message(d, "pickup", snap, r.explain)
@@ -177,6 +180,20 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         return "", 0, 0
 
     async def call_event(self, r: decisions_pb2.CallEventRequest) -> decisions_pb2.CallEventReply:
+        start = time.perf_counter()
+        kind = decisions_pb2.CallEventRequest.Kind.Name(r.kind) if r.kind in KIND_NUMBERS else "invalid"
+        try:
+            out = await self._call_event(r)
+        except Exception as exc:
+            metrics.CALL_EVENTS.labels(kind, code_of(exc).name).inc()
+            raise
+        metrics.CALL_EVENTS.labels(kind, "recorded").inc()
+        metrics.CALL_EVENT_SECONDS.labels(kind).observe(time.perf_counter() - start)
+        if out.outcome:
+            metrics.CALLS_ENDED.labels(out.outcome).inc()
+        return out
+
+    async def _call_event(self, r: decisions_pb2.CallEventRequest) -> decisions_pb2.CallEventReply:
         snap = self._snapshot(r.tenant)
         call_id = _text("call_id", r.call_id)
         if not call_id:

@@ -48,8 +48,27 @@ class RequestError(Exception):
 
 
 def status_for(exc: BaseException, rpc: str = "") -> tuple[grpc.StatusCode, str]:
-    """The status and message to answer `exc` with; an unexpected exception is logged (with an id the
-    message repeats) and answered INTERNAL."""
+    """The status and message to answer `exc` with, counted by method and code; an unexpected exception is
+    logged (with an id the message repeats) and answered INTERNAL."""
+    known = _known(exc)
+    if known is None:
+        ident = secrets.token_hex(4)
+        log.error("internal error %s in %s: %r", ident, rpc or "a call", exc, exc_info=exc,
+                  extra={"event": "internal_error", "rpc": rpc, "error_id": ident})
+        known = grpc.StatusCode.INTERNAL, (f"internal error {ident} ({type(exc).__name__}): the server logged it "
+                                           "as event internal_error; this request will fail the same way until "
+                                           "fixed")
+    metrics.RPC_ERRORS.labels(rpc or "unknown", known[0].name).inc()
+    return known
+
+
+def code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status `exc` will be answered with (nothing logged, nothing counted)."""
+    known = _known(exc)
+    return grpc.StatusCode.INTERNAL if known is None else known[0]
+
+
+def _known(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     from server.rpc import auth  # auth imports grpc servicer pieces; numbers imports the engine
     from server.rules import numbers
 
@@ -71,11 +90,7 @@ def status_for(exc: BaseException, rpc: str = "") -> tuple[grpc.StatusCode, str]
                 "a document that keeps doing this is too large for this server")
     if isinstance(exc, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    ident = secrets.token_hex(4)
-    log.error("internal error %s in %s: %r", ident, rpc or "a call", exc, exc_info=exc,
-              extra={"event": "internal_error", "rpc": rpc, "error_id": ident})
-    return grpc.StatusCode.INTERNAL, (f"internal error {ident} ({type(exc).__name__}): the server logged it "
-                                      "as event internal_error; this request will fail the same way until fixed")
+    return None
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException, rpc: str = "") -> None:

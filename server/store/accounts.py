@@ -206,6 +206,9 @@ class AccountsPart(SQLiteBase):
         rows = self._read("SELECT COALESCE(SUM(amount_micro), 0) FROM ledger WHERE tenant = ?", (tenant,))
         return int(rows[0][0])
 
+    def ledger_counts(self) -> dict[str, int]:
+        return {str(kind): int(n) for kind, n in self._read("SELECT kind, entries FROM ledger_counts", ())}
+
     def credit(self, tenant: str, amount_micro: int, kind: str, ref: str, currency: str = "",
                topup: TopupPolicy | None = None) -> bool:
         _check_tenant(tenant)

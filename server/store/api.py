@@ -350,6 +350,10 @@ class Store(Protocol):
         """Tenant -> version in force, for every tenant.  Cheap: workers poll it."""
         ...
 
+    def snapshot_sizes(self) -> dict[str, tuple[int, int]]:
+        """Tenant -> (version in force, bytes of its compiled snapshot), for the metrics."""
+        ...
+
     def poll(self) -> Poll | None:
         """Versions and balances without waiting on a lock: None if the store is busy this instant.
 
@@ -498,6 +502,10 @@ class Store(Protocol):
 
     def ledger_sum(self, tenant: str) -> int:
         """The sum of the tenant's ledger, computed afresh (the balance must always equal it)."""
+        ...
+
+    def ledger_counts(self) -> dict[str, int]:
+        """Ledger entries ever written, by kind, over every tenant (for the metrics: one small read)."""
         ...
 
     def credit(self, tenant: str, amount_micro: int, kind: str, ref: str, currency: str = "",

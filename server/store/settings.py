@@ -76,6 +76,12 @@ class SettingsPart(SQLiteBase):
     def current_versions(self) -> dict[str, int]:
         return {tenant: int(version) for tenant, version in self._read('SELECT tenant, version FROM "current"', ())}
 
+    def snapshot_sizes(self) -> dict[str, tuple[int, int]]:
+        # length() of a blob reads its record header, not its pages
+        rows = self._read('SELECT c.tenant, c.version, length(s.blob) FROM "current" c '
+                          "JOIN snapshots s ON s.tenant = c.tenant AND s.version = c.version", ())
+        return {str(tenant): (int(version), int(size)) for tenant, version, size in rows}
+
     def commit_version(self, tenant: str, kind: str, document: bytes, snapshot: bytes,
                        expected_version: int | None, comment: str = "", *,
                        numbers: tuple[tuple[str, str], ...] | None = None, may_create: bool = True,

@@ -76,11 +76,25 @@ class Compiler:
             return self._run(build_file, handle.name, fmt)
 
     def _run(self, fn: Callable[..., Built], what: str | bytes, fmt: str | None) -> Built:
+        # imported here, in the worker: the compile process imports this module too, and metrics imported
+        # there would add a process of zeros to the workers' samples (a "lowest over the workers" read 0)
+        from server import metrics
+
+        start = time.perf_counter()
         try:
-            return self._executor().submit(fn, what, fmt).result()
+            built = self._executor().submit(fn, what, fmt).result()
         except concurrent.futures.process.BrokenProcessPool:
             self._pool = None  # the compile process died (e.g. out of memory): start afresh next time
+            metrics.COMPILE_FAILURES.labels("crashed").inc()
             raise
+        except ValueError:  # SettingsError included: the document, as sent, will never compile
+            metrics.COMPILE_FAILURES.labels("invalid").inc()
+            raise
+        except Exception:
+            metrics.COMPILE_FAILURES.labels("error").inc()
+            raise
+        metrics.COMPILE_SECONDS.observe(time.perf_counter() - start)
+        return built
 
     async def warm(self) -> None:
         """Start the compile process now, not at the first push: a spawned interpreter imports numpy and

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import CoreSnapshot
+from server import metrics
 from server.rules import billing, calls
 from server.store.api import Store, TopupPolicy
 
@@ -136,6 +137,8 @@ class Jobs:
         self.store.finish_topup(topup.id, topup.attempts, ok, ref, reason, retry_at)
         fields = {"event": "topup", "tenant": topup.tenant, "topup": topup.id, "attempt": topup.attempts,
                   "amount": billing.format_amount(topup.amount_micro), "currency": topup.currency, "gateway_ref": ref}
+        outcome = "no_card" if card is None else "charged" if ok else "declined" if retry_at is not None else "failed"
+        metrics.TOPUPS.labels(outcome, "first" if topup.attempts <= 1 else "retry").inc()
         if ok:
             log.info("auto top-up charged", extra=fields)
         elif retry_at is not None:

@@ -50,6 +50,15 @@ class Spool:
                          extra={"event": "spool_swept", "file": str(path), "bytes": size, "worker_pid": owner})
         return removed
 
+    def bytes_of_mine(self) -> int:
+        """Bytes of this process's files now (uploads in progress)."""
+        total, me = 0, os.getpid()
+        for path in self.files():
+            if _owner(path) == me:
+                with contextlib.suppress(FileNotFoundError):
+                    total += path.stat().st_size
+        return total
+
     def files(self) -> list[Path]:
         try:
             return sorted(p for p in self.folder.iterdir() if p.name.endswith(SUFFIX))

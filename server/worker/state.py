@@ -47,7 +47,6 @@ class State:
         current = self.engine.get(tenant)
         if current is None or current.version < version:
             self.engine.install(snap)
-            metrics.TENANT_VERSION.labels(tenant).set(version)
 
     async def apply_documents(self, tenant: str) -> None:
         """Put the store's document approvals in force for a tenant, without a settings push."""
