@@ -61,6 +61,11 @@ class Engine:
         """Put a compiled snapshot in force for its tenant (atomic)."""
         self._snapshots[snapshot.tenant] = snapshot
 
+    def remove(self, tenant: str) -> CoreSnapshot | None:
+        """Take a tenant's snapshot out of force (atomic: a decision that looked it up before finishes on it,
+        later ones find no tenant); returns it, or None if there was none."""
+        return self._snapshots.pop(tenant, None)
+
     def push(self, settings: Settings, version: int, approved: Iterable[str] = ()) -> CoreSnapshot:
         """Compile validated settings and put them in force."""
         snapshot = compile_settings(settings, version, approved)

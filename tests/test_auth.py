@@ -165,6 +165,9 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
         "TransferNumber": transfer,
         "ExportFailover": lambda: a.ExportFailover(admin_pb2.ExportFailoverRequest(), timeout=10),
         "ListAudit": lambda: a.ListAudit(admin_pb2.ListAuditRequest(tenant=tenant), timeout=10),
+        # a dry run: every check an owner's removal makes, nothing removed (the real one: test_tenant_remove.py)
+        "RemoveTenant": lambda: a.RemoveTenant(admin_pb2.RemoveTenantRequest(
+            tenant=tenant, confirm=tenant, force=True, dry_run=True), timeout=10),
     }
 
 

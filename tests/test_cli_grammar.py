@@ -52,6 +52,7 @@ LINES: dict[str, list[str]] = {
     "numbers conflicts": ["numbers", "conflicts", "--data-dir", "d"],
     "numbers resolve": ["numbers", "resolve", "+14155550100", "--owner", "acme", "--data-dir", "d"],
     "store check": ["store", "check", "--data-dir", "d"],
+    "tenant remove": ["tenant", "remove", "--tenant", "acme", "--confirm", "acme", "--force"],
     "grpc list": ["grpc", "list"],
     "grpc describe": ["grpc", "describe", "callgate.v1.Decisions"],
     "grpc health": ["grpc", "health"],

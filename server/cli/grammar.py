@@ -79,6 +79,7 @@ EXAMPLES: dict[str, str] = {
     "numbers conflicts": "callgate numbers conflicts --data-dir data",
     "numbers resolve": "callgate numbers resolve +14155550100 --owner acme --data-dir data",
     "store check": "callgate store check --data-dir data",
+    "tenant remove": "callgate tenant remove --tenant acme --confirm acme --dry-run",
     "grpc list": "callgate grpc list --server 127.0.0.1:50051",
     "grpc describe": "callgate grpc describe callgate.v1.Decisions.Inbound",
     "grpc health": "callgate grpc health callgate.v1.Store",

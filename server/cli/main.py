@@ -428,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_numbers_commands(sub)
     add_store_commands(sub)
+    from server.cli.tenants import add_tenant_commands
+
+    add_tenant_commands(sub)
     from server.cli.tools import add_grpc_commands
 
     add_grpc_commands(sub)

@@ -33,3 +33,4 @@ class AdminServicer(SettingsAdmin, AccountsAdmin, TenancyAdmin, admin_pb2_grpc.A
     TransferNumber = method(TenancyAdmin._transfer_number)
     ExportFailover = method(TenancyAdmin._export_failover)
     ListAudit = method(TenancyAdmin._list_audit)
+    RemoveTenant = method(TenancyAdmin._remove_tenant)

@@ -1,4 +1,5 @@
-"""Admin: API tokens, the owner of every number and its transfers, the failover export, the audit log.
+"""Admin: API tokens, the owner of every number and its transfers, the failover export, the audit log, the
+removal of a tenant.
 """
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 
 import grpc
@@ -18,10 +20,13 @@ from server.rpc.admin_base import AdminBase
 from server.rpc.errors import RequestError
 from server.rpc.messages import audit_message, committed, facts_of, number_owner_message, token_message
 from server.rpc.requests import _number_arg, _tenant_arg, _text
-from server.rules import numbers, tokens
-from server.store.api import VersionConflict, VersionWrite
+from server.rules import billing, numbers, tokens
+from server.store.api import TenantBusy, TenantRemoval, VersionConflict, VersionWrite
 
 log = logging.getLogger("callgate.service")
+
+SWEEP_AFTER_S = 11.0  # after a removal: twice the longest --poll (5 s) and a second, then the sweep
+_SWEEPS: set[asyncio.Task[None]] = set()  # the sweeps under way (a task nobody holds may be collected)
 
 
 class TenancyAdmin(AdminBase):
@@ -134,3 +139,108 @@ class TenancyAdmin(AdminBase):
         rows = await asyncio.to_thread(self.state.store.audit_rows, r.tenant, r.since, r.limit or 100,
                                        _text("action", r.action), int(r.before_id))
         return admin_pb2.ListAuditReply(entries=[audit_message(row) for row in rows])
+
+    # -- removing a tenant --------------------------------------------------------
+
+    async def _remove_tenant(self, r: admin_pb2.RemoveTenantRequest) -> admin_pb2.RemoveTenantReply:
+        tenant = _tenant_arg("tenant", r.tenant)
+        auth.note(object=f"tenant {tenant}")
+        if r.confirm != tenant:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"confirm must repeat the tenant id exactly ({tenant!r}), got {r.confirm[:64]!r}: "
+                               "nothing was removed")
+        snap = self.state.engine.get(tenant)
+        currency = str(snap.meta.get("currency", "")) if snap is not None else ""
+        store = self.state.store
+        who = auth.CURRENT.get()
+        comment = f"removed by token {who.token_id}" if who is not None else "removed"
+        try:
+            if r.dry_run:
+                done = await asyncio.to_thread(store.remove_tenant, tenant, force=r.force, dry_run=True)
+            else:
+                done = await committed(
+                    functools.partial(store.remove_tenant, tenant, force=r.force, comment=comment),
+                    lambda d: {"version_before": d.last_version, "version_after": d.removed_version})
+        except TenantBusy as exc:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
+        if not r.dry_run:
+            self.state.forget(tenant)  # here at once; every other worker at its next poll of the store
+            deleted = await asyncio.to_thread(self._delete_document_files, done.document_files)
+            sweep = asyncio.create_task(self._sweep_later(tenant, done.removed_version))
+            _SWEEPS.add(sweep)
+            sweep.add_done_callback(_SWEEPS.discard)
+        else:
+            deleted = len(done.document_files)
+        reply = _removal_message(done, currency, deleted)
+        summary = (f"{'would remove' if r.dry_run else 'removed'}: {done.versions} version(s), {done.numbers} "
+                   f"number(s), {done.calls} call(s) ({done.calls_in_progress} in progress), {done.document_sets} "
+                   f"document set(s), balance {reply.balance}" + (" (forced)" if r.force else "")
+                   + (f"; ledger kept as {done.ledger_archive!r}" if done.ledger_archive else "")
+                   + (f"; tokens revoked: {', '.join(done.tokens_revoked)}" if done.tokens_revoked else ""))
+        auth.note(version_before=done.last_version, version_after=0 if r.dry_run else done.removed_version,
+                  detail=summary)
+        if not r.dry_run:
+            log.info("tenant %s removed", tenant, extra={
+                "event": "tenant_removed", "tenant": tenant, "version": done.last_version, "forced": r.force,
+                "by": who.token_id if who is not None else "", "numbers": done.numbers, "calls": done.calls,
+                "calls_in_progress": done.calls_in_progress, "balance": reply.balance,
+                "ledger_archive": done.ledger_archive, "tokens_revoked": list(done.tokens_revoked)})
+        return reply
+
+    async def _sweep_later(self, tenant: str, removed_version: int) -> None:
+        """Another worker takes a call event, a credit or an upload for the tenant until its next poll (--poll, at
+        most 5 s): once every worker must know, sweep what they wrote as the removal would have."""
+        await asyncio.sleep(SWEEP_AFTER_S)
+        try:
+            swept, files = await asyncio.to_thread(self.state.store.sweep_removed, tenant, removed_version)
+            if files:
+                await asyncio.to_thread(self._delete_document_files, files)
+        except Exception as exc:  # a store that fails now: what was written late stays, said in the log
+            log.error("tenant %s: the sweep after its removal failed: %s", tenant, exc,
+                      extra={"event": "tenant_sweep_failed", "tenant": tenant})
+            return
+        if swept:
+            log.warning("tenant %s: %d row(s) written after its removal swept", tenant, swept,
+                        extra={"event": "tenant_swept", "tenant": tenant, "rows": swept})
+
+    def _delete_document_files(self, digests: tuple[str, ...]) -> int:
+        """Delete the image files only the removed tenant's sets named (from a thread); returns how many.
+
+        Each file is moved aside, the store asked again whether a set names it (an upload of the very same
+        image for another tenant may have come in since the removal), and put back if one does: a file is never
+        taken from under a set that names it, short of an upload whose set is written between those two steps.
+        """
+        deleted = 0
+        for digest in digests:
+            path = self.blobs.path(digest)
+            aside = path.with_name(path.name + ".removing")
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.error("cannot delete document file %s of a removed tenant: %s", digest, exc,
+                          extra={"event": "document_delete_failed", "sha256": digest})
+                continue
+            try:
+                named = self.state.store.document_file_named(digest)
+            except Exception as exc:  # cannot tell: put it back (the removal stands; the file stays on disk)
+                log.error("document file %s of a removed tenant kept: %s", digest, exc,
+                          extra={"event": "document_delete_failed", "sha256": digest})
+                named = True
+            if named:
+                os.replace(aside, path)
+                continue
+            aside.unlink(missing_ok=True)
+            deleted += 1
+        return deleted
+
+
+def _removal_message(d: TenantRemoval, currency: str, files: int) -> admin_pb2.RemoveTenantReply:
+    return admin_pb2.RemoveTenantReply(
+        tenant=d.tenant, dry_run=d.dry_run, last_version=d.last_version, removed_version=d.removed_version,
+        versions=d.versions, numbers=d.numbers, calls=d.calls, calls_in_progress=d.calls_in_progress,
+        document_sets=d.document_sets, document_files=files, balance=billing.format_amount(d.balance_micro),
+        reserved=billing.format_amount(d.reserved_micro), currency=currency, ledger_entries=d.ledger_entries,
+        topups=d.topups, ledger_archive=d.ledger_archive, card_removed=d.card_removed,
+        tokens_revoked=list(d.tokens_revoked), tokens_narrowed=list(d.tokens_narrowed))

@@ -8,7 +8,7 @@ and only the hash is ever stored.  Roles:
 - `tenant-admin`: settings, blacklists, document upload, balance, ledger and
   calls of its tenants, and their decisions (`callgate decide`);
 - `operator`: reading every tenant, document review, billing operations;
-- `owner`: everything, tokens included.
+- `owner`: everything, tokens and the removal of a tenant included.
 
 No token, or an unknown, revoked or expired one -> UNAUTHENTICATED; a token
 whose role may not call the method, or may not touch the request's tenant ->
@@ -49,6 +49,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
        for m in ("ReviewDocuments", "Credit", "Card", "TransferNumber", "NumberOwner", "ExportFailover",
                  "ListAudit")},
     **{A + m: frozenset({"owner"}) for m in ("CreateToken", "ListTokens", "RevokeToken")},
+    # removing a tenant is for good (its settings, numbers, calls, documents): the owner's act only, never a
+    # tenant-scoped token (even of that tenant) nor an operator, who may create tenants but not wipe them
+    A + "RemoveTenant": frozenset({"owner"}),
 }
 
 

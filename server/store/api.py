@@ -130,6 +130,11 @@ class AlreadyReviewed(StoreError):
         self.set_id, self.status, self.by, self.at = set_id, status, by, at
 
 
+class TenantBusy(StoreError):
+    """A tenant removal refused: calls in progress or money on its account (unless forced), or a top-up being
+    charged on its card this moment (gRPC FAILED_PRECONDITION); nothing was removed."""
+
+
 class OwnershipConflicts(StoreError):
     """The store holds numbers under more than one tenant, from before numbers had owners: resolve them first."""
 
@@ -309,6 +314,30 @@ class DocumentSet:
     decided_at: int
     decided_by: str
     files: tuple[DocumentFile, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRemoval:
+    """What `remove_tenant` removed, kept and changed (or, for a dry run, would have)."""
+
+    tenant: str
+    dry_run: bool
+    last_version: int                     # the version that was in force
+    removed_version: int                  # the history row kind "removed" (a tenant made again goes on after it)
+    versions: int                         # settings versions deleted
+    numbers: int                          # numbers released
+    calls: int                            # call records deleted
+    calls_in_progress: int                # of those, ringing or answered
+    document_sets: int
+    document_files: tuple[str, ...]       # SHA-256 of the files no other tenant's set names: the caller deletes them
+    balance_micro: int                    # at removal
+    reserved_micro: int
+    ledger_entries: int                   # kept, renamed to ledger_archive
+    topups: int                           # kept, renamed to ledger_archive (pending ones failed)
+    ledger_archive: str                   # "" when the tenant had no money records
+    card_removed: bool
+    tokens_revoked: tuple[str, ...]       # tenant-admin tokens of this tenant only
+    tokens_narrowed: tuple[str, ...]      # tenant-admin tokens of several tenants, this one taken off their list
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,6 +616,41 @@ class Store(Protocol):
     def audit_rows(self, tenant: str = "", since: float = 0.0, limit: int = 100, action: str = "",
                    before_id: int = 0) -> list[AuditRow]:
         """Audit rows newest first, filtered by tenant, time, action; before_id > 0: older than that row."""
+        ...
+
+    # -- tenants -----------------------------------------------------------------
+    def remove_tenant(self, tenant: str, *, force: bool = False, dry_run: bool = False,
+                      comment: str = "") -> TenantRemoval:
+        """Remove a tenant for good, in one transaction (README "Removing a tenant").
+
+        Deleted: settings versions, patches, snapshots, the version in force
+        and the failover facts; number ownership (and conflicts); calls, their
+        events and leads; rental dates; document sets (the caller deletes the
+        files `document_files` names); the card on file; the account row.
+        Kept: the ledger and the top-ups, renamed to `ledger_archive` (a name
+        no tenant can have, so that a tenant made again with this id starts
+        with no money and no references of the old one's); the audit log.
+        Tenant-admin tokens lose the tenant (a token left with none is
+        revoked).  One history row is written: version last + 1, kind
+        "removed", no document, so that the version numbers of a tenant made
+        again with this id go on from there and no worker can mistake its
+        new versions for the old ones.
+
+        NotFound when the tenant has no settings; TenantBusy (nothing
+        changed) while it has calls ringing or answered or a balance that is
+        not 0, unless `force`, and always while a top-up is being charged.
+        `dry_run`: every check, and what would go, without writing.
+        """
+        ...
+
+    def sweep_removed(self, tenant: str, removed_version: int) -> tuple[int, tuple[str, ...]]:
+        """Some seconds after a removal: sweep, as the removal did, what workers that had not yet polled wrote for
+        the tenant meanwhile (nothing if it was made again).  Returns (rows swept, document files no set names
+        any more: the caller deletes them)."""
+        ...
+
+    def document_file_named(self, sha256: str) -> bool:
+        """Whether any tenant's document set names this file (a removal deletes the files no set names)."""
         ...
 
     def close(self) -> None:

@@ -150,6 +150,9 @@ class SettingsPart(SQLiteBase):
             if current == 0 and not may_create:
                 raise TenantMissing(f"tenant {w.tenant!r} does not exist: creating a tenant is an operator's or "
                                     "an owner's act")
+            if current == 0:  # a new tenant; one made again after a removal goes on from its removal's row
+                current = int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM versions WHERE tenant = ?",
+                                           (w.tenant,)).fetchone()[0])
             versions.append(current + 1)
         store_numbers.claim(conn, [(w.tenant, v, w.numbers or ()) for w, v in zip(writes, versions, strict=True)],
                             now)
@@ -240,6 +243,8 @@ class SettingsPart(SQLiteBase):
             if row is None:
                 raise NotFound(f"tenant {tenant!r} has no version {version}")
             kind, created_at, comment, document = row
+            if kind == "removed":  # server/store/removal.py: the row that records a removal has no settings
+                raise NotFound(f"tenant {tenant!r} version {version} records its removal: it has no settings")
             if document is None:
                 document = dumps_document(effective(conn, tenant, version))
             else:

@@ -26,6 +26,7 @@ from engine.money import format_amount
 from server.rules.documents import BlobStore
 from server.store.api import StoreError
 from server.store.faults import describe_check
+from server.store.removal import ARCHIVE_MARK
 from server.store.sqlite import SQLiteStore, checksum
 
 Progress = Callable[[str, int], None]
@@ -125,8 +126,12 @@ def _money(conn: sqlite3.Connection, report: Report) -> None:
         LEFT JOIN (SELECT tenant, SUM(amount_micro) AS total FROM ledger GROUP BY tenant) l ON l.tenant = a.tenant
         LEFT JOIN (SELECT tenant, SUM(reserved_micro) AS held FROM calls
                    WHERE state IN ('ringing', 'answered') GROUP BY tenant) c ON c.tenant = a.tenant""").fetchall()
+    # a removed tenant's ledger is kept under an archive name, without an account (server/store/removal.py)
     orphans = conn.execute("""SELECT DISTINCT tenant FROM ledger
-                              WHERE tenant NOT IN (SELECT tenant FROM accounts)""").fetchall()
+                              WHERE tenant NOT IN (SELECT tenant FROM accounts) AND instr(tenant, ?) = 0""",
+                           (ARCHIVE_MARK,)).fetchall()
+    archived = conn.execute("SELECT count(DISTINCT tenant) FROM ledger WHERE instr(tenant, ?) > 0",
+                            (ARCHIVE_MARK,)).fetchone()[0]
     bad = 0
     for tenant, balance, total, reserved, held in rows:
         if balance != total:
@@ -141,7 +146,8 @@ def _money(conn: sqlite3.Connection, report: Report) -> None:
         bad += 1
         report.problems.append(f"money: tenant {tenant!r} has ledger entries but no account")
     if not bad:
-        report.checked.append(f"money: {len(rows)} account(s), balance = ledger, holds = open calls")
+        kept = f"; {archived} removed tenant(s)' ledgers kept" if archived else ""
+        report.checked.append(f"money: {len(rows)} account(s), balance = ledger, holds = open calls{kept}")
 
 
 def _snapshots(conn: sqlite3.Connection, report: Report, progress: Progress | None) -> None:

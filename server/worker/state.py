@@ -58,6 +58,13 @@ class State:
         if latest is not None and latest.version == current.version:  # not replaced meanwhile
             self.engine.install(with_documents(latest, approved, rejected))
 
+    def forget(self, tenant: str) -> None:
+        """A removed tenant out of this worker: its decisions answer NOT_FOUND from now on."""
+        self.engine.remove(tenant)
+        self.documents.pop(tenant, None)
+        self.failed.pop(tenant, None)
+        self.balances.pop(tenant, None)
+
     def _documents(self, tenant: str) -> tuple[list[str], dict[str, str]]:
         """(approved numbers, rejected numbers with their reasons), from a thread."""
         return self.store.approved_numbers(tenant), self.store.rejected_numbers(tenant)
@@ -72,6 +79,13 @@ class State:
         poll = self.store.poll()
         if poll is None:  # the store is busy this instant: try at the next tick
             return []
+        # Tenants removed from the store (Admin.RemoveTenant through any worker) leave this one now: done before
+        # any await, so a tenant this worker has just pushed (committed, installed, no longer `installing`) is
+        # in the poll it is compared with.
+        for tenant in [t for t in self.engine.snapshots if t not in poll.versions and t not in self.installing]:
+            self.forget(tenant)
+            log.info("tenant %s removed: no longer answered here", tenant,
+                     extra={"event": "tenant_forgotten", "tenant": tenant})
         self.balances = {t: poll.available(t) for t in poll.balances.keys() | poll.reserved.keys()}
         for tenant, counter in poll.documents.items():
             if self.documents.get(tenant) != counter:
