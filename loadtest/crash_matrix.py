@@ -51,7 +51,7 @@ from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_
 from engine import to_micro
 from server.client import open_channel
 
-from .process import EXAMPLE, ServeProcess
+from .process import EXAMPLE, ServeProcess, sigterm_unwinds
 
 EV = decisions_pb2.CallEventRequest
 TENANT = "acme"
@@ -310,4 +310,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with sigterm_unwinds():  # SIGTERM unwinds: servers stopped, temporary directories removed
+        sys.exit(main())

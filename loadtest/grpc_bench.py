@@ -87,7 +87,7 @@ from .loadgen import (
     request_rows,
     run_load,
 )
-from .process import add_target_arguments, started_targets
+from .process import add_target_arguments, sigterm_unwinds, started_targets
 from .report import save_json
 
 ROWS: list[tuple[str, str, Callable[[dict[str, Any]], float | None], bool]] = [
@@ -239,4 +239,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with sigterm_unwinds():  # SIGTERM unwinds: servers stopped, temporary directories removed
+        sys.exit(main())

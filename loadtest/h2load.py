@@ -51,7 +51,7 @@ from .loadgen import (
     request_rows,
     run_h2load,
 )
-from .process import add_target_arguments, started_targets
+from .process import add_target_arguments, sigterm_unwinds, started_targets
 from .report import save_json
 
 
@@ -127,4 +127,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with sigterm_unwinds():  # SIGTERM unwinds: servers stopped, temporary directories removed
+        sys.exit(main())

@@ -6,7 +6,7 @@
     python -m loadtest --rpc stream --closed-loop 64     # pipelined on one Stream per connection
     python -m loadtest --rpc lifecycle --closed-loop 32  # whole calls with pickups, charges and leads checked
     python -m loadtest --compare-bare                    # the same load against a bare grpcio server too
-    python -m loadtest --target HOST:PORT --server-pid PID   # a server you started (loopback by default)
+    python -m loadtest --target HOST:PORT --server-pid PID   # a server you started: its tenants removed after
 
 World.  `loadtest.world` builds N tenants from a seed: numbers in five
 countries and their time zones with weekly schedules and holidays, some
@@ -14,9 +14,16 @@ needing documents (never approved during a run), blacklists and off-hours
 blacklists of the sizes asked, users with caller IDs, queue groups, rates.
 The harness pushes each tenant (PushSettingsUpload) and credits its opening
 balance once (Admin.Credit, reference `loadtest-opening`), so outbound
-answers are exact.  Run it against a fresh server: a tenant of the same name
-with other settings or another balance makes answers differ from the
-expectation, and they are counted as wrong.
+answers are exact.
+
+A server of yours (`--target`) keeps no trace of a run (loadtest/tenants.py):
+the tenants get a prefix unique to the run (`lt-1a2b3c4d-t0`, ...; printed at
+the start; `--prefix` chooses it), a name that exists there already stops the
+run before anything is pushed (exit 2; `--reuse-tenants` runs on it instead
+and leaves it there), and every tenant the run made is removed at the end
+(Admin.RemoveTenant: an owner token), on an error, Ctrl-C or SIGTERM too,
+unless `--keep`.  The server the harness starts itself (no `--target`) lives
+in a temporary directory removed at the end.
 
 Mix.  A plan of `--requests` distinct requests (cycled through during the
 run): inbound calls with shares of blacklisted, off-hours-listed,
@@ -58,10 +65,11 @@ from engine import INBOUND_DTYPE, codes
 from server.client import open_channel, upload_messages
 
 from . import fleet, report
+from . import tenants as run_tenants
 from .loadgen import METHODS, LoadSpec, RunResult, run_load
 from .loadgen import batch_message as grpc_batch_message
 from .plan import MixSpec, Planned, check_reply, describe, plan, request_message, rpc_method, summary
-from .process import BareServer, ServeProcess
+from .process import BareServer, ServeProcess, sigterm_unwinds
 from .world import World, WorldSpec, build_world
 
 OPENING_REFERENCE = "loadtest-opening"
@@ -275,10 +283,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--target", metavar="HOST:PORT", help="a running server (default: start one on 127.0.0.1)")
     t.add_argument("--server-pid", type=int, help="its PID, to measure its CPU per call")
     t.add_argument("--workers", type=int, default=1, help="workers of the server started here (default 1)")
-    t.add_argument("--no-push", action="store_true", help="the target has the world already")
+    t.add_argument("--no-push", action="store_true",
+                   help="the target has the world already (its tenants named with --prefix, default none: t0, "
+                        "t1, ...); nothing is made there, nothing removed")
+    t.add_argument("--prefix", metavar="PREFIX",
+                   help="with --target: the tenants are PREFIX t0, PREFIX t1, ... (default lt-<8 hex>-, new for "
+                        "every run, printed at the start)")
+    t.add_argument("--keep", action="store_true",
+                   help="with --target: leave the tenants this run made on the server (they are removed at the "
+                        "end otherwise, also after an error or Ctrl-C); the commands that remove them are printed")
+    t.add_argument("--reuse-tenants", action="store_true",
+                   help="with --target: run on tenants of these names that exist there already (pushed over, "
+                        "credited once, never removed) instead of refusing to start (exit 2)")
     t.add_argument("--token", default=os.environ.get("CALLGATE_TOKEN", ""),
-                   help="bearer token for a server with --auth (default $CALLGATE_TOKEN; pushing the world needs "
-                        "an owner token, the load a proxy or owner one)")
+                   help="bearer token for a server with --auth (default $CALLGATE_TOKEN; pushing the world and "
+                        "removing it after needs an owner token, the load a proxy or owner one)")
     t.add_argument("--tls-ca", type=Path, metavar="PEM", help="talk TLS to --target, trusting this CA")
     t.add_argument("--no-check", action="store_true", help="do not compare answers (e.g. a server in another "
                                                              "state); wrong answers are then not counted")
@@ -313,6 +332,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--tls-ca is for --target (the server started here is plaintext on loopback)")
     if args.target and not args.target.startswith(("127.", "localhost", "[::1]")):
         say(f"note: {args.target} is not loopback: make sure you may load it")
+    if args.prefix is not None:
+        run_tenants.check_prefix(args.prefix)
+    if not args.target and (args.keep or args.reuse_tenants or args.prefix is not None):
+        raise ValueError("--prefix, --keep and --reuse-tenants are for --target (the server started here is removed "
+                         "with everything in it)")
+    if args.no_push and (args.keep or args.reuse_tenants):
+        raise ValueError("--no-push makes no tenant: --keep and --reuse-tenants do not apply")
 
 
 def load_spec(fields: dict[str, Any], args: argparse.Namespace, tls_ca: bytes | None = None, token: str = ""
@@ -324,11 +350,19 @@ def load_spec(fields: dict[str, Any], args: argparse.Namespace, tls_ca: bytes | 
                     timeout_s=args.timeout, max_inflight=args.max_inflight, **fields)
 
 
+def tenant_prefix(args: argparse.Namespace) -> str:
+    """The run's tenant names: its own prefix on a server of yours, the world's plain names on its own server."""
+    if args.prefix is not None:
+        return str(args.prefix)
+    return run_tenants.run_prefix() if args.target and not args.no_push else ""
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
+    prefix = tenant_prefix(args)
     world = build_world(WorldSpec(
         seed=args.seed, tenants=args.tenants, numbers_per_tenant=args.numbers, blacklist=args.blacklist,
-        offhours_blacklist=args.offhours_blacklist, users_per_tenant=args.users))
+        offhours_blacklist=args.offhours_blacklist, users_per_tenant=args.users, prefix=prefix))
     mix = MixSpec(inbound=args.inbound, blacklisted=args.blacklisted, offhours_listed=args.offhours_listed,
                   documents_pending=args.documents_pending, unknown_called=args.unknown, anonymous=args.anonymous)
     plans = plan(world, mix, args.requests, args.seed)
@@ -344,9 +378,17 @@ def run(args: argparse.Namespace) -> int:
     started: list[Any] = []
     results: list[report.TargetResult] = []
     folder: Path | None = None
+    made: list[str] = []  # the tenants this run makes on --target: removed in the finally (unless --keep)
+    left: list[str] = []  # ... and those it could not remove
     try:
         if args.target:
             address, pid = args.target, args.server_pid
+            if not args.no_push:
+                ids = [t.id for t in world.tenants]
+                say(f"tenants of this run on {address}: {', '.join(ids)} ("
+                    + ("kept at the end: --keep" if args.keep else "removed at the end") + ")")
+                made = run_tenants.claim(address, ids, reuse=args.reuse_tenants, keep=args.keep, tls_ca=tls_ca,
+                                         token=args.token)
         else:
             folder = Path(tempfile.mkdtemp(prefix="callgate-loadtest-"))
             server = ServeProcess(folder, workers=args.workers, seed=None)
@@ -385,6 +427,10 @@ def run(args: argparse.Namespace) -> int:
             s.stop()
         if folder is not None:  # the store of the server this run started: nobody else will use it
             shutil.rmtree(folder, ignore_errors=True)
+        if made and args.keep:
+            run_tenants.kept(address, made)
+        elif made:
+            left = run_tenants.remove(address, made, tls_ca=tls_ca, token=args.token)
     print(report.table(results))
     for line in report.verdict_lines(results):
         print(line)
@@ -396,10 +442,12 @@ def run(args: argparse.Namespace) -> int:
     if args.png:
         report.write_png(args.png, results, title)
         say(f"plot written to {args.png}")
+    if left:
+        return 2  # the run's figures stand, but it left tenants behind (said above, with how to remove them)
     return 1 if report.failed(results) else 0
 
 
-def lifecycle_argv(args: argparse.Namespace) -> list[str]:
+def lifecycle_argv(args: argparse.Namespace, tenant: str = "") -> list[str]:
     """Whole call lifecycles are lanes of dependent events: loadtest.lifecycle_bench drives and checks them
     (every reply, replays, and the store's books when it starts the server itself)."""
     if args.open_loop is not None:
@@ -416,8 +464,8 @@ def lifecycle_argv(args: argparse.Namespace) -> list[str]:
            str(args.channels), "--duration", str(args.duration), "--warmup", str(args.warmup), "--calls",
            str(args.max_requests), "--timeout", str(args.timeout), "--seed", str(args.seed)]
     if args.target:
-        out += ["--target", args.target, "--push"] + (["--server-pid", str(args.server_pid)] if args.server_pid
-                                                      else [])
+        out += ["--target", args.target, "--push", "--tenant", tenant] + (
+            ["--server-pid", str(args.server_pid)] if args.server_pid else [])
     if args.json:
         out += ["--json", str(args.json)]
     if args.png:
@@ -425,29 +473,60 @@ def lifecycle_argv(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def run_lifecycle(args: argparse.Namespace, forwarded: list[str], tenant: str) -> int:
+    """loadtest.lifecycle_bench with the harness's rules for a server of yours: its tenant named for the run,
+    refused if it exists (unless --reuse-tenants), removed at the end (unless --keep)."""
+    from . import lifecycle_bench
+
+    if not args.target:
+        return lifecycle_bench.main(forwarded)
+    say(f"tenant of this run on {args.target}: {tenant} ("
+        + ("kept at the end: --keep" if args.keep else "removed at the end") + ")")
+    made = run_tenants.claim(args.target, [tenant], reuse=args.reuse_tenants, keep=args.keep)
+    try:
+        code = lifecycle_bench.main(forwarded)
+    finally:
+        if made and args.keep:
+            run_tenants.kept(args.target, made)
+        elif made and run_tenants.remove(args.target, made):
+            code = 2
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.rpc == "lifecycle":
+    with sigterm_unwinds():  # SIGTERM unwinds like Ctrl-C: every finally stops, removes and deletes what it made
         try:
-            forwarded = lifecycle_argv(args)
-        except ValueError as exc:
-            parser.error(str(exc))
-        from . import lifecycle_bench
-
-        return lifecycle_bench.main(forwarded)
-    try:
-        check_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
-    except grpc.RpcError as exc:
-        say(f"loadtest: error: {exc.code().name}: {exc.details()}")
-        return 2
+            if args.rpc == "lifecycle":
+                try:
+                    if args.prefix is not None:
+                        run_tenants.check_prefix(args.prefix)
+                    if not args.target and (args.keep or args.reuse_tenants or args.prefix is not None):
+                        raise ValueError("--prefix, --keep and --reuse-tenants are for --target")
+                    tenant = f"{tenant_prefix(args)}lifecycle" if args.target else ""
+                    forwarded = lifecycle_argv(args, tenant)
+                except ValueError as exc:
+                    parser.error(str(exc))
+                return run_lifecycle(args, forwarded, tenant)
+            try:
+                check_args(args)
+            except ValueError as exc:
+                parser.error(str(exc))
+            return run(args)
+        except KeyboardInterrupt:
+            say("interrupted")
+            return 130
+        except run_tenants.Refused as exc:
+            say(f"loadtest: error: {exc}")
+            return 2
+        except grpc.RpcError as exc:
+            hint = ""
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "belongs to another tenant" in exc.details():
+                hint = (" (a world an earlier run kept or reused holds the numbers of this --seed: remove it, or "
+                        "give another --seed)")
+            say(f"loadtest: error: {exc.code().name}: {exc.details()}{hint}")
+            return 2
 
 
 if __name__ == "__main__":

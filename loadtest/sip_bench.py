@@ -38,7 +38,7 @@ from typing import Any
 from server.client import open_channel
 
 from . import sip
-from .process import EXAMPLE, ServeProcess, free_port
+from .process import EXAMPLE, ServeProcess, free_port, sigterm_unwinds
 from .report import save_json
 
 OPEN = "+14155550199"
@@ -181,4 +181,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with sigterm_unwinds():  # SIGTERM unwinds: servers stopped, temporary directories removed
+        sys.exit(main())

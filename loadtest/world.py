@@ -12,7 +12,7 @@ the shapes) that production lists have:
 
 The tenants
 -----------
-`build_world(WorldSpec)` draws, from one seed, tenants ``t0 .. t{N-1}``.
+`build_world(WorldSpec)` draws, from one seed, tenants ``t0 .. t{N-1}`` (after `WorldSpec.prefix`).
 Each tenant is a company with:
 
 - numbers in several countries and time zones (US east to west coast and
@@ -276,6 +276,7 @@ class WorldSpec:
     groups_per_tenant: int = 4
     opening_balance: str = "50.00"  # credited to every tenant by the driver (Admin.Credit)
     documents_share: float = 0.1  # share of numbers with requires_documents (never approved in a run)
+    prefix: str = ""  # before every tenant id: a run against a server of yours names its own (loadtest/tenants.py)
 
     def check(self) -> None:
         """Refuse a spec the world cannot be built from (ValueError naming the field)."""
@@ -373,7 +374,7 @@ def _schedule(rnd: random.Random, country: str, zone: str) -> dict[str, Any] | N
 
 
 def _build_tenant(spec: WorldSpec, index: int, taken: set[str]) -> Tenant:
-    tid = f"t{index}"
+    tid = f"{spec.prefix}t{index}"  # the draws below follow the seed and the index, never the name
     rnd = random.Random(f"callgate-world/{spec.seed}/{index}")
     np_rng = np.random.default_rng([spec.seed, index])
 
