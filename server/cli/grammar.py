@@ -40,7 +40,7 @@ GLOBAL_OPTIONS: tuple[tuple[str, Any, dict[str, Any]], ...] = (
 )
 
 # commands with options of their own under these names, or that never talk to a server
-LOCAL_COMMANDS = frozenset({"serve", "loadtest", "check", "compile", "demo", "dev-ca"})
+LOCAL_COMMANDS = frozenset({"serve", "loadtest", "check", "compile", "demo", "dev-ca", "completion"})
 
 
 # one example per command, shown at the end of its --help (a test checks every command has one)
@@ -59,6 +59,7 @@ EXAMPLES: dict[str, str] = {
     "stats": "callgate stats --tenant acme",
     "dev-ca": "callgate dev-ca data/tls --days 30",
     "loadtest": "callgate loadtest --open-loop 1000 --duration 10 --compare-bare",
+    "completion": "callgate completion bash > ~/.local/share/bash-completion/completions/callgate",
     "billing balance": "callgate billing balance --tenant acme --json",
     "billing ledger": "callgate billing ledger --tenant acme --limit 20",
     "billing topup": "callgate billing topup 20.00 --tenant acme --reference wire-2026-12-01",

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: the console script's module completes; `callgate completion bash`)
 """The `callgate` command: the server, the admin commands over gRPC, and the offline tools.
 
     callgate serve --listen 127.0.0.1:50051 --data-dir data --workers 2
@@ -417,6 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("args", nargs=argparse.REMAINDER, help="the harness's own options (callgate loadtest --help)")
     lt.set_defaults(run=cmd_loadtest)
 
+    comp = sub.add_parser(
+        "completion", help="the shell code that completes callgate's commands and options (argcomplete)",
+        description="Print the code that makes SHELL complete callgate's commands and options with Tab: "
+                    "eval \"$(callgate completion bash)\" in ~/.bashrc (zsh: the same with zsh in ~/.zshrc, after "
+                    "compinit; fish: callgate completion fish | source), or write it where the shell's completion "
+                    "files are read from (example below).")
+    comp.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete in")
+    comp.set_defaults(run=cmd_completion)
+
     from server.cli.operator import add_operator_commands
 
     add_operator_commands(sub)
@@ -440,8 +450,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    import argcomplete
+
+    # the shell asks `callgate` itself (argcomplete's protocol: _ARGCOMPLETE, COMP_LINE, COMP_POINT), so the code
+    # is the same for any install of callgate on the PATH, an editable one included
+    print(argcomplete.shellcode(["callgate"], shell=args.shell), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    return offline.run(build_parser(), argv)
+    parser = build_parser()
+    if argv is None and "_ARGCOMPLETE" in os.environ:  # a shell asking for completions: answer, then exit
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    return offline.run(parser, argv)
 
 
 if __name__ == "__main__":
