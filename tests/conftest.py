@@ -8,7 +8,16 @@ if str(ROOT) not in sys.path:
 
 import pytest  # noqa: E402  (after the path set-up above)
 
-from tests.store_cases import db, store  # noqa: E402, F401  (fixtures of the store tests)
+from tests.store_cases import BACKENDS, db, pg_cluster, store  # noqa: E402, F401  (fixtures of the store tests)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes `store` (and not the SQLite file `db`) runs on every backend."""
+    import inspect
+
+    wanted = inspect.signature(metafunc.function).parameters
+    if "store" in wanted and "db" not in wanted:
+        metafunc.parametrize("store", BACKENDS, indirect=True)
 
 
 @pytest.fixture(scope="module")

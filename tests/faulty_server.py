@@ -23,6 +23,7 @@ from typing import Any
 
 from server.cli.main import main
 from server.store import sqlite as store
+from server.store.faults import name_failures
 
 CONTROL = Path(os.environ["CALLGATE_TEST_FAULTS"])
 FAULTS: dict[str, Callable[[], BaseException]] = {
@@ -49,7 +50,8 @@ def failing(op: str, inner: Callable[..., Any]) -> Callable[..., Any]:
 
 for _op in store.STORE_METHODS:
     _inner = getattr(store.SQLiteStore, _op).__wrapped__
-    setattr(store.SQLiteStore, _op, store._named(_op, failing(_op, _inner)))
+    setattr(store.SQLiteStore, _op, failing(_op, _inner))
+name_failures(store.SQLiteStore, store.STORE_METHODS)
 
 if __name__ == "__main__":
     sys.exit(main(["serve", *sys.argv[1:]]))

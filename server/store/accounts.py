@@ -19,7 +19,6 @@ write (savepoint or transaction):
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -37,13 +36,14 @@ from server.store.api import (
     Topup,
     TopupPolicy,
 )
-from server.store.base import SQLiteBase
+from server.store.base import Conn, StoreBase
 from server.store.checks import _check_int, _check_str, _check_tenant
 
 CALL_COLUMNS = ("tenant, call_id, direction, caller, called, state, ringing_user, ringing_at, answered_by, "
                 "last_user, answered_at, ended_at, line, rate_micro, increment_s, talked_s, charge_micro, "
                 "last_at, updated_at, reserved_micro, reserved_s, outcome, caller_raw, called_raw")
 N_CALL_COLUMNS = CALL_COLUMNS.count(",") + 1
+CALL_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in CALL_COLUMNS.split(", ")[2:])  # all but the key
 TOPUP_COLUMNS = ("id, tenant, amount_micro, currency, status, attempts, next_attempt_at, last_reason, gateway_ref, "
                  "trigger, created_at")
 LEDGER_KINDS = ("call", "rental", "topup", "credit")
@@ -57,7 +57,7 @@ def _topup(row: Any) -> Topup:
     return Topup(*row)
 
 
-class AccountsPart(SQLiteBase):
+class AccountsPart(StoreBase):
     """Calls, money and documents for SQLiteStore (see the module docstring)."""
 
     # -- calls -----------------------------------------------------------------
@@ -73,8 +73,8 @@ class AccountsPart(SQLiteBase):
         _check_tenant(tenant)
         _check_str("call_id", call_id)
 
-        def write(conn: sqlite3.Connection) -> Reply:
-            row = conn.execute("SELECT user, reply FROM call_events WHERE tenant = ? AND call_id = ? AND key = ?",
+        def write(conn: Conn) -> Reply:
+            row = conn.execute("SELECT \"user\", reply FROM call_events WHERE tenant = ? AND call_id = ? AND key = ?",
                                (tenant, call_id, event.key)).fetchone()
             if row is not None:
                 check_replay(event, row[0], call_id)
@@ -83,7 +83,7 @@ class AccountsPart(SQLiteBase):
                                  (tenant, call_id)).fetchone()
             outcome = rules(_call(found) if found else None, self._account(conn, tenant))
             now = int(time.time())
-            conn.execute("INSERT INTO call_events (tenant, call_id, key, kind, user, at, reply, recorded_at) "
+            conn.execute("INSERT INTO call_events (tenant, call_id, key, kind, \"user\", at, reply, recorded_at) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (tenant, call_id, event.key, event.kind, event.user, event.at, outcome.reply.to_json(), now))
             self._settle(conn, outcome, event.kind, currency, topup, now)
@@ -91,11 +91,12 @@ class AccountsPart(SQLiteBase):
 
         return self._submit(write)
 
-    def _settle(self, conn: sqlite3.Connection, outcome: Outcome, kind: str, currency: str,
+    def _settle(self, conn: Conn, outcome: Outcome, kind: str, currency: str,
                 topup: TopupPolicy | None, now: int) -> None:
         """Write an outcome's call, its hold, its charge and its lead (inside the caller's write)."""
         c = outcome.call
-        conn.execute(f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * N_CALL_COLUMNS)})",
+        conn.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * N_CALL_COLUMNS)}) "
+                     f"ON CONFLICT (tenant, call_id) DO UPDATE SET {CALL_UPDATES}",
                      (c.tenant, c.call_id, c.direction, c.caller, c.called, c.state, c.ringing_user,
                       c.ringing_at, c.answered_by, c.last_user, c.answered_at, c.ended_at, c.line,
                       c.rate_micro, c.increment_s, c.talked_s, c.charge_micro, c.last_at, c.updated_at,
@@ -105,21 +106,22 @@ class AccountsPart(SQLiteBase):
         if outcome.charge_micro:
             self._ledger(conn, c.tenant, "call", -outcome.charge_micro, c.call_id, currency, topup, now)
         if outcome.reply.create_lead:
-            conn.execute("INSERT OR IGNORE INTO leads (tenant, call_id, responsible, trigger, created_at, unassigned) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", (c.tenant, c.call_id, outcome.reply.lead_responsible, kind, now,
-                                                       int(outcome.reply.lead_unassigned)))
+            conn.execute("INSERT INTO leads (tenant, call_id, responsible, trigger, created_at, unassigned) "
+                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                         (c.tenant, c.call_id, outcome.reply.lead_responsible, kind, now,
+                          int(outcome.reply.lead_unassigned)))
 
     @staticmethod
-    def _account(conn: sqlite3.Connection, tenant: str) -> Account:
+    def _account(conn: Conn, tenant: str) -> Account:
         row = conn.execute("SELECT balance_micro, reserved_micro FROM accounts WHERE tenant = ?", (tenant,)).fetchone()
         return Account(int(row[0]), int(row[1])) if row else Account()
 
-    def _hold(self, conn: sqlite3.Connection, tenant: str, change: int, topup: TopupPolicy | None, trigger: str,
+    def _hold(self, conn: Conn, tenant: str, change: int, topup: TopupPolicy | None, trigger: str,
               now: int) -> None:
         """Change the credit held by the tenant's open calls; a new hold may cross the top-up threshold."""
         before = self._account(conn, tenant)
-        conn.execute("INSERT INTO accounts (tenant, reserved_micro) VALUES (?, ?) "
-                     "ON CONFLICT (tenant) DO UPDATE SET reserved_micro = reserved_micro + excluded.reserved_micro",
+        conn.execute("INSERT INTO accounts (tenant, reserved_micro) VALUES (?, ?) ON CONFLICT (tenant) "
+                     "DO UPDATE SET reserved_micro = accounts.reserved_micro + excluded.reserved_micro",
                      (tenant, change))
         if topup is not None and crossed(before.available_micro, before.available_micro - change,
                                          topup.threshold_micro):
@@ -170,14 +172,14 @@ class AccountsPart(SQLiteBase):
 
     # -- money -----------------------------------------------------------------
 
-    def _ledger(self, conn: sqlite3.Connection, tenant: str, kind: str, amount: int, ref: str, currency: str,
+    def _ledger(self, conn: Conn, tenant: str, kind: str, amount: int, ref: str, currency: str,
                 topup: TopupPolicy | None, now: int) -> bool:
         """One ledger entry and the balance that follows it; opens a top-up on a crossing."""
         row = conn.execute("SELECT balance_micro FROM accounts WHERE tenant = ?", (tenant,)).fetchone()
         before = int(row[0]) if row else 0
         after = before + amount
-        cursor = conn.execute("INSERT OR IGNORE INTO ledger (tenant, kind, amount_micro, ref, created_at, currency, "
-                              "balance_micro) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        cursor = conn.execute("INSERT INTO ledger (tenant, kind, amount_micro, ref, created_at, currency, "
+                              "balance_micro) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                               (tenant, kind, amount, ref, now, currency, after))
         if cursor.rowcount != 1:
             return False  # this (kind, ref) was entered before: a retry changes nothing
@@ -190,10 +192,10 @@ class AccountsPart(SQLiteBase):
         return True
 
     @staticmethod
-    def _open_topup(conn: sqlite3.Connection, tenant: str, topup: TopupPolicy, trigger: str, now: int) -> None:
+    def _open_topup(conn: Conn, tenant: str, topup: TopupPolicy, trigger: str, now: int) -> None:
         # once per crossing: the partial unique index refuses a second open top-up for the tenant
-        conn.execute("INSERT OR IGNORE INTO topups (tenant, amount_micro, currency, status, next_attempt_at, "
-                     "trigger, created_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+        conn.execute("INSERT INTO topups (tenant, amount_micro, currency, status, next_attempt_at, "
+                     "trigger, created_at) VALUES (?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT DO NOTHING",
                      (tenant, topup.amount_micro, topup.currency, now, trigger, now))
 
     def balance(self, tenant: str) -> int:
@@ -282,9 +284,12 @@ class AccountsPart(SQLiteBase):
     def set_card(self, card: CardRecord) -> None:
         _check_tenant(card.tenant)
         with self._transaction(True) as conn:
-            conn.execute("INSERT OR REPLACE INTO cards (tenant, token, brand, last4, exp_month, exp_year, updated_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (card.tenant, card.token, card.brand, card.last4,
-                                                          card.exp_month, card.exp_year, int(time.time())))
+            conn.execute("INSERT INTO cards (tenant, token, brand, last4, exp_month, exp_year, updated_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant) DO UPDATE SET token = excluded.token, "
+                         "brand = excluded.brand, last4 = excluded.last4, exp_month = excluded.exp_month, "
+                         "exp_year = excluded.exp_year, updated_at = excluded.updated_at",
+                         (card.tenant, card.token, card.brand, card.last4, card.exp_month, card.exp_year,
+                          int(time.time())))
 
     def card(self, tenant: str) -> CardRecord | None:
         _check_tenant(tenant)
@@ -310,7 +315,7 @@ class AccountsPart(SQLiteBase):
     def rentals_since(self, tenant: str, numbers: list[str], today: str) -> dict[str, str]:
         _check_tenant(tenant)
         with self._transaction(True) as conn:
-            conn.executemany("INSERT OR IGNORE INTO rentals_seen (tenant, number, since) VALUES (?, ?, ?)",
+            conn.executemany("INSERT INTO rentals_seen (tenant, number, since) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                              [(tenant, n, today) for n in numbers])
             rows = conn.execute("SELECT number, since FROM rentals_seen WHERE tenant = ?", (tenant,)).fetchall()
         wanted = set(numbers)
@@ -338,7 +343,8 @@ class AccountsPart(SQLiteBase):
             raise ValueError("a document set needs at least one file")
         with self._transaction(True) as conn:
             set_id = conn.execute("INSERT INTO document_sets (tenant, number, status, uploaded_at, due_on) "
-                                  "VALUES (?, ?, 'pending', ?, ?)", (tenant, number, uploaded_at, due_on)).lastrowid
+                                  "VALUES (?, ?, 'pending', ?, ?) RETURNING id",
+                                  (tenant, number, uploaded_at, due_on)).fetchone()[0]
             conn.executemany("INSERT INTO document_files (set_id, seq, sha256, name, format, width, height, size) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              [(set_id, i, f.sha256, f.name, f.format, f.width, f.height, f.size)
@@ -347,9 +353,9 @@ class AccountsPart(SQLiteBase):
         return self._document_sets("id = ?", (set_id,), 1)[0]
 
     @staticmethod
-    def _bump_documents(conn: sqlite3.Connection, tenant: str) -> None:
+    def _bump_documents(conn: Conn, tenant: str) -> None:
         conn.execute("INSERT INTO accounts (tenant, documents) VALUES (?, 1) "
-                     "ON CONFLICT (tenant) DO UPDATE SET documents = documents + 1", (tenant,))
+                     "ON CONFLICT (tenant) DO UPDATE SET documents = accounts.documents + 1", (tenant,))
 
     def review_document_set(self, set_id: int, approve: bool, reason: str, by: str, at: int) -> DocumentSet:
         _check_int("set_id", set_id, minimum=1)

@@ -1,7 +1,10 @@
-"""The SQLite store's shared base: one SQLite file in WAL mode, shared by every worker process (spec §5).
+"""The store's shared bases: `StoreBase`, what the parts use whatever the database, and `SQLiteBase`, one SQLite
+file in WAL mode shared by every worker process (spec §5); `server.store.postgres.PostgresBase` is the other.
 
-`server.store.sqlite.SQLiteStore` (this base and one part per concern) implements `server.store.api.Store`.
-Design notes:
+`server.store.sqlite.SQLiteStore` (this base and one part per concern) implements `server.store.api.Store`;
+`server.store.postgres.PostgresStore` is the same parts on PostgreSQL.  The parts' SQL is the subset both
+databases speak (`INSERT ... ON CONFLICT`, `RETURNING`, `?` placeholders, `"user"` quoted).  Design notes on
+SQLite:
 
 * One connection per thread (the async service calls the store from a thread
   pool) and per process: a connection is never used across `fork()`; a child
@@ -38,15 +41,19 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from server.store.api import Poll, StoreBusy, StoreDamaged, StoreError, StoreMissing, StoreUnavailable
+from server.store.api import Poll, Store, StoreBusy, StoreDamaged, StoreError, StoreMissing, StoreUnavailable
 from server.store.faults import Faults, describe_check, locate_damage
 from server.store.group import GroupCommitter
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
+
+# every method of the Store protocol (and the startup check): each leaves its failures named (faults.name_failures)
+STORE_METHODS = (*sorted(name for name in vars(Store) if not name.startswith("_") and callable(getattr(Store, name))),
+                 "quick_check")
 
 
 class SchemaTooNew(StoreError):
@@ -55,6 +62,45 @@ class SchemaTooNew(StoreError):
 
 class SchemaTooOld(StoreError):
     """The database needs a migration that this caller may not run (a tool beside a possibly running server)."""
+
+
+class Conn(Protocol):
+    """A connection as the parts use it: sqlite3's, or `PGConnection` (server/store/postgres.py)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
+
+
+class StoreBase:
+    """What the parts (settings, accounts, numbers, security, removal) use, whatever the database: one read
+    statement, a transaction (`write`: serialised with every other writer, of every process and host), a write
+    queued for the next group commit, and the poll's reading of versions and balances."""
+
+    path: Any
+    faults: Faults
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        raise NotImplementedError
+
+    def _transaction(self, write: bool) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _submit(self, fn: Callable[[Any], T]) -> Future[T]:
+        raise NotImplementedError
+
+    def _grouped(self, fn: Callable[[Any], T]) -> T:
+        return self._submit(fn).result()
+
+    @staticmethod
+    def _poll_read(conn: Conn) -> Poll:
+        """Versions, balances, document counters and holds, inside the caller's read transaction."""
+        versions = {str(t): int(v) for t, v in conn.execute('SELECT tenant, version FROM "current"').fetchall()}
+        balances, documents, reserved = {}, {}, {}
+        for t, b, d, r in conn.execute("SELECT tenant, balance_micro, documents, reserved_micro FROM accounts"
+                                       ).fetchall():
+            balances[t], documents[t], reserved[t] = int(b), int(d), int(r)
+        return Poll(versions, balances, documents, reserved)
 
 
 @dataclass(eq=False)
@@ -66,7 +112,7 @@ class _Conn:
     closed: bool = field(default=False)
 
 
-class SQLiteBase:
+class SQLiteBase(StoreBase):
     """What every part of the SQLite store shares: the file, its connections, its transactions, its migrations,
     the naming of its faults."""
 
@@ -223,6 +269,9 @@ class SQLiteBase:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _translate(self, exc: BaseException) -> BaseException:
+        return (self._busy(exc) if isinstance(exc, sqlite3.OperationalError) else None) or exc
+
     def _busy(self, exc: sqlite3.OperationalError) -> StoreBusy | None:
         """StoreBusy for a lock timeout (other OperationalErrors are bugs or I/O errors: let them through)."""
         text = str(exc).lower()
@@ -235,13 +284,36 @@ class SQLiteBase:
         pid = os.getpid()
         with self._lock:
             if self._committer is None or self._committer_pid != pid:  # first use, or a forked child
-                self._committer = GroupCommitter(self._connect, lambda exc: self._busy(exc) or exc)
+                self._committer = GroupCommitter(self._connect, self._translate)
                 self._committer_pid = pid
             committer = self._committer
         return committer.submit(fn)
 
-    def _grouped(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._submit(fn).result()
+    def poll(self) -> Poll | None:
+        # One connection of its own, with no busy wait: a worker's event loop calls this, and a
+        # locked store must cost it nothing but a skipped poll.  PRAGMA data_version changes only
+        # when another connection commits, so an unchanged store costs one pragma.
+        with self._lock:
+            if self._poll_conn is None or self._poll_pid != os.getpid():
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+                conn.execute("PRAGMA busy_timeout = 0")
+                self._poll_conn, self._poll_pid, self._poll_seen = conn, os.getpid(), None
+            conn = self._poll_conn
+        try:
+            seen = conn.execute("PRAGMA data_version").fetchone()[0]
+            if self._poll_seen is not None and seen == self._poll_seen[0]:
+                return self._poll_seen[1]
+            conn.execute("BEGIN")
+            try:
+                result = self._poll_read(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._busy(exc) is not None:
+                return None
+            raise
+        self._poll_seen = (seen, result)
+        return result
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         """One read statement on this thread's connection (autocommit: a consistent snapshot of its own)."""

@@ -1,6 +1,6 @@
-"""What a failure of the SQLite store means to its caller: try again, or never (spec §7, "faults are loud").
+"""What a failure of the store means to its caller: try again, or never (spec §7, "faults are loud").
 
-Every `sqlite3.Error` that leaves a store method is turned here into one of
+Every `sqlite3.Error` or `psycopg.Error` that leaves a store method is turned here into one of
 two named errors (server.store_api):
 
 * `StoreUnavailable` (gRPC UNAVAILABLE): the store cannot do it *now* and
@@ -21,17 +21,21 @@ fills under load writes a line every ten seconds, not one per call.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, TypeVar
 
 from server.store.api import StoreBusy, StoreDamaged, StoreError, StoreUnavailable
 
 log = logging.getLogger("callgate.store")
+T = TypeVar("T")
 
 # SQLite's primary result codes (the part of an extended name before the second '_') -> our kind.
 _TRANSIENT = {
@@ -48,7 +52,8 @@ _TRANSIENT = {
 }
 _DAMAGE = {"SQLITE_CORRUPT": "damaged", "SQLITE_NOTADB": "damaged", "SQLITE_FORMAT": "damaged"}
 
-KINDS = ("busy", "full", "io", "readonly", "cantopen", "memory", "interrupted", "damaged", "schema", "error")
+KINDS = ("busy", "full", "io", "readonly", "cantopen", "memory", "interrupted", "unreachable", "damaged", "schema",
+         "error")
 DAMAGE = frozenset({"damaged", "schema", "missing", "identity"})   # retrying never helps: until fixed by hand
 
 _ADVICE = {
@@ -62,6 +67,8 @@ _ADVICE = {
                 "check the data directory, then try again",
     "memory": "the server ran out of memory: try again",
     "interrupted": "the store operation was interrupted: try again",
+    "unreachable": "the PostgreSQL server cannot be reached (down, restarting, or the network to it): nothing "
+                   "was written; decisions go on from memory; try again once it answers",
 }
 
 _DAMAGE_ADVICE = ("this will not work by retrying: stop callgate, run `callgate store check --data-dir DIR` "
@@ -84,10 +91,19 @@ def _primary(name: str) -> str:
     return "_".join(parts[:2]) if len(parts) >= 2 else name
 
 
+@functools.cache
+def nameable() -> tuple[type[BaseException], ...]:
+    """What a store method may let out and `name_failures` names: both drivers' errors and the named ones."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    return sqlite3.Error, psycopg.Error, PoolTimeout, StoreUnavailable, StoreDamaged
+
+
 def kind_of(exc: BaseException) -> str | None:
-    """The fault kind of a sqlite3 error (None: not a sqlite3 error)."""
+    """The fault kind of a sqlite3 or PostgreSQL error (None: neither)."""
     if not isinstance(exc, sqlite3.Error):
-        return None
+        return pg_kind(exc) if type(exc).__module__.startswith(("psycopg", "psycopg_pool")) else None
     name = getattr(exc, "sqlite_errorname", None) or ""
     primary = _primary(name)
     if primary in _TRANSIENT:
@@ -108,6 +124,37 @@ def kind_of(exc: BaseException) -> str | None:
     if "no such table" in text or "no such column" in text:
         return "schema"       # the file is not what this code expects: retrying will not help
     return "error"            # a constraint, a misuse: a bug of callgate's own, not damage
+
+
+def pg_kind(exc: BaseException) -> str | None:
+    """The fault kind of a PostgreSQL error (None: not one)."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    if isinstance(exc, PoolTimeout):
+        return "busy"
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = getattr(exc, "sqlstate", None) or ""
+    if isinstance(exc, psycopg.OperationalError) and not state:
+        return "unreachable"  # the connection: refused, reset, timed out
+    if state in ("55P03", "40001", "40P01", "53300"):
+        return "busy"
+    if state == "53100":
+        return "full"
+    if state == "53200":
+        return "memory"
+    if state == "58030":
+        return "io"
+    if state == "25006":
+        return "readonly"     # a standby, or default_transaction_read_only
+    if state.startswith(("08", "57P")):
+        return "unreachable"  # connection failure, server shutting down or starting
+    if state in ("XX001", "XX002"):
+        return "damaged"
+    if state in ("42P01", "42703"):
+        return "schema"
+    return "error"
 
 
 def locate_damage(conn: sqlite3.Connection, budget_s: float = 2.0) -> str:
@@ -169,7 +216,7 @@ class Faults:
 
     LOG_INTERVAL_S = 10.0
 
-    def __init__(self, path: Path, locate: Callable[[], str] | None = None) -> None:
+    def __init__(self, path: Path | str, locate: Callable[[], str] | None = None) -> None:
         self.path = path
         self.listeners: list[Callable[[str, str], None]] = []   # (op, kind), from any thread
         self._locate = locate
@@ -246,3 +293,47 @@ class Faults:
         log.error("store %s fault: %s", kind, error,
                   extra={"event": "store_fault", "kind": kind, "op": op, "store": str(self.path),
                          "more_since_last_line": since})
+
+
+def name_failures(cls: type, methods: Sequence[str]) -> None:
+    """Wrap each of `methods` of a store class so that every database failure leaves it named (StoreUnavailable
+    or StoreDamaged, counted under the method's name), never as a bare driver error; a Future's failure is named
+    when it completes."""
+    for op in methods:
+        setattr(cls, op, _named(op, getattr(cls, op)))
+
+
+def _named(op: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def named(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = method(self, *args, **kwargs)
+        except Exception as exc:
+            if not isinstance(exc, nameable()) or getattr(exc, "_callgate_reported", False):
+                raise                  # not the database's, or an inner store method named it already
+            error = self.faults.named(op, exc)
+            error._callgate_reported = True
+            if error is exc:
+                raise
+            raise error from exc
+        if isinstance(result, Future):
+            return _named_future(self, op, result)
+        return result
+
+    return named
+
+
+def _named_future(store: Any, op: str, inner: Future[T]) -> Future[T]:
+    outer: Future[T] = Future()
+
+    def done(f: Future[T]) -> None:
+        exc = f.exception()
+        if exc is None:
+            outer.set_result(f.result())
+        elif isinstance(exc, nameable()):
+            outer.set_exception(store.faults.named(op, exc))
+        else:
+            outer.set_exception(exc)
+
+    inner.add_done_callback(done)
+    return outer

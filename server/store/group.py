@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -31,23 +30,22 @@ MAX_BATCH = 256
 
 
 class GroupCommitter:
-    def __init__(self, connect: Callable[[], sqlite3.Connection],
-                 translate: Callable[[sqlite3.OperationalError], BaseException]) -> None:
-        self._connect = connect
-        self._translate = translate  # a lock timeout -> the store's StoreBusy
-        self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = (
+    def __init__(self, connect: Callable[[], Any], translate: Callable[[BaseException], BaseException]) -> None:
+        self._connect = connect      # a new connection (sqlite3's, or server.store.postgres.PGConnection)
+        self._translate = translate  # the database's error -> the store's (a lock timeout: StoreBusy)
+        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None] = (
             queue.SimpleQueue())
         self._thread = threading.Thread(target=self._run, name="store-group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+    def submit(self, fn: Callable[[Any], T]) -> Future[T]:
         """Queue `fn(conn)` for the next group transaction; the future is done once that committed
         (an event loop awaits it with asyncio.wrap_future, without a thread of its own waiting)."""
         future: Future[T] = Future()
         self._queue.put((fn, future))
         return future
 
-    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def run(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(conn)` in the next group transaction; return its result once committed."""
         return self.submit(fn).result()
 
@@ -58,7 +56,7 @@ class GroupCommitter:
     def _run(self) -> None:
         # The writer never dies with work queued: a failed connect or a connection that a failing disk
         # left unusable fails the batch in hand (its callers hear the error) and is opened again for the next.
-        conn: sqlite3.Connection | None = None
+        conn: Any | None = None
         try:
             while True:
                 first = self._queue.get()
@@ -81,22 +79,22 @@ class GroupCommitter:
                         self._fail(batch, exc)
                         continue
                 if not self._commit(conn, batch):
-                    with contextlib.suppress(sqlite3.Error):
+                    with contextlib.suppress(Exception):  # best effort: the connection is dropped anyway
                         conn.close()
                     conn = None
         finally:
             if conn is not None:
                 conn.close()
 
-    def _fail(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]],
+    def _fail(self, batch: list[tuple[Callable[[Any], Any], Future[Any]]],
               exc: BaseException) -> None:
-        error = self._translate(exc) if isinstance(exc, sqlite3.OperationalError) else exc
+        error = self._translate(exc)
         for _fn, future in batch:
             if not future.done():
                 future.set_exception(error)
 
-    def _commit(self, conn: sqlite3.Connection,
-                batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> bool:
+    def _commit(self, conn: Any,
+                batch: list[tuple[Callable[[Any], Any], Future[Any]]]) -> bool:
         """Run and commit one batch; False when the connection could not even roll back (open a new one)."""
         results: list[tuple[Future[Any], bool, Any]] = []
         try:
@@ -121,7 +119,7 @@ class GroupCommitter:
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
+                except Exception:  # a failing disk, a lost server connection: open a new one
                     usable = False
             self._fail(batch, exc)      # nothing of the batch was acknowledged
             return usable

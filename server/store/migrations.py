@@ -1,5 +1,6 @@
 """The store's schema, as numbered SQL files in server/store/migrations (NNNN_what.sql, the first line a
-comment saying what it does), applied in order when a store opens; append only: never edit a released file,
+comment saying what it does; PostgreSQL's twin of each, same number and first line, in migrations/postgresql),
+applied in order when a store opens; append only: never edit a released file,
 add the next one.  A migration that needs more than SQL (reading stored documents) has a backfill here, run
 right after its statements in the same transaction.
 """
@@ -13,12 +14,14 @@ from collections.abc import Callable
 from importlib import resources
 
 from server.store import numbers as store_numbers
+from server.store.base import Conn
 from server.store.versions import checksum, documents_in_force
 
 
-def _load() -> list[tuple[int, str, str]]:
+def _load(folder: str) -> list[tuple[int, str, str]]:
     found = []
-    for entry in sorted(resources.files("server.store").joinpath("migrations").iterdir(), key=lambda e: e.name):
+    where = resources.files("server.store").joinpath(folder)
+    for entry in sorted(where.iterdir(), key=lambda e: e.name):
         if not entry.name.endswith(".sql"):
             continue
         head, _, script = entry.read_text(encoding="utf-8").partition("\n")
@@ -29,12 +32,15 @@ def _load() -> list[tuple[int, str, str]]:
     return found
 
 
-# (version, description, SQL)
-MIGRATIONS: list[tuple[int, str, str]] = _load()
+# (version, description, SQL): SQLite's, and PostgreSQL's (the same steps in its dialect, the same numbers)
+MIGRATIONS: list[tuple[int, str, str]] = _load("migrations")
+PG_MIGRATIONS: list[tuple[int, str, str]] = _load("migrations/postgresql")
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
+if [m[:2] for m in PG_MIGRATIONS] != [m[:2] for m in MIGRATIONS]:  # pragma: no cover - guards future edits
+    raise RuntimeError("every migration needs its PostgreSQL twin, with the same number and description")
 
 
-def _backfill_6(conn: sqlite3.Connection) -> None:
+def _backfill_6(conn: Conn) -> None:
     """Checksums of the blobs already stored (from here on a changed byte is caught), and the identity."""
     rows = conn.execute("SELECT tenant, version, blob FROM snapshots").fetchall()
     conn.executemany("UPDATE snapshots SET checksum = ? WHERE tenant = ? AND version = ?",
@@ -43,7 +49,7 @@ def _backfill_6(conn: sqlite3.Connection) -> None:
                  (secrets.token_hex(16), int(time.time())))
 
 
-BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {
+BACKFILLS: dict[int, Callable[[Conn], None]] = {
     4: lambda conn: store_numbers.backfill(conn, documents_in_force),
     6: _backfill_6,
 }

@@ -18,7 +18,6 @@ Contract:
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,6 +32,7 @@ from server.store.api import (
     TenantFailover,
     VersionWrite,
 )
+from server.store.base import Conn
 from server.store.checks import _check_e164, _check_tenant
 from server.store.settings import SettingsPart
 from server.store.versions import documents_in_force
@@ -50,7 +50,7 @@ def document_numbers(doc: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def claim(conn: sqlite3.Connection, claims: Sequence[tuple[str, int, Sequence[tuple[str, str]]]], now: int) -> None:
+def claim(conn: Conn, claims: Sequence[tuple[str, int, Sequence[tuple[str, str]]]], now: int) -> None:
     """Move ownership for new versions, inside the caller's write transaction.
 
     `claims` is (tenant, new version, its (number, line) list) per tenant.
@@ -68,10 +68,10 @@ def claim(conn: sqlite3.Connection, claims: Sequence[tuple[str, int, Sequence[tu
     taken: list[tuple[str, str]] = []
     for tenant, version, numbers, wanted, held in plans:
         new = [(i, n, line) for i, (n, line) in enumerate(numbers) if n not in held and n not in conflicted]
-        before = conn.total_changes
-        conn.executemany(f"INSERT INTO number_owners ({OWNER_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
-                         "ON CONFLICT (number) DO NOTHING", [(n, tenant, line, version, now) for _, n, line in new])
-        if conn.total_changes - before != len(new):   # some number has another holder: find which
+        inserted = conn.executemany(f"INSERT INTO number_owners ({OWNER_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+                                    "ON CONFLICT (number) DO NOTHING",
+                                    [(n, tenant, line, version, now) for _, n, line in new]).rowcount if new else 0
+        if inserted != len(new):   # some number has another holder: find which
             for i, n, _ in new:
                 row = conn.execute("SELECT tenant FROM number_owners WHERE number = ?", (n,)).fetchone()
                 if row is not None and row[0] != tenant:
@@ -82,13 +82,13 @@ def claim(conn: sqlite3.Connection, claims: Sequence[tuple[str, int, Sequence[tu
         raise NumberTaken(taken)
 
 
-def write_facts(conn: sqlite3.Connection, tenant: str, facts: TenantFacts) -> None:
+def write_facts(conn: Conn, tenant: str, facts: TenantFacts) -> None:
     conn.execute("INSERT INTO tenant_facts (tenant, status, backup_number, backup_line) VALUES (?, ?, ?, ?) "
                  "ON CONFLICT (tenant) DO UPDATE SET status = excluded.status, backup_number = excluded.backup_number, "
                  "backup_line = excluded.backup_line", (tenant, facts.status, facts.backup_number, facts.backup_line))
 
 
-def backfill(conn: sqlite3.Connection, documents: Callable[[sqlite3.Connection], list[tuple[str, int, dict]]]
+def backfill(conn: Conn, documents: Callable[[Conn], list[tuple[str, int, dict]]]
              ) -> None:
     """Migration 4: owners and facts from the documents in force; numbers listed by several tenants become
     conflicts (a number a document lists twice counts once)."""
@@ -163,7 +163,8 @@ class NumbersPart(SettingsPart):
                 found.append(f"{number} is listed by {', '.join(sorted(tenants))} but held by "
                              f"{holder or 'no tenant'}: recorded as a conflict")
                 conn.execute("DELETE FROM number_owners WHERE number = ?", (number,))
-                conn.executemany("INSERT OR IGNORE INTO number_conflicts (number, tenant, line) VALUES (?, ?, ?)",
+                conn.executemany("INSERT INTO number_conflicts (number, tenant, line) VALUES (?, ?, ?) "
+                                 "ON CONFLICT DO NOTHING",
                                  [(number, t, line) for t, line in sorted(tenants.items())])
             for number, holder in sorted(owners.items()):
                 if number not in listed:

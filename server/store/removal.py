@@ -10,13 +10,12 @@ tenant: a decision answers NOT_FOUND, a tenant-admin's push TenantMissing).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 from engine.money import format_amount
 from server.rules.tokens import TENANT_ROLES
 from server.store.api import NotFound, TenantBusy, TenantRemoval
-from server.store.base import SQLiteBase
+from server.store.base import Conn, StoreBase
 from server.store.checks import _check_str, _check_tenant
 from server.store.versions import in_force
 
@@ -30,11 +29,11 @@ def archive_name(tenant: str, removed_version: int) -> str:
     return f"{tenant}{ARCHIVE_MARK}{removed_version}"
 
 
-def _count(conn: sqlite3.Connection, sql: str, *args: object) -> int:
+def _count(conn: Conn, sql: str, *args: object) -> int:
     return int(conn.execute(sql, args).fetchone()[0])
 
 
-def _erase(conn: sqlite3.Connection, tenant: str, archive: str) -> None:
+def _erase(conn: Conn, tenant: str, archive: str) -> None:
     """The tenant's calls, documents, card and account deleted, its money records moved to `archive` (inside the
     caller's write transaction)."""
     # an open top-up is never charged now; the money records stay, under the archive name (a sweep's late rows
@@ -42,7 +41,9 @@ def _erase(conn: sqlite3.Connection, tenant: str, archive: str) -> None:
     conn.execute("UPDATE topups SET status = 'failed', last_reason = 'tenant removed' "
                  "WHERE tenant = ? AND status = 'pending'", (tenant,))
     conn.execute("UPDATE topups SET tenant = ? WHERE tenant = ?", (archive, tenant))
-    conn.execute("UPDATE OR IGNORE ledger SET tenant = ? WHERE tenant = ?", (archive, tenant))
+    conn.execute("UPDATE ledger SET tenant = ? WHERE tenant = ? AND NOT EXISTS (SELECT 1 FROM ledger AS kept "
+                 "WHERE kept.tenant = ? AND kept.kind = ledger.kind AND kept.ref = ledger.ref)",
+                 (archive, tenant, archive))
     conn.execute("UPDATE ledger SET tenant = ? WHERE tenant = ?", (archive + "-late", tenant))
     for sql in ("DELETE FROM document_files WHERE set_id IN (SELECT id FROM document_sets WHERE tenant = ?)",
                 "DELETE FROM document_sets WHERE tenant = ?",
@@ -55,7 +56,7 @@ def _erase(conn: sqlite3.Connection, tenant: str, archive: str) -> None:
         conn.execute(sql, (tenant,))
 
 
-class RemovalPart(SQLiteBase):
+class RemovalPart(StoreBase):
     """`remove_tenant` for SQLiteStore."""
 
     def remove_tenant(self, tenant: str, *, force: bool = False, dry_run: bool = False,
@@ -71,7 +72,7 @@ class RemovalPart(SQLiteBase):
         _check_str("sha256", sha256)
         return bool(self._read("SELECT 1 FROM document_files WHERE sha256 = ? LIMIT 1", (sha256,)))
 
-    def _remove(self, conn: sqlite3.Connection, tenant: str, force: bool, dry_run: bool, comment: str,
+    def _remove(self, conn: Conn, tenant: str, force: bool, dry_run: bool, comment: str,
                 now: int) -> TenantRemoval:
         last = in_force(conn, tenant)
         if last == 0:

@@ -10,7 +10,7 @@ from typing import Any
 
 from server.rules.tokens import ROLES, TENANT_ROLES, TokenRecord
 from server.store.api import AuditRow, NotFound, TenantMissing
-from server.store.base import SQLiteBase
+from server.store.base import StoreBase
 from server.store.checks import _check_int, _check_str, _check_tenant
 
 TOKEN_COLUMNS = "id, role, tenants, created_at, expires_at, revoked_at, comment, token_hash"
@@ -26,7 +26,7 @@ def _token(row: Any) -> TokenRecord:
     return TokenRecord(ident, role, tuple(json.loads(tenants)), created, expires, revoked, comment, token_hash)
 
 
-class SecurityPart(SQLiteBase):
+class SecurityPart(StoreBase):
     """Tokens and audit for SQLiteStore."""
 
     def add_token(self, ident: str, token_hash: str, role: str, tenants: list[str], expires_at: int,

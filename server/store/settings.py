@@ -5,7 +5,6 @@ snapshot blobs checked against their checksums, the poll every worker makes, and
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 
 from engine.document_json import dumps_document, loads_document
@@ -14,7 +13,6 @@ from server.store.api import (
     ListPatch,
     NotFound,
     PatchResult,
-    Poll,
     SnapshotDamaged,
     StoreError,
     TenantFacts,
@@ -24,7 +22,7 @@ from server.store.api import (
     VersionRecord,
     VersionWrite,
 )
-from server.store.base import SQLiteBase
+from server.store.base import Conn, StoreBase
 from server.store.checks import _check_bytes, _check_e164, _check_int, _check_numbers, _check_str, _check_tenant
 from server.store.versions import (
     LIST_NAMES,
@@ -42,37 +40,7 @@ COMMIT_KINDS = ("push", "rollback", "transfer", "resolve")  # "patch" versions a
 SMALL_DOCUMENT = 256 * 1024  # commit_version re-checks documents up to this size
 
 
-class SettingsPart(SQLiteBase):
-    def poll(self) -> Poll | None:
-        # One connection of its own, with no busy wait: a worker's event loop calls this, and a
-        # locked store must cost it nothing but a skipped poll.  PRAGMA data_version changes only
-        # when another connection commits, so an unchanged store costs one pragma.
-        with self._lock:
-            if self._poll_conn is None or self._poll_pid != os.getpid():
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
-                conn.execute("PRAGMA busy_timeout = 0")
-                self._poll_conn, self._poll_pid, self._poll_seen = conn, os.getpid(), None
-            conn = self._poll_conn
-        try:
-            seen = conn.execute("PRAGMA data_version").fetchone()[0]
-            if self._poll_seen is not None and seen == self._poll_seen[0]:
-                return self._poll_seen[1]
-            conn.execute("BEGIN")
-            try:
-                versions = {t: int(v) for t, v in conn.execute('SELECT tenant, version FROM "current"')}
-                balances, documents, reserved = {}, {}, {}
-                for t, b, d, r in conn.execute("SELECT tenant, balance_micro, documents, reserved_micro FROM accounts"):
-                    balances[t], documents[t], reserved[t] = int(b), int(d), int(r)
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if self._busy(exc) is not None:
-                return None
-            raise
-        result = Poll(versions, balances, documents, reserved)
-        self._poll_seen = (seen, result)
-        return result
-
+class SettingsPart(StoreBase):
     def current_versions(self) -> dict[str, int]:
         return {tenant: int(version) for tenant, version in self._read('SELECT tenant, version FROM "current"', ())}
 
@@ -139,7 +107,7 @@ class SettingsPart(SQLiteBase):
         return VersionWrite(tenant, w.kind, document, w.snapshot, numbers, w.expected_version, w.comment[:500],
                             facts)
 
-    def _commit_in(self, conn: sqlite3.Connection, writes: list[VersionWrite], may_create: bool, now: int,
+    def _commit_in(self, conn: Conn, writes: list[VersionWrite], may_create: bool, now: int,
                    packed: list[bytes] | None = None) -> list[int]:
         """Insert checked writes as new versions in force, with their numbers' ownership (the caller's transaction)."""
         versions = []
@@ -287,4 +255,5 @@ class SettingsPart(SQLiteBase):
 
     def probe(self) -> None:
         with self._transaction(write=True) as conn:
-            conn.execute("INSERT OR REPLACE INTO health_probe (pid, at) VALUES (?, ?)", (os.getpid(), time.time()))
+            conn.execute("INSERT INTO health_probe (pid, at) VALUES (?, ?) ON CONFLICT (pid) DO UPDATE SET at = "
+                         "excluded.at", (os.getpid(), time.time()))

@@ -6,12 +6,12 @@ force, snapshot blobs and their checksums.  The settings part of the store and t
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import zlib
 from typing import Any
 
 from engine.document_json import loads_document
 from server.store.api import StoreError
+from server.store.base import Conn
 
 KEEP_SNAPSHOTS = 3                      # compiled snapshot blobs kept per tenant
 LIST_NAMES = ("blacklist", "offhours_blacklist")
@@ -53,25 +53,26 @@ def apply_patch(doc: dict[str, Any], list_name: str, ops: list[tuple[str, str]])
     doc[list_name] = result
 
 
-def in_force(conn: sqlite3.Connection, tenant: str) -> int:
+def in_force(conn: Conn, tenant: str) -> int:
     row = conn.execute('SELECT version FROM "current" WHERE tenant = ?', (tenant,)).fetchone()
     return int(row[0]) if row else 0
 
 
-def store_snapshot(conn: sqlite3.Connection, tenant: str, version: int, blob: bytes) -> None:
-    conn.execute("INSERT OR REPLACE INTO snapshots (tenant, version, blob, checksum) VALUES (?, ?, ?, ?)",
+def store_snapshot(conn: Conn, tenant: str, version: int, blob: bytes) -> None:
+    conn.execute("INSERT INTO snapshots (tenant, version, blob, checksum) VALUES (?, ?, ?, ?) ON CONFLICT (tenant, "
+                 "version) DO UPDATE SET blob = excluded.blob, checksum = excluded.checksum",
                  (tenant, version, blob, checksum(blob)))
     conn.execute("""DELETE FROM snapshots WHERE tenant = ? AND version NOT IN (
                         SELECT version FROM snapshots WHERE tenant = ? ORDER BY version DESC LIMIT ?)""",
                  (tenant, tenant, KEEP_SNAPSHOTS))
 
 
-def put_in_force(conn: sqlite3.Connection, tenant: str, version: int) -> None:
+def put_in_force(conn: Conn, tenant: str, version: int) -> None:
     conn.execute('INSERT INTO "current" (tenant, version) VALUES (?, ?) '
                  "ON CONFLICT (tenant) DO UPDATE SET version = excluded.version", (tenant, version))
 
 
-def effective(conn: sqlite3.Connection, tenant: str, version: int) -> dict[str, Any]:
+def effective(conn: Conn, tenant: str, version: int) -> dict[str, Any]:
     """The effective document of an existing version, parsed."""
     base = conn.execute("""SELECT version, document FROM versions
                            WHERE tenant = ? AND version <= ? AND document IS NOT NULL
@@ -95,7 +96,7 @@ def effective(conn: sqlite3.Connection, tenant: str, version: int) -> dict[str, 
     return doc
 
 
-def documents_in_force(conn: sqlite3.Connection) -> list[tuple[str, int, dict[str, Any]]]:
+def documents_in_force(conn: Conn) -> list[tuple[str, int, dict[str, Any]]]:
     """(tenant, version, effective document) of every tenant, in the caller's transaction."""
     rows = conn.execute('SELECT tenant, version FROM "current" ORDER BY tenant').fetchall()
     return [(tenant, int(version), effective(conn, tenant, int(version))) for tenant, version in rows]

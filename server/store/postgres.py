@@ -1,0 +1,270 @@
+"""The PostgreSQL store: the parts of the SQLite store (settings, accounts, numbers, security, removal) on a base of
+PostgreSQL connections, for several hosts sharing one database (`callgate serve --store postgresql://...`).
+
+Driver: psycopg 3 with psycopg_pool.  The store's callers are threads (the
+service calls it through `asyncio.to_thread`, the group commit has a thread of
+its own), so a synchronous driver with a thread-safe pool fits the store as it
+is, and keeps one code path for both backends; asyncpg would need every store
+call turned into a coroutine.  psycopg also gives COPY (big blacklists) and
+LISTEN/NOTIFY on the same connections.
+
+How the SQLite semantics carry over:
+
+* Every write transaction starts with `pg_advisory_xact_lock(WRITE_LOCK)`:
+  writers are serialised as SQLite's `BEGIN IMMEDIATE` serialises them, so a
+  read-then-write (the version check of a push, a top-up claim, a number's
+  owner) cannot be overtaken by another host's, and every invariant the SQLite
+  store keeps by that lock holds across hosts.  Throughput comes from the group
+  commit (many call events per transaction), as on SQLite.
+* A multi-statement read is one REPEATABLE READ transaction: one snapshot.
+* The statements are the SQLite store's own, in the subset both speak
+  (`ON CONFLICT ... DO`, `RETURNING`); `?` placeholders are rewritten to
+  psycopg's `%s` once per statement text (`PGConnection`).
+* The schema is `server/store/migrations/postgresql/`, numbered like the
+  SQLite files so that a schema version means the same on both.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from server.store.accounts import AccountsPart
+from server.store.api import Poll, StoreBusy, StoreDamaged, StoreUnavailable
+from server.store.base import BUSY_TIMEOUT_MS, STORE_METHODS, SchemaTooNew, SchemaTooOld, StoreBase
+from server.store.faults import Faults, name_failures
+from server.store.group import GroupCommitter
+from server.store.numbers import NumbersPart
+from server.store.removal import RemovalPart
+from server.store.security import SecurityPart
+
+T = TypeVar("T")
+
+WRITE_LOCK = 0x63616C6C  # "call": the advisory lock every write transaction takes first
+CONNECT_TIMEOUT_S = 5
+
+
+@functools.lru_cache(maxsize=4096)
+def pg_sql(sql: str) -> str:
+    """The store's SQL (sqlite3's `?` placeholders) as psycopg takes it (`%s`; a literal % doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def redacted(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
+
+
+class PGConnection:
+    """A psycopg connection in autocommit mode that reads the store's SQL and answers like sqlite3's: `execute`
+    returns a cursor (fetchone, fetchall, rowcount), `in_transaction`, and `BEGIN IMMEDIATE` / `BEGIN` as the
+    SQLite store means them (the write lock; one snapshot)."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        if sql == "BEGIN IMMEDIATE":
+            self.raw.execute("BEGIN")
+            return self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+        if sql == "BEGIN":
+            return self.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        return self.raw.execute(pg_sql(sql), tuple(args) if args else None)
+
+    def executemany(self, sql: str, rows: Any) -> psycopg.Cursor[Any]:
+        cursor = self.raw.cursor()
+        cursor.executemany(pg_sql(sql), list(rows))
+        return cursor
+
+    def script(self, sql: str) -> None:
+        """A migration file, as it is (PostgreSQL's own syntax, several statements)."""
+        self.raw.execute(sql.encode())
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class PostgresBase(StoreBase):
+    """Connections, transactions, migrations and the poll of the PostgreSQL store."""
+
+    def __init__(self, dsn: str, *, migrate: bool = True, pool_size: int = 8) -> None:
+        if not isinstance(dsn, str) or not dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError("the store must be a postgresql://USER@HOST:PORT/DATABASE address")
+        self.dsn = dsn
+        self.path = redacted(dsn)  # what messages and logs name
+        self.faults = Faults(self.path)
+        self._lock = threading.Lock()
+        self._committer: GroupCommitter | None = None
+        self._committer_pid = 0
+        self._pool_pid = os.getpid()
+        self._pool = self._open_pool(pool_size)
+        try:
+            with self._pool.connection(timeout=CONNECT_TIMEOUT_S * 2) as raw:
+                self._migrate(PGConnection(raw), migrate)
+            if not self.identity:
+                raise StoreDamaged("schema", f"{self.path} has no store identity (table store_identity is empty): "
+                                             "restore the database from a backup")
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, psycopg.Error | PoolTimeout | StoreUnavailable | StoreDamaged):
+                raise self.faults.named("open", exc) from None
+            raise
+
+    def _options(self) -> dict[str, Any]:
+        # lock_timeout: a writer waits for the write lock as long as SQLite's busy timeout, then StoreBusy
+        return {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
+                "options": f"-c lock_timeout={BUSY_TIMEOUT_MS} -c idle_in_transaction_session_timeout=60000"}
+
+    def _open_pool(self, size: int) -> ConnectionPool:
+        pool = ConnectionPool(self.dsn, min_size=1, max_size=size, kwargs=self._options(), open=False,
+                              name="callgate-store", timeout=BUSY_TIMEOUT_MS / 1000)
+        pool.open(wait=False)
+        return pool
+
+    def _connect(self) -> PGConnection:
+        return PGConnection(psycopg.connect(self.dsn, **self._options()))
+
+    @contextmanager
+    def _connection(self) -> Iterator[PGConnection]:
+        if os.getpid() != self._pool_pid:  # a forked child opens its own pool, never the parent's sockets
+            with self._lock:
+                if os.getpid() != self._pool_pid:
+                    self._pool, self._pool_pid = self._open_pool(self._pool.max_size), os.getpid()
+        with self._pool.connection() as raw:
+            yield PGConnection(raw)
+
+    # -- what the parts use ------------------------------------------------------------------------------------
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        with self._connection() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[PGConnection]:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.raw.execute("ROLLBACK")
+                raise
+            conn.raw.execute("COMMIT")
+
+    def _submit(self, fn: Callable[[Any], T]) -> Future[T]:
+        pid = os.getpid()
+        with self._lock:
+            if self._committer is None or self._committer_pid != pid:
+                self._committer = GroupCommitter(self._connect, lambda exc: self._busy(exc) or exc)
+                self._committer_pid = pid
+            committer = self._committer
+        return committer.submit(fn)
+
+    def _grouped(self, fn: Callable[[Any], T]) -> T:
+        return self._submit(fn).result()
+
+    def _busy(self, exc: BaseException) -> StoreBusy | None:
+        if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.SerializationFailure |
+                      psycopg.errors.DeadlockDetected | PoolTimeout):
+            return StoreBusy(f"{self.path}: other writers held the store's lock for {BUSY_TIMEOUT_MS // 1000} s "
+                             f"({exc}); try again")
+        return None
+
+    def poll(self) -> Poll | None:
+        # PostgreSQL has no data_version: every tick reads the versions and the accounts (O(tenants)); a
+        # change feed (LISTEN/NOTIFY) will make it O(changes)
+        try:
+            with self._transaction(write=False) as conn:
+                return self._poll_read(conn)
+        except (psycopg.errors.LockNotAvailable, PoolTimeout):
+            return None
+
+    def close(self) -> None:
+        with self._lock:
+            committer, self._committer = self._committer, None
+        if committer is not None and self._committer_pid == os.getpid():
+            committer.close()
+        pool = getattr(self, "_pool", None)
+        if pool is not None and self._pool_pid == os.getpid():
+            pool.close(timeout=5)
+
+    def __enter__(self) -> PostgresBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- migrations ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _schema_version(conn: PGConnection) -> int:
+        if conn.execute("SELECT to_regclass('schema_migrations')").fetchall()[0][0] is None:
+            return 0
+        return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchall()[0][0])
+
+    def _migrate(self, conn: PGConnection, allowed: bool = True) -> None:
+        from server.store.migrations import BACKFILLS, PG_MIGRATIONS, SCHEMA_VERSION
+
+        found = self._schema_version(conn)
+        self._refuse_newer(found)
+        if found == SCHEMA_VERSION:
+            return
+        if found and not allowed:
+            raise SchemaTooOld(f"{self.path} has schema version {found}, older than this callgate's "
+                               f"{SCHEMA_VERSION}: start this release's `callgate serve` once (it migrates the "
+                               "database), then run this command again")
+        conn.execute("BEGIN IMMEDIATE")  # another host's server may be migrating this very moment
+        try:
+            conn.raw.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, "
+                             "description TEXT NOT NULL, applied_at BIGINT NOT NULL)")
+            found = self._schema_version(conn)
+            self._refuse_newer(found)
+            for version, description, script in PG_MIGRATIONS:
+                if version <= found:
+                    continue
+                conn.script(script)
+                if version in BACKFILLS:
+                    BACKFILLS[version](conn)
+                conn.execute("INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+                             (version, description, int(time.time())))
+        except BaseException:
+            conn.raw.execute("ROLLBACK")
+            raise
+        conn.raw.execute("COMMIT")
+
+    def _refuse_newer(self, found: int) -> None:
+        from server.store.migrations import SCHEMA_VERSION
+
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(f"{self.path} has schema version {found}, newer than this callgate knows "
+                               f"({SCHEMA_VERSION}): run the callgate release that migrated it (or a newer one)")
+
+    def quick_check(self, budget_s: float) -> tuple[bool, str]:
+        """PostgreSQL checks its own pages (checksums, WAL); this only proves the schema answers."""
+        self._read("SELECT count(*) FROM schema_migrations", ())
+        return True, ""
+
+    @property
+    def identity(self) -> str:
+        rows = self._read("SELECT id FROM store_identity LIMIT 1", ())
+        return str(rows[0][0]) if rows else ""
+
+
+class PostgresStore(NumbersPart, AccountsPart, SecurityPart, RemovalPart, PostgresBase):
+    """`Store` on one PostgreSQL database, shared by the workers of every host."""
+
+
+name_failures(PostgresStore, STORE_METHODS)
