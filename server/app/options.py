@@ -19,6 +19,7 @@ SPOOL_DIR = "spool"
 class Options:
     listen: str = "127.0.0.1:50051"
     data_dir: Path = Path("data")
+    store: str = ""                   # a postgresql:// URL; "": SQLite in data_dir
     workers: int = 1
     metrics: str = "127.0.0.1:9464"
     metrics_tenants: int = 20
@@ -40,6 +41,11 @@ class Options:
     tls_key: Path | None = None
     client_ca: Path | None = None
     startup_check_s: float = 30.0
+
+
+def store_location(opts: Options) -> str:
+    """What the workers open: --store, or the SQLite file in --data-dir."""
+    return opts.store or str(opts.data_dir / STORE_FILE)
 
 
 def loopback(listen: str) -> bool:
@@ -67,6 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"address to serve gRPC on (default {D.listen}; port 0 picks a free one)")
     parser.add_argument("--data-dir", type=Path, default=D.data_dir,
                         help=f"directory of the SQLite store (created if missing; default ./{D.data_dir})")
+    parser.add_argument("--store", default=D.store, metavar="URL",
+                        help="postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE: the store several hosts share (the "
+                             "workers of every host answer from it); default: SQLite in --data-dir, one host. The "
+                             "data directory still holds the upload spool and document images")
     parser.add_argument("--workers", type=int, default=D.workers,
                         help=f"worker processes sharing the port with SO_REUSEPORT (default {D.workers})")
     parser.add_argument("--metrics", default=D.metrics, metavar="HOST:PORT",
@@ -169,6 +179,9 @@ def options_from(args: argparse.Namespace) -> Options:
     if args.upload_mb_per_s < 0:
         raise ValueError("--upload-mb-per-s must be >= 0 (0: no limit)")
     split_address(args.listen)
+    if args.store and not args.store.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"--store {args.store!r}: give a postgresql://USER@HOST:PORT/DATABASE address (the "
+                         "embedded SQLite store is the default: leave --store out)")
     if args.metrics:
         split_address(args.metrics)
     if not 0 <= args.metrics_tenants <= 1000:
@@ -181,7 +194,8 @@ def options_from(args: argparse.Namespace) -> Options:
                 raise ValueError
         except ValueError:
             raise ValueError(f"--seed-credit {args.seed_credit!r} is not an amount such as 10.00") from None
-    return Options(listen=args.listen, data_dir=args.data_dir, workers=args.workers, metrics=args.metrics,
+    return Options(listen=args.listen, data_dir=args.data_dir, store=args.store, workers=args.workers,
+                   metrics=args.metrics,
                    metrics_tenants=args.metrics_tenants,
                    seed=args.seed, seed_credit=args.seed_credit, poll=args.poll, grace=args.grace,
                    max_message_mb=args.max_message_mb, max_upload_mb=args.max_upload_mb,

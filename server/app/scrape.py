@@ -15,22 +15,22 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.store.accounts import LEDGER_KINDS
 from server.store.api import StoreError
-from server.store.sqlite import SQLiteStore
+from server.store.location import open_store
 
 log = logging.getLogger("callgate.metrics")
 
 
 class StoreCollector(Collector):
-    def __init__(self, path: Path, tenants_cap: int) -> None:
-        self.path, self.tenants_cap = path, tenants_cap
-        self._store: SQLiteStore | None = None
+    def __init__(self, location: str, tenants_cap: int) -> None:
+        self.location, self.tenants_cap = location, tenants_cap
+        self._store: Any = None
         self._lock = threading.Lock()  # scrapes may overlap (one thread per HTTP request)
         self._logged = 0.0
 
@@ -40,7 +40,7 @@ class StoreCollector(Collector):
         try:
             with self._lock:
                 if self._store is None:
-                    self._store = SQLiteStore(self.path, migrate=False)
+                    self._store = open_store(self.location, migrate=False)
                 counts, sizes = self._store.ledger_counts(), self._store.snapshot_sizes()
         except (StoreError, OSError, ValueError) as exc:
             now = time.monotonic()

@@ -7,7 +7,7 @@ import errno
 import logging
 import socket
 
-from server.app.options import SPOOL_DIR, STORE_FILE, Options, split_address
+from server.app.options import SPOOL_DIR, Options, split_address, store_location
 
 log = logging.getLogger("callgate.server")
 
@@ -54,7 +54,7 @@ def prepare_data_dir(opts: Options) -> None:
     """Everything `serve` checks on the data directory before any worker starts (one-line errors)."""
     from engine.cli import CliError
     from server.store.api import NumberTaken, OwnershipConflicts, StoreError
-    from server.store.sqlite import SQLiteStore
+    from server.store.location import open_store
     from server.worker.spool import Spool
 
     try:
@@ -62,7 +62,7 @@ def prepare_data_dir(opts: Options) -> None:
     except OSError as exc:
         raise CliError(f"--data-dir {opts.data_dir}: cannot create it ({exc.strerror})") from None
     try:
-        store = SQLiteStore(opts.data_dir / STORE_FILE)  # create or migrate the store once, before any worker
+        store = open_store(store_location(opts))  # create or migrate the store once, before any worker
         try:
             finished, damaged = store.quick_check(opts.startup_check_s) if opts.startup_check_s else (True, "")
             if damaged:
@@ -99,11 +99,11 @@ def seed(opts: Options) -> None:
     from engine import build, to_micro
     from engine.document_json import loads_document
     from server.store.api import TenantFacts, VersionConflict
-    from server.store.sqlite import SQLiteStore
+    from server.store.location import open_store
 
     assert opts.seed is not None
     built = build(opts.seed.read_bytes())
-    store = SQLiteStore(opts.data_dir / STORE_FILE)
+    store = open_store(store_location(opts))
     try:
         if store.current_versions():
             # a store that holds settings is not new: seeding it again could only hide a loss

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from server.app.logs import setup_logging
-from server.app.options import SPOOL_DIR, STORE_FILE, Options, split_address
+from server.app.options import SPOOL_DIR, Options, split_address, store_location
 from server.app.scrape import StoreCollector, WorkersCollector
 from server.app.startup import bind_problem, check_listen, prepare_data_dir
 from server.app.worker import serve_worker, worker_main
@@ -134,7 +134,7 @@ def metrics_server(opts: Options, multiproc_dir: str | None, workers: WorkersCol
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
-    registry.register(StoreCollector(opts.data_dir / STORE_FILE, opts.metrics_tenants))
+    registry.register(StoreCollector(store_location(opts), opts.metrics_tenants))
     registry.register(workers)
     try:
         start_http_server(port, addr=host, registry=registry)

@@ -27,13 +27,13 @@ from server import metrics
 from server.app.health import STORE as STORE_HEALTH
 from server.app.health import Health
 from server.app.logs import setup_logging
-from server.app.options import SPOOL_DIR, STORE_FILE, Options, auth_enabled, loopback
+from server.app.options import SPOOL_DIR, Options, auth_enabled, loopback, store_location
 from server.rpc.admin import AdminServicer
 from server.rpc.decisions import DecisionsServicer
 from server.rules.billing import PaymentGateway, SandboxGateway
 from server.rules.documents import BlobStore
-from server.store.api import StoreError
-from server.store.sqlite import SQLiteStore
+from server.store.api import Store, StoreError
+from server.store.location import open_store
 from server.worker.compiler import Compiler
 from server.worker.jobs import Jobs, SlowGateway
 from server.worker.spool import Spool
@@ -47,7 +47,7 @@ class Worker:
     """A worker made and bound to its port, not yet serving (`build_worker`)."""
 
     opts: Options
-    store: SQLiteStore
+    store: Store
     compiler: Compiler
     state: State
     server: grpc.aio.Server
@@ -61,7 +61,7 @@ class Worker:
 async def build_worker(opts: Options) -> Worker:
     """Everything a worker serves with, bound to `opts.listen` (CliError when it cannot be)."""
     metrics.start()
-    store = SQLiteStore(opts.data_dir / STORE_FILE)
+    store = open_store(store_location(opts))
     compiler = Compiler(Spool(opts.data_dir / SPOOL_DIR))
     state = State(store, compiler, opts.events)
     limit = opts.max_message_mb * 1024 * 1024
