@@ -48,7 +48,7 @@ def verdict_of(decide: decisions_pb2_grpc.DecisionsStub, caller: str) -> tuple[i
 
 def test_a_push_through_one_host_is_in_force_on_the_other(hosts: tuple[Server, Server]) -> None:
     a, b = hosts
-    decide_a, admin_a = stubs(a)
+    _, admin_a = stubs(a)
     decide_b, _ = stubs(b)
     assert verdict_of(decide_b, BLOCKED)[0] == 1          # b serves what a seeded, from the shared store
     doc = json.loads(EXAMPLE.read_text())
@@ -98,7 +98,7 @@ def test_call_events_across_hosts_are_recorded_and_billed_once(hosts: tuple[Serv
 
 
 def test_a_number_held_through_one_host_is_refused_through_the_other(hosts: tuple[Server, Server]) -> None:
-    a, b = hosts
+    _, b = hosts
     _, admin_b = stubs(b)
     beta = example_doc("beta")   # acme's own numbers, pushed as another tenant's through the other host
     with pytest.raises(grpc.RpcError) as err:
