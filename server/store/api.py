@@ -240,6 +240,9 @@ class Poll:
     balances: dict[str, int]      # micro-units; tenants without ledger entries are absent (0)
     documents: dict[str, int]     # a counter per tenant, bumped by every document upload or review
     reserved: dict[str, int] = field(default_factory=dict)  # micro-units held by the tenant's open calls
+    # the tenants whose version, balance or documents changed since this store's previous poll (the change
+    # feed); None: look at every tenant (the first poll, or the feed's rows were pruned before they were read)
+    changed: frozenset[str] | None = None
 
     def available(self, tenant: str) -> int:
         """What the tenant may still spend: its balance less what its calls in progress hold."""
@@ -377,6 +380,11 @@ class Store(Protocol):
     # -- settings ----------------------------------------------------------
     def current_versions(self) -> dict[str, int]:
         """Tenant -> version in force, for every tenant.  Cheap: workers poll it."""
+        ...
+
+    def prune_changes(self, keep: int = 100_000) -> int:
+        """Delete the change feed's rows but the newest `keep` (a worker that had not read them reads every
+        tenant again); returns how many went."""
         ...
 
     def snapshot_sizes(self) -> dict[str, tuple[int, int]]:

@@ -92,15 +92,67 @@ class StoreBase:
     def _grouped(self, fn: Callable[[Any], T]) -> T:
         return self._submit(fn).result()
 
-    @staticmethod
-    def _poll_read(conn: Conn) -> Poll:
-        """Versions, balances, document counters and holds, inside the caller's read transaction."""
-        versions = {str(t): int(v) for t, v in conn.execute('SELECT tenant, version FROM "current"').fetchall()}
-        balances, documents, reserved = {}, {}, {}
-        for t, b, d, r in conn.execute("SELECT tenant, balance_micro, documents, reserved_micro FROM accounts"
-                                       ).fetchall():
-            balances[t], documents[t], reserved[t] = int(b), int(d), int(r)
-        return Poll(versions, balances, documents, reserved)
+    # the change feed as this process last read it: (last seq, versions, balances, documents, reserved)
+    _feed: tuple[int, dict[str, int], dict[str, int], dict[str, int], dict[str, int]] | None = None
+
+    def _poll_read(self, conn: Conn) -> Poll:
+        """Versions, balances, document counters and holds, brought up to date from the change feed (the
+        `changes` rows after the last one read: O(changes)), inside the caller's read transaction."""
+        upto = int(conn.execute("SELECT upto FROM changes_pruned").fetchall()[0][0])
+        top = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchall()[0][0])
+        feed = self._feed
+        if feed is None or upto > feed[0]:   # the first read, or rows this process had not read were pruned
+            versions = {str(t): int(v) for t, v in conn.execute('SELECT tenant, version FROM "current"').fetchall()}
+            balances, documents, reserved = {}, {}, {}
+            for t, b, d, r in conn.execute("SELECT tenant, balance_micro, documents, reserved_micro FROM accounts"
+                                           ).fetchall():
+                balances[t], documents[t], reserved[t] = int(b), int(d), int(r)
+            self._feed = (top, versions, balances, documents, reserved)
+            return Poll(versions, balances, documents, reserved, changed=None)
+        last, versions, balances, documents, reserved = feed
+        if top == last:
+            return Poll(versions, balances, documents, reserved, changed=frozenset())
+        tenants = sorted({str(t) for (t,) in conn.execute("SELECT DISTINCT tenant FROM changes WHERE seq > ?",
+                                                          (last,)).fetchall()})
+        for i in range(0, len(tenants), 500):
+            chunk = tenants[i:i + 500]
+            marks = ", ".join("?" * len(chunk))
+            found = dict(conn.execute(f'SELECT tenant, version FROM "current" WHERE tenant IN ({marks})',
+                                      chunk).fetchall())
+            accounts = {t: (b, d, r) for t, b, d, r in conn.execute(
+                f"SELECT tenant, balance_micro, documents, reserved_micro FROM accounts WHERE tenant IN ({marks})",
+                chunk).fetchall()}
+            for tenant in chunk:
+                if tenant in found:
+                    versions[tenant] = int(found[tenant])
+                else:
+                    versions.pop(tenant, None)
+                if tenant in accounts:
+                    b, d, r = accounts[tenant]
+                    balances[tenant], documents[tenant], reserved[tenant] = int(b), int(d), int(r)
+                else:
+                    for held in (balances, documents, reserved):
+                        held.pop(tenant, None)
+        self._feed = (top, versions, balances, documents, reserved)
+        return Poll(versions, balances, documents, reserved, changed=frozenset(tenants))
+
+    def _unchanged(self) -> Poll | None:
+        """The feed as last read, nothing changed (None before the first read)."""
+        if self._feed is None:
+            return None
+        _, versions, balances, documents, reserved = self._feed
+        return Poll(versions, balances, documents, reserved, changed=frozenset())
+
+    def prune_changes(self, keep: int = 100_000) -> int:
+        """Delete the change feed's rows but the newest `keep`; returns how many went."""
+        with self._transaction(write=True) as conn:
+            top = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchall()[0][0])
+            upto = top - keep
+            if upto <= int(conn.execute("SELECT upto FROM changes_pruned").fetchall()[0][0]):
+                return 0
+            gone = int(conn.execute("DELETE FROM changes WHERE seq <= ?", (upto,)).rowcount)
+            conn.execute("UPDATE changes_pruned SET upto = ?", (upto,))
+            return gone
 
 
 @dataclass(eq=False)
@@ -132,7 +184,7 @@ class SQLiteBase(StoreBase):
         self._generation = 0
         self._poll_conn: sqlite3.Connection | None = None
         self._poll_pid = 0
-        self._poll_seen: tuple[int, Poll] | None = None
+        self._poll_seen: int | None = None   # PRAGMA data_version at the last feed read
         self._committer: GroupCommitter | None = None
         self._committer_pid = 0
         self.faults = Faults(self.path, self._locate_damage)
@@ -301,8 +353,8 @@ class SQLiteBase(StoreBase):
             conn = self._poll_conn
         try:
             seen = conn.execute("PRAGMA data_version").fetchone()[0]
-            if self._poll_seen is not None and seen == self._poll_seen[0]:
-                return self._poll_seen[1]
+            if self._poll_seen == seen:
+                return self._unchanged()
             conn.execute("BEGIN")
             try:
                 result = self._poll_read(conn)
@@ -312,7 +364,7 @@ class SQLiteBase(StoreBase):
             if self._busy(exc) is not None:
                 return None
             raise
-        self._poll_seen = (seen, result)
+        self._poll_seen = seen
         return result
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:

@@ -53,6 +53,7 @@ T = TypeVar("T")
 
 WRITE_LOCK = 0x63616C6C  # "call": the advisory lock every write transaction takes first
 CONNECT_TIMEOUT_S = 5
+FEED_CHECK_S = 2.0   # the feed is read this often even without a NOTIFY (belt and braces: none is expected lost)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -112,6 +113,9 @@ class PostgresBase(StoreBase):
         self._committer: GroupCommitter | None = None
         self._committer_pid = 0
         self._pool_pid = os.getpid()
+        self._listener: psycopg.Connection[Any] | None = None
+        self._listener_pid = 0
+        self._feed_at = 0.0
         self._pool = self._open_pool(pool_size)
         try:
             with self._pool.connection(timeout=CONNECT_TIMEOUT_S * 2) as raw:
@@ -184,20 +188,58 @@ class PostgresBase(StoreBase):
                              f"({exc}); try again")
         return None
 
+    # a worker's poll blocks on the network when the feed has news: it is run in a thread (worker.state)
+    poll_blocks = True
+
     def poll(self) -> Poll | None:
-        # PostgreSQL has no data_version: every tick reads the versions and the accounts (O(tenants)); a
-        # change feed (LISTEN/NOTIFY) will make it O(changes)
+        """The change feed, read when a NOTIFY said it moved (or the listening connection was opened again:
+        whatever was committed meanwhile is in the feed), and at least every FEED_CHECK_S in any case."""
+        news = self._listen()
+        if not news and self._feed is not None and time.monotonic() - self._feed_at < FEED_CHECK_S:
+            return self._unchanged()
+        if not news:
+            self._ping_listener()  # a listener cut without a word hears nothing: found here, opened again
         try:
             with self._transaction(write=False) as conn:
-                return self._poll_read(conn)
+                result = self._poll_read(conn)
         except (psycopg.errors.LockNotAvailable, PoolTimeout):
             return None
+        self._feed_at = time.monotonic()
+        return result
+
+    def _ping_listener(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        try:
+            listener.execute("SELECT 1")
+        except psycopg.Error:
+            listener.close()
+            self._listen()
+
+    def _listen(self) -> bool:
+        """Drain the notifications of the feed's listening connection; True when there were some, or when the
+        connection was (re)opened (then notifications may have been missed: the feed must be read)."""
+        listener = self._listener
+        if listener is not None and self._listener_pid == os.getpid() and not listener.closed:
+            try:
+                return any(True for _ in listener.notifies(timeout=0))
+            except psycopg.Error:
+                listener.close()
+        self._listener = None
+        listener = psycopg.connect(self.dsn, **self._options())
+        listener.execute("LISTEN callgate_changes")
+        self._listener, self._listener_pid = listener, os.getpid()
+        return True
 
     def close(self) -> None:
         with self._lock:
             committer, self._committer = self._committer, None
         if committer is not None and self._committer_pid == os.getpid():
             committer.close()
+        listener, self._listener = getattr(self, "_listener", None), None
+        if listener is not None and self._listener_pid == os.getpid():
+            listener.close()
         pool = getattr(self, "_pool", None)
         if pool is not None and self._pool_pid == os.getpid():
             pool.close(timeout=5)

@@ -28,6 +28,7 @@ from server.store.api import Store, TopupPolicy
 log = logging.getLogger("callgate.jobs")
 
 MAX_TOPUP_ATTEMPTS = 8
+PRUNE_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class Jobs:
         self.store, self.snapshots, self.gateway, self.options = store, snapshots, gateway, options
         self._next_expire = 0.0
         self._next_rentals = 0.0
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
         self._rental_versions: dict[str, int] = {}
 
     async def tick(self) -> None:
@@ -99,6 +101,9 @@ class Jobs:
         if now >= self._next_expire:
             self._next_expire = now + self.options.expire_every_s
             await asyncio.to_thread(self.expire)
+        if now >= self._next_prune:  # the change feed keeps its newest rows only (a lagging worker reads all)
+            self._next_prune = now + PRUNE_EVERY_S
+            await asyncio.to_thread(self.store.prune_changes)
         versions = {tenant: snap.version for tenant, snap in self.snapshots.items()}
         if now >= self._next_rentals or versions != self._rental_versions:  # new settings may add rentals
             self._next_rentals = now + self.options.rentals_every_s

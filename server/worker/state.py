@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 
 from engine.engine import Engine
 from engine.snapshot import loads, with_documents
@@ -35,6 +36,7 @@ class State:
         # watcher leaves them alone (else it loads the same big snapshot a second time)
         self.installing: set[str] = set()
         self.failed: dict[str, tuple[int, float]] = {}  # tenant -> (version that failed to install, retry after)
+        self.recheck: set[str] = set()  # tenants the next refresh looks at whatever the store's feed says
 
     async def install_blob(self, tenant: str, version: int, blob: bytes) -> None:
         # loads() parses container headers and builds the lookup indexes, mostly without the GIL
@@ -72,38 +74,68 @@ class State:
     async def refresh(self) -> list[tuple[str, int]]:
         """Bring every tenant to the version in force in the store; returns what changed.
 
-        The check itself runs in the event loop (microseconds, never waits on
-        a lock); only a changed tenant costs thread work (fetching and loading
-        its snapshot).
+        The store's poll says which tenants changed since the last one (its
+        change feed), so a tick costs what changed, not what there is: at
+        rest, a SQLite poll is one pragma and a PostgreSQL poll a look at the
+        notifications already received.  A PostgreSQL poll that has news to
+        read goes to a thread (a network round trip); only a changed tenant
+        costs thread work (fetching and loading its snapshot).
         """
-        poll = self.store.poll()
+        if getattr(self.store, "poll_blocks", False):
+            poll = await asyncio.to_thread(self.store.poll)
+        else:
+            poll = self.store.poll()
         if poll is None:  # the store is busy this instant: try at the next tick
             return []
+        if poll.changed is None:   # look at everyone
+            scope: set[str] | None = None
+            tenants: Iterable[str] = set(poll.versions) | set(self.engine.snapshots) | set(poll.balances)
+        else:                      # what changed, and what this worker must look at again
+            scope = set(poll.changed) | self.recheck
+            tenants = scope
+        self.recheck = set()
         # Tenants removed from the store (Admin.RemoveTenant through any worker) leave this one now: done before
         # any await, so a tenant this worker has just pushed (committed, installed, no longer `installing`) is
         # in the poll it is compared with.
-        for tenant in [t for t in self.engine.snapshots if t not in poll.versions and t not in self.installing]:
+        for tenant in [t for t in tenants if t in self.engine.snapshots and t not in poll.versions]:
+            if tenant in self.installing:
+                self.recheck.add(tenant)
+                continue
             self.forget(tenant)
             log.info("tenant %s removed: no longer answered here", tenant,
                      extra={"event": "tenant_forgotten", "tenant": tenant})
-        self.balances = {t: poll.available(t) for t in poll.balances.keys() | poll.reserved.keys()}
-        for tenant, counter in poll.documents.items():
+        if scope is None:
+            self.balances = {t: poll.available(t) for t in poll.balances.keys() | poll.reserved.keys()}
+        else:
+            for tenant in scope:
+                if tenant in poll.balances or tenant in poll.reserved:
+                    self.balances[tenant] = poll.available(tenant)
+                else:
+                    self.balances.pop(tenant, None)
+        for tenant in [t for t in tenants if t in poll.documents]:
+            counter = poll.documents[tenant]
             if self.documents.get(tenant) != counter:
                 await self.apply_documents(tenant)
                 self.documents[tenant] = counter
         changed = []
         now = time.monotonic()
-        for tenant, version in poll.versions.items():
+        for tenant in [t for t in tenants if t in poll.versions]:
+            version = poll.versions[tenant]
             current = self.engine.get(tenant)
-            if (current is not None and current.version >= version) or tenant in self.installing:
+            if current is not None and current.version >= version:
+                continue
+            if tenant in self.installing:  # this worker installs it itself; a newer one may come meanwhile
+                self.recheck.add(tenant)
                 continue
             failed = self.failed.get(tenant)
             if failed is not None and failed[0] == version and now < failed[1]:
+                self.recheck.add(tenant)
                 continue  # this version failed to install a moment ago: not on every tick
             try:
                 await self._install_version(tenant, version)
             except Exception as exc:  # one tenant's trouble never stops the others from being brought up to date
                 self.failed[tenant] = (version, now + 5.0)
+                self.recheck.add(tenant)
                 if failed is None or failed[0] != version:
                     log.error("tenant %s version %s cannot be installed: %s", tenant, version, exc,
                               exc_info=not isinstance(exc, StoreError),
