@@ -67,6 +67,9 @@ def requests(draw: Any, now: int) -> list[tuple[str, Any]]:
         ("ListAudit", admin_pb2.ListAuditRequest()),
         ("ListTokens", admin_pb2.ListTokensRequest()),
         ("Card", admin_pb2.CardRequest(tenant="acme")),
+        # a dry run: the store checks everything and removes nothing (the other requests need acme)
+        ("RemoveTenant", admin_pb2.RemoveTenantRequest(tenant="acme", confirm="acme", dry_run=True,
+                                                       force=draw(st.booleans()))),
     ]
 
 
