@@ -22,9 +22,11 @@ BLOCKED = "+12125550999"
 
 
 @pytest.fixture
-def hosts(tmp_path: Path, pg_cluster: PrivateCluster) -> Iterator[tuple[Server, Server]]:
+def hosts(request: pytest.FixtureRequest, tmp_path: Path, pg_cluster: PrivateCluster
+          ) -> Iterator[tuple[Server, Server]]:
+    """Host a (two workers, seeding acme with an opening credit: 10.00 unless the test says) and host b."""
     dsn = pg_database(pg_cluster)
-    a = Server(tmp_path / "a", "--store", dsn, workers=2, seed_credit="10.00")
+    a = Server(tmp_path / "a", "--store", dsn, workers=2, seed_credit=getattr(request, "param", "10.00"))
     b = None
     try:
         b = Server(tmp_path / "b", "--store", dsn, seed=None)
@@ -105,3 +107,27 @@ def test_a_number_held_through_one_host_is_refused_through_the_other(hosts: tupl
         admin_b.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(beta).encode()), timeout=30)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "+14155550199" in err.value.details()
+
+
+@pytest.mark.parametrize("hosts", ["5.10"], indirect=True)
+def test_a_top_up_due_is_charged_once_by_the_workers_of_both_hosts(hosts: tuple[Server, Server]) -> None:
+    a, b = hosts
+    decide_a, admin_a = stubs(a)
+    admin_a.Card(admin_pb2.CardRequest(tenant="acme", number="4242424242424242", exp_month=12, exp_year=2040),
+                 timeout=10)
+    # 5.10 seeded; the call's credit hold takes the available credit below the threshold (the next renewal, at
+    # least 4.50): a top-up opens, and the three workers of the two hosts all look for due top-ups every tick
+    now = int(time.time())
+    decide_a.CallEvent(EV(tenant="acme", call_id="t1", kind=EV.RINGING, user="u3", at=now, direction="outbound",
+                          called="+12125550100"), timeout=10)
+
+    def topped_up() -> bool:
+        ledger = admin_a.ListLedger(admin_pb2.LedgerRequest(tenant="acme"), timeout=10)
+        return any(e.kind == "topup" for e in ledger.entries)
+
+    wait_for(topped_up, timeout=20)
+    time.sleep(1.0)   # every worker has had several more ticks to charge it again
+    ledger = admin_a.ListLedger(admin_pb2.LedgerRequest(tenant="acme"), timeout=10)
+    assert [e.kind for e in ledger.entries].count("topup") == 1
+    charged = [e for e in a.events("topup") + b.events("topup") if e.get("msg") == "auto top-up charged"]
+    assert len(charged) == 1
