@@ -46,6 +46,7 @@ class Engine:
     def __init__(self) -> None:
         self._snapshots: dict[str, CoreSnapshot] = {}
         self._view: Mapping[str, CoreSnapshot] = MappingProxyType(self._snapshots)
+        self.generation = 0  # moves on every install and removal: "has anything changed?" without a walk
 
     @property
     def snapshots(self) -> Mapping[str, CoreSnapshot]:
@@ -60,10 +61,12 @@ class Engine:
     def install(self, snapshot: CoreSnapshot) -> None:
         """Put a compiled snapshot in force for its tenant (atomic)."""
         self._snapshots[snapshot.tenant] = snapshot
+        self.generation += 1
 
     def remove(self, tenant: str) -> CoreSnapshot | None:
         """Take a tenant's snapshot out of force (atomic: a decision that looked it up before finishes on it,
         later ones find no tenant); returns it, or None if there was none."""
+        self.generation += 1
         return self._snapshots.pop(tenant, None)
 
     def push(self, settings: Settings, version: int, approved: Iterable[str] = ()) -> CoreSnapshot:

@@ -92,7 +92,8 @@ async def build_worker(opts: Options) -> Worker:
     gateway: PaymentGateway = SandboxGateway(store)
     if opts.jobs.gateway_latency_s:
         gateway = SlowGateway(gateway, opts.jobs.gateway_latency_s)
-    background = Jobs(store, state.engine.snapshots, gateway, opts.jobs)
+    engine = state.engine
+    background = Jobs(store, engine.snapshots, gateway, opts.jobs, lambda: engine.generation)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (decisions_pb2.DESCRIPTOR.services_by_name["Decisions"].full_name,
@@ -148,6 +149,7 @@ async def run_worker(w: Worker, ready: Any = None) -> None:
         loop.add_signal_handler(sig, stopping.set)
 
     async def watch() -> None:
+        next_spool_check = 0.0
         while not stopping.is_set():
             try:
                 changed = await state.refresh()
@@ -155,7 +157,9 @@ async def run_worker(w: Worker, ready: Any = None) -> None:
                     log.info("version installed", extra={"event": "installed", "tenant": tenant, "version": version})
                 metrics.VERSIONS_BEHIND.set(len(state.failed))
                 metrics.TENANTS.set(len(state.engine.snapshots))
-                metrics.SPOOL_BYTES.set(compiler.spool.bytes_of_mine())
+                if loop.time() >= next_spool_check:  # a directory listing: every few seconds is enough
+                    next_spool_check = loop.time() + 5.0
+                    metrics.SPOOL_BYTES.set(compiler.spool.bytes_of_mine())
                 metrics.flush()
             except StoreError:  # counted, logged (once per interval) and shown by health by the store itself
                 pass

@@ -16,7 +16,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,12 +87,15 @@ class SlowGateway:
 
 class Jobs:
     def __init__(self, store: Store, snapshots: Mapping[str, CoreSnapshot], gateway: billing.PaymentGateway,
-                 options: JobOptions) -> None:
+                 options: JobOptions, generation: Callable[[], int] | None = None) -> None:
         self.store, self.snapshots, self.gateway, self.options = store, snapshots, gateway, options
+        # what moves when a snapshot is installed or removed (Engine.generation); without it, the versions
+        # of every tenant are compared on every tick
+        self._generation = generation or (lambda: hash(tuple((t, s.version) for t, s in snapshots.items())))
         self._next_expire = 0.0
         self._next_rentals = 0.0
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
-        self._rental_versions: dict[str, int] = {}
+        self._rental_generation: int | None = None
 
     async def tick(self) -> None:
         """One round: due top-ups now; expiry and renewals when their interval has passed."""
@@ -104,10 +107,10 @@ class Jobs:
         if now >= self._next_prune:  # the change feed keeps its newest rows only (a lagging worker reads all)
             self._next_prune = now + PRUNE_EVERY_S
             await asyncio.to_thread(self.store.prune_changes)
-        versions = {tenant: snap.version for tenant, snap in self.snapshots.items()}
-        if now >= self._next_rentals or versions != self._rental_versions:  # new settings may add rentals
+        generation = self._generation()
+        if now >= self._next_rentals or generation != self._rental_generation:  # new settings may add rentals
             self._next_rentals = now + self.options.rentals_every_s
-            self._rental_versions = versions
+            self._rental_generation = generation
             await asyncio.to_thread(self.rentals, dt.datetime.now(dt.UTC).date())
 
     # -- top-ups -----------------------------------------------------------------
