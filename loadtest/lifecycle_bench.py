@@ -191,13 +191,30 @@ def replay_check(address: str, tenant: str, samples: list[tuple[str, str, bytes,
     checks.add("replays did not move the balance", before == after, f"{before} -> {after}")
 
 
-def store_checks(db: Path, tenant: str, run_id: str, completed: dict[str, list[str]], failed: list[str],
+class _PostgresReader:
+    """A psycopg connection that reads the checks' SQL (sqlite3's ? placeholders)."""
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+
+        self.raw = psycopg.connect(dsn, autocommit=True)
+
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        return self.raw.execute(sql.replace("?", "%s"), args or None)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def store_checks(db: Path | str, tenant: str, run_id: str, completed: dict[str, list[str]], failed: list[str],
                  leads_said: dict[str, list[str]], credit: str, charge: str, talk_s: int, checks: Checks) -> None:
-    """The server's SQLite file (read-only), against what the replies said."""
+    """The server's store (its SQLite file read-only, or its PostgreSQL database), against what the replies
+    said."""
     ours = f"{run_id}-%"  # run ids are hex and '-': no LIKE wildcard in them
     charge_micro = to_micro(charge)
     inbound, outbound = set(completed["inbound"]), set(completed["outbound"])
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
+    conn: Any = (_PostgresReader(db) if isinstance(db, str) and db.startswith("postgresql://") else
+                 sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0))
     try:
         calls = {row[0]: row[1:] for row in conn.execute(
             "SELECT call_id, direction, state, charge_micro, talked_s FROM calls WHERE tenant = ? AND call_id LIKE ?",
@@ -325,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--store", type=Path, metavar="FILE",
                    help="with --target --push on a server started empty for the bench: its callgate.sqlite, to run "
                         "the store checks on it too (read-only)")
+    g.add_argument("--postgresql", action="store_true",
+                   help="the server the bench starts keeps its store in PostgreSQL (`--store postgresql://...`): a "
+                        "private cluster started for the run (Debian's postgresql) in the system's temporary "
+                        "directory, removed at the end")
     g.add_argument("--data-parent", type=Path, metavar="DIR",
                    help="where the started server's temporary data directory goes (default: the system's temporary "
                         "directory); it must be on the disk you mean to measure, not tmpfs")
@@ -370,6 +391,7 @@ def _main(args: argparse.Namespace) -> int:
         raise SystemExit("--talk-seconds must be at least 1")
     charge = expected_charge(args.talk_seconds)
     server: ServeProcess | None = None
+    pg: Any = None   # loadtest.postgres.PrivateCluster with --postgresql
     whole_calls: RunRecorder | None = None
     tmp: str | None = None
     out: dict[str, Any] = {}
@@ -385,7 +407,14 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"warning: {tmp} is on {fs}: fsync costs nothing there, the figure flatters the server",
                       file=sys.stderr)
             # no seed: the checks need a ledger that holds nothing but the bench's credit and calls
-            server = ServeProcess(Path(tmp), seed=None)
+            store_args: tuple[str, ...] = ()
+            if args.postgresql:
+                from .postgres import PrivateCluster
+
+                pg = PrivateCluster()
+                pg.start()
+                store_args = ("--store", pg.dsn)
+            server = ServeProcess(Path(tmp), *store_args, seed=None)
             address, pid = server.address, server.pid
             print(f"server: {shlex.join(server.command)}  (pid {pid}, {address}; store on {fs})", flush=True)
             setup = admin_setup(address, args.tenant, True, args.credit, 15.0)
@@ -431,12 +460,14 @@ def _main(args: argparse.Namespace) -> int:
             replay_check(address, args.tenant, samples, args.replays, args.seed, 15.0, checks)
         except grpc.RpcError as exc:  # a server that died or refuses: a failed check, not a trace
             checks.add("replay check could run", False, f"{exc.code().name}: {exc.details()}")
-        store = server.store_path if server is not None else args.store
+        store: Path | str | None = server.store_path if server is not None else args.store
+        if pg is not None:
+            store = pg.dsn
         if store is not None:
             try:
                 store_checks(store, args.tenant, spec.run_id, completed, failed, leads_said, args.credit,
                              charge, args.talk_seconds, checks)
-            except sqlite3.Error as exc:
+            except Exception as exc:  # sqlite3's or psycopg's: a failed check, not a trace
                 checks.add(f"store {store} could be read", False, str(exc))
         if server is not None:
             problems = server.problems()
@@ -465,6 +496,9 @@ def _main(args: argparse.Namespace) -> int:
             code = server.stop()
             if code not in (0, None):
                 print(f"note: the server exited with code {code}", file=sys.stderr)
+        if pg is not None:
+            pg.stop()
+            shutil.rmtree(pg.folder, ignore_errors=True)
         if tmp is not None:
             if args.keep_data:
                 print(f"data kept in {tmp}")

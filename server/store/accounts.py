@@ -47,6 +47,11 @@ CALL_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in CALL_COLUMNS.split(", ")
 TOPUP_COLUMNS = ("id, tenant, amount_micro, currency, status, attempts, next_attempt_at, last_reason, gateway_ref, "
                  "trigger, created_at")
 LEDGER_KINDS = ("call", "rental", "topup", "credit")
+ACCOUNT_SQL = "SELECT balance_micro, reserved_micro FROM accounts WHERE tenant = ?"
+
+
+def _account_of(row: Any) -> Account:
+    return Account(int(row[0]), int(row[1])) if row else Account()
 
 
 def _call(row: Any) -> Call:
@@ -74,26 +79,32 @@ class AccountsPart(StoreBase):
         _check_str("call_id", call_id)
 
         def write(conn: Conn) -> Reply:
-            row = conn.execute("SELECT \"user\", reply FROM call_events WHERE tenant = ? AND call_id = ? AND key = ?",
-                               (tenant, call_id, event.key)).fetchone()
-            if row is not None:
-                check_replay(event, row[0], call_id)
-                return Reply.from_json(row[1])
-            found = conn.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE tenant = ? AND call_id = ?",
-                                 (tenant, call_id)).fetchone()
-            outcome = rules(_call(found) if found else None, self._account(conn, tenant))
+            # the three reads sent at once (one round trip on a pipelined PostgreSQL connection)
+            replay = conn.execute("SELECT \"user\", reply FROM call_events WHERE tenant = ? AND call_id = ? "
+                                  "AND key = ?", (tenant, call_id, event.key))
+            call = conn.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE tenant = ? AND call_id = ?",
+                                (tenant, call_id))
+            account = conn.execute(ACCOUNT_SQL, (tenant,))
+            # read to the end, all three: a statement left unfinished keeps SQLite's read lock past the commit
+            replayed, calls, accounts = replay.fetchall(), call.fetchall(), account.fetchall()
+            if replayed:
+                check_replay(event, replayed[0][0], call_id)
+                return Reply.from_json(replayed[0][1])
+            account_now = _account_of(accounts[0] if accounts else None)
+            outcome = rules(_call(calls[0]) if calls else None, account_now)
             now = int(time.time())
             conn.execute("INSERT INTO call_events (tenant, call_id, key, kind, \"user\", at, reply, recorded_at) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (tenant, call_id, event.key, event.kind, event.user, event.at, outcome.reply.to_json(), now))
-            self._settle(conn, outcome, event.kind, currency, topup, now)
+            self._settle(conn, outcome, event.kind, currency, topup, now, account_now)
             return outcome.reply
 
         return self._submit(write)
 
     def _settle(self, conn: Conn, outcome: Outcome, kind: str, currency: str,
-                topup: TopupPolicy | None, now: int) -> None:
-        """Write an outcome's call, its hold, its charge and its lead (inside the caller's write)."""
+                topup: TopupPolicy | None, now: int, account: Account | None = None) -> None:
+        """Write an outcome's call, its hold, its charge and its lead (inside the caller's write); `account`: the
+        tenant's account as this write read it (None: read it when needed)."""
         c = outcome.call
         conn.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * N_CALL_COLUMNS)}) "
                      f"ON CONFLICT (tenant, call_id) DO UPDATE SET {CALL_UPDATES}",
@@ -102,9 +113,11 @@ class AccountsPart(StoreBase):
                       c.rate_micro, c.increment_s, c.talked_s, c.charge_micro, c.last_at, c.updated_at,
                       c.reserved_micro, c.reserved_s, c.outcome, c.caller_raw, c.called_raw))
         if outcome.hold_micro:
-            self._hold(conn, c.tenant, outcome.hold_micro, topup, f"hold:{c.call_id}", now)
+            self._hold(conn, c.tenant, outcome.hold_micro, topup, f"hold:{c.call_id}", now, account)
+            if account is not None:
+                account = Account(account.balance_micro, account.reserved_micro + outcome.hold_micro)
         if outcome.charge_micro:
-            self._ledger(conn, c.tenant, "call", -outcome.charge_micro, c.call_id, currency, topup, now)
+            self._ledger(conn, c.tenant, "call", -outcome.charge_micro, c.call_id, currency, topup, now, account)
         if outcome.reply.create_lead:
             conn.execute("INSERT INTO leads (tenant, call_id, responsible, trigger, created_at, unassigned) "
                          "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -113,13 +126,12 @@ class AccountsPart(StoreBase):
 
     @staticmethod
     def _account(conn: Conn, tenant: str) -> Account:
-        row = conn.execute("SELECT balance_micro, reserved_micro FROM accounts WHERE tenant = ?", (tenant,)).fetchone()
-        return Account(int(row[0]), int(row[1])) if row else Account()
+        return _account_of(conn.execute(ACCOUNT_SQL, (tenant,)).fetchone())
 
     def _hold(self, conn: Conn, tenant: str, change: int, topup: TopupPolicy | None, trigger: str,
-              now: int) -> None:
+              now: int, account: Account | None = None) -> None:
         """Change the credit held by the tenant's open calls; a new hold may cross the top-up threshold."""
-        before = self._account(conn, tenant)
+        before = account if account is not None else self._account(conn, tenant)
         conn.execute("INSERT INTO accounts (tenant, reserved_micro) VALUES (?, ?) ON CONFLICT (tenant) "
                      "DO UPDATE SET reserved_micro = accounts.reserved_micro + excluded.reserved_micro",
                      (tenant, change))
@@ -173,20 +185,22 @@ class AccountsPart(StoreBase):
     # -- money -----------------------------------------------------------------
 
     def _ledger(self, conn: Conn, tenant: str, kind: str, amount: int, ref: str, currency: str,
-                topup: TopupPolicy | None, now: int) -> bool:
-        """One ledger entry and the balance that follows it; opens a top-up on a crossing."""
-        row = conn.execute("SELECT balance_micro FROM accounts WHERE tenant = ?", (tenant,)).fetchone()
-        before = int(row[0]) if row else 0
+                topup: TopupPolicy | None, now: int, account: Account | None = None) -> bool:
+        """One ledger entry and the balance that follows it; opens a top-up on a crossing.  `account`: the
+        tenant's account as the caller's write knows it (each read saved is a round trip to PostgreSQL)."""
+        if account is None:
+            account = self._account(conn, tenant)
+        before = account.balance_micro
         after = before + amount
         cursor = conn.execute("INSERT INTO ledger (tenant, kind, amount_micro, ref, created_at, currency, "
-                              "balance_micro) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                              "balance_micro) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
                               (tenant, kind, amount, ref, now, currency, after))
-        if cursor.rowcount != 1:
+        if not cursor.fetchall():   # read to the end: the statement is finished, not left open
             return False  # this (kind, ref) was entered before: a retry changes nothing
         conn.execute("INSERT INTO accounts (tenant, balance_micro) VALUES (?, ?) "
                      "ON CONFLICT (tenant) DO UPDATE SET balance_micro = excluded.balance_micro", (tenant, after))
         if topup is not None:  # the threshold is on the available credit: what calls in progress hold is spent
-            held = self._account(conn, tenant).reserved_micro
+            held = account.reserved_micro
             if crossed(before - held, after - held, topup.threshold_micro):
                 self._open_topup(conn, tenant, topup, f"{kind}:{ref}", now)
         return True

@@ -95,7 +95,15 @@ class GroupCommitter:
 
     def _commit(self, conn: Any,
                 batch: list[tuple[Callable[[Any], Any], Future[Any]]]) -> bool:
-        """Run and commit one batch; False when the connection could not even roll back (open a new one)."""
+        """Run and commit one batch; False when the connection could not even roll back (open a new one).
+
+        On a pipelined connection (PostgreSQL: `conn.sync`, `conn.db_error`) a
+        write's statements are not waited for one by one: a database error can
+        then surface in the next write's read or at COMMIT, where it cannot be
+        told whose it is.  Such a batch is rolled back whole and its writes run
+        again one transaction each, where every error is the write's own.
+        """
+        pipelined = getattr(conn, "db_error", None)
         results: list[tuple[Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -104,6 +112,8 @@ class GroupCommitter:
                 try:
                     value = fn(conn)
                 except BaseException as exc:
+                    if pipelined is not None and len(batch) > 1 and pipelined(exc):
+                        raise _Unattributed from exc
                     if not conn.in_transaction:  # a full disk or I/O error rolled the whole batch back: its error
                         raise
                     # this write only: its own changes go, the batch goes on
@@ -115,13 +125,16 @@ class GroupCommitter:
                 results.append((future, True, value))
             conn.execute("COMMIT")
         except BaseException as exc:
-            usable = True
-            if conn.in_transaction:
+            usable = not getattr(conn, "broken", lambda: False)()   # a lost server connection: open a new one
+            if usable and conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
                 except Exception:  # a failing disk, a lost server connection: open a new one
                     usable = False
-            self._fail(batch, exc)      # nothing of the batch was acknowledged
+            if usable and pipelined is not None and len(batch) > 1 and (
+                    isinstance(exc, _Unattributed) or pipelined(exc)):
+                return all([self._commit(conn, [item]) for item in batch])  # each write on its own
+            self._fail(batch, (exc.__cause__ or exc) if isinstance(exc, _Unattributed) else exc)
             return usable
         for future, ok, value in results:  # only now, after the fsync: acknowledged means durable
             if ok:
@@ -129,3 +142,7 @@ class GroupCommitter:
             else:
                 future.set_exception(value)
         return True
+
+
+class _Unattributed(Exception):
+    """A database error met by a write of a pipelined batch, perhaps an earlier write's."""

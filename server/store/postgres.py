@@ -26,6 +26,7 @@ How the SQLite semantics carry over:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -52,6 +53,7 @@ from server.store.security import SecurityPart
 T = TypeVar("T")
 
 WRITE_LOCK = 0x63616C6C  # "call": the advisory lock every write transaction takes first
+NOTIFY_SQL = "SELECT pg_notify('callgate_changes', (SELECT COALESCE(max(seq), 0)::text FROM changes))"
 CONNECT_TIMEOUT_S = 5
 FEED_CHECK_S = 2.0   # the feed is read this often even without a NOTIFY (belt and braces: none is expected lost)
 
@@ -72,16 +74,49 @@ class PGConnection:
     returns a cursor (fetchone, fetchall, rowcount), `in_transaction`, and `BEGIN IMMEDIATE` / `BEGIN` as the
     SQLite store means them (the write lock; one snapshot)."""
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+    def __init__(self, raw: psycopg.Connection[Any], pipelined: bool = False) -> None:
         self.raw = raw
+        self._writing = False   # inside a BEGIN IMMEDIATE transaction
+        self._began = False     # inside a transaction begun here
+        # Pipeline mode (the group commit's connection): a statement whose result nobody reads yet is sent
+        # without waiting for the one before, so a call event costs a round trip per read it needs, not one per
+        # statement; COMMIT waits for them all (`sync`) and raises what failed (server/store/group.py).
+        self._pipeline: Any = None
+        if pipelined and psycopg.Pipeline.is_supported():
+            self._pipeline_cm = raw.pipeline()
+            self._pipeline = self._pipeline_cm.__enter__()
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         if sql == "BEGIN IMMEDIATE":
+            self._writing = self._began = True
             self.raw.execute("BEGIN")
             return self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
         if sql == "BEGIN":
+            self._began = True
             return self.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        return self.raw.execute(pg_sql(sql), tuple(args) if args else None)
+        if sql == "COMMIT" and self._writing:
+            # the feed's listeners hear of it once per write transaction (NOTIFY is delivered at commit)
+            self.raw.execute(NOTIFY_SQL)
+        if sql.startswith(("COMMIT", "ROLLBACK")) and not sql.startswith("ROLLBACK TO"):
+            self._writing = self._began = False
+        cursor = self.raw.execute(pg_sql(sql), tuple(args) if args else None)
+        if self._pipeline is not None and sql.startswith(("COMMIT", "ROLLBACK")):
+            self.sync()   # acknowledged means committed: never answer before the server said so
+        return cursor
+
+    def broken(self) -> bool:
+        """The connection is lost (the server restarted, the network cut): it must be opened again."""
+        return bool(self.raw.closed) or self.raw.info.status == pq.ConnStatus.BAD
+
+    @staticmethod
+    def db_error(exc: BaseException) -> bool:
+        """Is `exc` the database's (whose, in pipeline mode, may be an earlier statement's)?"""
+        return isinstance(exc, psycopg.Error)
+
+    def sync(self) -> None:
+        """Wait for every statement sent; raise the first that failed (pipeline mode; else nothing to do)."""
+        if self._pipeline is not None:
+            self._pipeline.sync()
 
     def executemany(self, sql: str, rows: Any) -> psycopg.Cursor[Any]:
         cursor = self.raw.cursor()
@@ -94,9 +129,15 @@ class PGConnection:
 
     @property
     def in_transaction(self) -> bool:
+        if self._pipeline is not None:  # libpq's status lags the statements sent and not yet synced
+            return self._began and not self.raw.closed
         return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
 
     def close(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline = None
+            with contextlib.suppress(Exception):  # a connection already lost has nothing left to send
+                self._pipeline_cm.__exit__(None, None, None)
         self.raw.close()
 
 
@@ -141,7 +182,8 @@ class PostgresBase(StoreBase):
         return pool
 
     def _connect(self) -> PGConnection:
-        return PGConnection(psycopg.connect(self.dsn, **self._options()))
+        """The group commit's connection, in pipeline mode."""
+        return PGConnection(psycopg.connect(self.dsn, **self._options()), pipelined=True)
 
     @contextmanager
     def _connection(self) -> Iterator[PGConnection]:
@@ -165,9 +207,9 @@ class PostgresBase(StoreBase):
                 yield conn
             except BaseException:
                 if conn.in_transaction:
-                    conn.raw.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
                 raise
-            conn.raw.execute("COMMIT")
+            conn.execute("COMMIT")
 
     def _submit(self, fn: Callable[[Any], T]) -> Future[T]:
         pid = os.getpid()
