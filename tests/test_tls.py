@@ -77,15 +77,17 @@ def test_load_test_speaks_tls_and_tokens(ca: Path, tmp_path: Path, capsys) -> No
     token = capsys.readouterr().out.strip()
     srv = Server(data, "--auth", "tokens", "--tls-cert", str(ca / "server.pem"), "--tls-key", str(ca / "server.key"))
     try:
+        # the owner's run leaves its tenant (--keep, a known prefix) for the proxy's run below
         code = harness.main(["--target", srv.address, "--tls-ca", str(ca / "ca.pem"), "--token", token,
                              "--tenants", "1", "--numbers", "10", "--blacklist", "200", "--requests", "300",
-                             "--open-loop", "200", "--duration", "1", "--warmup", "0.2"])
+                             "--open-loop", "200", "--duration", "1", "--warmup", "0.2", "--prefix", "tls-",
+                             "--keep"])
         out = capsys.readouterr().out
         assert code == 0, out
         assert "wrong answers: 0 of" in out
         code = harness.main(["--target", srv.address, "--tls-ca", str(ca / "ca.pem"), "--tenants", "1",
                              "--numbers", "10", "--blacklist", "200", "--requests", "300", "--no-push",
-                             "--open-loop", "100", "--duration", "0.5", "--warmup", "0"])
+                             "--prefix", "tls-", "--open-loop", "100", "--duration", "0.5", "--warmup", "0"])
         out = capsys.readouterr().out
         assert "UNAUTHENTICATED" in out                        # without the token every call is refused
         assert main(["--server", srv.address, "--tls-ca", str(ca / "ca.pem"), "--token", token, "tokens", "create",
@@ -93,8 +95,8 @@ def test_load_test_speaks_tls_and_tokens(ca: Path, tmp_path: Path, capsys) -> No
         proxy = capsys.readouterr().out.strip()
         code = harness.main(["--target", srv.address, "--tls-ca", str(ca / "ca.pem"), "--token", proxy,
                              "--tenants", "1", "--numbers", "10", "--blacklist", "200", "--requests", "300",
-                             "--no-push", "--rpc", "stream", "--closed-loop", "8", "--duration", "1",
-                             "--warmup", "0"])
+                             "--no-push", "--prefix", "tls-", "--rpc", "stream", "--closed-loop", "8",
+                             "--duration", "1", "--warmup", "0"])
         out = capsys.readouterr().out
         assert code == 0 and "wrong answers: 0 of" in out, out  # a proxy's load over TLS: decisions only
     finally:
