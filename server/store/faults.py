@@ -95,7 +95,8 @@ def _primary(name: str) -> str:
 def nameable() -> tuple[type[BaseException], ...]:
     """What a store method may let out and `name_failures` names: both drivers' errors and the named ones."""
     import psycopg
-    from psycopg_pool import PoolTimeout
+
+    from server.store.postgres import PoolTimeout
 
     return sqlite3.Error, psycopg.Error, PoolTimeout, StoreUnavailable, StoreDamaged
 
@@ -103,7 +104,7 @@ def nameable() -> tuple[type[BaseException], ...]:
 def kind_of(exc: BaseException) -> str | None:
     """The fault kind of a sqlite3 or PostgreSQL error (None: neither)."""
     if not isinstance(exc, sqlite3.Error):
-        return pg_kind(exc) if type(exc).__module__.startswith(("psycopg", "psycopg_pool")) else None
+        return pg_kind(exc) if type(exc).__module__.startswith(("psycopg", "server.store.postgres")) else None
     name = getattr(exc, "sqlite_errorname", None) or ""
     primary = _primary(name)
     if primary in _TRANSIENT:
@@ -129,7 +130,8 @@ def kind_of(exc: BaseException) -> str | None:
 def pg_kind(exc: BaseException) -> str | None:
     """The fault kind of a PostgreSQL error (None: not one)."""
     import psycopg
-    from psycopg_pool import PoolTimeout
+
+    from server.store.postgres import PoolTimeout
 
     if isinstance(exc, PoolTimeout):
         return "busy"

@@ -1,12 +1,15 @@
 """The PostgreSQL store: the parts of the SQLite store (settings, accounts, numbers, security, removal) on a base of
 PostgreSQL connections, for several hosts sharing one database (`callgate serve --store postgresql://...`).
 
-Driver: psycopg 3 with psycopg_pool.  The store's callers are threads (the
-service calls it through `asyncio.to_thread`, the group commit has a thread of
-its own), so a synchronous driver with a thread-safe pool fits the store as it
-is, and keeps one code path for both backends; asyncpg would need every store
-call turned into a coroutine.  psycopg also gives COPY (big blacklists) and
-LISTEN/NOTIFY on the same connections.
+Driver: psycopg 3.  The store's callers are threads (the service calls it
+through `asyncio.to_thread`, the group commit has a thread of its own), so a
+synchronous driver with a thread-safe pool fits the store as it is, and keeps
+one code path for both backends; asyncpg would need every store call turned
+into a coroutine.  psycopg also gives COPY (big blacklists) and LISTEN/NOTIFY
+on the same connections.  The pool is a small one of our own (`Connections`):
+psycopg_pool's reconnection backs off (1, 2, 4, ... s), so a database back
+after a restart was used seconds later, and after a long outage minutes later;
+here the next call after the database returns connects at once.
 
 How the SQLite semantics carry over:
 
@@ -39,7 +42,6 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import pq
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from server.store.accounts import AccountsPart
 from server.store.api import Poll, StoreBusy, StoreDamaged, StoreUnavailable
@@ -55,6 +57,7 @@ T = TypeVar("T")
 WRITE_LOCK = 0x63616C6C  # "call": the advisory lock every write transaction takes first
 NOTIFY_SQL = "SELECT pg_notify('callgate_changes', (SELECT COALESCE(max(seq), 0)::text FROM changes))"
 CONNECT_TIMEOUT_S = 5
+NETWORK_TIMEOUT_S = 5  # data sent and not acknowledged this long: the connection is lost (tcp_user_timeout)
 FEED_CHECK_S = 2.0   # the feed is read this often even without a NOTIFY (belt and braces: none is expected lost)
 
 
@@ -141,6 +144,84 @@ class PGConnection:
         self.raw.close()
 
 
+class PoolTimeout(Exception):
+    """Every connection of the pool stayed in use for the whole wait."""
+
+
+class Connections:
+    """Connections kept for reuse, at most `size` open: a call takes one and gives it back unless it was lost.
+    Nothing reconnects on a schedule: a call that finds no idle connection opens one, so the first call after the
+    database is back gets through; after a lost connection the idle ones are dropped (they are most likely lost
+    too) instead of each caller drawing a dead one in turn."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int, wait_s: float) -> None:
+        self._connect, self.size, self.wait_s = connect, size, wait_s
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._open = 0
+        self._ready = threading.Condition()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        raw = self._take()
+        try:
+            yield raw
+        except psycopg.OperationalError:
+            self._give_back(raw)
+            self.drop_idle()
+            raise
+        except BaseException:
+            self._give_back(raw)
+            raise
+        self._give_back(raw)
+
+    def _take(self) -> psycopg.Connection[Any]:
+        deadline = time.monotonic() + self.wait_s
+        with self._ready:
+            while not self._idle and self._open >= self.size:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._ready.wait(left):
+                    raise PoolTimeout(f"all {self.size} store connections stayed busy for {self.wait_s:g} s")
+            if self._idle:
+                return self._idle.pop()
+            self._open += 1
+        try:
+            return self._connect()
+        except BaseException:
+            with self._ready:
+                self._open -= 1
+                self._ready.notify()
+            raise
+
+    def _give_back(self, raw: psycopg.Connection[Any]) -> None:
+        keep = not raw.closed and raw.info.status == pq.ConnStatus.OK
+        if keep and raw.info.transaction_status != pq.TransactionStatus.IDLE:
+            try:  # a transaction its user left open (an error mid-way): never lent out like that
+                raw.execute("ROLLBACK")
+            except psycopg.Error:
+                keep = False
+        if not keep:
+            with contextlib.suppress(Exception):
+                raw.close()
+        with self._ready:
+            if keep:
+                self._idle.append(raw)
+            else:
+                self._open -= 1
+            self._ready.notify()
+
+    def drop_idle(self) -> None:
+        with self._ready:
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._ready.notify_all()
+        for raw in idle:
+            with contextlib.suppress(Exception):
+                raw.close()
+
+    def close(self) -> None:
+        self.drop_idle()
+
+
 class PostgresBase(StoreBase):
     """Connections, transactions, migrations and the poll of the PostgreSQL store."""
 
@@ -159,7 +240,7 @@ class PostgresBase(StoreBase):
         self._feed_at = 0.0
         self._pool = self._open_pool(pool_size)
         try:
-            with self._pool.connection(timeout=CONNECT_TIMEOUT_S * 2) as raw:
+            with self._pool.connection() as raw:
                 self._migrate(PGConnection(raw), migrate)
             if not self.identity:
                 raise StoreDamaged("schema", f"{self.path} has no store identity (table store_identity is empty): "
@@ -171,15 +252,16 @@ class PostgresBase(StoreBase):
             raise
 
     def _options(self) -> dict[str, Any]:
-        # lock_timeout: a writer waits for the write lock as long as SQLite's busy timeout, then StoreBusy
+        # lock_timeout: a writer waits for the write lock as long as SQLite's busy timeout, then StoreBusy.
+        # The TCP settings bound what a cut network costs: without them a statement sent into a link that drops
+        # everything waits for the kernel's retransmissions (a quarter of an hour), and the worker hears nothing.
         return {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
+                "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+                "tcp_user_timeout": NETWORK_TIMEOUT_S * 1000,
                 "options": f"-c lock_timeout={BUSY_TIMEOUT_MS} -c idle_in_transaction_session_timeout=60000"}
 
-    def _open_pool(self, size: int) -> ConnectionPool:
-        pool = ConnectionPool(self.dsn, min_size=1, max_size=size, kwargs=self._options(), open=False,
-                              name="callgate-store", timeout=BUSY_TIMEOUT_MS / 1000)
-        pool.open(wait=False)
-        return pool
+    def _open_pool(self, size: int) -> Connections:
+        return Connections(lambda: psycopg.connect(self.dsn, **self._options()), size, BUSY_TIMEOUT_MS / 1000)
 
     def _connect(self) -> PGConnection:
         """The group commit's connection, in pipeline mode."""
@@ -190,7 +272,7 @@ class PostgresBase(StoreBase):
         if os.getpid() != self._pool_pid:  # a forked child opens its own pool, never the parent's sockets
             with self._lock:
                 if os.getpid() != self._pool_pid:
-                    self._pool, self._pool_pid = self._open_pool(self._pool.max_size), os.getpid()
+                    self._pool, self._pool_pid = self._open_pool(self._pool.size), os.getpid()
         with self._pool.connection() as raw:
             yield PGConnection(raw)
 
@@ -284,7 +366,7 @@ class PostgresBase(StoreBase):
             listener.close()
         pool = getattr(self, "_pool", None)
         if pool is not None and self._pool_pid == os.getpid():
-            pool.close(timeout=5)
+            pool.close()
 
     def __enter__(self) -> PostgresBase:
         return self
