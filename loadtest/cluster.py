@@ -11,6 +11,20 @@ leaving (errors and Ctrl-C included), stops everything it started by PID (probes
 whatever would still run in its namespaces and deletes them.  Each run starts by sweeping the leftovers of
 dead runs (`loadtest.netns.sweep`).
 
+The shared store: `start_postgres(host)` runs a private PostgreSQL (loadtest.postgres.PrivateCluster: initdb in a
+temporary folder, the server as the `postgres` user) inside a host's namespace, listening on the host's address
+(port 5432) and trusting the run's subnet; `serve(host, store=c.dsn)` serves from it (`--store postgresql://...`).
+`cut_db(host)` drops every packet between a callgate host and the database host, both ways, on the bridge
+(loadtest.netns `block`: an nftables rule in the switch's namespace), so the host stays reachable by the
+balancer and the clients and only its database falls silent, as behind a firewall that drops; `restore_db`
+lets the packets through again.  `stop_postgres` / `start_postgres` restart the database under load.
+
+A client inside the run: `agent(host)` starts `python -m loadtest.cluster agent` on a host (the test process
+cannot reach the run's subnet from the root namespace) and returns an `Agent`, which sends it one JSON line per
+request: any unary RPC of callgate or grpc.health (`call`, `push`, `event`, `health`), a host's /metrics
+(`metrics`), and loads that run in the agent meanwhile (`start_load`/`wait_load`: open-loop decisions, or lanes
+of whole calls RINGING -> ANSWERED -> ENDED with every reply kept, for the billing checks).
+
 Client-side balancing, the option without a middle box: `round_robin_target` and `round_robin_options` (a
 channel to every host at once, calls spread over the hosts whose health says SERVING, UNAVAILABLE retried
 on another host).
@@ -18,21 +32,27 @@ on another host).
     python -m loadtest.cluster bench [--rounds 3] [--json FILE]    # the figures of README's "Many machines"
     python -m loadtest.cluster probe --target 10.77.0.2:50051 --rate 300 --duration 8   # run inside a host
     python -m loadtest.cluster stats --metrics 10.77.0.3:9464 --metrics 10.77.0.4:9464  # idem
+    python -m loadtest.cluster agent                                  # idem: JSON requests on stdin (Agent)
+    python -m loadtest.cluster up [--sqlite] [--seconds 600]          # db, h1, h2, lb, client, to try by hand
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import datetime
 import json
 import os
+import select
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -43,11 +63,13 @@ from types import TracebackType
 from typing import Any
 
 import loadtest.process as process
-from loadtest.netns import SUBNET, Network, pids_in, sweep
+from loadtest.netns import IP, SUBNET, Network, pids_in, sweep
+from loadtest.postgres import PrivateCluster
 from loadtest.process import ROOT, ServeProcess, descendants, kill_leftovers, python_env, start_time
 
 GRPC_PORT = 50051
 METRICS_PORT = 9464
+PG_PORT = 5432
 NGINX_TEMPLATE = ROOT / "integrations" / "nginx" / "callgate.conf"
 HEALTH_SERVICE = "callgate.v1.Decisions"
 # methods a client may send again on UNAVAILABLE: decisions read, an event is keyed (a replay gets its reply)
@@ -256,6 +278,8 @@ class Cluster:
         self.servers: dict[str, ServeProcess] = {}
         self.nginxes: dict[str, Nginx] = {}
         self.procs: list[tuple[str, subprocess.Popen[Any]]] = []
+        self.postgres: PrivateCluster | None = None
+        self.db_host = ""
         self.seen: list[tuple[int, int]] = []  # every process of the run we learnt of: (pid, start time)
         self.report: CloseReport | None = None
         try:
@@ -282,14 +306,17 @@ class Cluster:
 
     # -- what runs on the hosts
 
-    def serve(self, host: str, *extra: str, workers: int = 2, start_timeout_s: float = 90.0,
+    def serve(self, host: str, *extra: str, workers: int = 2, start_timeout_s: float = 90.0, store: str = "",
               **options: Any) -> ServeProcess:
-        """`callgate serve` on `host` (0.0.0.0:50051, metrics :9464, a store of its own seeded with acme unless
-        `seed=None`; `extra` are more serve options, `options` more ServeProcess arguments).  The server lives
+        """`callgate serve` on `host` (0.0.0.0:50051, metrics :9464, a SQLite store of its own, or `store`, e.g.
+        `self.dsn`: the run's PostgreSQL; seeded with acme unless `seed=None`, a no-op on a store that holds
+        settings; `extra` are more serve options, `options` more ServeProcess arguments).  The server lives
         in the host's namespace: use `address(host)` from another host, not ServeProcess's `address` or
         `channel()`, which mean 127.0.0.1 of this namespace."""
         data = self.dir / host / "data"
         data.mkdir(parents=True, exist_ok=True)
+        if store:
+            extra = ("--store", store, *extra)
         server = ServeProcess(data, "--auth", "off", *extra, name=host, workers=workers,
                               listen=f"0.0.0.0:{GRPC_PORT}", metrics=f"0.0.0.0:{METRICS_PORT}",
                               program=self.net.python_program(host, "callgate", "serve"), wait=False, **options)
@@ -349,6 +376,72 @@ class Cluster:
         out: dict[str, Any] = json.loads(done.stdout)
         return out
 
+    # -- the database host
+
+    def start_postgres(self, host: str = "", port: int = PG_PORT) -> PrivateCluster:
+        """PostgreSQL on `host` (first call: initdb, a `callgate` database and role, trust from the run's subnet;
+        later calls: the same cluster started again after `stop_postgres`).  Returns once it accepts
+        connections."""
+        if self.postgres is None:
+            if not host:
+                raise ValueError("start_postgres: which host runs the database?")
+            self.db_host = host
+            self.postgres = PrivateCluster(listen=self.net[host].address, port=port, trust=str(self.net.net),
+                                           prefix=[IP, "netns", "exec", self.net[host].ns])
+        elif host and host != self.db_host:
+            raise ValueError(f"the run's database is on {self.db_host}, not {host}")
+        self.postgres.start()
+        self._note_postgres()
+        return self.postgres
+
+    def _note_postgres(self) -> None:
+        proc = self.postgres.proc if self.postgres is not None else None
+        if proc is not None:
+            self._note(proc.pid)
+            for pid, _ in descendants(proc.pid):
+                self._note(pid)
+
+    def stop_postgres(self, kill: bool = False) -> None:
+        """A fast shutdown of the database (every connection closed by the server), or `kill`: kill -9."""
+        if self.postgres is not None:
+            self._note_postgres()
+            if kill:
+                self.postgres.kill()
+            else:
+                self.postgres.stop()
+
+    @property
+    def dsn(self) -> str:
+        if self.postgres is None:
+            raise RuntimeError("no database in this run: start_postgres(host) first")
+        return self.postgres.dsn
+
+    def sql(self, statement: str) -> list[list[str]]:
+        """A statement in the run's database, as its superuser (psql over the server's own socket); rows of
+        fields as text."""
+        if self.postgres is None:
+            raise RuntimeError("no database in this run")
+        return [line.split("|") for line in self.postgres.sql(statement).splitlines() if line]
+
+    def cut_db(self, host: str) -> None:
+        """Drop every packet between `host` and the database host, both ways, silently (see the module's doc)."""
+        self.net.block(host, self.db_host)
+
+    def restore_db(self, host: str) -> None:
+        self.net.unblock(host, self.db_host)
+
+    # -- a client inside the run
+
+    def agent(self, host: str) -> Agent:
+        """`python -m loadtest.cluster agent` on `host`: requests from this process, answered from there."""
+        log = self.dir / f"agent-{host}-{len(self.procs)}.log"
+        with open(log, "w") as err:
+            proc = self.python(host, "loadtest.cluster", "agent", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=err, text=True)
+        agent = Agent(proc, log)
+        agent.ask("ping", timeout_s=60)
+        return agent
+
     # -- faults
 
     def kill_host(self, host: str) -> list[int]:
@@ -407,6 +500,13 @@ class Cluster:
                 report.stopped.append(f"{host}: callgate serve pid {server.pid}")
             except Exception as exc:
                 report.errors.append(f"{host} callgate: {exc!r}")
+        if self.postgres is not None:
+            try:
+                self.stop_postgres()
+                report.stopped.append(f"{self.db_host}: postgres")
+            except Exception as exc:
+                report.errors.append(f"{self.db_host} postgres: {exc!r}")
+            shutil.rmtree(self.postgres.folder, ignore_errors=True)
         try:
             report.killed_inside = {ns: pids for ns, pids in self.net.processes().items() if pids}
             report.namespaces_removed = self.net.close()
@@ -417,6 +517,379 @@ class Cluster:
         if self.own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
         return report
+
+
+# -- the agent: a client inside the run, driven from this process ----------------------------------
+
+class AgentError(RuntimeError):
+    pass
+
+
+class Agent:
+    """This side of `python -m loadtest.cluster agent` (started by `Cluster.agent(host)`): one JSON line per
+    request, one per answer, in order.  The times in the answers are `time.monotonic()` of the agent's host,
+    which is this machine's clock (namespaces do not change it), and `time.time()` where named `wall`."""
+
+    def __init__(self, proc: subprocess.Popen[Any], log: Path) -> None:
+        self.proc, self.log = proc, log
+        self._lock = threading.Lock()
+
+    def ask(self, op: str, timeout_s: float = 30.0, **args: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        with self._lock:
+            if self.proc.poll() is not None:
+                raise AgentError(f"the agent exited ({self.proc.returncode}): {self._stderr()}")
+            self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+            line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            raise AgentError(f"the agent did not answer {op} in {timeout_s:g} s: {self._stderr()}")
+        out: dict[str, Any] = json.loads(line)
+        if "agent_error" in out:
+            raise AgentError(f"{op}: {out['agent_error']}")
+        return out
+
+    def _stderr(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace")[-2000:]
+        return ""
+
+    def call(self, target: str, service: str, method: str, request: dict[str, Any], timeout: float = 10.0,
+             fresh: bool = False, round_robin: bool = False) -> dict[str, Any]:
+        """One unary RPC: {"ok": True, "reply": {...}} or {"ok": False, "code": "UNAVAILABLE", "details": ...},
+        with its start and end ("t0", "t1"; "wall0": time.time() at the start).  `fresh`: a new connection."""
+        return self.ask("call", timeout_s=timeout + 30, target=target, service=service, method=method,
+                        request=request, timeout=timeout, fresh=fresh, round_robin=round_robin)
+
+    def push(self, target: str, document: bytes, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        return self.call(target, "callgate.v1.Admin", "PushSettings",
+                         {"document": base64.b64encode(document).decode(), **fields}, timeout)
+
+    def event(self, target: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        return self.call(target, "callgate.v1.Decisions", "CallEvent", fields, timeout)
+
+    def health(self, target: str, service: str, timeout: float = 5.0) -> str:
+        """grpc.health.v1 Check over a new connection: SERVING, NOT_SERVING, or the RPC's error code."""
+        out = self.call(target, "grpc.health.v1.Health", "Check", {"service": service}, timeout, fresh=True)
+        return str(out["reply"].get("status", "UNKNOWN")) if out["ok"] else str(out["code"])
+
+    def metrics(self, address: str, prefix: str = "callgate_", timeout: float = 5.0) -> dict[str, float]:
+        """A host's /metrics: every sample whose name starts with `prefix`, by its line's name and labels;
+        {"error": 1.0} alone when the scrape failed (refused, or no answer within `timeout`)."""
+        out = self.ask("metrics", timeout_s=timeout + 30, address=address, prefix=prefix, timeout=timeout)
+        samples: dict[str, float] = out["samples"] if "error" not in out else {"error": 1.0}
+        return samples
+
+    def start_load(self, kind: str, target: str, timeout_s: float = 30.0, **spec: Any) -> str:
+        """A load run by the agent while this process does other things: `kind` "decide" (open-loop Inbound
+        calls of CASES at `rate` for `duration` s, each answer checked) or "calls" (`lanes` lanes of whole
+        calls, `pause` s between calls, for `duration` s or `max_calls`).  `round_robin`: `target` is a list of
+        HOST:PORT, balanced by the client (round_robin_options).  Returns the load's id."""
+        load: str = self.ask("start_load", timeout_s=timeout_s, kind=kind, target=target, **spec)["load"]
+        return load
+
+    def wait_load(self, load: str, stop: bool = False, timeout_s: float = 120.0) -> dict[str, Any]:
+        """The load's records once it is over (`stop`: end it now; calls in flight are carried to their end)."""
+        return self.ask("wait_load", timeout_s=timeout_s, load=load, stop=stop, wait_s=timeout_s - 5)
+
+
+# -- settings in force: when each worker took a version ------------------------------------------
+
+PUSH_EVENTS = ("installed", "push", "patch", "rollback")  # the watcher's line; the pushing worker's own
+
+
+def log_wall(record: dict[str, Any]) -> float:
+    """A JSON log line's "ts" (UTC, milliseconds) as time.time()."""
+    ts = datetime.datetime.strptime(str(record["ts"]), "%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts.replace(tzinfo=datetime.UTC).timestamp()
+
+
+def in_force(server: ServeProcess, tenant: str, version: int) -> dict[int, float | None]:
+    """Per live worker of `server`: the wall time its log said `version` (or a newer one) of `tenant` was in
+    force there (the watcher's "installed" line, or the pushing worker's own "push" line, both written once
+    the snapshot answers decisions), None while it has not."""
+    live = [pid for pid in server.worker_pids() if alive(pid, start_time(pid) or -1)]  # a zombie took nothing
+    out: dict[int, float | None] = {pid: None for pid in live}
+    for r in server.logs[:]:
+        pid = r.get("pid")
+        if (pid in out and out[pid] is None and r.get("event") in PUSH_EVENTS and r.get("tenant") == tenant
+                and int(r.get("version", 0)) >= version):
+            out[pid] = log_wall(r)
+    return out
+
+
+def propagation(servers: dict[str, ServeProcess], tenant: str, version: int, sent_wall: float,
+                timeout_s: float = 5.0) -> dict[str, dict[int, float | None]]:
+    """Seconds from `sent_wall` (time.time() when the push was sent) until each worker of each server had
+    `version` in force (None: not within `timeout_s`); waits until all have or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = {h: in_force(s, tenant, version) for h, s in servers.items()}
+        if all(t is not None for w in seen.values() for t in w.values()) or time.monotonic() > deadline:
+            return {h: {pid: None if t is None else round(t - sent_wall, 4) for pid, t in w.items()}
+                    for h, w in seen.items()}
+        time.sleep(0.02)
+
+
+def slowest(delays: dict[str, dict[int, float | None]]) -> float | None:
+    """The last worker's delay (None if any worker never took the version)."""
+    values = [t for w in delays.values() for t in w.values()]
+    return None if not values or any(t is None for t in values) else max(t for t in values if t is not None)
+
+
+def settings_document(i: int, base: Path = process.EXAMPLE) -> bytes:
+    """acme's settings with one more blacklisted number (a new version each time: `i` numbers it)."""
+    doc = json.loads(base.read_text())
+    doc["blacklist"] = [*doc["blacklist"], f"+1646555{i % 10_000:04d}"]
+    return json.dumps(doc).encode()
+
+
+def _load_messages(service: str, method: str) -> tuple[Any, Any]:
+    from grpc_health.v1 import health_pb2
+
+    from callgate.v1 import admin_pb2, decisions_pb2
+
+    for module in (admin_pb2, decisions_pb2, health_pb2):
+        for svc in module.DESCRIPTOR.services_by_name.values():
+            if svc.full_name == service and method in svc.methods_by_name:
+                m = svc.methods_by_name[method]
+                return getattr(module, m.input_type.name), getattr(module, m.output_type.name)
+    raise KeyError(f"no method {service}/{method}")
+
+
+class _AgentServer:
+    """The agent's side: channels by target, and the loads it runs in threads."""
+
+    def __init__(self) -> None:
+        import grpc
+
+        from server.client import BIG_MESSAGES
+
+        self.grpc = grpc
+        self.big = BIG_MESSAGES
+        self.channels: dict[tuple[str, bool], Any] = {}
+        self.loads: dict[str, tuple[threading.Thread, threading.Event, dict[str, Any]]] = {}
+
+    def channel(self, target: str, round_robin: bool = False, fresh: bool = False) -> Any:
+        key = (target, round_robin)
+        if fresh or key not in self.channels:
+            if round_robin:
+                channel = self.grpc.insecure_channel(round_robin_target(target.split(",")),
+                                                     options=[*self.big, *round_robin_options()])
+            else:
+                channel = self.grpc.insecure_channel(target, options=self.big)
+            if fresh:
+                return channel
+            self.channels[key] = channel
+        return self.channels[key]
+
+    def unary(self, channel: Any, service: str, method: str) -> Any:
+        req, rep = _load_messages(service, method)
+        return channel.unary_unary(f"/{service}/{method}", request_serializer=req.SerializeToString,
+                                   response_deserializer=rep.FromString), req
+
+    def call(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        from google.protobuf import json_format
+
+        channel = self.channel(cmd["target"], cmd.get("round_robin", False), cmd.get("fresh", False))
+        try:
+            fn, req = self.unary(channel, cmd["service"], cmd["method"])
+            request = json_format.ParseDict(cmd.get("request", {}), req())
+            wall0, t0 = time.time(), time.monotonic()
+            try:
+                reply = fn(request, timeout=cmd.get("timeout", 10.0))
+            except self.grpc.RpcError as exc:
+                return {"ok": False, "code": exc.code().name, "details": exc.details(), "t0": t0,
+                        "t1": time.monotonic(), "wall0": wall0}
+            return {"ok": True, "reply": json_format.MessageToDict(reply, preserving_proto_field_name=True),
+                    "t0": t0, "t1": time.monotonic(), "wall0": wall0}
+        finally:
+            if cmd.get("fresh"):
+                channel.close()
+
+    @staticmethod
+    def metrics(cmd: dict[str, Any]) -> dict[str, Any]:
+        samples: dict[str, float] = {}
+        try:
+            with urllib.request.urlopen(f"http://{cmd['address']}/metrics", timeout=cmd.get("timeout", 5.0)) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith(cmd.get("prefix", "callgate_")):
+                        name, _, value = line.rpartition(" ")
+                        samples[name] = float(value)
+        except OSError as exc:  # refused, timed out: said, not raised (a host's /metrics may hang in a fault)
+            return {"samples": samples, "error": f"{type(exc).__name__}: {exc}"}
+        return {"samples": samples}
+
+    def start_load(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd["kind"] == "decide":
+            self._warm(cmd)
+        load = f"{cmd['kind']}-{len(self.loads) + 1}"
+        stop = threading.Event()
+        result: dict[str, Any] = {"kind": cmd["kind"], "target": cmd["target"]}
+        body = self._decide if cmd["kind"] == "decide" else self._calls
+        thread = threading.Thread(target=body, args=(cmd, stop, result), name=load, daemon=True)
+        thread.start()
+        self.loads[load] = (thread, stop, result)
+        return {"load": load}
+
+    def wait_load(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        thread, stop, result = self.loads[cmd["load"]]
+        if cmd.get("stop"):
+            stop.set()
+        thread.join(cmd.get("wait_s", 60.0))
+        if thread.is_alive():
+            return {"agent_error": f"load {cmd['load']} still running"}
+        return result
+
+    def _warm(self, cmd: dict[str, Any], timeout_s: float = 20.0) -> None:
+        """Until 20 decisions in a row are answered through the load's channel (every host connected)."""
+        from callgate.v1 import decisions_pb2
+
+        fn, _ = self.unary(self.channel(cmd["target"], cmd.get("round_robin", False)), "callgate.v1.Decisions",
+                           "Inbound")
+        caller, called, at, _, _ = CASES[0]
+        request = decisions_pb2.InboundRequest(tenant="acme", caller=caller, called=called, at=at)
+        streak, deadline = 0, time.monotonic() + timeout_s
+        while streak < 20:
+            try:
+                fn(request, timeout=2.0)
+                streak += 1
+            except self.grpc.RpcError:
+                streak = 0
+                time.sleep(0.05)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd['target']} did not answer 20 decisions in a row in {timeout_s:g} s")
+
+    def _decide(self, cmd: dict[str, Any], stop: threading.Event, result: dict[str, Any]) -> None:
+        """Open loop: `rate` Inbound calls/s for `duration` s (never more than 20,000), answers checked."""
+        from callgate.v1 import decisions_pb2
+
+        channel = self.channel(cmd["target"], cmd.get("round_robin", False))
+        fn, _ = self.unary(channel, "callgate.v1.Decisions", "Inbound")
+        requests = [decisions_pb2.InboundRequest(tenant="acme", caller=c, called=d, at=at) for c, d, at, _, _ in CASES]
+        expected = [(decisions_pb2.Verdict.Value(v), decisions_pb2.Reason.Value(r)) for *_, v, r in CASES]
+        rate, timeout = float(cmd.get("rate", 200.0)), float(cmd.get("timeout", 2.0))
+        n = min(int(rate * float(cmd.get("duration", 5.0))), 20_000)
+        calls: list[list[Any]] = []
+        details: Counter[str] = Counter()
+        lock = threading.Lock()
+        outstanding = [0]
+        done = threading.Event()
+
+        def finished(future: Any, i: int, start: float) -> None:
+            end = time.monotonic()
+            try:
+                d = future.result()
+                code = "OK" if (d.verdict, d.reason) == expected[i % len(expected)] else "WRONG"
+            except self.grpc.RpcError as exc:
+                code = exc.code().name
+                with lock:
+                    details[f"{code}: {exc.details()}"[:200]] += 1
+            with lock:
+                calls.append([round(start, 6), round(end, 6), code])
+                outstanding[0] -= 1
+                if outstanding[0] == 0 and sent[0] == n:
+                    done.set()
+
+        sent = [0]
+        t0 = time.monotonic() + 0.02
+        result["t0"] = t0
+        for i in range(n):
+            if stop.is_set():
+                n = i
+                break
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            start = time.monotonic()
+            with lock:
+                outstanding[0] += 1
+                sent[0] += 1
+            future = fn.future(requests[i % len(requests)], timeout=timeout)
+            future.add_done_callback(lambda f, i=i, start=start: finished(f, i, start))
+        with lock:
+            if outstanding[0] == 0:
+                done.set()
+        done.wait(timeout * 3 + 10)
+        with lock:
+            result.update({"calls": sorted(calls), "codes": dict(Counter(c[2] for c in calls)),
+                           "details": dict(details), "sent": sent[0]})
+
+    def _calls(self, cmd: dict[str, Any], stop: threading.Event, result: dict[str, Any]) -> None:
+        """`lanes` lanes, each one whole outbound call at a time (RINGING u3 -> ANSWERED -> ENDED, 65 s of talk:
+        0.04 at acme's rate), `pause` s between calls, until `duration` s or `max_calls`; a call whose event
+        fails is left where it is (its record says which event failed and how) and the lane goes on."""
+        from callgate.v1 import decisions_pb2
+
+        ev = decisions_pb2.CallEventRequest
+        channel = self.channel(cmd["target"], cmd.get("round_robin", False))
+        fn, _ = self.unary(channel, "callgate.v1.Decisions", "CallEvent")
+        lanes, pause, timeout = int(cmd.get("lanes", 4)), float(cmd.get("pause", 0.0)), float(cmd.get("timeout", 5))
+        deadline = time.monotonic() + min(float(cmd.get("duration", 10.0)), 120.0)
+        max_calls = min(int(cmd.get("max_calls", 5000)), 20_000)
+        prefix = cmd.get("prefix", "c")
+        records: list[dict[str, Any]] = []
+        lock = threading.Lock()
+        count = [0]
+
+        def lane(k: int) -> None:
+            n = 0
+            while not stop.is_set() and time.monotonic() < deadline:
+                with lock:
+                    if count[0] >= max_calls:
+                        return
+                    count[0] += 1
+                n += 1
+                call_id, now = f"{prefix}-{k}-{n}", int(time.time())
+                rec: dict[str, Any] = {"id": call_id, "now": now, "t0": time.monotonic(), "acked": [],
+                                       "charge": None, "failed": None}
+                for kind, at, user in ((ev.RINGING, now - 70, "u3"), (ev.ANSWERED, now - 65, "u3"),
+                                       (ev.ENDED, now, "")):
+                    try:
+                        reply = fn(ev(tenant="acme", call_id=call_id, kind=kind, user=user, at=at,
+                                      direction="outbound", called="+12125550100"), timeout=timeout)
+                    except self.grpc.RpcError as exc:
+                        rec["failed"] = [ev.Kind.Name(kind), exc.code().name, str(exc.details())[:200],
+                                         time.monotonic()]
+                        break
+                    rec["acked"].append(ev.Kind.Name(kind))
+                    if kind == ev.ENDED:
+                        rec["charge"] = reply.charge
+                rec["t1"] = time.monotonic()
+                with lock:
+                    records.append(rec)
+                if pause:
+                    time.sleep(pause)
+
+        threads = [threading.Thread(target=lane, args=(k,), daemon=True) for k in range(lanes)]
+        result["t0"] = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(deadline - time.monotonic(), 0) + timeout * 3 + 5)
+        with lock:
+            result.update({"records": sorted(records, key=lambda r: r["t0"]),
+                           "acked_calls": sum(1 for r in records if r["charge"] is not None),
+                           "failed_calls": sum(1 for r in records if r["failed"] is not None)})
+
+
+def _agent() -> int:
+    """Serve JSON requests from stdin, one per line, answered in order on stdout (see Agent)."""
+    server = _AgentServer()
+    handlers = {"call": server.call, "metrics": server.metrics, "start_load": server.start_load,
+                "wait_load": server.wait_load, "ping": lambda cmd: {"pid": os.getpid()}}
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            cmd = json.loads(line)
+            out = handlers[cmd["op"]](cmd)
+        except Exception as exc:  # the test side raises it (AgentError) with this text
+            out = {"agent_error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+    return 0
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -594,6 +1067,43 @@ def two_hosts(workers: int = 2, lb: bool = True) -> Iterator[Cluster]:
         yield c
 
 
+@contextlib.contextmanager
+def pg_hosts(workers: int = 2, lb: bool = False, credit: str = "1000.00") -> Iterator[Cluster]:
+    """db (PostgreSQL), h1 and h2 (`callgate serve --store` the db; h1 seeds acme with `credit`), client, and
+    lb (nginx over h1 and h2) when `lb`."""
+    with Cluster(("db", "h1", "h2", "client", *(("lb",) if lb else ()))) as c:
+        c.start_postgres("db")
+        c.serve("h1", workers=workers, store=c.dsn, seed_credit=credit)
+        c.serve("h2", workers=workers, store=c.dsn, seed=None)
+        if lb:
+            c.start_nginx("lb", ["h1", "h2"])
+        yield c
+
+
+def _up(a: argparse.Namespace) -> None:
+    names = ("h1", "h2", "lb", "client") if a.sqlite else ("db", "h1", "h2", "lb", "client")
+    with Cluster(names) as c:
+        store = ""
+        if not a.sqlite:
+            c.start_postgres("db")
+            store = c.dsn
+        c.serve("h1", workers=a.workers, store=store, seed_credit="100.00")
+        c.serve("h2", workers=a.workers, store=store, seed=None if store else process.EXAMPLE)
+        c.start_nginx("lb", ["h1", "h2"])
+        what = {"db": f"PostgreSQL {store}", "h1": "callgate serve", "h2": "callgate serve",
+                "lb": "nginx (integrations/nginx/callgate.conf)", "client": "nothing: run your clients here"}
+        for h in names:
+            print(f"{h:7} {c.net[h].ns:28} {c.net[h].address:11} {what[h]}")
+        client, cg = c.net["client"].ns, ROOT / ".venv" / "bin" / "callgate"
+        print(f"\ntry:\n  ip netns exec {client} {cg} --server {c.address('lb')} decide inbound --tenant acme "
+              "--caller +14155550666 --called +14155550199\n"
+              f"  ip netns exec {client} {cg} --server {c.address('h2')} stats\n"
+              f"  ip netns exec {client} curl -s {c.address('h1', METRICS_PORT)}/metrics | grep health_serving\n"
+              f"nginx logs under {c.dir}/lb; everything goes on Ctrl-C or after {a.seconds:g} s", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            time.sleep(min(a.seconds, 3600.0))
+
+
 def _h2load(cluster: Cluster, target: str, n: int, conns: int, streams: int) -> dict[str, Any]:
     from callgate.v1 import decisions_pb2
     from loadtest.loadgen import h2load_command, parse_output, write_body
@@ -729,6 +1239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("--via", default="", metavar="HOST:PORT")
     st.add_argument("--asks", type=int, default=20)
     sub.add_parser("sweep", help="remove the namespaces (and processes in them) of dead runs")
+    sub.add_parser("agent", help="a client inside the run: JSON requests on stdin, answers on stdout (Agent)")
+    up = sub.add_parser("up", help="db (PostgreSQL), h1, h2 (callgate), lb (nginx), client: print how to reach "
+                                   "them, hold them until Ctrl-C or --seconds, then remove everything")
+    up.add_argument("--sqlite", action="store_true", help="no db host: each callgate host on a SQLite store")
+    up.add_argument("--workers", type=int, default=2)
+    up.add_argument("--seconds", type=float, default=600.0, help="at most this long (600; at most 3600)")
     a = p.parse_args(argv)
     if a.command == "probe":
         if not 1 <= a.rate <= 5000 or not 0 < a.duration <= 120:
@@ -740,6 +1256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if a.command == "sweep":
         sweep()
+        return 0
+    if a.command == "agent":
+        return _agent()
+    if a.command == "up":
+        with process.sigterm_unwinds():
+            _up(a)
         return 0
     with process.sigterm_unwinds():
         figures = bench(a.rounds, a.rate, a.duration, a.n, a.workers, a.sections.split(","))

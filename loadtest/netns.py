@@ -9,6 +9,14 @@ its own, so runs never see each other's addresses, and nothing is added to the r
 interface, address or route there changes).  Both veth ends are created directly inside their namespaces,
 so no interface of the run ever appears in the root namespace either.
 
+`block(a, b)` drops every IPv4 packet between two hosts, both ways, and nobody is told: an nftables rule in the
+bridge's own namespace (family `bridge`, hook `forward`, table `cut_<a>_<b>`), so both hosts' kernels send as
+usual and hear nothing back, as behind a firewall that drops, or a switch port gone dark.  Nothing changes
+inside either host, and each stays reachable by every other host (a callgate host cut off from its database
+only).  ARP still passes (the rule matches IPv4), so what the hosts' TCP sees is pure silence: retransmissions,
+then whatever timeouts the programs set.  `unblock(a, b)` removes the table.  It needs `nft` (Debian's
+nftables; .ci/run installs it); the table goes with the switch's namespace at the end in any case.
+
 `close()` (also on errors and Ctrl-C, as a context manager) SIGKILLs whatever still runs inside the run's
 namespaces (`ip netns pids`: a process there can only be ours), then deletes the namespaces, which takes
 their veths and the bridge with them.  `sweep()` does the same for the namespaces of runs whose owner is
@@ -44,6 +52,7 @@ from types import TracebackType
 from loadtest.process import start_time
 
 IP = "/usr/sbin/ip" if Path("/usr/sbin/ip").exists() else (shutil.which("ip") or "ip")
+NFT = "/usr/sbin/nft" if Path("/usr/sbin/nft").exists() else (shutil.which("nft") or "nft")
 SUBNET = "10.77.0.0/24"
 NAME_RE = re.compile(r"^cg(?P<pid>\d+)_(?P<start>\d+)_(?P<seq>\d+)-(?P<host>[a-z][a-z0-9]{0,9})$")
 HOST_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")  # "v-" + host fits IFNAMSIZ (15)
@@ -133,6 +142,7 @@ class Network:
         self._addresses = itertools.islice(self.net.hosts(), 1, None)  # .1 is left for a gateway
         self.hosts: dict[str, Host] = {}
         self.made: list[str] = []  # namespaces created, in order
+        self.blocked: set[str] = set()  # nft tables of block(), in the switch's namespace
         self.closed = False
         try:
             for stale in (n for n in namespaces() if n.startswith(self.prefix + "-")):
@@ -192,6 +202,40 @@ class Network:
         if f"{h.address}/" not in ip("-n", h.ns, "-4", "addr", "show", "dev", "eth0").stdout:
             ip("-n", h.ns, "addr", "add", f"{h.address}/{self.net.prefixlen}", "dev", "eth0")
         h.up = True
+
+    def block(self, a: str, b: str) -> None:
+        """Drop every IPv4 packet between hosts `a` and `b`, both ways, on the bridge (see the module's doc)."""
+        ha, hb = self.hosts[a], self.hosts[b]
+        table = self._block_table(a, b)
+        rules = (f"table bridge {table} {{\n"
+                 "  chain forward {\n"
+                 "    type filter hook forward priority 0; policy accept;\n"
+                 f"    ip saddr {ha.address} ip daddr {hb.address} drop\n"
+                 f"    ip saddr {hb.address} ip daddr {ha.address} drop\n"
+                 "  }\n}\n")
+        self._nft(["-f", "-"], rules)
+        self.blocked.add(table)
+
+    def unblock(self, a: str, b: str) -> None:
+        """Let packets between `a` and `b` pass again (the connections still open carry on where TCP left off)."""
+        table = self._block_table(a, b)
+        if table in self.blocked:
+            self._nft(["delete", "table", "bridge", table])
+            self.blocked.discard(table)
+
+    def _block_table(self, a: str, b: str) -> str:
+        if a not in self.hosts or b not in self.hosts or a == b:
+            raise ValueError(f"block/unblock: two different hosts of the run, not {a!r} and {b!r}")
+        return "cut_" + "_".join(sorted((a, b)))
+
+    def _nft(self, args: Sequence[str], stdin: str | None = None) -> None:
+        if not Path(NFT).exists() and shutil.which(NFT) is None:
+            raise RuntimeError("nft is not installed: apt-get install -y --no-install-recommends nftables "
+                               "(.ci/run does)")
+        proc = subprocess.run([IP, "netns", "exec", self.switch, NFT, *args], input=stdin, capture_output=True,
+                              text=True, timeout=10, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft {' '.join(args)} in {self.switch}: exit {proc.returncode}: {proc.stderr.strip()}")
 
     def processes(self) -> dict[str, list[int]]:
         """PIDs running inside each of the run's namespaces."""
