@@ -406,14 +406,15 @@ def section_faults() -> dict[str, Any]:
           f" s; whole calls {w['calls']}: {w['failed']} refused {w['failed_how']}; push after: everywhere in "
           f"{f['push_after']['everywhere_s']} s; billing {'ok' if b['ok'] else 'WRONG'}", flush=True)
     out["postgresql_restart"] = f
-    print("== h1 cut off from PostgreSQL for 5 s (packets dropped on the bridge; 150 decisions/s straight to h1)",
-          flush=True)
+    print("== h1 cut off from PostgreSQL (packets dropped on the bridge; 150 decisions/s straight to h1), until its "
+          "health says so, a push through h2 and an event through h1 are done (5 s at least)", flush=True)
     with pg_hosts() as c:
         f = db_cut_scenario(c, c.agent("client"))
     print(f"  decisions through h1: {f['decisions_through_h1']['codes']}; h1's store health NOT_SERVING after "
           f"{f['not_serving_after_s']} s ({f['store_health_during']}); push through h2: "
           f"{f['push_through_h2_during']['workers_s']}; event through h1 during: "
-          f"{f['event_through_h1_during']['code']} after {f['event_through_h1_during']['seconds']} s; h1 caught up "
+          f"{f['event_through_h1_during']['code']} after {f['event_through_h1_during']['seconds']} s; link restored "
+          f"after {f['cut_s']} s; h1 caught up "
           f"{f['h1_caught_up_s']} s after the restore, SERVING again after {f['h1_serving_again_after_s']} s",
           flush=True)
     out["h1_cut_from_db"] = f
