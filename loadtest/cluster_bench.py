@@ -25,7 +25,8 @@ through an agent, `lb` nginx where named):
   through h2); PostgreSQL stopped for 3 s (decisions failed, events refused, seconds until each host takes
   events again, the push after it); h1 cut off from the database for ~5 s (decisions through h1, how long
   before its health says the store is NOT_SERVING, a push through h2 meanwhile, how long h1 takes to catch up
-  once the link is back).
+  once the link is back); the same cut through nginx (what nginx makes of a host that decides but cannot
+  take events).
 
 Every load is bounded in count and time; the JSON (`--json`) has every figure and, for the faults, the raw
 records.  The scenario functions are also what tests/test_cluster_postgres.py asserts on.
@@ -319,6 +320,32 @@ def db_cut_scenario(c: Cluster, agent: Agent, cut_s: float = 5.0, notice_s: floa
                                      "details": decided["details"]}}
 
 
+def db_cut_nginx_scenario(c: Cluster, agent: Agent, cut_s: float = 8.0) -> dict[str, Any]:
+    """Through nginx over h1 and h2: decisions (200/s) and 4 lanes of whole calls; h1 cut off from the database
+    2 s in, for `cut_s`.  nginx sees h1 answer decisions but hang on events (the store's 5 s connection
+    timeout is longer than nginx's 1 s `grpc_read_timeout`): what that costs; then the calls cut short are
+    finished through h2 and the ledger is checked."""
+    lb = c.address("lb")
+    decide = agent.start_load("decide", lb, rate=200, duration=cut_s + 6.0)
+    calls = agent.start_load("calls", lb, lanes=4, duration=cut_s + 6.0, pause=0.02, prefix="n")
+    time.sleep(2.0)
+    c.cut_db("h1")
+    cut = time.monotonic()
+    time.sleep(cut_s)
+    c.restore_db("h1")
+    restored = time.monotonic()
+    decided, called = agent.wait_load(decide), agent.wait_load(calls)
+    f = failover_figures(decided["calls"], cut)
+    records = called["records"]
+    failed_at = sorted(round(r["failed"][3] - cut, 2) for r in records if r["failed"] is not None)
+    problems = complete(agent, c.address("h2"), records)
+    time.sleep(0.3)  # nginx's access log is flushed every 200 ms
+    return {"cut_s": round(restored - cut, 2),
+            "decisions": {k: f[k] for k in ("calls", "errors", "codes", "slow", "max_latency_ms")},
+            "whole_calls": {**calls_summary(called), "failed_s_after_cut": failed_at},
+            "nginx": c.nginxes["lb"].upstream_counts(), "finish_problems": problems, "billing": billing(c, records)}
+
+
 # -- the sections ----------------------------------------------------------------------------------
 
 def section_propagation(pushes: int) -> dict[str, Any]:
@@ -418,6 +445,15 @@ def section_faults() -> dict[str, Any]:
           f"{f['h1_caught_up_s']} s after the restore, SERVING again after {f['h1_serving_again_after_s']} s",
           flush=True)
     out["h1_cut_from_db"] = f
+    print("== h1 cut off from PostgreSQL for 8 s, through nginx (200 decisions/s and 4 lanes of whole calls)",
+          flush=True)
+    with pg_hosts(lb=True) as c:
+        f = db_cut_nginx_scenario(c, c.agent("client"))
+    d, w, b = f["decisions"], f["whole_calls"], f["billing"]
+    print(f"  decisions {d['calls']}: {d['errors']} failed {d['codes']}; whole calls {w['calls']}: {w['failed']} "
+          f"failed {w['failed_how']} ({w['failed_example'][:60]}) at {w['failed_s_after_cut']} s after the cut; "
+          f"nginx {f['nginx']['http_status']}; billing {'ok' if b['ok'] else 'WRONG'}", flush=True)
+    out["h1_cut_from_db_nginx"] = f
     return out
 
 

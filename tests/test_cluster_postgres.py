@@ -26,6 +26,7 @@ import pytest
 from loadtest.cluster import Agent, Cluster, propagation, settings_document, slowest
 from loadtest.cluster_bench import (
     LANES,
+    db_cut_nginx_scenario,
     db_cut_scenario,
     kill_scenario,
     ledger_calls,
@@ -153,9 +154,26 @@ def test_a_host_cut_off_from_postgresql_decides_on_and_catches_up() -> None:
         assert set(health["h1_checks"]) == {"NOT_SERVING"} and health["h2_metric"] == 1, health
         event = f["event_through_h1_during"]                            # refused with a hint, not hung
         assert not event["ok"] and event["code"] == "UNAVAILABLE" and "try again" in event["details"], event
-        # the link back: the push made meanwhile is in force on both workers of h1 within about a second
-        assert f["h1_caught_up_s"] is not None and f["h1_caught_up_s"] < 1.5, f["h1_caught_up_after_restore_s"]
+        # the link back: the push made meanwhile is in force on both workers of h1 within about a second (measured
+        # 0.06-1.02 s: a worker may be inside a connection attempt whose SYN is retransmitted 1 s, then 2 s later)
+        assert f["h1_caught_up_s"] is not None and f["h1_caught_up_s"] < 3.0, f["h1_caught_up_after_restore_s"]
         assert f["h1_serving_again_after_s"] is not None and f["event_through_h1_after"]["ok"]
+
+
+@needs_nft
+def test_a_host_cut_off_from_postgresql_behind_nginx_costs_only_events_in_flight_there() -> None:
+    if not has_nginx:
+        pytest.skip("nginx is not installed: apt-get install -y nginx (.ci/run does)")
+    with pg_cluster(lb=True) as (c, agent):
+        f = db_cut_nginx_scenario(c, agent)
+        show("h1 cut off from PostgreSQL for 8 s, through nginx", f)
+        d, w = f["decisions"], f["whole_calls"]
+        assert d["errors"] == 0, d                                      # decisions never touch the store
+        # the events in flight on h1 when nginx gave up on it (grpc_read_timeout 1 s: 504), once at the cut and
+        # again each time nginx tries h1 after fail_timeout (5 s): at most a lane's worth each time
+        assert w["failed"] <= 4 * (1 + int(f["cut_s"] // 5)), w
+        assert all(how.endswith("UNAVAILABLE") for how in w["failed_how"]), w
+        assert f["finish_problems"] == [] and f["billing"]["ok"], f["billing"]
 
 
 class FakeServer:
