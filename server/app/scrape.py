@@ -11,6 +11,7 @@ The supervisor adds its own: workers alive and workers restarted.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -21,28 +22,45 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.store.accounts import LEDGER_KINDS
-from server.store.api import StoreError
 from server.store.location import open_store
 
 log = logging.getLogger("callgate.metrics")
 
 
 class StoreCollector(Collector):
-    def __init__(self, location: str, tenants_cap: int) -> None:
-        self.location, self.tenants_cap = location, tenants_cap
+    def __init__(self, location: str, tenants_cap: int, wait_s: float = 1.0) -> None:
+        self.location, self.tenants_cap, self.wait_s = location, tenants_cap, wait_s
         self._store: Any = None
         self._lock = threading.Lock()  # scrapes may overlap (one thread per HTTP request)
+        self._reading: concurrent.futures.Future[Any] | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metrics-store")
         self._logged = 0.0
+
+    def _read(self) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
+        """The store's figures, waited for at most `wait_s`: a store that does not answer (a database gone
+        silent) must not hold every scrape for its network timeout.  A read still running is not started again:
+        the next scrape takes its answer."""
+        with self._lock:
+            if self._reading is None or (self._reading.done() and self._reading.exception() is not None):
+                self._reading = self._pool.submit(self._query)
+            reading = self._reading
+        result = reading.result(timeout=self.wait_s)
+        with self._lock:
+            if self._reading is reading:
+                self._reading = None
+        return result
+
+    def _query(self) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
+        if self._store is None:
+            self._store = open_store(self.location, migrate=False)
+        return self._store.ledger_counts(), self._store.snapshot_sizes()
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         ok = GaugeMetricFamily("callgate_store_scrape_ok", "1 when this scrape could read the store's figures "
-                               "(ledger writes, tenants, snapshot bytes)")
+                               "(ledger writes, tenants, snapshot bytes) within a second")
         try:
-            with self._lock:
-                if self._store is None:
-                    self._store = open_store(self.location, migrate=False)
-                counts, sizes = self._store.ledger_counts(), self._store.snapshot_sizes()
-        except (StoreError, OSError, ValueError) as exc:
+            counts, sizes = self._read()
+        except Exception as exc:  # StoreError, a timeout: the figures are left out, the scrape answers
             now = time.monotonic()
             if now - self._logged > 60:  # a store outage is reported by the workers; this is once a minute
                 self._logged = now

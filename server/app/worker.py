@@ -137,7 +137,7 @@ async def run_worker(w: Worker, ready: Any = None) -> None:
     await server.start()
     await health.set("", True)
     await health.set(names[1], True)
-    await health.tick(bool(state.engine.tenants()), store)
+    await health.tick(bool(state.engine.snapshots), store)
     host = opts.listen.rpartition(":")[0]
     log.info("listening", extra={"event": "listening", "address": f"{host}:{port}"})
     if ready is not None:
@@ -166,7 +166,7 @@ async def run_worker(w: Worker, ready: Any = None) -> None:
             except Exception:  # a bug: log, keep serving, try again
                 log.exception("refresh from the store failed")
             # every tick, whoever installed the snapshots (this worker's own push too)
-            await health.tick(bool(state.engine.tenants()), store)
+            await health.tick(bool(state.engine.snapshots), store)
             try:
                 await background.tick()
             except StoreError:  # counted and logged by the store; the next tick tries again

@@ -21,6 +21,7 @@ fills under load writes a line every ten seconds, not one per call.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -28,7 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -330,12 +331,14 @@ def _named_future(store: Any, op: str, inner: Future[T]) -> Future[T]:
 
     def done(f: Future[T]) -> None:
         exc = f.exception()
-        if exc is None:
-            outer.set_result(f.result())
-        elif isinstance(exc, nameable()):
-            outer.set_exception(store.faults.named(op, exc))
-        else:
-            outer.set_exception(exc)
+        error = store.faults.named(op, exc) if exc is not None and isinstance(exc, nameable()) else exc
+        # the caller may have given up meanwhile (its deadline cancels the future it awaits): the write stands,
+        # nobody is left to tell
+        with contextlib.suppress(InvalidStateError):
+            if error is None:
+                outer.set_result(f.result())
+            else:
+                outer.set_exception(error)
 
     inner.add_done_callback(done)
     return outer

@@ -56,8 +56,8 @@ T = TypeVar("T")
 
 WRITE_LOCK = 0x63616C6C  # "call": the advisory lock every write transaction takes first
 NOTIFY_SQL = "SELECT pg_notify('callgate_changes', (SELECT COALESCE(max(seq), 0)::text FROM changes))"
-CONNECT_TIMEOUT_S = 5
-NETWORK_TIMEOUT_S = 5  # data sent and not acknowledged this long: the connection is lost (tcp_user_timeout)
+CONNECT_TIMEOUT_S = 3   # libpq's least is 2
+NETWORK_TIMEOUT_S = 3   # data sent and not acknowledged this long: the connection is lost (tcp_user_timeout)
 FEED_CHECK_S = 2.0   # the feed is read this often even without a NOTIFY (belt and braces: none is expected lost)
 
 
@@ -256,7 +256,7 @@ class PostgresBase(StoreBase):
         # The TCP settings bound what a cut network costs: without them a statement sent into a link that drops
         # everything waits for the kernel's retransmissions (a quarter of an hour), and the worker hears nothing.
         return {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
-                "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+                "keepalives": 1, "keepalives_idle": 3, "keepalives_interval": 1, "keepalives_count": 2,
                 "tcp_user_timeout": NETWORK_TIMEOUT_S * 1000,
                 "options": f"-c lock_timeout={BUSY_TIMEOUT_MS} -c idle_in_transaction_session_timeout=60000"}
 
