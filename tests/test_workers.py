@@ -7,9 +7,11 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -136,3 +138,17 @@ def test_metrics_add_up_the_workers(tmp_path):
         assert 'callgate_tenant_version{tenant="acme"} 1.0' in text
     finally:
         srv.stop()
+
+
+def test_metrics_folders_of_supervisors_that_are_gone_are_swept(tmp_path: Path) -> None:
+    from server.app.supervisor import METRICS_PREFIX, sweep_metrics_dirs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = tmp_path / f"{METRICS_PREFIX}{dead.pid}-abc"       # a supervisor killed with SIGKILL left it
+    live = tmp_path / f"{METRICS_PREFIX}{os.getpid()}-def"    # a running one's
+    other = tmp_path / f"{METRICS_PREFIX}abc"                 # not named by a pid: not ours to judge
+    for folder in (gone, live, other):
+        folder.mkdir()
+    assert sweep_metrics_dirs(str(tmp_path)) == [gone.name]
+    assert not gone.exists() and live.exists() and other.exists()

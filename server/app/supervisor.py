@@ -47,7 +47,8 @@ def supervise(opts: Options) -> int:
     if port == 0:
         port = free_port(host)
     worker_opts = Options(**{**opts.__dict__, "listen": f"{host}:{port}", "reuse_port": True})
-    metrics_dir = tempfile.mkdtemp(prefix="callgate-metrics-")
+    sweep_metrics_dirs()
+    metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     counts = WorkersCollector(opts.workers)
     if opts.metrics:
@@ -111,6 +112,29 @@ def supervise(opts: Options) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("supervisor stopped", extra={"event": "stopped"})
     return 1 if failed else 0
+
+
+METRICS_PREFIX = "callgate-metrics-"
+
+
+def sweep_metrics_dirs(parent: str | None = None) -> list[str]:
+    """Remove the workers' metrics folders of supervisors that are gone (a SIGKILL leaves its folder behind:
+    `callgate-metrics-<pid>-*` in the temporary directory); returns them."""
+    from server.worker.spool import alive
+
+    removed = []
+    base = parent or tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    for name in names:
+        head = name.removeprefix(METRICS_PREFIX).partition("-")[0]
+        if not name.startswith(METRICS_PREFIX) or not head.isdigit() or alive(int(head)):
+            continue
+        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        removed.append(name)
+    return removed
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -40,7 +40,7 @@ class Spool:
             return []
         for path in entries:
             owner = _owner(path)
-            if owner is None or (owner != dead if dead is not None else _alive(owner)):
+            if owner is None or (owner != dead if dead is not None else alive(owner)):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 size = path.stat().st_size
@@ -71,7 +71,7 @@ def _owner(path: Path) -> int | None:
     return int(head) if path.name.endswith(SUFFIX) and head.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
