@@ -10,7 +10,7 @@ from typing import Any
 
 from loadtest.process import EXAMPLE, ROOT, ServeProcess
 
-__all__ = ["EXAMPLE", "OWN_NUMBERS", "ROOT", "Server", "example_doc", "own_number", "wait_for"]
+__all__ = ["EXAMPLE", "OWN_NUMBERS", "ROOT", "Server", "example_doc", "own_number", "seed_tokens", "wait_for"]
 
 # examples/acme.json's own numbers (a number belongs to one tenant: other tenants get numbers of their own)
 OWN_NUMBERS = ("+14155550100", "+14155550199", "+442071234567")
@@ -33,6 +33,24 @@ def example_doc(tenant: str = "acme", block: int = 0) -> dict[str, Any]:
     doc = json.loads(text)
     doc["tenant"] = tenant
     return doc
+
+
+def seed_tokens(data_dir: Path, roles: tuple[str, ...] = ("owner", "operator")) -> dict[str, str]:
+    """A fresh store under `data_dir` holding one token per role (made before the server starts, as an owner's
+    first token is); the secrets by role."""
+    from server.rules.tokens import new_token
+    from server.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(data_dir / "callgate.sqlite")
+    tokens = {}
+    try:
+        for role in roles:
+            ident, secret, token_hash = new_token()
+            store.add_token(ident, token_hash, role, [], 0, role)
+            tokens[role] = secret
+    finally:
+        store.close()
+    return tokens
 
 
 class Server(ServeProcess):

@@ -18,10 +18,8 @@ import pytest
 from callgate.v1 import admin_pb2, admin_pb2_grpc
 from loadtest import harness
 from server.client import with_token
-from server.rules.tokens import new_token
-from server.store.sqlite import SQLiteStore
 
-from .serving import Server, example_doc
+from .serving import Server, example_doc, seed_tokens
 
 # small and bounded: 2 tenants, 600 planned requests, at most 1.3 s of load and 2,000 calls a run
 SMALL = ["--tenants", "2", "--numbers", "20", "--blacklist", "500", "--offhours-blacklist", "100", "--users", "6",
@@ -31,13 +29,7 @@ SMALL = ["--tenants", "2", "--numbers", "20", "--blacklist", "500", "--offhours-
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     data = tmp_path_factory.mktemp("trace") / "data"
-    store = SQLiteStore(data / "callgate.sqlite")
-    tokens = {}
-    for role in ("owner", "operator"):
-        ident, secret, token_hash = new_token()
-        store.add_token(ident, token_hash, role, [], 0, role)
-        tokens[role] = secret
-    store.close()
+    tokens = seed_tokens(data)
     srv = Server(data, "--auth", "tokens", seed=None)
     try:
         yield {"server": srv, "address": srv.address, "db": data / "callgate.sqlite", "tokens": tokens,

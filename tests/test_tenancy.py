@@ -23,9 +23,8 @@ from loadtest.process import free_port
 from server.cli.main import main
 from server.client import upload_messages, with_token
 from server.rules.tokens import new_token, token_id
-from server.store.sqlite import SQLiteStore
 
-from .serving import Server, example_doc, own_number, wait_for
+from .serving import Server, example_doc, own_number, seed_tokens, wait_for
 from .test_numbers import old_store
 
 TUESDAY_1030_LA = 1796149800
@@ -52,13 +51,7 @@ def refused(call: Any) -> grpc.RpcError:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Any:
     data = tmp_path_factory.mktemp("tenancy") / "data"
-    store = SQLiteStore(data / "callgate.sqlite")
-    tokens = {}
-    for role in ("owner", "operator"):
-        ident, secret, token_hash = new_token()
-        store.add_token(ident, token_hash, role, [], 0, role)
-        tokens[role] = secret
-    store.close()
+    tokens = seed_tokens(data)
     srv = Server(data, "--auth", "tokens")
     owner = admin_pb2_grpc.AdminStub(with_token(srv.channel(), tokens["owner"]))
     owner.PushSettings(admin_pb2.PushSettingsRequest(document=document("beta", 602)), timeout=60)
