@@ -423,9 +423,10 @@ class Cluster:
             raise RuntimeError("no database in this run")
         return [line.split("|") for line in self.postgres.sql(statement).splitlines() if line]
 
-    def cut_db(self, host: str) -> None:
-        """Drop every packet between `host` and the database host, both ways, silently (see the module's doc)."""
-        self.net.block(host, self.db_host)
+    def cut_db(self, host: str, one_way: bool = False) -> None:
+        """Drop every packet between `host` and the database host, both ways, silently (see the module's doc);
+        `one_way`: only the database's packets to `host` (what it sends still arrives)."""
+        self.net.block(host, self.db_host, one_way)
 
     def restore_db(self, host: str) -> None:
         self.net.unblock(host, self.db_host)

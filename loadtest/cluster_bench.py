@@ -102,12 +102,17 @@ def ledger_calls(c: Cluster) -> dict[str, list[int]]:
     return rows
 
 
-def complete(agent: Agent, target: str, records: list[dict[str, Any]]) -> list[str]:
+def complete(agent: Agent, target: str, records: list[dict[str, Any]], deadline_s: float = 60.0) -> list[str]:
     """Finish the calls a fault cut short: their events again, from the one that failed (the same instants: an
-    event the store had committed is answered as before), through `target`.  Returns the problems (none)."""
-    problems = []
+    event the store had committed is answered as before), through `target`, for `deadline_s` at most (a store
+    that stays locked must fail the run, not hold it).  Returns the problems (none)."""
+    problems: list[str] = []
+    deadline = time.monotonic() + deadline_s
     for r in records:
         if r["failed"] is None:
+            continue
+        if time.monotonic() > deadline:
+            problems.append(f"{r['id']}: not finished, {deadline_s:g} s spent finishing the calls cut short")
             continue
         for kind in KINDS[len(r["acked"]):]:
             at = {"RINGING": r["now"] - 70, "ANSWERED": r["now"] - 65, "ENDED": r["now"]}[kind]
@@ -346,6 +351,52 @@ def db_cut_nginx_scenario(c: Cluster, agent: Agent, cut_s: float = 8.0) -> dict[
             "nginx": c.nginxes["lb"].upstream_counts(), "finish_problems": problems, "billing": billing(c, records)}
 
 
+def db_cut_mid_write_scenario(c: Cluster, agent: Agent, wait_s: float = 30.0) -> dict[str, Any]:
+    """h1 cut off from the database in the middle of a write transaction, for certain: first h1 hears nothing
+    from the database (one way), then an event through h1 opens a transaction there (the write lock taken, its
+    answers lost), then the link goes both ways.  The database's backend for it waits for the rest of a
+    transaction that will never come, holding the write lock every host needs.  Measured: how long writes
+    through h2 wait (an event every 0.3 s until one is answered, up to `wait_s`), then, the link back, how long
+    until an event through h1 is answered again."""
+    h1, h2 = c.address("h1"), c.address("h2")
+    h1_ip = h1.rpartition(":")[0]
+    for i in range(10):   # every worker of h1 has its group-commit connection open (a new one would not connect)
+        agent.call(h1, "callgate.v1.Decisions", "CallEvent",
+                   {**RINGING, "call_id": f"warm-{i}", "at": int(time.time())}, timeout=10.0, fresh=True)
+    held_sql = ("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' "
+                f"AND l.granted AND host(a.client_addr) = '{h1_ip}'")
+    c.cut_db("h1", one_way=True)
+    start = time.monotonic()
+    held, tries = False, 0
+    while not held and tries < 4:   # each try reaches one of h1's workers; its transaction stays open
+        tries += 1
+        agent.event(h1, timeout=0.5, call_id=f"orphan-{tries}", at=int(time.time()), **RINGING)
+        held = int(c.sql(held_sql)[0][0]) > 0
+    c.cut_db("h1")                 # both ways now: h1 gives up on the connection, and the database is not told
+    cut = time.monotonic()
+    blocked_s, tries_h2 = None, 0
+    while time.monotonic() - cut < wait_s:
+        tries_h2 += 1
+        out = agent.event(h2, timeout=2.0, call_id=f"h2-{tries_h2}", at=int(time.time()), **RINGING)
+        if out["ok"]:
+            blocked_s = round(time.monotonic() - cut, 2)
+            break
+        time.sleep(0.3)
+    c.restore_db("h1")
+    restored = time.monotonic()
+    h1_again_s = None
+    while time.monotonic() - restored < wait_s:
+        out = agent.event(h1, timeout=2.0, call_id=f"after-{int(time.monotonic() * 1000)}", at=int(time.time()),
+                          **RINGING)
+        if out["ok"]:
+            h1_again_s = round(time.monotonic() - restored, 2)
+            break
+        time.sleep(0.3)
+    return {"lock_held_by_h1_at_cut": held, "cut_after_s": round(cut - start, 2), "h2_writes_wait_s": blocked_s,
+            "h2_tries": tries_h2, "h1_events_again_after_restore_s": h1_again_s,
+            "h1_locks_left": int(c.sql(held_sql)[0][0])}
+
+
 # -- the sections ----------------------------------------------------------------------------------
 
 def section_propagation(pushes: int) -> dict[str, Any]:
@@ -454,6 +505,13 @@ def section_faults() -> dict[str, Any]:
           f"failed {w['failed_how']} ({w['failed_example'][:60]}) at {w['failed_s_after_cut']} s after the cut; "
           f"nginx {f['nginx']['http_status']}; billing {'ok' if b['ok'] else 'WRONG'}", flush=True)
     out["h1_cut_from_db_nginx"] = f
+    print("== h1 cut off from PostgreSQL in the middle of a write transaction (it holds the write lock)", flush=True)
+    with pg_hosts() as c:
+        f = db_cut_mid_write_scenario(c, c.agent("client"))
+    print(f"  lock held by h1 at the cut: {f['lock_held_by_h1_at_cut']}; writes through h2 answered again "
+          f"{f['h2_writes_wait_s']} s after the cut; h1's events answered {f['h1_events_again_after_restore_s']} s "
+          "after the link returned", flush=True)
+    out["h1_cut_mid_write"] = f
     return out
 
 

@@ -203,14 +203,17 @@ class Network:
             ip("-n", h.ns, "addr", "add", f"{h.address}/{self.net.prefixlen}", "dev", "eth0")
         h.up = True
 
-    def block(self, a: str, b: str) -> None:
-        """Drop every IPv4 packet between hosts `a` and `b`, both ways, on the bridge (see the module's doc)."""
+    def block(self, a: str, b: str, one_way: bool = False) -> None:
+        """Drop every IPv4 packet between hosts `a` and `b`, both ways, on the bridge (see the module's doc); with
+        `one_way`, only those from `b` to `a` (`a` hears nothing from `b`, `b` still hears `a`).  Blocking again
+        adds to what is blocked; `unblock` lifts it all."""
         ha, hb = self.hosts[a], self.hosts[b]
         table = self._block_table(a, b)
+        a_to_b = "" if one_way else f"    ip saddr {ha.address} ip daddr {hb.address} drop\n"
         rules = (f"table bridge {table} {{\n"
                  "  chain forward {\n"
                  "    type filter hook forward priority 0; policy accept;\n"
-                 f"    ip saddr {ha.address} ip daddr {hb.address} drop\n"
+                 f"{a_to_b}"
                  f"    ip saddr {hb.address} ip daddr {ha.address} drop\n"
                  "  }\n}\n")
         self._nft(["-f", "-"], rules)

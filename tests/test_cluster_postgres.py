@@ -26,6 +26,7 @@ import pytest
 from loadtest.cluster import Agent, Cluster, propagation, settings_document, slowest
 from loadtest.cluster_bench import (
     LANES,
+    db_cut_mid_write_scenario,
     db_cut_nginx_scenario,
     db_cut_scenario,
     kill_scenario,
@@ -174,6 +175,20 @@ def test_a_host_cut_off_from_postgresql_behind_nginx_costs_only_events_in_flight
         assert w["failed"] <= 4 * (1 + int(f["cut_s"] // 5)), w
         assert all(how.endswith("UNAVAILABLE") for how in w["failed_how"]), w
         assert f["finish_problems"] == [] and f["billing"]["ok"], f["billing"]
+
+
+@needs_nft
+def test_a_host_cut_off_in_the_middle_of_a_write_does_not_lock_the_others_out() -> None:
+    # Found by a hung run: h1 cut off while its transaction held the write lock left that lock held by a
+    # backend waiting for the rest of the transaction, and every host's events failed until the kernel gave
+    # up on the dead peer (a quarter of an hour).  The backend's own TCP timeouts now end it within seconds.
+    with pg_cluster() as (c, agent):
+        f = db_cut_mid_write_scenario(c, agent)
+        show("h1 cut off in the middle of a write transaction", f)
+        assert f["lock_held_by_h1_at_cut"], f                       # the case is made for certain
+        # measured ~3-5 s (the backend's tcp_user_timeout and keepalives: 3 s, then 1 s twice)
+        assert f["h2_writes_wait_s"] is not None and f["h2_writes_wait_s"] < 12.0, f
+        assert f["h1_events_again_after_restore_s"] is not None and f["h1_locks_left"] == 0, f
 
 
 class FakeServer:

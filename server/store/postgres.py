@@ -253,12 +253,22 @@ class PostgresBase(StoreBase):
 
     def _options(self) -> dict[str, Any]:
         # lock_timeout: a writer waits for the write lock as long as SQLite's busy timeout, then StoreBusy.
-        # The TCP settings bound what a cut network costs: without them a statement sent into a link that drops
-        # everything waits for the kernel's retransmissions (a quarter of an hour), and the worker hears nothing.
+        # The TCP settings bound what a cut network costs, on both ends of each connection:
+        #   - here (libpq): without them a statement sent into a link that drops everything waits for the kernel's
+        #     retransmissions (a quarter of an hour), and the worker hears nothing;
+        #   - in the server's backend (the `-c tcp_*` settings, this session's own): a host cut off in the middle
+        #     of a write transaction leaves its backend waiting for the rest of it, holding the write lock every
+        #     host needs, until the kernel gives up on a dead peer (two hours by default).  Measured: every host's
+        #     events UNAVAILABLE for the whole cut and after it.  Now the backend hears of it within seconds.
+        #     (idle_in_transaction_session_timeout does not cover it: a pipelined transaction waiting for its
+        #     next statement is "active".)
+        tcp = NETWORK_TIMEOUT_S
         return {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
-                "keepalives": 1, "keepalives_idle": 3, "keepalives_interval": 1, "keepalives_count": 2,
-                "tcp_user_timeout": NETWORK_TIMEOUT_S * 1000,
-                "options": f"-c lock_timeout={BUSY_TIMEOUT_MS} -c idle_in_transaction_session_timeout=60000"}
+                "keepalives": 1, "keepalives_idle": tcp, "keepalives_interval": 1, "keepalives_count": 2,
+                "tcp_user_timeout": tcp * 1000,
+                "options": f"-c lock_timeout={BUSY_TIMEOUT_MS} -c idle_in_transaction_session_timeout=60000 "
+                           f"-c tcp_keepalives_idle={tcp} -c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 "
+                           f"-c tcp_user_timeout={tcp * 1000}"}
 
     def _open_pool(self, size: int) -> Connections:
         return Connections(lambda: psycopg.connect(self.dsn, **self._options()), size, BUSY_TIMEOUT_MS / 1000)
