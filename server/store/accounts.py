@@ -62,6 +62,39 @@ def _topup(row: Any) -> Topup:
     return Topup(*row)
 
 
+class _Batch:
+    """What the writes of one PostgreSQL group transaction have made of the rows a later write of the same
+    transaction reads: its call events, its calls, its tenants' accounts.
+
+    The group commit sends every call event's reads ahead, in one round trip
+    (`GroupCommitter.submit`'s prefetch): those rows are as they were when
+    the transaction began.  A write that changes one of them notes the row
+    here as it now is, and a later write takes it from here instead.  Every
+    write of the transaction is a group write (the transaction holds the
+    write lock: nobody else writes meanwhile), and every group write that
+    changes these rows goes through `_settle`, `_hold` and `_ledger`, which
+    note them.  The notes live as long as the transaction (a new dict at
+    each BEGIN, server/store/postgres.py): a rolled-back batch leaves none.
+    SQLite's connections have no `batch`: they read each row when needed.
+    """
+
+    def __init__(self, notes: dict[Any, Any]) -> None:
+        self.replays: dict[tuple[str, str, str], tuple[str, str]] = notes.setdefault("replays", {})
+        self.calls: dict[tuple[str, str], Call] = notes.setdefault("calls", {})
+        self.accounts: dict[str, Account] = notes.setdefault("accounts", {})
+
+    @staticmethod
+    def of(conn: Conn) -> _Batch | None:
+        notes = getattr(conn, "batch", None)
+        return None if notes is None else _Batch(notes)
+
+    @staticmethod
+    def set_account(conn: Conn, tenant: str, account: Account) -> None:
+        batch = _Batch.of(conn)
+        if batch is not None:
+            batch.accounts[tenant] = account
+
+
 class AccountsPart(StoreBase):
     """Calls, money and documents for SQLiteStore (see the module docstring)."""
 
@@ -77,29 +110,46 @@ class AccountsPart(StoreBase):
                           currency: str) -> Future[Reply]:
         _check_tenant(tenant)
         _check_str("call_id", call_id)
+        sent: list[tuple[Any, Any, Any]] = []   # the reads sent ahead for this write (PostgreSQL), see _Batch
+
+        def prefetch(conn: Conn) -> None:
+            sent[:] = [self._event_reads(conn, tenant, call_id, event.key)]
 
         def write(conn: Conn) -> Reply:
-            # the three reads sent at once (one round trip on a pipelined PostgreSQL connection)
-            replay = conn.execute("SELECT \"user\", reply FROM call_events WHERE tenant = ? AND call_id = ? "
-                                  "AND key = ?", (tenant, call_id, event.key))
-            call = conn.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE tenant = ? AND call_id = ?",
-                                (tenant, call_id))
-            account = conn.execute(ACCOUNT_SQL, (tenant,))
+            replay, call, account = sent.pop() if sent else self._event_reads(conn, tenant, call_id, event.key)
             # read to the end, all three: a statement left unfinished keeps SQLite's read lock past the commit
             replayed, calls, accounts = replay.fetchall(), call.fetchall(), account.fetchall()
+            call_now = _call(calls[0]) if calls else None
+            account_now = _account_of(accounts[0] if accounts else None)
+            batch = _Batch.of(conn)
+            if batch is not None:   # what this transaction's earlier writes changed since these rows were read
+                replayed = [batch.replays[k]] if (k := (tenant, call_id, event.key)) in batch.replays else replayed
+                call_now = batch.calls.get((tenant, call_id), call_now)
+                account_now = batch.accounts.get(tenant, account_now)
             if replayed:
                 check_replay(event, replayed[0][0], call_id)
                 return Reply.from_json(replayed[0][1])
-            account_now = _account_of(accounts[0] if accounts else None)
-            outcome = rules(_call(calls[0]) if calls else None, account_now)
+            outcome = rules(call_now, account_now)
             now = int(time.time())
+            reply = outcome.reply.to_json()
             conn.execute("INSERT INTO call_events (tenant, call_id, key, kind, \"user\", at, reply, recorded_at) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (tenant, call_id, event.key, event.kind, event.user, event.at, outcome.reply.to_json(), now))
+                         (tenant, call_id, event.key, event.kind, event.user, event.at, reply, now))
+            if batch is not None:
+                batch.replays[(tenant, call_id, event.key)] = (event.user, reply)
             self._settle(conn, outcome, event.kind, currency, topup, now, account_now)
             return outcome.reply
 
-        return self._submit(write)
+        return self._submit(write, prefetch)
+
+    @staticmethod
+    def _event_reads(conn: Conn, tenant: str, call_id: str, key: str) -> tuple[Any, Any, Any]:
+        """A call event's three reads, sent at once (one round trip on a pipelined PostgreSQL connection): its
+        replay, its call, its tenant's account; cursors, not yet read."""
+        return (conn.execute("SELECT \"user\", reply FROM call_events WHERE tenant = ? AND call_id = ? AND key = ?",
+                             (tenant, call_id, key)),
+                conn.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE tenant = ? AND call_id = ?", (tenant, call_id)),
+                conn.execute(ACCOUNT_SQL, (tenant,)))
 
     def _settle(self, conn: Conn, outcome: Outcome, kind: str, currency: str,
                 topup: TopupPolicy | None, now: int, account: Account | None = None) -> None:
@@ -112,6 +162,9 @@ class AccountsPart(StoreBase):
                       c.ringing_at, c.answered_by, c.last_user, c.answered_at, c.ended_at, c.line,
                       c.rate_micro, c.increment_s, c.talked_s, c.charge_micro, c.last_at, c.updated_at,
                       c.reserved_micro, c.reserved_s, c.outcome, c.caller_raw, c.called_raw))
+        batch = _Batch.of(conn)
+        if batch is not None:
+            batch.calls[(c.tenant, c.call_id)] = c
         if outcome.hold_micro:
             self._hold(conn, c.tenant, outcome.hold_micro, topup, f"hold:{c.call_id}", now, account)
             if account is not None:
@@ -126,6 +179,9 @@ class AccountsPart(StoreBase):
 
     @staticmethod
     def _account(conn: Conn, tenant: str) -> Account:
+        batch = _Batch.of(conn)
+        if batch is not None and tenant in batch.accounts:
+            return batch.accounts[tenant]
         return _account_of(conn.execute(ACCOUNT_SQL, (tenant,)).fetchone())
 
     def _hold(self, conn: Conn, tenant: str, change: int, topup: TopupPolicy | None, trigger: str,
@@ -135,6 +191,7 @@ class AccountsPart(StoreBase):
         conn.execute("INSERT INTO accounts (tenant, reserved_micro) VALUES (?, ?) ON CONFLICT (tenant) "
                      "DO UPDATE SET reserved_micro = accounts.reserved_micro + excluded.reserved_micro",
                      (tenant, change))
+        _Batch.set_account(conn, tenant, Account(before.balance_micro, before.reserved_micro + change))
         if topup is not None and crossed(before.available_micro, before.available_micro - change,
                                          topup.threshold_micro):
             self._open_topup(conn, tenant, topup, trigger, now)
@@ -199,6 +256,7 @@ class AccountsPart(StoreBase):
             return False  # this (kind, ref) was entered before: a retry changes nothing
         conn.execute("INSERT INTO accounts (tenant, balance_micro) VALUES (?, ?) "
                      "ON CONFLICT (tenant) DO UPDATE SET balance_micro = excluded.balance_micro", (tenant, after))
+        _Batch.set_account(conn, tenant, Account(after, account.reserved_micro))
         if topup is not None:  # the threshold is on the available credit: what calls in progress hold is spent
             held = account.reserved_micro
             if crossed(before - held, after - held, topup.threshold_micro):

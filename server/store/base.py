@@ -86,7 +86,9 @@ class StoreBase:
     def _transaction(self, write: bool) -> contextlib.AbstractContextManager[Any]:
         raise NotImplementedError
 
-    def _submit(self, fn: Callable[[Any], T]) -> Future[T]:
+    def _submit(self, fn: Callable[[Any], T], prefetch: Callable[[Any], None] | None = None) -> Future[T]:
+        """Queue `fn(conn)` for the next group commit (server/store/group.py); `prefetch(conn)` sends its reads
+        ahead, where that saves round trips (PostgreSQL)."""
         raise NotImplementedError
 
     def _grouped(self, fn: Callable[[Any], T]) -> T:
@@ -331,15 +333,17 @@ class SQLiteBase(StoreBase):
             return StoreBusy(f"{self.path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s: {exc}")
         return None
 
-    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        """Queue a small write for this process's next group commit (server/store_group.py)."""
+    def _submit(self, fn: Callable[[sqlite3.Connection], T],
+                prefetch: Callable[[Any], None] | None = None) -> Future[T]:
+        """Queue a small write for this process's next group commit (server/store/group.py); SQLite's reads
+        are local, `prefetch` is never called."""
         pid = os.getpid()
         with self._lock:
             if self._committer is None or self._committer_pid != pid:  # first use, or a forked child
                 self._committer = GroupCommitter(self._connect, self._translate)
                 self._committer_pid = pid
             committer = self._committer
-        return committer.submit(fn)
+        return committer.submit(fn, prefetch)
 
     def poll(self) -> Poll | None:
         # One connection of its own, with no busy wait: a worker's event loop calls this, and a

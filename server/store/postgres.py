@@ -85,6 +85,9 @@ class PGConnection:
         # without waiting for the one before, so a call event costs a round trip per read it needs, not one per
         # statement; COMMIT waits for them all (`sync`) and raises what failed (server/store/group.py).
         self._pipeline: Any = None
+        # What the writes of the group transaction under way have made of the rows they share (rows read ahead
+        # are as they were before the transaction; server/store/accounts.py); None: not a group connection
+        self.batch: dict[Any, Any] | None = None
         if pipelined and psycopg.Pipeline.is_supported():
             self._pipeline_cm = raw.pipeline()
             self._pipeline = self._pipeline_cm.__enter__()
@@ -92,6 +95,8 @@ class PGConnection:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         if sql == "BEGIN IMMEDIATE":
             self._writing = self._began = True
+            if self._pipeline is not None:
+                self.batch = {}
             self.raw.execute("BEGIN")
             return self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
         if sql == "BEGIN":
@@ -100,11 +105,19 @@ class PGConnection:
         if sql == "COMMIT" and self._writing:
             # the feed's listeners hear of it once per write transaction (NOTIFY is delivered at commit)
             self.raw.execute(NOTIFY_SQL)
-        if sql.startswith(("COMMIT", "ROLLBACK")) and not sql.startswith("ROLLBACK TO"):
-            self._writing = self._began = False
+        ends = sql in ("COMMIT", "ROLLBACK")
+        if sql == "ROLLBACK" and self._pipeline is not None:
+            # an error of a statement sent earlier surfaces at the next sync: it is what is being rolled back,
+            # not the rollback's (a lost connection still fails the ROLLBACK itself, below)
+            with contextlib.suppress(psycopg.Error):
+                self._pipeline.sync()
         cursor = self.raw.execute(pg_sql(sql), tuple(args) if args else None)
-        if self._pipeline is not None and sql.startswith(("COMMIT", "ROLLBACK")):
-            self.sync()   # acknowledged means committed: never answer before the server said so
+        if ends:
+            if self._pipeline is not None:
+                # acknowledged means committed: never answer before the server said so.  A COMMIT that fails
+                # here (an earlier statement's error) left the transaction open: still in one, to be rolled back
+                self.sync()
+            self._writing = self._began = False
         return cursor
 
     def broken(self) -> bool:
@@ -303,14 +316,14 @@ class PostgresBase(StoreBase):
                 raise
             conn.execute("COMMIT")
 
-    def _submit(self, fn: Callable[[Any], T]) -> Future[T]:
+    def _submit(self, fn: Callable[[Any], T], prefetch: Callable[[Any], None] | None = None) -> Future[T]:
         pid = os.getpid()
         with self._lock:
             if self._committer is None or self._committer_pid != pid:
                 self._committer = GroupCommitter(self._connect, lambda exc: self._busy(exc) or exc)
                 self._committer_pid = pid
             committer = self._committer
-        return committer.submit(fn)
+        return committer.submit(fn, prefetch)
 
     def _grouped(self, fn: Callable[[Any], T]) -> T:
         return self._submit(fn).result()
