@@ -147,10 +147,10 @@ def test_a_host_cut_off_from_postgresql_decides_on_and_catches_up() -> None:
         pushed = f["push_through_h2_during"]                            # the other host is untouched
         assert pushed["ok"] and all(t is not None and t < 1.0 for t in pushed["workers_s"]["h2"].values()), pushed
         assert all(t is None for t in pushed["workers_s"]["h1"].values()), "h1 cannot have it: no database"
-        # h1 says so: its health Check, then its /metrics (measured: ~11 s and ~15-20 s, README; the bounds
-        # leave room for a slower machine)
+        # h1 says so: its health Check, then its /metrics (measured: ~3.5 s, the network timeout of the first
+        # store call that fails, README; the bound leaves room for a slower machine)
         noticed, health = f["not_serving_after_s"], f["store_health_during"]
-        assert noticed["health_check_s"] is not None and noticed["health_check_s"] < 25, noticed
+        assert noticed["health_check_s"] is not None and noticed["health_check_s"] < 12, noticed
         assert noticed["metric_s"] is not None, f["h1_scrapes_during"]
         assert set(health["h1_checks"]) == {"NOT_SERVING"} and health["h2_metric"] == 1, health
         event = f["event_through_h1_during"]                            # refused with a hint, not hung

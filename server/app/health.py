@@ -17,6 +17,7 @@ Three service names, each SERVING or NOT_SERVING:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -42,6 +43,12 @@ class Health:
         self._last_probe = 0.0
         self._busy: list[float] = []        # when the store was last found locked too long
         self.damaged = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.wake = asyncio.Event()         # set (from any thread) when a fault was reported: tick now
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop whose health task `store_fault` wakes (a fault is told at once, not at the next tick)."""
+        self._loop = loop
 
     def store_fault(self, op: str, kind: str) -> None:
         """The store's fault listener (called from store threads).
@@ -58,6 +65,10 @@ class Health:
                 if len(self._busy) < 3:
                     return
             self._faults += 1
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):   # the loop is closed: the worker is stopping
+                loop.call_soon_threadsafe(self.wake.set)
 
     def serving(self, name: str) -> bool:
         return self._status.get(name, False)

@@ -165,8 +165,6 @@ async def run_worker(w: Worker, ready: Any = None) -> None:
                 pass
             except Exception:  # a bug: log, keep serving, try again
                 log.exception("refresh from the store failed")
-            # every tick, whoever installed the snapshots (this worker's own push too)
-            await health.tick(bool(state.engine.snapshots), store)
             try:
                 await background.tick()
             except StoreError:  # counted and logged by the store; the next tick tries again
@@ -176,15 +174,31 @@ async def run_worker(w: Worker, ready: Any = None) -> None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stopping.wait(), opts.poll)
 
+    async def watch_health() -> None:
+        # A task of its own: the store's figures may wait on the network (a poll, a top-up claim) for seconds
+        # while the database is unreachable, and health must say so as soon as a store call has failed (it
+        # wakes this task), not once those calls give up.  Every tick too, whoever installed the snapshots.
+        health.attach(loop)
+        while not stopping.is_set():
+            health.wake.clear()
+            try:
+                await health.tick(bool(state.engine.snapshots), store)
+            except Exception:  # a bug: log, keep serving, try again
+                log.exception("health check failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(health.wake.wait(), opts.poll)
+
     watcher = asyncio.create_task(watch())
+    health_watcher = asyncio.create_task(watch_health())
     warming = asyncio.create_task(compiler.warm())
     await stopping.wait()
     log.info("stopping: finishing calls in flight", extra={"event": "stopping", "grace_s": opts.grace})
     await w.health_servicer.enter_graceful_shutdown()
     await server.stop(opts.grace)
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
+    for task in (watcher, health_watcher):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     with contextlib.suppress(Exception):
         await warming
     metrics.flush()
