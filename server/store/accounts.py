@@ -48,6 +48,14 @@ TOPUP_COLUMNS = ("id, tenant, amount_micro, currency, status, attempts, next_att
                  "trigger, created_at")
 LEDGER_KINDS = ("call", "rental", "topup", "credit")
 ACCOUNT_SQL = "SELECT balance_micro, reserved_micro FROM accounts WHERE tenant = ?"
+# a call event's reads as one statement: always one row, NULLs for what does not exist (see _event_read)
+EVENT_READ_SQL = ("SELECT r.\"user\", r.reply, a.balance_micro, a.reserved_micro, l.id, "
+                  + ", ".join(f"c.{column}" for column in CALL_COLUMNS.split(", ")) +
+                  " FROM (SELECT 1 AS one) AS one"
+                  " LEFT JOIN call_events r ON r.tenant = ? AND r.call_id = ? AND r.key = ?"
+                  " LEFT JOIN accounts a ON a.tenant = ?"
+                  " LEFT JOIN ledger l ON l.tenant = ? AND l.kind = 'call' AND l.ref = ?"
+                  " LEFT JOIN calls c ON c.tenant = ? AND c.call_id = ?")
 
 
 def _account_of(row: Any) -> Account:
@@ -64,7 +72,7 @@ def _topup(row: Any) -> Topup:
 
 class _Batch:
     """What the writes of one PostgreSQL group transaction have made of the rows a later write of the same
-    transaction reads: its call events, its calls, its tenants' accounts.
+    transaction reads: its call events, its calls, its tenants' accounts, its ledger entries.
 
     The group commit sends every call event's reads ahead, in one round trip
     (`GroupCommitter.submit`'s prefetch): those rows are as they were when
@@ -82,6 +90,7 @@ class _Batch:
         self.replays: dict[tuple[str, str, str], tuple[str, str]] = notes.setdefault("replays", {})
         self.calls: dict[tuple[str, str], Call] = notes.setdefault("calls", {})
         self.accounts: dict[str, Account] = notes.setdefault("accounts", {})
+        self.ledger: set[tuple[str, str, str]] = notes.setdefault("ledger", set())   # (tenant, kind, ref) entered
 
     @staticmethod
     def of(conn: Conn) -> _Batch | None:
@@ -110,22 +119,24 @@ class AccountsPart(StoreBase):
                           currency: str) -> Future[Reply]:
         _check_tenant(tenant)
         _check_str("call_id", call_id)
-        sent: list[tuple[Any, Any, Any]] = []   # the reads sent ahead for this write (PostgreSQL), see _Batch
+        sent: list[Any] = []   # the read sent ahead for this write (PostgreSQL), see _Batch
 
         def prefetch(conn: Conn) -> None:
-            sent[:] = [self._event_reads(conn, tenant, call_id, event.key)]
+            sent[:] = [self._event_read(conn, tenant, call_id, event.key)]
 
         def write(conn: Conn) -> Reply:
-            replay, call, account = sent.pop() if sent else self._event_reads(conn, tenant, call_id, event.key)
-            # read to the end, all three: a statement left unfinished keeps SQLite's read lock past the commit
-            replayed, calls, accounts = replay.fetchall(), call.fetchall(), account.fetchall()
-            call_now = _call(calls[0]) if calls else None
-            account_now = _account_of(accounts[0] if accounts else None)
+            cursor = sent.pop() if sent else self._event_read(conn, tenant, call_id, event.key)
+            [row] = cursor.fetchall()   # read to the end: a statement left unfinished keeps SQLite's read lock
+            replayed = [row[:2]] if row[1] is not None else []
+            account_now = Account(int(row[2]), int(row[3])) if row[2] is not None else Account()
+            charged = row[4] is not None
+            call_now = _call(row[5:]) if row[5] is not None else None
             batch = _Batch.of(conn)
-            if batch is not None:   # what this transaction's earlier writes changed since these rows were read
+            if batch is not None:   # what this transaction's earlier writes changed since this row was read
                 replayed = [batch.replays[k]] if (k := (tenant, call_id, event.key)) in batch.replays else replayed
                 call_now = batch.calls.get((tenant, call_id), call_now)
                 account_now = batch.accounts.get(tenant, account_now)
+                charged = charged or (tenant, "call", call_id) in batch.ledger
             if replayed:
                 check_replay(event, replayed[0][0], call_id)
                 return Reply.from_json(replayed[0][1])
@@ -137,24 +148,23 @@ class AccountsPart(StoreBase):
                          (tenant, call_id, event.key, event.kind, event.user, event.at, reply, now))
             if batch is not None:
                 batch.replays[(tenant, call_id, event.key)] = (event.user, reply)
-            self._settle(conn, outcome, event.kind, currency, topup, now, account_now)
+            self._settle(conn, outcome, event.kind, currency, topup, now, account_now, charged)
             return outcome.reply
 
         return self._submit(write, prefetch)
 
     @staticmethod
-    def _event_reads(conn: Conn, tenant: str, call_id: str, key: str) -> tuple[Any, Any, Any]:
-        """A call event's three reads, sent at once (one round trip on a pipelined PostgreSQL connection): its
-        replay, its call, its tenant's account; cursors, not yet read."""
-        return (conn.execute("SELECT \"user\", reply FROM call_events WHERE tenant = ? AND call_id = ? AND key = ?",
-                             (tenant, call_id, key)),
-                conn.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE tenant = ? AND call_id = ?", (tenant, call_id)),
-                conn.execute(ACCOUNT_SQL, (tenant,)))
+    def _event_read(conn: Conn, tenant: str, call_id: str, key: str) -> Any:
+        """What a call event reads, in one statement (one row, whatever exists): its replay (user, reply), its
+        tenant's account, whether the call was charged, the call; the cursor, not yet read."""
+        return conn.execute(EVENT_READ_SQL, (tenant, call_id, key, tenant, tenant, call_id, tenant, call_id))
 
     def _settle(self, conn: Conn, outcome: Outcome, kind: str, currency: str,
-                topup: TopupPolicy | None, now: int, account: Account | None = None) -> None:
+                topup: TopupPolicy | None, now: int, account: Account | None = None,
+                charged: bool | None = None) -> None:
         """Write an outcome's call, its hold, its charge and its lead (inside the caller's write); `account`: the
-        tenant's account as this write read it (None: read it when needed)."""
+        tenant's account as this write read it (None: read it when needed); `charged`: whether the call's charge
+        is in the ledger already, as this write read it (None: not known)."""
         c = outcome.call
         conn.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * N_CALL_COLUMNS)}) "
                      f"ON CONFLICT (tenant, call_id) DO UPDATE SET {CALL_UPDATES}",
@@ -170,7 +180,8 @@ class AccountsPart(StoreBase):
             if account is not None:
                 account = Account(account.balance_micro, account.reserved_micro + outcome.hold_micro)
         if outcome.charge_micro:
-            self._ledger(conn, c.tenant, "call", -outcome.charge_micro, c.call_id, currency, topup, now, account)
+            self._ledger(conn, c.tenant, "call", -outcome.charge_micro, c.call_id, currency, topup, now, account,
+                         None if charged is None else not charged)
         if outcome.reply.create_lead:
             conn.execute("INSERT INTO leads (tenant, call_id, responsible, trigger, created_at, unassigned) "
                          "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -242,18 +253,34 @@ class AccountsPart(StoreBase):
     # -- money -----------------------------------------------------------------
 
     def _ledger(self, conn: Conn, tenant: str, kind: str, amount: int, ref: str, currency: str,
-                topup: TopupPolicy | None, now: int, account: Account | None = None) -> bool:
+                topup: TopupPolicy | None, now: int, account: Account | None = None,
+                new: bool | None = None) -> bool:
         """One ledger entry and the balance that follows it; opens a top-up on a crossing.  `account`: the
-        tenant's account as the caller's write knows it (each read saved is a round trip to PostgreSQL)."""
+        tenant's account as the caller's write knows it (each read saved is a round trip to PostgreSQL);
+        `new`: whether the caller's write found no entry for (kind, ref) (None: not known)."""
         if account is None:
             account = self._account(conn, tenant)
         before = account.balance_micro
         after = before + amount
-        cursor = conn.execute("INSERT INTO ledger (tenant, kind, amount_micro, ref, created_at, currency, "
-                              "balance_micro) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-                              (tenant, kind, amount, ref, now, currency, after))
-        if not cursor.fetchall():   # read to the end: the statement is finished, not left open
-            return False  # this (kind, ref) was entered before: a retry changes nothing
+        batch = _Batch.of(conn)
+        entry = (tenant, kind, ref)
+        if batch is not None and entry in batch.ledger:
+            return False  # entered by an earlier write of this transaction
+        values = (tenant, kind, amount, ref, now, currency, after)
+        if batch is not None and new:
+            # known to be new: no answer to wait for (a round trip each on PostgreSQL).  Were it there after all
+            # (it cannot be: the read came after the write lock), the insert fails, and the write with it: never a
+            # second charge
+            conn.execute("INSERT INTO ledger (tenant, kind, amount_micro, ref, created_at, currency, balance_micro) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+        else:
+            cursor = conn.execute("INSERT INTO ledger (tenant, kind, amount_micro, ref, created_at, currency, "
+                                  "balance_micro) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+                                  values)
+            if not cursor.fetchall():   # read to the end: the statement is finished, not left open
+                return False  # this (kind, ref) was entered before: a retry changes nothing
+        if batch is not None:
+            batch.ledger.add(entry)
         conn.execute("INSERT INTO accounts (tenant, balance_micro) VALUES (?, ?) "
                      "ON CONFLICT (tenant) DO UPDATE SET balance_micro = excluded.balance_micro", (tenant, after))
         _Batch.set_account(conn, tenant, Account(after, account.reserved_micro))
