@@ -16,7 +16,9 @@ may add at most 10 % over it.
 
 When ready it prints `LISTENING <port>` on stdout (port 0 binds a free
 port); it stops on SIGTERM or SIGINT.  SO_REUSEPORT is off, so a second
-server on the same port fails instead of sharing it.
+server on the same port fails instead of sharing it; with `--reuse-port` it
+is on, so that N of them on one port are the baseline of `callgate serve
+--workers N` (whose workers share their port the same way).
 
 `loadtest.process.BareServer` runs it as a subprocess for the load tools and
 the tests.
@@ -37,6 +39,7 @@ import grpc
 from callgate.v1 import decisions_pb2, decisions_pb2_grpc
 
 SERVER_OPTIONS: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
+REUSE_PORT_OPTIONS: list[tuple[str, Any]] = [("grpc.so_reuseport", 1)]
 INBOUND_ROW_SIZE = 24
 
 
@@ -152,8 +155,8 @@ class SyncServicer(decisions_pb2_grpc.DecisionsServicer):
         return self._answer(context, self.state.batch(request))
 
 
-async def serve_aio(listen: str, state: BareState) -> None:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+async def serve_aio(listen: str, state: BareState, reuse_port: bool = False) -> None:
+    server = grpc.aio.server(options=REUSE_PORT_OPTIONS if reuse_port else SERVER_OPTIONS)
     decisions_pb2_grpc.add_DecisionsServicer_to_server(AioServicer(state), server)
     port = server.add_insecure_port(listen)
     if port == 0:
@@ -168,8 +171,9 @@ async def serve_aio(listen: str, state: BareState) -> None:
     await server.stop(grace=0.5)
 
 
-def serve_sync(listen: str, state: BareState, threads: int) -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=SERVER_OPTIONS)
+def serve_sync(listen: str, state: BareState, threads: int, reuse_port: bool = False) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
+                         options=REUSE_PORT_OPTIONS if reuse_port else SERVER_OPTIONS)
     decisions_pb2_grpc.add_DecisionsServicer_to_server(SyncServicer(state), server)
     port = server.add_insecure_port(listen)
     if port == 0:
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("aio", "sync"), default="aio",
                         help="grpc.aio server (default) or the sync thread-pool server")
     parser.add_argument("--listen", default="127.0.0.1:0", help="address to bind (default 127.0.0.1:0: a free port)")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="SO_REUSEPORT on: several bare servers share one port (the kernel spreads connections)")
     parser.add_argument("--threads", type=int, default=16, help="sync mode: handler threads (default 16)")
     parser.add_argument("--tenant", action="append", default=None,
                         help="tenant known to the server (repeatable; default: acme)")
@@ -198,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state = BareState(args.tenant or ["acme"], args.blacklisted or [14155550666])
     if args.mode == "aio":
-        asyncio.run(serve_aio(args.listen, state))
+        asyncio.run(serve_aio(args.listen, state, args.reuse_port))
     else:
-        serve_sync(args.listen, state, args.threads)
+        serve_sync(args.listen, state, args.threads, args.reuse_port)
     return 0
 
 

@@ -110,6 +110,11 @@ def descendants(pid: int) -> list[tuple[int, int]]:
     return out
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every live descendant of it (a server's supervisor, workers and compile processes)."""
+    return [pid, *(p for p, _ in descendants(pid))]
+
+
 def kill_leftovers(procs: Sequence[tuple[int, int]], grace_s: float = 3.0) -> list[str]:
     """Give `procs` `grace_s` to exit on their own, then SIGKILL those still alive (the same process: same PID
     and start time); returns "PID command line" of each one killed."""
@@ -398,13 +403,14 @@ class ServeProcess:
 
 
 class BareServer:
-    """`python -m loadtest.bare_server` as a subprocess of ours; stop() ends it by its PID."""
+    """`python -m loadtest.bare_server` as a subprocess of ours; stop() ends it by its PID.  `listen` an explicit
+    address (127.0.0.1:0 by default: a free port), `reuse_port` SO_REUSEPORT on (several share `listen`)."""
 
     def __init__(self, mode: str = "aio", threads: int = 16, extra: list[str] | None = None,
-                 start_timeout_s: float = 20.0) -> None:
+                 start_timeout_s: float = 20.0, listen: str = "127.0.0.1:0", reuse_port: bool = False) -> None:
         self.mode = mode
-        cmd = [sys.executable, "-m", "loadtest.bare_server", "--mode", mode, "--listen", "127.0.0.1:0",
-               "--threads", str(threads), *(extra or [])]
+        cmd = [sys.executable, "-m", "loadtest.bare_server", "--mode", mode, "--listen", listen,
+               "--threads", str(threads), *(["--reuse-port"] if reuse_port else []), *(extra or [])]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL)
         try:

@@ -15,11 +15,18 @@ examples/acme.json, and measures:
   2. Saturation throughput of one worker against the bare grpcio handler in
      the same run: h2load -n 50000 -c 4 -m 16, 3 interleaved rounds, ratio of
      req/s (best and median) >= 0.90.
-  3. --workers 2 against one worker: h2load -n 50000 -c 8 -m 16 (8
-     connections, for SO_REUSEPORT to spread them), 3 interleaved rounds,
-     ratio >= 1.7.  The h2load client's CPU (getrusage of the reaped child)
-     and each worker's CPU (/proc) are reported, with the ceiling the
-     machine's cores put on the ratio.
+  3. --workers 2 ("w2") against two bare grpc.aio processes sharing one
+     port with SO_REUSEPORT ("bare2", as w2's workers share theirs) and
+     against one worker: h2load -n 50000 -c 8 -m 16 (8 connections, for
+     SO_REUSEPORT to spread them), 3 interleaved rounds (w1 w2 bare2 ...):
+     w2 / bare2 req/s, median of rounds, >= 0.95; w2 / w1 req/s >= 1.7.
+     Then the server CPU per call of w2 against w1 at one offered load (an
+     open loop of 2,000 Inbound calls/s for 5 s over 8 connections, 3
+     interleaved rounds), counting every process of each server (supervisor,
+     workers, compile processes: utime + stime from /proc over the run):
+     median ratio <= 1.10.  The h2load client's CPU (getrusage of the reaped
+     child) and each worker's CPU (/proc) are reported, with the ceiling the
+     machine's cores put on w2 / w1.
   4. DecideBatch, INBOUND batches of 1,000 rows, one worker: decisions/s
      >= 800,000, with grpc_bench closed loop (4 calls in flight) and with
      h2load (the same batch body); the bare server (which answers rows of
@@ -75,7 +82,7 @@ from typing import Any
 from . import server_resilience as resilience
 from . import server_sections as sections
 from .loadgen import INSTALL_HINT, h2load_path
-from .process import BareServer, Interference, ServeProcess, busy_cores, sigterm_unwinds
+from .process import BareServer, Interference, ServeProcess, busy_cores, free_port, sigterm_unwinds
 from .report import save_json
 from .server_sections import SECTIONS, Plan, Report, say
 
@@ -189,6 +196,16 @@ def _main(args: argparse.Namespace) -> int:
         servers.append(server)
         return server
 
+    def section_workers(w1: ServeProcess, w2: ServeProcess) -> None:
+        """Section 3 with its baseline: two bare grpc.aio processes sharing one port (SO_REUSEPORT), as w2's
+        workers do, started for it alone."""
+        with contextlib.ExitStack() as bare_stack:
+            address = f"127.0.0.1:{free_port()}"
+            bare2 = [bare_stack.enter_context(started(f"bare grpcio server (aio) {i + 1}/2 on {address}",
+                                                      lambda: BareServer("aio", listen=address, reuse_port=True)))
+                     for i in range(2)]
+            sections.section_workers(w1, w2, bare2, plan, rep)
+
     with tempfile.TemporaryDirectory(prefix="server-bench-") as tmp, contextlib.ExitStack() as stack:
         w1 = stack.enter_context(started("w1 (callgate serve, 1 worker)", lambda: serve("w1", 1))) if need_w1 else None
         with contextlib.ExitStack() as bare_stack:
@@ -207,7 +224,7 @@ def _main(args: argparse.Namespace) -> int:
             with started("w2 (callgate serve --workers 2)", lambda: serve("w2", 2)) as w2:
                 if 3 in wanted and w1 is not None:
                     if have_h2load:
-                        run(3, lambda: sections.section_workers(w1, w2, plan, rep))
+                        run(3, lambda: section_workers(w1, w2))
                     else:
                         rep.note(3, "skipped: " + INSTALL_HINT)
                 if 6 in wanted:

@@ -16,7 +16,7 @@ import grpc
 from callgate.v1 import decisions_pb2
 
 from .loadgen import METHODS, LoadSpec, batch_payloads, inbound_payloads, probe, probe_reply, run_h2load, run_load
-from .process import BareServer, CpuMeter, ServeProcess
+from .process import BareServer, CpuMeter, ServeProcess, process_tree
 from .stats import Timeline
 
 TENANT = "acme"
@@ -55,6 +55,11 @@ class Plan:
     sat_clients: int = 4
     scale_clients: int = 8
     rounds: int = 3
+    # 3: server CPU per call, w2 against w1, at one offered load (open loop)
+    cpu_rate: float = 2000.0
+    cpu_s: float = 5.0
+    cpu_channels: int = 8
+    idle_s: float = 5.0  # 3: CPU of each server at rest, sampled this long
     # 4
     batch_size: int = 1000
     batch_inflight: int = 4
@@ -79,7 +84,8 @@ class Plan:
     @classmethod
     def quick_plan(cls) -> Plan:
         return cls(quick=True, warmup_s=0.3, low_rate=200.0, high_rate=1000.0, latency_s=1.0,
-                   h2_requests=2000, rounds=1, batch_s=1.0, batch_h2_requests=100,
+                   h2_requests=2000, rounds=1, cpu_rate=500.0, cpu_s=1.0, idle_s=1.0, batch_s=1.0,
+                   batch_h2_requests=100,
                    stall_rate=500.0, stall_s=2.0, push_at_s=0.7, blacklist=20_000, big_numbers=100,
                    pushes=2, kill_rate=300.0, kill_s=3.0, kill_at_s=1.0, kill_channels=4)
 
@@ -198,10 +204,14 @@ def h2load_rounds(targets: Sequence[tuple[str, str, list[int]]], message: bytes,
         for name, address, pids in targets:
             f = h2load_once(address, message, method, n, c, m, pids, reply_sizes[name])
             runs[name].append(f)
+            busy = sorted((s for s in f["cpu"]["worker_cpu_s"].values() if s > 0.05), reverse=True)
             say(f"{label}: round {r + 1}/{rounds} {name}: {f['req_per_s']:,.0f} req/s, p99 "
-                f"{f['latency_ms']['p99']:.2f} ms, server {f['server_cores_busy']:.2f} cores, h2load "
-                f"{f['h2load_cores_busy']:.2f} cores, {f['errors']} errors")
-    out: dict[str, Any] = {"command": f"h2load -n {n} -c {c} -m {m} -t 1", "rounds": rounds, "targets": {}}
+                f"{f['latency_ms']['p99']:.2f} ms, server {f['server_cores_busy']:.2f} cores"
+                + (f" (split {'/'.join(f'{s / sum(busy):.0%}' for s in busy)})" if len(busy) > 1 else "")
+                + f", h2load {f['h2load_cores_busy']:.2f} cores, {f['errors']} errors")
+    out: dict[str, Any] = {"command": f"h2load -n {n} -c {c} -m {m} -t 1", "rounds": rounds, "targets": {},
+                           "runs": {name: [{"server_cpu_us_per_call": f["server_cpu_us_per_call"],
+                                            "req_per_s": f["req_per_s"]} for f in rs] for name, rs in runs.items()}}
     for name, rs in runs.items():
         rates = [f["req_per_s"] for f in rs]
         median_run = sorted(rs, key=lambda f: f["req_per_s"])[len(rs) // 2]
@@ -295,33 +305,127 @@ def section_saturation(w1: ServeProcess, bare: BareServer, plan: Plan, rep: Repo
     rep.sections["saturation"] = out
 
 
-def section_workers(w1: ServeProcess, w2: ServeProcess, plan: Plan, rep: Report) -> None:
+def one_runs(out: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """Every h2load round of one target (h2load_rounds keeps them in "runs")."""
+    runs: list[dict[str, Any]] = out["runs"][name]
+    return runs
+
+
+def open_loop_cpu(address: str, root_pid: int, plan: Plan) -> dict[str, Any]:
+    """An open loop of Inbound at plan.cpu_rate over plan.cpu_channels connections (SO_REUSEPORT spreads them over
+    the workers), with the CPU of the server's whole process tree (supervisor, workers, compile processes) over
+    the client's run, warm-up included: what the server costs per call at this offered load, idle work too."""
+    spec = LoadSpec(target=address, method=METHODS["inbound"], payloads=inbound_payloads(TENANT, ROWS),
+                    items_per_call=1, mode="open", rate=plan.cpu_rate, concurrency=0, procs=plan.client_procs,
+                    channels=plan.cpu_channels, warmup_s=plan.warmup_s, duration_s=plan.cpu_s,
+                    max_requests=int(plan.cpu_rate * plan.cpu_s * 1.2) + 10, timeout_s=5.0, max_inflight=10_000)
+    pids = process_tree(root_pid)
+    meter = CpuMeter(pids)
+    result = run_load(spec)
+    cpu = meter.read()
+    f = result.figures()
+    calls = result.completed_total  # warm-up calls included, as the CPU is
+    return {"ok": f["ok"], "errors": f["errors"] or 0, "calls": calls, "pids": pids,
+            "server_cpu_s": cpu["server_cpu_s"], "server_cores": cpu["server_cores"],
+            "cpu_us_per_call": cpu["server_cpu_s"] / calls * 1e6 if calls else None,
+            "per_pid_cpu_s": cpu["worker_cpu_s"], "p99_ms": lat(f)["p99"],
+            "send_lag_p99_ms": lat(f, "send_lag_ms").get("p99")}
+
+
+def section_workers(w1: ServeProcess, w2: ServeProcess, bare2: Sequence[BareServer], plan: Plan,
+                    rep: Report) -> None:
+    """3: --workers 2 against two bare grpc.aio processes sharing one port (h2load req/s), against one worker
+    (req/s, and server CPU per call at one offered load); rounds interleaved, medians."""
     message = decisions_pb2.InboundRequest(tenant=TENANT, caller=BLACKLISTED, called=CALLED,
                                            at=AT).SerializeToString()
+    w2_pids = w2.worker_pids()
+    # at rest first: what the servers cost with nothing to answer (store polls, health, metrics, the supervisor)
+    rest = {name: CpuMeter(process_tree(server.pid)) for name, server in (("w1", w1), ("w2", w2))}
+    time.sleep(plan.idle_s)
+    out_rest = {name: meter.read() for name, meter in rest.items()}
+    idle = {name: {"ms_per_s": r["server_cores"] * 1000, "per_pid_ms_per_s": {
+        pid: s / r["wall_s"] * 1000 for pid, s in r["worker_cpu_s"].items()}} for name, r in out_rest.items()}
+    say("3 workers: at rest for " + f"{plan.idle_s:g} s: " + ", ".join(
+        f"{name} {v['ms_per_s']:.1f} ms CPU/s" for name, v in idle.items()))
+    targets: list[tuple[str, str, list[int]]] = [("w1", w1.address, process_tree(w1.pid)),
+                                                 ("w2", w2.address, process_tree(w2.pid))]
+    if bare2:
+        targets.append(("bare2", bare2[0].address, [b.pid for b in bare2]))
     say(f"3 workers: h2load -n {plan.h2_requests} -c {plan.scale_clients} -m {plan.h2_streams}, {plan.rounds} "
-        f"round(s), w1 vs w2 (workers {w2.worker_pids()})")
-    out = h2load_rounds([("w1", w1.address, [w1.pid]), ("w2", w2.address, w2.worker_pids())], message,
-                        METHODS["inbound"], plan.h2_requests, plan.scale_clients, plan.h2_streams, plan.rounds,
-                        "3 workers")
+        f"round(s), {' vs '.join(t[0] for t in targets)} (workers {w2_pids})")
+    out = h2load_rounds(targets, message, METHODS["inbound"], plan.h2_requests, plan.scale_clients,
+                        plan.h2_streams, plan.rounds, "3 workers")
+    out["at_rest"] = idle
     one, two = out["targets"]["w1"], out["targets"]["w2"]
     out["ratio_best"] = two["best_rps"] / one["best_rps"] if one["best_rps"] else None
     out["ratio_median"] = two["median_rps"] / one["median_rps"] if one["median_rps"] else None
+    if bare2:
+        b2 = out["targets"]["bare2"]
+        out["bare2_ratio_rounds"] = [w / b if b else None for w, b in zip(two["rounds_rps"], b2["rounds_rps"],
+                                                                            strict=True)]
+        out["bare2_ratio_median"] = two["median_rps"] / b2["median_rps"] if b2["median_rps"] else None
+    # server CPU per call at one offered load, w1 and w2 interleaved
+    say(f"3 workers: open loop {plan.cpu_rate:,.0f} calls/s for {plan.cpu_s:g} s (+{plan.warmup_s:g} s warm-up) "
+        f"over {plan.cpu_channels} connections, {plan.rounds} round(s), w1 vs w2: CPU of each server's process tree")
+    cpu_runs: dict[str, list[dict[str, Any]]] = {"w1": [], "w2": []}
+    for r in range(plan.rounds):
+        for name, server in (("w1", w1), ("w2", w2)):
+            f = open_loop_cpu(server.address, server.pid, plan)
+            cpu_runs[name].append(f)
+            say(f"3 workers: CPU round {r + 1}/{plan.rounds} {name}: {f['cpu_us_per_call'] or 0:.0f} µs/call "
+                f"({f['calls']:,} calls, {f['server_cores']:.2f} cores, {len(f['pids'])} processes), p99 "
+                f"{f['p99_ms']:.2f} ms, send lag p99 {f['send_lag_p99_ms'] or 0:.2f} ms, {f['errors']} errors")
+    cpu_ratios = [b["cpu_us_per_call"] / a["cpu_us_per_call"] if a["cpu_us_per_call"] and b["cpu_us_per_call"]
+                  else None for a, b in zip(cpu_runs["w1"], cpu_runs["w2"], strict=True)]
+    w1_us = statistics.median(f["cpu_us_per_call"] or 0.0 for f in cpu_runs["w1"])
+    w2_us = statistics.median(f["cpu_us_per_call"] or 0.0 for f in cpu_runs["w2"])
+    out["cpu"] = {"rate": plan.cpu_rate, "duration_s": plan.cpu_s, "channels": plan.cpu_channels,
+                  "runs": cpu_runs, "ratio_rounds": cpu_ratios, "w1_us_per_call": w1_us, "w2_us_per_call": w2_us,
+                  "ratio_median": statistics.median(x for x in cpu_ratios if x is not None)
+                  if any(x is not None for x in cpu_ratios) else None}
     cores = os.cpu_count() or 1
     # the most two workers could do if each call cost them what it costs one worker: the cores h2load
     # leaves, over the cores one worker keeps busy
     ceiling = (cores - two["h2load_cores_busy"]) / one["server_cores_busy"] if one["server_cores_busy"] else None
     out["machine_ceiling_ratio"] = ceiling
-    split = two["median_run"]["cpu"]["worker_cpu_s"]
+    split = {pid: s for pid, s in two["median_run"]["cpu"]["worker_cpu_s"].items() if int(pid) in w2_pids}
     total_split = sum(split.values()) or 1.0
     out["worker_cpu_share"] = {pid: s / total_split for pid, s in split.items()}
     rep.add(3, "w1 req/s (h2load -c 8, best)", one["best_rps"], "{:,.0f}")
     rep.add(3, "w2 req/s (h2load -c 8, best)", two["best_rps"], "{:,.0f}")
+    if bare2:
+        rep.add(3, "bare2 (2 bare aio, one port) req/s (h2load -c 8, best)", out["targets"]["bare2"]["best_rps"],
+                "{:,.0f}")
+        rep.add(3, "w2 / bare2 req/s, median of rounds", out["bare2_ratio_median"], "{:.3f}", ">= 0.95",
+                lambda v: v >= 0.95)
+        rep.add(3, "  w2 / bare2 req/s per round",
+                text=", ".join("-" if x is None else f"{x:.3f}" for x in out["bare2_ratio_rounds"]))
+    rep.add(3, f"w2 / w1 server CPU per call, open loop {plan.cpu_rate:,.0f}/s, median of rounds",
+            out["cpu"]["ratio_median"], "{:.3f}", "<= 1.10", lambda v: v <= 1.10)
+    rep.add(3, "  w2 / w1 CPU per call per round",
+            text=", ".join("-" if x is None else f"{x:.3f}" for x in cpu_ratios))
+    rep.add(3, "  server CPU µs/call w1 / w2 (whole process tree)", text=f"{w1_us:.0f} / {w2_us:.0f}")
+    sat = [b["server_cpu_us_per_call"] / a["server_cpu_us_per_call"]
+           if a["server_cpu_us_per_call"] and b["server_cpu_us_per_call"] else None
+           for a, b in zip(one_runs(out, "w1"), one_runs(out, "w2"), strict=True)]
+    out["saturation_cpu_ratio_rounds"] = sat
+    rep.add(3, "  w2 / w1 CPU per call under h2load (saturated, not one load) per round",
+            text=", ".join("-" if x is None else f"{x:.3f}" for x in sat))
+    rep.add(3, f"  at rest, CPU ms/s of the whole server w1 / w2 ({plan.idle_s:g} s)",
+            text=f"{idle['w1']['ms_per_s']:.1f} / {idle['w2']['ms_per_s']:.1f}")
     rep.add(3, "w2 / w1 req/s, best of rounds", out["ratio_best"], "{:.3f}", ">= 1.7", lambda v: v >= 1.7)
     rep.add(3, "w2 / w1 req/s, median of rounds", out["ratio_median"], "{:.3f}", ">= 1.7", lambda v: v >= 1.7)
     rep.add(3, "  h2load client cores busy (w2 runs)", two["h2load_cores_busy"], "{:.2f}")
     rep.add(3, "  server cores busy w1 / w2", text=f"{one['server_cores_busy']:.2f} / {two['server_cores_busy']:.2f}")
     rep.add(3, "  ceiling of w2/w1 on this machine", ceiling, "{:.2f}")
-    rep.note(3, rounds_note(out, plan, "w1", "w2"))
+    rep.note(3, rounds_note(out, plan, *(t[0] for t in targets)))
+    for name, runs in cpu_runs.items():
+        lagging = [f["send_lag_p99_ms"] for f in runs if (f["send_lag_p99_ms"] or 0) > 1.0]
+        if lagging:
+            rep.note(3, f"CPU rounds, {name}: the client was late for its schedule (send lag p99 up to "
+                        f"{max(lagging):.2f} ms): the offered load was not quite {plan.cpu_rate:,.0f}/s")
+        if any(f["errors"] for f in runs):
+            rep.note(3, f"CPU rounds, {name}: errors {sum(f['errors'] for f in runs)}")
     rep.note(3, f"{cores} cores. One worker keeps {one['server_cores_busy']:.2f} cores busy (grpc's own threads run "
                 f"beside the event loop) at {one['server_cpu_us_per_call']:.0f} µs/call; h2load takes "
                 f"{two['h2load_cores_busy']:.2f} cores ({two['h2load_cpu_us_per_call']:.0f} µs/call) and the kernel "

@@ -43,6 +43,10 @@ def test_quick_run_measures_every_section(tmp_path: Path, capsys: pytest.Capture
     assert work["targets"]["w2"]["best_rps"] > 0 and number(work["ratio_best"])
     assert number(work["targets"]["w2"]["h2load_cores_busy"]) and number(work["machine_ceiling_ratio"])
     assert len(work["worker_cpu_share"]) == 2
+    # ... against two bare grpc.aio processes on one port, and CPU per call of w2 against w1 at one offered load
+    assert work["targets"]["bare2"]["best_rps"] > 0 and number(work["bare2_ratio_median"])
+    assert number(work["cpu"]["ratio_median"]) and len(work["cpu"]["ratio_rounds"]) == 1
+    assert len(work["cpu"]["runs"]["w2"][0]["pids"]) >= 3  # supervisor and two workers at least
     # 4: DecideBatch decisions/s, grpc_bench and h2load
     batch = s["batch"]
     assert batch["grpc_bench_w1"]["decisions_per_s"] > 0 and batch["h2load_w1"]["decisions_per_s"] > 0
