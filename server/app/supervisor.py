@@ -8,8 +8,10 @@ starts a new worker when one dies (and stops when they keep dying at start).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection as mp_connection
 import os
 import shutil
 import signal
@@ -69,6 +71,12 @@ def supervise(opts: Options) -> int:
         nonlocal stopping
         stopping = True
 
+    # The supervisor sleeps until a worker dies (its sentinel) or a signal comes (the wakeup socket): nothing to do
+    # at rest, where it looked at its workers five times a second
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    previous_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("supervising", extra={"event": "supervising", "workers": opts.workers, "address": f"{host}:{port}"})
@@ -77,7 +85,10 @@ def supervise(opts: Options) -> int:
     started_at = {p.pid: time.monotonic() for p in workers}
     failed = False
     while not stopping:
-        time.sleep(0.2)
+        mp_connection.wait([p.sentinel for p in workers] + [wake_r], timeout=WAKE_EVERY_S)
+        with contextlib.suppress(OSError):
+            while wake_r.recv(4096):
+                pass
         counts.alive = sum(p.is_alive() for p in workers)
         for i, p in enumerate(workers):
             if not p.is_alive() and not stopping:
@@ -101,6 +112,9 @@ def supervise(opts: Options) -> int:
                 workers[i] = start()
                 counts.restarts += 1
                 started_at[workers[i].pid] = time.monotonic()
+    signal.set_wakeup_fd(previous_wakeup)
+    wake_r.close()
+    wake_w.close()
     for p in workers:
         if p.is_alive() and p.pid:
             os.kill(p.pid, signal.SIGTERM)
@@ -115,6 +129,7 @@ def supervise(opts: Options) -> int:
 
 
 METRICS_PREFIX = "callgate-metrics-"
+WAKE_EVERY_S = 5.0  # a worker's death and a signal wake the supervisor at once; this is only a safety net
 
 
 def sweep_metrics_dirs(parent: str | None = None) -> list[str]:
