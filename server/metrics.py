@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
@@ -123,6 +124,8 @@ def observe(rpc: str, seconds: float) -> None:
 def flush() -> None:
     """Hand what was counted since the last flush to prometheus_client."""
     global _decided
+    if not _counts and not _latency:  # at rest: nothing to hand over
+        return
     counts = dict(_counts)
     _counts.clear()
     for (verdict, reason), n in counts.items():
@@ -138,6 +141,12 @@ def flush() -> None:
         for i, bucket_count in enumerate(slot[1:]):
             if bucket_count:
                 child._buckets[i].inc(bucket_count)
+
+
+def call_events() -> float:
+    """Call events this process answered so far (every kind and result): what moves when it may have charged."""
+    children: list[Any] = list(CALL_EVENTS._metrics.values())  # labelled children: no public way to read them
+    return float(sum(child._value.get() for child in children))
 
 
 def decided() -> int:

@@ -41,6 +41,10 @@ from server.worker.state import State
 
 log = logging.getLogger("callgate.server")
 
+JOBS_EVERY_S = 1.0     # background jobs at rest (top-ups, expiry, renewals); every tick while call events come
+SPOOL_CHECK_S = 5.0    # the upload spool's size (a directory listing) for its gauge
+HEALTH_CALM_S = 5.0    # health's tick while every name is SERVING: a safety net, store faults wake it at once
+
 
 @dataclass
 class Worker:
@@ -149,35 +153,56 @@ async def run_worker(w: Worker, ready: Any = None) -> None:
         loop.add_signal_handler(sig, stopping.set)
 
     async def watch() -> None:
-        next_spool_check = 0.0
+        # At rest this loop is all a worker does: every tick must cost next to nothing.  The store's poll (one
+        # pragma on SQLite) runs every tick, for pushes to be in force everywhere within a second; the gauges are
+        # written when they change; the background jobs, whose every round is a store read in a thread, run at
+        # every tick only while this worker records call events (a charge may cross a top-up threshold), else
+        # once a second (a declined top-up is retried 30 s later at the soonest, expiry and renewals are slower).
+        next_spool_check = next_jobs = 0.0
+        gauges: tuple[int, int, int] | None = None
+        spool_bytes = 0
+        events = metrics.call_events()
+        stopped = asyncio.ensure_future(stopping.wait())
         while not stopping.is_set():
+            now = loop.time()
             try:
                 changed = await state.refresh()
                 for tenant, version in changed:
                     log.info("version installed", extra={"event": "installed", "tenant": tenant, "version": version})
-                metrics.VERSIONS_BEHIND.set(len(state.failed))
-                metrics.TENANTS.set(len(state.engine.snapshots))
-                if loop.time() >= next_spool_check:  # a directory listing: every few seconds is enough
-                    next_spool_check = loop.time() + 5.0
-                    metrics.SPOOL_BYTES.set(compiler.spool.bytes_of_mine())
+                if bool(state.engine.snapshots) != health.serving(health.decisions):
+                    health.wake.set()  # settings in or out of this worker: its health says so now
+                if now >= next_spool_check:  # a directory listing: every few seconds is enough
+                    next_spool_check = now + SPOOL_CHECK_S
+                    spool_bytes = compiler.spool.bytes_of_mine()
+                figures = (len(state.failed), len(state.engine.snapshots), spool_bytes)
+                if figures != gauges:
+                    gauges = figures
+                    metrics.VERSIONS_BEHIND.set(figures[0])
+                    metrics.TENANTS.set(figures[1])
+                    metrics.SPOOL_BYTES.set(figures[2])
                 metrics.flush()
             except StoreError:  # counted, logged (once per interval) and shown by health by the store itself
                 pass
             except Exception:  # a bug: log, keep serving, try again
                 log.exception("refresh from the store failed")
-            try:
-                await background.tick()
-            except StoreError:  # counted and logged by the store; the next tick tries again
-                pass
-            except Exception:  # a gateway outage or a bug: the next tick tries again
-                log.exception("background work (top-ups, renewals, expiry) failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stopping.wait(), opts.poll)
+            recorded = metrics.call_events()
+            if recorded != events or now >= next_jobs:
+                events, next_jobs = recorded, now + JOBS_EVERY_S
+                try:
+                    await background.tick()
+                except StoreError:  # counted and logged by the store; the next tick tries again
+                    pass
+                except Exception:  # a gateway outage or a bug: the next tick tries again
+                    log.exception("background work (top-ups, renewals, expiry) failed")
+            await asyncio.wait((stopped,), timeout=opts.poll)
+        stopped.cancel()
 
     async def watch_health() -> None:
         # A task of its own: the store's figures may wait on the network (a poll, a top-up claim) for seconds
         # while the database is unreachable, and health must say so as soon as a store call has failed (it
-        # wakes this task), not once those calls give up.  Every tick too, whoever installed the snapshots.
+        # wakes this task), not once those calls give up.  While every name is SERVING it sleeps until woken:
+        # by a store fault (from any thread) or by the watcher when settings come into or leave this worker;
+        # otherwise it ticks every --poll (the store's probe, once a second, until a write succeeds again).
         health.attach(loop)
         while not stopping.is_set():
             health.wake.clear()
@@ -185,8 +210,9 @@ async def run_worker(w: Worker, ready: Any = None) -> None:
                 await health.tick(bool(state.engine.snapshots), store)
             except Exception:  # a bug: log, keep serving, try again
                 log.exception("health check failed")
+            calm = health.serving(health.decisions) and health.serving(STORE_HEALTH)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(health.wake.wait(), opts.poll)
+                await asyncio.wait_for(health.wake.wait(), HEALTH_CALM_S if calm else opts.poll)
 
     watcher = asyncio.create_task(watch())
     health_watcher = asyncio.create_task(watch_health())
