@@ -24,7 +24,8 @@ examples/acme.json, and measures:
      open loop of 2,000 Inbound calls/s for 5 s over 8 connections, 3
      interleaved rounds), counting every process of each server (supervisor,
      workers, compile processes: utime + stime from /proc over the run):
-     median ratio <= 1.10.  The h2load client's CPU (getrusage of the reaped
+     median ratio <= 1.10.  Last, the CPU of each server at rest (10 s, after
+     a second of quiet).  The h2load client's CPU (getrusage of the reaped
      child) and each worker's CPU (/proc) are reported, with the ceiling the
      machine's cores put on w2 / w1.
   4. DecideBatch, INBOUND batches of 1,000 rows, one worker: decisions/s

@@ -59,7 +59,7 @@ class Plan:
     cpu_rate: float = 2000.0
     cpu_s: float = 5.0
     cpu_channels: int = 8
-    idle_s: float = 5.0  # 3: CPU of each server at rest, sampled this long
+    idle_s: float = 10.0  # 3: CPU of each server at rest, sampled this long (10 ms ticks in /proc)
     # 4
     batch_size: int = 1000
     batch_inflight: int = 4
@@ -339,14 +339,6 @@ def section_workers(w1: ServeProcess, w2: ServeProcess, bare2: Sequence[BareServ
     message = decisions_pb2.InboundRequest(tenant=TENANT, caller=BLACKLISTED, called=CALLED,
                                            at=AT).SerializeToString()
     w2_pids = w2.worker_pids()
-    # at rest first: what the servers cost with nothing to answer (store polls, health, metrics, the supervisor)
-    rest = {name: CpuMeter(process_tree(server.pid)) for name, server in (("w1", w1), ("w2", w2))}
-    time.sleep(plan.idle_s)
-    out_rest = {name: meter.read() for name, meter in rest.items()}
-    idle = {name: {"ms_per_s": r["server_cores"] * 1000, "per_pid_ms_per_s": {
-        pid: s / r["wall_s"] * 1000 for pid, s in r["worker_cpu_s"].items()}} for name, r in out_rest.items()}
-    say("3 workers: at rest for " + f"{plan.idle_s:g} s: " + ", ".join(
-        f"{name} {v['ms_per_s']:.1f} ms CPU/s" for name, v in idle.items()))
     targets: list[tuple[str, str, list[int]]] = [("w1", w1.address, process_tree(w1.pid)),
                                                  ("w2", w2.address, process_tree(w2.pid))]
     if bare2:
@@ -355,7 +347,6 @@ def section_workers(w1: ServeProcess, w2: ServeProcess, bare2: Sequence[BareServ
         f"round(s), {' vs '.join(t[0] for t in targets)} (workers {w2_pids})")
     out = h2load_rounds(targets, message, METHODS["inbound"], plan.h2_requests, plan.scale_clients,
                         plan.h2_streams, plan.rounds, "3 workers")
-    out["at_rest"] = idle
     one, two = out["targets"]["w1"], out["targets"]["w2"]
     out["ratio_best"] = two["best_rps"] / one["best_rps"] if one["best_rps"] else None
     out["ratio_median"] = two["median_rps"] / one["median_rps"] if one["median_rps"] else None
@@ -383,6 +374,17 @@ def section_workers(w1: ServeProcess, w2: ServeProcess, bare2: Sequence[BareServ
                   "runs": cpu_runs, "ratio_rounds": cpu_ratios, "w1_us_per_call": w1_us, "w2_us_per_call": w2_us,
                   "ratio_median": statistics.median(x for x in cpu_ratios if x is not None)
                   if any(x is not None for x in cpu_ratios) else None}
+    # at rest last (a server just started is still settling: its compile process imports numpy), after a second
+    # of quiet: what the servers cost with nothing to answer (store polls, health, metrics, the supervisor)
+    time.sleep(min(1.0, plan.idle_s))
+    rest = {name: CpuMeter(process_tree(server.pid)) for name, server in (("w1", w1), ("w2", w2))}
+    time.sleep(plan.idle_s)
+    out_rest = {name: meter.read() for name, meter in rest.items()}
+    idle = {name: {"ms_per_s": r["server_cores"] * 1000, "per_pid_ms_per_s": {
+        pid: s / r["wall_s"] * 1000 for pid, s in r["worker_cpu_s"].items()}} for name, r in out_rest.items()}
+    say("3 workers: at rest for " + f"{plan.idle_s:g} s: " + ", ".join(
+        f"{name} {v['ms_per_s']:.1f} ms CPU/s" for name, v in idle.items()))
+    out["at_rest"] = idle
     cores = os.cpu_count() or 1
     # the most two workers could do if each call cost them what it costs one worker: the cores h2load
     # leaves, over the cores one worker keeps busy
