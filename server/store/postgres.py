@@ -358,11 +358,16 @@ class PostgresBase(StoreBase):
         listener = self._listener
         if listener is None:
             return
+        start = time.monotonic()
         try:
             listener.execute("SELECT 1")
         except psycopg.Error:
             listener.close()
-            self._listen()
+            if time.monotonic() - start >= NETWORK_TIMEOUT_S - 0.5:
+                # the network went silent (the ping waited out its timeout): a new connection would only wait
+                # out its own; the poll fails now, the store's health says so, and the next poll opens one
+                raise
+            self._listen()   # the connection alone was lost (a restart, an administrator's kill): open another
 
     def _listen(self) -> bool:
         """Drain the notifications of the feed's listening connection; True when there were some, or when the
