@@ -31,8 +31,24 @@ class Spool:
                 os.makedirs(folder, exist_ok=True)
             # Every Kamailio process opens the file as it starts, all at once: the first to switch it to WAL and
             # create the table holds it for a moment, so the opening waits up to 5 s for the others; then a
-            # SIP worker never waits more than 0.2 s on the spool.
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+            # SIP worker never waits more than 0.2 s on the spool.  SQLite answers "database is locked" at once,
+            # without waiting out its timeout, where waiting could deadlock (processes switching a new file to WAL
+            # together; seen in a test run's log): the whole opening is tried again, for 5 s.
+            deadline = time.monotonic() + 5.0
+            while True:
+                try:
+                    conn = self._open()
+                    break
+                except sqlite3.OperationalError as exc:
+                    if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # survives a Kamailio crash; a power cut may lose the last
             conn.execute("""CREATE TABLE IF NOT EXISTS events (
@@ -47,8 +63,10 @@ class Spool:
                                 done_at  REAL    NOT NULL DEFAULT 0)""")
             conn.execute("CREATE INDEX IF NOT EXISTS events_pending ON events (state, call, id)")
             conn.execute("PRAGMA busy_timeout = 200")
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def full(self, ended: bool) -> bool:
         """Past `max_pending` (CALLGATE_SPOOL_MAX) waiting events new calls' events are refused; an ENDED is
@@ -62,12 +80,23 @@ class Spool:
     def add(self, items: list[tuple[str, str, bytes]]) -> list[str]:
         """Append (key, call, request) events in one transaction; returns the keys that were new."""
         conn = self.conn()
-        if self.full(all(key.endswith(":ENDED") for key, _, _ in items)):
+        ended = all(key.endswith(":ENDED") for key, _, _ in items)
+        if self.full(ended):
             raise OverflowError(f"the spool holds {self._counted[1]} waiting events, its limit "
                                 f"(CALLGATE_SPOOL_MAX) is {self.max_pending}")
         added = []
         now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
+        # A SIP worker waits 0.2 s at most for the spool (busy_timeout); an ENDED, whose loss leaves its call to
+        # the expiry (billed as talking until then), is worth waiting for up to 2 s: it is sent at the dialog's
+        # end (a BYE, or the timer process), where no caller waits for a reply
+        patience = time.monotonic() + (2.0 if ended else 0.0)
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > patience:
+                    raise
         try:
             for key, call, request in items:
                 if conn.execute("INSERT OR IGNORE INTO events (key, call, request, created) VALUES (?, ?, ?, ?)",
