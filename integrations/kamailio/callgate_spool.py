@@ -6,8 +6,25 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 PENDING, SENT, REFUSED = 0, 1, 2   # an event's state: waiting, answered by callgate, refused for good
+
+T = TypeVar("T")
+
+
+def retry_locked(fn: Callable[[], T], patience_s: float, pause_s: float = 0.0) -> T:
+    """fn(), tried again while SQLite says the file is locked or busy, for up to `patience_s` (0: once)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            if pause_s:
+                time.sleep(pause_s)
 
 
 class Spool:
@@ -34,16 +51,7 @@ class Spool:
             # SIP worker never waits more than 0.2 s on the spool.  SQLite answers "database is locked" at once,
             # without waiting out its timeout, where waiting could deadlock (processes switching a new file to WAL
             # together; seen in a test run's log): the whole opening is tried again, for 5 s.
-            deadline = time.monotonic() + 5.0
-            while True:
-                try:
-                    conn = self._open()
-                    break
-                except sqlite3.OperationalError as exc:
-                    if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-            self._conn, self._pid = conn, os.getpid()
+            self._conn, self._pid = retry_locked(self._open, 5.0, pause_s=0.02), os.getpid()
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
@@ -89,14 +97,8 @@ class Spool:
         # A SIP worker waits 0.2 s at most for the spool (busy_timeout); an ENDED, whose loss leaves its call to
         # the expiry (billed as talking until then), is worth waiting for up to 2 s: it is sent at the dialog's
         # end (a BYE, or the timer process), where no caller waits for a reply
-        patience = time.monotonic() + (2.0 if ended else 0.0)
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > patience:
-                    raise
+        # (each try waits out busy_timeout itself: no pause between them)
+        retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), 2.0 if ended else 0.0)
         try:
             for key, call, request in items:
                 if conn.execute("INSERT OR IGNORE INTO events (key, call, request, created) VALUES (?, ?, ?, ?)",
