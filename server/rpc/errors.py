@@ -15,7 +15,6 @@ UNKNOWN (grpcio's answer to an exception nobody caught) is never sent.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures.process
 import inspect
 import logging

@@ -82,20 +82,27 @@ class _Batch:
     write lock: nobody else writes meanwhile), and every group write that
     changes these rows goes through `_settle`, `_hold` and `_ledger`, which
     note them.  The notes live as long as the transaction (a new dict at
-    each BEGIN, server/store/postgres.py): a rolled-back batch leaves none.
+    each BEGIN, server/store/postgres.py, holding one `_Batch`): a rolled-back
+    batch leaves none.
     SQLite's connections have no `batch`: they read each row when needed.
     """
 
-    def __init__(self, notes: dict[Any, Any]) -> None:
-        self.replays: dict[tuple[str, str, str], tuple[str, str]] = notes.setdefault("replays", {})
-        self.calls: dict[tuple[str, str], Call] = notes.setdefault("calls", {})
-        self.accounts: dict[str, Account] = notes.setdefault("accounts", {})
-        self.ledger: set[tuple[str, str, str]] = notes.setdefault("ledger", set())   # (tenant, kind, ref) entered
+    def __init__(self) -> None:
+        self.replays: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self.calls: dict[tuple[str, str], Call] = {}
+        self.accounts: dict[str, Account] = {}
+        self.ledger: set[tuple[str, str, str]] = set()   # (tenant, kind, ref) entered
 
     @staticmethod
     def of(conn: Conn) -> _Batch | None:
+        """The notes of `conn`'s transaction (made at its first write; one dict lookup after that)."""
         notes = getattr(conn, "batch", None)
-        return None if notes is None else _Batch(notes)
+        if notes is None:
+            return None
+        batch = notes.get(_Batch)
+        if batch is None:
+            batch = notes[_Batch] = _Batch()
+        return batch
 
     @staticmethod
     def set_account(conn: Conn, tenant: str, account: Account) -> None:
