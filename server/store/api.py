@@ -17,7 +17,7 @@ Money is integer micro-units (1e-6 of the currency), never float.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -219,6 +219,39 @@ class AuditRow:
     result: str                   # OK, CANCELLED (the caller left), or the gRPC status name of the refusal
     detail: str                   # the refusal's message (or what was done)
     peer: str = ""                # the caller's address, as gRPC gives it (ipv4:127.0.0.1:50000)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaReport:
+    """One report from a proxy's replica about one tenant: the snapshot version it installed (ACK) or refused
+    (NACK), as Envoy's xDS ACK/NACK; `Store.record_replicas` keeps the latest of each (replica, tenant)."""
+
+    replica: str                  # the replica's name (its host), 1..128 chars, as it introduced itself
+    tenant: str
+    version: int                  # the settings version reported on (>= 1)
+    checksum: str                 # SHA-256 hex (64 chars) of the snapshot it reported on
+    installed: bool               # True: installed (ACK); False: refused (NACK), the replica keeps what it had
+    reason: str = ""              # why refused (clipped to 500 chars; ignored for an install)
+    peer: str = ""                # the address it connected from (clipped to 128)
+    token_id: str = ""            # the token it presented (clipped to 128)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    """What the store knows of one replica's copy of one tenant (`Store.list_replicas`)."""
+
+    replica: str
+    tenant: str
+    version: int                  # the version last INSTALLED (0: none yet)
+    checksum: str                 # its snapshot's SHA-256 hex ("" with version 0)
+    installed_at: float           # epoch seconds (0: never)
+    refused_version: int          # the last version refused and not superseded by a later install (0: none)
+    refused_checksum: str
+    refused_reason: str
+    refused_at: float             # epoch seconds (0: none)
+    peer: str                     # of the latest report
+    token_id: str                 # of the latest report
+    seen_at: float                # the latest report of any kind for this row, epoch seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -626,6 +659,43 @@ class Store(Protocol):
         """Audit rows newest first, filtered by tenant, time, action; before_id > 0: older than that row."""
         ...
 
+    # -- replicas ----------------------------------------------------------------
+    def record_replicas(self, reports: Sequence[ReplicaReport], at: float | None = None) -> None:
+        """Record replicas' reports, all in ONE write transaction (the gRPC side batches them); `at` is when
+        they came (epoch seconds; None: now).
+
+        Per (replica, tenant) row: an install sets version, checksum and
+        installed_at and clears a refusal of that version or an older one; a
+        refusal sets refused_version, refused_checksum, refused_reason and
+        refused_at (the replica keeps what it had); both set peer, token_id
+        and seen_at.  Reports may arrive late or twice, so recording is
+        idempotent and never moves a row back: a report about a version older
+        than the row's installed one changes no version (nor does a refusal of
+        the installed version or of one older than the refusal recorded); a
+        replay of the same report changes nothing but seen_at; an install of
+        the installed version with another checksum (a rebuilt snapshot)
+        takes that checksum.  peer, token_id and seen_at are the latest
+        report's (one with an `at` before the row's seen_at leaves them).
+        A report for a tenant that does not exist (no version in force) is
+        ignored, not an error: the tenant may have just been removed.
+        Every field is validated first (ValueError naming the field; nothing
+        written): replica 1..128 characters without control characters, tenant
+        a tenant id, version >= 1, checksum 64 hex digits (stored in lower
+        case), installed a bool; reason clipped to 500 characters, peer and
+        token_id to 128 (a NUL or a lone surrogate in them, which neither
+        database stores, becomes U+FFFD).
+        """
+        ...
+
+    def forget_replicas(self, replica: str, tenants: Sequence[str]) -> None:
+        """The replica dropped these tenants (they were removed, or it no longer asks for them): their rows go
+        (rows that are not there: nothing to do).  One write transaction."""
+        ...
+
+    def list_replicas(self, tenant: str = "", replica: str = "") -> list[ReplicaRecord]:
+        """Rows filtered by tenant and/or replica ("" = any), ordered by replica then tenant, at most 10,000."""
+        ...
+
     # -- tenants -----------------------------------------------------------------
     def remove_tenant(self, tenant: str, *, force: bool = False, dry_run: bool = False,
                       comment: str = "") -> TenantRemoval:
@@ -634,7 +704,8 @@ class Store(Protocol):
         Deleted: settings versions, patches, snapshots, the version in force
         and the failover facts; number ownership (and conflicts); calls, their
         events and leads; rental dates; document sets (the caller deletes the
-        files `document_files` names); the card on file; the account row.
+        files `document_files` names); the card on file; the account row;
+        the replicas' rows (`list_replicas`).
         Kept: the ledger and the top-ups, renamed to `ledger_archive` (a name
         no tenant can have, so that a tenant made again with this id starts
         with no money and no references of the old one's); the audit log.

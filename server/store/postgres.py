@@ -1,5 +1,5 @@
-"""The PostgreSQL store: the parts of the SQLite store (settings, accounts, numbers, security, removal) on a base of
-PostgreSQL connections, for several hosts sharing one database (`callgate serve --store postgresql://...`).
+"""The PostgreSQL store: the parts of the SQLite store (settings, accounts, numbers, security, removal, replicas) on
+a base of PostgreSQL connections, for several hosts sharing one database (`callgate serve --store postgresql://...`).
 
 Driver: psycopg 3.  The store's callers are threads (the service calls it
 through `asyncio.to_thread`, the group commit has a thread of its own), so a
@@ -50,6 +50,7 @@ from server.store.faults import Faults, name_failures
 from server.store.group import GroupCommitter
 from server.store.numbers import NumbersPart
 from server.store.removal import RemovalPart
+from server.store.replicas import ReplicasPart
 from server.store.security import SecurityPart
 
 T = TypeVar("T")
@@ -457,7 +458,7 @@ class PostgresBase(StoreBase):
         return str(rows[0][0]) if rows else ""
 
 
-class PostgresStore(NumbersPart, AccountsPart, SecurityPart, RemovalPart, PostgresBase):
+class PostgresStore(NumbersPart, AccountsPart, SecurityPart, RemovalPart, ReplicasPart, PostgresBase):
     """`Store` on one PostgreSQL database, shared by the workers of every host."""
 
 

@@ -34,8 +34,8 @@ def _count(conn: Conn, sql: str, *args: object) -> int:
 
 
 def _erase(conn: Conn, tenant: str, archive: str) -> None:
-    """The tenant's calls, documents, card and account deleted, its money records moved to `archive` (inside the
-    caller's write transaction)."""
+    """The tenant's calls, documents, card, account and replicas' rows deleted, its money records moved to
+    `archive` (inside the caller's write transaction)."""
     # an open top-up is never charged now; the money records stay, under the archive name (a sweep's late rows
     # whose kind and reference the archive holds already go to `<archive>-late`: the ledger is unique on them)
     conn.execute("UPDATE topups SET status = 'failed', last_reason = 'tenant removed' "
@@ -52,7 +52,8 @@ def _erase(conn: Conn, tenant: str, archive: str) -> None:
                 "DELETE FROM calls WHERE tenant = ?",
                 "DELETE FROM rentals_seen WHERE tenant = ?",
                 "DELETE FROM cards WHERE tenant = ?",
-                "DELETE FROM accounts WHERE tenant = ?"):
+                "DELETE FROM accounts WHERE tenant = ?",
+                "DELETE FROM replica_reports WHERE tenant = ?"):
         conn.execute(sql, (tenant,))
 
 
