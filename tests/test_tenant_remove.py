@@ -143,6 +143,17 @@ def test_a_released_number_is_free_and_a_charge_in_flight_stops_a_removal(store:
         store.remove_tenant("acme")                                               # gone already
 
 
+def test_the_sweep_after_a_removal_runs_on_every_backend(store: Any) -> None:
+    d = numbered("acme", "+14155550100")
+    store.commit_version("acme", "push", d, snap(d), 0)
+    done = store.remove_tenant("acme", force=True)
+    assert store.sweep_removed("acme", done.removed_version) == (0, ())     # nothing written late
+    store.credit("acme", 1_000_000, "credit", "wire-late", "USD")           # a worker that had not polled yet
+    swept, files = store.sweep_removed("acme", done.removed_version)
+    assert swept >= 2 and files == ()                                        # its ledger row and its account
+    assert store.balance("acme") == 0
+
+
 def test_what_lagging_workers_wrote_after_the_removal_is_swept(store: SQLiteStore, db: Path) -> None:
     from server.store.api import DocumentFile
 

@@ -33,18 +33,20 @@ def _count(conn: Conn, sql: str, *args: object) -> int:
     return int(conn.execute(sql, args).fetchone()[0])
 
 
-def _erase(conn: Conn, tenant: str, archive: str) -> None:
+def _erase(conn: Conn, tenant: str, archive: str) -> int:
     """The tenant's calls, documents, card, account and replicas' rows deleted, its money records moved to
-    `archive` (inside the caller's write transaction)."""
+    `archive` (inside the caller's write transaction); returns the rows changed (each statement's rowcount: the
+    same on both backends, where SQLite's total_changes would also count what triggers wrote)."""
+    changed = 0
     # an open top-up is never charged now; the money records stay, under the archive name (a sweep's late rows
     # whose kind and reference the archive holds already go to `<archive>-late`: the ledger is unique on them)
-    conn.execute("UPDATE topups SET status = 'failed', last_reason = 'tenant removed' "
-                 "WHERE tenant = ? AND status = 'pending'", (tenant,))
-    conn.execute("UPDATE topups SET tenant = ? WHERE tenant = ?", (archive, tenant))
-    conn.execute("UPDATE ledger SET tenant = ? WHERE tenant = ? AND NOT EXISTS (SELECT 1 FROM ledger AS kept "
-                 "WHERE kept.tenant = ? AND kept.kind = ledger.kind AND kept.ref = ledger.ref)",
-                 (archive, tenant, archive))
-    conn.execute("UPDATE ledger SET tenant = ? WHERE tenant = ?", (archive + "-late", tenant))
+    changed += conn.execute("UPDATE topups SET status = 'failed', last_reason = 'tenant removed' "
+                            "WHERE tenant = ? AND status = 'pending'", (tenant,)).rowcount
+    changed += conn.execute("UPDATE topups SET tenant = ? WHERE tenant = ?", (archive, tenant)).rowcount
+    changed += conn.execute("UPDATE ledger SET tenant = ? WHERE tenant = ? AND NOT EXISTS (SELECT 1 FROM ledger "
+                            "AS kept WHERE kept.tenant = ? AND kept.kind = ledger.kind AND kept.ref = ledger.ref)",
+                            (archive, tenant, archive)).rowcount
+    changed += conn.execute("UPDATE ledger SET tenant = ? WHERE tenant = ?", (archive + "-late", tenant)).rowcount
     for sql in ("DELETE FROM document_files WHERE set_id IN (SELECT id FROM document_sets WHERE tenant = ?)",
                 "DELETE FROM document_sets WHERE tenant = ?",
                 "DELETE FROM call_events WHERE tenant = ?",
@@ -54,7 +56,8 @@ def _erase(conn: Conn, tenant: str, archive: str) -> None:
                 "DELETE FROM cards WHERE tenant = ?",
                 "DELETE FROM accounts WHERE tenant = ?",
                 "DELETE FROM replica_reports WHERE tenant = ?"):
-        conn.execute(sql, (tenant,))
+        changed += conn.execute(sql, (tenant,)).rowcount
+    return changed
 
 
 class RemovalPart(StoreBase):
@@ -166,6 +169,4 @@ class RemovalPart(StoreBase):
                    WHERE s.tenant = ? AND f.sha256 NOT IN (
                        SELECT f2.sha256 FROM document_files f2 JOIN document_sets s2 ON s2.id = f2.set_id
                        WHERE s2.tenant != ?)""", (tenant, tenant)))
-            before = conn.total_changes
-            _erase(conn, tenant, archive_name(tenant, removed_version))
-            return conn.total_changes - before, files
+            return _erase(conn, tenant, archive_name(tenant, removed_version)), files
