@@ -14,6 +14,11 @@ What it holds:
 - `settings` (with `settings_model`, `settings_decode`, `settings_rules`): the
   tenant settings document, parsed strictly and validated whole.
 - `snapshot`: settings compiled into a `CoreSnapshot`, serialized and loaded.
+- `replica` (imported on demand: `from engine import replica`): a proxy host's
+  snapshots as files that every worker process maps read-only and shares
+  (`write_snapshot`, `remove_snapshot`, `held`, `open_snapshot`,
+  `touch_heartbeat`, `last_heard`, `write_policy`, `read_policy`), and
+  `LocalDecisions`, a worker's decisions from them (`LocalAnswer`).
 - `_core` (engine/_core.pyx, its `_core_*.pxi` sections, the contract in
   `_core.pxd`): the compiled core that decides; `reference`: the same
   decisions in plain Python (docs/decisions.md is what both follow).

@@ -10,7 +10,7 @@ decisions release the GIL and keep their snapshot alive by reference.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from types import MappingProxyType
 
@@ -47,6 +47,9 @@ class Engine:
         self._snapshots: dict[str, CoreSnapshot] = {}
         self._view: Mapping[str, CoreSnapshot] = MappingProxyType(self._snapshots)
         self.generation = 0  # moves on every install and removal: "has anything changed?" without a walk
+        # called with the tenant after every install and removal (in the thread that made it): how a server's
+        # snapshot feed learns what changed without walking every tenant
+        self.listeners: list[Callable[[str], None]] = []
 
     @property
     def snapshots(self) -> Mapping[str, CoreSnapshot]:
@@ -62,12 +65,17 @@ class Engine:
         """Put a compiled snapshot in force for its tenant (atomic)."""
         self._snapshots[snapshot.tenant] = snapshot
         self.generation += 1
+        for listener in self.listeners:
+            listener(snapshot.tenant)
 
     def remove(self, tenant: str) -> CoreSnapshot | None:
         """Take a tenant's snapshot out of force (atomic: a decision that looked it up before finishes on it,
         later ones find no tenant); returns it, or None if there was none."""
         self.generation += 1
-        return self._snapshots.pop(tenant, None)
+        removed = self._snapshots.pop(tenant, None)
+        for listener in self.listeners:
+            listener(tenant)
+        return removed
 
     def push(self, settings: Settings, version: int, approved: Iterable[str] = ()) -> CoreSnapshot:
         """Compile validated settings and put them in force."""

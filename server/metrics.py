@@ -74,6 +74,16 @@ SPOOL_BYTES = Gauge("callgate_spool_bytes", "Bytes of upload spool files (big pu
 # -- health ----------------------------------------------------------------------------------------------------------
 STORE_ERRORS = Counter("callgate_store_errors", "Store failures by store method and kind (busy, full, io, readonly, "
                        "cantopen, memory, damaged, schema, ...)", ["op", "kind"])
+REPLICA_STREAMS = Gauge("callgate_replica_streams", "Proxy replicas following the snapshots "
+                        "(Decisions.WatchSnapshots streams open)", multiprocess_mode="livesum")
+REPLICA_BEHIND = Gauge("callgate_replica_tenants_behind", "Tenants whose snapshot in force a connected replica has "
+                       "not installed yet (sent and not acknowledged, or refused), by replica", ["replica"],
+                       multiprocess_mode="livesum")
+REPLICA_SENT = Counter("callgate_replica_snapshots_sent", "Snapshots sent whole to replicas (every version of "
+                       "every tenant to every replica that lacked it)")
+REPLICA_REPORTS = Counter("callgate_replica_reports", "Replicas' answers to the snapshots sent: installed (ACK) "
+                          "or refused (NACK: the replica keeps its last good one; callgate replicas says why)",
+                          ["result"])
 HEALTH = Gauge("callgate_health_serving", "1 while the health service name is SERVING in this worker (the lowest "
                "over the live workers)", ["service"], multiprocess_mode="livemin")
 
@@ -87,6 +97,8 @@ def start() -> None:
         CALLS_ENDED.labels(outcome)
     for result in ("intercepted", "dry_run", "none", "raced"):
         PICKUPS.labels(result)
+    for result in ("installed", "refused"):
+        REPLICA_REPORTS.labels(result)
     for result in ("charged", "declined", "failed", "no_card"):
         for attempt in ("first", "retry"):
             TOPUPS.labels(result, attempt)

@@ -34,3 +34,4 @@ class AdminServicer(SettingsAdmin, AccountsAdmin, TenancyAdmin, admin_pb2_grpc.A
     ExportFailover = method(TenancyAdmin._export_failover)
     ListAudit = method(TenancyAdmin._list_audit)
     RemoveTenant = method(TenancyAdmin._remove_tenant)
+    ListReplicas = method(TenancyAdmin._list_replicas)

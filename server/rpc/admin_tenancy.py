@@ -140,6 +140,22 @@ class TenancyAdmin(AdminBase):
                                        _text("action", r.action), int(r.before_id))
         return admin_pb2.ListAuditReply(entries=[audit_message(row) for row in rows])
 
+    # -- proxy replicas -------------------------------------------------------------
+
+    async def _list_replicas(self, r: admin_pb2.ListReplicasRequest) -> admin_pb2.ListReplicasReply:
+        tenant = _tenant_arg("tenant", r.tenant) if r.tenant else ""
+        rows = await asyncio.to_thread(self.state.store.list_replicas, tenant, _text("replica", r.replica))
+        engine = self.state.engine
+        reply = admin_pb2.ListReplicasReply()
+        for row in rows:
+            snap = engine.get(row.tenant)
+            reply.replicas.append(admin_pb2.ReplicaInfo(
+                replica=row.replica, tenant=row.tenant, version=row.version, checksum=row.checksum,
+                installed_at=row.installed_at, refused_version=row.refused_version, refused_reason=row.refused_reason,
+                refused_at=row.refused_at, peer=row.peer, token_id=row.token_id, seen_at=row.seen_at,
+                in_force=snap.version if snap is not None else 0))
+        return reply
+
     # -- removing a tenant --------------------------------------------------------
 
     async def _remove_tenant(self, r: admin_pb2.RemoveTenantRequest) -> admin_pb2.RemoveTenantReply:

@@ -40,6 +40,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     **{D + m: frozenset({"proxy", "operator", "owner", "tenant-admin"})
        for m in ("Inbound", "Outbound", "Pickup", "CallEvent", "DecideBatch")},
     D + "Stream": frozenset({"proxy", "operator", "owner"}),
+    D + "WatchSnapshots": frozenset({"proxy", "operator", "owner"}),
     # operators may push only to create a tenant (its first version): the servicer enforces that part
     **{A + m: frozenset({"tenant-admin", "operator", "owner"}) for m in ("PushSettings", "PushSettingsUpload")},
     **{A + m: frozenset({"tenant-admin", "owner"}) for m in ("Rollback", "PatchBlacklist", "UploadDocuments")},
@@ -47,7 +48,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
        for m in ("GetSettings", "ListVersions", "Stats", "ListDocuments", "GetBalance", "ListLedger", "ListCalls")},
     **{A + m: frozenset({"operator", "owner"})
        for m in ("ReviewDocuments", "Credit", "Card", "TransferNumber", "NumberOwner", "ExportFailover",
-                 "ListAudit")},
+                 "ListAudit", "ListReplicas")},
     **{A + m: frozenset({"owner"}) for m in ("CreateToken", "ListTokens", "RevokeToken")},
     # removing a tenant is for good (its settings, numbers, calls, documents): the owner's act only, never a
     # tenant-scoped token (even of that tenant) nor an operator, who may create tenants but not wipe them
@@ -277,7 +278,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: Any, principal: Principal, method: str) -> Any:
         audited = self.audit is not None and method.startswith(A)
-        if not audited and principal.role not in TENANT_ROLES:
+        if not audited and principal.role not in TENANT_ROLES and method != D + "WatchSnapshots":
             return handler  # a decision by a proxy, operator or owner: nothing to check per request, no audit
         inner = (handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream)
         is_unary_request = handler.unary_unary is not None or handler.unary_stream is not None

@@ -21,8 +21,9 @@ from engine import INBOUND_DTYPE, OUTBOUND_DTYPE, CoreDecision, CoreSnapshot, co
 from engine.decision import RingingCall
 from engine.settings import E164
 from server import metrics
-from server.rpc.errors import RequestError, code_of, method, status_for
+from server.rpc.errors import RequestError, abort, code_of, method, status_for
 from server.rpc.messages import ReplyCache, decision_message
+from server.rpc.replicas import SnapshotFeed
 from server.rpc.requests import KIND_NUMBERS, MAX_BATCH, MAX_TEXT, MAX_WIDTH, _input_error, _now, _text
 from server.rules import billing, calls
 from server.worker import jobs
@@ -37,6 +38,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         self.snapshots = state.engine.snapshots  # a live view: Engine.install replaces entries under it
         self.replies = ReplyCache()
         self._people: dict[str, tuple[CoreSnapshot, frozenset[str]]] = {}
+        self.feed = SnapshotFeed(state)
 
     def _snapshot(self, tenant: str) -> CoreSnapshot:
         snap = self.snapshots.get(tenant)
@@ -304,3 +306,14 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
                 reply.error = message
                 reply.error_code = code.value[0]
             yield reply
+
+    async def WatchSnapshots(self, request_iterator: AsyncIterator[decisions_pb2.WatchRequest],
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[decisions_pb2.SnapshotPiece]:
+        """A proxy host's replica following the snapshots in force (server/rpc/replicas.py)."""
+        try:
+            async for piece in self.feed.watch(request_iterator, context):
+                yield piece
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(context, exc, "WatchSnapshots")

@@ -1,0 +1,309 @@
+"""`Decisions.WatchSnapshots`: proxy hosts' replicas of the compiled snapshots, kept in step like Envoy's xDS.
+
+A replica (`callgate replica`, server/replica/) opens one stream and says
+who it is, which tenants it wants (none: every tenant) and what it holds
+(tenant -> version and checksum).  This worker then sends every snapshot in
+force that the replica lacks, in pieces of at most `PIECE_BYTES`, says
+`synced` once everything asked for has been sent, and from then on sends
+each tenant's snapshot again whenever a new one comes into force in this
+worker (a push, a patch, a rollback, a document decision: anything that
+replaces the snapshot) and a removal when the tenant goes.  While nothing
+changes it sends a heartbeat every `HEARTBEAT_S`, by which the replica
+knows how old its copy may be.
+
+What is sent is the snapshot this worker decides with, serialized
+(`engine.snapshot.dumps`: the version's arrays with its documents' state),
+so a replica's answers are this worker's.  Its identity is (version,
+sha256 of the blob): a document decision changes the blob, not the version.
+
+Bounded whatever the replica does:
+- flow control: each piece is handed to gRPC and awaited before the next
+  (the async generator is pulled one message at a time), so a replica
+  that reads slowly holds one piece in this worker, not a queue;
+- coalescing: changes mark tenants "dirty" (a set); a tenant is serialized
+  when its turn comes, at the version then in force, so ten pushes while a
+  slow replica reads are one snapshot, the newest;
+- reports: the replica answers each version with an ack (installed) or a
+  refusal with its reason; only answers about what this stream sent (or the
+  replica said it held) are taken, and they go to the store in one write
+  per `REPORT_EVERY_S` per worker, the latest per (replica, tenant), so a
+  flood of acks costs at most one small transaction a moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from callgate.v1 import decisions_pb2
+from engine import CoreSnapshot
+from engine.snapshot import dumps
+from server import metrics
+from server.rpc import auth
+from server.rpc.errors import RequestError
+from server.store.api import ReplicaReport, StoreError
+from server.worker.state import State
+
+log = logging.getLogger("callgate.replicas")
+
+PIECE_BYTES = 256 * 1024    # a 1 M-entry blacklist is some 30 pieces: each awaited, none queued
+HEARTBEAT_S = 1.0           # while nothing changes: how the replica knows its copy's age
+FIRST_REQUEST_S = 10.0      # the replica's first message (who it is, what it holds) is due this soon
+REPORT_EVERY_S = 0.2        # replicas' acks and refusals reach the store in one write this often per worker
+MAX_TENANTS = 100_000       # tenants named (wanted, held) in a first message
+MAX_PENDING_REPORTS = 100_000
+REPLICA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+CHECKSUM = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass
+class _Blob:
+    snap: CoreSnapshot
+    data: bytes
+    checksum: str
+
+
+@dataclass(eq=False)   # each stream is itself (hashed by identity, kept in a set)
+class _Stream:
+    """One replica's stream, as its sender and its ack reader share it."""
+
+    replica: str
+    peer: str
+    token_id: str
+    wanted: frozenset[str] | None
+    loop: asyncio.AbstractEventLoop
+    held: dict[str, tuple[int, str]]          # what the replica holds or was sent (tenant -> version, checksum)
+    dirty: set[str] = field(default_factory=set)
+    behind: set[str] = field(default_factory=set)  # sent, not yet installed
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    thread: int = field(default_factory=threading.get_ident)
+
+    def mark(self, tenant: str) -> None:
+        if self.wanted is not None and tenant not in self.wanted:
+            return
+        self.dirty.add(tenant)
+        if threading.get_ident() == self.thread:
+            self.wake.set()
+        else:  # an install made from a thread: asyncio's event is the loop's to set
+            self.loop.call_soon_threadsafe(self.wake.set)
+
+
+class SnapshotFeed:
+    """A worker's side of every replica stream: each snapshot in force serialized once, the streams to wake when
+    a tenant changes, the replicas' reports written to the store in batches."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self._blobs: dict[str, _Blob] = {}
+        self._streams: set[_Stream] = set()
+        self._reports: dict[tuple[str, str], ReplicaReport] = {}
+        self._forgotten: dict[str, set[str]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        state.engine.listeners.append(self._changed)
+
+    def _changed(self, tenant: str) -> None:
+        if self.state.engine.get(tenant) is None:
+            self._blobs.pop(tenant, None)
+        for stream in list(self._streams):
+            stream.mark(tenant)
+
+    async def _blob(self, snap: CoreSnapshot) -> _Blob:
+        cached = self._blobs.get(snap.tenant)
+        if cached is not None and cached.snap is snap:
+            return cached
+
+        def serialize() -> tuple[bytes, str]:
+            data = dumps(snap)
+            return data, hashlib.sha256(data).hexdigest()
+
+        data, checksum = await asyncio.to_thread(serialize)
+        blob = _Blob(snap, data, checksum)
+        if self.state.engine.get(snap.tenant) is snap:  # still in force: worth keeping for the next replica
+            self._blobs[snap.tenant] = blob
+        return blob
+
+    # -- the stream ---------------------------------------------------------------------------------------
+
+    async def watch(self, requests: AsyncIterator[decisions_pb2.WatchRequest],
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[decisions_pb2.SnapshotPiece]:
+        stream = await self._open(requests, context)
+        reader = asyncio.ensure_future(self._read_reports(requests, stream))
+        self._streams.add(stream)
+        metrics.REPLICA_STREAMS.inc()
+        log.info("replica %s connected from %s", stream.replica, stream.peer,
+                 extra={"event": "replica_connected", "replica": stream.replica, "peer": stream.peer,
+                        "held": len(stream.held)})
+        try:
+            async for piece in self._send(stream, reader):
+                yield piece
+        finally:
+            self._streams.discard(stream)
+            reader.cancel()
+            metrics.REPLICA_STREAMS.dec()
+            metrics.REPLICA_BEHIND.labels(stream.replica).set(0)
+            log.info("replica %s disconnected", stream.replica,
+                     extra={"event": "replica_disconnected", "replica": stream.replica})
+
+    async def _open(self, requests: AsyncIterator[decisions_pb2.WatchRequest],
+                    context: grpc.aio.ServicerContext) -> _Stream:
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        try:
+            first = await asyncio.wait_for(anext(aiter(requests), None), FIRST_REQUEST_S)
+        except TimeoutError:
+            raise RequestError(bad, f"no first message within {FIRST_REQUEST_S:g} s: send the replica's name, "
+                                    "the tenants it wants and what it holds") from None
+        if first is None:
+            raise RequestError(bad, "the stream ended before its first message")
+        if first.HasField("ack"):
+            raise RequestError(bad, "the first message says who the replica is, not an ack")
+        if not REPLICA_NAME.fullmatch(first.replica):
+            raise RequestError(bad, "replica is its name: 1 to 128 letters, digits and _.:@- (its host name), "
+                                    f"not {first.replica[:64]!r}")
+        if len(first.tenants) > MAX_TENANTS or len(first.held) > MAX_TENANTS:
+            raise RequestError(bad, f"at most {MAX_TENANTS:,} tenants wanted or held in one stream")
+        for tenant in (*first.tenants, *first.held):
+            if not 0 < len(tenant) <= 64:
+                raise RequestError(bad, f"tenant ids are 1 to 64 characters, not {tenant[:64]!r}")
+        held = {}
+        for tenant, h in first.held.items():
+            if h.version < 1 or not CHECKSUM.fullmatch(h.checksum):
+                raise RequestError(bad, f"held[{tenant[:64]!r}]: version >= 1 and the blob's sha256 in lowercase "
+                                        "hex")
+            held[tenant] = (h.version, h.checksum)
+        principal = auth.CURRENT.get()
+        peer = context.peer() if hasattr(context, "peer") else ""
+        wanted = frozenset(first.tenants) if first.tenants else None
+        stream = _Stream(first.replica, str(peer)[:128], principal.token_id if principal else "", wanted,
+                         asyncio.get_running_loop(), held)
+        # everything it wants, and whatever it holds that may have gone (a removal while it was away)
+        stream.dirty.update(wanted if wanted is not None else self.state.engine.snapshots)
+        stream.dirty.update(t for t in held if wanted is None or t in wanted)
+        return stream
+
+    async def _send(self, stream: _Stream,
+                    reader: asyncio.Future[None]) -> AsyncIterator[decisions_pb2.SnapshotPiece]:
+        engine = self.state.engine
+        synced = False
+        while True:
+            if reader.done():  # the replica closed its side (or its messages were refused): the stream ends
+                reader.result()
+                return
+            stream.wake.clear()
+            dirty, stream.dirty = stream.dirty, set()
+            for tenant in sorted(dirty):
+                snap = engine.get(tenant)
+                if snap is None:
+                    if stream.held.pop(tenant, None) is not None:
+                        stream.behind.discard(tenant)
+                        yield decisions_pb2.SnapshotPiece(tenant=tenant, removed=True, server_time_ms=_now_ms())
+                    continue
+                blob = await self._blob(snap)
+                if stream.held.get(tenant) == (snap.version, blob.checksum):
+                    continue  # the replica holds it already (a resume)
+                for piece in _pieces(blob):
+                    yield piece
+                stream.held[tenant] = (snap.version, blob.checksum)
+                stream.behind.add(tenant)
+                metrics.REPLICA_SENT.inc()
+            metrics.REPLICA_BEHIND.labels(stream.replica).set(len(stream.behind))
+            if not synced:
+                synced = True
+                yield decisions_pb2.SnapshotPiece(synced=True, server_time_ms=_now_ms())
+                continue
+            if stream.dirty:
+                continue
+            waiter = asyncio.ensure_future(stream.wake.wait())
+            done, _ = await asyncio.wait((waiter, reader), timeout=HEARTBEAT_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if not done:
+                yield decisions_pb2.SnapshotPiece(heartbeat=True, server_time_ms=_now_ms())
+
+    async def _read_reports(self, requests: AsyncIterator[decisions_pb2.WatchRequest], stream: _Stream) -> None:
+        async for request in requests:
+            if not request.HasField("ack"):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "after the first message, every message is an ack")
+            ack = request.ack
+            held = stream.held.get(ack.tenant)
+            if ack.removed:
+                if held is None and ack.tenant not in self.state.engine.snapshots:
+                    self._forget(stream.replica, ack.tenant)
+                continue
+            if held is None or held != (ack.version, ack.checksum):
+                continue  # not what this stream sent (late, or made up): nothing to record
+            if ack.ok:
+                stream.behind.discard(ack.tenant)
+            else:
+                log.warning("replica %s refused %s version %s: %s", stream.replica, ack.tenant, ack.version,
+                            ack.reason[:200], extra={"event": "replica_refused", "replica": stream.replica,
+                                                     "tenant": ack.tenant, "version": ack.version})
+            metrics.REPLICA_REPORTS.labels("installed" if ack.ok else "refused").inc()
+            metrics.REPLICA_BEHIND.labels(stream.replica).set(len(stream.behind))
+            self._report(ReplicaReport(stream.replica, ack.tenant, ack.version, ack.checksum, ack.ok,
+                                       ack.reason[:500], stream.peer, stream.token_id))
+
+    # -- reports to the store -----------------------------------------------------------------------------
+
+    def _report(self, report: ReplicaReport) -> None:
+        key = (report.replica, report.tenant)
+        if key not in self._reports and len(self._reports) >= MAX_PENDING_REPORTS:
+            return  # the store has been away for long: the replica reports again at its next version
+        self._reports[key] = report
+        self._schedule()
+
+    def _forget(self, replica: str, tenant: str) -> None:
+        self._forgotten.setdefault(replica, set()).add(tenant)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(REPORT_EVERY_S)
+        reports, self._reports = list(self._reports.values()), {}
+        forgotten, self._forgotten = self._forgotten, {}
+        store = self.state.store
+        try:
+            if reports:
+                await asyncio.to_thread(store.record_replicas, reports)
+            for replica, tenants in forgotten.items():
+                await asyncio.to_thread(store.forget_replicas, replica, sorted(tenants))
+        except StoreError as exc:  # kept for the next write (newer reports of the same rows win)
+            log.warning("replica reports not written (%s): kept for the next try", exc,
+                        extra={"event": "replica_reports_delayed", "reports": len(reports)})
+            for report in reports:
+                self._reports.setdefault((report.replica, report.tenant), report)
+            for replica, tenants in forgotten.items():
+                self._forgotten.setdefault(replica, set()).update(tenants)
+            await asyncio.sleep(1.0)
+            self._schedule_later()
+
+    def _schedule_later(self) -> None:
+        self._flusher = None
+        if self._reports or self._forgotten:
+            self._schedule()
+
+
+def _pieces(blob: _Blob) -> Iterator[decisions_pb2.SnapshotPiece]:
+    """The blob's pieces, made one at a time (a piece is copied into its message only when its turn comes)."""
+    size, snap = len(blob.data), blob.snap
+    view = memoryview(blob.data)
+    for offset in range(0, max(size, 1), PIECE_BYTES):
+        end = min(offset + PIECE_BYTES, size)
+        yield decisions_pb2.SnapshotPiece(
+            tenant=snap.tenant, version=snap.version, checksum=blob.checksum, size=size, offset=offset,
+            data=bytes(view[offset:end]), last=end >= size, server_time_ms=_now_ms())
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
