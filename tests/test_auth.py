@@ -118,6 +118,19 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
         assert len(replies) == 1
         return replies
 
+    def watch() -> Any:
+        """A replica's stream: read until the server says it is in step, then leave."""
+        call = d.WatchSnapshots(iter([decisions_pb2.WatchRequest(replica=f"auth-{n}", tenants=[tenant])]),
+                                timeout=10)
+        pieces = []
+        for piece in call:
+            pieces.append(piece)
+            if piece.synced:
+                call.cancel()
+                break
+        assert pieces[-1].synced
+        return pieces
+
     def transfer() -> Any:
         """The spare number to the other tenant; when that worked, back again with the owner's token."""
         reply = a.TransferNumber(admin_pb2.TransferNumberRequest(number=SPARE[tenant], from_tenant=tenant,
@@ -136,6 +149,7 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
             tenant=tenant, call_id=f"auth-{n}", kind=decisions_pb2.CallEventRequest.RINGING, user="u1"), timeout=10),
         "DecideBatch": lambda: d.DecideBatch(batch, timeout=10),
         "Stream": stream,
+        "WatchSnapshots": watch,
         "PushSettings": lambda: a.PushSettings(admin_pb2.PushSettingsRequest(document=doc_for(tenant)), timeout=60),
         "PushSettingsUpload": lambda: a.PushSettingsUpload(upload_messages(doc_for(tenant)), timeout=60),
         "GetSettings": lambda: a.GetSettings(admin_pb2.GetSettingsRequest(tenant=tenant), timeout=10),
@@ -165,6 +179,7 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
         "TransferNumber": transfer,
         "ExportFailover": lambda: a.ExportFailover(admin_pb2.ExportFailoverRequest(), timeout=10),
         "ListAudit": lambda: a.ListAudit(admin_pb2.ListAuditRequest(tenant=tenant), timeout=10),
+        "ListReplicas": lambda: a.ListReplicas(admin_pb2.ListReplicasRequest(tenant=tenant), timeout=10),
         # a dry run: every check an owner's removal makes, nothing removed (the real one: test_tenant_remove.py)
         "RemoveTenant": lambda: a.RemoveTenant(admin_pb2.RemoveTenantRequest(
             tenant=tenant, confirm=tenant, force=True, dry_run=True), timeout=10),

@@ -53,6 +53,8 @@ LINES: dict[str, list[str]] = {
     "numbers resolve": ["numbers", "resolve", "+14155550100", "--owner", "acme", "--data-dir", "d"],
     "store check": ["store", "check", "--data-dir", "d"],
     "tenant remove": ["tenant", "remove", "--tenant", "acme", "--confirm", "acme", "--force"],
+    "replica": ["replica", "--dir", "/var/lib/callgate/replica", "--tenant-policy", "acme=fail-closed"],
+    "replicas": ["replicas", "--tenant", "acme"],
     "grpc list": ["grpc", "list"],
     "grpc describe": ["grpc", "describe", "callgate.v1.Decisions"],
     "grpc health": ["grpc", "health"],

@@ -81,6 +81,8 @@ EXAMPLES: dict[str, str] = {
     "numbers resolve": "callgate numbers resolve +14155550100 --owner acme --data-dir data",
     "store check": "callgate store check --data-dir data",
     "tenant remove": "callgate tenant remove --tenant acme --confirm acme --dry-run",
+    "replica": "callgate replica --server 10.0.0.5:50051 --dir /var/lib/callgate/replica --max-staleness 30",
+    "replicas": "callgate replicas --tenant acme",
     "grpc list": "callgate grpc list --server 127.0.0.1:50051",
     "grpc describe": "callgate grpc describe callgate.v1.Decisions.Inbound",
     "grpc health": "callgate grpc health callgate.v1.Store",

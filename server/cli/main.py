@@ -444,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     from server.cli.tools import add_grpc_commands
 
     add_grpc_commands(sub)
+    from server.cli.replicas import add_replica_commands
+
+    add_replica_commands(sub)
     offline.add_offline_commands(sub)
     spread_global_options(parser)
     add_examples(parser)

@@ -15,6 +15,12 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 
 
 def channel(args: argparse.Namespace) -> Any:
+    return channel_args(args)()
+
+
+def channel_args(args: argparse.Namespace, aio: bool = False) -> Callable[[], Any]:
+    """A function that opens a channel to --server with the command line's TLS and token, each time it is called
+    (a process that reconnects opens a new one each time)."""
     from server.client import BIG_MESSAGES, open_channel
 
     credentials = None
@@ -26,7 +32,7 @@ def channel(args: argparse.Namespace) -> Any:
         except ValueError as exc:
             raise CliError(str(exc)) from None
     token = getattr(args, "token", None) or os.environ.get("CALLGATE_TOKEN", "")
-    return open_channel(args.server, token=token, options=BIG_MESSAGES, credentials=credentials)
+    return lambda: open_channel(args.server, token=token, options=BIG_MESSAGES, credentials=credentials, aio=aio)
 
 
 # what grpcio says when the connection failed or dropped (the server's own UNAVAILABLE messages say none of these)

@@ -1,0 +1,126 @@
+"""`callgate replica` (a proxy host's copy of the compiled snapshots, kept in step over gRPC) and `callgate
+replicas` (which replica holds which version, as the server heard it)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import math
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from engine.cli import CliError
+from server.cli.grammar import print_json
+from server.cli.rpc import call, stubs
+
+POLICIES = ("stale-ok", "fail-closed", "backup")
+
+
+def _policy(text: str) -> tuple[str, str]:
+    tenant, _, policy = text.partition("=")
+    if not tenant or policy not in POLICIES:
+        raise argparse.ArgumentTypeError(f"expected TENANT=POLICY with POLICY one of {', '.join(POLICIES)}, "
+                                         f"not {text!r}")
+    return tenant, policy
+
+
+def _staleness(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 86_400 * 30:
+        raise argparse.ArgumentTypeError(f"a number of seconds, more than 0 and at most 30 days, not {text!r}")
+    return value
+
+
+def cmd_replica(args: argparse.Namespace) -> int:
+    from engine import replica
+    from server.app.logs import setup_logging
+    from server.cli.rpc import channel_args
+    from server.replica.follow import Follower
+
+    directory: Path = args.dir
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        replica.write_policy(directory, args.max_staleness, args.stale_policy, dict(args.tenant_policy or ()))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--dir {directory}: {exc}") from None
+    setup_logging(args.log_format)
+    open_channel = channel_args(args, aio=True)
+    follower = Follower(open_channel, directory, args.name, args.only or [], args.max_snapshot_mb << 20)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await follower.run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_replicas(args: argparse.Namespace) -> int:
+    from callgate.v1 import admin_pb2
+
+    admin, _ = stubs(args)
+    reply = call(args, admin.ListReplicas, admin_pb2.ListReplicasRequest(
+        tenant=args.tenant or "", replica=args.replica or ""))
+    if print_json(args, reply):
+        return 0
+    if not reply.replicas:
+        print("no replica has reported yet (`callgate replica --dir DIR` on each proxy host)")
+        return 0
+    print(f"{'replica':<24}{'tenant':<20}{'holds':>7}{'in force':>9}  {'last heard':<20}  state")
+    for r in reply.replicas:
+        heard = dt.datetime.fromtimestamp(r.seen_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if r.seen_at else "-"
+        if r.in_force == 0:
+            state = "tenant gone"
+        elif r.refused_version:
+            state = f"REFUSED version {r.refused_version}: {r.refused_reason}"
+        elif r.version == r.in_force:
+            state = "in step"
+        else:
+            state = "behind"
+        print(f"{r.replica:<24}{r.tenant:<20}{r.version:>7}{r.in_force:>9}  {heard:<20}  {state}")
+    return 0
+
+
+def add_replica_commands(sub: Any) -> None:
+    rep = sub.add_parser(
+        "replica", help="keep this host's copy of the compiled snapshots in step with the server (for proxies)",
+        description="Follow the server's snapshots (Decisions.WatchSnapshots, a proxy token) and keep them in "
+                    "--dir, one file per tenant replaced atomically, for the proxy workers of this host to decide "
+                    "from (engine.replica.LocalDecisions maps the same files read-only in every process). Answers "
+                    "each version installed or refused (`callgate replicas` shows them); reconnects by itself and "
+                    "resumes from what --dir holds. Runs until SIGTERM or Ctrl-C.")
+    rep.add_argument("--dir", type=Path, required=True, help="where the snapshot files, the heartbeat and the "
+                                                             "staleness policy are kept")
+    rep.add_argument("--name", default=socket.gethostname(),
+                     help="this replica's name in `callgate replicas` (default: the host name)")
+    rep.add_argument("--only", action="append", metavar="TENANT",
+                     help="follow this tenant only (repeatable; default: every tenant)")
+    rep.add_argument("--max-staleness", type=_staleness, default=30.0, metavar="SECONDS",
+                     help="answers from a copy that has not heard from the server for longer follow the stale "
+                          "policy (default 30)")
+    rep.add_argument("--stale-policy", choices=POLICIES, default="stale-ok",
+                     help="past --max-staleness: decide anyway (stale-ok, the default), refuse the call "
+                          "(fail-closed) or forward it to the tenant's backup number (backup)")
+    rep.add_argument("--tenant-policy", type=_policy, action="append", metavar="TENANT=POLICY",
+                     help="another stale policy for one tenant (repeatable)")
+    rep.add_argument("--max-snapshot-mb", type=int, default=1024,
+                     help="refuse snapshots larger than this (default 1024)")
+    rep.add_argument("--log-format", choices=("json", "text"), default="json", help="log lines (default json)")
+    rep.set_defaults(run=cmd_replica)
+
+    reps = sub.add_parser("replicas", help="which proxy replica holds which version of each tenant",
+                          description="What every replica reported (installed, or refused and why) against "
+                                      "the version in force, from the store: every worker and host answers the "
+                                      "same.")
+    reps.add_argument("--tenant", help="one tenant only")
+    reps.add_argument("--replica", help="one replica only")
+    reps.set_defaults(run=cmd_replicas)

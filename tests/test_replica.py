@@ -1,0 +1,232 @@
+"""A proxy host's replica (`callgate replica`, Decisions.WatchSnapshots): it follows pushes, patches, document
+decisions and removals, resumes from what it holds, keeps its last good snapshot when it refuses one, and the
+server knows which version it holds (`callgate replicas`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
+from engine import replica
+from loadtest.process import ROOT, free_port
+from server.client import upload_messages
+from server.rpc.messages import decision_message
+
+from .serving import Server, example_doc, wait_for
+from .test_documents import encode, scan
+
+NUMBER = "+14155550100"               # requires_documents in the example
+TUESDAY_1030_LA = 1796149800          # working hours for NUMBER
+CALLERS = ["+14155550666", "+12125550000", "anonymous", "4155550199", "+4930123456", "+", "12ab"]
+CALLED = [NUMBER, "+14155550199", "+14155559999", "+442071234567"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("data"), listen=f"127.0.0.1:{free_port()}", workers=2)
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def stubs(server: Server) -> Iterator[tuple[Any, Any]]:
+    with server.channel() as channel:
+        yield decisions_pb2_grpc.DecisionsStub(channel), admin_pb2_grpc.AdminStub(channel)
+
+
+class Replica:
+    """`callgate replica` as a proxy host runs it, stopped by its PID."""
+
+    def __init__(self, server: Server, directory: Path, *extra: str, name: str = "host-a") -> None:
+        self.directory, self.log = directory, directory.with_suffix(".log")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "callgate", "replica", "--server", server.address, "--dir", str(directory),
+             "--name", name, *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+        return [e for e in (json.loads(x) for x in lines if x.startswith("{")) if e.get("event") == kind]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+
+def in_force(admin: Any) -> dict[str, int]:
+    return {t.tenant: t.version for t in admin.Stats(admin_pb2.StatsRequest(), timeout=10).tenants}
+
+
+def in_step(directory: Path, admin: Any) -> bool:
+    held = {t: v for t, (v, _) in replica.held(directory).items()}
+    return held == in_force(admin)
+
+
+def same_answers(local: replica.LocalDecisions, decisions: Any, tenant: str) -> int:
+    """Every (caller, called) of the lists decided locally and over RPC at the same instant: the same Decision,
+    or the same refusal; returns how many were compared."""
+    held = local.snapshot(tenant)
+    assert held is not None
+    snap = held[0]
+    n = 0
+    for caller in CALLERS:
+        for called in CALLED:
+            answer = local.inbound(tenant, caller, called, TUESDAY_1030_LA)
+            assert answer is not None and answer.action == "decide" and answer.decision is not None
+            request = decisions_pb2.InboundRequest(tenant=tenant, caller=caller, called=called, at=TUESDAY_1030_LA)
+            if answer.decision.verdict == "ERROR":
+                with pytest.raises(grpc.RpcError) as err:
+                    decisions.Inbound(request, timeout=10)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            else:
+                assert decisions.Inbound(request, timeout=10) == decision_message(answer.decision, "inbound", snap)
+            n += 1
+    return n
+
+
+def test_a_replica_follows_pushes_patches_documents_and_removals(server: Server, stubs: Any,
+                                                                 tmp_path: Path) -> None:
+    decisions, admin = stubs
+    admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(example_doc("beta", 201)).encode()),
+                       timeout=30)
+    rep = Replica(server, tmp_path / "replica")
+    local = replica.LocalDecisions(rep.directory, recheck_s=0.0)
+    try:
+        wait_for(lambda: in_step(rep.directory, admin), timeout=20)
+        assert same_answers(local, decisions, "acme") == len(CALLERS) * len(CALLED)
+
+        doc = example_doc("acme")
+        doc["blacklist"] = [*doc.get("blacklist", []), "+12125550000"]
+        admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(doc).encode()), timeout=30)
+        wait_for(lambda: in_step(rep.directory, admin), timeout=10)
+        answer = local.inbound("acme", "+12125550000", "+14155550199", TUESDAY_1030_LA)
+        assert answer is not None and answer.decision is not None and answer.decision.reason == "BLACKLISTED"
+        assert answer.version == in_force(admin)["acme"] and not answer.stale and answer.age_s < 5
+
+        admin.PatchBlacklist(admin_pb2.PatchBlacklistRequest(tenant="acme", remove=["+12125550000"]), timeout=30)
+        wait_for(lambda: in_step(rep.directory, admin), timeout=10)
+        same_answers(local, decisions, "acme")
+
+        # a document decision changes the snapshot, not the version: the replica follows it all the same
+        before = replica.held(rep.directory)["acme"]
+        image = encode(scan((1400, 2000)), "PNG")
+        uploaded = admin.UploadDocuments(admin_pb2.UploadDocumentsRequest(
+            tenant="acme", number=NUMBER, files=[admin_pb2.DocumentUpload(name="id.png", content=image)]),
+            timeout=60)
+        admin.ReviewDocuments(admin_pb2.ReviewDocumentsRequest(set_id=uploaded.id, approve=True), timeout=10)
+        wait_for(lambda: replica.held(rep.directory)["acme"] != before, timeout=10)
+        assert replica.held(rep.directory)["acme"][0] == before[0]
+        same_answers(local, decisions, "acme")
+
+        admin.RemoveTenant(admin_pb2.RemoveTenantRequest(tenant="beta", confirm="beta", force=True), timeout=30)
+        wait_for(lambda: "beta" not in replica.held(rep.directory), timeout=10)
+        wait_for(lambda: local.inbound("beta", "+12125550000", NUMBER, TUESDAY_1030_LA) is None, timeout=5)
+
+        # what the server heard: the replica holds the version in force, no refusal
+        def reported() -> Any:
+            rows = admin.ListReplicas(admin_pb2.ListReplicasRequest(replica="host-a"), timeout=10).replicas
+            acme = [r for r in rows if r.tenant == "acme"]
+            return acme[0] if acme and acme[0].checksum == replica.held(rep.directory)["acme"][1] else None
+
+        row = wait_for(reported, timeout=10)
+        assert (row.version, row.in_force, row.refused_version) == (in_force(admin)["acme"],) * 2 + (0,)
+        assert [r.tenant for r in admin.ListReplicas(admin_pb2.ListReplicasRequest(), timeout=10).replicas] == ["acme"]
+    finally:
+        local.close()
+        assert rep.stop() == 0
+    assert not rep.events("replica_refused")
+
+
+def test_a_replica_resumes_from_what_it_holds(server: Server, stubs: Any, tmp_path: Path) -> None:
+    _, admin = stubs
+    rep = Replica(server, tmp_path / "replica", name="host-b")
+    wait_for(lambda: in_step(rep.directory, admin), timeout=20)
+    assert rep.stop() == 0
+    first = len(rep.events("replica_installed"))
+    assert first == len(in_force(admin))
+
+    doc = example_doc("acme")
+    doc["blacklist"] = [*doc.get("blacklist", []), "+12125550001"]
+    admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(doc).encode()), timeout=30)
+    rep = Replica(server, rep.directory, name="host-b")
+    try:
+        wait_for(lambda: in_step(rep.directory, admin), timeout=20)
+        wait_for(lambda: rep.events("replica_synced"), timeout=10)
+    finally:
+        assert rep.stop() == 0
+    # only the tenant that changed while it was away came again
+    assert [e["tenant"] for e in rep.events("replica_installed")[first:]] == ["acme"]
+
+
+def test_a_snapshot_refused_leaves_the_last_good_one_in_force(server: Server, stubs: Any, tmp_path: Path) -> None:
+    _, admin = stubs
+    rep = Replica(server, tmp_path / "replica", "--max-snapshot-mb", "1", "--only", "acme", name="host-c")
+    local = replica.LocalDecisions(rep.directory, recheck_s=0.0)
+    try:
+        wait_for(lambda: "acme" in replica.held(rep.directory), timeout=20)
+        good = replica.held(rep.directory)["acme"]
+        # a version over the replica's --max-snapshot-mb: 700,000 blacklisted numbers, scattered (a run of
+        # consecutive numbers would pack into a few bytes)
+        doc = example_doc("acme")
+        doc["blacklist"] = [f"+1{n}" for n in random.Random(5).sample(range(2_000_000_000, 3_000_000_000), 700_000)]
+        admin.PushSettingsUpload(upload_messages(json.dumps(doc).encode()), timeout=120)
+        row = wait_for(lambda: [r for r in admin.ListReplicas(admin_pb2.ListReplicasRequest(
+            replica="host-c"), timeout=10).replicas if r.refused_version], timeout=30)[0]
+        assert row.refused_version == in_force(admin)["acme"] and row.version == good[0]
+        assert "max-snapshot-mb" in row.refused_reason
+        assert replica.held(rep.directory)["acme"] == good
+        answer = local.inbound("acme", "+12025550001", NUMBER, TUESDAY_1030_LA)
+        assert answer is not None and answer.version == good[0]   # the last good one keeps answering
+        assert rep.events("replica_refused")
+    finally:
+        local.close()
+        assert rep.stop() == 0
+
+
+def _watch(server: Server, *requests: decisions_pb2.WatchRequest) -> tuple[grpc.StatusCode, str]:
+    with grpc.insecure_channel(server.address) as channel:
+        call = decisions_pb2_grpc.DecisionsStub(channel).WatchSnapshots(iter(requests), timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in call:
+                pass
+    return err.value.code(), err.value.details()
+
+
+@pytest.mark.parametrize("first, words", [
+    (decisions_pb2.WatchRequest(replica=""), "replica is its name"),
+    (decisions_pb2.WatchRequest(replica="a/b"), "replica is its name"),
+    (decisions_pb2.WatchRequest(replica="x" * 129), "replica is its name"),
+    (decisions_pb2.WatchRequest(ack=decisions_pb2.SnapshotAck(tenant="acme")), "not an ack"),
+    (decisions_pb2.WatchRequest(replica="h", held={"acme": decisions_pb2.HeldSnapshot(version=1, checksum="zz")}),
+     "sha256"),
+    (decisions_pb2.WatchRequest(replica="h", tenants=["x" * 65]), "1 to 64"),
+])
+def test_hostile_first_messages_are_refused(server: Server, first: Any, words: str) -> None:
+    code, details = _watch(server, first)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and words in details
+
+
+def test_answers_about_what_was_never_sent_are_not_recorded(server: Server, stubs: Any) -> None:
+    _, admin = stubs
+    made_up = [decisions_pb2.WatchRequest(ack=decisions_pb2.SnapshotAck(
+        tenant="acme", version=99, checksum="0" * 64, ok=True)) for _ in range(100)]
+    with grpc.insecure_channel(server.address) as channel:
+        call = decisions_pb2_grpc.DecisionsStub(channel).WatchSnapshots(
+            iter([decisions_pb2.WatchRequest(replica="liar", tenants=["acme"]), *made_up]), timeout=3)
+        try:
+            for _ in call:   # the snapshot, synced, a heartbeat: the stream ends with the acks
+                pass
+        except grpc.RpcError:
+            pass
+    assert not admin.ListReplicas(admin_pb2.ListReplicasRequest(replica="liar"), timeout=10).replicas
