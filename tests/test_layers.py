@@ -27,7 +27,7 @@ LAYERS = [
     ("server.store", 2),
     ("server.worker", 3),
     ("server.rpc", 4),
-    ("server.app", 5),
+    ("server.app", 5), ("server.replica", 5),   # the two processes: `callgate serve`, `callgate replica`
     ("server.cli", 6),
     ("server", 6),                   # the package itself
     ("loadtest", 7),
