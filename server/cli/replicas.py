@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from engine import cli as offline
 from engine.cli import CliError
 from server.cli.grammar import print_json
 from server.cli.rpc import call, stubs
@@ -47,7 +48,9 @@ def cmd_replica(args: argparse.Namespace) -> int:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         replica.write_policy(directory, args.max_staleness, args.stale_policy, dict(args.tenant_policy or ()))
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise CliError(f"--dir {directory}: {exc.strerror or exc} (a directory this user may write)") from None
+    except ValueError as exc:
         raise CliError(f"--dir {directory}: {exc}") from None
     setup_logging(args.log_format)
     open_channel = channel_args(args, aio=True)
@@ -112,7 +115,7 @@ def add_replica_commands(sub: Any) -> None:
                           "(fail-closed) or forward it to the tenant's backup number (backup)")
     rep.add_argument("--tenant-policy", type=_policy, action="append", metavar="TENANT=POLICY",
                      help="another stale policy for one tenant (repeatable)")
-    rep.add_argument("--max-snapshot-mb", type=int, default=1024,
+    rep.add_argument("--max-snapshot-mb", type=offline.int_in(1, 65_536, "a number of MiB"), default=1024,
                      help="refuse snapshots larger than this (default 1024)")
     rep.add_argument("--log-format", choices=("json", "text"), default="json", help="log lines (default json)")
     rep.set_defaults(run=cmd_replica)
