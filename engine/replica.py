@@ -13,12 +13,17 @@ blacklist.  A replica file instead holds every array's raw bytes at a
 64-byte aligned offset, so a reader maps the file once (`mmap`, read-only,
 MAP_SHARED) and hands the core numpy views of that one mapping: no copy,
 and the pages are the kernel's page cache, shared by every process that maps
-the file.  What is still private per process: the metadata (a small dict)
-and the lists' derived indexes (container table and filter), which the core
-derives on load as it does for a blob (`snapshot._DERIVED`: never taken from
-bytes, so never trusted from a file either).  They are not small: for 1 M
-random US numbers the bitmap (shared) is 2.9 MB, its table 4 MB and its
-filter 1 MB (private, derived in some 5 ms at each open).
+the file.  Unlike a blob, the file also holds the lists' derived indexes
+(`snapshot._DERIVED`: each list's container table and filter), as the core
+derived them when the replica checked the blob: for 1 M random US numbers
+the bitmap is 2.9 MB, its table 4 MB and its filter 1 MB, so derived in
+every worker they would be most of its memory.  Taken from the file, the
+table is checked by the core against the bitmap (every container within the
+bitmap's bytes, an empty slot left: no lookup reads outside the file or
+loops), so no byte string can crash a reader; a table or filter that lies
+could only give wrong answers, and only with the file's sha256 made again by
+someone who may write the directory, who could as well write a lying
+blacklist.  What stays private per process is the metadata (a small dict).
 
 Layout of DIR/<name>.cgsnap (all integers little-endian):
 
@@ -39,7 +44,7 @@ to D so that the header's length never depends on the offsets it holds.
 
 Reading trusts nothing: the prefix, the sha256 (any flipped bit anywhere), the
 header's every field (types, bounds, alignment, nbytes == prod(shape) *
-itemsize, no overlap, no derived array), then the core's own checks of every
+itemsize, no overlap), then the core's own checks of every
 index (`CoreSnapshot`).  Whatever the bytes, a reader gets a snapshot or
 ValueError("not a callgate replica file: ..."), never a crash.  The one thing
 a reader cannot survive is a file truncated *in place* while it is mapped
@@ -90,7 +95,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from . import _core, snapshot
+from . import snapshot
 from ._core import CoreDecision, CoreSnapshot
 
 __all__ = [
@@ -207,9 +212,7 @@ def _encode(snap: CoreSnapshot, version: int, checksum: str) -> list[bytes]:
     specs: dict[str, dict[str, Any]] = {}
     data: list[bytes] = []
     offset = 0
-    for name, arr in snap.arrays.items():
-        if name in snapshot._DERIVED:  # derived again by every reader's core, as loads() does
-            continue
+    for name, arr in snap.arrays.items():  # the derived indexes too: shared, not derived in every reader
         raw = arr.tobytes()  # C order, whatever the array's strides
         offset = _align(offset)
         specs[name] = {"dtype": arr.dtype.descr if arr.dtype.fields else arr.dtype.str,
@@ -292,11 +295,10 @@ def open_snapshot(path: Path | str, tenant: str | None = None) -> tuple[CoreSnap
     ValueError("not a callgate replica file: ...").
     """
     try:
-        snap, version, checksum, _ = _open(Path(path), tenant, build=True)
+        snap, version, checksum, _ = _open(Path(path), tenant)
     except Exception as exc:  # whatever the bytes: OS, msgpack, numpy, the core's checks
         why = str(exc) if isinstance(exc, (ValueError, OSError)) and str(exc) else f"{type(exc).__name__}: {exc}"
     else:
-        assert snap is not None
         return snap, version, checksum
     raise ValueError(f"{ERROR}{why[:500]}")
 
@@ -304,9 +306,10 @@ def open_snapshot(path: Path | str, tenant: str | None = None) -> tuple[CoreSnap
 def held(directory: Path | str) -> dict[str, tuple[int, str]]:
     """tenant -> (version, checksum) of every file in `directory` that a reader would use.
 
-    Every file is checked as `open_snapshot` checks it (the sha256, the header, the core's checks without
-    building the lists' indexes) and its name against its tenant; files that fail are skipped, never raised:
-    what this reports missing, the server sends again.  No directory: nothing held."""
+    Every file is checked as `open_snapshot` checks it (the sha256, the header, the core's checks, the lists'
+    indexes the file holds against their bitmaps included) and its name against its tenant; files that fail
+    are skipped, never raised: what this reports missing, the server sends again.  No directory: nothing
+    held."""
     out: dict[str, tuple[int, str]] = {}
     try:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
@@ -316,7 +319,7 @@ def held(directory: Path | str) -> dict[str, tuple[int, str]]:
         if entry.name.startswith(".") or not entry.name.endswith(FILE_SUFFIX):
             continue  # temporary files being written, the heartbeat, the policy, strangers
         try:
-            _, version, checksum, tenant = _open(Path(entry.path), None, build=False)
+            _, version, checksum, tenant = _open(Path(entry.path), None)
         except Exception:  # damaged, foreign, unreadable, vanished meanwhile
             continue
         if file_name(tenant) == entry.name:
@@ -324,10 +327,10 @@ def held(directory: Path | str) -> dict[str, tuple[int, str]]:
     return out
 
 
-def _open(path: Path, tenant: str | None, build: bool,
-          key: list[tuple[int, int, int, int]] | None = None) -> tuple[CoreSnapshot | None, int, str, str]:
-    """(snapshot or None when not `build`, version, checksum, tenant); raises on any fault.  `key` receives the
-    (device, inode, size, mtime_ns) of the very file opened."""
+def _open(path: Path, tenant: str | None,
+          key: list[tuple[int, int, int, int]] | None = None) -> tuple[CoreSnapshot, int, str, str]:
+    """(snapshot, version, checksum, tenant); raises on any fault.  `key` receives the (device, inode, size,
+    mtime_ns) of the very file opened."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO named *.cgsnap never hangs
     try:
         st = os.fstat(fd)
@@ -346,9 +349,9 @@ def _open(path: Path, tenant: str | None, build: bool,
         raise ValueError("meta tenant is not a string")
     if tenant is not None and name != tenant:  # a file under another tenant's name is foreign
         raise ValueError(f"the file holds tenant {name!r:.70}, not {tenant!r:.70}")
-    if not build:
-        _core.validate_snapshot(arrays, meta)
-        return None, version, checksum, name
+    # the core's every check, held() too: not `_core.validate_snapshot`, which refuses the lists' indexes as given
+    # (a blob never holds them) and so every file now written; CoreSnapshot checks them against their bitmaps
+    # (and derives them, privately, only for a file without them)
     snap = CoreSnapshot(arrays, meta)
     if snap.version != version:
         raise ValueError(f"meta version {snap.version}, header version {version}")
@@ -396,8 +399,6 @@ def _parse(mm: mmap.mmap) -> tuple[dict[str, Any], int, str, dict[str, np.ndarra
     for name, spec in specs.items():
         if not isinstance(name, str):
             raise ValueError(f"array name {name!r:.40} is not a string")
-        if name in snapshot._DERIVED:  # derived (and so checked) on load, never taken from bytes
-            raise ValueError(f"array {name} is derived on load, not saved")
         arrays[name] = _view(mm, name, spec, start, end)
         end = start + spec["offset"] + spec["nbytes"]
     if end != size:
@@ -651,7 +652,7 @@ class LocalDecisions:
         if key is not None:
             mapped: list[tuple[int, int, int, int]] = []
             try:
-                snap, version, checksum, _ = _open(path, tenant, build=True, key=mapped)
+                snap, version, checksum, _ = _open(path, tenant, key=mapped)
             except Exception as exc:  # every fault of the file: the caller asks the server instead
                 # a file refused for what it holds is not read again until it changes; any other failure (out
                 # of descriptors or memory, a permission) is no verdict on the file: tried again at the next look

@@ -1,11 +1,15 @@
 """Replica files (engine/replica.py): a proxy host's snapshots on disk, mapped read-only by every worker.
 
 Real files in tmp_path.  What is checked: a file decides exactly as the blob it was written from, its
-arrays are read-only views of one mapping; a bad blob never replaces a good file; a worker keeps answering
-from the file it has mapped while a new one is written and sees the new one after `recheck_s`; damaged,
-truncated, foreign or hostile files are a ValueError (or a file that decides normally, when the damage
-was re-sealed into a well-formed file), never another exception or a crash; the staleness policies; hostile
-tenant ids stay inside the directory; and, for real, two processes mapping one file share its pages.
+arrays, the lists' derived indexes (container table and filter) included, are read-only views of one
+mapping; a bad blob never replaces a good file; a worker keeps answering from the file it has mapped while a
+new one is written and sees the new one after `recheck_s`; damaged, truncated, foreign or hostile files are a
+ValueError (or a file that decides normally, when the damage was re-sealed into a well-formed file), never
+another exception or a crash; a re-sealed index that could make a lookup read outside the file or never
+stop is refused by the core's own checks, and one that merely lies only changes answers; the staleness
+policies; hostile tenant ids stay inside the directory; and, for real, eight worker processes mapping one
+file with a 1 M-entry blacklist share its pages, indexes included: opening it adds next to no private memory
+to a worker, where loading the blob adds the bitmap and its indexes to every one.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ BLACKLISTED = "+14155550666"
 MAIN = "+14155550199"
 ERROR = "not a callgate replica file: "
 PREFIX = struct.Struct("<8sQQ32s")  # the layout as the module docstring states it, written again here
+EMPTY_KEY = 2**64 - 1  # a container table's empty slot (EMPTY_KEY in engine/_core.pyx)
 
 
 def blob_of(doc: dict[str, Any], approved: tuple[str, ...] = ()) -> bytes:
@@ -130,13 +135,45 @@ def seal(header: bytes | Any, region: bytes, magic: bytes = b"CGSNAP1\n", size_d
     return PREFIX.pack(magic, length, size, digest) + body
 
 
+def arrays_in(header: dict[str, Any], region: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a replica file (writable copies), in the header's order."""
+    out = {}
+    for name, spec in header["arrays"].items():
+        dtype, count = snapshot._dtype(spec["dtype"]), math.prod(spec["shape"])
+        arr = np.frombuffer(region, dtype=dtype, count=count, offset=spec["offset"]) if count else \
+            np.zeros(0, dtype=dtype)
+        out[name] = arr.reshape(spec["shape"]).copy()
+    return out
+
+
+def laid_out(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    """A well-sealed file with `header`'s version, checksum and meta holding `arrays`, laid out in order as
+    the writer lays them out (each at the next multiple of 64, zero padding): arrays changed, resized,
+    retyped or dropped, with a right prefix, header and sha256."""
+    specs: dict[str, dict[str, Any]] = {}
+    region = bytearray()
+    for name, arr in arrays.items():
+        region += bytes(-len(region) % 64)
+        raw = arr.tobytes()
+        specs[name] = {"dtype": arr.dtype.descr if arr.dtype.fields else arr.dtype.str, "shape": list(arr.shape),
+                       "offset": len(region), "nbytes": len(raw)}
+        region += raw
+    return seal(dict(header, arrays=specs), bytes(region))
+
+
 def test_the_seal_helper_is_the_writers_layout(tmp_path: Path) -> None:
     data = replica.write_snapshot(tmp_path, ACME_BLOB, 4).path.read_bytes()
     header, region = split(data)
     assert seal(header, region) == data
+    assert laid_out(header, arrays_in(header, region)) == data
     assert header["version"] == 4 and header["checksum"] == sha(ACME_BLOB) and header["meta"]["tenant"] == "acme"
     assert all(spec["offset"] % 64 == 0 for spec in header["arrays"].values())
-    assert not set(snapshot._DERIVED) & set(header["arrays"])
+    # the lists' derived indexes are in the file, after the arrays a blob holds, as the writer's core derived them
+    assert list(header["arrays"])[-len(snapshot._DERIVED):] == list(snapshot._DERIVED)
+    derived = loads(ACME_BLOB).arrays
+    arrays = arrays_in(header, region)
+    for name in snapshot._DERIVED:
+        assert arrays[name].dtype == derived[name].dtype and np.array_equal(arrays[name], derived[name]), name
 
 
 # -- round trip ----------------------------------------------------------------------------------------------
@@ -151,11 +188,12 @@ def test_round_trip_decides_as_the_blob(tmp_path: Path) -> None:
     assert snap.inbound(BLACKLISTED, MAIN, AT).reason == "BLACKLISTED"
     assert snap.meta == memory.meta
 
-    # zero-copy: every array the file holds is a read-only view of one mmap (not bytes, not a copy)
-    stored = [name for name in snap.arrays if name not in snapshot._DERIVED]
-    assert set(stored) == set(memory.arrays) - set(snapshot._DERIVED)
+    # zero-copy: every array the file holds, the lists' indexes included (nothing derived again by the reader),
+    # is a read-only view of one mmap (not bytes, not a copy)
+    stored = list(snap.arrays)
+    assert set(stored) == set(memory.arrays) and set(snapshot._DERIVED) <= set(stored)
     maps = {id(mapping_of(snap.arrays[name])) for name in stored}
-    assert len(maps) == 1 and isinstance(mapping_of(snap.arrays[stored[0]]), mmap.mmap)
+    assert len(maps) == 1 and isinstance(mapping_of(snap.arrays["blacklist_table"]), mmap.mmap)
     for name in stored:
         arr = snap.arrays[name]
         assert not arr.flags.writeable and arr.flags.aligned, name
@@ -390,9 +428,9 @@ def test_strangers_in_the_directory_are_skipped(tmp_path: Path) -> None:
 
 # -- damaged files -------------------------------------------------------------------------------------------
 
-def refused_everywhere(directory: Path, data: bytes, tenant: str = "acme") -> None:
+def refused_everywhere(directory: Path, data: bytes, tenant: str = "acme") -> str:
     """`data` as the tenant's file: open_snapshot raises the documented ValueError, held() skips it, a worker
-    asks the server."""
+    asks the server.  Returns the error's text."""
     path = directory / f"{tenant}.cgsnap"
     put(path, data)
     with pytest.raises(ValueError) as info:
@@ -402,6 +440,7 @@ def refused_everywhere(directory: Path, data: bytes, tenant: str = "acme") -> No
     worker = LocalDecisions(directory)
     assert worker.inbound(tenant, BLACKLISTED, MAIN, AT) is None
     assert worker.snapshot(tenant) is None
+    return str(info.value)
 
 
 def test_truncated_files_are_refused(tmp_path: Path) -> None:
@@ -485,8 +524,8 @@ def crafted(header: dict[str, Any], region: bytes) -> Iterator[tuple[str, bytes,
     yield "big-endian", seal(with_array("num_e164", dtype=">u8"), region), "dtype"
     yield "spec keys", seal(with_array(first, data=b""), region), "exactly"
     yield "array dropped", seal(without("nt"), region), "nt is missing"
-    yield "derived smuggled", seal(dict(header, arrays=dict(arrays, blacklist_filter=arrays[first])), region), \
-        "derived on load"
+    yield "an index over another array's bytes", \
+        seal(dict(header, arrays=dict(arrays, blacklist_filter=arrays[first])), region), "overlap the previous"
     yield "arrays end early", seal(header, region + bytes(64)), "the arrays end at"
     yield "name type", seal(dict(header, arrays={**arrays, 7: arrays[first]}), region), "not msgpack"
     nt = arrays["nt"]
@@ -541,6 +580,138 @@ def test_resealed_damage_is_refused_or_decides(tmp_path: Path, base: Base) -> No
         worker = LocalDecisions(tmp_path)
         assert worker.inbound(snap.tenant, base.callers[0] if base.callers else BLACKLISTED,
                               base.numbers[0], AT) is not None
+    assert outcomes["refused"] and outcomes["decided"], outcomes
+
+
+# -- the lists' indexes the file holds -------------------------------------------------------------------
+
+LISTS = ("blacklist", "offhours_blacklist")
+
+
+def index_damage(arrays: dict[str, np.ndarray], name: str) -> Iterator[tuple[str, dict[str, np.ndarray | None], str]]:
+    """(what, arrays replaced (None: dropped), what the core's error says) for list `name`: each an index a
+    lookup could follow outside the file, or round forever, or that the core could not bind."""
+    table, filt, bitmap = arrays[f"{name}_table"], arrays[f"{name}_filter"], arrays[name]
+    slot = int(np.flatnonzero(table["key"] != EMPTY_KEY)[0])  # the list's one container
+
+    def container(**fields: int) -> dict[str, np.ndarray | None]:
+        out = table.copy()
+        for key, value in fields.items():
+            out[key][slot] = value
+        return {f"{name}_table": out}
+
+    array_of_one = int(table["meta"][slot])
+    assert array_of_one >> 28 == 0  # an array container (kind 0): 2 bytes a value
+    yield "a container past the bitmap's end", container(off=len(bitmap) - 1), "is not within"
+    yield "a container 4 GB away", container(off=2**32 - 1), "is not within"
+    yield "a container counting more values than the bitmap holds", container(meta=0x0FFFFFFF), "is not within"
+    yield "a bitset container in a bitmap shorter than one", container(meta=1 << 28), "is not within"
+    yield "a run container of 2^28 - 1 runs", container(meta=(2 << 28) | 0x0FFFFFFF), "is not within"
+    yield "a container of no known kind", container(meta=(3 << 28) | 1), "is not within"
+    yield "a container of kind 15", container(meta=0xF0000001), "is not within"
+    yield "a key of more than 48 bits", container(key=1 << 48), "is not within"
+    full = table.copy()
+    free = np.flatnonzero(full["key"] == EMPTY_KEY)
+    full["key"][free] = np.arange(len(free), dtype=np.uint64)  # valid containers, distinct keys, in every slot
+    full["off"][free], full["meta"][free] = table["off"][slot], table["meta"][slot]
+    yield "no empty slot (a lookup of an absent key would never stop)", {f"{name}_table": full}, "no empty slot"
+    yield "a table of 12 slots", {f"{name}_table": table[:12]}, "not powers of two"
+    yield "a table of no slots", {f"{name}_table": table[:0]}, "not powers of two"
+    yield "a filter of 12 words", {f"{name}_filter": filt[:12]}, "not powers of two"
+    yield "a filter of no words", {f"{name}_filter": filt[:0]}, "not powers of two"
+    yield "a table of another dtype", {f"{name}_table": table.view("<u8")}, "dtype uint64, expected"
+    yield "a filter of another dtype", {f"{name}_filter": filt.view("<u4")}, "dtype uint32, expected"
+    yield "a table of two dimensions", {f"{name}_table": table.reshape(4, -1)}, "2 dimensions"
+    yield "a table without its filter", {f"{name}_filter": None}, f"{name}_filter is missing"
+
+
+def with_arrays(arrays: dict[str, np.ndarray], changes: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+    """`arrays` with `changes` made (in place, keeping the order; None: dropped)."""
+    out = {name: changes.get(name, arr) for name, arr in arrays.items()}
+    return {name: arr for name, arr in out.items() if arr is not None}
+
+
+def test_indexes_that_could_crash_a_lookup_are_refused_by_the_core(tmp_path: Path) -> None:
+    """A table or filter changed and the file sealed again (a right sha256, a right header: only someone who may
+    write the directory can): the core's own checks of a given index refuse it, a ValueError, never a crash."""
+    header, region = split(replica.write_snapshot(tmp_path, ACME_BLOB, 1).path.read_bytes())
+    arrays = arrays_in(header, region)
+    seen = 0
+    for name in LISTS:
+        for what, changes, says in index_damage(arrays, name):
+            why = refused_everywhere(tmp_path, laid_out(header, with_arrays(arrays, changes)))
+            # refused by the core ("snapshot array ..."), past the file's own checks ("array ...: ...")
+            assert why.startswith(f"{ERROR}snapshot array {name}_") and says in why, f"{name}, {what}: {why}"
+            seen += 1
+    assert seen == 2 * 17
+    put(tmp_path / "acme.cgsnap", laid_out(header, arrays))  # the same arrays, laid out again: whole
+    assert replica.held(tmp_path) == {"acme": (1, sha(ACME_BLOB))}
+
+
+def test_indexes_that_lie_only_change_answers(tmp_path: Path) -> None:
+    """A table or filter that passes the core's checks but lies (re-sealed): the file opens and decides, only
+    wrongly: an all-zero filter or a table of empty slots hides the lists, as if they were empty; a filter of
+    all ones ("maybe" for every number) changes nothing, it only saves lookups.  A file without the indexes
+    (as written before files held them) decides as the blob, its indexes derived privately by the reader."""
+    header, region = split(replica.write_snapshot(tmp_path, ACME_BLOB, 1).path.read_bytes())
+    arrays = arrays_in(header, region)
+    truth = loads(ACME_BLOB, 1)
+    unlisted = loads(blob_of(dict(ACME, blacklist=[], offhours_blacklist=[])), 1)
+    assert decisions(truth) != decisions(unlisted)
+    empty = np.zeros_like(arrays["blacklist_table"])
+    empty["key"] = EMPTY_KEY
+    cases: list[tuple[str, dict[str, np.ndarray | None], CoreSnapshot]] = [
+        ("all-zero filters", {f"{n}_filter": np.zeros_like(arrays[f"{n}_filter"]) for n in LISTS}, unlisted),
+        ("tables of empty slots", {f"{n}_table": empty for n in LISTS}, unlisted),
+        ("a bigger table of empty slots", {f"{n}_table": np.tile(empty, 64) for n in LISTS}, unlisted),
+        ("filters of all ones", {f"{n}_filter": np.full_like(arrays[f"{n}_filter"], 2**64 - 1) for n in LISTS},
+         truth),
+        # one number each, in the same container: each filter says "no" to the other list's number
+        ("each list with the other's filter", {f"{a}_filter": arrays[f"{b}_filter"]
+                                               for a, b in zip(LISTS, LISTS[::-1], strict=True)}, unlisted),
+        ("no indexes", {name: None for name in snapshot._DERIVED}, truth),
+    ]
+    listed = np.array([int(BLACKLISTED[1:]), 14155550777, 1], dtype=np.uint64)
+    for what, changes, expected in cases:
+        put(tmp_path / "acme.cgsnap", laid_out(header, with_arrays(arrays, changes)))
+        snap, version, checksum = replica.open_snapshot(tmp_path / "acme.cgsnap")
+        assert (version, checksum) == (1, sha(ACME_BLOB)), what
+        assert decisions(snap) == decisions(expected), what
+        for name in LISTS:
+            assert np.array_equal(snap.contains_batch(name, listed), expected.contains_batch(name, listed)), what
+        assert replica.held(tmp_path) == {"acme": (1, sha(ACME_BLOB))}, what
+        answer = LocalDecisions(tmp_path).inbound("acme", BLACKLISTED, MAIN, AT)
+        assert answer is not None and answer.decision is not None, what
+        assert answer.decision.reason == expected.inbound(BLACKLISTED, MAIN, AT).reason, what
+    # the file without indexes: its bitmaps are the mapping's, the indexes the reader derived are its own
+    assert isinstance(mapping_of(snap.arrays["blacklist"]), mmap.mmap)
+    assert not isinstance(mapping_of(snap.arrays["blacklist_table"]), mmap.mmap)
+
+
+@pytest.mark.parametrize("base", [b for b in bases() if b.name in ("acme", "rich")], ids=lambda b: b.name)
+def test_resealed_damage_to_the_indexes_is_refused_or_decides(tmp_path: Path, base: Base) -> None:
+    """Random bytes in the lists' tables and filters only (the "rich" lists have array, bitset and run
+    containers), sealed again: refused by the core, or decides on every path, never a crash."""
+    header, region = split(replica.write_snapshot(tmp_path, base.blob, 3).path.read_bytes())
+    spans = [(s["offset"], s["offset"] + s["nbytes"]) for n, s in header["arrays"].items() if n in snapshot._DERIVED]
+    assert len(spans) == 4
+    rng = random.Random(17)
+    outcomes = {"refused": 0, "decided": 0}
+    for k in range(160):
+        bad = bytearray(region)
+        lo, hi = spans[k % 4]
+        for _ in range(rng.choice([1, 2, 8, 64])):
+            at = rng.randrange(lo, hi)
+            bad[at] = rng.choice([0, 0xFF, 0x7F, 0x80, 0x10, rng.randrange(256)])
+        put(tmp_path / "acme.cgsnap", seal(header, bytes(bad)))
+        try:
+            snap, _, _ = replica.open_snapshot(tmp_path / "acme.cgsnap")
+        except ValueError as exc:
+            assert str(exc).startswith(f"{ERROR}snapshot array "), exc  # the core's checks, past the file's
+            outcomes["refused"] += 1
+            continue
+        outcomes["decided"] += 1
+        exercise(snap, base)
     assert outcomes["refused"] and outcomes["decided"], outcomes
 
 
@@ -711,60 +882,174 @@ def test_snapshots_of_hostile_tenants_stay_in_the_directory(tmp_path: Path) -> N
 
 # -- sharing, for real ------------------------------------------------------------------------------------
 
-CHILD = """
+WORKER = """
+import json
 import sys
+from pathlib import Path
+
 import numpy as np
-from engine import replica
-snap, version, checksum = replica.open_snapshot(sys.argv[1])
+
+from engine import replica, snapshot
+
+
+def kb(lines):
+    out = {}
+    for line in lines:
+        key, _, rest = line.partition(":")
+        words = rest.split()
+        if len(words) == 2 and words[0].isdigit() and words[1] == "kB":
+            out[key] = out.get(key, 0) + int(words[0])
+    return out
+
+
+def rollup():  # the whole process, kB
+    return kb(Path("/proc/self/smaps_rollup").read_text().splitlines()[1:])
+
+
+def mapping(path):  # the mappings of `path`, kB
+    lines, inside = [], False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            inside = len(head) >= 6 and head[5] == path
+        elif inside:
+            lines.append(line)
+    return kb(lines)
+
+
+mode, path = sys.argv[1], sys.argv[2]
+callers, called, at = json.loads(sys.stdin.readline())
+before = rollup()
+if mode == "blob":  # the private copy: what a worker holds when it loads the blob itself
+    snap = snapshot.loads(Path(path).read_bytes())
+    reasons = [snap.inbound(caller, called, at).reason for caller in callers]
+else:  # a proxy worker: the tenant's replica file, mapped
+    worker = replica.LocalDecisions(Path(path).parent)
+    reasons = [worker.inbound("acme", caller, called, at).decision.reason for caller in callers]
+    snap = worker.snapshot("acme")[0]
 touched = sum(int(a.view(np.uint8).sum()) for a in snap.arrays.values() if a.size)  # every page read
-print("ready", touched, flush=True)
+print(json.dumps(reasons), flush=True)
+sys.stdin.readline()  # measured once every worker holds its snapshot
+after = rollup()
+print(json.dumps({"before": before, "after": after, "mapping": mapping(path)}), flush=True)
 sys.stdin.readline()
 """
 
-
-def smaps_of(pid: int, path: Path) -> dict[str, int]:
-    """Rss, Pss, Shared_Clean and Private_* kB of the mappings of `path` in process `pid`."""
-    totals: dict[str, int] = {}
-    inside = False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
-            inside = len(head) >= 6 and head[5] == str(path)
-        elif inside and head and head[0].endswith(":") and len(head) >= 2 and head[1].isdigit():
-            totals[head[0][:-1]] = totals.get(head[0][:-1], 0) + int(head[1])
-    return totals
+WORKERS = 8
 
 
-@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc/<pid>/smaps")
-def test_two_processes_share_a_million_entry_blacklist(tmp_path: Path) -> None:
+def private_kb(usage: dict[str, int]) -> int:
+    return usage.get("Private_Clean", 0) + usage.get("Private_Dirty", 0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc/self/smaps_rollup")
+def test_eight_workers_share_a_million_entry_blacklist_and_its_indexes(tmp_path: Path) -> None:
+    """Eight worker processes map one replica file with a blacklist of 1,000,000 random US numbers and decide
+    from it: every page of the file, the blacklist's container table (4 MB) and filter (1 MB) included, is
+    resident in each and shared by all (Pss an eighth of Rss), and opening it adds next to no private memory
+    to a worker.  Side by side, eight workers that map a file without the indexes (as written before files
+    held them) each derive a private copy of them, and eight that load the blob hold the bitmap and its
+    indexes privately.  `pytest -s` prints the figures."""
     rng = np.random.default_rng(5)
     values = np.unique(rng.integers(12_000_000_000, 19_999_999_999, size=1_050_000, dtype=np.uint64))[:1_000_000]
+    rng.shuffle(values)
+    assert len(values) == 1_000_000
     base = loads(ACME_BLOB)
     arrays = {k: v for k, v in base.arrays.items() if k not in snapshot._DERIVED}
     arrays["blacklist"] = snapshot.roaring_bytes(values)
     blob = snapshot._pack(arrays, dict(base.meta, blacklist_size=len(values)))
-    path = replica.write_snapshot(tmp_path, blob, 1, sha(blob)).path
-    size_kb = path.stat().st_size // 1024
-    assert size_kb > 2000
+    path = replica.write_snapshot(tmp_path / "replica", blob, 1, sha(blob)).path
+    header, region = split(path.read_bytes())
+    nbytes = {name: spec["nbytes"] for name, spec in header["arrays"].items()}
+    bitmap_kb = nbytes["blacklist"] // 1024
+    indexes_kb = (nbytes["blacklist_table"] + nbytes["blacklist_filter"]) // 1024
+    assert bitmap_kb > 2000 and indexes_kb > 4000
+    old = tmp_path / "old" / "acme.cgsnap"  # the same snapshot, without the lists' indexes
+    old.parent.mkdir()
+    with open(old, "wb") as out:  # fsync'd as the writer does: clean page-cache pages, like the other file's
+        out.write(laid_out(header, with_arrays(arrays_in(header, region), dict.fromkeys(snapshot._DERIVED))))
+        out.flush()
+        os.fsync(out.fileno())
+    blob_path = tmp_path / "acme.blob"
+    blob_path.write_bytes(blob)
+    targets = {"file": path, "old": old, "blob": blob_path}
+    size_kb = {mode: target.stat().st_size // 1024 for mode, target in targets.items()}
 
+    draw = random.Random(3)
+    callers = [f"+{v}" for v in values[:12].tolist()] + [f"+1{draw.randrange(2 * 10**9, 10**10)}" for _ in range(12)]
+    truth = loads(blob, 1)
+    expected = [truth.inbound(caller, MAIN, AT).reason for caller in callers]
+    assert expected[:12] == ["BLACKLISTED"] * 12
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env) for _ in range(2)]
+    workers = [(mode, subprocess.Popen([sys.executable, "-c", WORKER, mode, str(target)], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env))
+               for mode, target in targets.items() for _ in range(WORKERS)]
+    reports: dict[str, list[dict[str, dict[str, int]]]] = {mode: [] for mode in targets}
     try:
-        for child in children:
-            assert child.stdout is not None and child.stdout.readline().startswith("ready")
-        seen = [smaps_of(child.pid, path) for child in children]
-    finally:
-        for child in children:
+        for _, child in workers:
+            assert child.stdin is not None
+            child.stdin.write(json.dumps([callers, MAIN, AT]) + "\n")
+            child.stdin.flush()
+        for mode, child in workers:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line, f"a {mode} worker exited: {child.wait(30)}"
+            assert json.loads(line) == expected, mode
+        for _, child in workers:  # every worker holds its snapshot: now each measures
             assert child.stdin is not None
             child.stdin.write("\n")
-            child.stdin.close()
-            child.wait(30)
-    for usage in seen:
-        # every page of the file is resident in both, and each counts for half: the same page-cache pages
-        assert usage["Rss"] >= 0.95 * size_kb, usage
-        assert usage["Pss"] <= 0.55 * usage["Rss"], usage
-        assert usage.get("Private_Dirty", 0) == 0 and usage.get("Shared_Clean", 0) >= 0.95 * size_kb, usage
+            child.stdin.flush()
+        for mode, child in workers:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line, f"a {mode} worker exited: {child.wait(30)}"
+            reports[mode].append(json.loads(line))
+    finally:
+        for _, child in workers:
+            try:
+                assert child.stdin is not None
+                child.stdin.write("\n")
+                child.stdin.close()
+            except OSError:  # it exited already
+                pass
+        for _, child in workers:
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+    growth = {mode: [private_kb(r["after"]) - private_kb(r["before"]) for r in rs] for mode, rs in reports.items()}
+    print(f"\n{len(values):,} random US numbers: bitmap {bitmap_kb:,} kB, its container table "
+          f"{nbytes['blacklist_table'] // 1024:,} kB and filter {nbytes['blacklist_filter'] // 1024:,} kB; "
+          f"replica file {size_kb['file']:,} kB, without the indexes {size_kb['old']:,} kB, "
+          f"blob {size_kb['blob']:,} kB")
+    labels = {"file": "replica file (indexes in it)", "old": "replica file without indexes",
+              "blob": "snapshot.loads(blob)"}
+    for mode, rs in reports.items():
+        for k, (report, grew) in enumerate(zip(rs, growth[mode], strict=True)):
+            m = report["mapping"]
+            mapped = (f"mapping Rss {m['Rss']:,} kB, Pss {m['Pss']:,} kB, private {private_kb(m):,} kB"
+                      if m else "no mapping")
+            anonymous = report["after"]["Anonymous"] - report["before"]["Anonymous"]
+            print(f"  {labels[mode]:30} worker {k}: {mapped}; private memory {grew:+,} kB "
+                  f"(anonymous {anonymous:+,} kB) from opening and deciding")
+        pss = sum(r["mapping"].get("Pss", 0) for r in rs)
+        print(f"  {labels[mode]:30} all {len(rs)}: the file's Pss {pss:,} kB + private growth {sum(growth[mode]):,} kB"
+              f" = {pss + sum(growth[mode]):,} kB")
+
+    for mode in ("file", "old"):
+        for report in reports[mode]:
+            usage = report["mapping"]
+            # every page of the file resident in each worker, and shared: the same page-cache pages in all eight
+            assert usage["Rss"] >= 0.95 * size_kb[mode], (mode, usage)
+            assert usage["Pss"] <= usage["Rss"] / 4, (mode, usage)
+            assert usage.get("Private_Dirty", 0) == 0 and usage["Shared_Clean"] >= 0.95 * size_kb[mode], (mode, usage)
+    # no worker holds a private copy of the indexes: opening the file costs each far less than they weigh ...
+    assert all(grew < 2048 for grew in growth["file"]), growth
+    # ... where a worker deriving them (a file without them) or loading the blob holds them privately
+    assert all(grew >= 0.9 * indexes_kb for grew in growth["old"]), growth
+    assert all(grew >= 0.9 * (bitmap_kb + indexes_kb) for grew in growth["blob"]), growth
 
 
 def test_answers_are_local_answers(tmp_path: Path) -> None:
