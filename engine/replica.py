@@ -85,7 +85,6 @@ import re
 import stat
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -97,6 +96,7 @@ import numpy as np
 
 from . import snapshot
 from ._core import CoreDecision, CoreSnapshot
+from .files import replace_atomically, sync_directory
 
 __all__ = [
     "FILE_SUFFIX",
@@ -238,37 +238,8 @@ def _encode(snap: CoreSnapshot, version: int, checksum: str) -> list[bytes]:
 
 
 def _replace(path: Path, chunks: Iterable[bytes], sync: bool) -> None:
-    """Write `path` whole or not at all: a temporary file beside it, then os.replace.  With `sync`, the data
-    and then the directory entry reach the disk before this returns (a crash leaves the old file or the new
-    one, never a torn one, and never loses a file the caller was told is written)."""
-    # a leading "." (readers skip it) and a bounded prefix: the file's own name may be 255 bytes already
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-            # mkstemp makes 0600: the workers reading it may be another user (access control is the directory's)
-            os.fchmod(out.fileno(), 0o644)
-            if sync:
-                os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if sync:
-        _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # 0644: the workers reading it may be another user (access control is the directory's)
+    replace_atomically(path, chunks, sync=sync, mode=0o644)
 
 
 def remove_snapshot(directory: Path | str, tenant: str) -> bool:
@@ -280,7 +251,7 @@ def remove_snapshot(directory: Path | str, tenant: str) -> bool:
         os.unlink(directory / file_name(tenant))
     except FileNotFoundError:
         return False
-    _sync_directory(directory)
+    sync_directory(directory)
     return True
 
 

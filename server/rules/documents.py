@@ -46,16 +46,16 @@ from __future__ import annotations
 import datetime
 import hashlib
 import io
-import os
 import pathlib
 import re
 import struct
-import tempfile
 import unicodedata
 import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from engine.files import replace_atomically, sync_directory
 
 __all__ = [
     "FORMATS",
@@ -423,23 +423,7 @@ class BlobStore:
             return digest
         folder = target.parent
         _make_folders(folder)
-        # The temp file lives in the target folder so os.replace is a rename
-        # within one file system, which is atomic: readers see all or nothing.
-        fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, target)
-        except BaseException:
-            try:
-                os.unlink(temp_name)
-            except FileNotFoundError:
-                pass
-            raise
-        # The rename is only durable once the folder entry is on disk.
-        _fsync_folder(folder)
+        replace_atomically(target, [data])   # whole or not at all, the rename durable in its folder
         return digest
 
     def get(self, sha256: str) -> bytes:
@@ -485,12 +469,6 @@ def _make_folders(folder: pathlib.Path) -> None:
             if not path.is_dir():
                 raise
             continue
-        _fsync_folder(path.parent)
+        sync_directory(path.parent)
 
 
-def _fsync_folder(folder: pathlib.Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
