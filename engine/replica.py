@@ -132,6 +132,8 @@ ERROR = "not a callgate replica file: "
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _CHECKSUM = re.compile(r"[0-9a-f]{64}")
 _NAME_MAX = 255
+INDEX_S = 1.0                         # LocalDecisions.tenant_of looks at the directory again at most this often
+MAX_INDEX_HEADER = 64 << 20           # a header larger than this is not read for routing
 _HEADER_KEYS = {"version", "checksum", "meta", "arrays"}
 _ARRAY_KEYS = {"dtype", "shape", "offset", "nbytes"}
 
@@ -327,6 +329,28 @@ def _open(path: Path, tenant: str | None,
     if snap.version != version:
         raise ValueError(f"meta version {snap.version}, header version {version}")
     return snap, version, checksum, name
+
+
+def _numbers_of(path: Path) -> tuple[str, tuple[str, ...]] | None:
+    """(tenant, its numbers) from a file's header alone, or None when it cannot be read as one: what
+    `LocalDecisions.tenant_of` routes by (no decision trusts it: the tenant's file is opened, every byte
+    checked, to decide)."""
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(_PREFIX.size)
+            if len(prefix) != _PREFIX.size:
+                return None
+            magic, hlen, _, _ = _PREFIX.unpack(prefix)
+            if magic != MAGIC or not 0 < hlen <= MAX_INDEX_HEADER:
+                return None
+            header = msgpack.unpackb(f.read(hlen), raw=False)
+        meta = header["meta"]
+        tenant, numbers = meta["tenant"], meta["numbers"]
+        if not isinstance(tenant, str) or not isinstance(numbers, list):
+            return None
+        return tenant, tuple(n for n in numbers if isinstance(n, str))
+    except Exception:  # whatever the bytes (msgpack, types, I/O): not a file to route by
+        return None
 
 
 def _parse(mm: mmap.mmap) -> tuple[dict[str, Any], int, str, dict[str, np.ndarray]]:
@@ -569,6 +593,10 @@ class LocalDecisions:
         self.heard: float | None = None
         self._status_checked = -math.inf
         self._status_until = -math.inf
+        # number -> tenant, from the files' headers (`tenant_of`); each file's (key, tenant, numbers) as last read
+        self._owners: dict[str, str] = {}
+        self._headers: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
+        self._scanned = -math.inf
 
     def inbound(self, tenant: str, caller: str, called: str, at: int) -> LocalAnswer | None:
         """The local answer to an inbound call, or None: no usable file for `tenant` (absent, removed,
@@ -595,6 +623,45 @@ class LocalDecisions:
                 assert h.backup is not None
                 return _answer("backup", None, h.version, h.checksum, age, True, h.backup[0], h.backup[1])
         return _answer("decide", snap.inbound(caller, called, at), h.version, h.checksum, age, stale)
+
+    def tenant_of(self, number: str) -> str | None:
+        """The tenant whose snapshot lists `number` (E.164, with or without "+"), or None: none does, or two do
+        (a transfer half seen).  A routing hint read from the files' headers, the directory looked at again at
+        most every `INDEX_S`: the decision itself then opens that tenant's file with every check."""
+        now = self._clock()
+        if not self._scanned <= now < self._scanned + INDEX_S:
+            self._scan(now)
+        owner = self._owners.get(number if number.startswith("+") else "+" + number)
+        return owner or None
+
+    def _scan(self, now: float) -> None:
+        self._scanned = now
+        seen: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            entries = []
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.endswith(FILE_SUFFIX):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            known = self._headers.get(entry.name)
+            if known is not None and known[0] == key:
+                seen[entry.name] = known
+                continue
+            found = _numbers_of(Path(entry.path))
+            if found is not None:
+                seen[entry.name] = (key, *found)
+        self._headers = seen
+        owners: dict[str, str] = {}
+        for _, tenant, numbers in seen.values():
+            for number in numbers:
+                owners[number] = "" if owners.get(number, tenant) != tenant else tenant  # "": listed twice
+        self._owners = owners
 
     def snapshot(self, tenant: str) -> tuple[CoreSnapshot, int, str] | None:
         """(snapshot, version, checksum) of `tenant`'s file as this worker holds it, or None."""

@@ -238,7 +238,7 @@ class Kamailio:
     def __init__(self, folder: Path, callgate: str, route_port: int, trusted: str = f"{TRUSTED}=acme",
                  failure: str = "closed", failover: Path | None = None, deadline_ms: int = 200,
                  children: int = 4, bypass: bool = False, tls_ca: Path | None = None, token: str = "",
-                 fr_inv_ms: int = 30_000) -> None:
+                 fr_inv_ms: int = 30_000, replica: Path | None = None) -> None:
         self.port = free_sip_port()
         self.folder = folder
         cfg = (KAMAILIO_DIR / "kamailio.cfg").read_text()
@@ -256,6 +256,8 @@ class Kamailio:
                "CALLGATE_SPOOL": str(self.spool)}
         if failover is not None:
             env["CALLGATE_FAILOVER"] = str(failover)
+        if replica is not None:  # inbound calls decided in the workers from `callgate replica`'s directory
+            env["CALLGATE_REPLICA_DIR"] = str(replica)
         if bypass:  # relay without asking callgate: the baseline
             env["CALLGATE_BYPASS"] = "1"
         if tls_ca is not None:

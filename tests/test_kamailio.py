@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from engine import replica
 from loadtest import sip
 
-from .serving import EXAMPLE, ROOT, Server, wait_for
+from .serving import EXAMPLE, ROOT, ReplicaProcess, Server, wait_for
 
 DOC = json.loads(EXAMPLE.read_text())
 OPEN = "+14155550199"      # acme's main number; the test gives it no schedule: always open
@@ -71,13 +72,18 @@ def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
         failover = folder / "failover.json"
         export_failover(callgate, failover)
         world: dict[str, Any] = {"folder": folder, "callgate": callgate, "failover": failover}
+        # this host's replica of the snapshots, for the proxy that decides inbound calls itself ("local")
+        world["replica"] = ReplicaProcess(callgate.address, folder / "replica", name="sip-host")
+        started.append(world["replica"])
+        wait_for(lambda: "acme" in replica.held(folder / "replica"), timeout=30)
         for kind in ("answer", "direct", "busy", "silent"):
             world[f"uas-{kind}"] = uas = sip.Uas(folder, kind)
             started.append(uas)
         world["uas"] = world["uas-answer"]
         for name, kind, extra in (("closed", "answer", {}), ("open", "answer", {"failure": "open"}),
                                   ("direct", "direct", {}), ("busy", "busy", {}),
-                                  ("silent", "silent", {"fr_inv_ms": 4000})):
+                                  ("silent", "silent", {"fr_inv_ms": 4000}),
+                                  ("local", "answer", {"replica": folder / "replica"})):
             world[name] = proxy = sip.Kamailio(folder, callgate.address, world[f"uas-{kind}"].port,
                                                failover=failover, **extra)
             started.append(proxy)
@@ -118,15 +124,33 @@ def delivered(world: dict[str, Any], *proxies: str) -> None:
     wait_for(lambda: all(not world[p].spooled().get(0) for p in proxies), timeout=20)
 
 
-@pytest.mark.parametrize("caller, called, status", [
+CALLER_TABLE = [
     ("+14155550666", OPEN, 603),        # blacklisted
     ("+14155550777", CLOSED, 480),      # on the off-hours blacklist, number off hours
     ("+12125550000", PENDING, 403),     # documents pending
     ("+12125550000", "+19995550000", 403),   # from outside, to a number no tenant holds: refused before callgate
     ("+12125550000", OPEN, 200),        # allowed: relayed, answered, ACK and BYE through the proxy
-])
+    ("anonymous", OPEN, 433),           # withheld, and the tenant blocks anonymous callers
+]
+
+
+@pytest.mark.parametrize("caller, called, status", CALLER_TABLE)
 def test_expected_sip_status_per_caller(world, caller, called, status) -> None:
     expect(world, "closed", caller, called, status)
+
+
+def decided_by_callgate(world: dict[str, Any]) -> int:
+    from callgate.v1 import admin_pb2
+
+    return int(admin(world).Stats(admin_pb2.StatsRequest(), timeout=10).decisions)
+
+
+@pytest.mark.parametrize("caller, called, status", CALLER_TABLE)
+def test_decided_in_the_kamailio_worker_from_the_replica_the_same_sip_status(world, caller, called, status) -> None:
+    before = decided_by_callgate(world)
+    expect(world, "local", caller, called, status)
+    assert decided_by_callgate(world) == before     # no Inbound asked of callgate: decided in the worker
+    assert "Traceback" not in world["local"].text()
 
 
 @pytest.mark.parametrize("caller", ["anonymous", "Anonymous", "restricted", "unknown", "Private", "unavailable"])

@@ -13,16 +13,18 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from engine import replica
 from loadtest import sip
 from loadtest.process import free_port
 
-from .serving import ROOT, Server, wait_for
-from .test_kamailio import US_DEST, export_failover, sip_doc
+from .serving import ROOT, ReplicaProcess, Server, wait_for
+from .test_kamailio import OPEN, US_DEST, export_failover, sip_doc
 
 RATE = 20
 BEFORE_S, OUTAGE_S, AFTER_S = 10, 60, 15
@@ -118,3 +120,56 @@ def test_an_outage_of_callgate_loses_no_call_and_recovery_is_fast(tmp_path: Path
 
 if __name__ == "__main__":  # pragma: no cover - run by hand
     sys.exit(subprocess.call([sys.executable, "-m", "pytest", "-q", "-s", __file__], cwd=ROOT))
+
+
+def test_with_a_replica_inbound_calls_go_on_while_callgate_is_away(tmp_path: Path) -> None:
+    """Local decisions: callgate stopped for 10 s under 10 inbound calls/s; every call is answered (decided in
+    the Kamailio worker from the replica's files, its events spooled), and once callgate is back every answered
+    call is in its registry once, ended."""
+    missing = sip.missing_tools()
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: run .ci/run, or apt-get install {sip.PACKAGES}")
+    listen = f"127.0.0.1:{free_port()}"
+    data = tmp_path / "data"
+    callgate = Server(data, seed=None, listen=listen)
+    started: list = []
+    try:
+        from callgate.v1 import admin_pb2, admin_pb2_grpc
+
+        with callgate.channel() as channel:
+            admin_pb2_grpc.AdminStub(channel).PushSettings(admin_pb2.PushSettingsRequest(
+                document=json.dumps(sip_doc()).encode()), timeout=60)
+        rep = ReplicaProcess(listen, tmp_path / "replica", name="sip-host")
+        started.append(rep)
+        wait_for(lambda: "acme" in replica.held(tmp_path / "replica"), timeout=30)
+        uas = sip.Uas(tmp_path)
+        started.append(uas)
+        proxy = sip.Kamailio(tmp_path, listen, uas.port, replica=tmp_path / "replica")
+        started.append(proxy)
+        rate, before_s, outage_s, after_s = 10, 5, 10, 5
+        total = rate * (before_s + outage_s + after_s)
+        outcome: list[tuple[bool, str]] = []
+        load = threading.Thread(target=lambda: outcome.append(sip.call(
+            proxy.address, "+12125550000", OPEN, 200, tmp_path, calls=total, rate=rate, timeout_s=120)))
+        load.start()
+        time.sleep(before_s)
+        callgate.stop()
+        time.sleep(outage_s)
+        callgate = Server(data, seed=None, listen=listen)
+        load.join(180)
+        assert outcome and outcome[0][0], f"an inbound call failed while callgate was away: {outcome}"
+        wait_for(lambda: not proxy.spooled().get(0), timeout=60)            # the spool has sent what it held
+        answered = set(f"{c}/1" for c in re.findall(r"^Call-ID: (\S+)", "\n".join(
+            m for m in uas.messages().split("-----------------------------------------------")
+            if re.search(r"^BYE sip:", m, flags=re.MULTILINE)), flags=re.MULTILINE))
+        with sqlite3.connect(data / "callgate.sqlite") as conn:
+            rows = dict(conn.execute("SELECT call_id, state FROM calls WHERE direction = 'inbound'").fetchall())
+        assert len(answered) == total
+        assert answered <= set(rows), sorted(answered - set(rows))[:5]          # recorded, once (its key)
+        assert [c for c in answered if rows[c] != "ended"] == []
+        assert proxy.spooled().get(2) is None                                   # callgate refused no event
+        assert "Traceback" not in proxy.text()
+    finally:
+        callgate.stop()
+        for p in reversed(started):
+            p.stop()

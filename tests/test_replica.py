@@ -5,11 +5,7 @@ server knows which version it holds (`callgate replicas`)."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +15,11 @@ import pytest
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 from engine import replica
-from loadtest.process import ROOT, free_port
+from loadtest.process import free_port
 from server.client import upload_messages
 from server.rpc.messages import decision_message
 
+from .serving import ReplicaProcess as Replica
 from .serving import Server, example_doc, wait_for
 from .test_documents import encode, scan
 
@@ -43,25 +40,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def stubs(server: Server) -> Iterator[tuple[Any, Any]]:
     with server.channel() as channel:
         yield decisions_pb2_grpc.DecisionsStub(channel), admin_pb2_grpc.AdminStub(channel)
-
-
-class Replica:
-    """`callgate replica` as a proxy host runs it, stopped by its PID."""
-
-    def __init__(self, server: Server, directory: Path, *extra: str, name: str = "host-a") -> None:
-        self.directory, self.log = directory, directory.with_suffix(".log")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "callgate", "replica", "--server", server.address, "--dir", str(directory),
-             "--name", name, *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
-        return [e for e in (json.loads(x) for x in lines if x.startswith("{")) if e.get("event") == kind]
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
 
 
 def in_force(admin: Any) -> dict[str, int]:
@@ -100,7 +78,7 @@ def test_a_replica_follows_pushes_patches_documents_and_removals(server: Server,
     decisions, admin = stubs
     admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(example_doc("beta", 201)).encode()),
                        timeout=30)
-    rep = Replica(server, tmp_path / "replica")
+    rep = Replica(server.address, tmp_path / "replica")
     local = replica.LocalDecisions(rep.directory, recheck_s=0.0)
     try:
         wait_for(lambda: in_step(rep.directory, admin), timeout=20)
@@ -150,7 +128,7 @@ def test_a_replica_follows_pushes_patches_documents_and_removals(server: Server,
 
 def test_a_replica_resumes_from_what_it_holds(server: Server, stubs: Any, tmp_path: Path) -> None:
     _, admin = stubs
-    rep = Replica(server, tmp_path / "replica", name="host-b")
+    rep = Replica(server.address, tmp_path / "replica", name="host-b")
     wait_for(lambda: in_step(rep.directory, admin), timeout=20)
     assert rep.stop() == 0
     first = len(rep.events("replica_installed"))
@@ -159,7 +137,7 @@ def test_a_replica_resumes_from_what_it_holds(server: Server, stubs: Any, tmp_pa
     doc = example_doc("acme")
     doc["blacklist"] = [*doc.get("blacklist", []), "+12125550001"]
     admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(doc).encode()), timeout=30)
-    rep = Replica(server, rep.directory, name="host-b")
+    rep = Replica(server.address, rep.directory, name="host-b")
     try:
         wait_for(lambda: in_step(rep.directory, admin), timeout=20)
         wait_for(lambda: rep.events("replica_synced"), timeout=10)
@@ -171,7 +149,7 @@ def test_a_replica_resumes_from_what_it_holds(server: Server, stubs: Any, tmp_pa
 
 def test_a_snapshot_refused_leaves_the_last_good_one_in_force(server: Server, stubs: Any, tmp_path: Path) -> None:
     _, admin = stubs
-    rep = Replica(server, tmp_path / "replica", "--max-snapshot-mb", "1", "--only", "acme", name="host-c")
+    rep = Replica(server.address, tmp_path / "replica", "--max-snapshot-mb", "1", "--only", "acme", name="host-c")
     local = replica.LocalDecisions(rep.directory, recheck_s=0.0)
     try:
         wait_for(lambda: "acme" in replica.held(rep.directory), timeout=20)

@@ -21,8 +21,9 @@ from loadtest.process import free_port
 from loadtest.world import WorldSpec, build_world
 from server.rpc.messages import decision_message
 
+from .serving import ReplicaProcess as Replica
 from .serving import Server, wait_for
-from .test_replica import Replica, in_force, in_step
+from .test_replica import in_force, in_step
 
 STEPS = 24
 DECISIONS = 10_000
@@ -111,7 +112,7 @@ def test_local_decisions_equal_the_servers_through_pushes_and_patches(server: Se
         decisions, admin = decisions_pb2_grpc.DecisionsStub(channel), admin_pb2_grpc.AdminStub(channel)
         for doc in docs.values():
             admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(doc).encode()), timeout=60)
-        rep = Replica(server, tmp_path / "replica")
+        rep = Replica(server.address, tmp_path / "replica")
         local = replica.LocalDecisions(rep.directory, recheck_s=0.0)
         asked = wrong = 0
         try:

@@ -1063,3 +1063,34 @@ def test_answers_are_local_answers(tmp_path: Path) -> None:
     assert repr(answer).startswith("LocalAnswer(action='decide'")
     with pytest.raises(AttributeError):
         answer.action = "reject"  # type: ignore[misc]
+
+
+def test_tenant_of_routes_a_number_to_the_tenant_whose_file_lists_it(tmp_path: Path) -> None:
+    now = [1000.0]
+    local = LocalDecisions(tmp_path, clock=lambda: now[0])
+    acme = copy.deepcopy(ACME)
+    beta = copy.deepcopy(acme)
+    beta["tenant"] = "beta"
+    for entry in beta["numbers"]:
+        entry["number"] = entry["number"].replace("+1415555", "+1212555")
+    for key in ("main_number", "default_caller_id"):
+        beta[key] = beta[key].replace("+1415555", "+1212555")
+    beta["users"] = [{k: (v.replace("+1415555", "+1212555") if k == "caller_id" else v) for k, v in u.items()}
+                     for u in beta["users"]]
+    replica.write_snapshot(tmp_path, blob_of(acme), 1)
+    mine = acme["numbers"][0]["number"]
+    assert local.tenant_of(mine) == "acme" and local.tenant_of(mine[1:]) == "acme"   # with or without "+"
+    assert local.tenant_of("+19995550000") is None
+    (tmp_path / ("x" + FILE_SUFFIX)).write_bytes(b"CGSNAP1\n" + os.urandom(200))   # damaged: not routed by
+    replica.write_snapshot(tmp_path, blob_of(beta), 1)
+    assert local.tenant_of(beta["numbers"][0]["number"]) is None     # looked at again after INDEX_S only
+    now[0] += replica.INDEX_S
+    assert local.tenant_of(beta["numbers"][0]["number"]) == "beta" and local.tenant_of(mine) == "acme"
+    # a number both files list (a transfer seen half way): no tenant, ask the server
+    beta["numbers"].append(copy.deepcopy(acme["numbers"][1]))
+    replica.write_snapshot(tmp_path, blob_of(beta), 2)
+    now[0] += replica.INDEX_S
+    assert local.tenant_of(acme["numbers"][1]["number"]) is None and local.tenant_of(mine) == "acme"
+    replica.remove_snapshot(tmp_path, "acme")
+    now[0] += replica.INDEX_S
+    assert local.tenant_of(mine) is None and local.tenant_of(acme["numbers"][1]["number"]) == "beta"

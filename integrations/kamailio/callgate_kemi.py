@@ -56,6 +56,18 @@ changes (checked at most once a second): refresh it from cron, no restart.
 The gRPC channel reconnects within a second of callgate's return (backoff
 100 ms to 1 s) and a decision waits for it within the deadline.
 
+Local decisions (CALLGATE_REPLICA_DIR, the directory `callgate replica`
+keeps on this host): an inbound call is decided in the SIP worker from the
+replica's files (engine.replica.LocalDecisions: every worker maps the same
+files read-only), with no RPC; the tenant of the called number comes from
+the replica too (the failover table when the replica does not list it).
+When the replica has no usable snapshot of the tenant the call is decided
+over the RPC as without it; when the replica is older than its
+--max-staleness, the tenant's stale policy decides (decide anyway, 503, or
+the backup number).  Outbound, Pickup and the call events stay RPCs (the
+balance, the holds and the ringing registry live in the store).  With
+callgate down, inbound calls keep being decided on the last snapshot.
+
 Environment: CALLGATE_TARGET (127.0.0.1:50051), CALLGATE_TRUSTED (sources of
 calls by users: `ADDRESS[/BITS][=TENANT]`, comma-separated; without
 `=TENANT` the source must send X-Callgate-Tenant), CALLGATE_ROUTE_URI
@@ -95,6 +107,7 @@ FAILURE = os.environ.get("CALLGATE_FAILURE", "closed")
 ROUTE_URI = os.environ.get("CALLGATE_ROUTE_URI", "sip:127.0.0.1:5080")
 FAILOVER_FILE = os.environ.get("CALLGATE_FAILOVER", "")
 SPOOL_FILE = os.environ.get("CALLGATE_SPOOL", "/var/spool/callgate/events.sqlite")
+REPLICA_DIR = os.environ.get("CALLGATE_REPLICA_DIR", "")   # `callgate replica --dir`: decide inbound calls here
 SPOOL_MAX = int(os.environ.get("CALLGATE_SPOOL_MAX", "100000"))
 TLS_CA = os.environ.get("CALLGATE_TLS_CA", "")      # PEM of the CA that signed callgate's certificate: TLS
 TOKEN = os.environ.get("CALLGATE_TOKEN", "")        # a `proxy` token for a server with --auth
@@ -166,6 +179,8 @@ class kamailio:
         self.backoff_until = 0.0
         self.failures = 0
         self.last_stats = 0.0
+        self._local: Any = None
+        self.local_decisions = 0
 
     def child_init(self, rank: int) -> int:
         # Kamailio calls this in its main process too (PROC_INIT, before it forks the others): nothing there.
@@ -173,6 +188,7 @@ class kamailio:
         # first call's reply, where a slow 180 could be overtaken by its 200)
         if rank not in (PROC_INIT, PROC_MAIN):
             self.decisions  # noqa: B018 - the channel and its imports
+            self.local  # noqa: B018 - the engine's import (numpy, the core) before the first call
             try:
                 self.spool.conn()
             except (sqlite3.Error, OSError) as exc:
@@ -201,6 +217,16 @@ class kamailio:
             channel.subscribe(self._state, try_to_connect=True)
             self._stub, self._pid = decisions_pb2_grpc.DecisionsStub(channel), os.getpid()
         return self._stub
+
+    @property
+    def local(self) -> Any:
+        """This process's view of the replica (None without CALLGATE_REPLICA_DIR), made at its first use."""
+        if REPLICA_DIR and self._local is None:
+            from engine.replica import LocalDecisions
+
+            self._local = LocalDecisions(REPLICA_DIR)
+            KSR.info(f"callgate: inbound calls decided from the replica in {REPLICA_DIR}\n")
+        return self._local
 
     def _state(self, state: Any) -> None:
         self.down = state.name == "TRANSIENT_FAILURE"
@@ -366,7 +392,9 @@ class kamailio:
             if called.startswith(("*", "#")):
                 return self.pickup(tenant, caller, called)
             return self.outbound(tenant, caller, called)
-        tenant = str(self.entry_of(called).get("tenant") or "")
+        local = self.local
+        tenant = (local.tenant_of(called) if local is not None else None) or str(self.entry_of(called).get(
+            "tenant") or "")
         if not tenant:  # from outside, to a number nobody holds: nobody calls out on a tenant's bill
             KSR.info(f"callgate: {KSR.pv.get('$ci')} from untrusted {KSR.pv.get('$si')} to {called}: refused\n")
             return self.reply(403, "Forbidden", "not one of our numbers")
@@ -393,26 +421,43 @@ class kamailio:
         KSR.rr.add_rr_param(f";cgc={call_id.encode().hex()};cgt={fields.get('tenant', '').encode().hex()}")
 
     def inbound(self, tenant: str, caller: str, called: str) -> int:
+        local = self.local
+        answer = local.inbound(tenant, caller, called, int(time.time())) if local is not None else None
+        if answer is not None:
+            self.local_decisions += 1
+            if answer.action == "reject":  # older than --max-staleness, the tenant's policy fail-closed
+                return self.reply(503, "Service Unavailable", "callgate replica stale")
+            if answer.action == "backup":
+                return self.to_backup(tenant, caller, answer.backup_number, answer.backup_line)
+            d = answer.decision
+            if d.verdict == "ERROR":  # what the RPC refuses as INVALID_ARGUMENT: the same failure policy
+                return self.failed(tenant, caller, called)
+            return self.decided(tenant, caller, called, d.verdict, d.sip_status, d.reason, d.group,
+                                list(d.members or ()), d.target or "", d.line or "")
         d = self.ask("Inbound", self.pb.InboundRequest(tenant=tenant, caller=caller, called=called))
         if d is None:
             return self.failed(tenant, caller, called)
-        verdict = self.name(self.pb.Verdict, d.verdict)
+        return self.decided(tenant, caller, called, self.name(self.pb.Verdict, d.verdict), d.sip_status,
+                            self.name(self.pb.Reason, d.reason), d.group, list(d.members), d.target, d.line)
+
+    def decided(self, tenant: str, caller: str, called: str, verdict: str, sip_status: int, reason: str,
+                group: str, members: list[str], target: str, line: str) -> int:
+        """An inbound decision carried out, whether made here (the replica) or by callgate."""
         if verdict == "REJECT":
-            return self.reply(d.sip_status or 480, PHRASES.get(d.sip_status, "Rejected"),
-                              self.name(self.pb.Reason, d.reason))
+            return self.reply(sip_status or 480, PHRASES.get(sip_status, "Rejected"), reason)
         if verdict not in ("ROUTE", "FORWARD", "VOICEMAIL"):
             return self.reply(500, "Server Internal Error", f"unexpected verdict {verdict}")
         KSR.setdsturi(ROUTE_URI)
         fields = {"tenant": tenant, "dir": "inbound", "caller": caller, "called": called, "line": "",
-                  "user": d.group}
+                  "user": group}
         if verdict == "ROUTE":
-            KSR.hdr.append(f"X-Callgate-Group: {d.group}\r\n")
-            fields["user"] = d.members[0] if d.members else d.group
+            KSR.hdr.append(f"X-Callgate-Group: {group}\r\n")
+            fields["user"] = members[0] if members else group
         elif verdict == "FORWARD":
-            KSR.setuser(d.target)
-            KSR.hdr.append(f"X-Callgate-Line: {d.line}\r\n")
+            KSR.setuser(target)
+            KSR.hdr.append(f"X-Callgate-Line: {line}\r\n")
             # the leg to the target is what rings, answers and is billed: a forwarded leg
-            fields.update(dir="forwarded", called=d.target, line=d.line, user="forward")
+            fields.update(dir="forwarded", called=target, line=line, user="forward")
         else:
             KSR.setuser("voicemail")
             fields["user"] = "voicemail"
@@ -463,15 +508,19 @@ class kamailio:
             backup = info.get("backup") if isinstance(info, dict) else None
             if isinstance(backup, dict) and backup.get("number") and entry.get("line") == backup.get("line"):
                 KSR.info(f"callgate: unavailable, forwarding {KSR.pv.get('$ci')} to the backup {backup['number']}\n")
-                KSR.setuser(str(backup["number"]))
-                KSR.hdr.append(f"X-Callgate-Line: {backup['line']}\r\n")
-                KSR.setdsturi(ROUTE_URI)
-                # the leg is billed at the backup line's rate once callgate has its events (from the spool)
-                self.under_dialog(CALL_MAX_S, tenant=str(entry.get("tenant", tenant)), dir="forwarded",
-                                  user="forward", caller=caller, called=str(backup["number"]),
-                                  line=str(backup["line"]))
-                return self.relay()
+                return self.to_backup(str(entry.get("tenant", tenant)), caller, str(backup["number"]),
+                                      str(backup["line"]))
         return self.reply(503, "Service Unavailable", "callgate unavailable")
+
+    def to_backup(self, tenant: str, caller: str, number: str, line: str) -> int:
+        """Forward the call to the tenant's backup number on its line."""
+        KSR.setuser(number)
+        KSR.hdr.append(f"X-Callgate-Line: {line}\r\n")
+        KSR.setdsturi(ROUTE_URI)
+        # the leg is billed at the backup line's rate once callgate has its events (from the spool)
+        self.under_dialog(CALL_MAX_S, tenant=tenant, dir="forwarded", user="forward", caller=caller, called=number,
+                          line=line)
+        return self.relay()
 
     def in_dialog(self, method: str) -> int:
         if KSR.rr.loose_route() > 0:
