@@ -300,10 +300,11 @@ def held(directory: Path | str) -> dict[str, tuple[int, str]]:
     return out
 
 
-def _open(path: Path, tenant: str | None,
-          key: list[tuple[int, int, int, int]] | None = None) -> tuple[CoreSnapshot, int, str, str]:
+def _open(path: Path, tenant: str | None, key: list[tuple[int, int, int, int]] | None = None,
+          copy: bool = False) -> tuple[CoreSnapshot, int, str, str]:
     """(snapshot, version, checksum, tenant); raises on any fault.  `key` receives the (device, inode, size,
-    mtime_ns) of the very file opened."""
+    mtime_ns) of the very file opened.  With `copy`, the arrays are views of a private copy of the file read into
+    this process's memory instead of the shared mapping (LocalDecisions(copy=True))."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO named *.cgsnap never hangs
     try:
         st = os.fstat(fd)
@@ -313,7 +314,12 @@ def _open(path: Path, tenant: str | None,
             raise ValueError(f"{path.name!r:.80} is not a regular file")
         if st.st_size < _PREFIX.size:
             raise ValueError(f"{st.st_size} bytes, shorter than the {_PREFIX.size}-byte prefix")
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ, **_MMAP_OPTIONS)
+        mm: mmap.mmap | bytes
+        if copy:  # one bytes object of the file's size (FileIO.readall), read-only views of it: private memory
+            with open(fd, "rb", buffering=0, closefd=False) as f:
+                mm = f.read()
+        else:
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ, **_MMAP_OPTIONS)
     finally:
         os.close(fd)
     meta, version, checksum, arrays = _parse(mm)
@@ -353,8 +359,9 @@ def _numbers_of(path: Path) -> tuple[str, tuple[str, ...]] | None:
         return None
 
 
-def _parse(mm: mmap.mmap) -> tuple[dict[str, Any], int, str, dict[str, np.ndarray]]:
-    """(meta, version, checksum, arrays as views of `mm`) of a mapped file, every byte of it checked."""
+def _parse(mm: mmap.mmap | bytes) -> tuple[dict[str, Any], int, str, dict[str, np.ndarray]]:
+    """(meta, version, checksum, arrays as views of `mm`) of a mapped file (or of its bytes read whole), every byte
+    of it checked."""
     size = len(mm)
     magic, hlen, declared, digest = _PREFIX.unpack_from(mm, 0)
     if magic != MAGIC:
@@ -404,7 +411,7 @@ def _parse(mm: mmap.mmap) -> tuple[dict[str, Any], int, str, dict[str, np.ndarra
     return meta, version, checksum, arrays
 
 
-def _view(mm: mmap.mmap, name: str, spec: Any, start: int, end: int) -> np.ndarray:
+def _view(mm: mmap.mmap | bytes, name: str, spec: Any, start: int, end: int) -> np.ndarray:
     """The array `spec` describes, as a read-only view of `mm`; ValueError unless it lies, aligned and whole,
     between `end` (the previous array's end) and the end of the file."""
     if not isinstance(spec, dict) or set(spec) != _ARRAY_KEYS:
@@ -580,14 +587,20 @@ class LocalDecisions:
     it.  A file that fails its checks is not opened again until it changes.  A clock that goes back makes
     every cached look due at once.  Not thread-safe: one per worker process (or per thread), made after the
     fork.  On CPython before 3.13 each mapped tenant also holds one file descriptor (mmap keeps a dup).
+
+    `copy=True` reads each file whole into this process's own memory and decides from that copy instead of the
+    shared mapping, so every worker holds a private copy of every tenant it decided for (the same checks, the
+    same answers): for the memory benchmark's comparison (`loadtest.sip_bench --memory`); never faster.
     """
 
-    def __init__(self, directory: Path | str, recheck_s: float = 0.1, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, directory: Path | str, recheck_s: float = 0.1, clock: Callable[[], float] = time.time,
+                 copy: bool = False) -> None:
         if not (recheck_s >= 0 and math.isfinite(recheck_s)):
             raise ValueError(f"recheck_s must be a finite number >= 0, not {recheck_s!r:.40}")
         self.directory = Path(directory)
         self.recheck_s = float(recheck_s)
         self._clock = clock
+        self._copy = bool(copy)
         self._held: dict[str, _Held] = {}
         self.policy = Policy()
         self.heard: float | None = None
@@ -690,7 +703,7 @@ class LocalDecisions:
         if key is not None:
             mapped: list[tuple[int, int, int, int]] = []
             try:
-                snap, version, checksum, _ = _open(path, tenant, key=mapped)
+                snap, version, checksum, _ = _open(path, tenant, key=mapped, copy=self._copy)
             except Exception as exc:  # every fault of the file: the caller asks the server instead
                 # a file refused for what it holds is not read again until it changes; any other failure (out
                 # of descriptors or memory, a permission) is no verdict on the file: tried again at the next look

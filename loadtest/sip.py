@@ -9,7 +9,8 @@ that answers 200 without a 180, one that is busy, one that rings and never
 answers) and logs what it received; `call()` runs a sipp UAC (from a chosen
 loopback address: trusted PBXes and carriers are told apart by it) and says
 whether every call ended with the status expected; `cancel()` rings and then
-cancels.  Every process is ours, started on free loopback ports
+cancels; `Replica` runs `callgate replica` into a directory (the local
+decisions' files).  Every process is ours, started on free loopback ports
 and stopped by its PID.
 """
 
@@ -19,11 +20,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .process import free_port, stop_process
+from .process import free_port, process_tree, python_env, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 KAMAILIO_DIR = ROOT / "integrations" / "kamailio"
@@ -111,9 +113,10 @@ _OK_TO_LAST = """  <send>
 """
 
 
-def uac_scenario(expect: int, hold_ms: int = 200, cut: bool = False) -> str:
+def uac_scenario(expect: int, hold_ms: int = 200, cut: bool = False, rtd: bool = False) -> str:
     """A UAC call that must end with `expect`: 200 -> ACK, hold, BYE, 200 (with `cut`: the proxy hangs up, the
-    caller answers its BYE within `hold_ms`); else ACK of the refusal."""
+    caller answers its BYE within `hold_ms`); else ACK of the refusal.  With `rtd`, sipp's response time 1 is
+    from the INVITE to the first reply past 100 (180, 183, or the final one): what the proxy adds to ringing."""
     body = INVITE
     if expect == 200 and cut:
         body += '  <recv response="180" optional="true"/>\n  <recv response="183" optional="true"/>\n'
@@ -126,6 +129,11 @@ def uac_scenario(expect: int, hold_ms: int = 200, cut: bool = False) -> str:
     else:
         body += '  <recv response="180" optional="true"/>\n  <recv response="183" optional="true"/>\n'
         body += f'  <recv response="{expect}"/>\n' + _ACK_OF_REFUSAL
+    if rtd:  # sipp counts a response time once per call (no repeat_rtd): at whichever reply comes first
+        cut_at = body.index("  <send>\n")  # the INVITE's replies come before the next request (ACK)
+        head = body[:cut_at].replace('<send retrans="500">', '<send retrans="500" start_rtd="1">', 1)
+        body = re.sub(r'<recv response="([1-6]\d\d)"', lambda m: m.group(0) if m.group(1) == "100" else
+                      f'<recv rtd="1" response="{m.group(1)}"', head) + body[cut_at:]
     return HEAD + f'<scenario name="callgate: expect {expect}">\n' + body + "</scenario>\n"
 
 
@@ -238,14 +246,16 @@ class Kamailio:
     def __init__(self, folder: Path, callgate: str, route_port: int, trusted: str = f"{TRUSTED}=acme",
                  failure: str = "closed", failover: Path | None = None, deadline_ms: int = 200,
                  children: int = 4, bypass: bool = False, tls_ca: Path | None = None, token: str = "",
-                 fr_inv_ms: int = 30_000, replica: Path | None = None) -> None:
+                 fr_inv_ms: int = 30_000, replica: Path | None = None, replica_copy: bool = False,
+                 timings: Path | None = None) -> None:
         self.port = free_sip_port()
         self.folder = folder
         cfg = (KAMAILIO_DIR / "kamailio.cfg").read_text()
         cfg = cfg.replace("udp:127.0.0.1:5060", f"udp:127.0.0.1:{self.port}")
         cfg = cfg.replace("/etc/kamailio/callgate_kemi.py", str(KAMAILIO_DIR / "callgate_kemi.py"))
         cfg = cfg.replace("!CG_FR_INV!30000!", f"!CG_FR_INV!{fr_inv_ms}!")
-        cfg = cfg.replace("unix:/var/run/kamailio/kamailio_ctl", f"unix:{folder}/kamailio-{self.port}.ctl")
+        self.ctl = folder / f"kamailio-{self.port}.ctl"
+        cfg = cfg.replace("unix:/var/run/kamailio/kamailio_ctl", f"unix:{self.ctl}")
         cfg = cfg.replace("children=4", f"children={children}")
         self.cfg = folder / f"kamailio-{self.port}.cfg"
         self.cfg.write_text(cfg)
@@ -258,6 +268,10 @@ class Kamailio:
             env["CALLGATE_FAILOVER"] = str(failover)
         if replica is not None:  # inbound calls decided in the workers from `callgate replica`'s directory
             env["CALLGATE_REPLICA_DIR"] = str(replica)
+        if replica_copy:  # each worker reads the files into its own memory (the memory benchmark's comparison)
+            env["CALLGATE_REPLICA_COPY"] = "1"
+        if timings is not None:  # each worker appends its inbound decisions' durations to TIMINGS.<pid>
+            env["CALLGATE_TIMINGS"] = str(timings)
         if bypass:  # relay without asking callgate: the baseline
             env["CALLGATE_BYPASS"] = "1"
         if tls_ca is not None:
@@ -286,6 +300,30 @@ class Kamailio:
     def stop(self) -> None:
         stop_process(self.proc, 10.0)
 
+    def processes(self) -> dict[int, str]:
+        """pid -> what Kamailio says each of its processes is ("udp receiver child=0 ...", "timer", ...), from
+        `kamcmd core.psx` on its control socket."""
+        kamcmd = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
+        done = subprocess.run([kamcmd, "-s", f"unix:{self.ctl}", "core.psx"], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=10)
+        out: dict[int, str] = {}
+        pid = 0
+        for line in done.stdout.splitlines():
+            key, _, value = line.strip().partition(":")
+            if key == "PID":
+                pid = int(value)
+            elif key == "DSC" and pid:
+                out[pid] = value.strip()
+        return out
+
+    def udp_workers(self) -> list[int]:
+        """The PIDs of its SIP workers (the UDP receivers: where the KEMI script decides calls)."""
+        return sorted(pid for pid, what in self.processes().items() if what.startswith("udp receiver"))
+
+    def tree(self) -> list[int]:
+        """Every process of this instance: the main one and all it forked (from /proc)."""
+        return process_tree(self.proc.pid)
+
     def spooled(self) -> dict[int, int]:
         """The spool's events by state (0 waiting, 1 sent, 2 refused)."""
         import sqlite3
@@ -294,6 +332,36 @@ class Kamailio:
             return {}
         with sqlite3.connect(self.spool) as conn:
             return dict(conn.execute("SELECT state, COUNT(*) FROM events GROUP BY state").fetchall())
+
+
+class Replica:
+    """`callgate replica --server SERVER --dir DIRECTORY`, as a proxy host runs it (stderr to DIRECTORY.log);
+    stopped by its PID."""
+
+    def __init__(self, server: str, directory: Path, name: str = "sip-host") -> None:
+        self.directory, self.log = directory, directory.with_suffix(".log")
+        with self.log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "callgate", "replica", "--server", server, "--dir", str(directory),
+                 "--name", name], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                env=python_env())
+
+    def wait_for(self, tenant: str, version: int = 0, timeout_s: float = 60.0) -> int:
+        """Wait until the directory holds `tenant` (at `version` or later): the version held."""
+        from engine.replica import held
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            have = held(self.directory).get(tenant)
+            if have is not None and have[0] >= version:
+                return have[0]
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+                raise RuntimeError(f"the replica does not hold {tenant!r} (version {version}):\n{tail}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        stop_process(self.proc, 20.0)
 
 
 def call(proxy: str, caller: str, called: str, expect: int, folder: Path, calls: int = 1, rate: float = 0,
@@ -346,5 +414,5 @@ def cancel(proxy: str, caller: str, called: str, folder: Path, ring_ms: int = 50
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-__all__ = ["PACKAGES", "TRUSTED", "Kamailio", "Uas", "call", "cancel", "cancel_scenario", "missing_tools",
+__all__ = ["PACKAGES", "TRUSTED", "Kamailio", "Replica", "Uas", "call", "cancel", "cancel_scenario", "missing_tools",
            "uac_scenario"]

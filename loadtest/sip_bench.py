@@ -1,47 +1,102 @@
-"""SIP load through Kamailio, with callgate in the path and without it: a bounded run and the breaking rate.
+"""SIP load through three Kamailios side by side: relaying only, deciding over gRPC, deciding from the local replica.
 
-    python -m loadtest.sip_bench                       # 200 calls/s for 10 s each way, then the ramp
-    python -m loadtest.sip_bench --rate 200 --seconds 10 --ramp 100,200,300,400 --step-seconds 5
+    python -m loadtest.sip_bench                 # every section, ~2.5 minutes on the 2-core machine
+    python -m loadtest.sip_bench --no-memory     # without section 4
+    python -m loadtest.sip_bench --rate 200 --seconds 10 --ramp 100,200,300,400 --step-seconds 5 --json out.json
 
 Starts, on free loopback ports: callgate (`callgate serve`, the example tenant
-without rentals and with the test numbers), a sipp UAS (the PBX: answers every
-INVITE, keeps the proxy on the route), and two Kamailio instances with
-integrations/kamailio/kamailio.cfg: one asking callgate for every INVITE and
-sending RINGING/ANSWERED/ENDED events, one relaying without asking
-(CALLGATE_BYPASS=1).  A sipp UAC places whole calls (INVITE, 180, 200, ACK,
-a 100 ms hold, BYE, 200) from a clean caller to an always-open number.
+without rentals and with the test numbers), `callgate replica` following it
+into a temporary directory (the bench waits until it holds the tenant), a
+sipp UAS (the PBX: answers every INVITE, keeps the proxy on the route), and
+three Kamailio instances with integrations/kamailio/kamailio.cfg and
+`--children` UDP workers:
 
-1. The bounded run: `--rate` calls/s for `--seconds` through each proxy;
-   every call must succeed (zero failed calls), and it reports the calls
-   sipp completed, failed and retransmitted, and the response time.
-2. The ramp: rates of `--ramp`, `--step-seconds` each, through each proxy;
-   the breaking rate is the first where more than 1% of the calls fail or
-   fewer than 95% of the calls asked for complete in time (every step's
-   failures are reported).  The whole machine (2 cores) carries
-   sipp twice, Kamailio and callgate: the figure is this machine's.
+  bypass  relays every call without asking (CALLGATE_BYPASS=1): the baseline;
+  rpc     asks callgate's Inbound over gRPC for every INVITE and spools the
+          call's RINGING/ANSWERED/ENDED events (the failover table names the
+          number's tenant);
+  local   decides every INVITE in its SIP worker from the replica's files
+          (CALLGATE_REPLICA_DIR: engine.replica.LocalDecisions), events as rpc.
 
-Every sipp run is bounded by its call count (-m) and a timeout.
+A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
+200) from a clean caller to an always-open number.
+
+1. The bounded run: `--rate` calls/s for `--seconds` through each proxy in
+   turn (bypass, rpc, local); every call must succeed (zero failed calls).
+   Per proxy: calls completed, failed, retransmitted; the response time
+   (sipp's -trace_rtt, from the INVITE to its 180: sipp's clock moves in
+   4 ms steps here, so p50 and p99 read 0 or 4 and the mean is the figure
+   to compare); and Kamailio's CPU per call: utime + stime of every process
+   of that instance (the main process and all it forked, from /proc) from
+   the run's start until its spool has sent every event (at most 10 s
+   after), divided by the calls completed, split into the SIP workers, the
+   event sender (the rtimer process) and the rest (timers, dialogs).
+   Targets: local / bypass <= 1.10; rpc / bypass is reported.
+2. The ramp: rates of `--ramp`, `--step-seconds` each, each step through
+   every proxy still standing in the same order; a proxy breaks at the
+   first step where more than 1% of the calls fail or fewer than 95% of the
+   calls asked for complete in time (every step's failures are reported);
+   reported: the highest clean step of each.  The whole machine (2 cores)
+   carries sipp twice, Kamailio and callgate: the figure is this machine's.
+3. Decision time inside the Kamailio worker: the rpc and local proxies run
+   with CALLGATE_TIMINGS, so each SIP worker writes the time.perf_counter_ns
+   of every inbound decision (around LocalDecisions.inbound, or around the
+   Inbound RPC); collected after the bounded run (the last second's
+   decisions of each worker may still be in its buffer).  p50, p90, p99 and
+   mean of each; target: RPC p50 / local p99 >= 50.  Also reported: the
+   local decision's mean as a share of what the local proxy costs over
+   bypass per call.
+4. Memory (`--memory`, on by default): a tenant "big" whose blacklist holds
+   `--memory-blacklist` (1,000,000) random numbers (loadtest.world.big_tenant:
+   a fifth in each of five countries' ranges, the US among them) pushed
+   with Admin.PushSettingsUpload; once the replica holds it, a Kamailio
+   with `--memory-children` (8) workers deciding from the replica
+   ("shared": every worker maps the one file) takes `--memory-calls` calls
+   at `--memory-rate` to the tenant's number, more (at most 3 batches) until
+   every worker has decided at least one (its CALLGATE_TIMINGS file holds a
+   local decision, and its /proc/PID/maps lists the file); then each
+   worker's /proc/PID/smaps_rollup (Rss, Pss, Private_*) and the Rss and
+   Pss of its mappings of the file (/proc/PID/smaps).  The
+   same with CALLGATE_REPLICA_COPY=1 ("private": each worker reads the file
+   into its own memory), and the two side by side: total Pss and private
+   memory of the workers, and the difference in copies of the file.
+
+Every sipp run is bounded by its call count (-m) and a timeout; every process
+is stopped by its PID and the temporary directory removed.  The summary table
+gives each target with PASS/FAIL; the exit status is 1 when a bounded run
+failed a call or a section did not complete (the targets are figures, as in
+server_bench).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server.client import open_channel
+import numpy as np
+
+from engine import replica as replica_files
+from server.client import open_channel, upload_messages
 
 from . import sip
-from .process import EXAMPLE, ServeProcess, free_port, sigterm_unwinds
+from .process import EXAMPLE, CpuMeter, Interference, ServeProcess, free_port, sigterm_unwinds
 from .report import save_json
+from .server_sections import BIG_OPTIONS, Report
 
 OPEN = "+14155550199"
+CALLER = "+12125550000"
+PROXIES = ("bypass", "rpc", "local")
+BIG = "big"
 
 
 def bench_doc() -> dict[str, Any]:
@@ -53,23 +108,48 @@ def bench_doc() -> dict[str, Any]:
     return doc
 
 
-def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float) -> dict[str, Any]:
-    """One bounded sipp UAC run; its counters from the -trace_stat CSV."""
-    scenario = folder / "uac-200.xml"
-    scenario.write_text(sip.uac_scenario(200, hold_ms=100))
-    stat = folder / f"stat-{free_port()}.csv"
-    cmd = ["sipp", "-sf", str(scenario), "-s", OPEN, proxy, "-i", "127.0.0.1", "-p", str(sip.free_sip_port()),
-           "-key", "CALLER", "+12125550000", "-m", str(calls), "-r", str(rate), "-l", str(max(int(rate * 3), 10)),
+def big_doc(blacklist: int) -> tuple[bytes, str, str]:
+    """Tenant "big" with a `blacklist`-entry blacklist (loadtest.world.big_tenant): (document, the number the
+    calls go to: always open, no documents required, routed to a queue group; a caller not on the lists)."""
+    from .world import big_tenant
+
+    doc, black = big_tenant(7, blacklist, 4, tenant=BIG)
+    entry = doc["numbers"][1]  # (number 0 requires documents)
+    entry.pop("schedule", None)
+    entry["requires_documents"] = False
+    listed = set(doc["offhours_blacklist"])
+    caller = next(c for c in (f"+1646555{i:04d}" for i in range(10_000))
+                  if not np.isin(np.uint64(int(c[1:])), black) and c not in listed)
+    return json.dumps(doc).encode(), entry["number"], caller
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    """The nearest-rank percentile q (0..100) of `values`; None for none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)])
+
+
+def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float, called: str = OPEN,
+             caller: str = CALLER) -> dict[str, Any]:
+    """One bounded sipp UAC run; its counters from the -trace_stat CSV, its response times from -trace_rtt."""
+    tag = free_port()
+    scenario = folder / f"uac-{tag}.xml"  # the response-time file is named after the scenario: one per run
+    scenario.write_text(sip.uac_scenario(200, hold_ms=100, rtd=True))
+    stat = folder / f"stat-{tag}.csv"
+    cmd = ["sipp", "-sf", str(scenario), "-s", called, proxy, "-i", "127.0.0.1", "-p", str(sip.free_sip_port()),
+           "-key", "CALLER", caller, "-m", str(calls), "-r", str(rate), "-l", str(max(int(rate * 3), 10)),
            "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error", "-trace_stat", "-stf", str(stat),
-           "-fd", "1", "-recv_timeout", "5000"]
+           "-fd", "1", "-recv_timeout", "5000", "-trace_rtt", "-rtt_freq", "1"]  # (a partial batch is never written)
     t0 = time.monotonic()
-    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s + 30)
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s + 30,
+                          cwd=folder)
     wall = time.monotonic() - t0
     rows = [line.split(";") for line in stat.read_text().splitlines()] if stat.exists() else []
     out: dict[str, Any] = {"rate": rate, "calls": calls, "exit": done.returncode, "wall_s": wall}
     if len(rows) >= 2:
-        header, last = rows[0], rows[-1]
-        values = dict(zip(header, last, strict=False))
+        values = dict(zip(rows[0], rows[-1], strict=False))
 
         def num(key: str) -> int:
             try:
@@ -82,28 +162,223 @@ def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float
     else:
         out.update(successful=0, failed=calls, retransmissions=0, error=done.stderr[-300:])
     out["achieved_rate"] = out["successful"] / wall if wall > 0 else 0.0
+    times: list[float] = []
+    for rtt in folder.glob(f"{scenario.stem}_*_rtt.csv"):
+        for line in rtt.read_text().splitlines()[1:]:
+            parts = line.split(";")
+            try:
+                times.append(float(parts[1]))
+            except (IndexError, ValueError):
+                continue
+        rtt.unlink()
+    out["response_ms"] = {"n": len(times), "p50": pct(times, 50), "p99": pct(times, 99),
+                          "max": max(times) if times else None,
+                          "mean": sum(times) / len(times) if times else None}
+    stat.unlink(missing_ok=True)
+    scenario.unlink(missing_ok=True)
     return out
 
 
 def broke(r: dict[str, Any]) -> bool:
     """More than 1% of the calls failed, or fewer than 95% completed: a stray failure among thousands on a
     2-core machine that also runs both sipps is noise, a collapse is not."""
-    return r["failed"] > 0.01 * r["calls"] or r["successful"] < 0.95 * r["calls"]
+    return bool(r["failed"] > 0.01 * r["calls"] or r["successful"] < 0.95 * r["calls"])
 
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def drained(proxy: sip.Kamailio, timeout_s: float) -> bool:
+    """Wait until the proxy's spool has no event waiting (a bypass proxy spools none)."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if not proxy.spooled().get(0):
+                return True
+        except sqlite3.Error:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def bounded(proxy: sip.Kamailio, rate: float, calls: int, folder: Path, timeout_s: float) -> dict[str, Any]:
+    """One bounded run with the instance's CPU over it (until its spool is drained): per call, in total, and
+    by kind of process (the SIP workers, the rest: timers, the event sender)."""
+    kinds = proxy.processes()
+    pids = proxy.tree()
+    meter = CpuMeter(pids)
+    r = run_sipp(proxy.address, rate, calls, folder, timeout_s)
+    r["spool_drained"] = drained(proxy, 10.0)
+    cpu = meter.read()
+    per_pid = {int(p): s for p, s in cpu["worker_cpu_s"].items()}
+    parts = {"sip_workers": 0.0, "event_sender": 0.0, "others": 0.0}
+    for pid, seconds in per_pid.items():
+        what = kinds.get(pid, "")
+        parts["sip_workers" if what.startswith("udp receiver") else "event_sender" if what.startswith("RTIMER")
+              else "others"] += seconds
+    total = sum(per_pid.values())
+    done = r["successful"]
+    r["cpu"] = {"seconds": total, "wall_s": cpu["wall_s"], "processes": len(pids),
+                "by_process": {f"{p} {kinds.get(p, '?')}": s for p, s in per_pid.items()},
+                "us_per_call": total / done * 1e6 if done else None,
+                **{f"{k}_s": v for k, v in parts.items()},
+                **{f"{k}_us_per_call": v / done * 1e6 if done else None for k, v in parts.items()}}
+    return r
+
+
+def read_timings(prefix: Path) -> dict[str, Any]:
+    """The durations the workers wrote to PREFIX.<pid>: per kind ("local", "rpc"), n, p50, p99, max in µs."""
+    found: dict[str, list[float]] = {}
+    files = 0
+    for path in prefix.parent.glob(prefix.name + ".*"):
+        if not path.suffix[1:].isdigit():
+            continue
+        files += 1
+        for line in path.read_text(errors="replace").splitlines():
+            kind, _, ns = line.partition(" ")
+            if ns.isdigit():
+                found.setdefault(kind, []).append(int(ns) / 1000)
+    out: dict[str, Any] = {"files": files}
+    for kind, values in found.items():
+        out[kind] = {"n": len(values), "p50_us": pct(values, 50), "p90_us": pct(values, 90),
+                     "p99_us": pct(values, 99), "max_us": max(values), "mean_us": sum(values) / len(values)}
+    return out
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+_KB = re.compile(r"^(\w+):\s+(\d+) kB$")
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """/proc/PID/smaps_rollup's figures, in kB."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        m = _KB.match(line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def mapping_of(pid: int, name: str) -> dict[str, int]:
+    """Rss and Pss (kB) of the mappings of the file called `name` in /proc/PID/smaps, and how many there are."""
+    out = {"mappings": 0, "Rss": 0, "Pss": 0}
+    inside = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", head[0]):
+            inside = len(head) >= 6 and Path(head[5]).name == name
+            out["mappings"] += inside
+            continue
+        m = _KB.match(line)
+        if inside and m and m.group(1) in ("Rss", "Pss"):
+            out[m.group(1)] += int(m.group(2))
+    return out
+
+
+def maps_lists(pid: int, name: str) -> bool:
+    try:
+        return any(Path(line.split()[5]).name == name for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                   if len(line.split()) >= 6)
+    except OSError:
+        return False
+
+
+def memory_instance(mode: str, callgate: str, route_port: int, directory: Path, folder: Path, args: Any,
+                    called: str, caller: str) -> dict[str, Any]:
+    """One Kamailio deciding tenant big's calls from the replica ("shared": mapped; "private": a copy per
+    worker): calls until every SIP worker decided one, then every worker's memory."""
+    timings = folder / f"timings-memory-{mode}"
+    name = replica_files.file_name(BIG)
+    proxy = sip.Kamailio(folder, callgate, route_port, children=args.memory_children, replica=directory,
+                         replica_copy=mode == "private", timings=timings)
+    try:
+        workers = proxy.udp_workers()
+        if len(workers) != args.memory_children:
+            raise RuntimeError(f"kamcmd core.psx lists {len(workers)} UDP workers, not {args.memory_children}")
+        out: dict[str, Any] = {"workers": len(workers), "batches": []}
+
+        def decided(pid: int) -> bool:  # its first decision is written at once; a mapped worker maps the file
+            mine = timings.parent / f"{timings.name}.{pid}"
+            return mine.exists() and "local " in mine.read_text() and (mode == "private" or maps_lists(pid, name))
+
+        calls = args.memory_calls
+        for batch in range(4):  # the calls asked, then at most 3 more batches for workers that got none
+            r = run_sipp(proxy.address, args.memory_rate, calls, folder, calls / args.memory_rate + 30, called, caller)
+            out["batches"].append({k: r[k] for k in ("calls", "successful", "failed")})
+            waiting = [p for p in workers if not decided(p)]
+            say(f"4 memory {mode}: batch {batch + 1}: {r['successful']}/{r['calls']} calls ok; "
+                f"{len(workers) - len(waiting)} of {len(workers)} workers decided")
+            if not waiting:
+                break
+            calls = max(args.memory_calls // 2, 10)
+        out["workers_decided"] = sum(1 for p in workers if decided(p))
+        out["per_worker"] = []
+        for pid in workers:
+            roll = smaps_rollup(pid)
+            snap = mapping_of(pid, name)
+            out["per_worker"].append({
+                "pid": pid, "rss_kb": roll.get("Rss", 0), "pss_kb": roll.get("Pss", 0),
+                "private_clean_kb": roll.get("Private_Clean", 0), "private_dirty_kb": roll.get("Private_Dirty", 0),
+                "private_kb": roll.get("Private_Clean", 0) + roll.get("Private_Dirty", 0),
+                "shared_kb": roll.get("Shared_Clean", 0) + roll.get("Shared_Dirty", 0),
+                "anonymous_kb": roll.get("Anonymous", 0),
+                "file_mappings": snap["mappings"], "file_rss_kb": snap["Rss"], "file_pss_kb": snap["Pss"]})
+        for key in ("rss_kb", "pss_kb", "private_kb", "shared_kb", "file_rss_kb", "file_pss_kb"):
+            out["total_" + key] = sum(w[key] for w in out["per_worker"])
+        out["decisions"] = read_timings(timings)
+        return out
+    finally:
+        proxy.stop()
+
+
+def section_memory(callgate: ServeProcess, replica: sip.Replica, route_port: int, folder: Path,
+                   args: Any) -> dict[str, Any]:
+    from callgate.v1 import admin_pb2_grpc
+
+    say(f"4 memory: building tenant {BIG!r} with a {args.memory_blacklist:,}-entry blacklist")
+    t0 = time.monotonic()
+    document, called, caller = big_doc(args.memory_blacklist)
+    out: dict[str, Any] = {"blacklist": args.memory_blacklist, "document_bytes": len(document), "called": called,
+                           "build_s": time.monotonic() - t0}
+    t0 = time.monotonic()
+    with open_channel(callgate.address, options=BIG_OPTIONS) as channel:
+        version = admin_pb2_grpc.AdminStub(channel).PushSettingsUpload(
+            upload_messages(document, comment="sip_bench memory"), timeout=180).version
+    del document
+    out["push_s"] = time.monotonic() - t0
+    replica.wait_for(BIG, version, timeout_s=120)
+    out["in_replica_s"] = time.monotonic() - t0
+    out["file_bytes"] = replica_files.snapshot_path(replica.directory, BIG).stat().st_size
+    say(f"4 memory: pushed in {out['push_s']:.1f} s, in the replica after {out['in_replica_s']:.1f} s; "
+        f"its file {out['file_bytes'] / 2**20:.1f} MiB")
+    for mode in ("shared", "private"):
+        out[mode] = memory_instance(mode, callgate.address, route_port, replica.directory, folder, args, called,
+                                    caller)
+    return out
+
+
+# -- the run --------------------------------------------------------------------------------------
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.sip_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=200.0, help="calls/s of the bounded run (default 200)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the bounded run (default 10)")
-    p.add_argument("--ramp", default="100,200,300,350,400,450,500,600,800",
+    p.add_argument("--ramp", default="100,200,300,350,400,450,500,600",
                    help="calls/s of the ramp steps, comma-separated ('' skips the ramp)")
     p.add_argument("--step-seconds", type=float, default=5.0, help="length of each ramp step (default 5)")
     p.add_argument("--children", type=int, default=8, help="Kamailio UDP workers (default 8)")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="section 4, the memory of shared and private replica files (default on)")
+    p.add_argument("--memory-blacklist", type=int, default=1_000_000, help="tenant big's blacklist (1,000,000)")
+    p.add_argument("--memory-children", type=int, default=8, help="UDP workers of section 4's Kamailios (8)")
+    p.add_argument("--memory-calls", type=int, default=400, help="calls to tenant big per instance (400)")
+    p.add_argument("--memory-rate", type=float, default=100.0, help="their rate, calls/s (100)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every figure here")
     args = p.parse_args(argv)
     missing = sip.missing_tools()
@@ -113,11 +388,19 @@ def main(argv: list[str] | None = None) -> int:
         ramp = [float(x) for x in args.ramp.split(",") if x.strip()]
     except ValueError:
         p.error(f"--ramp {args.ramp!r}: calls/s separated by commas, e.g. 100,200,400")
-    if args.rate <= 0 or args.seconds <= 0 or args.step_seconds <= 0 or any(r <= 0 for r in ramp):
+    if (args.rate <= 0 or args.seconds <= 0 or args.step_seconds <= 0 or any(r <= 0 for r in ramp)
+            or args.memory_rate <= 0):
         p.error("rates and seconds must be positive")
+    if args.children < 1 or args.memory_children < 1 or args.memory_calls < 1 or args.memory_blacklist < 1:
+        p.error("--children, --memory-children, --memory-calls and --memory-blacklist must be at least 1")
+    t_start = time.monotonic()
+    interference = Interference()
     folder = Path(tempfile.mkdtemp(prefix="sip-bench-"))
     started: list[Any] = []
-    out: dict[str, Any] = {"bounded": {}, "ramp": {}, "broke_at": {}}
+    out: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                           "bounded": {}, "ramp": {p: [] for p in PROXIES}, "broke_at": {}, "timings": {}}
+    crashed: list[str] = []
+    calls = int(args.rate * args.seconds)
     try:
         callgate = ServeProcess(folder / "data", seed=None)
         started.append(callgate)
@@ -126,58 +409,191 @@ def main(argv: list[str] | None = None) -> int:
         with open_channel(callgate.address) as channel:
             admin_pb2_grpc.AdminStub(channel).PushSettings(admin_pb2.PushSettingsRequest(
                 document=json.dumps(bench_doc()).encode()), timeout=60)
-        failover = folder / "failover.json"  # the proxy knows each number's tenant from it
+        failover = folder / "failover.json"  # the rpc proxy knows each number's tenant from it
         exported = subprocess.run([sys.executable, "-m", "callgate", "--server", callgate.address, "export",
                                    "failover", "-o", str(failover)], capture_output=True, text=True, timeout=60)
         if exported.returncode != 0:
             raise RuntimeError(f"callgate export failover: {exported.stderr.strip()}")
+        replica = sip.Replica(callgate.address, folder / "replica", name="sip-bench")
+        started.append(replica)
+        replica.wait_for("acme", timeout_s=60)
         uas = sip.Uas(folder)
         started.append(uas)
-        proxies = {"with callgate": sip.Kamailio(folder, callgate.address, uas.port, children=args.children,
-                                                 failover=failover),
-                   "without callgate": sip.Kamailio(folder, callgate.address, uas.port, children=args.children,
-                                                    bypass=True)}
-        started.extend(proxies.values())
-        say(f"callgate at {callgate.address}, UAS at 127.0.0.1:{uas.port}, Kamailio with callgate at "
-            f"{proxies['with callgate'].address}, without at {proxies['without callgate'].address}")
-        calls = int(args.rate * args.seconds)
+        timings = {name: folder / f"timings-{name}" for name in ("rpc", "local")}
+        proxies: dict[str, sip.Kamailio] = {}
+        for name in PROXIES:
+            proxies[name] = sip.Kamailio(
+                folder, callgate.address, uas.port, children=args.children, bypass=name == "bypass",
+                failover=None if name == "bypass" else failover,
+                replica=replica.directory if name == "local" else None, timings=timings.get(name))
+            started.append(proxies[name])
+        say(f"callgate at {callgate.address}, UAS at 127.0.0.1:{uas.port}, replica in {replica.directory}; "
+            + ", ".join(f"Kamailio {n} at {k.address}" for n, k in proxies.items()))
+
         for name, proxy in proxies.items():
-            r = run_sipp(proxy.address, args.rate, calls, folder, args.seconds + 30)
+            r = bounded(proxy, args.rate, calls, folder, args.seconds + 30)
             out["bounded"][name] = r
-            say(f"bounded {name}: {r['successful']:,} of {calls:,} calls at {args.rate:g}/s, failed {r['failed']}, "
-                f"retransmissions {r['retransmissions']}")
-        for name, proxy in proxies.items():
-            out["ramp"][name] = []
-            for rate in ramp:
-                r = run_sipp(proxy.address, rate, int(rate * args.step_seconds), folder, args.step_seconds + 30)
+            say(f"1 bounded {name}: {r['successful']:,} of {calls:,} calls at {args.rate:g}/s, failed {r['failed']}, "
+                f"retransmissions {r['retransmissions']}, response p50/p99 {r['response_ms']['p50']}/"
+                f"{r['response_ms']['p99']} ms, Kamailio {r['cpu']['us_per_call'] or 0:.0f} µs CPU per call")
+        for name, prefix in timings.items():
+            out["timings"][name] = read_timings(prefix)
+            say(f"3 decision time {name}: {out['timings'][name]}")
+
+        standing = list(PROXIES)
+        for rate in ramp:
+            for name in list(standing):
+                r = run_sipp(proxies[name].address, rate, int(rate * args.step_seconds), folder,
+                             args.step_seconds + 30)
                 out["ramp"][name].append(r)
-                say(f"ramp {name}: {rate:g}/s -> {r['successful']:,}/{r['calls']:,} ok, {r['failed']} failed, "
-                    f"{r['achieved_rate']:.0f} calls/s")
+                say(f"2 ramp {name}: {rate:g}/s -> {r['successful']:,}/{r['calls']:,} ok, {r['failed']} failed, "
+                    f"{r['achieved_rate']:.0f} calls/s, response p99 {r['response_ms']['p99']} ms")
                 if broke(r):
                     out["broke_at"][name] = rate
-                    break
-            else:
-                out["broke_at"][name] = None
+                    standing.remove(name)
+            if not standing:
+                break
+        for name in standing if ramp else ():
+            out["broke_at"][name] = None
+        for name in list(proxies):  # the main run's proxies are done: their memory is not section 4's
+            proxies.pop(name).stop()
+
+        if args.memory:
+            try:
+                out["memory"] = section_memory(callgate, replica, uas.port, folder, args)
+            except Exception as exc:  # the other sections' figures still count
+                crashed.append(f"4 memory: {type(exc).__name__}: {exc}"[:500])
+                say(f"4 memory did not complete: {exc}")
         out["callgate_warnings"] = len(callgate.problems())
     finally:
         for s in reversed(started):
             s.stop()
         shutil.rmtree(folder, ignore_errors=True)
-    print("\nSIP through Kamailio (whole calls: INVITE, 180, 200, ACK, 100 ms, BYE, 200)")
-    for name, r in out["bounded"].items():
-        print(f"  bounded {name:<17} {r['successful']:>6,} ok  {r['failed']:>4} failed  at {args.rate:g} calls/s "
-              f"for {args.seconds:g} s, {r['retransmissions']} retransmissions")
-    for name, rate in out["broke_at"].items():
-        last_ok = max((r["rate"] for r in out["ramp"].get(name, []) if not broke(r)), default=None)
-        text = f"breaks at {rate:g} calls/s" if rate else "did not break up to the last step"
-        print(f"  ramp    {name:<17} {text}; highest clean step {last_ok:g} calls/s" if last_ok
-              else f"  ramp    {name:<17} {text}")
-    zero_failed = all(r["failed"] == 0 and r["successful"] == int(args.rate * args.seconds)
-                      for r in out["bounded"].values())
-    print(f"bounded runs with zero failed calls: {'yes' if zero_failed else 'NO'}")
+    cores, top = interference.cores()
+    out["interference"] = {"cores": cores, "top": top}
+    out["elapsed_s"] = time.monotonic() - t_start
+    rep = summary(out, args, calls)
+    out["summary"] = [vars(r) for r in rep.rows]
+    out["crashed"] = crashed
+    print(f"\nsip_bench summary ({out['elapsed_s']:.0f} s; SIP through Kamailio, {args.children} workers: whole "
+          "calls INVITE, 180, 200, ACK, 100 ms, BYE, 200; callgate, replica, Kamailio and both sipps on this "
+          "machine's cores)")
+    print(rep.table())
+    for section in sorted(rep.notes):
+        for text in rep.notes[section]:
+            print(f"note {section}: {text}")
+    if "memory" in out:
+        print(memory_table(out["memory"]))
+    zero_failed = all(r["failed"] == 0 and r["successful"] == calls for r in out["bounded"].values())
+    print(f"bounded runs with zero failed calls: {'yes' if zero_failed else 'NO'}"
+          + (f"; sections that did not complete: {crashed}" if crashed else ""))
     if args.json:
         save_json(args.json, out)
-    return 0 if zero_failed else 1
+    return 0 if zero_failed and len(out["bounded"]) == len(PROXIES) and not crashed else 1
+
+
+def is_zero(value: float) -> bool:
+    return value == 0
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
+    rep = Report()
+    b = out["bounded"]
+    for name in PROXIES:
+        r = b.get(name)
+        if r is None:
+            continue
+        short = float(calls - r["successful"] + r["failed"])  # 0: every call completed, none failed
+        rep.add(1, f"{name}: calls completed / failed ({args.rate:g}/s for {args.seconds:g} s)",
+                text=f"{r['successful']:,} / {r['failed']:,}", target=f"{calls:,} / 0", value=short,
+                check=is_zero)
+        t = r["response_ms"]
+        rep.add(1, f"{name}: response time INVITE->180, mean / p50 / p99 / max ms (sipp: 4 ms steps)",
+                text=f"{t['mean']:.2f} / {t['p50']:.0f} / {t['p99']:.0f} / {t['max']:.0f}" if t["n"] else "-")
+        c = r["cpu"]
+        rep.add(1, f"{name}: Kamailio CPU per call µs (SIP workers + event sender + the rest)",
+                text=f"{c['us_per_call']:.0f} ({c['sip_workers_us_per_call']:.0f} + "
+                     f"{c['event_sender_us_per_call']:.0f} + {c['others_us_per_call']:.0f})"
+                if c["us_per_call"] is not None else "-")
+
+    def per_call(name: str) -> float | None:
+        value: float | None = b.get(name, {}).get("cpu", {}).get("us_per_call")
+        return value
+
+    rep.add(1, "Kamailio CPU per call, local / bypass", ratio(per_call("local"), per_call("bypass")), "{:.2f}",
+            "<= 1.10", lambda v: v <= 1.10)
+    rep.add(1, "Kamailio CPU per call, rpc / bypass", ratio(per_call("rpc"), per_call("bypass")), "{:.2f}")
+    rep.add(1, "Kamailio CPU per call, local / rpc", ratio(per_call("local"), per_call("rpc")), "{:.2f}")
+    if args.ramp.strip():
+        for name in PROXIES:
+            steps = out["ramp"].get(name, [])
+            best = max((r for r in steps if not broke(r)), key=lambda r: r["rate"], default=None)
+            at = out["broke_at"].get(name)
+            then = f"breaks at {at:g}" if at else "did not break"
+            rep.add(2, f"{name}: highest clean ramp step, calls/s ({args.step_seconds:g} s steps)",
+                    text=f"{best['rate']:g} ({best['failed']} failed; {then})" if best else f"none ({then})")
+    tm = out["timings"]
+    loc, rpc = tm.get("local", {}).get("local"), tm.get("rpc", {}).get("rpc")
+    if loc:
+        rep.add(3, f"local decision in the worker p50 / p90 / p99 / mean µs ({loc['n']:,} decisions)",
+                text=f"{loc['p50_us']:.1f} / {loc['p90_us']:.1f} / {loc['p99_us']:.1f} / {loc['mean_us']:.1f}")
+    if rpc:
+        rep.add(3, f"Inbound RPC in the worker p50 / p90 / p99 / mean µs ({rpc['n']:,} decisions)",
+                text=f"{rpc['p50_us']:.0f} / {rpc['p90_us']:.0f} / {rpc['p99_us']:.0f} / {rpc['mean_us']:.0f}")
+    rep.add(3, "RPC p50 / local p99", ratio(rpc["p50_us"] if rpc else None, loc["p99_us"] if loc else None),
+            "{:.1f}", ">= 50", lambda v: v >= 50)
+    rep.add(3, "RPC p50 / local p50", ratio(rpc["p50_us"] if rpc else None, loc["p50_us"] if loc else None),
+            "{:.0f}")
+    extra = (per_call("local") or 0) - (per_call("bypass") or 0)
+    if loc and extra > 0:
+        rep.add(3, "the local decision's mean in local - bypass Kamailio CPU per call", loc["mean_us"] / extra,
+                "{:.1%}")
+    if tm.get("local", {}).get("rpc"):
+        rep.note(3, f"the local proxy asked over RPC {tm['local']['rpc']['n']} time(s): no usable file")
+    mem = out.get("memory")
+    if mem:
+        mib = 1024.0
+        for mode in ("shared", "private"):
+            m = mem[mode]
+            rep.add(4, f"{mode}: workers that decided a call of {BIG!r} (of {m['workers']})",
+                    float(m["workers"] - m["workers_decided"]), text=f"{m['workers_decided']}", target="all",
+                    check=is_zero)
+            rep.add(4, f"{mode}: the {m['workers']} workers' Pss / private / Rss MiB",
+                    text=f"{m['total_pss_kb'] / mib:.1f} / {m['total_private_kb'] / mib:.1f} / "
+                         f"{m['total_rss_kb'] / mib:.1f}")
+            rep.add(4, f"{mode}: the file in the workers, Rss / Pss MiB",
+                    text=f"{m['total_file_rss_kb'] / mib:.1f} / {m['total_file_pss_kb'] / mib:.1f}")
+        s, q = mem["shared"], mem["private"]
+        size = mem["file_bytes"] / 1024
+        rep.add(4, "private - shared: the workers' Pss, MiB", (q["total_pss_kb"] - s["total_pss_kb"]) / mib, "{:.1f}")
+        rep.add(4, "private - shared: the workers' private memory, MiB",
+                (q["total_private_kb"] - s["total_private_kb"]) / mib, "{:.1f}")
+        rep.add(4, f"  in copies of the {size / mib:.1f} MiB file (Pss; {s['workers'] - 1} would be all saved)",
+                (q["total_pss_kb"] - s["total_pss_kb"]) / size, "{:.2f}")
+    if out["interference"]["cores"] > 0.2:
+        rep.note(0, f"other processes on this machine kept {out['interference']['cores']:.2f} cores busy meanwhile: "
+                    f"{out['interference']['top']}")
+    return rep
+
+
+def memory_table(mem: dict[str, Any]) -> str:
+    lines = [f"\nsection 4, per SIP worker (kB; the file: {replica_files.file_name(BIG)}, "
+             f"{mem['file_bytes'] / 2**20:.1f} MiB, blacklist {mem['blacklist']:,})",
+             f"{'mode':<8} {'pid':>7} {'Rss':>8} {'Pss':>8} {'Private':>8} {'Shared':>8} {'file Rss':>9} "
+             f"{'file Pss':>9}"]
+    for mode in ("shared", "private"):
+        for w in mem[mode]["per_worker"]:
+            lines.append(f"{mode:<8} {w['pid']:>7} {w['rss_kb']:>8,} {w['pss_kb']:>8,} {w['private_kb']:>8,} "
+                         f"{w['shared_kb']:>8,} {w['file_rss_kb']:>9,} {w['file_pss_kb']:>9,}")
+        m = mem[mode]
+        lines.append(f"{mode:<8} {'total':>7} {m['total_rss_kb']:>8,} {m['total_pss_kb']:>8,} "
+                     f"{m['total_private_kb']:>8,} {m['total_shared_kb']:>8,} {m['total_file_rss_kb']:>9,} "
+                     f"{m['total_file_pss_kb']:>9,}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -409,12 +409,21 @@ def test_kemi_script_is_plain_python(tmp_path: Path) -> None:
 
 
 def test_sip_bench_smoke(tmp_path: Path) -> None:
-    """The SIP benchmark end to end with a tiny load: both proxies carry every call."""
+    """The SIP benchmark end to end with a tiny load: the three proxies carry every call, the workers time their
+    decisions, and the memory section (a small blacklist, 2 workers) sees the file shared, then copied."""
     out = tmp_path / "sip.json"
     done = subprocess.run([sys.executable, "-m", "loadtest.sip_bench", "--rate", "20", "--seconds", "2",
-                           "--ramp", "", "--children", "2", "--json", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=180)
+                           "--ramp", "", "--children", "2", "--memory-blacklist", "1000", "--memory-children", "2",
+                           "--memory-calls", "20", "--memory-rate", "20", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     figures = json.loads(out.read_text())
-    for name in ("with callgate", "without callgate"):
+    for name in ("bypass", "rpc", "local"):
         assert figures["bounded"][name]["successful"] == 40 and figures["bounded"][name]["failed"] == 0
+        assert figures["bounded"][name]["cpu"]["us_per_call"] > 0
+    assert figures["timings"]["local"]["local"]["n"] > 0 and "rpc" not in figures["timings"]["local"]
+    assert figures["timings"]["rpc"]["rpc"]["n"] > 0 and "local" not in figures["timings"]["rpc"]
+    shared, private = figures["memory"]["shared"], figures["memory"]["private"]
+    assert shared["workers_decided"] == shared["workers"] == 2 and private["workers_decided"] == 2
+    assert all(w["file_mappings"] >= 1 and w["file_rss_kb"] > 0 for w in shared["per_worker"])
+    assert all(w["file_mappings"] == 0 for w in private["per_worker"])

@@ -67,6 +67,16 @@ over the RPC as without it; when the replica is older than its
 the backup number).  Outbound, Pickup and the call events stay RPCs (the
 balance, the holds and the ringing registry live in the store).  With
 callgate down, inbound calls keep being decided on the last snapshot.
+CALLGATE_REPLICA_COPY=1 makes each worker read the files into its own
+memory instead of mapping them (a private copy per worker): only for the
+SIP benchmark's memory comparison, never faster.
+
+Timings (CALLGATE_TIMINGS=PATH, off by default): each SIP worker times
+every inbound decision (time.perf_counter_ns around the local decision, or
+around the Inbound RPC) and appends it to PATH.<pid>, one line each, "local
+NS" or "rpc NS"; the lines are buffered and written every 100 decisions
+and at the first decision a second or more after the last write (no
+thread).  Unset, it costs one test of a module constant per decision.
 
 Environment: CALLGATE_TARGET (127.0.0.1:50051), CALLGATE_TRUSTED (sources of
 calls by users: `ADDRESS[/BITS][=TENANT]`, comma-separated; without
@@ -78,7 +88,8 @@ CALLGATE_TLS_CA (the CA's PEM: talk TLS to callgate), CALLGATE_TOKEN (a
 `proxy` token for a server with --auth), CALLGATE_PYTHONPATH (folders with
 grpcio and the `callgate` package, ':'-separated, put in front of
 sys.path), CALLGATE_BYPASS=1 (relay everything without asking: the baseline
-of the SIP benchmark).
+of the SIP benchmark), CALLGATE_REPLICA_DIR, CALLGATE_REPLICA_COPY and
+CALLGATE_TIMINGS (above).
 """
 
 from __future__ import annotations
@@ -108,6 +119,8 @@ ROUTE_URI = os.environ.get("CALLGATE_ROUTE_URI", "sip:127.0.0.1:5080")
 FAILOVER_FILE = os.environ.get("CALLGATE_FAILOVER", "")
 SPOOL_FILE = os.environ.get("CALLGATE_SPOOL", "/var/spool/callgate/events.sqlite")
 REPLICA_DIR = os.environ.get("CALLGATE_REPLICA_DIR", "")   # `callgate replica --dir`: decide inbound calls here
+REPLICA_COPY = os.environ.get("CALLGATE_REPLICA_COPY", "") == "1"  # a private copy per worker (memory benchmark)
+TIMINGS = os.environ.get("CALLGATE_TIMINGS", "")    # PATH: every inbound decision's ns appended to PATH.<pid>
 SPOOL_MAX = int(os.environ.get("CALLGATE_SPOOL_MAX", "100000"))
 TLS_CA = os.environ.get("CALLGATE_TLS_CA", "")      # PEM of the CA that signed callgate's certificate: TLS
 TOKEN = os.environ.get("CALLGATE_TOKEN", "")        # a `proxy` token for a server with --auth
@@ -162,6 +175,28 @@ def talk_timer(paid_s: int) -> int:
     return max(1, int(paid_s) - GUARD_S)
 
 
+class Timings:
+    """Inbound decisions' durations of this process, buffered, appended to TIMINGS.<pid> ("local NS" or
+    "rpc NS", one a line) every 100 decisions and at the first one a second or more after the last write."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines: list[str] = []
+        self.written = 0.0   # the first decision is written at once (its file says the worker decided)
+
+    def add(self, kind: str, ns: int) -> None:
+        self.lines.append(f"{kind} {ns}\n")
+        now = time.monotonic()
+        if len(self.lines) >= 100 or now - self.written >= 1.0:
+            self.written = now
+            lines, self.lines = self.lines, []
+            try:
+                with open(f"{self.path}.{os.getpid()}", "a", encoding="ascii") as handle:
+                    handle.write("".join(lines))
+            except OSError as exc:
+                KSR.err(f"callgate: timings not written to {self.path}.{os.getpid()}: {exc}\n")
+
+
 def mod_init() -> Any:
     return kamailio()
 
@@ -181,6 +216,7 @@ class kamailio:
         self.last_stats = 0.0
         self._local: Any = None
         self.local_decisions = 0
+        self.timings = Timings(TIMINGS)  # used only with CALLGATE_TIMINGS
 
     def child_init(self, rank: int) -> int:
         # Kamailio calls this in its main process too (PROC_INIT, before it forks the others): nothing there.
@@ -224,8 +260,9 @@ class kamailio:
         if REPLICA_DIR and self._local is None:
             from engine.replica import LocalDecisions
 
-            self._local = LocalDecisions(REPLICA_DIR)
-            KSR.info(f"callgate: inbound calls decided from the replica in {REPLICA_DIR}\n")
+            self._local = LocalDecisions(REPLICA_DIR, copy=REPLICA_COPY)
+            KSR.info(f"callgate: inbound calls decided from the replica in {REPLICA_DIR}"
+                     f"{' (a private copy per worker)' if REPLICA_COPY else ''}\n")
         return self._local
 
     def _state(self, state: Any) -> None:
@@ -422,7 +459,15 @@ class kamailio:
 
     def inbound(self, tenant: str, caller: str, called: str) -> int:
         local = self.local
-        answer = local.inbound(tenant, caller, called, int(time.time())) if local is not None else None
+        if local is None:
+            answer = None
+        elif TIMINGS:
+            at = int(time.time())
+            t0 = time.perf_counter_ns()
+            answer = local.inbound(tenant, caller, called, at)
+            self.timings.add("local", time.perf_counter_ns() - t0)
+        else:
+            answer = local.inbound(tenant, caller, called, int(time.time()))
         if answer is not None:
             self.local_decisions += 1
             if answer.action == "reject":  # older than --max-staleness, the tenant's policy fail-closed
@@ -434,7 +479,13 @@ class kamailio:
                 return self.failed(tenant, caller, called)
             return self.decided(tenant, caller, called, d.verdict, d.sip_status, d.reason, d.group,
                                 list(d.members or ()), d.target or "", d.line or "")
-        d = self.ask("Inbound", self.pb.InboundRequest(tenant=tenant, caller=caller, called=called))
+        request = self.pb.InboundRequest(tenant=tenant, caller=caller, called=called)
+        if TIMINGS:
+            t0 = time.perf_counter_ns()
+            d = self.ask("Inbound", request)
+            self.timings.add("rpc", time.perf_counter_ns() - t0)
+        else:
+            d = self.ask("Inbound", request)
         if d is None:
             return self.failed(tenant, caller, called)
         return self.decided(tenant, caller, called, self.name(self.pb.Verdict, d.verdict), d.sip_status,
