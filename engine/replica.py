@@ -57,8 +57,14 @@ Atomicity.  `write_snapshot` writes a temporary file in the same directory
 `os.replace`s it over the tenant's file and fsyncs the directory: a reader
 opens either the old file or the new one, whole.  A reader that has the old
 one mapped keeps it (the inode lives until the last mapping goes) and sees
-the new one at its next look (`LocalDecisions` stats the path at most every
-`recheck_s`).  The heartbeat and the policy are replaced the same way.
+the new one at its next decision: every write and removal moves on the
+generation in the directory's status page, which every worker keeps mapped
+and reads at each decision (memory reads, no syscall); only when it moved,
+and at the latest every `recheck_s` (a file changed behind the writer's
+back), does the worker stat the tenant's file.  The policy is replaced like
+a snapshot file; the status page alone is made once and then written in
+place (DIR/status, 64 bytes: magic b"CGSTAT1\n", the generation u64, when
+the replica last heard from the server f64), never replaced or truncated.
 
 File names.  A tenant id matching [A-Za-z0-9_.-]{1,64} and not starting with
 "." is its own file name ("acme.cgsnap"); any other id is "~" and the hex of
@@ -66,8 +72,8 @@ its UTF-8 ("~2e2e2f657463.cgsnap"), or, when that would pass the 255-byte
 limit of file names, "~~" and the sha256 hex of its UTF-8.  The tenant inside
 the file is authoritative: a file whose name is not its tenant's is refused.
 
-Staleness.  The replica process calls `touch_heartbeat` whenever it hears
-from the server; a worker's answer says how long ago that was (`age_s`), and
+Staleness.  The replica process calls `touch_heartbeat` (the status page's
+second field) whenever it hears from the server; a worker's answer says how long ago that was (`age_s`), and
 the policy file (`write_policy`) says what to do once it is older than
 `max_staleness_s`: "stale-ok" decide anyway, "fail-closed" reject, "backup"
 forward to the tenant's backup number.  Writer and readers are on one host,
@@ -85,6 +91,7 @@ import re
 import stat
 import struct
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -118,7 +125,10 @@ __all__ = [
 ]
 
 FILE_SUFFIX = ".cgsnap"
-HEARTBEAT = "heartbeat"
+STATUS = "status"                    # the status page: generation of the directory, when last heard (below)
+STATUS_MAGIC = b"CGSTAT1\n"
+STATUS_BYTES = 64
+_STATUS = struct.Struct("<8sQd")     # magic, generation (moves at every change of the directory), heard
 POLICY = "policy.json"
 POLICIES = ("stale-ok", "fail-closed", "backup")
 DEFAULT_MAX_STALENESS_S = 30.0
@@ -202,6 +212,7 @@ def write_snapshot(directory: Path | str, blob: bytes, version: int, checksum: s
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / file_name(snap.tenant)
     _replace(path, chunks, sync=True)
+    _write_status(directory, bump=True)   # every worker looks at its files again at its next decision
     return SnapshotFile(snap.tenant, version, actual, path)
 
 
@@ -254,6 +265,7 @@ def remove_snapshot(directory: Path | str, tenant: str) -> bool:
     except FileNotFoundError:
         return False
     sync_directory(directory)
+    _write_status(directory, bump=True)
     return True
 
 
@@ -441,31 +453,66 @@ def _view(mm: mmap.mmap | bytes, name: str, spec: Any, start: int, end: int) -> 
 # -- heartbeat and policy ------------------------------------------------------------------------------------
 
 def touch_heartbeat(directory: Path | str, at: float | None = None) -> None:
-    """Record that the replica heard from the server at `at` (time.time() when None).
-
-    DIR/heartbeat is replaced whole (temporary file, os.replace), so a reader sees the old value or the new
-    one, never a torn one.  Not fsync'd: it is written several times a second, and a crash that loses it only
-    makes the replica look older (`last_heard` None or earlier), the cautious direction."""
+    """Record that the replica heard from the server at `at` (time.time() when None), in the status page."""
     at = time.time() if at is None else float(at)
     if not math.isfinite(at):
         raise ValueError(f"heartbeat time {at!r} is not finite")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    _replace(directory / HEARTBEAT, [f"{at!r}\n".encode()], sync=False)
+    _write_status(Path(directory), heard=at)
 
 
 def last_heard(directory: Path | str) -> float | None:
-    """When the replica last heard from the server (time.time() seconds), or None: never, or the heartbeat
-    file is unreadable (read as never: the answers then count as stale, the cautious reading)."""
+    """When the replica last heard from the server (time.time() seconds), or None: never, or no readable status
+    page (read as never: the answers then count as stale, the cautious reading)."""
     try:
-        with open(Path(directory) / HEARTBEAT, "rb") as f:
-            raw = f.read(65)
-        if len(raw) > 64:  # never written so long: not a prefix of something else read as a time
-            return None
-        value = float(raw.decode("ascii"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        with open(Path(directory) / STATUS, "rb") as f:
+            raw = f.read(_STATUS.size)
+    except OSError:
         return None
-    return value if math.isfinite(value) else None
+    return _status_of(raw)[1] if len(raw) == _STATUS.size else None
+
+
+def _status_of(raw: Any) -> tuple[int, float | None]:
+    """(generation, heard) of a status page's bytes; (-1, None) when they are not one."""
+    magic, generation, heard = _STATUS.unpack_from(raw, 0)
+    if magic != STATUS_MAGIC:
+        return -1, None
+    return generation, (heard if math.isfinite(heard) and heard > 0 else None)
+
+
+def _write_status(directory: Path, bump: bool = False, heard: float | None = None) -> None:
+    """Move the status page's generation on (`bump`) and/or set when the replica last heard from the server.
+
+    The page is made once and then only written in place, never replaced: every worker keeps it mapped and
+    reads it at every decision (two aligned 8-byte fields: no syscall on the decision path).  One writer (the
+    replica process); a reader that catches a field half written reads it again."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / STATUS
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(prefix=".status.", suffix=".tmp", dir=directory)
+        try:
+            os.write(fd, _STATUS.pack(STATUS_MAGIC, 0, 0.0).ljust(STATUS_BYTES, b"\0"))
+            os.fchmod(fd, 0o644)
+            os.fsync(fd)
+            os.close(fd)
+            try:
+                os.link(tmp, path)   # made only if absent: a page already mapped is never replaced
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+        sync_directory(directory)
+    with open(path, "r+b") as f:
+        if os.fstat(f.fileno()).st_size < STATUS_BYTES:
+            raise ValueError(f"{path} is not a replica status page: remove it (the replica makes it again)")
+        mm = mmap.mmap(f.fileno(), STATUS_BYTES, access=mmap.ACCESS_WRITE)
+    with mm:
+        generation, _ = _status_of(mm)
+        if generation < 0:
+            raise ValueError(f"{path} is not a replica status page: remove it (the replica makes it again)")
+        if bump:
+            struct.pack_into("<Q", mm, 8, generation + 1)
+        if heard is not None:
+            struct.pack_into("<d", mm, 16, heard)
 
 
 @dataclass(frozen=True)
@@ -506,6 +553,7 @@ def write_policy(directory: Path | str, max_staleness_s: float, default: str = "
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _replace(directory / POLICY, [text.encode() + b"\n"], sync=True)
+    _write_status(directory, bump=True)
 
 
 def read_policy(directory: Path | str) -> Policy:
@@ -564,12 +612,13 @@ _RETRY = (-1, -1, -1, -1)  # a stat key no file has
 class _Held:
     """One tenant as a worker holds it: the mapped snapshot (None: no usable file) and when to look again."""
 
-    __slots__ = ("backup", "checked", "checksum", "key", "snap", "until", "version")
+    __slots__ = ("backup", "checked", "checksum", "gen", "key", "snap", "until", "version")
 
     def __init__(self, snap: CoreSnapshot | None, version: int, checksum: str,
                  key: tuple[int, int, int, int] | None, now: float, until: float) -> None:
         self.snap, self.version, self.checksum, self.key = snap, version, checksum, key
         self.checked, self.until = now, until
+        self.gen = -2                      # the status page's generation when this was looked at (-2: never)
         self.backup: tuple[str, str] | None = None
         if snap is not None:
             meta = snap.meta
@@ -580,9 +629,10 @@ class _Held:
 class LocalDecisions:
     """Decisions from a replica directory, for a proxy worker process.
 
-    Keeps each tenant's snapshot mapped (opened at its first call); looks at its file again (os.stat: device,
-    inode, size, mtime_ns) at most every `recheck_s` seconds per tenant, and at the heartbeat and the policy
-    at most every `recheck_s`, so a decision costs a clock read, a dict lookup and the core call.  A file
+    Keeps each tenant's snapshot and the directory's status page mapped; reads the page at every decision (the
+    generation and the heartbeat: memory reads), and looks at a tenant's file again (os.stat: device, inode,
+    size, mtime_ns) when the generation moved or `recheck_s` passed, and at the policy when the generation
+    moved; so a decision costs a clock read, the page, a dict lookup and the core call.  A file
     replaced by the writer is a new inode: the next look maps it, and the old mapping goes when nothing uses
     it.  A file that fails its checks is not opened again until it changes.  A clock that goes back makes
     every cached look due at once.  Not thread-safe: one per worker process (or per thread), made after the
@@ -593,7 +643,7 @@ class LocalDecisions:
     same answers): for the memory benchmark's comparison (`loadtest.sip_bench --memory`); never faster.
     """
 
-    def __init__(self, directory: Path | str, recheck_s: float = 0.1, clock: Callable[[], float] = time.time,
+    def __init__(self, directory: Path | str, recheck_s: float = 1.0, clock: Callable[[], float] = time.time,
                  copy: bool = False) -> None:
         if not (recheck_s >= 0 and math.isfinite(recheck_s)):
             raise ValueError(f"recheck_s must be a finite number >= 0, not {recheck_s!r:.40}")
@@ -606,6 +656,9 @@ class LocalDecisions:
         self.heard: float | None = None
         self._status_checked = -math.inf
         self._status_until = -math.inf
+        self._page: mmap.mmap | None = None   # the status page, mapped (None: none yet, or not readable)
+        self._page_key: tuple[int, int] | None = None
+        self._policy_gen = -2
         # number -> tenant, from the files' headers (`tenant_of`); each file's (key, tenant, numbers) as last read
         self._owners: dict[str, str] = {}
         self._headers: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
@@ -616,15 +669,21 @@ class LocalDecisions:
         damaged), ask the server.  Fresh, or stale under "stale-ok": action "decide".  Stale under
         "fail-closed": "reject".  Stale under "backup": "backup" (or "reject" without a backup configured)."""
         now = self._clock()
+        if not self._status_checked <= now < self._status_until:
+            self._look_status(now)
+        gen, heard = self._read_page()
+        if gen != self._policy_gen:
+            self._read_policy(gen)
         h = self._held.get(tenant)
-        if h is None or not h.checked <= now < h.until:
+        # looked at again when the replica says the directory changed (the page's generation), and at the
+        # latest every recheck_s (a change made without the writer, a page gone)
+        if h is None or h.gen != gen or not h.checked <= now < h.until:
             h = self._look(tenant, h, now)
+            h.gen = gen
         snap = h.snap
         if snap is None:
             return None
-        if not self._status_checked <= now < self._status_until:
-            self._look_status(now)
-        heard = self.heard
+        self.heard = heard
         age = now - heard if heard is not None else math.inf
         policy = self.policy
         stale = age > policy.max_staleness_s
@@ -714,9 +773,43 @@ class LocalDecisions:
         return fresh
 
     def _look_status(self, now: float) -> None:
-        self.heard = last_heard(self.directory)
+        """Map the status page again when it is new or was replaced (at most every recheck_s)."""
+        self._status_checked, self._status_until = now, now + self.recheck_s
+        try:
+            st = os.stat(self.directory / STATUS)
+            key: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            key = None
+        if key == self._page_key and (key is None or self._page is not None):
+            return
+        page, self._page, self._page_key = self._page, None, key
+        if page is not None:
+            page.close()
+        if key is not None:
+            try:
+                with open(self.directory / STATUS, "rb") as f:
+                    page = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                return
+            if len(page) < _STATUS.size:
+                page.close()
+                return
+            self._page = page
+        self._policy_gen = -2   # read the policy again too
+
+    def _read_page(self) -> tuple[int, float | None]:
+        """(generation, heard) from the mapped status page: memory reads, no syscall; (-1, None) without one."""
+        page = self._page
+        if page is None:
+            return -1, None
+        first = _status_of(page)
+        second = _status_of(page)
+        # the writer moves each 8-byte field in one store; a read caught between two of its stores is read again
+        return first if first == second else _status_of(page)
+
+    def _read_policy(self, gen: int) -> None:
+        self._policy_gen = gen
         try:
             self.policy = read_policy(self.directory)
         except ValueError:
             pass  # a damaged policy file: the last good one stays in force (the defaults if none was ever read)
-        self._status_checked, self._status_until = now, now + self.recheck_s

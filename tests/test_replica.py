@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +210,38 @@ def test_answers_about_what_was_never_sent_are_not_recorded(server: Server, stub
         except grpc.RpcError:
             pass
     assert not admin.ListReplicas(admin_pb2.ListReplicasRequest(replica="liar"), timeout=10).replicas
+
+
+def test_a_replica_that_does_not_read_gets_the_newest_snapshot_not_a_queue(server: Server, stubs: Any) -> None:
+    """Flow control and coalescing: a replica that stops reading while a tenant's big snapshot is pushed ten
+    times holds the server to what is in flight; once it reads again it gets the newest version, not all ten."""
+    _, admin = stubs
+    doc = example_doc("slow", 301)
+    rnd = random.Random(7)
+    numbers = [f"+1{n}" for n in rnd.sample(range(2_000_000_000, 3_000_000_000), 400_000)]
+    versions = []
+    done = threading.Event()
+
+    def requests() -> Iterator[decisions_pb2.WatchRequest]:
+        yield decisions_pb2.WatchRequest(replica="slow-reader", tenants=["slow"])
+        done.wait(120)   # its side stays open (a replica that closes it is leaving: the server ends the stream)
+
+    # no BDP probing: the connection's window stays small, as a slow reader's would
+    with grpc.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        call = decisions_pb2_grpc.DecisionsStub(channel).WatchSnapshots(requests(), timeout=120)
+        for i in range(10):   # each version about 1 MB of snapshot: the connection's window holds one or two
+            doc["blacklist"] = numbers[i:]
+            versions.append(admin.PushSettingsUpload(upload_messages(json.dumps(doc).encode()), timeout=120).version)
+        wait_for(lambda: in_force(admin).get("slow") == versions[-1], timeout=30)
+        time.sleep(1.0)       # every worker has it in force; nothing has been read yet
+        seen: list[int] = []
+        for piece in call:
+            if piece.last:
+                seen.append(piece.version)
+                if piece.version == versions[-1]:
+                    break
+        done.set()
+        call.cancel()
+    print(f"pushed versions {versions}; the replica that did not read got {seen}")
+    assert seen[-1] == versions[-1]
+    assert len(seen) < len(versions), seen     # not one snapshot per push: what changed while it waited, once

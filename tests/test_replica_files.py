@@ -51,6 +51,11 @@ PREFIX = struct.Struct("<8sQQ32s")  # the layout as the module docstring states 
 EMPTY_KEY = 2**64 - 1  # a container table's empty slot (EMPTY_KEY in engine/_core.pyx)
 
 
+def files(directory: Path) -> list[str]:
+    """The directory's files but the status page (made by the first write, then only written in place)."""
+    return sorted(n for n in os.listdir(directory) if n != replica.STATUS)
+
+
 def blob_of(doc: dict[str, Any], approved: tuple[str, ...] = ()) -> bytes:
     """What the server sends a replica: dumps() of the snapshot in force (documents' state included)."""
     return snapshot.compile_blob(parse_settings(doc), version=0, approved=approved)
@@ -283,7 +288,7 @@ def test_a_bad_blob_leaves_the_previous_file_untouched(tmp_path: Path) -> None:
         replica.write_snapshot(tmp_path, other, True)
 
     assert path.read_bytes() == before and path.stat().st_ino == inode
-    assert sorted(os.listdir(tmp_path)) == [path.name]  # no temporary file left behind
+    assert files(tmp_path) == [path.name]  # no temporary file left behind
     assert replica.held(tmp_path) == {"acme": (1, sha(ACME_BLOB))}
 
 
@@ -297,7 +302,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path, mon
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OSError, match="No space"):
         replica.write_snapshot(tmp_path, blob_of(dict(ACME, blacklist=[])), 2)
-    assert path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
+    assert path.read_bytes() == before and files(tmp_path) == [path.name]
 
 
 # -- atomic replace, seen by a worker ----------------------------------------------------------------------
@@ -320,11 +325,7 @@ def test_a_worker_keeps_answering_during_a_replace_and_sees_the_new_file(tmp_pat
     replica.write_snapshot(tmp_path, v2, 2, sha(v2))
     assert (tmp_path / "acme.cgsnap").stat().st_ino != inode  # a new file, never the mapped one rewritten
 
-    clock.now += 0.25  # within recheck_s: still the mapped version 1, whole
-    during = worker.inbound("acme", caller, MAIN, AT)
-    assert during is not None and during.version == 1 and during.checksum == sha(ACME_BLOB)
-    assert during.decision is not None and during.decision.reason == first.decision.reason
-    clock.now += 0.25
+    # the writer moved the status page's generation on: the very next decision looks and maps version 2
     after = worker.inbound("acme", caller, MAIN, AT)
     assert after is not None and (after.version, after.checksum) == (2, sha(v2))
     assert after.decision is not None and after.decision.reason == "BLACKLISTED"
@@ -333,10 +334,21 @@ def test_a_worker_keeps_answering_during_a_replace_and_sees_the_new_file(tmp_pat
     assert old[0].inbound(caller, MAIN, AT).reason == first.decision.reason
     assert worker.snapshot("acme") is not None and worker.snapshot("acme")[1] == 2  # type: ignore[index]
 
+    # a file replaced behind the writer's back (no generation moved): seen at the next look, recheck_s later
+    aside = tmp_path / "aside"
+    replica.write_snapshot(aside, ACME_BLOB, 3)
+    os.replace(aside / "acme.cgsnap", tmp_path / "acme.cgsnap")
+    clock.now += 0.25
+    during = worker.inbound("acme", caller, MAIN, AT)
+    assert during is not None and during.version == 2   # within recheck_s: still the mapped version 2, whole
+    clock.now += 0.25
+    seen = worker.inbound("acme", caller, MAIN, AT)
+    assert seen is not None and seen.version == 3
     clock.now -= 3600  # a clock that goes back makes the look due at once, rather than in an hour
-    replica.write_snapshot(tmp_path, ACME_BLOB, 3)
+    replica.write_snapshot(aside, blob_of(dict(ACME, blacklist=[])), 4)
+    os.replace(aside / "acme.cgsnap", tmp_path / "acme.cgsnap")
     back = worker.inbound("acme", caller, MAIN, AT)
-    assert back is not None and back.version == 3
+    assert back is not None and back.version == 4
     worker.close()
     assert worker.inbound("acme", caller, MAIN, AT) is not None  # close drops mappings, not the ability to map
 
@@ -349,9 +361,7 @@ def test_remove_snapshot_makes_a_worker_ask_the_server(tmp_path: Path) -> None:
     assert replica.remove_snapshot(tmp_path, "acme") is True
     assert replica.remove_snapshot(tmp_path, "acme") is False
     assert replica.remove_snapshot(tmp_path, "never-there") is False
-    assert worker.inbound("acme", BLACKLISTED, MAIN, AT) is not None  # until the next look
-    clock.now += 1.0
-    assert worker.inbound("acme", BLACKLISTED, MAIN, AT) is None
+    assert worker.inbound("acme", BLACKLISTED, MAIN, AT) is None  # the status page said so: at once
     assert worker.snapshot("acme") is None and replica.held(tmp_path) == {}
     assert worker.inbound("never-there", BLACKLISTED, MAIN, AT) is None
     replica.write_snapshot(tmp_path, ACME_BLOB, 2)
@@ -729,9 +739,15 @@ def test_heartbeat_and_policy_files(tmp_path: Path) -> None:
     for value in (math.nan, math.inf):
         with pytest.raises(ValueError):
             replica.touch_heartbeat(tmp_path, value)
-    for damaged in (b"", b"soon\n", b"nan\n", b"inf\n", b"\xff\xfe", b"1" * 500):
-        (tmp_path / "heartbeat").write_bytes(damaged)
+    page = (tmp_path / replica.STATUS).read_bytes()
+    nan, negative = (page[:16] + struct.pack("<d", x) + page[24:] for x in (math.nan, -5.0))
+    for damaged in (b"", b"soon\n", b"\xff" * 64, page[:20], b"CGSTAT1\n" + bytes(56), nan, negative):
+        (tmp_path / replica.STATUS).write_bytes(damaged)
         assert replica.last_heard(tmp_path) is None, damaged  # read as never heard: the cautious reading
+    (tmp_path / replica.STATUS).write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="status page"):  # the writer refuses a page that is not one
+        replica.touch_heartbeat(tmp_path, 1.0)
+    (tmp_path / replica.STATUS).unlink()
 
     replica.write_policy(tmp_path, 12, "fail-closed", {"acme": "backup", "beta": "stale-ok"})
     assert replica.read_policy(tmp_path) == Policy(12.0, "fail-closed", {"acme": "backup", "beta": "stale-ok"})
@@ -755,7 +771,7 @@ def test_heartbeat_and_policy_files(tmp_path: Path) -> None:
         (tmp_path / "policy.json").write_bytes(damaged)
         with pytest.raises(ValueError, match="damaged replica policy"):
             replica.read_policy(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["heartbeat", "policy.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.json", replica.STATUS]
 
 
 def test_staleness_and_the_three_policies(tmp_path: Path) -> None:
@@ -810,21 +826,31 @@ def test_staleness_and_the_three_policies(tmp_path: Path) -> None:
     assert ask().action == "reject"
 
 
-def test_heartbeat_and_policy_are_looked_at_every_recheck_s(tmp_path: Path) -> None:
+def test_the_heartbeat_is_read_at_every_decision_and_the_policy_when_the_page_says(tmp_path: Path) -> None:
     clock = Clock(1000.0)
     replica.write_snapshot(tmp_path, ACME_BLOB, 1)
     replica.touch_heartbeat(tmp_path, 1000.0)
     worker = LocalDecisions(tmp_path, recheck_s=2.0, clock=clock)
     first = worker.inbound("acme", BLACKLISTED, MAIN, AT)
     assert first is not None and not first.stale
-    replica.write_policy(tmp_path, 0, "fail-closed")
     clock.now = 1001.0
-    cached = worker.inbound("acme", BLACKLISTED, MAIN, AT)
-    assert cached is not None and (cached.action, cached.age_s, cached.stale) == ("decide", 1.0, False)
-    clock.now = 1002.0
+    replica.touch_heartbeat(tmp_path, 1000.5)   # the page is mapped: no look needed to see the heartbeat
+    heard = worker.inbound("acme", BLACKLISTED, MAIN, AT)
+    assert heard is not None and (heard.action, heard.age_s, heard.stale) == ("decide", 0.5, False)
+    replica.write_policy(tmp_path, 0, "fail-closed")   # moves the generation: read at the next decision
     seen = worker.inbound("acme", BLACKLISTED, MAIN, AT)
     assert seen is not None and (seen.action, seen.stale) == ("reject", True)
     assert worker.policy == Policy(0.0, "fail-closed", {})
+    # a policy file changed behind the writer's back: read at the next look, recheck_s later
+    (tmp_path / "policy.json").write_text('{"max_staleness_s": 60, "default": "stale-ok", "tenants": {}}')
+    clock.now = 1002.5
+    assert worker.inbound("acme", BLACKLISTED, MAIN, AT).action == "reject"  # type: ignore[union-attr]
+    # the status page replaced (the directory made again): mapped again at the next look
+    (tmp_path / replica.STATUS).unlink()
+    replica.touch_heartbeat(tmp_path, 1004.5)
+    clock.now = 1005.0
+    again = worker.inbound("acme", BLACKLISTED, MAIN, AT)
+    assert again is not None and (again.action, again.age_s) == ("decide", 0.5)
 
 
 def test_a_fresh_worker_defaults(tmp_path: Path) -> None:
@@ -867,7 +893,7 @@ def test_snapshots_of_hostile_tenants_stay_in_the_directory(tmp_path: Path) -> N
         written[tenant] = replica.write_snapshot(inside, blob, 2, sha(blob))
         assert written[tenant].path.parent == inside and written[tenant].tenant == tenant
     assert sorted(os.listdir(tmp_path)) == ["replica"]
-    assert sorted(os.listdir(inside)) == sorted(w.path.name for w in written.values())
+    assert files(inside) == sorted(w.path.name for w in written.values())
     assert replica.held(inside) == {t: (2, w.checksum) for t, w in written.items()}
     worker = LocalDecisions(inside)
     for tenant in HOSTILE[:-1]:
@@ -877,7 +903,7 @@ def test_snapshots_of_hostile_tenants_stay_in_the_directory(tmp_path: Path) -> N
     assert worker.inbound("\udcff", BLACKLISTED, MAIN, AT) is None
     for tenant in HOSTILE[:-1]:
         assert replica.remove_snapshot(inside, tenant) is True
-    assert os.listdir(inside) == []
+    assert files(inside) == []
 
 
 # -- sharing, for real ------------------------------------------------------------------------------------
