@@ -643,7 +643,7 @@ class LocalDecisions:
     same answers): for the memory benchmark's comparison (`loadtest.sip_bench --memory`); never faster.
     """
 
-    def __init__(self, directory: Path | str, recheck_s: float = 1.0, clock: Callable[[], float] = time.time,
+    def __init__(self, directory: Path | str, recheck_s: float = 5.0, clock: Callable[[], float] = time.time,
                  copy: bool = False) -> None:
         if not (recheck_s >= 0 and math.isfinite(recheck_s)):
             raise ValueError(f"recheck_s must be a finite number >= 0, not {recheck_s!r:.40}")

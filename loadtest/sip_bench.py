@@ -239,9 +239,11 @@ def read_timings(prefix: Path) -> dict[str, Any]:
             continue
         files += 1
         for line in path.read_text(errors="replace").splitlines():
-            kind, _, ns = line.partition(" ")
-            if ns.isdigit():
-                found.setdefault(kind, []).append(int(ns) / 1000)
+            kind, *figures = line.split()
+            if figures and figures[0].isdigit():
+                found.setdefault(kind, []).append(int(figures[0]) / 1000)
+            if len(figures) > 1 and figures[1].isdigit():   # the worker's CPU time of the same decision
+                found.setdefault(kind + "_cpu", []).append(int(figures[1]) / 1000)
     out: dict[str, Any] = {"files": files}
     for kind, values in found.items():
         out[kind] = {"n": len(values), "p50_us": pct(values, 50), "p90_us": pct(values, 90),
@@ -541,6 +543,12 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
     if loc:
         rep.add(3, f"local decision in the worker p50 / p90 / p99 / mean µs ({loc['n']:,} decisions)",
                 text=f"{loc['p50_us']:.1f} / {loc['p90_us']:.1f} / {loc['p99_us']:.1f} / {loc['mean_us']:.1f}")
+    loc_cpu = tm.get("local", {}).get("local_cpu")
+    if loc_cpu:
+        rep.add(3, "  the same, the worker's CPU time (thread_time) p50 / p90 / p99 µs",
+                text=f"{loc_cpu['p50_us']:.1f} / {loc_cpu['p90_us']:.1f} / {loc_cpu['p99_us']:.1f}")
+        rep.add(3, "  RPC p50 / local p99 of CPU time", ratio(rpc["p50_us"] if rpc else None, loc_cpu["p99_us"]),
+                "{:.1f}")
     if rpc:
         rep.add(3, f"Inbound RPC in the worker p50 / p90 / p99 / mean µs ({rpc['n']:,} decisions)",
                 text=f"{rpc['p50_us']:.0f} / {rpc['p90_us']:.0f} / {rpc['p99_us']:.0f} / {rpc['mean_us']:.0f}")
