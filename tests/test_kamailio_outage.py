@@ -46,20 +46,30 @@ def stamps(log: Path, pattern: str) -> list[float]:
     return out
 
 
-def test_an_outage_of_callgate_loses_no_call_and_recovery_is_fast(tmp_path: Path) -> None:
+def callgate_with_acme(tmp_path: Path) -> tuple[str, Path, Server]:
+    """(its address, its data folder, callgate serving the SIP tests' acme): the same address and store are
+    served again after the outage."""
     missing = sip.missing_tools()
     if missing:
         pytest.fail(f"{', '.join(missing)} not installed: run .ci/run, or apt-get install {sip.PACKAGES}")
-    listen = f"127.0.0.1:{free_port()}"
-    data = tmp_path / "data"
+    listen, data = f"127.0.0.1:{free_port()}", tmp_path / "data"
     callgate = Server(data, seed=None, listen=listen)
+    from callgate.v1 import admin_pb2, admin_pb2_grpc
+
+    with callgate.channel() as channel:
+        admin_pb2_grpc.AdminStub(channel).PushSettings(admin_pb2.PushSettingsRequest(
+            document=json.dumps(sip_doc()).encode()), timeout=60)
+    return listen, data, callgate
+
+
+def test_an_outage_of_callgate_loses_no_call_and_recovery_is_fast(tmp_path: Path) -> None:
+    listen, data, callgate = callgate_with_acme(tmp_path)
     started: list = []
     try:
         from callgate.v1 import admin_pb2, admin_pb2_grpc
 
         with callgate.channel() as channel:
             admin = admin_pb2_grpc.AdminStub(channel)
-            admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(sip_doc()).encode()), timeout=60)
             # enough for every hold: the calls of the window hold credit until their spooled ENDED arrives
             admin.Credit(admin_pb2.CreditRequest(tenant="acme", amount="5000.00", reference="outage"), timeout=10)
         failover = tmp_path / "failover.json"
@@ -126,19 +136,9 @@ def test_with_a_replica_inbound_calls_go_on_while_callgate_is_away(tmp_path: Pat
     """Local decisions: callgate stopped for 10 s under 10 inbound calls/s; every call is answered (decided in
     the Kamailio worker from the replica's files, its events spooled), and once callgate is back every answered
     call is in its registry once, ended."""
-    missing = sip.missing_tools()
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: run .ci/run, or apt-get install {sip.PACKAGES}")
-    listen = f"127.0.0.1:{free_port()}"
-    data = tmp_path / "data"
-    callgate = Server(data, seed=None, listen=listen)
+    listen, data, callgate = callgate_with_acme(tmp_path)
     started: list = []
     try:
-        from callgate.v1 import admin_pb2, admin_pb2_grpc
-
-        with callgate.channel() as channel:
-            admin_pb2_grpc.AdminStub(channel).PushSettings(admin_pb2.PushSettingsRequest(
-                document=json.dumps(sip_doc()).encode()), timeout=60)
         rep = ReplicaProcess(listen, tmp_path / "replica", name="sip-host")
         started.append(rep)
         wait_for(lambda: "acme" in replica.held(tmp_path / "replica"), timeout=30)
