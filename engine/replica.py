@@ -354,7 +354,12 @@ def _numbers_of(path: Path) -> tuple[str, tuple[str, ...]] | None:
     `LocalDecisions.tenant_of` routes by (no decision trusts it: the tenant's file is opened, every byte
     checked, to decide)."""
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK and a regular file only: a FIFO or a device named *.cgsnap must not hang a SIP worker
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        with open(fd, "rb") as f:
             prefix = f.read(_PREFIX.size)
             if len(prefix) != _PREFIX.size:
                 return None
@@ -713,9 +718,11 @@ class LocalDecisions:
             entries = list(os.scandir(self.directory))
         except OSError:
             entries = []
+        present: set[str] = set()
         for entry in entries:
             if entry.name.startswith(".") or not entry.name.endswith(FILE_SUFFIX):
                 continue
+            present.add(entry.name)
             try:
                 st = entry.stat()
             except OSError:
@@ -729,6 +736,12 @@ class LocalDecisions:
             if found is not None:
                 seen[entry.name] = (key, *found)
         self._headers = seen
+        # tenants whose file is gone: their mapping (and, before Python 3.13, its descriptor) is let go now,
+        # not at their next decision, which may never come
+        names = {file_name(t): t for t in self._held}
+        for name, tenant in names.items():
+            if name not in present and self._held[tenant].snap is not None:
+                del self._held[tenant]
         owners: dict[str, str] = {}
         for _, tenant, numbers in seen.values():
             for number in numbers:
@@ -811,5 +824,5 @@ class LocalDecisions:
         self._policy_gen = gen
         try:
             self.policy = read_policy(self.directory)
-        except ValueError:
+        except (OSError, ValueError):
             pass  # a damaged policy file: the last good one stays in force (the defaults if none was ever read)

@@ -28,6 +28,7 @@ OPEN = "+14155550199"      # acme's main number; the test gives it no schedule: 
 CLOSED = "+14155550188"    # a number the test adds, off hours at every instant, off-hours action reject
 PENDING = "+14155550100"   # requires documents, none approved
 LATER = "+14155550177"     # a number acme gets during the tests (the failover table learns it)
+NO_GROUP = "+14155550166"  # always open, no route_to: ROUTE without a queue group
 BACKUP = DOC["backup"]["number"]
 US_DEST = "+15551230000"   # outside: 0.0200 per minute billed per 60 s
 PBX = sip.TRUSTED          # the trusted PBX's source address (a carrier calls from 127.0.0.1)
@@ -44,6 +45,7 @@ def sip_doc(status: str = "active", later: bool = False) -> dict[str, Any]:
     doc["numbers"].append({"number": CLOSED, "line": "rent-1", "country": "US", "route_to": "sales",
                            "schedule": {"timezone": "America/New_York", "weekly": {}},
                            "offhours_action": {"action": "reject"}})
+    doc["numbers"].append({"number": NO_GROUP, "line": "rent-1", "country": "US"})
     if later:
         doc["numbers"].append({"number": LATER, "line": "rent-1", "country": "US", "route_to": "sales"})
     return doc
@@ -131,6 +133,7 @@ CALLER_TABLE = [
     ("+12125550000", "+19995550000", 403),   # from outside, to a number no tenant holds: refused before callgate
     ("+12125550000", OPEN, 200),        # allowed: relayed, answered, ACK and BYE through the proxy
     ("anonymous", OPEN, 433),           # withheld, and the tenant blocks anonymous callers
+    ("+12125550000", NO_GROUP, 200),    # routed to the PBX with no queue group named
 ]
 
 

@@ -5,7 +5,9 @@ server knows which version it holds (`callgate replicas`)."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -245,3 +247,23 @@ def test_a_replica_that_does_not_read_gets_the_newest_snapshot_not_a_queue(serve
     print(f"pushed versions {versions}; the replica that did not read got {seen}")
     assert seen[-1] == versions[-1]
     assert len(seen) < len(versions), seen     # not one snapshot per push: what changed while it waited, once
+
+
+def test_a_replica_finds_a_server_gone_silent_and_follows_it_again(tmp_path: Path) -> None:
+    """A link that dies without a word (here: the server stopped, its socket open): the replica gives the
+    stream up after 10 s of silence and follows the server again once it answers."""
+    srv = Server(tmp_path / "data", listen=f"127.0.0.1:{free_port()}")
+    rep = Replica(srv.address, tmp_path / "replica", name="host-silent")
+    try:
+        wait_for(lambda: rep.events("replica_synced"), timeout=20)
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        try:
+            broken = wait_for(lambda: [e for e in rep.events("replica_stream_broken")
+                                       if "nothing from the server" in e["msg"]], timeout=30)
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        assert broken
+        wait_for(lambda: len(rep.events("replica_synced")) >= 2, timeout=30)
+    finally:
+        assert rep.stop() == 0
+        assert srv.stop() == 0

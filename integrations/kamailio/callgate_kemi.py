@@ -480,7 +480,8 @@ class kamailio:
             d = answer.decision
             if d.verdict == "ERROR":  # what the RPC refuses as INVALID_ARGUMENT: the same failure policy
                 return self.failed(tenant, caller, called)
-            return self.decided(tenant, caller, called, d.verdict, d.sip_status, d.reason, d.group,
+            # as the RPC's message has them: "" for a field the decision has not (a ROUTE without a group)
+            return self.decided(tenant, caller, called, d.verdict, d.sip_status, d.reason, d.group or "",
                                 list(d.members or ()), d.target or "", d.line or "")
         request = self.pb.InboundRequest(tenant=tenant, caller=caller, called=called)
         if TIMINGS:

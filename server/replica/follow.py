@@ -36,6 +36,7 @@ from engine import replica
 log = logging.getLogger("callgate.replica")
 
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+SILENCE_S = 10.0             # nothing from the server for this long (it sends a heartbeat a second): a dead link
 HEARTBEAT_WRITE_S = 0.25     # the heartbeat file is written at most this often (a message may come every ms)
 
 
@@ -90,6 +91,9 @@ class Follower:
                 details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
                 log.warning("stream to the server broken (%s: %s): the files keep answering; trying again",
                             code, (details or "")[:200], extra={"event": "replica_stream_broken", "code": code})
+            except (OSError, ValueError) as exc:  # the directory (a permission, a full disk, a damaged page)
+                log.error("the replica directory %s failed (%s): the files keep answering; trying again",
+                          self.directory, exc, extra={"event": "replica_directory_failed"})
             if stop.is_set():
                 return
             failures = 0 if time.monotonic() - started > 30 else failures + 1
@@ -101,6 +105,10 @@ class Follower:
 
     async def _session(self, stop: asyncio.Event) -> None:
         held = await asyncio.to_thread(replica.held, self.directory)
+        if self.tenants:   # files of tenants no longer followed (--only changed): gone, not frozen as fresh
+            for tenant in [t for t in held if t not in self.tenants]:
+                await asyncio.to_thread(replica.remove_snapshot, self.directory, tenant)
+                del held[tenant]
         first = decisions_pb2.WatchRequest(replica=self.name, tenants=self.tenants)
         for tenant, (version, checksum) in held.items():
             first.held[tenant].version = version
@@ -123,20 +131,29 @@ class Follower:
                      extra={"event": "replica_following", "held": len(held)})
             try:
                 assembly: _Assembly | None = None
+                synced = False   # the heartbeat moves only once this session is in step: until then the files
+                #                  are as old as the last session left them (a long outage stays stale)
                 while True:
                     reading = asyncio.ensure_future(call.read())
-                    done, _ = await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
-                    if reading not in done:
+                    done, _ = await asyncio.wait((reading, stopping), timeout=SILENCE_S,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if stopping in done:
                         reading.cancel()
                         call.cancel()
                         return
+                    if not done:   # no heartbeat for SILENCE_S: a link that died without a word
+                        reading.cancel()
+                        call.cancel()
+                        raise StreamBroken(f"nothing from the server for {SILENCE_S:g} s")
                     piece = reading.result()
                     if piece is grpc.aio.EOF:
                         raise StreamBroken("the server ended the stream")
-                    await self._heartbeat()
+                    if synced or piece.synced:
+                        await self._heartbeat()
                     if piece.heartbeat:
                         continue
                     if piece.synced:
+                        synced = True
                         self.stats.synced_at = time.time()
                         log.info("in step with the server", extra={"event": "replica_synced"})
                         continue

@@ -82,6 +82,8 @@ class _Stream:
     loop: asyncio.AbstractEventLoop
     held: dict[str, tuple[int, str]]          # what the replica holds or was sent (tenant -> version, checksum)
     dirty: set[str] = field(default_factory=set)
+    sent: dict[str, tuple[int, str]] = field(default_factory=dict)  # what this stream sent: the acks it takes
+    removals: set[str] = field(default_factory=set)                 # the removals it sent
     behind: set[str] = field(default_factory=set)  # sent, not yet installed
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     thread: int = field(default_factory=threading.get_ident)
@@ -198,19 +200,33 @@ class SnapshotFeed:
                 return
             stream.wake.clear()
             dirty, stream.dirty = stream.dirty, set()
+            in_store: dict[str, int] | None = None
             for tenant in sorted(dirty):
                 snap = engine.get(tenant)
                 if snap is None:
-                    if stream.held.pop(tenant, None) is not None:
-                        stream.behind.discard(tenant)
-                        yield decisions_pb2.SnapshotPiece(tenant=tenant, removed=True, server_time_ms=_now_ms())
+                    if tenant not in stream.held:
+                        continue
+                    # Not in this worker is not removed: a worker just started, or one whose install of the
+                    # tenant failed, lacks it too.  Only the store says a tenant is gone; until this worker has
+                    # it, the replica keeps what it holds (and gets the new one when it comes into force here).
+                    if in_store is None:
+                        try:
+                            in_store = await asyncio.to_thread(self.state.store.current_versions)
+                        except Exception:  # the store cannot say now: remove nothing
+                            in_store = {tenant: 0 for tenant in stream.held}
+                    if tenant in in_store:
+                        continue
+                    stream.held.pop(tenant, None)
+                    stream.behind.discard(tenant)
+                    stream.removals.add(tenant)
+                    yield decisions_pb2.SnapshotPiece(tenant=tenant, removed=True, server_time_ms=_now_ms())
                     continue
                 blob = await self._blob(snap)
                 if stream.held.get(tenant) == (snap.version, blob.checksum):
                     continue  # the replica holds it already (a resume)
                 for piece in _pieces(blob):
                     yield piece
-                stream.held[tenant] = (snap.version, blob.checksum)
+                stream.held[tenant] = stream.sent[tenant] = (snap.version, blob.checksum)
                 stream.behind.add(tenant)
                 metrics.REPLICA_SENT.inc()
             metrics.REPLICA_BEHIND.labels(stream.replica).set(len(stream.behind))
@@ -233,13 +249,13 @@ class SnapshotFeed:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    "after the first message, every message is an ack")
             ack = request.ack
-            held = stream.held.get(ack.tenant)
             if ack.removed:
-                if held is None and ack.tenant not in self.state.engine.snapshots:
+                if ack.tenant in stream.removals:   # the answer to a removal this stream sent
+                    stream.removals.discard(ack.tenant)
                     self._forget(stream.replica, ack.tenant)
                 continue
-            if held is None or held != (ack.version, ack.checksum):
-                continue  # not what this stream sent (late, or made up): nothing to record
+            if stream.sent.get(ack.tenant) != (ack.version, ack.checksum):
+                continue  # not what this stream sent (late, claimed, or made up): nothing to record
             if ack.ok:
                 stream.behind.discard(ack.tenant)
             else:
@@ -261,7 +277,9 @@ class SnapshotFeed:
         self._schedule()
 
     def _forget(self, replica: str, tenant: str) -> None:
-        self._forgotten.setdefault(replica, set()).add(tenant)
+        tenants = self._forgotten.setdefault(replica, set())
+        if len(tenants) < MAX_PENDING_REPORTS:
+            tenants.add(tenant)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -269,29 +287,30 @@ class SnapshotFeed:
             self._flusher = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
-        await asyncio.sleep(REPORT_EVERY_S)
-        reports, self._reports = list(self._reports.values()), {}
-        forgotten, self._forgotten = self._forgotten, {}
-        store = self.state.store
-        try:
-            if reports:
-                await asyncio.to_thread(store.record_replicas, reports)
-            for replica, tenants in forgotten.items():
-                await asyncio.to_thread(store.forget_replicas, replica, sorted(tenants))
-        except StoreError as exc:  # kept for the next write (newer reports of the same rows win)
-            log.warning("replica reports not written (%s): kept for the next try", exc,
-                        extra={"event": "replica_reports_delayed", "reports": len(reports)})
-            for report in reports:
-                self._reports.setdefault((report.replica, report.tenant), report)
-            for replica, tenants in forgotten.items():
-                self._forgotten.setdefault(replica, set()).update(tenants)
-            await asyncio.sleep(1.0)
-            self._schedule_later()
-
-    def _schedule_later(self) -> None:
-        self._flusher = None
-        if self._reports or self._forgotten:
-            self._schedule()
+        """Write what the replicas reported, until nothing is left (reports that come during a write go in the
+        next one); a store that fails keeps them for a second try a second later."""
+        while self._reports or self._forgotten:
+            await asyncio.sleep(REPORT_EVERY_S)
+            reports, self._reports = list(self._reports.values()), {}
+            forgotten, self._forgotten = self._forgotten, {}
+            store = self.state.store
+            try:
+                if reports:
+                    await asyncio.to_thread(store.record_replicas, reports)
+                for replica, tenants in forgotten.items():
+                    await asyncio.to_thread(store.forget_replicas, replica, sorted(tenants))
+            except StoreError as exc:  # kept for the next write (newer reports of the same rows win)
+                log.warning("replica reports not written (%s): kept for the next try", exc,
+                            extra={"event": "replica_reports_delayed", "reports": len(reports)})
+                for report in reports:
+                    if len(self._reports) < MAX_PENDING_REPORTS:
+                        self._reports.setdefault((report.replica, report.tenant), report)
+                for replica, tenants in forgotten.items():
+                    kept = self._forgotten.setdefault(replica, set())
+                    kept.update(list(tenants)[:max(MAX_PENDING_REPORTS - len(kept), 0)])
+                await asyncio.sleep(1.0)
+            except Exception:  # a bug: logged, this batch dropped, the next ones still written
+                log.exception("replica reports not written", extra={"event": "replica_reports_failed"})
 
 
 def _pieces(blob: _Blob) -> Iterator[decisions_pb2.SnapshotPiece]:
