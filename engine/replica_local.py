@@ -1,0 +1,279 @@
+"""Decisions from a replica directory (engine/replica.py has the files): `LocalDecisions`, for a proxy's worker.
+
+Split from engine/replica.py, which writes and reads the files, the status
+page and the policy; this module decides from them and is what a SIP worker
+imports (`from engine.replica import LocalDecisions` re-exports it).
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ._core import CoreDecision, CoreSnapshot
+from .replica import (
+    _STATUS,
+    FILE_SUFFIX,
+    INDEX_S,
+    STATUS,
+    Policy,
+    _numbers_of,
+    _open,
+    _status_of,
+    file_name,
+    read_policy,
+)
+
+
+@dataclass(frozen=True)
+class LocalAnswer:
+    """A worker's local answer (`LocalDecisions.inbound`).
+
+    action "decide": `decision` is the core's answer; "reject": fail-closed, the replica is staler than the
+    policy allows; "backup": forward the call to `backup_number` on `backup_line`."""
+
+    action: str
+    decision: CoreDecision | None
+    version: int            # the snapshot version the answer comes from
+    checksum: str
+    age_s: float            # seconds since the replica last heard from the server (inf: never)
+    stale: bool             # age_s > the policy's max_staleness_s
+    backup_number: str = ""  # E.164 with "+", for action "backup"
+    backup_line: str = ""
+
+
+_ANSWER_FIELDS = ("action", "decision", "version", "checksum", "age_s", "stale", "backup_number", "backup_line")
+assert tuple(f.name for f in fields(LocalAnswer)) == _ANSWER_FIELDS and not hasattr(LocalAnswer, "__post_init__")
+_new_object = object.__new__
+
+
+def _answer(action: str, decision: CoreDecision | None, version: int, checksum: str, age_s: float, stale: bool,
+            backup_number: str = "", backup_line: str = "") -> LocalAnswer:
+    """LocalAnswer(...) in 0.4 us instead of 0.9: a frozen dataclass's __init__ sets each field through
+    object.__setattr__, and this is on every local decision.  The same object (fields, eq, repr) otherwise."""
+    answer = _new_object(LocalAnswer)
+    answer.__dict__.update(action=action, decision=decision, version=version, checksum=checksum, age_s=age_s,
+                           stale=stale, backup_number=backup_number, backup_line=backup_line)
+    return answer
+
+
+_RETRY = (-1, -1, -1, -1)  # a stat key no file has
+
+
+class _Held:
+    """One tenant as a worker holds it: the mapped snapshot (None: no usable file) and when to look again."""
+
+    __slots__ = ("backup", "checked", "checksum", "gen", "key", "snap", "until", "version")
+
+    def __init__(self, snap: CoreSnapshot | None, version: int, checksum: str,
+                 key: tuple[int, int, int, int] | None, now: float, until: float) -> None:
+        self.snap, self.version, self.checksum, self.key = snap, version, checksum, key
+        self.checked, self.until = now, until
+        self.gen = -2                      # the status page's generation when this was looked at (-2: never)
+        self.backup: tuple[str, str] | None = None
+        if snap is not None:
+            meta = snap.meta
+            if meta["backup_line"] >= 0 and meta["backup_number"] > 0:  # both in range: the core checked them
+                self.backup = ("+" + str(meta["backup_number"]), meta["lines"][meta["backup_line"]])
+
+
+class LocalDecisions:
+    """Decisions from a replica directory, for a proxy worker process.
+
+    Keeps each tenant's snapshot and the directory's status page mapped; reads the page at every decision (the
+    generation and the heartbeat: memory reads), and looks at a tenant's file again (os.stat: device, inode,
+    size, mtime_ns) when the generation moved or `recheck_s` passed, and at the policy when the generation
+    moved; so a decision costs a clock read, the page, a dict lookup and the core call.  A file
+    replaced by the writer is a new inode: the next look maps it, and the old mapping goes when nothing uses
+    it.  A file that fails its checks is not opened again until it changes.  A clock that goes back makes
+    every cached look due at once.  Not thread-safe: one per worker process (or per thread), made after the
+    fork.  On CPython before 3.13 each mapped tenant also holds one file descriptor (mmap keeps a dup).
+
+    `copy=True` reads each file whole into this process's own memory and decides from that copy instead of the
+    shared mapping, so every worker holds a private copy of every tenant it decided for (the same checks, the
+    same answers): for the memory benchmark's comparison (`loadtest.sip_bench --memory`); never faster.
+    """
+
+    def __init__(self, directory: Path | str, recheck_s: float = 5.0, clock: Callable[[], float] = time.time,
+                 copy: bool = False) -> None:
+        if not (recheck_s >= 0 and math.isfinite(recheck_s)):
+            raise ValueError(f"recheck_s must be a finite number >= 0, not {recheck_s!r:.40}")
+        self.directory = Path(directory)
+        self.recheck_s = float(recheck_s)
+        self._clock = clock
+        self._copy = bool(copy)
+        self._held: dict[str, _Held] = {}
+        self.policy = Policy()
+        self.heard: float | None = None
+        self._status_checked = -math.inf
+        self._status_until = -math.inf
+        self._page: mmap.mmap | None = None   # the status page, mapped (None: none yet, or not readable)
+        self._page_key: tuple[int, int] | None = None
+        self._policy_gen = -2
+        # number -> tenant, from the files' headers (`tenant_of`); each file's (key, tenant, numbers) as last read
+        self._owners: dict[str, str] = {}
+        self._headers: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
+        self._scanned = -math.inf
+
+    def inbound(self, tenant: str, caller: str, called: str, at: int) -> LocalAnswer | None:
+        """The local answer to an inbound call, or None: no usable file for `tenant` (absent, removed,
+        damaged), ask the server.  Fresh, or stale under "stale-ok": action "decide".  Stale under
+        "fail-closed": "reject".  Stale under "backup": "backup" (or "reject" without a backup configured)."""
+        now = self._clock()
+        if not self._status_checked <= now < self._status_until:
+            self._look_status(now)
+        gen, heard = self._read_page()
+        if gen != self._policy_gen:
+            self._read_policy(gen)
+        h = self._held.get(tenant)
+        # looked at again when the replica says the directory changed (the page's generation), and at the
+        # latest every recheck_s (a change made without the writer, a page gone)
+        if h is None or h.gen != gen or not h.checked <= now < h.until:
+            h = self._look(tenant, h, now)
+            h.gen = gen
+        snap = h.snap
+        if snap is None:
+            return None
+        self.heard = heard
+        age = now - heard if heard is not None else math.inf
+        policy = self.policy
+        stale = age > policy.max_staleness_s
+        if stale:
+            word = policy.tenants.get(tenant, policy.default)
+            if word == "fail-closed" or (word == "backup" and h.backup is None):
+                return _answer("reject", None, h.version, h.checksum, age, True)
+            if word == "backup":
+                assert h.backup is not None
+                return _answer("backup", None, h.version, h.checksum, age, True, h.backup[0], h.backup[1])
+        return _answer("decide", snap.inbound(caller, called, at), h.version, h.checksum, age, stale)
+
+    def tenant_of(self, number: str) -> str | None:
+        """The tenant whose snapshot lists `number` (E.164, with or without "+"), or None: none does, or two do
+        (a transfer half seen).  A routing hint read from the files' headers, the directory looked at again at
+        most every `INDEX_S`: the decision itself then opens that tenant's file with every check."""
+        now = self._clock()
+        if not self._scanned <= now < self._scanned + INDEX_S:
+            self._scan(now)
+        owner = self._owners.get(number if number.startswith("+") else "+" + number)
+        return owner or None
+
+    def _scan(self, now: float) -> None:
+        self._scanned = now
+        seen: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            entries = []
+        present: set[str] = set()
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.endswith(FILE_SUFFIX):
+                continue
+            present.add(entry.name)
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            known = self._headers.get(entry.name)
+            if known is not None and known[0] == key:
+                seen[entry.name] = known
+                continue
+            found = _numbers_of(Path(entry.path))
+            if found is not None:
+                seen[entry.name] = (key, *found)
+        self._headers = seen
+        # tenants whose file is gone: their mapping (and, before Python 3.13, its descriptor) is let go now,
+        # not at their next decision, which may never come
+        names = {file_name(t): t for t in self._held}
+        for name, tenant in names.items():
+            if name not in present and self._held[tenant].snap is not None:
+                del self._held[tenant]
+        owners: dict[str, str] = {}
+        for _, tenant, numbers in seen.values():
+            for number in numbers:
+                owners[number] = "" if owners.get(number, tenant) != tenant else tenant  # "": listed twice
+        self._owners = owners
+
+    def snapshot(self, tenant: str) -> tuple[CoreSnapshot, int, str] | None:
+        """(snapshot, version, checksum) of `tenant`'s file as this worker holds it, or None."""
+        now = self._clock()
+        h = self._held.get(tenant)
+        if h is None or not h.checked <= now < h.until:
+            h = self._look(tenant, h, now)
+        return None if h.snap is None else (h.snap, h.version, h.checksum)
+
+    def close(self) -> None:
+        """Drop every mapping (each is unmapped once no decision made from it is left either)."""
+        self._held.clear()
+
+    def _look(self, tenant: str, h: _Held | None, now: float) -> _Held:
+        path = self.directory / file_name(tenant)
+        until = now + self.recheck_s
+        try:
+            st = os.stat(path)
+            key: tuple[int, int, int, int] | None = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        except (OSError, ValueError):  # ValueError: a name with NUL can never be a file (file_name never makes one)
+            key = None
+        if h is not None and key == h.key:
+            h.checked, h.until = now, until  # the same file (or still none): nothing to open
+            return h
+        fresh = _Held(None, 0, "", key, now, until)  # absent, or damaged: not opened again until it changes
+        if key is not None:
+            mapped: list[tuple[int, int, int, int]] = []
+            try:
+                snap, version, checksum, _ = _open(path, tenant, key=mapped, copy=self._copy)
+            except Exception as exc:  # every fault of the file: the caller asks the server instead
+                # a file refused for what it holds is not read again until it changes; any other failure (out
+                # of descriptors or memory, a permission) is no verdict on the file: tried again at the next look
+                fresh.key = mapped[0] if mapped and isinstance(exc, ValueError) else _RETRY
+            else:
+                fresh = _Held(snap, version, checksum, mapped[0], now, until)
+        self._held[tenant] = fresh
+        return fresh
+
+    def _look_status(self, now: float) -> None:
+        """Map the status page again when it is new or was replaced (at most every recheck_s)."""
+        self._status_checked, self._status_until = now, now + self.recheck_s
+        try:
+            st = os.stat(self.directory / STATUS)
+            key: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            key = None
+        if key == self._page_key and (key is None or self._page is not None):
+            return
+        page, self._page, self._page_key = self._page, None, key
+        if page is not None:
+            page.close()
+        if key is not None:
+            try:
+                with open(self.directory / STATUS, "rb") as f:
+                    page = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                return
+            if len(page) < _STATUS.size:
+                page.close()
+                return
+            self._page = page
+        self._policy_gen = -2   # read the policy again too
+
+    def _read_page(self) -> tuple[int, float | None]:
+        """(generation, heard) from the mapped status page: memory reads, no syscall; (-1, None) without one."""
+        page = self._page
+        if page is None:
+            return -1, None
+        first = _status_of(page)
+        second = _status_of(page)
+        # the writer moves each 8-byte field in one store; a read caught between two of its stores is read again
+        return first if first == second else _status_of(page)
+
+    def _read_policy(self, gen: int) -> None:
+        self._policy_gen = gen
+        try:
+            self.policy = read_policy(self.directory)
+        except (OSError, ValueError):
+            pass  # a damaged policy file: the last good one stays in force (the defaults if none was ever read)
