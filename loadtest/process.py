@@ -499,3 +499,38 @@ def started_targets(args: argparse.Namespace) -> Iterator[list[Target]]:
         for t in out:
             if t.bare is not None:
                 t.bare.stop()
+
+
+class ReplicaProcess:
+    """`callgate replica --server SERVER --dir DIRECTORY` as a proxy host runs it (its JSON log lines to
+    DIRECTORY.log; `extra`: more options); stopped by its PID.  The one way the load tools and the tests run it."""
+
+    def __init__(self, server: str, directory: Path, *extra: str, name: str = "host-a") -> None:
+        self.directory, self.log = directory, directory.with_suffix(".log")
+        with self.log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "callgate", "replica", "--server", server, "--dir", str(directory),
+                 "--name", name, *extra], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=err, env=python_env())
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        """Its log lines of this `event`."""
+        lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines() if self.log.exists() else []
+        return [e for e in (json.loads(x) for x in lines if x.startswith("{")) if e.get("event") == kind]
+
+    def wait_for(self, tenant: str, version: int = 0, timeout_s: float = 60.0) -> int:
+        """Wait until the directory holds `tenant` (at `version` or later): the version held."""
+        from engine.replica import held
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            have = held(self.directory).get(tenant)
+            if have is not None and have[0] >= version:
+                return have[0]
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+                raise RuntimeError(f"the replica does not hold {tenant!r} (version {version}):\n{tail}")
+            time.sleep(0.05)
+
+    def stop(self) -> int | None:
+        return stop_process(self.proc, 20.0)

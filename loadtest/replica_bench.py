@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +31,7 @@ from typing import Any
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 from engine import replica
 from loadtest.cluster_bench import pct
-from loadtest.process import EXAMPLE, ROOT, ServeProcess, free_port
+from loadtest.process import EXAMPLE, ReplicaProcess, ServeProcess, free_port
 from loadtest.server_sections import Report
 
 TENANT = "acme"
@@ -122,17 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="callgate-replica-bench-") as tmp:
         data, directory = Path(tmp) / "data", Path(tmp) / "replica"
         server = ServeProcess(data, listen=f"127.0.0.1:{free_port()}", workers=2, poll_s=0.2)
-        log = (Path(tmp) / "replica.log").open("wb")
-        follower = subprocess.Popen([sys.executable, "-m", "callgate", "replica", "--server", server.address,
-                                     "--dir", str(directory), "--name", "bench"], cwd=ROOT,
-                                    stdout=subprocess.DEVNULL, stderr=log,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+        follower = ReplicaProcess(server.address, directory, name="bench")
         try:
-            deadline = time.monotonic() + 30
-            while _held_version(directory) < 1:
-                if time.monotonic() > deadline or follower.poll() is not None:
-                    raise RuntimeError(f"the replica did not follow the server (see {log.name})")
-                time.sleep(0.05)
+            follower.wait_for(TENANT, timeout_s=30)
             say(f"1 propagation: {args.pushes} changes of {TENANT}")
             prop = propagation(server, directory, args.pushes, budget_s=300)
             rep.add(1, f"push -> in force in the replica, p50 ms ({prop['pushes']} changes)", prop["p50_ms"], "{:.0f}")
@@ -151,12 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             rep.add(2, "RPC p50 / local p99", rpc["p50"] / loc["p99"] if loc["p99"] else None, "{:.0f}x")
             rep.note(2, "in this Python process; the figure inside a Kamailio worker is the Kamailio benchmark's")
         finally:
-            follower.send_signal(signal.SIGTERM)
-            try:
-                follower.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                follower.kill()
-            log.close()
+            follower.stop()
             server.stop()
     print("\nreplica_bench summary (2 cores; issue targets)")
     print(rep.table())

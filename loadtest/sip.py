@@ -20,12 +20,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .process import free_port, process_tree, python_env, stop_process
+from .process import free_port, process_tree, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 KAMAILIO_DIR = ROOT / "integrations" / "kamailio"
@@ -334,36 +333,6 @@ class Kamailio:
             return dict(conn.execute("SELECT state, COUNT(*) FROM events GROUP BY state").fetchall())
 
 
-class Replica:
-    """`callgate replica --server SERVER --dir DIRECTORY`, as a proxy host runs it (stderr to DIRECTORY.log);
-    stopped by its PID."""
-
-    def __init__(self, server: str, directory: Path, name: str = "sip-host") -> None:
-        self.directory, self.log = directory, directory.with_suffix(".log")
-        with self.log.open("ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "callgate", "replica", "--server", server, "--dir", str(directory),
-                 "--name", name], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                env=python_env())
-
-    def wait_for(self, tenant: str, version: int = 0, timeout_s: float = 60.0) -> int:
-        """Wait until the directory holds `tenant` (at `version` or later): the version held."""
-        from engine.replica import held
-
-        deadline = time.monotonic() + timeout_s
-        while True:
-            have = held(self.directory).get(tenant)
-            if have is not None and have[0] >= version:
-                return have[0]
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-                raise RuntimeError(f"the replica does not hold {tenant!r} (version {version}):\n{tail}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        stop_process(self.proc, 20.0)
-
-
 def call(proxy: str, caller: str, called: str, expect: int, folder: Path, calls: int = 1, rate: float = 0,
          timeout_s: float = 30.0, extra: list[str] | None = None, source: str = "127.0.0.1",
          hold_ms: int = 200, cut: bool = False) -> tuple[bool, str]:
@@ -414,5 +383,5 @@ def cancel(proxy: str, caller: str, called: str, folder: Path, ring_ms: int = 50
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-__all__ = ["PACKAGES", "TRUSTED", "Kamailio", "Replica", "Uas", "call", "cancel", "cancel_scenario", "missing_tools",
+__all__ = ["PACKAGES", "TRUSTED", "Kamailio", "Uas", "call", "cancel", "cancel_scenario", "missing_tools",
            "uac_scenario"]

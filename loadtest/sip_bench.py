@@ -89,7 +89,7 @@ from engine import replica as replica_files
 from server.client import open_channel, upload_messages
 
 from . import sip
-from .process import EXAMPLE, CpuMeter, Interference, ServeProcess, free_port, sigterm_unwinds
+from .process import EXAMPLE, CpuMeter, Interference, ReplicaProcess, ServeProcess, free_port, sigterm_unwinds
 from .report import save_json
 from .server_sections import BIG_OPTIONS, Report
 
@@ -338,7 +338,7 @@ def memory_instance(mode: str, callgate: str, route_port: int, directory: Path, 
         proxy.stop()
 
 
-def section_memory(callgate: ServeProcess, replica: sip.Replica, route_port: int, folder: Path,
+def section_memory(callgate: ServeProcess, replica: ReplicaProcess, route_port: int, folder: Path,
                    args: Any) -> dict[str, Any]:
     from callgate.v1 import admin_pb2_grpc
 
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "failover", "-o", str(failover)], capture_output=True, text=True, timeout=60)
         if exported.returncode != 0:
             raise RuntimeError(f"callgate export failover: {exported.stderr.strip()}")
-        replica = sip.Replica(callgate.address, folder / "replica", name="sip-bench")
+        replica = ReplicaProcess(callgate.address, folder / "replica", name="sip-bench")
         started.append(replica)
         replica.wait_for("acme", timeout_s=60)
         uas = sip.Uas(folder)

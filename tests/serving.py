@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadtest.process import EXAMPLE, ROOT, ServeProcess
+from loadtest.process import EXAMPLE, ROOT, ReplicaProcess, ServeProcess
 
 __all__ = ["EXAMPLE", "OWN_NUMBERS", "ROOT", "ReplicaProcess", "Server", "example_doc", "own_number", "seed_tokens",
            "wait_for"]
@@ -75,23 +71,3 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(interval)
-
-
-class ReplicaProcess:
-    """`callgate replica` as a proxy host runs it, stopped by its PID."""
-
-    def __init__(self, server: str, directory: Path, *extra: str, name: str = "host-a") -> None:
-        self.directory, self.log = directory, directory.with_suffix(".log")
-        with self.log.open("ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "callgate", "replica", "--server", server, "--dir", str(directory),
-                 "--name", name, *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
-        return [e for e in (json.loads(x) for x in lines if x.startswith("{")) if e.get("event") == kind]
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
