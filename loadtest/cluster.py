@@ -222,14 +222,19 @@ class Nginx:
         failed: Counter[str] = Counter()
         grpc_status: Counter[str] = Counter()
         http: Counter[str] = Counter()
+        unanswered: list[dict[str, Any]] = []
         for row in self.access_log():
             for host in row["hosts"][:-1]:
                 failed[host] += 1
             answered[row["hosts"][-1]] += 1
             grpc_status[row["grpc_status"]] += 1
             http[row["status"]] += 1
+            if row["grpc_status"] != "0" and len(unanswered) < 20:
+                unanswered.append({"t": row["t"], "uri": row["uri"].rpartition("/")[2], "hosts": row["hosts"],
+                                   "upstream_status": row["upstream_status"], "status": row["status"],
+                                   "request_time": row["request_time"]})
         return {"answered": dict(answered), "failed_then_retried": dict(failed), "grpc_status": dict(grpc_status),
-                "http_status": dict(http)}
+                "http_status": dict(http), "not_ok": unanswered}
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGQUIT (graceful) by PID, SIGKILL after `timeout_s`; then any worker left behind."""

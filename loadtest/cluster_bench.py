@@ -335,7 +335,7 @@ def db_cut_nginx_scenario(c: Cluster, agent: Agent, cut_s: float = 8.0) -> dict[
     calls = agent.start_load("calls", lb, lanes=4, duration=cut_s + 6.0, pause=0.02, prefix="n")
     time.sleep(2.0)
     c.cut_db("h1")
-    cut = time.monotonic()
+    cut, cut_wall = time.monotonic(), time.time()
     time.sleep(cut_s)
     c.restore_db("h1")
     restored = time.monotonic()
@@ -345,10 +345,13 @@ def db_cut_nginx_scenario(c: Cluster, agent: Agent, cut_s: float = 8.0) -> dict[
     failed_at = sorted(round(r["failed"][3] - cut, 2) for r in records if r["failed"] is not None)
     problems = complete(agent, c.address("h2"), records)
     time.sleep(0.3)  # nginx's access log is flushed every 200 ms
+    seen = c.nginxes["lb"].upstream_counts()
+    for row in seen["not_ok"]:
+        row["t"] = round(row["t"] - cut_wall, 2)   # seconds after the cut, like failed_s_after_cut
     return {"cut_s": round(restored - cut, 2),
             "decisions": {k: f[k] for k in ("calls", "errors", "codes", "slow", "max_latency_ms")},
             "whole_calls": {**calls_summary(called), "failed_s_after_cut": failed_at},
-            "nginx": c.nginxes["lb"].upstream_counts(), "finish_problems": problems, "billing": billing(c, records)}
+            "nginx": seen, "finish_problems": problems, "billing": billing(c, records)}
 
 
 def db_cut_mid_write_scenario(c: Cluster, agent: Agent, wait_s: float = 30.0) -> dict[str, Any]:
