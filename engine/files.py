@@ -6,14 +6,20 @@ over the target: a rename within one file system, so a reader opens the old
 file or the new one, never a torn one.  With `sync`, the data and then the
 directory entry reach the disk before this returns: a crash leaves the old
 file or the new one and never loses one the caller was told is written.
+
+`hold` is the one way a writer makes sure it is the only one (a replica
+directory has one writer): an flock, let go by the kernel when the holder
+ends, however it ends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import IO
 
 
 def replace_atomically(path: Path, chunks: Iterable[bytes], *, sync: bool = True, mode: int | None = None) -> None:
@@ -47,3 +53,33 @@ def sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Held(Exception):
+    """`hold` found the lock taken; `owner` is what its holder wrote in it (its PID), "" if nothing."""
+
+    def __init__(self, path: Path, owner: str) -> None:
+        super().__init__(f"{path} is held by {owner or 'another process'}")
+        self.owner = owner
+
+
+def hold(path: Path) -> IO[str]:
+    """Take the exclusive lock of `path` (made if absent) for as long as the returned file stays open, and
+    write this process's PID in it; `Held` if another process has it.  An flock: the kernel lets it go when its
+    holder ends, kill -9 included, so a lock is never left behind by a crash."""
+    handle = open(path, "a+", encoding="ascii")   # open for as long as the lock is held: the caller closes it
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read(32).strip()
+        handle.close()
+        raise Held(path, owner if owner.isdigit() else "") from None
+    except BaseException:
+        handle.close()
+        raise
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

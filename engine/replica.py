@@ -130,6 +130,7 @@ STATUS_MAGIC = b"CGSTAT1\n"
 STATUS_BYTES = 64
 _STATUS = struct.Struct("<8sQd")     # magic, generation (moves at every change of the directory), heard
 POLICY = "policy.json"
+LOCK = ".lock"                       # the writer's lock (engine.files.hold): one replica process per directory
 POLICIES = ("stale-ok", "fail-closed", "backup")
 DEFAULT_MAX_STALENESS_S = 30.0
 

@@ -8,6 +8,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import pytest
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 from engine import replica
-from loadtest.process import free_port
+from loadtest.process import ROOT, free_port, python_env
 from server.client import upload_messages
 from server.rpc.messages import decision_message
 
@@ -149,6 +151,38 @@ def test_a_replica_resumes_from_what_it_holds(server: Server, stubs: Any, tmp_pa
         assert rep.stop() == 0
     # only the tenant that changed while it was away came again
     assert [e["tenant"] for e in rep.events("replica_installed")[first:]] == ["acme"]
+
+
+def test_one_replica_per_directory_and_a_kill_9_leaves_it_whole(server: Server, stubs: Any, tmp_path: Path) -> None:
+    """A second `callgate replica` on a directory in use is refused (one line, exit 2) and changes nothing (not
+    the policy); the first killed with SIGKILL leaves its files whole and its lock free: the next one takes the
+    directory and resumes from the files, sent nothing again."""
+    _, admin = stubs
+    rep = Replica(server.address, tmp_path / "replica", "--max-staleness", "30", name="host-k")
+    try:
+        wait_for(lambda: in_step(rep.directory, admin), timeout=20)
+        policy = (rep.directory / replica.POLICY).read_bytes()
+        second = subprocess.run(
+            [sys.executable, "-m", "callgate", "replica", "--server", server.address, "--dir", str(rep.directory),
+             "--max-staleness", "5", "--stale-policy", "fail-closed"],
+            capture_output=True, text=True, timeout=60, env=python_env(), cwd=ROOT)
+        assert second.returncode == 2, second
+        assert second.stderr.count("\n") == 1 and f"(pid {rep.proc.pid})" in second.stderr, second.stderr
+        assert "stop it first" in second.stderr and (rep.directory / replica.POLICY).read_bytes() == policy
+        held = replica.held(rep.directory)
+        rep.proc.kill()
+        rep.proc.wait(10)
+    finally:
+        rep.stop()
+    assert replica.held(rep.directory) == held
+    installed, synced = len(rep.events("replica_installed")), len(rep.events("replica_synced"))  # one log file
+    again = Replica(server.address, rep.directory, name="host-k")
+    try:
+        wait_for(lambda: len(again.events("replica_synced")) > synced, timeout=20)
+        assert in_step(again.directory, admin)
+        assert again.events("replica_installed")[installed:] == []   # the killed one's files are whole
+    finally:
+        assert again.stop() == 0
 
 
 def test_a_snapshot_refused_leaves_the_last_good_one_in_force(server: Server, stubs: Any, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def _staleness(text: str) -> float:
 
 
 def cmd_replica(args: argparse.Namespace) -> int:
-    from engine import replica
+    from engine import files, replica
     from server.app.logs import setup_logging
     from server.cli.rpc import channel_args
     from server.replica.follow import Follower
@@ -47,7 +47,13 @@ def cmd_replica(args: argparse.Namespace) -> int:
     directory: Path = args.dir
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        # before anything is written: a second replica process on the directory would overwrite the policy
+        # and fight the first over every file
+        lock = files.hold(directory / replica.LOCK)
         replica.write_policy(directory, args.max_staleness, args.stale_policy, dict(args.tenant_policy or ()))
+    except files.Held as exc:
+        raise CliError(f"--dir {directory}: another callgate replica (pid {exc.owner or '?'}) keeps this directory: "
+                       "stop it first, or give this one a directory of its own") from None
     except OSError as exc:
         raise CliError(f"--dir {directory}: {exc.strerror or exc} (a directory this user may write)") from None
     except ValueError as exc:
@@ -63,7 +69,10 @@ def cmd_replica(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await follower.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        lock.close()
     return 0
 
 

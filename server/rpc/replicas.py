@@ -112,8 +112,9 @@ class SnapshotFeed:
         state.engine.listeners.append(self._changed)
 
     def _changed(self, tenant: str) -> None:
-        if self.state.engine.get(tenant) is None:
-            self._blobs.pop(tenant, None)
+        cached = self._blobs.get(tenant)
+        if cached is not None and cached.snap is not self.state.engine.get(tenant):
+            del self._blobs[tenant]   # a version no longer in force is never sent again: not kept either
         for stream in list(self._streams):
             stream.mark(tenant)
 
@@ -221,8 +222,23 @@ class SnapshotFeed:
                     stream.removals.add(tenant)
                     yield decisions_pb2.SnapshotPiece(tenant=tenant, removed=True, server_time_ms=_now_ms())
                     continue
+                held = stream.held.get(tenant)
+                if held is not None and held[0] > snap.version:
+                    # The replica holds a newer version than this worker has in force: this worker is behind
+                    # (it just started, or its change feed has not brought the version yet; the replica came
+                    # from another worker or host).  Sending would roll the replica back; this worker's own
+                    # install of the newer version marks the tenant again.  Only when the store itself is
+                    # behind what the replica holds (the tenant removed and made again, a store restored from
+                    # a backup) is the older version the one in force, and sent.
+                    if in_store is None:
+                        try:
+                            in_store = await asyncio.to_thread(self.state.store.current_versions)
+                        except Exception:  # the store cannot say now: roll nothing back
+                            in_store = {}
+                    if in_store.get(tenant, held[0]) >= held[0]:
+                        continue
                 blob = await self._blob(snap)
-                if stream.held.get(tenant) == (snap.version, blob.checksum):
+                if held == (snap.version, blob.checksum):
                     continue  # the replica holds it already (a resume)
                 for piece in _pieces(blob):
                     yield piece

@@ -1,0 +1,131 @@
+"""The worker's side of WatchSnapshots (server.rpc.replicas.SnapshotFeed) on its own, with a real engine and a
+store that answers only what the feed asks of it: which version a replica is sent when this worker is behind
+the store, or the store behind the replica.
+
+The end-to-end behaviour (real server, real replica process) is in tests/test_replica.py; this file makes the
+cases a running cluster only reaches by chance: a replica that comes, with a newer version, to a worker that
+has not installed that version yet."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from callgate.v1 import decisions_pb2
+from engine import Engine, compile_settings, parse_settings
+from server.rpc.replicas import SnapshotFeed
+
+ROOT = Path(__file__).resolve().parent.parent
+ACME = parse_settings(json.loads((ROOT / "examples" / "acme.json").read_text()))
+
+
+class Store:
+    """current_versions() as the store would answer it; what the feed reports is kept, never read."""
+
+    def __init__(self, versions: dict[str, int]) -> None:
+        self.versions = versions
+        self.asked = 0
+
+    def current_versions(self) -> dict[str, int]:
+        self.asked += 1
+        return dict(self.versions)
+
+    def record_replicas(self, *_: Any) -> None:
+        pass
+
+    def forget_replicas(self, *_: Any) -> None:
+        pass
+
+
+class Context:
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+
+def held_message(tenant: str, version: int) -> decisions_pb2.WatchRequest:
+    first = decisions_pb2.WatchRequest(replica="host-a", tenants=[tenant])
+    first.held[tenant].version = version
+    first.held[tenant].checksum = hashlib.sha256(f"v{version}".encode()).hexdigest()  # not the server's blob
+    return first
+
+
+async def versions_sent(feed: SnapshotFeed, first: decisions_pb2.WatchRequest, then: Any = None,
+                        pieces: int = 12) -> list[int]:
+    """The versions of the whole snapshots the feed sends a replica that opens with `first`, up to `pieces`
+    messages or the first heartbeat; `then()` is called once the feed said synced."""
+    closed = asyncio.Event()
+
+    async def requests() -> AsyncIterator[decisions_pb2.WatchRequest]:
+        yield first
+        await closed.wait()
+
+    sent: list[int] = []
+    beats = 0
+    stream = feed.watch(requests(), Context())
+    try:
+        async for piece in stream:
+            if piece.last:
+                sent.append(piece.version)
+            if piece.synced and then is not None:
+                then()
+            beats += piece.heartbeat
+            pieces -= 1
+            if beats >= 1 or pieces <= 0:
+                break
+    finally:
+        closed.set()
+        await stream.aclose()  # type: ignore[attr-defined]
+    return sent
+
+
+def test_a_worker_behind_the_store_does_not_roll_a_replica_back() -> None:
+    """The replica holds version 3, the store has 3 in force, this worker still 1: nothing is sent until the
+    worker installs a version (4) the replica lacks; a resume then costs one snapshot, the newest."""
+    engine = Engine()
+    engine.install(compile_settings(ACME, version=1))
+    store = Store({"acme": 3})
+    feed = SnapshotFeed(SimpleNamespace(engine=engine, store=store))  # type: ignore[arg-type]
+
+    def newer() -> None:
+        engine.install(compile_settings(ACME, version=4))
+
+    assert asyncio.run(versions_sent(feed, held_message("acme", 3))) == []
+    assert store.asked >= 1
+    assert asyncio.run(versions_sent(feed, held_message("acme", 3), then=newer)) == [4]
+
+
+def test_a_store_behind_the_replica_is_what_is_in_force() -> None:
+    """The tenant was removed and made again (its versions start at 1), or the store was restored from a
+    backup: the replica's newer version is not the tenant's any more, and the one in force is sent."""
+    engine = Engine()
+    engine.install(compile_settings(ACME, version=1))
+    feed = SnapshotFeed(SimpleNamespace(engine=engine, store=Store({"acme": 1})))  # type: ignore[arg-type]
+    assert asyncio.run(versions_sent(feed, held_message("acme", 3))) == [1]
+
+
+def test_a_store_that_cannot_answer_rolls_nothing_back() -> None:
+    class Down(Store):
+        def current_versions(self) -> dict[str, int]:
+            raise OSError("the database is away")
+
+    engine = Engine()
+    engine.install(compile_settings(ACME, version=1))
+    feed = SnapshotFeed(SimpleNamespace(engine=engine, store=Down({})))  # type: ignore[arg-type]
+    assert asyncio.run(versions_sent(feed, held_message("acme", 3))) == []
+    # a replica holding an older version gets the one in force, store or not
+    assert asyncio.run(versions_sent(feed, held_message("acme", 1))) == [1]
+
+
+def test_the_feed_keeps_no_blob_of_a_version_no_longer_in_force() -> None:
+    engine = Engine()
+    engine.install(compile_settings(ACME, version=1))
+    feed = SnapshotFeed(SimpleNamespace(engine=engine, store=Store({"acme": 1})))  # type: ignore[arg-type]
+    assert asyncio.run(versions_sent(feed, decisions_pb2.WatchRequest(replica="host-b", tenants=["acme"]))) == [1]
+    assert feed._blobs["acme"].snap.version == 1
+    engine.install(compile_settings(ACME, version=2))
+    assert "acme" not in feed._blobs
