@@ -60,11 +60,14 @@ one mapped keeps it (the inode lives until the last mapping goes) and sees
 the new one at its next decision: every write and removal moves on the
 generation in the directory's status page, which every worker keeps mapped
 and reads at each decision (memory reads, no syscall); only when it moved,
-and at the latest every `recheck_s` (a file changed behind the writer's
-back), does the worker stat the tenant's file.  The policy is replaced like
-a snapshot file; the status page alone is made once and then written in
-place (DIR/status, 64 bytes: magic b"CGSTAT1\n", the generation u64, when
-the replica last heard from the server f64), never replaced or truncated.
+and at the latest every `recheck_s` (30 s: a file changed behind the
+writer's back), does the worker stat the tenant's file.  The policy is
+replaced like a snapshot file; the status page alone is made once and then
+written in place (DIR/status, 64 bytes: magic b"CGSTAT1\n", the generation
+u64, when the replica last heard from the server f64), never replaced or
+truncated; a worker looks for a new page (os.stat) only while the one it
+maps says nothing fresh (no heartbeat for 2.5 s: a page replaced when the
+directory was made again is no longer written).
 
 File names.  A tenant id matching [A-Za-z0-9_.-]{1,64} and not starting with
 "." is its own file name ("acme.cgsnap"); any other id is "~" and the hex of

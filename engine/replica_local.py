@@ -63,6 +63,7 @@ def _answer(action: str, decision: CoreDecision | None, version: int, checksum: 
 
 
 _RETRY = (-1, -1, -1, -1)  # a stat key no file has
+PAGE_FRESH_S = 2.5        # a status page heard from within this is the live one (the replica writes it each 1 s)
 
 
 class _Held:
@@ -99,7 +100,7 @@ class LocalDecisions:
     same answers): for the memory benchmark's comparison (`loadtest.sip_bench --memory`); never faster.
     """
 
-    def __init__(self, directory: Path | str, recheck_s: float = 5.0, clock: Callable[[], float] = time.time,
+    def __init__(self, directory: Path | str, recheck_s: float = 30.0, clock: Callable[[], float] = time.time,
                  copy: bool = False) -> None:
         if not (recheck_s >= 0 and math.isfinite(recheck_s)):
             raise ValueError(f"recheck_s must be a finite number >= 0, not {recheck_s!r:.40}")
@@ -125,9 +126,15 @@ class LocalDecisions:
         damaged), ask the server.  Fresh, or stale under "stale-ok": action "decide".  Stale under
         "fail-closed": "reject".  Stale under "backup": "backup" (or "reject" without a backup configured)."""
         now = self._clock()
-        if not self._status_checked <= now < self._status_until:
-            self._look_status(now)
         gen, heard = self._read_page()
+        # The page is looked for again (os.stat) only when it says nothing fresh: none mapped yet, or its
+        # heartbeat older than PAGE_FRESH_S (the replica writes it every second while in step), as a page
+        # replaced by a new one (the directory made again) stops being written.  A page that is being written
+        # is the live one: no syscall on the decision's path.
+        if (heard is None or not -PAGE_FRESH_S <= now - heard <= PAGE_FRESH_S) and \
+                not self._status_checked <= now < self._status_until:
+            self._look_status(now)
+            gen, heard = self._read_page()
         if gen != self._policy_gen:
             self._read_policy(gen)
         h = self._held.get(tenant)
@@ -247,6 +254,8 @@ class LocalDecisions:
         if key == self._page_key and (key is None or self._page is not None):
             return
         page, self._page, self._page_key = self._page, None, key
+        for h in self._held.values():   # another page's generations say nothing of what this worker holds
+            h.gen = -2
         if page is not None:
             page.close()
         if key is not None:

@@ -853,6 +853,42 @@ def test_the_heartbeat_is_read_at_every_decision_and_the_policy_when_the_page_sa
     assert again is not None and (again.action, again.age_s) == ("decide", 0.5)
 
 
+def test_a_worker_makes_no_syscall_while_the_page_is_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the decision's path: no os.stat of the status page while its heartbeat is fresh (the replica writes it
+    every second), a stat of the tenant's file at most every recheck_s (30 s by default: the generation says
+    when the writer changed something); once the heartbeat stops, the page is looked for again."""
+    clock = Clock(1000.0)
+    replica.write_snapshot(tmp_path, ACME_BLOB, 1)
+    replica.touch_heartbeat(tmp_path, 1000.0)
+    worker = LocalDecisions(tmp_path, clock=clock)
+    assert worker.inbound("acme", BLACKLISTED, MAIN, AT) is not None   # the first decision maps both
+    looked: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        looked.append(os.path.basename(str(path)))
+        return real_stat(path, *args, **kwargs)
+
+    def decide() -> LocalAnswer | None:
+        monkeypatch.setattr(os, "stat", counting_stat)
+        try:
+            return worker.inbound("acme", BLACKLISTED, MAIN, AT)
+        finally:
+            monkeypatch.setattr(os, "stat", real_stat)
+
+    for i in range(1, 1201):   # 120 s: a decision every 0.1 s, a heartbeat every second
+        clock.now = 1000.0 + i / 10
+        if i % 10 == 0:
+            replica.touch_heartbeat(tmp_path, clock.now)
+        answer = decide()
+        assert answer is not None and not answer.stale
+    assert replica.STATUS not in looked, looked
+    assert 3 <= looked.count("acme.cgsnap") <= 5, looked   # 120 s / 30 s
+    looked.clear()
+    clock.now += 3.0    # the replica went quiet: its page is looked for (stat) at most every recheck_s
+    assert decide() is not None and decide() is not None and looked.count(replica.STATUS) == 1, looked
+
+
 def test_a_fresh_worker_defaults(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         LocalDecisions(tmp_path, recheck_s=-1)
