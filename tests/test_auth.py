@@ -147,6 +147,9 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
         "Pickup": lambda: d.Pickup(decisions_pb2.PickupRequest(tenant=tenant, user="u1", dialed="*8"), timeout=10),
         "CallEvent": lambda: d.CallEvent(decisions_pb2.CallEventRequest(
             tenant=tenant, call_id=f"auth-{n}", kind=decisions_pb2.CallEventRequest.RINGING, user="u1"), timeout=10),
+        "CallEvents": lambda: d.CallEvents(decisions_pb2.CallEventBatch(events=[decisions_pb2.CallEventRequest(
+            tenant=tenant, call_id=f"auth-batch-{n}", kind=decisions_pb2.CallEventRequest.RINGING, user="u1")]),
+            timeout=10),
         "DecideBatch": lambda: d.DecideBatch(batch, timeout=10),
         "Stream": stream,
         "WatchSnapshots": watch,

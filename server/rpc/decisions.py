@@ -24,7 +24,7 @@ from server import metrics
 from server.rpc.errors import RequestError, abort, code_of, method, status_for
 from server.rpc.messages import ReplyCache, decision_message
 from server.rpc.replicas import SnapshotFeed
-from server.rpc.requests import KIND_NUMBERS, MAX_BATCH, MAX_TEXT, MAX_WIDTH, _input_error, _now, _text
+from server.rpc.requests import KIND_NUMBERS, MAX_BATCH, MAX_EVENTS, MAX_TEXT, MAX_WIDTH, _input_error, _now, _text
 from server.rules import billing, calls
 from server.worker import jobs
 from server.worker.state import State
@@ -241,11 +241,35 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
                 out.reason = decisions_pb2.Reason.Value(reply.reason)
         return out
 
+    async def call_events(self, r: decisions_pb2.CallEventBatch) -> decisions_pb2.CallEventBatchReply:
+        """Each event answered as CallEvent answers it, in order; one call's events one after the other, the
+        calls together (their commits grouped: the point of a batch, with one RPC's cost for all)."""
+        n = len(r.events)
+        if not 0 < n <= MAX_EVENTS:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"1 to {MAX_EVENTS:,} events per call, not {n:,}")
+        reply = decisions_pb2.CallEventBatchReply()
+        results = [reply.results.add() for _ in range(n)]
+        calls_of: dict[tuple[str, str], list[int]] = {}
+        for i, event in enumerate(r.events):
+            calls_of.setdefault((event.tenant, event.call_id), []).append(i)
+
+        async def one_call(indexes: list[int]) -> None:
+            for i in indexes:
+                try:
+                    results[i].reply.CopyFrom(await self.call_event(r.events[i]))
+                except Exception as exc:  # this event's answer; the others go on
+                    code, message = status_for(exc, "CallEvents")
+                    results[i].error, results[i].error_code = message, code.value[0]
+
+        await asyncio.gather(*(one_call(indexes) for indexes in calls_of.values()))
+        return reply
+
     # -- unary RPCs: the decision above, refusals as gRPC statuses -----------
     Inbound = method(inbound, timed="inbound")
     Outbound = method(outbound, timed="outbound")
     Pickup = method(pickup)
     CallEvent = method(call_event)
+    CallEvents = method(call_events)
 
     def batch(self, r: decisions_pb2.BatchRequest) -> decisions_pb2.BatchReply:
         snap = self._snapshot(r.tenant)

@@ -16,6 +16,7 @@ from server.rpc.errors import RequestError
 MAX_TEXT = 256            # longest number, user or tenant string a decision accepts
 MAX_BATCH = 100_000       # rows per DecideBatch
 MAX_WIDTH = 64            # bytes per text cell in a batch
+MAX_EVENTS = 1_000        # events per CallEvents
 MAX_DOCUMENT_FILES = 10   # images per document upload
 LIST_NAMES = {admin_pb2.PatchBlacklistRequest.BLACKLIST: "blacklist",
               admin_pb2.PatchBlacklistRequest.OFFHOURS_BLACKLIST: "offhours_blacklist"}
