@@ -38,14 +38,16 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    calls asked for complete in time (every step's failures are reported);
    reported: the highest clean step of each.  The whole machine (2 cores)
    carries sipp twice, Kamailio and callgate: the figure is this machine's.
-3. Decision time inside the Kamailio worker: the rpc and local proxies run
-   with CALLGATE_TIMINGS, so each SIP worker writes the time.perf_counter_ns
+3. Decision time inside the Kamailio worker: the three proxies run with
+   CALLGATE_TIMINGS, so each SIP worker writes the time.perf_counter_ns
    of every inbound decision (around LocalDecisions.inbound, or around the
-   Inbound RPC); collected after the bounded run (the last second's
-   decisions of each worker may still be in its buffer).  p50, p90, p99 and
-   mean of each; target: RPC p50 / local p99 >= 50.  Also reported: the
+   Inbound RPC) and the CPU time of every route the script runs;
+   collected after the bounded run (the last second's lines of each
+   worker may still be in its buffer).  p50, p90, p99 and mean of each
+   decision kind; target: RPC p50 / local p99 >= 50.  Also reported: the
    local decision's mean as a share of what the local proxy costs over
-   bypass per call.
+   bypass per call, and each proxy's Python CPU per call in each route
+   (request, replies, failures, the dialog's end, the event sender).
 4. Memory (`--memory`, on by default): a tenant "big" whose blacklist holds
    `--memory-blacklist` (1,000,000) random numbers (loadtest.world.big_tenant:
    a fifth in each of five countries' ranges, the US among them) pushed
@@ -421,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         replica.wait_for("acme", timeout_s=60)
         uas = sip.Uas(folder)
         started.append(uas)
-        timings = {name: folder / f"timings-{name}" for name in ("rpc", "local")}
+        timings = {name: folder / f"timings-{name}" for name in PROXIES}
         proxies: dict[str, sip.Kamailio] = {}
         for name in PROXIES:
             proxies[name] = sip.Kamailio(
@@ -560,6 +562,14 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
     if loc and extra > 0:
         rep.add(3, "the local decision's mean in local - bypass Kamailio CPU per call", loc["mean_us"] / extra,
                 "{:.1%}")
+    for name in PROXIES:   # where each proxy's Python time goes, per call
+        routes = {k.removeprefix("route:"): v for k, v in tm.get(name, {}).items() if k.startswith("route:")}
+        done = out["bounded"].get(name, {}).get("successful") or 0
+        if routes and done:
+            each = {k: v["mean_us"] * v["n"] / done for k, v in sorted(routes.items())}
+            rep.add(3, f"{name}: Python CPU per call in each route µs (a lower bound: a worker's last second may be "
+                       "unwritten)", text=" + ".join(f"{k} {v:.0f}" for k, v in each.items())
+                    + f" = {sum(each.values()):.0f}")
     if tm.get("local", {}).get("rpc"):
         rep.note(3, f"the local proxy asked over RPC {tm['local']['rpc']['n']} time(s): no usable file")
     mem = out.get("memory")
