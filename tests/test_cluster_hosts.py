@@ -236,7 +236,8 @@ def test_nginx_template_renders_one_server_line_per_host() -> None:
     assert "@" not in text.replace("@SERVER@", "")  # no placeholder left
     servers = [line.split()[1] for line in text.splitlines() if line.strip().startswith("server ") and "{" not in line]
     assert servers == ["10.0.0.3:50051", "10.0.0.4:50051"] * 3   # decisions' upstream, then events' and backups
-    backups = [line.split()[1] for line in text.splitlines() if line.strip().startswith("server ") and " backup " in line]
+    backups = [line.split()[1] for line in text.splitlines()
+               if line.strip().startswith("server ") and " backup " in line]
     assert backups == ["10.0.0.3:50051", "10.0.0.4:50051"]
     assert "listen 10.0.0.2:50051 http2;" in text and "grpc_pass grpc://callgate;" in text
     assert "grpc_pass grpc://callgate_events;" in text
