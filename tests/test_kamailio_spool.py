@@ -70,3 +70,20 @@ def test_an_ended_waits_for_a_writer_that_a_ringing_does_not_wait_for(tmp_path: 
     finally:
         other.close()
     assert events.has("c1:ENDED") and not events.has("c2:RINGING")
+
+
+def test_past_the_limit_only_a_calls_end_is_taken(tmp_path: Path) -> None:
+    """CALLGATE_SPOOL_MAX waiting events: a new call's events are refused, a call's end still taken, also when
+    the script sends it with the call's RINGING (it always does: the spool's key ignores a second one)."""
+    events = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=3)
+    for call in ("c1", "c2", "c3"):
+        assert events.add([(f"{call}:RINGING", call, b"r")]) == [f"{call}:RINGING"]
+    events._counted = (0.0, 0)   # the count is read at most once a second: read it now
+    with pytest.raises(OverflowError, match="CALLGATE_SPOOL_MAX"):
+        events.add([("c4:RINGING", "c4", b"r")])
+    with pytest.raises(OverflowError):
+        events.add([("c1:RINGING", "c1", b"r"), ("c1:ANSWERED", "c1", b"a")])   # not an end
+    assert events.add([("c1:RINGING", "c1", b"r"), ("c1:ENDED", "c1", b"e")]) == ["c1:ENDED"]
+    with pytest.raises(OverflowError):   # a call whose RINGING is not spooled: a new call's events
+        events.add([("c5:RINGING", "c5", b"r"), ("c5:ENDED", "c5", b"e")])
+    assert events.stats()[0] == 4
