@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -453,3 +454,57 @@ def test_hostile_names_ids_and_metadata(world) -> None:
     with pytest.raises(grpc.RpcError):
         admin_pb2_grpc.AdminStub(huge).Stats(admin_pb2.StatsRequest(), timeout=10)
     assert a.Stats(admin_pb2.StatsRequest(), timeout=10).pid > 0
+
+
+def test_a_revoked_token_ends_its_open_streams(tmp_path: Path) -> None:
+    """A proxy's Stream and a replica's WatchSnapshots stay open for hours: the token is checked again as they
+    go (at most every 2 s, the token cache's pace), and a revoked one ends both with UNAUTHENTICATED, before the
+    stream takes another request."""
+    data = tmp_path / "data"
+    data.mkdir()
+    store = SQLiteStore(data / "callgate.sqlite")
+    secrets = {}
+    for role in ("owner", "proxy"):
+        ident, secret, token_hash = new_token()
+        store.add_token(ident, token_hash, role, [], 0, role)
+        secrets[role] = secret
+    store.close()
+    srv = Server(data, "--auth", "tokens")
+    try:
+        owner = admin_pb2_grpc.AdminStub(with_token(srv.channel(), secrets["owner"]))
+        proxy = decisions_pb2_grpc.DecisionsStub(with_token(srv.channel(), secrets["proxy"]))
+        ask = decisions_pb2.InboundRequest(tenant="acme", caller="+14155551234", called="+14155550199")
+        sent: list[decisions_pb2.StreamRequest] = []
+        more = threading.Event()
+
+        def requests() -> Iterator[decisions_pb2.StreamRequest]:
+            for i in range(2):
+                if i:
+                    more.wait(30)
+                sent.append(decisions_pb2.StreamRequest(id=i, inbound=ask))
+                yield sent[-1]
+
+        def watching() -> Iterator[decisions_pb2.WatchRequest]:
+            yield decisions_pb2.WatchRequest(replica="host-r", tenants=["acme"])
+            done.wait(30)   # its side open: a replica that closes it is leaving
+
+        done = threading.Event()
+        stream = proxy.Stream(requests(), timeout=60)
+        watch = proxy.WatchSnapshots(watching(), timeout=60)
+        assert next(stream).decision.version >= 1
+        assert any(piece.synced for piece in itertools.islice(watch, 10))
+        owner.RevokeToken(admin_pb2.RevokeTokenRequest(id=token_id(secrets["proxy"]) or ""), timeout=10)
+        time.sleep(2.5)   # the token cache's 2 s
+        more.set()
+        with pytest.raises(grpc.RpcError) as ended:
+            next(stream)
+        assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (ended.value.details() or "")
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as gone:
+            for _ in watch:   # heartbeats until the check after the revocation
+                assert time.monotonic() - started < 10
+        assert gone.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (gone.value.details() or "")
+    finally:
+        more.set()
+        done.set()
+        assert srv.stop() == 0

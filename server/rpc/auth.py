@@ -252,7 +252,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                                 f"minute, its limit: try again in {wait:.0f} s")
         except AuthError as exc:
             return self._refusal(handler, exc, method, principal)
-        return self._wrap(handler, principal, method)
+        return self._wrap(handler, principal, method, details.invocation_metadata)
 
     def _refusal(self, handler: Any, exc: AuthError, method: str, principal: Principal | None) -> Any:
         async def refuse(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -277,9 +277,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         streaming = handler.unary_stream is not None or handler.stream_stream is not None
         return _same_kind(handler, refuse_stream if streaming else refuse)
 
-    def _wrap(self, handler: Any, principal: Principal, method: str) -> Any:
+    def _wrap(self, handler: Any, principal: Principal, method: str, metadata: Any) -> Any:
         audited = self.audit is not None and method.startswith(A)
-        if not audited and principal.role not in TENANT_ROLES and method != D + "WatchSnapshots":
+        streams = handler.unary_stream is not None or handler.stream_stream is not None
+        if not audited and principal.role not in TENANT_ROLES and not streams:
             return handler  # a decision by a proxy, operator or owner: nothing to check per request, no audit
         inner = (handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream)
         is_unary_request = handler.unary_unary is not None or handler.unary_stream is not None
@@ -324,9 +325,33 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         for fields in extra:
                             await self.audit({**row, **fields})
 
+        authenticator = self.authenticator
+
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # A stream lives for hours (a proxy's Stream, a replica's WatchSnapshots): its token is checked again
+            # as it goes, at most every ttl_s (the cache's own pace), before each request is taken and each reply
+            # sent, so that a revoked or expired token's stream ends within seconds instead of with the proxy.
             CURRENT.set(principal)
-            async for reply in inner(request, context):
+            checked = time.monotonic()
+
+            async def still_valid() -> None:
+                nonlocal checked
+                now = time.monotonic()
+                if now - checked < authenticator.ttl_s:
+                    return
+                checked = now
+                try:
+                    authenticator.principal(metadata)
+                except AuthError as exc:
+                    await context.abort(exc.code, f"{exc}: the stream ends")
+
+            async def requests() -> Any:
+                async for item in request:
+                    await still_valid()
+                    yield item
+
+            async for reply in inner(requests() if handler.stream_stream is not None else request, context):
+                await still_valid()
                 yield reply
 
         if handler.unary_stream is not None or handler.stream_stream is not None:
