@@ -119,10 +119,12 @@ __all__ = [
     "held",
     "last_heard",
     "open_snapshot",
+    "read_behind",
     "read_policy",
     "remove_snapshot",
     "snapshot_path",
     "touch_heartbeat",
+    "write_behind",
     "write_policy",
     "write_snapshot",
 ]
@@ -133,6 +135,7 @@ STATUS_MAGIC = b"CGSTAT1\n"
 STATUS_BYTES = 64
 _STATUS = struct.Struct("<8sQd")     # magic, generation (moves at every change of the directory), heard
 POLICY = "policy.json"
+BEHIND = "behind.json"                # tenants whose version in force the replica could not install, since when
 LOCK = ".lock"                       # the writer's lock (engine.files.hold): one replica process per directory
 POLICIES = ("stale-ok", "fail-closed", "backup")
 DEFAULT_MAX_STALENESS_S = 30.0
@@ -579,6 +582,34 @@ def read_policy(directory: Path | str) -> Policy:
         return _check_policy(doc["max_staleness_s"], doc["default"], doc["tenants"])
     except (ValueError, RecursionError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"damaged replica policy {POLICY}: {str(exc)[:300]}") from None
+
+
+def write_behind(directory: Path | str, behind: Mapping[str, float]) -> None:
+    """Write DIR/behind.json atomically: tenant -> when (time.time()) the replica first failed to install the
+    version in force.  Workers read it with the policy (the generation moves) and count such a tenant's answers
+    as old since then: past max_staleness_s its stale policy applies, however fresh the heartbeat."""
+    for tenant, since in behind.items():
+        if not isinstance(tenant, str) or type(since) is not float or not math.isfinite(since):
+            raise ValueError(f"behind[{tenant!r:.70}] must be a time, not {since!r:.40}")
+    directory = Path(directory)
+    _replace(directory / BEHIND, [json.dumps(dict(behind), sort_keys=True).encode() + b"\n"], sync=True)
+    _write_status(directory, bump=True)
+
+
+def read_behind(directory: Path | str) -> dict[str, float]:
+    """DIR/behind.json ({} when there is none); ValueError when it is damaged."""
+    try:
+        raw = (Path(directory) / BEHIND).read_bytes()
+    except FileNotFoundError:
+        return {}
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or not all(isinstance(t, str) and type(v) in (int, float) and math.isfinite(v)
+                                                for t, v in doc.items()):
+            raise ValueError("expected tenant ids mapped to times")
+        return {t: float(v) for t, v in doc.items()}
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"damaged replica file {BEHIND}: {str(exc)[:300]}") from None
 
 
 # the deciding half, in its own module (each engine source stays under 700 lines); imported last because it

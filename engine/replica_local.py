@@ -26,6 +26,7 @@ from .replica import (
     _open,
     _status_of,
     file_name,
+    read_behind,
     read_policy,
 )
 
@@ -110,6 +111,7 @@ class LocalDecisions:
         self._copy = bool(copy)
         self._held: dict[str, _Held] = {}
         self.policy = Policy()
+        self.behind: dict[str, float] = {}   # tenants the replica could not bring to the version in force: since
         self.heard: float | None = None
         self._status_checked = -math.inf
         self._status_until = -math.inf
@@ -149,6 +151,9 @@ class LocalDecisions:
         self.heard = heard
         age = now - heard if heard is not None else math.inf
         policy = self.policy
+        since = self.behind.get(tenant)
+        if since is not None:   # the replica failed to install this tenant's version in force: as old as that
+            age = max(age, now - since)
         stale = age > policy.max_staleness_s
         if stale:
             word = policy.tenants.get(tenant, policy.default)
@@ -286,3 +291,7 @@ class LocalDecisions:
             self.policy = read_policy(self.directory)
         except (OSError, ValueError):
             pass  # a damaged policy file: the last good one stays in force (the defaults if none was ever read)
+        try:
+            self.behind = read_behind(self.directory)
+        except (OSError, ValueError):
+            pass  # the same

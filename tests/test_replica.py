@@ -205,6 +205,20 @@ def test_a_snapshot_refused_leaves_the_last_good_one_in_force(server: Server, st
         answer = local.inbound("acme", "+12025550001", NUMBER, TUESDAY_1030_LA)
         assert answer is not None and answer.version == good[0]   # the last good one keeps answering
         assert rep.events("replica_refused")
+        # the readers are told it is behind, and since when (its answers grow old from then on)
+        since = wait_for(lambda: replica.read_behind(rep.directory).get("acme"), timeout=10)
+        answer = local.inbound("acme", "+12025550001", NUMBER, TUESDAY_1030_LA)
+        assert answer is not None and answer.age_s >= time.time() - since - 1
+        # asked for again 5 s later (the stream opened again), refused again: xDS's NACK, then a retry
+        wait_for(lambda: len(rep.events("replica_refused")) >= 2, timeout=30)
+        assert any("asking again" in str(e.get("message", "")) + str(e) for e in rep.events("replica_stream_broken"))
+        # a version it can hold: installed, and no longer behind
+        admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(example_doc("acme")).encode()),
+                           timeout=60)
+        wait_for(lambda: replica.held(rep.directory)["acme"][0] == in_force(admin)["acme"], timeout=30)
+        wait_for(lambda: "acme" not in replica.read_behind(rep.directory), timeout=10)
+        answer = local.inbound("acme", "+12025550001", NUMBER, TUESDAY_1030_LA)
+        assert answer is not None and answer.age_s < 5 and not answer.stale
     finally:
         local.close()
         assert rep.stop() == 0

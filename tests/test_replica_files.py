@@ -889,6 +889,44 @@ def test_a_worker_makes_no_syscall_while_the_page_is_live(tmp_path: Path, monkey
     assert decide() is not None and decide() is not None and looked.count(replica.STATUS) == 1, looked
 
 
+def test_a_tenant_behind_the_version_in_force_grows_old_from_its_refusal(tmp_path: Path) -> None:
+    """DIR/behind.json (the replica could not install the version in force): that tenant's answers are as old as
+    the refusal, so past max_staleness_s its policy applies however fresh the heartbeat; the others' are not."""
+    clock = Clock(1000.0)
+    replica.write_snapshot(tmp_path, ACME_BLOB, 1)
+    beta = copy.deepcopy(ACME)
+    beta["tenant"] = "beta"
+    replica.write_snapshot(tmp_path, blob_of(beta), 1)
+    replica.write_policy(tmp_path, 10.0, "stale-ok", {"acme": "fail-closed", "beta": "fail-closed"})
+    worker = LocalDecisions(tmp_path, clock=clock)
+
+    def ask(tenant: str) -> LocalAnswer:
+        replica.touch_heartbeat(tmp_path, clock.now)   # the replica hears from the server all along
+        answer = worker.inbound(tenant, BLACKLISTED, MAIN, AT)
+        assert answer is not None
+        return answer
+
+    replica.write_behind(tmp_path, {"acme": 1000.0})
+    assert replica.read_behind(tmp_path) == {"acme": 1000.0}
+    clock.now = 1005.0
+    assert (ask("acme").action, ask("acme").age_s, ask("acme").stale) == ("decide", 5.0, False)
+    clock.now = 1011.0
+    assert (ask("acme").action, ask("acme").age_s, ask("acme").stale) == ("reject", 11.0, True)
+    assert (ask("beta").action, ask("beta").age_s) == ("decide", 0.0)
+    replica.write_behind(tmp_path, {})   # installed at last
+    assert (ask("acme").action, ask("acme").stale) == ("decide", False)
+
+    (tmp_path / replica.BEHIND).write_text("{not json")
+    with pytest.raises(ValueError, match=r"damaged replica file behind\.json"):
+        replica.read_behind(tmp_path)
+    replica.write_policy(tmp_path, 10.0, "stale-ok", {"acme": "fail-closed"})   # moves the generation
+    assert ask("acme").action == "decide"       # a damaged file: the last good one stays in force
+    with pytest.raises(ValueError):
+        replica.write_behind(tmp_path, {"acme": math.nan})
+    (tmp_path / replica.BEHIND).unlink()
+    assert replica.read_behind(tmp_path) == {}
+
+
 def test_a_fresh_worker_defaults(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         LocalDecisions(tmp_path, recheck_s=-1)

@@ -6,9 +6,13 @@ sent), puts each snapshot's pieces together, checks and writes it
 (`engine.replica.write_snapshot`: the checksum, the core's checks, an atomic
 replace) in a thread, and answers the server: installed, or refused with
 the reason (a damaged or foreign blob, a full disk) while the last good file
-stays in force.  Every message from the server (heartbeats come every
-second while nothing changes) refreshes the directory's heartbeat, from
-which every reader knows how old its answers may be.  When the stream
+stays in force.  A refused tenant is written in DIR/behind.json with the time
+of its first refusal (its answers are as old as that: past --max-staleness
+the readers apply its stale policy), and asked for again (the stream opened
+again) after 5 s, 15 s, 60 s, then every 5 minutes, like xDS after a NACK.
+Every message from the server (heartbeats come every second while nothing
+changes) refreshes the directory's heartbeat, from which every reader knows
+how old its answers may be.  When the stream
 breaks it tries again, backing off from 0.5 s to 10 s; the files stay and
 keep answering meanwhile (the readers' staleness policy decides for how
 long they are trusted).
@@ -36,6 +40,7 @@ from engine import replica
 log = logging.getLogger("callgate.replica")
 
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+RETRY_S = (5.0, 15.0, 60.0, 300.0)   # a refused snapshot is asked for again after these (the stream opened again)
 SILENCE_S = 10.0             # nothing from the server for this long (it sends a heartbeat a second): a dead link
 HEARTBEAT_WRITE_S = 0.25     # the heartbeat file is written at most this often (a message may come every ms)
 
@@ -78,6 +83,14 @@ class Follower:
         self.stats = FollowStats()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._heard = 0.0
+        # tenants whose version in force could not be installed, since when (DIR/behind.json, for the readers)
+        try:
+            self._behind = replica.read_behind(self.directory)
+        except ValueError:   # damaged: every tenant is sent again and installed, or refused and marked again
+            self._behind = {}
+        self._behind_saved = True   # DIR/behind.json says what _behind says (else the heartbeat stands still)
+        self._refusals = 0          # refusals since the last install: how long until the next try
+        self._retry_at = 0.0        # time.monotonic() when the stream is opened again to ask for them (0: never)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow until `stop` is set, reconnecting after every failure."""
@@ -109,6 +122,7 @@ class Follower:
             for tenant in [t for t in held if t not in self.tenants]:
                 await asyncio.to_thread(replica.remove_snapshot, self.directory, tenant)
                 del held[tenant]
+            await self._mark_behind(*[t for t in self._behind if t not in self.tenants], ok=True)
         first = decisions_pb2.WatchRequest(replica=self.name, tenants=self.tenants)
         for tenant, (version, checksum) in held.items():
             first.held[tenant].version = version
@@ -148,6 +162,13 @@ class Follower:
                     piece = reading.result()
                     if piece is grpc.aio.EOF:
                         raise StreamBroken("the server ended the stream")
+                    if self._retry_at and assembly is None and time.monotonic() >= self._retry_at:
+                        # xDS's answer to a NACK: ask again later (a full disk freed, a blob damaged on its way);
+                        # the stream opened again resumes from what the directory holds, which lacks it
+                        self._retry_at = 0.0
+                        call.cancel()
+                        raise StreamBroken(f"asking again for what was refused: {', '.join(sorted(self._behind))}"
+                                           [:300])
                     if synced or piece.synced:
                         await self._heartbeat()
                     if piece.heartbeat:
@@ -159,6 +180,7 @@ class Follower:
                         continue
                     if piece.removed:
                         await asyncio.to_thread(replica.remove_snapshot, self.directory, piece.tenant)
+                        await self._mark_behind(piece.tenant, ok=True)
                         self.stats.removed += 1
                         log.info("tenant %s removed", piece.tenant,
                                  extra={"event": "replica_removed", "tenant": piece.tenant})
@@ -200,10 +222,16 @@ class Follower:
         except (ValueError, OSError) as exc:  # the last good file stays in force
             ack.ok, ack.reason = False, str(exc)[:500]
             self.stats.refused += 1
-            log.error("tenant %s version %s refused: %s", a.tenant, a.version, ack.reason,
-                      extra={"event": "replica_refused", "tenant": a.tenant, "version": a.version})
+            wait = RETRY_S[min(self._refusals, len(RETRY_S) - 1)]
+            self._refusals += 1
+            self._retry_at = time.monotonic() + wait
+            log.error("tenant %s version %s refused: %s; asked for again in %g s", a.tenant, a.version, ack.reason,
+                      wait, extra={"event": "replica_refused", "tenant": a.tenant, "version": a.version})
+            await self._mark_behind(a.tenant, ok=False)
             return decisions_pb2.WatchRequest(ack=ack)
         ack.ok = True
+        self._refusals = 0
+        await self._mark_behind(a.tenant, ok=True)
         self.stats.installed += 1
         self.stats.installs.append((a.tenant, a.version, time.time()))
         del self.stats.installs[:-10_000]
@@ -211,7 +239,35 @@ class Follower:
                  extra={"event": "replica_installed", "tenant": a.tenant, "version": a.version, "bytes": a.size})
         return decisions_pb2.WatchRequest(ack=ack)
 
+    async def _mark_behind(self, *tenants: str, ok: bool) -> None:
+        """Tell the readers (DIR/behind.json) which tenants are not at the version in force, and since when.  If
+        that cannot be written (the disk that refused the snapshot is full), the heartbeat stands still until it
+        can: every answer of the directory then grows old, rather than a refused tenant's looking fresh."""
+        changed = False
+        for tenant in tenants:
+            if ok and tenant in self._behind:
+                del self._behind[tenant]
+                changed = True
+            elif not ok and tenant not in self._behind:
+                self._behind[tenant] = time.time()
+                changed = True
+        if not changed and self._behind_saved:
+            return
+        try:
+            await asyncio.to_thread(replica.write_behind, self.directory, dict(self._behind))
+        except OSError as exc:
+            if self._behind_saved:
+                log.error("the replica directory %s cannot say which tenants are behind (%s): its heartbeat stands "
+                          "still until it can", self.directory, exc, extra={"event": "replica_behind_unsaved"})
+            self._behind_saved = False
+            return
+        self._behind_saved = True
+
     async def _heartbeat(self) -> None:
+        if not self._behind_saved:
+            await self._mark_behind(ok=True)   # tried again at each message; the heartbeat waits for it
+            if not self._behind_saved:
+                return
         now = time.monotonic()
         if now - self._heard >= HEARTBEAT_WRITE_S:
             self._heard = now
