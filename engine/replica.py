@@ -64,8 +64,8 @@ and at the latest every `recheck_s` (30 s: a file changed behind the
 writer's back), does the worker stat the tenant's file.  The policy is
 replaced like a snapshot file; the status page alone is made once and then
 written in place (DIR/status, 64 bytes: magic b"CGSTAT1\n", the generation
-u64, when the replica last heard from the server f64), never replaced or
-truncated; a worker looks for a new page (os.stat) only while the one it
+u64, when the replica last heard from the server f64, the server's clock
+less this host's f64), never replaced or truncated; a worker looks for a new page (os.stat) only while the one it
 maps says nothing fresh (no heartbeat for 2.5 s: a page replaced when the
 directory was made again is no longer written).
 
@@ -115,6 +115,7 @@ __all__ = [
     "LocalDecisions",
     "Policy",
     "SnapshotFile",
+    "clock_offset",
     "file_name",
     "held",
     "last_heard",
@@ -134,6 +135,8 @@ STATUS = "status"                    # the status page: generation of the direct
 STATUS_MAGIC = b"CGSTAT1\n"
 STATUS_BYTES = 64
 _STATUS = struct.Struct("<8sQd")     # magic, generation (moves at every change of the directory), heard
+_OFFSET_AT = 24                      # then the server's clock less this host's (f64 seconds)
+MAX_OFFSET_S = 10 * 365 * 86_400.0   # an offset beyond this is no clock's: read as 0
 POLICY = "policy.json"
 BEHIND = "behind.json"                # tenants whose version in force the replica could not install, since when
 LOCK = ".lock"                       # the writer's lock (engine.files.hold): one replica process per directory
@@ -464,12 +467,21 @@ def _view(mm: mmap.mmap | bytes, name: str, spec: Any, start: int, end: int) -> 
 
 # -- heartbeat and policy ------------------------------------------------------------------------------------
 
-def touch_heartbeat(directory: Path | str, at: float | None = None) -> None:
-    """Record that the replica heard from the server at `at` (time.time() when None), in the status page."""
+def touch_heartbeat(directory: Path | str, at: float | None = None, offset: float | None = None) -> None:
+    """Record that the replica heard from the server at `at` (time.time() when None), in the status page, and
+    with `offset` how far the server's clock is ahead of this host's (seconds; `clock_offset`)."""
     at = time.time() if at is None else float(at)
     if not math.isfinite(at):
         raise ValueError(f"heartbeat time {at!r} is not finite")
-    _write_status(Path(directory), heard=at)
+    if offset is not None and not (math.isfinite(offset) and abs(offset) <= MAX_OFFSET_S):
+        raise ValueError(f"clock offset {offset!r} is no clock's")
+    _write_status(Path(directory), heard=at, offset=offset)
+
+
+def clock_offset(raw: Any) -> float:
+    """The server's clock less this host's (seconds) from a status page's bytes; 0.0 when it says none."""
+    (offset,) = struct.unpack_from("<d", raw, _OFFSET_AT)
+    return offset if math.isfinite(offset) and abs(offset) <= MAX_OFFSET_S else 0.0
 
 
 def last_heard(directory: Path | str) -> float | None:
@@ -491,7 +503,8 @@ def _status_of(raw: Any) -> tuple[int, float | None]:
     return generation, (heard if math.isfinite(heard) and heard > 0 else None)
 
 
-def _write_status(directory: Path, bump: bool = False, heard: float | None = None) -> None:
+def _write_status(directory: Path, bump: bool = False, heard: float | None = None,
+                  offset: float | None = None) -> None:
     """Move the status page's generation on (`bump`) and/or set when the replica last heard from the server.
 
     The page is made once and then only written in place, never replaced: every worker keeps it mapped and
@@ -525,6 +538,8 @@ def _write_status(directory: Path, bump: bool = False, heard: float | None = Non
             struct.pack_into("<Q", mm, 8, generation + 1)
         if heard is not None:
             struct.pack_into("<d", mm, 16, heard)
+        if offset is not None:
+            struct.pack_into("<d", mm, _OFFSET_AT, offset)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from .replica import (
     _numbers_of,
     _open,
     _status_of,
+    clock_offset,
     file_name,
     read_behind,
     read_policy,
@@ -123,10 +124,12 @@ class LocalDecisions:
         self._headers: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
         self._scanned = -math.inf
 
-    def inbound(self, tenant: str, caller: str, called: str, at: int) -> LocalAnswer | None:
-        """The local answer to an inbound call, or None: no usable file for `tenant` (absent, removed,
-        damaged), ask the server.  Fresh, or stale under "stale-ok": action "decide".  Stale under
-        "fail-closed": "reject".  Stale under "backup": "backup" (or "reject" without a backup configured)."""
+    def inbound(self, tenant: str, caller: str, called: str, at: int = 0) -> LocalAnswer | None:
+        """The local answer to an inbound call at `at` (0: now by the server's clock, as the replica measured it
+        against this host's: what the RPC's at=0 means, so that a host whose clock is wrong decides off-hours
+        as the server would), or None: no usable file for `tenant` (absent, removed, damaged), ask the server.
+        Fresh, or stale under "stale-ok": action "decide".  Stale under "fail-closed": "reject".  Stale under
+        "backup": "backup" (or "reject" without a backup configured)."""
         now = self._clock()
         gen, heard = self._read_page()
         # The page is looked for again (os.stat) only when it says nothing fresh: none mapped yet, or its
@@ -162,6 +165,9 @@ class LocalDecisions:
             if word == "backup":
                 assert h.backup is not None
                 return _answer("backup", None, h.version, h.checksum, age, True, h.backup[0], h.backup[1])
+        if not at:
+            page = self._page
+            at = int(now + (clock_offset(page) if page is not None else 0.0))
         return _answer("decide", snap.inbound(caller, called, at), h.version, h.checksum, age, stale)
 
     def tenant_of(self, number: str) -> str | None:

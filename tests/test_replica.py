@@ -315,3 +315,63 @@ def test_a_replica_finds_a_server_gone_silent_and_follows_it_again(tmp_path: Pat
     finally:
         assert rep.stop() == 0
         assert srv.stop() == 0
+
+
+def test_a_host_with_a_wrong_clock_decides_at_the_servers_time(server: Server, stubs: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replica's host clock is four days slow (a careless proxy host): the replica measures the server's
+    clock against it from every message, the status page carries the offset, and its workers, on the same
+    wrong clock, decide "now" as the server decides at=0."""
+    import asyncio
+
+    from server.replica import follow
+
+    decisions, _ = stubs
+    skew = 4 * 86_400.0
+    real = time.time
+
+    class SlowClock:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def time() -> float:
+            return real() - skew
+
+    monkeypatch.setattr(follow, "time", SlowClock)
+    follower = follow.Follower(lambda: grpc.aio.insecure_channel(server.address), tmp_path / "replica",
+                               "host-slow-clock", ["acme"])
+    ready: dict[str, Any] = {}
+
+    def run() -> None:
+        async def main() -> None:
+            ready["stop"], ready["loop"] = asyncio.Event(), asyncio.get_running_loop()
+            await follower.run(ready["stop"])
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        page = tmp_path / "replica" / replica.STATUS
+        offset = wait_for(lambda: page.exists() and replica.clock_offset(page.read_bytes()), timeout=20)
+        assert abs(offset - skew) < 2.0, offset
+        local = replica.LocalDecisions(tmp_path / "replica", clock=SlowClock.time)
+        held = local.snapshot("acme")
+        assert held is not None
+        for caller in CALLERS:
+            for called in CALLED:
+                answer = local.inbound("acme", caller, called)   # now, by the server's clock
+                assert answer is not None and answer.action == "decide" and not answer.stale
+                assert answer.decision is not None
+                request = decisions_pb2.InboundRequest(tenant="acme", caller=caller, called=called)
+                if answer.decision.verdict == "ERROR":
+                    with pytest.raises(grpc.RpcError) as err:
+                        decisions.Inbound(request, timeout=10)
+                    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                else:
+                    assert decisions.Inbound(request, timeout=10) == decision_message(answer.decision, "inbound",
+                                                                                       held[0])
+        local.close()
+    finally:
+        ready["loop"].call_soon_threadsafe(ready["stop"].set)
+        thread.join(20)

@@ -927,6 +927,38 @@ def test_a_tenant_behind_the_version_in_force_grows_old_from_its_refusal(tmp_pat
     assert replica.read_behind(tmp_path) == {}
 
 
+def test_now_is_the_servers_time_as_the_replica_measured_it(tmp_path: Path) -> None:
+    """at=0 (what the proxy asks: now) is this host's clock plus the offset the replica measured against the
+    server's (the status page), so a host whose clock is days off decides off-hours as the server would."""
+    clock = Clock(float(AT))
+    replica.write_snapshot(tmp_path, ACME_BLOB, 1)
+    snap = replica.open_snapshot(tmp_path / "acme.cgsnap")[0]
+    caller = "+14155551234"
+    # the precondition: 4 days later (a Saturday) this call goes to voicemail
+    assert snap.inbound(caller, MAIN, AT).verdict != snap.inbound(caller, MAIN, AT + 345_600).verdict
+    worker = LocalDecisions(tmp_path, clock=clock)
+
+    def fields(d: Any) -> tuple[Any, ...]:
+        return (d.verdict, d.reason, d.group, d.target, d.line)
+
+    replica.touch_heartbeat(tmp_path, clock.now)              # no offset measured yet: this host's clock
+    first = worker.inbound("acme", caller, MAIN)
+    assert first is not None and first.decision is not None
+    assert fields(first.decision) == fields(snap.inbound(caller, MAIN, AT))
+    replica.touch_heartbeat(tmp_path, clock.now, offset=345_600.0)
+    later = worker.inbound("acme", caller, MAIN)
+    assert later is not None and later.decision is not None
+    assert fields(later.decision) == fields(snap.inbound(caller, MAIN, AT + 345_600))
+    given = worker.inbound("acme", caller, MAIN, AT)           # an instant given is the instant decided at
+    assert given is not None and given.decision is not None and fields(given.decision) == fields(first.decision)
+    page = (tmp_path / replica.STATUS).read_bytes()
+    assert replica.clock_offset(page) == 345_600.0
+    for bad in (math.nan, math.inf, 11 * 365 * 86_400.0):
+        with pytest.raises(ValueError, match="no clock's"):
+            replica.touch_heartbeat(tmp_path, clock.now, offset=bad)
+    assert replica.clock_offset(page[:24] + struct.pack("<d", math.nan) + page[32:]) == 0.0
+
+
 def test_a_fresh_worker_defaults(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         LocalDecisions(tmp_path, recheck_s=-1)

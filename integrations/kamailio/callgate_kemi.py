@@ -495,14 +495,13 @@ class kamailio:
         if local is None:
             answer = None
         elif TIMINGS:
-            at = int(time.time())
             c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-            answer = local.inbound(tenant, caller, called, at)
+            answer = local.inbound(tenant, caller, called)
             # the wall time, and the worker's own CPU time: what the wall time holds beyond it is time the
             # worker waited for a core (2 cores shared with sipp, callgate and the other Kamailios)
             self.timings.add("local", time.perf_counter_ns() - t0, time.thread_time_ns() - c0)
-        else:
-            answer = local.inbound(tenant, caller, called, int(time.time()))
+        else:  # now by the server's clock (the replica measures this host's against it), as the RPC decides
+            answer = local.inbound(tenant, caller, called)
         if answer is not None:
             self.local_decisions += 1
             if answer.action == "reject":  # older than --max-staleness, the tenant's policy fail-closed

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 RETRY_S = (5.0, 15.0, 60.0, 300.0)   # a refused snapshot is asked for again after these (the stream opened again)
 SILENCE_S = 10.0             # nothing from the server for this long (it sends a heartbeat a second): a dead link
 HEARTBEAT_WRITE_S = 0.25     # the heartbeat file is written at most this often (a message may come every ms)
+OFFSET_SAMPLES = 16          # the server's clock against this host's: the best of this many messages' readings
+OFFSET_WARN_S = 2.0          # a host clock this far off the server's is logged (local decisions use the server's)
 
 
 class StreamBroken(Exception):
@@ -91,6 +94,10 @@ class Follower:
         self._behind_saved = True   # DIR/behind.json says what _behind says (else the heartbeat stands still)
         self._refusals = 0          # refusals since the last install: how long until the next try
         self._retry_at = 0.0        # time.monotonic() when the stream is opened again to ask for them (0: never)
+        # the server's clock less this host's, read from each message's server_time_ms: a message is read some
+        # time after it was stamped, so each reading is low by that delay, and the highest is the closest
+        self._offsets: deque[float] = deque(maxlen=OFFSET_SAMPLES)
+        self._offset_warned = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow until `stop` is set, reconnecting after every failure."""
@@ -162,6 +169,10 @@ class Follower:
                     piece = reading.result()
                     if piece is grpc.aio.EOF:
                         raise StreamBroken("the server ended the stream")
+                    if piece.server_time_ms > 0:
+                        sample = piece.server_time_ms / 1000 - time.time()
+                        if abs(sample) <= replica.MAX_OFFSET_S:
+                            self._offsets.append(sample)
                     if self._retry_at and assembly is None and time.monotonic() >= self._retry_at:
                         # xDS's answer to a NACK: ask again later (a full disk freed, a blob damaged on its way);
                         # the stream opened again resumes from what the directory holds, which lacks it
@@ -271,4 +282,11 @@ class Follower:
         now = time.monotonic()
         if now - self._heard >= HEARTBEAT_WRITE_S:
             self._heard = now
-            await asyncio.to_thread(replica.touch_heartbeat, self.directory)
+            offset = max(self._offsets) if self._offsets else None
+            if offset is not None and abs(offset) > OFFSET_WARN_S and not self._offset_warned:
+                self._offset_warned = True
+                log.warning("this host's clock is %.1f s %s the server's: local decisions are made at the server's "
+                            "time (set this host's clock right: NTP)", abs(offset),
+                            "behind" if offset > 0 else "ahead of", extra={"event": "replica_clock_offset",
+                                                                           "offset_s": round(offset, 3)})
+            await asyncio.to_thread(replica.touch_heartbeat, self.directory, time.time(), offset)
