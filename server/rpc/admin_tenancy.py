@@ -145,15 +145,15 @@ class TenancyAdmin(AdminBase):
     async def _list_replicas(self, r: admin_pb2.ListReplicasRequest) -> admin_pb2.ListReplicasReply:
         tenant = _tenant_arg("tenant", r.tenant) if r.tenant else ""
         rows = await asyncio.to_thread(self.state.store.list_replicas, tenant, _text("replica", r.replica))
-        engine = self.state.engine
+        # the version in force is the store's, not this worker's (which may not have installed it yet)
+        in_force = await asyncio.to_thread(self.state.store.current_versions) if rows else {}
         reply = admin_pb2.ListReplicasReply()
         for row in rows:
-            snap = engine.get(row.tenant)
             reply.replicas.append(admin_pb2.ReplicaInfo(
                 replica=row.replica, tenant=row.tenant, version=row.version, checksum=row.checksum,
                 installed_at=row.installed_at, refused_version=row.refused_version, refused_reason=row.refused_reason,
                 refused_at=row.refused_at, peer=row.peer, token_id=row.token_id, seen_at=row.seen_at,
-                in_force=snap.version if snap is not None else 0))
+                in_force=in_force.get(row.tenant, 0)))
         return reply
 
     # -- removing a tenant --------------------------------------------------------
