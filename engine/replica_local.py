@@ -65,6 +65,7 @@ def _answer(action: str, decision: CoreDecision | None, version: int, checksum: 
 
 
 _RETRY = (-1, -1, -1, -1)  # a stat key no file has
+PAGE_LOOK_S = 1.0         # a page not fresh is looked for (os.stat) at most this often
 PAGE_FRESH_S = 2.5        # a status page heard from within this is the live one (the replica writes it each 1 s)
 
 
@@ -156,7 +157,10 @@ class LocalDecisions:
         policy = self.policy
         since = self.behind.get(tenant)
         if since is not None:   # the replica failed to install this tenant's version in force: as old as that
-            age = max(age, now - since)
+            behind_s = now - since
+            if behind_s > policy.max_staleness_s and age <= policy.max_staleness_s:
+                return None   # too old, and the server answers the replica: ask the server, not the policy
+            age = max(age, behind_s)
         stale = age > policy.max_staleness_s
         if stale:
             word = policy.tenants.get(tenant, policy.default)
@@ -256,7 +260,8 @@ class LocalDecisions:
 
     def _look_status(self, now: float) -> None:
         """Map the status page again when it is new or was replaced (at most every recheck_s)."""
-        self._status_checked, self._status_until = now, now + self.recheck_s
+        # (a page looked for and not found is looked for again within a second: a directory being made)
+        self._status_checked, self._status_until = now, now + min(self.recheck_s, PAGE_LOOK_S)
         try:
             st = os.stat(self.directory / STATUS)
             key: tuple[int, int] | None = (st.st_dev, st.st_ino)

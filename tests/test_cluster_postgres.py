@@ -181,6 +181,8 @@ def test_a_host_cut_off_from_postgresql_behind_nginx_loses_events_only_during_th
         # only while h1 is cut off (or the lock it held lasts); the rest is the proxies' to send again.
         assert all(0.0 <= t <= f["cut_s"] + 1.5 for t in w["failed_s_after_cut"]), w
         assert w["failed"] <= 4 * math.ceil(f["cut_s"] + 1.5), w
+        # and events kept being taken through h2 all along (the run that lost every event for 5 s took 36%)
+        assert w["acknowledged"] >= 0.9 * w["calls"], w
         assert all(how.endswith("UNAVAILABLE") for how in w["failed_how"]), w
         assert all(row["uri"] == "CallEvent" and row["status"] != "502" for row in seen["not_ok"]), seen
         assert f["finish_problems"] == [] and f["billing"]["ok"], f["billing"]

@@ -87,3 +87,12 @@ def test_past_the_limit_only_a_calls_end_is_taken(tmp_path: Path) -> None:
     with pytest.raises(OverflowError):   # a call whose RINGING is not spooled: a new call's events
         events.add([("c5:RINGING", "c5", b"r"), ("c5:ENDED", "c5", b"e")])
     assert events.stats()[0] == 4
+
+
+def test_a_ringing_spooled_already_adds_nothing_even_when_full(tmp_path: Path) -> None:
+    """A 183 after a 180 sends the call's RINGING again: with the spool full it is not refused as lost, it is
+    simply there already."""
+    events = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=1)
+    assert events.add([("c1:RINGING", "c1", b"r")]) == ["c1:RINGING"]
+    events._counted = (0.0, 0)
+    assert events.add([("c1:RINGING", "c1", b"r")]) == []

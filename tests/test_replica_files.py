@@ -891,7 +891,8 @@ def test_a_worker_makes_no_syscall_while_the_page_is_live(tmp_path: Path, monkey
 
 def test_a_tenant_behind_the_version_in_force_grows_old_from_its_refusal(tmp_path: Path) -> None:
     """DIR/behind.json (the replica could not install the version in force): that tenant's answers are as old as
-    the refusal, so past max_staleness_s its policy applies however fresh the heartbeat; the others' are not."""
+    the refusal; past max_staleness_s the worker asks the server (None) while the replica hears from it, and
+    applies the tenant's stale policy once it does not; the other tenants' answers are not touched."""
     clock = Clock(1000.0)
     replica.write_snapshot(tmp_path, ACME_BLOB, 1)
     beta = copy.deepcopy(ACME)
@@ -911,8 +912,11 @@ def test_a_tenant_behind_the_version_in_force_grows_old_from_its_refusal(tmp_pat
     clock.now = 1005.0
     assert (ask("acme").action, ask("acme").age_s, ask("acme").stale) == ("decide", 5.0, False)
     clock.now = 1011.0
-    assert (ask("acme").action, ask("acme").age_s, ask("acme").stale) == ("reject", 11.0, True)
+    assert worker.inbound("acme", BLACKLISTED, MAIN, AT) is None   # the server answers the replica: ask it
     assert (ask("beta").action, ask("beta").age_s) == ("decide", 0.0)
+    clock.now = 1030.0   # the server is gone too (no heartbeat for 19 s): the tenant's stale policy
+    answer = worker.inbound("acme", BLACKLISTED, MAIN, AT)
+    assert answer is not None and (answer.action, answer.age_s, answer.stale) == ("reject", 30.0, True)
     replica.write_behind(tmp_path, {})   # installed at last
     assert (ask("acme").action, ask("acme").stale) == ("decide", False)
 

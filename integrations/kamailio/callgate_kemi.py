@@ -359,7 +359,8 @@ class kamailio:
             KSR.tm.t_on_failure("ksr_failure_invite")
         return 1 if KSR.tm.t_relay() > 0 else self.reply(500, "Relay Failed")
 
-    def remember(self, **fields: str) -> None:
+    @staticmethod
+    def remember(**fields: str) -> None:
         """What the call's later events need, as one record (JSON) kept with the transaction (avp) and the
         dialog (dlg_var): two calls into Kamailio, where a variable a field cost two calls a field here and one
         or two a field read back at every reply (measured: replies 318 us of Python a call)."""
@@ -371,11 +372,26 @@ class kamailio:
     def recall(pv: str = "$avp(cg)") -> dict[str, str]:
         """The call's record (remember) from the transaction, else the dialog; {} for none or a damaged one."""
         text = KSR.pv.get(pv) or (KSR.pv.get("$dlg_var(cg)") if pv != "$dlg_var(cg)" else "") or ""
+        if not text:
+            return kamailio.recall_fields(pv)
         try:
-            record = json.loads(text) if text else {}
+            record = json.loads(text)
         except ValueError:
             return {}
         return {str(k): str(v) for k, v in record.items()} if isinstance(record, dict) else {}
+
+    @staticmethod
+    def recall_fields(pv: str) -> dict[str, str]:
+        """A call made before `kamcmd app_python3.reload` brought this script: its fields one variable each (the
+        script before this one), so that its answer and end still reach callgate."""
+        dialog_only = pv.startswith("$dlg_var")
+        record = {}
+        for name in ("call", "tenant", "dir", "user", "caller", "called", "line"):
+            value = (KSR.pv.get(f"$dlg_var(cg_{name})") if dialog_only else
+                     KSR.pv.get(f"$avp(cg_{name})") or KSR.pv.get(f"$dlg_var(cg_{name})"))
+            if value:
+                record[name] = str(value)
+        return record
 
     @staticmethod
     def remember_paid(seconds: int) -> None:
@@ -735,16 +751,22 @@ class kamailio:
             if exc.code() == self.grpc.StatusCode.UNIMPLEMENTED:  # a rolling upgrade done proxies first
                 waiting += " (callgate is older than this script: upgrade callgate first; the events wait)"
         else:
-            for (row_id, _), result, event in zip(rows, reply.results, batch.events, strict=False):
-                if result.WhichOneof("result") == "reply":
+            # a reply that does not answer every event of the batch is no answer: nothing is taken as sent
+            whole = len(reply.results) == len(rows)
+            if not whole:
+                waiting = f"{len(reply.results)} results for {len(rows)} events"
+            for (row_id, _), result, event in zip(rows, reply.results, batch.events, strict=True) if whole else ():
+                which = result.WhichOneof("result")
+                if which == "reply":
                     done.append((row_id, SENT, ""))
                     continue
                 name = next((c.name for c in self.grpc.StatusCode if c.value[0] == result.error_code), "UNKNOWN")
-                if name in FINAL:  # refused for good: kept as refused, the call's next event goes next round
+                if which == "error" and name in FINAL:
+                    # refused for good: kept as refused, and the call's next event goes in the next round
                     KSR.warn(f"callgate: event {event.call_id} refused ({name}): {result.error}\n")
                     done.append((row_id, REFUSED, f"{name}: {result.error}"))
-                else:  # callgate cannot take it now (its store is busy or full): this call waits
-                    waiting = waiting or f"{name}: {result.error}"
+                else:  # callgate cannot take it now (its store is busy or full), or said nothing: this call waits
+                    waiting = waiting or f"{name}: {result.error or 'no answer'}"
         if waiting:
             self.failures += 1
             wait = min(5.0, 0.2 * 2 ** min(self.failures, 5))

@@ -93,7 +93,9 @@ class Spool:
             # past the limit only a call's end is taken: with, at most, its RINGING that is spooled already (the
             # script sends the RINGING with every first event it may be: the key ignores a second one)
             items = [item for item in items if not (item[0].endswith(":RINGING") and self.has(item[0]))]
-            ended = bool(items) and all(key.endswith(":ENDED") for key, _, _ in items)
+            if not items:   # a RINGING spooled already (a 183 after a 180): nothing to add, nothing lost
+                return []
+            ended = all(key.endswith(":ENDED") for key, _, _ in items)
         if self.full(ended):
             raise OverflowError(f"the spool holds {self._counted[1]} waiting events, its limit "
                                 f"(CALLGATE_SPOOL_MAX) is {self.max_pending}")

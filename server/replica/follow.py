@@ -8,8 +8,9 @@ replace) in a thread, and answers the server: installed, or refused with
 the reason (a damaged or foreign blob, a full disk) while the last good file
 stays in force.  A refused tenant is written in DIR/behind.json with the time
 of its first refusal (its answers are as old as that: past --max-staleness
-the readers apply its stale policy), and asked for again (the stream opened
-again) after 5 s, 15 s, 60 s, then every 5 minutes, like xDS after a NACK.
+the readers ask the server, or apply its stale policy when the server is
+away too), and asked for again (the stream opened again) after 5 s, 15 s,
+60 s, then every 5 minutes, like xDS after a NACK.
 Every message from the server (heartbeats come every second while nothing
 changes) refreshes the directory's heartbeat, from which every reader knows
 how old its answers may be.  When the stream
@@ -45,6 +46,7 @@ RETRY_S = (5.0, 15.0, 60.0, 300.0)   # a refused snapshot is asked for again aft
 SILENCE_S = 10.0             # nothing from the server for this long (it sends a heartbeat a second): a dead link
 HEARTBEAT_WRITE_S = 0.25     # the heartbeat file is written at most this often (a message may come every ms)
 OFFSET_SAMPLES = 16          # the server's clock against this host's: the best of this many messages' readings
+OFFSET_STEP_S = 2.0          # a reading this far from the last: a clock was stepped, the older readings go
 OFFSET_WARN_S = 2.0          # a host clock this far off the server's is logged (local decisions use the server's)
 
 
@@ -87,12 +89,13 @@ class Follower:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._heard = 0.0
         # tenants whose version in force could not be installed, since when (DIR/behind.json, for the readers)
+        # DIR/behind.json says what _behind says (else the heartbeat stands still until it can be written)
         try:
-            self._behind = replica.read_behind(self.directory)
-        except ValueError:   # damaged: every tenant is sent again and installed, or refused and marked again
-            self._behind = {}
-        self._behind_saved = True   # DIR/behind.json says what _behind says (else the heartbeat stands still)
-        self._refusals = 0          # refusals since the last install: how long until the next try
+            self._behind, self._behind_saved = replica.read_behind(self.directory), True
+        except ValueError:   # damaged: written again before the heartbeat moves
+            self._behind, self._behind_saved = {}, False
+        self._refusals: dict[str, int] = {}   # a tenant's refusals since its last install: when to ask again
+        self._refused_now: set[str] = set()  # tenants refused in this session
         self._retry_at = 0.0        # time.monotonic() when the stream is opened again to ask for them (0: never)
         # the server's clock less this host's, read from each message's server_time_ms: a message is read some
         # time after it was stamped, so each reading is low by that delay, and the highest is the closest
@@ -130,6 +133,7 @@ class Follower:
                 await asyncio.to_thread(replica.remove_snapshot, self.directory, tenant)
                 del held[tenant]
             await self._mark_behind(*[t for t in self._behind if t not in self.tenants], ok=True)
+        self._refused_now = set()
         first = decisions_pb2.WatchRequest(replica=self.name, tenants=self.tenants)
         for tenant, (version, checksum) in held.items():
             first.held[tenant].version = version
@@ -171,6 +175,8 @@ class Follower:
                         raise StreamBroken("the server ended the stream")
                     if piece.server_time_ms > 0:
                         sample = piece.server_time_ms / 1000 - time.time()
+                        if self._offsets and abs(sample - self._offsets[-1]) > OFFSET_STEP_S:
+                            self._offsets.clear()   # a clock was stepped (NTP): the readings before are wrong
                         if abs(sample) <= replica.MAX_OFFSET_S:
                             self._offsets.append(sample)
                     if self._retry_at and assembly is None and time.monotonic() >= self._retry_at:
@@ -186,6 +192,9 @@ class Follower:
                         continue
                     if piece.synced:
                         synced = True
+                        # what the server did not send is in step (a snapshot written whole, whose refusal came
+                        # from a later step of writing it, is): only what it refused again stays behind
+                        await self._mark_behind(*[t for t in self._behind if t not in self._refused_now], ok=True)
                         self.stats.synced_at = time.time()
                         log.info("in step with the server", extra={"event": "replica_synced"})
                         continue
@@ -233,15 +242,19 @@ class Follower:
         except (ValueError, OSError) as exc:  # the last good file stays in force
             ack.ok, ack.reason = False, str(exc)[:500]
             self.stats.refused += 1
-            wait = RETRY_S[min(self._refusals, len(RETRY_S) - 1)]
-            self._refusals += 1
-            self._retry_at = time.monotonic() + wait
+            tries = self._refusals.get(a.tenant, 0)
+            self._refusals[a.tenant] = tries + 1
+            self._refused_now.add(a.tenant)
+            wait = RETRY_S[min(tries, len(RETRY_S) - 1)]
+            at = time.monotonic() + wait
+            self._retry_at = min(self._retry_at, at) if self._retry_at else at
             log.error("tenant %s version %s refused: %s; asked for again in %g s", a.tenant, a.version, ack.reason,
                       wait, extra={"event": "replica_refused", "tenant": a.tenant, "version": a.version})
             await self._mark_behind(a.tenant, ok=False)
             return decisions_pb2.WatchRequest(ack=ack)
         ack.ok = True
-        self._refusals = 0
+        self._refusals.pop(a.tenant, None)
+        self._refused_now.discard(a.tenant)
         await self._mark_behind(a.tenant, ok=True)
         self.stats.installed += 1
         self.stats.installs.append((a.tenant, a.version, time.time()))

@@ -333,17 +333,24 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             # sent, so that a revoked or expired token's stream ends within seconds instead of with the proxy.
             CURRENT.set(principal)
             checked = time.monotonic()
+            ended: list[AuthError] = []   # the refusal that ended the stream (abort() may be called once)
 
             async def still_valid() -> None:
                 nonlocal checked
                 now = time.monotonic()
+                if ended:   # the other side (requests or replies) aborted the call already: its status stands
+                    raise grpc.aio.AbortError()
                 if now - checked < authenticator.ttl_s:
                     return
                 checked = now
                 try:
                     authenticator.principal(metadata)
                 except AuthError as exc:
-                    await context.abort(exc.code, f"{exc}: the stream ends")
+                    # only a token that is no good ends the stream; a store that cannot say now (UNAVAILABLE)
+                    # leaves a stream that was let in going, as it leaves a token seen lately good
+                    if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+                        ended.append(exc)
+                        await context.abort(exc.code, f"{exc}: the stream ends")
 
             async def requests() -> Any:
                 async for item in request:

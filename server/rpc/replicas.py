@@ -114,7 +114,7 @@ class SnapshotFeed:
     def _changed(self, tenant: str) -> None:
         cached = self._blobs.get(tenant)
         if cached is not None and cached.snap is not self.state.engine.get(tenant):
-            del self._blobs[tenant]   # a version no longer in force is never sent again: not kept either
+            self._blobs.pop(tenant, None)   # a version no longer in force is never sent again: not kept either
         for stream in list(self._streams):
             stream.mark(tenant)
 
@@ -213,8 +213,8 @@ class SnapshotFeed:
                     if in_store is None:
                         try:
                             in_store = await asyncio.to_thread(self.state.store.current_versions)
-                        except Exception:  # the store cannot say now: remove nothing
-                            in_store = {tenant: 0 for tenant in stream.held}
+                        except Exception:  # the store cannot say now: change nothing (no removal, no rollback)
+                            in_store = {t: h[0] for t, h in stream.held.items()}
                     if tenant in in_store:
                         continue
                     stream.held.pop(tenant, None)
@@ -233,8 +233,8 @@ class SnapshotFeed:
                     if in_store is None:
                         try:
                             in_store = await asyncio.to_thread(self.state.store.current_versions)
-                        except Exception:  # the store cannot say now: roll nothing back
-                            in_store = {}
+                        except Exception:  # the store cannot say now: change nothing (no removal, no rollback)
+                            in_store = {t: h[0] for t, h in stream.held.items()}
                     if in_store.get(tenant, held[0]) >= held[0]:
                         continue
                 blob = await self._blob(snap)
