@@ -89,6 +89,32 @@ def test_stream_with_hostile_messages(stubs, data) -> None:
 
 @FUZZ
 @given(data=st.data())
+def test_call_event_batches_with_hostile_events(stubs, data) -> None:
+    """CallEvents: the call itself refused only when empty or too long; each event answered in band, in order,
+    with a status CallEvent may answer (or a reply)."""
+    decisions, _ = stubs
+    ev = decisions_pb2.CallEventRequest
+    same_call = data.draw(st.booleans())   # a call's events in order, or many calls' events together
+    events = [ev(tenant=data.draw(tenants), call_id="fuzz-one" if same_call else data.draw(texts),
+                 kind=data.draw(enums), user=data.draw(texts), at=data.draw(int64), direction=data.draw(texts),
+                 caller=data.draw(texts), called=data.draw(texts), line=data.draw(texts), outcome=data.draw(texts))
+              for _ in range(data.draw(st.integers(0, 6)))]
+    try:
+        reply = decisions.CallEvents(decisions_pb2.CallEventBatch(events=events), timeout=30)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and not events, (exc.code(), exc.details())
+        return
+    assert len(reply.results) == len(events)
+    for result in reply.results:
+        if result.WhichOneof("result") == "error":
+            code = next(c for c in grpc.StatusCode if c.value[0] == result.error_code)
+            assert result.error and code in ALLOWED, result
+        else:
+            assert result.WhichOneof("result") == "reply" and result.error_code == 0
+
+
+@FUZZ
+@given(data=st.data())
 def test_admin_rpcs(stubs, data) -> None:
     _, admin = stubs
     call(admin.PushSettings, admin_pb2.PushSettingsRequest(
