@@ -16,6 +16,7 @@ and stopped by its PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -324,13 +325,23 @@ class Kamailio:
         return process_tree(self.proc.pid)
 
     def spooled(self) -> dict[int, int]:
-        """The spool's events by state (0 waiting, 1 sent, 2 refused)."""
+        """The spool's events by state (0 waiting, 1 sent, 2 refused); a SIP worker's journal with bytes the
+        sender has not moved into the table yet counts as one more waiting."""
         import sqlite3
 
-        if not self.spool.exists():
-            return {}
-        with sqlite3.connect(self.spool) as conn:
-            return dict(conn.execute("SELECT state, COUNT(*) FROM events GROUP BY state").fetchall())
+        states: dict[int, int] = {}
+        offsets: dict[str, int] = {}
+        if self.spool.exists():
+            with sqlite3.connect(self.spool) as conn:
+                states = dict(conn.execute("SELECT state, COUNT(*) FROM events GROUP BY state").fetchall())
+                with contextlib.suppress(sqlite3.OperationalError):   # no journal moved yet
+                    offsets = dict(conn.execute("SELECT name, offset FROM journals").fetchall())
+        journals = self.spool.with_name(self.spool.name + ".journal")
+        unread = sum(1 for f in journals.glob("*.cgj") if f.stat().st_size > offsets.get(f.name, 0)) \
+            if journals.is_dir() else 0
+        if unread:
+            states[0] = states.get(0, 0) + unread
+        return states
 
 
 def call(proxy: str, caller: str, called: str, expect: int, folder: Path, calls: int = 1, rate: float = 0,

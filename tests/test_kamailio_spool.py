@@ -4,10 +4,11 @@ when SQLite says the file is locked."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,45 +55,107 @@ def test_other_errors_and_a_lock_past_the_patience_are_raised() -> None:
     assert len(tries) == 1
 
 
-def test_an_ended_waits_for_a_writer_that_a_ringing_does_not_wait_for(tmp_path: Path) -> None:
-    path = str(tmp_path / "spool.sqlite")
-    events = spool.Spool(path, max_pending=100)
-    assert events.add([("c1:RINGING", "c1", b"r")]) == ["c1:RINGING"]
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")  # another Kamailio process holds the write lock for 0.6 s
-    try:
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
-            events.add([("c2:RINGING", "c2", b"r")])  # a SIP worker waits 0.2 s at most
-        threading.Timer(0.6, lambda: other.execute("COMMIT")).start()
-        start = time.monotonic()
-        assert events.add([("c1:ENDED", "c1", b"e")]) == ["c1:ENDED"]  # waits up to 2 s
-        assert 0.3 < time.monotonic() - start < 2.0
-    finally:
-        other.close()
-    assert events.has("c1:ENDED") and not events.has("c2:RINGING")
+def pending_keys(events: Any) -> list[str]:
+    return [k for (k,) in events.conn().execute("SELECT key FROM events WHERE state = 0 ORDER BY id")]
+
+
+def test_workers_append_to_journals_and_the_sender_takes_them_in_order_once(tmp_path: Path) -> None:
+    """Two SIP workers' journals (two processes: here two journals of one), their events moved into the table
+    in the order written across both, each once however often the sender looks; a RINGING spooled by two
+    workers at once is kept once."""
+    path = str(tmp_path / "events.sqlite")
+    sender = spool.Spool(path, max_pending=100)
+    first, second = spool.Journal(sender.journals), spool.Journal(sender.journals)
+    second._pid = os.getpid()          # a journal of its own, as another process would have
+    second._open()
+    first.append([("c1:RINGING", "c1", b"r1")])
+    second.append([("c2:RINGING", "c2", b"r2"), ("c1:RINGING", "c1", b"again")])
+    first.append([("c1:ANSWERED", "c1", b"a1")])
+    second.append([("c1:ENDED", "c1", b"e1")])
+    assert len(os.listdir(sender.journals)) == 2
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)   # younger records wait for the next round
+    moved, problems = sender.ingest()
+    assert (moved, problems) == (5, [])
+    assert pending_keys(sender) == ["c1:RINGING", "c2:RINGING", "c1:ANSWERED", "c1:ENDED"]
+    assert sender.ingest() == (0, [])  # nothing read twice
+    first.append([("c3:RINGING", "c3", b"r3")])
+    assert sender.ingest() == (0, [])  # too young for this round: written as the sender read
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest()[0] == 1 and pending_keys(sender)[-1] == "c3:RINGING"
+    # the oldest waiting event of each call
+    assert [request for _, request in sender.pending(10)] == [b"r1", b"r2", b"r3"]
+
+
+def test_a_damaged_journal_loses_only_what_is_damaged(tmp_path: Path) -> None:
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    journal = spool.Journal(sender.journals)
+    journal.append([("c1:RINGING", "c1", b"r1")])
+    journal.append([("c2:RINGING", "c2", b"r2")])
+    journal.append([("c3:RINGING", "c3", b"r3")])
+    (name,) = os.listdir(sender.journals)
+    path = tmp_path / "events.sqlite.journal" / name
+    data = bytearray(path.read_bytes())
+    second = data.index(b"c2:RINGING")
+    data[second] ^= 0xFF                    # a bit of the second record flipped on the disk
+    path.write_bytes(bytes(data) + b"\x00" * 7)   # and a torn tail
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    moved, problems = sender.ingest()
+    assert moved == 2 and pending_keys(sender) == ["c1:RINGING", "c3:RINGING"]
+    assert len(problems) == 1 and "damaged record" in problems[0] and "skipped" in problems[0], problems
+    # its process (this one) may still write: the file stays, and what comes next is read
+    journal.append([("c4:RINGING", "c4", b"r4")])
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    moved, problems = sender.ingest()
+    assert moved == 1 and pending_keys(sender)[-1] == "c4:RINGING", problems
+
+
+def test_journals_of_processes_that_are_gone_are_removed_once_read(tmp_path: Path) -> None:
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    os.makedirs(sender.journals)
+    child = os.fork()
+    if child == 0:   # a SIP worker that writes and exits (Kamailio stopped, or the worker crashed)
+        try:
+            spool.Journal(sender.journals).append([("c9:RINGING", "c9", b"r9")])
+        finally:
+            os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    live = spool.Journal(sender.journals)
+    live.append([("c1:RINGING", "c1", b"r1")])
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest() == (2, [])
+    assert [n.split("-")[0] for n in os.listdir(sender.journals)] == [str(os.getpid())]   # the live one stays
+    assert [n for (n,) in sender.conn().execute("SELECT name FROM journals")] == os.listdir(sender.journals)
 
 
 def test_past_the_limit_only_a_calls_end_is_taken(tmp_path: Path) -> None:
-    """CALLGATE_SPOOL_MAX waiting events: a new call's events are refused, a call's end still taken, also when
-    the script sends it with the call's RINGING (it always does: the spool's key ignores a second one)."""
+    """CALLGATE_SPOOL_MAX waiting events: a new call's events are refused, a call's end still taken (the script
+    sends a RINGING only once a call: the dialog says so)."""
     events = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=3)
     for call in ("c1", "c2", "c3"):
-        assert events.add([(f"{call}:RINGING", call, b"r")]) == [f"{call}:RINGING"]
+        events.add([(f"{call}:RINGING", call, b"r")])
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert events.ingest()[0] == 3
     events._counted = (0.0, 0)   # the count is read at most once a second: read it now
     with pytest.raises(OverflowError, match="CALLGATE_SPOOL_MAX"):
         events.add([("c4:RINGING", "c4", b"r")])
     with pytest.raises(OverflowError):
-        events.add([("c1:RINGING", "c1", b"r"), ("c1:ANSWERED", "c1", b"a")])   # not an end
-    assert events.add([("c1:RINGING", "c1", b"r"), ("c1:ENDED", "c1", b"e")]) == ["c1:ENDED"]
-    with pytest.raises(OverflowError):   # a call whose RINGING is not spooled: a new call's events
+        events.add([("c1:ANSWERED", "c1", b"a")])   # not an end
+    events.add([("c1:ENDED", "c1", b"e")])
+    with pytest.raises(OverflowError):   # a call that never rang: a new call's events
         events.add([("c5:RINGING", "c5", b"r"), ("c5:ENDED", "c5", b"e")])
-    assert events.stats()[0] == 4
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert events.ingest()[0] == 1 and events.stats()[0] == 4
 
 
-def test_a_ringing_spooled_already_adds_nothing_even_when_full(tmp_path: Path) -> None:
-    """A 183 after a 180 sends the call's RINGING again: with the spool full it is not refused as lost, it is
-    simply there already."""
-    events = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=1)
-    assert events.add([("c1:RINGING", "c1", b"r")]) == ["c1:RINGING"]
-    events._counted = (0.0, 0)
-    assert events.add([("c1:RINGING", "c1", b"r")]) == []
+def test_a_full_disk_leaves_no_part_of_an_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    journal = spool.Journal(sender.journals)
+    journal.append([("c1:RINGING", "c1", b"r1")])
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))   # the disk takes 10 bytes
+    with pytest.raises(OSError, match="took 10 of"):
+        journal.append([("c2:RINGING", "c2", b"r2")])
+    monkeypatch.setattr(os, "write", real_write)
+    journal.append([("c3:RINGING", "c3", b"r3")])
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest() == (2, []) and pending_keys(sender) == ["c1:RINGING", "c3:RINGING"]

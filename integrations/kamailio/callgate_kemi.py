@@ -31,8 +31,10 @@ ANSWERED on the 200, and ENDED for every final outcome with the outcome
 recorded: the dialog's end (BYE, or the timer that caps an outbound call:
 `answered`), or a negative final reply (486/600/603 `busy`, 408/480
 `no_answer`, 487 after a CANCEL `cancelled`, anything else `failed`).  The
-SIP worker only appends the event to the spool (a SQLite file per host,
-CALLGATE_SPOOL); a timer process (rtimer) sends what is pending, in order,
+SIP worker only appends the event to its own journal of the spool (one
+write(); CALLGATE_SPOOL.journal/, callgate_spool.py); a timer process
+(rtimer) moves the journals into the spool's SQLite file (CALLGATE_SPOOL),
+in the order the events were written, and sends what is pending, in order,
 in one CallEvents call a round (up to 500 events), with backoff while
 callgate is unreachable or slow.  An event callgate refuses for good (INVALID_ARGUMENT, NOT_FOUND,
 FAILED_PRECONDITION, INTERNAL) is logged and kept as refused; the others wait
@@ -404,14 +406,16 @@ class kamailio:
         return self.pb.CallEventRequest(tenant=tenant, call_id=call_id, kind=self.pb.CallEventRequest.Kind.Value(kind),
                                         user=user, at=int(time.time()), **fields)
 
-    def spool_events(self, events: list[tuple[str, Any]]) -> list[str]:
-        """Append events (kind, request) to the spool; those it cannot take are logged (never waited on)."""
+    def spool_events(self, events: list[tuple[str, Any]]) -> bool:
+        """Append events (kind, request) to this worker's journal of the spool (never waited on); those it
+        cannot take are logged.  Whether they were taken."""
         items = [(f"{r.call_id}:{kind}", r.call_id, r.SerializeToString()) for kind, r in events]
         try:
-            return self.spool.add(items)
-        except (sqlite3.Error, OverflowError, OSError) as exc:
+            self.spool.add(items)
+        except (sqlite3.Error, OverflowError, OSError, ValueError) as exc:
             KSR.err(f"callgate: {len(items)} call event(s) of {events[0][1].call_id} not spooled, lost: {exc}\n")
-            return []
+            return False
+        return True
 
     @staticmethod
     def new_call_id() -> str:
@@ -435,9 +439,11 @@ class kamailio:
         return KSR.pv.get("$hdr(X-Callgate-User)") or call.get("user") or "unknown"
 
     def ringing(self, call: dict[str, str]) -> list[tuple[str, Any]]:
-        """The call's RINGING: the first of 180, 183 or 200 spools it, the spool's key ignores the others (not
-        asked first: a read of the spool shared by every Kamailio process costs a SIP worker ~40 us, a read
-        after another process's write; the message costs less)."""
+        """The call's RINGING, if none was spooled yet: the first of 180, 183 or 200 spools it and marks the
+        dialog (two replies in two workers at once may both spool it: the spool's key keeps one)."""
+        if KSR.pv.get("$dlg_var(cg_rung)"):
+            return []
+        KSR.dialog.var_sets("cg_rung", "1")
         call_id = call["call"]
         return [("RINGING", self.request(
             "RINGING", call_id, call.get("tenant", ""), self.talker(call), direction=call.get("dir") or "inbound",
@@ -673,9 +679,9 @@ class kamailio:
         events = self.ringing(call)
         if status == 200:
             events.append(("ANSWERED", self.request("ANSWERED", call_id, call.get("tenant", ""), self.talker(call))))
-        added = self.spool_events(events) if events else []
+        taken = self.spool_events(events) if events else False
         outbound = call.get("dir") == "outbound"
-        if outbound and f"{call_id}:RINGING" in added:
+        if outbound and taken and events[0][0] == "RINGING":
             self.hold(call_id, events[0][1])
         paid = (KSR.pv.get("$avp(cg_paid)") or KSR.pv.get("$dlg_var(cg_paid)") or "") if outbound and status == 200 \
             else ""
@@ -686,15 +692,12 @@ class kamailio:
     def hold(self, call_id: str, request: Any) -> None:
         """An outbound call's RINGING, sent at once for its credit hold: the talk the hold pays for is kept for
         the answer, when the dialog's timer comes down to it (0: the call ends as soon as it is answered).
-        Late or unanswered: the spool sends it, and the Outbound decision's timer stands."""
+        Late or unanswered: the spool sends it, and the Outbound decision's timer stands.  (The spool sends it
+        in any case: callgate answers the replay with the reply recorded here.)"""
         try:
             r = self.decisions.CallEvent(request, timeout=DEADLINE_S, metadata=METADATA)
         except self.grpc.RpcError:
             return
-        try:
-            self.spool.mark_sent(f"{call_id}:RINGING")
-        except sqlite3.Error:
-            pass  # sent again by the spool: a replay changes nothing
         self.remember_paid(int(r.max_duration_s))
 
     def ksr_failure_invite(self, msg: Any) -> int:
@@ -731,8 +734,11 @@ class kamailio:
         if now < self.backoff_until:
             return 1
         try:
+            _, problems = self.spool.ingest()   # the SIP workers' journals into the table, in order, once
+            for problem in problems:
+                KSR.err(f"callgate: event spool: {problem}\n")
             rows = self.spool.pending(SENDER_BATCH)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be read: {exc}\n")
             return 1
         if not rows:

@@ -1,15 +1,44 @@
-"""The event spool of callgate's Kamailio script (callgate_kemi.py): call events waiting for callgate, in a
-SQLite file per host shared by every Kamailio process.  Plain Python and SQLite: no Kamailio, no gRPC."""
+"""The event spool of callgate's Kamailio script (callgate_kemi.py): call events waiting for callgate.
+Plain Python and SQLite: no Kamailio, no gRPC.
+
+Two halves.  A SIP worker appends a call's events to a journal of its own
+(`Journal`: one append-only file per process in SPOOL.journal/, a record
+per event, one write() each: ~5 us, never a lock, never a wait).  The
+sender (the rtimer process, the only writer of the SQLite file) moves what
+the journals hold into the spool's table (`Spool.ingest`), in the order the
+events were written across all processes, each record once (the offsets
+read commit with the rows), then sends what waits.  Measured before the
+journals: an event appended to the shared SQLite file cost a SIP worker
+~78 us of CPU and a read ~40 us (every transaction starts cold when eight
+processes write the file), a third of what the script added to a call.
+
+A journal survives a crash of its process (the data is in the page cache;
+like SQLite's synchronous=NORMAL, a power cut may lose the last records).
+A record is checked (magic, length, crc32) when read; the reader skips a
+damaged one to the next sound record (logged: the events in the bytes
+skipped are lost), and a journal read to its end is removed once its
+process writes no more (it has a newer journal, or is gone).
+"""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 import time
+import zlib
 from collections.abc import Callable
 from typing import TypeVar
 
 PENDING, SENT, REFUSED = 0, 1, 2   # an event's state: waiting, answered by callgate, refused for good
+JOURNAL_SUFFIX = ".cgj"
+_MAGIC = 0x314A4743                  # b"CGJ1"
+_RECORD = struct.Struct("<IIIqdHH")  # magic, payload bytes, crc32 of the payload, monotonic ns, wall time, key and
+#                                      call bytes (then key, call, the request)
+ROTATE_BYTES = 16 << 20              # a journal this long is closed and the next one begun
+WATERMARK_NS = 20_000_000            # records younger than this wait for the next round: one written meanwhile by
+#                                      another process, older, is then never read after a younger one
+MAX_READ = 8 << 20                   # bytes read of one journal per round
 
 T = TypeVar("T")
 
@@ -27,16 +56,134 @@ def retry_locked(fn: Callable[[], T], patience_s: float, pause_s: float = 0.0) -
                 time.sleep(pause_s)
 
 
-class Spool:
-    """Call events waiting for callgate: a SQLite file per host, shared by every Kamailio process.
+def _writing(name: str, names: list[str]) -> bool:
+    """Whether a journal may still be written: its process is alive and this is its newest journal."""
+    pid = name.partition("-")[0]
+    if not pid.isdigit() or any(other.startswith(pid + "-") and other > name for other in names):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        return True
+    return True
 
-    A row per event, unique on its key (call id and kind), so that the first
-    of 180/183/200 makes the RINGING and a retransmitted reply adds nothing.
-    Rows are sent in id order and kept an hour after they were sent.
+
+class Journal:
+    """This process's append-only file of call events, in DIRECTORY (made if absent): a new file after a fork,
+    and after ROTATE_BYTES."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._fd = -1
+        self._pid = 0
+        self._size = 0
+
+    def append(self, items: list[tuple[str, str, bytes]]) -> None:
+        """Append (key, call, request) events in one write(); OSError when the disk refuses it (nothing of them
+        is left in the file then)."""
+        now_ns, wall = time.monotonic_ns(), time.time()
+        records = []
+        for key, call, request in items:
+            k, c = key.encode(), call.encode()
+            if len(k) > 0xFFFF or len(c) > 0xFFFF:
+                raise ValueError(f"a call id of {len(c):,} bytes cannot be spooled")
+            payload = k + c + request
+            records.append(_RECORD.pack(_MAGIC, len(payload), zlib.crc32(payload), now_ns, wall, len(k), len(c)))
+            records.append(payload)
+        data = b"".join(records)
+        if self._fd < 0 or self._pid != os.getpid() or self._size >= ROTATE_BYTES:
+            self._open()
+        try:
+            written = os.write(self._fd, data)
+        except OSError:
+            self._undo()
+            raise
+        if written != len(data):   # a full disk took part of it: the file ends where it ended
+            self._undo()
+            raise OSError(28, f"the disk took {written} of {len(data)} bytes")
+        self._size += written
+
+    def _undo(self) -> None:
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            self._close()   # the next append begins a new file; the reader sets this one aside at the damage
+
+    def _open(self) -> None:
+        self._close()
+        os.makedirs(self.directory, exist_ok=True)
+        # the process and when it began the file: a later process with the same pid never shares one
+        name = os.path.join(self.directory, f"{os.getpid()}-{time.time_ns()}{JOURNAL_SUFFIX}")
+        self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self._pid, self._size = os.getpid(), 0
+
+    def _close(self) -> None:
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = -1
+
+
+def read_journal(data: bytes, watermark_ns: int) -> tuple[list[tuple[int, float, str, str, bytes]], int, str]:
+    """The whole records at the start of `data` written before `watermark_ns`: ([(monotonic ns, wall time, key,
+    call, request)], bytes they take, "" or what is damaged where they stop)."""
+    out: list[tuple[int, float, str, str, bytes]] = []
+    pos = 0
+    while pos + _RECORD.size <= len(data):
+        record, end, damage = _record_at(data, pos)
+        if damage:
+            return out, pos, damage
+        if record is None or record[0] > watermark_ns:
+            break   # being written or past this round's read; or written too lately for this round
+        out.append(record)
+        pos = end
+    return out, pos, ""
+
+
+def _record_at(data: bytes, pos: int) -> tuple[tuple[int, float, str, str, bytes] | None, int, str]:
+    magic, length, crc, created_ns, wall, k, c = _RECORD.unpack_from(data, pos)
+    if magic != _MAGIC or k + c > length:
+        return None, pos, f"no record at byte {pos}"
+    end = pos + _RECORD.size + length
+    if end > len(data):
+        return None, pos, ""
+    payload = data[pos + _RECORD.size:end]
+    if zlib.crc32(payload) != crc:
+        return None, pos, f"a damaged record at byte {pos}"
+    try:
+        key, call = payload[:k].decode(), payload[k:k + c].decode()
+    except UnicodeDecodeError:
+        return None, pos, f"a damaged record at byte {pos}"
+    return (created_ns, wall, key, call, payload[k + c:]), end, ""
+
+
+def next_record(data: bytes, pos: int) -> int | None:
+    """Where the first whole, sound record after byte `pos` of `data` begins (after damage), or None."""
+    marker = struct.pack("<I", _MAGIC)
+    at = data.find(marker, pos + 1)
+    while at >= 0 and at + _RECORD.size <= len(data):
+        record, _, damage = _record_at(data, at)
+        if record is not None and not damage:
+            return at
+        at = data.find(marker, at + 1)
+    return None
+
+
+class Spool:
+    """Call events waiting for callgate: a SQLite file per host (PATH), its journals beside it (PATH.journal/).
+
+    A row per event, unique on its key (call id and kind), so that a RINGING
+    spooled twice (a 180 and a 183 in two workers) or a retransmitted reply
+    adds nothing.  Rows are sent in id order and kept an hour after they were
+    sent.  SIP workers `add` (to their journal); the sender `ingest`s.
     """
 
     def __init__(self, path: str, max_pending: int) -> None:
         self.path, self.max_pending = path, max_pending
+        self.journals = path + ".journal"
+        self.journal = Journal(self.journals)
+        self._waiting_on: set[str] = set()   # damaged journals of live processes, already reported
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._counted = (0.0, 0)
@@ -70,6 +217,8 @@ class Spool:
                                 error    TEXT    NOT NULL DEFAULT '',
                                 done_at  REAL    NOT NULL DEFAULT 0)""")
             conn.execute("CREATE INDEX IF NOT EXISTS events_pending ON events (state, call, id)")
+            # how far each journal has been moved into the table (committed with the rows it moved)
+            conn.execute("CREATE TABLE IF NOT EXISTS journals (name TEXT PRIMARY KEY, offset INTEGER NOT NULL)")
             conn.execute("PRAGMA busy_timeout = 200")
         except BaseException:
             conn.close()
@@ -85,40 +234,93 @@ class Spool:
             self._counted = (now, self.conn().execute("SELECT COUNT(*) FROM events WHERE state = 0").fetchone()[0])
         return self._counted[1] >= (2 * self.max_pending if ended else self.max_pending)
 
-    def add(self, items: list[tuple[str, str, bytes]]) -> list[str]:
-        """Append (key, call, request) events in one transaction; returns the keys that were new."""
-        conn = self.conn()
+    def add(self, items: list[tuple[str, str, bytes]]) -> None:
+        """Append (key, call, request) events to this process's journal, in one write (a SIP worker never waits
+        on the spool); OverflowError past CALLGATE_SPOOL_MAX waiting events (read from the table at most once a
+        second), where a call's end is still taken up to twice that (a lost ENDED leaves its call to the
+        expiry, which bills it as talking until then)."""
         ended = all(key.endswith(":ENDED") for key, _, _ in items)
-        if not ended and self.full(False):
-            # past the limit only a call's end is taken: with, at most, its RINGING that is spooled already (the
-            # script sends the RINGING with every first event it may be: the key ignores a second one)
-            items = [item for item in items if not (item[0].endswith(":RINGING") and self.has(item[0]))]
-            if not items:   # a RINGING spooled already (a 183 after a 180): nothing to add, nothing lost
-                return []
-            ended = all(key.endswith(":ENDED") for key, _, _ in items)
         if self.full(ended):
             raise OverflowError(f"the spool holds {self._counted[1]} waiting events, its limit "
                                 f"(CALLGATE_SPOOL_MAX) is {self.max_pending}")
-        added = []
-        now = time.time()
-        # A SIP worker waits 0.2 s at most for the spool (busy_timeout); an ENDED, whose loss leaves its call to
-        # the expiry (billed as talking until then), is worth waiting for up to 2 s: it is sent at the dialog's
-        # end (a BYE, or the timer process), where no caller waits for a reply
-        # (each try waits out busy_timeout itself: no pause between them)
-        retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), 2.0 if ended else 0.0)
+        self.journal.append(items)
+
+    def ingest(self) -> tuple[int, list[str]]:
+        """Move the journals' new records into the table, in the order they were written across processes, each
+        once; journals read whole whose process is gone are removed.  (events moved, problems to log)."""
+        conn = self.conn()
+        watermark = time.monotonic_ns() - WATERMARK_NS
         try:
-            for key, call, request in items:
-                if conn.execute("INSERT OR IGNORE INTO events (key, call, request, created) VALUES (?, ?, ?, ?)",
-                                (key, call, request, now)).rowcount:
-                    added.append(key)
+            names = sorted(n for n in os.listdir(self.journals) if n.endswith(JOURNAL_SUFFIX))
+        except FileNotFoundError:
+            return 0, []
+        known = dict(conn.execute("SELECT name, offset FROM journals").fetchall())
+        found: list[tuple[int, float, str, str, bytes]] = []
+        offsets: dict[str, int] = {}
+        ends: dict[str, bool] = {}
+        problems = []
+        for name in names:
+            path = os.path.join(self.journals, name)
+            start = int(known.get(name, 0))
+            try:
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    data = f.read(MAX_READ)
+                    size = os.fstat(f.fileno()).st_size
+            except OSError as exc:
+                problems.append(f"journal {name} cannot be read: {exc}")
+                continue
+            used = 0
+            while True:
+                records, took, damage = read_journal(data[used:], watermark)
+                found.extend(records)
+                used += took
+                if not damage:
+                    break
+                # skip to the next sound record; none: to the end once its process writes no more
+                resume = next_record(data, used)
+                skip_to = resume if resume is not None else (None if _writing(name, names) else len(data))
+                if skip_to is None:
+                    if name not in self._waiting_on:
+                        self._waiting_on.add(name)
+                        problems.append(f"journal {name}: {damage[:80]} (byte {start + used:,}): waiting for what "
+                                        "its process writes next")
+                    break
+                problems.append(f"journal {name}: {damage[:80]} (byte {start + used:,}): {skip_to - used:,} bytes "
+                                "skipped, the events in them lost")
+                used = skip_to
+            offsets[name] = start + used
+            ends[name] = start + used >= size
+        found.sort(key=lambda r: r[0])   # one clock for every process: the order the events were written in
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR IGNORE INTO events (key, call, request, created) VALUES (?, ?, ?, ?)",
+                             [(key, call, request, wall) for _, wall, key, call, request in found])
+            conn.executemany("INSERT INTO journals (name, offset) VALUES (?, ?) "
+                             "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset", list(offsets.items()))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return added
+        self._forget_finished(names, ends)
+        return len(found), problems
 
-    def has(self, key: str) -> bool:
-        return self.conn().execute("SELECT 1 FROM events WHERE key = ?", (key,)).fetchone() is not None
+    def _forget_finished(self, names: list[str], ends: dict[str, bool]) -> None:
+        """Remove the journals read to their end whose process will write no more: a newer journal of the same
+        process exists, or the process is gone (a live process keeps its newest file: it may still write)."""
+        gone = []
+        for name in names:
+            if not ends.get(name) or _writing(name, names):
+                continue
+            try:
+                os.unlink(os.path.join(self.journals, name))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            gone.append((name,))
+        if gone:
+            self.conn().executemany("DELETE FROM journals WHERE name = ?", gone)
 
     def pending(self, limit: int) -> list[tuple[int, bytes]]:
         """The oldest waiting event of each call (a call's next event goes only after this one is answered:
@@ -139,9 +341,6 @@ class Spool:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-
-    def mark_sent(self, key: str) -> None:
-        self.conn().execute("UPDATE events SET state = 1, done_at = ? WHERE key = ? AND state = 0", (time.time(), key))
 
     def stats(self) -> tuple[int, float, int]:
         """(pending events, age of the oldest in seconds, refused events)."""
