@@ -96,10 +96,10 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
@@ -575,56 +575,66 @@ def write_policy(directory: Path | str, max_staleness_s: float, default: str = "
     tenant's backup number; a tenant without one is rejected).  ValueError for another word, or a staleness
     that is negative, NaN or infinite (JSON has no infinity; "never stale" is what "stale-ok" does)."""
     policy = _check_policy(max_staleness_s, default, tenants or {})
-    text = json.dumps({"max_staleness_s": policy.max_staleness_s, "default": policy.default,
-                       "tenants": policy.tenants}, indent=1, sort_keys=True, allow_nan=False)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    _replace(directory / POLICY, [text.encode() + b"\n"], sync=True)
-    _write_status(directory, bump=True)
+    _write_json(directory, POLICY, {"max_staleness_s": policy.max_staleness_s, "default": policy.default,
+                                    "tenants": policy.tenants})
 
 
 def read_policy(directory: Path | str) -> Policy:
     """DIR/policy.json; the defaults (30 s, "stale-ok", no tenant's own) when there is none; ValueError when it is
     damaged (not JSON, other keys, a word that is no policy)."""
-    try:
-        raw = (Path(directory) / POLICY).read_bytes()
-    except FileNotFoundError:
-        return Policy()
-    try:
-        doc = json.loads(raw)
+    def check(doc: Any) -> Policy:
         if not isinstance(doc, dict) or set(doc) != {"max_staleness_s", "default", "tenants"}:
             raise ValueError("expected exactly max_staleness_s, default and tenants")
         return _check_policy(doc["max_staleness_s"], doc["default"], doc["tenants"])
-    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"damaged replica policy {POLICY}: {str(exc)[:300]}") from None
+
+    return _read_json(directory, POLICY, "replica policy", check, Policy())
 
 
 def write_behind(directory: Path | str, behind: Mapping[str, float]) -> None:
     """Write DIR/behind.json atomically: tenant -> when (time.time()) the replica first failed to install the
     version in force.  Workers read it with the policy (the generation moves) and count such a tenant's answers
-    as old since then: past max_staleness_s its stale policy applies, however fresh the heartbeat."""
+    as old since then (LocalDecisions.inbound says what they do past max_staleness_s)."""
     for tenant, since in behind.items():
         if not isinstance(tenant, str) or type(since) is not float or not math.isfinite(since):
             raise ValueError(f"behind[{tenant!r:.70}] must be a time, not {since!r:.40}")
-    directory = Path(directory)
-    _replace(directory / BEHIND, [json.dumps(dict(behind), sort_keys=True).encode() + b"\n"], sync=True)
-    _write_status(directory, bump=True)
+    _write_json(directory, BEHIND, dict(behind))
 
 
 def read_behind(directory: Path | str) -> dict[str, float]:
     """DIR/behind.json ({} when there is none); ValueError when it is damaged."""
-    try:
-        raw = (Path(directory) / BEHIND).read_bytes()
-    except FileNotFoundError:
-        return {}
-    try:
-        doc = json.loads(raw)
+    def check(doc: Any) -> dict[str, float]:
         if not isinstance(doc, dict) or not all(isinstance(t, str) and type(v) in (int, float) and math.isfinite(v)
                                                 for t, v in doc.items()):
             raise ValueError("expected tenant ids mapped to times")
         return {t: float(v) for t, v in doc.items()}
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"damaged replica file {BEHIND}: {str(exc)[:300]}") from None
+
+    return _read_json(directory, BEHIND, "replica file", check, {})
+
+
+T = TypeVar("T")
+
+
+def _write_json(directory: Path | str, name: str, doc: Any) -> None:
+    """DIR/NAME written atomically (temporary file, fsync, os.replace, directory fsync), then the generation
+    moved on: every worker reads it at its next decision."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False)
+    _replace(directory / name, [text.encode() + b"\n"], sync=True)
+    _write_status(directory, bump=True)
+
+
+def _read_json(directory: Path | str, name: str, what: str, check: Callable[[Any], T], absent: T) -> T:
+    """check() of DIR/NAME's JSON; `absent` when there is none; ValueError "damaged WHAT NAME: ..." when it is
+    not JSON or check() refuses it."""
+    try:
+        raw = (Path(directory) / name).read_bytes()
+    except FileNotFoundError:
+        return absent
+    try:
+        return check(json.loads(raw))
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"damaged {what} {name}: {str(exc)[:300]}") from None
 
 
 # the deciding half, in its own module (each engine source stays under 700 lines); imported last because it

@@ -133,6 +133,14 @@ class SnapshotFeed:
             self._blobs[snap.tenant] = blob
         return blob
 
+    async def _in_store(self, stream: _Stream) -> dict[str, int]:
+        """The store's versions in force (read once per round of a stream, only when a removal or an older
+        version is in question); when the store cannot say, what the replica holds: nothing changes."""
+        try:
+            return await asyncio.to_thread(self.state.store.current_versions)
+        except Exception:
+            return {t: h[0] for t, h in stream.held.items()}
+
     # -- the stream ---------------------------------------------------------------------------------------
 
     async def watch(self, requests: AsyncIterator[decisions_pb2.WatchRequest],
@@ -211,10 +219,7 @@ class SnapshotFeed:
                     # tenant failed, lacks it too.  Only the store says a tenant is gone; until this worker has
                     # it, the replica keeps what it holds (and gets the new one when it comes into force here).
                     if in_store is None:
-                        try:
-                            in_store = await asyncio.to_thread(self.state.store.current_versions)
-                        except Exception:  # the store cannot say now: change nothing (no removal, no rollback)
-                            in_store = {t: h[0] for t, h in stream.held.items()}
+                        in_store = await self._in_store(stream)
                     if tenant in in_store:
                         continue
                     stream.held.pop(tenant, None)
@@ -231,10 +236,7 @@ class SnapshotFeed:
                     # behind what the replica holds (the tenant removed and made again, a store restored from
                     # a backup) is the older version the one in force, and sent.
                     if in_store is None:
-                        try:
-                            in_store = await asyncio.to_thread(self.state.store.current_versions)
-                        except Exception:  # the store cannot say now: change nothing (no removal, no rollback)
-                            in_store = {t: h[0] for t, h in stream.held.items()}
+                        in_store = await self._in_store(stream)
                     if in_store.get(tenant, held[0]) >= held[0]:
                         continue
                 blob = await self._blob(snap)
