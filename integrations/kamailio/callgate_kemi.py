@@ -728,17 +728,22 @@ class kamailio:
         """Send the spooled events in one CallEvents call, the oldest waiting event of each call (a call's
         events go in order, one per round); back off while callgate cannot take them."""
         now = time.monotonic()
+        try:
+            # the SIP workers' journals into the table, in order, once; also while callgate is away, so that the
+            # spool's figures and CALLGATE_SPOOL_MAX count every event the workers wrote
+            _, problems = self.spool.ingest()
+            for problem in problems:
+                KSR.err(f"callgate: event spool: {problem}\n")
+        except (sqlite3.Error, OSError) as exc:
+            KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be written: {exc}\n")
         if now >= self.last_stats + 10:
             self.last_stats = now
             self.report()
         if now < self.backoff_until:
             return 1
         try:
-            _, problems = self.spool.ingest()   # the SIP workers' journals into the table, in order, once
-            for problem in problems:
-                KSR.err(f"callgate: event spool: {problem}\n")
             rows = self.spool.pending(SENDER_BATCH)
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
             KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be read: {exc}\n")
             return 1
         if not rows:
