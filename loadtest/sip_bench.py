@@ -74,14 +74,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +89,7 @@ from engine import replica as replica_files
 from server.client import open_channel, upload_messages
 
 from . import sip
+from .cluster_bench import pct
 from .process import EXAMPLE, CpuMeter, Interference, ReplicaProcess, ServeProcess, free_port, sigterm_unwinds
 from .report import save_json
 from .server_sections import BIG_OPTIONS, Report
@@ -123,14 +122,6 @@ def big_doc(blacklist: int) -> tuple[bytes, str, str]:
     caller = next(c for c in (f"+1646555{i:04d}" for i in range(10_000))
                   if not np.isin(np.uint64(int(c[1:])), black) and c not in listed)
     return json.dumps(doc).encode(), entry["number"], caller
-
-
-def pct(values: Sequence[float], q: float) -> float | None:
-    """The nearest-rank percentile q (0..100) of `values`; None for none."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return float(ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)])
 
 
 def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float, called: str = OPEN,
@@ -284,14 +275,6 @@ def mapping_of(pid: int, name: str) -> dict[str, int]:
     return out
 
 
-def maps_lists(pid: int, name: str) -> bool:
-    try:
-        return any(Path(line.split()[5]).name == name for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
-                   if len(line.split()) >= 6)
-    except OSError:
-        return False
-
-
 def memory_instance(mode: str, callgate: str, route_port: int, directory: Path, folder: Path, args: Any,
                     called: str, caller: str) -> dict[str, Any]:
     """One Kamailio deciding tenant big's calls from the replica ("shared": mapped; "private": a copy per
@@ -308,7 +291,8 @@ def memory_instance(mode: str, callgate: str, route_port: int, directory: Path, 
 
         def decided(pid: int) -> bool:  # its first decision is written at once; a mapped worker maps the file
             mine = timings.parent / f"{timings.name}.{pid}"
-            return mine.exists() and "local " in mine.read_text() and (mode == "private" or maps_lists(pid, name))
+            return mine.exists() and "local " in mine.read_text() and (
+                mode == "private" or mapping_of(pid, name)["mappings"] > 0)
 
         calls = args.memory_calls
         for batch in range(4):  # the calls asked, then at most 3 more batches for workers that got none
@@ -320,7 +304,7 @@ def memory_instance(mode: str, callgate: str, route_port: int, directory: Path, 
             if not waiting:
                 break
             calls = max(args.memory_calls // 2, 10)
-        out["workers_decided"] = sum(1 for p in workers if decided(p))
+        out["workers_decided"] = len(workers) - len(waiting)
         out["per_worker"] = []
         for pid in workers:
             roll = smaps_rollup(pid)

@@ -25,7 +25,7 @@ from server.rpc import auth
 from server.rules.tokens import new_token, token_id
 from server.store.sqlite import SQLiteStore
 
-from .serving import Server, example_doc, own_number
+from .serving import Server, example_doc, own_number, seed_tokens
 
 ROLES = ("proxy", "tenant-admin", "operator", "owner")
 BLOCK = {"acme": 0, "beta": 601}            # each tenant's own numbers (tests.serving.own_number)
@@ -462,13 +462,7 @@ def test_a_revoked_token_ends_its_open_streams(tmp_path: Path) -> None:
     stream takes another request."""
     data = tmp_path / "data"
     data.mkdir()
-    store = SQLiteStore(data / "callgate.sqlite")
-    secrets = {}
-    for role in ("owner", "proxy"):
-        ident, secret, token_hash = new_token()
-        store.add_token(ident, token_hash, role, [], 0, role)
-        secrets[role] = secret
-    store.close()
+    secrets = seed_tokens(data, ("owner", "proxy"))
     srv = Server(data, "--auth", "tokens")
     try:
         owner = admin_pb2_grpc.AdminStub(with_token(srv.channel(), secrets["owner"]))
