@@ -336,9 +336,10 @@ class Kamailio:
                 states = dict(conn.execute("SELECT state, COUNT(*) FROM events GROUP BY state").fetchall())
                 with contextlib.suppress(sqlite3.OperationalError):   # no journal moved yet
                     offsets = dict(conn.execute("SELECT name, offset FROM journals").fetchall())
-        journals = self.spool.with_name(self.spool.name + ".journal")
-        unread = sum(1 for f in journals.glob("*.cgj") if f.stat().st_size > offsets.get(f.name, 0)) \
-            if journals.is_dir() else 0
+        unread = 0
+        for journal in self.spool.with_name(self.spool.name + ".journal").glob("*.cgj"):
+            with contextlib.suppress(FileNotFoundError):   # the sender removes a journal it has read whole
+                unread += journal.stat().st_size > offsets.get(journal.name, 0)
         if unread:
             states[0] = states.get(0, 0) + unread
         return states

@@ -56,9 +56,13 @@ def callgate_with_acme(tmp_path: Path) -> tuple[str, Path, Server]:
     callgate = Server(data, seed=None, listen=listen)
     from callgate.v1 import admin_pb2, admin_pb2_grpc
 
-    with callgate.channel() as channel:
-        admin_pb2_grpc.AdminStub(channel).PushSettings(admin_pb2.PushSettingsRequest(
-            document=json.dumps(sip_doc()).encode()), timeout=60)
+    try:
+        with callgate.channel() as channel:
+            admin_pb2_grpc.AdminStub(channel).PushSettings(admin_pb2.PushSettingsRequest(
+                document=json.dumps(sip_doc()).encode()), timeout=60)
+    except BaseException:   # the caller's cleanup has not begun: stop it here
+        callgate.stop()
+        raise
     return listen, data, callgate
 
 
