@@ -4,9 +4,14 @@ sent again (the reply lost) changes nothing and gets the same answers."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
+import signal
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,7 +19,7 @@ import pytest
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
 
-from .serving import Server
+from .serving import Server, wait_for
 from .test_lifecycle import DOC, EV, US_DEST, no_rentals
 
 OK = 0
@@ -120,3 +125,65 @@ def test_the_largest_batch_is_taken_whole(stubs: tuple[Any, Any]) -> None:
     assert [code(r) for r in reply.results] == [OK] * 1_000
     assert {r.reply.call_id for r in reply.results} == {f"big-{i}" for i in range(1_000)}
 
+
+
+def test_batches_in_flight_at_a_kill_9_are_billed_once_when_sent_again(tmp_path: Path) -> None:
+    """A proxy's spool sends call endings in batches of 50; the server is killed (SIGKILL) while they go.  Every
+    event a batch acknowledged is in the ledger once; the spool sends every batch again to the restarted server:
+    the acknowledged get their first reply, the rest are billed, each call once, and the books add up."""
+    from .test_crash import check_books, start
+
+    data = tmp_path / "data"
+    srv = start(data)
+    t0 = NOW - 3600
+    calls = 400
+    with srv.channel() as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+        decisions = decisions_pb2_grpc.DecisionsStub(channel)
+        admin.PushSettings(admin_pb2.PushSettingsRequest(document=json.dumps(no_rentals(DOC)).encode()), timeout=60)
+        admin.Credit(admin_pb2.CreditRequest(tenant="acme", amount="100.00", reference="opening"), timeout=10)
+        for start_at in range(0, calls, 100):   # rung and answered, 100 calls a batch
+            events = [e for i in range(start_at, start_at + 100) for e in outbound_call(f"k{i}", t0 + i)[:2]]
+            reply = decisions.CallEvents(decisions_pb2.CallEventBatch(events=events), timeout=60)
+            assert all(code(r) == OK for r in reply.results)
+        endings = [[outbound_call(f"k{i}", t0 + i)[2] for i in range(b, b + 50)] for b in range(0, calls, 50)]
+        acknowledged: dict[str, decisions_pb2.CallEventReply] = {}
+
+        def send(batch: list[decisions_pb2.CallEventRequest]) -> None:
+            try:
+                reply = decisions.CallEvents(decisions_pb2.CallEventBatch(events=batch), timeout=30)
+            except grpc.RpcError:
+                return   # the server died under it: nothing acknowledged
+            for event, result in zip(batch, reply.results, strict=True):
+                if code(result) == OK:
+                    acknowledged[event.call_id] = result.reply
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(send, batch) for batch in endings]
+            wait_for(lambda: len(acknowledged) >= 50, timeout=60, interval=0.002)
+            os.kill(srv.proc.pid, signal.SIGKILL)
+            for f in futures:
+                f.result()
+    srv.proc.wait(10)
+    assert 0 < len(acknowledged) < calls, len(acknowledged)
+    db = data / "callgate.sqlite"
+    with sqlite3.connect(db) as conn:
+        charged = dict(conn.execute("SELECT ref, COUNT(*) FROM ledger WHERE kind = 'call' GROUP BY ref").fetchall())
+    assert all(charged.get(call_id) == 1 for call_id in acknowledged)
+
+    srv = start(data)
+    try:
+        with srv.channel() as channel:
+            decisions = decisions_pb2_grpc.DecisionsStub(channel)
+            for batch in endings:   # the spool sends everything again: it never heard the lost answers
+                reply = decisions.CallEvents(decisions_pb2.CallEventBatch(events=batch), timeout=60)
+                for event, result in zip(batch, reply.results, strict=True):
+                    assert code(result) == OK and result.reply.charge == "0.04", result
+                    if event.call_id in acknowledged:
+                        assert result.reply == acknowledged[event.call_id]   # a replay answers as the first time
+        books = check_books(db, settled=False)
+        assert books["calls"] == calls
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT COUNT(DISTINCT ref) FROM ledger WHERE kind = 'call'").fetchone()[0] == calls
+    finally:
+        assert srv.stop() == 0

@@ -77,6 +77,10 @@ def test_a_full_disk_is_unavailable_counted_and_shown_by_health_and_the_end_is_b
                 decide.CallEvent(ended, timeout=30)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE                 # try again, never UNKNOWN
             assert "disk holding the store is full" in err.value.details()
+            # the same ending in a proxy's batch: answered in band, to be sent again
+            (result,) = decide.CallEvents(decisions_pb2.CallEventBatch(events=[ended]), timeout=30).results
+            assert result.error_code == grpc.StatusCode.UNAVAILABLE.value[0], result
+            assert "disk holding the store is full" in result.error
             with pytest.raises(grpc.RpcError) as err:
                 admin.Credit(admin_pb2.CreditRequest(tenant="acme", amount="1.00", reference="r2"), timeout=30)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -97,6 +101,8 @@ def test_a_full_disk_is_unavailable_counted_and_shown_by_health_and_the_end_is_b
             assert (reply.talked_seconds, reply.charge) == (65, "0.04")              # 2 x 60 s at 0.02/min
             again = decide.CallEvent(ended, timeout=30)                            # ... once
             assert again == reply
+            (batched,) = decide.CallEvents(decisions_pb2.CallEventBatch(events=[ended]), timeout=30).results
+            assert batched.reply == reply                                          # ... in a batch too
             balance = admin.GetBalance(admin_pb2.BalanceRequest(tenant="acme"), timeout=10)
             assert balance.balance == "9.96"
             channel.close()
