@@ -379,3 +379,29 @@ def test_a_host_with_a_wrong_clock_decides_at_the_servers_time(server: Server, s
     finally:
         ready["loop"].call_soon_threadsafe(ready["stop"].set)
         thread.join(20)
+
+
+def test_a_replica_that_cannot_say_a_tenant_is_behind_stops_its_heartbeat(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk refuses a snapshot and then DIR/behind.json too: rather than a refused tenant looking fresh,
+    the heartbeat stands still (every answer of the directory grows old) until the file can be written."""
+    import asyncio
+
+    from server.replica import follow
+
+    directory = tmp_path / "replica"
+    follower = follow.Follower(lambda: None, directory, "host-full")
+    replica.touch_heartbeat(directory, 1000.0)
+    real_write = replica.write_behind
+
+    def full(*_: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(replica, "write_behind", full)
+    asyncio.run(follower._mark_behind("acme", ok=False))
+    asyncio.run(follower._heartbeat())
+    assert replica.last_heard(directory) == 1000.0            # stands still
+    monkeypatch.setattr(replica, "write_behind", real_write)
+    follower._heard = 0.0
+    asyncio.run(follower._heartbeat())                        # the disk has room again: said, then heard
+    assert "acme" in replica.read_behind(directory) and (replica.last_heard(directory) or 0) > 1000.0
