@@ -20,6 +20,7 @@
 #   _core_decision.pxi     CoreDecision, a decision as Python sees it
 #   _core_validate.pxi     the checks a snapshot passes before it is bound
 #   _core_snapshot.pxi     CoreSnapshot: binding, single decisions, batches, lists
+#   _core_local.pxi        LocalFast: a replica worker's inbound decision while in step; LocalAnswer
 
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
@@ -90,6 +91,7 @@ include "_core_decide.pxi"
 include "_core_decision.pxi"
 include "_core_validate.pxi"
 include "_core_snapshot.pxi"
+include "_core_local.pxi"
 
 
 # numpy dtypes with the layout of the contract's structs (engine/_core.pxd), for engine.snapshot and batches

@@ -12,15 +12,16 @@ import mmap
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ._core import CoreDecision, CoreSnapshot
+from ._core import CoreSnapshot, LocalAnswer, LocalFast
 from .replica import (
-    _STATUS,
     FILE_SUFFIX,
     INDEX_S,
+    MAX_OFFSET_S,
     STATUS,
+    STATUS_BYTES,
+    STATUS_MAGIC,
     Policy,
     _numbers_of,
     _open,
@@ -31,38 +32,7 @@ from .replica import (
     read_policy,
 )
 
-
-@dataclass(frozen=True)
-class LocalAnswer:
-    """A worker's local answer (`LocalDecisions.inbound`).
-
-    action "decide": `decision` is the core's answer; "reject": fail-closed, the replica is staler than the
-    policy allows; "backup": forward the call to `backup_number` on `backup_line`."""
-
-    action: str
-    decision: CoreDecision | None
-    version: int            # the snapshot version the answer comes from
-    checksum: str
-    age_s: float            # seconds since the replica last heard from the server (inf: never)
-    stale: bool             # age_s > the policy's max_staleness_s
-    backup_number: str = ""  # E.164 with "+", for action "backup"
-    backup_line: str = ""
-
-
-_ANSWER_FIELDS = ("action", "decision", "version", "checksum", "age_s", "stale", "backup_number", "backup_line")
-assert tuple(f.name for f in fields(LocalAnswer)) == _ANSWER_FIELDS and not hasattr(LocalAnswer, "__post_init__")
-_new_object = object.__new__
-
-
-def _answer(action: str, decision: CoreDecision | None, version: int, checksum: str, age_s: float, stale: bool,
-            backup_number: str = "", backup_line: str = "") -> LocalAnswer:
-    """LocalAnswer(...) in 0.4 us instead of 0.9: a frozen dataclass's __init__ sets each field through
-    object.__setattr__, and this is on every local decision.  The same object (fields, eq, repr) otherwise."""
-    answer = _new_object(LocalAnswer)
-    answer.__dict__.update(action=action, decision=decision, version=version, checksum=checksum, age_s=age_s,
-                           stale=stale, backup_number=backup_number, backup_line=backup_line)
-    return answer
-
+__all__ = ["LocalAnswer", "LocalDecisions"]
 
 _RETRY = (-1, -1, -1, -1)  # a stat key no file has
 PAGE_LOOK_S = 1.0         # a page not fresh is looked for (os.stat) at most this often
@@ -86,13 +56,14 @@ class _Held:
                 self.backup = ("+" + str(meta["backup_number"]), meta["lines"][meta["backup_line"]])
 
 
-class LocalDecisions:
+class LocalDecisions(LocalFast):
     """Decisions from a replica directory, for a proxy worker process.
 
     Keeps each tenant's snapshot and the directory's status page mapped; reads the page at every decision (the
     generation and the heartbeat: memory reads), and looks at a tenant's file again (os.stat: device, inode,
     size, mtime_ns) when the generation moved or `recheck_s` passed, and at the policy when the generation
-    moved; so a decision costs a clock read, the page, a dict lookup and the core call.  A file
+    moved; so a decision costs a clock read, the page, a dict lookup and the core call.  That usual case runs
+    compiled (`inbound` is LocalFast's: engine/_core_local.pxi), everything else here (`_inbound_slow`).  A file
     replaced by the writer is a new inode: the next look maps it, and the old mapping goes when nothing uses
     it.  A file that fails its checks is not opened again until it changes.  A clock that goes back makes
     every cached look due at once.  Not thread-safe: one per worker process (or per thread), made after the
@@ -101,12 +72,20 @@ class LocalDecisions:
     `copy=True` reads each file whole into this process's own memory and decides from that copy instead of the
     shared mapping, so every worker holds a private copy of every tenant it decided for (the same checks, the
     same answers): for the memory benchmark's comparison (`loadtest.sip_bench --memory`); never faster.
+
+    inbound(tenant, caller, called, at=0): the local answer to an inbound call at `at` (0: now by the server's
+    clock, as the replica measured it against this host's: what the RPC's at=0 means, so that a host whose clock
+    is wrong decides off-hours as the server would), or None: no usable file for `tenant` (absent, removed,
+    damaged), ask the server.  Fresh, or stale under "stale-ok": action "decide".  Stale under "fail-closed":
+    "reject".  Stale under "backup": "backup" (or "reject" without a backup configured).
     """
 
     def __init__(self, directory: Path | str, recheck_s: float = 30.0, clock: Callable[[], float] = time.time,
                  copy: bool = False) -> None:
         if not (recheck_s >= 0 and math.isfinite(recheck_s)):
             raise ValueError(f"recheck_s must be a finite number >= 0, not {recheck_s!r:.40}")
+        # time.time is read in C (CLOCK_REALTIME, as time.time reads it); any other clock through Python
+        super().__init__(STATUS_MAGIC, PAGE_FRESH_S, MAX_OFFSET_S, None if clock is time.time else clock)
         self.directory = Path(directory)
         self.recheck_s = float(recheck_s)
         self._clock = clock
@@ -114,7 +93,6 @@ class LocalDecisions:
         self._held: dict[str, _Held] = {}
         self.policy = Policy()
         self.behind: dict[str, float] = {}   # tenants the replica could not bring to the version in force: since
-        self.heard: float | None = None
         self._status_checked = -math.inf
         self._status_until = -math.inf
         self._page: mmap.mmap | None = None   # the status page, mapped (None: none yet, or not readable)
@@ -125,13 +103,9 @@ class LocalDecisions:
         self._headers: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
         self._scanned = -math.inf
 
-    def inbound(self, tenant: str, caller: str, called: str, at: int = 0) -> LocalAnswer | None:
-        """The local answer to an inbound call at `at` (0: now by the server's clock, as the replica measured it
-        against this host's: what the RPC's at=0 means, so that a host whose clock is wrong decides off-hours
-        as the server would), or None: no usable file for `tenant` (absent, removed, damaged), ask the server.
-        Fresh, or stale under "stale-ok": action "decide".  Stale under "fail-closed": "reject".  Stale under
-        "backup": "backup" (or "reject" without a backup configured)."""
-        now = self._clock()
+    def _inbound_slow(self, tenant: str, caller: str, called: str, at: int, now: float) -> LocalAnswer | None:
+        """`inbound` when its compiled path cannot answer, at `now` (read there); puts the entry it answers
+        from next time when the tenant is in step."""
         gen, heard = self._read_page()
         # The page is looked for again (os.stat) only when it says nothing fresh: none mapped yet, or its
         # heartbeat older than PAGE_FRESH_S (the replica writes it every second while in step), as a page
@@ -152,7 +126,6 @@ class LocalDecisions:
         snap = h.snap
         if snap is None:
             return None
-        self.heard = heard
         age = now - heard if heard is not None else math.inf
         policy = self.policy
         since = self.behind.get(tenant)
@@ -165,14 +138,16 @@ class LocalDecisions:
         if stale:
             word = policy.tenants.get(tenant, policy.default)
             if word == "fail-closed" or (word == "backup" and h.backup is None):
-                return _answer("reject", None, h.version, h.checksum, age, True)
+                return LocalAnswer("reject", None, h.version, h.checksum, age, True)
             if word == "backup":
                 assert h.backup is not None
-                return _answer("backup", None, h.version, h.checksum, age, True, h.backup[0], h.backup[1])
+                return LocalAnswer("backup", None, h.version, h.checksum, age, True, h.backup[0], h.backup[1])
+        elif since is None and gen >= 0:   # in step: the compiled path answers the next ones while this holds
+            self._put_fast(tenant, snap, h.version, h.checksum, gen, h.checked, h.until, policy.max_staleness_s)
         if not at:
             page = self._page
             at = int(now + (clock_offset(page) if page is not None else 0.0))
-        return _answer("decide", snap.inbound(caller, called, at), h.version, h.checksum, age, stale)
+        return LocalAnswer("decide", snap.inbound(caller, called, at), h.version, h.checksum, age, stale)
 
     def tenant_of(self, number: str) -> str | None:
         """The tenant whose snapshot lists `number` (E.164, with or without "+"), or None: none does, or two do
@@ -215,6 +190,7 @@ class LocalDecisions:
         for name, tenant in names.items():
             if name not in present and self._held[tenant].snap is not None:
                 del self._held[tenant]
+                self._drop_fast(tenant)
         owners: dict[str, str] = {}
         for _, tenant, numbers in seen.values():
             for number in numbers:
@@ -232,8 +208,10 @@ class LocalDecisions:
     def close(self) -> None:
         """Drop every mapping (each is unmapped once no decision made from it is left either)."""
         self._held.clear()
+        self._drop_fast()
 
     def _look(self, tenant: str, h: _Held | None, now: float) -> _Held:
+        self._drop_fast(tenant)   # whatever the look finds, the compiled path answers from it only once put again
         path = self.directory / file_name(tenant)
         until = now + self.recheck_s
         try:
@@ -272,6 +250,8 @@ class LocalDecisions:
         page, self._page, self._page_key = self._page, None, key
         for h in self._held.values():   # another page's generations say nothing of what this worker holds
             h.gen = -2
+        self._drop_fast()
+        self._map_page(None)   # (an mmap whose buffer is held cannot be closed)
         if page is not None:
             page.close()
         if key is not None:
@@ -280,10 +260,11 @@ class LocalDecisions:
                     page = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError):
                 return
-            if len(page) < _STATUS.size:
+            if len(page) < STATUS_BYTES:   # not a page the replica wrote: as none
                 page.close()
                 return
             self._page = page
+            self._map_page(page)
         self._policy_gen = -2   # read the policy again too
 
     def _read_page(self) -> tuple[int, float | None]:
@@ -298,6 +279,7 @@ class LocalDecisions:
 
     def _read_policy(self, gen: int) -> None:
         self._policy_gen = gen
+        self._drop_fast()   # (their max_staleness_s and behind are the last policy's)
         try:
             self.policy = read_policy(self.directory)
         except (OSError, ValueError):

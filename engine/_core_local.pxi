@@ -1,0 +1,203 @@
+# Section of engine/_core.pyx (compiled into it by `include`): a replica worker's inbound decision while the
+# replica is in step, compiled (LocalFast), and the answer it gives (LocalAnswer).
+#
+# A SIP worker decides a call every few tens of milliseconds, between which the other processes of the host run
+# on its cores, so every decision starts with cold caches: there the Python path of LocalDecisions.inbound took
+# ~11 us and ~25 us inside Kamailio where the core's own call takes 2.5, most of it the interpreter (reading the
+# status page through `struct` alone took 6.8 us).  Here the usual case is a handful of loads: the clock, the
+# status page's four words, one dict lookup, the core.  Anything unusual is a miss, handed with the instant read
+# here to the subclass's `_inbound_slow` (engine/replica_local.LocalDecisions: looking at files, the policy,
+# the stale answers), which also puts the entries this path answers from.  The two give the same answers
+# (tests/test_replica_fast.py holds them to each other).
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
+from libc.math cimport fabs, isfinite
+from libc.string cimport memcmp
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
+
+cdef extern from *:
+    """
+    /* The status page's first four 8-byte words (engine/replica.py: magic, generation, heard, the server's
+       clock offset), each read in one load: its writer stores each in one, and a read caught between two of
+       its stores is made again by the caller.  volatile: the compiler must not merge the two reads. */
+    typedef struct { uint64_t magic; uint64_t gen; double heard; double offset; } cg_status;
+    static inline void cg_status_read(const unsigned char *p, cg_status *out) {
+        const volatile uint64_t *w = (const volatile uint64_t *)p;
+        uint64_t v[4];
+        v[0] = w[0]; v[1] = w[1]; v[2] = w[2]; v[3] = w[3];
+        memcpy(out, v, sizeof v);
+    }
+    """
+    ctypedef struct cg_status:
+        uint64_t magic
+        uint64_t gen
+        double heard
+        double offset
+    void cg_status_read(const unsigned char* p, cg_status* out) nogil
+
+
+cdef Py_ssize_t STATUS_READ = 32      # the bytes cg_status_read reads
+cdef double INSTANT_LIMIT = 9.0e18     # a double beyond this is no int64 instant: the slow path says so
+
+
+cdef class LocalAnswer:
+    """A worker's local answer (LocalDecisions.inbound).  Immutable; equal when every field is.
+
+    action "decide": `decision` is the core's answer; "reject": fail-closed, the replica is staler than the
+    policy allows; "backup": forward the call to `backup_number` on `backup_line`."""
+
+    cdef readonly str action
+    cdef readonly CoreDecision decision
+    cdef readonly object version          # the snapshot version the answer comes from
+    cdef readonly str checksum
+    cdef readonly double age_s            # seconds since the replica last heard from the server (inf: never)
+    cdef readonly bint stale              # age_s > the policy's max_staleness_s
+    cdef readonly str backup_number       # E.164 with "+", for action "backup"
+    cdef readonly str backup_line
+
+    def __init__(self, str action not None, CoreDecision decision, version, str checksum not None, double age_s,
+                 bint stale, str backup_number not None="", str backup_line not None=""):
+        self.action, self.decision, self.version, self.checksum = action, decision, version, checksum
+        self.age_s, self.stale, self.backup_number, self.backup_line = age_s, stale, backup_number, backup_line
+
+    def _fields(self):
+        return (self.action, self.decision, self.version, self.checksum, self.age_s, self.stale,
+                self.backup_number, self.backup_line)
+
+    def __eq__(self, other):
+        if type(other) is not LocalAnswer:
+            return NotImplemented
+        return self._fields() == (<LocalAnswer>other)._fields()
+
+    def __hash__(self):
+        return hash(self._fields())
+
+    def __repr__(self):
+        return ("LocalAnswer(action=%r, decision=%r, version=%r, checksum=%r, age_s=%r, stale=%r, "
+                "backup_number=%r, backup_line=%r)" % self._fields())
+
+
+cdef class _Entry:
+    # a tenant as LocalDecisions last found it in step: its snapshot, and until when that finding holds
+    cdef CoreSnapshot snap
+    cdef object version
+    cdef str checksum
+    cdef uint64_t gen          # the status page's generation it was found under
+    cdef double checked        # [checked, until): the window in which its file is not looked at again
+    cdef double until
+    cdef double max_staleness  # the policy's, read under the same generation
+
+
+cdef class LocalFast:
+    """The in-step path of a replica worker's inbound decision; LocalDecisions is the class to use.
+
+    `inbound` answers from the entries `_put_fast` made, while the mapped status page (`_map_page`) says
+    the replica is in step: its magic, a heartbeat within `fresh_s` of now, the generation the entry was
+    made under, now within the entry's window, and not staler than its policy.  Anything else (or `clock`
+    given: a clock of the tests, read through Python) calls `self._inbound_slow(tenant, caller, called, at,
+    now)`, which a subclass defines."""
+
+    cdef Py_buffer _page
+    cdef bint _mapped
+    cdef dict _entries
+    cdef object _clock           # None: CLOCK_REALTIME, as time.time reads it
+    cdef uint64_t _magic
+    cdef double _fresh_s
+    cdef double _max_offset_s
+
+    def __cinit__(self, *args, **kwargs):
+        self._mapped = False
+        self._entries = {}
+
+    def __init__(self, bytes magic not None, double fresh_s, double max_offset_s, clock=None):
+        if len(magic) != 8:
+            raise ValueError("the status page's magic is 8 bytes")
+        memcpy(&self._magic, <const char*>magic, 8)
+        self._fresh_s, self._max_offset_s, self._clock = fresh_s, max_offset_s, clock
+
+    def __dealloc__(self):
+        if self._mapped:
+            PyBuffer_Release(&self._page)
+
+    def _map_page(self, page):
+        """Read the status page from `page` (a buffer of at least 32 bytes, kept referenced until the next
+        call: an mmap cannot be closed while it is), or from none (None)."""
+        if self._mapped:
+            self._mapped = False
+            PyBuffer_Release(&self._page)
+        if page is None:
+            return
+        PyObject_GetBuffer(page, &self._page, PyBUF_SIMPLE)
+        if self._page.len < STATUS_READ:
+            PyBuffer_Release(&self._page)
+            raise ValueError(f"a status page of {self._page.len} bytes, fewer than {STATUS_READ}")
+        self._mapped = True
+
+    def _put_fast(self, str tenant not None, CoreSnapshot snap not None, version, str checksum not None, gen,
+                  double checked, double until, double max_staleness):
+        """Answer `tenant` from `snap` while the page's generation is `gen` and now is in [checked, until)."""
+        if not 0 <= gen < 2 ** 64:
+            self._entries.pop(tenant, None)
+            return
+        cdef _Entry e = _Entry.__new__(_Entry)
+        e.snap, e.version, e.checksum, e.gen = snap, version, checksum, gen
+        e.checked, e.until, e.max_staleness = checked, until, max_staleness
+        self._entries[tenant] = e
+
+    def _drop_fast(self, tenant=None):
+        """Forget `tenant`'s entry (None: every entry)."""
+        if tenant is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(tenant, None)
+
+    def inbound(self, tenant, caller, called, at=0):
+        """The local answer to an inbound call at `at` (0: now by the server's clock), or None: ask the
+        server (see LocalDecisions)."""
+        cdef timespec ts
+        cdef double now
+        if self._clock is None:
+            clock_gettime(CLOCK_REALTIME, &ts)
+            now = <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+        else:
+            now = self._clock()
+        if not self._mapped or type(tenant) is not str or type(caller) is not str or type(called) is not str:
+            return self._inbound_slow(tenant, caller, called, at, now)
+        cdef const unsigned char* p = <const unsigned char*>self._page.buf
+        cdef cg_status a, b
+        cg_status_read(p, &a)
+        cg_status_read(p, &b)
+        if memcmp(&a, &b, 3 * 8) != 0:
+            cg_status_read(p, &a)
+        cdef double age = now - a.heard
+        cdef PyObject* found = PyDict_GetItem(self._entries, tenant)
+        if (a.magic != self._magic or not (isfinite(a.heard) and a.heard > 0)
+                or not (-self._fresh_s <= age <= self._fresh_s) or found == NULL):
+            return self._inbound_slow(tenant, caller, called, at, now)
+        cdef _Entry e = <_Entry>found
+        if (e.gen != a.gen or not (e.checked <= now < e.until) or age > e.max_staleness
+                or e.snap.s.nt == NULL):
+            return self._inbound_slow(tenant, caller, called, at, now)
+        cdef int64_t when
+        cdef double offset = a.offset
+        if not at:   # now by the server's clock, truncated as int() does
+            if not (isfinite(offset) and fabs(offset) <= self._max_offset_s):
+                offset = 0.0
+            if not fabs(now + offset) < INSTANT_LIMIT:
+                return self._inbound_slow(tenant, caller, called, at, now)
+            when = <int64_t>(now + offset)
+        else:
+            when = instant(at)
+        cdef Py_ssize_t nc, nd
+        cdef const char* pc = utf8(caller, &nc)
+        cdef const char* pd = utf8(called, &nd)
+        cdef CoreDecision d = CoreDecision.__new__(CoreDecision)
+        d.snap = e.snap
+        decide_inbound(&e.snap.s, pc, nc, pd, nd, when, &d.o)
+        cdef LocalAnswer answer = LocalAnswer.__new__(LocalAnswer)
+        answer.action, answer.decision, answer.version, answer.checksum = "decide", d, e.version, e.checksum
+        answer.age_s, answer.stale, answer.backup_number, answer.backup_line = age, False, "", ""
+        return answer

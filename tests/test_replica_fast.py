@@ -1,0 +1,180 @@
+"""The compiled path of a worker's local decision against the Python one.
+
+`LocalDecisions.inbound` is compiled (engine/_core_local.pxi): while the
+replica is in step it answers from entries the Python path put, and hands
+anything else to that path (`_inbound_slow`).  Here two workers follow one
+directory through random changes (snapshots written and removed, heartbeats
+fresh and stale, clock offsets, policies, tenants behind, a clock that moves
+both ways, status pages scribbled over with hostile bytes): one decides
+through `inbound`, the other through `_inbound_slow` alone, at the same
+instant.  Every answer must be the same, and the compiled path must have
+answered most of them (else this would only test the Python path twice).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import replica
+from engine.replica import LocalAnswer, LocalDecisions
+
+from .test_replica_files import ACME, AT, BLACKLISTED, CALLED, CALLERS, MAIN, Clock, blob_of
+
+BLOBS = [blob_of(ACME), blob_of({**ACME, "blacklist": []}), blob_of({**ACME, "status": "suspended"})]
+OTHER = blob_of({**ACME, "tenant": "beta"})
+
+
+class Counted(LocalDecisions):
+    """A worker that counts the decisions its compiled path handed to the Python one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slow = 0
+
+    def _inbound_slow(self, tenant: str, caller: str, called: str, at: int, now: float) -> LocalAnswer | None:
+        self.slow += 1
+        return super()._inbound_slow(tenant, caller, called, at, now)
+
+
+def same(a: LocalAnswer | None, b: LocalAnswer | None) -> tuple[Any, ...] | None:
+    """An answer as comparable values (a CoreDecision is equal only to itself: its fields instead)."""
+    if a is None:
+        return None
+    d = a.decision
+    fields = None if d is None else (d.verdict, d.reason, d.sip_status, d.target, d.line, d.group, d.members)
+    return (a.action, fields, a.version, a.checksum, a.age_s, a.stale, a.backup_number, a.backup_line)
+
+
+def scribble(directory: Path, rng: random.Random) -> None:
+    """Hostile words over the status page, written in place as a stranger with write access could."""
+    path = directory / replica.STATUS
+    if not path.exists():
+        return
+    magic = replica.STATUS_MAGIC if rng.random() < 0.7 else rng.randbytes(8)
+    floats = [math.nan, math.inf, -math.inf, -1.0, 0.0, 1e300, 2.0**63, 1_800_000_000.0 + rng.uniform(-5, 5)]
+    with open(path, "r+b") as f:
+        f.write(magic + struct.pack("<Qdd", rng.getrandbits(64) if rng.random() < 0.3 else rng.randrange(8),
+                                    rng.choice(floats), rng.choice([*floats, 4 * 86400.0, -3600.0])))
+
+
+def repair(directory: Path) -> None:
+    """The page's magic made right again, so that the writer (which refuses a page not its own) can go on."""
+    path = directory / replica.STATUS
+    if path.exists():
+        with open(path, "r+b") as f:
+            f.write(replica.STATUS_MAGIC)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_the_compiled_path_answers_as_the_python_one(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    clock = Clock(1_800_000_000.0)
+    fast, slow = Counted(tmp_path, recheck_s=[5.0, 30.0, 0.0, 2.0][seed % 4], clock=clock), LocalDecisions(
+        tmp_path, recheck_s=0.0, clock=clock)
+    slow.recheck_s = fast.recheck_s
+    version = 1
+    decisions = 0
+    for i in range(3000):
+        if i % 500 == 499:   # a calm stretch: in step, nothing changes; all but the first go the compiled way
+            repair(tmp_path)
+            version += 1
+            replica.write_snapshot(tmp_path, rng.choice(BLOBS), version)
+            replica.write_behind(tmp_path, {})
+            replica.touch_heartbeat(tmp_path, at=clock.now)
+            before = fast.slow
+            for _ in range(100):
+                clock.now += 0.001
+                caller, called, at = rng.choice(CALLERS), rng.choice(CALLED), rng.choice([0, AT])
+                a = fast.inbound("acme", caller, called, at)
+                b = slow._inbound_slow("acme", caller, called, at, clock())
+                assert a is not None and same(a, b) == same(b, b), (caller, called, at, a, b)
+            assert fast.slow == before + (1 if fast.recheck_s else 100)
+        op = rng.random()
+        if op < 0.06:
+            repair(tmp_path)
+        if op < 0.01:
+            version += 1
+            replica.write_snapshot(tmp_path, rng.choice(BLOBS), version)
+        elif op < 0.013:
+            replica.write_snapshot(tmp_path, OTHER, version)
+        elif op < 0.016:
+            replica.remove_snapshot(tmp_path, rng.choice(["acme", "beta"]))
+        elif op < 0.05:
+            heard = clock.now + rng.choice([0.0, 0.0, 0.0, -1.0, -2.4, -3.0, -40.0, 2.0, 9.0])
+            replica.touch_heartbeat(tmp_path, at=heard,
+                                    offset=rng.choice([None, None, 0.0, 4 * 86400.0, -7200.5]))
+        elif op < 0.055:
+            replica.write_policy(tmp_path, rng.choice([0.5, 2.0, 30.0]),
+                                 rng.choice(["stale-ok", "fail-closed", "backup"]),
+                                 {"beta": rng.choice(["stale-ok", "fail-closed"])})
+        elif op < 0.06:
+            replica.write_behind(tmp_path, {"acme": clock.now - rng.choice([0.0, 1.0, 100.0])}
+                                 if rng.random() < 0.5 else {})
+        elif op < 0.065:
+            scribble(tmp_path, rng)
+        elif op < 0.20:
+            clock.now += rng.choice([0.001, 0.01, 0.1, 0.3, 0.3, 0.9, 0.9, 1.7, 3.0, 31.0, -0.5, -40.0])
+        else:
+            tenant = rng.choice(["acme", "acme", "acme", "beta", "nobody"])
+            caller = rng.choice([*CALLERS, BLACKLISTED])
+            called = rng.choice(CALLED + [MAIN] * 4)
+            at = rng.choice([0, 0, 0, AT, AT + 43_200, -1, 2**62])
+            a = fast.inbound(tenant, caller, called, at)
+            b = slow._inbound_slow(tenant, caller, called, at, clock())
+            assert same(a, b) == same(b, b), (tenant, caller, called, at, a, b)
+            decisions += 1
+    # outside the calm stretches, the unusual was handed to the Python path, and the compiled one answered the
+    # rest (never with recheck_s 0: each decision looks at the file)
+    hits = decisions + 6 * 100 - fast.slow
+    assert fast.slow > 100 and (hits > 600 if fast.recheck_s else hits == 0), (hits, decisions)
+
+
+def test_the_real_clock_is_read_in_c_and_answers_as_the_python_path(tmp_path: Path) -> None:
+    replica.write_snapshot(tmp_path, BLOBS[0], 3)
+    replica.touch_heartbeat(tmp_path, offset=4 * 86400.0)
+    worker, reference = Counted(tmp_path), LocalDecisions(tmp_path)
+    for called in CALLED:
+        for caller in CALLERS[:6]:
+            a = worker.inbound("acme", caller, called)
+            b = reference._inbound_slow("acme", caller, called, 0, time.time())
+            assert a is not None and b is not None
+            # the same answer but for its age: the two read the clock a moment apart
+            assert same(a, b)[:4] == same(b, b)[:4] and same(a, b)[5:] == same(b, b)[5:]  # type: ignore[index]
+            assert abs(a.age_s - b.age_s) < 0.5
+    assert worker.slow == 1   # only the first, which opened the file
+
+
+def test_hostile_arguments_fail_as_on_the_python_path(tmp_path: Path) -> None:
+    replica.write_snapshot(tmp_path, BLOBS[0], 3)
+    replica.touch_heartbeat(tmp_path)
+    worker = Counted(tmp_path)
+    assert worker.inbound("acme", CALLERS[0], MAIN) is not None
+    for at in (1.5, "0", True):
+        with pytest.raises(TypeError):
+            worker.inbound("acme", CALLERS[0], MAIN, at)  # type: ignore[arg-type]
+    with pytest.raises(UnicodeEncodeError):
+        worker.inbound("acme", "\ud800", MAIN)
+    for bad in (None, b"+1", 5):
+        with pytest.raises(TypeError):
+            worker.inbound("acme", bad, MAIN)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        worker.inbound(None, CALLERS[0], MAIN)  # type: ignore[arg-type]
+    assert worker.inbound("acme\0", CALLERS[0], MAIN) is None
+    assert worker.inbound("acme", "x" * 100_000, MAIN).decision.verdict == "ERROR"  # type: ignore[union-attr]
+
+
+def test_a_local_answer_is_an_immutable_value() -> None:
+    a = LocalAnswer("reject", None, 3, "ab", math.inf, True)
+    assert a == LocalAnswer("reject", None, 3, "ab", math.inf, True) and hash(a) == hash(
+        LocalAnswer("reject", None, 3, "ab", math.inf, True))
+    assert a != LocalAnswer("reject", None, 4, "ab", math.inf, True)
+    assert repr(a).startswith("LocalAnswer(action='reject', decision=None, version=3")
+    with pytest.raises(AttributeError):
+        a.action = "decide"  # type: ignore[misc]
