@@ -117,6 +117,9 @@ class LocalFast:
     """The in-step path of a replica worker's inbound decision, compiled; engine.replica.LocalDecisions is the
     class to use (it defines `_inbound_slow`, which this calls for anything else)."""
 
+    @property
+    def misses(self) -> int:
+        """Decisions this path handed to `_inbound_slow` (every one it did not answer itself)."""
     def __init__(self, magic: bytes, fresh_s: float, max_offset_s: float, clock: Any = None) -> None: ...
     def inbound(self, tenant: str, caller: str, called: str, at: int = 0) -> LocalAnswer | None: ...
     def _map_page(self, page: Any) -> None: ...

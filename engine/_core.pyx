@@ -42,6 +42,7 @@ cdef extern from *:
 
 import numpy as np
 
+cimport cython
 cimport numpy as cnp
 
 from datetime import date as _date

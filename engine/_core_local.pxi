@@ -43,6 +43,7 @@ cdef Py_ssize_t STATUS_READ = 32      # the bytes cg_status_read reads
 cdef double INSTANT_LIMIT = 9.0e18     # a double beyond this is no int64 instant: the slow path says so
 
 
+@cython.no_gc   # as CoreDecision: no cycle can go through an answer, and a decision must not pay for a collection
 cdef class LocalAnswer:
     """A worker's local answer (LocalDecisions.inbound).  Immutable; equal when every field is.
 
@@ -80,6 +81,7 @@ cdef class LocalAnswer:
                 "backup_number=%r, backup_line=%r)" % self._fields())
 
 
+@cython.no_gc
 cdef class _Entry:
     # a tenant as LocalDecisions last found it in step: its snapshot, and until when that finding holds
     cdef CoreSnapshot snap
@@ -107,10 +109,12 @@ cdef class LocalFast:
     cdef uint64_t _magic
     cdef double _fresh_s
     cdef double _max_offset_s
+    cdef readonly unsigned long long misses   # decisions handed to `_inbound_slow`
 
     def __cinit__(self, *args, **kwargs):
         self._mapped = False
         self._entries = {}
+        self.misses = 0
 
     def __init__(self, bytes magic not None, double fresh_s, double max_offset_s, clock=None):
         if len(magic) != 8:
@@ -154,6 +158,10 @@ cdef class LocalFast:
         else:
             self._entries.pop(tenant, None)
 
+    cdef object _miss(self, tenant, caller, called, at, double now):
+        self.misses += 1
+        return self._inbound_slow(tenant, caller, called, at, now)
+
     def inbound(self, tenant, caller, called, at=0):
         """The local answer to an inbound call at `at` (0: now by the server's clock), or None: ask the
         server (see LocalDecisions)."""
@@ -165,7 +173,7 @@ cdef class LocalFast:
         else:
             now = self._clock()
         if not self._mapped or type(tenant) is not str or type(caller) is not str or type(called) is not str:
-            return self._inbound_slow(tenant, caller, called, at, now)
+            return self._miss(tenant, caller, called, at, now)
         cdef const unsigned char* p = <const unsigned char*>self._page.buf
         cdef cg_status a, b
         cg_status_read(p, &a)
@@ -176,18 +184,18 @@ cdef class LocalFast:
         cdef PyObject* found = PyDict_GetItem(self._entries, tenant)
         if (a.magic != self._magic or not (isfinite(a.heard) and a.heard > 0)
                 or not (-self._fresh_s <= age <= self._fresh_s) or found == NULL):
-            return self._inbound_slow(tenant, caller, called, at, now)
+            return self._miss(tenant, caller, called, at, now)
         cdef _Entry e = <_Entry>found
         if (e.gen != a.gen or not (e.checked <= now < e.until) or age > e.max_staleness
                 or e.snap.s.nt == NULL):
-            return self._inbound_slow(tenant, caller, called, at, now)
+            return self._miss(tenant, caller, called, at, now)
         cdef int64_t when
         cdef double offset = a.offset
         if not at:   # now by the server's clock, truncated as int() does
             if not (isfinite(offset) and fabs(offset) <= self._max_offset_s):
                 offset = 0.0
             if not fabs(now + offset) < INSTANT_LIMIT:
-                return self._inbound_slow(tenant, caller, called, at, now)
+                return self._miss(tenant, caller, called, at, now)
             when = <int64_t>(now + offset)
         else:
             when = instant(at)

@@ -149,6 +149,17 @@ class LocalDecisions(LocalFast):
             at = int(now + (clock_offset(page) if page is not None else 0.0))
         return LocalAnswer("decide", snap.inbound(caller, called, at), h.version, h.checksum, age, stale)
 
+    def prepare(self) -> int:
+        """Map and check every tenant's file in the directory now (a worker's start), and make the compiled
+        path ready for each, so that no call waits for it: a worker's first decision for a tenant otherwise
+        maps and checks its file (0.7 ms for a small tenant, 50-75 ms for a 15 MB file).  The tenants it now
+        holds; a file that fails its checks is skipped as a decision would skip it."""
+        now = self._clock()
+        self._scan(now)
+        for tenant in sorted({tenant for _, tenant, _ in self._headers.values()}):
+            self._inbound_slow(tenant, "", "", 0, now)   # the looks a decision makes (its answer is no call's)
+        return sum(h.snap is not None for h in self._held.values())
+
     def tenant_of(self, number: str) -> str | None:
         """The tenant whose snapshot lists `number` (E.164, with or without "+"), or None: none does, or two do
         (a transfer half seen).  A routing hint read from the files' headers, the directory looked at again at

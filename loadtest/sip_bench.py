@@ -45,6 +45,11 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    collected after the bounded run (the last second's lines of each
    worker may still be in its buffer).  p50, p90, p99 and mean of each
    decision kind; target: RPC p50 / local p99 >= 50.  Also reported: the
+   local decisions the compiled path handed to the Python one (a file
+   looked at; each worker maps the replica's files at its start, so none
+   in a steady run); a peer timed by the same worker right after each
+   local decision, a CRC of 10 KB (fixed work of the same length: what
+   any 5 µs of work meets in that worker, the machine's own tail); the
    local decision's mean as a share of what the local proxy costs over
    bypass per call, and each proxy's Python CPU per call in each route
    (request, replies, failures, the dialog's end, the event sender).
@@ -535,11 +540,20 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
                 text=f"{loc_cpu['p50_us']:.1f} / {loc_cpu['p90_us']:.1f} / {loc_cpu['p99_us']:.1f}")
         rep.add(3, "  RPC p50 / local p99 of CPU time", ratio(rpc["p50_us"] if rpc else None, loc_cpu["p99_us"]),
                 "{:.1f}")
+    miss = tm.get("local", {}).get("local_miss")
+    if loc:   # the first decision of each worker opens the file; any other is worth knowing about
+        rep.add(3, "  of which the compiled path handed to the Python one (a file looked at): n, p50 / max µs",
+                text=f"{miss['n']}, {miss['p50_us']:.1f} / {miss['max_us']:.1f}" if miss else "0")
     if rpc:
         rep.add(3, f"Inbound RPC in the worker p50 / p90 / p99 / mean µs ({rpc['n']:,} decisions)",
                 text=f"{rpc['p50_us']:.0f} / {rpc['p90_us']:.0f} / {rpc['p99_us']:.0f} / {rpc['mean_us']:.0f}")
     rep.add(3, "RPC p50 / local p99", ratio(rpc["p50_us"] if rpc else None, loc["p99_us"] if loc else None),
             "{:.1f}", ">= 50", lambda v: v >= 50)
+    decoy = tm.get("local", {}).get("decoy")
+    if decoy:   # the same worker, the same moments, fixed work of the same length: the machine's own tail
+        rep.add(3, "  a peer: a CRC of 10 KB timed right after each local decision, p50 / p90 / p99 µs",
+                text=f"{decoy['p50_us']:.1f} / {decoy['p90_us']:.1f} / {decoy['p99_us']:.1f}")
+        rep.add(3, "  RPC p50 / the peer's p99", ratio(rpc["p50_us"] if rpc else None, decoy["p99_us"]), "{:.1f}")
     rep.add(3, "RPC p50 / local p50", ratio(rpc["p50_us"] if rpc else None, loc["p50_us"] if loc else None),
             "{:.0f}")
     extra = (per_call("local") or 0) - (per_call("bypass") or 0)

@@ -178,3 +178,19 @@ def test_a_local_answer_is_an_immutable_value() -> None:
     assert repr(a).startswith("LocalAnswer(action='reject', decision=None, version=3")
     with pytest.raises(AttributeError):
         a.action = "decide"  # type: ignore[misc]
+
+
+def test_prepare_maps_every_tenant_so_that_no_call_waits(tmp_path: Path) -> None:
+    replica.write_snapshot(tmp_path, BLOBS[0], 3)
+    replica.write_snapshot(tmp_path, OTHER, 4)
+    (tmp_path / replica.file_name("gamma")).write_bytes(b"CGSNAP1\n" + b"\0" * 100)   # damaged: skipped
+    replica.touch_heartbeat(tmp_path)
+    worker = LocalDecisions(tmp_path)
+    assert worker.prepare() == 2
+    before = worker.misses
+    for tenant in ("acme", "beta"):
+        answer = worker.inbound(tenant, CALLERS[0], MAIN)
+        assert answer is not None and answer.action == "decide"
+    assert worker.misses == before   # both answered by the compiled path, the first call of each too
+    assert worker.inbound("gamma", CALLERS[0], MAIN) is None
+    assert LocalDecisions(tmp_path / "absent").prepare() == 0

@@ -77,7 +77,10 @@ Timings (CALLGATE_TIMINGS=PATH, off by default): each SIP worker times
 every inbound decision (time.perf_counter_ns around the local decision, and
 its CPU time (time.thread_time_ns), or
 around the Inbound RPC) and appends it to PATH.<pid>, one line each, "local
-NS" or "rpc NS", and the CPU time of every entry point Kamailio calls
+NS CPU_NS" or "rpc NS" (and "local_miss NS CPU_NS" again for a local decision
+its compiled path handed to the Python one: a file looked at, the page stale;
+and "decoy NS" for a CRC of 10 KB timed right after it, work of the same
+length: the worker's own tail at those moments), and the CPU time of every entry point Kamailio calls
 ("route:request_route NS", "route:onreply_invite NS", ...: where the
 process's Python time goes); the lines are buffered and written every 100 decisions
 and at the first decision a second or more after the last write (no
@@ -99,12 +102,14 @@ CALLGATE_TIMINGS (above).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
 import sqlite3
 import sys
 import time
+import zlib
 from typing import Any
 
 import KSR  # provided by Kamailio's app_python3 (no stubs: mypy ignores missing imports)
@@ -144,6 +149,7 @@ SENDER_BATCH = 500
 # of the talk its credit pays for keeps the talk billed (ENDED - ANSWERED, in whole seconds) within it.
 GUARD_S = int(os.environ.get("CALLGATE_GUARD_S", "1"))
 CALL_MAX_S = 86_400   # the longest an inbound call or forwarded leg is kept as a dialog (callgate's --call-max-s)
+DECOY = bytes(range(256)) * 40   # CALLGATE_TIMINGS: 10 KB whose CRC takes about as long as a local decision
 PROC_MAIN, PROC_INIT = 0, -127   # Kamailio's process ranks for its main process
 # the entry points Kamailio calls (kamailio.cfg), timed with CALLGATE_TIMINGS
 ROUTES = ("ksr_request_route", "ksr_onreply_invite", "ksr_failure_invite", "ksr_dialog_event",
@@ -247,7 +253,12 @@ class kamailio:
         # first call's reply, where a slow 180 could be overtaken by its 200)
         if rank not in (PROC_INIT, PROC_MAIN):
             self.decisions  # noqa: B018 - the channel and its imports
-            self.local  # noqa: B018 - the engine's import (numpy, the core) before the first call
+            local = self.local  # the engine's import (numpy, the core) before the first call
+            if local is not None:   # and every tenant's file mapped and checked: no call waits for it
+                try:
+                    KSR.info(f"callgate: {local.prepare()} tenant(s) of the replica ready in this worker\n")
+                except Exception as exc:  # never fatal: the first call of a tenant maps it instead
+                    KSR.err(f"callgate: the replica in {REPLICA_DIR} could not be read ahead: {exc!r:.200}\n")
             try:
                 self.spool.conn()
             except (sqlite3.Error, OSError) as exc:
@@ -291,13 +302,15 @@ class kamailio:
     def _state(self, state: Any) -> None:
         self.down = state.name == "TRANSIENT_FAILURE"
 
-    @property
+    # imported at the first use in a worker (never before Kamailio forks), then an attribute of the instance: an
+    # import statement at every use cost ~9 us with a SIP worker's cold caches, several times a call
+    @functools.cached_property
     def grpc(self) -> Any:
         import grpc
 
         return grpc
 
-    @property
+    @functools.cached_property
     def pb(self) -> Any:
         from callgate.v1 import decisions_pb2
 
@@ -517,11 +530,20 @@ class kamailio:
         if local is None:
             answer = None
         elif TIMINGS:
+            misses = local.misses
             c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
             answer = local.inbound(tenant, caller, called)
             # the wall time, and the worker's own CPU time: what the wall time holds beyond it is time the
             # worker waited for a core (2 cores shared with sipp, callgate and the other Kamailios)
-            self.timings.add("local", time.perf_counter_ns() - t0, time.thread_time_ns() - c0)
+            ns, cpu_ns = time.perf_counter_ns() - t0, time.thread_time_ns() - c0
+            self.timings.add("local", ns, cpu_ns)
+            # a peer of the same length measured at the same moments: a CRC of 10 KB, fixed work without a
+            # lookup, a file or an allocation; its tail is the tail of any 5 us of work in this worker
+            t0 = time.perf_counter_ns()
+            zlib.crc32(DECOY)
+            self.timings.add("decoy", time.perf_counter_ns() - t0)
+            if local.misses != misses:   # (also) one the compiled path handed to the Python one: which they are
+                self.timings.add("local_miss", ns, cpu_ns)
         else:  # now by the server's clock (the replica measures this host's against it), as the RPC decides
             answer = local.inbound(tenant, caller, called)
         if answer is not None:
