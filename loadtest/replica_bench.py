@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             say("2 decision time: local against unary RPC")
             dec = decision_time(server, directory, args.local, args.rpc)
             loc, rpc = dec["local_us"], dec["rpc_us"]
-            rep.add(2, "local decision p50 / p99 µs (LocalDecisions.inbound, Python)",
+            rep.add(2, "local decision p50 / p99 µs (LocalDecisions.inbound, called from Python)",
                     text=f"{loc['p50']:.1f} / {loc['p99']:.1f}")
             rep.add(2, "unary Inbound RPC p50 / p99 µs (loopback, grpcio client)",
                     text=f"{rpc['p50']:.0f} / {rpc['p99']:.0f}")
