@@ -42,7 +42,6 @@ cdef extern from *:
 
 import numpy as np
 
-cimport cython
 cimport numpy as cnp
 
 from datetime import date as _date

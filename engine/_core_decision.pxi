@@ -23,10 +23,6 @@ cdef str e164(uint64_t v):
     return None if v == 0 else "+%d" % v
 
 
-# No cyclic GC for a decision (it holds its snapshot and a str, neither of which can lead back to it): an object
-# of a GC type counts towards the next collection, which then runs inside whichever allocation crosses the
-# threshold; in a SIP worker one decision in a hundred or so paid for a young-generation collection (~30 us).
-@cython.no_gc
 cdef class CoreDecision:
     """A decision as the core wrote it; names are looked up on access."""
 

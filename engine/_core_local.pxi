@@ -43,7 +43,6 @@ cdef Py_ssize_t STATUS_READ = 32      # the bytes cg_status_read reads
 cdef double INSTANT_LIMIT = 9.0e18     # a double beyond this is no int64 instant: the slow path says so
 
 
-@cython.no_gc   # as CoreDecision: no cycle can go through an answer, and a decision must not pay for a collection
 cdef class LocalAnswer:
     """A worker's local answer (LocalDecisions.inbound).  Immutable; equal when every field is.
 
@@ -81,7 +80,6 @@ cdef class LocalAnswer:
                 "backup_number=%r, backup_line=%r)" % self._fields())
 
 
-@cython.no_gc
 cdef class _Entry:
     # a tenant as LocalDecisions last found it in step: its snapshot, and until when that finding holds
     cdef CoreSnapshot snap

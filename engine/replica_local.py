@@ -34,6 +34,8 @@ from .replica import (
 
 __all__ = ["LocalAnswer", "LocalDecisions"]
 
+_TIME = time.time   # the clock LocalFast reads in C when given this one
+
 _RETRY = (-1, -1, -1, -1)  # a stat key no file has
 PAGE_LOOK_S = 1.0         # a page not fresh is looked for (os.stat) at most this often
 PAGE_FRESH_S = 2.5        # a status page heard from within this is the live one (the replica writes it each 1 s)
@@ -84,15 +86,16 @@ class LocalDecisions(LocalFast):
                  copy: bool = False) -> None:
         if not (recheck_s >= 0 and math.isfinite(recheck_s)):
             raise ValueError(f"recheck_s must be a finite number >= 0, not {recheck_s!r:.40}")
-        # time.time is read in C (CLOCK_REALTIME, as time.time reads it); any other clock through Python
-        super().__init__(STATUS_MAGIC, PAGE_FRESH_S, MAX_OFFSET_S, None if clock is time.time else clock)
+        # time.time is read in C (CLOCK_REALTIME, as time.time reads it); any other clock through Python (a
+        # time.time patched by a test is another clock: compared with the one this module found)
+        super().__init__(STATUS_MAGIC, PAGE_FRESH_S, MAX_OFFSET_S, None if clock is _TIME else clock)
         self.directory = Path(directory)
         self.recheck_s = float(recheck_s)
         self._clock = clock
         self._copy = bool(copy)
         self._held: dict[str, _Held] = {}
-        self.policy = Policy()
-        self.behind: dict[str, float] = {}   # tenants the replica could not bring to the version in force: since
+        self._policy = Policy()
+        self._behind: dict[str, float] = {}   # tenants the replica could not bring to the version in force: since
         self._status_checked = -math.inf
         self._status_until = -math.inf
         self._page: mmap.mmap | None = None   # the status page, mapped (None: none yet, or not readable)
@@ -102,6 +105,26 @@ class LocalDecisions(LocalFast):
         self._owners: dict[str, str] = {}
         self._headers: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
         self._scanned = -math.inf
+
+    @property
+    def policy(self) -> Policy:
+        """The directory's policy as last read (its defaults until one is)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self._policy = policy
+        self._drop_fast()   # (the compiled path's entries hold the last policy's max_staleness_s)
+
+    @property
+    def behind(self) -> dict[str, float]:
+        """Tenants the replica could not bring to the version in force, and since when (time.time())."""
+        return self._behind
+
+    @behind.setter
+    def behind(self, behind: dict[str, float]) -> None:
+        self._behind = behind
+        self._drop_fast()   # (a tenant behind is never answered by the compiled path)
 
     def _inbound_slow(self, tenant: str, caller: str, called: str, at: int, now: float) -> LocalAnswer | None:
         """`inbound` when its compiled path cannot answer, at `now` (read there); puts the entry it answers
@@ -142,21 +165,22 @@ class LocalDecisions(LocalFast):
             if word == "backup":
                 assert h.backup is not None
                 return LocalAnswer("backup", None, h.version, h.checksum, age, True, h.backup[0], h.backup[1])
-        elif since is None and gen >= 0:   # in step: the compiled path answers the next ones while this holds
+        elif since is None and gen >= 0 and type(tenant) is str:   # in step: the compiled path answers the next
             self._put_fast(tenant, snap, h.version, h.checksum, gen, h.checked, h.until, policy.max_staleness_s)
         if not at:
             page = self._page
             at = int(now + (clock_offset(page) if page is not None else 0.0))
         return LocalAnswer("decide", snap.inbound(caller, called, at), h.version, h.checksum, age, stale)
 
-    def prepare(self) -> int:
-        """Map and check every tenant's file in the directory now (a worker's start), and make the compiled
-        path ready for each, so that no call waits for it: a worker's first decision for a tenant otherwise
-        maps and checks its file (0.7 ms for a small tenant, 50-75 ms for a 15 MB file).  The tenants it now
-        holds; a file that fails its checks is skipped as a decision would skip it."""
+    def prepare(self, limit: int) -> int:
+        """Map and check the files of up to `limit` tenants of the directory now (a SIP worker's start), and make
+        the compiled path ready for each, so that no call waits for it: a worker's first decision for a tenant
+        otherwise maps and checks its file (0.7 ms for a small tenant, 50-75 ms for a 15 MB file).  Before
+        Python 3.13 each mapped tenant holds a file descriptor: keep `limit` well under the process's.  The
+        tenants it now holds; a file that fails its checks is skipped as a decision would skip it."""
         now = self._clock()
         self._scan(now)
-        for tenant in sorted({tenant for _, tenant, _ in self._headers.values()}):
+        for tenant in sorted({tenant for _, tenant, _ in self._headers.values()})[:max(0, limit)]:
             self._inbound_slow(tenant, "", "", 0, now)   # the looks a decision makes (its answer is no call's)
         return sum(h.snap is not None for h in self._held.values())
 

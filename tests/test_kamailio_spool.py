@@ -159,3 +159,30 @@ def test_a_full_disk_leaves_no_part_of_an_event(tmp_path: Path, monkeypatch: pyt
     journal.append([("c3:RINGING", "c3", b"r3")])
     time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
     assert sender.ingest() == (2, []) and pending_keys(sender) == ["c1:RINGING", "c3:RINGING"]
+
+
+def test_raw_records_become_their_events_in_their_place_and_a_bad_one_is_logged(tmp_path: Path) -> None:
+    """A worker's raw record (the call's record, made into events by the sender's converter) takes the place
+    in the order it was written in; one the converter refuses is a problem logged, the others all moved."""
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    worker = spool.Journal(sender.journals)
+    worker.append([("c1:RINGING", "c1", b"r1")])
+    worker.append([("", "", b"c2")])                      # raw: RINGING and ANSWERED of c2
+    worker.append([("", "", b"bad")])                     # raw, refused by the converter
+    worker.append([("c1:ANSWERED", "c1", b"a1")])
+
+    def convert(raw: bytes) -> list[tuple[str, str, bytes]]:
+        if raw == b"bad":
+            raise ValueError("not a record")
+        call = raw.decode()
+        return [(f"{call}:RINGING", call, b"r2"), (f"{call}:ANSWERED", call, b"a2")]
+
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    moved, problems = sender.ingest(convert)
+    assert moved == 4 and len(problems) == 1 and "not a record" in problems[0]
+    assert pending_keys(sender) == ["c1:RINGING", "c2:RINGING", "c2:ANSWERED", "c1:ANSWERED"]
+    assert sender.ingest(convert) == (0, [])   # each once
+    worker.append([("", "", b"c3")])
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    moved, problems = sender.ingest()          # no converter: logged, never a crash of the round
+    assert moved == 0 and "no converter" in problems[0]

@@ -106,6 +106,7 @@ import functools
 import ipaddress
 import json
 import os
+import resource
 import sqlite3
 import sys
 import time
@@ -151,6 +152,9 @@ GUARD_S = int(os.environ.get("CALLGATE_GUARD_S", "1"))
 CALL_MAX_S = 86_400   # the longest an inbound call or forwarded leg is kept as a dialog (callgate's --call-max-s)
 DECOY = bytes(range(256)) * 40   # CALLGATE_TIMINGS: 10 KB whose CRC takes about as long as a local decision
 PROC_MAIN, PROC_INIT = 0, -127   # Kamailio's process ranks for its main process
+RAW_TAG = "R1\0"                   # a raw record of the journals (spool_raw): this layout's version
+RAW_TAG_BYTES = RAW_TAG.encode()
+OUTBOUND_MARK = '"dir":"outbound"'  # in a record `remember` wrote, only for an outbound call
 # the entry points Kamailio calls (kamailio.cfg), timed with CALLGATE_TIMINGS
 ROUTES = ("ksr_request_route", "ksr_onreply_invite", "ksr_failure_invite", "ksr_dialog_event",
           "ksr_callgate_sender")
@@ -254,9 +258,13 @@ class kamailio:
         if rank not in (PROC_INIT, PROC_MAIN):
             self.decisions  # noqa: B018 - the channel and its imports
             local = self.local  # the engine's import (numpy, the core) before the first call
-            if local is not None:   # and every tenant's file mapped and checked: no call waits for it
+            if local is not None and rank > 0:   # a SIP worker (not a timer's or RPC's process): every tenant's
+                # file mapped and checked now, no call waits for it; a descriptor each (Python < 3.13): a quarter
+                # of the process's limit at most, the rest mapped at their first call
+                limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                limit = 4096 if limit == resource.RLIM_INFINITY else limit // 4
                 try:
-                    KSR.info(f"callgate: {local.prepare()} tenant(s) of the replica ready in this worker\n")
+                    KSR.info(f"callgate: {local.prepare(limit)} tenant(s) of the replica mapped in this worker\n")
                 except Exception as exc:  # never fatal: the first call of a tenant maps it instead
                     KSR.err(f"callgate: the replica in {REPLICA_DIR} could not be read ahead: {exc!r:.200}\n")
             try:
@@ -450,6 +458,29 @@ class kamailio:
         if call.get("dir") == "outbound":
             return call.get("user", "")
         return KSR.pv.get("$hdr(X-Callgate-User)") or call.get("user") or "unknown"
+
+    @staticmethod
+    def ring_kinds() -> tuple[str, ...]:
+        """("RINGING",) if the call's RINGING was not spooled yet, marking the dialog (as `ringing`), else ()."""
+        if KSR.pv.get("$dlg_var(cg_rung)"):
+            return ()
+        KSR.dialog.var_sets("cg_rung", "1")
+        return ("RINGING",)
+
+    def spool_raw(self, kinds: tuple[str, ...], text: str, outcome: str = "") -> bool:
+        """Append the call's events `kinds` as the call's record (`text`, JSON as `remember` wrote it) and what
+        this reply adds, to this worker's journal: the sender makes the events of it (`events_of`).  Whether
+        it was taken."""
+        talker = (KSR.pv.get("$hdr(X-Callgate-User)") or "") if "ENDED" not in kinds or len(kinds) > 1 else ""
+        try:
+            # the header last, whole: the other fields never hold a NUL (JSON escapes it), so it may
+            raw = (RAW_TAG + "\0".join((",".join(kinds), str(int(time.time())), outcome, text, talker))).encode(
+                "utf-8", "surrogateescape")
+            self.spool.add_raw(raw, kinds == ("ENDED",))
+        except (sqlite3.Error, OverflowError, OSError, ValueError) as exc:
+            KSR.err(f"callgate: {len(kinds)} call event(s) of {KSR.pv.get('$ci')} not spooled, lost: {exc}\n")
+            return False
+        return True
 
     def ringing(self, call: dict[str, str]) -> list[tuple[str, Any]]:
         """The call's RINGING, if none was spooled yet: the first of 180, 183 or 200 spools it and marks the
@@ -694,6 +725,15 @@ class kamailio:
         status = int(KSR.pv.get("$rs") or 0)
         if status not in (180, 183, 200) or KSR.pv.get("$rm") != "INVITE":
             return 1
+        text = KSR.pv.get("$avp(cg)") or KSR.pv.get("$dlg_var(cg)") or ""
+        # `remember` writes "dir":"outbound" thus only for an outbound call (a value's quotes are escaped):
+        # that call's RINGING is sent at once for its hold, so its record is read here (and a record of the
+        # script before this one, one variable a field)
+        if text and OUTBOUND_MARK not in text:
+            kinds = self.ring_kinds() + (("ANSWERED",) if status == 200 else ())
+            if kinds:
+                self.spool_raw(kinds, text)
+            return 1
         call = self.recall()
         call_id = call.get("call")
         if not call_id:
@@ -725,6 +765,10 @@ class kamailio:
     def ksr_failure_invite(self, msg: Any) -> int:
         """A negative final reply (or the INVITE timer's 408): the call ended unanswered, with its outcome."""
         status = int(KSR.pv.get("$T_reply_code") or 0)
+        text = KSR.pv.get("$avp(cg)") or KSR.pv.get("$dlg_var(cg)") or ""
+        if text:   # (no RPC at a failure: any call's record goes to the journal as it is)
+            self.spool_raw((*self.ring_kinds(), "ENDED"), text, outcome_of(status))
+            return 1
         call = self.recall()
         call_id = call.get("call")
         if not call_id:
@@ -737,6 +781,10 @@ class kamailio:
     def ksr_dialog_event(self, msg: Any, evname: str) -> int:
         """The dialog ended (a BYE, or the timer of an outbound call): ENDED, answered."""
         if evname != "dialog:end":
+            return 1
+        text = KSR.pv.get("$dlg_var(cg)") or ""
+        if text:
+            self.spool_raw(("ENDED",), text, "answered")
             return 1
         call = self.recall("$dlg_var(cg)")
         call_id, tenant = call.get("call", ""), call.get("tenant", "")
@@ -753,7 +801,7 @@ class kamailio:
         try:
             # the SIP workers' journals into the table, in order, once; also while callgate is away, so that the
             # spool's figures and CALLGATE_SPOOL_MAX count every event the workers wrote
-            _, problems = self.spool.ingest()
+            _, problems = self.spool.ingest(self.events_of)
             for problem in problems:
                 KSR.err(f"callgate: event spool: {problem}\n")
         except (sqlite3.Error, OSError) as exc:
@@ -814,6 +862,52 @@ class kamailio:
             except sqlite3.Error as exc:  # sent again next time: a replay changes nothing
                 KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be written: {exc}\n")
         return 1
+
+    def events_of(self, raw: bytes) -> list[tuple[str, str, bytes]]:
+        """The events (key, call, request) of a raw record (`spool_raw`), as the SIP worker would have made
+        them itself (`ringing`, `talker`, `request`); ValueError for a record it cannot read."""
+        if not raw.startswith(RAW_TAG_BYTES):
+            raise ValueError(f"not a raw record of this script: {raw[:16]!r}")
+        parts = raw[len(RAW_TAG_BYTES):].decode("utf-8", "surrogateescape").split("\0", 4)
+        if len(parts) != 5 or not parts[1].isdigit():
+            raise ValueError("a raw record without its fields")
+        kinds, at, outcome, text, header_user = parts
+        try:
+            record = json.loads(text)
+        except ValueError:
+            raise ValueError(f"a call record that is not JSON: {text[:80]!r}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"a call record that is not an object: {text[:80]!r}")
+        call = {str(k): str(v) for k, v in record.items()}
+        call_id, tenant = call.get("call", ""), call.get("tenant", "")
+        if not call_id or (kinds == "ENDED" and not tenant):
+            raise ValueError(f"a call record without its call or tenant: {text[:80]!r}")
+        outbound = call.get("dir") == "outbound"
+        talker = call.get("user", "") if outbound else (header_user or call.get("user") or "unknown")
+        try:
+            return self._events(kinds, int(at), call_id, tenant, talker, outcome, call)
+        except ValueError:
+            raise
+        except Exception as exc:   # what a message refuses (text it cannot hold): this record's loss, not the round's
+            raise ValueError(f"a call record whose events cannot be made: {exc!r:.120}") from exc
+
+    def _events(self, kinds: str, at: int, call_id: str, tenant: str, talker: str, outcome: str,
+                call: dict[str, str]) -> list[tuple[str, str, bytes]]:
+        out = []
+        for kind in kinds.split(","):
+            if kind == "RINGING":
+                r = self.request(kind, call_id, tenant, talker, direction=call.get("dir") or "inbound",
+                                 caller=call.get("caller", ""), called=call.get("called", ""),
+                                 line=call.get("line", ""))
+            elif kind == "ANSWERED":
+                r = self.request(kind, call_id, tenant, talker)
+            elif kind == "ENDED":
+                r = self.request(kind, call_id, tenant, outcome=outcome)
+            else:
+                raise ValueError(f"an event kind {kind!r:.40} this script does not make")
+            r.at = at
+            out.append((f"{call_id}:{kind}", call_id, r.SerializeToString()))
+        return out
 
     def report(self) -> None:
         """Log the spool's size and age while events wait; write them for node_exporter's textfile collector."""

@@ -12,6 +12,13 @@ journals: an event appended to the shared SQLite file cost a SIP worker
 ~78 us of CPU and a read ~40 us (every transaction starts cold when eight
 processes write the file), a third of what the script added to a call.
 
+A record holds an event ready to send (its key, call and request), or, as
+the SIP workers write them, the call's record as the worker holds it and
+what the reply added (`Spool.add_raw`: no JSON read and no message built
+on the SIP path, ~30 us less a reply with a worker's cold caches); the
+sender turns those into events as it moves them (`ingest(convert)`), and
+logs one it cannot read.
+
 A journal survives a crash of its process (the data is in the page cache;
 like SQLite's synchronous=NORMAL, a power cut may lose the last records).
 A record is checked (magic, length, crc32) when read; the reader skips a
@@ -27,7 +34,7 @@ import sqlite3
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 PENDING, SENT, REFUSED = 0, 1, 2   # an event's state: waiting, answered by callgate, refused for good
@@ -41,6 +48,8 @@ WATERMARK_NS = 20_000_000            # records younger than this wait for the ne
 MAX_READ = 8 << 20                   # bytes read of one journal per round
 
 T = TypeVar("T")
+Event = tuple[str, str, bytes]      # (key, call, request): an event ready to send
+Convert = Callable[[bytes], Sequence[Event]]   # a raw record's events (ValueError: none can be made of it)
 
 
 def retry_locked(fn: Callable[[], T], patience_s: float, pause_s: float = 0.0) -> T:
@@ -234,6 +243,14 @@ class Spool:
             self._counted = (now, self.conn().execute("SELECT COUNT(*) FROM events WHERE state = 0").fetchone()[0])
         return self._counted[1] >= (2 * self.max_pending if ended else self.max_pending)
 
+    def add_raw(self, payload: bytes, ended: bool) -> None:
+        """Append a raw record (what the script's converter turns into events when the sender moves it: a
+        record with no key and no call); `ended`: its events are a call's end alone (see `add`)."""
+        if self.full(ended):
+            raise OverflowError(f"the spool holds {self._counted[1]} waiting events, its limit "
+                                f"(CALLGATE_SPOOL_MAX) is {self.max_pending}")
+        self.journal.append([("", "", payload)])
+
     def add(self, items: list[tuple[str, str, bytes]]) -> None:
         """Append (key, call, request) events to this process's journal, in one write (a SIP worker never waits
         on the spool); OverflowError past CALLGATE_SPOOL_MAX waiting events (read from the table at most once a
@@ -245,9 +262,11 @@ class Spool:
                                 f"(CALLGATE_SPOOL_MAX) is {self.max_pending}")
         self.journal.append(items)
 
-    def ingest(self) -> tuple[int, list[str]]:
+    def ingest(self, convert: Convert | None = None) -> tuple[int, list[str]]:
         """Move the journals' new records into the table, in the order they were written across processes, each
-        once; journals read whole whose process is gone are removed.  (events moved, problems to log)."""
+        once; journals read whole whose process is gone are removed.  A raw record (`add_raw`) becomes the
+        events `convert` makes of it, in its place in that order; one it cannot convert (or without `convert`)
+        is logged and dropped.  (events moved, problems to log)."""
         conn = self.conn()
         watermark = time.monotonic_ns() - WATERMARK_NS
         try:
@@ -292,10 +311,21 @@ class Spool:
             offsets[name] = start + used
             ends[name] = start + used >= size
         found.sort(key=lambda r: r[0])   # one clock for every process: the order the events were written in
+        rows = []
+        for _, wall, key, call, request in found:
+            if key:
+                rows.append((key, call, request, wall))
+                continue
+            try:   # a raw record: its events, in its order (the sort is stable), each with its time
+                if convert is None:
+                    raise ValueError("no converter for raw records")
+                rows.extend((k, c, r, wall) for k, c, r in convert(request))
+            except ValueError as exc:
+                problems.append(f"a record of the journals could not be made into events, its events lost: "
+                                f"{str(exc)[:200]}")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT OR IGNORE INTO events (key, call, request, created) VALUES (?, ?, ?, ?)",
-                             [(key, call, request, wall) for _, wall, key, call, request in found])
+            conn.executemany("INSERT OR IGNORE INTO events (key, call, request, created) VALUES (?, ?, ?, ?)", rows)
             conn.executemany("INSERT INTO journals (name, offset) VALUES (?, ?) "
                              "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset", list(offsets.items()))
             conn.execute("COMMIT")
@@ -303,7 +333,7 @@ class Spool:
             conn.execute("ROLLBACK")
             raise
         self._forget_finished(names, ends)
-        return len(found), problems
+        return len(rows), problems
 
     def _forget_finished(self, names: list[str], ends: dict[str, bool]) -> None:
         """Remove the journals read to their end whose process will write no more: a newer journal of the same
