@@ -31,11 +31,14 @@ ANSWERED on the 200, and ENDED for every final outcome with the outcome
 recorded: the dialog's end (BYE, or the timer that caps an outbound call:
 `answered`), or a negative final reply (486/600/603 `busy`, 408/480
 `no_answer`, 487 after a CANCEL `cancelled`, anything else `failed`).  The
-SIP worker only appends the event to its own journal of the spool (one
-write(); CALLGATE_SPOOL.journal/, callgate_spool.py); a timer process
+SIP worker only appends to its own journal of the spool (one write();
+CALLGATE_SPOOL.journal/, callgate_spool.py) the call's record as it holds
+it and what the reply adds (`spool_raw`: no JSON read, no message built on
+the SIP path), except for an outbound call's RINGING (below); a timer process
 (rtimer) moves the journals into the spool's SQLite file (CALLGATE_SPOOL),
-in the order the events were written, and sends what is pending, in order,
-in one CallEvents call a round (up to 500 events), with backoff while
+making the events of those records (`events_of`), in the order they were
+written, and sends what is pending, in order, in one CallEvents call a
+round (up to 500 events), with backoff while
 callgate is unreachable or slow.  An event callgate refuses for good (INVALID_ARGUMENT, NOT_FOUND,
 FAILED_PRECONDITION, INTERNAL) is logged and kept as refused; the others wait
 and are sent again (callgate answers a replay with its recorded reply, so a
