@@ -7,6 +7,7 @@ import importlib.util
 import os
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -163,13 +164,18 @@ def test_a_full_disk_leaves_no_part_of_an_event(tmp_path: Path, monkeypatch: pyt
 
 def test_raw_records_become_their_events_in_their_place_and_a_bad_one_is_logged(tmp_path: Path) -> None:
     """A worker's raw record (the call's record, made into events by the sender's converter) takes the place
-    in the order it was written in; one the converter refuses is a problem logged, the others all moved."""
+    in the order it was written in; one the converter refuses is a problem logged, the others all moved; an
+    error of another kind moves nothing (tried again)."""
     sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
     worker = spool.Journal(sender.journals)
     worker.append([("c1:RINGING", "c1", b"r1")])
-    worker.append([("", "", b"c2")])                      # raw: RINGING and ANSWERED of c2
-    worker.append([("", "", b"bad")])                     # raw, refused by the converter
+    worker.append([("", "", b"c2")], raw=True)            # raw: RINGING and ANSWERED of c2
+    worker.append([("", "", b"bad")], raw=True)           # raw, refused by the converter
     worker.append([("c1:ANSWERED", "c1", b"a1")])
+    with pytest.raises(ValueError):
+        worker.append([("", "", b"c9")])                  # an event without a key is no event
+    with pytest.raises(ValueError):
+        worker.append([("k", "c", b"c9")], raw=True)
 
     def convert(raw: bytes) -> list[tuple[str, str, bytes]]:
         if raw == b"bad":
@@ -177,12 +183,32 @@ def test_raw_records_become_their_events_in_their_place_and_a_bad_one_is_logged(
         call = raw.decode()
         return [(f"{call}:RINGING", call, b"r2"), (f"{call}:ANSWERED", call, b"a2")]
 
+    def broken(raw: bytes) -> list[tuple[str, str, bytes]]:
+        raise MemoryError
+
     time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    with pytest.raises(MemoryError):
+        sender.ingest(broken)
+    assert pending_keys(sender) == []                     # nothing moved, nothing lost
     moved, problems = sender.ingest(convert)
     assert moved == 4 and len(problems) == 1 and "not a record" in problems[0]
     assert pending_keys(sender) == ["c1:RINGING", "c2:RINGING", "c2:ANSWERED", "c1:ANSWERED"]
     assert sender.ingest(convert) == (0, [])   # each once
-    worker.append([("", "", b"c3")])
+
+
+def test_without_a_converter_raw_records_wait_and_no_event_has_an_empty_key(tmp_path: Path) -> None:
+    """A sender of an older script (no converter) stops each journal at its first raw record, says so once,
+    and leaves it for a sender that can read it; an event record without a key is damage, never a row."""
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    worker = spool.Journal(sender.journals)
+    worker.append([("c1:RINGING", "c1", b"r1")])
+    worker.append([("", "", b"c2")], raw=True)
+    worker.append([("c1:ANSWERED", "c1", b"a1")])
     time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
-    moved, problems = sender.ingest()          # no converter: logged, never a crash of the round
-    assert moved == 0 and "no converter" in problems[0]
+    moved, problems = sender.ingest()
+    assert moved == 1 and len(problems) == 1 and "wait" in problems[0]
+    assert sender.ingest() == (0, [])              # said once
+    moved, problems = sender.ingest(lambda raw: [("c2:RINGING", "c2", raw)])
+    assert (moved, problems) == (2, []) and pending_keys(sender) == ["c1:RINGING", "c2:RINGING", "c1:ANSWERED"]
+    record = spool._RECORD.pack(spool._MAGIC, 3, zlib.crc32(b"abc"), 1, 1.0, 0, 0) + b"abc"
+    assert spool._record_at(record, 0)[2].startswith("no record")

@@ -81,40 +81,34 @@ def test_a_call_made_before_a_reload_is_recalled_from_its_fields(kemi: tuple[Any
 
 
 class Capture:
-    """The spool as a worker sees it: what it was asked to append."""
+    """The spool as a worker sees it: what it was asked to append, in order, with each append's `ended`."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[str, str, bytes]] = []
-        self.raws: list[bytes] = []
+        self.appended: list[tuple[str, Any, bool]] = []
 
     def add(self, items: list[tuple[str, str, bytes]]) -> None:
-        self.items.extend(items)
+        self.appended.append(("events", items, all(key.endswith(":ENDED") for key, _, _ in items)))
 
     def add_raw(self, payload: bytes, ended: bool) -> None:
-        self.raws.append(payload)
+        self.appended.append(("raw", payload, ended))
 
 
 HOSTILE = {"caller": '"},{\\\x00é\r\n"dir":"outbound"', "called": "+14155550199", "line": "l\u2028ine"}
-SCENARIOS = [
-    ("inbound", [("reply", 180), ("reply", 200), ("end", 0)]),
-    ("inbound", [("reply", 200), ("end", 0)]),            # a 200 without a 180: RINGING and ANSWERED at once
-    ("inbound", [("reply", 183), ("reply", 180), ("failure", 486)]),
-    ("inbound", [("failure", 480)]),                     # unanswered, never rung: RINGING and ENDED
-    ("forwarded", [("reply", 180), ("reply", 200), ("end", 0)]),
-    ("outbound", [("reply", 180), ("reply", 200), ("end", 0)]),   # the hold: the full path in both
-    ("outbound", [("failure", 603)]),
+SCENARIOS = [   # (direction, steps, how the worker appends with the record as one variable)
+    ("inbound", [("reply", 180), ("reply", 200), ("end", 0)], "raw raw raw"),
+    ("inbound", [("reply", 200), ("end", 0)], "raw raw"),   # a 200 without a 180: RINGING and ANSWERED at once
+    ("inbound", [("reply", 183), ("reply", 180), ("failure", 486)], "raw raw"),   # the 180: nothing new
+    ("inbound", [("failure", 480)], "raw"),                # unanswered, never rung: RINGING and ENDED
+    ("forwarded", [("reply", 180), ("reply", 200), ("end", 0)], "raw raw raw"),
+    ("outbound", [("reply", 180), ("reply", 200), ("end", 0)], "events events raw"),   # the hold: replies read
+    ("outbound", [("failure", 603)], "raw"),
 ]
 
 
-@pytest.mark.parametrize(("direction", "steps"), SCENARIOS)
-@pytest.mark.parametrize("user_header", ["", "alice", "bob\x00x"])
-def test_a_raw_record_makes_the_events_the_worker_made_itself(
-        kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch, direction: str, steps: list[tuple[str, int]],
-        user_header: str) -> None:
-    """The same call twice: its record as one JSON variable (the SIP worker appends it raw, the sender makes the
-    events: `events_of`), and as one variable a field (the script before this one's calls: the worker makes
-    the events itself).  The events, byte for byte, must be the same."""
-    script, pv = kemi
+@pytest.fixture
+def worker_of(kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A factory of the script's workers with their clock stopped, callgate answering an outbound call's hold."""
+    script, _ = kemi
     ksr = sys.modules["KSR"]
     monkeypatch.setattr(ksr, "err", lambda text: None, raising=False)
     monkeypatch.setattr(ksr.dialog, "dlg_set_timeout", lambda seconds: None, raising=False)
@@ -122,39 +116,116 @@ def test_a_raw_record_makes_the_events_the_worker_made_itself(
     fake_time.__dict__.update(time.__dict__)
     fake_time.time = lambda: 1_800_000_000.7  # type: ignore[attr-defined]
     monkeypatch.setitem(script.recall.__globals__, "time", fake_time)
-    fields = {"call": "a@b/1", "tenant": "acme", "dir": direction, "user": "u1", **HOSTILE}
 
-    class Stub:   # callgate answering an outbound call's hold
+    class Stub:
         def CallEvent(self, request: Any, **kwargs: Any) -> Any:
             return types.SimpleNamespace(max_duration_s=60)
 
-    def run(as_record: bool) -> list[tuple[str, str, bytes]]:
-        pv.values.clear()
+    def make(spool: Any) -> Any:
         worker = script()
-        worker.spool, worker._stub, worker._pid = Capture(), Stub(), os.getpid()
-        if as_record:
-            script.remember(**fields)
-        else:
-            for name, value in fields.items():
-                pv.values[f"$avp(cg_{name})"] = pv.values[f"$dlg_var(cg_{name})"] = value
-        pv.values.update({"$rm": "INVITE", "$ci": "a@b", "$hdr(X-Callgate-User)": user_header})
-        for route, status in steps:
-            if route == "reply":
-                pv.values["$rs"] = str(status)
-                worker.ksr_onreply_invite(None)
-            elif route == "failure":
-                pv.values["$T_reply_code"] = str(status)
-                worker.ksr_failure_invite(None)
-            else:
-                pv.values.pop("$avp(cg)", None)   # the dialog's end: no transaction, the dialog's variables
-                worker.ksr_dialog_event(None, "dialog:end")
-        assert as_record or not worker.spool.raws
-        made = [event for raw in worker.spool.raws for event in worker.events_of(raw)]
-        return sorted(worker.spool.items + made, key=lambda e: ["RINGING", "ANSWERED", "ENDED"].index(
-            e[0].rpartition(":")[2]))
+        worker.spool, worker._stub, worker._pid = spool, Stub(), os.getpid()
+        return worker
 
-    raw, made_here = run(True), run(False)
-    assert raw == made_here and len(raw) == len({e[0] for e in raw}) >= 2
+    return make
+
+
+def call_through(script: Any, pv: Variables, worker: Any, fields: dict[str, str], as_record: bool,
+                 steps: list[tuple[str, int]], user_header: str) -> None:
+    """One call's replies, failure and end through `worker`, its record kept as one JSON variable or (the
+    script before this one) one variable a field."""
+    pv.values.clear()
+    if as_record:
+        script.remember(**fields)
+    else:
+        for name, value in fields.items():
+            pv.values[f"$avp(cg_{name})"] = pv.values[f"$dlg_var(cg_{name})"] = value
+    pv.values.update({"$rm": "INVITE", "$ci": "a@b", "$hdr(X-Callgate-User)": user_header})
+    for route, status in steps:
+        if route == "reply":
+            pv.values["$rs"] = str(status)
+            worker.ksr_onreply_invite(None)
+        elif route == "failure":
+            pv.values["$T_reply_code"] = str(status)
+            worker.ksr_failure_invite(None)
+        else:
+            pv.values.pop("$avp(cg)", None)   # the dialog's end: no transaction, the dialog's variables
+            worker.ksr_dialog_event(None, "dialog:end")
+
+
+@pytest.mark.parametrize(("direction", "steps", "hows"), SCENARIOS)
+@pytest.mark.parametrize("user_header", ["", "alice", "bob\x00x"])
+def test_a_raw_record_makes_the_events_the_worker_made_itself(
+        kemi: tuple[Any, Variables], worker_of: Any, direction: str, steps: list[tuple[str, int]], hows: str,
+        user_header: str) -> None:
+    """The same call twice: its record as one JSON variable (the SIP worker appends it raw, the sender makes the
+    events: `events_of`), and as one variable a field (the script before this one's calls: the worker makes
+    the events itself).  The events, byte for byte and in order, and each append's `ended` (what the spool's
+    limit takes), must be the same; and the raw path must be the one taken, but for an outbound call's replies."""
+    script, pv = kemi
+    fields = {"call": "a@b/1", "tenant": "acme", "dir": direction, "user": "u1", **HOSTILE}
+    made: dict[bool, list[Any]] = {}
+    for as_record in (True, False):
+        worker = worker_of(Capture())
+        call_through(script, pv, worker, fields, as_record, steps, user_header)
+        appended = worker.spool.appended
+        assert [how for how, _, _ in appended] == (hows.split() if as_record else ["events"] * len(hows.split()))
+        made[as_record] = [(event, ended) for how, what, ended in appended
+                           for event in (worker.events_of(what) if how == "raw" else what)]
+    assert made[True] == made[False]
+    kinds = [key.rpartition(":")[2] for (key, _, _), _ in made[True]]
+    assert kinds[0] == "RINGING" and len(kinds) == len(set(kinds)) >= 2
+
+
+def test_a_worker_and_the_sender_through_a_real_spool(kemi: tuple[Any, Variables], worker_of: Any,
+                                                      tmp_path: Path) -> None:
+    """Two workers' raw records and a record of the script before this one, through the journals into the spool's
+    table by the sender (`ingest(events_of)`): the events in the order written, each once, as callgate gets them."""
+    script, pv = kemi
+    module = script.recall.__globals__
+    path = str(tmp_path / "events.sqlite")
+    first, second = worker_of(module["Spool"](path, 100)), worker_of(module["Spool"](path, 100))
+    second.spool.journal._pid = os.getpid()
+    second.spool.journal._open()             # a journal of its own, as another process would have
+    a = {"call": "a/1", "tenant": "acme", "dir": "inbound", "user": "g", "caller": "+1202555", "called": "+1415"}
+    call_through(script, pv, first, a, True, [("reply", 183)], "alice")
+    pv.values["$rs"] = "180"                 # the same call's 180 in another worker: RINGING once
+    pv.values.pop("$dlg_var(cg_rung)")
+    second.ksr_onreply_invite(None)
+    b = {**a, "call": "b/1"}
+    call_through(script, pv, second, b, False, [("reply", 200), ("end", 0)], "")
+    call_through(script, pv, first, a, True, [("reply", 200), ("end", 0)], "alice")
+    sender = worker_of(module["Spool"](path, 100))
+    time.sleep(0.03)
+    moved, problems = sender.spool.ingest(sender.events_of)
+    assert problems == [] and moved == 8   # (two RINGINGs of a/1 more, each kept once by its key)
+    rows = sender.spool.conn().execute("SELECT key, request FROM events ORDER BY id").fetchall()
+    assert [key for key, _ in rows] == ["a/1:RINGING", "b/1:RINGING", "b/1:ANSWERED", "b/1:ENDED", "a/1:ANSWERED",
+                                        "a/1:ENDED"]
+    ringing = sender.pb.CallEventRequest.FromString(rows[0][1])
+    assert (ringing.user, ringing.caller, ringing.direction, ringing.at) == ("alice", "+1202555", "inbound",
+                                                                              1_800_000_000)
+
+
+def test_a_record_nested_past_the_parser_is_a_record_refused_not_a_stuck_sender(worker_of: Any) -> None:
+    worker = worker_of(Capture())
+    deep = b"R1\x00RINGING\x001\x00\x00" + b"[" * 100_000 + b"\x00"
+    with pytest.raises(ValueError, match="not JSON"):
+        worker.events_of(deep)
+
+
+def test_a_reloaded_script_reads_its_spool_module_again(kemi: tuple[Any, Variables],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kamcmd app_python3.reload` runs the script again in a process that imported the spool module before:
+    the module the new script uses is the file as it is now, not the one loaded then."""
+    stale = types.ModuleType("callgate_spool")
+    stale.__spec__ = importlib.util.spec_from_file_location("callgate_spool", SCRIPT.parent / "callgate_spool.py")
+    stale.__file__ = str(SCRIPT.parent / "callgate_spool.py")
+    monkeypatch.setitem(sys.modules, "callgate_spool", stale)   # an older module: no Spool at all
+    spec = importlib.util.spec_from_file_location("callgate_kemi_reloaded", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert hasattr(module.Spool, "add_raw") and sys.modules["callgate_spool"].Spool is module.Spool
 
 
 def test_a_raw_record_the_sender_cannot_read_is_refused_with_a_reason(kemi: tuple[Any, Variables]) -> None:

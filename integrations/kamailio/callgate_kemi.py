@@ -106,6 +106,7 @@ CALLGATE_TIMINGS (above).
 from __future__ import annotations
 
 import functools
+import importlib
 import ipaddress
 import json
 import os
@@ -124,6 +125,10 @@ for _folder in reversed([p for p in os.environ.get("CALLGATE_PYTHONPATH", "").sp
 if "__file__" in globals():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# `kamcmd app_python3.reload` runs this script again in a process that already imported its spool module: that
+# module is read again too, or the new script would call an old Spool (and fail at every event)
+if "callgate_spool" in sys.modules:
+    importlib.reload(sys.modules["callgate_spool"])
 from callgate_spool import REFUSED, SENT, Spool  # noqa: E402  (after the path set-up above)
 
 TARGET = os.environ.get("CALLGATE_TARGET", "127.0.0.1:50051")
@@ -809,6 +814,8 @@ class kamailio:
                 KSR.err(f"callgate: event spool: {problem}\n")
         except (sqlite3.Error, OSError) as exc:
             KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be written: {exc}\n")
+        except Exception as exc:  # nothing moved, tried again next round; what waits in the table is still sent
+            KSR.err(f"callgate: the event spool's journals could not be moved: {exc!r:.300}\n")
         if now >= self.last_stats + 10:
             self.last_stats = now
             self.report()
@@ -870,29 +877,28 @@ class kamailio:
         """The events (key, call, request) of a raw record (`spool_raw`), as the SIP worker would have made
         them itself (`ringing`, `talker`, `request`); ValueError for a record it cannot read."""
         if not raw.startswith(RAW_TAG_BYTES):
-            raise ValueError(f"not a raw record of this script: {raw[:16]!r}")
+            raise ValueError(f"not a raw record of this script ({len(raw)} bytes)")
         parts = raw[len(RAW_TAG_BYTES):].decode("utf-8", "surrogateescape").split("\0", 4)
         if len(parts) != 5 or not parts[1].isdigit():
-            raise ValueError("a raw record without its fields")
+            raise ValueError(f"a raw record without its fields ({len(raw)} bytes)")
         kinds, at, outcome, text, header_user = parts
         try:
             record = json.loads(text)
-        except ValueError:
-            raise ValueError(f"a call record that is not JSON: {text[:80]!r}") from None
+        except (ValueError, RecursionError):   # (nested past the parser's depth: no record `remember` writes)
+            raise ValueError(f"{kinds} of a call whose record is not JSON ({len(text)} characters)") from None
         if not isinstance(record, dict):
-            raise ValueError(f"a call record that is not an object: {text[:80]!r}")
+            raise ValueError(f"{kinds} of a call whose record is not an object ({len(text)} characters)")
         call = {str(k): str(v) for k, v in record.items()}
         call_id, tenant = call.get("call", ""), call.get("tenant", "")
         if not call_id or (kinds == "ENDED" and not tenant):
-            raise ValueError(f"a call record without its call or tenant: {text[:80]!r}")
+            raise ValueError(f"{kinds} of a call record without its call or tenant (call {call_id!r:.100})")
         outbound = call.get("dir") == "outbound"
         talker = call.get("user", "") if outbound else (header_user or call.get("user") or "unknown")
         try:
             return self._events(kinds, int(at), call_id, tenant, talker, outcome, call)
-        except ValueError:
-            raise
-        except Exception as exc:   # what a message refuses (text it cannot hold): this record's loss, not the round's
-            raise ValueError(f"a call record whose events cannot be made: {exc!r:.120}") from exc
+        except (ValueError, TypeError, OverflowError) as exc:   # what a message refuses: this record's, not the
+            # round's (an ImportError, MemoryError, ... is raised: the round is tried again, nothing lost)
+            raise ValueError(f"{kinds} of call {call_id!r:.100}: its events cannot be made: {exc!r:.120}") from exc
 
     def _events(self, kinds: str, at: int, call_id: str, tenant: str, talker: str, outcome: str,
                 call: dict[str, str]) -> list[tuple[str, str, bytes]]:

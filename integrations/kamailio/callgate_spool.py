@@ -39,7 +39,9 @@ from typing import TypeVar
 
 PENDING, SENT, REFUSED = 0, 1, 2   # an event's state: waiting, answered by callgate, refused for good
 JOURNAL_SUFFIX = ".cgj"
-_MAGIC = 0x314A4743                  # b"CGJ1"
+_MAGIC = 0x314A4743                  # b"CGJ1": an event (key, call, request)
+_RAW_MAGIC = 0x324A4743              # b"CGJ2": a raw record (no key, no call), which a reader before these skips as
+#                                      damage (logged) rather than take it for an event
 _RECORD = struct.Struct("<IIIqdHH")  # magic, payload bytes, crc32 of the payload, monotonic ns, wall time, key and
 #                                      call bytes (then key, call, the request)
 ROTATE_BYTES = 16 << 20              # a journal this long is closed and the next one begun
@@ -89,17 +91,20 @@ class Journal:
         self._pid = 0
         self._size = 0
 
-    def append(self, items: list[tuple[str, str, bytes]]) -> None:
-        """Append (key, call, request) events in one write(); OSError when the disk refuses it (nothing of them
-        is left in the file then)."""
+    def append(self, items: list[tuple[str, str, bytes]], raw: bool = False) -> None:
+        """Append (key, call, request) events in one write(), or with `raw` ("", "", raw record) items; OSError
+        when the disk refuses it (nothing of them is left in the file then)."""
         now_ns, wall = time.monotonic_ns(), time.time()
         records = []
         for key, call, request in items:
             k, c = key.encode(), call.encode()
             if len(k) > 0xFFFF or len(c) > 0xFFFF:
                 raise ValueError(f"a call id of {len(c):,} bytes cannot be spooled")
+            if raw == bool(k or c):
+                raise ValueError("an event has a key and a call, a raw record neither")
             payload = k + c + request
-            records.append(_RECORD.pack(_MAGIC, len(payload), zlib.crc32(payload), now_ns, wall, len(k), len(c)))
+            records.append(_RECORD.pack(_RAW_MAGIC if raw else _MAGIC, len(payload), zlib.crc32(payload), now_ns,
+                                        wall, len(k), len(c)))
             records.append(payload)
         data = b"".join(records)
         if self._fd < 0 or self._pid != os.getpid() or self._size >= ROTATE_BYTES:
@@ -134,16 +139,18 @@ class Journal:
         self._fd = -1
 
 
-def read_journal(data: bytes, watermark_ns: int) -> tuple[list[tuple[int, float, str, str, bytes]], int, str]:
+def read_journal(data: bytes, watermark_ns: int, raw: bool = True) -> tuple[list[tuple[int, float, str, str, bytes]],
+                                                                            int, str]:
     """The whole records at the start of `data` written before `watermark_ns`: ([(monotonic ns, wall time, key,
-    call, request)], bytes they take, "" or what is damaged where they stop)."""
+    call, request)], bytes they take, "" or what is damaged where they stop); a raw record has key and call "".
+    Without `raw`, the records stop before the first raw one (it waits for a reader that can convert it)."""
     out: list[tuple[int, float, str, str, bytes]] = []
     pos = 0
     while pos + _RECORD.size <= len(data):
         record, end, damage = _record_at(data, pos)
         if damage:
             return out, pos, damage
-        if record is None or record[0] > watermark_ns:
+        if record is None or record[0] > watermark_ns or (not raw and not record[2]):
             break   # being written or past this round's read; or written too lately for this round
         out.append(record)
         pos = end
@@ -152,7 +159,7 @@ def read_journal(data: bytes, watermark_ns: int) -> tuple[list[tuple[int, float,
 
 def _record_at(data: bytes, pos: int) -> tuple[tuple[int, float, str, str, bytes] | None, int, str]:
     magic, length, crc, created_ns, wall, k, c = _RECORD.unpack_from(data, pos)
-    if magic != _MAGIC or k + c > length:
+    if magic not in (_MAGIC, _RAW_MAGIC) or k + c > length or (magic == _RAW_MAGIC) == bool(k or c):
         return None, pos, f"no record at byte {pos}"
     end = pos + _RECORD.size + length
     if end > len(data):
@@ -169,13 +176,18 @@ def _record_at(data: bytes, pos: int) -> tuple[tuple[int, float, str, str, bytes
 
 def next_record(data: bytes, pos: int) -> int | None:
     """Where the first whole, sound record after byte `pos` of `data` begins (after damage), or None."""
-    marker = struct.pack("<I", _MAGIC)
-    at = data.find(marker, pos + 1)
+    markers = (struct.pack("<I", _MAGIC), struct.pack("<I", _RAW_MAGIC))
+
+    def find(start: int) -> int:
+        found = [at for at in (data.find(m, start) for m in markers) if at >= 0]
+        return min(found) if found else -1
+
+    at = find(pos + 1)
     while at >= 0 and at + _RECORD.size <= len(data):
         record, _, damage = _record_at(data, at)
         if record is not None and not damage:
             return at
-        at = data.find(marker, at + 1)
+        at = find(at + 1)
     return None
 
 
@@ -249,7 +261,7 @@ class Spool:
         if self.full(ended):
             raise OverflowError(f"the spool holds {self._counted[1]} waiting events, its limit "
                                 f"(CALLGATE_SPOOL_MAX) is {self.max_pending}")
-        self.journal.append([("", "", payload)])
+        self.journal.append([("", "", payload)], raw=True)
 
     def add(self, items: list[tuple[str, str, bytes]]) -> None:
         """Append (key, call, request) events to this process's journal, in one write (a SIP worker never waits
@@ -265,8 +277,10 @@ class Spool:
     def ingest(self, convert: Convert | None = None) -> tuple[int, list[str]]:
         """Move the journals' new records into the table, in the order they were written across processes, each
         once; journals read whole whose process is gone are removed.  A raw record (`add_raw`) becomes the
-        events `convert` makes of it, in its place in that order; one it cannot convert (or without `convert`)
-        is logged and dropped.  (events moved, problems to log)."""
+        events `convert` makes of it, in its place in that order; one it refuses (ValueError) is logged and
+        dropped; any other exception is raised with nothing moved (tried again next time).  Without `convert`
+        (a script older than the spool module) a journal's records stop at its first raw one: it waits, logged
+        once.  (events moved, problems to log)."""
         conn = self.conn()
         watermark = time.monotonic_ns() - WATERMARK_NS
         try:
@@ -291,10 +305,16 @@ class Spool:
                 continue
             used = 0
             while True:
-                records, took, damage = read_journal(data[used:], watermark)
+                records, took, damage = read_journal(data[used:], watermark, raw=convert is not None)
                 found.extend(records)
                 used += took
                 if not damage:
+                    if convert is None and name not in self._waiting_on:
+                        waiting, _, _ = _record_at(data, used) if used + _RECORD.size <= len(data) else (None, 0, "")
+                        if waiting is not None and not waiting[2]:
+                            self._waiting_on.add(name)
+                            problems.append(f"journal {name}: raw records wait for a sender of this spool's "
+                                            "version (the script is older than its spool module)")
                     break
                 # skip to the next sound record; none: to the end once its process writes no more
                 resume = next_record(data, used)
@@ -317,8 +337,7 @@ class Spool:
                 rows.append((key, call, request, wall))
                 continue
             try:   # a raw record: its events, in its order (the sort is stable), each with its time
-                if convert is None:
-                    raise ValueError("no converter for raw records")
+                assert convert is not None   # (read only with a converter)
                 rows.extend((k, c, r, wall) for k, c, r in convert(request))
             except ValueError as exc:
                 problems.append(f"a record of the journals could not be made into events, its events lost: "
