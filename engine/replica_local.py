@@ -313,8 +313,7 @@ class LocalDecisions(LocalFast):
         return first if first == second else _status_of(page)
 
     def _read_policy(self, gen: int) -> None:
-        self._policy_gen = gen
-        self._drop_fast()   # (their max_staleness_s and behind are the last policy's)
+        self._policy_gen = gen   # (setting policy and behind drops the compiled path's entries: they hold the last)
         try:
             self.policy = read_policy(self.directory)
         except (OSError, ValueError):

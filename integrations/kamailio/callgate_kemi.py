@@ -115,6 +115,7 @@ import sqlite3
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import KSR  # provided by Kamailio's app_python3 (no stubs: mypy ignores missing imports)
@@ -400,9 +401,14 @@ class kamailio:
         KSR.dialog.var_sets("cg", record)
 
     @staticmethod
+    def record_text(pv: str = "$avp(cg)") -> str:
+        """The call's record as `remember` wrote it (JSON), from the transaction, else the dialog; "" for none."""
+        return KSR.pv.get(pv) or (KSR.pv.get("$dlg_var(cg)") if pv != "$dlg_var(cg)" else "") or ""
+
+    @staticmethod
     def recall(pv: str = "$avp(cg)") -> dict[str, str]:
         """The call's record (remember) from the transaction, else the dialog; {} for none or a damaged one."""
-        text = KSR.pv.get(pv) or (KSR.pv.get("$dlg_var(cg)") if pv != "$dlg_var(cg)" else "") or ""
+        text = kamailio.record_text(pv)
         if not text:
             return kamailio.recall_fields(pv)
         try:
@@ -431,9 +437,35 @@ class kamailio:
         KSR.pv.sets("$avp(cg_paid)", str(seconds))
         KSR.dialog.var_sets("cg_paid", str(seconds))
 
-    def request(self, kind: str, call_id: str, tenant: str, user: str = "", **fields: Any) -> Any:
+    def request(self, kind: str, call_id: str, tenant: str, user: str = "", at: int | None = None,
+                **fields: Any) -> Any:
+        """A CallEventRequest at `at` (None: now)."""
         return self.pb.CallEventRequest(tenant=tenant, call_id=call_id, kind=self.pb.CallEventRequest.Kind.Value(kind),
-                                        user=user, at=int(time.time()), **fields)
+                                        user=user, at=int(time.time()) if at is None else at, **fields)
+
+    def call_events(self, kinds: Sequence[str], call: dict[str, str], header_user: str, outcome: str = "",
+                    at: int | None = None) -> list[tuple[str, Any]]:
+        """The call's events `kinds`, in order, as (kind, request), from its record (`recall`): what a worker
+        sends itself (an outbound call's replies, a call recorded by the script before this one) and what the
+        sender makes of a raw record (`events_of`).  The user named is who the call rings at or talks with on
+        our side: an outbound call's caller; else the user the PBX names in X-Callgate-User (`header_user`),
+        or the first member of the queue group (voicemail, forward: no person)."""
+        call_id, tenant = call.get("call", ""), call.get("tenant", "")
+        user = call.get("user", "") if call.get("dir") == "outbound" else (header_user or call.get("user") or "unknown")
+        out = []
+        for kind in kinds:
+            if kind == "RINGING":
+                r = self.request(kind, call_id, tenant, user, at, direction=call.get("dir") or "inbound",
+                                 caller=call.get("caller", ""), called=call.get("called", ""),
+                                 line=call.get("line", ""))
+            elif kind == "ANSWERED":
+                r = self.request(kind, call_id, tenant, user, at)
+            elif kind == "ENDED":
+                r = self.request(kind, call_id, tenant, at=at, outcome=outcome)
+            else:
+                raise ValueError(f"an event kind {kind!r:.40} this script does not make")
+            out.append((kind, r))
+        return out
 
     def spool_events(self, events: list[tuple[str, Any]]) -> bool:
         """Append events (kind, request) to this worker's journal of the spool (never waited on); those it
@@ -460,16 +492,9 @@ class kamailio:
             return str(value)
 
     @staticmethod
-    def talker(call: dict[str, str]) -> str:
-        """Who the call rings at or talks with on our side: an outbound call's caller; else the user the PBX
-        names in X-Callgate-User, or the first member of the queue group (voicemail, forward: no person)."""
-        if call.get("dir") == "outbound":
-            return call.get("user", "")
-        return KSR.pv.get("$hdr(X-Callgate-User)") or call.get("user") or "unknown"
-
-    @staticmethod
     def ring_kinds() -> tuple[str, ...]:
-        """("RINGING",) if the call's RINGING was not spooled yet, marking the dialog (as `ringing`), else ()."""
+        """("RINGING",) if the call's RINGING was not spooled yet, else (): the first of 180, 183 or 200 spools it
+        and marks the dialog (two replies in two workers at once may both spool it: the spool's key keeps one)."""
         if KSR.pv.get("$dlg_var(cg_rung)"):
             return ()
         KSR.dialog.var_sets("cg_rung", "1")
@@ -479,7 +504,7 @@ class kamailio:
         """Append the call's events `kinds` as the call's record (`text`, JSON as `remember` wrote it) and what
         this reply adds, to this worker's journal: the sender makes the events of it (`events_of`).  Whether
         it was taken."""
-        talker = (KSR.pv.get("$hdr(X-Callgate-User)") or "") if "ENDED" not in kinds or len(kinds) > 1 else ""
+        talker = self.user_header(kinds)
         try:
             # the header last, whole: the other fields never hold a NUL (JSON escapes it), so it may
             raw = (RAW_TAG + "\0".join((",".join(kinds), str(int(time.time())), outcome, text, talker))).encode(
@@ -490,16 +515,10 @@ class kamailio:
             return False
         return True
 
-    def ringing(self, call: dict[str, str]) -> list[tuple[str, Any]]:
-        """The call's RINGING, if none was spooled yet: the first of 180, 183 or 200 spools it and marks the
-        dialog (two replies in two workers at once may both spool it: the spool's key keeps one)."""
-        if KSR.pv.get("$dlg_var(cg_rung)"):
-            return []
-        KSR.dialog.var_sets("cg_rung", "1")
-        call_id = call["call"]
-        return [("RINGING", self.request(
-            "RINGING", call_id, call.get("tenant", ""), self.talker(call), direction=call.get("dir") or "inbound",
-            caller=call.get("caller", ""), called=call.get("called", ""), line=call.get("line", "")))]
+    @staticmethod
+    def user_header(kinds: Sequence[str]) -> str:
+        """X-Callgate-User of the message at hand, for events that name who rings or talks (not an ENDED alone)."""
+        return (KSR.pv.get("$hdr(X-Callgate-User)") or "") if tuple(kinds) != ("ENDED",) else ""
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -725,7 +744,7 @@ class kamailio:
     def lost_dialog_ended(self) -> None:
         call_id, tenant = self.route_param("cgc"), self.route_param("cgt")
         if call_id and tenant:
-            self.spool_events([("ENDED", self.request("ENDED", call_id, tenant, outcome="answered"))])
+            self.spool_events(self.call_events(("ENDED",), {"call": call_id, "tenant": tenant}, "", "answered"))
 
     # -- events ------------------------------------------------------------------------------
 
@@ -733,7 +752,7 @@ class kamailio:
         status = int(KSR.pv.get("$rs") or 0)
         if status not in (180, 183, 200) or KSR.pv.get("$rm") != "INVITE":
             return 1
-        text = KSR.pv.get("$avp(cg)") or KSR.pv.get("$dlg_var(cg)") or ""
+        text = self.record_text()
         # `remember` writes "dir":"outbound" thus only for an outbound call (a value's quotes are escaped):
         # that call's RINGING is sent at once for its hold, so its record is read here (and a record of the
         # script before this one, one variable a field)
@@ -746,10 +765,11 @@ class kamailio:
         call_id = call.get("call")
         if not call_id:
             return 1
-        events = self.ringing(call)
-        if status == 200:
-            events.append(("ANSWERED", self.request("ANSWERED", call_id, call.get("tenant", ""), self.talker(call))))
-        taken = self.spool_events(events) if events else False
+        kinds = self.ring_kinds() + (("ANSWERED",) if status == 200 else ())
+        if not kinds:
+            return 1
+        events = self.call_events(kinds, call, self.user_header(kinds))
+        taken = self.spool_events(events)
         outbound = call.get("dir") == "outbound"
         if outbound and taken and events[0][0] == "RINGING":
             self.hold(call_id, events[0][1])
@@ -773,31 +793,28 @@ class kamailio:
     def ksr_failure_invite(self, msg: Any) -> int:
         """A negative final reply (or the INVITE timer's 408): the call ended unanswered, with its outcome."""
         status = int(KSR.pv.get("$T_reply_code") or 0)
-        text = KSR.pv.get("$avp(cg)") or KSR.pv.get("$dlg_var(cg)") or ""
+        text = self.record_text()
         if text:   # (no RPC at a failure: any call's record goes to the journal as it is)
             self.spool_raw((*self.ring_kinds(), "ENDED"), text, outcome_of(status))
             return 1
         call = self.recall()
-        call_id = call.get("call")
-        if not call_id:
+        if not call.get("call"):
             return 1
-        events = self.ringing(call)
-        events.append(("ENDED", self.request("ENDED", call_id, call.get("tenant", ""), outcome=outcome_of(status))))
-        self.spool_events(events)
+        kinds = (*self.ring_kinds(), "ENDED")
+        self.spool_events(self.call_events(kinds, call, self.user_header(kinds), outcome_of(status)))
         return 1
 
     def ksr_dialog_event(self, msg: Any, evname: str) -> int:
         """The dialog ended (a BYE, or the timer of an outbound call): ENDED, answered."""
         if evname != "dialog:end":
             return 1
-        text = KSR.pv.get("$dlg_var(cg)") or ""
+        text = self.record_text("$dlg_var(cg)")
         if text:
             self.spool_raw(("ENDED",), text, "answered")
             return 1
         call = self.recall("$dlg_var(cg)")
-        call_id, tenant = call.get("call", ""), call.get("tenant", "")
-        if call_id and tenant:
-            self.spool_events([("ENDED", self.request("ENDED", call_id, tenant, outcome="answered"))])
+        if call.get("call") and call.get("tenant"):
+            self.spool_events(self.call_events(("ENDED",), call, "", "answered"))
         return 1
 
     # -- the sender (an rtimer process) ------------------------------------------------------
@@ -875,7 +892,7 @@ class kamailio:
 
     def events_of(self, raw: bytes) -> list[tuple[str, str, bytes]]:
         """The events (key, call, request) of a raw record (`spool_raw`), as the SIP worker would have made
-        them itself (`ringing`, `talker`, `request`); ValueError for a record it cannot read."""
+        them itself (`call_events`); ValueError for a record it cannot read."""
         if not raw.startswith(RAW_TAG_BYTES):
             raise ValueError(f"not a raw record of this script ({len(raw)} bytes)")
         parts = raw[len(RAW_TAG_BYTES):].decode("utf-8", "surrogateescape").split("\0", 4)
@@ -892,31 +909,12 @@ class kamailio:
         call_id, tenant = call.get("call", ""), call.get("tenant", "")
         if not call_id or (kinds == "ENDED" and not tenant):
             raise ValueError(f"{kinds} of a call record without its call or tenant (call {call_id!r:.100})")
-        outbound = call.get("dir") == "outbound"
-        talker = call.get("user", "") if outbound else (header_user or call.get("user") or "unknown")
         try:
-            return self._events(kinds, int(at), call_id, tenant, talker, outcome, call)
+            return [(f"{call_id}:{kind}", call_id, r.SerializeToString())
+                    for kind, r in self.call_events(kinds.split(","), call, header_user, outcome, int(at))]
         except (ValueError, TypeError, OverflowError) as exc:   # what a message refuses: this record's, not the
             # round's (an ImportError, MemoryError, ... is raised: the round is tried again, nothing lost)
             raise ValueError(f"{kinds} of call {call_id!r:.100}: its events cannot be made: {exc!r:.120}") from exc
-
-    def _events(self, kinds: str, at: int, call_id: str, tenant: str, talker: str, outcome: str,
-                call: dict[str, str]) -> list[tuple[str, str, bytes]]:
-        out = []
-        for kind in kinds.split(","):
-            if kind == "RINGING":
-                r = self.request(kind, call_id, tenant, talker, direction=call.get("dir") or "inbound",
-                                 caller=call.get("caller", ""), called=call.get("called", ""),
-                                 line=call.get("line", ""))
-            elif kind == "ANSWERED":
-                r = self.request(kind, call_id, tenant, talker)
-            elif kind == "ENDED":
-                r = self.request(kind, call_id, tenant, outcome=outcome)
-            else:
-                raise ValueError(f"an event kind {kind!r:.40} this script does not make")
-            r.at = at
-            out.append((f"{call_id}:{kind}", call_id, r.SerializeToString()))
-        return out
 
     def report(self) -> None:
         """Log the spool's size and age while events wait; write them for node_exporter's textfile collector."""

@@ -258,9 +258,7 @@ class Spool:
     def add_raw(self, payload: bytes, ended: bool) -> None:
         """Append a raw record (what the script's converter turns into events when the sender moves it: a
         record with no key and no call); `ended`: its events are a call's end alone (see `add`)."""
-        if self.full(ended):
-            raise OverflowError(f"the spool holds {self._counted[1]} waiting events, its limit "
-                                f"(CALLGATE_SPOOL_MAX) is {self.max_pending}")
+        self._admit(ended)
         self.journal.append([("", "", payload)], raw=True)
 
     def add(self, items: list[tuple[str, str, bytes]]) -> None:
@@ -268,11 +266,14 @@ class Spool:
         on the spool); OverflowError past CALLGATE_SPOOL_MAX waiting events (read from the table at most once a
         second), where a call's end is still taken up to twice that (a lost ENDED leaves its call to the
         expiry, which bills it as talking until then)."""
-        ended = all(key.endswith(":ENDED") for key, _, _ in items)
+        self._admit(all(key.endswith(":ENDED") for key, _, _ in items))
+        self.journal.append(items)
+
+    def _admit(self, ended: bool) -> None:
+        """OverflowError when the spool takes no more events of this kind (`full`)."""
         if self.full(ended):
             raise OverflowError(f"the spool holds {self._counted[1]} waiting events, its limit "
                                 f"(CALLGATE_SPOOL_MAX) is {self.max_pending}")
-        self.journal.append(items)
 
     def ingest(self, convert: Convert | None = None) -> tuple[int, list[str]]:
         """Move the journals' new records into the table, in the order they were written across processes, each
