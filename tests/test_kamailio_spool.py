@@ -212,3 +212,36 @@ def test_without_a_converter_raw_records_wait_and_no_event_has_an_empty_key(tmp_
     assert (moved, problems) == (2, []) and pending_keys(sender) == ["c1:RINGING", "c2:RINGING", "c1:ANSWERED"]
     record = spool._RECORD.pack(spool._MAGIC, 3, zlib.crc32(b"abc"), 1, 1.0, 0, 0) + b"abc"
     assert spool._record_at(record, 0)[2].startswith("no record")
+
+
+def _as_events(raw: bytes) -> list[tuple[str, str, bytes]]:
+    call = raw.decode()
+    return [(f"{call}:RINGING", call, b"r")]
+
+
+def test_raw_records_under_a_full_disk_a_killed_writer_and_the_limit(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A raw record is a record like any: a full disk leaves no part of it, a SIP worker killed after writing one
+    leaves it to be moved and its journal removed, and past CALLGATE_SPOOL_MAX only a call's end is taken."""
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=3)
+    os.makedirs(sender.journals)
+    child = os.fork()
+    if child == 0:   # a SIP worker killed right after its append: nothing of it but the journal stays
+        spool.Journal(sender.journals).append([("", "", b"k1")], raw=True)
+        os.kill(os.getpid(), 9)
+    assert os.waitpid(child, 0)[1] & 0x7F == 9
+    worker = spool.Spool(sender.path, max_pending=3)
+    worker.add_raw(b"c1", ended=False)
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))   # the disk takes 10 bytes
+    with pytest.raises(OSError, match="took 10 of"):
+        worker.add_raw(b"c2", ended=False)
+    monkeypatch.setattr(os, "write", real_write)
+    worker.add_raw(b"c3", ended=False)
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest(_as_events) == (3, []) and pending_keys(sender) == ["k1:RINGING", "c1:RINGING", "c3:RINGING"]
+    assert [n.split("-")[0] for n in os.listdir(sender.journals)] == [str(os.getpid())]   # the killed one: gone
+    worker._counted = (0.0, 0)   # (the count is read at most once a second)
+    with pytest.raises(OverflowError):
+        worker.add_raw(b"c4", ended=False)
+    worker.add_raw(b"c4", ended=True)   # a call's end alone is still taken
