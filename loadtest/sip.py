@@ -282,7 +282,8 @@ class Kamailio:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 ["kamailio", "-DD", "-E", "-f", str(self.cfg), "-w", str(folder), "-Y", str(folder),
-                 "-m", "64", "-M", "8"], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+                 "-m", "64", "-M", "8", "-x", "tlsf"],   # TLSF: see kamailio.cfg
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 20
         while "callgate" not in self.text() and "INFO" not in self.text():
             if self.proc.poll() is not None or time.monotonic() > deadline:

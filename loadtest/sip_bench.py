@@ -38,8 +38,10 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    calls asked for complete in time (every step's failures are reported);
    reported: the highest clean step of each.  The whole machine (2 cores)
    carries sipp twice, Kamailio and callgate: the figure is this machine's.
-3. Decision time inside the Kamailio worker: the three proxies run with
-   CALLGATE_TIMINGS, so each SIP worker writes the time.perf_counter_ns
+3. Decision time inside the Kamailio worker: after section 1, each proxy
+   again, as an instance of its own with CALLGATE_TIMINGS (the timings
+   cost CPU, so section 1 measures instances without them), takes the
+   bounded run's calls; each SIP worker writes the time.perf_counter_ns
    of every inbound decision (around LocalDecisions.inbound, or around the
    Inbound RPC) and the CPU time of every route the script runs;
    collected after the bounded run (the last second's lines of each
@@ -412,14 +414,17 @@ def main(argv: list[str] | None = None) -> int:
         replica.wait_for("acme", timeout_s=60)
         uas = sip.Uas(folder)
         started.append(uas)
-        timings = {name: folder / f"timings-{name}" for name in PROXIES}
-        proxies: dict[str, sip.Kamailio] = {}
-        for name in PROXIES:
-            proxies[name] = sip.Kamailio(
-                folder, callgate.address, uas.port, children=args.children, bypass=name == "bypass",
-                failover=None if name == "bypass" else failover,
-                replica=replica.directory if name == "local" else None, timings=timings.get(name))
-            started.append(proxies[name])
+
+        def start_proxy(name: str, timings: Path | None = None) -> sip.Kamailio:
+            made = sip.Kamailio(folder, callgate.address, uas.port, children=args.children, bypass=name == "bypass",
+                                failover=None if name == "bypass" else failover,
+                                replica=replica.directory if name == "local" else None, timings=timings)
+            started.append(made)
+            return made
+
+        # sections 1 and 2 on proxies that time nothing (the timings cost each proxy CPU, the local one most: a
+        # decision, its peer and five routes timed a call); section 3 on instances of their own that do
+        proxies = {name: start_proxy(name) for name in PROXIES}
         say(f"callgate at {callgate.address}, UAS at 127.0.0.1:{uas.port}, replica in {replica.directory}; "
             + ", ".join(f"Kamailio {n} at {k.address}" for n, k in proxies.items()))
 
@@ -429,8 +434,15 @@ def main(argv: list[str] | None = None) -> int:
             say(f"1 bounded {name}: {r['successful']:,} of {calls:,} calls at {args.rate:g}/s, failed {r['failed']}, "
                 f"retransmissions {r['retransmissions']}, response p50/p99 {r['response_ms']['p50']}/"
                 f"{r['response_ms']['p99']} ms, Kamailio {r['cpu']['us_per_call'] or 0:.0f} µs CPU per call")
-        for name, prefix in timings.items():
-            out["timings"][name] = read_timings(prefix)
+        for name in PROXIES:
+            prefix = folder / f"timings-{name}"
+            timed = start_proxy(name, prefix)
+            try:
+                r = run_sipp(timed.address, args.rate, calls, folder, args.seconds + 30)
+                drained(timed, 10.0)
+            finally:
+                timed.stop()
+            out["timings"][name] = {**read_timings(prefix), "calls": r["successful"]}
             say(f"3 decision time {name}: {out['timings'][name]}")
 
         standing = list(PROXIES)
@@ -562,7 +574,7 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
                 "{:.1%}")
     for name in PROXIES:   # where each proxy's Python time goes, per call
         routes = {k.removeprefix("route:"): v for k, v in tm.get(name, {}).items() if k.startswith("route:")}
-        done = out["bounded"].get(name, {}).get("successful") or 0
+        done = tm.get(name, {}).get("calls") or 0
         if routes and done:
             each = {k: v["mean_us"] * v["n"] / done for k, v in sorted(routes.items())}
             rep.add(3, f"{name}: Python CPU per call in each route µs (a lower bound: a worker's last second may be "

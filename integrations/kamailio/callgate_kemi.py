@@ -939,6 +939,8 @@ class kamailio:
         except OSError:
             pass
 
+    # called only under a configuration without kemi.reply_route_callback / kemi.onsend_route_callback "none"
+    # (kamailio.cfg sets both): a Python call for every reply received and every message sent, doing nothing
     def ksr_reply_route(self, msg: Any) -> int:
         return 1
 
