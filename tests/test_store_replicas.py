@@ -106,6 +106,35 @@ def test_a_later_install_clears_the_refusal(store: SQLiteStore) -> None:
         (4, A, 0, "", ""), (5, A, 0, "", ""), (3, A, 5, B, "bad snapshot")]
 
 
+def test_a_refusal_of_the_installed_version_rebuilt_stands(store: SQLiteStore) -> None:
+    """The version a replica holds, rebuilt with another checksum and refused: the replica keeps deciding on the
+    one it has, and the row says so, until an install of the refused one, or of a later version, comes after."""
+    tenant(store, "acme", 3)
+    store.record_replicas([ack(2, A)], at=100)
+    store.record_replicas([nack(2, B, reason="rebuilt, refused")], at=200)
+    row = one(store)
+    assert state(row) == (2, A, 2, B, "rebuilt, refused") and (row.installed_at, row.refused_at) == (100.0, 200.0)
+    store.record_replicas([nack(2, B, reason="again")], at=250)          # a replay keeps when it was refused
+    assert (one(store).refused_at, one(store).refused_reason) == (200.0, "again")
+    store.record_replicas([ack(2, A)], at=150)                          # a late install of what it holds
+    assert state(one(store)) == (2, A, 2, B, "again")
+    # a refusal of what it holds, or one made before its install, is not a refusal of a rebuild
+    store.record_replicas([nack(2, A, replica="edge-2"), ack(2, C, replica="edge-2")], at=300)
+    store.record_replicas([nack(2, A, replica="edge-2")], at=290)
+    store.record_replicas([nack(2, C, replica="edge-2")], at=310)
+    assert state(one(store, "edge-2")) == (2, C, 0, "", "")
+    # in one batch, in order: installed, then its rebuild refused
+    store.record_replicas([ack(2, A, replica="edge-3"), nack(2, B, replica="edge-3")], at=300)
+    assert state(one(store, "edge-3")) == (2, A, 2, B, "bad snapshot")
+    # the refused checksum installed after the refusal: cleared
+    store.record_replicas([ack(2, B)], at=400)
+    row = one(store)
+    assert state(row) == (2, B, 0, "", "") and (row.installed_at, row.refused_at) == (400.0, 0.0)
+    # a later version installed clears a rebuild's refusal too
+    store.record_replicas([ack(3, C, replica="edge-3")], at=500)
+    assert state(one(store, "edge-3")) == (3, C, 0, "", "")
+
+
 def test_an_older_or_late_report_does_not_move_the_row_back(store: SQLiteStore) -> None:
     tenant(store, "acme", 3)
     store.record_replicas([ack(3, C)], at=100)
@@ -287,3 +316,20 @@ def test_the_schema_on_sqlite(db: Path) -> None:
         assert pk == ["replica", "tenant"]
     finally:
         conn.close()
+
+
+def test_callgate_replicas_says_which_refusal_it_is() -> None:
+    """`callgate replicas`' state column (server/cli/replicas.py), from the rows ListReplicas returns."""
+    from callgate.v1 import admin_pb2
+    from server.cli.replicas import replica_state
+
+    def info(**kw: Any) -> Any:
+        return admin_pb2.ReplicaInfo(replica="edge-1", tenant="acme", checksum=A, **kw)
+
+    assert replica_state(info(version=2, in_force=2)) == "in step"
+    assert replica_state(info(version=1, in_force=2)) == "behind"
+    assert replica_state(info(version=2, in_force=0)) == "tenant gone"
+    assert replica_state(info(version=1, in_force=2, refused_version=2, refused_checksum=B,
+                              refused_reason="too big")) == "REFUSED version 2: too big"
+    assert replica_state(info(version=2, in_force=2, refused_version=2, refused_checksum=B, refused_reason="bad")) == (
+        f"REFUSED version 2 as rebuilt (checksum {B[:12]}; it holds {A[:12]}): bad")

@@ -90,16 +90,20 @@ def cmd_replicas(args: argparse.Namespace) -> int:
     print(f"{'replica':<24}{'tenant':<20}{'holds':>7}{'in force':>9}  {'last heard':<20}  state")
     for r in reply.replicas:
         heard = dt.datetime.fromtimestamp(r.seen_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if r.seen_at else "-"
-        if r.in_force == 0:
-            state = "tenant gone"
-        elif r.refused_version:
-            state = f"REFUSED version {r.refused_version}: {r.refused_reason}"
-        elif r.version == r.in_force:
-            state = "in step"
-        else:
-            state = "behind"
-        print(f"{r.replica:<24}{r.tenant:<20}{r.version:>7}{r.in_force:>9}  {heard:<20}  {state}")
+        print(f"{r.replica:<24}{r.tenant:<20}{r.version:>7}{r.in_force:>9}  {heard:<20}  {replica_state(r)}")
     return 0
+
+
+def replica_state(r: Any) -> str:
+    """What a row of `callgate replicas` says of one replica's copy of one tenant (an admin_pb2.ReplicaInfo)."""
+    if r.in_force == 0:
+        return "tenant gone"
+    if r.refused_version and r.refused_version == r.version:   # the version it holds, rebuilt: it keeps its own
+        return (f"REFUSED version {r.refused_version} as rebuilt (checksum {r.refused_checksum[:12]}; it holds "
+                f"{r.checksum[:12]}): {r.refused_reason}")
+    if r.refused_version:
+        return f"REFUSED version {r.refused_version}: {r.refused_reason}"
+    return "in step" if r.version == r.in_force else "behind"
 
 
 def add_replica_commands(sub: Any) -> None:

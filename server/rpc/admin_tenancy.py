@@ -153,7 +153,7 @@ class TenancyAdmin(AdminBase):
                 replica=row.replica, tenant=row.tenant, version=row.version, checksum=row.checksum,
                 installed_at=row.installed_at, refused_version=row.refused_version, refused_reason=row.refused_reason,
                 refused_at=row.refused_at, peer=row.peer, token_id=row.token_id, seen_at=row.seen_at,
-                in_force=in_force.get(row.tenant, 0)))
+                in_force=in_force.get(row.tenant, 0), refused_checksum=row.refused_checksum))
         return reply
 
     # -- removing a tenant --------------------------------------------------------

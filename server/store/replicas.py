@@ -3,8 +3,9 @@ one row per (replica, tenant), table `replica_reports` (migration 0011), the lat
 
 Reports may arrive late, twice, or out of order (a replica reconnecting replays what it holds), so each one is
 folded into its row by a single `INSERT ... ON CONFLICT DO UPDATE` whose update never moves the row back: the
-installed version only grows, a refusal stands only while no install of that version or a later one came, a replay
-changes nothing but `seen_at`.  The same statement reads the tenant's version in force: a report for a tenant
+installed version only grows, a refusal stands only while no install of that version or a later one came (a
+refusal of the installed version itself, rebuilt with another checksum, stands too), a replay changes nothing but
+`seen_at`.  The same statement reads the tenant's version in force: a report for a tenant
 that does not exist (just removed) writes nothing.  A tenant's removal deletes its rows (removal.py `_erase`).
 """
 
@@ -33,16 +34,22 @@ REPLICA_COLUMNS = ("replica, tenant, version, checksum, installed_at, refused_ve
 # One report, folded into its row.  The inserted values (`excluded`) are an install's (version > 0, no refusal) or
 # a refusal's (version 0, refused_version > 0); the row's own columns are read before any is set (both databases).
 #   an install moves the row when its version is later, or the same with another checksum (a rebuilt snapshot);
-#   it clears a refusal of its version or an older one;
-#   a refusal stands when its version is later than the installed one and not older than the refusal recorded
-#   (refused_at moves only when the version or checksum refused changes: a replay keeps it);
+#   it clears a refusal of an older version, or of its own version made before it (the server records only what it
+#   sent on that stream: an install of the refused version reported after the refusal was sent after it);
+#   a refusal stands when its version is later than the installed one, or the installed one with another checksum
+#   (a rebuilt snapshot refused: the replica keeps deciding on the one it has) made after that install; and not
+#   older than the refusal recorded (refused_at moves only when the version or checksum refused changes: a replay
+#   keeps it);
 #   peer, token_id and seen_at are the latest report's (by `at`).
 _R = "replica_reports"
 _INSTALL_NEWER = f"excluded.version > {_R}.version"
 _INSTALL_MOVES = (f"({_INSTALL_NEWER} OR (excluded.version > 0 AND excluded.version = {_R}.version "
                   f"AND excluded.checksum <> {_R}.checksum))")
-_CLEARS = f"(excluded.version > 0 AND {_R}.refused_version > 0 AND {_R}.refused_version <= excluded.version)"
-_REFUSAL_STANDS = (f"(excluded.refused_version > {_R}.version "
+_CLEARS = (f"(excluded.version > 0 AND {_R}.refused_version > 0 AND ({_R}.refused_version < excluded.version "
+            f"OR ({_R}.refused_version = excluded.version AND excluded.installed_at >= {_R}.refused_at)))")
+_REFUSAL_STANDS = (f"((excluded.refused_version > {_R}.version "
+                   f"OR (excluded.refused_version = {_R}.version AND excluded.refused_checksum <> {_R}.checksum "
+                   f"AND excluded.refused_at >= {_R}.installed_at)) "
                    f"AND excluded.refused_version >= {_R}.refused_version)")
 _REFUSAL_MOVES = (f"(excluded.refused_version > {_R}.refused_version "
                   f"OR excluded.refused_checksum <> {_R}.refused_checksum)")
