@@ -136,3 +136,27 @@ def test_the_feed_keeps_no_blob_of_a_version_no_longer_in_force() -> None:
     assert feed._blobs["acme"].snap.version == 1
     engine.install(compile_settings(ACME, version=2))
     assert "acme" not in feed._blobs
+
+
+def test_a_version_refused_for_good_is_not_sent_again() -> None:
+    """A replica that refused a version for good says so when it opens a stream (WatchRequest.refused): the
+    feed does not send that version again (it counts the replica behind), and sends the next one."""
+    engine = Engine()
+    engine.install(compile_settings(ACME, version=1))
+    feed = SnapshotFeed(SimpleNamespace(engine=engine, store=Store({"acme": 1})))  # type: ignore[arg-type]
+    snap = engine.get("acme")
+    assert snap is not None
+    checksum = asyncio.run(feed._blob(snap)).checksum
+
+    def refusing(refused_checksum: str) -> decisions_pb2.WatchRequest:
+        first = decisions_pb2.WatchRequest(replica="host-c", tenants=["acme"])
+        first.refused["acme"].version = 1
+        first.refused["acme"].checksum = refused_checksum
+        return first
+
+    def newer() -> None:
+        engine.install(compile_settings(ACME, version=2))
+
+    assert asyncio.run(versions_sent(feed, refusing(checksum))) == []
+    assert asyncio.run(versions_sent(feed, refusing("e" * 64))) == [1]     # not the bytes in force: sent
+    assert asyncio.run(versions_sent(feed, refusing(checksum), then=newer)) == [2]

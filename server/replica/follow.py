@@ -10,7 +10,11 @@ stays in force.  A refused tenant is written in DIR/behind.json with the time
 of its first refusal (its answers are as old as that: past --max-staleness
 the readers ask the server, or apply its stale policy when the server is
 away too), and asked for again (the stream opened again) after 5 s, 15 s,
-60 s, then every 5 minutes, like xDS after a NACK.
+60 s, then every 5 minutes, like xDS after a NACK; unless it was refused
+for good (over --max-snapshot-mb, or the very bytes the server built,
+their sha256 as announced, failing the checks): the server is then told,
+at each stream this process opens, not to send that version again, and
+the tenant stays behind until the next one.
 Every message from the server (heartbeats come every second while nothing
 changes) refreshes the directory's heartbeat, from which every reader knows
 how old its answers may be.  When the stream
@@ -26,6 +30,7 @@ server is not the one this follower talks to, or the network lied).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import deque
@@ -96,6 +101,8 @@ class Follower:
             self._behind, self._behind_saved = {}, False
         self._refusals: dict[str, int] = {}   # a tenant's refusals since its last install: when to ask again
         self._refused_now: set[str] = set()  # tenants refused in this session
+        # tenant -> (version, checksum) refused for good: the same bytes again would be refused the same way
+        self._refused_for_good: dict[str, tuple[int, str]] = {}
         self._retry_at = 0.0        # time.monotonic() when the stream is opened again to ask for them (0: never)
         # the server's clock less this host's, read from each message's server_time_ms: a message is read some
         # time after it was stamped, so each reading is low by that delay, and the highest is the closest
@@ -134,10 +141,7 @@ class Follower:
                 del held[tenant]
             await self._mark_behind(*[t for t in self._behind if t not in self.tenants], ok=True)
         self._refused_now = set()
-        first = decisions_pb2.WatchRequest(replica=self.name, tenants=self.tenants)
-        for tenant, (version, checksum) in held.items():
-            first.held[tenant].version = version
-            first.held[tenant].checksum = checksum
+        first = self.first_message(held)
         acks: asyncio.Queue[decisions_pb2.WatchRequest | None] = asyncio.Queue()
 
         async def requests() -> AsyncIterator[decisions_pb2.WatchRequest]:
@@ -194,11 +198,13 @@ class Follower:
                         synced = True
                         # what the server did not send is in step (a snapshot written whole, whose refusal came
                         # from a later step of writing it, is): only what it refused again stays behind
-                        await self._mark_behind(*[t for t in self._behind if t not in self._refused_now], ok=True)
+                        await self._mark_behind(*[t for t in self._behind if t not in self._refused_now
+                                                  and t not in self._refused_for_good], ok=True)
                         self.stats.synced_at = time.time()
                         log.info("in step with the server", extra={"event": "replica_synced"})
                         continue
                     if piece.removed:
+                        self._refused_for_good.pop(piece.tenant, None)
                         await asyncio.to_thread(replica.remove_snapshot, self.directory, piece.tenant)
                         await self._mark_behind(piece.tenant, ok=True)
                         self.stats.removed += 1
@@ -215,6 +221,19 @@ class Follower:
             finally:
                 stopping.cancel()
                 await acks.put(None)
+
+    def first_message(self, held: dict[str, tuple[int, str]]) -> decisions_pb2.WatchRequest:
+        """A stream's first message: who this replica is, the tenants it follows, what the directory holds (the
+        server sends only what it lacks) and what it refused for good (the server does not send that again)."""
+        first = decisions_pb2.WatchRequest(replica=self.name, tenants=self.tenants)
+        for tenant, (version, checksum) in held.items():
+            first.held[tenant].version = version
+            first.held[tenant].checksum = checksum
+        for tenant, (version, checksum) in self._refused_for_good.items():
+            if not self.tenants or tenant in self.tenants:
+                first.refused[tenant].version = version
+                first.refused[tenant].checksum = checksum
+        return first
 
     def _add(self, assembly: _Assembly | None, piece: decisions_pb2.SnapshotPiece) -> _Assembly:
         if piece.offset == 0:
@@ -242,18 +261,31 @@ class Follower:
         except (ValueError, OSError) as exc:  # the last good file stays in force
             ack.ok, ack.reason = False, str(exc)[:500]
             self.stats.refused += 1
-            tries = self._refusals.get(a.tenant, 0)
-            self._refusals[a.tenant] = tries + 1
             self._refused_now.add(a.tenant)
-            wait = RETRY_S[min(tries, len(RETRY_S) - 1)]
-            at = time.monotonic() + wait
-            self._retry_at = min(self._retry_at, at) if self._retry_at else at
-            log.error("tenant %s version %s refused: %s; asked for again in %g s", a.tenant, a.version, ack.reason,
-                      wait, extra={"event": "replica_refused", "tenant": a.tenant, "version": a.version})
+            # for good: too big, or the server's own bytes (as announced) refused by the checks; a full disk, a
+            # write that failed or bytes damaged on the way may do better next time
+            for_good = isinstance(exc, ValueError) and (
+                a.size > self.max_bytes or await asyncio.to_thread(_sha256, blob) == a.checksum)
+            if for_good:
+                self._refused_for_good[a.tenant] = (a.version, a.checksum)
+                log.error("tenant %s version %s refused: %s; not asked for again (the server is told): it waits "
+                          "for the next version", a.tenant, a.version, ack.reason,
+                          extra={"event": "replica_refused", "tenant": a.tenant, "version": a.version,
+                                 "for_good": True})
+            else:
+                tries = self._refusals.get(a.tenant, 0)
+                self._refusals[a.tenant] = tries + 1
+                wait = RETRY_S[min(tries, len(RETRY_S) - 1)]
+                at = time.monotonic() + wait
+                self._retry_at = min(self._retry_at, at) if self._retry_at else at
+                log.error("tenant %s version %s refused: %s; asked for again in %g s", a.tenant, a.version,
+                          ack.reason, wait, extra={"event": "replica_refused", "tenant": a.tenant,
+                                                   "version": a.version, "for_good": False})
             await self._mark_behind(a.tenant, ok=False)
             return decisions_pb2.WatchRequest(ack=ack)
         ack.ok = True
         self._refusals.pop(a.tenant, None)
+        self._refused_for_good.pop(a.tenant, None)
         self._refused_now.discard(a.tenant)
         await self._mark_behind(a.tenant, ok=True)
         self.stats.installed += 1
@@ -303,3 +335,7 @@ class Follower:
                             "behind" if offset > 0 else "ahead of", extra={"event": "replica_clock_offset",
                                                                            "offset_s": round(offset, 3)})
             await asyncio.to_thread(replica.touch_heartbeat, self.directory, time.time(), offset)
+
+
+def _sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()

@@ -81,6 +81,7 @@ class _Stream:
     wanted: frozenset[str] | None
     loop: asyncio.AbstractEventLoop
     held: dict[str, tuple[int, str]]          # what the replica holds or was sent (tenant -> version, checksum)
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)  # what it refused for good: never sent
     dirty: set[str] = field(default_factory=set)
     sent: dict[str, tuple[int, str]] = field(default_factory=dict)  # what this stream sent: the acks it takes
     removals: set[str] = field(default_factory=set)                 # the removals it sent
@@ -178,22 +179,24 @@ class SnapshotFeed:
         if not REPLICA_NAME.fullmatch(first.replica):
             raise RequestError(bad, "replica is its name: 1 to 128 letters, digits and _.:@- (its host name), "
                                     f"not {first.replica[:64]!r}")
-        if len(first.tenants) > MAX_TENANTS or len(first.held) > MAX_TENANTS:
-            raise RequestError(bad, f"at most {MAX_TENANTS:,} tenants wanted or held in one stream")
-        for tenant in (*first.tenants, *first.held):
+        if len(first.tenants) > MAX_TENANTS or len(first.held) > MAX_TENANTS or len(first.refused) > MAX_TENANTS:
+            raise RequestError(bad, f"at most {MAX_TENANTS:,} tenants wanted, held or refused in one stream")
+        for tenant in (*first.tenants, *first.held, *first.refused):
             if not 0 < len(tenant) <= 64:
                 raise RequestError(bad, f"tenant ids are 1 to 64 characters, not {tenant[:64]!r}")
-        held = {}
-        for tenant, h in first.held.items():
-            if h.version < 1 or not CHECKSUM.fullmatch(h.checksum):
-                raise RequestError(bad, f"held[{tenant[:64]!r}]: version >= 1 and the blob's sha256 in lowercase "
-                                        "hex")
-            held[tenant] = (h.version, h.checksum)
+        held: dict[str, tuple[int, str]] = {}
+        refused: dict[str, tuple[int, str]] = {}
+        for name, given, into in (("held", first.held, held), ("refused", first.refused, refused)):
+            for tenant, h in given.items():
+                if h.version < 1 or not CHECKSUM.fullmatch(h.checksum):
+                    raise RequestError(bad, f"{name}[{tenant[:64]!r}]: version >= 1 and the blob's sha256 in "
+                                            "lowercase hex")
+                into[tenant] = (h.version, h.checksum)
         principal = auth.CURRENT.get()
         peer = context.peer() if hasattr(context, "peer") else ""
         wanted = frozenset(first.tenants) if first.tenants else None
         stream = _Stream(first.replica, str(peer)[:128], principal.token_id if principal else "", wanted,
-                         asyncio.get_running_loop(), held)
+                         asyncio.get_running_loop(), held, refused)
         # everything it wants, and whatever it holds that may have gone (a removal while it was away)
         stream.dirty.update(wanted if wanted is not None else self.state.engine.snapshots)
         stream.dirty.update(t for t in held if wanted is None or t in wanted)
@@ -242,6 +245,9 @@ class SnapshotFeed:
                 blob = await self._blob(snap)
                 if held == (snap.version, blob.checksum):
                     continue  # the replica holds it already (a resume)
+                if stream.refused.get(tenant) == (snap.version, blob.checksum):
+                    stream.behind.add(tenant)   # refused for good: it waits for the next version, behind
+                    continue
                 for piece in _pieces(blob):
                     yield piece
                 stream.held[tenant] = stream.sent[tenant] = (snap.version, blob.checksum)
