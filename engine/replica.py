@@ -111,6 +111,7 @@ from .files import replace_atomically, sync_directory
 __all__ = [
     "FILE_SUFFIX",
     "POLICIES",
+    "BlobRefused",
     "LocalAnswer",
     "LocalDecisions",
     "Policy",
@@ -197,15 +198,21 @@ class SnapshotFile:
     path: Path
 
 
+class BlobRefused(ValueError):
+    """`write_snapshot` refuses the blob itself (the core's checks, another tenant's snapshot): the same bytes always
+    will be, where a checksum that does not match (bytes damaged on their way) or a full disk may do better next
+    time."""
+
+
 def write_snapshot(directory: Path | str, blob: bytes, version: int, checksum: str | None = None,
                    *, tenant: str | None = None) -> SnapshotFile:
     """Check `blob` (a `snapshot.dumps` serialization) and write it as `tenant`'s file, atomically.
 
     Checks, before anything is written: the blob's sha256 equals `checksum` when given (ValueError
     "checksum ... does not match"); `snapshot.loads(blob, version)` accepts it (the core's checks;
-    ValueError "not a callgate snapshot: ..."); when `tenant` is given, the blob is that tenant's (so a
-    snapshot sent under another tenant's name never replaces that other tenant's good file).  Then writes
-    DIR/<file_name(tenant)> through a temporary file in the same directory: written, fsync'd, renamed over
+    BlobRefused "not a callgate snapshot: ..."); when `tenant` is given, the blob is that tenant's (so a
+    snapshot sent under another tenant's name never replaces that other tenant's good file; BlobRefused).
+    Then writes DIR/<file_name(tenant)> through a temporary file in the same directory: written, fsync'd, renamed over
     the old one (`os.replace`), the directory fsync'd.  An existing file is never written into: readers
     may have it mapped.  OSError (a full disk) leaves the old file as it was.
     """
@@ -214,9 +221,12 @@ def write_snapshot(directory: Path | str, blob: bytes, version: int, checksum: s
     actual = hashlib.sha256(blob).hexdigest()
     if checksum is not None and (not isinstance(checksum, str) or checksum.lower() != actual):
         raise ValueError(f"checksum {checksum!r:.80} does not match the blob's sha256 {actual}")
-    snap = snapshot.loads(blob, version)
+    try:
+        snap = snapshot.loads(blob, version)
+    except ValueError as exc:
+        raise BlobRefused(str(exc)) from None
     if tenant is not None and snap.tenant != tenant:
-        raise ValueError(f"the snapshot is tenant {snap.tenant!r:.70}'s, not {tenant!r:.70}'s")
+        raise BlobRefused(f"the snapshot is tenant {snap.tenant!r:.70}'s, not {tenant!r:.70}'s")
     chunks = _encode(snap, version, actual)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,6 @@ server is not the one this follower talks to, or the network lied).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import deque
@@ -262,10 +261,9 @@ class Follower:
             ack.ok, ack.reason = False, str(exc)[:500]
             self.stats.refused += 1
             self._refused_now.add(a.tenant)
-            # for good: too big, or the server's own bytes (as announced) refused by the checks; a full disk, a
-            # write that failed or bytes damaged on the way may do better next time
-            for_good = isinstance(exc, ValueError) and (
-                a.size > self.max_bytes or await asyncio.to_thread(_sha256, blob) == a.checksum)
+            # for good: too big, or the server's own bytes (their sha256 as announced) refused by the checks; a
+            # full disk, a damaged status page or bytes damaged on the way may do better next time
+            for_good = a.size > self.max_bytes or isinstance(exc, replica.BlobRefused)
             if for_good:
                 self._refused_for_good[a.tenant] = (a.version, a.checksum)
                 log.error("tenant %s version %s refused: %s; not asked for again (the server is told): it waits "
@@ -336,6 +334,3 @@ class Follower:
                                                                            "offset_s": round(offset, 3)})
             await asyncio.to_thread(replica.touch_heartbeat, self.directory, time.time(), offset)
 
-
-def _sha256(blob: bytes) -> str:
-    return hashlib.sha256(blob).hexdigest()
