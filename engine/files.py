@@ -6,6 +6,9 @@ over the target: a rename within one file system, so a reader opens the old
 file or the new one, never a torn one.  With `sync`, the data and then the
 directory entry reach the disk before this returns: a crash leaves the old
 file or the new one and never loses one the caller was told is written.
+A writer killed between the two (kill -9, the OOM killer) leaves its
+temporary file: `remove_leftovers` takes them away, called by the one
+writer of a directory (under `hold`) as it starts.
 
 `hold` is the one way a writer makes sure it is the only one (a replica
 directory has one writer): an flock, let go by the kernel when the holder
@@ -16,10 +19,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
+
+# replace_atomically's temporary files: "." + at most 64 characters of the target's name + "." + mkstemp's 8
+_LEFTOVER = re.compile(r"\.[^/]{1,64}\.[a-z0-9_]{8}\.tmp", re.DOTALL)
 
 
 def replace_atomically(path: Path, chunks: Iterable[bytes], *, sync: bool = True, mode: int | None = None) -> None:
@@ -44,6 +52,21 @@ def replace_atomically(path: Path, chunks: Iterable[bytes], *, sync: bool = True
         raise
     if sync:
         sync_directory(path.parent)
+
+
+def remove_leftovers(directory: Path) -> list[str]:
+    """Remove the temporary files `replace_atomically` left in `directory` when its writer died mid-write; the
+    names removed.  Only for the directory's one writer, holding it (`hold`): another writer's file being
+    written would go too."""
+    gone = []
+    for entry in os.scandir(directory):
+        if _LEFTOVER.fullmatch(entry.name) and stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            gone.append(entry.name)
+    return sorted(gone)
 
 
 def sync_directory(directory: Path) -> None:

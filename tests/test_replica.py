@@ -176,12 +176,20 @@ def test_one_replica_per_directory_and_a_kill_9_leaves_it_whole(server: Server, 
     finally:
         rep.stop()
     assert replica.held(rep.directory) == held
+    # what a replica killed while writing a file leaves (its temporary file), and what is not its to remove
+    leftover = rep.directory / f".{replica.file_name('acme')}.k9x_0a1b.tmp"
+    leftover.write_bytes(b"half a snapshot")
+    strangers = [rep.directory / ".notes.tmp", rep.directory / "README.txt"]
+    for stranger in strangers:
+        stranger.write_text("the operator's")
     installed, synced = len(rep.events("replica_installed")), len(rep.events("replica_synced"))  # one log file
     again = Replica(server.address, rep.directory, name="host-k")
     try:
         wait_for(lambda: len(again.events("replica_synced")) > synced, timeout=20)
         assert in_step(again.directory, admin)
         assert again.events("replica_installed")[installed:] == []   # the killed one's files are whole
+        assert not leftover.exists() and all(s.exists() for s in strangers)
+        assert [e["removed"] for e in again.events("replica_leftovers")] == [1]
     finally:
         assert again.stop() == 0
 

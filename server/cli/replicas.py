@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import logging
 import math
 import signal
 import socket
@@ -50,6 +51,7 @@ def cmd_replica(args: argparse.Namespace) -> int:
         # before anything is written: a second replica process on the directory would overwrite the policy
         # and fight the first over every file
         lock = files.hold(directory / replica.LOCK)
+        leftovers = files.remove_leftovers(directory)   # what a writer killed mid-write (kill -9, OOM) left
         replica.write_policy(directory, args.max_staleness, args.stale_policy, dict(args.tenant_policy or ()))
     except files.Held as exc:
         raise CliError(f"--dir {directory}: another callgate replica (pid {exc.owner or '?'}) keeps this directory: "
@@ -59,6 +61,10 @@ def cmd_replica(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(f"--dir {directory}: {exc}") from None
     setup_logging(args.log_format)
+    if leftovers:
+        logging.getLogger("callgate.replica").warning(
+            "removed %d temporary file(s) a replica killed mid-write left in %s: %s", len(leftovers), directory,
+            ", ".join(leftovers)[:300], extra={"event": "replica_leftovers", "removed": len(leftovers)})
     open_channel = channel_args(args, aio=True)
     follower = Follower(open_channel, directory, args.name, args.only or [], args.max_snapshot_mb << 20)
 
