@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
+import pytest
+
 from callgate.v1 import decisions_pb2
 from engine import Engine, compile_settings, parse_settings
+from server.rpc import replicas as replicas_rpc
 from server.rpc.replicas import SnapshotFeed
+from server.store.api import ReplicaReport, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
 ACME = parse_settings(json.loads((ROOT / "examples" / "acme.json").read_text()))
@@ -160,3 +166,106 @@ def test_a_version_refused_for_good_is_not_sent_again() -> None:
     assert asyncio.run(versions_sent(feed, refusing(checksum))) == []
     assert asyncio.run(versions_sent(feed, refusing("e" * 64))) == [1]     # not the bytes in force: sent
     assert asyncio.run(versions_sent(feed, refusing(checksum), then=newer)) == [2]
+
+
+class Recording(Store):
+    """A store that keeps what the feed writes, in order; `down` makes every write fail as the store would."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.written: list[Any] = []
+        self.down = False
+
+    def record_replicas(self, reports: Any, *_: Any) -> None:
+        if self.down:
+            raise StoreError("the database is away")
+        self.written.extend(("report", r.tenant, r.version, r.installed, r.at) for r in reports)
+
+    def forget_replicas(self, replica: str, tenants: Any) -> None:
+        if self.down:
+            raise StoreError("the database is away")
+        self.written.extend(("forget", t) for t in tenants)
+
+
+def report(tenant: str, version: int, installed: bool, at: float) -> ReplicaReport:
+    return ReplicaReport("host-a", tenant, version, "a" * 64, installed, "" if installed else "no", at=at)
+
+
+def test_reports_wait_for_the_store_in_the_order_heard(monkeypatch: Any) -> None:
+    """An install and a refusal of the same row heard within one write both reach the store, in the order heard,
+    each with the time it was heard; a removal's answer and a report of the same row: the later one stands; a
+    store that fails keeps them all, its times unchanged, before what is heard meanwhile."""
+    monkeypatch.setattr(replicas_rpc, "REPORT_EVERY_S", 0.0)
+    store = Recording()
+
+    async def run() -> None:
+        feed = SnapshotFeed(SimpleNamespace(engine=Engine(), store=store))  # type: ignore[arg-type]
+        feed._report(report("acme", 6, True, 1.0))
+        feed._report(report("acme", 7, False, 2.0))      # kept beside the install, not in its place
+        feed._report(report("beta", 3, True, 3.0))
+        feed._forget("host-a", "beta")                   # beta's removal answered after its install: removed
+        feed._forget("host-a", "zeta")
+        feed._report(report("zeta", 1, True, 4.0))       # zeta made again after its removal: installed
+        await feed._flusher  # type: ignore[misc]
+        assert store.written == [("report", "acme", 6, True, 1.0), ("report", "acme", 7, False, 2.0),
+                                 ("report", "zeta", 1, True, 4.0), ("forget", "beta")]
+        store.written.clear()
+        store.down = True
+        feed._report(report("acme", 8, True, 5.0))
+        await asyncio.sleep(0.05)                        # the write failed: kept
+        feed._report(report("acme", 8, False, 6.0))      # heard meanwhile
+        store.down = False
+        await feed._flusher  # type: ignore[misc]
+        assert store.written == [("report", "acme", 8, True, 5.0), ("report", "acme", 8, False, 6.0)]
+
+    asyncio.run(run())
+
+
+def test_one_worker_bounds_what_a_client_can_make_it_keep(monkeypatch: Any, caplog: Any) -> None:
+    """Replica names label the gauge up to MAX_LABELLED (later ones count as "other"); removals and reports waiting
+    for the store are bounded in all; a refusal replayed on a stream is logged once."""
+    monkeypatch.setattr(replicas_rpc, "MAX_LABELLED", 2)
+    monkeypatch.setattr(replicas_rpc, "MAX_PENDING_REPORTS", 3)
+    monkeypatch.setattr(replicas_rpc, "REPORT_EVERY_S", 3600.0)
+    feed = SnapshotFeed(SimpleNamespace(engine=Engine(), store=Recording()))  # type: ignore[arg-type]
+
+    async def run() -> None:
+        assert [feed._label(n) for n in ("a", "b", "c", "a", "d")] == ["a", "b", "other", "a", "other"]
+        for i in range(10):
+            feed._forget(f"host-{i}", "acme")
+            feed._report(report(f"t{i}", 1, True, float(i)))
+        assert len(feed._reports) + len(feed._forgotten) == 3
+        stream = replicas_rpc._Stream("host-a", "", "", None, asyncio.get_running_loop(), {})
+        stream.sent["acme"] = (1, "a" * 64)
+        refusal = decisions_pb2.WatchRequest(ack=decisions_pb2.SnapshotAck(
+            tenant="acme", version=1, checksum="a" * 64, ok=False, reason="too big"))
+
+        async def replayed() -> AsyncIterator[decisions_pb2.WatchRequest]:
+            for _ in range(50):
+                yield refusal
+
+        with caplog.at_level(logging.WARNING, logger=replicas_rpc.log.name):
+            await feed._read_reports(replayed(), stream)
+        assert [r.getMessage() for r in caplog.records].count("replica host-a refused acme version 1: too big") == 1
+        assert feed._flusher is not None
+        feed._flusher.cancel()
+
+    asyncio.run(run())
+
+
+def test_a_worker_follows_at_most_max_streams_replicas(monkeypatch: Any) -> None:
+    from server.rpc.errors import RequestError
+
+    monkeypatch.setattr(replicas_rpc, "MAX_STREAMS", 0)
+    feed = SnapshotFeed(SimpleNamespace(engine=Engine(), store=Store({})))  # type: ignore[arg-type]
+
+    async def run() -> None:
+        async def requests() -> AsyncIterator[decisions_pb2.WatchRequest]:
+            yield decisions_pb2.WatchRequest(replica="host-z")
+
+        stream = feed.watch(requests(), Context())
+        with pytest.raises(RequestError) as err:
+            await anext(stream)
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "try again later" in str(err.value)
+
+    asyncio.run(run())

@@ -106,6 +106,16 @@ def test_a_later_install_clears_the_refusal(store: SQLiteStore) -> None:
         (4, A, 0, "", ""), (5, A, 0, "", ""), (3, A, 5, B, "bad snapshot")]
 
 
+def test_each_report_may_carry_when_it_was_heard(store: SQLiteStore) -> None:
+    """The server stamps each report as it hears it: a batch written later (the store away meanwhile) keeps
+    those times, and the batch's own `at` is only for reports without one."""
+    tenant(store, "acme", 3)
+    store.record_replicas([ack(1, at=100.0), nack(2, at=105.5), ack(1, replica="edge-2")], at=900)
+    row = one(store)
+    assert (row.installed_at, row.refused_at, row.seen_at) == (100.0, 105.5, 105.5)
+    assert one(store, "edge-2").installed_at == 900.0
+
+
 def test_a_refusal_of_the_installed_version_rebuilt_stands(store: SQLiteStore) -> None:
     """The version a replica holds, rebuilt with another checksum and refused: the replica keeps deciding on the
     one it has, and the row says so, until an install of the refused one, or of a later version, comes after."""
@@ -200,6 +210,9 @@ BAD_REPORTS: list[tuple[dict[str, Any], str]] = [
     ({"reason": None}, r"reports\[1\]\.reason must be a string"),
     ({"peer": b"x"}, r"reports\[1\]\.peer must be a string"),
     ({"token_id": 5}, r"reports\[1\]\.token_id must be a string"),
+    ({"at": float("nan")}, r"reports\[1\]\.at must be epoch seconds"),
+    ({"at": -1}, r"reports\[1\]\.at must be epoch seconds"),
+    ({"at": "now"}, r"reports\[1\]\.at must be epoch seconds"),
 ]
 
 

@@ -59,7 +59,9 @@ HEARTBEAT_S = 1.0           # while nothing changes: how the replica knows its c
 FIRST_REQUEST_S = 10.0      # the replica's first message (who it is, what it holds) is due this soon
 REPORT_EVERY_S = 0.2        # replicas' acks and refusals reach the store in one write this often per worker
 MAX_TENANTS = 100_000       # tenants named (wanted, held) in a first message
-MAX_PENDING_REPORTS = 100_000
+MAX_PENDING_REPORTS = 100_000   # reports, and forgets, waiting for the store (the store away): at most, in all
+MAX_STREAMS = 1_000             # replica streams one worker follows at once
+MAX_LABELLED = 1_000            # replica names one worker labels its gauge with; later names count as "other"
 REPLICA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 CHECKSUM = re.compile(r"[0-9a-f]{64}")
 
@@ -86,6 +88,7 @@ class _Stream:
     sent: dict[str, tuple[int, str]] = field(default_factory=dict)  # what this stream sent: the acks it takes
     removals: set[str] = field(default_factory=set)                 # the removals it sent
     behind: set[str] = field(default_factory=set)  # sent, not yet installed
+    logged: set[tuple[str, int, str]] = field(default_factory=set)   # refusals logged (once each per stream)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     thread: int = field(default_factory=threading.get_ident)
 
@@ -107,8 +110,11 @@ class SnapshotFeed:
         self.state = state
         self._blobs: dict[str, _Blob] = {}
         self._streams: set[_Stream] = set()
-        self._reports: dict[tuple[str, str], ReplicaReport] = {}
-        self._forgotten: dict[str, set[str]] = {}
+        # waiting for the store, in the order heard: the latest install and the latest refusal of each (replica,
+        # tenant), and the removals it answered (what a replica says last of a tenant is what is written)
+        self._reports: dict[tuple[str, str, bool], ReplicaReport] = {}
+        self._forgotten: dict[tuple[str, str], None] = {}
+        self._labelled: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
         state.engine.listeners.append(self._changed)
 
@@ -147,6 +153,9 @@ class SnapshotFeed:
     async def watch(self, requests: AsyncIterator[decisions_pb2.WatchRequest],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[decisions_pb2.SnapshotPiece]:
         stream = await self._open(requests, context)
+        if len(self._streams) >= MAX_STREAMS:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"this worker follows {len(self._streams):,} "
+                                                                  "replicas already: try again later, or another")
         reader = asyncio.ensure_future(self._read_reports(requests, stream))
         self._streams.add(stream)
         metrics.REPLICA_STREAMS.inc()
@@ -160,7 +169,7 @@ class SnapshotFeed:
             self._streams.discard(stream)
             reader.cancel()
             metrics.REPLICA_STREAMS.dec()
-            metrics.REPLICA_BEHIND.labels(stream.replica).set(0)
+            metrics.REPLICA_BEHIND.labels(self._label(stream.replica)).set(0)
             log.info("replica %s disconnected", stream.replica,
                      extra={"event": "replica_disconnected", "replica": stream.replica})
 
@@ -253,7 +262,7 @@ class SnapshotFeed:
                 stream.held[tenant] = stream.sent[tenant] = (snap.version, blob.checksum)
                 stream.behind.add(tenant)
                 metrics.REPLICA_SENT.inc()
-            metrics.REPLICA_BEHIND.labels(stream.replica).set(len(stream.behind))
+            metrics.REPLICA_BEHIND.labels(self._label(stream.replica)).set(len(stream.behind))
             if not synced:
                 synced = True
                 yield decisions_pb2.SnapshotPiece(synced=True, server_time_ms=_now_ms())
@@ -282,28 +291,42 @@ class SnapshotFeed:
                 continue  # not what this stream sent (late, claimed, or made up): nothing to record
             if ack.ok:
                 stream.behind.discard(ack.tenant)
-            else:
+            elif (ack.tenant, ack.version, ack.checksum) not in stream.logged:   # once: a replay logs nothing
+                stream.logged.add((ack.tenant, ack.version, ack.checksum))
                 log.warning("replica %s refused %s version %s: %s", stream.replica, ack.tenant, ack.version,
                             ack.reason[:200], extra={"event": "replica_refused", "replica": stream.replica,
                                                      "tenant": ack.tenant, "version": ack.version})
             metrics.REPLICA_REPORTS.labels("installed" if ack.ok else "refused").inc()
-            metrics.REPLICA_BEHIND.labels(stream.replica).set(len(stream.behind))
+            metrics.REPLICA_BEHIND.labels(self._label(stream.replica)).set(len(stream.behind))
             self._report(ReplicaReport(stream.replica, ack.tenant, ack.version, ack.checksum, ack.ok,
-                                       ack.reason[:500], stream.peer, stream.token_id))
+                                       ack.reason[:500], stream.peer, stream.token_id, at=time.time()))
 
     # -- reports to the store -----------------------------------------------------------------------------
 
+    def _label(self, replica: str) -> str:
+        """The gauge's label for a replica: its name, or "other" past MAX_LABELLED names (each name a client
+        chooses would be a series for good: in multiprocess mode a closed stream's series stays, at 0)."""
+        if replica not in self._labelled:
+            if len(self._labelled) >= MAX_LABELLED:
+                return "other"
+            self._labelled.add(replica)
+        return replica
+
     def _report(self, report: ReplicaReport) -> None:
-        key = (report.replica, report.tenant)
-        if key not in self._reports and len(self._reports) >= MAX_PENDING_REPORTS:
+        key = (report.replica, report.tenant, report.installed)
+        if key not in self._reports and len(self._reports) + len(self._forgotten) >= MAX_PENDING_REPORTS:
             return  # the store has been away for long: the replica reports again at its next version
+        self._reports.pop(key, None)   # (to the end: the order heard)
         self._reports[key] = report
+        self._forgotten.pop((report.replica, report.tenant), None)   # a removal answered before it is past
         self._schedule()
 
     def _forget(self, replica: str, tenant: str) -> None:
-        tenants = self._forgotten.setdefault(replica, set())
-        if len(tenants) < MAX_PENDING_REPORTS:
-            tenants.add(tenant)
+        key = (replica, tenant)
+        for installed in (True, False):   # reports heard before the removal's answer are past
+            self._reports.pop((replica, tenant, installed), None)
+        if key in self._forgotten or len(self._reports) + len(self._forgotten) < MAX_PENDING_REPORTS:
+            self._forgotten[key] = None
         self._schedule()
 
     def _schedule(self) -> None:
@@ -315,23 +338,27 @@ class SnapshotFeed:
         next one); a store that fails keeps them for a second try a second later."""
         while self._reports or self._forgotten:
             await asyncio.sleep(REPORT_EVERY_S)
-            reports, self._reports = list(self._reports.values()), {}
+            reports, self._reports = self._reports, {}
             forgotten, self._forgotten = self._forgotten, {}
+            by_replica: dict[str, list[str]] = {}
+            for replica, tenant in forgotten:
+                by_replica.setdefault(replica, []).append(tenant)
             store = self.state.store
-            try:
+            try:   # (a report and a removal of the same row never both wait: each drops the other, see above)
                 if reports:
-                    await asyncio.to_thread(store.record_replicas, reports)
-                for replica, tenants in forgotten.items():
+                    await asyncio.to_thread(store.record_replicas, list(reports.values()))
+                for replica, tenants in by_replica.items():
                     await asyncio.to_thread(store.forget_replicas, replica, sorted(tenants))
-            except StoreError as exc:  # kept for the next write (newer reports of the same rows win)
+            except StoreError as exc:  # kept for the next write, before what was heard meanwhile (which wins)
                 log.warning("replica reports not written (%s): kept for the next try", exc,
                             extra={"event": "replica_reports_delayed", "reports": len(reports)})
-                for report in reports:
-                    if len(self._reports) < MAX_PENDING_REPORTS:
-                        self._reports.setdefault((report.replica, report.tenant), report)
-                for replica, tenants in forgotten.items():
-                    kept = self._forgotten.setdefault(replica, set())
-                    kept.update(list(tenants)[:max(MAX_PENDING_REPORTS - len(kept), 0)])
+                newer, newer_forgotten = self._reports, self._forgotten
+                self._reports = {k: r for k, r in reports.items()
+                                 if k not in newer and (k[0], k[1]) not in newer_forgotten}
+                self._reports.update(newer)
+                self._forgotten = {k: None for k in forgotten
+                                   if k not in newer_forgotten and (*k, True) not in newer and (*k, False) not in newer}
+                self._forgotten.update(newer_forgotten)
                 await asyncio.sleep(1.0)
             except Exception:  # a bug: logged, this batch dropped, the next ones still written
                 log.exception("replica reports not written", extra={"event": "replica_reports_failed"})

@@ -234,6 +234,7 @@ class ReplicaReport:
     reason: str = ""              # why refused (clipped to 500 chars; ignored for an install)
     peer: str = ""                # the address it connected from (clipped to 128)
     token_id: str = ""            # the token it presented (clipped to 128)
+    at: float | None = None       # when the server heard it (epoch seconds); None: `record_replicas`' `at`
 
 
 @dataclass(frozen=True, slots=True)

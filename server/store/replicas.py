@@ -133,6 +133,11 @@ def _row(i: int, report: object, at: float) -> tuple[Any, ...]:
     reason = _clip(f"{where}.reason", report.reason, MAX_REASON)
     peer = _clip(f"{where}.peer", report.peer, MAX_PEER)
     token_id = _clip(f"{where}.token_id", report.token_id, MAX_TOKEN_ID)
+    if report.at is not None:   # when the server heard it, rather than when the batch is written
+        try:
+            at = _check_at(report.at)
+        except ValueError as exc:
+            raise ValueError(f"{where}.{exc}") from None
     if report.installed:
         fields: tuple[Any, ...] = (version, checksum, at, 0, "", "", 0.0)
     else:
