@@ -150,10 +150,17 @@ class LocalDecisions(LocalFast):
         if snap is None:
             return None
         age = now - heard if heard is not None else math.inf
+        if age < -PAGE_FRESH_S:
+            # heard in the future: this host's clock was stepped back since, and how old the replica is cannot be
+            # told (taken as fresh, a stale replica would pass); the server is asked until the replica's next
+            # heartbeat, a second away if it is alive, says it again by the clock as it is now
+            return None
         policy = self.policy
         since = self.behind.get(tenant)
         if since is not None:   # the replica failed to install this tenant's version in force: as old as that
             behind_s = now - since
+            if behind_s < -PAGE_FRESH_S:   # behind since a time still to come (the clock stepped back since): for
+                behind_s = math.inf        # how long cannot be told
             if behind_s > policy.max_staleness_s and age <= policy.max_staleness_s:
                 return None   # too old, and the server answers the replica: ask the server, not the policy
             age = max(age, behind_s)

@@ -348,6 +348,10 @@ def test_a_worker_keeps_answering_during_a_replace_and_sees_the_new_file(tmp_pat
     clock.now -= 3600  # a clock that goes back makes the look due at once, rather than in an hour
     replica.write_snapshot(aside, blob_of(dict(ACME, blacklist=[])), 4)
     os.replace(aside / "acme.cgsnap", tmp_path / "acme.cgsnap")
+    # the replica was heard "in the future": how old it is cannot be told, the server is asked ...
+    assert worker.inbound("acme", caller, MAIN, AT) is None
+    assert worker.snapshot("acme") is not None and worker.snapshot("acme")[1] == 4  # type: ignore[index]
+    replica.touch_heartbeat(tmp_path, clock.now)   # ... until its next heartbeat, by the clock as it is now
     back = worker.inbound("acme", caller, MAIN, AT)
     assert back is not None and back.version == 4
     worker.close()
@@ -1231,3 +1235,37 @@ def test_tenant_of_routes_a_number_to_the_tenant_whose_file_lists_it(tmp_path: P
     replica.remove_snapshot(tmp_path, "acme")
     now[0] += replica.INDEX_S
     assert local.tenant_of(mine) is None and local.tenant_of(acme["numbers"][1]["number"]) == "beta"
+
+
+def test_a_clock_stepped_back_never_makes_a_stale_replica_look_fresh(tmp_path: Path) -> None:
+    """The replica was last heard ten minutes ago (fail-closed past 30 s): rejected.  The host's clock then
+    stepped back an hour: the heartbeat is "in the future", its age cannot be told, and the server is asked
+    (never a fresh decision) until the replica's next heartbeat.  A tenant marked behind at a time still to come
+    (marked while the clock ran an hour ahead) is asked of the server too, not taken as behind for no time."""
+    clock = Clock(10_000.0)
+    replica.write_snapshot(tmp_path, ACME_BLOB, 5)
+    replica.write_policy(tmp_path, 30, "fail-closed")
+    for compiled in (True, False):   # the compiled path and the Python one
+        worker = LocalDecisions(tmp_path, recheck_s=60, clock=None if compiled else clock)
+        if compiled:   # its clock is the real one: the heartbeat is set relative to it
+            now = time.time()
+            replica.touch_heartbeat(tmp_path, now - 600)
+            assert (answer := worker.inbound("acme", BLACKLISTED, MAIN, AT)) is not None and answer.action == "reject"
+            replica.touch_heartbeat(tmp_path, now + 3000)   # as if the clock went back 3,000 s since
+            assert worker.inbound("acme", BLACKLISTED, MAIN, AT) is None
+            replica.touch_heartbeat(tmp_path, time.time())
+            assert (answer := worker.inbound("acme", BLACKLISTED, MAIN, AT)) is not None and not answer.stale
+            worker.close()
+            continue
+        replica.touch_heartbeat(tmp_path, 9_400.0)
+        answer = worker.inbound("acme", BLACKLISTED, MAIN, AT)
+        assert answer is not None and (answer.action, answer.stale) == ("reject", True)
+        clock.now -= 3600
+        assert worker.inbound("acme", BLACKLISTED, MAIN, AT) is None
+        replica.touch_heartbeat(tmp_path, clock.now)
+        answer = worker.inbound("acme", BLACKLISTED, MAIN, AT)
+        assert answer is not None and (answer.action, answer.stale) == ("decide", False)
+        replica.write_behind(tmp_path, {"acme": clock.now + 3600})   # marked while the clock ran an hour ahead
+        worker.behind = replica.read_behind(tmp_path)
+        assert worker.inbound("acme", BLACKLISTED, MAIN, AT) is None
+        worker.close()
