@@ -22,6 +22,7 @@ import pytest
 
 from callgate.v1 import decisions_pb2
 from engine import Engine, compile_settings, parse_settings
+from engine.snapshot import dumps
 from server.rpc import replicas as replicas_rpc
 from server.rpc.replicas import SnapshotFeed
 from server.store.api import ReplicaReport, StoreError
@@ -267,5 +268,32 @@ def test_a_worker_follows_at_most_max_streams_replicas(monkeypatch: Any) -> None
         with pytest.raises(RequestError) as err:
             await anext(stream)
         assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "try again later" in str(err.value)
+
+    asyncio.run(run())
+
+
+def test_many_streams_asking_at_once_serialize_a_snapshot_once(monkeypatch: Any) -> None:
+    """Every replica back at once after a server restart, each resume comparing checksums: one serialization of
+    each snapshot, not one per stream; a stream gone meanwhile does not cancel it for the others."""
+    made = []
+
+    def counting(snap: Any) -> bytes:
+        made.append(snap.tenant)
+        return dumps(snap)
+
+    monkeypatch.setattr(replicas_rpc, "dumps", counting)
+    engine = Engine()
+    engine.install(compile_settings(ACME, version=1))
+    feed = SnapshotFeed(SimpleNamespace(engine=engine, store=Store({"acme": 1})))  # type: ignore[arg-type]
+    snap = engine.get("acme")
+    assert snap is not None
+
+    async def run() -> None:
+        first = asyncio.ensure_future(feed._blob(snap))
+        await asyncio.sleep(0)
+        first.cancel()                                   # the first stream went away
+        blobs = await asyncio.gather(*(feed._blob(snap) for _ in range(30)))
+        assert len({b.checksum for b in blobs}) == 1 and made == ["acme"]
+        assert not feed._serializing
 
     asyncio.run(run())

@@ -1246,7 +1246,7 @@ def test_a_clock_stepped_back_never_makes_a_stale_replica_look_fresh(tmp_path: P
     replica.write_snapshot(tmp_path, ACME_BLOB, 5)
     replica.write_policy(tmp_path, 30, "fail-closed")
     for compiled in (True, False):   # the compiled path and the Python one
-        worker = LocalDecisions(tmp_path, recheck_s=60, clock=None if compiled else clock)
+        worker = LocalDecisions(tmp_path, recheck_s=60, clock=time.time if compiled else clock)
         if compiled:   # its clock is the real one: the heartbeat is set relative to it
             now = time.time()
             replica.touch_heartbeat(tmp_path, now - 600)

@@ -93,7 +93,9 @@ def cmd_replicas(args: argparse.Namespace) -> int:
     if not reply.replicas:
         print("no replica has reported yet (`callgate replica --dir DIR` on each proxy host)")
         return 0
-    print(f"{'replica':<24}{'tenant':<20}{'holds':>7}{'in force':>9}  {'last heard':<20}  state")
+    # the last install or refusal it reported (a replica in step reports nothing more until the next version:
+    # its liveness is the callgate_replica_streams gauge and its own heartbeat, not this)
+    print(f"{'replica':<24}{'tenant':<20}{'holds':>7}{'in force':>9}  {'last report':<20}  state")
     for r in reply.replicas:
         heard = dt.datetime.fromtimestamp(r.seen_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if r.seen_at else "-"
         print(f"{r.replica:<24}{r.tenant:<20}{r.version:>7}{r.in_force:>9}  {heard:<20}  {replica_state(r)}")

@@ -73,6 +73,11 @@ class _Blob:
     checksum: str
 
 
+def _serialize(snap: CoreSnapshot) -> _Blob:
+    data = dumps(snap)
+    return _Blob(snap, data, hashlib.sha256(data).hexdigest())
+
+
 @dataclass(eq=False)   # each stream is itself (hashed by identity, kept in a set)
 class _Stream:
     """One replica's stream, as its sender and its ack reader share it."""
@@ -115,6 +120,7 @@ class SnapshotFeed:
         self._reports: dict[tuple[str, str, bool], ReplicaReport] = {}
         self._forgotten: dict[tuple[str, str], None] = {}
         self._labelled: set[str] = set()
+        self._serializing: dict[str, tuple[CoreSnapshot, asyncio.Future[_Blob]]] = {}
         self._flusher: asyncio.Task[None] | None = None
         state.engine.listeners.append(self._changed)
 
@@ -126,16 +132,26 @@ class SnapshotFeed:
             stream.mark(tenant)
 
     async def _blob(self, snap: CoreSnapshot) -> _Blob:
+        """The blob of `snap`, serialized once however many streams ask for it at once (every replica comes back
+        after a server restart, each resume comparing checksums)."""
         cached = self._blobs.get(snap.tenant)
         if cached is not None and cached.snap is snap:
             return cached
+        pending = self._serializing.get(snap.tenant)
+        if pending is None or pending[0] is not snap:
+            # a task of its own: a stream that goes away while it runs does not cancel it for the others
+            task = asyncio.ensure_future(asyncio.to_thread(_serialize, snap))
+            made = pending = (snap, task)
 
-        def serialize() -> tuple[bytes, str]:
-            data = dumps(snap)
-            return data, hashlib.sha256(data).hexdigest()
+            def done(t: asyncio.Future[_Blob], tenant: str = snap.tenant) -> None:
+                if self._serializing.get(tenant) is made:
+                    del self._serializing[tenant]
+                if not t.cancelled():
+                    t.exception()   # retrieved: raised to each stream that waits, never logged as unretrieved
 
-        data, checksum = await asyncio.to_thread(serialize)
-        blob = _Blob(snap, data, checksum)
+            task.add_done_callback(done)
+            self._serializing[snap.tenant] = pending
+        blob = await asyncio.shield(pending[1])
         if self.state.engine.get(snap.tenant) is snap:  # still in force: worth keeping for the next replica
             self._blobs[snap.tenant] = blob
         return blob
