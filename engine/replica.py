@@ -308,27 +308,41 @@ def open_snapshot(path: Path | str, tenant: str | None = None) -> tuple[CoreSnap
     raise ValueError(f"{ERROR}{why[:500]}")
 
 
-def held(directory: Path | str) -> dict[str, tuple[int, str]]:
+def held(directory: Path | str, known: dict[Any, tuple[int, str, str]] | None = None) -> dict[str, tuple[int, str]]:
     """tenant -> (version, checksum) of every file in `directory` that a reader would use.
 
     Every file is checked as `open_snapshot` checks it (the sha256, the header, the core's checks, the lists'
     indexes the file holds against their bitmaps included) and its name against its tenant; files that fail
     are skipped, never raised: what this reports missing, the server sends again.  No directory: nothing
-    held."""
+    held.  `known` (kept by the caller between calls, updated here): what earlier calls found by each file's
+    (device, inode, size, mtime_ns), so that a file unchanged since is not read again (the replica process
+    asks at every reconnect, every few seconds while the server is away)."""
     out: dict[str, tuple[int, str]] = {}
+    found: dict[Any, tuple[int, str, str]] = {}
     try:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except FileNotFoundError:
-        return out
+        entries = []
     for entry in entries:
         if entry.name.startswith(".") or not entry.name.endswith(FILE_SUFFIX):
             continue  # temporary files being written, the heartbeat, the policy, strangers
         try:
-            _, version, checksum, tenant = _open(Path(entry.path), None)
+            st = entry.stat()
+            seen = known.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)) if known is not None else None
+            if seen is None:
+                opened: list[tuple[int, int, int, int]] = []
+                _, version, checksum, tenant = _open(Path(entry.path), None, key=opened)
+                seen = found[opened[0]] = (version, checksum, tenant)
+            else:
+                found[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = seen
         except Exception:  # damaged, foreign, unreadable, vanished meanwhile
             continue
+        version, checksum, tenant = seen
         if file_name(tenant) == entry.name:
             out[tenant] = (version, checksum)
+    if known is not None:
+        known.clear()
+        known.update(found)
     return out
 
 

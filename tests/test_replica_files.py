@@ -1269,3 +1269,39 @@ def test_a_clock_stepped_back_never_makes_a_stale_replica_look_fresh(tmp_path: P
         worker.behind = replica.read_behind(tmp_path)
         assert worker.inbound("acme", BLACKLISTED, MAIN, AT) is None
         worker.close()
+
+
+def test_held_reads_again_only_the_files_changed_since(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the replica process tells the server it holds, at every reconnect: a file unchanged since the last
+    time (device, inode, size, mtime) is not read and checked again; a new file, a replaced one and a damaged
+    one are, and a removed one is forgotten."""
+    replica.write_snapshot(tmp_path, ACME_BLOB, 1)
+    beta = blob_of(dict(ACME, tenant="beta"))
+    replica.write_snapshot(tmp_path, beta, 2)
+    opened: list[str] = []
+    real_open = replica._open
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        opened.append(path.name)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(replica, "_open", counting)
+    known: dict[Any, Any] = {}
+    assert replica.held(tmp_path, known) == {"acme": (1, sha(ACME_BLOB)), "beta": (2, sha(beta))}
+    assert sorted(opened) == ["acme.cgsnap", "beta.cgsnap"] and len(known) == 2
+    opened.clear()
+    assert replica.held(tmp_path, known) == {"acme": (1, sha(ACME_BLOB)), "beta": (2, sha(beta))}
+    assert opened == []
+    replica.write_snapshot(tmp_path, ACME_BLOB, 3)      # replaced: read again
+    replica.remove_snapshot(tmp_path, "beta")           # removed: forgotten
+    assert replica.held(tmp_path, known) == {"acme": (3, sha(ACME_BLOB))} and opened == ["acme.cgsnap"]
+    assert len(known) == 1
+    path = tmp_path / "acme.cgsnap"                     # damaged in place (its mtime moves): read, refused
+    before = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(before.st_size - 1)
+        f.write(b"\x7f")
+    # (the kernel's file times move in clock ticks: set it past the one it had, as a later write would)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10_000_000))
+    opened.clear()
+    assert replica.held(tmp_path, known) == {} and opened == ["acme.cgsnap"] and known == {}

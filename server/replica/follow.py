@@ -100,6 +100,7 @@ class Follower:
             self._behind, self._behind_saved = {}, False
         self._refusals: dict[str, int] = {}   # a tenant's refusals since its last install: when to ask again
         self._refused_now: set[str] = set()  # tenants refused in this session
+        self._known: dict[Any, tuple[int, str, str]] = {}   # replica.held's findings, by file: not read again
         # tenant -> (version, checksum) refused for good: the same bytes again would be refused the same way
         self._refused_for_good: dict[str, tuple[int, str]] = {}
         self._retry_at = 0.0        # time.monotonic() when the stream is opened again to ask for them (0: never)
@@ -133,7 +134,7 @@ class Follower:
                 pass
 
     async def _session(self, stop: asyncio.Event) -> None:
-        held = await asyncio.to_thread(replica.held, self.directory)
+        held = await asyncio.to_thread(replica.held, self.directory, self._known)
         if self.tenants:   # files of tenants no longer followed (--only changed): gone, not frozen as fresh
             for tenant in [t for t in held if t not in self.tenants]:
                 await asyncio.to_thread(replica.remove_snapshot, self.directory, tenant)
