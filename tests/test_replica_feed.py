@@ -297,3 +297,39 @@ def test_many_streams_asking_at_once_serialize_a_snapshot_once(monkeypatch: Any)
         assert not feed._serializing
 
     asyncio.run(run())
+
+
+def test_two_hosts_under_one_replica_name_are_told_apart_in_the_log(caplog: Any) -> None:
+    """Two hosts whose replicas give the same name (cloned machines keep one host name) share one row of
+    `callgate replicas`, each overwriting the other's reports: the worker says so when the second connects; a
+    replica reconnecting from the same host (another port) is not two."""
+    engine = Engine()
+    engine.install(compile_settings(ACME, version=1))
+    feed = SnapshotFeed(SimpleNamespace(engine=engine, store=Store({"acme": 1})))  # type: ignore[arg-type]
+
+    class From(Context):
+        def __init__(self, peer: str) -> None:
+            self._peer = peer
+
+        def peer(self) -> str:
+            return self._peer
+
+    async def run() -> None:
+        closed = asyncio.Event()
+
+        async def requests() -> AsyncIterator[decisions_pb2.WatchRequest]:
+            yield decisions_pb2.WatchRequest(replica="edge-1", tenants=["acme"])
+            await closed.wait()
+
+        streams = [feed.watch(requests(), From(peer)) for peer in
+                   ("ipv4:10.0.0.7:40000", "ipv4:10.0.0.7:40002", "ipv4:10.0.0.8:40000")]
+        with caplog.at_level(logging.WARNING, logger=replicas_rpc.log.name):
+            for stream in streams:
+                await anext(stream)
+        closed.set()
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
+        said = [r.getMessage() for r in caplog.records if "call themselves" in r.getMessage()]
+        assert len(said) == 1 and "10.0.0.8" in said[0] and "own --name" in said[0]
+
+    asyncio.run(run())

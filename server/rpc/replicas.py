@@ -73,6 +73,11 @@ class _Blob:
     checksum: str
 
 
+def _host(peer: str) -> str:
+    """A gRPC peer ("ipv4:10.0.0.7:40000", "ipv6:[::1]:5000", "unix:...") without its port."""
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+
+
 def _serialize(snap: CoreSnapshot) -> _Blob:
     data = dumps(snap)
     return _Blob(snap, data, hashlib.sha256(data).hexdigest())
@@ -172,6 +177,12 @@ class SnapshotFeed:
         if len(self._streams) >= MAX_STREAMS:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"this worker follows {len(self._streams):,} "
                                                                   "replicas already: try again later, or another")
+        twin = next((s for s in self._streams if s.replica == stream.replica and _host(s.peer) != _host(stream.peer)),
+                    None)
+        if twin is not None:   # one row of `callgate replicas` for two hosts: each overwrites the other's reports
+            log.warning("two replicas call themselves %s (from %s and %s): give each its own --name",
+                        stream.replica, twin.peer, stream.peer,
+                        extra={"event": "replica_name_shared", "replica": stream.replica})
         reader = asyncio.ensure_future(self._read_reports(requests, stream))
         self._streams.add(stream)
         metrics.REPLICA_STREAMS.inc()
