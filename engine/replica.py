@@ -224,6 +224,8 @@ def write_snapshot(directory: Path | str, blob: bytes, version: int, checksum: s
     try:
         snap = snapshot.loads(blob, version)
     except ValueError as exc:
+        if isinstance(exc.__cause__, MemoryError):   # this host's memory, not the bytes: may do better later
+            raise
         raise BlobRefused(str(exc)) from None
     if tenant is not None and snap.tenant != tenant:
         raise BlobRefused(f"the snapshot is tenant {snap.tenant!r:.70}'s, not {tenant!r:.70}'s")

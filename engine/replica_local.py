@@ -152,9 +152,9 @@ class LocalDecisions(LocalFast):
         age = now - heard if heard is not None else math.inf
         if age < -PAGE_FRESH_S:
             # heard in the future: this host's clock was stepped back since, and how old the replica is cannot be
-            # told (taken as fresh, a stale replica would pass); the server is asked until the replica's next
-            # heartbeat, a second away if it is alive, says it again by the clock as it is now
-            return None
+            # told (taken as fresh, a stale replica would pass): as never heard, the tenant's stale policy, until
+            # the replica's next heartbeat (a second away while the server answers it) says it again
+            age = math.inf
         policy = self.policy
         since = self.behind.get(tenant)
         if since is not None:   # the replica failed to install this tenant's version in force: as old as that

@@ -397,7 +397,8 @@ def loads(data: bytes, version: int | None = None) -> _core.CoreSnapshot:
         return _core.CoreSnapshot(arrays, meta)
     except Exception as exc:  # whatever the bytes: msgpack, numpy, the core's checks
         why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-        raise ValueError(f"not a callgate snapshot: {why[:500]}") from None
+        # (the cause kept: a MemoryError is this host's, not the bytes', see replica.write_snapshot)
+        raise ValueError(f"not a callgate snapshot: {why[:500]}") from exc
 
 
 def with_documents(snapshot: _core.CoreSnapshot, approved: Iterable[str],

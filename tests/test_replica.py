@@ -4,6 +4,7 @@ server knows which version it holds (`callgate replicas`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -471,3 +472,59 @@ def test_a_replica_that_cannot_say_a_tenant_is_behind_stops_its_heartbeat(tmp_pa
     follower._heard = 0.0
     asyncio.run(follower._heartbeat())                        # the disk has room again: said, then heard
     assert "acme" in replica.read_behind(directory) and (replica.last_heard(directory) or 0) > 1000.0
+
+
+class _FakeChannel:
+    """A channel whose WatchSnapshots answers `pieces` and then nothing (until `stop`): the follower's session
+    without a server.  The first message the follower sent is kept in `first`."""
+
+    def __init__(self, pieces: list[Any], stop: Any) -> None:
+        self.pieces, self.stop = list(pieces), stop
+        self.first: Any = None
+
+    async def __aenter__(self) -> _FakeChannel:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        return None
+
+    def unary_unary(self, *_: Any, **__: Any) -> Any:
+        return None
+
+    unary_stream = stream_unary = unary_unary
+
+    def stream_stream(self, *_: Any, **__: Any) -> Any:
+        channel = self
+
+        class Call:
+            def __init__(self, requests: Any) -> None:
+                self.requests = requests
+
+            async def read(self) -> Any:
+                if channel.first is None:
+                    channel.first = await anext(self.requests)
+                if channel.pieces:
+                    return channel.pieces.pop(0)
+                channel.stop.set()
+                await asyncio.sleep(3600)
+
+            def cancel(self) -> None:
+                pass
+
+        return Call
+
+
+def test_a_version_refused_for_good_stays_behind_only_while_it_is_in_force(tmp_path: Path) -> None:
+    """At a new stream the follower names what it refused for good; the server says which of them is still the
+    version in force (SnapshotPiece.refused): that tenant stays behind, and one the server said nothing of (its
+    version in force is one the replica holds) is in step again, forgotten as refused."""
+    stop = asyncio.Event()
+    follower = follow.Follower(lambda: channel, tmp_path / "replica", "host-s")
+    follower._refused_for_good = {"acme": (7, "a" * 64), "beta": (3, "b" * 64)}
+    asyncio.run(follower._mark_behind("acme", "beta", ok=False))
+    channel = _FakeChannel([decisions_pb2.SnapshotPiece(tenant="acme", version=7, checksum="a" * 64, refused=True),
+                            decisions_pb2.SnapshotPiece(synced=True, server_time_ms=int(time.time() * 1000))], stop)
+    asyncio.run(follower._session(stop))
+    assert channel.first is not None and sorted(channel.first.refused) == ["acme", "beta"]
+    assert set(follower._refused_for_good) == {"acme"}
+    assert set(replica.read_behind(follower.directory)) == {"acme"}

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -81,6 +82,8 @@ async def versions_sent(feed: SnapshotFeed, first: decisions_pb2.WatchRequest, t
                 sent.append(piece.version)
             if piece.removed:
                 sent.append(f"removed {piece.tenant}")
+            if piece.refused:
+                sent.append(f"still refused {piece.tenant} {piece.version}")
             if piece.synced and then is not None:
                 then()
             beats += piece.heartbeat
@@ -147,7 +150,8 @@ def test_the_feed_keeps_no_blob_of_a_version_no_longer_in_force() -> None:
 
 def test_a_version_refused_for_good_is_not_sent_again() -> None:
     """A replica that refused a version for good says so when it opens a stream (WatchRequest.refused): the
-    feed does not send that version again (it counts the replica behind), and sends the next one."""
+    feed does not send that version again (it counts the replica behind, and tells it: it stays behind), and
+    sends the next one."""
     engine = Engine()
     engine.install(compile_settings(ACME, version=1))
     feed = SnapshotFeed(SimpleNamespace(engine=engine, store=Store({"acme": 1})))  # type: ignore[arg-type]
@@ -164,9 +168,9 @@ def test_a_version_refused_for_good_is_not_sent_again() -> None:
     def newer() -> None:
         engine.install(compile_settings(ACME, version=2))
 
-    assert asyncio.run(versions_sent(feed, refusing(checksum))) == []
+    assert asyncio.run(versions_sent(feed, refusing(checksum))) == ["still refused acme 1"]   # (it stays behind)
     assert asyncio.run(versions_sent(feed, refusing("e" * 64))) == [1]     # not the bytes in force: sent
-    assert asyncio.run(versions_sent(feed, refusing(checksum), then=newer)) == [2]
+    assert asyncio.run(versions_sent(feed, refusing(checksum), then=newer)) == ["still refused acme 1", 2]
 
 
 class Recording(Store):
@@ -331,5 +335,49 @@ def test_two_hosts_under_one_replica_name_are_told_apart_in_the_log(caplog: Any)
             await stream.aclose()  # type: ignore[attr-defined]
         said = [r.getMessage() for r in caplog.records if "call themselves" in r.getMessage()]
         assert len(said) == 1 and "10.0.0.8" in said[0] and "own --name" in said[0]
+
+    asyncio.run(run())
+
+
+def test_reports_stay_bounded_while_the_store_keeps_failing(monkeypatch: Any) -> None:
+    """The store away for long, replicas reporting all along (also while each failing write is under way): what
+    waits never passes MAX_PENDING_REPORTS after a failed write (a new row past it waits for the replica's next
+    report); a row already waiting takes its newer reports."""
+    monkeypatch.setattr(replicas_rpc, "MAX_PENDING_REPORTS", 10)
+    monkeypatch.setattr(replicas_rpc, "REPORT_EVERY_S", 0.0)
+    monkeypatch.setattr(replicas_rpc, "RETRY_PAUSE_S", 0.05)
+
+    class Failing(Recording):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered, self.gate = threading.Event(), threading.Event()
+
+        def record_replicas(self, reports: Any, *_: Any) -> None:
+            self.entered.set()
+            self.gate.wait(10)
+            super().record_replicas(reports)
+
+    store = Failing()
+    store.down = True
+
+    async def run() -> None:
+        feed = SnapshotFeed(SimpleNamespace(engine=Engine(), store=store))  # type: ignore[arg-type]
+        for i in range(10):
+            feed._report(report(f"t{i}", 1, True, float(i)))
+        for cycle in range(3):
+            while not store.entered.is_set():      # a write under way
+                await asyncio.sleep(0.001)
+            store.entered.clear()
+            for i in range(10):                    # ten new rows meanwhile (the list the write left is empty)
+                feed._report(report(f"n{cycle}-{i}", 1, True, 100.0 + i))
+            store.gate.set()                       # the write fails
+            await asyncio.sleep(0.02)              # merged, waiting to try again
+            store.gate.clear()
+            assert len(feed._reports) + len(feed._forgotten) <= 10
+        feed._report(report("t1", 2, True, 500.0))   # a row waiting: its newer report replaces the older
+        store.down = False
+        store.gate.set()
+        await feed._flusher  # type: ignore[misc]
+        assert ("report", "t1", 2, True, 500.0) in store.written and len(store.written) <= 10
 
     asyncio.run(run())

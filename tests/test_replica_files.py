@@ -348,9 +348,9 @@ def test_a_worker_keeps_answering_during_a_replace_and_sees_the_new_file(tmp_pat
     clock.now -= 3600  # a clock that goes back makes the look due at once, rather than in an hour
     replica.write_snapshot(aside, blob_of(dict(ACME, blacklist=[])), 4)
     os.replace(aside / "acme.cgsnap", tmp_path / "acme.cgsnap")
-    # the replica was heard "in the future": how old it is cannot be told, the server is asked ...
-    assert worker.inbound("acme", caller, MAIN, AT) is None
-    assert worker.snapshot("acme") is not None and worker.snapshot("acme")[1] == 4  # type: ignore[index]
+    # the replica was heard "in the future": how old it is cannot be told, as never heard (stale) ...
+    unknown = worker.inbound("acme", caller, MAIN, AT)
+    assert unknown is not None and (unknown.version, unknown.stale, unknown.age_s) == (4, True, math.inf)
     replica.touch_heartbeat(tmp_path, clock.now)   # ... until its next heartbeat, by the clock as it is now
     back = worker.inbound("acme", caller, MAIN, AT)
     assert back is not None and back.version == 4
@@ -1239,9 +1239,10 @@ def test_tenant_of_routes_a_number_to_the_tenant_whose_file_lists_it(tmp_path: P
 
 def test_a_clock_stepped_back_never_makes_a_stale_replica_look_fresh(tmp_path: Path) -> None:
     """The replica was last heard ten minutes ago (fail-closed past 30 s): rejected.  The host's clock then
-    stepped back an hour: the heartbeat is "in the future", its age cannot be told, and the server is asked
-    (never a fresh decision) until the replica's next heartbeat.  A tenant marked behind at a time still to come
-    (marked while the clock ran an hour ahead) is asked of the server too, not taken as behind for no time."""
+    stepped back an hour: the heartbeat is "in the future", its age cannot be told, and it is taken as never
+    heard (the stale policy: still rejected, never a fresh decision) until the replica's next heartbeat.  A
+    tenant marked behind at a time still to come (marked while the clock ran an hour ahead) is not taken as
+    behind for no time: the server is asked while the replica hears from it."""
     clock = Clock(10_000.0)
     replica.write_snapshot(tmp_path, ACME_BLOB, 5)
     replica.write_policy(tmp_path, 30, "fail-closed")
@@ -1252,7 +1253,8 @@ def test_a_clock_stepped_back_never_makes_a_stale_replica_look_fresh(tmp_path: P
             replica.touch_heartbeat(tmp_path, now - 600)
             assert (answer := worker.inbound("acme", BLACKLISTED, MAIN, AT)) is not None and answer.action == "reject"
             replica.touch_heartbeat(tmp_path, now + 3000)   # as if the clock went back 3,000 s since
-            assert worker.inbound("acme", BLACKLISTED, MAIN, AT) is None
+            assert (answer := worker.inbound("acme", BLACKLISTED, MAIN, AT)) is not None
+            assert (answer.action, answer.age_s) == ("reject", math.inf)
             replica.touch_heartbeat(tmp_path, time.time())
             assert (answer := worker.inbound("acme", BLACKLISTED, MAIN, AT)) is not None and not answer.stale
             worker.close()
@@ -1261,7 +1263,8 @@ def test_a_clock_stepped_back_never_makes_a_stale_replica_look_fresh(tmp_path: P
         answer = worker.inbound("acme", BLACKLISTED, MAIN, AT)
         assert answer is not None and (answer.action, answer.stale) == ("reject", True)
         clock.now -= 3600
-        assert worker.inbound("acme", BLACKLISTED, MAIN, AT) is None
+        assert (answer := worker.inbound("acme", BLACKLISTED, MAIN, AT)) is not None
+        assert (answer.action, answer.age_s) == ("reject", math.inf)
         replica.touch_heartbeat(tmp_path, clock.now)
         answer = worker.inbound("acme", BLACKLISTED, MAIN, AT)
         assert answer is not None and (answer.action, answer.stale) == ("decide", False)
@@ -1305,3 +1308,22 @@ def test_held_reads_again_only_the_files_changed_since(tmp_path: Path, monkeypat
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10_000_000))
     opened.clear()
     assert replica.held(tmp_path, known) == {} and opened == ["acme.cgsnap"] and known == {}
+
+
+def test_a_host_out_of_memory_is_not_the_blobs_fault(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """snapshot.loads says "not a callgate snapshot" for whatever fails reading the bytes; a MemoryError there
+    is this host's (the same bytes may load later), so write_snapshot does not call it BlobRefused (which the
+    replica would not ask for again)."""
+    from engine import snapshot
+
+    real = snapshot._core.CoreSnapshot
+
+    def starved(*_: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr(snapshot._core, "CoreSnapshot", starved)
+    with pytest.raises(ValueError, match="not a callgate snapshot: MemoryError") as err:
+        replica.write_snapshot(tmp_path, ACME_BLOB, 1, sha(ACME_BLOB))
+    assert not isinstance(err.value, replica.BlobRefused)
+    monkeypatch.setattr(snapshot._core, "CoreSnapshot", real)
+    assert replica.write_snapshot(tmp_path, ACME_BLOB, 1, sha(ACME_BLOB)).version == 1

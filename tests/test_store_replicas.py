@@ -145,6 +145,24 @@ def test_a_refusal_of_the_installed_version_rebuilt_stands(store: SQLiteStore) -
     assert state(one(store, "edge-3")) == (3, C, 0, "", "")
 
 
+def test_reports_of_one_version_heard_out_of_order_by_servers_with_other_clocks(store: SQLiteStore) -> None:
+    """Each report's time is its server's clock: the row comes out true whichever order they arrive in."""
+    tenant(store, "acme", 3)
+    # installed A, refused B (heard by a server whose clock is fast), then B installed after all (5 s later)
+    store.record_replicas([ack(2, A, at=10.0), nack(2, B, at=25.0), ack(2, B, at=22.0)])
+    assert state(one(store)) == (2, B, 0, "", "")
+    # installed A at 10, refused the rebuild B at 20, installed the rebuild C at 30; heard C, then A late, then B
+    store.record_replicas([ack(2, C, replica="edge-2", at=30.0)])
+    store.record_replicas([ack(2, A, replica="edge-2", at=10.0)])
+    store.record_replicas([nack(2, B, replica="edge-2", at=20.0)])
+    assert state(one(store, "edge-2")) == (2, C, 0, "", "")
+    # a late refusal of another checksum of the version refused does not replace the later one
+    store.record_replicas([ack(1, A, replica="edge-3", at=5.0), nack(3, C, replica="edge-3", reason="C", at=30.0)])
+    store.record_replicas([nack(3, B, replica="edge-3", reason="B", at=20.0)])
+    row = one(store, "edge-3")
+    assert (row.refused_version, row.refused_checksum, row.refused_reason, row.refused_at) == (3, C, "C", 30.0)
+
+
 def test_an_older_or_late_report_does_not_move_the_row_back(store: SQLiteStore) -> None:
     tenant(store, "acme", 3)
     store.record_replicas([ack(3, C)], at=100)

@@ -141,6 +141,7 @@ class Follower:
                 del held[tenant]
             await self._mark_behind(*[t for t in self._behind if t not in self.tenants], ok=True)
         self._refused_now = set()
+        still_refused: set[str] = set()   # what the server said it did not send again: refused for good, in force
         first = self.first_message(held)
         acks: asyncio.Queue[decisions_pb2.WatchRequest | None] = asyncio.Queue()
 
@@ -194,12 +195,18 @@ class Follower:
                         await self._heartbeat()
                     if piece.heartbeat:
                         continue
+                    if piece.refused:   # the version in force is still the one refused for good: behind
+                        still_refused.add(piece.tenant)
+                        continue
                     if piece.synced:
                         synced = True
                         # what the server did not send is in step (a snapshot written whole, whose refusal came
-                        # from a later step of writing it, is): only what it refused again stays behind
+                        # from a later step of writing it, is; a version refused for good that is no longer the
+                        # one in force, too): only what it refused again, or still refuses, stays behind
+                        for tenant in [t for t in self._refused_for_good if t not in still_refused]:
+                            del self._refused_for_good[tenant]
                         await self._mark_behind(*[t for t in self._behind if t not in self._refused_now
-                                                  and t not in self._refused_for_good], ok=True)
+                                                  and t not in still_refused], ok=True)
                         self.stats.synced_at = time.time()
                         log.info("in step with the server", extra={"event": "replica_synced"})
                         continue

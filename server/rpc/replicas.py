@@ -58,6 +58,7 @@ PIECE_BYTES = 256 * 1024    # a 1 M-entry blacklist is some 30 pieces: each awai
 HEARTBEAT_S = 1.0           # while nothing changes: how the replica knows its copy's age
 FIRST_REQUEST_S = 10.0      # the replica's first message (who it is, what it holds) is due this soon
 REPORT_EVERY_S = 0.2        # replicas' acks and refusals reach the store in one write this often per worker
+RETRY_PAUSE_S = 1.0         # after a write the store failed
 MAX_TENANTS = 100_000       # tenants named (wanted, held) in a first message
 MAX_PENDING_REPORTS = 100_000   # reports, and forgets, waiting for the store (the store away): at most, in all
 MAX_STREAMS = 1_000             # replica streams one worker follows at once
@@ -283,6 +284,8 @@ class SnapshotFeed:
                     continue  # the replica holds it already (a resume)
                 if stream.refused.get(tenant) == (snap.version, blob.checksum):
                     stream.behind.add(tenant)   # refused for good: it waits for the next version, behind
+                    yield decisions_pb2.SnapshotPiece(tenant=tenant, version=snap.version, checksum=blob.checksum,
+                                                      refused=True, server_time_ms=_now_ms())
                     continue
                 for piece in _pieces(blob):
                     yield piece
@@ -386,7 +389,19 @@ class SnapshotFeed:
                 self._forgotten = {k: None for k in forgotten
                                    if k not in newer_forgotten and (*k, True) not in newer and (*k, False) not in newer}
                 self._forgotten.update(newer_forgotten)
-                await asyncio.sleep(1.0)
+                # what came while the write failed counted against an empty list: past the bound, rows that were
+                # not waiting already go, the latest first (as `_report` refuses a new row past it)
+                rows = {(r, t) for r, t, _ in reports} | set(forgotten)
+                excess = len(self._reports) + len(self._forgotten) - MAX_PENDING_REPORTS
+                for key in reversed(list(self._reports)):
+                    if excess > 0 and key[:2] not in rows:
+                        del self._reports[key]
+                        excess -= 1
+                for gone in reversed(list(self._forgotten)):
+                    if excess > 0 and gone not in rows:
+                        del self._forgotten[gone]
+                        excess -= 1
+                await asyncio.sleep(RETRY_PAUSE_S)
             except Exception:  # a bug: logged, this batch dropped, the next ones still written
                 log.exception("replica reports not written", extra={"event": "replica_reports_failed"})
 

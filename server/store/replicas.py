@@ -33,24 +33,31 @@ REPLICA_COLUMNS = ("replica, tenant, version, checksum, installed_at, refused_ve
 
 # One report, folded into its row.  The inserted values (`excluded`) are an install's (version > 0, no refusal) or
 # a refusal's (version 0, refused_version > 0); the row's own columns are read before any is set (both databases).
-#   an install moves the row when its version is later, or the same with another checksum (a rebuilt snapshot);
-#   it clears a refusal of an older version, or of its own version made before it (the server records only what it
-#   sent on that stream: an install of the refused version reported after the refusal was sent after it);
+#   an install moves the row when its version is later, or the same with another checksum (a rebuilt snapshot)
+#   installed no earlier than the one recorded (reports' times come from the servers' clocks: a late report of an
+#   earlier install never moves it back);
+#   it clears a refusal of an older version, of the very checksum it installs, or of its own version made before
+#   it (the server records only what it sent on that stream: an install reported after the refusal came after it);
 #   a refusal stands when its version is later than the installed one, or the installed one with another checksum
-#   (a rebuilt snapshot refused: the replica keeps deciding on the one it has) made after that install; and not
-#   older than the refusal recorded (refused_at moves only when the version or checksum refused changes: a replay
-#   keeps it);
+#   (a rebuilt snapshot refused: the replica keeps deciding on the one it has) made after that install; and when
+#   it is of a later version than the refusal recorded, or the same version's same checksum (a replay), or another
+#   checksum of it refused no earlier (refused_at moves only when the version or checksum refused changes: a
+#   replay keeps it);
 #   peer, token_id and seen_at are the latest report's (by `at`).
 _R = "replica_reports"
 _INSTALL_NEWER = f"excluded.version > {_R}.version"
 _INSTALL_MOVES = (f"({_INSTALL_NEWER} OR (excluded.version > 0 AND excluded.version = {_R}.version "
-                  f"AND excluded.checksum <> {_R}.checksum))")
+                  f"AND excluded.checksum <> {_R}.checksum AND excluded.installed_at >= {_R}.installed_at))")
 _CLEARS = (f"(excluded.version > 0 AND {_R}.refused_version > 0 AND ({_R}.refused_version < excluded.version "
-            f"OR ({_R}.refused_version = excluded.version AND excluded.installed_at >= {_R}.refused_at)))")
+           f"OR ({_R}.refused_version = excluded.version AND (excluded.checksum = {_R}.refused_checksum "
+           f"OR excluded.installed_at >= {_R}.refused_at))))")
 _REFUSAL_STANDS = (f"((excluded.refused_version > {_R}.version "
                    f"OR (excluded.refused_version = {_R}.version AND excluded.refused_checksum <> {_R}.checksum "
                    f"AND excluded.refused_at >= {_R}.installed_at)) "
-                   f"AND excluded.refused_version >= {_R}.refused_version)")
+                   f"AND (excluded.refused_version > {_R}.refused_version "
+                   f"OR (excluded.refused_version = {_R}.refused_version "
+                   f"AND (excluded.refused_checksum = {_R}.refused_checksum "
+                   f"OR excluded.refused_at >= {_R}.refused_at))))")
 _REFUSAL_MOVES = (f"(excluded.refused_version > {_R}.refused_version "
                   f"OR excluded.refused_checksum <> {_R}.refused_checksum)")
 _LATEST = f"excluded.seen_at >= {_R}.seen_at"
