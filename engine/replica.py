@@ -330,13 +330,13 @@ def held(directory: Path | str, known: dict[Any, tuple[int, str, str]] | None = 
             continue  # temporary files being written, the heartbeat, the policy, strangers
         try:
             st = entry.stat()
-            seen = known.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)) if known is not None else None
-            if seen is None:
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            seen = known.get(key) if known is not None else None
+            if seen is None:   # read and checked whole; kept under the key of the very file opened
                 opened: list[tuple[int, int, int, int]] = []
                 _, version, checksum, tenant = _open(Path(entry.path), None, key=opened)
-                seen = found[opened[0]] = (version, checksum, tenant)
-            else:
-                found[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = seen
+                key, seen = opened[0], (version, checksum, tenant)
+            found[key] = seen
         except Exception:  # damaged, foreign, unreadable, vanished meanwhile
             continue
         version, checksum, tenant = seen

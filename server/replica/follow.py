@@ -341,4 +341,3 @@ class Follower:
                             "behind" if offset > 0 else "ahead of", extra={"event": "replica_clock_offset",
                                                                            "offset_s": round(offset, 3)})
             await asyncio.to_thread(replica.touch_heartbeat, self.directory, time.time(), offset)
-

@@ -124,7 +124,7 @@ class SnapshotFeed:
         # waiting for the store, in the order heard: the latest install and the latest refusal of each (replica,
         # tenant), and the removals it answered (what a replica says last of a tenant is what is written)
         self._reports: dict[tuple[str, str, bool], ReplicaReport] = {}
-        self._forgotten: dict[tuple[str, str], None] = {}
+        self._forgotten: dict[tuple[str, str], object] = {}   # (each answer a mark of its own: see _flush)
         self._labelled: set[str] = set()
         self._serializing: dict[str, tuple[CoreSnapshot, asyncio.Future[_Blob]]] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -356,7 +356,7 @@ class SnapshotFeed:
         for installed in (True, False):   # reports heard before the removal's answer are past
             self._reports.pop((replica, tenant, installed), None)
         if key in self._forgotten or len(self._reports) + len(self._forgotten) < MAX_PENDING_REPORTS:
-            self._forgotten[key] = None
+            self._forgotten[key] = object()
         self._schedule()
 
     def _schedule(self) -> None:
@@ -364,12 +364,12 @@ class SnapshotFeed:
             self._flusher = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
-        """Write what the replicas reported, until nothing is left (reports that come during a write go in the
-        next one); a store that fails keeps them for a second try a second later."""
+        """Write what the replicas reported, until nothing is left.  What a write takes stays waiting until the
+        store has it (so the bound counts it, and what is heard meanwhile replaces it where it is newer); a store
+        that fails keeps it all for a second try a second later."""
         while self._reports or self._forgotten:
             await asyncio.sleep(REPORT_EVERY_S)
-            reports, self._reports = self._reports, {}
-            forgotten, self._forgotten = self._forgotten, {}
+            reports, forgotten = dict(self._reports), dict(self._forgotten)
             by_replica: dict[str, list[str]] = {}
             for replica, tenant in forgotten:
                 by_replica.setdefault(replica, []).append(tenant)
@@ -379,31 +379,19 @@ class SnapshotFeed:
                     await asyncio.to_thread(store.record_replicas, list(reports.values()))
                 for replica, tenants in by_replica.items():
                     await asyncio.to_thread(store.forget_replicas, replica, sorted(tenants))
-            except StoreError as exc:  # kept for the next write, before what was heard meanwhile (which wins)
+            except StoreError as exc:
                 log.warning("replica reports not written (%s): kept for the next try", exc,
                             extra={"event": "replica_reports_delayed", "reports": len(reports)})
-                newer, newer_forgotten = self._reports, self._forgotten
-                self._reports = {k: r for k, r in reports.items()
-                                 if k not in newer and (k[0], k[1]) not in newer_forgotten}
-                self._reports.update(newer)
-                self._forgotten = {k: None for k in forgotten
-                                   if k not in newer_forgotten and (*k, True) not in newer and (*k, False) not in newer}
-                self._forgotten.update(newer_forgotten)
-                # what came while the write failed counted against an empty list: past the bound, rows that were
-                # not waiting already go, the latest first (as `_report` refuses a new row past it)
-                rows = {(r, t) for r, t, _ in reports} | set(forgotten)
-                excess = len(self._reports) + len(self._forgotten) - MAX_PENDING_REPORTS
-                for key in reversed(list(self._reports)):
-                    if excess > 0 and key[:2] not in rows:
-                        del self._reports[key]
-                        excess -= 1
-                for gone in reversed(list(self._forgotten)):
-                    if excess > 0 and gone not in rows:
-                        del self._forgotten[gone]
-                        excess -= 1
                 await asyncio.sleep(RETRY_PAUSE_S)
+                continue
             except Exception:  # a bug: logged, this batch dropped, the next ones still written
                 log.exception("replica reports not written", extra={"event": "replica_reports_failed"})
+            for key, report in reports.items():   # written: gone, unless something newer came meanwhile
+                if self._reports.get(key) is report:
+                    del self._reports[key]
+            for gone, mark in forgotten.items():
+                if self._forgotten.get(gone) is mark:
+                    del self._forgotten[gone]
 
 
 def _pieces(blob: _Blob) -> Iterator[decisions_pb2.SnapshotPiece]:
