@@ -2,6 +2,7 @@
 
     python -m loadtest.sip_bench                 # every section, ~2.5 minutes on the 2-core machine
     python -m loadtest.sip_bench --no-memory     # without section 4
+    python -m loadtest.sip_bench --no-memory --ramp '' --rounds 5   # section 1's ratios, medians of 5 rounds
     python -m loadtest.sip_bench --rate 200 --seconds 10 --ramp 100,200,300,400 --step-seconds 5 --json out.json
 
 Starts, on free loopback ports: callgate (`callgate serve`, the example tenant
@@ -31,6 +32,10 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    the run's start until its spool has sent every event (at most 10 s
    after), divided by the calls completed, split into the SIP workers, the
    event sender (the rtimer process) and the rest (timers, dialogs).
+   `--rounds N` runs it N times, the proxies' order turned by one each
+   round (each proxy in every place); each ratio is then the median of the
+   rounds' ratios (every round's listed), each proxy's figures those of its
+   median round, and every call of every round must succeed.
    Targets: local / bypass <= 1.10; rpc / bypass is reported.
 2. The ramp: rates of `--ramp`, `--step-seconds` each, each step through
    every proxy still standing in the same order; a proxy breaks at the
@@ -364,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=200.0, help="calls/s of the bounded run (default 200)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the bounded run (default 10)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="bounded runs through each proxy, in turned orders; ratios are their medians (default 1)")
     p.add_argument("--ramp", default="100,200,300,350,400,450,500,600",
                    help="calls/s of the ramp steps, comma-separated ('' skips the ramp)")
     p.add_argument("--step-seconds", type=float, default=5.0, help="length of each ramp step (default 5)")
@@ -386,14 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     if (args.rate <= 0 or args.seconds <= 0 or args.step_seconds <= 0 or any(r <= 0 for r in ramp)
             or args.memory_rate <= 0):
         p.error("rates and seconds must be positive")
-    if args.children < 1 or args.memory_children < 1 or args.memory_calls < 1 or args.memory_blacklist < 1:
-        p.error("--children, --memory-children, --memory-calls and --memory-blacklist must be at least 1")
+    if min(args.rounds, args.children, args.memory_children, args.memory_calls, args.memory_blacklist) < 1:
+        p.error("--rounds, --children, --memory-children, --memory-calls and --memory-blacklist must be at least 1")
     t_start = time.monotonic()
     interference = Interference()
     folder = Path(tempfile.mkdtemp(prefix="sip-bench-"))
     started: list[Any] = []
     out: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                           "bounded": {}, "ramp": {p: [] for p in PROXIES}, "broke_at": {}, "timings": {}}
+                           "bounded": {}, "rounds": [], "ramp": {p: [] for p in PROXIES}, "broke_at": {},
+                           "timings": {}}
     crashed: list[str] = []
     calls = int(args.rate * args.seconds)
     try:
@@ -428,12 +436,17 @@ def main(argv: list[str] | None = None) -> int:
         say(f"callgate at {callgate.address}, UAS at 127.0.0.1:{uas.port}, replica in {replica.directory}; "
             + ", ".join(f"Kamailio {n} at {k.address}" for n, k in proxies.items()))
 
-        for name, proxy in proxies.items():
-            r = bounded(proxy, args.rate, calls, folder, args.seconds + 30)
-            out["bounded"][name] = r
-            say(f"1 bounded {name}: {r['successful']:,} of {calls:,} calls at {args.rate:g}/s, failed {r['failed']}, "
-                f"retransmissions {r['retransmissions']}, response p50/p99 {r['response_ms']['p50']}/"
-                f"{r['response_ms']['p99']} ms, Kamailio {r['cpu']['us_per_call'] or 0:.0f} µs CPU per call")
+        for turn in range(args.rounds):   # round k starts k places further: each proxy in every place
+            order = PROXIES[turn % len(PROXIES):] + PROXIES[:turn % len(PROXIES)]
+            this: dict[str, Any] = {}
+            for name in order:
+                r = this[name] = bounded(proxies[name], args.rate, calls, folder, args.seconds + 30)
+                say(f"1 bounded {name}{f' (round {turn + 1})' if args.rounds > 1 else ''}: {r['successful']:,} of "
+                    f"{calls:,} calls at {args.rate:g}/s, failed {r['failed']}, retransmissions "
+                    f"{r['retransmissions']}, response p50/p99 {r['response_ms']['p50']}/{r['response_ms']['p99']} "
+                    f"ms, Kamailio {r['cpu']['us_per_call'] or 0:.0f} µs CPU per call")
+            out["rounds"].append(this)
+        out["bounded"] = {name: median_round(out["rounds"], name) for name in PROXIES}
         for name in PROXIES:
             prefix = folder / f"timings-{name}"
             timed = start_proxy(name, prefix)
@@ -489,12 +502,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note {section}: {text}")
     if "memory" in out:
         print(memory_table(out["memory"]))
-    zero_failed = all(r["failed"] == 0 and r["successful"] == calls for r in out["bounded"].values())
+    zero_failed = all(r["failed"] == 0 and r["successful"] == calls for rnd in out["rounds"] for r in rnd.values())
     print(f"bounded runs with zero failed calls: {'yes' if zero_failed else 'NO'}"
           + (f"; sections that did not complete: {crashed}" if crashed else ""))
     if args.json:
         save_json(args.json, out)
     return 0 if zero_failed and len(out["bounded"]) == len(PROXIES) and not crashed else 1
+
+
+def median_round(rounds: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The proxy's run of the round where its CPU per call is the median (the lower one of an even count)."""
+    runs = sorted((r[name] for r in rounds), key=lambda r: r["cpu"]["us_per_call"] or 0.0)
+    return runs[(len(runs) - 1) // 2]
+
+
+def round_ratios(rounds: list[dict[str, Any]], a: str, b: str) -> list[float]:
+    """CPU per call of proxy a / proxy b in each round that has both figures."""
+    return [ra / rb for r in rounds for ra, rb in [(r[a]["cpu"]["us_per_call"], r[b]["cpu"]["us_per_call"])]
+            if ra is not None and rb]
 
 
 def is_zero(value: float) -> bool:
@@ -508,19 +533,22 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
     rep = Report()
     b = out["bounded"]
+    rounds = out["rounds"]
     for name in PROXIES:
         r = b.get(name)
         if r is None:
             continue
-        short = float(calls - r["successful"] + r["failed"])  # 0: every call completed, none failed
-        rep.add(1, f"{name}: calls completed / failed ({args.rate:g}/s for {args.seconds:g} s)",
-                text=f"{r['successful']:,} / {r['failed']:,}", target=f"{calls:,} / 0", value=short,
-                check=is_zero)
+        done, failed = (sum(rnd[name][k] for rnd in rounds) for k in ("successful", "failed"))
+        short = float(calls * len(rounds) - done + failed)  # 0: every call of every round completed, none failed
+        times = f" x {len(rounds)} rounds" if len(rounds) > 1 else ""
+        rep.add(1, f"{name}: calls completed / failed ({args.rate:g}/s for {args.seconds:g} s{times})",
+                text=f"{done:,} / {failed:,}", target=f"{calls * len(rounds):,} / 0", value=short, check=is_zero)
         t = r["response_ms"]
         rep.add(1, f"{name}: response time INVITE->180, mean / p50 / p99 / max ms (sipp: 4 ms steps)",
                 text=f"{t['mean']:.2f} / {t['p50']:.0f} / {t['p99']:.0f} / {t['max']:.0f}" if t["n"] else "-")
         c = r["cpu"]
-        rep.add(1, f"{name}: Kamailio CPU per call µs (SIP workers + event sender + the rest)",
+        rep.add(1, f"{name}: Kamailio CPU per call µs (SIP workers + event sender + the rest)"
+                   + ("; its median round" if len(rounds) > 1 else ""),
                 text=f"{c['us_per_call']:.0f} ({c['sip_workers_us_per_call']:.0f} + "
                      f"{c['event_sender_us_per_call']:.0f} + {c['others_us_per_call']:.0f})"
                 if c["us_per_call"] is not None else "-")
@@ -529,10 +557,13 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
         value: float | None = b.get(name, {}).get("cpu", {}).get("us_per_call")
         return value
 
-    rep.add(1, "Kamailio CPU per call, local / bypass", ratio(per_call("local"), per_call("bypass")), "{:.2f}",
-            "<= 1.10", lambda v: v <= 1.10)
-    rep.add(1, "Kamailio CPU per call, rpc / bypass", ratio(per_call("rpc"), per_call("bypass")), "{:.2f}")
-    rep.add(1, "Kamailio CPU per call, local / rpc", ratio(per_call("local"), per_call("rpc")), "{:.2f}")
+    for a, c, target in (("local", "bypass", "<= 1.10"), ("rpc", "bypass", ""), ("local", "rpc", "")):
+        ratios = round_ratios(rounds, a, c) if all(a in r and c in r for r in rounds) else []
+        middle = float(np.median(ratios)) if ratios else None
+        rep.add(1, f"Kamailio CPU per call, {a} / {c}" + (" (median; each round)" if len(ratios) > 1 else ""),
+                middle, "{:.2f}", target, (lambda v: v <= 1.10) if target else None,
+                text=f"{middle:.2f} ({', '.join(f'{v:.2f}' for v in ratios)})"
+                if middle is not None and len(ratios) > 1 else None)
     if args.ramp.strip():
         for name in PROXIES:
             steps = out["ramp"].get(name, [])

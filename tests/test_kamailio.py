@@ -412,18 +412,24 @@ def test_kemi_script_is_plain_python(tmp_path: Path) -> None:
 
 
 def test_sip_bench_smoke(tmp_path: Path) -> None:
-    """The SIP benchmark end to end with a tiny load: the three proxies carry every call, the workers time their
-    decisions, and the memory section (a small blacklist, 2 workers) sees the file shared, then copied."""
+    """The SIP benchmark end to end with a tiny load: the three proxies carry every call, in two rounds in turned
+    orders, the workers time their decisions, and the memory section (a small blacklist, 2 workers) sees the file
+    shared, then copied."""
     out = tmp_path / "sip.json"
     done = subprocess.run([sys.executable, "-m", "loadtest.sip_bench", "--rate", "20", "--seconds", "2",
-                           "--ramp", "", "--children", "2", "--memory-blacklist", "1000", "--memory-children", "2",
-                           "--memory-calls", "20", "--memory-rate", "20", "--json", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
+                           "--rounds", "2", "--ramp", "", "--children", "2", "--memory-blacklist", "1000",
+                           "--memory-children", "2", "--memory-calls", "20", "--memory-rate", "20", "--json",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     figures = json.loads(out.read_text())
+    assert [list(r) for r in figures["rounds"]] == [["bypass", "rpc", "local"], ["rpc", "local", "bypass"]]
     for name in ("bypass", "rpc", "local"):
-        assert figures["bounded"][name]["successful"] == 40 and figures["bounded"][name]["failed"] == 0
+        assert all(r[name]["successful"] == 40 and r[name]["failed"] == 0 for r in figures["rounds"])
+        assert figures["bounded"][name] in [r[name] for r in figures["rounds"]]
         assert figures["bounded"][name]["cpu"]["us_per_call"] > 0
+    ratios = {row["what"]: row for row in figures["summary"] if row["what"].startswith("Kamailio CPU per call, ")}
+    assert len(ratios) == 3
+    assert all("each round" in what and row["text"].count(",") == 1 for what, row in ratios.items())   # 2 listed
     assert figures["timings"]["local"]["local"]["n"] > 0 and "rpc" not in figures["timings"]["local"]
     assert figures["timings"]["rpc"]["rpc"]["n"] > 0 and "local" not in figures["timings"]["rpc"]
     shared, private = figures["memory"]["shared"], figures["memory"]["private"]
