@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all build run test lint bench clean debug
+.PHONY: all build run test lint bench clean debug kamailio-module
 
 all: build
 
@@ -64,7 +64,14 @@ lint: build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy engine server loadtest tests
 
-test: build lint
+# Kamailio's module callgate_events (the call events of a relayed INVITE captured in C) for the Kamailio installed
+# here, against that version's source (Debian's source package: apt needs deb-src entries, .ci/run adds them); the
+# Kamailio tests and the SIP benchmark load it from build/kamailio
+# (run every time: a second when nothing changed, and a Kamailio upgraded since gets its module rebuilt)
+kamailio-module:
+	integrations/kamailio/callgate_events/build build/kamailio
+
+test: build lint kamailio-module
 	$(PY) -m pytest -q
 
 bench: build

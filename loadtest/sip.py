@@ -29,6 +29,7 @@ from .process import free_port, process_tree, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 KAMAILIO_DIR = ROOT / "integrations" / "kamailio"
+EVENTS_MODULE = ROOT / "build" / "kamailio" / "callgate_events.so"   # `make kamailio-module`
 PACKAGES = "kamailio kamailio-python3-modules sip-tester"
 TRUSTED = "127.0.0.2"   # the trusted PBX's address in the tests (a carrier calls from 127.0.0.1)
 
@@ -147,7 +148,7 @@ def _reply(status: str, sdp: bool) -> str:
       [last_Call-ID:]
       [last_CSeq:]
       [last_Record-Route:]
-      X-Callgate-User: u1
+      X-Callgate-User: u2
       Contact: <sip:[local_ip]:[local_port];transport=[transport]>
 """
     if sdp:
@@ -187,6 +188,17 @@ UAS_SCENARIOS = {
 </scenario>
 """),
 }
+
+
+def check_events_module() -> None:
+    """RuntimeError unless build/kamailio holds the callgate_events module built for the Kamailio installed."""
+    stamp = EVENTS_MODULE.with_suffix(".version")
+    installed = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "kamailio"], capture_output=True, text=True,
+                               timeout=30).stdout.strip()
+    built = stamp.read_text().strip() if stamp.is_file() and EVENTS_MODULE.is_file() else ""
+    if not built or built != installed:
+        raise RuntimeError(f"{EVENTS_MODULE} is {'missing' if not built else f'built for Kamailio {built}'}, "
+                           f"Kamailio {installed or '(none)'} is installed: `make kamailio-module` builds it")
 
 
 def free_sip_port() -> int:
@@ -247,12 +259,17 @@ class Kamailio:
                  failure: str = "closed", failover: Path | None = None, deadline_ms: int = 200,
                  children: int = 4, bypass: bool = False, tls_ca: Path | None = None, token: str = "",
                  fr_inv_ms: int = 30_000, replica: Path | None = None, replica_copy: bool = False,
-                 timings: Path | None = None) -> None:
+                 timings: Path | None = None, events_module: bool = True) -> None:
         self.port = free_sip_port()
         self.folder = folder
         cfg = (KAMAILIO_DIR / "kamailio.cfg").read_text()
         cfg = cfg.replace("udp:127.0.0.1:5060", f"udp:127.0.0.1:{self.port}")
         cfg = cfg.replace("/etc/kamailio/callgate_kemi.py", str(KAMAILIO_DIR / "callgate_kemi.py"))
+        # the callgate_events module (`make kamailio-module`) makes a call's reply events in C; without it
+        # (events_module=False) the script's Python reply routes do
+        if events_module:
+            check_events_module()
+        cfg = cfg.replace("/usr/lib/x86_64-linux-gnu/kamailio/modules/callgate_events.so", str(EVENTS_MODULE))
         cfg = cfg.replace("!CG_FR_INV!30000!", f"!CG_FR_INV!{fr_inv_ms}!")
         self.ctl = folder / f"kamailio-{self.port}.ctl"
         cfg = cfg.replace("unix:/var/run/kamailio/kamailio_ctl", f"unix:{self.ctl}")
@@ -282,7 +299,8 @@ class Kamailio:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 ["kamailio", "-DD", "-E", "-f", str(self.cfg), "-w", str(folder), "-Y", str(folder),
-                 "-m", "64", "-M", "8", "-x", "tlsf"],   # TLSF: see kamailio.cfg
+                 "-m", "64", "-M", "8", "-x", "tlsf"]   # TLSF: see kamailio.cfg
+                + (["-A", "WITH_CALLGATE_EVENTS"] if events_module else []),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 20
         while "callgate" not in self.text() and "INFO" not in self.text():

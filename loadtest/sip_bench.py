@@ -294,6 +294,7 @@ def memory_instance(mode: str, callgate: str, route_port: int, directory: Path, 
     timings = folder / f"timings-memory-{mode}"
     name = replica_files.file_name(BIG)
     proxy = sip.Kamailio(folder, callgate, route_port, children=args.memory_children, replica=directory,
+                         events_module=args.events_module,
                          replica_copy=mode == "private", timings=timings)
     try:
         workers = proxy.udp_workers()
@@ -375,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="calls/s of the ramp steps, comma-separated ('' skips the ramp)")
     p.add_argument("--step-seconds", type=float, default=5.0, help="length of each ramp step (default 5)")
     p.add_argument("--children", type=int, default=8, help="Kamailio UDP workers (default 8)")
+    p.add_argument("--events-module", action=argparse.BooleanOptionalAction, default=True,
+                   help="rpc and local make their replies' events with Kamailio's callgate_events module "
+                        "(`make kamailio-module`; default on); off: in the script's Python reply routes")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="section 4, the memory of shared and private replica files (default on)")
     p.add_argument("--memory-blacklist", type=int, default=1_000_000, help="tenant big's blacklist (1,000,000)")
@@ -426,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         def start_proxy(name: str, timings: Path | None = None) -> sip.Kamailio:
             made = sip.Kamailio(folder, callgate.address, uas.port, children=args.children, bypass=name == "bypass",
                                 failover=None if name == "bypass" else failover,
-                                replica=replica.directory if name == "local" else None, timings=timings)
+                                replica=replica.directory if name == "local" else None, timings=timings,
+                                events_module=args.events_module)
             started.append(made)
             return made
 
@@ -494,8 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     out["summary"] = [vars(r) for r in rep.rows]
     out["crashed"] = crashed
     print(f"\nsip_bench summary ({out['elapsed_s']:.0f} s; SIP through Kamailio, {args.children} workers: whole "
-          "calls INVITE, 180, 200, ACK, 100 ms, BYE, 200; callgate, replica, Kamailio and both sipps on this "
-          "machine's cores)")
+          "calls INVITE, 180, 200, ACK, 100 ms, BYE, 200; the replies' events made by "
+          f"{'the callgate_events module' if args.events_module else 'the Python reply routes'}; callgate, replica, "
+          "Kamailio and both sipps on this machine's cores)")
     print(rep.table())
     for section in sorted(rep.notes):
         for text in rep.notes[section]:

@@ -85,7 +85,11 @@ def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
         for name, kind, extra in (("closed", "answer", {}), ("open", "answer", {"failure": "open"}),
                                   ("direct", "direct", {}), ("busy", "busy", {}),
                                   ("silent", "silent", {"fr_inv_ms": 4000}),
-                                  ("local", "answer", {"replica": folder / "replica"})):
+                                  ("local", "answer", {"replica": folder / "replica"}),
+                                  # the same without the callgate_events module: the script's Python reply routes
+                                  ("closed-py", "answer", {"events_module": False}),
+                                  ("busy-py", "busy", {"events_module": False}),
+                                  ("silent-py", "silent", {"fr_inv_ms": 4000, "events_module": False})):
             world[name] = proxy = sip.Kamailio(folder, callgate.address, world[f"uas-{kind}"].port,
                                                failover=failover, **extra)
             started.append(proxy)
@@ -181,12 +185,23 @@ def admin_ledger(world: dict[str, Any]) -> list[tuple[str, str]]:
     return [(e.kind, e.amount) for e in entries]
 
 
-def test_an_allowed_call_is_registered_with_its_events(world) -> None:
-    expect(world, "closed", "+12125550123", OPEN, 200)
-    delivered(world, "closed")
-    mine = [c for c in calls(world, "ended") if c.caller == "+12125550123"]
-    assert mine and mine[-1].answered_by == "u1" and mine[-1].called == OPEN    # RINGING, ANSWERED, ENDED arrived
+# each event test twice: the replies' events made by Kamailio's callgate_events module, and by the script's routes
+EVENT_MAKERS = pytest.mark.parametrize("suffix, base", [("", 0), ("-py", 50)], ids=["module", "python"])
+
+
+@EVENT_MAKERS
+def test_an_allowed_call_is_registered_with_its_events(world, suffix: str, base: int) -> None:
+    caller = f"+121255501{23 + base}"
+    expect(world, "closed" + suffix, caller, OPEN, 200)
+    delivered(world, "closed" + suffix)
+    mine = [c for c in calls(world, "ended") if c.caller == caller]
+    # RINGING, ANSWERED, ENDED arrived; the user is the one the PBX's replies name (the call's record: u1)
+    assert mine and mine[-1].answered_by == "u2" and mine[-1].called == OPEN
     assert mine[-1].outcome == "answered"
+    # the replies' events made by the module (its journal, PID.c-NS.cgj), or by the script without it; with the
+    # module the ENDED is its own too (the script keeps no record for the dialog's end then)
+    journals = Path(f"{world['closed' + suffix].spool}.journal")
+    assert bool(list(journals.glob("*.c-*.cgj"))) == (suffix == "")
     assert f"INVITE sip:{OPEN}@" in " ".join(world["uas"].received())
 
 
@@ -216,17 +231,24 @@ def test_a_call_answered_without_ringing_is_registered_and_billed(world) -> None
     assert ("call", "-0.02") in admin_ledger(world)
 
 
-def test_busy_cancelled_and_unanswered_calls_end_with_their_outcome_and_are_never_picked_up(world) -> None:
+@EVENT_MAKERS
+def test_busy_cancelled_and_unanswered_calls_end_with_their_outcome_and_are_never_picked_up(world, suffix: str,
+                                                                                           base: int) -> None:
     from callgate.v1 import decisions_pb2, decisions_pb2_grpc
 
-    expect(world, "busy", "+12125550201", OPEN, 486)
-    caller = sip.cancel(world["silent"].address, "+12125550202", OPEN, world["folder"], ring_ms=500)
+    busy, cancelled, unanswered = (f"+121255502{n + base:02d}" for n in (1, 2, 3))
+    expect(world, "busy" + suffix, busy, OPEN, 486)
+    caller = sip.cancel(world["silent" + suffix].address, cancelled, OPEN, world["folder"], ring_ms=500)
     assert caller.wait(30) == 0, caller.stderr.read() if caller.stderr else ""
-    expect(world, "silent", "+12125550203", OPEN, 408)                      # the proxy's INVITE timer
-    delivered(world, "busy", "silent")
+    expect(world, "silent" + suffix, unanswered, OPEN, 408)                 # the proxy's INVITE timer
+    delivered(world, "busy" + suffix, "silent" + suffix)
     ended = {c.caller: c for c in calls(world, "ended")}
-    assert {n: ended[n].outcome for n in ("+12125550201", "+12125550202", "+12125550203")} == {
-        "+12125550201": "busy", "+12125550202": "cancelled", "+12125550203": "no_answer"}
+    assert {n: ended[n].outcome for n in (busy, cancelled, unanswered)} == {
+        busy: "busy", cancelled: "cancelled", unanswered: "no_answer"}
+    # each rang: the busy PBX answers 486 at once (RINGING and ENDED together: the call's record names u1, not the
+    # reply's X-Callgate-User, u2), the silent one sends a 180 (its header: u2)
+    assert [ended[n].ringing_user for n in (busy, cancelled, unanswered)] == ["u1", "u2", "u2"], [
+        (n, ended[n].ringing_user) for n in (busy, cancelled, unanswered)]
     pick = decisions_pb2.PickupRequest(tenant="acme", user="u2", dialed="*8")
     d = decisions_pb2_grpc.DecisionsStub(world["callgate"].channel()).Pickup(pick, timeout=10)
     assert d.reason == decisions_pb2.NO_RINGING_CALL
@@ -423,6 +445,9 @@ def test_sip_bench_smoke(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert [list(r) for r in figures["rounds"]] == [["bypass", "rpc", "local"], ["rpc", "local", "bypass"]]
+    # the replies' events made by the callgate_events module: no Python reply route ran in either proxy
+    assert all(not k.startswith("route:onreply") for name in ("rpc", "local") for k in figures["timings"][name])
+    assert all("route:request_route" in figures["timings"][name] for name in ("rpc", "local"))   # (routes timed)
     for name in ("bypass", "rpc", "local"):
         assert all(r[name]["successful"] == 40 and r[name]["failed"] == 0 for r in figures["rounds"])
         assert figures["bounded"][name] in [r[name] for r in figures["rounds"]]

@@ -245,3 +245,79 @@ def test_raw_records_under_a_full_disk_a_killed_writer_and_the_limit(tmp_path: P
     with pytest.raises(OverflowError):
         worker.add_raw(b"c4", ended=False)
     worker.add_raw(b"c4", ended=True)   # a call's end alone is still taken
+
+
+def module_record(fields: tuple[str, ...]) -> bytes:
+    """A raw record as Kamailio's callgate_events module writes it (its layout, independently of the Journal)."""
+    payload = b"R1\0" + "\0".join(fields).encode()
+    return spool._RECORD.pack(spool._RAW_MAGIC, len(payload), zlib.crc32(payload), time.monotonic_ns(), time.time(),
+                              0, 0) + payload
+
+
+def test_a_process_writes_two_journals_and_neither_is_removed_while_it_lives(tmp_path: Path) -> None:
+    """A SIP worker has two writers (the script's Journal, PID-NS.cgj, and the module's, PID.c-NS.cgj): each file
+    is its writer's newest, so neither is taken for finished while the process lives; the older file of one writer
+    is, once read; the two writers' records go in the order they were written."""
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    journal = spool.Journal(sender.journals)
+    journal.append([("c1:RINGING", "c1", b"r1")])
+    module_old = Path(sender.journals) / f"{os.getpid()}.c-{time.time_ns() - 10**9}.cgj"
+    module_old.write_bytes(module_record(("RINGING", "0", "", "c2", "")))
+    module_new = Path(sender.journals) / f"{os.getpid()}.c-{time.time_ns()}.cgj"
+    module_new.write_bytes(module_record(("ANSWERED", "0", "", "c2", "")))
+    journal.append([("c1:ANSWERED", "c1", b"a1")])
+    names = sorted(os.listdir(sender.journals))
+    assert [spool._writing(n, names) for n in names] == [True, False, True]   # PID-..., PID.c-old, PID.c-new
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+
+    def convert(raw: bytes) -> list[tuple[str, str, bytes]]:
+        kinds, _, _, call, _ = raw[3:].decode().split("\0")
+        return [(f"{call}:{kind}", call, b"") for kind in kinds.split(",")]
+
+    assert sender.ingest(convert) == (4, [])
+    assert pending_keys(sender) == ["c1:RINGING", "c2:RINGING", "c2:ANSWERED", "c1:ANSWERED"]
+    assert sorted(os.listdir(sender.journals)) == [names[0], module_new.name]   # the module's older file: gone
+    assert spool._writing(f"{os.getpid()}.c-1.cgj", [f"{os.getpid()}-2.cgj"])   # another writer's newer file
+    assert not spool._writing("x.c-1.cgj", []) and not spool._writing("1.c-1.cgj", ["1.c-2.cgj"])
+
+
+def test_past_the_limit_the_sender_drops_what_no_worker_counted(tmp_path: Path) -> None:
+    """What Kamailio's module writes is counted by no worker: as the sender moves it, past CALLGATE_SPOOL_MAX
+    waiting events a new call's events are dropped (a problem logged), a call's end taken up to twice that."""
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=2)
+    os.makedirs(sender.journals)
+    module = Path(sender.journals) / f"{os.getpid()}.c-{time.time_ns()}.cgj"
+    module.write_bytes(b"".join(module_record((kinds, "0", "", call, "")) for kinds, call in (
+        ("RINGING", "c1"), ("RINGING", "c2"), ("RINGING", "c3"), ("ENDED", "c1"), ("RINGING,ENDED", "c4"),
+        ("ENDED", "c2"), ("ENDED", "c3"))))
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+
+    def convert(raw: bytes) -> list[tuple[str, str, bytes]]:
+        kinds, _, _, call, _ = raw[3:].decode().split("\0")
+        return [(f"{call}:{kind}", call, b"") for kind in kinds.split(",")]
+
+    moved, problems = sender.ingest(convert)
+    assert pending_keys(sender) == ["c1:RINGING", "c2:RINGING", "c1:ENDED", "c4:ENDED"]
+    assert moved == 4 and len(problems) == 1 and "4 call event(s) not spooled" in problems[0]
+    assert "CALLGATE_SPOOL_MAX" in problems[0]
+
+
+def test_near_the_limit_an_event_the_spool_holds_already_is_neither_counted_nor_dropped(tmp_path: Path) -> None:
+    """A RINGING written twice (a 180 and a 183 in two workers, or the module and the script) adds no row: near the
+    limit it takes no place a new call's event would have."""
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=2)
+    os.makedirs(sender.journals)
+
+    def convert(raw: bytes) -> list[tuple[str, str, bytes]]:
+        kinds, _, _, call, _ = raw[3:].decode().split("\0")
+        return [(f"{call}:{kind}", call, b"") for kind in kinds.split(",")]
+
+    module = Path(sender.journals) / f"{os.getpid()}.c-{time.time_ns()}.cgj"
+    module.write_bytes(module_record(("RINGING", "0", "", "c1", "")))
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest(convert) == (1, [])
+    with open(module, "ab") as more:   # c1's RINGING again, twice, then c2's: the one new row fits
+        more.write(b"".join(module_record(("RINGING", "0", "", call, "")) for call in ("c1", "c1", "c2")))
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest(convert) == (3, [])   # (rows offered: the table keeps one of each key)
+    assert pending_keys(sender) == ["c1:RINGING", "c2:RINGING"]

@@ -55,7 +55,7 @@ def test_a_call_is_remembered_in_one_variable_and_recalled_whole(kemi: tuple[Any
     script, pv = kemi
     fields = {"call": "a@b/1", "tenant": "acme", "dir": "inbound", "user": "u1",
               "caller": '"},{\\\x00é\r\n', "called": "+14155550199", "line": ""}
-    script.remember(**fields)
+    script.remember(script.call_record(**fields))
     assert pv.calls == 2 and set(pv.values) == {"$avp(cg)", "$dlg_var(cg)"}
     assert script.recall() == fields
     assert script.recall("$dlg_var(cg)") == fields
@@ -135,7 +135,7 @@ def call_through(script: Any, pv: Variables, worker: Any, fields: dict[str, str]
     script before this one) one variable a field."""
     pv.values.clear()
     if as_record:
-        script.remember(**fields)
+        script.remember(script.call_record(**fields))
     else:
         for name, value in fields.items():
             pv.values[f"$avp(cg_{name})"] = pv.values[f"$dlg_var(cg_{name})"] = value
@@ -242,3 +242,33 @@ def test_a_raw_record_the_sender_cannot_read_is_refused_with_a_reason(kemi: tupl
                      (b'R1\x00RINGING\x001\x00\x00{"call":"c","tenant":"t","caller":"\\ud800"}\x00', "surrogates")):
         with pytest.raises(ValueError, match=why):
             worker.events_of(raw)
+
+
+@pytest.mark.parametrize("as_record", [True, False])
+def test_a_failure_never_takes_who_rang_from_the_callers_invite(kemi: tuple[Any, Variables], worker_of: Any,
+                                                                 as_record: bool) -> None:
+    """In the failure route the message is the caller's INVITE, whose header list still holds the X-Callgate-User
+    the request route removed: the RINGING of a call that never rang names the record's user, never the caller's
+    choice."""
+    script, pv = kemi
+    worker = worker_of(Capture())
+    fields = {"call": "a@b/1", "tenant": "acme", "dir": "inbound", "user": "u1", **HOSTILE}
+    call_through(script, pv, worker, fields, as_record, [("failure", 480)], "mallory")
+    [(how, what, _)] = worker.spool.appended
+    events = worker.events_of(what) if how == "raw" else what
+    ringing = worker.pb.CallEventRequest.FromString(events[0][2])
+    assert [key.rpartition(":")[2] for key, _, _ in events] == ["RINGING", "ENDED"] and ringing.user == "u1"
+
+
+@pytest.mark.parametrize("talker", ["\udcff\udcfe", "u2\udcc3"])   # bytes no UTF-8, a character cut in two
+def test_a_pbx_header_that_is_no_utf8_names_the_records_user(kemi: tuple[Any, Variables], worker_of: Any,
+                                                             talker: str) -> None:
+    """What the PBX put in X-Callgate-User reaches the sender as bytes (Kamailio's module copies them, cut at 1 KiB):
+    bytes that are no UTF-8 name nobody, and the call's events are still made, with the record's user."""
+    script, _ = kemi
+    worker = worker_of(Capture())
+    record = script.call_record(call="a@b/1", tenant="acme", dir="inbound", user="u1", caller="+1", called="+2",
+                                line="")
+    raw = b"R1\0" + "\0".join(("RINGING,ANSWERED", "1800000000", "", record, talker)).encode("utf-8", "surrogateescape")
+    events = worker.events_of(raw)
+    assert [worker.pb.CallEventRequest.FromString(r).user for _, _, r in events] == ["u1", "u1"]

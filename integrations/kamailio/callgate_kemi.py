@@ -50,6 +50,13 @@ and written for node_exporter's textfile collector
 sent at once (within the deadline) for its credit hold: the dialog's timer
 is lowered to what the hold pays for.
 
+Where Kamailio loaded the callgate_events module (kamailio.cfg, -A
+WITH_CALLGATE_EVENTS; integrations/kamailio/callgate_events), an inbound or
+forwarded call's replies make its RINGING, ANSWERED and unanswered ENDED in
+C, appended to the worker's journal in the layout `spool_raw` writes, with
+no Python reply or failure route (`relay`: KSR.callgate_events.track); the
+dialog's end and an outbound call's replies stay here.
+
 Failure policy (CALLGATE_FAILURE), for callgate unreachable or later than
 the deadline (CALLGATE_DEADLINE_MS, default 50): `closed` (default) answers
 503; `open` forwards calls on a tenant's backup line to its backup number,
@@ -137,7 +144,8 @@ DEADLINE_S = int(os.environ.get("CALLGATE_DEADLINE_MS", "50")) / 1000
 FAILURE = os.environ.get("CALLGATE_FAILURE", "closed")
 ROUTE_URI = os.environ.get("CALLGATE_ROUTE_URI", "sip:127.0.0.1:5080")
 FAILOVER_FILE = os.environ.get("CALLGATE_FAILOVER", "")
-SPOOL_FILE = os.environ.get("CALLGATE_SPOOL", "/var/spool/callgate/events.sqlite")
+SPOOL_FILE = os.environ.get("CALLGATE_SPOOL") or "/var/spool/callgate/events.sqlite"   # (empty: the default,
+#                                                    as Kamailio's callgate_events module reads it)
 REPLICA_DIR = os.environ.get("CALLGATE_REPLICA_DIR", "")   # `callgate replica --dir`: decide inbound calls here
 REPLICA_COPY = os.environ.get("CALLGATE_REPLICA_COPY", "") == "1"  # a private copy per worker (memory benchmark)
 TIMINGS = os.environ.get("CALLGATE_TIMINGS", "")    # PATH: every inbound decision's ns appended to PATH.<pid>
@@ -184,6 +192,9 @@ def parse_trusted(text: str) -> list[tuple[Any, str]]:
 
 
 TRUSTED = parse_trusted(os.environ.get("CALLGATE_TRUSTED", ""))
+# Kamailio's callgate_events module (kamailio.cfg loads it with -A WITH_CALLGATE_EVENTS): a relayed call's replies
+# make its events in C, with no Python reply route (None: this script's routes make them)
+EVENTS_MODULE = getattr(KSR, "callgate_events", None)
 
 
 def outcome_of(status: int) -> str:
@@ -384,21 +395,24 @@ class kamailio:
         KSR.sl.send_reply(code, reason)
         return 1
 
-    def relay(self, events: bool = True) -> int:
-        """Relay statefully; with `events`, its replies and its end feed CallEvent (through the spool)."""
-        if events:  # (the caller put the call under the dialog module: dlg_manage, with what it remembers)
-            KSR.tm.t_on_reply("ksr_onreply_invite")
-            KSR.tm.t_on_failure("ksr_failure_invite")
+    def relay(self) -> int:
+        """Relay statefully (a call put under_dialog has its events followed)."""
         return 1 if KSR.tm.t_relay() > 0 else self.reply(500, "Relay Failed")
 
     @staticmethod
-    def remember(**fields: str) -> None:
-        """What the call's later events need, as one record (JSON) kept with the transaction (avp) and the
-        dialog (dlg_var): two calls into Kamailio, where a variable a field cost two calls a field here and one
-        or two a field read back at every reply (measured: replies 318 us of Python a call)."""
-        record = json.dumps(fields, separators=(",", ":"))
-        KSR.pv.sets("$avp(cg)", record)
-        KSR.dialog.var_sets("cg", record)
+    def call_record(**fields: str) -> str:
+        """What the call's later events need, as one record (JSON)."""
+        return json.dumps(fields, separators=(",", ":"))
+
+    @staticmethod
+    def remember(record: str, transaction: bool = True, dialog: bool = True) -> None:
+        """Keep the call's record (call_record) with the transaction (avp: for its replies) and the dialog
+        (dlg_var: for its end): a call into Kamailio each, where a variable a field cost two calls a field here
+        and one or two a field read back at every reply (measured: replies 318 us of Python a call)."""
+        if transaction:
+            KSR.pv.sets("$avp(cg)", record)
+        if dialog:
+            KSR.dialog.var_sets("cg", record)
 
     @staticmethod
     def record_text(pv: str = "$avp(cg)") -> str:
@@ -500,11 +514,11 @@ class kamailio:
         KSR.dialog.var_sets("cg_rung", "1")
         return ("RINGING",)
 
-    def spool_raw(self, kinds: tuple[str, ...], text: str, outcome: str = "") -> bool:
+    def spool_raw(self, kinds: tuple[str, ...], text: str, outcome: str = "", talker: str | None = None) -> bool:
         """Append the call's events `kinds` as the call's record (`text`, JSON as `remember` wrote it) and what
-        this reply adds, to this worker's journal: the sender makes the events of it (`events_of`).  Whether
-        it was taken."""
-        talker = self.user_header(kinds)
+        this reply adds (who rings or talks: `talker`, else the reply's X-Callgate-User), to this worker's
+        journal: the sender makes the events of it (`events_of`).  Whether it was taken."""
+        talker = self.user_header(kinds) if talker is None else talker
         try:
             # the header last, whole: the other fields never hold a NUL (JSON escapes it), so it may
             raw = (RAW_TAG + "\0".join((",".join(kinds), str(int(time.time())), outcome, text, talker))).encode(
@@ -546,7 +560,7 @@ class kamailio:
         if BYPASS:
             KSR.setdsturi(ROUTE_URI)
             KSR.dialog.dlg_manage()
-            return self.relay(events=False)
+            return self.relay()
         self.refresh_failover()
         caller, called = KSR.pv.get("$fU") or "", KSR.pv.get("$rU") or ""
         if tenant is not None:  # a user of a tenant, authenticated by its PBX
@@ -575,12 +589,21 @@ class kamailio:
 
     def under_dialog(self, timeout_s: int, **fields: str) -> None:
         """Track the call as a dialog (its end is its ENDED; it ends itself, BYE both ways, after `timeout_s` of
-        talk) and remember what its later events need.  Its callgate id, tenant and direction also ride in the
-        Record-Route, so that its BYE is still recognised after a Kamailio restart has lost the dialog."""
+        talk) with its events followed: where Kamailio loaded the callgate_events module, it makes them in C, the
+        replies' (track: 1) and the dialog's end too (2), except for an outbound call's replies (its RINGING is
+        sent at once for its hold); what it does not make, this script's routes do, from the record kept where
+        they read it (`remember`).  The call's callgate id, tenant and direction also ride in the Record-Route,
+        so that its BYE is still recognised after a Kamailio restart has lost the dialog."""
         call_id = self.new_call_id()
         KSR.pv.seti("$avp(cg_timeout)", talk_timer(timeout_s))  # the dialog module's timeout_avp
+        record = self.call_record(call=call_id, **fields)
+        # (before dlg_manage: the module follows the dialog made next)
+        tracked = EVENTS_MODULE.track(record) if EVENTS_MODULE is not None and fields.get("dir") != "outbound" else 0
         KSR.dialog.dlg_manage()
-        self.remember(call=call_id, **fields)
+        self.remember(record, transaction=tracked < 1, dialog=tracked < 2)
+        if tracked < 1:
+            KSR.tm.t_on_reply("ksr_onreply_invite")
+            KSR.tm.t_on_failure("ksr_failure_invite")
         KSR.rr.add_rr_param(f";cgc={call_id.encode().hex()};cgt={fields.get('tenant', '').encode().hex()}")
 
     def inbound(self, tenant: str, caller: str, called: str) -> int:
@@ -664,8 +687,8 @@ class kamailio:
         KSR.setdsturi(ROUTE_URI)
         # the talk the credit pays for: the dialog ends itself (BYE both ways) when it is used up; billed at
         # the line the decision chose (the RINGING names it: a rule changed meanwhile does not unbill the call)
-        self.under_dialog(d.max_duration_s, tenant=tenant, dir="outbound", user=user, caller=user,
-                          called=destination, line=d.line)
+        self.under_dialog(d.max_duration_s, tenant=tenant, dir="outbound", user=user, caller=user, called=destination,
+                          line=d.line)
         return self.relay()
 
     def pickup(self, tenant: str, user: str, dialed: str) -> int:
@@ -677,7 +700,7 @@ class kamailio:
         KSR.hdr.append(f"X-Callgate-Intercept: {d.call_id}\r\n")
         KSR.setdsturi(ROUTE_URI)
         KSR.dialog.dlg_manage()  # its in-dialog requests are ours to relay (no events: the picked call has them)
-        return self.relay(events=False)
+        return self.relay()
 
     def entry_of(self, number: str) -> dict[str, Any]:
         """The failover table's entry of a number (sent with or without '+'), {} for none."""
@@ -794,14 +817,16 @@ class kamailio:
         """A negative final reply (or the INVITE timer's 408): the call ended unanswered, with its outcome."""
         status = int(KSR.pv.get("$T_reply_code") or 0)
         text = self.record_text()
+        # no X-Callgate-User: here the message is the caller's INVITE, whose headers still list the ones the
+        # request route removed (a removal only marks them): an outside caller would name who "rang"; the
+        # call's record names the user instead
         if text:   # (no RPC at a failure: any call's record goes to the journal as it is)
-            self.spool_raw((*self.ring_kinds(), "ENDED"), text, outcome_of(status))
+            self.spool_raw((*self.ring_kinds(), "ENDED"), text, outcome_of(status), talker="")
             return 1
         call = self.recall()
         if not call.get("call"):
             return 1
-        kinds = (*self.ring_kinds(), "ENDED")
-        self.spool_events(self.call_events(kinds, call, self.user_header(kinds), outcome_of(status)))
+        self.spool_events(self.call_events((*self.ring_kinds(), "ENDED"), call, "", outcome_of(status)))
         return 1
 
     def ksr_dialog_event(self, msg: Any, evname: str) -> int:
@@ -899,6 +924,10 @@ class kamailio:
         if len(parts) != 5 or not parts[1].isdigit():
             raise ValueError(f"a raw record without its fields ({len(raw)} bytes)")
         kinds, at, outcome, text, header_user = parts
+        try:   # a PBX's header bytes that are no UTF-8 (or cut inside a character) name nobody: the record's user
+            header_user.encode("utf-8")
+        except UnicodeEncodeError:
+            header_user = ""
         try:
             record = json.loads(text)
         except (ValueError, RecursionError):   # (nested past the parser's depth: no record `remember` writes)

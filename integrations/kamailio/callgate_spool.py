@@ -68,9 +68,12 @@ def retry_locked(fn: Callable[[], T], patience_s: float, pause_s: float = 0.0) -
 
 
 def _writing(name: str, names: list[str]) -> bool:
-    """Whether a journal may still be written: its process is alive and this is its newest journal."""
-    pid = name.partition("-")[0]
-    if not pid.isdigit() or any(other.startswith(pid + "-") and other > name for other in names):
+    """Whether a journal may still be written: its process is alive and this is its writer's newest journal.  A
+    process has two writers: this module's Journal (PID-NS.cgj) and Kamailio's callgate_events module
+    (PID.c-NS.cgj)."""
+    writer = name.partition("-")[0]
+    pid = writer.partition(".")[0]
+    if not pid.isdigit() or any(other.startswith(writer + "-") and other > name for other in names):
         return False
     try:
         os.kill(int(pid), 0)
@@ -94,6 +97,8 @@ class Journal:
     def append(self, items: list[tuple[str, str, bytes]], raw: bool = False) -> None:
         """Append (key, call, request) events in one write(), or with `raw` ("", "", raw record) items; OSError
         when the disk refuses it (nothing of them is left in the file then)."""
+        if self._fd < 0 or self._pid != os.getpid() or self._size >= ROTATE_BYTES:
+            self._open()   # (before the clocks: a record stamped before a slow open could be read after a later one)
         now_ns, wall = time.monotonic_ns(), time.time()
         records = []
         for key, call, request in items:
@@ -107,8 +112,6 @@ class Journal:
                                         wall, len(k), len(c)))
             records.append(payload)
         data = b"".join(records)
-        if self._fd < 0 or self._pid != os.getpid() or self._size >= ROTATE_BYTES:
-            self._open()
         try:
             written = os.write(self._fd, data)
         except OSError:
@@ -343,6 +346,7 @@ class Spool:
             except ValueError as exc:
                 problems.append(f"a record of the journals could not be made into events, its events lost: "
                                 f"{str(exc)[:200]}")
+        rows = self._within_limit(rows, problems)
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("INSERT OR IGNORE INTO events (key, call, request, created) VALUES (?, ?, ?, ?)", rows)
@@ -354,6 +358,39 @@ class Spool:
             raise
         self._forget_finished(names, ends)
         return len(rows), problems
+
+    def _within_limit(self, rows: list[tuple[str, str, bytes, float]], problems: list[str]
+                      ) -> list[tuple[str, str, bytes, float]]:
+        """The rows the spool takes: past `max_pending` waiting events a new call's events are dropped, an ENDED is
+        taken up to twice that (as `full` has the SIP workers do as they append: kept here too for the records
+        Kamailio's callgate_events module writes, which no count is read for); what is dropped is a problem."""
+        if not rows:
+            return rows
+        conn = self.conn()
+        pending = int(conn.execute("SELECT COUNT(*) FROM events WHERE state = 0").fetchone()[0])
+        if pending + len(rows) <= self.max_pending:
+            return rows
+        # near the limit: a row the table holds already (or an earlier row of this round) adds nothing, so it is
+        # neither counted nor dropped (INSERT OR IGNORE leaves it out)
+        keys = [row[0] for row in rows]
+        seen: set[str] = set()
+        for at in range(0, len(keys), 900):   # (within SQLite's limit of bound parameters)
+            part = keys[at:at + 900]
+            seen.update(k for (k,) in conn.execute(
+                f"SELECT key FROM events WHERE key IN ({','.join('?' * len(part))})", part))
+        kept = []
+        for row in rows:
+            if row[0] in seen:
+                kept.append(row)
+                continue
+            if pending < (2 * self.max_pending if row[0].endswith(":ENDED") else self.max_pending):
+                kept.append(row)
+                seen.add(row[0])
+                pending += 1
+        if len(kept) < len(rows):
+            problems.append(f"{len(rows) - len(kept)} call event(s) not spooled, lost: the spool holds {pending} "
+                            f"waiting events, its limit (CALLGATE_SPOOL_MAX) is {self.max_pending}")
+        return kept
 
     def _forget_finished(self, names: list[str], ends: dict[str, bool]) -> None:
         """Remove the journals read to their end whose process will write no more: a newer journal of the same

@@ -1,0 +1,400 @@
+/*
+ * callgate_events: the call events of a relayed INVITE (RINGING, ANSWERED, ENDED of an unanswered call), captured
+ * by tm in C and appended to this process's journal of callgate's event spool (callgate_spool.py), as raw records
+ * the spool's sender reads like the ones callgate_kemi.py writes itself (`spool_raw`).
+ *
+ * Why: in callgate_kemi.py the 180 and the 200 of every call ran a Python reply route, ~70 us of CPU each with a
+ * SIP worker's cold caches (the SIP benchmark: ~145 us a call, a sixth of what callgate added to the relay).  Here
+ * a reply costs a callback and, for the replies that make an event, one write().
+ *
+ * KSR.callgate_events.track(record), in the request route before t_relay(), with the call's record as
+ * callgate_kemi.py's `remember` made it (JSON): the transaction's replies then make the events, as
+ * ksr_onreply_invite and ksr_failure_invite do:
+ *   - the first 180 or 183 relayed: RINGING; the 200: ANSWERED (RINGING,ANSWERED without a ringing before);
+ *   - a negative final outcome (tm's failure handling: every branch failed, or the INVITE timer's 408):
+ *     ENDED with the outcome of its code (RINGING,ENDED if it never rang);
+ *   - the X-Callgate-User of the 18x or 200 that made the event names who rings or talks (a failure names
+ *     none: the sender takes the record's user).
+ *   - the end of its dialog (a BYE, or the dialog's timer): ENDED, answered, as ksr_dialog_event does, for the
+ *     dialog the dialog module makes for this INVITE next (dlg_manage() after track()); track() returns 2 when
+ *     it will follow the dialog too, 1 when the replies only (no dialog module: the script makes the end).
+ * An outbound call's replies stay in Python (its RINGING is sent at once for its credit hold).
+ *
+ * The journal: CALLGATE_SPOOL (the environment, as the script reads it) + ".journal/", one file per process
+ * named PID.c-NS.cgj (the script's own journal is PID-NS.cgj: two writers in one process never share a file),
+ * a new one after 16 MiB.  A record (callgate_spool._RECORD, little-endian): magic "CGJ2" (raw), payload bytes,
+ * crc32 of the payload, CLOCK_MONOTONIC ns, wall time (double), 0, 0; then the payload: "R1\0" KINDS "\0" AT
+ * "\0" OUTCOME "\0" RECORD "\0" USER.  One write() each; a write the disk refuses whole or in part is cut back
+ * (nothing of it stays) and logged: its events are lost, as the script's are.  The limit of waiting events
+ * (CALLGATE_SPOOL_MAX) is kept by the sender as it moves the journals.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "../../core/sr_module.h"
+#include "../../core/dprint.h"
+#include "../../core/mem/mem.h"
+#include "../../core/mem/shm_mem.h"
+#include "../../core/kemi.h"
+#include "../../core/parser/msg_parser.h"
+#include "../../core/parser/parse_hname2.h"
+#include "../../modules/tm/tm_load.h"
+#include "../../modules/dialog/dlg_load.h"
+
+MODULE_VERSION
+
+#define CG_RAW_MAGIC 0x324A4743u        /* callgate_spool._RAW_MAGIC */
+#define CG_RAW_TAG "R1\0"                /* callgate_kemi.RAW_TAG_BYTES */
+#define CG_RAW_TAG_LEN 3
+#define CG_ROTATE_BYTES (16 << 20)       /* callgate_spool.ROTATE_BYTES */
+#define CG_MAX_RECORD (1 << 20)          /* a call's record longer than this is not tracked (logged) */
+#define CG_USER_HEADER "X-Callgate-User"
+#define CG_USER_HEADER_LEN (sizeof(CG_USER_HEADER) - 1)
+#define CG_USER_MAX 1024                 /* the most of the header's value kept */
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the journal's records are little-endian: this module writes them as the machine lays them out"
+#endif
+
+#pragma pack(push, 1)
+typedef struct {
+	uint32_t magic, length, crc;
+	int64_t created_ns;
+	double wall;
+	uint16_t key, call;
+} cg_header_t;
+#pragma pack(pop)
+
+/* what a tracked transaction keeps (shared memory, freed with the transaction); its flags change under tm's
+ * reply lock only (both callbacks run under it) */
+typedef struct {
+	int rung;
+	int answered;
+	int ended;                   /* a dialog's end: set once, atomically (a BYE and the dialog's timer race) */
+	int len;
+	char record[1];
+} cg_call_t;
+
+static struct tm_binds tmb;
+static struct dlg_binds dlgb;
+static int with_dialogs = 0;              /* the dialog module is loaded: track() follows dialogs' ends too */
+/* the record of the call track() was given for the message this process handles: the dialog the dialog module
+ * makes for that message next (DLGCB_CREATED, in dlg_manage()) is followed to its end with it */
+static cg_call_t *pending_end = NULL;
+static unsigned int pending_msg = 0;
+static pid_t pending_pid = 0;
+
+static char *journal_dir = NULL;    /* CALLGATE_SPOOL + ".journal" */
+static int journal_fd = -1;
+static pid_t journal_pid = 0;
+static off_t journal_size = 0;
+
+static void on_created(struct dlg_cell *dlg, int type, struct dlg_cb_params *params);
+
+static int mod_init(void)
+{
+	const char *spool = getenv("CALLGATE_SPOOL");
+	size_t n;
+	if(load_tm_api(&tmb) < 0) {
+		LM_ERR("callgate_events: the tm module must be loaded before this one\n");
+		return -1;
+	}
+	if(load_dlg_api(&dlgb) == 0) {
+		if(dlgb.register_dlgcb(NULL, DLGCB_CREATED, on_created, NULL, NULL) != 0) {
+			LM_ERR("callgate_events: the dialog module's creations cannot be followed\n");
+			return -1;
+		}
+		with_dialogs = 1;
+	}
+	if(spool == NULL || spool[0] == '\0')
+		spool = "/var/spool/callgate/events.sqlite";   /* callgate_kemi.py's default */
+	n = strlen(spool) + sizeof(".journal");
+	journal_dir = (char *)malloc(n);
+	if(journal_dir == NULL) {
+		LM_ERR("callgate_events: no memory\n");
+		return -1;
+	}
+	snprintf(journal_dir, n, "%s.journal", spool);
+	return 0;
+}
+
+static void journal_close(void)
+{
+	if(journal_fd >= 0 && journal_pid == getpid())
+		close(journal_fd);
+	journal_fd = -1;
+}
+
+/* a journal file of this process with room: a new one after a fork and after CG_ROTATE_BYTES */
+static int journal_ready(void)
+{
+	char path[4096];
+	struct timespec now;
+	pid_t pid = getpid();
+	if(journal_fd >= 0 && journal_pid == pid && journal_size < CG_ROTATE_BYTES)
+		return 0;
+	journal_close();
+	if(mkdir(journal_dir, 0750) < 0 && errno != EEXIST) {
+		LM_ERR("callgate_events: the journal directory %s cannot be made: %s\n", journal_dir, strerror(errno));
+		return -1;
+	}
+	clock_gettime(CLOCK_REALTIME, &now);
+	if(snprintf(path, sizeof(path), "%s/%d.c-%lld.cgj", journal_dir, (int)pid,
+			   (long long)now.tv_sec * 1000000000LL + now.tv_nsec) >= (int)sizeof(path)) {
+		LM_ERR("callgate_events: the journal directory's name is too long\n");
+		return -1;
+	}
+	journal_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	if(journal_fd < 0) {
+		LM_ERR("callgate_events: the journal %s cannot be opened: %s\n", path, strerror(errno));
+		return -1;
+	}
+	journal_pid = pid;
+	journal_size = 0;
+	return 0;
+}
+
+/* the first X-Callgate-User of a reply being relayed (private memory: parsed here), trimmed as $hdr() has it */
+static str reply_user(struct sip_msg *rpl)
+{
+	str none = STR_NULL;
+	struct hdr_field *hf;
+	if(rpl == NULL || rpl == FAKED_REPLY)
+		return none;
+	if(parse_headers(rpl, HDR_EOH_F, 0) < 0)
+		return none;
+	for(hf = rpl->headers; hf != NULL; hf = hf->next) {
+		if(hf->name.len == (int)CG_USER_HEADER_LEN
+				&& strncasecmp(hf->name.s, CG_USER_HEADER, CG_USER_HEADER_LEN) == 0) {
+			str body = hf->body;
+			if(body.len > CG_USER_MAX) {   /* cut at a character's start: UTF-8 continuations are 10xxxxxx */
+				body.len = CG_USER_MAX;
+				while(body.len > 0 && ((unsigned char)body.s[body.len] & 0xC0) == 0x80)
+					body.len--;
+			}
+			return body;
+		}
+	}
+	return none;
+}
+
+static const char *outcome_of(struct cell *t, int code)
+{
+	/* a CANCEL of a branch that had sent nothing yet ends with tm's own 408 (cancel_b_method 1): cancelled */
+	if(t != NULL && (t->flags & T_CANCELED))
+		return "cancelled";
+	if(code == 486 || code == 600 || code == 603)
+		return "busy";
+	if(code == 408 || code == 480)
+		return "no_answer";
+	if(code == 487)
+		return "cancelled";
+	return "failed";
+}
+
+/* one raw record in one write(): the events KINDS of the call, what the reply adds */
+static void journal_append(cg_call_t *call, const char *kinds, const char *outcome, str user)
+{
+	char at[32];
+	char small[4096];
+	char *buf = small;
+	cg_header_t h;
+	struct timespec mono, wall;
+	size_t kinds_len = strlen(kinds), outcome_len = strlen(outcome), at_len, payload, total;
+	ssize_t written;
+	char *p;
+
+	/* the file first, then the clocks: a record stamped before a slow open could be read after a later one */
+	if(journal_ready() < 0) {
+		LM_ERR("callgate_events: %s of a call not spooled, lost: no journal\n", kinds);
+		return;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &mono);
+	clock_gettime(CLOCK_REALTIME, &wall);
+	at_len = (size_t)snprintf(at, sizeof(at), "%lld", (long long)wall.tv_sec);
+	payload = CG_RAW_TAG_LEN + kinds_len + 1 + at_len + 1 + outcome_len + 1 + (size_t)call->len + 1
+			  + (size_t)user.len;
+	total = sizeof(h) + payload;
+	if(total > sizeof(small)) {
+		buf = (char *)pkg_malloc(total);
+		if(buf == NULL) {
+			LM_ERR("callgate_events: no memory for an event record: %s of a call lost\n", kinds);
+			return;
+		}
+	}
+	p = buf + sizeof(h);
+	memcpy(p, CG_RAW_TAG, CG_RAW_TAG_LEN);
+	p += CG_RAW_TAG_LEN;
+	memcpy(p, kinds, kinds_len);
+	p += kinds_len;
+	*p++ = '\0';
+	memcpy(p, at, at_len);
+	p += at_len;
+	*p++ = '\0';
+	memcpy(p, outcome, outcome_len);
+	p += outcome_len;
+	*p++ = '\0';
+	memcpy(p, call->record, call->len);
+	p += call->len;
+	*p++ = '\0';
+	if(user.len > 0)
+		memcpy(p, user.s, user.len);
+
+	h.magic = CG_RAW_MAGIC;
+	h.length = (uint32_t)payload;
+	h.crc = (uint32_t)crc32(0L, (const Bytef *)(buf + sizeof(h)), (uInt)payload);
+	h.created_ns = (int64_t)mono.tv_sec * 1000000000LL + mono.tv_nsec;
+	h.wall = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
+	h.key = 0;
+	h.call = 0;
+	memcpy(buf, &h, sizeof(h));
+
+	do {
+		written = write(journal_fd, buf, total);
+	} while(written < 0 && errno == EINTR);
+	if(written == (ssize_t)total) {
+		journal_size += written;
+	} else {
+		LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kinds,
+				written < 0 ? strerror(errno) : "the disk took part of the record");
+		if(ftruncate(journal_fd, journal_size) < 0)
+			journal_close();   /* the next record begins a new file; the reader sets this one aside */
+	}
+	if(buf != small)
+		pkg_free(buf);
+}
+
+static void on_reply(struct cell *t, int type, struct tmcb_params *ps)
+{
+	cg_call_t *call;
+	int code = ps->code;
+	if(ps->param == NULL || *ps->param == NULL)
+		return;
+	call = (cg_call_t *)*ps->param;
+	if(type & TMCB_ON_FAILURE) {
+		/* no X-Callgate-User: tm keeps the failing reply as a clone in shared memory, parsed as far as tm needed
+		 * (parsing it further here would hang private memory on it); the RINGING of a call that never rang
+		 * names the record's user, as the script does for a 4xx without the header */
+		journal_append(call, call->rung ? "ENDED" : "RINGING,ENDED", outcome_of(t, code), (str)STR_NULL);
+		/* a 200 relayed after the failure (tm relays a late 2xx) makes no ANSWERED after the call's ENDED */
+		call->rung = call->answered = 1;
+		return;
+	}
+	if(code == 180 || code == 183) {
+		if(!call->rung) {
+			journal_append(call, "RINGING", "", reply_user(ps->rpl));
+			call->rung = 1;
+		}
+	} else if(code == 200 && !call->answered) {
+		journal_append(call, call->rung ? "ANSWERED" : "RINGING,ANSWERED", "", reply_user(ps->rpl));
+		call->rung = call->answered = 1;
+	}
+}
+
+static void free_call(void *param)
+{
+	shm_free(param);
+}
+
+static void on_dialog_end(struct dlg_cell *dlg, int type, struct dlg_cb_params *params)
+{
+	cg_call_t *call;
+	if(params == NULL || params->param == NULL || *params->param == NULL)
+		return;
+	call = (cg_call_t *)*params->param;
+	if(__sync_bool_compare_and_swap(&call->ended, 0, 1))
+		journal_append(call, "ENDED", "answered", (str)STR_NULL);
+}
+
+static void on_created(struct dlg_cell *dlg, int type, struct dlg_cb_params *params)
+{
+	cg_call_t *call = pending_end;
+	if(call == NULL)
+		return;
+	pending_end = NULL;
+	if(params == NULL || params->req == NULL || params->req->id != pending_msg || pending_pid != getpid()) {
+		shm_free(call);   /* the dialog of another message: the call track() was given made none */
+		return;
+	}
+	if(dlgb.register_dlgcb(dlg, DLGCB_TERMINATED | DLGCB_EXPIRED, on_dialog_end, call, free_call) != 0) {
+		shm_free(call);
+		LM_ERR("callgate_events: the dialog of a call cannot be followed: its ENDED is lost\n");
+	}
+}
+
+static cg_call_t *new_call(str *record)
+{
+	cg_call_t *call = (cg_call_t *)shm_malloc(sizeof(cg_call_t) + record->len);
+	if(call == NULL) {
+		LM_ERR("callgate_events: no shared memory to track a call\n");
+		return NULL;
+	}
+	call->rung = call->answered = call->ended = 0;
+	call->len = record->len;
+	memcpy(call->record, record->s, record->len);
+	return call;
+}
+
+/* KSR.callgate_events.track(record), before dlg_manage(): this INVITE's replies make the call's events (1), and
+ * the end of the dialog dlg_manage() makes next too (2), or -1 (logged) */
+static int ki_track(sip_msg_t *msg, str *record)
+{
+	cg_call_t *call;
+	if(msg == NULL || msg->first_line.type != SIP_REQUEST || msg->REQ_METHOD != METHOD_INVITE) {
+		LM_ERR("callgate_events: track() is for an INVITE's request route\n");
+		return -1;
+	}
+	if(record == NULL || record->len <= 0 || record->len > CG_MAX_RECORD) {
+		LM_ERR("callgate_events: a call record of %d bytes is not tracked\n", record ? record->len : -1);
+		return -1;
+	}
+	call = new_call(record);
+	if(call == NULL)
+		return -1;
+	if(tmb.register_tmcb(msg, 0, TMCB_RESPONSE_FWDED | TMCB_ON_FAILURE, on_reply, call, free_call) <= 0) {
+		shm_free(call);
+		LM_ERR("callgate_events: the call's replies cannot be followed\n");
+		return -1;
+	}
+	/* the dialog lives longer than the transaction: a record of its own, freed with the dialog */
+	if(!with_dialogs)
+		return 1;
+	if(pending_end != NULL)   /* given for an earlier message that made no dialog */
+		shm_free(pending_end);
+	pending_end = new_call(record);
+	if(pending_end == NULL)
+		return 1;
+	pending_msg = msg->id;
+	pending_pid = getpid();
+	return 2;
+}
+
+/* clang-format off */
+static sr_kemi_t sr_kemi_callgate_events_exports[] = {
+	{ str_init("callgate_events"), str_init("track"),
+		SR_KEMIP_INT, ki_track,
+		{ SR_KEMIP_STR, SR_KEMIP_NONE, SR_KEMIP_NONE,
+			SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE }
+	},
+	{ {0, 0}, {0, 0}, 0, NULL, { 0, 0, 0, 0, 0, 0 } }
+};
+
+struct module_exports exports = {
+	"callgate_events", DEFAULT_DLFLAGS, 0, 0, 0, 0, 0, mod_init, 0, 0
+};
+/* clang-format on */
+
+int mod_register(char *path, int *dlflags, void *p1, void *p2)
+{
+	sr_kemi_modules_add(sr_kemi_callgate_events_exports);
+	return 0;
+}
