@@ -17,6 +17,7 @@ and stopped by its PID.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -191,14 +192,22 @@ UAS_SCENARIOS = {
 
 
 def check_events_module() -> None:
-    """RuntimeError unless build/kamailio holds the callgate_events module built for the Kamailio installed."""
+    """RuntimeError unless build/kamailio holds the callgate_events module built for the Kamailio installed, from
+    the module's sources as they are (its stamp: the version and a hash of the sources, written by its build)."""
+    source = KAMAILIO_DIR / "callgate_events"
+    try:
+        installed = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "kamailio"], capture_output=True,
+                                   text=True, timeout=30).stdout.strip()
+    except OSError:
+        installed = ""
+    digest = hashlib.sha256((source / "callgate_events.c").read_bytes() + (source / "Makefile").read_bytes())
+    wanted = f"{installed} {digest.hexdigest()[:16]}"
     stamp = EVENTS_MODULE.with_suffix(".version")
-    installed = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "kamailio"], capture_output=True, text=True,
-                               timeout=30).stdout.strip()
     built = stamp.read_text().strip() if stamp.is_file() and EVENTS_MODULE.is_file() else ""
-    if not built or built != installed:
-        raise RuntimeError(f"{EVENTS_MODULE} is {'missing' if not built else f'built for Kamailio {built}'}, "
-                           f"Kamailio {installed or '(none)'} is installed: `make kamailio-module` builds it")
+    if not installed or built != wanted:
+        raise RuntimeError(f"{EVENTS_MODULE} is {'missing' if not built else 'stale'} (built: {built or '-'}; "
+                           f"wanted: Kamailio {installed or '(not installed)'}, these sources): "
+                           "`make kamailio-module` builds it")
 
 
 def free_sip_port() -> int:

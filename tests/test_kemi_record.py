@@ -43,6 +43,7 @@ def kemi(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Variables]]:
     ksr = types.ModuleType("KSR")
     ksr.pv = pv  # type: ignore[attr-defined]
     ksr.dialog = types.SimpleNamespace(var_sets=pv.var_sets)  # type: ignore[attr-defined]
+    ksr.tm = types.SimpleNamespace(t_is_canceled=lambda: -1)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "KSR", ksr)
     spec = importlib.util.spec_from_file_location("callgate_kemi_under_test", SCRIPT)
     assert spec is not None and spec.loader is not None

@@ -436,6 +436,10 @@ class kamailio:
         """A call made before `kamcmd app_python3.reload` brought this script: its fields one variable each (the
         script before this one), so that its answer and end still reach callgate."""
         dialog_only = pv.startswith("$dlg_var")
+        # (a call without them, the usual case since: one variable read, not seven, at every dialog's end)
+        if not (KSR.pv.get("$dlg_var(cg_call)") if dialog_only else
+                KSR.pv.get("$avp(cg_call)") or KSR.pv.get("$dlg_var(cg_call)")):
+            return {}
         record = {}
         for name in ("call", "tenant", "dir", "user", "caller", "called", "line"):
             value = (KSR.pv.get(f"$dlg_var(cg_{name})") if dialog_only else
@@ -590,17 +594,18 @@ class kamailio:
     def under_dialog(self, timeout_s: int, **fields: str) -> None:
         """Track the call as a dialog (its end is its ENDED; it ends itself, BYE both ways, after `timeout_s` of
         talk) with its events followed: where Kamailio loaded the callgate_events module, it makes them in C, the
-        replies' (track: 1) and the dialog's end too (2), except for an outbound call's replies (its RINGING is
-        sent at once for its hold); what it does not make, this script's routes do, from the record kept where
-        they read it (`remember`).  The call's callgate id, tenant and direction also ride in the Record-Route,
-        so that its BYE is still recognised after a Kamailio restart has lost the dialog."""
+        replies' (track) and the dialog's end (follow), except for an outbound call's replies (its RINGING is sent
+        at once for its hold); what it does not make, this script's routes do, from the record kept where they
+        read it (`remember`).  The call's callgate id, tenant and direction also ride in the Record-Route, so
+        that its BYE is still recognised after a Kamailio restart has lost the dialog."""
         call_id = self.new_call_id()
         KSR.pv.seti("$avp(cg_timeout)", talk_timer(timeout_s))  # the dialog module's timeout_avp
         record = self.call_record(call=call_id, **fields)
-        # (before dlg_manage: the module follows the dialog made next)
-        tracked = EVENTS_MODULE.track(record) if EVENTS_MODULE is not None and fields.get("dir") != "outbound" else 0
         KSR.dialog.dlg_manage()
-        self.remember(record, transaction=tracked < 1, dialog=tracked < 2)
+        module = EVENTS_MODULE
+        tracked = module.track(record) if module is not None and fields.get("dir") != "outbound" else -1
+        followed = module.follow(record) if module is not None else -1   # (the dialog dlg_manage made)
+        self.remember(record, transaction=tracked < 1, dialog=followed < 1)
         if tracked < 1:
             KSR.tm.t_on_reply("ksr_onreply_invite")
             KSR.tm.t_on_failure("ksr_failure_invite")
@@ -816,17 +821,19 @@ class kamailio:
     def ksr_failure_invite(self, msg: Any) -> int:
         """A negative final reply (or the INVITE timer's 408): the call ended unanswered, with its outcome."""
         status = int(KSR.pv.get("$T_reply_code") or 0)
+        # a CANCEL of a branch that had sent nothing yet ends with tm's own 408: cancelled, as the module says
+        outcome = "cancelled" if KSR.tm.t_is_canceled() > 0 else outcome_of(status)
         text = self.record_text()
         # no X-Callgate-User: here the message is the caller's INVITE, whose headers still list the ones the
         # request route removed (a removal only marks them): an outside caller would name who "rang"; the
         # call's record names the user instead
         if text:   # (no RPC at a failure: any call's record goes to the journal as it is)
-            self.spool_raw((*self.ring_kinds(), "ENDED"), text, outcome_of(status), talker="")
+            self.spool_raw((*self.ring_kinds(), "ENDED"), text, outcome, talker="")
             return 1
         call = self.recall()
         if not call.get("call"):
             return 1
-        self.spool_events(self.call_events((*self.ring_kinds(), "ENDED"), call, "", outcome_of(status)))
+        self.spool_events(self.call_events((*self.ring_kinds(), "ENDED"), call, "", outcome))
         return 1
 
     def ksr_dialog_event(self, msg: Any, evname: str) -> int:

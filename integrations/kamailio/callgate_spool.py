@@ -51,6 +51,7 @@ MAX_READ = 8 << 20                   # bytes read of one journal per round
 
 T = TypeVar("T")
 Event = tuple[str, str, bytes]      # (key, call, request): an event ready to send
+Row = tuple[str, str, bytes, float]  # an event and when it was written (wall time): a row of the table
 Convert = Callable[[bytes], Sequence[Event]]   # a raw record's events (ValueError: none can be made of it)
 
 
@@ -335,18 +336,18 @@ class Spool:
             offsets[name] = start + used
             ends[name] = start + used >= size
         found.sort(key=lambda r: r[0])   # one clock for every process: the order the events were written in
-        rows = []
+        events: list[list[Row]] = []   # each record's events, taken or dropped whole near the limit
         for _, wall, key, call, request in found:
             if key:
-                rows.append((key, call, request, wall))
+                events.append([(key, call, request, wall)])
                 continue
             try:   # a raw record: its events, in its order (the sort is stable), each with its time
                 assert convert is not None   # (read only with a converter)
-                rows.extend((k, c, r, wall) for k, c, r in convert(request))
+                events.append([(k, c, r, wall) for k, c, r in convert(request)])
             except ValueError as exc:
                 problems.append(f"a record of the journals could not be made into events, its events lost: "
                                 f"{str(exc)[:200]}")
-        rows = self._within_limit(rows, problems)
+        rows = self._within_limit(events, problems)
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("INSERT OR IGNORE INTO events (key, call, request, created) VALUES (?, ?, ?, ?)", rows)
@@ -359,11 +360,12 @@ class Spool:
         self._forget_finished(names, ends)
         return len(rows), problems
 
-    def _within_limit(self, rows: list[tuple[str, str, bytes, float]], problems: list[str]
-                      ) -> list[tuple[str, str, bytes, float]]:
-        """The rows the spool takes: past `max_pending` waiting events a new call's events are dropped, an ENDED is
-        taken up to twice that (as `full` has the SIP workers do as they append: kept here too for the records
-        Kamailio's callgate_events module writes, which no count is read for); what is dropped is a problem."""
+    def _within_limit(self, records: list[list[Row]], problems: list[str]) -> list[Row]:
+        """The rows the spool takes of the records' events: past `max_pending` waiting events a record of a call's
+        end alone is taken up to twice that, any other dropped whole (as `full` has the SIP workers refuse them as
+        they append: kept here too for the records Kamailio's callgate_events module writes, which no count is
+        read for); what is dropped is a problem."""
+        rows = [row for record in records for row in record]
         if not rows:
             return rows
         conn = self.conn()
@@ -379,14 +381,13 @@ class Spool:
             seen.update(k for (k,) in conn.execute(
                 f"SELECT key FROM events WHERE key IN ({','.join('?' * len(part))})", part))
         kept = []
-        for row in rows:
-            if row[0] in seen:
-                kept.append(row)
-                continue
-            if pending < (2 * self.max_pending if row[0].endswith(":ENDED") else self.max_pending):
-                kept.append(row)
-                seen.add(row[0])
-                pending += 1
+        for record in records:
+            new = {row[0] for row in record} - seen
+            ended = all(row[0].endswith(":ENDED") for row in record)
+            if pending + len(new) <= (2 * self.max_pending if ended else self.max_pending):
+                kept.extend(record)
+                seen |= new
+                pending += len(new)
         if len(kept) < len(rows):
             problems.append(f"{len(rows) - len(kept)} call event(s) not spooled, lost: the spool holds {pending} "
                             f"waiting events, its limit (CALLGATE_SPOOL_MAX) is {self.max_pending}")

@@ -15,9 +15,10 @@
  *     ENDED with the outcome of its code (RINGING,ENDED if it never rang);
  *   - the X-Callgate-User of the 18x or 200 that made the event names who rings or talks (a failure names
  *     none: the sender takes the record's user).
- *   - the end of its dialog (a BYE, or the dialog's timer): ENDED, answered, as ksr_dialog_event does, for the
- *     dialog the dialog module makes for this INVITE next (dlg_manage() after track()); track() returns 2 when
- *     it will follow the dialog too, 1 when the replies only (no dialog module: the script makes the end).
+ * KSR.callgate_events.follow(record), after dlg_manage(): the end of the message's dialog (a BYE, or the dialog's
+ * timer) makes the call's ENDED, answered, as ksr_dialog_event does; once per call: not after an ENDED of a
+ * failure (tm relays a late 200, which revives the dialog).  Each returns 1, or -1 (logged where it is news)
+ * when the script must make those events itself.
  * An outbound call's replies stay in Python (its RINGING is sent at once for its credit hold).
  *
  * The journal: CALLGATE_SPOOL (the environment, as the script reads it) + ".journal/", one file per process
@@ -74,31 +75,30 @@ typedef struct {
 } cg_header_t;
 #pragma pack(pop)
 
-/* what a tracked transaction keeps (shared memory, freed with the transaction); its flags change under tm's
- * reply lock only (both callbacks run under it) */
+/* what a followed call keeps (shared memory), held by its transaction and its dialog: freed by the last of the
+ * two to let it go (refs).  rung and answered change under tm's reply lock only (its callbacks run under it);
+ * ended is set once, atomically (the failure, a BYE and the dialog's timer in different processes) */
 typedef struct {
+	int refs;
 	int rung;
 	int answered;
-	int ended;                   /* a dialog's end: set once, atomically (a BYE and the dialog's timer race) */
+	int ended;
 	int len;
 	char record[1];
 } cg_call_t;
 
 static struct tm_binds tmb;
 static struct dlg_binds dlgb;
-static int with_dialogs = 0;              /* the dialog module is loaded: track() follows dialogs' ends too */
-/* the record of the call track() was given for the message this process handles: the dialog the dialog module
- * makes for that message next (DLGCB_CREATED, in dlg_manage()) is followed to its end with it */
-static cg_call_t *pending_end = NULL;
-static unsigned int pending_msg = 0;
-static pid_t pending_pid = 0;
+static int with_dialogs = 0;              /* the dialog module is loaded: follow() can */
+/* the call track() was given for the message this process handles (its transaction holds it): follow() of the
+ * same message shares it */
+static cg_call_t *tracked_call = NULL;
+static unsigned int tracked_msg = 0;
 
 static char *journal_dir = NULL;    /* CALLGATE_SPOOL + ".journal" */
 static int journal_fd = -1;
 static pid_t journal_pid = 0;
 static off_t journal_size = 0;
-
-static void on_created(struct dlg_cell *dlg, int type, struct dlg_cb_params *params);
 
 static int mod_init(void)
 {
@@ -108,13 +108,7 @@ static int mod_init(void)
 		LM_ERR("callgate_events: the tm module must be loaded before this one\n");
 		return -1;
 	}
-	if(load_dlg_api(&dlgb) == 0) {
-		if(dlgb.register_dlgcb(NULL, DLGCB_CREATED, on_created, NULL, NULL) != 0) {
-			LM_ERR("callgate_events: the dialog module's creations cannot be followed\n");
-			return -1;
-		}
-		with_dialogs = 1;
-	}
+	with_dialogs = load_dlg_api(&dlgb) == 0;
 	if(spool == NULL || spool[0] == '\0')
 		spool = "/var/spool/callgate/events.sqlite";   /* callgate_kemi.py's default */
 	n = strlen(spool) + sizeof(".journal");
@@ -276,17 +270,19 @@ static void journal_append(cg_call_t *call, const char *kinds, const char *outco
 static void on_reply(struct cell *t, int type, struct tmcb_params *ps)
 {
 	cg_call_t *call;
-	int code = ps->code;
+	int code = ps->code, rung;
 	if(ps->param == NULL || *ps->param == NULL)
 		return;
 	call = (cg_call_t *)*ps->param;
+	rung = call->rung;
 	if(type & TMCB_ON_FAILURE) {
+		call->rung = call->answered = 1;   /* a 200 relayed after the failure (tm relays a late 2xx): no event */
+		if(!__sync_bool_compare_and_swap(&call->ended, 0, 1))
+			return;
 		/* no X-Callgate-User: tm keeps the failing reply as a clone in shared memory, parsed as far as tm needed
 		 * (parsing it further here would hang private memory on it); the RINGING of a call that never rang
 		 * names the record's user, as the script does for a 4xx without the header */
-		journal_append(call, call->rung ? "ENDED" : "RINGING,ENDED", outcome_of(t, code), (str)STR_NULL);
-		/* a 200 relayed after the failure (tm relays a late 2xx) makes no ANSWERED after the call's ENDED */
-		call->rung = call->answered = 1;
+		journal_append(call, rung ? "ENDED" : "RINGING,ENDED", outcome_of(t, code), (str)STR_NULL);
 		return;
 	}
 	if(code == 180 || code == 183) {
@@ -300,9 +296,11 @@ static void on_reply(struct cell *t, int type, struct tmcb_params *ps)
 	}
 }
 
-static void free_call(void *param)
+static void release_call(void *param)
 {
-	shm_free(param);
+	cg_call_t *call = (cg_call_t *)param;
+	if(call != NULL && __sync_sub_and_fetch(&call->refs, 1) == 0)
+		shm_free(call);
 }
 
 static void on_dialog_end(struct dlg_cell *dlg, int type, struct dlg_cb_params *params)
@@ -315,22 +313,6 @@ static void on_dialog_end(struct dlg_cell *dlg, int type, struct dlg_cb_params *
 		journal_append(call, "ENDED", "answered", (str)STR_NULL);
 }
 
-static void on_created(struct dlg_cell *dlg, int type, struct dlg_cb_params *params)
-{
-	cg_call_t *call = pending_end;
-	if(call == NULL)
-		return;
-	pending_end = NULL;
-	if(params == NULL || params->req == NULL || params->req->id != pending_msg || pending_pid != getpid()) {
-		shm_free(call);   /* the dialog of another message: the call track() was given made none */
-		return;
-	}
-	if(dlgb.register_dlgcb(dlg, DLGCB_TERMINATED | DLGCB_EXPIRED, on_dialog_end, call, free_call) != 0) {
-		shm_free(call);
-		LM_ERR("callgate_events: the dialog of a call cannot be followed: its ENDED is lost\n");
-	}
-}
-
 static cg_call_t *new_call(str *record)
 {
 	cg_call_t *call = (cg_call_t *)shm_malloc(sizeof(cg_call_t) + record->len);
@@ -338,14 +320,23 @@ static cg_call_t *new_call(str *record)
 		LM_ERR("callgate_events: no shared memory to track a call\n");
 		return NULL;
 	}
+	call->refs = 1;
 	call->rung = call->answered = call->ended = 0;
 	call->len = record->len;
 	memcpy(call->record, record->s, record->len);
 	return call;
 }
 
-/* KSR.callgate_events.track(record), before dlg_manage(): this INVITE's replies make the call's events (1), and
- * the end of the dialog dlg_manage() makes next too (2), or -1 (logged) */
+static int record_ok(str *record)
+{
+	if(record == NULL || record->len <= 0 || record->len > CG_MAX_RECORD) {
+		LM_ERR("callgate_events: a call record of %d bytes is not followed\n", record ? record->len : -1);
+		return 0;
+	}
+	return 1;
+}
+
+/* KSR.callgate_events.track(record): this INVITE's replies make the call's events (1), or -1 */
 static int ki_track(sip_msg_t *msg, str *record)
 {
 	cg_call_t *call;
@@ -353,35 +344,58 @@ static int ki_track(sip_msg_t *msg, str *record)
 		LM_ERR("callgate_events: track() is for an INVITE's request route\n");
 		return -1;
 	}
-	if(record == NULL || record->len <= 0 || record->len > CG_MAX_RECORD) {
-		LM_ERR("callgate_events: a call record of %d bytes is not tracked\n", record ? record->len : -1);
+	if(!record_ok(record))
 		return -1;
-	}
 	call = new_call(record);
 	if(call == NULL)
 		return -1;
-	if(tmb.register_tmcb(msg, 0, TMCB_RESPONSE_FWDED | TMCB_ON_FAILURE, on_reply, call, free_call) <= 0) {
+	if(tmb.register_tmcb(msg, 0, TMCB_RESPONSE_FWDED | TMCB_ON_FAILURE, on_reply, call, release_call) <= 0) {
 		shm_free(call);
 		LM_ERR("callgate_events: the call's replies cannot be followed\n");
 		return -1;
 	}
-	/* the dialog lives longer than the transaction: a record of its own, freed with the dialog */
-	if(!with_dialogs)
-		return 1;
-	if(pending_end != NULL)   /* given for an earlier message that made no dialog */
-		shm_free(pending_end);
-	pending_end = new_call(record);
-	if(pending_end == NULL)
-		return 1;
-	pending_msg = msg->id;
-	pending_pid = getpid();
-	return 2;
+	tracked_call = call;   /* (tm frees it no sooner than its next callback registered for another message) */
+	tracked_msg = msg->id;
+	return 1;
+}
+
+/* KSR.callgate_events.follow(record), after dlg_manage(): the end of the message's dialog makes the call's ENDED
+ * (1), or -1 (no dialog module, no dialog) */
+static int ki_follow(sip_msg_t *msg, str *record)
+{
+	struct dlg_cell *dlg;
+	cg_call_t *call;
+	if(!with_dialogs || msg == NULL || !record_ok(record))
+		return -1;
+	dlg = dlgb.get_dlg(msg);
+	if(dlg == NULL)
+		return -1;
+	if(tracked_call != NULL && tracked_msg == msg->id) {   /* one record for the call: one ENDED */
+		call = tracked_call;
+		__sync_fetch_and_add(&call->refs, 1);
+	} else if((call = new_call(record)) == NULL) {
+		dlgb.release_dlg(dlg);
+		return -1;
+	}
+	if(dlgb.register_dlgcb(dlg, DLGCB_TERMINATED | DLGCB_EXPIRED, on_dialog_end, call, release_call) != 0) {
+		release_call(call);
+		dlgb.release_dlg(dlg);
+		LM_ERR("callgate_events: the call's dialog cannot be followed\n");
+		return -1;
+	}
+	dlgb.release_dlg(dlg);
+	return 1;
 }
 
 /* clang-format off */
 static sr_kemi_t sr_kemi_callgate_events_exports[] = {
 	{ str_init("callgate_events"), str_init("track"),
 		SR_KEMIP_INT, ki_track,
+		{ SR_KEMIP_STR, SR_KEMIP_NONE, SR_KEMIP_NONE,
+			SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE }
+	},
+	{ str_init("callgate_events"), str_init("follow"),
+		SR_KEMIP_INT, ki_follow,
 		{ SR_KEMIP_STR, SR_KEMIP_NONE, SR_KEMIP_NONE,
 			SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE }
 	},
