@@ -323,3 +323,9 @@ def test_near_the_limit_an_event_the_spool_holds_already_is_neither_counted_nor_
     time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
     assert sender.ingest(convert) == (3, [])   # (rows offered: the table keeps one of each key)
     assert pending_keys(sender) == ["c1:RINGING", "c2:RINGING"]
+    with open(module, "ab") as more:   # the spool full: a repeat still adds nothing and is no loss; an end whose
+        #                                RINGING is held is a call's end alone (up to twice the limit)
+        more.write(module_record(("RINGING", "0", "", "c2", "")) + module_record(("RINGING,ENDED", "0", "", "c1", "")))
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest(convert) == (3, [])
+    assert pending_keys(sender) == ["c1:RINGING", "c2:RINGING", "c1:ENDED"]

@@ -601,10 +601,10 @@ class kamailio:
         call_id = self.new_call_id()
         KSR.pv.seti("$avp(cg_timeout)", talk_timer(timeout_s))  # the dialog module's timeout_avp
         record = self.call_record(call=call_id, **fields)
-        KSR.dialog.dlg_manage()
+        managed = KSR.dialog.dlg_manage() > 0
         module = EVENTS_MODULE
         tracked = module.track(record) if module is not None and fields.get("dir") != "outbound" else -1
-        followed = module.follow(record) if module is not None else -1   # (the dialog dlg_manage made)
+        followed = module.follow(record) if module is not None and managed else -1   # (the dialog made)
         self.remember(record, transaction=tracked < 1, dialog=followed < 1)
         if tracked < 1:
             KSR.tm.t_on_reply("ksr_onreply_invite")

@@ -382,9 +382,9 @@ class Spool:
                 f"SELECT key FROM events WHERE key IN ({','.join('?' * len(part))})", part))
         kept = []
         for record in records:
-            new = {row[0] for row in record} - seen
-            ended = all(row[0].endswith(":ENDED") for row in record)
-            if pending + len(new) <= (2 * self.max_pending if ended else self.max_pending):
+            new = {row[0] for row in record} - seen   # (none: the record adds nothing, and is kept)
+            ended = all(key.endswith(":ENDED") for key in new)
+            if not new or pending + len(new) <= (2 * self.max_pending if ended else self.max_pending):
                 kept.extend(record)
                 seen |= new
                 pending += len(new)

@@ -50,6 +50,7 @@
 #include "../../core/parser/parse_hname2.h"
 #include "../../modules/tm/tm_load.h"
 #include "../../modules/dialog/dlg_load.h"
+#include "../../modules/dialog/dlg_hash.h"
 
 MODULE_VERSION
 
@@ -91,9 +92,10 @@ static struct tm_binds tmb;
 static struct dlg_binds dlgb;
 static int with_dialogs = 0;              /* the dialog module is loaded: follow() can */
 /* the call track() was given for the message this process handles (its transaction holds it): follow() of the
- * same message shares it */
+ * same message takes it (once), and shares it */
 static cg_call_t *tracked_call = NULL;
 static unsigned int tracked_msg = 0;
+static int tracked_pid = 0;
 
 static char *journal_dir = NULL;    /* CALLGATE_SPOOL + ".journal" */
 static int journal_fd = -1;
@@ -340,6 +342,7 @@ static int record_ok(str *record)
 static int ki_track(sip_msg_t *msg, str *record)
 {
 	cg_call_t *call;
+	tracked_call = NULL;
 	if(msg == NULL || msg->first_line.type != SIP_REQUEST || msg->REQ_METHOD != METHOD_INVITE) {
 		LM_ERR("callgate_events: track() is for an INVITE's request route\n");
 		return -1;
@@ -354,8 +357,9 @@ static int ki_track(sip_msg_t *msg, str *record)
 		LM_ERR("callgate_events: the call's replies cannot be followed\n");
 		return -1;
 	}
-	tracked_call = call;   /* (tm frees it no sooner than its next callback registered for another message) */
+	tracked_call = call;   /* (held by tm: follow() right after, in this route, takes it; no later use) */
 	tracked_msg = msg->id;
+	tracked_pid = msg->pid;
 	return 1;
 }
 
@@ -370,8 +374,13 @@ static int ki_follow(sip_msg_t *msg, str *record)
 	dlg = dlgb.get_dlg(msg);
 	if(dlg == NULL)
 		return -1;
-	if(tracked_call != NULL && tracked_msg == msg->id) {   /* one record for the call: one ENDED */
-		call = tracked_call;
+	if(dlg->state >= DLG_STATE_DELETED) {   /* an earlier attempt's dialog, ended: it makes no end of this call */
+		dlgb.release_dlg(dlg);
+		return -1;
+	}
+	call = tracked_call;
+	tracked_call = NULL;
+	if(call != NULL && tracked_msg == msg->id && tracked_pid == msg->pid) {   /* one record: one ENDED */
 		__sync_fetch_and_add(&call->refs, 1);
 	} else if((call = new_call(record)) == NULL) {
 		dlgb.release_dlg(dlg);
