@@ -53,9 +53,11 @@ is lowered to what the hold pays for.
 Where Kamailio loaded the callgate_events module (kamailio.cfg, -A
 WITH_CALLGATE_EVENTS; integrations/kamailio/callgate_events), an inbound or
 forwarded call's replies make its RINGING, ANSWERED and unanswered ENDED in
-C, appended to the worker's journal in the layout `spool_raw` writes, with
-no Python reply or failure route (`relay`: KSR.callgate_events.track); the
-dialog's end and an outbound call's replies stay here.
+C (KSR.callgate_events.track), and any call's dialog's end its ENDED
+(follow), appended to the worker's journal in the layout `spool_raw`
+writes, with no Python reply, failure or dialog route (`under_dialog`); an
+outbound call's replies stay here, and whatever the module says it cannot
+follow.
 
 Failure policy (CALLGATE_FAILURE), for callgate unreachable or later than
 the deadline (CALLGATE_DEADLINE_MS, default 50): `closed` (default) answers

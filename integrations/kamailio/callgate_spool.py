@@ -253,11 +253,17 @@ class Spool:
     def full(self, ended: bool) -> bool:
         """Past `max_pending` (CALLGATE_SPOOL_MAX) waiting events new calls' events are refused; an ENDED is
         taken up to twice that (a lost ENDED leaves its call to the expiry, which bills it as talking until
-        then).  The count is read at most once a second per process."""
+        then).  The count is read at most once a second per process (`pending`)."""
+        return self.pending_count() >= (2 * self.max_pending if ended else self.max_pending)
+
+    def pending_count(self) -> int:
+        """The waiting events, read from the table at most once a second per process: a count scans them all
+        (100,000 while callgate is away), too much for every append or every round of the sender."""
         now = time.monotonic()
         if now - self._counted[0] > 1.0:
-            self._counted = (now, self.conn().execute("SELECT COUNT(*) FROM events WHERE state = 0").fetchone()[0])
-        return self._counted[1] >= (2 * self.max_pending if ended else self.max_pending)
+            self._counted = (now, int(self.conn().execute("SELECT COUNT(*) FROM events WHERE state = 0")
+                                      .fetchone()[0]))
+        return self._counted[1]
 
     def add_raw(self, payload: bytes, ended: bool) -> None:
         """Append a raw record (what the script's converter turns into events when the sender moves it: a
@@ -368,10 +374,11 @@ class Spool:
         rows = [row for record in records for row in record]
         if not rows:
             return rows
-        conn = self.conn()
-        pending = int(conn.execute("SELECT COUNT(*) FROM events WHERE state = 0").fetchone()[0])
+        pending = self.pending_count()
         if pending + len(rows) <= self.max_pending:
+            self._counted = (self._counted[0], pending + len(rows))   # (at most: a repeat adds no row)
             return rows
+        conn = self.conn()
         # near the limit: a row the table holds already (or an earlier row of this round) adds nothing, so it is
         # neither counted nor dropped (INSERT OR IGNORE leaves it out)
         keys = [row[0] for row in rows]
@@ -388,6 +395,7 @@ class Spool:
                 kept.extend(record)
                 seen |= new
                 pending += len(new)
+        self._counted = (self._counted[0], pending)
         if len(kept) < len(rows):
             problems.append(f"{len(rows) - len(kept)} call event(s) not spooled, lost: the spool holds {pending} "
                             f"waiting events, its limit (CALLGATE_SPOOL_MAX) is {self.max_pending}")
