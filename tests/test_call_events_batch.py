@@ -108,6 +108,29 @@ def test_one_calls_events_are_applied_in_the_order_given(stubs: tuple[Any, Any])
     assert unary == ["ringing", "ended", "FAILED_PRECONDITION"]
 
 
+def test_a_calls_first_event_not_answered_stops_that_call_only(stubs: tuple[Any, Any]) -> None:
+    """An ANSWERED refused (another user answered already) stops its call: the ENDED after it in the batch is
+    not tried (ABORTED), where applying it would end the call as the proxy never saw it; another call in the
+    same batch goes on.  The reply says the server keeps this rule (a client relies on it to send more than
+    one event of a call in a batch)."""
+    decisions, admin = stubs
+    ringing, answered, ended = outbound_call("s-1", NOW - 90)
+    other = outbound_call("s-2", NOW - 90)
+    assert code(decisions.CallEvents(decisions_pb2.CallEventBatch(events=[ringing, answered]), timeout=30)
+                .results[1]) == OK
+    stranger = EV(tenant="acme", call_id="s-1", kind=EV.ANSWERED, user="u1", at=NOW - 89)
+    reply = decisions.CallEvents(decisions_pb2.CallEventBatch(events=[stranger, other[0], ended, *other[1:]]),
+                                 timeout=30)
+    assert reply.stops_call_at_failure
+    r = reply.results
+    assert code(r[0]) == grpc.StatusCode.FAILED_PRECONDITION.value[0], r[0]
+    assert code(r[2]) == grpc.StatusCode.ABORTED.value[0] and "event 0" in r[2].error, r[2]
+    assert [code(r[1]), code(r[3]), code(r[4])] == [OK, OK, OK] and r[4].reply.charge == "0.04"
+    # the ENDED was not applied: sent again, it ends the call answered and bills it
+    again = decisions.CallEvents(decisions_pb2.CallEventBatch(events=[ended]), timeout=30).results[0]
+    assert code(again) == OK and again.reply.outcome == "answered" and again.reply.charge == "0.04"
+
+
 @pytest.mark.parametrize("n", [0, 1_001])
 def test_an_empty_or_oversized_batch_is_invalid_argument(stubs: tuple[Any, Any], n: int) -> None:
     decisions, _ = stubs

@@ -242,24 +242,31 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         return out
 
     async def call_events(self, r: decisions_pb2.CallEventBatch) -> decisions_pb2.CallEventBatchReply:
-        """Each event answered as CallEvent answers it, in order; one call's events one after the other, the
-        calls together (their commits grouped: the point of a batch, with one RPC's cost for all)."""
+        """Each event answered as CallEvent answers it, in order; one call's events one after the other, up to
+        the first not answered (the rest ABORTED, not tried: an ENDED applied after its call's failed ANSWERED
+        would end the call unanswered, unbilled), the calls together (their commits grouped: the point of a
+        batch, with one RPC's cost for all)."""
         n = len(r.events)
         if not 0 < n <= MAX_EVENTS:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"1 to {MAX_EVENTS:,} events per call, not {n:,}")
-        reply = decisions_pb2.CallEventBatchReply()
+        reply = decisions_pb2.CallEventBatchReply(stops_call_at_failure=True)
         results = [reply.results.add() for _ in range(n)]
         calls_of: dict[tuple[str, str], list[int]] = {}
         for i, event in enumerate(r.events):
             calls_of.setdefault((event.tenant, event.call_id), []).append(i)
 
         async def one_call(indexes: list[int]) -> None:
-            for i in indexes:
+            for at, i in enumerate(indexes):
                 try:
                     results[i].reply.CopyFrom(await self.call_event(r.events[i]))
-                except Exception as exc:  # this event's answer; the others go on
+                except Exception as exc:  # this event's answer; the call's later events are not tried
                     code, message = status_for(exc, "CallEvents")
                     results[i].error, results[i].error_code = message, code.value[0]
+                    for later in indexes[at + 1:]:
+                        results[later].error = (f"not tried: event {i} of the batch, of the same call, was not "
+                                                "answered; send this one again after it")
+                        results[later].error_code = grpc.StatusCode.ABORTED.value[0]
+                    return
 
         await asyncio.gather(*(one_call(indexes) for indexes in calls_of.values()))
         return reply
