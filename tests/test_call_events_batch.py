@@ -113,7 +113,7 @@ def test_a_calls_first_event_not_answered_stops_that_call_only(stubs: tuple[Any,
     not tried (ABORTED), where applying it would end the call as the proxy never saw it; another call in the
     same batch goes on.  The reply says the server keeps this rule (a client relies on it to send more than
     one event of a call in a batch)."""
-    decisions, admin = stubs
+    decisions, _ = stubs
     ringing, answered, ended = outbound_call("s-1", NOW - 90)
     other = outbound_call("s-2", NOW - 90)
     assert code(decisions.CallEvents(decisions_pb2.CallEventBatch(events=[ringing, answered]), timeout=30)

@@ -83,8 +83,11 @@ def test_workers_append_to_journals_and_the_sender_takes_them_in_order_once(tmp_
     assert sender.ingest() == (0, [])  # too young for this round: written as the sender read
     time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
     assert sender.ingest()[0] == 1 and pending_keys(sender)[-1] == "c3:RINGING"
-    # the oldest waiting event of each call
-    assert [request for _, request in sender.pending(10)] == [b"r1", b"r2", b"r3"]
+    # the oldest waiting events, and the oldest waiting event of each call
+    assert [request for _, _, request in sender.pending(10)] == [b"r1", b"r2", b"a1", b"e1", b"r3"]
+    assert [request for _, _, request in sender.pending(4)] == [b"r1", b"r2", b"a1", b"e1"]
+    assert [(call, request) for _, call, request in sender.pending(10, first_of_call=True)] == [
+        ("c1", b"r1"), ("c2", b"r2"), ("c3", b"r3")]
 
 
 def test_a_damaged_journal_loses_only_what_is_damaged(tmp_path: Path) -> None:

@@ -35,11 +35,11 @@ SIP worker only appends to its own journal of the spool (one write();
 CALLGATE_SPOOL.journal/, callgate_spool.py) the call's record as it holds
 it and what the reply adds (`spool_raw`: no JSON read, no message built on
 the SIP path), except for an outbound call's RINGING (below); a timer process
-(rtimer) moves the journals into the spool's SQLite file (CALLGATE_SPOOL),
-making the events of those records (`events_of`), in the order they were
-written, and sends what is pending, in order, in one CallEvents call a
-round (up to 500 events), with backoff while
-callgate is unreachable or slow.  An event callgate refuses for good (INVALID_ARGUMENT, NOT_FOUND,
+(rtimer) reads the journals, making the events of those records
+(`events_of`), in the order they were written, and sends them in one
+CallEvents call a round (up to 500 events); only what callgate did not
+answer goes into the spool's SQLite file (CALLGATE_SPOOL), sent first from
+then on, with backoff while callgate is unreachable or slow.  An event callgate refuses for good (INVALID_ARGUMENT, NOT_FOUND,
 FAILED_PRECONDITION, INTERNAL) is logged and kept as refused; the others wait
 and are sent again (callgate answers a replay with its recorded reply, so a
 repeat is harmless).  The spool survives a Kamailio restart, holds at most
@@ -254,6 +254,8 @@ class kamailio:
         self.backoff_until = 0.0
         self.failures = 0
         self.last_stats = 0.0
+        self.backlog = True      # events may wait in the spool's table (the sender looks, and knows from then on)
+        self.in_order = False    # callgate stops a call at its first event not answered (its last reply said so)
         self._local: Any = None
         self.local_decisions = 0
         self.timings = Timings(TIMINGS)  # used only with CALLGATE_TIMINGS
@@ -854,36 +856,80 @@ class kamailio:
     # -- the sender (an rtimer process) ------------------------------------------------------
 
     def ksr_callgate_sender(self, msg: Any, *_route: Any) -> int:
-        """Send the spooled events in one CallEvents call, the oldest waiting event of each call (a call's
-        events go in order, one per round); back off while callgate cannot take them."""
+        """A round of the sender: the SIP workers' new journal records are sent straight away in one CallEvents
+        call while nothing waits in the spool's table, and only what is not answered goes into it (the table is
+        the spool's backlog: an event written, then read, updated and marked there cost ~60 us a call); else
+        they join the table's backlog, sent oldest first.  A call's events go in order; back off while callgate
+        cannot take them."""
         now = time.monotonic()
+        intake = None
         try:
-            # the SIP workers' journals into the table, in order, once; also while callgate is away, so that the
-            # spool's figures and CALLGATE_SPOOL_MAX count every event the workers wrote
-            _, problems = self.spool.ingest(self.events_of)
-            for problem in problems:
-                KSR.err(f"callgate: event spool: {problem}\n")
-        except (sqlite3.Error, OSError) as exc:
-            KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be written: {exc}\n")
-        except Exception as exc:  # nothing moved, tried again next round; what waits in the table is still sent
-            KSR.err(f"callgate: the event spool's journals could not be moved: {exc!r:.300}\n")
+            intake = self.spool.read(self.events_of)
+        except OSError as exc:
+            KSR.err(f"callgate: the event spool's journals cannot be read: {exc}\n")
+        except Exception as exc:  # nothing read, tried again next round; what waits in the table is still sent
+            KSR.err(f"callgate: the event spool's journals could not be read: {exc!r:.300}\n")
         if now >= self.last_stats + 10:
             self.last_stats = now
             self.report()
-        if now < self.backoff_until:
-            return 1
+        if intake is not None:
+            settled: dict[str, tuple[int, str]] | None = None
+            if intake.records and not self.backlog and now >= self.backoff_until:
+                rows = intake.rows[:SENDER_BATCH]
+                answers = self.send([(call, request) for _, call, request, _ in rows])
+                settled = {rows[at][0]: (state, error) for at, state, error in answers}
+            try:
+                # also while callgate is away, so that the spool's figures and CALLGATE_SPOOL_MAX count every
+                # event the workers wrote; sent but not stored (a crash, a full disk): read and sent again, and
+                # callgate answers a replay with its recorded reply
+                if self.spool.store(intake, settled):
+                    self.backlog = True
+            except (sqlite3.Error, OSError) as exc:
+                KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be written: {exc}\n")
+            for problem in intake.problems:
+                KSR.err(f"callgate: event spool: {problem}\n")
+        if self.backlog and time.monotonic() >= self.backoff_until:
+            self.send_backlog()
+        return 1
+
+    def send_backlog(self) -> None:
+        """Send the oldest events waiting in the table (a call's first only, to a callgate that goes on with a
+        call after its event that failed) and mark those answered or refused."""
+        first_of_call = not self.in_order
         try:
-            rows = self.spool.pending(SENDER_BATCH)
+            waiting = self.spool.pending(SENDER_BATCH, first_of_call=first_of_call)
         except sqlite3.Error as exc:
             KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be read: {exc}\n")
-            return 1
-        if not rows:
-            return 1
+            return
+        if not waiting:
+            self.backlog = False
+            return
+        done = [(waiting[at][0], state, error)
+                for at, state, error in self.send([(call, request) for _, call, request in waiting])]
+        if done:
+            try:
+                self.spool.mark(done)
+            except sqlite3.Error as exc:  # sent again next time: a replay changes nothing
+                KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be written: {exc}\n")
+                return
+        # all of it answered (and nothing left behind it): the next round's events go straight away
+        self.backlog = first_of_call or len(done) < len(waiting) or len(waiting) == SENDER_BATCH
+
+    def send(self, events: list[tuple[str, bytes]]) -> list[tuple[int, int, str]]:
+        """Send events (call, request) in one CallEvents call: (position, SENT or REFUSED, error) of each that
+        callgate answered or refused for good; the others wait (and back off if callgate cannot take them).
+        A call's events after one of its own that is not answered wait too; to a callgate that does not stop
+        a call there itself (older than CallEventBatchReply.stops_call_at_failure) only each call's first is
+        sent."""
+        first: dict[str, int] = {}
+        for at, (call, _) in enumerate(events):
+            first.setdefault(call, at)
+        sent = list(range(len(events))) if self.in_order else sorted(first.values())
         # one unary call for the whole batch: a pipelined stream costs this process ~200 us of CPU per event in
         # grpcio's sync API (each message through its threads), a batch a few us per event
         batch = self.pb.CallEventBatch()
-        for _, blob in rows:
-            batch.events.add().MergeFromString(blob)
+        for at in sent:
+            batch.events.add().MergeFromString(events[at][1])
         done: list[tuple[int, int, str]] = []
         waiting = ""
         try:
@@ -893,20 +939,26 @@ class kamailio:
             if exc.code() == self.grpc.StatusCode.UNIMPLEMENTED:  # a rolling upgrade done proxies first
                 waiting += " (callgate is older than this script: upgrade callgate first; the events wait)"
         else:
+            self.in_order = reply.stops_call_at_failure
             # a reply that does not answer every event of the batch is no answer: nothing is taken as sent
-            whole = len(reply.results) == len(rows)
+            whole = len(reply.results) == len(sent)
             if not whole:
-                waiting = f"{len(reply.results)} results for {len(rows)} events"
-            for (row_id, _), result, event in zip(rows, reply.results, batch.events, strict=True) if whole else ():
+                waiting = f"{len(reply.results)} results for {len(sent)} events"
+            stopped: set[str] = set()   # calls whose later events wait
+            for at, result, event in zip(sent, reply.results, batch.events, strict=True) if whole else ():
+                call = events[at][0]
                 which = result.WhichOneof("result")
-                if which == "reply":
-                    done.append((row_id, SENT, ""))
+                if call in stopped:
                     continue
+                if which == "reply":
+                    done.append((at, SENT, ""))
+                    continue
+                stopped.add(call)
                 name = next((c.name for c in self.grpc.StatusCode if c.value[0] == result.error_code), "UNKNOWN")
                 if which == "error" and name in FINAL:
                     # refused for good: kept as refused, and the call's next event goes in the next round
                     KSR.warn(f"callgate: event {event.call_id} refused ({name}): {result.error}\n")
-                    done.append((row_id, REFUSED, f"{name}: {result.error}"))
+                    done.append((at, REFUSED, f"{name}: {result.error}"))
                 else:  # callgate cannot take it now (its store is busy or full), or said nothing: this call waits
                     waiting = waiting or f"{name}: {result.error or 'no answer'}"
         if waiting:
@@ -917,12 +969,7 @@ class kamailio:
                 KSR.warn(f"callgate: spooled events wait for callgate ({waiting[:200]}); next try in {wait:.1f} s\n")
         else:
             self.failures = 0
-        if done:
-            try:
-                self.spool.mark(done)
-            except sqlite3.Error as exc:  # sent again next time: a replay changes nothing
-                KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be written: {exc}\n")
-        return 1
+        return done
 
     def events_of(self, raw: bytes) -> list[tuple[str, str, bytes]]:
         """The events (key, call, request) of a raw record (`spool_raw`), as the SIP worker would have made

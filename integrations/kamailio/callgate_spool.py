@@ -4,10 +4,12 @@ Plain Python and SQLite: no Kamailio, no gRPC.
 Two halves.  A SIP worker appends a call's events to a journal of its own
 (`Journal`: one append-only file per process in SPOOL.journal/, a record
 per event, one write() each: ~5 us, never a lock, never a wait).  The
-sender (the rtimer process, the only writer of the SQLite file) moves what
-the journals hold into the spool's table (`Spool.ingest`), in the order the
-events were written across all processes, each record once (the offsets
-read commit with the rows), then sends what waits.  Measured before the
+sender (the rtimer process, the only writer of the SQLite file) reads what
+the journals hold (`Spool.read`), in the order the events were written
+across all processes, sends it, and keeps in the spool's table what was not
+answered (`Spool.store`: each record once, the offsets read commit with the
+rows; with nothing sent, all of it: `Spool.ingest`), which it sends until
+none waits.  Measured before the
 journals: an event appended to the shared SQLite file cost a SIP worker
 ~78 us of CPU and a read ~40 us (every transaction starts cold when eight
 processes write the file), a third of what the script added to a call.
@@ -34,7 +36,7 @@ import sqlite3
 import struct
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 PENDING, SENT, REFUSED = 0, 1, 2   # an event's state: waiting, answered by callgate, refused for good
@@ -195,6 +197,23 @@ def next_record(data: bytes, pos: int) -> int | None:
     return None
 
 
+class Intake:
+    """What a round read of the journals (`Spool.read`): each record's events, in the order written, and where
+    each journal's reading ends, for `Spool.store`.  (A plain class: the tests load this module by its path, where
+    a dataclass cannot find its module.)"""
+
+    def __init__(self) -> None:
+        self.records: list[list[Row]] = []
+        self.offsets: dict[str, int] = {}   # journal: bytes read
+        self.ends: dict[str, bool] = {}     # journal: read to its end
+        self.names: list[str] = []          # the journals found
+        self.problems: list[str] = []       # to log
+
+    @property
+    def rows(self) -> list[Row]:
+        return [row for record in self.records for row in record]
+
+
 class Spool:
     """Call events waiting for callgate: a SQLite file per host (PATH), its journals beside it (PATH.journal/).
 
@@ -212,6 +231,8 @@ class Spool:
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._counted = (0.0, 0)
+        self._known: dict[str, int] | None = None   # `_read_to`
+        self._known_pid = 0
 
     def conn(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # one connection per process, opened after the fork
@@ -242,6 +263,7 @@ class Spool:
                                 error    TEXT    NOT NULL DEFAULT '',
                                 done_at  REAL    NOT NULL DEFAULT 0)""")
             conn.execute("CREATE INDEX IF NOT EXISTS events_pending ON events (state, call, id)")
+            conn.execute("CREATE INDEX IF NOT EXISTS events_waiting ON events (state, id)")   # (the backlog in order)
             # how far each journal has been moved into the table (committed with the rows it moved)
             conn.execute("CREATE TABLE IF NOT EXISTS journals (name TEXT PRIMARY KEY, offset INTEGER NOT NULL)")
             conn.execute("PRAGMA busy_timeout = 200")
@@ -286,31 +308,37 @@ class Spool:
                                 f"(CALLGATE_SPOOL_MAX) is {self.max_pending}")
 
     def ingest(self, convert: Convert | None = None) -> tuple[int, list[str]]:
-        """Move the journals' new records into the table, in the order they were written across processes, each
-        once; journals read whole whose process is gone are removed.  A raw record (`add_raw`) becomes the
-        events `convert` makes of it, in its place in that order; one it refuses (ValueError) is logged and
-        dropped; any other exception is raised with nothing moved (tried again next time).  Without `convert`
-        (a script older than the spool module) a journal's records stop at its first raw one: it waits, logged
-        once.  (events moved, problems to log)."""
-        conn = self.conn()
+        """Move the journals' new records into the table (`read`, then `store`): (events moved, problems to
+        log)."""
+        intake = self.read(convert)
+        return self.store(intake), intake.problems
+
+    def read(self, convert: Convert | None = None) -> Intake:
+        """The journals' new records, in the order they were written across processes, each once (what a round
+        read counts as read when it is `store`d).  A raw record (`add_raw`) becomes the events `convert` makes of
+        it, in its place in that order; one it refuses (ValueError) is a problem and dropped; any other
+        exception is raised (nothing counts as read).  Without `convert` (a script older than the spool module)
+        a journal's records stop at its first raw one: it waits, logged once."""
         watermark = time.monotonic_ns() - WATERMARK_NS
+        intake = Intake()
         try:
-            names = sorted(n for n in os.listdir(self.journals) if n.endswith(JOURNAL_SUFFIX))
+            names = intake.names = sorted(n for n in os.listdir(self.journals) if n.endswith(JOURNAL_SUFFIX))
         except FileNotFoundError:
-            return 0, []
-        known = dict(conn.execute("SELECT name, offset FROM journals").fetchall())
+            return intake
+        known = self._read_to()
         found: list[tuple[int, float, str, str, bytes]] = []
-        offsets: dict[str, int] = {}
-        ends: dict[str, bool] = {}
-        problems = []
+        problems = intake.problems
         for name in names:
             path = os.path.join(self.journals, name)
-            start = int(known.get(name, 0))
+            start = known.get(name, 0)
             try:
                 with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if size <= start:   # (most journals, most rounds: nothing new)
+                        intake.offsets[name], intake.ends[name] = start, True
+                        continue
                     f.seek(start)
                     data = f.read(MAX_READ)
-                    size = os.fstat(f.fileno()).st_size
             except OSError as exc:
                 problems.append(f"journal {name} cannot be read: {exc}")
                 continue
@@ -339,32 +367,63 @@ class Spool:
                 problems.append(f"journal {name}: {damage[:80]} (byte {start + used:,}): {skip_to - used:,} bytes "
                                 "skipped, the events in them lost")
                 used = skip_to
-            offsets[name] = start + used
-            ends[name] = start + used >= size
+            intake.offsets[name] = start + used
+            intake.ends[name] = start + used >= size
         found.sort(key=lambda r: r[0])   # one clock for every process: the order the events were written in
-        events: list[list[Row]] = []   # each record's events, taken or dropped whole near the limit
         for _, wall, key, call, request in found:
             if key:
-                events.append([(key, call, request, wall)])
+                intake.records.append([(key, call, request, wall)])
                 continue
             try:   # a raw record: its events, in its order (the sort is stable), each with its time
                 assert convert is not None   # (read only with a converter)
-                events.append([(k, c, r, wall) for k, c, r in convert(request)])
+                intake.records.append([(k, c, r, wall) for k, c, r in convert(request)])
             except ValueError as exc:
                 problems.append(f"a record of the journals could not be made into events, its events lost: "
                                 f"{str(exc)[:200]}")
-        rows = self._within_limit(events, problems)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("INSERT OR IGNORE INTO events (key, call, request, created) VALUES (?, ?, ?, ?)", rows)
-            conn.executemany("INSERT INTO journals (name, offset) VALUES (?, ?) "
-                             "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset", list(offsets.items()))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self._forget_finished(names, ends)
-        return len(rows), problems
+        return intake
+
+    def store(self, intake: Intake, settled: Mapping[str, tuple[int, str]] | None = None) -> int:
+        """Count what `intake` read as read, and keep its events that wait: all of them, or, for those the
+        sender sent straight away (`settled`: key -> (SENT or REFUSED, error)), none answered and the refused
+        ones as refused (kept for the figures); in one transaction (none when nothing changed).  Journals read
+        whole whose process is gone are then removed.  The events kept waiting (past CALLGATE_SPOOL_MAX some
+        are dropped: a problem)."""
+        settled = settled or {}
+        records = [[row for row in record if row[0] not in settled] for record in intake.records]
+        kept = {id(row) for row in self._within_limit([record for record in records if record], intake.problems)}
+        now = time.time()
+        rows = []   # in the order written: pending (0) or refused (with why and when)
+        for record in intake.records:
+            for row in record:
+                state, error = settled.get(row[0], (PENDING, ""))
+                if state == REFUSED or id(row) in kept:
+                    rows.append((*row, state, error[:500], now if state else 0.0, 1 if state else 0))
+        known = self._read_to()
+        moved = {name: at for name, at in intake.offsets.items() if known.get(name) != at}
+        if rows or moved:
+            conn = self.conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT OR IGNORE INTO events (key, call, request, created, state, error, done_at, "
+                                 "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                conn.executemany("INSERT INTO journals (name, offset) VALUES (?, ?) "
+                                 "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset", list(moved.items()))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                self._known = None   # read again from the table
+                raise
+            known.update(moved)
+        self._forget_finished(intake.names, intake.ends)
+        return len(kept)
+
+    def _read_to(self) -> dict[str, int]:
+        """How far each journal has been moved (the table's `journals`, kept in memory by the one process that
+        writes it: the sender)."""
+        if self._known is None or self._known_pid != os.getpid():
+            self._known = {str(n): int(at) for n, at in self.conn().execute("SELECT name, offset FROM journals")}
+            self._known_pid = os.getpid()
+        return self._known
 
     def _within_limit(self, records: list[list[Row]], problems: list[str]) -> list[Row]:
         """The rows the spool takes of the records' events: past `max_pending` waiting events a record of a call's
@@ -417,13 +476,18 @@ class Spool:
             gone.append((name,))
         if gone:
             self.conn().executemany("DELETE FROM journals WHERE name = ?", gone)
+            for (name,) in gone:
+                self._read_to().pop(name, None)
 
-    def pending(self, limit: int) -> list[tuple[int, bytes]]:
-        """The oldest waiting event of each call (a call's next event goes only after this one is answered:
-        if it must wait, the ones after it wait too), oldest first."""
-        return self.conn().execute("""SELECT id, request FROM events WHERE id IN (
-                                          SELECT MIN(id) FROM events WHERE state = 0 GROUP BY call)
-                                      ORDER BY id LIMIT ?""", (limit,)).fetchall()
+    def pending(self, limit: int, first_of_call: bool = False) -> list[tuple[int, str, bytes]]:
+        """The oldest waiting events, (id, call, request), oldest first; with `first_of_call` only each call's
+        oldest (a call's next event goes only after this one is answered)."""
+        if first_of_call:
+            return self.conn().execute("""SELECT id, call, request FROM events WHERE id IN (
+                                              SELECT MIN(id) FROM events WHERE state = 0 GROUP BY call)
+                                          ORDER BY id LIMIT ?""", (limit,)).fetchall()
+        return self.conn().execute("SELECT id, call, request FROM events WHERE state = 0 ORDER BY id LIMIT ?",
+                                   (limit,)).fetchall()
 
     def mark(self, done: list[tuple[int, int, str]]) -> None:
         """(id, state, error) of events sent or refused for good."""

@@ -1,0 +1,216 @@
+"""The Kamailio script's sender (integrations/kamailio/callgate_kemi.py `ksr_callgate_sender`) over a real spool,
+with a stand-in for callgate's CallEvents: a round's new events go straight to callgate and only those not
+answered enter the spool's table; a call's events stay in order whatever fails; nothing is lost when the table
+cannot be written after a send."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from callgate.v1 import decisions_pb2
+
+from .test_kemi_record import Variables, kemi  # noqa: F401  (the script under a stand-in KSR)
+
+Verdict = Callable[[decisions_pb2.CallEventRequest], str]   # "" answered, else a grpc.StatusCode's name
+
+
+class CallEvents:
+    """callgate's CallEvents as far as the sender sees it: each event answered by `verdict`; a call stopped at its
+    first event not answered (the rest ABORTED) when `in_order`, as callgate does, else gone on with (a callgate
+    before that rule).  Every event it was sent, in order, in `seen`."""
+
+    def __init__(self, verdict: Verdict = lambda event: "", in_order: bool = True) -> None:
+        self.verdict, self.in_order = verdict, in_order
+        self.batches: list[list[str]] = []
+        self.down = False
+
+    def __call__(self, batch: Any, **kwargs: Any) -> decisions_pb2.CallEventBatchReply:
+        if self.down:
+            raise Unavailable()
+        self.batches.append([f"{e.call_id}:{decisions_pb2.CallEventRequest.Kind.Name(e.kind)}" for e in batch.events])
+        reply = decisions_pb2.CallEventBatchReply(stops_call_at_failure=self.in_order)
+        stopped: set[str] = set()
+        for event in batch.events:
+            result = reply.results.add()
+            name = "ABORTED" if event.call_id in stopped else self.verdict(event)
+            if not name:
+                result.reply.call_id = event.call_id
+                continue
+            result.error, result.error_code = f"{name} here", getattr(grpc.StatusCode, name).value[0]
+            if self.in_order:
+                stopped.add(event.call_id)
+        return reply
+
+    @property
+    def seen(self) -> list[str]:
+        return [key for batch in self.batches for key in batch]
+
+
+class Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.fixture
+def sender(kemi: tuple[Any, Variables], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:  # noqa: F811
+    script, _ = kemi
+    for level in ("err", "warn", "notice"):
+        monkeypatch.setattr(sys.modules["KSR"], level, lambda text: None, raising=False)
+    module = script.recall.__globals__
+    worker = script()
+    worker.spool = module["Spool"](str(tmp_path / "events.sqlite"), 1000)
+    worker._pid = os.getpid()
+    monkeypatch.setitem(module, "SPOOL_FILE", str(tmp_path / "events.sqlite"))
+    return worker
+
+
+def answering(sender: Any, server: CallEvents) -> CallEvents:
+    sender._stub = type("Stub", (), {"CallEvents": staticmethod(server)})()
+    return server
+
+
+def spool(sender: Any, *keys: str) -> None:
+    """Events `call:KIND` appended to the spool's journal as a SIP worker appends them, and old enough to read."""
+    items = []
+    for key in keys:
+        call, _, kind = key.partition(":")
+        request = decisions_pb2.CallEventRequest(tenant="acme", call_id=call, kind=getattr(
+            decisions_pb2.CallEventRequest, kind), at=int(time.time()))
+        items.append((key, call, request.SerializeToString()))
+    sender.spool.add(items)
+    time.sleep(0.025)   # past the round's watermark
+
+
+def round_(sender: Any) -> None:
+    sender.backoff_until = 0.0   # (no waiting out the back-off in a test)
+    sender.ksr_callgate_sender(None)
+
+
+def table(sender: Any) -> list[tuple[str, int]]:
+    return [(key, state) for key, state in sender.spool.conn().execute("SELECT key, state FROM events ORDER BY id")
+            if key != "w:RINGING"]
+
+
+CALL = ("RINGING", "ANSWERED", "ENDED")
+
+
+def calls(*ids: str) -> list[str]:
+    """Each call's three events, the calls interleaved as a busy proxy writes them."""
+    return [f"{call}:{kind}" for kind in CALL for call in ids]
+
+
+def warmed(sender: Any, server: CallEvents) -> None:
+    """One round with one event: the sender learns whether callgate stops a call at a failure."""
+    answering(sender, server)
+    spool(sender, "w:RINGING")
+    round_(sender)
+    round_(sender)   # (the table found empty: from now on a round's events go straight to callgate)
+    assert server.seen == ["w:RINGING"] and sender.in_order == server.in_order and not sender.backlog
+    server.batches.clear()
+
+
+def test_a_rounds_events_go_straight_to_callgate_in_one_call_and_never_enter_the_table(sender: Any) -> None:
+    server = CallEvents()
+    warmed(sender, server)
+    spool(sender, *calls("a", "b", "c"))
+    round_(sender)
+    assert server.batches == [calls("a", "b", "c")]
+    assert table(sender) == [] and not sender.backlog
+    round_(sender)                              # what was read counts as read: nothing sent twice
+    assert len(server.batches) == 1
+    read_to = dict(sender.spool.conn().execute("SELECT name, offset FROM journals"))
+    assert list(read_to.values()) == [os.path.getsize(os.path.join(sender.spool.journals, name)) for name in read_to]
+
+
+def test_a_call_callgate_cannot_take_waits_in_the_table_in_order_and_the_others_go(sender: Any) -> None:
+    server = CallEvents(lambda event: "UNAVAILABLE" if event.call_id == "b" else "")
+    warmed(sender, server)
+    spool(sender, *calls("a", "b", "c"))
+    before = time.monotonic()
+    sender.ksr_callgate_sender(None)
+    assert server.batches == [calls("a", "b", "c")]
+    assert table(sender) == [("b:RINGING", 0), ("b:ANSWERED", 0), ("b:ENDED", 0)]
+    assert sender.backoff_until > before and sender.backlog
+    server.verdict = lambda event: ""
+    spool(sender, *calls("d"))                  # while events wait, new ones join them, behind
+    round_(sender)
+    assert server.batches[1] == [*[f"b:{kind}" for kind in CALL], *calls("d")]
+    assert {state for _, state in table(sender)} == {1} and len(table(sender)) == 6
+    assert not sender.backlog
+    spool(sender, *calls("e"))                  # the backlog sent: straight to callgate again
+    round_(sender)
+    assert server.batches[2] == calls("e") and len(table(sender)) == 6
+
+
+def test_an_event_refused_for_good_is_kept_as_refused_and_its_calls_next_event_goes_next(sender: Any) -> None:
+    server = CallEvents(lambda event: "FAILED_PRECONDITION" if event.call_id == "b" and event.kind == 2 else "")
+    warmed(sender, server)
+    spool(sender, *calls("a", "b"))
+    before = time.monotonic()
+    sender.ksr_callgate_sender(None)
+    assert server.batches[0] == calls("a", "b")
+    assert table(sender)[:1] == [("b:ANSWERED", 2)]   # (the ENDED after it: next, sent at once from the table)
+    assert sender.backoff_until < before          # a refusal is no reason to wait
+    assert server.batches[1:] == [["b:ENDED"]] and table(sender) == [("b:ANSWERED", 2), ("b:ENDED", 1)]
+    assert sender.spool.stats()[2] == 1 and not sender.backlog
+
+
+def test_a_callgate_that_goes_on_after_a_failure_gets_one_event_per_call_a_batch(sender: Any) -> None:
+    """A callgate before CallEventBatchReply.stops_call_at_failure would apply a call's ENDED after its failed
+    ANSWERED (the call ended unanswered, unbilled): it never gets two events of a call in one batch."""
+    server = CallEvents(in_order=False)
+    warmed(sender, server)
+    spool(sender, *calls("a", "b"))
+    for _ in range(4):
+        round_(sender)
+    assert all(len({key.partition(":")[0] for key in batch}) == len(batch) for batch in server.batches)
+    assert sorted(server.seen) == sorted(calls("a", "b"))
+    for call in "ab":
+        assert [key for key in server.seen if key.startswith(call)] == [f"{call}:{kind}" for kind in CALL]
+    assert {state for _, state in table(sender)} == {1}
+
+
+def test_callgate_away_then_back_every_event_once_in_order(sender: Any) -> None:
+    server = CallEvents()
+    warmed(sender, server)
+    server.down = True
+    spool(sender, *calls("a", "b"))
+    round_(sender)
+    spool(sender, *calls("c"))
+    round_(sender)
+    assert server.batches == [] and len(table(sender)) == 9 and sender.failures == 2
+    server.down = False
+    round_(sender)
+    assert server.batches == [calls("a", "b") + calls("c")] and {s for _, s in table(sender)} == {1}
+
+
+def test_events_sent_but_not_stored_are_sent_again_not_lost(sender: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table cannot be written after a round's events were sent (a full disk, a kill -9 between the two):
+    what the round read does not count as read, and the next round sends it again (callgate answers a replay
+    with its recorded reply); an event callgate could not take is not lost either."""
+    server = CallEvents(lambda event: "UNAVAILABLE" if event.call_id == "b" else "")
+    warmed(sender, server)
+    spool(sender, *calls("a", "b"))
+    store = sender.spool.store
+
+    def full(*args: Any, **kwargs: Any) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(sender.spool, "store", full)
+    round_(sender)
+    assert server.batches == [calls("a", "b")] and table(sender) == []
+    monkeypatch.setattr(sender.spool, "store", store)
+    server.verdict = lambda event: ""
+    round_(sender)
+    assert server.batches[1] == calls("a", "b") and table(sender) == []
+    round_(sender)
+    assert len(server.batches) == 2
