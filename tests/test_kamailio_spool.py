@@ -284,6 +284,36 @@ def test_a_process_writes_two_journals_and_neither_is_removed_while_it_lives(tmp
     assert not spool._writing("x.c-1.cgj", []) and not spool._writing("1.c-1.cgj", ["1.c-2.cgj"])
 
 
+def test_a_dead_modules_journal_is_removed_once_read_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """The module's journals (PID.c-NS.cgj) as the script's: one whose process is gone (Kamailio stopped, or the
+    worker crashed) is read to its end and then removed; a live process's newest is read and kept (it may still
+    write)."""
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    os.makedirs(sender.journals)
+    child = os.fork()
+    if child == 0:   # a SIP worker that exits: its pid names a process no more
+        os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    dead = Path(sender.journals) / f"{child}.c-{time.time_ns()}.cgj"
+    dead.write_bytes(module_record(("RINGING", "0", "", "c9", "")) + module_record(("ENDED", "0", "", "c9", "")))
+    live = Path(sender.journals) / f"{os.getpid()}.c-{time.time_ns()}.cgj"
+    live.write_bytes(module_record(("RINGING", "0", "", "c1", "")))
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+
+    def convert(raw: bytes) -> list[tuple[str, str, bytes]]:
+        kinds, _, _, call, _ = raw[3:].decode().split("\0")
+        return [(f"{call}:{kind}", call, b"") for kind in kinds.split(",")]
+
+    assert sender.ingest(convert) == (3, [])
+    assert pending_keys(sender) == ["c9:RINGING", "c9:ENDED", "c1:RINGING"]
+    assert os.listdir(sender.journals) == [live.name]   # the dead writer's: read whole, gone
+    assert [n for (n,) in sender.conn().execute("SELECT name FROM journals")] == [live.name]
+    with open(live, "ab") as more:   # the live one still takes what its process writes next
+        more.write(module_record(("ENDED", "0", "", "c1", "")))
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest(convert) == (1, []) and pending_keys(sender)[-1] == "c1:ENDED"
+
+
 def test_past_the_limit_the_sender_drops_what_no_worker_counted(tmp_path: Path) -> None:
     """What Kamailio's module writes is counted by no worker: as the sender moves it, past CALLGATE_SPOOL_MAX
     waiting events a record of a new call's events is dropped whole (a problem logged), a record of a call's end
