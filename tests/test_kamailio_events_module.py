@@ -1,0 +1,154 @@
+"""Kamailio's callgate_events module (integrations/kamailio/callgate_events) where things go wrong, with real
+Kamailio, sipp and callgate: a PBX's X-Callgate-User past the 1 KiB it keeps.
+
+.ci/run installs what these need (kamailio, kamailio-python3-modules, sip-tester; `make kamailio-module` builds the
+module).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest import sip
+
+from .serving import Server, wait_for
+from .test_kamailio import OPEN, calls, delivered, expect, export_failover, push, sip_doc
+from .test_kamailio_spool import spool
+
+CUT_AT = 1024                              # the most of the header's value the module keeps (CG_USER_MAX)
+# a user name whose 256th character (4 bytes of UTF-8) spans bytes 1021..1024: the module keeps the 255 before it
+# and the "a", 256 characters, the most callgate takes (server/rpc/requests.py MAX_TEXT)
+LONG_USER = "a" + "\N{GRINNING FACE}" * 300
+CUT_USER = "a" + "\N{GRINNING FACE}" * 255
+# the same cut inside a 2-byte character: 1023 bytes, 512 characters, more than callgate takes
+WIDE_USER = "a" + "\N{LATIN SMALL LETTER E WITH ACUTE}" * 600
+WIDE_CUT = "a" + "\N{LATIN SMALL LETTER E WITH ACUTE}" * 511
+
+
+def answering_pbx(user: str) -> str:
+    """The "answer" PBX of loadtest.sip, naming `user` in the X-Callgate-User of its 180 and its 200."""
+    text = sip.UAS_SCENARIOS["answer"]
+    assert text.count("X-Callgate-User: u2") == 2
+    return text.replace("X-Callgate-User: u2", f"X-Callgate-User: {user}").replace(
+        'encoding="ISO-8859-1"', 'encoding="UTF-8"', 1)
+
+
+class ScriptedUas(sip.Uas):
+    """loadtest.sip's Uas playing a scenario of this file."""
+
+    def __init__(self, folder: Path, name: str, scenario: str) -> None:
+        self.port = sip.free_sip_port()
+        self.scenario = folder / f"uas-{name}.xml"
+        self.scenario.write_text(scenario, encoding="utf-8")
+        self.log = folder / f"uas-{self.port}.log"
+        self.proc = subprocess.Popen(["sipp", "-sf", str(self.scenario), "-i", "127.0.0.1", "-p", str(self.port),
+                                      "-nostdin", "-trace_msg", "-message_file", str(self.log)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self.proc.poll() is not None or _bound(self.port), timeout=10)
+        assert self.proc.poll() is None, f"sipp ({name}) did not start"
+
+
+def _bound(port: int) -> bool:
+    """Whether a socket is bound to UDP port `port` (/proc/net/udp: read, never a bind of our own that could take
+    the port from sipp as it starts)."""
+    lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    return any(line.split()[1].endswith(f":{port:04X}") for line in lines)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """callgate with acme, the PBXes of these tests, and a proxy with the module in front of each (one SIP worker
+    each: fewer processes to start)."""
+    missing = sip.missing_tools()
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: run .ci/run, or apt-get install {sip.PACKAGES}")
+    sip.check_events_module()
+    folder = tmp_path_factory.mktemp("events-module")
+    callgate = Server(folder / "data", seed=None)
+    started: list[Any] = [callgate]
+    try:
+        world: dict[str, Any] = {"folder": folder, "callgate": callgate, "failover": folder / "failover.json"}
+        push(world, sip_doc())
+        export_failover(callgate, world["failover"])
+        for name, scenario in (("long", answering_pbx(LONG_USER)), ("wide", answering_pbx(WIDE_USER))):
+            world[f"uas-{name}"] = uas = ScriptedUas(folder, name, scenario)
+            started.append(uas)
+        for name in ("long", "wide"):
+            world[name] = proxy = sip.Kamailio(folder, callgate.address, world[f"uas-{name}"].port,
+                                               failover=world["failover"], children=1)
+            started.append(proxy)
+        yield world
+    finally:
+        for p in reversed(started):
+            p.stop()
+
+
+def journal_records(proxy: sip.Kamailio) -> list[tuple[str, str, str, bytes]]:
+    """What the proxy's journals hold (the module's, PID.c-NS.cgj, and the script's, PID-NS.cgj; its processes
+    live, so their journals stay once read), in the order written: (kinds, outcome, callgate's call id, the user
+    bytes) a record; asserts each journal holds whole, sound records only."""
+    from callgate.v1 import decisions_pb2
+
+    found = []
+    for journal in Path(f"{proxy.spool}.journal").glob("*.cgj"):
+        data = journal.read_bytes()
+        records, took, damage = spool.read_journal(data, 2**62)
+        assert (damage, took) == ("", len(data)), f"{journal.name}: {damage or 'a partial record'} at byte {took}"
+        for created, _, key, call, payload in records:
+            if key:   # an event the script made itself
+                event = decisions_pb2.CallEventRequest.FromString(payload)
+                found.append((created, (key.rpartition(":")[2], event.outcome, call, event.user.encode())))
+                continue
+            assert payload.startswith(b"R1\0")   # a raw record (the module's layout, the script's spool_raw)
+            kinds, _, outcome, record, user = payload[3:].split(b"\0", 4)
+            found.append((created, (kinds.decode(), outcome.decode(), json.loads(record)["call"], user)))
+    return [record for _, record in sorted(found)]
+
+
+def callgate_call(world: dict[str, Any], caller: str, state: str = "ended") -> Any:
+    """The call from `caller` in callgate's registry (one)."""
+    try:
+        [call] = wait_for(lambda: [c for c in calls(world, state) if c.caller == caller], timeout=10)
+    except TimeoutError:
+        pytest.fail(f"callgate has no {state} call from {caller}")
+    return call
+
+
+def test_a_user_past_1_kib_is_cut_at_the_start_of_the_character_it_splits(world) -> None:
+    """The PBX names a user of 1,201 bytes whose 4-byte character spans byte 1024: the module keeps the 1,021 bytes
+    before that character, valid UTF-8, and callgate records that user as who rang and who answered."""
+    raw = LONG_USER.encode()
+    assert raw[:1021].decode() == CUT_USER and raw[1021:CUT_AT + 1].decode() == "\N{GRINNING FACE}"   # 1021..1024
+    caller = "+12125550301"
+    expect(world, "long", caller, OPEN, 200)
+    delivered(world, "long")
+    call = callgate_call(world, caller)
+    assert (call.ringing_user, call.answered_by, call.outcome) == (CUT_USER, CUT_USER, "answered")
+    mine = {kinds: user for kinds, _, call_id, user in journal_records(world["long"]) if call_id == call.call_id}
+    assert mine == {"RINGING": CUT_USER.encode(), "ANSWERED": CUT_USER.encode(), "ENDED": b""}
+
+
+def test_a_cut_user_longer_than_callgate_takes_is_refused_and_the_call_still_connects(world) -> None:
+    """The same cut inside a 2-byte character keeps 1,023 bytes, valid UTF-8, but 512 characters: more than the 256
+    callgate takes.  The call still connects; the events naming that user are refused for good (logged, never
+    sent again), as is the call's end (callgate knows no such call)."""
+    caller = "+12125550302"
+    expect(world, "wide", caller, OPEN, 200)
+    delivered(world, "wide")
+    mine = {kinds: user for kinds, _, _, user in journal_records(world["wide"])}   # (its only call)
+    assert mine == {"RINGING": WIDE_CUT.encode(), "ANSWERED": WIDE_CUT.encode(), "ENDED": b""}
+    with sqlite3.connect(world["wide"].spool) as conn:
+        states = {key.rpartition(":")[2]: (state, error) for key, state, error in conn.execute(
+            "SELECT key, state, error FROM events")}
+    assert {kind: state for kind, (state, _) in states.items()} == {"RINGING": 2, "ANSWERED": 2, "ENDED": 2}, states
+    assert states["RINGING"][1] == "INVALID_ARGUMENT: user is 512 characters long; at most 256"
+    assert not [c for c in calls(world, "ringing") + calls(world, "ended") if c.caller == caller]
+    assert "refused (INVALID_ARGUMENT): user is 512 characters long" in world["wide"].text()
+    assert "Traceback" not in world["wide"].text()
