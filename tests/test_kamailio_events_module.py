@@ -1,5 +1,5 @@
 """Kamailio's callgate_events module (integrations/kamailio/callgate_events) where things go wrong, with real
-Kamailio, sipp and callgate: a PBX's X-Callgate-User past the 1 KiB it keeps.
+Kamailio, sipp and callgate: a PBX's X-Callgate-User past the 1 KiB it keeps, a 200 relayed after tm ended the call.
 
 .ci/run installs what these need (kamailio, kamailio-python3-modules, sip-tester; `make kamailio-module` builds the
 module).
@@ -8,6 +8,7 @@ module).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -38,6 +39,44 @@ def answering_pbx(user: str) -> str:
     assert text.count("X-Callgate-User: u2") == 2
     return text.replace("X-Callgate-User: u2", f"X-Callgate-User: {user}").replace(
         'encoding="ISO-8859-1"', 'encoding="UTF-8"', 1)
+
+
+# a PBX that rings, lets the proxy's INVITE timer cancel the call, accepts the CANCEL and then answers the INVITE
+# anyway (its 200 crossed the CANCEL): the INVITE's Vias and Record-Route are kept from the INVITE, the last
+# message once the CANCEL came
+LATE_PBX = sip.HEAD + """<scenario name="callgate: a PBX whose 200 comes after the proxy's INVITE timer">
+  <recv request="INVITE" crlf="true">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="Via:" occurrence="1" assign_to="via1"/>
+      <ereg regexp=".*" search_in="hdr" header="Via:" occurrence="2" assign_to="via2"/>
+      <ereg regexp=".*" search_in="hdr" header="Record-Route:" assign_to="rr"/>
+    </action>
+  </recv>
+""" + sip._reply("180 Ringing", False) + """  <recv request="CANCEL"/>
+""" + sip._OK_TO_LAST + """  <pause milliseconds="200"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      Via:[$via1]
+      Via:[$via2]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      CSeq: 1 INVITE
+      Record-Route:[$rr]
+      X-Callgate-User: u2
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+    ]]>
+  </send>
+""" + sip._ANSWERED_THEN_BYE + "</scenario>\n"
+
+# the caller of that call: the proxy's 408 (ACKed), then the late 200, ACKed in its dialog and hung up
+LATE_CALLER = (sip.HEAD + '<scenario name="callgate: a 408, then a 200">\n' + sip.INVITE
+               + '  <recv response="180"/>\n  <recv response="408"/>\n' + sip._ACK_OF_REFUSAL
+               + '  <recv response="200" rrs="true"/>\n' + sip._in_dialog("ACK", 1)
+               + '  <pause milliseconds="100"/>\n' + sip._in_dialog("BYE", 2) + '  <recv response="200"/>\n'
+               + "</scenario>\n")
 
 
 class ScriptedUas(sip.Uas):
@@ -77,12 +116,14 @@ def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
         world: dict[str, Any] = {"folder": folder, "callgate": callgate, "failover": folder / "failover.json"}
         push(world, sip_doc())
         export_failover(callgate, world["failover"])
-        for name, scenario in (("long", answering_pbx(LONG_USER)), ("wide", answering_pbx(WIDE_USER))):
+        for name, scenario in (("long", answering_pbx(LONG_USER)), ("wide", answering_pbx(WIDE_USER)),
+                               ("late", LATE_PBX)):
             world[f"uas-{name}"] = uas = ScriptedUas(folder, name, scenario)
             started.append(uas)
-        for name in ("long", "wide"):
+        # (the late PBX's proxy: an INVITE timer of 0.5 s, after the 180, before its 200)
+        for name, fr_inv_ms in (("long", 30_000), ("wide", 30_000), ("late", 500)):
             world[name] = proxy = sip.Kamailio(folder, callgate.address, world[f"uas-{name}"].port,
-                                               failover=world["failover"], children=1)
+                                               failover=world["failover"], children=1, fr_inv_ms=fr_inv_ms)
             started.append(proxy)
         yield world
     finally:
@@ -152,3 +193,31 @@ def test_a_cut_user_longer_than_callgate_takes_is_refused_and_the_call_still_con
     assert not [c for c in calls(world, "ringing") + calls(world, "ended") if c.caller == caller]
     assert "refused (INVALID_ARGUMENT): user is 512 characters long" in world["wide"].text()
     assert "Traceback" not in world["wide"].text()
+
+
+def test_a_200_after_the_invite_timer_makes_no_answer_and_one_end(world) -> None:
+    """tm's INVITE timer ends the call (408 to the caller: ENDED, no_answer); the PBX's 200 comes after it and tm
+    relays it, the caller ACKs and hangs up through the proxy: no ANSWERED is made for the call, and its ENDED is
+    written once (the BYE makes none, in the module or the script)."""
+    folder = world["folder"]
+    scenario = folder / "uac-late.xml"
+    scenario.write_text(LATE_CALLER)
+    caller = "+12125550303"
+    done = subprocess.run(["sipp", "-sf", str(scenario), "-s", OPEN, world["late"].address, "-i", "127.0.0.1",
+                           "-p", str(sip.free_sip_port()), "-m", "1", "-key", "CALLER", caller, "-nostdin",
+                           "-timeout", "20s", "-timeout_error"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    delivered(world, "late")
+    call = callgate_call(world, caller)
+    assert (call.outcome, call.answered_by, call.ringing_user) == ("no_answer", "", "u2")
+    # the late 200's call was hung up through the proxy (Kamailio 5.6's dialog module does not revive the dialog
+    # the failure ended: "bogus event" in its log; its BYE is still one of a dialog it knows)
+    cid = call.call_id.rpartition("/")[0]
+    assert [m for m in world["uas-late"].messages().split("-" * 47)
+            if re.search(r"^BYE sip:", m, flags=re.MULTILINE) and f"Call-ID: {cid}\n" in m]
+    written = [(kinds, outcome) for kinds, outcome, call_id, _ in journal_records(world["late"])
+               if call_id == call.call_id]
+    assert written == [("RINGING", ""), ("ENDED", "no_answer")]
+    with sqlite3.connect(world["late"].spool) as conn:
+        keys = sorted(k for (k,) in conn.execute("SELECT key FROM events WHERE call = ?", (call.call_id,)))
+    assert keys == [f"{call.call_id}:ENDED", f"{call.call_id}:RINGING"]
