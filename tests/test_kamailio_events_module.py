@@ -1,12 +1,14 @@
 """Kamailio's callgate_events module (integrations/kamailio/callgate_events) where things go wrong, with real
-Kamailio, sipp and callgate: a PBX's X-Callgate-User past the 1 KiB it keeps, a 200 relayed after tm ended the call.
+Kamailio, sipp and callgate: a full disk under its journal, a PBX's X-Callgate-User past the 1 KiB it keeps, a 200
+relayed after tm ended the call.
 
 .ci/run installs what these need (kamailio, kamailio-python3-modules, sip-tester; `make kamailio-module` builds the
-module).
+module); the full disk mounts a small tmpfs, which needs root (as .ci/run runs).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import sqlite3
@@ -221,3 +223,84 @@ def test_a_200_after_the_invite_timer_makes_no_answer_and_one_end(world) -> None
     with sqlite3.connect(world["late"].spool) as conn:
         keys = sorted(k for (k,) in conn.execute("SELECT key FROM events WHERE call = ?", (call.call_id,)))
     assert keys == [f"{call.call_id}:ENDED", f"{call.call_id}:RINGING"]
+
+
+def _fill(folder: Path) -> Path:
+    """Fill the file system of `folder` to its last block (a file of zeros); the file, to free it again."""
+    filler = folder / ".filler"
+    with open(filler, "ab", buffering=0) as f:
+        while True:
+            try:
+                f.write(b"\0" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                break
+    return filler
+
+
+def test_a_full_disk_loses_events_whole_and_later_calls_reach_callgate(world, tmp_path: Path) -> None:
+    """The journal's disk full (a tmpfs of 64 KiB): calls still connect, each event the disk refuses is logged as
+    lost, whole or in part (a record the disk took part of is cut back: the journal holds whole records only, the
+    sender reads no damage); once there is room again, later calls' events reach callgate."""
+    proxy = sip.Kamailio(tmp_path, world["callgate"].address, world["uas-long"].port, failover=world["failover"],
+                         children=1)
+    journals = Path(f"{proxy.spool}.journal")
+    mounted = False
+    try:
+        assert not journals.exists() or not list(journals.iterdir())   # no event yet: no journal open
+        journals.mkdir(parents=True, exist_ok=True)
+        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0750", "callgate-test", str(journals)],
+                               capture_output=True, text=True, timeout=30)
+        assert mount.returncode == 0, f"a tmpfs cannot be mounted (these tests run as root): {mount.stderr}"
+        mounted = True
+        disk = {"callgate": world["callgate"], "folder": tmp_path, "disk": proxy}
+
+        # full before the first event: the worker's journal is made, and no record of it is written
+        filler = _fill(journals)
+        expect(disk, "disk", "+12125550311", OPEN, 200)
+        lost = [f"callgate_events: {kind} of a call not spooled, lost: No space left on device"
+                for kind in ("RINGING", "ANSWERED", "ENDED")]
+        try:
+            wait_for(lambda: all(line in proxy.text() for line in lost))
+        except TimeoutError:
+            pytest.fail(f"Kamailio's log does not say the events were lost: {proxy.text()[-3000:]}")
+        assert [j.stat().st_size for j in journals.glob("*.cgj")] == [0]
+
+        filler.unlink()   # room again: the same journal takes the next call's events
+        expect(disk, "disk", "+12125550312", OPEN, 200)
+        delivered(disk, "disk")
+        assert callgate_call(world, "+12125550312").answered_by == CUT_USER
+        assert not [c for c in calls(world, "ringing") + calls(world, "ended") if c.caller == "+12125550311"]
+
+        # full again, with room left in the journal's last block: a record longer than that room is taken in part
+        # by the disk, and cut back
+        filler = _fill(journals)
+        partial = "of a call not spooled, lost: the disk took part of the record"
+        for n in range(6):
+            expect(disk, "disk", f"+1212555032{n}", OPEN, 200)
+            if partial in proxy.text():
+                break
+        assert partial in proxy.text(), proxy.text()[-3000:]
+        journal_records(proxy)   # whole, sound records only
+
+        filler.unlink()
+        expect(disk, "disk", "+12125550330", OPEN, 200)
+        delivered(disk, "disk")
+        call = callgate_call(world, "+12125550330")
+        assert (call.ringing_user, call.answered_by, call.outcome) == (CUT_USER, CUT_USER, "answered")
+        journal_records(proxy)
+        text = proxy.text()
+        assert "damaged record" not in text and "no record at" not in text and "Traceback" not in text
+    finally:
+        proxy.stop()
+        if mounted:
+            _unmount(journals)
+
+
+def _unmount(path: Path) -> None:
+    """Unmount the tmpfs at `path`, once the processes that had files open on it are gone (lazily, past 10 s)."""
+    try:
+        wait_for(lambda: subprocess.run(["umount", str(path)], capture_output=True, timeout=30).returncode == 0,
+                 timeout=10, interval=0.2)
+    except TimeoutError:
+        subprocess.run(["umount", "-l", str(path)], check=True, timeout=30)
