@@ -1,6 +1,6 @@
 """Kamailio's callgate_events module (integrations/kamailio/callgate_events) where things go wrong, with real
 Kamailio, sipp and callgate: a full disk under its journal, a PBX's X-Callgate-User past the 1 KiB it keeps, a 200
-relayed after tm ended the call.
+relayed after tm ended the call; and its build on a machine whose apt has no deb-src.
 
 .ci/run installs what these need (kamailio, kamailio-python3-modules, sip-tester; `make kamailio-module` builds the
 module); the full disk mounts a small tmpfs, which needs root (as .ci/run runs).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -21,10 +22,11 @@ import pytest
 
 from loadtest import sip
 
-from .serving import Server, wait_for
+from .serving import ROOT, Server, wait_for
 from .test_kamailio import OPEN, calls, delivered, expect, export_failover, push, sip_doc
 from .test_kamailio_spool import spool
 
+BUILD = ROOT / "integrations" / "kamailio" / "callgate_events" / "build"
 CUT_AT = 1024                              # the most of the header's value the module keeps (CG_USER_MAX)
 # a user name whose 256th character (4 bytes of UTF-8) spans bytes 1021..1024: the module keeps the 255 before it
 # and the "a", 256 characters, the most callgate takes (server/rpc/requests.py MAX_TEXT)
@@ -304,3 +306,31 @@ def _unmount(path: Path) -> None:
                  timeout=10, interval=0.2)
     except TimeoutError:
         subprocess.run(["umount", "-l", str(path)], check=True, timeout=30)
+
+
+def test_the_build_without_deb_src_fails_saying_what_to_do_and_leaves_no_module(tmp_path: Path) -> None:
+    """`build` into a fresh directory, with an apt that has no source lists (its own configuration: the machine's
+    apt state is neither read for sources nor written): exit 2, the reason and what to do, no callgate_events.so;
+    and a second run asks apt again (the failure left nothing it takes for the unpacked source)."""
+    apt = tmp_path / "apt"
+    for folder in ("sources.list.d", "lists/partial", "cache/archives/partial"):
+        (apt / folder).mkdir(parents=True)
+    (apt / "sources.list").write_text("")
+    config = apt / "apt.conf"
+    config.write_text(f'Dir::Etc::SourceList "{apt}/sources.list";\nDir::Etc::SourceParts "{apt}/sources.list.d";\n'
+                      f'Dir::State::Lists "{apt}/lists";\nDir::Cache "{apt}/cache";\n')
+    out = tmp_path / "out"
+    version = subprocess.run(["dpkg-query", "-W", "-f=${source:Version}", "kamailio"], capture_output=True,
+                             text=True, timeout=30).stdout.strip()
+    assert version, "Kamailio is not installed: run .ci/run"
+    for _ in range(2):
+        done = subprocess.run([str(BUILD), str(out)], env={**os.environ, "APT_CONFIG": str(config)},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        lines = [line for line in done.stderr.splitlines() if "fetching the source" not in line]
+        # the reason (apt's own last line) on one line, then what to do, indented under it
+        assert len(lines) == 2, done.stderr
+        assert lines[0].startswith(f"callgate_events: apt-get source kamailio={version} failed: E: "), done.stderr
+        assert "'deb-src' URIs" in lines[0], done.stderr
+        assert lines[1] == "  apt needs a deb-src entry for Debian (see .ci/run) and dpkg-dev", done.stderr
+        assert not list(out.rglob("*.so")) and not list(out.rglob("*.so.tmp")) and not list(out.rglob(".unpacked"))
