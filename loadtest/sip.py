@@ -31,6 +31,8 @@ from .process import free_port, process_tree, stop_process
 ROOT = Path(__file__).resolve().parent.parent
 KAMAILIO_DIR = ROOT / "integrations" / "kamailio"
 EVENTS_MODULE = ROOT / "build" / "kamailio" / "callgate_events.so"   # `make kamailio-module`
+# the module's sources, in the order its build hashes them for its stamp (callgate_events/build `sources`)
+EVENTS_SOURCES = ("callgate_events.c", "cg_event.c", "cg_event.h", "Makefile")
 PACKAGES = "kamailio kamailio-python3-modules sip-tester"
 TRUSTED = "127.0.0.2"   # the trusted PBX's address in the tests (a carrier calls from 127.0.0.1)
 
@@ -200,7 +202,7 @@ def check_events_module() -> None:
                                    text=True, timeout=30).stdout.strip()
     except OSError:
         installed = ""
-    digest = hashlib.sha256((source / "callgate_events.c").read_bytes() + (source / "Makefile").read_bytes())
+    digest = hashlib.sha256(b"".join((source / name).read_bytes() for name in EVENTS_SOURCES))
     wanted = f"{installed} {digest.hexdigest()[:16]}"
     stamp = EVENTS_MODULE.with_suffix(".version")
     built = stamp.read_text().strip() if stamp.is_file() and EVENTS_MODULE.is_file() else ""

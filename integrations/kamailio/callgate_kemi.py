@@ -39,8 +39,9 @@ the SIP path), except for an outbound call's RINGING (below); a timer process
 (`events_of`), in the order they were written, and sends them in one
 CallEvents call a round (up to 500 events); only what callgate did not
 answer goes into the spool's SQLite file (CALLGATE_SPOOL), sent first from
-then on, with backoff while callgate is unreachable or slow.  An event callgate refuses for good (INVALID_ARGUMENT, NOT_FOUND,
-FAILED_PRECONDITION, INTERNAL) is logged and kept as refused; the others wait
+then on, with backoff while callgate is unreachable or slow.  An event
+callgate refuses for good (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION,
+INTERNAL) is logged and kept as refused; the others wait
 and are sent again (callgate answers a replay with its recorded reply, so a
 repeat is harmless).  The spool survives a Kamailio restart, holds at most
 CALLGATE_SPOOL_MAX pending events (past that, new events are refused with an
@@ -165,6 +166,7 @@ CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconn
 # statuses after which sending the same event again can never succeed
 FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL", "OUT_OF_RANGE", "UNIMPLEMENTED")
 SENDER_BATCH = 500
+USER_MAX = 256   # the longest user name callgate takes (characters; callgate_events.c CG_USER_MAX_CHARS)
 # The dialog module's timers tick once a second and events carry whole seconds: a call's timer set this much short
 # of the talk its credit pays for keeps the talk billed (ENDED - ANSWERED, in whole seconds) within it.
 GUARD_S = int(os.environ.get("CALLGATE_GUARD_S", "1"))
@@ -470,9 +472,12 @@ class kamailio:
         """The call's events `kinds`, in order, as (kind, request), from its record (`recall`): what a worker
         sends itself (an outbound call's replies, a call recorded by the script before this one) and what the
         sender makes of a raw record (`events_of`).  The user named is who the call rings at or talks with on
-        our side: an outbound call's caller; else the user the PBX names in X-Callgate-User (`header_user`),
-        or the first member of the queue group (voicemail, forward: no person)."""
+        our side: an outbound call's caller; else the user the PBX names in X-Callgate-User (`header_user`, if
+        callgate takes it: at most USER_MAX characters), or the first member of the queue group (voicemail,
+        forward: no person)."""
         call_id, tenant = call.get("call", ""), call.get("tenant", "")
+        if len(header_user) > USER_MAX:   # a name callgate refuses would lose the call's events: nobody named
+            header_user = ""
         user = call.get("user", "") if call.get("dir") == "outbound" else (header_user or call.get("user") or "unknown")
         out = []
         for kind in kinds:

@@ -1,11 +1,13 @@
 /*
  * callgate_events: the call events of a relayed INVITE (RINGING, ANSWERED, ENDED of an unanswered call), captured
- * by tm in C and appended to this process's journal of callgate's event spool (callgate_spool.py), as raw records
- * the spool's sender reads like the ones callgate_kemi.py writes itself (`spool_raw`).
+ * by tm in C and appended to this process's journal of callgate's event spool (callgate_spool.py), ready to send
+ * (cg_event.c: byte for byte what the sender's `events_of` makes), or, for a record cg_event.c does not read, as
+ * the raw record the script writes itself (`spool_raw`), for the sender to make them of.
  *
  * Why: in callgate_kemi.py the 180 and the 200 of every call ran a Python reply route, ~70 us of CPU each with a
  * SIP worker's cold caches (the SIP benchmark: ~145 us a call, a sixth of what callgate added to the relay).  Here
- * a reply costs a callback and, for the replies that make an event, one write().
+ * a reply costs a callback and, for the replies that make an event, one write(); and the sender sends the events
+ * as read (making them of a raw record in Python cost it ~13 us an event).
  *
  * KSR.callgate_events.track(record), in the request route before t_relay(), with the call's record as
  * callgate_kemi.py's `remember` made it (JSON): the transaction's replies then make the events, as
@@ -14,18 +16,20 @@
  *   - a negative final outcome (tm's failure handling: every branch failed, or the INVITE timer's 408):
  *     ENDED with the outcome of its code (RINGING,ENDED if it never rang);
  *   - the X-Callgate-User of the 18x or 200 that made the event names who rings or talks (a failure names
- *     none: the sender takes the record's user).
+ *     none, nor a header that is not UTF-8 or longer than callgate takes: the record's user, as in the script).
  * KSR.callgate_events.follow(record), after dlg_manage(): the end of the message's dialog (a BYE, or the dialog's
  * timer) makes the call's ENDED, answered, as ksr_dialog_event does; once per call: not after an ENDED of a
- * failure (tm relays a late 200, which revives the dialog).  Each returns 1, or -1 (logged where it is news)
+ * failure (tm relays a late 200; Kamailio 5.6's dialog module does not revive the dialog, "bogus event", but
+ * another version may).  Each returns 1, or -1 (logged where it is news)
  * when the script must make those events itself.
  * An outbound call's replies stay in Python (its RINGING is sent at once for its credit hold).
  *
  * The journal: CALLGATE_SPOOL (the environment, as the script reads it) + ".journal/", one file per process
  * named PID.c-NS.cgj (the script's own journal is PID-NS.cgj: two writers in one process never share a file),
- * a new one after 16 MiB.  A record (callgate_spool._RECORD, little-endian): magic "CGJ2" (raw), payload bytes,
- * crc32 of the payload, CLOCK_MONOTONIC ns, wall time (double), 0, 0; then the payload: "R1\0" KINDS "\0" AT
- * "\0" OUTCOME "\0" RECORD "\0" USER.  One write() each; a write the disk refuses whole or in part is cut back
+ * a new one after 16 MiB.  A record (callgate_spool._RECORD, little-endian): magic, payload bytes, crc32 of the
+ * payload, CLOCK_MONOTONIC ns, wall time (double), key bytes, call bytes; then the payload: for an event ("CGJ1")
+ * its key (CALL:KIND), callgate's call id and the CallEventRequest; for a raw record ("CGJ2", no key or call)
+ * "R1\0" KINDS "\0" AT "\0" OUTCOME "\0" RECORD "\0" USER.  One write() a reply; a write the disk refuses whole or in part is cut back
  * (nothing of it stays) and logged: its events are lost, as the script's are.  The limit of waiting events
  * (CALLGATE_SPOOL_MAX) is kept by the sender as it moves the journals.
  */
@@ -52,6 +56,8 @@
 #include "../../modules/dialog/dlg_load.h"
 #include "../../modules/dialog/dlg_hash.h"
 
+#include "cg_event.h"
+
 MODULE_VERSION
 
 #define CG_RAW_MAGIC 0x324A4743u        /* callgate_spool._RAW_MAGIC */
@@ -61,7 +67,7 @@ MODULE_VERSION
 #define CG_MAX_RECORD (1 << 20)          /* a call's record longer than this is not tracked (logged) */
 #define CG_USER_HEADER "X-Callgate-User"
 #define CG_USER_HEADER_LEN (sizeof(CG_USER_HEADER) - 1)
-#define CG_USER_MAX 1024                 /* the most of the header's value kept */
+#define CG_USER_MAX 1024                 /* a header's value longer than this names nobody (4 * CG_USER_MAX_CHARS) */
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the journal's records are little-endian: this module writes them as the machine lays them out"
@@ -84,7 +90,8 @@ typedef struct {
 	int rung;
 	int answered;
 	int ended;
-	int len;
+	int len;             /* the record's bytes */
+	int prepared_len;    /* then its events' common parts, encoded (cg_prepare); 0: the record is written raw */
 	char record[1];
 } cg_call_t;
 
@@ -171,13 +178,9 @@ static str reply_user(struct sip_msg *rpl)
 	for(hf = rpl->headers; hf != NULL; hf = hf->next) {
 		if(hf->name.len == (int)CG_USER_HEADER_LEN
 				&& strncasecmp(hf->name.s, CG_USER_HEADER, CG_USER_HEADER_LEN) == 0) {
-			str body = hf->body;
-			if(body.len > CG_USER_MAX) {   /* cut at a character's start: UTF-8 continuations are 10xxxxxx */
-				body.len = CG_USER_MAX;
-				while(body.len > 0 && ((unsigned char)body.s[body.len] & 0xC0) == 0x80)
-					body.len--;
-			}
-			return body;
+			/* longer: more characters than callgate takes (4 bytes at most each), and the script names the
+			 * record's user for it: so does the sender, given none */
+			return hf->body.len > CG_USER_MAX ? none : hf->body;
 		}
 	}
 	return none;
@@ -197,7 +200,26 @@ static const char *outcome_of(struct cell *t, int code)
 	return "failed";
 }
 
-/* one raw record in one write(): the events KINDS of the call, what the reply adds */
+/* BUF (TOTAL bytes: whole records) at the journal's end in one write(); a write the disk refuses whole or in part
+ * is cut back, logged: the events KINDS are lost */
+static void journal_write(const char *buf, size_t total, const char *kinds)
+{
+	ssize_t written;
+	do {
+		written = write(journal_fd, buf, total);
+	} while(written < 0 && errno == EINTR);
+	if(written == (ssize_t)total) {
+		journal_size += written;
+		return;
+	}
+	LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kinds,
+			written < 0 ? strerror(errno) : "the disk took part of the record");
+	if(ftruncate(journal_fd, journal_size) < 0)
+		journal_close();   /* the next record begins a new file; the reader sets this one aside */
+}
+
+/* the events KINDS of the call, what the reply adds, in one write(): ready to send (cg_event_records), else as
+ * one raw record for the sender to make them of */
 static void journal_append(cg_call_t *call, const char *kinds, const char *outcome, str user)
 {
 	char at[32];
@@ -216,6 +238,25 @@ static void journal_append(cg_call_t *call, const char *kinds, const char *outco
 	}
 	clock_gettime(CLOCK_MONOTONIC, &mono);
 	clock_gettime(CLOCK_REALTIME, &wall);
+	if(call->prepared_len > 0) {
+		/* at most two events, each its header, key, call and request (cg_event_records says 0 if not) */
+		total = 2 * (sizeof(h) + 3 * (size_t)call->prepared_len + (size_t)user.len + strlen(outcome) + 64);
+		if(total > sizeof(small))
+			buf = (char *)pkg_malloc(total);
+		written = buf == NULL ? 0 : (ssize_t)cg_event_records(call->record + call->len, (size_t)call->prepared_len,
+				kinds, outcome, user.s, user.len > 0 ? (size_t)user.len : 0, (int64_t)wall.tv_sec,
+				(int64_t)mono.tv_sec * 1000000000LL + mono.tv_nsec,
+				(double)wall.tv_sec + (double)wall.tv_nsec / 1e9, buf, total);
+		if(written > 0) {
+			journal_write(buf, (size_t)written, kinds);
+			if(buf != small)
+				pkg_free(buf);
+			return;
+		}
+		if(buf != small && buf != NULL)
+			pkg_free(buf);
+		buf = small;   /* (not made here: the raw record, below) */
+	}
 	at_len = (size_t)snprintf(at, sizeof(at), "%lld", (long long)wall.tv_sec);
 	payload = CG_RAW_TAG_LEN + kinds_len + 1 + at_len + 1 + outcome_len + 1 + (size_t)call->len + 1
 			  + (size_t)user.len;
@@ -253,18 +294,7 @@ static void journal_append(cg_call_t *call, const char *kinds, const char *outco
 	h.key = 0;
 	h.call = 0;
 	memcpy(buf, &h, sizeof(h));
-
-	do {
-		written = write(journal_fd, buf, total);
-	} while(written < 0 && errno == EINTR);
-	if(written == (ssize_t)total) {
-		journal_size += written;
-	} else {
-		LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kinds,
-				written < 0 ? strerror(errno) : "the disk took part of the record");
-		if(ftruncate(journal_fd, journal_size) < 0)
-			journal_close();   /* the next record begins a new file; the reader sets this one aside */
-	}
+	journal_write(buf, total, kinds);
 	if(buf != small)
 		pkg_free(buf);
 }
@@ -317,7 +347,10 @@ static void on_dialog_end(struct dlg_cell *dlg, int type, struct dlg_cb_params *
 
 static cg_call_t *new_call(str *record)
 {
-	cg_call_t *call = (cg_call_t *)shm_malloc(sizeof(cg_call_t) + record->len);
+	char prepared[CG_PREPARED_ROOM(CG_PREPARE_MAX)];
+	size_t prepared_len = record->len <= CG_PREPARE_MAX
+			? cg_prepare(record->s, (size_t)record->len, prepared, sizeof(prepared)) : 0;
+	cg_call_t *call = (cg_call_t *)shm_malloc(sizeof(cg_call_t) + record->len + prepared_len);
 	if(call == NULL) {
 		LM_ERR("callgate_events: no shared memory to track a call\n");
 		return NULL;
@@ -325,7 +358,9 @@ static cg_call_t *new_call(str *record)
 	call->refs = 1;
 	call->rung = call->answered = call->ended = 0;
 	call->len = record->len;
+	call->prepared_len = (int)prepared_len;
 	memcpy(call->record, record->s, record->len);
+	memcpy(call->record + record->len, prepared, prepared_len);
 	return call;
 }
 
