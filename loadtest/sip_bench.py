@@ -593,6 +593,10 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
     if loc:   # the first decision of each worker opens the file; any other is worth knowing about
         rep.add(3, "  of which the compiled path handed to the Python one (a file looked at): n, p50 / max µs",
                 text=f"{miss['n']}, {miss['p50_us']:.1f} / {miss['max_us']:.1f}" if miss else "0")
+    collected = tm.get("local", {}).get("local_gc")
+    if loc:   # a decision Python's garbage collector ran in: its tail
+        rep.add(3, "  of which Python's garbage collector ran in: n, p50 / max µs",
+                text=f"{collected['n']}, {collected['p50_us']:.1f} / {collected['max_us']:.1f}" if collected else "0")
     if rpc:
         rep.add(3, f"Inbound RPC in the worker p50 / p90 / p99 / mean µs ({rpc['n']:,} decisions)",
                 text=f"{rpc['p50_us']:.0f} / {rpc['p90_us']:.0f} / {rpc['p99_us']:.0f} / {rpc['mean_us']:.0f}")

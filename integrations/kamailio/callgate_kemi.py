@@ -116,6 +116,7 @@ CALLGATE_TIMINGS (above).
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import ipaddress
 import json
@@ -229,6 +230,13 @@ class Timings:
         self.path = path
         self.lines: list[str] = []
         self.written = 0.0   # the first decision is written at once (its file says the worker decided)
+        self.collections = 0   # of Python's garbage collector in this process, counted with CALLGATE_TIMINGS
+        if path:
+            gc.callbacks.append(self._collected)
+
+    def _collected(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.collections += 1
 
     def add(self, kind: str, ns: int, cpu_ns: int = -1) -> None:
         self.lines.append(f"{kind} {ns} {cpu_ns}\n" if cpu_ns >= 0 else f"{kind} {ns}\n")
@@ -633,13 +641,15 @@ class kamailio:
         if local is None:
             answer = None
         elif TIMINGS:
-            misses = local.misses
+            misses, collected = local.misses, self.timings.collections
             c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
             answer = local.inbound(tenant, caller, called)
             # the wall time, and the worker's own CPU time: what the wall time holds beyond it is time the
             # worker waited for a core (2 cores shared with sipp, callgate and the other Kamailios)
             ns, cpu_ns = time.perf_counter_ns() - t0, time.thread_time_ns() - c0
             self.timings.add("local", ns, cpu_ns)
+            if self.timings.collections != collected:   # (also) one Python's garbage collector ran in
+                self.timings.add("local_gc", ns, cpu_ns)
             # a peer of the same length measured at the same moments: a CRC of 10 KB, fixed work without a
             # lookup, a file or an allocation; its tail is the tail of any 5 us of work in this worker
             t0 = time.perf_counter_ns()
