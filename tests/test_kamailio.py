@@ -198,7 +198,7 @@ def test_an_allowed_call_is_registered_with_its_events(world, suffix: str, base:
     # RINGING, ANSWERED, ENDED arrived; the user is the one the PBX's replies name (the call's record: u1)
     assert mine and mine[-1].answered_by == "u2" and mine[-1].called == OPEN
     assert mine[-1].outcome == "answered"
-    # the replies' events made by the module (its journal, PID.c-NS.cgj), or by the script without it; with the
+    # the replies' events made by the module (its journal, PID.c-….cgj), or by the script without it; with the
     # module the ENDED is its own too (the script keeps no record for the dialog's end then)
     journals = Path(f"{world['closed' + suffix].spool}.journal")
     assert bool(list(journals.glob("*.c-*.cgj"))) == (suffix == "")

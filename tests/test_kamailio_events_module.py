@@ -132,7 +132,7 @@ def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
 
 
 def journal_records(proxy: sip.Kamailio) -> list[tuple[str, str, str, bytes]]:
-    """What the proxy's journals hold (the module's, PID.c-NS.cgj, and the script's, PID-NS.cgj; its processes
+    """What the proxy's journals hold (the module's, PID.c-….cgj, and the script's, PID-….cgj; its processes
     live, so their journals stay once read), in the order written: (kinds, outcome, callgate's call id, the user
     bytes) a record; asserts each journal holds whole, sound records only."""
     from callgate.v1 import decisions_pb2

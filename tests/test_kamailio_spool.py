@@ -258,7 +258,7 @@ def module_record(fields: tuple[str, ...]) -> bytes:
 
 
 def test_a_process_writes_two_journals_and_neither_is_removed_while_it_lives(tmp_path: Path) -> None:
-    """A SIP worker has two writers (the script's Journal, PID-NS.cgj, and the module's, PID.c-NS.cgj): each file
+    """A SIP worker has two writers (the script's Journal, PID-…cgj, and the module's, PID.c-…cgj): each file
     is its writer's newest, so neither is taken for finished while the process lives; the older file of one writer
     is, once read; the two writers' records go in the order they were written."""
     sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
@@ -285,7 +285,7 @@ def test_a_process_writes_two_journals_and_neither_is_removed_while_it_lives(tmp
 
 
 def test_a_dead_modules_journal_is_removed_once_read_and_a_live_ones_kept(tmp_path: Path) -> None:
-    """The module's journals (PID.c-NS.cgj) as the script's: one whose process is gone (Kamailio stopped, or the
+    """The module's journals (PID.c-….cgj) as the script's: one whose process is gone (Kamailio stopped, or the
     worker crashed) is read to its end and then removed; a live process's newest is read and kept (it may still
     write)."""
     sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
@@ -362,3 +362,54 @@ def test_near_the_limit_an_event_the_spool_holds_already_is_neither_counted_nor_
     time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
     assert sender.ingest(convert) == (3, [])
     assert pending_keys(sender) == ["c1:RINGING", "c2:RINGING", "c1:ENDED"]
+
+
+def test_a_clock_stepped_back_between_two_journals_never_makes_the_live_one_look_finished(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A careless NTP steps the wall clock back between two journals of one process: the live one is still the
+    live one (the names hold the boot's clock, not the wall's), so it is never removed while its process writes
+    it, and no event written after is lost."""
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    journal = spool.Journal(sender.journals)
+    journal.append([("c1:RINGING", "c1", b"r1")])
+    [first] = os.listdir(sender.journals)
+    monkeypatch.setattr(spool.time, "time_ns", lambda: 1_000_000_000)   # 1970: stepped back
+    monkeypatch.setattr(spool.time, "time", lambda: 1.0)
+    journal._size = spool.ROTATE_BYTES                                 # the next append begins another journal
+    journal.append([("c2:RINGING", "c2", b"r2")])
+    [second] = set(os.listdir(sender.journals)) - {first}
+    names = sorted(os.listdir(sender.journals))
+    assert spool._writing(second, names) and not spool._writing(first, names)
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest() == (2, []) and os.listdir(sender.journals) == [second]
+    journal.append([("c3:RINGING", "c3", b"r3")])                      # still written, and read
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest() == (1, []) and pending_keys(sender) == ["c1:RINGING", "c2:RINGING", "c3:RINGING"]
+
+
+def test_journals_of_an_earlier_process_with_the_pid_or_of_an_earlier_boot_are_finished(tmp_path: Path) -> None:
+    """A pid is given again to a later process, and a machine boots again: the journals left by the processes
+    before (the files of this pid begun before this process began, or in another boot) are read and removed,
+    never taken for this process's live journal; and this process's newest journal is kept."""
+    me = str(os.getpid())
+    started = spool._started_ns(me)
+    assert started is not None and started > 0, "this process's start, from /proc"
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    os.makedirs(sender.journals)
+    earlier = f"{me}-b{spool.BOOT}-{started - 5_000_000_000:020d}{spool.JOURNAL_SUFFIX}"
+    other_boot = f"{me}.c-b{'f' * 8 if spool.BOOT != 'f' * 8 else '0' * 8}-{started + 10**9:020d}.cgj"
+    for name, key in ((earlier, "e1:RINGING"), (other_boot, "o1:RINGING")):
+        record = spool.Journal(sender.journals)
+        record._fd, record._pid = os.open(os.path.join(sender.journals, name), os.O_WRONLY | os.O_CREAT), os.getpid()
+        record.append([(key, key.partition(":")[0], b"x")])
+        record._close()
+    # (before this process writes a journal of its own: each the newest of its writer's, and still not live)
+    assert not spool._writing(earlier, [earlier, other_boot]) and not spool._writing(other_boot, [other_boot])
+    live = spool.Journal(sender.journals)
+    live.append([("l1:RINGING", "l1", b"y")])
+    names = sorted(os.listdir(sender.journals))
+    [current] = set(names) - {earlier, other_boot}
+    assert not spool._writing(earlier, names) and not spool._writing(other_boot, names)
+    assert spool._writing(current, names)
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest() == (3, []) and os.listdir(sender.journals) == [current]

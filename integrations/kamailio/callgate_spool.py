@@ -70,21 +70,77 @@ def retry_locked(fn: Callable[[], T], patience_s: float, pause_s: float = 0.0) -
                 time.sleep(pause_s)
 
 
-def _writing(name: str, names: list[str]) -> bool:
-    """Whether a journal may still be written: its process is alive and this is its writer's newest journal.  A
-    process has two writers: this module's Journal (PID-NS.cgj) and Kamailio's callgate_events module
-    (PID.c-NS.cgj)."""
-    writer = name.partition("-")[0]
-    pid = writer.partition(".")[0]
-    if not pid.isdigit() or any(other.startswith(writer + "-") and other > name for other in names):
-        return False
+def _boot_id() -> str:
+    """This machine's boot (the first 8 hex digits of the kernel's boot id; "" where it has none)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            text = f.read(8)
+    except (OSError, ValueError):
+        return ""
+    return text if len(text) == 8 and all(c in "0123456789abcdef" for c in text) else ""   # (as the module)
+
+
+BOOT = _boot_id()
+_TICKS_NS = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
+
+
+def journal_name(writer: str) -> str:
+    """A new journal's name for `writer` (a pid; "PID.c" for Kamailio's callgate_events module, which names its
+    own the same way): PID-bBOOT-NS.cgj, with this machine's boot and CLOCK_BOOTTIME when it was begun: never the
+    wall clock, which a careless NTP can step back between two rotations (a live journal then looked older than
+    the one before it, finished, and was removed while written)."""
+    return f"{writer}-b{BOOT}-{time.clock_gettime_ns(time.CLOCK_BOOTTIME):020d}{JOURNAL_SUFFIX}"
+
+
+def _begun(name: str) -> tuple[str, int] | None:
+    """A journal_name's (boot, ns); None for a name of the writers before it (PID-WALLNS.cgj)."""
+    stem = name.partition("-")[2].removesuffix(JOURNAL_SUFFIX)
+    boot, _, ns = stem[1:].partition("-")
+    return (boot, int(ns)) if stem.startswith("b") and ns.isdigit() else None
+
+
+def _started_ns(pid: str) -> int | None:
+    """When process `pid` began (CLOCK_BOOTTIME ns, to the kernel's tick), -1 where /proc cannot tell, None for
+    a process that is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[19]) * _TICKS_NS   # (field 22: after the command's name)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
-        return False
+        return None
     except PermissionError:   # alive, another user's
-        return True
-    return True
+        pass
+    return -1
+
+
+def _writing(name: str, names: list[str]) -> bool:
+    """Whether a journal may still be written: its process is alive (the process that began it: not a later
+    one given the same pid, nor one of an earlier boot) and this is its writer's newest journal.  A process has
+    two writers: this module's Journal (PID-…) and Kamailio's callgate_events module (PID.c-…)."""
+    writer = name.partition("-")[0]
+    pid = writer.partition(".")[0]
+    if not pid.isdigit():
+        return False
+    begun = _begun(name)
+    siblings = [other for other in names if other.startswith(writer + "-") and other != name]
+    if begun is None:   # (a writer's before journal_name: by the name's wall clock; any of journal_name is newer)
+        if any(_begun(other) is not None or other > name for other in siblings):
+            return False
+    else:
+        boot, ns = begun
+        if boot != BOOT or any((b := _begun(other)) is not None and b[0] == BOOT and b[1] > ns for other in siblings):
+            return False
+    started = _started_ns(pid)
+    if started is None:
+        return False
+    # begun before its process began (a tick's slack): an earlier process with the same pid wrote it
+    return begun is None or started < 0 or begun[1] >= started - _TICKS_NS
 
 
 class Journal:
@@ -135,7 +191,7 @@ class Journal:
         self._close()
         os.makedirs(self.directory, exist_ok=True)
         # the process and when it began the file: a later process with the same pid never shares one
-        name = os.path.join(self.directory, f"{os.getpid()}-{time.time_ns()}{JOURNAL_SUFFIX}")
+        name = os.path.join(self.directory, journal_name(str(os.getpid())))
         self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         self._pid, self._size = os.getpid(), 0
 

@@ -25,7 +25,8 @@
  * An outbound call's replies stay in Python (its RINGING is sent at once for its credit hold).
  *
  * The journal: CALLGATE_SPOOL (the environment, as the script reads it) + ".journal/", one file per process
- * named PID.c-NS.cgj (the script's own journal is PID-NS.cgj: two writers in one process never share a file),
+ * named PID.c-bBOOT-NS.cgj (callgate_spool.journal_name; the script's own journal is PID-bBOOT-NS.cgj: two
+ * writers in one process never share a file),
  * a new one after 16 MiB.  A record (callgate_spool._RECORD, little-endian): magic, payload bytes, crc32 of the
  * payload, CLOCK_MONOTONIC ns, wall time (double), key bytes, call bytes; then the payload: for an event ("CGJ1")
  * its key (CALL:KIND), callgate's call id and the CallEventRequest; for a raw record ("CGJ2", no key or call)
@@ -105,9 +106,25 @@ static unsigned int tracked_msg = 0;
 static int tracked_pid = 0;
 
 static char *journal_dir = NULL;    /* CALLGATE_SPOOL + ".journal" */
+static char boot_id[9] = "";        /* callgate_spool.BOOT: this machine's boot, in the journals' names */
 static int journal_fd = -1;
 static pid_t journal_pid = 0;
 static off_t journal_size = 0;
+
+/* the first 8 hex digits of the kernel's boot id, as callgate_spool._boot_id reads them ("" where none) */
+static void read_boot_id(void)
+{
+	ssize_t got = -1;
+	int i, fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+	if(fd >= 0) {
+		got = read(fd, boot_id, 8);
+		close(fd);
+	}
+	boot_id[got == 8 ? 8 : 0] = '\0';
+	for(i = 0; boot_id[i]; i++)
+		if(!((boot_id[i] >= '0' && boot_id[i] <= '9') || (boot_id[i] >= 'a' && boot_id[i] <= 'f')))
+			boot_id[0] = '\0';   /* (not what the kernel writes: none, as the reader would compare it) */
+}
 
 static int mod_init(void)
 {
@@ -127,6 +144,7 @@ static int mod_init(void)
 		return -1;
 	}
 	snprintf(journal_dir, n, "%s.journal", spool);
+	read_boot_id();
 	return 0;
 }
 
@@ -150,8 +168,10 @@ static int journal_ready(void)
 		LM_ERR("callgate_events: the journal directory %s cannot be made: %s\n", journal_dir, strerror(errno));
 		return -1;
 	}
-	clock_gettime(CLOCK_REALTIME, &now);
-	if(snprintf(path, sizeof(path), "%s/%d.c-%lld.cgj", journal_dir, (int)pid,
+	/* callgate_spool.journal_name: the boot and CLOCK_BOOTTIME, never the wall clock (stepped back between two
+	 * rotations, it made a live journal look older than a finished one: removed while written) */
+	clock_gettime(CLOCK_BOOTTIME, &now);
+	if(snprintf(path, sizeof(path), "%s/%d.c-b%s-%020lld.cgj", journal_dir, (int)pid, boot_id,
 			   (long long)now.tv_sec * 1000000000LL + now.tv_nsec) >= (int)sizeof(path)) {
 		LM_ERR("callgate_events: the journal directory's name is too long\n");
 		return -1;
