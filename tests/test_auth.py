@@ -151,6 +151,10 @@ def calls(world: dict[str, Any], channel: grpc.Channel, tenant: str) -> dict[str
         "CallEvents": lambda: d.CallEvents(decisions_pb2.CallEventBatch(events=[decisions_pb2.CallEventRequest(
             tenant=tenant, call_id=f"auth-batch-{n}", kind=decisions_pb2.CallEventRequest.RINGING, user="u1")]),
             timeout=10),
+        "CallEventsInOrder": lambda: d.CallEventsInOrder(decisions_pb2.CallEventBatch(
+            events=[decisions_pb2.CallEventRequest(tenant=tenant, call_id=f"auth-order-{n}",
+                                                   kind=decisions_pb2.CallEventRequest.RINGING, user="u1")]),
+            timeout=10),
         "DecideBatch": lambda: d.DecideBatch(batch, timeout=10),
         "Stream": stream,
         "WatchSnapshots": watch,

@@ -111,17 +111,16 @@ def test_one_calls_events_are_applied_in_the_order_given(stubs: tuple[Any, Any])
 def test_a_calls_first_event_not_answered_stops_that_call_only(stubs: tuple[Any, Any]) -> None:
     """An ANSWERED refused (another user answered already) stops its call: the ENDED after it in the batch is
     not tried (ABORTED), where applying it would end the call as the proxy never saw it; another call in the
-    same batch goes on.  The reply says the server keeps this rule (a client relies on it to send more than
-    one event of a call in a batch)."""
+    same batch goes on.  CallEventsInOrder, the name a client relies on to send a call's events together, is
+    the same call."""
     decisions, _ = stubs
     ringing, answered, ended = outbound_call("s-1", NOW - 90)
     other = outbound_call("s-2", NOW - 90)
     assert code(decisions.CallEvents(decisions_pb2.CallEventBatch(events=[ringing, answered]), timeout=30)
                 .results[1]) == OK
     stranger = EV(tenant="acme", call_id="s-1", kind=EV.ANSWERED, user="u1", at=NOW - 89)
-    reply = decisions.CallEvents(decisions_pb2.CallEventBatch(events=[stranger, other[0], ended, *other[1:]]),
-                                 timeout=30)
-    assert reply.stops_call_at_failure
+    reply = decisions.CallEventsInOrder(decisions_pb2.CallEventBatch(events=[stranger, other[0], ended,
+                                                                             *other[1:]]), timeout=30)
     r = reply.results
     assert code(r[0]) == grpc.StatusCode.FAILED_PRECONDITION.value[0], r[0]
     assert code(r[2]) == grpc.StatusCode.ABORTED.value[0] and "event 0" in r[2].error, r[2]

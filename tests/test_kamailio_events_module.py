@@ -150,7 +150,7 @@ def journal_records(proxy: sip.Kamailio) -> list[tuple[str, str, str, bytes]]:
             assert payload.startswith(b"R1\0")   # a raw record (the module's layout, the script's spool_raw)
             kinds, _, outcome, record, user = payload[3:].split(b"\0", 4)
             found.append((created, (kinds.decode(), outcome.decode(), json.loads(record)["call"], user)))
-    return [record for _, record in sorted(found)]
+    return [record for _, record in sorted(found, key=lambda r: r[0])]   # (one write's records: as written)
 
 
 def callgate_call(world: dict[str, Any], caller: str, state: str = "ended") -> Any:

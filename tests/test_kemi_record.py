@@ -289,9 +289,25 @@ def test_a_record_is_written_as_json_dumps_writes_it(kemi: tuple[Any, Variables]
 
 
 def test_the_dialog_timer_the_script_leaves_unset_is_the_configurations(kemi: tuple[Any, Variables]) -> None:
-    """An inbound call's or forwarded leg's timer is not set per call: kamailio.cfg's default_timeout is it."""
-    script, _ = kemi
+    """An inbound call's or forwarded leg's timer is not set per call where kamailio.cfg says its default is
+    that timer (CG_DIALOG_TIMEOUT); a configuration without it (an operator's own) has every call set it."""
+    script, pv = kemi
     module = script.recall.__globals__
     cfg = (SCRIPT.parent / "kamailio.cfg").read_text()
-    assert f'modparam("dialog", "default_timeout", {module["DEFAULT_TIMER"]})' in cfg
-    assert module["talk_timer"](module["CALL_MAX_S"]) == module["DEFAULT_TIMER"]
+    timer = module["talk_timer"](module["CALL_MAX_S"])
+    assert f"#!define CG_DIALOG_TIMEOUT {timer}\n" in cfg
+    assert 'modparam("dialog", "default_timeout", CG_DIALOG_TIMEOUT)' in cfg
+    set_ = []
+    ksr = sys.modules["KSR"]
+    ksr.pv.seti = lambda name, value: set_.append((name, value))
+    ksr.dialog.dlg_manage = lambda: 1
+    ksr.rr = types.SimpleNamespace(add_rr_param=lambda param: 1)  # type: ignore[attr-defined]
+    ksr.tm.t_on_reply = ksr.tm.t_on_failure = lambda route: 1
+    for defined, expect in ((None, [("$avp(cg_timeout)", timer)]), (timer, [])):
+        pv.values.clear()
+        pv.values.update({"$ci": "a@b", "$cs": "1", "$defn(CG_DIALOG_TIMEOUT)": defined})  # type: ignore[dict-item]
+        worker = script()
+        assert worker.default_timer == (defined or 0)
+        set_.clear()
+        worker.under_dialog(module["CALL_MAX_S"], tenant="acme", dir="inbound", user="u1")
+        assert set_ == expect

@@ -24,20 +24,28 @@ Verdict = Callable[[decisions_pb2.CallEventRequest], str]   # "" answered, else 
 
 
 class CallEvents:
-    """callgate's CallEvents as far as the sender sees it: each event answered by `verdict`; a call stopped at its
-    first event not answered (the rest ABORTED) when `in_order`, as callgate does, else gone on with (a callgate
-    before that rule).  Every event it was sent, in order, in `seen`."""
+    """callgate's CallEventsInOrder and CallEvents as far as the sender sees them: each event answered by
+    `verdict`; a call stopped at its first event not answered (the rest ABORTED), as callgate does; or, `in_order`
+    False, a callgate before that rule: no CallEventsInOrder (UNIMPLEMENTED), and CallEvents goes on with a call
+    after its failed event.  Every event it was sent, in order, in `seen`; each batch's method in `methods`."""
 
     def __init__(self, verdict: Verdict = lambda event: "", in_order: bool = True) -> None:
         self.verdict, self.in_order = verdict, in_order
         self.batches: list[list[str]] = []
+        self.methods: list[str] = []
         self.down = False
 
-    def __call__(self, batch: Any, **kwargs: Any) -> decisions_pb2.CallEventBatchReply:
+    def ordered(self, batch: Any, **kwargs: Any) -> decisions_pb2.CallEventBatchReply:
+        if not self.in_order:
+            raise RpcError(grpc.StatusCode.UNIMPLEMENTED)
+        return self.plain(batch, method="CallEventsInOrder")
+
+    def plain(self, batch: Any, method: str = "CallEvents", **kwargs: Any) -> decisions_pb2.CallEventBatchReply:
         if self.down:
-            raise Unavailable()
+            raise RpcError(grpc.StatusCode.UNAVAILABLE)
         self.batches.append([f"{e.call_id}:{decisions_pb2.CallEventRequest.Kind.Name(e.kind)}" for e in batch.events])
-        reply = decisions_pb2.CallEventBatchReply(stops_call_at_failure=self.in_order)
+        self.methods.append(method)
+        reply = decisions_pb2.CallEventBatchReply()
         stopped: set[str] = set()
         for event in batch.events:
             result = reply.results.add()
@@ -55,9 +63,12 @@ class CallEvents:
         return [key for batch in self.batches for key in batch]
 
 
-class Unavailable(grpc.RpcError):
+class RpcError(grpc.RpcError):
+    def __init__(self, status: grpc.StatusCode) -> None:
+        self.status = status
+
     def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
+        return self.status
 
 
 @pytest.fixture
@@ -74,7 +85,8 @@ def sender(kemi: tuple[Any, Variables], tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def answering(sender: Any, server: CallEvents) -> CallEvents:
-    sender._stub = type("Stub", (), {"CallEvents": staticmethod(server)})()
+    sender._stub = type("Stub", (), {"CallEventsInOrder": staticmethod(server.ordered),
+                                     "CallEvents": staticmethod(server.plain)})()
     return server
 
 
@@ -109,13 +121,14 @@ def calls(*ids: str) -> list[str]:
 
 
 def warmed(sender: Any, server: CallEvents) -> None:
-    """One round with one event: the sender learns whether callgate stops a call at a failure."""
+    """One round with one event: the sender learns whether callgate has CallEventsInOrder."""
     answering(sender, server)
     spool(sender, "w:RINGING")
     round_(sender)
     round_(sender)   # (the table found empty: from now on a round's events go straight to callgate)
     assert server.seen == ["w:RINGING"] and sender.in_order == server.in_order and not sender.backlog
     server.batches.clear()
+    server.methods.clear()
 
 
 def test_a_rounds_events_go_straight_to_callgate_in_one_call_and_never_enter_the_table(sender: Any) -> None:
@@ -165,18 +178,86 @@ def test_an_event_refused_for_good_is_kept_as_refused_and_its_calls_next_event_g
 
 
 def test_a_callgate_that_goes_on_after_a_failure_gets_one_event_per_call_a_batch(sender: Any) -> None:
-    """A callgate before CallEventBatchReply.stops_call_at_failure would apply a call's ENDED after its failed
-    ANSWERED (the call ended unanswered, unbilled): it never gets two events of a call in one batch."""
-    server = CallEvents(in_order=False)
+    """A callgate before CallEventsInOrder would apply a call's ENDED after its failed ANSWERED (the call ended
+    unanswered, unbilled): it never gets two events of a call in one batch, also when it was rolled back under
+    a sender that knew a newer one (the first batch to it is refused UNIMPLEMENTED, nothing applied)."""
+    failed: set[str] = set()
+
+    def verdict(event: Any) -> str:   # b's ANSWERED cannot be taken the first time
+        key = f"{event.call_id}:{event.kind}"
+        if key == "b:2" and key not in failed:
+            failed.add(key)
+            return "UNAVAILABLE"
+        return ""
+
+    server = CallEvents(verdict)
+    warmed(sender, server)
+    assert sender.in_order
+    server.in_order = False                     # rolled back
+    spool(sender, *calls("a", "b"))
+    for _ in range(6):
+        round_(sender)
+    assert set(server.methods) == {"CallEvents"} and not sender.in_order
+    assert all(len({key.partition(":")[0] for key in batch}) == len(batch) for batch in server.batches)
+    assert [key for key in server.seen if key.startswith("a")] == calls("a")
+    assert [key for key in server.seen if key.startswith("b")] == ["b:RINGING", "b:ANSWERED", "b:ANSWERED",
+                                                                   "b:ENDED"]
+    assert {state for _, state in table(sender)} == {1}
+    # upgraded again: asked again after IN_ORDER_RETRY_S, a call's events go together again
+    server.in_order = True
+    sender.in_order_retry = 0.0
+    spool(sender, *calls("c"))
+    round_(sender)
+    assert server.methods[-1] == "CallEventsInOrder" and server.batches[-1] == calls("c")
+
+
+def test_more_than_a_batch_in_a_round_all_sent_once_in_order(sender: Any) -> None:
+    server = CallEvents()
+    warmed(sender, server)
+    ids = [f"m{i}" for i in range(200)]        # 600 events, SENDER_BATCH 500
+    spool(sender, *calls(*ids))
+    round_(sender)
+    round_(sender)
+    assert sorted(server.seen) == sorted(calls(*ids)) and len(server.batches[0]) == 500
+    for call in ids[::37]:
+        assert [key for key in server.seen if key.partition(":")[0] == call] == [f"{call}:{kind}" for kind in CALL]
+    assert not sender.backlog and {state for _, state in table(sender)} == {1}
+
+
+def test_a_send_that_fails_without_callgates_answer_loses_nothing(sender: Any) -> None:
+    """Not callgate's answer but the sender's own failure (a CA file gone, a module that will not import): the
+    round's events are kept in the table, and sent once it can."""
+    server = CallEvents()
+    warmed(sender, server)
+    sender._stub = type("Stub", (), {"CallEventsInOrder": staticmethod(lambda *a, **k: (_ for _ in ()).throw(
+        OSError(2, "No such file or directory: 'ca.pem'")))})()
+    spool(sender, *calls("a"))
+    before = time.monotonic()
+    sender.ksr_callgate_sender(None)
+    assert sender.backoff_until > before and table(sender) == [(key, 0) for key in calls("a")]
+    answering(sender, server)
+    round_(sender)
+    assert server.seen == calls("a") and {state for _, state in table(sender)} == {1}
+
+
+def test_a_table_that_fails_after_its_commit_still_sends_what_it_kept(sender: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows a round keeps are committed, then removing a finished journal fails (the disk full): those rows
+    are the backlog all the same, sent once callgate takes them."""
+    server = CallEvents(lambda event: "UNAVAILABLE" if event.call_id == "b" else "")
     warmed(sender, server)
     spool(sender, *calls("a", "b"))
-    for _ in range(4):
-        round_(sender)
-    assert all(len({key.partition(":")[0] for key in batch}) == len(batch) for batch in server.batches)
-    assert sorted(server.seen) == sorted(calls("a", "b"))
-    for call in "ab":
-        assert [key for key in server.seen if key.startswith(call)] == [f"{call}:{kind}" for kind in CALL]
-    assert {state for _, state in table(sender)} == {1}
+
+    def full(*args: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(sender.spool, "_forget_finished", full)
+    round_(sender)
+    assert [key for key, _ in table(sender)] == [f"b:{kind}" for kind in CALL] and sender.backlog
+    monkeypatch.undo()
+    server.verdict = lambda event: ""
+    round_(sender)
+    assert server.seen[-3:] == [f"b:{kind}" for kind in CALL] and {state for _, state in table(sender)} == {1}
 
 
 def test_callgate_away_then_back_every_event_once_in_order(sender: Any) -> None:
@@ -195,8 +276,9 @@ def test_callgate_away_then_back_every_event_once_in_order(sender: Any) -> None:
 
 def test_events_sent_but_not_stored_are_sent_again_not_lost(sender: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The table cannot be written after a round's events were sent (a full disk, a kill -9 between the two):
-    what the round read does not count as read, and the next round sends it again (callgate answers a replay
-    with its recorded reply); an event callgate could not take is not lost either."""
+    what the round read does not count as read, and is sent again (callgate answers a replay with its recorded
+    reply) once a round has stored it, not at every round while the table fails (each would send it all
+    again); an event callgate could not take is not lost either."""
     server = CallEvents(lambda event: "UNAVAILABLE" if event.call_id == "b" else "")
     warmed(sender, server)
     spool(sender, *calls("a", "b"))
@@ -206,11 +288,15 @@ def test_events_sent_but_not_stored_are_sent_again_not_lost(sender: Any, monkeyp
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(sender.spool, "store", full)
-    round_(sender)
+    before = time.monotonic()
+    sender.ksr_callgate_sender(None)
     assert server.batches == [calls("a", "b")] and table(sender) == []
+    assert sender.backlog and sender.backoff_until > before
+    round_(sender)                              # still failing: nothing sent straight again
+    assert len(server.batches) == 1
     monkeypatch.setattr(sender.spool, "store", store)
     server.verdict = lambda event: ""
     round_(sender)
-    assert server.batches[1] == calls("a", "b") and table(sender) == []
+    assert server.batches[1] == calls("a", "b") and {state for _, state in table(sender)} == {1}
     round_(sender)
-    assert len(server.batches) == 2
+    assert len(server.batches) == 2 and not sender.backlog

@@ -167,12 +167,12 @@ CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconn
 # statuses after which sending the same event again can never succeed
 FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL", "OUT_OF_RANGE", "UNIMPLEMENTED")
 SENDER_BATCH = 500
+IN_ORDER_RETRY_S = 60.0   # a callgate without CallEventsInOrder is asked again after this (an upgrade since)
 USER_MAX = 256   # the longest user name callgate takes (characters; callgate_events.c CG_USER_MAX_CHARS)
 # The dialog module's timers tick once a second and events carry whole seconds: a call's timer set this much short
 # of the talk its credit pays for keeps the talk billed (ENDED - ANSWERED, in whole seconds) within it.
 GUARD_S = int(os.environ.get("CALLGATE_GUARD_S", "1"))
 CALL_MAX_S = 86_400   # the longest an inbound call or forwarded leg is kept as a dialog (callgate's --call-max-s)
-DEFAULT_TIMER = 86_399   # kamailio.cfg's dialog default_timeout: talk_timer(CALL_MAX_S) with GUARD_S 1 (a test checks)
 DECOY = bytes(range(256)) * 40   # CALLGATE_TIMINGS: 10 KB whose CRC takes about as long as a local decision
 PROC_MAIN, PROC_INIT = 0, -127   # Kamailio's process ranks for its main process
 RAW_TAG = "R1\0"                   # a raw record of the journals (spool_raw): this layout's version
@@ -269,7 +269,8 @@ class kamailio:
         self.failures = 0
         self.last_stats = 0.0
         self.backlog = True      # events may wait in the spool's table (the sender looks, and knows from then on)
-        self.in_order = False    # callgate stops a call at its first event not answered (its last reply said so)
+        self.in_order = True     # callgate has CallEventsInOrder (until it answers UNIMPLEMENTED)
+        self.in_order_retry = 0.0
         self._local: Any = None
         self.local_decisions = 0
         self.timings = Timings(TIMINGS)  # used only with CALLGATE_TIMINGS
@@ -350,6 +351,13 @@ class kamailio:
 
     # imported at the first use in a worker (never before Kamailio forks), then an attribute of the instance: an
     # import statement at every use cost ~9 us with a SIP worker's cold caches, several times a call
+    @functools.cached_property
+    def default_timer(self) -> int:
+        """The dialog timer of a call that sets none: kamailio.cfg's CG_DIALOG_TIMEOUT (its dialog module's
+        default_timeout), read at the first call; 0 for a configuration without it (every call sets its own)."""
+        value = KSR.pv.get("$defn(CG_DIALOG_TIMEOUT)")
+        return value if type(value) is int else 0
+
     @functools.cached_property
     def grpc(self) -> Any:
         import grpc
@@ -623,7 +631,7 @@ class kamailio:
         that its BYE is still recognised after a Kamailio restart has lost the dialog."""
         call_id = self.new_call_id()
         timer = talk_timer(timeout_s)
-        if timer != DEFAULT_TIMER:   # (an inbound call or forwarded leg: the dialog module's default, one call less)
+        if timer != self.default_timer:   # (an inbound call or forwarded leg: the configuration's, one call less)
             KSR.pv.seti("$avp(cg_timeout)", timer)  # the dialog module's timeout_avp
         record = self.call_record(call=call_id, **fields)
         managed = KSR.dialog.dlg_manage() > 0
@@ -896,19 +904,29 @@ class kamailio:
             self.last_stats = now
             self.report()
         if intake is not None:
-            settled: dict[str, tuple[int, str]] | None = None
+            settled: dict[str, tuple[int, str]] = {}
             if intake.records and not self.backlog and now >= self.backoff_until:
                 rows = intake.rows[:SENDER_BATCH]
-                answers = self.send([(call, request) for _, call, request, _ in rows])
+                try:
+                    answers = self.send([(call, request) for _, call, request, _ in rows])
+                except Exception as exc:   # (no answer of callgate's: a CA file unreadable, ...) nothing was
+                    # sent as far as the sender knows: the round's events go into the table, and wait
+                    self.back_off(f"the events could not be sent: {exc!r:.200}")
+                    answers = []
                 settled = {rows[at][0]: (state, error) for at, state, error in answers}
+            if any(row[0] not in settled for record in intake.records for row in record):
+                self.backlog = True   # (before `store`: what it commits waits, whatever fails after its commit)
             try:
                 # also while callgate is away, so that the spool's figures and CALLGATE_SPOOL_MAX count every
                 # event the workers wrote; sent but not stored (a crash, a full disk): read and sent again, and
                 # callgate answers a replay with its recorded reply
-                if self.spool.store(intake, settled):
-                    self.backlog = True
+                self.spool.store(intake, settled)
             except (sqlite3.Error, OSError) as exc:
                 KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be written: {exc}\n")
+                # nothing counts as read: no round sends the journals straight again until one stores (each
+                # would send the same events again), and the next waits
+                self.backlog = True
+                self.back_off(f"the event spool cannot be written: {exc}")
             for problem in intake.problems:
                 KSR.err(f"callgate: event spool: {problem}\n")
         if self.backlog and time.monotonic() >= self.backoff_until:
@@ -927,8 +945,12 @@ class kamailio:
         if not waiting:
             self.backlog = False
             return
-        done = [(waiting[at][0], state, error)
-                for at, state, error in self.send([(call, request) for _, call, request in waiting])]
+        try:
+            done = [(waiting[at][0], state, error)
+                    for at, state, error in self.send([(call, request) for _, call, request in waiting])]
+        except Exception as exc:   # (as above)
+            self.back_off(f"the events could not be sent: {exc!r:.200}")
+            return
         if done:
             try:
                 self.spool.mark(done)
@@ -939,11 +961,13 @@ class kamailio:
         self.backlog = first_of_call or len(done) < len(waiting) or len(waiting) == SENDER_BATCH
 
     def send(self, events: list[tuple[str, bytes]]) -> list[tuple[int, int, str]]:
-        """Send events (call, request) in one CallEvents call: (position, SENT or REFUSED, error) of each that
-        callgate answered or refused for good; the others wait (and back off if callgate cannot take them).
-        A call's events after one of its own that is not answered wait too; to a callgate that does not stop
-        a call there itself (older than CallEventBatchReply.stops_call_at_failure) only each call's first is
-        sent."""
+        """Send events (call, request) in one call: (position, SENT or REFUSED, error) of each that callgate
+        answered or refused for good; the others wait (and back off if callgate cannot take them).  A call's
+        events go together to CallEventsInOrder, where callgate stops a call at its first event not answered
+        (the call's events after it wait too); to a callgate older than it (UNIMPLEMENTED: nothing applied),
+        each call's first event alone, in CallEvents, tried again in order every IN_ORDER_RETRY_S."""
+        if not self.in_order and time.monotonic() >= self.in_order_retry:
+            self.in_order = True   # (callgate upgraded since?)
         first: dict[str, int] = {}
         for at, (call, _) in enumerate(events):
             first.setdefault(call, at)
@@ -956,13 +980,18 @@ class kamailio:
         done: list[tuple[int, int, str]] = []
         waiting = ""
         try:
-            reply = self.decisions.CallEvents(batch, timeout=10, metadata=METADATA)
+            call_events = self.decisions.CallEventsInOrder if self.in_order else self.decisions.CallEvents
+            reply = call_events(batch, timeout=10, metadata=METADATA)
         except self.grpc.RpcError as exc:
+            if exc.code() == self.grpc.StatusCode.UNIMPLEMENTED and self.in_order:
+                KSR.warn("callgate: callgate has no CallEventsInOrder (it is older than this script): one event "
+                         "of a call per batch\n")
+                self.in_order, self.in_order_retry = False, time.monotonic() + IN_ORDER_RETRY_S
+                return done   # (nothing applied: the events wait, sent again one a call)
             waiting = exc.code().name
             if exc.code() == self.grpc.StatusCode.UNIMPLEMENTED:  # a rolling upgrade done proxies first
                 waiting += " (callgate is older than this script: upgrade callgate first; the events wait)"
         else:
-            self.in_order = reply.stops_call_at_failure
             # a reply that does not answer every event of the batch is no answer: nothing is taken as sent
             whole = len(reply.results) == len(sent)
             if not whole:
@@ -985,14 +1014,18 @@ class kamailio:
                 else:  # callgate cannot take it now (its store is busy or full), or said nothing: this call waits
                     waiting = waiting or f"{name}: {result.error or 'no answer'}"
         if waiting:
-            self.failures += 1
-            wait = min(5.0, 0.2 * 2 ** min(self.failures, 5))
-            self.backoff_until = time.monotonic() + wait
-            if self.failures in (1, 5) or self.failures % 50 == 0:
-                KSR.warn(f"callgate: spooled events wait for callgate ({waiting[:200]}); next try in {wait:.1f} s\n")
+            self.back_off(f"spooled events wait for callgate ({waiting[:200]})")
         else:
             self.failures = 0
         return done
+
+    def back_off(self, why: str) -> None:
+        """Wait before the next try: 0.4 s doubling to 5 s while it fails (logged at the 1st, 5th, every 50th)."""
+        self.failures += 1
+        wait = min(5.0, 0.2 * 2 ** min(self.failures, 5))
+        self.backoff_until = time.monotonic() + wait
+        if self.failures in (1, 5) or self.failures % 50 == 0:
+            KSR.warn(f"callgate: {why}; next try in {wait:.1f} s\n")
 
     def events_of(self, raw: bytes) -> list[tuple[str, str, bytes]]:
         """The events (key, call, request) of a raw record (`spool_raw`), as the SIP worker would have made

@@ -40,7 +40,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     **{D + m: frozenset({"proxy", "operator", "owner", "tenant-admin"})
        for m in ("Inbound", "Outbound", "Pickup", "CallEvent", "DecideBatch")},
     D + "Stream": frozenset({"proxy", "operator", "owner"}),
-    D + "CallEvents": frozenset({"proxy", "operator", "owner"}),   # any tenant's events: a proxy's spool
+    **{D + m: frozenset({"proxy", "operator", "owner"})   # any tenant's events: a proxy's spool
+       for m in ("CallEvents", "CallEventsInOrder")},
     D + "WatchSnapshots": frozenset({"proxy", "operator", "owner"}),
     # operators may push only to create a tenant (its first version): the servicer enforces that part
     **{A + m: frozenset({"tenant-admin", "operator", "owner"}) for m in ("PushSettings", "PushSettingsUpload")},

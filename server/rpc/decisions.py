@@ -249,7 +249,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
         n = len(r.events)
         if not 0 < n <= MAX_EVENTS:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"1 to {MAX_EVENTS:,} events per call, not {n:,}")
-        reply = decisions_pb2.CallEventBatchReply(stops_call_at_failure=True)
+        reply = decisions_pb2.CallEventBatchReply()
         results = [reply.results.add() for _ in range(n)]
         calls_of: dict[tuple[str, str], list[int]] = {}
         for i, event in enumerate(r.events):
@@ -277,6 +277,7 @@ class DecisionsServicer(decisions_pb2_grpc.DecisionsServicer):
     Pickup = method(pickup)
     CallEvent = method(call_event)
     CallEvents = method(call_events)
+    CallEventsInOrder = method(call_events)   # (the same: its name says the rule, for a client to rely on)
 
     def batch(self, r: decisions_pb2.BatchRequest) -> decisions_pb2.BatchReply:
         snap = self._snapshot(r.tenant)

@@ -238,6 +238,50 @@ static void journal_write(const char *buf, size_t total, const char *kinds)
 		journal_close();   /* the next record begins a new file; the reader sets this one aside */
 }
 
+/* the events KINDS of the call ready to send (cg_event_records), one write() each: the disk refusing one loses
+ * that one (logged), never a part of another; 0, or -1 when they cannot be made here (the raw record then) */
+static int journal_append_events(cg_call_t *call, const char *kinds, const char *outcome, str user,
+		struct timespec *mono, struct timespec *wall)
+{
+	char small[4096];
+	char names[2][16];
+	char *buf = small;
+	const char *k = kinds;
+	size_t total, used = 0, made[2], n = 0, i;
+	int whole = 0;   /* every kind made */
+	/* two events at most: each its header, key, call and request (cg_event_records says 0 if it takes more) */
+	total = 2 * (32 + 3 * (size_t)call->prepared_len + (size_t)(user.len > 0 ? user.len : 0) + strlen(outcome) + 64);
+	if(total > sizeof(small) && (buf = (char *)pkg_malloc(total)) == NULL)
+		return -1;
+	/* every event made before any is written: a kind not made here leaves them all to the raw record */
+	while(*k && n < 2) {
+		size_t len = strcspn(k, ",");
+		if(len == 0 || len >= sizeof(names[n]))
+			break;
+		memcpy(names[n], k, len);
+		names[n][len] = '\0';
+		made[n] = cg_event_records(call->record + call->len, (size_t)call->prepared_len, names[n], outcome,
+				user.s, user.len > 0 ? (size_t)user.len : 0, (int64_t)wall->tv_sec,
+				(int64_t)mono->tv_sec * 1000000000LL + mono->tv_nsec,
+				(double)wall->tv_sec + (double)wall->tv_nsec / 1e9, buf + used, total - used);
+		if(made[n] == 0)
+			break;
+		used += made[n++];
+		k += len;
+		if(*k == '\0')
+			whole = 1;
+		else if(*++k == '\0')
+			break;   /* ("RINGING,": not made here) */
+	}
+	if(whole && *k == '\0') {
+		for(i = 0, used = 0; i < n; used += made[i++])
+			journal_write(buf + used, made[i], names[i]);
+	}
+	if(buf != small)
+		pkg_free(buf);
+	return whole && *k == '\0' ? 0 : -1;
+}
+
 /* the events KINDS of the call, what the reply adds, in one write(): ready to send (cg_event_records), else as
  * one raw record for the sender to make them of */
 static void journal_append(cg_call_t *call, const char *kinds, const char *outcome, str user)
@@ -248,7 +292,6 @@ static void journal_append(cg_call_t *call, const char *kinds, const char *outco
 	cg_header_t h;
 	struct timespec mono, wall;
 	size_t kinds_len = strlen(kinds), outcome_len = strlen(outcome), at_len, payload, total;
-	ssize_t written;
 	char *p;
 
 	/* the file first, then the clocks: a record stamped before a slow open could be read after a later one */
@@ -258,25 +301,8 @@ static void journal_append(cg_call_t *call, const char *kinds, const char *outco
 	}
 	clock_gettime(CLOCK_MONOTONIC, &mono);
 	clock_gettime(CLOCK_REALTIME, &wall);
-	if(call->prepared_len > 0) {
-		/* at most two events, each its header, key, call and request (cg_event_records says 0 if not) */
-		total = 2 * (sizeof(h) + 3 * (size_t)call->prepared_len + (size_t)user.len + strlen(outcome) + 64);
-		if(total > sizeof(small))
-			buf = (char *)pkg_malloc(total);
-		written = buf == NULL ? 0 : (ssize_t)cg_event_records(call->record + call->len, (size_t)call->prepared_len,
-				kinds, outcome, user.s, user.len > 0 ? (size_t)user.len : 0, (int64_t)wall.tv_sec,
-				(int64_t)mono.tv_sec * 1000000000LL + mono.tv_nsec,
-				(double)wall.tv_sec + (double)wall.tv_nsec / 1e9, buf, total);
-		if(written > 0) {
-			journal_write(buf, (size_t)written, kinds);
-			if(buf != small)
-				pkg_free(buf);
-			return;
-		}
-		if(buf != small && buf != NULL)
-			pkg_free(buf);
-		buf = small;   /* (not made here: the raw record, below) */
-	}
+	if(call->prepared_len > 0 && journal_append_events(call, kinds, outcome, user, &mono, &wall) == 0)
+		return;
 	at_len = (size_t)snprintf(at, sizeof(at), "%lld", (long long)wall.tv_sec);
 	payload = CG_RAW_TAG_LEN + kinds_len + 1 + at_len + 1 + outcome_len + 1 + (size_t)call->len + 1
 			  + (size_t)user.len;
