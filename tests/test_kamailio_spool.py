@@ -413,3 +413,91 @@ def test_journals_of_an_earlier_process_with_the_pid_or_of_an_earlier_boot_are_f
     assert spool._writing(current, names)
     time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
     assert sender.ingest() == (3, []) and os.listdir(sender.journals) == [current]
+
+
+def test_a_proc_that_cannot_tell_never_makes_a_live_journal_look_finished(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kamailio in a chroot without /proc, or /proc mounted with hidepid: the writer's start cannot be read, and
+    only the process's absence (kill 0) says it is gone: its live journal is kept and read, never removed."""
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    journal = spool.Journal(sender.journals)
+    journal.append([("c1:RINGING", "c1", b"r1")])
+    real_open = open
+
+    def no_proc(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(spool, "open", no_proc, raising=False)
+    assert spool._started_ns(str(os.getpid())) == -1
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest() == (1, []) and len(os.listdir(sender.journals)) == 1
+    journal.append([("c2:RINGING", "c2", b"r2")])
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest() == (1, []) and pending_keys(sender) == ["c1:RINGING", "c2:RINGING"]
+
+
+def test_without_a_boot_id_a_journal_of_an_earlier_boot_is_told_by_its_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that gives no boot id, a reboot, the same pid again: the journal of the boot before (begun later,
+    by its clock, than this boot has run) is not the live one, and the live one is."""
+    monkeypatch.setattr(spool, "BOOT", "")
+    me = str(os.getpid())
+    live = spool.journal_name(me)
+    before = f"{me}-b-{time.clock_gettime_ns(time.CLOCK_BOOTTIME) + 5 * 86_400 * 10**9:020d}.cgj"
+    assert live.startswith(f"{me}-b-")
+    assert spool._writing(live, [live, before]) and not spool._writing(before, [live, before])
+
+
+@pytest.mark.parametrize("name", ["123-b-\u00b2.cgj", "\u0661\u0662-1.cgj", "12-bzzzzzzzz-1.cgj", "x-1.cgj",
+                                  "-.cgj", "12.c.c-1.cgj", "99999999999999999999999-1.cgj"])
+def test_a_file_no_writer_names_so_is_read_and_removed_and_stops_nothing(tmp_path: Path, name: str) -> None:
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    journal = spool.Journal(sender.journals)
+    journal.append([("c1:RINGING", "c1", b"r1")])
+    with open(os.path.join(sender.journals, name), "wb") as f:
+        f.write(b"")
+    names = sorted(os.listdir(sender.journals))
+    assert not spool._writing(name, names) and spool._writing(next(n for n in names if n != name), names)
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest() == (1, []) and name not in os.listdir(sender.journals)
+
+
+def test_what_a_writer_appends_as_it_exits_during_a_round_is_read_before_its_journal_goes(tmp_path: Path) -> None:
+    """A round reads a journal to its end; its process then appends a call's ENDED and exits (Kamailio stopped)
+    before the round is over: the journal is not removed with the ENDED unread."""
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    os.makedirs(sender.journals)
+    ready, go = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            journal = spool.Journal(sender.journals)
+            journal.append([("c1:RINGING", "c1", b"r1")])
+            os.read(ready, 1)   # (the round has read)
+            journal.append([("c1:ENDED", "c1", b"e1")])
+        finally:
+            os._exit(0)
+    wait_for_file = time.monotonic() + 10
+    while not os.listdir(sender.journals) and time.monotonic() < wait_for_file:
+        time.sleep(0.01)
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    intake = sender.read()
+    os.write(go, b"x")
+    assert os.waitpid(child, 0)[1] == 0   # the ENDED appended, the writer gone
+    assert sender.store(intake) == 1 and len(os.listdir(sender.journals)) == 1
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest() == (1, []) and os.listdir(sender.journals) == []
+    assert pending_keys(sender) == ["c1:RINGING", "c1:ENDED"]
+
+
+def test_a_journal_removed_under_its_writer_is_begun_again_not_written_into_the_void(tmp_path: Path) -> None:
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    journal = spool.Journal(sender.journals)
+    journal.append([("c1:RINGING", "c1", b"r1")])
+    [first] = os.listdir(sender.journals)
+    os.unlink(os.path.join(sender.journals, first))   # (by hand, or a sender that took it for finished)
+    journal.append([("c2:RINGING", "c2", b"r2")])
+    assert len(os.listdir(sender.journals)) == 1 and os.listdir(sender.journals) != [first]
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest() == (1, []) and pending_keys(sender) == ["c2:RINGING"]

@@ -303,7 +303,9 @@ def test_the_dialog_timer_the_script_leaves_unset_is_the_configurations(kemi: tu
     ksr.dialog.dlg_manage = lambda: 1
     ksr.rr = types.SimpleNamespace(add_rr_param=lambda param: 1)  # type: ignore[attr-defined]
     ksr.tm.t_on_reply = ksr.tm.t_on_failure = lambda route: 1
-    for defined, expect in ((None, [("$avp(cg_timeout)", timer)]), (timer, [])):
+    # (Kamailio's $defn of a name not defined is 0; a Kamailio without $defn gives none)
+    for defined, expect in ((0, [("$avp(cg_timeout)", timer)]), (None, [("$avp(cg_timeout)", timer)]),
+                            (timer, [])):
         pv.values.clear()
         pv.values.update({"$ci": "a@b", "$cs": "1", "$defn(CG_DIALOG_TIMEOUT)": defined})  # type: ignore[dict-item]
         worker = script()

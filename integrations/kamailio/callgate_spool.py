@@ -32,6 +32,7 @@ process writes no more (it has a newer journal, or is gone).
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import struct
 import time
@@ -92,27 +93,31 @@ def journal_name(writer: str) -> str:
     return f"{writer}-b{BOOT}-{time.clock_gettime_ns(time.CLOCK_BOOTTIME):020d}{JOURNAL_SUFFIX}"
 
 
-def _begun(name: str) -> tuple[str, int] | None:
-    """A journal_name's (boot, ns); None for a name of the writers before it (PID-WALLNS.cgj)."""
-    stem = name.partition("-")[2].removesuffix(JOURNAL_SUFFIX)
-    boot, _, ns = stem[1:].partition("-")
-    return (boot, int(ns)) if stem.startswith("b") and ns.isdigit() else None
+_NAME = re.compile(r"(\d+)(\.c)?-(?:b([0-9a-f]{8})?-(\d{20})|(\d+))" + re.escape(JOURNAL_SUFFIX), re.ASCII)
+
+
+def _parsed(name: str) -> tuple[str, str, tuple[str, int] | None] | None:
+    """A journal's (writer, pid, (boot, ns) of a journal_name or None for a name of the writers before it,
+    PID-WALLNS.cgj); None for a name no writer makes (a file put there by hand: read, and removed once read)."""
+    m = _NAME.fullmatch(name)
+    if m is None:
+        return None
+    pid, module, boot, ns, _ = m.groups()
+    return pid + (module or ""), pid, ((boot or "", int(ns)) if ns is not None else None)
 
 
 def _started_ns(pid: str) -> int | None:
-    """When process `pid` began (CLOCK_BOOTTIME ns, to the kernel's tick), -1 where /proc cannot tell, None for
-    a process that is gone."""
+    """When process `pid` began (CLOCK_BOOTTIME ns, to the kernel's tick), -1 where /proc cannot tell (none in a
+    chroot, hidden by hidepid, another pid namespace's), None for a process that is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
         return int(stat[stat.rindex(b")") + 2:].split()[19]) * _TICKS_NS   # (field 22: after the command's name)
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError, IndexError):
         pass
-    try:
+    try:   # (only this says a process is gone: a /proc without it is no proof)
         os.kill(int(pid), 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):   # (no such pid can be)
         return None
     except PermissionError:   # alive, another user's
         pass
@@ -123,18 +128,20 @@ def _writing(name: str, names: list[str]) -> bool:
     """Whether a journal may still be written: its process is alive (the process that began it: not a later
     one given the same pid, nor one of an earlier boot) and this is its writer's newest journal.  A process has
     two writers: this module's Journal (PID-…) and Kamailio's callgate_events module (PID.c-…)."""
-    writer = name.partition("-")[0]
-    pid = writer.partition(".")[0]
-    if not pid.isdigit():
+    parsed = _parsed(name)
+    if parsed is None:
         return False
-    begun = _begun(name)
-    siblings = [other for other in names if other.startswith(writer + "-") and other != name]
+    writer, pid, begun = parsed
+    now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    siblings = [(n, p[2]) for n in names if n != name and (p := _parsed(n)) is not None and p[0] == writer]
     if begun is None:   # (a writer's before journal_name: by the name's wall clock; any of journal_name is newer)
-        if any(_begun(other) is not None or other > name for other in siblings):
+        if any(other is not None or n > name for n, other in siblings):
             return False
     else:
+        # another boot's: its boot id, or (where the kernel gives none) begun later than this boot's clock
         boot, ns = begun
-        if boot != BOOT or any((b := _begun(other)) is not None and b[0] == BOOT and b[1] > ns for other in siblings):
+        if boot != BOOT or ns > now or any(other is not None and other[0] == BOOT and ns < other[1] <= now
+                                           for _, other in siblings):
             return False
     started = _started_ns(pid)
     if started is None:
@@ -156,8 +163,11 @@ class Journal:
     def append(self, items: list[tuple[str, str, bytes]], raw: bool = False) -> None:
         """Append (key, call, request) events in one write(), or with `raw` ("", "", raw record) items; OSError
         when the disk refuses it (nothing of them is left in the file then)."""
-        if self._fd < 0 or self._pid != os.getpid() or self._size >= ROTATE_BYTES:
-            self._open()   # (before the clocks: a record stamped before a slow open could be read after a later one)
+        if self._fd < 0 or self._pid != os.getpid() or self._size >= ROTATE_BYTES or os.fstat(self._fd).st_nlink == 0:
+            # (a journal removed under its writer, by hand or a sender that misjudged it: what it would take is
+            # lost, so a new one; before the clocks: a record stamped before a slow open could be read after a later
+            # one)
+            self._open()
         now_ns, wall = time.monotonic_ns(), time.time()
         records = []
         for key, call, request in items:
@@ -523,8 +533,12 @@ class Spool:
         for name in names:
             if not ends.get(name) or _writing(name, names):
                 continue
+            path = os.path.join(self.journals, name)
             try:
-                os.unlink(os.path.join(self.journals, name))
+                # (what its process wrote between this round's read and its end is still to be read)
+                if os.stat(path).st_size != self._read_to().get(name):
+                    continue
+                os.unlink(path)
             except FileNotFoundError:
                 pass
             except OSError:

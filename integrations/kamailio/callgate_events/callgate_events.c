@@ -161,7 +161,11 @@ static int journal_ready(void)
 	char path[4096];
 	struct timespec now;
 	pid_t pid = getpid();
-	if(journal_fd >= 0 && journal_pid == pid && journal_size < CG_ROTATE_BYTES)
+	struct stat st;
+	/* (a journal removed under its writer, by hand or a sender that misjudged it: what it would take is lost, so
+	 * a new one, as callgate_spool.Journal does) */
+	if(journal_fd >= 0 && journal_pid == pid && journal_size < CG_ROTATE_BYTES
+			&& (fstat(journal_fd, &st) < 0 || st.st_nlink > 0))
 		return 0;
 	journal_close();
 	if(mkdir(journal_dir, 0750) < 0 && errno != EEXIST) {
