@@ -90,8 +90,9 @@ def test_stream_with_hostile_messages(stubs, data) -> None:
 @FUZZ
 @given(data=st.data())
 def test_call_event_batches_with_hostile_events(stubs, data) -> None:
-    """CallEvents: the call itself refused only when empty or too long; each event answered in band, in order,
-    with a status CallEvent may answer (or a reply)."""
+    """CallEvents (and CallEventsInOrder, the same call): the call itself refused only when empty or too long; each
+    event answered in band, in order, with a status CallEvent may answer (or a reply); after a call's first event
+    not answered, that call's later events ABORTED (not tried), and no other event."""
     decisions, _ = stubs
     ev = decisions_pb2.CallEventRequest
     same_call = data.draw(st.booleans())   # a call's events in order, or many calls' events together
@@ -99,16 +100,23 @@ def test_call_event_batches_with_hostile_events(stubs, data) -> None:
                  kind=data.draw(enums), user=data.draw(texts), at=data.draw(int64), direction=data.draw(texts),
                  caller=data.draw(texts), called=data.draw(texts), line=data.draw(texts), outcome=data.draw(texts))
               for _ in range(data.draw(st.integers(0, 6)))]
+    method = decisions.CallEventsInOrder if data.draw(st.booleans()) else decisions.CallEvents
     try:
-        reply = decisions.CallEvents(decisions_pb2.CallEventBatch(events=events), timeout=30)
+        reply = method(decisions_pb2.CallEventBatch(events=events), timeout=30)
     except grpc.RpcError as exc:
         assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and not events, (exc.code(), exc.details())
         return
     assert len(reply.results) == len(events)
-    for result in reply.results:
-        if result.WhichOneof("result") == "error":
+    stopped: dict[tuple[str, str], int] = {}   # a call's first event not answered: its index
+    for i, (event, result) in enumerate(zip(events, reply.results, strict=True)):
+        call = (event.tenant, event.call_id)
+        if call in stopped:
+            assert result.error_code == grpc.StatusCode.ABORTED.value[0], result
+            assert f"event {stopped[call]} of the batch" in result.error, result
+        elif result.WhichOneof("result") == "error":
             code = next(c for c in grpc.StatusCode if c.value[0] == result.error_code)
             assert result.error and code in ALLOWED, result
+            stopped[call] = i
         else:
             assert result.WhichOneof("result") == "reply" and result.error_code == 0
 
