@@ -31,6 +31,7 @@ process writes no more (it has a newer journal, or is gone).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sqlite3
@@ -96,6 +97,7 @@ def journal_name(writer: str) -> str:
 _NAME = re.compile(r"(\d+)(\.c)?-(?:b([0-9a-f]{8})?-(\d{20})|(\d+))" + re.escape(JOURNAL_SUFFIX), re.ASCII)
 
 
+@functools.lru_cache(maxsize=4096)   # (every round asks it of every journal, for each journal read to its end)
 def _parsed(name: str) -> tuple[str, str, tuple[str, int] | None] | None:
     """A journal's (writer, pid, (boot, ns) of a journal_name or None for a name of the writers before it,
     PID-WALLNS.cgj); None for a name no writer makes (a file put there by hand: read, and removed once read)."""
