@@ -131,6 +131,33 @@ def test_journals_of_processes_that_are_gone_are_removed_once_read(tmp_path: Pat
     assert [n for (n,) in sender.conn().execute("SELECT name FROM journals")] == os.listdir(sender.journals)
 
 
+def test_a_journal_found_written_is_asked_again_a_second_later_and_then_removed(tmp_path: Path) -> None:
+    """Whether a journal's process still writes it (/proc read per journal) is asked once a second, not at every
+    round: a process that exits has its journal removed at the first round a second after it was last found."""
+    sender = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    os.makedirs(sender.journals)
+    go, ready = os.pipe(), os.pipe()
+    child = os.fork()
+    if child == 0:   # a SIP worker that writes, and exits when told
+        try:
+            spool.Journal(sender.journals).append([("c9:RINGING", "c9", b"r9")])
+            os.write(ready[1], b"w")
+            os.read(go[0], 1)
+        finally:
+            os._exit(0)
+    os.read(ready[0], 1)
+    time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
+    assert sender.ingest() == (1, []) and len(os.listdir(sender.journals)) == 1   # alive: kept
+    os.write(go[1], b"x")
+    assert os.waitpid(child, 0)[1] == 0
+    assert sender.ingest() == (0, []) and len(os.listdir(sender.journals)) == 1   # (found alive within the second)
+    sender._alive = {name: at - spool.LIVE_RECHECK_S for name, at in sender._alive.items()}   # a second later
+    assert sender.ingest() == (0, []) and os.listdir(sender.journals) == []
+    assert list(sender.conn().execute("SELECT name FROM journals")) == []
+    for fd in (*go, *ready):
+        os.close(fd)
+
+
 def test_past_the_limit_only_a_calls_end_is_taken(tmp_path: Path) -> None:
     """CALLGATE_SPOOL_MAX waiting events: a new call's events are refused, a call's end still taken (the script
     sends a RINGING only once a call: the dialog says so)."""

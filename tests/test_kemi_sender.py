@@ -140,8 +140,41 @@ def test_a_rounds_events_go_straight_to_callgate_in_one_call_and_never_enter_the
     assert table(sender) == [] and not sender.backlog
     round_(sender)                              # what was read counts as read: nothing sent twice
     assert len(server.batches) == 1
-    read_to = dict(sender.spool.conn().execute("SELECT name, offset FROM journals"))
-    assert list(read_to.values()) == [os.path.getsize(os.path.join(sender.spool.journals, name)) for name in read_to]
+    assert committed(sender) != sizes(sender)   # (how far: committed at most a second later, not at every round)
+    sender.spool._saved_at -= 1.0               # a second later, a quiet round commits it
+    round_(sender)
+    assert committed(sender) == sizes(sender) and len(server.batches) == 1
+
+
+def committed(sender: Any) -> dict[str, int]:
+    """How far each journal was read, as the spool's table holds it (what a restarted sender reads from)."""
+    return dict(sender.spool.conn().execute("SELECT name, offset FROM journals"))
+
+
+def sizes(sender: Any) -> dict[str, int]:
+    folder = sender.spool.journals
+    return {name: os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder)}
+
+
+def test_a_crash_before_the_offsets_are_committed_sends_the_events_again_and_loses_none(sender: Any) -> None:
+    server = CallEvents()
+    warmed(sender, server)
+    spool(sender, *calls("a", "b"))
+    round_(sender)
+    spool(sender, *calls("c"))
+    round_(sender)
+    assert server.seen == [*calls("a", "b"), *calls("c")] and table(sender) == []
+    # kill -9 of the sender: a new process reads the table's offsets, behind what was sent
+    restarted = type(sender)()
+    restarted.spool, restarted._pid = type(sender.spool)(sender.spool.path, 1000), os.getpid()
+    answering(restarted, server)
+    server.batches.clear()
+    round_(restarted)
+    round_(restarted)
+    # every event after the last commit sent again (callgate answers a replay with its recorded reply), in order;
+    # (a sender that starts sends through the table until it finds it empty) none waits
+    assert server.seen == [*calls("a", "b"), *calls("c")]
+    assert {state for _, state in table(restarted)} == {1}
 
 
 def test_a_call_callgate_cannot_take_waits_in_the_table_in_order_and_the_others_go(sender: Any) -> None:

@@ -9,7 +9,9 @@ the journals hold (`Spool.read`), in the order the events were written
 across all processes, sends it, and keeps in the spool's table what was not
 answered (`Spool.store`: each record once, the offsets read commit with the
 rows; with nothing sent, all of it: `Spool.ingest`), which it sends until
-none waits.  Measured before the
+none waits.  A round whose events were all answered keeps nothing but how
+far it read, committed at most a second later: a crash meanwhile has those
+events sent again, and callgate answers a replay with its recorded reply.  Measured before the
 journals: an event appended to the shared SQLite file cost a SIP worker
 ~78 us of CPU and a read ~40 us (every transaction starts cold when eight
 processes write the file), a third of what the script added to a call.
@@ -52,6 +54,8 @@ ROTATE_BYTES = 16 << 20              # a journal this long is closed and the nex
 WATERMARK_NS = 20_000_000            # records younger than this wait for the next round: one written meanwhile by
 #                                      another process, older, is then never read after a younger one
 MAX_READ = 8 << 20                   # bytes read of one journal per round
+OFFSETS_EVERY_S = 1.0                # how far the journals were read, committed at least this often (`store`)
+LIVE_RECHECK_S = 1.0                 # a journal found still written is asked again after this (`_forget_finished`)
 
 T = TypeVar("T")
 Event = tuple[str, str, bytes]      # (key, call, request): an event ready to send
@@ -301,6 +305,9 @@ class Spool:
         self._counted = (0.0, 0)
         self._known: dict[str, int] | None = None   # `_read_to`
         self._known_pid = 0
+        self._unsaved: dict[str, int] = {}   # offsets read past what the table holds (`store`)
+        self._saved_at = 0.0
+        self._alive: dict[str, float] = {}   # journal: when it was last found written (`_forget_finished`)
 
     def conn(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # one connection per process, opened after the fork
@@ -400,13 +407,17 @@ class Spool:
             path = os.path.join(self.journals, name)
             start = known.get(name, 0)
             try:
-                with open(path, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    if size <= start:   # (most journals, most rounds: nothing new)
-                        intake.offsets[name], intake.ends[name] = start, True
-                        continue
-                    f.seek(start)
-                    data = f.read(MAX_READ)
+                # (most journals, most rounds: nothing new, one stat)
+                if os.stat(path).st_size <= start:
+                    intake.offsets[name], intake.ends[name] = start, True
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    size = os.fstat(fd).st_size
+                    # what is there, not MAX_READ: a buffer of 8 MiB is mapped and unmapped at every read
+                    data = os.pread(fd, min(MAX_READ, max(size - start, 0)), start)
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 problems.append(f"journal {name} cannot be read: {exc}")
                 continue
@@ -468,20 +479,26 @@ class Spool:
                     rows.append((*row, state, error[:500], now if state else 0.0, 1 if state else 0))
         known = self._read_to()
         moved = {name: at for name, at in intake.offsets.items() if known.get(name) != at}
-        if rows or moved:
+        unsaved = {**self._unsaved, **moved}
+        # Events all answered leave nothing to keep but how far the journals were read, which is then committed
+        # at most once every OFFSETS_EVERY_S (a commit, ~100 us of a round, is most of a quiet round's cost): a
+        # crash meanwhile has those events sent again, and callgate answers a replay with its recorded reply.
+        if rows or (unsaved and (time.monotonic() - self._saved_at >= OFFSETS_EVERY_S or intake.problems)):
             conn = self.conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany("INSERT OR IGNORE INTO events (key, call, request, created, state, error, done_at, "
                                  "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 conn.executemany("INSERT INTO journals (name, offset) VALUES (?, ?) "
-                                 "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset", list(moved.items()))
+                                 "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset", list(unsaved.items()))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
-                self._known = None   # read again from the table
+                self._known, self._unsaved = None, {}   # read again from the table (what it lacks: sent again)
                 raise
-            known.update(moved)
+            unsaved, self._saved_at = {}, time.monotonic()
+        known.update(moved)
+        self._unsaved = unsaved
         self._forget_finished(intake.names, intake.ends)
         return len(kept)
 
@@ -532,8 +549,14 @@ class Spool:
         """Remove the journals read to their end whose process will write no more: a newer journal of the same
         process exists, or the process is gone (a live process keeps its newest file: it may still write)."""
         gone = []
+        now = time.monotonic()
+        # (a journal found written is asked again a second later, not at every round: /proc read per journal)
+        self._alive = {name: at for name, at in self._alive.items() if now - at < LIVE_RECHECK_S}
         for name in names:
-            if not ends.get(name) or _writing(name, names):
+            if not ends.get(name) or name in self._alive:
+                continue
+            if _writing(name, names):
+                self._alive[name] = now
                 continue
             path = os.path.join(self.journals, name)
             try:
@@ -550,6 +573,7 @@ class Spool:
             self.conn().executemany("DELETE FROM journals WHERE name = ?", gone)
             for (name,) in gone:
                 self._read_to().pop(name, None)
+                self._unsaved.pop(name, None)
 
     def pending(self, limit: int, first_of_call: bool = False) -> list[tuple[int, str, bytes]]:
         """The oldest waiting events, (id, call, request), oldest first; with `first_of_call` only each call's
