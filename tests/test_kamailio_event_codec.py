@@ -39,6 +39,11 @@ def codec(tmp_path_factory: pytest.TempPathFactory) -> Any:
                                    ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int64, ctypes.c_int64, ctypes.c_double,
                                    ctypes.c_char_p, ctypes.c_size_t]
     c.cg_utf8_valid.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    c.cg_call_record.restype = c.cg_route_param.restype = ctypes.c_size_t
+    c.cg_call_record.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_size_t), ctypes.c_char_p,
+                                 ctypes.c_size_t]
+    c.cg_route_param.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
+                                 ctypes.c_char_p, ctypes.c_size_t]
     return c
 
 
@@ -203,3 +208,68 @@ def test_a_user_callgate_would_refuse_names_the_records_user(codec: Any, sender:
         assert made is not None
         users = {sender.pb.CallEventRequest.FromString(request).user for _, _, request in made}
         assert users == {name if named else TYPICAL["user"]}
+
+
+# -- the call's record and Record-Route parameters, made in C (callgate_events.relayed) -----------------------------
+
+RECORD_FIELDS = ("call", "tenant", "dir", "caller", "called", "line", "user")   # cg_call_record's order
+
+
+def module_record(codec: Any, values: list[bytes], cap: int = 4096) -> bytes | None:
+    """The record the module makes of these field values (bytes, as Kamailio hands them over), or None: it
+    declines (the script makes it)."""
+    out = ctypes.create_string_buffer(cap)
+    n = codec.cg_call_record((ctypes.c_char_p * 7)(*values), (ctypes.c_size_t * 7)(*map(len, values)), out, cap)
+    return out.raw[:n] if n else None
+
+
+def module_route_param(codec: Any, call: bytes, tenant: bytes) -> bytes | None:
+    out = ctypes.create_string_buffer(16 + 2 * (len(call) + len(tenant)))
+    n = codec.cg_route_param(call, len(call), tenant, len(tenant), out, len(out))
+    return out.raw[:n] if n else None
+
+
+def test_a_typical_record_is_the_scripts_byte_for_byte(codec: Any, sender: Any) -> None:
+    values = [TYPICAL[name] for name in RECORD_FIELDS]
+    made = module_record(codec, [v.encode() for v in values])
+    assert made == sender.call_record(**dict(zip(RECORD_FIELDS, values, strict=True))).encode()
+    assert json.loads(made) == TYPICAL
+    assert module_route_param(codec, b"a@b/1", b"acme") == b";cgc=" + b"a@b/1".hex().encode() + b";cgt=61636d65"
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(st.text(st.characters(codec="utf-8") | st.sampled_from(
+    ["\x00", "\x7f", '"', "\\", "\b", "\f", "\n", "\r", "\t", "\u2028", "\U0010ffff", "\U0001f600"]),
+    max_size=30), min_size=7, max_size=7))
+def test_any_fields_the_record_and_route_are_the_scripts(codec: Any, sender: Any, values: list[str]) -> None:
+    """What the module makes in place of the script's `call_record` and Record-Route parameters: the same bytes,
+    for any text (control characters, quotes, characters past the BMP), and a record the module's own reader
+    prepares (its events made in C)."""
+    made = module_record(codec, [v.encode() for v in values])
+    assert made == sender.call_record(**dict(zip(RECORD_FIELDS, values, strict=True))).encode()
+    room = 4 * len(made) + 64
+    assert codec.cg_prepare(made, len(made), ctypes.create_string_buffer(room), room) > 0 or not values[0] \
+        or not values[1]   # (no call id or tenant: the sender's events_of refuses it, and so the module's reader)
+    call, tenant = values[0].encode(), values[1].encode()
+    assert module_route_param(codec, call, tenant) == f";cgc={call.hex()};cgt={tenant.hex()}".encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(st.binary(max_size=12), min_size=7, max_size=7))
+def test_fields_that_are_not_utf8_are_left_to_the_script(codec: Any, values: list[bytes]) -> None:
+    """A field Python could not have read (not UTF-8, a surrogate's bytes): the module declines, and the script
+    makes the record its own way; what it makes is json.loads's reading of the values."""
+    made = module_record(codec, values)
+    try:
+        texts = [v.decode("utf-8") for v in values]
+    except UnicodeDecodeError:
+        assert made is None
+        return
+    assert made is not None and list(json.loads(made).values()) == texts
+
+
+def test_a_record_longer_than_the_room_is_declined(codec: Any) -> None:
+    values = [b"c" * 600, *([b"\x01" * 100] * 6)]    # 600 + 6 x 600 escaped: past 4,096
+    assert module_record(codec, values) is None
+    assert module_record(codec, values, cap=8192) is not None
+    assert module_record(codec, [b"x"] * 7, cap=60) is None   # (the worst case is reserved: 6 bytes a byte)

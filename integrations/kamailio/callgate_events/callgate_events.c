@@ -53,6 +53,8 @@
 #include "../../core/kemi.h"
 #include "../../core/parser/msg_parser.h"
 #include "../../core/parser/parse_hname2.h"
+#include "../../core/parser/parse_cseq.h"
+#include "../../modules/rr/api.h"
 #include "../../modules/tm/tm_load.h"
 #include "../../modules/dialog/dlg_load.h"
 #include "../../modules/dialog/dlg_hash.h"
@@ -98,7 +100,9 @@ typedef struct {
 
 static struct tm_binds tmb;
 static struct dlg_binds dlgb;
+static struct rr_binds rrb;
 static int with_dialogs = 0;              /* the dialog module is loaded: follow() can */
+static int with_rr = 0;                   /* the rr module is loaded (before this one): relayed() can */
 /* the call track() was given for the message this process handles (its transaction holds it): follow() of the
  * same message takes it (once), and shares it */
 static cg_call_t *tracked_call = NULL;
@@ -135,6 +139,8 @@ static int mod_init(void)
 		return -1;
 	}
 	with_dialogs = load_dlg_api(&dlgb) == 0;
+	/* (load_rr_api logs an error where rr is not loaded: asked first) */
+	with_rr = find_export("load_rr", 0, 0) != NULL && load_rr_api(&rrb) == 0;
 	if(spool == NULL || spool[0] == '\0')
 		spool = "/var/spool/callgate/events.sqlite";   /* callgate_kemi.py's default */
 	n = strlen(spool) + sizeof(".journal");
@@ -481,6 +487,60 @@ static int ki_follow(sip_msg_t *msg, str *record)
 	return 1;
 }
 
+#define CG_RELAYED_ROUTE 1      /* relayed(): the Record-Route parameters added */
+#define CG_RELAYED_TRACKED 2    /* the replies make the events (track) */
+#define CG_RELAYED_FOLLOWED 4   /* the dialog's end makes the ENDED (follow) */
+
+/* KSR.callgate_events.relayed(tenant, dir, caller, called, line, user), after dlg_manage(), in place of what the
+ * script's `under_dialog` does around it: the call's record made here (cg_call_record: as `call_record` writes it,
+ * for callgate's call id $ci/$cs), its Record-Route parameters added (cgc, cgt), the INVITE's replies tracked
+ * (not an outbound call's) and its dialog followed.  Each is a Python call (five into Kamailio) and ~50 us of a SIP
+ * worker's INVITE with its cold caches, where this is one.  What it did, as the sum of the CG_RELAYED_ flags, or
+ * -1 for nothing (a field that is not UTF-8, a record longer than the module prepares, no rr module): the script
+ * does the rest itself. */
+static int ki_relayed(sip_msg_t *msg, str *tenant, str *dir, str *caller, str *called, str *line, str *user)
+{
+	char call_id[CG_PREPARE_MAX], record[CG_PREPARE_MAX], param[2 * CG_PREPARE_MAX + 16];
+	const char *values[CG_RECORD_FIELDS];
+	size_t lens[CG_RECORD_FIELDS];
+	str callid, number, rec, rr;
+	size_t n, id_len;
+	int done = 0;
+	if(!with_rr || msg == NULL || msg->first_line.type != SIP_REQUEST || msg->REQ_METHOD != METHOD_INVITE)
+		return -1;
+	if(parse_headers(msg, HDR_CALLID_F | HDR_CSEQ_F, 0) < 0 || msg->callid == NULL || msg->cseq == NULL)
+		return -1;
+	callid = msg->callid->body;   /* $ci and $cs, as the script reads them */
+	number = get_cseq(msg)->number;
+	if(callid.len < 0 || number.len < 0 || (size_t)callid.len + 1 + (size_t)number.len > sizeof(call_id))
+		return -1;
+	memcpy(call_id, callid.s, callid.len);
+	call_id[callid.len] = '/';
+	memcpy(call_id + callid.len + 1, number.s, number.len);
+	id_len = (size_t)callid.len + 1 + (size_t)number.len;
+	values[0] = call_id, lens[0] = id_len;
+	values[1] = tenant->s, lens[1] = (size_t)tenant->len;
+	values[2] = dir->s, lens[2] = (size_t)dir->len;
+	values[3] = caller->s, lens[3] = (size_t)caller->len;
+	values[4] = called->s, lens[4] = (size_t)called->len;
+	values[5] = line->s, lens[5] = (size_t)line->len;
+	values[6] = user->s, lens[6] = (size_t)user->len;
+	n = cg_call_record(values, lens, record, sizeof(record));
+	rr.len = (int)cg_route_param(call_id, id_len, tenant->s, (size_t)tenant->len, param, sizeof(param));
+	if(n == 0 || rr.len == 0)
+		return -1;
+	rr.s = param;
+	if(rrb.add_rr_param(msg, &rr) == 0)
+		done |= CG_RELAYED_ROUTE;
+	rec.s = record;
+	rec.len = (int)n;
+	if(!(dir->len == 8 && memcmp(dir->s, "outbound", 8) == 0) && ki_track(msg, &rec) > 0)
+		done |= CG_RELAYED_TRACKED;
+	if(ki_follow(msg, &rec) > 0)
+		done |= CG_RELAYED_FOLLOWED;
+	return done > 0 ? done : -1;
+}
+
 /* clang-format off */
 static sr_kemi_t sr_kemi_callgate_events_exports[] = {
 	{ str_init("callgate_events"), str_init("track"),
@@ -492,6 +552,11 @@ static sr_kemi_t sr_kemi_callgate_events_exports[] = {
 		SR_KEMIP_INT, ki_follow,
 		{ SR_KEMIP_STR, SR_KEMIP_NONE, SR_KEMIP_NONE,
 			SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE }
+	},
+	{ str_init("callgate_events"), str_init("relayed"),
+		SR_KEMIP_INT, ki_relayed,
+		{ SR_KEMIP_STR, SR_KEMIP_STR, SR_KEMIP_STR,
+			SR_KEMIP_STR, SR_KEMIP_STR, SR_KEMIP_STR }
 	},
 	{ {0, 0}, {0, 0}, 0, NULL, { 0, 0, 0, 0, 0, 0 } }
 };

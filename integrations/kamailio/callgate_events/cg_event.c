@@ -347,3 +347,111 @@ size_t cg_event_records(const char *prepared, size_t prepared_len, const char *k
 	}
 	return used;
 }
+
+/* json.dumps's string (ensure_ascii: encode_basestring_ascii) of s, valid UTF-8 of len bytes, at o: its end.  At
+ * most 6 bytes a byte of s (a control character: \u0000; a character of 4 bytes: two escapes of 6) and 2. */
+static char *put_json_string(char *o, const char *s, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *p = (const unsigned char *)s, *end = p + len;
+	unsigned units[2], n, i, cp;
+	*o++ = '"';
+	while(p < end) {
+		unsigned c = *p++;
+		if(c >= 0x20 && c <= 0x7E && c != '"' && c != '\\') {
+			*o++ = (char)c;
+			continue;
+		}
+		switch(c) {
+			case '"': *o++ = '\\'; *o++ = '"'; continue;
+			case '\\': *o++ = '\\'; *o++ = '\\'; continue;
+			case '\b': *o++ = '\\'; *o++ = 'b'; continue;
+			case '\f': *o++ = '\\'; *o++ = 'f'; continue;
+			case '\n': *o++ = '\\'; *o++ = 'n'; continue;
+			case '\r': *o++ = '\\'; *o++ = 'r'; continue;
+			case '\t': *o++ = '\\'; *o++ = 't'; continue;
+			default: break;
+		}
+		if(c < 0x80) {   /* another control character, or DEL */
+			cp = c;
+		} else {         /* (valid UTF-8: the caller checked it) */
+			n = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : 1;
+			cp = c & (0x3Fu >> n);
+			for(i = 0; i < n; i++)
+				cp = cp << 6 | (*p++ & 0x3Fu);
+		}
+		n = 0;
+		if(cp >= 0x10000) {   /* a surrogate pair, as Python writes one */
+			cp -= 0x10000;
+			units[n++] = 0xD800 | (cp >> 10);
+			units[n++] = 0xDC00 | (cp & 0x3FF);
+		} else {
+			units[n++] = cp;
+		}
+		for(i = 0; i < n; i++) {
+			*o++ = '\\';
+			*o++ = 'u';
+			*o++ = hex[units[i] >> 12 & 0xF];
+			*o++ = hex[units[i] >> 8 & 0xF];
+			*o++ = hex[units[i] >> 4 & 0xF];
+			*o++ = hex[units[i] & 0xF];
+		}
+	}
+	*o++ = '"';
+	return o;
+}
+
+size_t cg_call_record(const char *const values[], const size_t lens[], char *out, size_t cap)
+{
+	static const char *const keys[CG_RECORD_FIELDS] = {"call", "tenant", "dir", "caller", "called", "line",
+			"user"};
+	size_t need = 2, i, key_len;
+	char *o = out;
+	for(i = 0; i < CG_RECORD_FIELDS; i++) {
+		if(values[i] == NULL || !cg_utf8_valid(values[i], lens[i]))
+			return 0;
+		if(lens[i] > cap)
+			return 0;
+		need += strlen(keys[i]) + 4 + 6 * lens[i] + 2;
+	}
+	if(need > cap)
+		return 0;
+	*o++ = '{';
+	for(i = 0; i < CG_RECORD_FIELDS; i++) {
+		if(i > 0)
+			*o++ = ',';
+		key_len = strlen(keys[i]);
+		*o++ = '"';
+		memcpy(o, keys[i], key_len);
+		o += key_len;
+		*o++ = '"';
+		*o++ = ':';
+		o = put_json_string(o, values[i], lens[i]);
+	}
+	*o++ = '}';
+	return (size_t)(o - out);
+}
+
+static char *put_hex(char *o, const char *s, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t i;
+	for(i = 0; i < len; i++) {
+		*o++ = hex[(unsigned char)s[i] >> 4];
+		*o++ = hex[(unsigned char)s[i] & 0xF];
+	}
+	return o;
+}
+
+size_t cg_route_param(const char *call, size_t call_len, const char *tenant, size_t tenant_len, char *out,
+		size_t cap)
+{
+	char *o = out;
+	if(call_len > cap || tenant_len > cap || 2 * (call_len + tenant_len) + 10 > cap)
+		return 0;
+	memcpy(o, ";cgc=", 5);
+	o = put_hex(o + 5, call, call_len);
+	memcpy(o, ";cgt=", 5);
+	o = put_hex(o + 5, tenant, tenant_len);
+	return (size_t)(o - out);
+}

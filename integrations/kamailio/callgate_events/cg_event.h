@@ -25,6 +25,19 @@
 /* prepare the call `record` (len bytes) into `out` (cap bytes): its size, or 0 when it cannot be (write raw) */
 size_t cg_prepare(const char *record, size_t len, char *out, size_t cap);
 
+/* the fields of a call's record, in the order cg_call_record writes them (callgate_kemi.py `call_record`) */
+#define CG_RECORD_FIELDS 7              /* call, tenant, dir, caller, called, line, user */
+
+/* the call's record as callgate_kemi.py's `call_record` writes it for these CG_RECORD_FIELDS values (each lens[i]
+ * bytes), in this order: JSON, ASCII, escaped as json.dumps does; into `out` (cap bytes): its size, or 0 when a
+ * value is not UTF-8 or the record takes more than cap (the script then makes it itself) */
+size_t cg_call_record(const char *const values[], const size_t lens[], char *out, size_t cap);
+
+/* the call's Record-Route parameters as the script adds them (";cgc=" the call id's bytes in hex, ";cgt=" the
+ * tenant's): its size, or 0 when it takes more than cap */
+size_t cg_route_param(const char *call, size_t call_len, const char *tenant, size_t tenant_len, char *out,
+		size_t cap);
+
 /* whether s (len bytes) is UTF-8 as Python's strict decoder takes it (no overlong form, surrogate or > U+10FFFF) */
 int cg_utf8_valid(const char *s, size_t len);
 
