@@ -232,7 +232,7 @@ def module_route_param(codec: Any, call: bytes, tenant: bytes) -> bytes | None:
 def test_a_typical_record_is_the_scripts_byte_for_byte(codec: Any, sender: Any) -> None:
     values = [TYPICAL[name] for name in RECORD_FIELDS]
     made = module_record(codec, [v.encode() for v in values])
-    assert made == sender.call_record(**dict(zip(RECORD_FIELDS, values, strict=True))).encode()
+    assert made is not None and made == sender.call_record(**dict(zip(RECORD_FIELDS, values, strict=True))).encode()
     assert json.loads(made) == TYPICAL
     assert module_route_param(codec, b"a@b/1", b"acme") == b";cgc=" + b"a@b/1".hex().encode() + b";cgt=61636d65"
 
@@ -246,7 +246,7 @@ def test_any_fields_the_record_and_route_are_the_scripts(codec: Any, sender: Any
     for any text (control characters, quotes, characters past the BMP), and a record the module's own reader
     prepares (its events made in C)."""
     made = module_record(codec, [v.encode() for v in values])
-    assert made == sender.call_record(**dict(zip(RECORD_FIELDS, values, strict=True))).encode()
+    assert made is not None and made == sender.call_record(**dict(zip(RECORD_FIELDS, values, strict=True))).encode()
     room = 4 * len(made) + 64
     assert codec.cg_prepare(made, len(made), ctypes.create_string_buffer(room), room) > 0 or not values[0] \
         or not values[1]   # (no call id or tenant: the sender's events_of refuses it, and so the module's reader)

@@ -640,7 +640,7 @@ class kamailio:
         managed = KSR.dialog.dlg_manage() > 0
         module = EVENTS_MODULE
         done = 0
-        if RELAYED_IN_MODULE and managed and fields.get("dir") != "outbound":
+        if RELAYED_IN_MODULE and module is not None and managed and fields.get("dir") != "outbound":
             # the module makes the record and does all of what follows in one call (~50 us less); what it did not
             # do (it could not, or a module before `relayed`) is done here
             try:
