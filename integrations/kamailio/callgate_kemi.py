@@ -269,7 +269,6 @@ class kamailio:
         self.spool = Spool(SPOOL_FILE, SPOOL_MAX)
         self._stub: Any = None
         self._pid = 0
-        self.down = False
         self.backoff_until = 0.0
         self.failures = 0
         self.last_stats = 0.0
@@ -300,7 +299,8 @@ class kamailio:
         # In a worker, get ready now (grpcio's import and the spool take tens of ms the first time: not on the
         # first call's reply, where a slow 180 could be overtaken by its 200)
         if rank not in (PROC_INIT, PROC_MAIN):
-            self.decisions  # noqa: B018 - the channel and its imports
+            if not BYPASS:   # (the SIP benchmark's relay is Kamailio without callgate: no channel, no grpcio)
+                self.decisions  # noqa: B018 - the channel and its imports (it connects at its first call)
             local = self.local  # the engine's import (numpy, the core) before the first call
             if local is not None and rank > 0:   # a SIP worker (not a timer's or RPC's process): every tenant's
                 # file mapped and checked now, no call waits for it; a descriptor each (Python < 3.13): a quarter
@@ -333,10 +333,8 @@ class kamailio:
                 channel = grpc.secure_channel(TARGET, creds, options=CHANNEL_OPTIONS)
             else:
                 channel = grpc.insecure_channel(TARGET, options=CHANNEL_OPTIONS)
-            # the channel's state as grpcio last reported it (from its own thread): while callgate is known to
-            # be down a decision fails at once instead of holding a SIP worker for the whole deadline
-            self.down = False
-            channel.subscribe(self._state, try_to_connect=True)
+            # (no channel.subscribe: grpcio's thread polling the channel's state cost every Kamailio process
+            # ~5 ms of CPU a second, idle or not; a call is failed at once while the channel is down anyway)
             self._stub, self._pid = decisions_pb2_grpc.DecisionsStub(channel), os.getpid()
         return self._stub
 
@@ -350,9 +348,6 @@ class kamailio:
             KSR.info(f"callgate: inbound calls decided from the replica in {REPLICA_DIR}"
                      f"{' (a private copy per worker)' if REPLICA_COPY else ''}\n")
         return self._local
-
-    def _state(self, state: Any) -> None:
-        self.down = state.name == "TRANSIENT_FAILURE"
 
     # imported at the first use in a worker (never before Kamailio forks), then an attribute of the instance: an
     # import statement at every use cost ~9 us with a SIP worker's cold caches, several times a call
@@ -621,8 +616,9 @@ class kamailio:
         """One decision within the deadline; None when callgate is unreachable, late or refuses the input."""
         try:
             stub = self.decisions
-            # connecting (callgate just came back): wait for it within the deadline; known down: fail at once
-            return getattr(stub, method)(request, timeout=DEADLINE_S, metadata=METADATA, wait_for_ready=not self.down)
+            # (not wait_for_ready: a channel that is connecting, callgate just back, is waited for within the
+            # deadline; one that failed to connect fails the call at once, not holding a SIP worker for the deadline)
+            return getattr(stub, method)(request, timeout=DEADLINE_S, metadata=METADATA)
         except self.grpc.RpcError as exc:
             KSR.warn(f"callgate: {method} for {KSR.pv.get('$ci')}: {exc.code().name} {exc.details()}\n")
             return None
