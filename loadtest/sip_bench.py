@@ -36,7 +36,9 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    round (each proxy in every place); each ratio is then the median of the
    rounds' ratios (every round's listed), each proxy's figures those of its
    median round, and every call of every round must succeed.
-   Targets: local / bypass <= 1.10; rpc / bypass is reported.
+   Targets: local / bypass <= 1.10; rpc / bypass is reported.  Before the
+   rounds each proxy's CPU idle (5 s without calls) is reported too: what
+   it costs with nothing to do (the bypass runs no gRPC channel at all).
 2. The ramp: rates of `--ramp`, `--step-seconds` each, each step through
    every proxy still standing in the same order; a proxy breaks at the
    first step where more than 1% of the calls fail or fewer than 95% of the
@@ -208,6 +210,18 @@ def drained(proxy: sip.Kamailio, timeout_s: float) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
+
+
+IDLE_S = 5.0
+
+
+def idle_cpu(proxy: sip.Kamailio, seconds: float) -> float:
+    """The instance's CPU in ms a second over `seconds` without calls (its timers, the event sender's rounds, and
+    whatever a library does in the background: grpcio's channel-state polling cost ~5 ms a second a process)."""
+    meter = CpuMeter(proxy.tree())
+    time.sleep(seconds)
+    cpu = meter.read()
+    return sum(cpu["worker_cpu_s"].values()) / cpu["wall_s"] * 1000 if cpu["wall_s"] else 0.0
 
 
 def bounded(proxy: sip.Kamailio, rate: float, calls: int, folder: Path, timeout_s: float) -> dict[str, Any]:
@@ -405,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     started: list[Any] = []
     out: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                            "bounded": {}, "rounds": [], "ramp": {p: [] for p in PROXIES}, "broke_at": {},
-                           "timings": {}}
+                           "timings": {}, "idle": {}}
     crashed: list[str] = []
     calls = int(args.rate * args.seconds)
     try:
@@ -441,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"callgate at {callgate.address}, UAS at 127.0.0.1:{uas.port}, replica in {replica.directory}; "
             + ", ".join(f"Kamailio {n} at {k.address}" for n, k in proxies.items()))
 
+        # each proxy idle (started, no call): what it costs with nothing to do, apart from what calls cost
+        for name in PROXIES:
+            out["idle"][name] = idle_cpu(proxies[name], IDLE_S)
+            say(f"1 idle {name}: {out['idle'][name]:.1f} ms CPU a second over {IDLE_S:g} s without calls")
         for turn in range(args.rounds):   # round k starts k places further: each proxy in every place
             order = PROXIES[turn % len(PROXIES):] + PROXIES[:turn % len(PROXIES)]
             this: dict[str, Any] = {}
@@ -552,6 +570,8 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
         t = r["response_ms"]
         rep.add(1, f"{name}: response time INVITE->180, mean / p50 / p99 / max ms (sipp: 4 ms steps)",
                 text=f"{t['mean']:.2f} / {t['p50']:.0f} / {t['p99']:.0f} / {t['max']:.0f}" if t["n"] else "-")
+        idle = out.get("idle", {}).get(name)
+        rep.add(1, f"{name}: Kamailio CPU idle, ms a second (no calls, {IDLE_S:g} s)", idle, "{:.1f}")
         c = r["cpu"]
         rep.add(1, f"{name}: Kamailio CPU per call µs (SIP workers + event sender + the rest)"
                    + ("; its median round" if len(rounds) > 1 else ""),
