@@ -212,6 +212,71 @@ def test_an_event_refused_for_good_is_kept_as_refused_and_its_calls_next_event_g
     assert sender.spool.stats()[2] == 1 and not sender.backlog
 
 
+def table_rows(sender: Any) -> dict[str, tuple[int, int, float]]:
+    """key -> (state, tries, done_at) of the spool's table."""
+    return {key: (state, tries, done_at) for key, state, tries, done_at in sender.spool.conn().execute(
+        "SELECT key, state, attempts, done_at FROM events")}
+
+
+def retry_now(sender: Any) -> None:
+    """The time of every event waiting out its retry come (as if its wait were over)."""
+    sender.spool.conn().execute("UPDATE events SET done_at = 0 WHERE state = 0 AND attempts > 0")
+
+
+def test_an_event_callgate_fails_with_internal_is_tried_again_its_call_held_and_billed_when_it_heals(
+        sender: Any) -> None:
+    """INTERNAL (a fault callgate could not name: a bug, fixed by a deploy) is no refusal: were the ANSWERED
+    refused, the call's ENDED would go next and the call end unanswered, unbilled.  It waits out a retry, the
+    call's later events (and new ones) held behind it, the other calls going on; healed, it goes, then the rest
+    of its call, in order."""
+    broken = {"on": True}
+    server = CallEvents(lambda event: "INTERNAL" if broken["on"] and event.call_id == "b" and event.kind == 2
+                        else "")
+    warmed(sender, server)
+    spool(sender, *calls("a", "b"))
+    before = time.time()
+    round_(sender)
+    assert server.batches[0] == calls("a", "b")
+    rows = table_rows(sender)
+    state, tries, not_before = rows["b:ANSWERED"]
+    assert (state, tries) == (0, 1) and not_before >= before + 1.0   # pending, tried once, not again for a second
+    assert rows["b:ENDED"][0] == 0 and "a:ENDED" not in rows and sender.backlog
+    spool(sender, *calls("c"))                  # (c's events go, b's wait)
+    round_(sender)
+    assert not any(key.startswith("b:") for key in server.batches[-1]), server.batches
+    assert {"c:RINGING", "c:ANSWERED", "c:ENDED"} <= set(server.seen)
+    round_(sender)                              # within the wait: nothing of b is sent
+    assert [key for key in server.seen if key.startswith("b:")] == ["b:RINGING", "b:ANSWERED", "b:ENDED"]
+    retry_now(sender)                           # its wait over, still failing: tried again, waits longer
+    round_(sender)
+    assert server.seen[-2:] == ["b:ANSWERED", "b:ENDED"] and table_rows(sender)["b:ANSWERED"][:2] == (0, 2)
+    assert table_rows(sender)["b:ANSWERED"][2] >= time.time() + 1.5
+    broken["on"] = False                        # healed (a fix deployed): the call's events, in order, billed
+    retry_now(sender)
+    round_(sender)
+    assert server.seen[-2:] == ["b:ANSWERED", "b:ENDED"]
+    rows = table_rows(sender)
+    assert rows["b:ANSWERED"][0] == rows["b:ENDED"][0] == 1
+    round_(sender)
+    assert not sender.backlog                   # (nothing waits: the next round's events go straight again)
+
+
+def test_an_event_failed_with_internal_every_try_is_refused_at_the_last_and_its_call_goes_on(
+        sender: Any) -> None:
+    server = CallEvents(lambda event: "INTERNAL" if event.call_id == "b" and event.kind == 2 else "")
+    warmed(sender, server)
+    spool(sender, *calls("b"))
+    round_(sender)
+    module = sender.recall.__globals__
+    for _ in range(module["RETRY_TRIES"] - 1):
+        retry_now(sender)
+        round_(sender)
+    assert table_rows(sender)["b:ANSWERED"][:2] == (2, module["RETRY_TRIES"])   # refused, for good
+    round_(sender)
+    assert server.seen[-1] == "b:ENDED" and table_rows(sender)["b:ENDED"][0] == 1
+    assert sender.spool.stats()[2] == 1
+
+
 def test_a_callgate_that_goes_on_after_a_failure_gets_one_event_per_call_a_batch(sender: Any) -> None:
     """A callgate before CallEventsInOrder would apply a call's ENDED after its failed ANSWERED (the call ended
     unanswered, unbilled): it never gets two events of a call in one batch, also when it was rolled back under

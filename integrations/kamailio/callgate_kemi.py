@@ -40,10 +40,12 @@ the SIP path), except for an outbound call's RINGING (below); a timer process
 CallEvents call a round (up to 500 events); only what callgate did not
 answer goes into the spool's SQLite file (CALLGATE_SPOOL), sent first from
 then on, with backoff while callgate is unreachable or slow.  An event
-callgate refuses for good (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION,
-INTERNAL) is logged and kept as refused; the others wait
-and are sent again (callgate answers a replay with its recorded reply, so a
-repeat is harmless).  The spool survives a Kamailio restart, holds at most
+callgate refuses for good (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION)
+is logged and kept as refused; one it fails with INTERNAL (a fault it could
+not name) is tried again, 1 s, 2 s, ... a minute apart, for about an hour
+(RETRY_TRIES), its call's later events held behind it, then refused; the
+others wait and are sent again (callgate answers a replay with its recorded
+reply, so a repeat is harmless).  The spool survives a Kamailio restart, holds at most
 CALLGATE_SPOOL_MAX pending events (past that, new events are refused with an
 ERROR line), and its size and age are logged every 10 s while events wait
 and written for node_exporter's textfile collector
@@ -141,7 +143,7 @@ if "__file__" in globals():
 # module is read again too, or the new script would call an old Spool (and fail at every event)
 if "callgate_spool" in sys.modules:
     importlib.reload(sys.modules["callgate_spool"])
-from callgate_spool import REFUSED, SENT, Spool  # noqa: E402  (after the path set-up above)
+from callgate_spool import REFUSED, RETRY, RETRY_TRIES, SENT, Spool  # noqa: E402  (after the path set-up above)
 
 TARGET = os.environ.get("CALLGATE_TARGET", "127.0.0.1:50051")
 DEADLINE_S = int(os.environ.get("CALLGATE_DEADLINE_MS", "50")) / 1000
@@ -165,7 +167,11 @@ PHRASES = {403: "Forbidden", 404: "Not Found", 433: "Anonymity Disallowed", 480:
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
                    ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.enable_retries", 0)]
 # statuses after which sending the same event again can never succeed
-FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL", "OUT_OF_RANGE", "UNIMPLEMENTED")
+FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE", "UNIMPLEMENTED")
+# a fault callgate could not name (a bug, a store failure it reports so): the event is tried again, its call's later
+# events held behind it, for RETRY_TRIES tries over about an hour (a fix deployed meanwhile bills the call), then
+# refused; refused at once, its ANSWERED refused, the call's ENDED went next: ended unanswered, unbilled
+RETRIED = ("INTERNAL",)
 SENDER_BATCH = 500
 IN_ORDER_RETRY_S = 60.0   # a callgate without CallEventsInOrder is asked again after this (an upgrade since)
 USER_MAX = 256   # the longest user name callgate takes (characters; callgate_events.c CG_USER_MAX_CHARS)
@@ -929,7 +935,7 @@ class kamailio:
                     self.back_off(f"the events could not be sent: {exc!r:.200}")
                     answers = []
                 settled = {rows[at][0]: (state, error) for at, state, error in answers}
-            if any(row[0] not in settled for record in intake.records for row in record):
+            if any(settled.get(row[0], (RETRY,))[0] == RETRY for record in intake.records for row in record):
                 self.backlog = True   # (before `store`: what it commits waits, whatever fails after its commit)
             try:
                 # also while callgate is away, so that the spool's figures and CALLGATE_SPOOL_MAX count every
@@ -957,8 +963,8 @@ class kamailio:
         except sqlite3.Error as exc:
             KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be read: {exc}\n")
             return
-        if not waiting:
-            self.backlog = False
+        if not waiting:   # (or all of it waits out a retry: new events go behind it all the same)
+            self.backlog = self.still_waiting()
             return
         try:
             done = [(waiting[at][0], state, error)
@@ -968,12 +974,17 @@ class kamailio:
             return
         if done:
             try:
-                self.spool.mark(done)
+                gave_up = self.spool.mark(done)
             except sqlite3.Error as exc:  # sent again next time: a replay changes nothing
                 KSR.err(f"callgate: the event spool {SPOOL_FILE} cannot be written: {exc}\n")
                 return
-        # all of it answered (and nothing left behind it): the next round's events go straight away
-        self.backlog = first_of_call or len(done) < len(waiting) or len(waiting) == SENDER_BATCH
+            for row in gave_up:
+                KSR.err(f"callgate: event {row} of the spool refused after {RETRY_TRIES} tries (callgate failed "
+                        "it each time); the call's next event goes\n")
+        # all of it answered and nothing left behind it (none waiting out a retry either, which `pending` leaves
+        # out): the next round's events go straight away
+        answered = sum(state != RETRY for _, state, _ in done)
+        self.backlog = first_of_call or answered < len(waiting) or len(waiting) == SENDER_BATCH or self.still_waiting()
 
     def send(self, events: list[tuple[str, bytes]]) -> list[tuple[int, int, str]]:
         """Send events (call, request) in one call: (position, SENT or REFUSED, error) of each that callgate
@@ -1041,6 +1052,11 @@ class kamailio:
                     # refused for good: kept as refused, and the call's next event goes in the next round
                     KSR.warn(f"callgate: event {event.call_id} refused ({name}): {result.error}\n")
                     done.append((at, REFUSED, f"{name}: {result.error}"))
+                elif which == "error" and name in RETRIED:   # its call waits for it, the others go on
+                    KSR.warn(f"callgate: event {event.call_id} failed ({name}): {result.error}; tried again later "
+                             f"(at most {RETRY_TRIES} tries), the call's next events held behind it\n")
+                    done.append((at, RETRY, f"{name}: {result.error}"))
+                    waiting = waiting or name
                 else:  # callgate cannot take it now (its store is busy or full), or said nothing: this call waits
                     waiting = waiting or f"{name}: {result.error or 'no answer'}"
         if waiting and not any(state == SENT for _, state, _ in done):   # (one call's event that waits while the
@@ -1049,6 +1065,13 @@ class kamailio:
         else:
             self.failures = 0
         return done
+
+    def still_waiting(self) -> bool:
+        """Whether events wait in the spool's table (True when it cannot tell: they are looked for again)."""
+        try:
+            return self.spool.waiting()
+        except sqlite3.Error:
+            return True
 
     @functools.cached_property
     def decode_error(self) -> type[Exception]:

@@ -44,6 +44,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 PENDING, SENT, REFUSED = 0, 1, 2   # an event's state: waiting, answered by callgate, refused for good
+RETRY = 3                            # (not a state: a send's word for an event to try again later, `retry_after`)
+RETRY_TRIES = 60                     # tries of an event that fails for a reason callgate cannot name, then refused
 JOURNAL_SUFFIX = ".cgj"
 _MAGIC = 0x314A4743                  # b"CGJ1": an event (key, call, request)
 _RAW_MAGIC = 0x324A4743              # b"CGJ2": a raw record (no key, no call), which a reader before these skips as
@@ -61,6 +63,12 @@ T = TypeVar("T")
 Event = tuple[str, str, bytes]      # (key, call, request): an event ready to send
 Row = tuple[str, str, bytes, float]  # an event and when it was written (wall time): a row of the table
 Convert = Callable[[bytes], Sequence[Event]]   # a raw record's events (ValueError: none can be made of it)
+
+
+def retry_after(tries: int) -> float:
+    """Seconds before an event that failed `tries` times (RETRY) is sent again: 1, 2, 4, ... a minute at most
+    (RETRY_TRIES: about an hour in all)."""
+    return float(min(60, 2 ** max(tries - 1, 0)))
 
 
 def retry_locked(fn: Callable[[], T], patience_s: float, pause_s: float = 0.0) -> T:
@@ -468,14 +476,17 @@ class Spool:
         whole whose process is gone are then removed.  The events kept waiting (past CALLGATE_SPOOL_MAX some
         are dropped: a problem)."""
         settled = settled or {}
-        records = [[row for row in record if row[0] not in settled] for record in intake.records]
+        records = [[row for row in record if settled.get(row[0], (PENDING,))[0] in (PENDING, RETRY)]
+                   for record in intake.records]
         kept = {id(row) for row in self._within_limit([record for record in records if record], intake.problems)}
         now = time.time()
-        rows = []   # in the order written: pending (0) or refused (with why and when)
+        rows = []   # in the order written: pending (0; after a RETRY: tried once, not before done_at) or refused
         for record in intake.records:
             for row in record:
                 state, error = settled.get(row[0], (PENDING, ""))
-                if state == REFUSED or id(row) in kept:
+                if state == RETRY and id(row) in kept:
+                    rows.append((*row, PENDING, error[:500], now + retry_after(1), 1))
+                elif state == REFUSED or (state == PENDING and id(row) in kept):
                     rows.append((*row, state, error[:500], now if state else 0.0, 1 if state else 0))
         known = self._read_to()
         moved = {name: at for name, at in intake.offsets.items() if known.get(name) != at}
@@ -578,25 +589,49 @@ class Spool:
     def pending(self, limit: int, first_of_call: bool = False) -> list[tuple[int, str, bytes]]:
         """The oldest waiting events, (id, call, request), oldest first; with `first_of_call` only each call's
         oldest (a call's next event goes only after this one is answered)."""
+        # a call with an event waiting out its retry (tried, done_at: not before) is held whole: nothing of it
+        # goes before that event
+        now = time.time()
         if first_of_call:
             return self.conn().execute("""SELECT id, call, request FROM events WHERE id IN (
                                               SELECT MIN(id) FROM events WHERE state = 0 GROUP BY call)
-                                          ORDER BY id LIMIT ?""", (limit,)).fetchall()
-        return self.conn().execute("SELECT id, call, request FROM events WHERE state = 0 ORDER BY id LIMIT ?",
-                                   (limit,)).fetchall()
+                                          AND call NOT IN (SELECT call FROM events
+                                                           WHERE state = 0 AND attempts > 0 AND done_at > ?)
+                                          ORDER BY id LIMIT ?""", (now, limit)).fetchall()
+        return self.conn().execute("""SELECT id, call, request FROM events WHERE state = 0
+                                      AND call NOT IN (SELECT call FROM events
+                                                       WHERE state = 0 AND attempts > 0 AND done_at > ?)
+                                      ORDER BY id LIMIT ?""", (now, limit)).fetchall()
 
-    def mark(self, done: list[tuple[int, int, str]]) -> None:
-        """(id, state, error) of events sent or refused for good."""
+    def waiting(self) -> bool:
+        """Whether any event waits (sendable or waiting out its retry)."""
+        return self.conn().execute("SELECT 1 FROM events WHERE state = 0 LIMIT 1").fetchone() is not None
+
+    def mark(self, done: list[tuple[int, int, str]]) -> list[int]:
+        """(id, state, error) of events sent or refused for good, or to try again later (RETRY: pending, not
+        before `retry_after` its tries; refused after RETRY_TRIES).  The ids refused for their tries."""
         conn = self.conn()
         now = time.time()
+        retried = [(error[:500], i) for i, state, error in done if state == RETRY]
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("UPDATE events SET state = ?, error = ?, done_at = ?, attempts = attempts + 1 "
-                             "WHERE id = ?", [(state, error[:500], now, i) for i, state, error in done])
+                             "WHERE id = ?", [(state, error[:500], now, i) for i, state, error in done
+                                              if state != RETRY])
+            gave_up: list[int] = []
+            for error, i in retried:
+                (tries,) = conn.execute("UPDATE events SET attempts = attempts + 1, error = ? WHERE id = ? "
+                                        "RETURNING attempts", (error, i)).fetchone() or (0,)
+                if tries >= RETRY_TRIES:
+                    conn.execute("UPDATE events SET state = ?, done_at = ? WHERE id = ?", (REFUSED, now, i))
+                    gave_up.append(i)
+                else:
+                    conn.execute("UPDATE events SET done_at = ? WHERE id = ?", (now + retry_after(tries), i))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return gave_up
 
     def stats(self) -> tuple[int, float, int]:
         """(pending events, age of the oldest in seconds, refused events)."""
