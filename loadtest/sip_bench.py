@@ -218,6 +218,7 @@ IDLE_S = 5.0
 def idle_cpu(proxy: sip.Kamailio, seconds: float) -> float:
     """The instance's CPU in ms a second over `seconds` without calls (its timers, the event sender's rounds, and
     whatever a library does in the background: grpcio's channel-state polling cost ~5 ms a second a process)."""
+    time.sleep(2.0)   # (what its start left to do: the workers' first rounds)
     meter = CpuMeter(proxy.tree())
     time.sleep(seconds)
     cpu = meter.read()
