@@ -169,8 +169,9 @@ CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconn
 # statuses after which sending the same event again can never succeed
 FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE", "UNIMPLEMENTED")
 # a fault callgate could not name (a bug, a store failure it reports so): the event is tried again, its call's later
-# events held behind it, for RETRY_TRIES tries over about an hour (a fix deployed meanwhile bills the call), then
-# refused; refused at once, its ANSWERED refused, the call's ENDED went next: ended unanswered, unbilled
+# events held behind it, for RETRY_TRIES tries over about 9 minutes (a fix deployed within callgate's ring timeout of
+# 10 minutes bills the call), then refused; refused at once, its ANSWERED refused, the call's ENDED went next: the
+# call ended unanswered, unbilled
 RETRIED = ("INTERNAL",)
 SENDER_BATCH = 500
 IN_ORDER_RETRY_S = 60.0   # a callgate without CallEventsInOrder is asked again after this (an upgrade since)
@@ -274,6 +275,7 @@ class kamailio:
         self.refresh_failover()
         self.spool = Spool(SPOOL_FILE, SPOOL_MAX)
         self._stub: Any = None
+        self._channel: Any = None
         self._pid = 0
         self.backoff_until = 0.0
         self.failures = 0
@@ -281,6 +283,7 @@ class kamailio:
         self.backlog = True      # events may wait in the spool's table (the sender looks, and knows from then on)
         self.in_order = True     # callgate has CallEventsInOrder (until it answers UNIMPLEMENTED)
         self.in_order_retry = 0.0
+        self.retried = 0         # events callgate failed with a status of RETRIED (logged at the 1st, every 100th)
         self._local: Any = None
         self.local_decisions = 0
         self.timings = Timings(TIMINGS)  # used only with CALLGATE_TIMINGS
@@ -305,8 +308,12 @@ class kamailio:
         # In a worker, get ready now (grpcio's import and the spool take tens of ms the first time: not on the
         # first call's reply, where a slow 180 could be overtaken by its 200)
         if rank not in (PROC_INIT, PROC_MAIN):
-            if not BYPASS:   # (the SIP benchmark's relay is Kamailio without callgate: no channel, no grpcio)
-                self.decisions  # noqa: B018 - the channel and its imports (it connects at its first call)
+            # a SIP worker's channel starts connecting now, not within its first call's deadline (a timer
+            # process's, the sender's: at its first use).  The SIP benchmark's relay is Kamailio without
+            # callgate: no channel.
+            if not BYPASS and rank > 0:
+                self.decisions  # noqa: B018 - the channel and its imports
+                self.connect_now()
             local = self.local  # the engine's import (numpy, the core) before the first call
             if local is not None and rank > 0:   # a SIP worker (not a timer's or RPC's process): every tenant's
                 # file mapped and checked now, no call waits for it; a descriptor each (Python < 3.13): a quarter
@@ -341,8 +348,20 @@ class kamailio:
                 channel = grpc.insecure_channel(TARGET, options=CHANNEL_OPTIONS)
             # (no channel.subscribe: grpcio's thread polling the channel's state cost every Kamailio process
             # ~5 ms of CPU a second, idle or not; a call is failed at once while the channel is down anyway)
-            self._stub, self._pid = decisions_pb2_grpc.DecisionsStub(channel), os.getpid()
+            self._stub, self._pid, self._channel = decisions_pb2_grpc.DecisionsStub(channel), os.getpid(), channel
         return self._stub
+
+    def connect_now(self) -> None:
+        """Have the channel connect now, without waiting.  grpcio's one public way, channel_ready_future (or
+        subscribe), leaves a thread polling the channel's state (~5 ms of CPU a second; in a Kamailio worker it
+        went on after the connection was made); the core's own one-shot call does it, where this grpcio has it
+        (else the first call connects)."""
+        check = getattr(getattr(self._channel, "_channel", None), "check_connectivity_state", None)
+        if check is not None:
+            try:
+                check(True)
+            except Exception as exc:   # (a grpcio whose inside changed: the first call connects)
+                KSR.info(f"callgate: the channel connects at its first call ({exc!r:.100})\n")
 
     @property
     def local(self) -> Any:
@@ -634,8 +653,8 @@ class kamailio:
         talk) with its events followed: where Kamailio loaded the callgate_events module, it makes them in C, the
         replies' (track) and the dialog's end (follow), except for an outbound call's replies (its RINGING is sent
         at once for its hold); what it does not make, this script's routes do, from the record kept where they
-        read it (`remember`).  The call's callgate id, tenant and direction also ride in the Record-Route, so
-        that its BYE is still recognised after a Kamailio restart has lost the dialog."""
+        read it (`remember`).  The call's callgate id and tenant also ride in the Record-Route, so that its BYE
+        is still recognised after a Kamailio restart has lost the dialog."""
         timer = talk_timer(timeout_s)
         if timer != self.default_timer:   # (an inbound call or forwarded leg: the configuration's, one call less)
             KSR.pv.seti("$avp(cg_timeout)", timer)  # the dialog module's timeout_avp
@@ -790,8 +809,8 @@ class kamailio:
         KSR.hdr.append(f"X-Callgate-Line: {line}\r\n")
         KSR.setdsturi(ROUTE_URI)
         # the leg is billed at the backup line's rate once callgate has its events (from the spool)
-        self.under_dialog(CALL_MAX_S, tenant=tenant, dir="forwarded", user="forward", caller=caller, called=number,
-                          line=line)
+        self.under_dialog(CALL_MAX_S, tenant=tenant, dir="forwarded", caller=caller, called=number, line=line,
+                          user="forward")   # (the record's fields in relayed()'s order: the same bytes either way)
         return self.relay()
 
     def in_dialog(self, method: str) -> int:
@@ -987,11 +1006,12 @@ class kamailio:
         self.backlog = first_of_call or answered < len(waiting) or len(waiting) == SENDER_BATCH or self.still_waiting()
 
     def send(self, events: list[tuple[str, bytes]]) -> list[tuple[int, int, str]]:
-        """Send events (call, request) in one call: (position, SENT or REFUSED, error) of each that callgate
-        answered or refused for good; the others wait (and back off if callgate cannot take them).  A call's
-        events go together to CallEventsInOrder, where callgate stops a call at its first event not answered
-        (the call's events after it wait too); to a callgate older than it (UNIMPLEMENTED: nothing applied),
-        each call's first event alone, in CallEvents, tried again in order every IN_ORDER_RETRY_S."""
+        """Send events (call, request) in one call: (position, SENT, REFUSED or RETRY, error) of each that
+        callgate answered, refused for good, or failed for a reason to try again later (RETRIED); the others
+        wait (and back off if callgate cannot take them).  A call's events go together to CallEventsInOrder,
+        where callgate stops a call at its first event not answered (the call's events after it wait too); to a
+        callgate older than it (UNIMPLEMENTED: nothing applied), each call's first event alone, in CallEvents,
+        tried again in order every IN_ORDER_RETRY_S."""
         if not self.in_order and time.monotonic() >= self.in_order_retry:
             self.in_order = True   # (callgate upgraded since?)
         ordered: Any = getattr(self.decisions, "CallEventsInOrder", None)
@@ -1052,11 +1072,14 @@ class kamailio:
                     # refused for good: kept as refused, and the call's next event goes in the next round
                     KSR.warn(f"callgate: event {event.call_id} refused ({name}): {result.error}\n")
                     done.append((at, REFUSED, f"{name}: {result.error}"))
-                elif which == "error" and name in RETRIED:   # its call waits for it, the others go on
-                    KSR.warn(f"callgate: event {event.call_id} failed ({name}): {result.error}; tried again later "
-                             f"(at most {RETRY_TRIES} tries), the call's next events held behind it\n")
+                elif which == "error" and name in RETRIED:   # its call waits for it, the others go on (its own
+                    # wait, not the sender's back-off)
+                    self.retried += 1
+                    if self.retried == 1 or self.retried % 100 == 0:
+                        KSR.warn(f"callgate: event {event.call_id} failed ({name}): {result.error}; tried again "
+                                 f"later (at most {RETRY_TRIES} tries), the call's next events held behind it "
+                                 f"({self.retried} such failure(s) since the sender started)\n")
                     done.append((at, RETRY, f"{name}: {result.error}"))
-                    waiting = waiting or name
                 else:  # callgate cannot take it now (its store is busy or full), or said nothing: this call waits
                     waiting = waiting or f"{name}: {result.error or 'no answer'}"
         if waiting and not any(state == SENT for _, state, _ in done):   # (one call's event that waits while the

@@ -45,7 +45,8 @@ from typing import TypeVar
 
 PENDING, SENT, REFUSED = 0, 1, 2   # an event's state: waiting, answered by callgate, refused for good
 RETRY = 3                            # (not a state: a send's word for an event to try again later, `retry_after`)
-RETRY_TRIES = 60                     # tries of an event that fails for a reason callgate cannot name, then refused
+RETRY_TRIES = 14                     # tries of an event that fails for a reason callgate cannot name (about 9 min:
+#                                      callgate expires a ringing call after 10 min without events), then refused
 JOURNAL_SUFFIX = ".cgj"
 _MAGIC = 0x314A4743                  # b"CGJ1": an event (key, call, request)
 _RAW_MAGIC = 0x324A4743              # b"CGJ2": a raw record (no key, no call), which a reader before these skips as
@@ -56,7 +57,7 @@ ROTATE_BYTES = 16 << 20              # a journal this long is closed and the nex
 WATERMARK_NS = 20_000_000            # records younger than this wait for the next round: one written meanwhile by
 #                                      another process, older, is then never read after a younger one
 MAX_READ = 8 << 20                   # bytes read of one journal per round
-OFFSETS_EVERY_S = 1.0                # how far the journals were read, committed at least this often (`store`)
+OFFSETS_EVERY_S = 1.0                # how far the journals were read: committed at most this long after (`store`)
 LIVE_RECHECK_S = 1.0                 # a journal found still written is asked again after this (`_forget_finished`)
 
 T = TypeVar("T")
@@ -67,7 +68,7 @@ Convert = Callable[[bytes], Sequence[Event]]   # a raw record's events (ValueErr
 
 def retry_after(tries: int) -> float:
     """Seconds before an event that failed `tries` times (RETRY) is sent again: 1, 2, 4, ... a minute at most
-    (RETRY_TRIES: about an hour in all)."""
+    (RETRY_TRIES: about 9 minutes in all)."""
     return float(min(60, 2 ** max(tries - 1, 0)))
 
 
@@ -347,6 +348,9 @@ class Spool:
                                 done_at  REAL    NOT NULL DEFAULT 0)""")
             conn.execute("CREATE INDEX IF NOT EXISTS events_pending ON events (state, call, id)")
             conn.execute("CREATE INDEX IF NOT EXISTS events_waiting ON events (state, id)")   # (the backlog in order)
+            # the events waiting out a retry (few, if any): `pending` asks it at every round of a backlog
+            conn.execute("CREATE INDEX IF NOT EXISTS events_retrying ON events (call, done_at) "
+                         "WHERE state = 0 AND attempts > 0")
             # how far each journal has been moved into the table (committed with the rows it moved)
             conn.execute("CREATE TABLE IF NOT EXISTS journals (name TEXT PRIMARY KEY, offset INTEGER NOT NULL)")
             conn.execute("PRAGMA busy_timeout = 200")
@@ -471,8 +475,10 @@ class Spool:
 
     def store(self, intake: Intake, settled: Mapping[str, tuple[int, str]] | None = None) -> int:
         """Count what `intake` read as read, and keep its events that wait: all of them, or, for those the
-        sender sent straight away (`settled`: key -> (SENT or REFUSED, error)), none answered and the refused
-        ones as refused (kept for the figures); in one transaction (none when nothing changed).  Journals read
+        sender sent straight away (`settled`: key -> (SENT, REFUSED or RETRY, error)), none answered, the refused
+        ones as refused (kept for the figures) and those to try again as waiting out their first retry; in one
+        transaction, with how far the journals were read (with no event kept: that alone, at most
+        OFFSETS_EVERY_S after it was read; none when nothing changed).  Journals read
         whole whose process is gone are then removed.  The events kept waiting (past CALLGATE_SPOOL_MAX some
         are dropped: a problem)."""
         settled = settled or {}
@@ -590,18 +596,18 @@ class Spool:
         """The oldest waiting events, (id, call, request), oldest first; with `first_of_call` only each call's
         oldest (a call's next event goes only after this one is answered)."""
         # a call with an event waiting out its retry (tried, done_at: not before) is held whole: nothing of it
-        # goes before that event
-        now = time.time()
+        # goes before that event (asked only when one waits: the partial index finds none at once)
+        conn, now = self.conn(), time.time()
+        held = conn.execute("SELECT 1 FROM events INDEXED BY events_retrying WHERE state = 0 AND attempts > 0 "
+                            "AND done_at > ? LIMIT 1", (now,)).fetchone() is not None
+        unheld = ("AND NOT EXISTS (SELECT 1 FROM events AS r WHERE r.call = events.call AND r.state = 0 "
+                  "AND r.attempts > 0 AND r.done_at > :now)") if held else ""
         if first_of_call:
-            return self.conn().execute("""SELECT id, call, request FROM events WHERE id IN (
-                                              SELECT MIN(id) FROM events WHERE state = 0 GROUP BY call)
-                                          AND call NOT IN (SELECT call FROM events
-                                                           WHERE state = 0 AND attempts > 0 AND done_at > ?)
-                                          ORDER BY id LIMIT ?""", (now, limit)).fetchall()
-        return self.conn().execute("""SELECT id, call, request FROM events WHERE state = 0
-                                      AND call NOT IN (SELECT call FROM events
-                                                       WHERE state = 0 AND attempts > 0 AND done_at > ?)
-                                      ORDER BY id LIMIT ?""", (now, limit)).fetchall()
+            return conn.execute(f"""SELECT id, call, request FROM events WHERE id IN (
+                                        SELECT MIN(id) FROM events WHERE state = 0 GROUP BY call) {unheld}
+                                    ORDER BY id LIMIT :limit""", {"now": now, "limit": limit}).fetchall()
+        return conn.execute(f"SELECT id, call, request FROM events WHERE state = 0 {unheld} ORDER BY id LIMIT :limit",
+                            {"now": now, "limit": limit}).fetchall()
 
     def waiting(self) -> bool:
         """Whether any event waits (sendable or waiting out its retry)."""
@@ -619,9 +625,9 @@ class Spool:
                              "WHERE id = ?", [(state, error[:500], now, i) for i, state, error in done
                                               if state != RETRY])
             gave_up: list[int] = []
-            for error, i in retried:
-                (tries,) = conn.execute("UPDATE events SET attempts = attempts + 1, error = ? WHERE id = ? "
-                                        "RETURNING attempts", (error, i)).fetchone() or (0,)
+            for error, i in retried:   # (no UPDATE ... RETURNING: SQLite before 3.35 has none)
+                conn.execute("UPDATE events SET attempts = attempts + 1, error = ? WHERE id = ?", (error, i))
+                (tries,) = conn.execute("SELECT attempts FROM events WHERE id = ?", (i,)).fetchone() or (0,)
                 if tries >= RETRY_TRIES:
                     conn.execute("UPDATE events SET state = ?, done_at = ? WHERE id = ?", (REFUSED, now, i))
                     gave_up.append(i)

@@ -102,7 +102,7 @@ static struct tm_binds tmb;
 static struct dlg_binds dlgb;
 static struct rr_binds rrb;
 static int with_dialogs = 0;              /* the dialog module is loaded: follow() can */
-static int with_rr = 0;                   /* the rr module is loaded (before this one): relayed() can */
+static int with_rr = 0;                   /* the rr module is loaded: relayed() can */
 /* the call track() was given for the message this process handles (its transaction holds it): follow() of the
  * same message takes it (once), and shares it */
 static cg_call_t *tracked_call = NULL;
