@@ -42,7 +42,7 @@ answer goes into the spool's SQLite file (CALLGATE_SPOOL), sent first from
 then on, with backoff while callgate is unreachable or slow.  An event
 callgate refuses for good (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION)
 is logged and kept as refused; one it fails with INTERNAL (a fault it could
-not name) is tried again, 1 s, 2 s, ... a minute apart, for about an hour
+not name) is tried again, 1 s, 2 s, ... a minute apart, for about 9 minutes
 (RETRY_TRIES), its call's later events held behind it, then refused; the
 others wait and are sent again (callgate answers a replay with its recorded
 reply, so a repeat is harmless).  The spool survives a Kamailio restart, holds at most
