@@ -143,7 +143,7 @@ if "__file__" in globals():
 # module is read again too, or the new script would call an old Spool (and fail at every event)
 if "callgate_spool" in sys.modules:
     importlib.reload(sys.modules["callgate_spool"])
-from callgate_spool import REFUSED, RETRY, RETRY_TRIES, SENT, Spool  # noqa: E402  (after the path set-up above)
+from callgate_spool import PENDING, REFUSED, RETRY, RETRY_TRIES, SENT, Spool  # noqa: E402  (after the path set-up above)
 
 TARGET = os.environ.get("CALLGATE_TARGET", "127.0.0.1:50051")
 DEADLINE_S = int(os.environ.get("CALLGATE_DEADLINE_MS", "50")) / 1000
@@ -954,7 +954,8 @@ class kamailio:
                     self.back_off(f"the events could not be sent: {exc!r:.200}")
                     answers = []
                 settled = {rows[at][0]: (state, error) for at, state, error in answers}
-            if any(settled.get(row[0], (RETRY,))[0] == RETRY for record in intake.records for row in record):
+            if any(settled.get(row[0], (PENDING, ""))[0] not in (SENT, REFUSED)
+                   for record in intake.records for row in record):
                 self.backlog = True   # (before `store`: what it commits waits, whatever fails after its commit)
             try:
                 # also while callgate is away, so that the spool's figures and CALLGATE_SPOOL_MAX count every
@@ -1000,10 +1001,9 @@ class kamailio:
             for row in gave_up:
                 KSR.err(f"callgate: event {row} of the spool refused after {RETRY_TRIES} tries (callgate failed "
                         "it each time); the call's next event goes\n")
-        # all of it answered and nothing left behind it (none waiting out a retry either, which `pending` leaves
-        # out): the next round's events go straight away
-        answered = sum(state != RETRY for _, state, _ in done)
-        self.backlog = first_of_call or answered < len(waiting) or len(waiting) == SENDER_BATCH or self.still_waiting()
+        # nothing left in the table (none waiting out a retry either, which `pending` leaves out): the next
+        # round's events go straight away
+        self.backlog = first_of_call or len(waiting) == SENDER_BATCH or self.still_waiting()
 
     def send(self, events: list[tuple[str, bytes]]) -> list[tuple[int, int, str]]:
         """Send events (call, request) in one call: (position, SENT, REFUSED or RETRY, error) of each that

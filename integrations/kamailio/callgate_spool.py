@@ -419,15 +419,14 @@ class Spool:
             path = os.path.join(self.journals, name)
             start = known.get(name, 0)
             try:
-                # (most journals, most rounds: nothing new, one stat)
-                if os.stat(path).st_size <= start:
+                # (most journals, most rounds: nothing new, one stat; what is written after it: next round)
+                size = os.stat(path).st_size
+                if size <= start:
                     intake.offsets[name], intake.ends[name] = start, True
                     continue
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    size = os.fstat(fd).st_size
-                    # what is there, not MAX_READ: a buffer of 8 MiB is mapped and unmapped at every read
-                    data = os.pread(fd, min(MAX_READ, max(size - start, 0)), start)
+                try:   # what is there, not MAX_READ: a buffer of 8 MiB is mapped and unmapped at every read
+                    data = os.pread(fd, min(MAX_READ, size - start), start)
                 finally:
                     os.close(fd)
             except OSError as exc:
@@ -598,16 +597,17 @@ class Spool:
         # a call with an event waiting out its retry (tried, done_at: not before) is held whole: nothing of it
         # goes before that event (asked only when one waits: the partial index finds none at once)
         conn, now = self.conn(), time.time()
+        args = {"now": now, "limit": limit}
         held = conn.execute("SELECT 1 FROM events INDEXED BY events_retrying WHERE state = 0 AND attempts > 0 "
-                            "AND done_at > ? LIMIT 1", (now,)).fetchone() is not None
+                            "AND done_at > :now LIMIT 1", args).fetchone() is not None
         unheld = ("AND NOT EXISTS (SELECT 1 FROM events AS r WHERE r.call = events.call AND r.state = 0 "
                   "AND r.attempts > 0 AND r.done_at > :now)") if held else ""
         if first_of_call:
             return conn.execute(f"""SELECT id, call, request FROM events WHERE id IN (
                                         SELECT MIN(id) FROM events WHERE state = 0 GROUP BY call) {unheld}
-                                    ORDER BY id LIMIT :limit""", {"now": now, "limit": limit}).fetchall()
+                                    ORDER BY id LIMIT :limit""", args).fetchall()
         return conn.execute(f"SELECT id, call, request FROM events WHERE state = 0 {unheld} ORDER BY id LIMIT :limit",
-                            {"now": now, "limit": limit}).fetchall()
+                            args).fetchall()
 
     def waiting(self) -> bool:
         """Whether any event waits (sendable or waiting out its retry)."""
@@ -625,14 +625,14 @@ class Spool:
                              "WHERE id = ?", [(state, error[:500], now, i) for i, state, error in done
                                               if state != RETRY])
             gave_up: list[int] = []
-            for error, i in retried:   # (no UPDATE ... RETURNING: SQLite before 3.35 has none)
-                conn.execute("UPDATE events SET attempts = attempts + 1, error = ? WHERE id = ?", (error, i))
-                (tries,) = conn.execute("SELECT attempts FROM events WHERE id = ?", (i,)).fetchone() or (0,)
-                if tries >= RETRY_TRIES:
-                    conn.execute("UPDATE events SET state = ?, done_at = ? WHERE id = ?", (REFUSED, now, i))
+            for error, i in retried:
+                (tries,) = conn.execute("SELECT attempts + 1 FROM events WHERE id = ?", (i,)).fetchone() or (1,)
+                refused = tries >= RETRY_TRIES
+                conn.execute("UPDATE events SET attempts = ?, error = ?, state = ?, done_at = ? WHERE id = ?",
+                             (tries, error, REFUSED if refused else PENDING,
+                              now if refused else now + retry_after(tries), i))
+                if refused:
                     gave_up.append(i)
-                else:
-                    conn.execute("UPDATE events SET done_at = ? WHERE id = ?", (now + retry_after(tries), i))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -348,11 +348,12 @@ size_t cg_event_records(const char *prepared, size_t prepared_len, const char *k
 	return used;
 }
 
+static const char hex[] = "0123456789abcdef";   /* lower case, as Python writes \u escapes and bytes.hex() */
+
 /* json.dumps's string (ensure_ascii: encode_basestring_ascii) of s, valid UTF-8 of len bytes, at o: its end.  At
  * most 6 bytes a byte of s (a control character: \u0000; a character of 4 bytes: two escapes of 6) and 2. */
 static char *put_json_string(char *o, const char *s, size_t len)
 {
-	static const char hex[] = "0123456789abcdef";
 	const unsigned char *p = (const unsigned char *)s, *end = p + len;
 	unsigned units[2], n, i, cp;
 	*o++ = '"';
@@ -408,11 +409,9 @@ size_t cg_call_record(const char *const values[], const size_t lens[], char *out
 	size_t need = 2, i, key_len;
 	char *o = out;
 	for(i = 0; i < CG_RECORD_FIELDS; i++) {
-		if(values[i] == NULL || !cg_utf8_valid(values[i], lens[i]))
+		if(values[i] == NULL || lens[i] > cap || !cg_utf8_valid(values[i], lens[i]))
 			return 0;
-		if(lens[i] > cap)
-			return 0;
-		need += strlen(keys[i]) + 4 + 6 * lens[i] + 2;
+		need += strlen(keys[i]) + 4 + 6 * lens[i] + 2;   /* "key":"value", */
 	}
 	if(need > cap)
 		return 0;
@@ -434,7 +433,6 @@ size_t cg_call_record(const char *const values[], const size_t lens[], char *out
 
 static char *put_hex(char *o, const char *s, size_t len)
 {
-	static const char hex[] = "0123456789abcdef";
 	size_t i;
 	for(i = 0; i < len; i++) {
 		*o++ = hex[(unsigned char)s[i] >> 4];

@@ -29,8 +29,9 @@ size_t cg_prepare(const char *record, size_t len, char *out, size_t cap);
 #define CG_RECORD_FIELDS 7              /* call, tenant, dir, caller, called, line, user */
 
 /* the call's record as callgate_kemi.py's `call_record` writes it for these CG_RECORD_FIELDS values (each lens[i]
- * bytes) given in this order (the script's calls give them so): JSON, ASCII, escaped as json.dumps does; into `out` (cap bytes): its size, or 0 when a
- * value is not UTF-8 or the record takes more than cap (the script then makes it itself) */
+ * bytes) given in this order (the script's calls give them so): JSON, ASCII, escaped as json.dumps does; into
+ * `out` (cap bytes): its size, or 0 when a value is not UTF-8 or the record takes more than cap (the script then
+ * makes it itself) */
 size_t cg_call_record(const char *const values[], const size_t lens[], char *out, size_t cap);
 
 /* the call's Record-Route parameters as the script adds them (";cgc=" the call id's bytes in hex, ";cgt=" the
