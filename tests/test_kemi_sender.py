@@ -280,6 +280,29 @@ def test_an_event_failed_with_internal_every_try_is_refused_at_the_last_and_its_
     assert sender.spool.stats()[2] == 1
 
 
+def test_a_call_held_for_a_retry_stays_held_after_a_kill_9_and_a_clock_stepped_back_releases_it(
+        sender: Any) -> None:
+    """The retry's wait is in the table: a sender started again (kill -9) holds the call as the one before did;
+    a not-before further ahead than the longest wait (the wall clock stepped back since) is due at once, not
+    held for as long as the clock moved."""
+    server = CallEvents(lambda event: "INTERNAL" if event.call_id == "b" and event.kind == 2 else "")
+    warmed(sender, server)
+    spool(sender, *calls("b"))
+    round_(sender)
+    restarted = type(sender)()
+    restarted.spool, restarted._pid = type(sender.spool)(sender.spool.path, 1000), os.getpid()
+    answering(restarted, server)
+    server.batches.clear()
+    round_(restarted)
+    round_(restarted)
+    assert server.seen == [] and table_rows(restarted)["b:ANSWERED"][:2] == (0, 1)   # held: nothing of b sent
+    server.verdict = lambda event: ""
+    restarted.spool.conn().execute("UPDATE events SET done_at = done_at + 3600 WHERE key = 'b:ANSWERED'")
+    round_(restarted)                            # (an hour ahead: the clock went back an hour)
+    assert server.seen == ["b:ANSWERED", "b:ENDED"]
+    assert {state for _, state in table(restarted)} == {1}
+
+
 def test_a_callgate_that_goes_on_after_a_failure_gets_one_event_per_call_a_batch(sender: Any) -> None:
     """A callgate before CallEventsInOrder would apply a call's ENDED after its failed ANSWERED (the call ended
     unanswered, unbilled): it never gets two events of a call in one batch, also when it was rolled back under

@@ -595,13 +595,14 @@ class Spool:
         """The oldest waiting events, (id, call, request), oldest first; with `first_of_call` only each call's
         oldest (a call's next event goes only after this one is answered)."""
         # a call with an event waiting out its retry (tried, done_at: not before) is held whole: nothing of it
-        # goes before that event (asked only when one waits: the partial index finds none at once)
+        # goes before that event (asked only when one waits: the partial index finds none at once).  A not-before
+        # further ahead than the longest wait is the wall clock stepped back since: due now.
         conn, now = self.conn(), time.time()
-        args = {"now": now, "limit": limit}
+        args = {"now": now, "latest": now + retry_after(RETRY_TRIES), "limit": limit}
         held = conn.execute("SELECT 1 FROM events INDEXED BY events_retrying WHERE state = 0 AND attempts > 0 "
-                            "AND done_at > :now LIMIT 1", args).fetchone() is not None
+                            "AND done_at > :now AND done_at <= :latest LIMIT 1", args).fetchone() is not None
         unheld = ("AND NOT EXISTS (SELECT 1 FROM events AS r WHERE r.call = events.call AND r.state = 0 "
-                  "AND r.attempts > 0 AND r.done_at > :now)") if held else ""
+                  "AND r.attempts > 0 AND r.done_at > :now AND r.done_at <= :latest)") if held else ""
         if first_of_call:
             return conn.execute(f"""SELECT id, call, request FROM events WHERE id IN (
                                         SELECT MIN(id) FROM events WHERE state = 0 GROUP BY call) {unheld}
