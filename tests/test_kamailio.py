@@ -211,6 +211,24 @@ def test_an_allowed_call_is_registered_with_its_events(world, suffix: str, base:
     assert invite["cgt"] == "acme"
 
 
+@EVENT_MAKERS
+def test_a_call_id_longer_than_callgate_takes_is_registered_and_billed_by_its_digest(world, suffix: str,
+                                                                                   base: int) -> None:
+    """A caller's Call-ID of 400 characters (callgate takes 256): the module's relayed() leaves the call to the
+    script, which names it by the digest of Call-ID/CSeq; the call is registered whole, answered and ended, and
+    its Record-Route names it so."""
+    caller = f"+121255502{10 + base}"
+    ok, report = sip.call(world["closed" + suffix].address, caller, OPEN, 200, world["folder"],
+                          extra=["-cid_str", "x" * 390 + "-%u-%p@%s"])
+    assert ok, report
+    delivered(world, "closed" + suffix)
+    mine = wait_for(lambda: [c for c in calls(world, "ended") if c.caller == caller], timeout=10)
+    assert len(mine) == 1 and mine[0].call_id.startswith("sha256:")
+    assert (mine[0].answered_by, mine[0].outcome) == ("u2", "answered")
+    invite = route_of(world, caller)
+    assert len(invite["call-id"]) > 256 and invite["cgc"] == mine[0].call_id
+
+
 def route_of(world: dict[str, Any], caller: str) -> dict[str, str]:
     """The last INVITE from `caller` the PBX received: its Call-ID, CSeq number and this proxy's Record-Route
     parameters cgc and cgt (decoded from hex)."""

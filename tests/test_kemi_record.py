@@ -313,3 +313,23 @@ def test_the_dialog_timer_the_script_leaves_unset_is_the_configurations(kemi: tu
         set_.clear()
         worker.under_dialog(module["CALL_MAX_S"], tenant="acme", dir="inbound", user="u1")
         assert set_ == expect
+
+
+@pytest.mark.parametrize("length", [1, 200, 254, 255, 300, 5_000])
+def test_a_call_id_longer_than_callgate_takes_is_named_by_its_digest(kemi: tuple[Any, Variables],
+                                                                     length: int) -> None:
+    """A caller chooses its Call-ID: one past the 256 characters callgate takes would have every event of the call
+    refused (unregistered, a forwarded leg unbilled).  Such a call is named by the SHA-256 of Call-ID/CSeq: within
+    the limit, the same for the call's every event, and distinct for another CSeq of the same Call-ID."""
+    script, pv = kemi
+    pv.values.update({"$ci": "c" * length, "$cs": "1"})
+    first = script.new_call_id()
+    pv.values["$cs"] = "2"
+    second = script.new_call_id()
+    assert len(first) <= 256 and len(second) <= 256 and first != second
+    pv.values["$cs"] = "1"
+    assert script.new_call_id() == first
+    if length + 2 <= 256:   # (within the limit: Call-ID/CSeq as it is)
+        assert first == "c" * length + "/1"
+    else:
+        assert first.startswith("sha256:") and len(first) == 71

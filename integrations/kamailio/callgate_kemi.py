@@ -119,6 +119,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import hashlib
 import importlib
 import ipaddress
 import json
@@ -175,6 +176,7 @@ FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE",
 RETRIED = ("INTERNAL",)
 SENDER_BATCH = 500
 IN_ORDER_RETRY_S = 60.0   # a callgate without CallEventsInOrder is asked again after this (an upgrade since)
+CALL_ID_MAX = 256   # the longest call id callgate takes (characters; callgate_events.c CG_CALL_ID_MAX, in bytes)
 USER_MAX = 256   # the longest user name callgate takes (characters; callgate_events.c CG_USER_MAX_CHARS)
 # The dialog module's timers tick once a second and events carry whole seconds: a call's timer set this much short
 # of the talk its credit pays for keeps the talk billed (ENDED - ANSWERED, in whole seconds) within it.
@@ -555,8 +557,13 @@ class kamailio:
     @staticmethod
     def new_call_id() -> str:
         """callgate's id of this INVITE's call: the Call-ID and the CSeq number, so that a retried INVITE (a
-        401 challenge answered, a failed attempt dialled again with the same Call-ID) is a call of its own."""
-        return f"{KSR.pv.get('$ci')}/{KSR.pv.get('$cs')}"
+        401 challenge answered, a failed attempt dialled again with the same Call-ID) is a call of its own.  One
+        longer than callgate takes (a caller chooses its Call-ID: callgate would refuse every event of the call,
+        leaving it unregistered and a forwarded leg unbilled) is named by its SHA-256 instead."""
+        call_id = f"{KSR.pv.get('$ci')}/{KSR.pv.get('$cs')}"
+        if len(call_id) <= CALL_ID_MAX:
+            return call_id
+        return "sha256:" + hashlib.sha256(call_id.encode("utf-8", "surrogateescape")).hexdigest()
 
     def name(self, enum: Any, value: int) -> str:
         """An enum value's name; a value newer than this script's protobuf (a rolling upgrade) by its number."""

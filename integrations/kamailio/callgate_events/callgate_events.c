@@ -71,6 +71,8 @@ MODULE_VERSION
 #define CG_USER_HEADER "X-Callgate-User"
 #define CG_USER_HEADER_LEN (sizeof(CG_USER_HEADER) - 1)
 #define CG_USER_MAX 1024                 /* a header's value longer than this names nobody (4 * CG_USER_MAX_CHARS) */
+#define CG_CALL_ID_MAX 256               /* callgate_kemi.CALL_ID_MAX (characters there, bytes here): a longer call id
+                                            is left to the script, which names it by its SHA-256 */
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the journal's records are little-endian: this module writes them as the machine lays them out"
@@ -496,11 +498,11 @@ static int ki_follow(sip_msg_t *msg, str *record)
  * for callgate's call id $ci/$cs), its Record-Route parameters added (cgc, cgt), the INVITE's replies tracked
  * (not an outbound call's) and its dialog followed.  Each is a Python call (five into Kamailio) and ~50 us of a SIP
  * worker's INVITE with its cold caches, where this is one.  What it did, as the sum of the CG_RELAYED_ flags, or
- * -1 for nothing (a field that is not UTF-8, a record longer than the module prepares, no rr module): the script
- * does the rest itself. */
+ * -1 for nothing (a field that is not UTF-8, a call id past CG_CALL_ID_MAX, a record longer than the module
+ * prepares, no rr module): the script does the rest itself. */
 static int ki_relayed(sip_msg_t *msg, str *tenant, str *dir, str *caller, str *called, str *line, str *user)
 {
-	char call_id[CG_PREPARE_MAX], record[CG_PREPARE_MAX], param[2 * CG_PREPARE_MAX + 16];
+	char call_id[CG_CALL_ID_MAX], record[CG_PREPARE_MAX], param[2 * (CG_CALL_ID_MAX + CG_PREPARE_MAX) + 16];
 	const char *values[CG_RECORD_FIELDS];
 	size_t lens[CG_RECORD_FIELDS];
 	str callid, number, rec, rr;
@@ -512,7 +514,7 @@ static int ki_relayed(sip_msg_t *msg, str *tenant, str *dir, str *caller, str *c
 		return -1;
 	callid = msg->callid->body;   /* $ci and $cs, as the script reads them */
 	number = get_cseq(msg)->number;
-	if(callid.len < 0 || number.len < 0 || (size_t)callid.len + 1 + (size_t)number.len > sizeof(call_id))
+	if(callid.len < 0 || number.len < 0 || (size_t)callid.len + 1 + (size_t)number.len > CG_CALL_ID_MAX)
 		return -1;
 	memcpy(call_id, callid.s, callid.len);
 	call_id[callid.len] = '/';
