@@ -480,3 +480,16 @@ def test_a_sip_workers_channel_connects_at_its_start_and_no_thread_polls_its_sta
         worker._channel.close()
     finally:
         server.stop(None)
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16_383, 16_384, 70_000])
+def test_a_batch_made_of_its_events_bytes_is_the_batch_protobuf_makes(kemi: tuple[Any, Variables],  # noqa: F811
+                                                                       size: int) -> None:
+    """The sender parses a round's batch whole from its events' framed bytes (`_framed`): the bytes protobuf
+    itself makes of a batch of those events, whatever the length's varint takes (1, 2 or 3 bytes)."""
+    framed = kemi[0].recall.__globals__["_framed"]
+    events = [decisions_pb2.CallEventRequest(tenant="acme", call_id="c/1", kind=1, caller="+1" + "2" * size),
+              decisions_pb2.CallEventRequest(tenant="acme", call_id="c/1", kind=2)]
+    raw = [e.SerializeToString() for e in events]
+    assert b"".join(framed(r) for r in raw) == decisions_pb2.CallEventBatch(events=events).SerializeToString()
+    assert list(decisions_pb2.CallEventBatch.FromString(b"".join(framed(r) for r in raw)).events) == events

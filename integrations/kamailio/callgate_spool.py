@@ -472,21 +472,24 @@ class Spool:
                                 f"{str(exc)[:200]}")
         return intake
 
-    def store(self, intake: Intake, settled: Mapping[str, tuple[int, str]] | None = None) -> int:
+    def store(self, intake: Intake, settled: Mapping[str, tuple[int, str]] | None = None,
+              sent_all: bool = False) -> int:
         """Count what `intake` read as read, and keep its events that wait: all of them, or, for those the
         sender sent straight away (`settled`: key -> (SENT, REFUSED or RETRY, error)), none answered, the refused
         ones as refused (kept for the figures) and those to try again as waiting out their first retry; in one
         transaction, with how far the journals were read (with no event kept: that alone, at most
         OFFSETS_EVERY_S after it was read; none when nothing changed).  Journals read
         whole whose process is gone are then removed.  The events kept waiting (past CALLGATE_SPOOL_MAX some
-        are dropped: a problem)."""
+        are dropped: a problem).  `sent_all`: the caller found every event of `intake` in `settled` as SENT (the
+        usual round: no event is looked at)."""
         settled = settled or {}
-        records = [[row for row in record if settled.get(row[0], (PENDING,))[0] in (PENDING, RETRY)]
-                   for record in intake.records]
+        records = [] if sent_all else [
+            [row for row in record if settled.get(row[0], (PENDING,))[0] in (PENDING, RETRY)]
+            for record in intake.records]
         kept = {id(row) for row in self._within_limit([record for record in records if record], intake.problems)}
         now = time.time()
         rows = []   # in the order written: pending (0; after a RETRY: tried once, not before done_at) or refused
-        for record in intake.records:
+        for record in () if sent_all else intake.records:
             for row in record:
                 state, error = settled.get(row[0], (PENDING, ""))
                 if state == RETRY and id(row) in kept:
