@@ -488,8 +488,9 @@ def test_a_batch_made_of_its_events_bytes_is_the_batch_protobuf_makes(kemi: tupl
     """The sender parses a round's batch whole from its events' framed bytes (`_framed`): the bytes protobuf
     itself makes of a batch of those events, whatever the length's varint takes (1, 2 or 3 bytes)."""
     framed = kemi[0].recall.__globals__["_framed"]
-    events = [decisions_pb2.CallEventRequest(tenant="acme", call_id="c/1", kind=1, caller="+1" + "2" * size),
-              decisions_pb2.CallEventRequest(tenant="acme", call_id="c/1", kind=2)]
+    kind = decisions_pb2.CallEventRequest
+    events = [kind(tenant="acme", call_id="c/1", kind=kind.RINGING, caller="+1" + "2" * size),
+              kind(tenant="acme", call_id="c/1", kind=kind.ANSWERED)]
     raw = [e.SerializeToString() for e in events]
     assert b"".join(framed(r) for r in raw) == decisions_pb2.CallEventBatch(events=events).SerializeToString()
     assert list(decisions_pb2.CallEventBatch.FromString(b"".join(framed(r) for r in raw)).events) == events
