@@ -23,6 +23,15 @@ cdef str e164(uint64_t v):
     return None if v == 0 else "+%d" % v
 
 
+cdef tuple proxy_fields(const Out* o, CoreSnapshot snap):
+    # what a proxy carries out of an inbound decision, in one tuple (CoreDecision.proxy_fields)
+    return (_VERDICTS[o.verdict], o.sip, _REASONS[o.reason],
+            snap._groups[o.group] if o.group >= 0 else "",
+            snap._members[o.group] if o.group >= 0 else (),
+            "" if o.target == 0 else "+%d" % o.target,
+            snap._lines[o.line] if o.line >= 0 else "")
+
+
 cdef class CoreDecision:
     """A decision as the core wrote it; names are looked up on access."""
 
@@ -118,6 +127,12 @@ cdef class CoreDecision:
     @property
     def max_duration_s(self):
         return self.o.max_duration if self.o.verdict == V_ALLOW else None
+
+    def proxy_fields(self):
+        """(verdict, sip_status, reason, group, members, target, line): what a proxy carries out of an inbound
+        decision, read in one call ("" for a field the decision has not, as the RPC's message has it: a worker's
+        seven lookups of the attributes cost ~15 us with its cold caches)."""
+        return proxy_fields(&self.o, self.snap)
 
     def to_decision(self, kind):
         """The shared `Decision` for kind "inbound", "outbound" or "pickup"."""

@@ -88,9 +88,10 @@ class LocalDecisions(LocalFast):
             raise ValueError(f"recheck_s must be a finite number >= 0, not {recheck_s!r:.40}")
         # time.time is read in C (CLOCK_REALTIME, as time.time reads it); any other clock through Python (a
         # time.time patched by a test is another clock: compared with the one this module found)
-        super().__init__(STATUS_MAGIC, PAGE_FRESH_S, MAX_OFFSET_S, None if clock is _TIME else clock)
+        super().__init__(STATUS_MAGIC, PAGE_FRESH_S, MAX_OFFSET_S, None if clock is _TIME else clock, INDEX_S)
         self.directory = Path(directory)
         self.recheck_s = float(recheck_s)
+        self._index_live_s = self.recheck_s   # (tenant_of: with a live page, looked at again when it says so)
         self._clock = clock
         self._copy = bool(copy)
         self._held: dict[str, _Held] = {}
@@ -101,10 +102,9 @@ class LocalDecisions(LocalFast):
         self._page: mmap.mmap | None = None   # the status page, mapped (None: none yet, or not readable)
         self._page_key: tuple[int, int] | None = None
         self._policy_gen = -2
-        # number -> tenant, from the files' headers (`tenant_of`); each file's (key, tenant, numbers) as last read
-        self._owners: dict[str, str] = {}
+        # each file's (key, tenant, numbers) as last read: `_scan` makes LocalFast's index of them (`tenant_of`:
+        # number -> tenant) and sets when (`_scanned`)
         self._headers: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
-        self._scanned = -math.inf
 
     @property
     def policy(self) -> Policy:
@@ -190,16 +190,6 @@ class LocalDecisions(LocalFast):
         for tenant in sorted({tenant for _, tenant, _ in self._headers.values()})[:max(0, limit)]:
             self._inbound_slow(tenant, "", "", 0, now)   # the looks a decision makes (its answer is no call's)
         return sum(h.snap is not None for h in self._held.values())
-
-    def tenant_of(self, number: str) -> str | None:
-        """The tenant whose snapshot lists `number` (E.164, with or without "+"), or None: none does, or two do
-        (a transfer half seen).  A routing hint read from the files' headers, the directory looked at again at
-        most every `INDEX_S`: the decision itself then opens that tenant's file with every check."""
-        now = self._clock()
-        if not self._scanned <= now < self._scanned + INDEX_S:
-            self._scan(now)
-        owner = self._owners.get(number if number.startswith("+") else "+" + number)
-        return owner or None
 
     def _scan(self, now: float) -> None:
         self._scanned = now

@@ -1206,18 +1206,24 @@ def test_answers_are_local_answers(tmp_path: Path) -> None:
         answer.action = "reject"  # type: ignore[misc]
 
 
+def renamed(doc: dict[str, Any], tenant: str, prefix: str) -> dict[str, Any]:
+    """The example tenant as `tenant`, its numbers moved from +1415555 to `prefix`."""
+    out = copy.deepcopy(doc)
+    out["tenant"] = tenant
+    for entry in out["numbers"]:
+        entry["number"] = entry["number"].replace("+1415555", prefix)
+    for key in ("main_number", "default_caller_id"):
+        out[key] = out[key].replace("+1415555", prefix)
+    out["users"] = [{k: (v.replace("+1415555", prefix) if k == "caller_id" else v) for k, v in u.items()}
+                    for u in out["users"]]
+    return out
+
+
 def test_tenant_of_routes_a_number_to_the_tenant_whose_file_lists_it(tmp_path: Path) -> None:
     now = [1000.0]
     local = LocalDecisions(tmp_path, clock=lambda: now[0])
     acme = copy.deepcopy(ACME)
-    beta = copy.deepcopy(acme)
-    beta["tenant"] = "beta"
-    for entry in beta["numbers"]:
-        entry["number"] = entry["number"].replace("+1415555", "+1212555")
-    for key in ("main_number", "default_caller_id"):
-        beta[key] = beta[key].replace("+1415555", "+1212555")
-    beta["users"] = [{k: (v.replace("+1415555", "+1212555") if k == "caller_id" else v) for k, v in u.items()}
-                     for u in beta["users"]]
+    beta = renamed(acme, "beta", "+1212555")
     replica.write_snapshot(tmp_path, blob_of(acme), 1)
     mine = acme["numbers"][0]["number"]
     assert local.tenant_of(mine) == "acme" and local.tenant_of(mine[1:]) == "acme"   # with or without "+"
@@ -1327,3 +1333,53 @@ def test_a_host_out_of_memory_is_not_the_blobs_fault(tmp_path: Path, monkeypatch
     assert not isinstance(err.value, replica.BlobRefused)
     monkeypatch.setattr(snapshot._core, "CoreSnapshot", real)
     assert replica.write_snapshot(tmp_path, ACME_BLOB, 1, sha(ACME_BLOB)).version == 1
+
+
+def test_tenant_of_with_a_live_status_page_looks_again_when_the_replica_changed_something(tmp_path: Path) -> None:
+    """With the replica's status page live (heard within PAGE_FRESH_S), a worker's index of numbers is made again
+    when the page's generation moves (the replica wrote or removed a file: seen at the next call, however soon),
+    else only every recheck_s (a file put there by hand): not the directory scanned every second of every worker
+    (a SIP worker's INVITE in 25 paid ~100 us for it)."""
+    now = [1000.0]
+    scans: list[float] = []
+
+    class Counted(LocalDecisions):
+        def _scan(self, at: float) -> None:
+            scans.append(at)
+            super()._scan(at)
+
+    local = Counted(tmp_path, recheck_s=30.0, clock=lambda: now[0])
+    acme = copy.deepcopy(ACME)
+    replica.write_snapshot(tmp_path, blob_of(acme), 1)
+    replica.touch_heartbeat(tmp_path, at=now[0])
+    mine = acme["numbers"][0]["number"]
+    assert local.inbound("acme", "+12125550000", mine) is not None   # (maps the page)
+    assert local.tenant_of(mine) == "acme"
+    before = len(scans)
+    for _ in range(20):   # 10 s of calls, the replica heard every second: the index stands
+        now[0] += 0.5
+        replica.touch_heartbeat(tmp_path, at=now[0])
+        assert local.tenant_of(mine) == "acme"
+    assert len(scans) == before
+    beta = renamed(acme, "beta", "+1212555")
+    replica.write_snapshot(tmp_path, blob_of(beta), 1)   # the generation moves: seen at the next call
+    assert local.tenant_of(beta["numbers"][0]["number"]) == "beta" and len(scans) == before + 1
+    by_hand = tmp_path / "elsewhere"
+    by_hand.mkdir()
+    gamma = renamed(acme, "gamma", "+1646555")
+    replica.write_snapshot(by_hand, blob_of(gamma), 1)
+    os.replace(by_hand / replica.file_name("gamma"), tmp_path / replica.file_name("gamma"))   # no generation moved
+    number = gamma["numbers"][0]["number"]
+    now[0] += 1.0
+    replica.touch_heartbeat(tmp_path, at=now[0])
+    assert local.tenant_of(number) is None                 # not yet: nothing said the directory changed
+    for _ in range(30):
+        now[0] += 1.0
+        replica.touch_heartbeat(tmp_path, at=now[0])
+        local.tenant_of(mine)
+    assert local.tenant_of(number) == "gamma"              # within recheck_s
+    replica.touch_heartbeat(tmp_path, at=now[0] - 60)      # a page not heard from: every INDEX_S again
+    before = len(scans)
+    now[0] += replica.INDEX_S
+    local.tenant_of(mine)
+    assert len(scans) == before + 1
