@@ -50,7 +50,10 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    cost CPU, so section 1 measures instances without them), takes the
    bounded run's calls; each SIP worker writes the time.perf_counter_ns
    of every inbound decision (around LocalDecisions.inbound, or around the
-   Inbound RPC) and the CPU time of every route the script runs;
+   Inbound RPC: the decision alone, the number's tenant looked up apart;
+   without the timings a worker asks LocalDecisions.route, the tenant and
+   the decision in one call) and the CPU time of every route the script
+   runs;
    collected after the bounded run (the last second's lines of each
    worker may still be in its buffer).  p50, p90, p99 and mean of each
    decision kind; target: RPC p50 / local p99 >= 50.  Also reported: the

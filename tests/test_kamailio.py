@@ -139,6 +139,7 @@ CALLER_TABLE = [
     ("+12125550000", OPEN, 200),        # allowed: relayed, answered, ACK and BYE through the proxy
     ("anonymous", OPEN, 433),           # withheld, and the tenant blocks anonymous callers
     ("+12125550000", NO_GROUP, 200),    # routed to the PBX with no queue group named
+    ("mallory", OPEN, 503),             # no caller the engine can read: refused as input (the failure policy)
 ]
 
 

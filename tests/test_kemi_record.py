@@ -311,7 +311,7 @@ def test_the_dialog_timer_the_script_leaves_unset_is_the_configurations(kemi: tu
         worker = script()
         assert worker.default_timer == (defined or 0)
         set_.clear()
-        worker.under_dialog(module["CALL_MAX_S"], tenant="acme", dir="inbound", user="u1")
+        worker.under_dialog(module["CALL_MAX_S"], {"tenant": "acme", "dir": "inbound", "user": "u1"})
         assert set_ == expect
 
 
@@ -333,3 +333,39 @@ def test_a_call_id_longer_than_callgate_takes_is_named_by_its_digest(kemi: tuple
         assert first == "c" * length + "/1"
     else:
         assert first.startswith("sha256:") and len(first) == 71
+
+
+def test_a_sources_trust_is_found_once_and_a_flood_of_sources_keeps_a_bounded_memory(
+        kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch) -> None:
+    """trusted_tenant parses and matches a source address once per worker (then a lookup), reads the tenant's
+    header at every request, and keeps at most SOURCES_KEPT sources however many (spoofed UDP) come."""
+    script, pv = kemi
+    module = script.recall.__globals__
+    monkeypatch.setitem(module, "TRUSTED", module["parse_trusted"]("10.0.0.0/8=acme, 192.0.2.1, 2001:db8::/32=v6"))
+    monkeypatch.setitem(module, "SOURCES_KEPT", 100)
+    parsed: list[str] = []
+    real = module["source_tenant"]
+
+    def counted(source: str) -> str | None:
+        parsed.append(source)
+        return real(source)
+
+    monkeypatch.setitem(module, "source_tenant", counted)
+    worker = script()
+
+    def tenant_of(source: str, header: str | None = None) -> str | None:
+        pv.values["$si"] = source
+        pv.values.pop("$hdr(X-Callgate-Tenant)", None)
+        if header is not None:
+            pv.values["$hdr(X-Callgate-Tenant)"] = header
+        return worker.trusted_tenant()
+
+    assert [tenant_of("10.1.2.3"), tenant_of("10.1.2.3"), tenant_of("2001:db8::7")] == ["acme", "acme", "v6"]
+    assert [tenant_of("192.0.2.1", " beta "), tenant_of("192.0.2.1", "gamma"), tenant_of("192.0.2.1")] == \
+        ["beta", "gamma", ""]   # (the header read at every request: a source that must say, says per request)
+    assert [tenant_of("203.0.113.9"), tenant_of("not an address"), tenant_of("")] == [None, None, None]
+    assert parsed == ["10.1.2.3", "2001:db8::7", "192.0.2.1", "203.0.113.9", "not an address", ""]
+    for i in range(1000):
+        assert tenant_of(f"198.51.{i // 256}.{i % 256}", "acme") is None
+    assert len(worker.sources) <= 100
+    assert tenant_of("10.1.2.3") == "acme" and parsed[-1] == "10.1.2.3"   # (forgotten in the flood: found again)

@@ -245,6 +245,22 @@ def outcome_of(status: int) -> str:
 _quoted = json.encoder.encode_basestring_ascii   # (C) a str as json.dumps writes it, ensure_ascii
 
 
+SOURCES_KEPT = 4096   # the sources a worker keeps trusted_tenant's finding for
+
+
+def source_tenant(source: str) -> str | None:
+    """The tenant CALLGATE_TRUSTED names for a source address ("" for one that must say), None for a source it does
+    not trust (or no address)."""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return None
+    for network, tenant in TRUSTED:
+        if address in network:
+            return tenant
+    return None
+
+
 def talk_timer(paid_s: int) -> int:
     """The dialog timer for a call whose credit pays for `paid_s` seconds of talk: GUARD_S short, at least 1."""
     return max(1, int(paid_s) - GUARD_S)
@@ -301,6 +317,9 @@ class kamailio:
         self.in_order_retry = 0.0
         self.retried = 0         # events callgate failed with a status of RETRIED (logged at the 1st, every 100th)
         self._local: Any = None
+        # source address -> its tenant by CALLGATE_TRUSTED (source_tenant): the address parsed and matched once, not
+        # at every INVITE (~60 us of a SIP worker's with its cold caches)
+        self.sources: dict[str, str | None] = {}
         self.local_decisions = 0
         self.timings = Timings(TIMINGS)  # used only with CALLGATE_TIMINGS
         if TIMINGS:  # where this process's Python time goes: each entry point's CPU time, "route:NAME NS"
@@ -445,14 +464,16 @@ class kamailio:
 
     def trusted_tenant(self) -> str | None:
         """The tenant of a request from a trusted source ('' when the source must say), None if untrusted."""
-        try:
-            source = ipaddress.ip_address(KSR.pv.get("$si") or "")
-        except ValueError:
+        source = KSR.pv.get("$si") or ""
+        if source in self.sources:
+            tenant = self.sources[source]
+        else:
+            tenant = self.sources[source] = source_tenant(source)
+            if len(self.sources) > SOURCES_KEPT:   # many sources (spoofed ones: UDP): the oldest go, not the memory
+                del self.sources[next(iter(self.sources))]
+        if tenant is None:
             return None
-        for network, tenant in TRUSTED:
-            if source in network:
-                return tenant or (KSR.pv.get("$hdr(X-Callgate-Tenant)") or "").strip()
-        return None
+        return tenant or (KSR.pv.get("$hdr(X-Callgate-Tenant)") or "").strip()
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -642,7 +663,6 @@ class kamailio:
             KSR.setdsturi(ROUTE_URI)
             KSR.dialog.dlg_manage()
             return self.relay()
-        self.refresh_failover()
         caller, called = KSR.pv.get("$fU") or "", KSR.pv.get("$rU") or ""
         if tenant is not None:  # a user of a tenant, authenticated by its PBX
             if not tenant:
@@ -651,12 +671,41 @@ class kamailio:
                 return self.pickup(tenant, caller, called)
             return self.outbound(tenant, caller, called)
         local = self.local
-        tenant = (local.tenant_of(called) if local is not None else None) or str(self.entry_of(called).get(
-            "tenant") or "")
+        owner = None
+        if local is not None and TIMINGS:   # the decision timed alone (`inbound`), as the RPC is: tenant_of apart
+            owner = local.tenant_of(called)
+        elif local is not None:   # (now by the server's clock: the replica measures this host's against it)
+            routed = local.route(caller, called)
+            if routed is not None:
+                owner, fields = routed
+                if fields is not None:   # in step: decided in the one call, as inbound would decide it
+                    self.local_decisions += 1
+                    return self.carried_out(owner, caller, called, fields)
+        tenant = owner or str(self.entry_of(called).get("tenant") or "")
         if not tenant:  # from outside, to a number nobody holds: nobody calls out on a tenant's bill
             KSR.info(f"callgate: {KSR.pv.get('$ci')} from untrusted {KSR.pv.get('$si')} to {called}: refused\n")
             return self.reply(403, "Forbidden", "not one of our numbers")
         return self.inbound(tenant, caller, called)
+
+    def timed_inbound(self, local: Any, tenant: str, caller: str, called: str) -> Any:
+        """local.inbound(tenant, caller, called), timed (CALLGATE_TIMINGS) as a local decision."""
+        misses, collected = local.misses, self.timings.collections
+        c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+        out = local.inbound(tenant, caller, called)
+        # the wall time, and the worker's own CPU time: what the wall time holds beyond it is time the worker
+        # waited for a core (2 cores shared with sipp, callgate and the other Kamailios)
+        ns, cpu_ns = time.perf_counter_ns() - t0, time.thread_time_ns() - c0
+        self.timings.add("local", ns, cpu_ns)
+        if self.timings.collections != collected:   # (also) one Python's garbage collector ran in
+            self.timings.add("local_gc", ns, cpu_ns)
+        # a peer of the same length measured at the same moments: a CRC of 10 KB, fixed work without a lookup,
+        # a file or an allocation; its tail is the tail of any 5 us of work in this worker
+        t0 = time.perf_counter_ns()
+        zlib.crc32(DECOY)
+        self.timings.add("decoy", time.perf_counter_ns() - t0)
+        if local.misses != misses:   # (also) one the compiled path handed to the Python one: which they are
+            self.timings.add("local_miss", ns, cpu_ns)
+        return out
 
     def ask(self, method: str, request: Any) -> Any:
         """One decision within the deadline; None when callgate is unreachable, late or refuses the input."""
@@ -669,13 +718,14 @@ class kamailio:
             KSR.warn(f"callgate: {method} for {KSR.pv.get('$ci')}: {exc.code().name} {exc.details()}\n")
             return None
 
-    def under_dialog(self, timeout_s: int, **fields: str) -> None:
+    def under_dialog(self, timeout_s: int, fields: dict[str, str]) -> None:
         """Track the call as a dialog (its end is its ENDED; it ends itself, BYE both ways, after `timeout_s` of
         talk) with its events followed: where Kamailio loaded the callgate_events module, it makes them in C, the
         replies' (track) and the dialog's end (follow), except for an outbound call's replies (its RINGING is sent
         at once for its hold); what it does not make, this script's routes do, from the record kept where they
         read it (`remember`).  The call's callgate id and tenant also ride in the Record-Route, so that its BYE
-        is still recognised after a Kamailio restart has lost the dialog."""
+        is still recognised after a Kamailio restart has lost the dialog.  `fields`: the call's record but its call
+        id (tenant, dir, caller, called, line, user; a dict passed as it is: no keywords packed again)."""
         timer = talk_timer(timeout_s)
         if timer != self.default_timer:   # (an inbound call or forwarded leg: the configuration's, one call less)
             KSR.pv.seti("$avp(cg_timeout)", timer)  # the dialog module's timeout_avp
@@ -686,7 +736,7 @@ class kamailio:
             # the module makes the record and does all of what follows in one call (~50 us less); what it did not
             # do (it could not, or a module before `relayed`) is done here
             try:
-                done = module.relayed(*(fields.get(name, "") for name in RELAYED_FIELDS))
+                done = module.relayed(*[fields.get(name, "") for name in RELAYED_FIELDS])
             except Exception:   # (a field Kamailio cannot take as a C string, a NUL in it: nothing done)
                 done = 0
             if done == RELAYED_ALL:
@@ -710,22 +760,7 @@ class kamailio:
         if local is None:
             answer = None
         elif TIMINGS:
-            misses, collected = local.misses, self.timings.collections
-            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-            answer = local.inbound(tenant, caller, called)
-            # the wall time, and the worker's own CPU time: what the wall time holds beyond it is time the
-            # worker waited for a core (2 cores shared with sipp, callgate and the other Kamailios)
-            ns, cpu_ns = time.perf_counter_ns() - t0, time.thread_time_ns() - c0
-            self.timings.add("local", ns, cpu_ns)
-            if self.timings.collections != collected:   # (also) one Python's garbage collector ran in
-                self.timings.add("local_gc", ns, cpu_ns)
-            # a peer of the same length measured at the same moments: a CRC of 10 KB, fixed work without a
-            # lookup, a file or an allocation; its tail is the tail of any 5 us of work in this worker
-            t0 = time.perf_counter_ns()
-            zlib.crc32(DECOY)
-            self.timings.add("decoy", time.perf_counter_ns() - t0)
-            if local.misses != misses:   # (also) one the compiled path handed to the Python one: which they are
-                self.timings.add("local_miss", ns, cpu_ns)
+            answer = self.timed_inbound(local, tenant, caller, called)
         else:  # now by the server's clock (the replica measures this host's against it), as the RPC decides
             answer = local.inbound(tenant, caller, called)
         if answer is not None:
@@ -734,12 +769,7 @@ class kamailio:
                 return self.reply(503, "Service Unavailable", "callgate replica stale")
             if answer.action == "backup":
                 return self.to_backup(tenant, caller, answer.backup_number, answer.backup_line)
-            d = answer.decision
-            if d.verdict == "ERROR":  # what the RPC refuses as INVALID_ARGUMENT: the same failure policy
-                return self.failed(tenant, caller, called)
-            # as the RPC's message has them: "" for a field the decision has not (a ROUTE without a group)
-            return self.decided(tenant, caller, called, d.verdict, d.sip_status, d.reason, d.group or "",
-                                list(d.members or ()), d.target or "", d.line or "")
+            return self.carried_out(tenant, caller, called, answer.decision.proxy_fields())
         request = self.pb.InboundRequest(tenant=tenant, caller=caller, called=called)
         if TIMINGS:
             t0 = time.perf_counter_ns()
@@ -752,8 +782,15 @@ class kamailio:
         return self.decided(tenant, caller, called, self.name(self.pb.Verdict, d.verdict), d.sip_status,
                             self.name(self.pb.Reason, d.reason), d.group, list(d.members), d.target, d.line)
 
+    def carried_out(self, tenant: str, caller: str, called: str, fields: tuple[Any, ...]) -> int:
+        """A local decision carried out: its fields (CoreDecision.proxy_fields: "" for a field the decision has not,
+        as the RPC's message has them)."""
+        if fields[0] == "ERROR":  # what the RPC refuses as INVALID_ARGUMENT: the same failure policy
+            return self.failed(tenant, caller, called)
+        return self.decided(tenant, caller, called, *fields)
+
     def decided(self, tenant: str, caller: str, called: str, verdict: str, sip_status: int, reason: str,
-                group: str, members: list[str], target: str, line: str) -> int:
+                group: str, members: Sequence[str], target: str, line: str) -> int:
         """An inbound decision carried out, whether made here (the replica) or by callgate."""
         if verdict == "REJECT":
             return self.reply(sip_status or 480, PHRASES.get(sip_status, "Rejected"), reason)
@@ -773,7 +810,7 @@ class kamailio:
         else:
             KSR.setuser("voicemail")
             fields["user"] = "voicemail"
-        self.under_dialog(CALL_MAX_S, **fields)
+        self.under_dialog(CALL_MAX_S, fields)
         return self.relay()
 
     def outbound(self, tenant: str, user: str, destination: str) -> int:
@@ -788,8 +825,8 @@ class kamailio:
         KSR.setdsturi(ROUTE_URI)
         # the talk the credit pays for: the dialog ends itself (BYE both ways) when it is used up; billed at
         # the line the decision chose (the RINGING names it: a rule changed meanwhile does not unbill the call)
-        self.under_dialog(d.max_duration_s, tenant=tenant, dir="outbound", user=user, caller=user, called=destination,
-                          line=d.line)
+        self.under_dialog(d.max_duration_s, {"tenant": tenant, "dir": "outbound", "user": user, "caller": user,
+                                             "called": destination, "line": d.line})
         return self.relay()
 
     def pickup(self, tenant: str, user: str, dialed: str) -> int:
@@ -804,7 +841,9 @@ class kamailio:
         return self.relay()
 
     def entry_of(self, number: str) -> dict[str, Any]:
-        """The failover table's entry of a number (sent with or without '+'), {} for none."""
+        """The failover table's entry of a number (sent with or without '+'), {} for none (the table read again
+        first if its file changed: only a call that needs it looks)."""
+        self.refresh_failover()
         numbers = self.failover.get("numbers")
         if not isinstance(numbers, dict):
             return {}
@@ -829,9 +868,10 @@ class kamailio:
         KSR.setuser(number)
         KSR.hdr.append(f"X-Callgate-Line: {line}\r\n")
         KSR.setdsturi(ROUTE_URI)
-        # the leg is billed at the backup line's rate once callgate has its events (from the spool)
-        self.under_dialog(CALL_MAX_S, tenant=tenant, dir="forwarded", caller=caller, called=number, line=line,
-                          user="forward")   # (the record's fields in relayed()'s order: the same bytes either way)
+        # the leg is billed at the backup line's rate once callgate has its events (from the spool); the record's
+        # fields in relayed()'s order: the same bytes either way
+        self.under_dialog(CALL_MAX_S, {"tenant": tenant, "dir": "forwarded", "caller": caller, "called": number,
+                                       "line": line, "user": "forward"})
         return self.relay()
 
     def in_dialog(self, method: str) -> int:
