@@ -126,6 +126,8 @@ class LocalFast:
         """Decisions this path handed to `_inbound_slow` (every one it did not answer itself)."""
     _owners: dict[str, str]
     _scanned: float
+    _index_whole: bool
+    _index_live_s: float
     def __init__(self, magic: bytes, fresh_s: float, max_offset_s: float, clock: Any = None,
                  index_s: float = 1.0) -> None: ...
     def inbound(self, tenant: str, caller: str, called: str, at: int = 0) -> LocalAnswer | None: ...

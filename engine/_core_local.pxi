@@ -108,12 +108,11 @@ cdef class LocalFast:
     cdef double _fresh_s
     cdef double _max_offset_s
     cdef readonly unsigned long long misses   # decisions handed to `_inbound_slow`
-    # `tenant_of`'s index: number ("+" E.164) -> tenant ("": listed by two), and when the subclass's `_scan` last
-    # made it, under which generation of the status page; made again when the generation moves (the replica
-    # changed the directory), else after `_index_s` (no live page) or `_index_live_s` (a change made without the
-    # replica: by hand)
+    # `tenant_of`'s index: number ("+" E.164) -> tenant ("": listed by two), when the subclass's `_scan` last
+    # made it, under which generation of the status page, and whether it read every file (`_index_whole`)
     cdef public dict _owners
     cdef public double _scanned
+    cdef public bint _index_whole
     cdef uint64_t _index_gen
     cdef double _index_s
     cdef public double _index_live_s
@@ -126,6 +125,7 @@ cdef class LocalFast:
         self._scanned = -INFINITY
         self._index_gen = 0
         self._index_live_s = 0.0
+        self._index_whole = False
 
     def __init__(self, bytes magic not None, double fresh_s, double max_offset_s, clock=None, double index_s=1.0):
         if len(magic) != 8:
@@ -147,6 +147,7 @@ cdef class LocalFast:
         if self._mapped:
             self._mapped = False
             PyBuffer_Release(&self._page)
+        self._scanned = -INFINITY   # (another page's generations say nothing of the index: looked at again)
         if page is None:
             return
         PyObject_GetBuffer(page, &self._page, PyBUF_SIMPLE)
@@ -237,18 +238,21 @@ cdef class LocalFast:
     def tenant_of(self, number):
         """The tenant whose snapshot lists `number` (E.164, with or without "+"), or None: none does, or two do
         (a transfer half seen).  A routing hint from the files' headers (`_owners`), the directory looked at
-        again (`_scan`, the subclass's) when the live status page's generation moved (the replica changed the
-        directory), else every `_index_live_s` (a change made by hand), or every `index_s` without a live page: the
-        decision itself then opens that tenant's file with every check."""
+        again (`_scan`, the subclass's) at most every `index_s`: when the live status page's generation moved (the
+        replica changed the directory), when the last look could not read every file, or without a live page;
+        else only every `_index_live_s` (a change made by hand).  The decision itself then opens that tenant's
+        file with every check."""
         cdef double now = self._now(), within = self._index_s
         cdef cg_status a
-        cdef bint moved = False
-        if self._mapped:   # a live page: the directory changed when its generation moved
+        cdef uint64_t gen = 0
+        if self._mapped:   # a live page whose generation has not moved: the directory is as the index read it
             cg_status_read(<const unsigned char*>self._page.buf, &a)
             if a.magic == self._magic and isfinite(a.heard) and -self._fresh_s <= now - a.heard <= self._fresh_s:
-                moved, within = a.gen != self._index_gen, self._index_live_s
-        if moved or not self._scanned <= now < self._scanned + within:
-            self._index_gen = a.gen if self._mapped else 0   # (before the scan: a change during it moves it again)
+                gen = a.gen
+                if gen == self._index_gen and self._index_whole:
+                    within = max(self._index_live_s, self._index_s)
+        if not self._scanned <= now < self._scanned + within:
+            self._index_gen = gen   # (before the scan: a change during it moves it again)
             self._scan(now)
         if type(number) is not str:
             return None

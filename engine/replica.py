@@ -154,7 +154,8 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _CHECKSUM = re.compile(r"[0-9a-f]{64}")
 _NAME_MAX = 255
 INDEX_S = 1.0                         # LocalDecisions.tenant_of looks at the directory again at most this often
-                                      # without a live status page (with one: when its generation moves)
+                                      # (with a live status page: only if its generation moved since, else every
+                                      # recheck_s)
 MAX_INDEX_HEADER = 64 << 20           # a header larger than this is not read for routing
 _HEADER_KEYS = {"version", "checksum", "meta", "arrays"}
 _ARRAY_KEYS = {"dtype", "shape", "offset", "nbytes"}

@@ -91,7 +91,6 @@ class LocalDecisions(LocalFast):
         super().__init__(STATUS_MAGIC, PAGE_FRESH_S, MAX_OFFSET_S, None if clock is _TIME else clock, INDEX_S)
         self.directory = Path(directory)
         self.recheck_s = float(recheck_s)
-        self._index_live_s = self.recheck_s   # (tenant_of: with a live page, looked at again when it says so)
         self._clock = clock
         self._copy = bool(copy)
         self._held: dict[str, _Held] = {}
@@ -105,6 +104,16 @@ class LocalDecisions(LocalFast):
         # each file's (key, tenant, numbers) as last read: `_scan` makes LocalFast's index of them (`tenant_of`:
         # number -> tenant) and sets when (`_scanned`)
         self._headers: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
+
+    @property
+    def recheck_s(self) -> float:
+        """How long a look at a tenant's file holds (and tenant_of's index, while the live status page says nothing
+        changed)."""
+        return self._index_live_s
+
+    @recheck_s.setter
+    def recheck_s(self, seconds: float) -> None:
+        self._index_live_s = float(seconds)
 
     @property
     def policy(self) -> Policy:
@@ -192,12 +201,16 @@ class LocalDecisions(LocalFast):
         return sum(h.snap is not None for h in self._held.values())
 
     def _scan(self, now: float) -> None:
+        """LocalFast's index of numbers (`_owners`), from the files' headers; `_index_whole` when every file was
+        read (else looked at again within INDEX_S: a file damaged, or a descriptor short for a moment)."""
         self._scanned = now
         seen: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
         try:
             entries = list(os.scandir(self.directory))
-        except OSError:
-            entries = []
+        except OSError:   # (no descriptor left for a moment, ...): the last index and mappings stand, tried again
+            self._index_whole = False
+            return
+        self._index_whole = True
         present: set[str] = set()
         for entry in entries:
             if entry.name.startswith(".") or not entry.name.endswith(FILE_SUFFIX):
@@ -206,6 +219,7 @@ class LocalDecisions(LocalFast):
             try:
                 st = entry.stat()
             except OSError:
+                self._index_whole = False
                 continue
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             known = self._headers.get(entry.name)
@@ -215,6 +229,8 @@ class LocalDecisions(LocalFast):
             found = _numbers_of(Path(entry.path))
             if found is not None:
                 seen[entry.name] = (key, *found)
+            else:
+                self._index_whole = False
         self._headers = seen
         # tenants whose file is gone: their mapping (and, before Python 3.13, its descriptor) is let go now,
         # not at their next decision, which may never come

@@ -215,6 +215,17 @@ def test_an_event_refused_for_good_is_kept_as_refused_and_its_calls_next_event_g
     assert sender.spool.stats()[2] == 1 and not sender.backlog
 
 
+def test_a_round_all_answered_but_a_refusal_keeps_the_refused_event_and_nothing_else(sender: Any) -> None:
+    """Every event of the round answered, one of them refused for good (a call's last): nothing waits, and the
+    refused one is kept as refused for the figures (the round that looks at no event is the one all sent)."""
+    server = CallEvents(lambda event: "INVALID_ARGUMENT" if event.call_id == "b" and event.kind == 4 else "")
+    warmed(sender, server)
+    spool(sender, *calls("a", "b"))
+    round_(sender)
+    assert server.batches == [calls("a", "b")]
+    assert table(sender) == [("b:ENDED", 2)] and not sender.backlog and sender.spool.stats()[2] == 1
+
+
 def table_rows(sender: Any) -> dict[str, tuple[int, int, float]]:
     """key -> (state, tries, done_at) of the spool's table."""
     return {key: (state, tries, done_at) for key, state, tries, done_at in sender.spool.conn().execute(

@@ -1337,9 +1337,10 @@ def test_a_host_out_of_memory_is_not_the_blobs_fault(tmp_path: Path, monkeypatch
 
 def test_tenant_of_with_a_live_status_page_looks_again_when_the_replica_changed_something(tmp_path: Path) -> None:
     """With the replica's status page live (heard within PAGE_FRESH_S), a worker's index of numbers is made again
-    when the page's generation moves (the replica wrote or removed a file: seen at the next call, however soon),
+    when the page's generation moved (the replica wrote or removed a file: at most INDEX_S after the last look),
     else only every recheck_s (a file put there by hand): not the directory scanned every second of every worker
-    (a SIP worker's INVITE in 25 paid ~100 us for it)."""
+    (a SIP worker's INVITE in 25 paid ~100 us for it).  A look that could not read the directory keeps the last
+    index and mappings and is made again within INDEX_S."""
     now = [1000.0]
     scans: list[float] = []
 
@@ -1378,6 +1379,27 @@ def test_tenant_of_with_a_live_status_page_looks_again_when_the_replica_changed_
         replica.touch_heartbeat(tmp_path, at=now[0])
         local.tenant_of(mine)
     assert local.tenant_of(number) == "gamma"              # within recheck_s
+    scandir = os.scandir
+    failing = [1]
+
+    def short_of_descriptors(path: Any) -> Any:
+        if failing:
+            failing.pop()
+            raise OSError(24, "Too many open files")
+        return scandir(path)
+
+    replica.write_snapshot(tmp_path, blob_of(acme), 2)       # (the generation moves: looked at within INDEX_S)
+    now[0] += replica.INDEX_S
+    os.scandir = short_of_descriptors   # type: ignore[assignment]
+    try:
+        assert local.tenant_of(mine) == "acme" and not failing   # the look failed: the last index stands
+        assert local.inbound("acme", "+12125550000", mine) is not None   # (and what the worker holds)
+        now[0] += replica.INDEX_S
+        replica.touch_heartbeat(tmp_path, at=now[0])
+        before = len(scans)
+        assert local.tenant_of(number) == "gamma" and len(scans) == before + 1   # looked at again within INDEX_S
+    finally:
+        os.scandir = scandir
     replica.touch_heartbeat(tmp_path, at=now[0] - 60)      # a page not heard from: every INDEX_S again
     before = len(scans)
     now[0] += replica.INDEX_S

@@ -663,6 +663,8 @@ class kamailio:
             KSR.setdsturi(ROUTE_URI)
             KSR.dialog.dlg_manage()
             return self.relay()
+        # (at every INVITE, at most a stat a second: read before an outage needs it, not in the call that does)
+        self.refresh_failover()
         caller, called = KSR.pv.get("$fU") or "", KSR.pv.get("$rU") or ""
         if tenant is not None:  # a user of a tenant, authenticated by its PBX
             if not tenant:
@@ -841,9 +843,7 @@ class kamailio:
         return self.relay()
 
     def entry_of(self, number: str) -> dict[str, Any]:
-        """The failover table's entry of a number (sent with or without '+'), {} for none (the table read again
-        first if its file changed: only a call that needs it looks)."""
-        self.refresh_failover()
+        """The failover table's entry of a number (sent with or without '+'), {} for none."""
         numbers = self.failover.get("numbers")
         if not isinstance(numbers, dict):
             return {}
