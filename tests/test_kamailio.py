@@ -414,6 +414,79 @@ def test_backup_forwarding_when_the_tenant_is_unavailable(world) -> None:
         push(world, sip_doc(later=True))
 
 
+def raw_call_with_copies(proxy: str, caller: str, called: str, call_id: str, copies: int) -> list[str]:
+    """An INVITE sent `copies` times back to back (the same branch: retransmissions that overtake the first's
+    transaction, as a careless or lossy carrier sends them), answered, ACKed and ended by a BYE, over a raw UDP
+    socket; the status lines received."""
+    import socket
+
+    host, port = proxy.split(":")
+    seen: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        udp.settimeout(5.0)
+        me = udp.getsockname()[1]
+        head = (f"From: <sip:{caller}@127.0.0.1:{me}>;tag=copies\r\nCall-ID: {call_id}\r\n"
+                f"Contact: <sip:{caller}@127.0.0.1:{me}>\r\nMax-Forwards: 70\r\n")
+        invite = (f"INVITE sip:{called}@{proxy} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{me};"
+                  f"branch=z9hG4bK-c-{call_id}\r\nTo: <sip:{called}@{proxy}>\r\n{head}CSeq: 1 INVITE\r\n"
+                  "Content-Length: 0\r\n\r\n").encode()
+        for _ in range(copies):
+            udp.sendto(invite, (host, int(port)))
+        answer = ""
+        deadline = time.monotonic() + 10
+        while not answer.startswith("SIP/2.0 200") and time.monotonic() < deadline:
+            answer = udp.recv(65535).decode()
+            seen.append(answer.split("\r\n", 1)[0])
+        assert answer.startswith("SIP/2.0 200"), seen
+        to = re.search(r"^To: (.*)$", answer, re.M | re.I).group(1).strip()  # type: ignore[union-attr]
+        contact = re.search(r"^Contact: <?([^>\r\n;]+)", answer, re.M | re.I).group(1)  # type: ignore[union-attr]
+        routes = [r.strip() for line in re.findall(r"^Record-Route: (.*)$", answer, re.M | re.I)
+                  for r in line.split(",")]
+        route = "".join(f"Route: {r}\r\n" for r in reversed(routes))   # (a UAC takes them in reverse)
+        for n, method in ((1, "ACK"), (2, "BYE")):
+            request = (f"{method} {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{me};"
+                       f"branch=z9hG4bK-{method}-{call_id}\r\nTo: {to}\r\n{head}{route}"
+                       f"CSeq: {n if method == 'BYE' else 1} {method}\r\nContent-Length: 0\r\n\r\n").encode()
+            udp.sendto(request, (host, int(port)))
+        while not (seen and seen[-1].startswith("SIP/2.0 200") and "BYE" in answer):
+            answer = udp.recv(65535).decode()
+            seen.append(answer.split("\r\n", 1)[0])
+    return seen
+
+
+def test_copies_of_an_invite_arriving_together_make_one_call_one_dialog_and_one_event_each(world) -> None:
+    """Three copies of each of four INVITEs, back to back, to the proxy that decides locally: the copies reach
+    several SIP workers at once, before the first's transaction exists.  Each call is decided and relayed
+    once as far as anyone sees: the PBX gets one INVITE, the proxy keeps one dialog and writes one RINGING,
+    ANSWERED and ENDED to its journals, callgate records the call once, answered and ended."""
+    proxy = world["local"]
+    callers = [f"+1212555078{n}" for n in range(4)]
+    for n, caller in enumerate(callers):
+        seen = raw_call_with_copies(proxy.address, caller, OPEN, f"copies-{n}-{time.monotonic_ns()}@test", 3)
+        assert seen[-1].startswith("SIP/2.0 200"), seen
+    delivered(world, "local")
+    ended = [c for c in calls(world, "ended") if c.caller in callers]
+    assert sorted(c.caller for c in ended) == callers and all(c.outcome == "answered" for c in ended)
+    records = b"".join(p.read_bytes() for p in Path(f"{proxy.spool}.journal").glob("*.cgj"))
+    for c in ended:
+        for kind in ("RINGING", "ANSWERED", "ENDED"):
+            assert records.count(f"{c.call_id}:{kind}".encode()) == 1, (c.call_id, kind)
+        invites = [m for m in re.split(r"\n\s*\n", world["uas"].messages())
+                   if m.lstrip().startswith("INVITE sip:") and c.call_id.rsplit("/", 1)[0] in m]
+        assert len(invites) == 1, invites
+
+    def dialogs() -> str:
+        return subprocess.run(["kamcmd", "-s", f"unix:{proxy.ctl}", "dlg.list"], capture_output=True, text=True,
+                              timeout=10).stdout
+
+    # no dialog left over (an ended one is kept until its BYE's transaction is gone: a bounded wait)
+    deadline = time.monotonic() + 30
+    while any(c.call_id.rsplit("/", 1)[0] in (left := dialogs()) for c in ended) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(c.call_id.rsplit("/", 1)[0] in left for c in ended), left[-3000:]
+
+
 def test_normal_calls_log_no_error(world) -> None:
     """Refused, cancelled and answered calls are normal: no ERROR line and no traceback in any proxy's log."""
     for name in ("closed", "direct", "busy", "silent"):
@@ -506,3 +579,4 @@ def test_sip_bench_smoke(tmp_path: Path) -> None:
     assert shared["workers_decided"] == shared["workers"] == 2 and private["workers_decided"] == 2
     assert all(w["file_mappings"] >= 1 and w["file_rss_kb"] > 0 for w in shared["per_worker"])
     assert all(w["file_mappings"] == 0 for w in private["per_worker"])
+

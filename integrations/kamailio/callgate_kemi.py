@@ -652,6 +652,13 @@ class kamailio:
             return 1
         if method != "INVITE":
             return self.reply(405, "Method Not Allowed")
+        # a copy of an INVITE another worker is handling (a retransmission that overtook its transaction) or
+        # has relayed: tm answers it, and the call is decided and followed once (three copies made three ENDED)
+        if KSR.tmx.t_precheck_trans() > 0:
+            KSR.tm.t_check_trans()
+            return 1
+        if KSR.tm.t_check_trans() == 0:
+            return 1
         tenant = self.trusted_tenant()  # (read before the control headers go)
         # control headers and asserted identities are ours to set: whatever a sender put there goes
         KSR.textops.remove_hf_re("^X-Callgate-")
