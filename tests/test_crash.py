@@ -19,6 +19,7 @@ from .serving import Server, wait_for
 from .test_lifecycle import DOC, EV, US_DEST, no_rentals
 
 CALLS = 1000
+ENDING_GAP_S = 0.002   # between two calls' endings
 
 NOW = int(time.time())  # call events are checked against the server's clock
 
@@ -83,8 +84,12 @@ def test_sigkill_with_endings_and_topups_in_flight(tmp_path: Path) -> None:
 
         acknowledged: dict[str, decisions_pb2.CallEventReply] = {}
         lock = threading.Lock()
+        # the endings paced over ~2 s (ENDING_GAP_S apart): the kill lands with some in flight however fast the
+        # machine (unpaced, a fast one answered all 1,000 before the top-up's charge showed: nothing in flight)
+        paced_from = time.monotonic()
 
         def end(i: int) -> None:
+            time.sleep(max(0.0, paced_from + i * ENDING_GAP_S - time.monotonic()))
             try:
                 reply = decisions.CallEvent(EV(tenant="acme", call_id=f"c{i}", kind=EV.ENDED, at=t0 + i + 62),
                                             timeout=10)
