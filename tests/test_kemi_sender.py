@@ -149,6 +149,18 @@ def test_a_rounds_events_go_straight_to_callgate_in_one_call_and_never_enter_the
     assert committed(sender) == sizes(sender) and len(server.batches) == 1
 
 
+def restarted_sender(sender: Any, server: CallEvents) -> Any:
+    """The sender after a kill -9: a new process over the same spool (what its table holds), its first two rounds
+    done against `server` (whose batches are cleared first)."""
+    restarted = type(sender)()
+    restarted.spool, restarted._pid = type(sender.spool)(sender.spool.path, 1000), os.getpid()
+    answering(restarted, server)
+    server.batches.clear()
+    round_(restarted)
+    round_(restarted)
+    return restarted
+
+
 def committed(sender: Any) -> dict[str, int]:
     """How far each journal was read, as the spool's table holds it (what a restarted sender reads from)."""
     return dict(sender.spool.conn().execute("SELECT name, offset FROM journals"))
@@ -168,12 +180,7 @@ def test_a_crash_before_the_offsets_are_committed_sends_the_events_again_and_los
     round_(sender)
     assert server.seen == [*calls("a", "b"), *calls("c")] and table(sender) == []
     # kill -9 of the sender: a new process reads the table's offsets, behind what was sent
-    restarted = type(sender)()
-    restarted.spool, restarted._pid = type(sender.spool)(sender.spool.path, 1000), os.getpid()
-    answering(restarted, server)
-    server.batches.clear()
-    round_(restarted)
-    round_(restarted)
+    restarted = restarted_sender(sender, server)
     # every event after the last commit sent again (callgate answers a replay with its recorded reply), in order;
     # (a sender that starts sends through the table until it finds it empty) none waits
     assert server.seen == [*calls("a", "b"), *calls("c")]
@@ -300,12 +307,7 @@ def test_a_call_held_for_a_retry_stays_held_after_a_kill_9_and_a_clock_stepped_b
     warmed(sender, server)
     spool(sender, *calls("b"))
     round_(sender)
-    restarted = type(sender)()
-    restarted.spool, restarted._pid = type(sender.spool)(sender.spool.path, 1000), os.getpid()
-    answering(restarted, server)
-    server.batches.clear()
-    round_(restarted)
-    round_(restarted)
+    restarted = restarted_sender(sender, server)
     assert server.seen == [] and table_rows(restarted)["b:ANSWERED"][:2] == (0, 1)   # held: nothing of b sent
     server.verdict = lambda event: ""
     restarted.spool.conn().execute("UPDATE events SET done_at = done_at + 3600 WHERE key = 'b:ANSWERED'")
