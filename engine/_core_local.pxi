@@ -185,21 +185,31 @@ cdef class LocalFast:
             return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
         return self._clock()
 
+    cdef bint _live(self, double now, cg_status* a):
+        """Whether the mapped status page is the replica's and heard within `fresh_s` of `now`, read into `a` (read
+        again when caught between two of its writer's stores)."""
+        if not self._mapped:
+            return False
+        cdef const unsigned char* p = <const unsigned char*>self._page.buf
+        cdef cg_status b
+        cg_status_read(p, a)
+        cg_status_read(p, &b)
+        if memcmp(a, &b, 3 * 8) != 0:
+            cg_status_read(p, a)
+        return (a.magic == self._magic and isfinite(a.heard) and a.heard > 0
+                and -self._fresh_s <= now - a.heard <= self._fresh_s)
+
     cdef _Entry _in_step(self, tenant, caller, called, at, double now, double* age, int64_t* when):
         """The entry that answers `tenant` at `now` with the instant of the call (`when`) and the replica's age,
         or None: a miss (anything unusual, for `_inbound_slow`)."""
-        if not self._mapped or type(tenant) is not str or type(caller) is not str or type(called) is not str:
+        if type(tenant) is not str or type(caller) is not str or type(called) is not str:
             return None
-        cdef const unsigned char* p = <const unsigned char*>self._page.buf
-        cdef cg_status a, b
-        cg_status_read(p, &a)
-        cg_status_read(p, &b)
-        if memcmp(&a, &b, 3 * 8) != 0:
-            cg_status_read(p, &a)
+        cdef cg_status a
+        if not self._live(now, &a):
+            return None
         age[0] = now - a.heard
         cdef PyObject* found = PyDict_GetItem(self._entries, tenant)
-        if (a.magic != self._magic or not (isfinite(a.heard) and a.heard > 0)
-                or not (-self._fresh_s <= age[0] <= self._fresh_s) or found == NULL):
+        if found == NULL:
             return None
         cdef _Entry e = <_Entry>found
         if (e.gen != a.gen or not (e.checked <= now < e.until) or age[0] > e.max_staleness
@@ -245,12 +255,10 @@ cdef class LocalFast:
         cdef double now = self._now(), within = self._index_s
         cdef cg_status a
         cdef uint64_t gen = 0
-        if self._mapped:   # a live page whose generation has not moved: the directory is as the index read it
-            cg_status_read(<const unsigned char*>self._page.buf, &a)
-            if a.magic == self._magic and isfinite(a.heard) and -self._fresh_s <= now - a.heard <= self._fresh_s:
-                gen = a.gen
-                if gen == self._index_gen and self._index_whole:
-                    within = max(self._index_live_s, self._index_s)
+        if self._live(now, &a):   # a live page whose generation has not moved: the directory is as the index read it
+            gen = a.gen
+            if gen == self._index_gen and self._index_whole:
+                within = max(self._index_live_s, self._index_s)
         if not self._scanned <= now < self._scanned + within:
             self._index_gen = gen   # (before the scan: a change during it moves it again)
             self._scan(now)
