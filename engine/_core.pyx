@@ -18,6 +18,7 @@
 #   _core_hours_rates.pxi  off hours (zones, weekly minutes, holidays), the rate trie
 #   _core_decide.pxi       the decisions: inbound, outbound, pickup (nogil C)
 #   _core_decision.pxi     CoreDecision, a decision as Python sees it
+#   _core_guard.pxi        a decision over a mapped file that faults (SIGBUS) fails, the process lives
 #   _core_validate.pxi     the checks a snapshot passes before it is bound
 #   _core_snapshot.pxi     CoreSnapshot: binding, single decisions, batches, lists
 #   _core_local.pxi        LocalFast: a replica worker's inbound decision while in step; LocalAnswer
@@ -89,6 +90,7 @@ include "_core_numbers.pxi"
 include "_core_hours_rates.pxi"
 include "_core_decide.pxi"
 include "_core_decision.pxi"
+include "_core_guard.pxi"
 include "_core_validate.pxi"
 include "_core_snapshot.pxi"
 include "_core_local.pxi"

@@ -10,11 +10,9 @@
 # the stale answers), which also puts the entries this path answers from.  The two give the same answers
 # (tests/test_replica_fast.py holds them to each other).
 
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.dict cimport PyDict_GetItem
 from cpython.ref cimport PyObject
 from libc.math cimport INFINITY, fabs, isfinite
-from libc.string cimport memcmp
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 
@@ -131,6 +129,7 @@ cdef class LocalFast:
         if len(magic) != 8:
             raise ValueError("the status page's magic is 8 bytes")
         memcpy(&self._magic, <const char*>magic, 8)
+        guard_mapped_reads()   # (the decisions read files mapped: one truncated in place must not kill the worker)
         self._fresh_s, self._max_offset_s, self._clock, self._index_s = fresh_s, max_offset_s, clock, index_s
 
     def _scan(self, double now):
@@ -213,7 +212,7 @@ cdef class LocalFast:
             return None
         cdef _Entry e = <_Entry>found
         if (e.gen != a.gen or not (e.checked <= now < e.until) or age[0] > e.max_staleness
-                or e.snap.s.nt == NULL):
+                or e.snap.s.nt == NULL or e.snap.faulted):
             return None
         cdef double offset = a.offset
         if not at:   # now by the server's clock, truncated as int() does
@@ -239,7 +238,8 @@ cdef class LocalFast:
         cdef const char* pd = utf8(called, &nd)
         cdef CoreDecision d = CoreDecision.__new__(CoreDecision)
         d.snap = e.snap
-        decide_inbound(&e.snap.s, pc, nc, pd, nd, when, &d.o)
+        if not inbound_guarded(e.snap, pc, nc, pd, nd, when, &d.o):   # its file truncated: looked at again
+            return self._miss(tenant, caller, called, at, now)
         cdef LocalAnswer answer = LocalAnswer.__new__(LocalAnswer)
         answer.action, answer.decision, answer.version, answer.checksum = "decide", d, e.version, e.checksum
         answer.age_s, answer.stale, answer.backup_number, answer.backup_line = age, False, "", ""
@@ -286,5 +286,6 @@ cdef class LocalFast:
         cdef const char* pc = utf8(caller, &nc)
         cdef const char* pd = utf8(called, &nd)
         cdef Out o
-        decide_inbound(&e.snap.s, pc, nc, pd, nd, when, &o)
+        if not inbound_guarded(e.snap, pc, nc, pd, nd, when, &o):   # its file truncated: `inbound` looks again
+            return (tenant, None)
         return (tenant, proxy_fields(&o, e.snap))

@@ -42,6 +42,9 @@ cdef class CoreSnapshot:
     cdef tuple _members
     cdef tuple _decimals        # meta rates as Decimal
     cdef dict _pinned           # the arrays bound, kept alive whatever is later done to `arrays`
+    cdef readonly bint faulted  # its file was truncated or rewritten in place under it (_core_guard.pxi)
+    cdef Py_buffer _file        # the file its arrays are mapped from (`_seal`), held; buf NULL: none
+    cdef unsigned char _prefix[FILE_PREFIX]   # the file's first bytes as checked when it was mapped
 
     def __init__(self, dict arrays not None, dict meta not None, CoreSnapshot derived_from=None):
         """Checks the arrays and metadata (ValueError naming what is wrong), then binds them.
@@ -63,6 +66,28 @@ cdef class CoreSnapshot:
         self._members = tuple(tuple(m) for m in own_meta["members"])
         self._decimals = tuple(Decimal(x) for x in own_meta["rates"])
 
+    def __dealloc__(self):
+        if self._file.buf != NULL:
+            PyBuffer_Release(&self._file)
+
+    def _seal(self, mapped, bytes prefix not None):
+        """Tie the snapshot to the file its arrays are mapped from (`mapped`: the mmap) and to its first FILE_PREFIX
+        bytes as read before it was checked (`prefix`: the magic, the lengths and the sha256 of everything else):
+        every decision then compares the file's with them first, so that a file rewritten in place under the
+        mapping (a copy made over it with cp) is never decided from through the checks its old bytes passed
+        (engine/_core_guard.pxi)."""
+        if self._file.buf != NULL:
+            raise TypeError("a CoreSnapshot is sealed once")
+        if len(prefix) != FILE_PREFIX:
+            raise ValueError(f"a file's prefix is {FILE_PREFIX} bytes, not {len(prefix)}")
+        PyObject_GetBuffer(mapped, &self._file, PyBUF_SIMPLE)
+        cdef Py_ssize_t n = self._file.len
+        if n < FILE_PREFIX:
+            PyBuffer_Release(&self._file)
+            self._file.buf = NULL
+            raise ValueError(f"a file of {n} bytes, fewer than {FILE_PREFIX}")
+        memcpy(self._prefix, <const char*>prefix, FILE_PREFIX)
+
     # -- single decisions -------------------------------------------------
 
     def inbound(self, str caller not None, str called not None, at):
@@ -74,7 +99,9 @@ cdef class CoreSnapshot:
         cdef const char* pd = utf8(called, &nd)
         cdef CoreDecision d = CoreDecision.__new__(CoreDecision)
         d.snap = self
-        decide_inbound(&self.s, pc, nc, pd, nd, instant(at), &d.o)
+        if not inbound_guarded(self, pc, nc, pd, nd, instant(at), &d.o):
+            raise OSError(f"tenant {self.tenant!r:.70}'s snapshot cannot be read: its file was truncated or rewritten "
+                          "in place, or the disk failed (SIGBUS); read the file again")
         return d
 
     def outbound(self, str user not None, str destination not None, at, balance_micro):

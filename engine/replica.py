@@ -46,11 +46,19 @@ Reading trusts nothing: the prefix, the sha256 (any flipped bit anywhere), the
 header's every field (types, bounds, alignment, nbytes == prod(shape) *
 itemsize, no overlap), then the core's own checks of every
 index (`CoreSnapshot`).  Whatever the bytes, a reader gets a snapshot or
-ValueError("not a callgate replica file: ..."), never a crash.  The one thing
-a reader cannot survive is a file truncated *in place* while it is mapped
-(the kernel raises SIGBUS on the missing pages): which is why the writer
-never writes into an existing file, and why the directory must be writable
-by the replica process only.
+ValueError("not a callgate replica file: ..."), never a crash.  A file changed
+*in place* while a worker maps it (the writer never does it: it replaces) is
+told at the worker's next decision from it: the core compares the file's
+first 56 bytes (the magic, the lengths, the sha256 of the rest) with those it
+checked, and reads its last byte, under a SIGBUS guard (engine/_core_guard.pxi):
+a file rewritten (cp over it) differs there, a file truncated (`> file`, or a
+disk's I/O error) faults there or at any later load, and the decision becomes
+a miss: the file is opened and checked again, or refused and the server asked.
+What stays unguarded: the mapping's own check, once per file (a truncation
+in the milliseconds while a worker hashes it still raises SIGBUS), and a file
+cut within its last page (the rest of that page reads as zeros until the
+worker's next look at the file, recheck_s).  The
+directory must be writable by the replica process only.
 
 Atomicity.  `write_snapshot` writes a temporary file in the same directory
 (a name starting with "." that readers never look at), fsyncs it,
@@ -372,6 +380,7 @@ def _open(path: Path, tenant: str | None, key: list[tuple[int, int, int, int]] |
             mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ, **_MMAP_OPTIONS)
     finally:
         os.close(fd)
+    prefix = bytes(mm[:_PREFIX.size])   # (read before the checks: a file rewritten since is told at its first decision)
     meta, version, checksum, arrays = _parse(mm)
     name = meta.get("tenant")
     if not isinstance(name, str):
@@ -384,6 +393,8 @@ def _open(path: Path, tenant: str | None, key: list[tuple[int, int, int, int]] |
     snap = CoreSnapshot(arrays, meta)
     if snap.version != version:
         raise ValueError(f"meta version {snap.version}, header version {version}")
+    if not copy:   # decided from in place: each decision first checks that the file is still the one checked
+        snap._seal(mm, prefix)
     return snap, version, checksum, name
 
 

@@ -104,6 +104,9 @@ class LocalDecisions(LocalFast):
         # each file's (key, tenant, numbers) as last read: `_scan` makes LocalFast's index of them (`tenant_of`:
         # number -> tenant) and sets when (`_scanned`)
         self._headers: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
+        # why each tenant's file was refused at its last look (none while it is usable or absent): for the proxy's
+        # log, as its calls then go to the server
+        self.refusals: dict[str, str] = {}
 
     @property
     def recheck_s(self) -> float:
@@ -150,11 +153,17 @@ class LocalDecisions(LocalFast):
         if gen != self._policy_gen:
             self._read_policy(gen)
         h = self._held.get(tenant)
+        # its file truncated or rewritten in place under the mapping (the core's guard, engine/_core_guard.pxi):
+        # opened again now, whatever its key says
+        faulted = h is not None and h.snap is not None and h.snap.faulted
         # looked at again when the replica says the directory changed (the page's generation), and at the
         # latest every recheck_s (a change made without the writer, a page gone)
-        if h is None or h.gen != gen or not h.checked <= now < h.until:
-            h = self._look(tenant, h, now)
+        if faulted or h is None or h.gen != gen or not h.checked <= now < h.until:
+            h = self._look(tenant, None if faulted else h, now)
             h.gen = gen
+            if faulted and tenant in self.refusals:
+                self.refusals[tenant] = ("truncated or rewritten in place under this worker's mapping; as it now "
+                                         f"is: {self.refusals[tenant]}")
         snap = h.snap
         if snap is None:
             return None
@@ -186,7 +195,12 @@ class LocalDecisions(LocalFast):
         if not at:
             page = self._page
             at = int(now + (clock_offset(page) if page is not None else 0.0))
-        return LocalAnswer("decide", snap.inbound(caller, called, at), h.version, h.checksum, age, stale)
+        try:
+            decision = snap.inbound(caller, called, at)
+        except OSError:   # its file truncated as it decided (the core's guard): the next call opens it again
+            self._drop_fast(tenant)
+            return None
+        return LocalAnswer("decide", decision, h.version, h.checksum, age, stale)
 
     def prepare(self, limit: int) -> int:
         """Map and check the files of up to `limit` tenants of the directory now (a SIP worker's start), and make
@@ -276,11 +290,15 @@ class LocalDecisions(LocalFast):
             try:
                 snap, version, checksum, _ = _open(path, tenant, key=mapped, copy=self._copy)
             except Exception as exc:  # every fault of the file: the caller asks the server instead
+                self.refusals[tenant] = f"{exc}"[:300] or type(exc).__name__
                 # a file refused for what it holds is not read again until it changes; any other failure (out
                 # of descriptors or memory, a permission) is no verdict on the file: tried again at the next look
                 fresh.key = mapped[0] if mapped and isinstance(exc, ValueError) else _RETRY
             else:
                 fresh = _Held(snap, version, checksum, mapped[0], now, until)
+                self.refusals.pop(tenant, None)
+        else:
+            self.refusals.pop(tenant, None)
         self._held[tenant] = fresh
         return fresh
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -485,6 +486,37 @@ def test_copies_of_an_invite_arriving_together_make_one_call_one_dialog_and_one_
     while any(c.call_id.rsplit("/", 1)[0] in (left := dialogs()) for c in ended) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not any(c.call_id.rsplit("/", 1)[0] in left for c in ended), left[-3000:]
+
+
+def test_a_replica_file_cut_short_under_the_workers_is_decided_by_callgate_and_kills_none(world) -> None:
+    """acme's replica file truncated in place while the local proxy's SIP workers map it (a backup copied over
+    it with cp, a `> file`): a worker's next decision from it faults (SIGBUS), which killed the worker and with
+    it the whole Kamailio.  Now each worker refuses the file as it now is, logs why, and asks callgate: the same
+    SIP status, every process alive.  The file put back whole (as the replica writes one), the workers decide
+    from it again."""
+    proxy = world["local"]
+    directory = world["folder"] / "replica"
+    path = replica.snapshot_path(directory, "acme")
+    whole = path.read_bytes()
+    processes = proxy.processes()
+    before = decided_by_callgate(world)
+    try:
+        os.truncate(path, 0)
+        ok, report = sip.call(proxy.address, "+14155550666", OPEN, 603, world["folder"], calls=24, rate=40)
+        assert ok, report
+        assert decided_by_callgate(world) == before + 24   # each asked of callgate
+        assert proxy.processes() == processes
+        text = proxy.text()
+        assert "Traceback" not in text
+        assert re.search(r"the file of tenant 'acme' in the replica \S+ cannot be used \(", text), text[-3000:]
+    finally:
+        restored = directory / ".restored.tmp"
+        restored.write_bytes(whole)
+        os.replace(restored, path)
+        replica._write_status(directory, bump=True)   # (as the replica's own write moves the generation)
+    before = decided_by_callgate(world)
+    expect(world, "local", "+14155550666", OPEN, 603)
+    assert decided_by_callgate(world) == before
 
 
 def test_normal_calls_log_no_error(world) -> None:

@@ -320,6 +320,7 @@ class kamailio:
         # source address -> its tenant by CALLGATE_TRUSTED (source_tenant): the address parsed and matched once, not
         # at every INVITE (~60 us of a SIP worker's with its cold caches)
         self.sources: dict[str, str | None] = {}
+        self.refusals_logged: dict[str, str] = {}   # (per tenant whose replica file was refused: the reason logged)
         self.local_decisions = 0
         self.timings = Timings(TIMINGS)  # used only with CALLGATE_TIMINGS
         if TIMINGS:  # where this process's Python time goes: each entry point's CPU time, "route:NAME NS"
@@ -779,6 +780,8 @@ class kamailio:
             if answer.action == "backup":
                 return self.to_backup(tenant, caller, answer.backup_number, answer.backup_line)
             return self.carried_out(tenant, caller, called, answer.decision.proxy_fields())
+        if local is not None:
+            self.refused_file(local, tenant)
         request = self.pb.InboundRequest(tenant=tenant, caller=caller, called=called)
         if TIMINGS:
             t0 = time.perf_counter_ns()
@@ -790,6 +793,15 @@ class kamailio:
             return self.failed(tenant, caller, called)
         return self.decided(tenant, caller, called, self.name(self.pb.Verdict, d.verdict), d.sip_status,
                             self.name(self.pb.Reason, d.reason), d.group, list(d.members), d.target, d.line)
+
+    def refused_file(self, local: Any, tenant: str) -> None:
+        """Log once per reason (per worker) that a tenant's replica file cannot be used (damaged, cut short or
+        rewritten by hand under the workers): its calls then cost an RPC each, and fail while callgate is away."""
+        why = local.refusals.get(tenant)
+        if why is not None and self.refusals_logged.get(tenant) != why:
+            self.refusals_logged[tenant] = why
+            KSR.err(f"callgate: the file of tenant {tenant!r:.70} in the replica {REPLICA_DIR} cannot be used ({why}); "
+                    "its inbound calls are decided by callgate over gRPC until the replica writes it again\n")
 
     def carried_out(self, tenant: str, caller: str, called: str, fields: tuple[Any, ...]) -> int:
         """A local decision carried out: its fields (CoreDecision.proxy_fields: "" for a field the decision has not,

@@ -1,0 +1,130 @@
+# Section of engine/_core.pyx (compiled into it by `include`): a decision over a snapshot whose arrays a replica
+# worker maps from a file, guarded against the one fault such memory has that no check at its mapping can rule
+# out: SIGBUS, raised by the load of a page the file no longer holds (truncated in place: a backup copied over it
+# with cp, a `> file`) or that the disk cannot give (an I/O error).  Unguarded, it kills the worker, and with it
+# the whole Kamailio (its main process stops every process when one dies).  Guarded, the decision's load jumps
+# back out of the handler, the snapshot is marked faulted (never read again), and the caller asks again from the
+# file as it now is (engine/replica_local.py) or the server.
+#
+# The jump is safe where it lands: the guarded functions are the nogil decisions (no Python object, no lock, no
+# allocation between the guard and the fault).  SA_NODEFER leaves SIGBUS unblocked in the handler, so a jump
+# without the signal mask (sigsetjmp(..., 0): no syscall per decision) leaves the mask as it was.  A SIGBUS
+# outside a guarded decision (another mapping's, or one sent by kill) goes to the disposition found before:
+# the default (the process dies, as it would have) or whatever handler was there.
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.string cimport memcmp
+
+
+cdef extern from *:
+    """
+    #include <setjmp.h>
+    #include <signal.h>
+    #include <string.h>
+    static __thread sigjmp_buf *cg_bus_jump = NULL;
+    static struct sigaction cg_bus_prev;
+    static volatile sig_atomic_t cg_bus_ready = 0;
+
+    static void cg_bus_handler(int sig, siginfo_t *info, void *context) {
+        sigjmp_buf *jump = cg_bus_jump;
+        (void)context;
+        if (jump != NULL && info != NULL && info->si_code > 0) {   /* a fault (si_code > 0), in a guarded call */
+            cg_bus_jump = NULL;
+            siglongjmp(*jump, 1);
+        }
+        /* not a decision's: the disposition found before takes it (a fault is raised again by its load when
+           this returns; a signal sent is sent again) */
+        sigaction(SIGBUS, &cg_bus_prev, NULL);
+        cg_bus_ready = 0;
+        if (info == NULL || info->si_code <= 0)
+            raise(sig);
+    }
+
+    static int cg_bus_install(void) {
+        struct sigaction sa;
+        if (cg_bus_ready)
+            return 0;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = cg_bus_handler;
+        sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGBUS, &sa, &cg_bus_prev) != 0)
+            return -1;
+        cg_bus_ready = 1;
+        return 0;
+    }
+
+    typedef void (*cg_guarded_fn)(void *);
+
+    /* fn(arg), 0; or -1 when it faulted (SIGBUS) */
+    static int cg_bus_guard(cg_guarded_fn fn, void *arg) {
+        sigjmp_buf jump;
+        sigjmp_buf *volatile outer = cg_bus_jump;   /* (volatile: read after the jump) */
+        if (sigsetjmp(jump, 0) != 0) {
+            cg_bus_jump = outer;
+            return -1;
+        }
+        cg_bus_jump = &jump;
+        fn(arg);
+        cg_bus_jump = outer;
+        return 0;
+    }
+    """
+    ctypedef void (*cg_guarded_fn)(void*) noexcept nogil
+    int cg_bus_install() nogil
+    int cg_bus_guard(cg_guarded_fn fn, void* arg) nogil
+
+
+cdef enum:
+    FILE_PREFIX = 56   # a replica file's magic, lengths and sha256 (engine/replica.py's layout)
+
+
+ctypedef struct _InboundCall:
+    const unsigned char* prefix     # the mapped file's first bytes, NULL: no file (a snapshot built in memory)
+    const unsigned char* expected   # ... as they were when checked
+    const volatile unsigned char* last   # the file's last byte (read: a file cut short faults there at once)
+    bint changed
+    const Snap* s
+    const char* caller
+    Py_ssize_t nc
+    const char* called
+    Py_ssize_t nd
+    int64_t at
+    Out* o
+
+
+cdef void _inbound_call(void* arg) noexcept nogil:
+    cdef _InboundCall* c = <_InboundCall*>arg
+    if c.prefix != NULL:
+        if memcmp(c.prefix, c.expected, FILE_PREFIX) != 0:   # rewritten in place: another file
+            c.changed = True
+            return
+        c.last[0]   # cut short past its last page (truncated to any length that keeps the prefix): SIGBUS here
+    decide_inbound(c.s, c.caller, c.nc, c.called, c.nd, c.at, c.o)
+
+
+def guard_mapped_reads():
+    """Install the SIGBUS handler that lets a decision over a mapped file survive the file truncated in place
+    (LocalFast does it when made; idempotent per process, inherited by a fork).  OSError when sigaction fails."""
+    if cg_bus_install() != 0:
+        raise OSError("sigaction(SIGBUS) failed: a decision over a file truncated in place would kill the process")
+
+
+cdef bint inbound_guarded(CoreSnapshot snap, const char* caller, Py_ssize_t nc, const char* called, Py_ssize_t nd,
+                          int64_t at, Out* o) noexcept:
+    """decide_inbound over `snap` into `o`; False (and `snap` marked faulted, `o` cleared) when its file was
+    rewritten in place (its first bytes are not those checked: `CoreSnapshot._seal`), its memory could not be
+    read (the guard above), or either was found already."""
+    cdef _InboundCall c
+    if snap.faulted:
+        clear(o)
+        return False
+    c.prefix = <const unsigned char*>snap._file.buf if snap._file.buf != NULL else NULL
+    c.expected, c.changed = snap._prefix, False
+    c.last = <const unsigned char*>snap._file.buf + snap._file.len - 1 if snap._file.buf != NULL else NULL
+    c.s, c.caller, c.nc, c.called, c.nd, c.at, c.o = &snap.s, caller, nc, called, nd, at, o
+    if cg_bus_guard(_inbound_call, &c) != 0 or c.changed:
+        snap.faulted = True
+        clear(o)
+        return False
+    return True
