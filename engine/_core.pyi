@@ -85,7 +85,7 @@ class CoreSnapshot:
         """
     @property
     def faulted(self) -> bool:
-        """Its file was found truncated or rewritten in place under it: never decided from again."""
+        """Its mapped file was found truncated or rewritten in place under it: `inbound` raises from then on."""
     def _seal(self, mapped: Any, prefix: bytes) -> None: ...
     def inbound(self, caller: str, called: str, at: int) -> CoreDecision:
         """OSError when its mapped file was truncated or rewritten in place (`faulted`)."""

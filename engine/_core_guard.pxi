@@ -18,55 +18,82 @@ from libc.string cimport memcmp
 
 cdef extern from *:
     """
+    #include <pthread.h>
     #include <setjmp.h>
     #include <signal.h>
     #include <string.h>
-    static __thread sigjmp_buf *cg_bus_jump = NULL;
+    /* The guarded decision in progress: its jump and its thread.  Decisions hold the GIL, so there is one at a
+       time in the process; a SIGBUS of another thread meanwhile is not its.  (No thread-local: a module loaded
+       with dlopen may allocate its TLS at the first touch, which a signal handler must not do.) */
+    static sigjmp_buf *volatile cg_bus_jump = NULL;
+    static volatile pthread_t cg_bus_thread;
     static struct sigaction cg_bus_prev;
-    static volatile sig_atomic_t cg_bus_ready = 0;
 
     static void cg_bus_handler(int sig, siginfo_t *info, void *context) {
+        struct sigaction dfl;
         sigjmp_buf *jump = cg_bus_jump;
-        (void)context;
-        if (jump != NULL && info != NULL && info->si_code > 0) {   /* a fault (si_code > 0), in a guarded call */
+        int sent = info == NULL || info->si_code <= 0;   /* kill/raise; a fault has si_code > 0 */
+        if (jump != NULL && !sent && pthread_equal(pthread_self(), cg_bus_thread)) {
             cg_bus_jump = NULL;
             siglongjmp(*jump, 1);
         }
-        /* not a decision's: the disposition found before takes it (a fault is raised again by its load when
-           this returns; a signal sent is sent again) */
-        sigaction(SIGBUS, &cg_bus_prev, NULL);
-        cg_bus_ready = 0;
-        if (info == NULL || info->si_code <= 0)
+        /* not a decision's: the disposition found before takes it */
+        if (cg_bus_prev.sa_flags & SA_SIGINFO) {
+            if (cg_bus_prev.sa_sigaction != NULL) {
+                cg_bus_prev.sa_sigaction(sig, info, context);
+                return;
+            }
+        } else if (cg_bus_prev.sa_handler != SIG_DFL && cg_bus_prev.sa_handler != SIG_IGN) {
+            cg_bus_prev.sa_handler(sig);
+            return;
+        } else if (cg_bus_prev.sa_handler == SIG_IGN && sent) {
+            return;   /* ignored, as before */
+        }
+        /* the default (a fault cannot be ignored either): the process ends, as it would have; a fault is raised
+           again by its load when this returns */
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        sigemptyset(&dfl.sa_mask);
+        sigaction(SIGBUS, &dfl, NULL);
+        if (sent)
             raise(sig);
     }
 
+    /* ours installed (again, when something replaced it since), what was there kept to pass other SIGBUS to */
     static int cg_bus_install(void) {
-        struct sigaction sa;
-        if (cg_bus_ready)
+        struct sigaction sa, now;
+        if (sigaction(SIGBUS, NULL, &now) != 0)
+            return -1;
+        if ((now.sa_flags & SA_SIGINFO) && now.sa_sigaction == cg_bus_handler)
             return 0;
         memset(&sa, 0, sizeof sa);
         sa.sa_sigaction = cg_bus_handler;
         sa.sa_flags = SA_SIGINFO | SA_NODEFER;
         sigemptyset(&sa.sa_mask);
-        if (sigaction(SIGBUS, &sa, &cg_bus_prev) != 0)
-            return -1;
-        cg_bus_ready = 1;
-        return 0;
+        return sigaction(SIGBUS, &sa, &cg_bus_prev);
     }
 
     typedef void (*cg_guarded_fn)(void *);
 
-    /* fn(arg), 0; or -1 when it faulted (SIGBUS) */
+    /* fn(arg), 0; or -1 when it faulted (SIGBUS).  The fences keep the compiler from moving fn's loads out of
+       the guarded span, whatever it inlines. */
     static int cg_bus_guard(cg_guarded_fn fn, void *arg) {
         sigjmp_buf jump;
-        sigjmp_buf *volatile outer = cg_bus_jump;   /* (volatile: read after the jump) */
+        sigjmp_buf *volatile outer = cg_bus_jump;   /* (not written after sigsetjmp: intact after the jump) */
+        pthread_t outer_thread = cg_bus_thread;
         if (sigsetjmp(jump, 0) != 0) {
+            cg_bus_thread = outer_thread;
             cg_bus_jump = outer;
             return -1;
         }
+        cg_bus_thread = pthread_self();
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
         cg_bus_jump = &jump;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
         fn(arg);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
         cg_bus_jump = outer;
+        cg_bus_thread = outer_thread;
         return 0;
     }
     """
@@ -105,7 +132,8 @@ cdef void _inbound_call(void* arg) noexcept nogil:
 
 def guard_mapped_reads():
     """Install the SIGBUS handler that lets a decision over a mapped file survive the file truncated in place
-    (LocalFast does it when made; idempotent per process, inherited by a fork).  OSError when sigaction fails."""
+    (LocalFast does it when made, CoreSnapshot._seal at each file mapped: again if something replaced it since;
+    inherited by a fork).  OSError when sigaction fails."""
     if cg_bus_install() != 0:
         raise OSError("sigaction(SIGBUS) failed: a decision over a file truncated in place would kill the process")
 

@@ -80,6 +80,7 @@ cdef class CoreSnapshot:
             raise TypeError("a CoreSnapshot is sealed once")
         if len(prefix) != FILE_PREFIX:
             raise ValueError(f"a file's prefix is {FILE_PREFIX} bytes, not {len(prefix)}")
+        guard_mapped_reads()   # (whoever maps it: LocalFast, open_snapshot; again if a handler replaced ours)
         PyObject_GetBuffer(mapped, &self._file, PyBUF_SIMPLE)
         cdef Py_ssize_t n = self._file.len
         if n < FILE_PREFIX:

@@ -54,10 +54,14 @@ checked, and reads its last byte, under a SIGBUS guard (engine/_core_guard.pxi):
 a file rewritten (cp over it) differs there, a file truncated (`> file`, or a
 disk's I/O error) faults there or at any later load, and the decision becomes
 a miss: the file is opened and checked again, or refused and the server asked.
-What stays unguarded: the mapping's own check, once per file (a truncation
-in the milliseconds while a worker hashes it still raises SIGBUS), and a file
-cut within its last page (the rest of that page reads as zeros until the
-worker's next look at the file, recheck_s).  The
+A mapping that faults while the file is unchanged (a disk's I/O error) is
+refused until the file changes.  What stays unguarded: the mapping's own
+check, once per file (a truncation or an I/O error while a worker hashes it
+still raises SIGBUS); a file rewritten during the one decision that reads it
+(compared before it, read through the old checks); a file cut within its
+last page (the rest of that page reads as zeros until the worker's next look
+at the file, recheck_s); the other decisions (outbound, pickup, batches:
+never made from a replica's file).  The
 directory must be writable by the replica process only.
 
 Atomicity.  `write_snapshot` writes a temporary file in the same directory
@@ -380,7 +384,8 @@ def _open(path: Path, tenant: str | None, key: list[tuple[int, int, int, int]] |
             mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ, **_MMAP_OPTIONS)
     finally:
         os.close(fd)
-    prefix = bytes(mm[:_PREFIX.size])   # (read before the checks: a file rewritten since is told at its first decision)
+    # (read before the checks: a file rewritten since is told at its first decision)
+    prefix = bytes(mm[:_PREFIX.size]) if not copy else b""
     meta, version, checksum, arrays = _parse(mm)
     name = meta.get("tenant")
     if not isinstance(name, str):

@@ -156,9 +156,12 @@ class LocalDecisions(LocalFast):
         # its file truncated or rewritten in place under the mapping (the core's guard, engine/_core_guard.pxi):
         # opened again now, whatever its key says
         faulted = h is not None and h.snap is not None and h.snap.faulted
+        if faulted:
+            assert h is not None
+            h = self._faulted(tenant, h, now, gen)
         # looked at again when the replica says the directory changed (the page's generation), and at the
         # latest every recheck_s (a change made without the writer, a page gone)
-        if faulted or h is None or h.gen != gen or not h.checked <= now < h.until:
+        if h is None or h.gen != gen or not h.checked <= now < h.until:
             h = self._look(tenant, None if faulted else h, now)
             h.gen = gen
             if faulted and tenant in self.refusals:
@@ -270,7 +273,26 @@ class LocalDecisions(LocalFast):
     def close(self) -> None:
         """Drop every mapping (each is unmapped once no decision made from it is left either)."""
         self._held.clear()
+        self.refusals.clear()
         self._drop_fast()
+
+    def _faulted(self, tenant: str, h: _Held, now: float, gen: int) -> _Held | None:
+        """A tenant whose mapping faulted: None (opened again) when its file changed since it was mapped (a copy
+        over it, cut short); else, the same file, whose pages the disk could not give (an I/O error): refused
+        until it changes, for opening it would read those pages again, unguarded."""
+        try:
+            st = os.stat(self.directory / file_name(tenant))
+            key: tuple[int, int, int, int] | None = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        except (OSError, ValueError):
+            key = None
+        if key != h.key:
+            return None
+        self._drop_fast(tenant)
+        self.refusals[tenant] = ("a read of its mapping failed (SIGBUS) and the file is unchanged: a disk I/O "
+                                 "error? not read again until it changes")
+        refused = self._held[tenant] = _Held(None, 0, "", key, now, now + self.recheck_s)
+        refused.gen = gen
+        return refused
 
     def _look(self, tenant: str, h: _Held | None, now: float) -> _Held:
         self._drop_fast(tenant)   # whatever the look finds, the compiled path answers from it only once put again

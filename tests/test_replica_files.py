@@ -112,7 +112,8 @@ def mapping_of(arr: np.ndarray) -> Any:
 
 def put(path: Path, data: bytes) -> None:
     """Write a file as the writer does (a new inode, never in place): a file another reader has mapped and
-    that shrinks under it would be SIGBUS, which no reader can survive (the module docstring says why)."""
+    that shrinks under it faults (SIGBUS): a worker's decision survives it (tests/test_replica_truncated.py), but
+    these tests are about the bytes a file holds, not about a file changed under its readers."""
     tmp = path.with_name(".test-" + path.name)
     tmp.write_bytes(data)
     os.replace(tmp, path)

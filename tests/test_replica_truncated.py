@@ -139,3 +139,47 @@ def test_a_file_rewritten_in_place_is_never_decided_from_through_the_old_checks(
         print("ok")
         """, tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-2000:])
+
+
+def test_a_fault_on_an_unchanged_file_refuses_it_until_it_changes(tmp_path: Path) -> None:
+    """A mapping that faulted while its file is, by its key (device, inode, size, mtime), the one mapped: the
+    disk could not give a page (an I/O error).  Opening it again would hash those pages unguarded, so it is
+    refused until it changes, and said why.  (Made here by cutting the file short and putting back its bytes
+    and its mtime: the key is the one mapped, the mapping faulted.)"""
+    replica.write_snapshot(tmp_path, blob_of(ACME), 3)
+    done = run(f"""
+        import os, sys
+        from pathlib import Path
+        from engine import replica
+        from engine.replica import LocalDecisions
+        from tests.test_replica_files import Clock
+        d = Path(sys.argv[1])
+        path = d / replica.file_name("acme")
+        whole, st = path.read_bytes(), path.stat()
+        clock = Clock({AT}.0)
+        replica.touch_heartbeat(d, at=clock.now)
+        worker = LocalDecisions(d, clock=clock)
+        assert worker.prepare(limit=10) == 1
+        held = worker.snapshot("acme")[0]
+        os.truncate(path, 0)
+        try:
+            held.inbound({CALLERS[0]!r}, {MAIN!r}, {AT})
+        except OSError:
+            pass
+        assert held.faulted
+        with open(path, "r+b") as f:
+            f.write(whole)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert worker.inbound("acme", {CALLERS[0]!r}, {MAIN!r}) is None
+        assert "I/O error" in worker.refusals["acme"], worker.refusals
+        clock.now += 31   # (still the same file at the next look: still refused)
+        replica.touch_heartbeat(d, at=clock.now)
+        assert worker.inbound("acme", {CALLERS[0]!r}, {MAIN!r}) is None
+        os.utime(path)   # changed: opened, checked, decided from
+        clock.now += 31
+        replica.touch_heartbeat(d, at=clock.now)
+        answer = worker.inbound("acme", {CALLERS[0]!r}, {MAIN!r})
+        assert answer is not None and answer.action == "decide" and "acme" not in worker.refusals, answer
+        print("ok")
+        """, tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-2000:])
