@@ -55,9 +55,12 @@ a file rewritten (cp over it) differs there, a file truncated (`> file`, or a
 disk's I/O error) faults there or at any later load, and the decision becomes
 a miss: the file is opened and checked again, or refused and the server asked.
 A mapping that faults while the file is unchanged (a disk's I/O error) is
-refused until the file changes.  What stays unguarded: the mapping's own
-check, once per file (a truncation or an I/O error while a worker hashes it
-still raises SIGBUS); a file rewritten during the one decision that reads it
+refused until the file changes.  A file is hashed with pread, not through
+its mapping, so an I/O error there is an OSError (the file refused, tried
+again at the next look) and a file cut short meanwhile reads short.  What
+stays unguarded: the rest of a file's checks, once per file, through its
+mapping (the header, the core's checks of the arrays: a truncation in those
+milliseconds still raises SIGBUS); a file rewritten during the one decision that reads it
 (compared before it, read through the old checks); a file cut within its
 last page (the rest of that page reads as zeros until the worker's next look
 at the file, recheck_s); the other decisions (outbound, pickup, batches:
@@ -159,6 +162,7 @@ DEFAULT_MAX_STALENESS_S = 30.0
 MAGIC = b"CGSNAP1\n"
 _PREFIX = struct.Struct("<8sQQ32s")  # magic, header length, file length, sha256
 _SEALED = 24                          # the prefix's bytes the sha256 covers (all but the digest itself)
+_READ_CHUNK = 1 << 20                 # bytes a pread of `_read_sealed` reads at a time
 ALIGN = 64                            # every array starts on a cache line (and so on any dtype's alignment)
 ERROR = "not a callgate replica file: "
 
@@ -377,16 +381,16 @@ def _open(path: Path, tenant: str | None, key: list[tuple[int, int, int, int]] |
         if st.st_size < _PREFIX.size:
             raise ValueError(f"{st.st_size} bytes, shorter than the {_PREFIX.size}-byte prefix")
         mm: mmap.mmap | bytes
+        sealed: tuple[bytes, bytes] | None = None
         if copy:  # one bytes object of the file's size (FileIO.readall), read-only views of it: private memory
             with open(fd, "rb", buffering=0, closefd=False) as f:
                 mm = f.read()
         else:
+            sealed = _read_sealed(fd, st.st_size)
             mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ, **_MMAP_OPTIONS)
     finally:
         os.close(fd)
-    # (read before the checks: a file rewritten since is told at its first decision)
-    prefix = bytes(mm[:_PREFIX.size]) if not copy else b""
-    meta, version, checksum, arrays = _parse(mm)
+    meta, version, checksum, arrays = _parse(mm, sealed)
     name = meta.get("tenant")
     if not isinstance(name, str):
         raise ValueError("meta tenant is not a string")
@@ -398,8 +402,8 @@ def _open(path: Path, tenant: str | None, key: list[tuple[int, int, int, int]] |
     snap = CoreSnapshot(arrays, meta)
     if snap.version != version:
         raise ValueError(f"meta version {snap.version}, header version {version}")
-    if not copy:   # decided from in place: each decision first checks that the file is still the one checked
-        snap._seal(mm, prefix)
+    if sealed is not None:   # decided from in place: each decision first checks that the file is the one checked
+        snap._seal(mm, sealed[0])
     return snap, version, checksum, name
 
 
@@ -430,11 +434,31 @@ def _numbers_of(path: Path) -> tuple[str, tuple[str, ...]] | None:
         return None
 
 
-def _parse(mm: mmap.mmap | bytes) -> tuple[dict[str, Any], int, str, dict[str, np.ndarray]]:
+def _read_sealed(fd: int, size: int) -> tuple[bytes, bytes]:
+    """(the prefix, the sha256 of the rest) of a file of `size` bytes, read with pread rather than through the
+    mapping: a page the disk cannot give is then an OSError (EIO), where a mapping's load would be SIGBUS, and a
+    file cut short meanwhile reads short (ValueError)."""
+    prefix = os.pread(fd, _PREFIX.size, 0)
+    sha = hashlib.sha256(prefix[:_SEALED])
+    at = len(prefix)
+    while len(prefix) == _PREFIX.size and at < size:
+        chunk = os.pread(fd, min(_READ_CHUNK, size - at), at)
+        if not chunk:
+            break
+        sha.update(chunk)
+        at += len(chunk)
+    if len(prefix) != _PREFIX.size or at != size:
+        raise ValueError(f"{size} bytes when opened, {at} when read (changed as it was read)")
+    return prefix, sha.digest()
+
+
+def _parse(mm: mmap.mmap | bytes, sealed: tuple[bytes, bytes] | None = None,
+           ) -> tuple[dict[str, Any], int, str, dict[str, np.ndarray]]:
     """(meta, version, checksum, arrays as views of `mm`) of a mapped file (or of its bytes read whole), every byte
-    of it checked."""
+    of it checked: the sha256 over `mm`, or, `sealed`, the file's prefix and the sha256 of the rest as read
+    without the mapping (`_read_sealed`)."""
     size = len(mm)
-    magic, hlen, declared, digest = _PREFIX.unpack_from(mm, 0)
+    magic, hlen, declared, digest = _PREFIX.unpack_from(mm if sealed is None else sealed[0], 0)
     if magic != MAGIC:
         raise ValueError(f"magic {magic!r}, expected {MAGIC!r}")
     if declared != size:
@@ -444,11 +468,14 @@ def _parse(mm: mmap.mmap | bytes) -> tuple[dict[str, Any], int, str, dict[str, n
     start = _align(_PREFIX.size + hlen)
     if start > size:
         raise ValueError(f"data would start at {start}, past the end ({size} bytes)")
-    # one pass over the whole file: pages read through the mapping are the page cache's, shared, not copied
-    sha = hashlib.sha256(mm[:_SEALED])
-    with memoryview(mm) as view, view[_PREFIX.size:] as rest:
-        sha.update(rest)
-    if sha.digest() != digest:
+    if sealed is not None:
+        computed = sealed[1]
+    else:   # one pass over the whole file
+        sha = hashlib.sha256(mm[:_SEALED])
+        with memoryview(mm) as view, view[_PREFIX.size:] as rest:
+            sha.update(rest)
+        computed = sha.digest()
+    if computed != digest:
         raise ValueError("its sha256 does not match its contents (damaged)")
     try:
         doc = msgpack.unpackb(mm[_PREFIX.size:_PREFIX.size + hlen], raw=False, use_list=True, strict_map_key=True)

@@ -411,9 +411,9 @@ def test_a_file_that_could_not_be_opened_is_tried_again(tmp_path: Path, monkeypa
     opened: list[str] = []
     real_parse = replica._parse
 
-    def parse(mm: mmap.mmap) -> Any:
+    def parse(mm: mmap.mmap, sealed: Any = None) -> Any:
         opened.append("again")
-        return real_parse(mm)
+        return real_parse(mm, sealed)
 
     monkeypatch.setattr(replica, "_parse", parse)
     clock.now += 1.0

@@ -8,15 +8,20 @@ decides from it again once it is whole.  Each case runs in a child process, so t
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from engine import replica
+import pytest
 
-from .test_replica_files import ACME, AT, BLACKLISTED, CALLERS, MAIN, ROOT, blob_of
+from engine import replica
+from engine.replica import LocalDecisions
+
+from .test_replica_files import ACME, AT, BLACKLISTED, CALLERS, MAIN, ROOT, Clock, blob_of
 
 
 def run(code: str, directory: Path) -> subprocess.CompletedProcess[str]:
@@ -183,3 +188,43 @@ def test_a_fault_on_an_unchanged_file_refuses_it_until_it_changes(tmp_path: Path
         print("ok")
         """, tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-2000:])
+
+
+def test_a_disk_error_while_a_file_is_checked_is_a_refusal_tried_again(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file is checked (its sha256) with pread, not through its mapping: a page the disk cannot give is an
+    OSError (EIO) there, not SIGBUS; the file is refused, said why, and opened again at the next look."""
+    replica.write_snapshot(tmp_path, blob_of(ACME), 3)
+    clock = Clock(float(AT))
+    replica.touch_heartbeat(tmp_path, at=clock.now)
+    worker = LocalDecisions(tmp_path, clock=clock)
+    real = os.pread
+
+    def failing(fd: int, n: int, at: int) -> bytes:
+        if at + n > 4096:   # (a bad sector past the first page)
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, n, at)
+
+    monkeypatch.setattr(os, "pread", failing)
+    assert worker.inbound("acme", CALLERS[0], MAIN) is None
+    assert "Input/output error" in worker.refusals["acme"], worker.refusals
+    monkeypatch.setattr(os, "pread", real)
+    clock.now += 31.0   # (a failure that is no verdict on the file: tried again at the next look, recheck_s)
+    replica.touch_heartbeat(tmp_path, at=clock.now)
+    answer = worker.inbound("acme", CALLERS[0], MAIN)
+    assert answer is not None and answer.action == "decide" and "acme" not in worker.refusals, answer
+
+
+def test_a_file_cut_short_while_it_is_checked_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    replica.write_snapshot(tmp_path, blob_of(ACME), 3)
+    path = replica.snapshot_path(tmp_path, "acme")
+    real = os.pread
+
+    def cut(fd: int, n: int, at: int) -> bytes:
+        if at > 0:
+            os.truncate(path, 4096)
+        return real(fd, n, at)
+
+    monkeypatch.setattr(os, "pread", cut)
+    with pytest.raises(ValueError, match="changed as it was read"):
+        replica.open_snapshot(path, "acme")
