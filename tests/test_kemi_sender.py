@@ -77,7 +77,7 @@ class RpcError(grpc.RpcError):
 @pytest.fixture
 def sender(kemi: tuple[Any, Variables], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:  # noqa: F811
     script, _ = kemi
-    for level in ("err", "warn", "notice"):
+    for level in ("err", "warn", "notice", "info"):
         monkeypatch.setattr(sys.modules["KSR"], level, lambda text: None, raising=False)
     module = script.recall.__globals__
     worker = script()
@@ -149,9 +149,45 @@ def test_a_rounds_events_go_straight_to_callgate_in_one_call_and_never_enter_the
     assert committed(sender) == sizes(sender) and len(server.batches) == 1
 
 
+def killed(sender: Any) -> None:
+    """What the kernel does for a sender killed: its lock on the spool (`Spool.claim_sender`) dropped."""
+    if sender.spool._claim_fd >= 0:
+        os.close(sender.spool._claim_fd)
+        sender.spool._claim_fd = -1
+
+
+def test_a_second_kamailio_on_the_same_spool_leaves_its_events_to_the_first_ones_sender(
+        sender: Any, kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Two Kamailio instances given one CALLGATE_SPOOL (a copied configuration): one sender (the only writer of
+    the spool's table) sends every journal of the directory, the other's too; the other says so once and takes
+    over when the first is gone."""
+    server = CallEvents()
+    warmed(sender, server)
+    script, _ = kemi
+    second = script()
+    second.spool, second._pid = type(sender.spool)(sender.spool.path, 1000), os.getpid()
+    answering(second, server)
+    said: list[str] = []
+    monkeypatch.setattr(sys.modules["KSR"], "err", said.append, raising=False)
+    spool(second, *calls("b"))   # (the second instance's worker's journal)
+    round_(second)
+    round_(second)
+    assert server.batches == [] and len(said) == 1, (server.batches, said)
+    assert f"another process (pid {os.getpid()}) sends the event spool" in said[0]
+    round_(sender)
+    assert server.batches == [calls("b")]
+    sender.spool._saved_at -= 1.0   # (how far it read committed, as a second later: else the next sender sends
+    round_(sender)                  # b again, and callgate answers the replay)
+    killed(sender)
+    spool(second, *calls("c"))
+    round_(second)
+    assert server.batches == [calls("b"), calls("c")] and len(said) == 1
+
+
 def restarted_sender(sender: Any, server: CallEvents) -> Any:
     """The sender after a kill -9: a new process over the same spool (what its table holds), its first two rounds
     done against `server` (whose batches are cleared first)."""
+    killed(sender)
     restarted = type(sender)()
     restarted.spool, restarted._pid = type(sender.spool)(sender.spool.path, 1000), os.getpid()
     answering(restarted, server)

@@ -321,6 +321,7 @@ class kamailio:
         # at every INVITE (~60 us of a SIP worker's with its cold caches)
         self.sources: dict[str, str | None] = {}
         self.refusals_logged: dict[str, str] = {}   # (per tenant whose replica file was refused: the reason logged)
+        self.claimed: bool | None = None   # whether this process is the spool's sender (`sending`), as last found
         self.local_decisions = 0
         self.timings = Timings(TIMINGS)  # used only with CALLGATE_TIMINGS
         if TIMINGS:  # where this process's Python time goes: each entry point's CPU time, "route:NAME NS"
@@ -1012,6 +1013,8 @@ class kamailio:
         the spool's backlog: an event written, then read, updated and marked there cost ~60 us a call); else
         they join the table's backlog, sent oldest first.  A call's events go in order; back off while callgate
         cannot take them."""
+        if not self.sending():
+            return 1
         now = time.monotonic()
         intake = None
         try:
@@ -1060,6 +1063,24 @@ class kamailio:
         if self.backlog and time.monotonic() >= self.backoff_until:
             self.send_backlog()
         return 1
+
+    def sending(self) -> bool:
+        """Whether this process is the spool's one sender (Spool.claim_sender): a second Kamailio given the same
+        CALLGATE_SPOOL leaves its journals to the first one's sender, which reads them all, and says so once."""
+        try:
+            claimed, holder = self.spool.claim_sender()
+        except OSError as exc:
+            KSR.err(f"callgate: the event spool's lock {SPOOL_FILE}.sender cannot be taken: {exc}\n")
+            return False
+        if claimed != self.claimed:
+            self.claimed = claimed
+            if claimed:
+                KSR.info(f"callgate: this process sends the event spool {SPOOL_FILE}\n")
+            else:
+                KSR.err(f"callgate: another process (pid {holder or '?'}) sends the event spool {SPOOL_FILE}, "
+                        "this Kamailio's events too while it runs: give each Kamailio instance its own "
+                        "CALLGATE_SPOOL\n")
+        return claimed
 
     def send_backlog(self) -> None:
         """Send the oldest events waiting in the table (a call's first only, to a callgate that goes on with a

@@ -4,7 +4,8 @@ Plain Python and SQLite: no Kamailio, no gRPC.
 Two halves.  A SIP worker appends a call's events to a journal of its own
 (`Journal`: one append-only file per process in SPOOL.journal/, a record
 per event, one write() each: ~5 us, never a lock, never a wait).  The
-sender (the rtimer process, the only writer of the SQLite file) reads what
+sender (the rtimer process, the only writer of the SQLite file: `claim_sender`, a
+lock a second Kamailio given the same spool finds held) reads what
 the journals hold (`Spool.read`), in the order the events were written
 across all processes, sends it, and keeps in the spool's table what was not
 answered (`Spool.store`: each record once, the offsets read commit with the
@@ -33,6 +34,7 @@ process writes no more (it has a newer journal, or is gone).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import re
@@ -317,6 +319,35 @@ class Spool:
         self._unsaved: dict[str, int] = {}   # offsets read past what the table holds (`store`)
         self._saved_at = 0.0
         self._alive: dict[str, float] = {}   # journal: when it was last found written (`_forget_finished`)
+        self._claim_fd = -1                  # `claim_sender`: the lock file held, in the process `_claim_pid`
+        self._claim_pid = 0
+
+    def claim_sender(self) -> tuple[bool, str]:
+        """(whether this process is the spool's one sender, who else is).  The sender is the only writer of
+        the SQLite file and the one reader of the journals: an exclusive flock on SPOOL.sender, taken at the
+        first round and held while the process lives.  A second Kamailio started with the same CALLGATE_SPOOL
+        (a copied configuration) finds it taken: its workers' journals are read and sent by the first one's
+        sender, which reads every journal of the directory, and it takes over when that process is gone (the
+        kernel drops its lock with it).  The holder writes its pid into the file, for the other's log line."""
+        if self._claim_fd >= 0 and self._claim_pid == os.getpid():
+            return True, ""
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        fd = os.open(self.path + ".sender", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            return False, holder
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._claim_fd, self._claim_pid = fd, os.getpid()
+        return True, ""
 
     def conn(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # one connection per process, opened after the fork
