@@ -369,3 +369,25 @@ def test_a_sources_trust_is_found_once_and_a_flood_of_sources_keeps_a_bounded_me
         assert tenant_of(f"198.51.{i // 256}.{i % 256}", "acme") is None
     assert len(worker.sources) <= 100
     assert tenant_of("10.1.2.3") == "acme" and parsed[-1] == "10.1.2.3"   # (forgotten in the flood: found again)
+
+
+def test_a_refused_replica_file_is_logged_once_per_reason_and_again_while_it_lasts(
+        kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch) -> None:
+    script, _ = kemi
+    said: list[str] = []
+    monkeypatch.setattr(sys.modules["KSR"], "err", said.append, raising=False)
+    module = script.recall.__globals__
+    clock = [1000.0]
+    monkeypatch.setattr(module["time"], "monotonic", lambda: clock[0])
+    worker = script()
+    local = types.SimpleNamespace(refusals={"acme": "0 bytes, shorter than the 56-byte prefix"})
+    for _ in range(3):
+        worker.refused_file(local, "acme")
+        worker.refused_file(local, "beta")   # (usable: nothing to say)
+    assert len(said) == 1 and "the file of tenant 'acme'" in said[0] and "56-byte prefix" in said[0], said
+    local.refusals["acme"] = "its sha256 does not match its contents (damaged)"
+    worker.refused_file(local, "acme")
+    assert len(said) == 2 and "damaged" in said[1]
+    clock[0] += module["REFUSAL_LOG_S"]
+    worker.refused_file(local, "acme")
+    assert len(said) == 3

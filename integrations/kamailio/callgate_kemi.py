@@ -175,6 +175,7 @@ FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE",
 # call ended unanswered, unbilled
 RETRIED = ("INTERNAL",)
 SENDER_BATCH = 500
+REFUSAL_LOG_S = 300.0   # a replica file refused for the same reason is logged again after this (per worker)
 IN_ORDER_RETRY_S = 60.0   # a callgate without CallEventsInOrder is asked again after this (an upgrade since)
 CALL_ID_MAX = 256   # the longest call id callgate takes (characters; callgate_events.c CG_CALL_ID_MAX, in bytes)
 USER_MAX = 256   # the longest user name callgate takes (characters; callgate_events.c CG_USER_MAX_CHARS)
@@ -320,7 +321,8 @@ class kamailio:
         # source address -> its tenant by CALLGATE_TRUSTED (source_tenant): the address parsed and matched once, not
         # at every INVITE (~60 us of a SIP worker's with its cold caches)
         self.sources: dict[str, str | None] = {}
-        self.refusals_logged: dict[str, str] = {}   # (per tenant whose replica file was refused: the reason logged)
+        # per tenant whose replica file was refused: the reason logged, and when (`refused_file`)
+        self.refusals_logged: dict[str, tuple[str, float]] = {}
         self.claimed: bool | None = None   # whether this process is the spool's sender (`sending`), as last found
         self.local_decisions = 0
         self.timings = Timings(TIMINGS)  # used only with CALLGATE_TIMINGS
@@ -796,11 +798,16 @@ class kamailio:
                             self.name(self.pb.Reason, d.reason), d.group, list(d.members), d.target, d.line)
 
     def refused_file(self, local: Any, tenant: str) -> None:
-        """Log once per reason (per worker) that a tenant's replica file cannot be used (damaged, cut short or
-        rewritten by hand under the workers): its calls then cost an RPC each, and fail while callgate is away."""
+        """Log (per worker: once per reason, and again every REFUSAL_LOG_S while it lasts) that a tenant's replica
+        file cannot be used (damaged, cut short or rewritten by hand under the workers): its calls then cost an
+        RPC each, and fail while callgate is away."""
         why = local.refusals.get(tenant)
-        if why is not None and self.refusals_logged.get(tenant) != why:
-            self.refusals_logged[tenant] = why
+        if why is None:
+            return
+        now = time.monotonic()
+        logged = self.refusals_logged.get(tenant)
+        if logged is None or logged[0] != why or now - logged[1] >= REFUSAL_LOG_S:
+            self.refusals_logged[tenant] = (why, now)
             KSR.err(f"callgate: the file of tenant {tenant!r:.70} in the replica {REPLICA_DIR} cannot be used ({why}); "
                     "its inbound calls are decided by callgate over gRPC until the replica writes it again\n")
 
