@@ -38,6 +38,20 @@ cdef extern from *:
 
 
 cdef Py_ssize_t STATUS_READ = 32      # the bytes cg_status_read reads
+
+
+ctypedef struct _PageRead:
+    const unsigned char* p
+    cg_status* out
+
+
+cdef void _page_read(void* arg) noexcept nogil:
+    cdef _PageRead* r = <_PageRead*>arg
+    cdef cg_status b
+    cg_status_read(r.p, r.out)
+    cg_status_read(r.p, &b)
+    if memcmp(r.out, &b, 3 * 8) != 0:
+        cg_status_read(r.p, r.out)
 cdef double INSTANT_LIMIT = 9.0e18     # a double beyond this is no int64 instant: the slow path says so
 
 
@@ -114,6 +128,7 @@ cdef class LocalFast:
     cdef uint64_t _index_gen
     cdef double _index_s
     cdef public double _index_live_s
+    cdef public bint _page_faulted   # a read of the status page faulted (`_read`): unmapped, to be looked for again
 
     def __cinit__(self, *args, **kwargs):
         self._mapped = False
@@ -124,6 +139,7 @@ cdef class LocalFast:
         self._index_gen = 0
         self._index_live_s = 0.0
         self._index_whole = False
+        self._page_faulted = False
 
     def __init__(self, bytes magic not None, double fresh_s, double max_offset_s, clock=None, double index_s=1.0):
         if len(magic) != 8:
@@ -184,19 +200,36 @@ cdef class LocalFast:
             return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
         return self._clock()
 
-    cdef bint _live(self, double now, cg_status* a):
-        """Whether the mapped status page is the replica's and heard within `fresh_s` of `now`, read into `a` (read
-        again when caught between two of its writer's stores)."""
+    cdef bint _read(self, cg_status* a):
+        """The mapped status page's words into `a` (read again when caught between two of its writer's stores),
+        under the SIGBUS guard (engine/_core_guard.pxi): False without a page, or when it faulted (truncated in
+        place, a disk's I/O error), which unmaps it and sets `_page_faulted` for the subclass to look for the
+        page again."""
         if not self._mapped:
             return False
-        cdef const unsigned char* p = <const unsigned char*>self._page.buf
-        cdef cg_status b
-        cg_status_read(p, a)
-        cg_status_read(p, &b)
-        if memcmp(a, &b, 3 * 8) != 0:
-            cg_status_read(p, a)
+        cdef _PageRead r
+        r.p, r.out = <const unsigned char*>self._page.buf, a
+        if cg_bus_guard(_page_read, &r) != 0:
+            self._mapped = False
+            PyBuffer_Release(&self._page)
+            self._page_faulted = True
+            return False
+        return True
+
+    cdef bint _live(self, double now, cg_status* a):
+        """Whether the mapped status page is the replica's and heard within `fresh_s` of `now`, read into `a`."""
+        if not self._read(a):
+            return False
         return (a.magic == self._magic and isfinite(a.heard) and a.heard > 0
                 and -self._fresh_s <= now - a.heard <= self._fresh_s)
+
+    def _page_words(self):
+        """(magic as 8 bytes, generation, heard, offset) of the mapped status page, read as a decision reads it
+        (`_read`); None without a page, or when it faulted."""
+        cdef cg_status a
+        if not self._read(&a):
+            return None
+        return ((<char*>&a.magic)[:8], a.gen, a.heard, a.offset)
 
     cdef _Entry _in_step(self, tenant, caller, called, at, double now, double* age, int64_t* when):
         """The entry that answers `tenant` at `now` with the instant of the call (`when`) and the replica's age,

@@ -46,26 +46,13 @@ Reading trusts nothing: the prefix, the sha256 (any flipped bit anywhere), the
 header's every field (types, bounds, alignment, nbytes == prod(shape) *
 itemsize, no overlap), then the core's own checks of every
 index (`CoreSnapshot`).  Whatever the bytes, a reader gets a snapshot or
-ValueError("not a callgate replica file: ..."), never a crash.  A file changed
-*in place* while a worker maps it (the writer never does it: it replaces) is
-told at the worker's next decision from it: the core compares the file's
-first 56 bytes (the magic, the lengths, the sha256 of the rest) with those it
-checked, and reads its last byte, under a SIGBUS guard (engine/_core_guard.pxi):
-a file rewritten (cp over it) differs there, a file truncated (`> file`, or a
-disk's I/O error) faults there or at any later load, and the decision becomes
-a miss: the file is opened and checked again, or refused and the server asked.
-A mapping that faults while the file is unchanged (a disk's I/O error) is
-refused until the file changes.  A file is hashed with pread, not through
-its mapping, so an I/O error there is an OSError (the file refused, tried
-again at the next look) and a file cut short meanwhile reads short.  What
-stays unguarded: the rest of a file's checks, once per file, through its
-mapping (the header, the core's checks of the arrays: a truncation in those
-milliseconds still raises SIGBUS); a file rewritten during the one decision that reads it
-(compared before it, read through the old checks); a file cut within its
-last page (the rest of that page reads as zeros until the worker's next look
-at the file, recheck_s); the other decisions (outbound, pickup, batches:
-never made from a replica's file).  The
-directory must be writable by the replica process only.
+ValueError("not a callgate replica file: ..."), never a crash.  A file is
+hashed with pread, not through its mapping (a disk's I/O error is an OSError:
+refused, tried again at the next look).  A file or status page changed *in
+place* under a worker's mapping (the writer never does it: it replaces) is
+told at the next decision, under a SIGBUS guard (engine/_core_guard.pxi
+says how, and what stays unguarded): a miss, the file opened and checked
+again.  The directory must be writable by the replica process only.
 
 Atomicity.  `write_snapshot` writes a temporary file in the same directory
 (a name starting with "." that readers never look at), fsyncs it,

@@ -25,8 +25,6 @@ from .replica import (
     Policy,
     _numbers_of,
     _open,
-    _status_of,
-    clock_offset,
     file_name,
     read_behind,
     read_policy,
@@ -141,7 +139,7 @@ class LocalDecisions(LocalFast):
     def _inbound_slow(self, tenant: str, caller: str, called: str, at: int, now: float) -> LocalAnswer | None:
         """`inbound` when its compiled path cannot answer, at `now` (read there); puts the entry it answers
         from next time when the tenant is in step."""
-        gen, heard = self._read_page()
+        gen, heard, offset = self._read_page()
         # The page is looked for again (os.stat) only when it says nothing fresh: none mapped yet, or its
         # heartbeat older than PAGE_FRESH_S (the replica writes it every second while in step), as a page
         # replaced by a new one (the directory made again) stops being written.  A page that is being written
@@ -149,7 +147,7 @@ class LocalDecisions(LocalFast):
         if (heard is None or not -PAGE_FRESH_S <= now - heard <= PAGE_FRESH_S) and \
                 not self._status_checked <= now < self._status_until:
             self._look_status(now)
-            gen, heard = self._read_page()
+            gen, heard, offset = self._read_page()
         if gen != self._policy_gen:
             self._read_policy(gen)
         h = self._held.get(tenant)
@@ -196,8 +194,7 @@ class LocalDecisions(LocalFast):
         elif since is None and gen >= 0 and type(tenant) is str:   # in step: the compiled path answers the next
             self._put_fast(tenant, snap, h.version, h.checksum, gen, h.checked, h.until, policy.max_staleness_s)
         if not at:
-            page = self._page
-            at = int(now + (clock_offset(page) if page is not None else 0.0))
+            at = int(now + offset)
         try:
             decision = snap.inbound(caller, called, at)
         except OSError:   # its file truncated as it decided (the core's guard): the next call opens it again
@@ -355,15 +352,22 @@ class LocalDecisions(LocalFast):
             self._map_page(page)
         self._policy_gen = -2   # read the policy again too
 
-    def _read_page(self) -> tuple[int, float | None]:
-        """(generation, heard) from the mapped status page: memory reads, no syscall; (-1, None) without one."""
-        page = self._page
-        if page is None:
-            return -1, None
-        first = _status_of(page)
-        second = _status_of(page)
-        # the writer moves each 8-byte field in one store; a read caught between two of its stores is read again
-        return first if first == second else _status_of(page)
+    def _read_page(self) -> tuple[int, float | None, float]:
+        """(generation, heard, the server's clock offset) from the mapped status page as a decision reads it (memory
+        reads, no syscall, under the core's SIGBUS guard); (-1, None, 0.0) without one.  A page that faulted
+        (truncated in place, a disk's I/O error) is unmapped by the read, and looked for again at once."""
+        words = self._page_words()
+        if self._page_faulted:
+            self._page_faulted = False
+            self._page_key = None   # (whatever its inode says: mapped again, or refused when short)
+            self._status_checked = self._status_until = -math.inf
+        if words is None:
+            return -1, None, 0.0
+        magic, generation, heard, offset = words
+        if magic != STATUS_MAGIC:
+            return -1, None, 0.0
+        return (generation, heard if math.isfinite(heard) and heard > 0 else None,
+                offset if math.isfinite(offset) and abs(offset) <= MAX_OFFSET_S else 0.0)
 
     def _read_policy(self, gen: int) -> None:
         self._policy_gen = gen   # (setting policy and behind drops the compiled path's entries: they hold the last)

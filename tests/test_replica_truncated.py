@@ -228,3 +228,36 @@ def test_a_file_cut_short_while_it_is_checked_is_refused(tmp_path: Path, monkeyp
     monkeypatch.setattr(os, "pread", cut)
     with pytest.raises(ValueError, match="changed as it was read"):
         replica.open_snapshot(path, "acme")
+
+
+def test_a_status_page_truncated_under_the_workers_is_a_page_looked_for_again(tmp_path: Path) -> None:
+    """The directory's status page (read at every decision) truncated in place: the read faults under the same
+    guard, the page is unmapped and looked for again; meanwhile, with no page, the replica's age is unknown, so
+    the tenant's stale policy answers (stale-ok: decided, marked stale); a page made again puts the worker back
+    in step."""
+    replica.write_snapshot(tmp_path, blob_of(ACME), 3)
+    done = run(f"""
+        import os, sys
+        from pathlib import Path
+        from engine import replica
+        from engine.replica import LocalDecisions
+        from tests.test_replica_files import Clock
+        d = Path(sys.argv[1])
+        clock = Clock({AT}.0)
+        replica.touch_heartbeat(d, at=clock.now)
+        worker = LocalDecisions(d, clock=clock)
+        assert worker.prepare(limit=10) == 1
+        assert worker.route({CALLERS[0]!r}, {MAIN!r})[1] is not None
+        os.truncate(d / "status", 0)
+        assert worker.route({CALLERS[0]!r}, {MAIN!r}) == ("acme", None)
+        answer = worker.inbound("acme", {CALLERS[0]!r}, {MAIN!r})
+        assert answer is not None and answer.action == "decide" and answer.stale, answer
+        os.unlink(d / "status")   # (what the replica's error says to do: it makes the page again)
+        clock.now += 2
+        replica.touch_heartbeat(d, at=clock.now)
+        answer = worker.inbound("acme", {CALLERS[0]!r}, {MAIN!r})
+        assert answer is not None and not answer.stale, answer
+        assert worker.route({CALLERS[0]!r}, {MAIN!r})[1] is not None
+        print("ok")
+        """, tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-2000:])
