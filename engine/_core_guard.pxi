@@ -9,8 +9,8 @@
 # What each decision from a mapped file does first (inbound_guarded): compare the file's first 56 bytes (the
 # magic, the lengths, the sha256 of the rest) with those checked (a copy made over it differs there), and read
 # its last byte (a file cut short faults there, or at any later load).  Either makes the decision a miss: the
-# worker opens the file again (engine/replica_local.py), or, the file unchanged by its stat (a disk's I/O
-# error), refuses it until it changes.  The status page is read under the same guard (_core_local.pxi `_read`).
+# worker opens the file again (engine/replica_local.py: hashed with pread, where a disk's I/O error is an
+# OSError, the file refused and tried again at the next look).  The status page is read under the same guard (_core_local.pxi `_read`).
 # What stays unguarded: the rest of a file's checks through its mapping, once per file (the header, the
 # core's checks of the arrays: a truncation in those milliseconds still raises SIGBUS); a file rewritten during
 # the one decision that reads it (compared before it, read through the old checks); a file cut within its last

@@ -165,6 +165,7 @@ cdef class LocalFast:
         self._scanned = -INFINITY   # (another page's generations say nothing of the index: looked at again)
         if page is None:
             return
+        guard_mapped_reads()   # (again if something replaced the handler since: the page is read under it)
         PyObject_GetBuffer(page, &self._page, PyBUF_SIMPLE)
         if self._page.len < STATUS_READ:
             PyBuffer_Release(&self._page)

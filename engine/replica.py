@@ -48,11 +48,12 @@ itemsize, no overlap), then the core's own checks of every
 index (`CoreSnapshot`).  Whatever the bytes, a reader gets a snapshot or
 ValueError("not a callgate replica file: ..."), never a crash.  A file is
 hashed with pread, not through its mapping (a disk's I/O error is an OSError:
-refused, tried again at the next look).  A file or status page changed *in
-place* under a worker's mapping (the writer never does it: it replaces) is
-told at the next decision, under a SIGBUS guard (engine/_core_guard.pxi
-says how, and what stays unguarded): a miss, the file opened and checked
-again.  The directory must be writable by the replica process only.
+refused, tried again at the next look).  A file changed *in place* under a
+worker's mapping (the writer never does it: it replaces) is told at the next
+decision, under a SIGBUS guard (engine/_core_guard.pxi says how, and what
+stays unguarded): a miss, the file opened and checked again; a status page
+that faults is looked for again (the stale policy answers meanwhile), and the
+replica makes a page cut short or written over again.  The directory must be writable by the replica process only.
 
 Atomicity.  `write_snapshot` writes a temporary file in the same directory
 (a name starting with "." that readers never look at), fsyncs it,
@@ -96,8 +97,6 @@ import re
 import stat
 import struct
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +108,12 @@ import numpy as np
 from . import snapshot
 from ._core import CoreSnapshot
 from .files import replace_atomically, sync_directory
+from .replica_status import (  # (public: engine.replica is the API)
+    _write_status,
+    clock_offset,
+    last_heard,
+    touch_heartbeat,
+)
 
 __all__ = [
     "FILE_SUFFIX",
@@ -134,12 +139,6 @@ __all__ = [
 ]
 
 FILE_SUFFIX = ".cgsnap"
-STATUS = "status"                    # the status page: generation of the directory, when last heard (below)
-STATUS_MAGIC = b"CGSTAT1\n"
-STATUS_BYTES = 64
-_STATUS = struct.Struct("<8sQd")     # magic, generation (moves at every change of the directory), heard
-_OFFSET_AT = 24                      # then the server's clock less this host's (f64 seconds)
-MAX_OFFSET_S = 10 * 365 * 86_400.0   # an offset beyond this is no clock's: read as 0
 POLICY = "policy.json"
 BEHIND = "behind.json"                # tenants whose version in force the replica could not install, since when
 LOCK = ".lock"                       # the writer's lock (engine.files.hold): one replica process per directory
@@ -434,8 +433,8 @@ def _read_sealed(fd: int, size: int) -> tuple[bytes, bytes]:
             break
         sha.update(chunk)
         at += len(chunk)
-    if len(prefix) != _PREFIX.size or at != size:
-        raise ValueError(f"{size} bytes when opened, {at} when read (changed as it was read)")
+    if len(prefix) != _PREFIX.size or at != size:   # (no verdict on the file: looked at again, as changed)
+        raise OSError(f"{size} bytes when opened, {at} when read (changed as it was read)")
     return prefix, sha.digest()
 
 
@@ -523,82 +522,7 @@ def _view(mm: mmap.mmap | bytes, name: str, spec: Any, start: int, end: int) -> 
     return arr
 
 
-# -- heartbeat and policy ------------------------------------------------------------------------------------
-
-def touch_heartbeat(directory: Path | str, at: float | None = None, offset: float | None = None) -> None:
-    """Record that the replica heard from the server at `at` (time.time() when None), in the status page, and
-    with `offset` how far the server's clock is ahead of this host's (seconds; `clock_offset`)."""
-    at = time.time() if at is None else float(at)
-    if not math.isfinite(at):
-        raise ValueError(f"heartbeat time {at!r} is not finite")
-    if offset is not None and not (math.isfinite(offset) and abs(offset) <= MAX_OFFSET_S):
-        raise ValueError(f"clock offset {offset!r} is no clock's")
-    _write_status(Path(directory), heard=at, offset=offset)
-
-
-def clock_offset(raw: Any) -> float:
-    """The server's clock less this host's (seconds) from a status page's bytes; 0.0 when it says none."""
-    (offset,) = struct.unpack_from("<d", raw, _OFFSET_AT)
-    return offset if math.isfinite(offset) and abs(offset) <= MAX_OFFSET_S else 0.0
-
-
-def last_heard(directory: Path | str) -> float | None:
-    """When the replica last heard from the server (time.time() seconds), or None: never, or no readable status
-    page (read as never: the answers then count as stale, the cautious reading)."""
-    try:
-        with open(Path(directory) / STATUS, "rb") as f:
-            raw = f.read(_STATUS.size)
-    except OSError:
-        return None
-    return _status_of(raw)[1] if len(raw) == _STATUS.size else None
-
-
-def _status_of(raw: Any) -> tuple[int, float | None]:
-    """(generation, heard) of a status page's bytes; (-1, None) when they are not one."""
-    magic, generation, heard = _STATUS.unpack_from(raw, 0)
-    if magic != STATUS_MAGIC:
-        return -1, None
-    return generation, (heard if math.isfinite(heard) and heard > 0 else None)
-
-
-def _write_status(directory: Path, bump: bool = False, heard: float | None = None,
-                  offset: float | None = None) -> None:
-    """Move the status page's generation on (`bump`) and/or set when the replica last heard from the server.
-
-    The page is made once and then only written in place, never replaced: every worker keeps it mapped and
-    reads it at every decision (two aligned 8-byte fields: no syscall on the decision path).  One writer (the
-    replica process); a reader that catches a field half written reads it again."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / STATUS
-    if not path.exists():
-        fd, tmp = tempfile.mkstemp(prefix=".status.", suffix=".tmp", dir=directory)
-        try:
-            os.write(fd, _STATUS.pack(STATUS_MAGIC, 0, 0.0).ljust(STATUS_BYTES, b"\0"))
-            os.fchmod(fd, 0o644)
-            os.fsync(fd)
-            os.close(fd)
-            try:
-                os.link(tmp, path)   # made only if absent: a page already mapped is never replaced
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(tmp)
-        sync_directory(directory)
-    with open(path, "r+b") as f:
-        if os.fstat(f.fileno()).st_size < STATUS_BYTES:
-            raise ValueError(f"{path} is not a replica status page: remove it (the replica makes it again)")
-        mm = mmap.mmap(f.fileno(), STATUS_BYTES, access=mmap.ACCESS_WRITE)
-    with mm:
-        generation, _ = _status_of(mm)
-        if generation < 0:
-            raise ValueError(f"{path} is not a replica status page: remove it (the replica makes it again)")
-        if bump:
-            struct.pack_into("<Q", mm, 8, generation + 1)
-        if heard is not None:
-            struct.pack_into("<d", mm, 16, heard)
-        if offset is not None:
-            struct.pack_into("<d", mm, _OFFSET_AT, offset)
-
+# -- policy ----------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Policy:

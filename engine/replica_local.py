@@ -18,10 +18,6 @@ from ._core import CoreSnapshot, LocalAnswer, LocalFast
 from .replica import (
     FILE_SUFFIX,
     INDEX_S,
-    MAX_OFFSET_S,
-    STATUS,
-    STATUS_BYTES,
-    STATUS_MAGIC,
     Policy,
     _numbers_of,
     _open,
@@ -29,6 +25,7 @@ from .replica import (
     read_behind,
     read_policy,
 )
+from .replica_status import MAX_OFFSET_S, STATUS, STATUS_BYTES, STATUS_MAGIC
 
 __all__ = ["LocalAnswer", "LocalDecisions"]
 
@@ -154,9 +151,8 @@ class LocalDecisions(LocalFast):
         # its file truncated or rewritten in place under the mapping (the core's guard, engine/_core_guard.pxi):
         # opened again now, whatever its key says
         faulted = h is not None and h.snap is not None and h.snap.faulted
-        if faulted:
-            assert h is not None
-            h = self._faulted(tenant, h, now, gen)
+        if faulted:   # (an I/O error of the disk too: the file is hashed with pread, so a page it still cannot give
+            h = None  # is an OSError there, the file refused and tried again at the next look)
         # looked at again when the replica says the directory changed (the page's generation), and at the
         # latest every recheck_s (a change made without the writer, a page gone)
         if h is None or h.gen != gen or not h.checked <= now < h.until:
@@ -273,24 +269,6 @@ class LocalDecisions(LocalFast):
         self.refusals.clear()
         self._drop_fast()
 
-    def _faulted(self, tenant: str, h: _Held, now: float, gen: int) -> _Held | None:
-        """A tenant whose mapping faulted: None (opened again) when its file changed since it was mapped (a copy
-        over it, cut short); else, the same file, whose pages the disk could not give (an I/O error): refused
-        until it changes, for opening it would read those pages again, unguarded."""
-        try:
-            st = os.stat(self.directory / file_name(tenant))
-            key: tuple[int, int, int, int] | None = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        except (OSError, ValueError):
-            key = None
-        if key != h.key:
-            return None
-        self._drop_fast(tenant)
-        self.refusals[tenant] = ("a read of its mapping failed (SIGBUS) and the file is unchanged: a disk I/O "
-                                 "error? not read again until it changes")
-        refused = self._held[tenant] = _Held(None, 0, "", key, now, now + self.recheck_s)
-        refused.gen = gen
-        return refused
-
     def _look(self, tenant: str, h: _Held | None, now: float) -> _Held:
         self._drop_fast(tenant)   # whatever the look finds, the compiled path answers from it only once put again
         path = self.directory / file_name(tenant)
@@ -359,8 +337,7 @@ class LocalDecisions(LocalFast):
         words = self._page_words()
         if self._page_faulted:
             self._page_faulted = False
-            self._page_key = None   # (whatever its inode says: mapped again, or refused when short)
-            self._status_checked = self._status_until = -math.inf
+            self._page_key = None   # (whatever its inode says: at the next look, mapped again or refused when short)
         if words is None:
             return -1, None, 0.0
         magic, generation, heard, offset = words

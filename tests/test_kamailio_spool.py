@@ -3,6 +3,7 @@ when SQLite says the file is locked."""
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import sqlite3
@@ -528,3 +529,25 @@ def test_a_journal_removed_under_its_writer_is_begun_again_not_written_into_the_
     assert len(os.listdir(sender.journals)) == 1 and os.listdir(sender.journals) != [first]
     time.sleep(spool.WATERMARK_NS / 1e9 + 0.01)
     assert sender.ingest() == (1, []) and pending_keys(sender) == ["c2:RINGING"]
+
+
+def test_one_sender_per_spool_even_when_its_pid_cannot_be_written(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`claim_sender`: the first Spool of a path holds the lock for good; another (a second Kamailio's sender)
+    is told who holds it; a full disk that keeps the pid from being written does not cost the lock."""
+    first = spool.Spool(str(tmp_path / "events.sqlite"), max_pending=100)
+    second = spool.Spool(first.path, max_pending=100)
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def no_space(*_: object) -> int:
+        raise full
+
+    monkeypatch.setattr(spool.os, "pwrite", no_space)
+    assert first.claim_sender() == (True, "") and first.claim_sender() == (True, "")
+    assert second.claim_sender() == (False, "")   # (held; no pid written)
+    monkeypatch.undo()
+    os.close(first._claim_fd)   # (what the kernel does for a sender killed)
+    first._claim_fd = -1
+    assert second.claim_sender() == (True, "")
+    assert first.claim_sender() == (False, str(os.getpid()))
+    os.close(second._claim_fd)

@@ -10,7 +10,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,8 @@ class RpcError(grpc.RpcError):
 
 
 @pytest.fixture
-def sender(kemi: tuple[Any, Variables], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:  # noqa: F811
+def sender(kemi: tuple[Any, Variables], tmp_path: Path,  # noqa: F811
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     script, _ = kemi
     for level in ("err", "warn", "notice", "info"):
         monkeypatch.setattr(sys.modules["KSR"], level, lambda text: None, raising=False)
@@ -84,7 +85,8 @@ def sender(kemi: tuple[Any, Variables], tmp_path: Path, monkeypatch: pytest.Monk
     worker.spool = module["Spool"](str(tmp_path / "events.sqlite"), 1000)
     worker._pid = os.getpid()
     monkeypatch.setitem(module, "SPOOL_FILE", str(tmp_path / "events.sqlite"))
-    return worker
+    yield worker
+    killed(worker)
 
 
 def answering(sender: Any, server: CallEvents) -> CallEvents:

@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from callgate.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc
-from engine import replica
+from engine import replica, replica_status
 from loadtest.process import ROOT, free_port, python_env
 from server.client import upload_messages
 from server.replica import follow
@@ -369,7 +369,7 @@ def test_a_host_with_a_wrong_clock_decides_at_the_servers_time(server: Server, s
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
-        page = tmp_path / "replica" / replica.STATUS
+        page = tmp_path / "replica" / replica_status.STATUS
         offset = wait_for(lambda: page.exists() and replica.clock_offset(page.read_bytes()), timeout=20)
         assert abs(offset - skew["s"]) < 2.0, offset
         local = replica.LocalDecisions(tmp_path / "replica", clock=SlowClock.time)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from engine import replica
+from engine import replica, replica_status
 from engine.replica import LocalAnswer, LocalDecisions
 
 from .test_replica_files import ACME, AT, BLACKLISTED, CALLED, CALLERS, MAIN, Clock, blob_of
@@ -61,10 +61,10 @@ def carried(a: LocalAnswer) -> tuple[Any, ...]:
 
 def scribble(directory: Path, rng: random.Random) -> None:
     """Hostile words over the status page, written in place as a stranger with write access could."""
-    path = directory / replica.STATUS
+    path = directory / replica_status.STATUS
     if not path.exists():
         return
-    magic = replica.STATUS_MAGIC if rng.random() < 0.7 else rng.randbytes(8)
+    magic = replica_status.STATUS_MAGIC if rng.random() < 0.7 else rng.randbytes(8)
     floats = [math.nan, math.inf, -math.inf, -1.0, 0.0, 1e300, 2.0**63, 1_800_000_000.0 + rng.uniform(-5, 5)]
     with open(path, "r+b") as f:
         f.write(magic + struct.pack("<Qdd", rng.getrandbits(64) if rng.random() < 0.3 else rng.randrange(8),
@@ -73,10 +73,10 @@ def scribble(directory: Path, rng: random.Random) -> None:
 
 def repair(directory: Path) -> None:
     """The page's magic made right again, so that the writer (which refuses a page not its own) can go on."""
-    path = directory / replica.STATUS
+    path = directory / replica_status.STATUS
     if path.exists():
         with open(path, "r+b") as f:
-            f.write(replica.STATUS_MAGIC)
+            f.write(replica_status.STATUS_MAGIC)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
@@ -264,3 +264,26 @@ def test_the_proxys_one_call_answers_as_inbound_at_every_hour_of_a_week(tmp_path
                     routed += 1
     assert routed > 0.9 * 24 * 7 * 9 * 3 and {"ROUTE", "VOICEMAIL", "REJECT", "ERROR"} <= verdicts, (
         routed, verdicts)
+
+
+def test_the_page_as_the_core_reads_it_is_the_page_as_python_reads_it(tmp_path: Path) -> None:
+    """`_page_words` (the status page read in C, under the SIGBUS guard: what both paths now decide by) against
+    the page's bytes unpacked in Python (`_status_of`, `clock_offset`), over pages scribbled with hostile bytes."""
+    rng = random.Random(7)
+    replica.touch_heartbeat(tmp_path, at=float(AT), offset=3600.5)
+    worker = LocalDecisions(tmp_path)
+    page_path = tmp_path / replica_status.STATUS
+    for n in range(300):
+        raw = bytearray(page_path.read_bytes())
+        if n % 3:
+            for _ in range(rng.randrange(1, 6)):
+                raw[rng.randrange(32)] = rng.randrange(256)
+        if n % 7 == 0:
+            raw[:8] = replica_status.STATUS_MAGIC
+        with open(page_path, "r+b") as f:   # in place: the mapping sees it
+            f.write(bytes(raw))
+        worker._look_status(float(n))
+        gen, heard, offset = worker._read_page()
+        want_gen, want_heard = replica_status._status_of(bytes(raw))
+        assert (gen, heard) == (want_gen, want_heard), (n, bytes(raw[:32]).hex())
+        assert offset == (replica_status.clock_offset(bytes(raw)) if want_gen >= 0 else 0.0), n

@@ -35,7 +35,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import CoreSnapshot, compile_settings, dumps, loads, parse_settings, replica, snapshot, with_documents
+from engine import (
+    CoreSnapshot,
+    compile_settings,
+    dumps,
+    loads,
+    parse_settings,
+    replica,
+    replica_status,
+    snapshot,
+    with_documents,
+)
 from engine.replica import FILE_SUFFIX, LocalAnswer, LocalDecisions, Policy
 from loadtest.snapshot_fuzz import Base, bases, exercise
 
@@ -53,7 +63,7 @@ EMPTY_KEY = 2**64 - 1  # a container table's empty slot (EMPTY_KEY in engine/_co
 
 def files(directory: Path) -> list[str]:
     """The directory's files but the status page (made by the first write, then only written in place)."""
-    return sorted(n for n in os.listdir(directory) if n != replica.STATUS)
+    return sorted(n for n in os.listdir(directory) if n != replica_status.STATUS)
 
 
 def blob_of(doc: dict[str, Any], approved: tuple[str, ...] = ()) -> bytes:
@@ -745,15 +755,18 @@ def test_heartbeat_and_policy_files(tmp_path: Path) -> None:
     for value in (math.nan, math.inf):
         with pytest.raises(ValueError):
             replica.touch_heartbeat(tmp_path, value)
-    page = (tmp_path / replica.STATUS).read_bytes()
+    page = (tmp_path / replica_status.STATUS).read_bytes()
     nan, negative = (page[:16] + struct.pack("<d", x) + page[24:] for x in (math.nan, -5.0))
     for damaged in (b"", b"soon\n", b"\xff" * 64, page[:20], b"CGSTAT1\n" + bytes(56), nan, negative):
-        (tmp_path / replica.STATUS).write_bytes(damaged)
+        (tmp_path / replica_status.STATUS).write_bytes(damaged)
         assert replica.last_heard(tmp_path) is None, damaged  # read as never heard: the cautious reading
-    (tmp_path / replica.STATUS).write_bytes(b"\xff" * 64)
-    with pytest.raises(ValueError, match="status page"):  # the writer refuses a page that is not one
+    for damaged in (b"\xff" * 64, page[:20], b""):   # a page written over or cut short by hand: the writer makes
+        (tmp_path / replica_status.STATUS).write_bytes(damaged)   # it again (a new inode: the workers look for it)
+        inode = (tmp_path / replica_status.STATUS).stat().st_ino
         replica.touch_heartbeat(tmp_path, 1.0)
-    (tmp_path / replica.STATUS).unlink()
+        assert replica.last_heard(tmp_path) == 1.0 and (tmp_path / replica_status.STATUS).stat().st_ino != inode
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".status")] == []
+    (tmp_path / replica_status.STATUS).unlink()
 
     replica.write_policy(tmp_path, 12, "fail-closed", {"acme": "backup", "beta": "stale-ok"})
     assert replica.read_policy(tmp_path) == Policy(12.0, "fail-closed", {"acme": "backup", "beta": "stale-ok"})
@@ -777,7 +790,7 @@ def test_heartbeat_and_policy_files(tmp_path: Path) -> None:
         (tmp_path / "policy.json").write_bytes(damaged)
         with pytest.raises(ValueError, match="damaged replica policy"):
             replica.read_policy(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.json", replica.STATUS]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.json", replica_status.STATUS]
 
 
 def test_staleness_and_the_three_policies(tmp_path: Path) -> None:
@@ -852,7 +865,7 @@ def test_the_heartbeat_is_read_at_every_decision_and_the_policy_when_the_page_sa
     clock.now = 1002.5
     assert worker.inbound("acme", BLACKLISTED, MAIN, AT).action == "reject"  # type: ignore[union-attr]
     # the status page replaced (the directory made again): mapped again at the next look
-    (tmp_path / replica.STATUS).unlink()
+    (tmp_path / replica_status.STATUS).unlink()
     replica.touch_heartbeat(tmp_path, 1004.5)
     clock.now = 1005.0
     again = worker.inbound("acme", BLACKLISTED, MAIN, AT)
@@ -888,11 +901,11 @@ def test_a_worker_makes_no_syscall_while_the_page_is_live(tmp_path: Path, monkey
             replica.touch_heartbeat(tmp_path, clock.now)
         answer = decide()
         assert answer is not None and not answer.stale
-    assert replica.STATUS not in looked, looked
+    assert replica_status.STATUS not in looked, looked
     assert 3 <= looked.count("acme.cgsnap") <= 5, looked   # 120 s / 30 s
     looked.clear()
     clock.now += 3.0    # the replica went quiet: its page is looked for (stat) at most every recheck_s
-    assert decide() is not None and decide() is not None and looked.count(replica.STATUS) == 1, looked
+    assert decide() is not None and decide() is not None and looked.count(replica_status.STATUS) == 1, looked
 
 
 def test_a_tenant_behind_the_version_in_force_grows_old_from_its_refusal(tmp_path: Path) -> None:
@@ -961,7 +974,7 @@ def test_now_is_the_servers_time_as_the_replica_measured_it(tmp_path: Path) -> N
     assert fields(later.decision) == fields(snap.inbound(caller, MAIN, AT + 345_600))
     given = worker.inbound("acme", caller, MAIN, AT)           # an instant given is the instant decided at
     assert given is not None and given.decision is not None and fields(given.decision) == fields(first.decision)
-    page = (tmp_path / replica.STATUS).read_bytes()
+    page = (tmp_path / replica_status.STATUS).read_bytes()
     assert replica.clock_offset(page) == 345_600.0
     for bad in (math.nan, math.inf, 11 * 365 * 86_400.0):
         with pytest.raises(ValueError, match="no clock's"):

@@ -324,6 +324,7 @@ class kamailio:
         # per tenant whose replica file was refused: the reason logged, and when (`refused_file`)
         self.refusals_logged: dict[str, tuple[str, float]] = {}
         self.claimed: bool | None = None   # whether this process is the spool's sender (`sending`), as last found
+        self.claim_error = ""              # ... the error that kept it from telling, as last logged
         self.local_decisions = 0
         self.timings = Timings(TIMINGS)  # used only with CALLGATE_TIMINGS
         if TIMINGS:  # where this process's Python time goes: each entry point's CPU time, "route:NAME NS"
@@ -1076,9 +1077,13 @@ class kamailio:
         CALLGATE_SPOOL leaves its journals to the first one's sender, which reads them all, and says so once."""
         try:
             claimed, holder = self.spool.claim_sender()
-        except OSError as exc:
-            KSR.err(f"callgate: the event spool's lock {SPOOL_FILE}.sender cannot be taken: {exc}\n")
+        except OSError as exc:   # (said once per error, not at every round)
+            if self.claim_error != str(exc):
+                self.claim_error = str(exc)
+                KSR.err(f"callgate: the event spool's lock {SPOOL_FILE}.sender cannot be taken ({exc}): no events "
+                        "are sent until it can\n")
             return False
+        self.claim_error = ""
         if claimed != self.claimed:
             self.claimed = claimed
             if claimed:

@@ -338,15 +338,21 @@ class Spool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            return False, holder
+            try:
+                return False, os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            except OSError:
+                return False, ""
+            finally:
+                os.close(fd)
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._claim_fd, self._claim_pid = fd, os.getpid()
+        try:   # (only for the other's log line: a full disk must not cost the lock)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         return True, ""
 
     def conn(self) -> sqlite3.Connection:

@@ -41,7 +41,7 @@ from typing import Any
 import grpc
 
 from callgate.v1 import decisions_pb2, decisions_pb2_grpc
-from engine import replica
+from engine import replica, replica_status
 
 log = logging.getLogger("callgate.replica")
 
@@ -182,7 +182,7 @@ class Follower:
                         sample = piece.server_time_ms / 1000 - time.time()
                         if self._offsets and abs(sample - self._offsets[-1]) > OFFSET_STEP_S:
                             self._offsets.clear()   # a clock was stepped (NTP): the readings before are wrong
-                        if abs(sample) <= replica.MAX_OFFSET_S:
+                        if abs(sample) <= replica_status.MAX_OFFSET_S:
                             self._offsets.append(sample)
                     if self._retry_at and assembly is None and time.monotonic() >= self._retry_at:
                         # xDS's answer to a NACK: ask again later (a full disk freed, a blob damaged on its way);
