@@ -23,27 +23,42 @@ from engine.replica import LocalDecisions
 
 from .test_replica_files import ACME, AT, BLACKLISTED, CALLERS, MAIN, ROOT, Clock, blob_of
 
+# what each child's code begins with: the directory, a clock of the test's own, and a worker in step with a
+# fresh heartbeat, every tenant of the directory mapped (`in_step()`)
+HEADER = f"""
+import os, sys
+from pathlib import Path
+from engine import replica
+from engine.replica import LocalDecisions
+from tests.test_replica_files import Clock
+d = Path(sys.argv[1])
+clock = Clock({AT}.0)
+
+def in_step():
+    replica.touch_heartbeat(d, at=clock.now)
+    worker = LocalDecisions(d, clock=clock)
+    assert worker.prepare(limit=10) == 1
+    return worker
+"""
+
 
 def run(code: str, directory: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(directory)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", HEADER + textwrap.dedent(code), str(directory)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
+
+
+def passes(code: str, directory: Path) -> None:
+    """The child's code ran to its end and printed "ok" (a crash is its exit status)."""
+    done = run(code, directory)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-2000:])
 
 
 def test_a_file_truncated_under_a_worker_is_a_miss_not_a_crash(tmp_path: Path) -> None:
     replica.write_snapshot(tmp_path, blob_of(ACME), 3)
-    done = run(f"""
-        import os, sys
-        from pathlib import Path
-        from engine import replica
-        from engine.replica import LocalDecisions
-        from tests.test_replica_files import Clock
-        d = Path(sys.argv[1])
+    passes(f"""
         path = d / replica.file_name("acme")
         whole = path.read_bytes()
-        clock = Clock({AT}.0)
-        replica.touch_heartbeat(d, at=clock.now)
-        worker = LocalDecisions(d, clock=clock)
-        assert worker.prepare(limit=10) == 1
+        worker = in_step()
         tenant, fields = worker.route({CALLERS[0]!r}, {MAIN!r})
         assert tenant == "acme" and fields is not None, fields
         held = worker.snapshot("acme")[0]
@@ -67,19 +82,13 @@ def test_a_file_truncated_under_a_worker_is_a_miss_not_a_crash(tmp_path: Path) -
         assert answer is not None and answer.action == "decide", answer
         print("ok")
         """, tmp_path)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-2000:])
 
 
 def test_the_python_path_survives_it_too(tmp_path: Path) -> None:
     """Without a fresh status page every decision is the Python path's (the stale policy's), which decides
     through CoreSnapshot.inbound: guarded the same way."""
     replica.write_snapshot(tmp_path, blob_of(ACME), 3)   # (no heartbeat: never fresh, stale-ok decides)
-    done = run(f"""
-        import os, sys
-        from pathlib import Path
-        from engine import replica
-        from engine.replica import LocalDecisions
-        d = Path(sys.argv[1])
+    passes(f"""
         worker = LocalDecisions(d)
         first = worker.inbound("acme", {CALLERS[0]!r}, {MAIN!r})
         assert first is not None and first.stale and first.action == "decide", first
@@ -88,7 +97,6 @@ def test_the_python_path_survives_it_too(tmp_path: Path) -> None:
         assert worker.inbound("acme", {CALLERS[0]!r}, {MAIN!r}) is None
         print("ok")
         """, tmp_path)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-2000:])
 
 
 def test_a_sigbus_outside_a_decision_still_ends_the_process(tmp_path: Path) -> None:
@@ -99,8 +107,7 @@ def test_a_sigbus_outside_a_decision_still_ends_the_process(tmp_path: Path) -> N
                  "m = mmap.mmap(os.open(sys.argv[1] + '/f', os.O_RDONLY), 0, access=mmap.ACCESS_READ); "
                  "os.truncate(sys.argv[1] + '/f', 0); m[40000]"):
         done = run(f"""
-            import mmap, os, signal, sys
-            from engine.replica import LocalDecisions
+            import mmap, signal
             LocalDecisions(sys.argv[1])   # the guard installed
             {code}
             print("survived")
@@ -117,17 +124,8 @@ def test_a_file_rewritten_in_place_is_never_decided_from_through_the_old_checks(
     other = tmp_path / "other"
     other.mkdir()
     replica.write_snapshot(other, blob_of({**ACME, "blacklist": []}), 4)
-    done = run(f"""
-        import sys
-        from pathlib import Path
-        from engine import replica
-        from engine.replica import LocalDecisions
-        from tests.test_replica_files import Clock
-        d = Path(sys.argv[1])
-        clock = Clock({AT}.0)
-        replica.touch_heartbeat(d, at=clock.now)
-        worker = LocalDecisions(d, clock=clock)
-        assert worker.prepare(limit=10) == 1
+    passes(f"""
+        worker = in_step()
         assert worker.route({BLACKLISTED!r}, {MAIN!r})[1][2] == "BLACKLISTED"
         held = worker.snapshot("acme")[0]
         newer = (d / "other" / replica.file_name("acme")).read_bytes()
@@ -143,7 +141,6 @@ def test_a_file_rewritten_in_place_is_never_decided_from_through_the_old_checks(
         assert answer is None or (answer.version == 4 and answer.decision.reason != "BLACKLISTED"), answer
         print("ok")
         """, tmp_path)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-2000:])
 
 
 def test_a_fault_on_an_unchanged_file_opens_it_again_checked_with_pread(tmp_path: Path) -> None:
@@ -153,19 +150,10 @@ def test_a_fault_on_an_unchanged_file_opens_it_again_checked_with_pread(tmp_path
     (Made here by cutting the file short and putting back its bytes and its mtime: the key is the one mapped,
     the mapping faulted.)"""
     replica.write_snapshot(tmp_path, blob_of(ACME), 3)
-    done = run(f"""
-        import os, sys
-        from pathlib import Path
-        from engine import replica
-        from engine.replica import LocalDecisions
-        from tests.test_replica_files import Clock
-        d = Path(sys.argv[1])
+    passes(f"""
         path = d / replica.file_name("acme")
         whole, st = path.read_bytes(), path.stat()
-        clock = Clock({AT}.0)
-        replica.touch_heartbeat(d, at=clock.now)
-        worker = LocalDecisions(d, clock=clock)
-        assert worker.prepare(limit=10) == 1
+        worker = in_step()
         held = worker.snapshot("acme")[0]
         os.truncate(path, 0)
         try:
@@ -181,7 +169,6 @@ def test_a_fault_on_an_unchanged_file_opens_it_again_checked_with_pread(tmp_path
         assert worker.snapshot("acme")[0] is not held and worker.route({CALLERS[0]!r}, {MAIN!r})[1] is not None
         print("ok")
         """, tmp_path)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-2000:])
 
 
 def test_a_disk_error_while_a_file_is_checked_is_a_refusal_tried_again(tmp_path: Path,
@@ -230,17 +217,8 @@ def test_a_status_page_truncated_under_the_workers_is_a_page_looked_for_again(tm
     the tenant's stale policy answers (stale-ok: decided, marked stale); a page made again puts the worker back
     in step."""
     replica.write_snapshot(tmp_path, blob_of(ACME), 3)
-    done = run(f"""
-        import os, sys
-        from pathlib import Path
-        from engine import replica
-        from engine.replica import LocalDecisions
-        from tests.test_replica_files import Clock
-        d = Path(sys.argv[1])
-        clock = Clock({AT}.0)
-        replica.touch_heartbeat(d, at=clock.now)
-        worker = LocalDecisions(d, clock=clock)
-        assert worker.prepare(limit=10) == 1
+    passes(f"""
+        worker = in_step()
         assert worker.route({CALLERS[0]!r}, {MAIN!r})[1] is not None
         os.truncate(d / "status", 0)
         assert worker.route({CALLERS[0]!r}, {MAIN!r}) == ("acme", None)
@@ -254,4 +232,3 @@ def test_a_status_page_truncated_under_the_workers_is_a_page_looked_for_again(tm
         assert worker.route({CALLERS[0]!r}, {MAIN!r})[1] is not None
         print("ok")
         """, tmp_path)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-2000:])
