@@ -381,3 +381,34 @@ def test_reports_stay_bounded_while_the_store_keeps_failing(monkeypatch: Any) ->
         assert ("report", "t1", 2, True, 500.0) in store.written and len(store.written) <= 10
 
     asyncio.run(run())
+
+
+def test_a_name_held_by_another_tokens_stream_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A replica names itself: a stream under a name that a live stream of another token holds is another proxy
+    under that name (or a rotated token), and the operator is told (and `callgate replicas` shows each row's
+    token)."""
+    from server.rpc import auth
+
+    feed = SnapshotFeed(SimpleNamespace(engine=Engine(), store=Store({})))  # type: ignore[arg-type]
+
+    async def run() -> None:
+        feed._streams.add(replicas_rpc._Stream("host-a", "ipv4:10.0.0.1:5000", "tok-a", None,
+                                               asyncio.get_running_loop(), {}))
+
+        async def requests() -> AsyncIterator[decisions_pb2.WatchRequest]:
+            yield decisions_pb2.WatchRequest(replica="host-a")
+            await asyncio.sleep(30)
+
+        for token, said in (("tok-a", False), ("tok-b", True)):
+            caplog.clear()
+            auth.CURRENT.set(SimpleNamespace(token_id=token))   # type: ignore[arg-type]
+            stream = feed.watch(requests(), Context())
+            await asyncio.wait_for(anext(stream), 10)   # (its first piece: the stream is open, past every check)
+            records = [r for r in caplog.records if getattr(r, "event", "") == "replica_name_other_token"]
+            assert bool(records) == said, [r.getMessage() for r in caplog.records]
+            if said:
+                assert "tok-b" in records[0].getMessage() and "tok-a" in records[0].getMessage()
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    with caplog.at_level(logging.WARNING, logger="callgate"):
+        asyncio.run(run())

@@ -364,3 +364,21 @@ def test_callgate_replicas_says_which_refusal_it_is() -> None:
                               refused_reason="too big")) == "REFUSED version 2: too big"
     assert replica_state(info(version=2, in_force=2, refused_version=2, refused_checksum=B, refused_reason="bad")) == (
         f"REFUSED version 2 as rebuilt (checksum {B[:12]}; it holds {A[:12]}): bad")
+
+
+def test_callgate_replicas_names_the_token_that_reported_each_row() -> None:
+    """A replica's name is its own choice, not bound to a token: the table shows which token reported each row,
+    so another proxy reporting under a host's name shows as another token."""
+    from callgate.v1 import admin_pb2
+    from server.cli.replicas import replica_table
+
+    rows = [admin_pb2.ReplicaInfo(replica="edge-1", tenant="acme", checksum=A, version=2, in_force=2, seen_at=1.0,
+                                  token_id="tok-edge-1"),
+            admin_pb2.ReplicaInfo(replica="edge-1", tenant="beta", checksum=A, version=2, in_force=2, seen_at=1.0,
+                                  token_id="tok-mallory"),
+            admin_pb2.ReplicaInfo(replica="edge-2", tenant="acme", checksum=A, version=1, in_force=2)]
+    header, *lines = replica_table(rows)
+    assert header.split()[-2:] == ["token", "state"]
+    assert [line.split()[0] for line in lines] == ["edge-1", "edge-1", "edge-2"]
+    assert "tok-edge-1" in lines[0] and "tok-mallory" in lines[1] and lines[1].endswith("in step")
+    assert lines[2].split()[-2:] == ["-", "behind"]

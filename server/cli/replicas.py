@@ -93,13 +93,22 @@ def cmd_replicas(args: argparse.Namespace) -> int:
     if not reply.replicas:
         print("no replica has reported yet (`callgate replica --dir DIR` on each proxy host)")
         return 0
-    # the last install or refusal it reported (a replica in step reports nothing more until the next version:
-    # its liveness is the callgate_replica_streams gauge and its own heartbeat, not this)
-    print(f"{'replica':<24}{'tenant':<20}{'holds':>7}{'in force':>9}  {'last report':<20}  state")
-    for r in reply.replicas:
-        heard = dt.datetime.fromtimestamp(r.seen_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if r.seen_at else "-"
-        print(f"{r.replica:<24}{r.tenant:<20}{r.version:>7}{r.in_force:>9}  {heard:<20}  {replica_state(r)}")
+    for line in replica_table(reply.replicas):
+        print(line)
     return 0
+
+
+def replica_table(rows: Any) -> list[str]:
+    """`callgate replicas`' lines: each row's last install or refusal (a replica in step reports nothing more until
+    the next version: its liveness is the callgate_replica_streams gauge and its own heartbeat, not this), and the
+    token that reported it.  A replica names itself (`--name`), and a name is not bound to a token: a row whose
+    token is not the one that host was given is another proxy reporting under its name (or a rotated token)."""
+    lines = [f"{'replica':<24}{'tenant':<20}{'holds':>7}{'in force':>9}  {'last report':<20}  {'token':<14}  state"]
+    for r in rows:
+        heard = dt.datetime.fromtimestamp(r.seen_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if r.seen_at else "-"
+        lines.append(f"{r.replica:<24}{r.tenant:<20}{r.version:>7}{r.in_force:>9}  {heard:<20}  "
+                     f"{(r.token_id or '-')[:14]:<14}  {replica_state(r)}")
+    return lines
 
 
 def replica_state(r: Any) -> str:

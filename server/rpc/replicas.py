@@ -184,6 +184,14 @@ class SnapshotFeed:
             log.warning("two replicas call themselves %s (from %s and %s): give each its own --name",
                         stream.replica, twin.peer, stream.peer,
                         extra={"event": "replica_name_shared", "replica": stream.replica})
+        other = next((s for s in self._streams if s.replica == stream.replica and s.token_id != stream.token_id),
+                     None)
+        if other is not None:   # (a name is the replica's own choice, not bound to a token: say so when two use one)
+            log.warning("replica %s connected with token %s while a stream of token %s holds that name: another "
+                        "proxy under its name, or its token rotated (`callgate replicas` shows each row's token)",
+                        stream.replica, stream.token_id or "-", other.token_id or "-",
+                        extra={"event": "replica_name_other_token", "replica": stream.replica,
+                               "token_id": stream.token_id, "held_by": other.token_id})
         reader = asyncio.ensure_future(self._read_reports(requests, stream))
         self._streams.add(stream)
         metrics.REPLICA_STREAMS.inc()
