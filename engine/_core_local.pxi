@@ -225,20 +225,19 @@ cdef class LocalFast:
                 and -self._fresh_s <= now - a.heard <= self._fresh_s)
 
     def _page_words(self):
-        """(magic as 8 bytes, generation, heard, offset) of the mapped status page, read as a decision reads it
-        (`_read`); None without a page, or when it faulted."""
+        """The mapped status page's first 32 bytes as a decision reads them (`_read`: guarded, read again when
+        caught mid-write); None without a page, or when it faulted.  (Their meaning: engine/replica_status.py.)"""
         cdef cg_status a
         if not self._read(&a):
             return None
-        return ((<char*>&a.magic)[:8], a.gen, a.heard, a.offset)
+        return (<char*>&a)[:STATUS_READ]
 
-    cdef _Entry _in_step(self, tenant, caller, called, at, double now, double* age, int64_t* when):
+    cdef _Entry _in_step(self, tenant, caller, called, at, double now, bint live, const cg_status* a, double* age,
+                         int64_t* when):
         """The entry that answers `tenant` at `now` with the instant of the call (`when`) and the replica's age,
-        or None: a miss (anything unusual, for `_inbound_slow`)."""
-        if type(tenant) is not str or type(caller) is not str or type(called) is not str:
-            return None
-        cdef cg_status a
-        if not self._live(now, &a):
+        or None: a miss (anything unusual, for `_inbound_slow`).  `live`, `a`: the status page as `_live` read it
+        at `now`."""
+        if not live or type(tenant) is not str or type(caller) is not str or type(called) is not str:
             return None
         age[0] = now - a.heard
         cdef PyObject* found = PyDict_GetItem(self._entries, tenant)
@@ -246,7 +245,7 @@ cdef class LocalFast:
             return None
         cdef _Entry e = <_Entry>found
         if (e.gen != a.gen or not (e.checked <= now < e.until) or age[0] > e.max_staleness
-                or e.snap.s.nt == NULL or e.snap.faulted):
+                or e.snap.s.nt == NULL):
             return None
         cdef double offset = a.offset
         if not at:   # now by the server's clock, truncated as int() does
@@ -264,7 +263,8 @@ cdef class LocalFast:
         server (see LocalDecisions)."""
         cdef double now = self._now(), age
         cdef int64_t when
-        cdef _Entry e = self._in_step(tenant, caller, called, at, now, &age, &when)
+        cdef cg_status a
+        cdef _Entry e = self._in_step(tenant, caller, called, at, now, self._live(now, &a), &a, &age, &when)
         if e is None:
             return self._miss(tenant, caller, called, at, now)
         cdef Py_ssize_t nc, nd
@@ -286,10 +286,15 @@ cdef class LocalFast:
         replica changed the directory), when the last look could not read every file, or without a live page;
         else only every `_index_live_s` (a change made by hand).  The decision itself then opens that tenant's
         file with every check."""
-        cdef double now = self._now(), within = self._index_s
+        cdef double now = self._now()
         cdef cg_status a
+        return self._owner(number, now, self._live(now, &a), &a)
+
+    cdef object _owner(self, number, double now, bint live, const cg_status* a):
+        """`tenant_of` at `now`, the status page as `_live` read it then (`live`, `a`)."""
+        cdef double within = self._index_s
         cdef uint64_t gen = 0
-        if self._live(now, &a):   # a live page whose generation has not moved: the directory is as the index read it
+        if live:   # a live page whose generation has not moved: the directory is as the index read it
             gen = a.gen
             if gen == self._index_gen and self._index_whole:
                 within = max(self._index_live_s, self._index_s)
@@ -308,12 +313,14 @@ cdef class LocalFast:
         needs `inbound(tenant, caller, called)` (a file to look at, the replica stale, a policy).  One call
         where `tenant_of`, `inbound` and the answer's attributes were nine (~50 us of a SIP worker's INVITE
         with its cold caches); the same answers (tests/test_replica_fast.py)."""
-        tenant = self.tenant_of(called)
+        cdef double now = self._now(), age
+        cdef cg_status a
+        cdef bint live = self._live(now, &a)   # (one reading of the page for the tenant and the decision)
+        tenant = self._owner(called, now, live, &a)
         if tenant is None:
             return None
-        cdef double now = self._now(), age
         cdef int64_t when
-        cdef _Entry e = self._in_step(tenant, caller, called, 0, now, &age, &when)
+        cdef _Entry e = self._in_step(tenant, caller, called, 0, now, live, &a, &age, &when)
         if e is None:
             return (tenant, None)
         cdef Py_ssize_t nc, nd

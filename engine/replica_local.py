@@ -25,7 +25,7 @@ from .replica import (
     read_behind,
     read_policy,
 )
-from .replica_status import MAX_OFFSET_S, STATUS, STATUS_BYTES, STATUS_MAGIC
+from .replica_status import MAX_OFFSET_S, STATUS, STATUS_BYTES, STATUS_MAGIC, _status_of, clock_offset
 
 __all__ = ["LocalAnswer", "LocalDecisions"]
 
@@ -156,7 +156,7 @@ class LocalDecisions(LocalFast):
         # looked at again when the replica says the directory changed (the page's generation), and at the
         # latest every recheck_s (a change made without the writer, a page gone)
         if h is None or h.gen != gen or not h.checked <= now < h.until:
-            h = self._look(tenant, None if faulted else h, now)
+            h = self._look(tenant, h, now)
             h.gen = gen
             if faulted and tenant in self.refusals:
                 self.refusals[tenant] = ("truncated or rewritten in place under this worker's mapping; as it now "
@@ -334,17 +334,14 @@ class LocalDecisions(LocalFast):
         """(generation, heard, the server's clock offset) from the mapped status page as a decision reads it (memory
         reads, no syscall, under the core's SIGBUS guard); (-1, None, 0.0) without one.  A page that faulted
         (truncated in place, a disk's I/O error) is unmapped by the read, and looked for again at once."""
-        words = self._page_words()
+        raw = self._page_words()
         if self._page_faulted:
             self._page_faulted = False
             self._page_key = None   # (whatever its inode says: at the next look, mapped again or refused when short)
-        if words is None:
+        if raw is None:
             return -1, None, 0.0
-        magic, generation, heard, offset = words
-        if magic != STATUS_MAGIC:
-            return -1, None, 0.0
-        return (generation, heard if math.isfinite(heard) and heard > 0 else None,
-                offset if math.isfinite(offset) and abs(offset) <= MAX_OFFSET_S else 0.0)
+        generation, heard = _status_of(raw)
+        return (generation, heard, clock_offset(raw) if generation >= 0 else 0.0)
 
     def _read_policy(self, gen: int) -> None:
         self._policy_gen = gen   # (setting policy and behind drops the compiled path's entries: they hold the last)

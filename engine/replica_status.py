@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .files import sync_directory
+from .files import replace_atomically, sync_directory
 
 STATUS = "status"                    # the status page: generation of the directory, when last heard (below)
 STATUS_MAGIC = b"CGSTAT1\n"
@@ -70,8 +70,10 @@ def _write_status(directory: Path, bump: bool = False, heard: float | None = Non
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / STATUS
     for again in (False, True):
-        if again or not path.exists():
-            _make_page(directory, path, replace=again)
+        if again:   # (a page cut short or written over: replaced)
+            replace_atomically(path, [_new_page()], mode=0o644)
+        elif not path.exists():
+            _make_page(directory, path)
         with open(path, "r+b") as f:
             if os.fstat(f.fileno()).st_size < STATUS_BYTES:
                 continue
@@ -90,24 +92,22 @@ def _write_status(directory: Path, bump: bool = False, heard: float | None = Non
     raise ValueError(f"{path} is not a replica status page, made again or not")
 
 
-def _make_page(directory: Path, path: Path, replace: bool) -> None:
-    """A new status page at `path`: only if absent (a page already mapped is never replaced), or `replace`."""
+def _new_page() -> bytes:
+    return _STATUS.pack(STATUS_MAGIC, 0, 0.0).ljust(STATUS_BYTES, b"\0")
+
+
+def _make_page(directory: Path, path: Path) -> None:
+    """A new status page at `path`, only if absent: a page already mapped is never replaced."""
     fd, tmp = tempfile.mkstemp(prefix=".status.", suffix=".tmp", dir=directory)
     try:
+        os.write(fd, _new_page())
+        os.fchmod(fd, 0o644)
+        os.fsync(fd)
+        os.close(fd)
         try:
-            os.write(fd, _STATUS.pack(STATUS_MAGIC, 0, 0.0).ljust(STATUS_BYTES, b"\0"))
-            os.fchmod(fd, 0o644)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
     sync_directory(directory)
