@@ -15,6 +15,7 @@ to a worker, where loading the blob adds the bitmap and its indexes to every one
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
 import math
@@ -1419,3 +1420,25 @@ def test_tenant_of_with_a_live_status_page_looks_again_when_the_replica_changed_
     now[0] += replica.INDEX_S
     local.tenant_of(mine)
     assert len(scans) == before + 1
+
+
+def test_a_full_disk_while_the_page_is_made_again_leaves_the_old_one_and_nothing_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replica making a damaged status page again on a full disk: the heartbeat fails (the replica logs it
+    and tries again at the next), the page stays as it was (the workers go on reading it as no page), and no
+    temporary file is left; once there is room, the next heartbeat makes it."""
+    from engine import files
+
+    page = tmp_path / replica_status.STATUS
+    page.write_bytes(b"\xff" * 64)   # written over by hand
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        replica.touch_heartbeat(tmp_path, 5.0)
+    assert page.read_bytes() == b"\xff" * 64 and sorted(p.name for p in tmp_path.iterdir()) == ["status"]
+    monkeypatch.undo()
+    replica.touch_heartbeat(tmp_path, 5.0)
+    assert replica.last_heard(tmp_path) == 5.0
