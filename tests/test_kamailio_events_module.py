@@ -8,12 +8,14 @@ module); the full disk mounts a small tmpfs, which needs root (as .ci/run runs).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,17 +232,8 @@ def test_a_full_disk_loses_events_whole_and_later_calls_reach_callgate(world, tm
     lost, whole or in part (a record the disk took part of is cut back: the journal holds whole records only, the
     sender reads no damage); once there is room again, later calls' events reach callgate."""
     # (the PBX naming the longest user: about 1.3 KB of records a call, so that one soon crosses the last block)
-    proxy = sip.Kamailio(tmp_path, world["callgate"].address, world["uas-most"].port, failover=world["failover"],
-                         children=1)
-    journals = Path(f"{proxy.spool}.journal")
-    mounted = False
-    try:
-        assert not journals.exists() or not list(journals.iterdir())   # no event yet: no journal open
-        journals.mkdir(parents=True, exist_ok=True)
-        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0750", "callgate-test", str(journals)],
-                               capture_output=True, text=True, timeout=30)
-        assert mount.returncode == 0, f"a tmpfs cannot be mounted (these tests run as root): {mount.stderr}"
-        mounted = True
+    with small_disk(world, tmp_path) as proxy:
+        journals = Path(f"{proxy.spool}.journal")
         disk = {"callgate": world["callgate"], "folder": tmp_path, "disk": proxy}
 
         # full before the first event: the worker's journal is made, and no record of it is written
@@ -279,6 +272,62 @@ def test_a_full_disk_loses_events_whole_and_later_calls_reach_callgate(world, tm
         journal_records(proxy)
         text = proxy.text()
         assert "damaged record" not in text and "no record at" not in text and "Traceback" not in text
+
+
+def test_events_the_disk_refused_are_written_with_the_calls_next_event_at_their_instants(world,
+                                                                                        tmp_path: Path) -> None:
+    """The journal's disk full while a call rings and is answered, with room again before it ends: its RINGING and
+    ANSWERED, refused then (logged as not spooled yet), are written before its ENDED, each at its own instant and
+    naming its own user, and callgate has the call whole: who rang, who answered, and the talk from the answer
+    (what a forwarded leg is billed for).  Before, the two were lost: callgate refused the ENDED of a call it never
+    had, and the call was neither in its registry nor billed."""
+    with small_disk(world, tmp_path) as proxy:
+        journals = Path(f"{proxy.spool}.journal")
+        filler = _fill(journals)
+        done: list[tuple[bool, str]] = []
+        talk = threading.Thread(target=lambda: done.append(sip.call(
+            proxy.address, "+12125550341", OPEN, 200, tmp_path, hold_ms=3000)))
+        talk.start()
+        try:
+            waiting = [f"callgate_events: {kind} of a call not spooled yet: No space left on device; written with "
+                       "the call's next event" for kind in ("RINGING", "ANSWERED")]
+            try:
+                wait_for(lambda: all(line in proxy.text() for line in waiting))
+            except TimeoutError:
+                pytest.fail(f"Kamailio's log does not say the events wait: {proxy.text()[-3000:]}")
+            filler.unlink()   # room again while the call talks
+        finally:
+            talk.join(60)
+        assert done and done[0][0], done
+        delivered({"disk": proxy}, "disk")
+        call = callgate_call(world, "+12125550341")
+        assert (call.ringing_user, call.answered_by, call.outcome) == (MOST_USER, MOST_USER, "answered")
+        # the answer's instant is the 200's, not the BYE's: the talk is the call's 3 s hold (seconds, cut)
+        assert call.ringing_at <= call.answered_at and call.talked_seconds >= 2, call
+        text = proxy.text()
+        for kind in ("RINGING", "ANSWERED"):
+            assert f"callgate_events: {kind} of a call the disk refused before is spooled now" in text
+            assert f"callgate_events: {kind} of a call not spooled, lost" not in text
+        assert "Traceback" not in text
+        journal_records(proxy)   # whole, sound records only
+
+
+@contextlib.contextmanager
+def small_disk(world: dict[str, Any], tmp_path: Path) -> Iterator[sip.Kamailio]:
+    """A proxy (one SIP worker, the PBX naming the longest user: ~1.3 KB of records a call) whose journals are on a
+    tmpfs of 64 KiB (root: as .ci/run runs), unmounted once the proxy is stopped."""
+    proxy = sip.Kamailio(tmp_path, world["callgate"].address, world["uas-most"].port, failover=world["failover"],
+                         children=1)
+    journals = Path(f"{proxy.spool}.journal")
+    mounted = False
+    try:
+        assert not journals.exists() or not list(journals.iterdir())   # no event yet: no journal open
+        journals.mkdir(parents=True, exist_ok=True)
+        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0750", "callgate-test", str(journals)],
+                               capture_output=True, text=True, timeout=30)
+        assert mount.returncode == 0, f"a tmpfs cannot be mounted (these tests run as root): {mount.stderr}"
+        mounted = True
+        yield proxy
     finally:
         proxy.stop()
         if mounted:

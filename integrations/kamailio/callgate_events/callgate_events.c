@@ -30,8 +30,11 @@
  * a new one after 16 MiB.  A record (callgate_spool._RECORD, little-endian): magic, payload bytes, crc32 of the
  * payload, CLOCK_MONOTONIC ns, wall time (double), key bytes, call bytes; then the payload: for an event ("CGJ1")
  * its key (CALL:KIND), callgate's call id and the CallEventRequest; for a raw record ("CGJ2", no key or call)
- * "R1\0" KINDS "\0" AT "\0" OUTCOME "\0" RECORD "\0" USER.  One write() a reply; a write the disk refuses whole or in part is cut back
- * (nothing of it stays) and logged: its events are lost, as the script's are.  The limit of waiting events
+ * "R1\0" KINDS "\0" AT "\0" OUTCOME "\0" RECORD "\0" USER.  One write() a reply; a write the disk refuses whole
+ * or in part is cut back (nothing of it stays) and logged.  A RINGING or ANSWERED the disk refuses is kept with the
+ * call (its instant and user) and written before the call's next event, at its own instant (a full disk while a
+ * call rings and answers, room again before it ends: callgate still has the call whole, and bills its talk from
+ * the answer); only what the call's end cannot write is lost, logged.  The limit of waiting events
  * (CALLGATE_SPOOL_MAX) is kept by the sender as it moves the journals.
  */
 
@@ -87,14 +90,29 @@ typedef struct {
 } cg_header_t;
 #pragma pack(pop)
 
+/* an event of a call the disk refused (a full disk): written before the call's next event, with its own instant
+ * and user, so that callgate still has the call whole (its ringing, and its answer's instant: what it bills) */
+typedef struct {
+	struct timespec mono, wall;
+	char *user;          /* shared memory, or NULL: the record's user */
+	int user_len;
+} cg_lost_t;
+
+#define CG_RINGING 1
+#define CG_ANSWERED 2
+#define CG_ENDED 4
+
 /* what a followed call keeps (shared memory), held by its transaction and its dialog: freed by the last of the
- * two to let it go (refs).  rung and answered change under tm's reply lock only (its callbacks run under it);
- * ended is set once, atomically (the failure, a BYE and the dialog's timer in different processes) */
+ * two to let it go (refs).  rung, answered and lost change under tm's reply lock only (its callbacks run under
+ * it), and lost at the call's end after ended is taken; ended is set once, atomically (the failure, a BYE and the
+ * dialog's timer in different processes) */
 typedef struct {
 	int refs;
 	int rung;
 	int answered;
 	int ended;
+	int lost;            /* CG_RINGING, CG_ANSWERED: refused by the disk, written with the call's next event */
+	cg_lost_t lost_at[2];   /* [0] the RINGING's, [1] the ANSWERED's */
 	int len;             /* the record's bytes */
 	int prepared_len;    /* then its events' common parts, encoded (cg_prepare); 0: the record is written raw */
 	char record[1];
@@ -232,9 +250,12 @@ static const char *outcome_of(struct cell *t, int code)
 	return "failed";
 }
 
-/* BUF (TOTAL bytes: whole records) at the journal's end in one write(); a write the disk refuses whole or in part
- * is cut back, logged: the events KINDS are lost */
-static void journal_write(const char *buf, size_t total, const char *kinds)
+/* why the last journal_write failed (for the log) */
+static const char *journal_error = "";
+
+/* BUF (TOTAL bytes: whole records) at the journal's end in one write(): 0, or -1 when the disk refuses it whole or
+ * in part (what it took is cut back: the journal holds whole records only; journal_error says why) */
+static int journal_write(const char *buf, size_t total)
 {
 	ssize_t written;
 	do {
@@ -242,16 +263,17 @@ static void journal_write(const char *buf, size_t total, const char *kinds)
 	} while(written < 0 && errno == EINTR);
 	if(written == (ssize_t)total) {
 		journal_size += written;
-		return;
+		return 0;
 	}
-	LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kinds,
-			written < 0 ? strerror(errno) : "the disk took part of the record");
+	journal_error = written < 0 ? strerror(errno) : "the disk took part of the record";
 	if(ftruncate(journal_fd, journal_size) < 0)
 		journal_close();   /* the next record begins a new file; the reader sets this one aside */
+	return -1;
 }
 
-/* the events KINDS of the call ready to send (cg_event_records), one write() each: the disk refusing one loses
- * that one (logged), never a part of another; 0, or -1 when they cannot be made here (the raw record then) */
+/* the events KINDS of the call ready to send (cg_event_records), one write() each, in order, stopping at the first
+ * the disk refuses (never a part of one): how many were written, or -1 when they cannot be made here (the raw
+ * record then) */
 static int journal_append_events(cg_call_t *call, const char *kinds, const char *outcome, str user,
 		struct timespec *mono, struct timespec *wall)
 {
@@ -260,7 +282,7 @@ static int journal_append_events(cg_call_t *call, const char *kinds, const char 
 	char *buf = small;
 	const char *k = kinds;
 	size_t total, used = 0, made[2], n = 0, i;
-	int whole = 0;   /* every kind made */
+	int whole = 0, written = -1;   /* every kind made */
 	/* two events at most: each its header, key, call and request (cg_event_records says 0 if it takes more) */
 	total = 2 * (32 + 3 * (size_t)call->prepared_len + (size_t)(user.len > 0 ? user.len : 0) + strlen(outcome) + 64);
 	if(total > sizeof(small) && (buf = (char *)pkg_malloc(total)) == NULL)
@@ -286,17 +308,19 @@ static int journal_append_events(cg_call_t *call, const char *kinds, const char 
 			break;   /* ("RINGING,": not made here) */
 	}
 	if(whole && *k == '\0') {
-		for(i = 0, used = 0; i < n; used += made[i++])
-			journal_write(buf + used, made[i], names[i]);
+		for(i = 0, used = 0, written = 0; i < n && journal_write(buf + used, made[i]) == 0; used += made[i++])
+			written++;
 	}
 	if(buf != small)
 		pkg_free(buf);
-	return whole && *k == '\0' ? 0 : -1;
+	return written;
 }
 
-/* the events KINDS of the call, what the reply adds, in one write(): ready to send (cg_event_records), else as
- * one raw record for the sender to make them of */
-static void journal_append(cg_call_t *call, const char *kinds, const char *outcome, str user)
+/* the events KINDS of the call (one or two, comma-separated) at the instant MONO/WALL (NULL: now), in one write()
+ * each: ready to send (cg_event_records), else as one raw record for the sender to make them of.  How many of
+ * KINDS were written, in order (the disk refused the next one: journal_error says why) */
+static int journal_append(cg_call_t *call, const char *kinds, const char *outcome, str user,
+		struct timespec *at_mono, struct timespec *at_wall)
 {
 	char at[32];
 	char small[4096];
@@ -304,17 +328,24 @@ static void journal_append(cg_call_t *call, const char *kinds, const char *outco
 	cg_header_t h;
 	struct timespec mono, wall;
 	size_t kinds_len = strlen(kinds), outcome_len = strlen(outcome), at_len, payload, total;
+	int written;
 	char *p;
 
-	/* the file first, then the clocks: a record stamped before a slow open could be read after a later one */
+	/* the file first, then the clocks: a record stamped before a slow open could be read after a later one (an
+	 * event written again later keeps its instant: it is older than anything the sender waits for) */
 	if(journal_ready() < 0) {
-		LM_ERR("callgate_events: %s of a call not spooled, lost: no journal\n", kinds);
-		return;
+		journal_error = "no journal";
+		return 0;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &mono);
-	clock_gettime(CLOCK_REALTIME, &wall);
-	if(call->prepared_len > 0 && journal_append_events(call, kinds, outcome, user, &mono, &wall) == 0)
-		return;
+	if(at_mono != NULL && at_wall != NULL) {
+		mono = *at_mono;
+		wall = *at_wall;
+	} else {
+		clock_gettime(CLOCK_MONOTONIC, &mono);
+		clock_gettime(CLOCK_REALTIME, &wall);
+	}
+	if(call->prepared_len > 0 && (written = journal_append_events(call, kinds, outcome, user, &mono, &wall)) >= 0)
+		return written;
 	at_len = (size_t)snprintf(at, sizeof(at), "%lld", (long long)wall.tv_sec);
 	payload = CG_RAW_TAG_LEN + kinds_len + 1 + at_len + 1 + outcome_len + 1 + (size_t)call->len + 1
 			  + (size_t)user.len;
@@ -322,8 +353,8 @@ static void journal_append(cg_call_t *call, const char *kinds, const char *outco
 	if(total > sizeof(small)) {
 		buf = (char *)pkg_malloc(total);
 		if(buf == NULL) {
-			LM_ERR("callgate_events: no memory for an event record: %s of a call lost\n", kinds);
-			return;
+			journal_error = "no memory for the record";
+			return 0;
 		}
 	}
 	p = buf + sizeof(h);
@@ -352,9 +383,91 @@ static void journal_append(cg_call_t *call, const char *kinds, const char *outco
 	h.key = 0;
 	h.call = 0;
 	memcpy(buf, &h, sizeof(h));
-	journal_write(buf, total, kinds);
+	written = journal_write(buf, total) == 0 ? (strchr(kinds, ',') ? 2 : 1) : 0;
 	if(buf != small)
 		pkg_free(buf);
+	return written;
+}
+
+static const char *kind_name(int kind)
+{
+	return kind == CG_RINGING ? "RINGING" : kind == CG_ANSWERED ? "ANSWERED" : "ENDED";
+}
+
+static void forget_lost(cg_call_t *call, int kind)
+{
+	cg_lost_t *lost = &call->lost_at[kind == CG_RINGING ? 0 : 1];
+	if(lost->user != NULL)
+		shm_free(lost->user);
+	lost->user = NULL;
+	lost->user_len = 0;
+	call->lost &= ~kind;
+}
+
+/* the events KINDS (CG_ flags) of the call, at this instant, its outcome and the user the reply names: after the
+ * call's events the disk refused before, with their instants and users (a call's events reach callgate in order).
+ * An event the disk refuses is written with the call's next event, the RINGING and the ANSWERED kept for it; the
+ * call's end (FINAL) is its last: what it cannot write then is lost, logged */
+static void call_events(cg_call_t *call, int kinds, const char *outcome, str user, int final)
+{
+	static const int order[3] = {CG_RINGING, CG_ANSWERED, CG_ENDED};
+	struct timespec mono, wall;
+	char names[32];
+	int i, n, kind, wanted[3], count = 0;
+	str none = STR_NULL;
+	for(i = 0; i < 2 && call->lost; i++) {   /* the events refused before, each at its own instant */
+		cg_lost_t *lost = &call->lost_at[i];
+		str who = {lost->user, lost->user_len};
+		kind = order[i];
+		if(!(call->lost & kind))
+			continue;
+		if(journal_append(call, kind_name(kind), "", lost->user != NULL ? who : none, &lost->mono, &lost->wall) < 1)
+			break;
+		LM_NOTICE("callgate_events: %s of a call the disk refused before is spooled now\n", kind_name(kind));
+		forget_lost(call, kind);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &mono);
+	clock_gettime(CLOCK_REALTIME, &wall);
+	names[0] = '\0';
+	for(i = 0; i < 3; i++) {
+		if(kinds & order[i]) {
+			wanted[count++] = order[i];
+			if(names[0])
+				strcat(names, ",");
+			strcat(names, kind_name(order[i]));
+		}
+	}
+	/* (behind an event still refused nothing goes: written, it would reach callgate before it) */
+	n = call->lost ? 0 : journal_append(call, names, outcome, user, NULL, NULL);
+	for(i = n; i < count; i++) {
+		kind = wanted[i];
+		if(kind == CG_ENDED || final) {
+			LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kind_name(kind), journal_error);
+			continue;
+		}
+		if(!(call->lost & kind)) {   /* kept for the call's next event, with its instant and user */
+			cg_lost_t *lost = &call->lost_at[kind == CG_RINGING ? 0 : 1];
+			lost->mono = mono;
+			lost->wall = wall;
+			lost->user = NULL;
+			lost->user_len = 0;
+			if(user.len > 0 && user.s != NULL && (lost->user = (char *)shm_malloc(user.len)) != NULL) {
+				memcpy(lost->user, user.s, user.len);
+				lost->user_len = user.len;
+			}
+			call->lost |= kind;
+		}
+		LM_ERR("callgate_events: %s of a call not spooled yet: %s; written with the call's next event\n",
+				kind_name(kind), journal_error);
+	}
+	if(final) {   /* the call's last event: what is still refused is lost */
+		for(i = 0; i < 2; i++) {
+			if(call->lost & order[i]) {
+				LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kind_name(order[i]), journal_error);
+				forget_lost(call, order[i]);
+			}
+		}
+	}
 }
 
 static void on_reply(struct cell *t, int type, struct tmcb_params *ps)
@@ -372,25 +485,34 @@ static void on_reply(struct cell *t, int type, struct tmcb_params *ps)
 		/* no X-Callgate-User: tm keeps the failing reply as a clone in shared memory, parsed as far as tm needed
 		 * (parsing it further here would hang private memory on it); the RINGING of a call that never rang
 		 * names the record's user, as the script does for a 4xx without the header */
-		journal_append(call, rung ? "ENDED" : "RINGING,ENDED", outcome_of(t, code), (str)STR_NULL);
+		call_events(call, rung ? CG_ENDED : CG_RINGING | CG_ENDED, outcome_of(t, code), (str)STR_NULL, 1);
 		return;
 	}
 	if(code == 180 || code == 183) {
 		if(!call->rung) {
-			journal_append(call, "RINGING", "", reply_user(ps->rpl));
 			call->rung = 1;
+			call_events(call, CG_RINGING, "", reply_user(ps->rpl), 0);
 		}
 	} else if(code == 200 && !call->answered) {
-		journal_append(call, call->rung ? "ANSWERED" : "RINGING,ANSWERED", "", reply_user(ps->rpl));
-		call->rung = call->answered = 1;
+		call->answered = 1;
+		call_events(call, rung ? CG_ANSWERED : CG_RINGING | CG_ANSWERED, "", reply_user(ps->rpl), 0);
+		call->rung = 1;
 	}
 }
 
 static void release_call(void *param)
 {
 	cg_call_t *call = (cg_call_t *)param;
-	if(call != NULL && __sync_sub_and_fetch(&call->refs, 1) == 0)
+	if(call != NULL && __sync_sub_and_fetch(&call->refs, 1) == 0) {
+		/* (a call whose transaction ended without a dialog to end it: what the disk refused is lost) */
+		if(call->lost & CG_RINGING)
+			LM_ERR("callgate_events: RINGING of a call not spooled, lost: %s\n", journal_error);
+		if(call->lost & CG_ANSWERED)
+			LM_ERR("callgate_events: ANSWERED of a call not spooled, lost: %s\n", journal_error);
+		forget_lost(call, CG_RINGING);
+		forget_lost(call, CG_ANSWERED);
 		shm_free(call);
+	}
 }
 
 static void on_dialog_end(struct dlg_cell *dlg, int type, struct dlg_cb_params *params)
@@ -400,7 +522,7 @@ static void on_dialog_end(struct dlg_cell *dlg, int type, struct dlg_cb_params *
 		return;
 	call = (cg_call_t *)*params->param;
 	if(__sync_bool_compare_and_swap(&call->ended, 0, 1))
-		journal_append(call, "ENDED", "answered", (str)STR_NULL);
+		call_events(call, CG_ENDED, "answered", (str)STR_NULL, 1);
 }
 
 static cg_call_t *new_call(str *record)
@@ -413,8 +535,8 @@ static cg_call_t *new_call(str *record)
 		LM_ERR("callgate_events: no shared memory to track a call\n");
 		return NULL;
 	}
+	memset(call, 0, sizeof(*call));
 	call->refs = 1;
-	call->rung = call->answered = call->ended = 0;
 	call->len = record->len;
 	call->prepared_len = (int)prepared_len;
 	memcpy(call->record, record->s, record->len);
