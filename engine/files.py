@@ -101,8 +101,12 @@ def hold(path: Path) -> IO[str]:
     except BaseException:
         handle.close()
         raise
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+    try:   # (a full disk: the lock is let go with the handle, not left to the exception's traceback)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+    except BaseException:
+        handle.close()
+        raise
     return handle

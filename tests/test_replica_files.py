@@ -1442,3 +1442,39 @@ def test_a_full_disk_while_the_page_is_made_again_leaves_the_old_one_and_nothing
     monkeypatch.undo()
     replica.touch_heartbeat(tmp_path, 5.0)
     assert replica.last_heard(tmp_path) == 5.0
+
+
+def test_a_full_disk_when_the_lock_takes_its_pid_lets_the_lock_go(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`files.hold` (the replica's directory lock, the server's data directory) on a full disk: the pid cannot be
+    written and the error says so; the lock goes with it (not held by a handle left to the exception's traceback,
+    which would have the next try, in the same process, told that another holds the directory)."""
+    import builtins
+
+    from engine import files
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.handle, name)
+
+        def fileno(self) -> int:
+            return int(self.handle.fileno())
+
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "open", lambda *a, **k: Full(real_open(*a, **k)), raising=False)
+    lock = tmp_path / replica.LOCK
+    with pytest.raises(OSError, match="No space left") as failed:
+        files.hold(lock)
+    monkeypatch.undo()
+    held = files.hold(lock)   # (`failed` still holds the traceback)
+    try:
+        assert lock.read_text().strip() == str(os.getpid()) and failed.value.errno == errno.ENOSPC
+    finally:
+        held.close()
