@@ -16,7 +16,6 @@ import re
 import sqlite3
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pytest
 from loadtest import sip
 
 from .serving import ROOT, Server, wait_for
-from .test_kamailio import OPEN, PBX, US_DEST, admin, calls, delivered, expect, export_failover, push, sip_doc
+from .test_kamailio import OPEN, calls, delivered, expect, export_failover, push, sip_doc
 from .test_kamailio_spool import spool
 
 BUILD = ROOT / "integrations" / "kamailio" / "callgate_events" / "build"
@@ -311,43 +310,6 @@ def test_events_the_disk_refused_are_written_with_the_calls_next_event_at_their_
             assert f"callgate_events: {kind} of a call not spooled, lost" not in text
         assert "Traceback" not in text
         journal_records(proxy)   # whole, sound records only
-
-
-def test_an_outbound_calls_events_the_disk_refuses_are_sent_at_once_and_the_call_is_billed(world,
-                                                                                           tmp_path: Path) -> None:
-    """An outbound call's replies are the script's (its RINGING holds credit): with the journal's disk full while it
-    rings and is answered, the script sends the events the disk refuses to callgate at once (logged), and with room
-    again before the call ends (the module writes its ENDED), callgate has the call answered and billed from its
-    answer.  Before, the two were lost, and callgate refused the call's ENDED: the call talked for free."""
-    from callgate.v1 import admin_pb2
-
-    admin(world).Credit(admin_pb2.CreditRequest(tenant="acme", amount="5.00", reference="full-disk"), timeout=10)
-    time.sleep(0.5)   # the workers poll balances
-    with small_disk(world, tmp_path) as proxy:
-        journals = Path(f"{proxy.spool}.journal")
-        before = {c.call_id for c in calls(world, "ended")}
-        filler = _fill(journals)
-        done: list[tuple[bool, str]] = []
-        talk = threading.Thread(target=lambda: done.append(sip.call(
-            proxy.address, "u3", US_DEST, 200, tmp_path, source=PBX, hold_ms=3000)))
-        talk.start()
-        try:
-            try:
-                wait_for(lambda: proxy.text().count("not spooled (No space left on device): sent to callgate "
-                                                    "at once") >= 2)
-            except TimeoutError:
-                pytest.fail(f"Kamailio's log does not say the events were sent at once: {proxy.text()[-3000:]}")
-            filler.unlink()   # room again while the call talks: its ENDED is written
-        finally:
-            talk.join(60)
-        assert done and done[0][0], done
-        delivered({"disk": proxy}, "disk")
-        [call] = wait_for(lambda: [c for c in calls(world, "ended") if c.direction == "outbound"
-                                   and c.called == US_DEST and c.call_id not in before], timeout=10)
-        assert (call.ringing_user, call.outcome) == ("u3", "answered"), call
-        assert call.talked_seconds >= 2 and call.charge == "0.02", call   # one 60 s increment at 0.02
-        text = proxy.text()
-        assert "not spooled, lost" not in text and "Traceback" not in text
 
 
 @contextlib.contextmanager

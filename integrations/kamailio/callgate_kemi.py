@@ -589,28 +589,10 @@ class kamailio:
         items = [(f"{r.call_id}:{kind}", r.call_id, r.SerializeToString()) for kind, r in events]
         try:
             self.spool.add(items)
-        except OSError as exc:   # (a full disk)
-            return self.sent_at_once([r for _, r in events], exc.strerror or str(exc))
-        except (sqlite3.Error, OverflowError, ValueError) as exc:
+        except (sqlite3.Error, OverflowError, OSError, ValueError) as exc:
             KSR.err(f"callgate: {len(items)} call event(s) of {events[0][1].call_id} not spooled, lost: {exc}\n")
             return False
         return True
-
-    def sent_at_once(self, requests: list[Any], why: str) -> bool:
-        """Events the journal's disk refused (full), sent to callgate at once instead, in order in one call within
-        the deadline, so that a call whose ANSWERED the disk refused is still billed from its answer (what callgate
-        does not take is lost, logged, as before).  Not for the spool's limit: that is reached while callgate
-        cannot take events, and a SIP worker would wait on it at every reply.  Whether callgate took them all."""
-        call_id = requests[0].call_id if requests else "?"
-        reply = self.ask("CallEventsInOrder", self.pb.CallEventBatch(events=requests)) if requests else None
-        if reply is not None and len(reply.results) == len(requests) and all(
-                result.WhichOneof("result") == "reply" for result in reply.results):
-            KSR.warn(f"callgate: {len(requests)} call event(s) of {call_id} not spooled ({why}): sent to callgate "
-                     "at once\n")
-            return True
-        KSR.err(f"callgate: {len(requests)} call event(s) of {call_id} not spooled, lost: {why} (and callgate did "
-                "not take them at once)\n")
-        return False
 
     @staticmethod
     def new_call_id() -> str:
@@ -649,15 +631,7 @@ class kamailio:
             raw = (RAW_TAG + "\0".join((",".join(kinds), str(int(time.time())), outcome, text, talker))).encode(
                 "utf-8", "surrogateescape")
             self.spool.add_raw(raw, kinds == ("ENDED",))
-        except OSError as exc:   # (a full disk: the events the sender would make of it, sent at once)
-            try:
-                requests = [self.pb.CallEventRequest.FromString(r) for _, _, r in self.events_of(raw)]
-            except ValueError as bad:
-                KSR.err(f"callgate: {len(kinds)} call event(s) of {KSR.pv.get('$ci')} not spooled, lost: {exc} "
-                        f"({bad})\n")
-                return False
-            return self.sent_at_once(requests, exc.strerror or str(exc))
-        except (sqlite3.Error, OverflowError, ValueError) as exc:
+        except (sqlite3.Error, OverflowError, OSError, ValueError) as exc:
             KSR.err(f"callgate: {len(kinds)} call event(s) of {KSR.pv.get('$ci')} not spooled, lost: {exc}\n")
             return False
         return True
