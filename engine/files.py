@@ -17,6 +17,7 @@ ends, however it ends.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -107,6 +108,7 @@ def hold(path: Path) -> IO[str]:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
     except BaseException:
-        handle.close()
+        with contextlib.suppress(OSError):   # (its own flush fails the same way: the fd is closed all the same)
+            handle.close()
         raise
     return handle

@@ -1447,8 +1447,9 @@ def test_a_full_disk_while_the_page_is_made_again_leaves_the_old_one_and_nothing
 def test_a_full_disk_when_the_lock_takes_its_pid_lets_the_lock_go(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """`files.hold` (the replica's directory lock, the server's data directory) on a full disk: the pid cannot be
-    written and the error says so; the lock goes with it (not held by a handle left to the exception's traceback,
-    which would have the next try, in the same process, told that another holds the directory)."""
+    written (its flush fails, and the close's flush again) and the error says so, the pid's; the lock goes with it
+    (not held by a handle left to the exception's traceback, which would have the next try, in the same process,
+    told that another holds the directory)."""
     import builtins
 
     from engine import files
@@ -1465,8 +1466,15 @@ def test_a_full_disk_when_the_lock_takes_its_pid_lets_the_lock_go(tmp_path: Path
         def fileno(self) -> int:
             return int(self.handle.fileno())
 
-        def write(self, text: str) -> int:
+        def write(self, text: str) -> int:   # (buffered: the disk is met at the flush)
+            return int(self.handle.write(text))
+
+        def flush(self) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:   # (its own flush fails again, after the descriptor is closed, as io's does)
+            self.handle.close()
+            raise OSError(errno.ENOSPC, "No space left on device, again at close")
 
     monkeypatch.setattr(files, "open", lambda *a, **k: Full(real_open(*a, **k)), raising=False)
     lock = tmp_path / replica.LOCK
@@ -1476,5 +1484,6 @@ def test_a_full_disk_when_the_lock_takes_its_pid_lets_the_lock_go(tmp_path: Path
     held = files.hold(lock)   # (`failed` still holds the traceback)
     try:
         assert lock.read_text().strip() == str(os.getpid()) and failed.value.errno == errno.ENOSPC
+        assert "again at close" not in str(failed.value)   # the error said is the pid's, not the close's
     finally:
         held.close()
