@@ -16,6 +16,7 @@ import re
 import sqlite3
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,11 @@ def answering_pbx(user: str) -> str:
     return text.replace("X-Callgate-User: u2", f"X-Callgate-User: {user}").replace(
         'encoding="ISO-8859-1"', 'encoding="UTF-8"', 1)
 
+
+# a PBX that rings 2 s before it answers (the most callgate takes as its user): a disk filled between its 180 and
+# its 200
+SLOW_PBX = answering_pbx(MOST_USER).replace('<pause milliseconds="50"/>', '<pause milliseconds="2000"/>', 1)
+assert SLOW_PBX != answering_pbx(MOST_USER)
 
 # a PBX that rings, lets the proxy's INVITE timer cancel the call, accepts the CANCEL and then answers the INVITE
 # anyway (its 200 crossed the CANCEL): the INVITE's Vias and Record-Route are kept from the INVITE, the last
@@ -119,7 +125,7 @@ def world(tmp_path_factory) -> Iterator[dict[str, Any]]:
         push(world, sip_doc())
         export_failover(callgate, world["failover"])
         for name, scenario in (("long", answering_pbx(LONG_USER)), ("wide", answering_pbx(WIDE_USER)),
-                               ("most", answering_pbx(MOST_USER)), ("late", LATE_PBX)):
+                               ("most", answering_pbx(MOST_USER)), ("late", LATE_PBX), ("slow", SLOW_PBX)):
             world[f"uas-{name}"] = uas = ScriptedUas(folder, name, scenario)
             started.append(uas)
         # (the late PBX's proxy: an INVITE timer of 0.5 s, after the 180, before its 200)
@@ -239,13 +245,16 @@ def test_a_full_disk_loses_events_whole_and_later_calls_reach_callgate(world, tm
         # full before the first event: the worker's journal is made, and no record of it is written
         filler = _fill(journals)
         expect(disk, "disk", "+12125550311", OPEN, 200)
-        lost = [f"callgate_events: {kind} of a call not spooled, lost: No space left on device"
-                for kind in ("RINGING", "ANSWERED", "ENDED")]
+        # (the RINGING kept, the ANSWERED kept behind it, both lost at the call's end; its ENDED lost)
+        lost = [f"callgate_events: {kind} of a call not spooled, lost: {why}" for kind, why in (
+            ("RINGING", "No space left on device"), ("ANSWERED", "behind an event of the call the disk refused"),
+            ("ENDED", "No space left on device"))]
         try:
             wait_for(lambda: all(line in proxy.text() for line in lost))
         except TimeoutError:
             pytest.fail(f"Kamailio's log does not say the events were lost: {proxy.text()[-3000:]}")
-        assert [j.stat().st_size for j in journals.glob("*.cgj")] == [0]
+        # (the worker's journal, and the module timer's that tried the kept events again)
+        assert [j.stat().st_size for j in journals.glob("*.cgj")] in ([0], [0, 0])
 
         filler.unlink()   # room again: the same journal takes the next call's events
         expect(disk, "disk", "+12125550312", OPEN, 200)
@@ -274,36 +283,43 @@ def test_a_full_disk_loses_events_whole_and_later_calls_reach_callgate(world, tm
         assert "damaged record" not in text and "no record at" not in text and "Traceback" not in text
 
 
-def test_events_the_disk_refused_are_written_with_the_calls_next_event_at_their_instants(world,
-                                                                                        tmp_path: Path) -> None:
-    """The journal's disk full while a call rings and is answered, with room again before it ends: its RINGING and
-    ANSWERED, refused then (logged as not spooled yet), are written before its ENDED, each at its own instant and
-    naming its own user, and callgate has the call whole: who rang, who answered, and the talk from the answer
-    (what a forwarded leg is billed for).  Before, the two were lost: callgate refused the ENDED of a call it never
-    had, and the call was neither in its registry nor billed."""
+def test_events_the_disk_refused_are_written_once_it_takes_them_at_their_instants(world, tmp_path: Path) -> None:
+    """The journal's disk full while a call rings and is answered, room again while it talks: its RINGING and
+    ANSWERED, kept (logged as not spooled yet), are written within a second or so by the module's timer, not at the
+    call's end, each at its own instant and naming its own user; callgate has the call answered while it still
+    talks, and then whole: who rang, who answered, and the talk from the answer (what a forwarded leg is billed
+    for).  Before, the two were lost: callgate refused the ENDED of a call it never had, and the call was neither
+    in its registry nor billed."""
     with small_disk(world, tmp_path) as proxy:
         journals = Path(f"{proxy.spool}.journal")
         filler = _fill(journals)
         done: list[tuple[bool, str]] = []
         talk = threading.Thread(target=lambda: done.append(sip.call(
-            proxy.address, "+12125550341", OPEN, 200, tmp_path, hold_ms=3000)))
+            proxy.address, "+12125550341", OPEN, 200, tmp_path, hold_ms=8000)))
         talk.start()
         try:
-            waiting = [f"callgate_events: {kind} of a call not spooled yet: No space left on device; written with "
-                       "the call's next event" for kind in ("RINGING", "ANSWERED")]
+            kept = [f"callgate_events: {kind} of a call not spooled yet: {why}; kept, and written as soon as the "
+                    "disk takes it" for kind, why in (("RINGING", "No space left on device"),
+                                                     ("ANSWERED", "behind an event of the call the disk refused"))]
             try:
-                wait_for(lambda: all(line in proxy.text() for line in waiting))
+                wait_for(lambda: all(line in proxy.text() for line in kept))
             except TimeoutError:
-                pytest.fail(f"Kamailio's log does not say the events wait: {proxy.text()[-3000:]}")
+                pytest.fail(f"Kamailio's log does not say the events are kept: {proxy.text()[-3000:]}")
+            time.sleep(3)     # still full for a while: the timer's tries fail, and the instants must stay the 200's
             filler.unlink()   # room again while the call talks
+            # the timer writes them and the sender sends them while the call still talks (8 s)
+            talking = wait_for(lambda: [c for c in calls(world, "answered") if c.caller == "+12125550341"],
+                               timeout=4)
+            assert talk.is_alive() and talking[0].answered_by == MOST_USER
         finally:
             talk.join(60)
         assert done and done[0][0], done
         delivered({"disk": proxy}, "disk")
         call = callgate_call(world, "+12125550341")
         assert (call.ringing_user, call.answered_by, call.outcome) == (MOST_USER, MOST_USER, "answered")
-        # the answer's instant is the 200's, not the BYE's: the talk is the call's 3 s hold (seconds, cut)
-        assert call.ringing_at <= call.answered_at and call.talked_seconds >= 2, call
+        # the answer's instant is the 200's, not the BYE's nor the timer's: the talk is the call's 8 s hold (seconds,
+        # cut), where the instant of the write would leave 4 or 5
+        assert call.ringing_at <= call.answered_at and call.talked_seconds >= 7, call
         text = proxy.text()
         for kind in ("RINGING", "ANSWERED"):
             assert f"callgate_events: {kind} of a call the disk refused before is spooled now" in text
@@ -312,11 +328,60 @@ def test_events_the_disk_refused_are_written_with_the_calls_next_event_at_their_
         journal_records(proxy)   # whole, sound records only
 
 
+def test_an_answer_the_disk_refused_after_the_ringing_was_written_is_written_at_its_instant(world,
+                                                                                           tmp_path: Path) -> None:
+    """The RINGING written, the disk full at the 200 (the PBX rings 2 s first), room again while the call talks:
+    the ANSWERED alone is kept and written by the module's timer at the 200's instant, long before the call's end
+    (callgate expires a ringing call it hears nothing of after 10 minutes: a long call must not wait for its BYE)."""
+    with small_disk(world, tmp_path, "slow") as proxy:
+        journals = Path(f"{proxy.spool}.journal")
+        done: list[tuple[bool, str]] = []
+        held: list[Any] = []
+        talk = threading.Thread(target=lambda: done.append(sip.call(
+            proxy.address, "+12125550342", OPEN, 200, tmp_path, hold_ms=7000)))
+        talk.start()
+        try:
+            wait_for(lambda: [c for c in calls(world, "ringing") if c.caller == "+12125550342"], timeout=10)
+            # (within the PBX's 2 s of ringing) the RINGING sent, its journal removed, so that the module begins
+            # another at its next record (the page the RINGING used has room left: a full disk would still take the
+            # ANSWERED there), held open here so that its pages stay taken, and the disk filled
+            held += [open(journal, "rb") for journal in journals.glob("*.cgj")]   # (closed below)
+            for handle in held:
+                os.unlink(handle.name)
+            filler = _fill(journals)
+            kept = ("callgate_events: ANSWERED of a call not spooled yet: No space left on device; kept, and written "
+                    "as soon as the disk takes it")
+            try:
+                wait_for(lambda: kept in proxy.text())
+            except TimeoutError:
+                pytest.fail(f"Kamailio's log does not say the answer is kept: {proxy.text()[-3000:]}")
+            time.sleep(3)   # still full for a while: the timer's tries fail, the instant must stay the 200's
+            for handle in held:
+                handle.close()
+            filler.unlink()
+            wait_for(lambda: [c for c in calls(world, "answered") if c.caller == "+12125550342"], timeout=4)
+            assert talk.is_alive()
+        finally:
+            for handle in held:
+                handle.close()
+            talk.join(60)
+        assert done and done[0][0], done
+        delivered({"disk": proxy}, "disk")
+        call = callgate_call(world, "+12125550342")
+        assert (call.ringing_user, call.answered_by, call.outcome) == (MOST_USER, MOST_USER, "answered")
+        # rang 2 s; talked the 7 s hold (seconds, cut), where the instant of the write would leave 3 or 4
+        assert call.answered_at - call.ringing_at >= 1 and call.talked_seconds >= 6, call
+        text = proxy.text()
+        assert "callgate_events: ANSWERED of a call the disk refused before is spooled now" in text
+        assert "RINGING of a call not spooled" not in text and "not spooled, lost" not in text
+        journal_records(proxy)
+
+
 @contextlib.contextmanager
-def small_disk(world: dict[str, Any], tmp_path: Path) -> Iterator[sip.Kamailio]:
-    """A proxy (one SIP worker, the PBX naming the longest user: ~1.3 KB of records a call) whose journals are on a
-    tmpfs of 64 KiB (root: as .ci/run runs), unmounted once the proxy is stopped."""
-    proxy = sip.Kamailio(tmp_path, world["callgate"].address, world["uas-most"].port, failover=world["failover"],
+def small_disk(world: dict[str, Any], tmp_path: Path, pbx: str = "most") -> Iterator[sip.Kamailio]:
+    """A proxy (one SIP worker, in front of the PBX `pbx`, which names the longest user: ~1.3 KB of records a call)
+    whose journals are on a tmpfs of 64 KiB (root: as .ci/run runs), unmounted once the proxy is stopped."""
+    proxy = sip.Kamailio(tmp_path, world["callgate"].address, world[f"uas-{pbx}"].port, failover=world["failover"],
                          children=1)
     journals = Path(f"{proxy.spool}.journal")
     mounted = False

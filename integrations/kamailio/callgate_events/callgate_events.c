@@ -32,9 +32,10 @@
  * its key (CALL:KIND), callgate's call id and the CallEventRequest; for a raw record ("CGJ2", no key or call)
  * "R1\0" KINDS "\0" AT "\0" OUTCOME "\0" RECORD "\0" USER.  One write() a reply; a write the disk refuses whole
  * or in part is cut back (nothing of it stays) and logged.  A RINGING or ANSWERED the disk refuses is kept with the
- * call (its instant and user) and written before the call's next event, at its own instant (a full disk while a
- * call rings and answers, room again before it ends: callgate still has the call whole, and bills its talk from
- * the answer); only what the call's end cannot write is lost, logged.  The limit of waiting events
+ * call (its instant and user), the call's later events behind it, and written at its own instant as soon as the
+ * disk takes it (the module's timer tries every second, the call's next event first): a full disk while a call
+ * rings and answers, room again while it talks, and callgate still has the call whole, its talk billed from the
+ * answer; only what the call's end cannot write is lost, logged.  The limit of waiting events
  * (CALLGATE_SPOOL_MAX) is kept by the sender as it moves the journals.
  */
 
@@ -54,6 +55,8 @@
 #include "../../core/mem/mem.h"
 #include "../../core/mem/shm_mem.h"
 #include "../../core/kemi.h"
+#include "../../core/locking.h"
+#include "../../core/timer.h"
 #include "../../core/parser/msg_parser.h"
 #include "../../core/parser/parse_hname2.h"
 #include "../../core/parser/parse_cseq.h"
@@ -90,33 +93,43 @@ typedef struct {
 } cg_header_t;
 #pragma pack(pop)
 
-/* an event of a call the disk refused (a full disk): written before the call's next event, with its own instant
- * and user, so that callgate still has the call whole (its ringing, and its answer's instant: what it bills) */
+/* an event of a call the disk refused (a full disk): kept with the call and written, at its own instant and naming
+ * its own user, as soon as the disk takes it (the module's timer tries every second, and the call's next event
+ * first), so that callgate still has the call whole: its ringing, and its answer's instant (what it bills) */
 typedef struct {
 	struct timespec mono, wall;
 	char *user;          /* shared memory, or NULL: the record's user */
 	int user_len;
+	char why[64];        /* what the disk said */
 } cg_lost_t;
 
 #define CG_RINGING 1
 #define CG_ANSWERED 2
 #define CG_ENDED 4
 
-/* what a followed call keeps (shared memory), held by its transaction and its dialog: freed by the last of the
- * two to let it go (refs).  rung, answered and lost change under tm's reply lock only (its callbacks run under
- * it), and lost at the call's end after ended is taken; ended is set once, atomically (the failure, a BYE and the
- * dialog's timer in different processes) */
-typedef struct {
+/* what a followed call keeps (shared memory), held by its transaction, its dialog and the list of calls with kept
+ * events: freed by the last of them to let it go (refs).  rung and answered change under tm's reply lock (its
+ * callbacks run under it); ended is set once, atomically (the failure, a BYE and the dialog's timer in different
+ * processes); what the call writes to the journal, and lost, lost_at and listed, under its own lock (a reply,
+ * its dialog's end and the module's timer in three processes) */
+typedef struct cg_call {
 	int refs;
+	gen_lock_t lock;
 	int rung;
 	int answered;
 	int ended;
-	int lost;            /* CG_RINGING, CG_ANSWERED: refused by the disk, written with the call's next event */
+	int lost;            /* CG_RINGING, CG_ANSWERED: refused by the disk, kept to be written */
+	int listed;          /* in the list of calls with kept events (which holds a ref) */
+	struct cg_call *kept_next;
 	cg_lost_t lost_at[2];   /* [0] the RINGING's, [1] the ANSWERED's */
 	int len;             /* the record's bytes */
 	int prepared_len;    /* then its events' common parts, encoded (cg_prepare); 0: the record is written raw */
 	char record[1];
 } cg_call_t;
+
+/* the calls with kept events (shared memory), for the module's timer */
+static gen_lock_t *kept_lock = NULL;
+static cg_call_t **kept_calls = NULL;
 
 static struct tm_binds tmb;
 static struct dlg_binds dlgb;
@@ -150,6 +163,8 @@ static void read_boot_id(void)
 			boot_id[0] = '\0';   /* (not what the kernel writes: none, as the reader would compare it) */
 }
 
+static void kept_timer(unsigned int ticks, void *param);
+
 static int mod_init(void)
 {
 	const char *spool = getenv("CALLGATE_SPOOL");
@@ -171,6 +186,17 @@ static int mod_init(void)
 	}
 	snprintf(journal_dir, n, "%s.journal", spool);
 	read_boot_id();
+	kept_lock = lock_alloc();
+	kept_calls = (cg_call_t **)shm_malloc(sizeof(*kept_calls));
+	if(kept_lock == NULL || kept_calls == NULL || lock_init(kept_lock) == NULL) {
+		LM_ERR("callgate_events: no shared memory\n");
+		return -1;
+	}
+	*kept_calls = NULL;
+	if(register_timer(kept_timer, 0, 1) < 0) {
+		LM_ERR("callgate_events: the timer of the events the disk refused cannot be registered\n");
+		return -1;
+	}
 	return 0;
 }
 
@@ -404,30 +430,62 @@ static void forget_lost(cg_call_t *call, int kind)
 	call->lost &= ~kind;
 }
 
-/* the events KINDS (CG_ flags) of the call, at this instant, its outcome and the user the reply names: after the
- * call's events the disk refused before, with their instants and users (a call's events reach callgate in order).
- * An event the disk refuses is written with the call's next event, the RINGING and the ANSWERED kept for it; the
- * call's end (FINAL) is its last: what it cannot write then is lost, logged */
+/* the call's kept events, in order, each at its own instant, until the disk refuses one (the call's lock held) */
+static void write_kept(cg_call_t *call)
+{
+	static const int kinds[2] = {CG_RINGING, CG_ANSWERED};
+	str none = STR_NULL;
+	int i;
+	for(i = 0; i < 2 && call->lost; i++) {
+		cg_lost_t *lost = &call->lost_at[i];
+		str who = {lost->user, lost->user_len};
+		if(!(call->lost & kinds[i]))
+			continue;
+		if(journal_append(call, kind_name(kinds[i]), "", lost->user != NULL ? who : none, &lost->mono, &lost->wall)
+				< 1) {
+			snprintf(lost->why, sizeof(lost->why), "%s", journal_error);
+			break;
+		}
+		LM_NOTICE("callgate_events: %s of a call the disk refused before is spooled now\n", kind_name(kinds[i]));
+		forget_lost(call, kinds[i]);
+	}
+}
+
+/* put the call in the timer's list (its lock not held: the list's lock is taken alone) */
+static void list_kept(cg_call_t *call)
+{
+	lock_get(kept_lock);
+	call->kept_next = *kept_calls;
+	*kept_calls = call;
+	lock_release(kept_lock);
+}
+
+/* the events KINDS (CG_ flags) of the call, at this instant, its outcome and the user the reply names, after the
+ * call's kept events (a call's events reach the journal in order: nothing goes behind an event still refused).  An
+ * event the disk refuses is kept (the RINGING and the ANSWERED: the timer writes them once the disk takes them);
+ * the call's end (FINAL) is its last event: what it cannot write then is lost, logged.  A reply's event after the
+ * call's end (an early dialog ended by hand) is not written. */
 static void call_events(cg_call_t *call, int kinds, const char *outcome, str user, int final)
 {
 	static const int order[3] = {CG_RINGING, CG_ANSWERED, CG_ENDED};
 	struct timespec mono, wall;
 	char names[32];
-	int i, n, kind, wanted[3], count = 0;
-	str none = STR_NULL;
-	for(i = 0; i < 2 && call->lost; i++) {   /* the events refused before, each at its own instant */
-		cg_lost_t *lost = &call->lost_at[i];
-		str who = {lost->user, lost->user_len};
-		kind = order[i];
-		if(!(call->lost & kind))
-			continue;
-		if(journal_append(call, kind_name(kind), "", lost->user != NULL ? who : none, &lost->mono, &lost->wall) < 1)
-			break;
-		LM_NOTICE("callgate_events: %s of a call the disk refused before is spooled now\n", kind_name(kind));
-		forget_lost(call, kind);
+	int i, n, kind, wanted[3], count = 0, list, stamped = 0;
+	lock_get(&call->lock);
+	if(!final && call->ended) {
+		lock_release(&call->lock);
+		return;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &mono);
-	clock_gettime(CLOCK_REALTIME, &wall);
+	write_kept(call);
+	if(final) {   /* the call's last event: what is still refused is lost (its end still goes: it ends the call) */
+		for(i = 0; i < 2; i++) {
+			if(call->lost & order[i]) {
+				LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kind_name(order[i]),
+						call->lost_at[i].why);
+				forget_lost(call, order[i]);
+			}
+		}
+	}
 	names[0] = '\0';
 	for(i = 0; i < 3; i++) {
 		if(kinds & order[i]) {
@@ -437,37 +495,65 @@ static void call_events(cg_call_t *call, int kinds, const char *outcome, str use
 			strcat(names, kind_name(order[i]));
 		}
 	}
-	/* (behind an event still refused nothing goes: written, it would reach callgate before it) */
-	n = call->lost ? 0 : journal_append(call, names, outcome, user, NULL, NULL);
+	/* the file first, then the clock (a record stamped before a slow open could be read after a later one), one
+	 * instant for what this event writes and keeps */
+	n = 0;
+	if(call->lost) {
+		journal_error = "behind an event of the call the disk refused";
+	} else if(journal_ready() < 0) {
+		journal_error = "no journal";
+	} else {
+		clock_gettime(CLOCK_MONOTONIC, &mono);
+		clock_gettime(CLOCK_REALTIME, &wall);
+		stamped = 1;
+		n = journal_append(call, names, outcome, user, &mono, &wall);
+	}
+	if(!stamped) {   /* (what is kept has the instant of the reply, as its record would have had) */
+		clock_gettime(CLOCK_MONOTONIC, &mono);
+		clock_gettime(CLOCK_REALTIME, &wall);
+	}
 	for(i = n; i < count; i++) {
 		kind = wanted[i];
 		if(kind == CG_ENDED || final) {
 			LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kind_name(kind), journal_error);
 			continue;
 		}
-		if(!(call->lost & kind)) {   /* kept for the call's next event, with its instant and user */
+		if(!(call->lost & kind)) {
 			cg_lost_t *lost = &call->lost_at[kind == CG_RINGING ? 0 : 1];
+			/* (the ANSWERED of a RINGING,ANSWERED a nanosecond after its RINGING, written or kept: the sender
+			 * orders a round's records by this clock, and a tie between two journals could put it first) */
 			lost->mono = mono;
+			lost->mono.tv_nsec += i;
+			if(lost->mono.tv_nsec >= 1000000000L) {
+				lost->mono.tv_sec++;
+				lost->mono.tv_nsec -= 1000000000L;
+			}
 			lost->wall = wall;
 			lost->user = NULL;
 			lost->user_len = 0;
-			if(user.len > 0 && user.s != NULL && (lost->user = (char *)shm_malloc(user.len)) != NULL) {
-				memcpy(lost->user, user.s, user.len);
-				lost->user_len = user.len;
+			snprintf(lost->why, sizeof(lost->why), "%s", journal_error);
+			if(user.len > 0 && user.s != NULL) {
+				if((lost->user = (char *)shm_malloc(user.len)) != NULL) {
+					memcpy(lost->user, user.s, user.len);
+					lost->user_len = user.len;
+				} else {
+					LM_ERR("callgate_events: no shared memory to keep who a refused %s names: the call's record's "
+						   "user is named\n", kind_name(kind));
+				}
 			}
 			call->lost |= kind;
 		}
-		LM_ERR("callgate_events: %s of a call not spooled yet: %s; written with the call's next event\n",
+		LM_ERR("callgate_events: %s of a call not spooled yet: %s; kept, and written as soon as the disk takes it\n",
 				kind_name(kind), journal_error);
 	}
-	if(final) {   /* the call's last event: what is still refused is lost */
-		for(i = 0; i < 2; i++) {
-			if(call->lost & order[i]) {
-				LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kind_name(order[i]), journal_error);
-				forget_lost(call, order[i]);
-			}
-		}
+	list = call->lost && !call->listed;
+	if(list) {
+		call->listed = 1;
+		__sync_fetch_and_add(&call->refs, 1);
 	}
+	lock_release(&call->lock);
+	if(list)
+		list_kept(call);
 }
 
 static void on_reply(struct cell *t, int type, struct tmcb_params *ps)
@@ -504,14 +590,41 @@ static void release_call(void *param)
 {
 	cg_call_t *call = (cg_call_t *)param;
 	if(call != NULL && __sync_sub_and_fetch(&call->refs, 1) == 0) {
-		/* (a call whose transaction ended without a dialog to end it: what the disk refused is lost) */
-		if(call->lost & CG_RINGING)
-			LM_ERR("callgate_events: RINGING of a call not spooled, lost: %s\n", journal_error);
-		if(call->lost & CG_ANSWERED)
-			LM_ERR("callgate_events: ANSWERED of a call not spooled, lost: %s\n", journal_error);
-		forget_lost(call, CG_RINGING);
+		forget_lost(call, CG_RINGING);   /* (none: a call with kept events is held by the list) */
 		forget_lost(call, CG_ANSWERED);
 		shm_free(call);
+	}
+}
+
+/* every second, in Kamailio's timer process: the kept events of each listed call written once the disk takes them;
+ * a call leaves the list when it has none left (written, or lost at its end) */
+static void kept_timer(unsigned int ticks, void *param)
+{
+	cg_call_t *call, *next, *again = NULL;
+	lock_get(kept_lock);
+	call = *kept_calls;
+	*kept_calls = NULL;
+	lock_release(kept_lock);
+	for(; call != NULL; call = next) {
+		int still;
+		next = call->kept_next;
+		lock_get(&call->lock);
+		if(call->lost && !call->ended)
+			write_kept(call);
+		still = call->lost != 0;
+		call->listed = still;
+		lock_release(&call->lock);
+		if(still) {
+			call->kept_next = again;
+			again = call;
+		} else {
+			release_call(call);
+		}
+	}
+	while(again != NULL) {
+		next = again->kept_next;
+		list_kept(again);
+		again = next;
 	}
 }
 
@@ -523,6 +636,22 @@ static void on_dialog_end(struct dlg_cell *dlg, int type, struct dlg_cb_params *
 	call = (cg_call_t *)*params->param;
 	if(__sync_bool_compare_and_swap(&call->ended, 0, 1))
 		call_events(call, CG_ENDED, "answered", (str)STR_NULL, 1);
+}
+
+/* at Kamailio's stop: what is still kept is lost */
+static void mod_destroy(void)
+{
+	cg_call_t *call;
+	if(kept_calls == NULL)
+		return;
+	for(call = *kept_calls; call != NULL; call = call->kept_next) {
+		if(call->lost & CG_RINGING)
+			LM_ERR("callgate_events: RINGING of a call not spooled, lost: %s (Kamailio stopped)\n",
+					call->lost_at[0].why);
+		if(call->lost & CG_ANSWERED)
+			LM_ERR("callgate_events: ANSWERED of a call not spooled, lost: %s (Kamailio stopped)\n",
+					call->lost_at[1].why);
+	}
 }
 
 static cg_call_t *new_call(str *record)
@@ -537,6 +666,7 @@ static cg_call_t *new_call(str *record)
 	}
 	memset(call, 0, sizeof(*call));
 	call->refs = 1;
+	lock_init(&call->lock);
 	call->len = record->len;
 	call->prepared_len = (int)prepared_len;
 	memcpy(call->record, record->s, record->len);
@@ -686,7 +816,7 @@ static sr_kemi_t sr_kemi_callgate_events_exports[] = {
 };
 
 struct module_exports exports = {
-	"callgate_events", DEFAULT_DLFLAGS, 0, 0, 0, 0, 0, mod_init, 0, 0
+	"callgate_events", DEFAULT_DLFLAGS, 0, 0, 0, 0, 0, mod_init, 0, mod_destroy
 };
 /* clang-format on */
 
