@@ -268,7 +268,7 @@ class Kamailio:
 
     def __init__(self, folder: Path, callgate: str, route_port: int, trusted: str = f"{TRUSTED}=acme",
                  failure: str = "closed", failover: Path | None = None, deadline_ms: int = 200,
-                 children: int = 4, bypass: bool = False, tls_ca: Path | None = None, token: str = "",
+                 children: int = 4, bypass: bool | str = False, tls_ca: Path | None = None, token: str = "",
                  fr_inv_ms: int = 30_000, replica: Path | None = None, replica_copy: bool = False,
                  timings: Path | None = None, events_module: bool = True) -> None:
         self.port = free_sip_port()
@@ -300,8 +300,8 @@ class Kamailio:
             env["CALLGATE_REPLICA_COPY"] = "1"
         if timings is not None:  # each worker appends its inbound decisions' durations to TIMINGS.<pid>
             env["CALLGATE_TIMINGS"] = str(timings)
-        if bypass:  # relay without asking callgate: the baseline
-            env["CALLGATE_BYPASS"] = "1"
+        if bypass:  # relay without asking callgate: the baseline ("events": and record the calls' events)
+            env["CALLGATE_BYPASS"] = "events" if bypass == "events" else "1"
         if tls_ca is not None:
             env["CALLGATE_TLS_CA"] = str(tls_ca)
         if token:

@@ -17,13 +17,18 @@ three Kamailio instances with integrations/kamailio/kamailio.cfg and
           call's RINGING/ANSWERED/ENDED events (the failover table names the
           number's tenant);
   local   decides every INVITE in its SIP worker from the replica's files
-          (CALLGATE_REPLICA_DIR: engine.replica.LocalDecisions), events as rpc.
+          (CALLGATE_REPLICA_DIR: engine.replica.LocalDecisions), events as rpc;
+  events  (section 1 only) relays every call without asking, as bypass, but
+          records its events as rpc and local do (CALLGATE_BYPASS=events, the
+          number's tenant from the failover table): the relay plus the events,
+          no decision, so that local / events is what the decision costs and
+          events / bypass what the events cost.
 
 A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
 200) from a clean caller to an always-open number.
 
 1. The bounded run: `--rate` calls/s for `--seconds` through each proxy in
-   turn (bypass, rpc, local); every call must succeed (zero failed calls).
+   turn (bypass, events, rpc, local); every call must succeed (zero failed calls).
    Per proxy: calls completed, failed, retransmitted; the response time
    (sipp's -trace_rtt, from the INVITE to its 180: sipp's clock moves in
    4 ms steps here, so p50 and p99 read 0 or 4 and the mean is the figure
@@ -36,7 +41,8 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    round (each proxy in every place); each ratio is then the median of the
    rounds' ratios (every round's listed), each proxy's figures those of its
    median round, and every call of every round must succeed.
-   Targets: local / bypass <= 1.10; rpc / bypass is reported.  Before the
+   Targets: local / bypass <= 1.10; rpc / bypass, events / bypass and
+   local / events are reported.  Before the
    rounds each proxy's CPU idle (5 s without calls) is reported too: what
    it costs with nothing to do (the bypass runs no gRPC channel at all).
 2. The ramp: rates of `--ramp`, `--step-seconds` each, each step through
@@ -114,6 +120,8 @@ from .server_sections import BIG_OPTIONS, Report
 OPEN = "+14155550199"
 CALLER = "+12125550000"
 PROXIES = ("bypass", "rpc", "local")
+# section 1 also runs "events": the relay that records each call's events as rpc and local do, deciding nothing
+ROUND_PROXIES = ("bypass", "events", "rpc", "local")
 BIG = "big"
 
 
@@ -446,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         started.append(uas)
 
         def start_proxy(name: str, timings: Path | None = None) -> sip.Kamailio:
-            made = sip.Kamailio(folder, callgate.address, uas.port, children=args.children, bypass=name == "bypass",
+            made = sip.Kamailio(folder, callgate.address, uas.port, children=args.children,
+                                bypass="events" if name == "events" else name == "bypass",
                                 failover=None if name == "bypass" else failover,
                                 replica=replica.directory if name == "local" else None, timings=timings,
                                 events_module=args.events_module)
@@ -455,16 +464,16 @@ def main(argv: list[str] | None = None) -> int:
 
         # sections 1 and 2 on proxies that time nothing (the timings cost each proxy CPU, the local one most: a
         # decision, its peer and five routes timed a call); section 3 on instances of their own that do
-        proxies = {name: start_proxy(name) for name in PROXIES}
+        proxies = {name: start_proxy(name) for name in ROUND_PROXIES}
         say(f"callgate at {callgate.address}, UAS at 127.0.0.1:{uas.port}, replica in {replica.directory}; "
             + ", ".join(f"Kamailio {n} at {k.address}" for n, k in proxies.items()))
 
         # each proxy idle (started, no call): what it costs with nothing to do, apart from what calls cost
-        for name in PROXIES:
+        for name in ROUND_PROXIES:
             out["idle"][name] = idle_cpu(proxies[name], IDLE_S)
             say(f"1 idle {name}: {out['idle'][name]:.1f} ms CPU a second over {IDLE_S:g} s without calls")
         for turn in range(args.rounds):   # round k starts k places further: each proxy in every place
-            order = PROXIES[turn % len(PROXIES):] + PROXIES[:turn % len(PROXIES)]
+            order = ROUND_PROXIES[turn % len(ROUND_PROXIES):] + ROUND_PROXIES[:turn % len(ROUND_PROXIES)]
             this: dict[str, Any] = {}
             for name in order:
                 r = this[name] = bounded(proxies[name], args.rate, calls, folder, args.seconds + 30)
@@ -473,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['retransmissions']}, response p50/p99 {r['response_ms']['p50']}/{r['response_ms']['p99']} "
                     f"ms, Kamailio {r['cpu']['us_per_call'] or 0:.0f} µs CPU per call")
             out["rounds"].append(this)
-        out["bounded"] = {name: median_round(out["rounds"], name) for name in PROXIES}
+        out["bounded"] = {name: median_round(out["rounds"], name) for name in ROUND_PROXIES}
         for name in PROXIES:
             prefix = folder / f"timings-{name}"
             timed = start_proxy(name, prefix)
@@ -535,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; sections that did not complete: {crashed}" if crashed else ""))
     if args.json:
         save_json(args.json, out)
-    return 0 if zero_failed and len(out["bounded"]) == len(PROXIES) and not crashed else 1
+    return 0 if zero_failed and len(out["bounded"]) == len(ROUND_PROXIES) and not crashed else 1
 
 
 def median_round(rounds: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -562,7 +571,7 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
     rep = Report()
     b = out["bounded"]
     rounds = out["rounds"]
-    for name in PROXIES:
+    for name in ROUND_PROXIES:
         r = b.get(name)
         if r is None:
             continue
@@ -587,7 +596,8 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
         value: float | None = b.get(name, {}).get("cpu", {}).get("us_per_call")
         return value
 
-    for a, c, target in (("local", "bypass", "<= 1.10"), ("rpc", "bypass", ""), ("local", "rpc", "")):
+    for a, c, target in (("local", "bypass", "<= 1.10"), ("rpc", "bypass", ""), ("local", "rpc", ""),
+                         ("events", "bypass", ""), ("local", "events", "")):
         ratios = round_ratios(rounds, a, c) if all(a in r and c in r for r in rounds) else []
         middle = float(np.median(ratios)) if ratios else None
         rep.add(1, f"Kamailio CPU per call, {a} / {c}" + (" (median; each round)" if len(ratios) > 1 else ""),

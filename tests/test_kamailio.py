@@ -576,6 +576,25 @@ def _proxy_token(data: Path) -> str:
     return token
 
 
+def test_the_benchmarks_events_baseline_relays_undecided_and_records_each_call(world, tmp_path: Path) -> None:
+    """CALLGATE_BYPASS=events, the SIP benchmark's second baseline: a call from a blacklisted caller is relayed
+    (nothing is decided) and recorded in callgate whole, as a decided call's events would record it; a call to a
+    number of no tenant is relayed and recorded nowhere."""
+    proxy = sip.Kamailio(tmp_path, world["callgate"].address, world["uas"].port, failover=world["failover"],
+                         bypass="events", children=1)
+    try:
+        relay = {"callgate": world["callgate"], "folder": tmp_path, "relay": proxy}
+        expect(relay, "relay", "+14155550666", OPEN, 200)            # blacklisted: relayed all the same
+        expect(relay, "relay", "+12125550777", "+19995550000", 200)  # no tenant's number
+        delivered(relay, "relay")
+        # (the only call of that caller any proxy lets through; the PBX names u2 in its 180 and 200)
+        [call] = wait_for(lambda: [c for c in calls(world, "ended") if c.caller == "+14155550666"], timeout=10)
+        assert (call.called, call.outcome, call.answered_by) == (OPEN, "answered", "u2")
+        assert not [c for c in calls(world, "ended") + calls(world, "ringing") if c.caller == "+12125550777"]
+    finally:
+        proxy.stop()
+
+
 def test_kemi_script_is_plain_python(tmp_path: Path) -> None:
     """The script and its spool module compile outside Kamailio too (KSR is only imported at run time by
     app_python3)."""
@@ -594,16 +613,19 @@ def test_sip_bench_smoke(tmp_path: Path) -> None:
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     figures = json.loads(out.read_text())
-    assert [list(r) for r in figures["rounds"]] == [["bypass", "rpc", "local"], ["rpc", "local", "bypass"]]
+    assert [list(r) for r in figures["rounds"]] == [["bypass", "events", "rpc", "local"],
+                                                    ["events", "rpc", "local", "bypass"]]
     # the replies' events made by the callgate_events module: no Python reply route ran in either proxy
     assert all(not k.startswith("route:onreply") for name in ("rpc", "local") for k in figures["timings"][name])
     assert all("route:request_route" in figures["timings"][name] for name in ("rpc", "local"))   # (routes timed)
-    for name in ("bypass", "rpc", "local"):
+    for name in ("bypass", "events", "rpc", "local"):
         assert all(r[name]["successful"] == 40 and r[name]["failed"] == 0 for r in figures["rounds"])
         assert figures["bounded"][name] in [r[name] for r in figures["rounds"]]
         assert figures["bounded"][name]["cpu"]["us_per_call"] > 0
     ratios = {row["what"]: row for row in figures["summary"] if row["what"].startswith("Kamailio CPU per call, ")}
-    assert len(ratios) == 3
+    assert len(ratios) == 5
+    # the events baseline sends what the others send (its spool drained by its sender), the bypass nothing
+    assert all(r["events"]["spool_drained"] and r["events"]["cpu"]["event_sender_s"] > 0 for r in figures["rounds"])
     assert all("each round" in what and row["text"].count(",") == 1 for what, row in ratios.items())   # 2 listed
     assert figures["timings"]["local"]["local"]["n"] > 0 and "rpc" not in figures["timings"]["local"]
     assert figures["timings"]["rpc"]["rpc"]["n"] > 0 and "local" not in figures["timings"]["rpc"]

@@ -111,7 +111,10 @@ CALLGATE_TLS_CA (the CA's PEM: talk TLS to callgate), CALLGATE_TOKEN (a
 `proxy` token for a server with --auth), CALLGATE_PYTHONPATH (folders with
 grpcio and the `callgate` package, ':'-separated, put in front of
 sys.path), CALLGATE_BYPASS=1 (relay everything without asking: the baseline
-of the SIP benchmark), CALLGATE_REPLICA_DIR, CALLGATE_REPLICA_COPY and
+of the SIP benchmark; CALLGATE_BYPASS=events relays without asking too, but
+records each call to a number of the failover table as a decided call's
+events: the benchmark's second baseline, what the events cost apart from
+the decision), CALLGATE_REPLICA_DIR, CALLGATE_REPLICA_COPY and
 CALLGATE_TIMINGS (above).
 """
 
@@ -161,7 +164,8 @@ TLS_CA = os.environ.get("CALLGATE_TLS_CA", "")      # PEM of the CA that signed 
 TOKEN = os.environ.get("CALLGATE_TOKEN", "")        # a `proxy` token for a server with --auth
 METADATA = (("authorization", f"Bearer {TOKEN}"),) if TOKEN else None
 # a plain relay that never asks callgate: the baseline for measuring what callgate adds to the proxy
-BYPASS = os.environ.get("CALLGATE_BYPASS", "") == "1"
+BYPASS = os.environ.get("CALLGATE_BYPASS", "") in ("1", "events")
+BYPASS_EVENTS = os.environ.get("CALLGATE_BYPASS", "") == "events"
 PHRASES = {403: "Forbidden", 404: "Not Found", 433: "Anonymity Disallowed", 480: "Temporarily Unavailable",
            402: "Payment Required", 503: "Service Unavailable", 603: "Decline"}
 # a reconnect within a second of callgate's return (grpcio's default backoff grows to two minutes)
@@ -673,6 +677,14 @@ class kamailio:
         KSR.rr.record_route()
         if BYPASS:
             KSR.setdsturi(ROUTE_URI)
+            if BYPASS_EVENTS:   # (the benchmark's second baseline: undecided, its events recorded as a decided call's)
+                self.refresh_failover()
+                caller, called = KSR.pv.get("$fU") or "", KSR.pv.get("$rU") or ""
+                holder = str(self.entry_of(called).get("tenant") or "")
+                if holder:
+                    self.under_dialog(CALL_MAX_S, {"tenant": holder, "dir": "inbound", "caller": caller,
+                                                   "called": called, "line": "", "user": "relay"})
+                    return self.relay()
             KSR.dialog.dlg_manage()
             return self.relay()
         # (at every INVITE, at most a stat a second: read before an outage needs it, not in the call that does)
