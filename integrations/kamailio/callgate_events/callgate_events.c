@@ -120,6 +120,7 @@ typedef struct cg_call {
 	int ended;
 	int lost;            /* CG_RINGING, CG_ANSWERED: refused by the disk, kept to be written */
 	int listed;          /* in the list of calls with kept events (which holds a ref) */
+	int followed;        /* its dialog's end makes its ENDED here (follow): set before the dialog can end */
 	struct cg_call *kept_next;
 	cg_lost_t lost_at[2];   /* [0] the RINGING's, [1] the ANSWERED's */
 	int len;             /* the record's bytes */
@@ -188,11 +189,12 @@ static int mod_init(void)
 	read_boot_id();
 	kept_lock = lock_alloc();
 	kept_calls = (cg_call_t **)shm_malloc(sizeof(*kept_calls));
+	if(kept_calls != NULL)
+		*kept_calls = NULL;   /* (mod_destroy runs after a failed start too) */
 	if(kept_lock == NULL || kept_calls == NULL || lock_init(kept_lock) == NULL) {
 		LM_ERR("callgate_events: no shared memory\n");
 		return -1;
 	}
-	*kept_calls = NULL;
 	if(register_timer(kept_timer, 0, 1) < 0) {
 		LM_ERR("callgate_events: the timer of the events the disk refused cannot be registered\n");
 		return -1;
@@ -342,7 +344,7 @@ static int journal_append_events(cg_call_t *call, const char *kinds, const char 
 	return written;
 }
 
-/* the events KINDS of the call (one or two, comma-separated) at the instant MONO/WALL (NULL: now), in one write()
+/* the events KINDS of the call (one or two, comma-separated) at the instant AT_MONO/AT_WALL, in one write()
  * each: ready to send (cg_event_records), else as one raw record for the sender to make them of.  How many of
  * KINDS were written, in order (the disk refused the next one: journal_error says why) */
 static int journal_append(cg_call_t *call, const char *kinds, const char *outcome, str user,
@@ -357,19 +359,15 @@ static int journal_append(cg_call_t *call, const char *kinds, const char *outcom
 	int written;
 	char *p;
 
-	/* the file first, then the clocks: a record stamped before a slow open could be read after a later one (an
-	 * event written again later keeps its instant: it is older than anything the sender waits for) */
+	/* (call_events readies the file first and stamps a fresh record after it: a record stamped before a slow open
+	 * could be read after a later one; an event kept and written later keeps its instant, older than anything the
+	 * sender waits for, and nothing of its call was written after it) */
 	if(journal_ready() < 0) {
 		journal_error = "no journal";
 		return 0;
 	}
-	if(at_mono != NULL && at_wall != NULL) {
-		mono = *at_mono;
-		wall = *at_wall;
-	} else {
-		clock_gettime(CLOCK_MONOTONIC, &mono);
-		clock_gettime(CLOCK_REALTIME, &wall);
-	}
+	mono = *at_mono;
+	wall = *at_wall;
 	if(call->prepared_len > 0 && (written = journal_append_events(call, kinds, outcome, user, &mono, &wall)) >= 0)
 		return written;
 	at_len = (size_t)snprintf(at, sizeof(at), "%lld", (long long)wall.tv_sec);
@@ -514,7 +512,11 @@ static void call_events(cg_call_t *call, int kinds, const char *outcome, str use
 	}
 	for(i = n; i < count; i++) {
 		kind = wanted[i];
-		if(kind == CG_ENDED || final) {
+		if(i > n)   /* (not tried: behind the one the disk refused) */
+			journal_error = "behind an event of the call the disk refused";
+		/* (a call whose end the module does not write, its dialog not followed here, keeps nothing: the script's
+		 * ENDED could be written before what it kept) */
+		if(kind == CG_ENDED || final || !call->followed) {
 			LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kind_name(kind), journal_error);
 			continue;
 		}
@@ -596,36 +598,34 @@ static void release_call(void *param)
 	}
 }
 
-/* every second, in Kamailio's timer process: the kept events of each listed call written once the disk takes them;
- * a call leaves the list when it has none left (written, or lost at its end) */
+/* every second, in Kamailio's slow timer process: the kept events of each listed call written once the disk takes
+ * them (no more tries this second once it refuses one: it refuses them all, and each would log); a call leaves the
+ * list when it has none left (written, or lost at its end).  The list is walked in place, under its lock (taken
+ * before a call's, never after: call_events lets its call go before it lists it), so that it is whole when
+ * Kamailio stops */
 static void kept_timer(unsigned int ticks, void *param)
 {
-	cg_call_t *call, *next, *again = NULL;
+	cg_call_t **at, *call;
+	int refused = 0;
 	lock_get(kept_lock);
-	call = *kept_calls;
-	*kept_calls = NULL;
-	lock_release(kept_lock);
-	for(; call != NULL; call = next) {
+	for(at = kept_calls; (call = *at) != NULL;) {
 		int still;
-		next = call->kept_next;
 		lock_get(&call->lock);
-		if(call->lost && !call->ended)
+		if(call->lost && !refused) {
 			write_kept(call);
+			refused = call->lost != 0;
+		}
 		still = call->lost != 0;
 		call->listed = still;
 		lock_release(&call->lock);
 		if(still) {
-			call->kept_next = again;
-			again = call;
+			at = &call->kept_next;
 		} else {
+			*at = call->kept_next;
 			release_call(call);
 		}
 	}
-	while(again != NULL) {
-		next = again->kept_next;
-		list_kept(again);
-		again = next;
-	}
+	lock_release(kept_lock);
 }
 
 static void on_dialog_end(struct dlg_cell *dlg, int type, struct dlg_cb_params *params)
@@ -731,7 +731,9 @@ static int ki_follow(sip_msg_t *msg, str *record)
 		dlgb.release_dlg(dlg);
 		return -1;
 	}
+	call->followed = 1;   /* (before the callback: a reply's event in another process may keep from now on) */
 	if(dlgb.register_dlgcb(dlg, DLGCB_TERMINATED | DLGCB_EXPIRED, on_dialog_end, call, release_call) != 0) {
+		call->followed = 0;
 		release_call(call);
 		dlgb.release_dlg(dlg);
 		LM_ERR("callgate_events: the call's dialog cannot be followed\n");
