@@ -164,8 +164,8 @@ TLS_CA = os.environ.get("CALLGATE_TLS_CA", "")      # PEM of the CA that signed 
 TOKEN = os.environ.get("CALLGATE_TOKEN", "")        # a `proxy` token for a server with --auth
 METADATA = (("authorization", f"Bearer {TOKEN}"),) if TOKEN else None
 # a plain relay that never asks callgate: the baseline for measuring what callgate adds to the proxy
-BYPASS = os.environ.get("CALLGATE_BYPASS", "") in ("1", "events")
-BYPASS_EVENTS = os.environ.get("CALLGATE_BYPASS", "") == "events"
+BYPASS_EVENTS = os.environ.get("CALLGATE_BYPASS", "") == "events"   # ... that records the calls' events
+BYPASS = BYPASS_EVENTS or os.environ.get("CALLGATE_BYPASS", "") == "1"
 PHRASES = {403: "Forbidden", 404: "Not Found", 433: "Anonymity Disallowed", 480: "Temporarily Unavailable",
            402: "Payment Required", 503: "Service Unavailable", 603: "Decline"}
 # a reconnect within a second of callgate's return (grpcio's default backoff grows to two minutes)

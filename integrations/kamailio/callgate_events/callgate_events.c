@@ -345,8 +345,9 @@ static int journal_append_events(cg_call_t *call, const char *kinds, const char 
 }
 
 /* the events KINDS of the call (one or two, comma-separated) at the instant AT_MONO/AT_WALL, in one write()
- * each: ready to send (cg_event_records), else as one raw record for the sender to make them of.  How many of
- * KINDS were written, in order (the disk refused the next one: journal_error says why) */
+ * each: ready to send (cg_event_records), else as one raw record for the sender to make them of, in the journal
+ * its caller readied (journal_ready).  How many of KINDS were written, in order (the disk refused the next one:
+ * journal_error says why) */
 static int journal_append(cg_call_t *call, const char *kinds, const char *outcome, str user,
 		struct timespec *at_mono, struct timespec *at_wall)
 {
@@ -362,10 +363,6 @@ static int journal_append(cg_call_t *call, const char *kinds, const char *outcom
 	/* (call_events readies the file first and stamps a fresh record after it: a record stamped before a slow open
 	 * could be read after a later one; an event kept and written later keeps its instant, older than anything the
 	 * sender waits for, and nothing of its call was written after it) */
-	if(journal_ready() < 0) {
-		journal_error = "no journal";
-		return 0;
-	}
 	mono = *at_mono;
 	wall = *at_wall;
 	if(call->prepared_len > 0 && (written = journal_append_events(call, kinds, outcome, user, &mono, &wall)) >= 0)
@@ -418,9 +415,15 @@ static const char *kind_name(int kind)
 	return kind == CG_RINGING ? "RINGING" : kind == CG_ANSWERED ? "ANSWERED" : "ENDED";
 }
 
+/* where the call keeps its refused KIND (CG_RINGING or CG_ANSWERED) */
+static cg_lost_t *kept_of(cg_call_t *call, int kind)
+{
+	return &call->lost_at[kind == CG_RINGING ? 0 : 1];
+}
+
 static void forget_lost(cg_call_t *call, int kind)
 {
-	cg_lost_t *lost = &call->lost_at[kind == CG_RINGING ? 0 : 1];
+	cg_lost_t *lost = kept_of(call, kind);
 	if(lost->user != NULL)
 		shm_free(lost->user);
 	lost->user = NULL;
@@ -428,24 +431,40 @@ static void forget_lost(cg_call_t *call, int kind)
 	call->lost &= ~kind;
 }
 
+static const int kept_kinds[2] = {CG_RINGING, CG_ANSWERED};   /* in the order they are written */
+
 /* the call's kept events, in order, each at its own instant, until the disk refuses one (the call's lock held) */
 static void write_kept(cg_call_t *call)
 {
-	static const int kinds[2] = {CG_RINGING, CG_ANSWERED};
 	str none = STR_NULL;
 	int i;
+	if(call->lost && journal_ready() < 0)
+		journal_error = "no journal";
 	for(i = 0; i < 2 && call->lost; i++) {
-		cg_lost_t *lost = &call->lost_at[i];
+		cg_lost_t *lost = kept_of(call, kept_kinds[i]);
 		str who = {lost->user, lost->user_len};
-		if(!(call->lost & kinds[i]))
+		if(!(call->lost & kept_kinds[i]))
 			continue;
-		if(journal_append(call, kind_name(kinds[i]), "", lost->user != NULL ? who : none, &lost->mono, &lost->wall)
-				< 1) {
+		if(journal_fd < 0 || journal_append(call, kind_name(kept_kinds[i]), "", lost->user != NULL ? who : none,
+				&lost->mono, &lost->wall) < 1) {
 			snprintf(lost->why, sizeof(lost->why), "%s", journal_error);
 			break;
 		}
-		LM_NOTICE("callgate_events: %s of a call the disk refused before is spooled now\n", kind_name(kinds[i]));
-		forget_lost(call, kinds[i]);
+		LM_NOTICE("callgate_events: %s of a call the disk refused before is spooled now\n", kind_name(kept_kinds[i]));
+		forget_lost(call, kept_kinds[i]);
+	}
+}
+
+/* what the call still keeps, lost (logged with why the disk refused it; WHEN: "" or why it is given up now) */
+static void lose_kept(cg_call_t *call, const char *when)
+{
+	int i;
+	for(i = 0; i < 2; i++) {
+		if(call->lost & kept_kinds[i]) {
+			LM_ERR("callgate_events: %s of a call not spooled, lost: %s%s\n", kind_name(kept_kinds[i]),
+					kept_of(call, kept_kinds[i])->why, when);
+			forget_lost(call, kept_kinds[i]);
+		}
 	}
 }
 
@@ -475,15 +494,8 @@ static void call_events(cg_call_t *call, int kinds, const char *outcome, str use
 		return;
 	}
 	write_kept(call);
-	if(final) {   /* the call's last event: what is still refused is lost (its end still goes: it ends the call) */
-		for(i = 0; i < 2; i++) {
-			if(call->lost & order[i]) {
-				LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kind_name(order[i]),
-						call->lost_at[i].why);
-				forget_lost(call, order[i]);
-			}
-		}
-	}
+	if(final)   /* the call's last event: what is still refused is lost (its end still goes: it ends the call) */
+		lose_kept(call, "");
 	names[0] = '\0';
 	for(i = 0; i < 3; i++) {
 		if(kinds & order[i]) {
@@ -521,7 +533,7 @@ static void call_events(cg_call_t *call, int kinds, const char *outcome, str use
 			continue;
 		}
 		if(!(call->lost & kind)) {
-			cg_lost_t *lost = &call->lost_at[kind == CG_RINGING ? 0 : 1];
+			cg_lost_t *lost = kept_of(call, kind);
 			/* (the ANSWERED of a RINGING,ANSWERED a nanosecond after its RINGING, written or kept: the sender
 			 * orders a round's records by this clock, and a tie between two journals could put it first) */
 			lost->mono = mono;
@@ -644,14 +656,8 @@ static void mod_destroy(void)
 	cg_call_t *call;
 	if(kept_calls == NULL)
 		return;
-	for(call = *kept_calls; call != NULL; call = call->kept_next) {
-		if(call->lost & CG_RINGING)
-			LM_ERR("callgate_events: RINGING of a call not spooled, lost: %s (Kamailio stopped)\n",
-					call->lost_at[0].why);
-		if(call->lost & CG_ANSWERED)
-			LM_ERR("callgate_events: ANSWERED of a call not spooled, lost: %s (Kamailio stopped)\n",
-					call->lost_at[1].why);
-	}
+	for(call = *kept_calls; call != NULL; call = call->kept_next)
+		lose_kept(call, " (Kamailio stopped)");
 }
 
 static cg_call_t *new_call(str *record)
