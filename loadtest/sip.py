@@ -270,7 +270,7 @@ class Kamailio:
                  failure: str = "closed", failover: Path | None = None, deadline_ms: int = 200,
                  children: int = 4, bypass: bool | str = False, tls_ca: Path | None = None, token: str = "",
                  fr_inv_ms: int = 30_000, replica: Path | None = None, replica_copy: bool = False,
-                 timings: Path | None = None, events_module: bool = True) -> None:
+                 timings: Path | None = None, events_module: bool = True, env: dict[str, str] | None = None) -> None:
         self.port = free_sip_port()
         self.folder = folder
         cfg = (KAMAILIO_DIR / "kamailio.cfg").read_text()
@@ -288,6 +288,7 @@ class Kamailio:
         self.cfg = folder / f"kamailio-{self.port}.cfg"
         self.cfg.write_text(cfg)
         self.spool = folder / f"spool-{self.port}" / "events.sqlite"
+        extra = env or {}
         env = {**os.environ, "CALLGATE_TARGET": callgate, "CALLGATE_TRUSTED": trusted,
                "CALLGATE_ROUTE_URI": f"sip:127.0.0.1:{route_port}", "CALLGATE_FAILURE": failure,
                "CALLGATE_DEADLINE_MS": str(deadline_ms), "CALLGATE_PYTHONPATH": python_path(),
@@ -306,6 +307,7 @@ class Kamailio:
             env["CALLGATE_TLS_CA"] = str(tls_ca)
         if token:
             env["CALLGATE_TOKEN"] = token
+        env.update(extra)   # (any other setting of the environment, e.g. CALLGATE_KEPT_MAX)
         self.log = folder / f"kamailio-{self.port}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
@@ -319,6 +321,8 @@ class Kamailio:
                 raise RuntimeError(f"kamailio did not start:\n{self.text()[-3000:]}")
             time.sleep(0.1)
         time.sleep(1.0)  # the workers' child_init (gRPC channels) run after the main process logs
+        if self.proc.poll() is not None:   # (a module that refused its settings logs, then Kamailio exits)
+            raise RuntimeError(f"kamailio stopped as it started:\n{self.text()[-3000:]}")
 
     @property
     def address(self) -> str:

@@ -233,10 +233,14 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
-def test_a_full_disk_loses_events_whole_and_later_calls_reach_callgate(world, tmp_path: Path) -> None:
-    """The journal's disk full (a tmpfs of 64 KiB): calls still connect, each event the disk refuses is logged as
-    lost, whole or in part (a record the disk took part of is cut back: the journal holds whole records only, the
-    sender reads no damage); once there is room again, later calls' events reach callgate."""
+def test_a_full_disk_keeps_a_calls_events_to_its_end_and_writes_them_whole_at_their_instants(world,
+                                                                                           tmp_path: Path) -> None:
+    """The journal's disk full (a tmpfs of 64 KiB) for a whole call: the call still connects, and each of its events
+    the disk refuses is kept, its ENDED too, logged as not spooled yet; once there is room again (seconds after the
+    BYE) the module's timer writes them whole, each at its own instant: callgate has the call whole and its talk
+    ends at the BYE, not at the write (before, the three were lost; an ENDED lost alone left an answered call to
+    callgate's expiry, its talk billed until then).  A record the disk takes part of is cut back (the journal holds
+    whole records only, the sender reads no damage) and kept too."""
     # (the PBX naming the longest user: about 1.3 KB of records a call, so that one soon crosses the last block)
     with small_disk(world, tmp_path) as proxy:
         journals = Path(f"{proxy.spool}.journal")
@@ -245,29 +249,39 @@ def test_a_full_disk_loses_events_whole_and_later_calls_reach_callgate(world, tm
         # full before the first event: the worker's journal is made, and no record of it is written
         filler = _fill(journals)
         expect(disk, "disk", "+12125550311", OPEN, 200)
-        # (the RINGING kept, the ANSWERED kept behind it, both lost at the call's end; its ENDED lost)
-        lost = [f"callgate_events: {kind} of a call not spooled, lost: {why}" for kind, why in (
-            ("RINGING", "No space left on device"), ("ANSWERED", "behind an event of the call the disk refused"),
-            ("ENDED", "No space left on device"))]
+        kept = [f"callgate_events: {kind} of a call not spooled yet: {why}; kept, and written as soon as the disk "
+                "takes it" for kind, why in (("RINGING", "No space left on device"),
+                                             ("ANSWERED", "behind an event of the call the disk refused"),
+                                             ("ENDED", "behind an event of the call the disk refused"))]
         try:
-            wait_for(lambda: all(line in proxy.text() for line in lost))
+            wait_for(lambda: all(line in proxy.text() for line in kept))
         except TimeoutError:
-            pytest.fail(f"Kamailio's log does not say the events were lost: {proxy.text()[-3000:]}")
-        # (the worker's journal, and the module timer's that tried the kept events again)
+            pytest.fail(f"Kamailio's log does not say the events are kept: {proxy.text()[-3000:]}")
+        # (the worker's journal, and the module timer's that tries the kept events again)
         assert [j.stat().st_size for j in journals.glob("*.cgj")] in ([0], [0, 0])
+        time.sleep(3)   # still full for a while after the BYE: the ENDED's instant must stay the BYE's
 
-        filler.unlink()   # room again: the same journal takes the next call's events
+        filler.unlink()   # room again: the timer writes the three, and the next call's events go behind them
         expect(disk, "disk", "+12125550312", OPEN, 200)
         delivered(disk, "disk")
         assert callgate_call(world, "+12125550312").answered_by == MOST_USER
-        assert not [c for c in calls(world, "ringing") + calls(world, "ended") if c.caller == "+12125550311"]
+        call = callgate_call(world, "+12125550311")
+        assert (call.ringing_user, call.answered_by, call.outcome) == (MOST_USER, MOST_USER, "answered")
+        # a 200 ms hold: no whole second talked, where the ENDED's write (3 s or more after the BYE) would bill 3
+        assert call.talked_seconds == 0 and call.ended_at - call.answered_at <= 1, call
+        text = proxy.text()
+        for kind in ("RINGING", "ANSWERED", "ENDED"):
+            assert f"callgate_events: {kind} of a call the disk refused before is spooled now" in text
+        assert "not spooled, lost" not in text
 
         # full again, with room left in the journal's last block: a record longer than that room is taken in part
-        # by the disk, and cut back
+        # by the disk, cut back, and kept
         filler = _fill(journals)
-        partial = "of a call not spooled, lost: the disk took part of the record"
+        partial = "of a call not spooled yet: the disk took part of the record; kept"
+        callers = []
         for n in range(10):
-            expect(disk, "disk", f"+1212555032{n}", OPEN, 200)
+            callers.append(f"+1212555032{n}")
+            expect(disk, "disk", callers[-1], OPEN, 200)
             if partial in proxy.text():
                 break
         assert partial in proxy.text(), proxy.text()[-3000:]
@@ -276,11 +290,51 @@ def test_a_full_disk_loses_events_whole_and_later_calls_reach_callgate(world, tm
         filler.unlink()
         expect(disk, "disk", "+12125550330", OPEN, 200)
         delivered(disk, "disk")
-        call = callgate_call(world, "+12125550330")
-        assert (call.ringing_user, call.answered_by, call.outcome) == (MOST_USER, MOST_USER, "answered")
+        for caller in (*callers, "+12125550330"):
+            call = callgate_call(world, caller)
+            assert (call.ringing_user, call.answered_by, call.outcome) == (MOST_USER, MOST_USER, "answered")
         journal_records(proxy)
         text = proxy.text()
+        assert "not spooled, lost" not in text
         assert "damaged record" not in text and "no record at" not in text and "Traceback" not in text
+
+
+def test_past_callgate_kept_max_calls_the_events_the_disk_refuses_are_lost_logged(world, tmp_path: Path) -> None:
+    """CALLGATE_KEPT_MAX bounds the calls that keep events in Kamailio's shared memory (a disk full for hours must
+    not take the memory new calls need): with 1, the first call's events are kept and written once there is room;
+    the second call's, while the first still waits, are lost, logged saying why."""
+    with small_disk(world, tmp_path, env={"CALLGATE_KEPT_MAX": "1"}) as proxy:
+        journals = Path(f"{proxy.spool}.journal")
+        disk = {"callgate": world["callgate"], "folder": tmp_path, "disk": proxy}
+        filler = _fill(journals)
+        expect(disk, "disk", "+12125550351", OPEN, 200)
+        wait_for(lambda: "ENDED of a call not spooled yet" in proxy.text())
+        expect(disk, "disk", "+12125550352", OPEN, 200)
+        over = "(and CALLGATE_KEPT_MAX calls already keep events for the disk)"
+        lost = [f"callgate_events: {kind} of a call not spooled, lost: {why} {over}" for kind, why in (
+            ("RINGING", "No space left on device"), ("ANSWERED", "No space left on device"),
+            ("ENDED", "No space left on device"))]
+        try:
+            wait_for(lambda: all(line in proxy.text() for line in lost))
+        except TimeoutError:
+            pytest.fail(f"Kamailio's log does not say the second call's events are lost: {proxy.text()[-3000:]}")
+        filler.unlink()
+        wait_for(lambda: "ENDED of a call the disk refused before is spooled now" in proxy.text())
+        delivered(disk, "disk")
+        call = callgate_call(world, "+12125550351")
+        assert (call.answered_by, call.outcome) == (MOST_USER, "answered")
+        assert not [c for c in calls(world, "ringing") + calls(world, "answered") + calls(world, "ended")
+                    if c.caller == "+12125550352"]
+
+
+@pytest.mark.parametrize("value", ["-1", "ten", "1000001", "1e3"])
+def test_a_callgate_kept_max_that_is_no_count_of_calls_stops_kamailio_saying_so(world, tmp_path: Path,
+                                                                                 value: str) -> None:
+    with pytest.raises(RuntimeError) as failed:
+        sip.Kamailio(tmp_path, world["callgate"].address, world["uas-most"].port, failover=world["failover"],
+                     children=1, env={"CALLGATE_KEPT_MAX": value}).stop()
+    assert (f"CALLGATE_KEPT_MAX must be a whole number of calls from 0 to 1000000 (0: nothing the disk refuses is "
+            f'kept), not "{value}"') in str(failed.value)
 
 
 def test_events_the_disk_refused_are_written_once_it_takes_them_at_their_instants(world, tmp_path: Path) -> None:
@@ -345,9 +399,7 @@ def test_an_answer_the_disk_refused_after_the_ringing_was_written_is_written_at_
             # (within the PBX's 2 s of ringing) the RINGING sent, its journal removed, so that the module begins
             # another at its next record (the page the RINGING used has room left: a full disk would still take the
             # ANSWERED there), held open here so that its pages stay taken, and the disk filled
-            held += [open(journal, "rb") for journal in journals.glob("*.cgj")]   # (closed below)
-            for handle in held:
-                os.unlink(handle.name)
+            held += _removed_but_open(journals)   # (closed below)
             filler = _fill(journals)
             kept = ("callgate_events: ANSWERED of a call not spooled yet: No space left on device; kept, and written "
                     "as soon as the disk takes it")
@@ -377,12 +429,65 @@ def test_an_answer_the_disk_refused_after_the_ringing_was_written_is_written_at_
         journal_records(proxy)
 
 
+def test_an_end_the_disk_refused_is_written_at_the_byes_instant(world, tmp_path: Path) -> None:
+    """The RINGING and ANSWERED written, the disk full at the BYE, room again seconds later: the ENDED, kept, is
+    written by the module's timer at the BYE's instant, so callgate bills the talk the call had, not the time the
+    disk took to have room (before, it was lost, and callgate billed the answered call until its expiry)."""
+    with small_disk(world, tmp_path) as proxy:
+        journals = Path(f"{proxy.spool}.journal")
+        done: list[tuple[bool, str]] = []
+        held: list[Any] = []
+        talk = threading.Thread(target=lambda: done.append(sip.call(
+            proxy.address, "+12125550343", OPEN, 200, tmp_path, hold_ms=2000)))
+        talk.start()
+        try:
+            wait_for(lambda: [c for c in calls(world, "answered") if c.caller == "+12125550343"], timeout=10)
+            # (while it talks) as the answer test above: the ENDED then needs a page the full disk has not
+            held += _removed_but_open(journals)
+            filler = _fill(journals)
+            kept = ("callgate_events: ENDED of a call not spooled yet: No space left on device; kept, and written as "
+                    "soon as the disk takes it")
+            try:
+                wait_for(lambda: kept in proxy.text())
+            except TimeoutError:
+                pytest.fail(f"Kamailio's log does not say the end is kept: {proxy.text()[-3000:]}")
+            assert [c for c in calls(world, "answered") if c.caller == "+12125550343"]
+            time.sleep(4)   # still full for a while after the BYE: the ENDED's instant must stay the BYE's
+            for handle in held:
+                handle.close()
+            filler.unlink()
+        finally:
+            for handle in held:
+                handle.close()
+            talk.join(60)
+        assert done and done[0][0], done
+        delivered({"disk": proxy}, "disk")
+        call = callgate_call(world, "+12125550343")
+        # talked the 2 s hold (seconds, cut), where the instant of the write would bill 5 or more
+        assert call.outcome == "answered" and 1 <= call.talked_seconds <= 3, call
+        text = proxy.text()
+        assert "callgate_events: ENDED of a call the disk refused before is spooled now" in text
+        assert "not spooled, lost" not in text
+        journal_records(proxy)
+
+
+def _removed_but_open(journals: Path) -> list[Any]:
+    """The journals in `journals` removed, and held open (the caller closes them): the module begins another at its
+    next record, and their pages stay taken (a page with room left would take a record on a full disk)."""
+    held = [open(journal, "rb") for journal in journals.glob("*.cgj")]
+    for handle in held:
+        os.unlink(handle.name)
+    return held
+
+
 @contextlib.contextmanager
-def small_disk(world: dict[str, Any], tmp_path: Path, pbx: str = "most") -> Iterator[sip.Kamailio]:
-    """A proxy (one SIP worker, in front of the PBX `pbx`, which names the longest user: ~1.3 KB of records a call)
-    whose journals are on a tmpfs of 64 KiB (root: as .ci/run runs), unmounted once the proxy is stopped."""
+def small_disk(world: dict[str, Any], tmp_path: Path, pbx: str = "most",
+               env: dict[str, str] | None = None) -> Iterator[sip.Kamailio]:
+    """A proxy (one SIP worker, in front of the PBX `pbx`, which names the longest user: ~1.3 KB of records a call;
+    `env`: more of its settings) whose journals are on a tmpfs of 64 KiB (root: as .ci/run runs), unmounted once the
+    proxy is stopped."""
     proxy = sip.Kamailio(tmp_path, world["callgate"].address, world[f"uas-{pbx}"].port, failover=world["failover"],
-                         children=1)
+                         children=1, env=env)
     journals = Path(f"{proxy.spool}.journal")
     mounted = False
     try:

@@ -60,7 +60,10 @@ C (KSR.callgate_events.track), and any call's dialog's end its ENDED
 (follow), appended to the worker's journal in the layout `spool_raw`
 writes, with no Python reply, failure or dialog route (`under_dialog`); an
 outbound call's replies stay here, and whatever the module says it cannot
-follow.
+follow.  What the disk refuses (a full disk) the module keeps with the call
+and writes at its own instant once the disk takes it, for at most
+CALLGATE_KEPT_MAX calls (10000, read by the module); what this script
+writes itself is lost when the disk refuses it, logged.
 
 Failure policy (CALLGATE_FAILURE), for callgate unreachable or later than
 the deadline (CALLGATE_DEADLINE_MS, default 50): `closed` (default) answers

@@ -31,12 +31,14 @@
  * payload, CLOCK_MONOTONIC ns, wall time (double), key bytes, call bytes; then the payload: for an event ("CGJ1")
  * its key (CALL:KIND), callgate's call id and the CallEventRequest; for a raw record ("CGJ2", no key or call)
  * "R1\0" KINDS "\0" AT "\0" OUTCOME "\0" RECORD "\0" USER.  One write() a reply; a write the disk refuses whole
- * or in part is cut back (nothing of it stays) and logged.  A RINGING or ANSWERED the disk refuses is kept with the
- * call (its instant and user), the call's later events behind it, and written at its own instant as soon as the
- * disk takes it (the module's timer tries every second, the call's next event first): a full disk while a call
- * rings and answers, room again while it talks, and callgate still has the call whole, its talk billed from the
- * answer; only what the call's end cannot write is lost, logged.  The limit of waiting events
- * (CALLGATE_SPOOL_MAX) is kept by the sender as it moves the journals.
+ * or in part is cut back (nothing of it stays) and logged.  An event the disk refuses is kept with the call (its
+ * instant, user and outcome), the call's later events behind it, its ENDED too, and written at its own instant as
+ * soon as the disk takes it (the module's timer tries every second, the call's next event first): a full disk while
+ * a call rings, answers or ends, room again later, and callgate still has the call whole, its talk billed from the
+ * answer to the BYE (a lost ENDED left an answered call to callgate's expiry, billed until then).  At most
+ * CALLGATE_KEPT_MAX calls (10,000) keep events, in shared memory: past it, and at Kamailio's stop, what the disk
+ * refuses is lost, logged.  The limit of waiting events (CALLGATE_SPOOL_MAX) is kept by the sender as it moves the
+ * journals.
  */
 
 #include <errno.h>
@@ -100,6 +102,7 @@ typedef struct {
 	struct timespec mono, wall;
 	char *user;          /* shared memory, or NULL: the record's user */
 	int user_len;
+	const char *outcome; /* an ENDED's (a string of outcome_of, the module's own: the same in every process) */
 	char why[64];        /* what the disk said */
 } cg_lost_t;
 
@@ -118,19 +121,23 @@ typedef struct cg_call {
 	int rung;
 	int answered;
 	int ended;
-	int lost;            /* CG_RINGING, CG_ANSWERED: refused by the disk, kept to be written */
+	int lost;            /* CG_RINGING, CG_ANSWERED, CG_ENDED: refused by the disk, kept to be written */
 	int listed;          /* in the list of calls with kept events (which holds a ref) */
 	int followed;        /* its dialog's end makes its ENDED here (follow): set before the dialog can end */
 	struct cg_call *kept_next;
-	cg_lost_t lost_at[2];   /* [0] the RINGING's, [1] the ANSWERED's */
+	cg_lost_t lost_at[3];   /* [0] the RINGING's, [1] the ANSWERED's, [2] the ENDED's */
 	int len;             /* the record's bytes */
 	int prepared_len;    /* then its events' common parts, encoded (cg_prepare); 0: the record is written raw */
 	char record[1];
 } cg_call_t;
 
-/* the calls with kept events (shared memory), for the module's timer */
+/* the calls with kept events (shared memory), for the module's timer, and how many they are: at most kept_max
+ * (CALLGATE_KEPT_MAX), because a call that keeps its ENDED outlives its dialog in shared memory, and a disk full
+ * for hours at hundreds of calls a second must not take the shared memory every new call needs */
 static gen_lock_t *kept_lock = NULL;
 static cg_call_t **kept_calls = NULL;
+static int *kept_count = NULL;
+static int kept_max = 10000;
 
 static struct tm_binds tmb;
 static struct dlg_binds dlgb;
@@ -166,6 +173,26 @@ static void read_boot_id(void)
 
 static void kept_timer(unsigned int ticks, void *param);
 
+/* CALLGATE_KEPT_MAX (the environment, as the script's settings): how many calls may keep events the disk refused;
+ * -1 (logged) for a value that is no whole number from 0 to 1,000,000 */
+static int kept_max_read(void)
+{
+	const char *text = getenv("CALLGATE_KEPT_MAX");
+	char *end = NULL;
+	long value;
+	if(text == NULL || text[0] == '\0')
+		return 0;
+	errno = 0;
+	value = strtol(text, &end, 10);
+	if(errno != 0 || end == text || *end != '\0' || value < 0 || value > 1000000) {
+		LM_ERR("callgate_events: CALLGATE_KEPT_MAX must be a whole number of calls from 0 to 1000000 (0: nothing "
+			   "the disk refuses is kept), not \"%.40s\"\n", text);
+		return -1;
+	}
+	kept_max = (int)value;
+	return 0;
+}
+
 static int mod_init(void)
 {
 	const char *spool = getenv("CALLGATE_SPOOL");
@@ -187,11 +214,16 @@ static int mod_init(void)
 	}
 	snprintf(journal_dir, n, "%s.journal", spool);
 	read_boot_id();
+	if(kept_max_read() < 0)
+		return -1;
 	kept_lock = lock_alloc();
 	kept_calls = (cg_call_t **)shm_malloc(sizeof(*kept_calls));
+	kept_count = (int *)shm_malloc(sizeof(*kept_count));
 	if(kept_calls != NULL)
 		*kept_calls = NULL;   /* (mod_destroy runs after a failed start too) */
-	if(kept_lock == NULL || kept_calls == NULL || lock_init(kept_lock) == NULL) {
+	if(kept_count != NULL)
+		*kept_count = 0;
+	if(kept_lock == NULL || kept_calls == NULL || kept_count == NULL || lock_init(kept_lock) == NULL) {
 		LM_ERR("callgate_events: no shared memory\n");
 		return -1;
 	}
@@ -415,10 +447,10 @@ static const char *kind_name(int kind)
 	return kind == CG_RINGING ? "RINGING" : kind == CG_ANSWERED ? "ANSWERED" : "ENDED";
 }
 
-/* where the call keeps its refused KIND (CG_RINGING or CG_ANSWERED) */
+/* where the call keeps its refused KIND (CG_RINGING, CG_ANSWERED or CG_ENDED) */
 static cg_lost_t *kept_of(cg_call_t *call, int kind)
 {
-	return &call->lost_at[kind == CG_RINGING ? 0 : 1];
+	return &call->lost_at[kind == CG_RINGING ? 0 : kind == CG_ANSWERED ? 1 : 2];
 }
 
 static void forget_lost(cg_call_t *call, int kind)
@@ -431,7 +463,7 @@ static void forget_lost(cg_call_t *call, int kind)
 	call->lost &= ~kind;
 }
 
-static const int kept_kinds[2] = {CG_RINGING, CG_ANSWERED};   /* in the order they are written */
+static const int kept_kinds[3] = {CG_RINGING, CG_ANSWERED, CG_ENDED};   /* in the order they are written */
 
 /* the call's kept events, in order, each at its own instant, until the disk refuses one (the call's lock held) */
 static void write_kept(cg_call_t *call)
@@ -440,13 +472,13 @@ static void write_kept(cg_call_t *call)
 	int i;
 	if(call->lost && journal_ready() < 0)
 		journal_error = "no journal";
-	for(i = 0; i < 2 && call->lost; i++) {
+	for(i = 0; i < 3 && call->lost; i++) {
 		cg_lost_t *lost = kept_of(call, kept_kinds[i]);
 		str who = {lost->user, lost->user_len};
 		if(!(call->lost & kept_kinds[i]))
 			continue;
-		if(journal_fd < 0 || journal_append(call, kind_name(kept_kinds[i]), "", lost->user != NULL ? who : none,
-				&lost->mono, &lost->wall) < 1) {
+		if(journal_fd < 0 || journal_append(call, kind_name(kept_kinds[i]), lost->outcome,
+				lost->user != NULL ? who : none, &lost->mono, &lost->wall) < 1) {
 			snprintf(lost->why, sizeof(lost->why), "%s", journal_error);
 			break;
 		}
@@ -459,7 +491,7 @@ static void write_kept(cg_call_t *call)
 static void lose_kept(cg_call_t *call, const char *when)
 {
 	int i;
-	for(i = 0; i < 2; i++) {
+	for(i = 0; i < 3; i++) {
 		if(call->lost & kept_kinds[i]) {
 			LM_ERR("callgate_events: %s of a call not spooled, lost: %s%s\n", kind_name(kept_kinds[i]),
 					kept_of(call, kept_kinds[i])->why, when);
@@ -474,28 +506,29 @@ static void list_kept(cg_call_t *call)
 	lock_get(kept_lock);
 	call->kept_next = *kept_calls;
 	*kept_calls = call;
+	(*kept_count)++;
 	lock_release(kept_lock);
 }
 
 /* the events KINDS (CG_ flags) of the call, at this instant, its outcome and the user the reply names, after the
  * call's kept events (a call's events reach the journal in order: nothing goes behind an event still refused).  An
- * event the disk refuses is kept (the RINGING and the ANSWERED: the timer writes them once the disk takes them);
- * the call's end (FINAL) is its last event: what it cannot write then is lost, logged.  A reply's event after the
- * call's end (an early dialog ended by hand) is not written. */
+ * event the disk refuses is kept, the call's end (FINAL) too: the timer writes them once the disk takes them, so
+ * that callgate bills the talk up to the BYE's instant, not until it expires the call.  Nothing is kept for a call
+ * whose dialog the module does not follow (the script's ENDED could be written before it), nor past
+ * CALLGATE_KEPT_MAX calls: lost, logged.  A reply's event after the call's end (an early dialog ended by hand) is
+ * not written. */
 static void call_events(cg_call_t *call, int kinds, const char *outcome, str user, int final)
 {
 	static const int order[3] = {CG_RINGING, CG_ANSWERED, CG_ENDED};
 	struct timespec mono, wall;
 	char names[32];
-	int i, n, kind, wanted[3], count = 0, list, stamped = 0;
+	int i, n, kind, wanted[3], count = 0, list, stamped = 0, room;
 	lock_get(&call->lock);
 	if(!final && call->ended) {
 		lock_release(&call->lock);
 		return;
 	}
 	write_kept(call);
-	if(final)   /* the call's last event: what is still refused is lost (its end still goes: it ends the call) */
-		lose_kept(call, "");
 	names[0] = '\0';
 	for(i = 0; i < 3; i++) {
 		if(kinds & order[i]) {
@@ -522,14 +555,15 @@ static void call_events(cg_call_t *call, int kinds, const char *outcome, str use
 		clock_gettime(CLOCK_MONOTONIC, &mono);
 		clock_gettime(CLOCK_REALTIME, &wall);
 	}
+	/* (a call already listed keeps all it must: its ENDED lost behind a kept ANSWERED would bill it to its expiry) */
+	room = call->listed || call->lost || kept_max > *(volatile int *)kept_count;
 	for(i = n; i < count; i++) {
 		kind = wanted[i];
 		if(i > n)   /* (not tried: behind the one the disk refused) */
 			journal_error = "behind an event of the call the disk refused";
-		/* (a call whose end the module does not write, its dialog not followed here, keeps nothing: the script's
-		 * ENDED could be written before what it kept) */
-		if(kind == CG_ENDED || final || !call->followed) {
-			LM_ERR("callgate_events: %s of a call not spooled, lost: %s\n", kind_name(kind), journal_error);
+		if(!call->followed || !room) {
+			LM_ERR("callgate_events: %s of a call not spooled, lost: %s%s\n", kind_name(kind), journal_error,
+					!call->followed ? "" : " (and CALLGATE_KEPT_MAX calls already keep events for the disk)");
 			continue;
 		}
 		if(!(call->lost & kind)) {
@@ -545,6 +579,7 @@ static void call_events(cg_call_t *call, int kinds, const char *outcome, str use
 			lost->wall = wall;
 			lost->user = NULL;
 			lost->user_len = 0;
+			lost->outcome = kind == CG_ENDED ? outcome : "";
 			snprintf(lost->why, sizeof(lost->why), "%s", journal_error);
 			if(user.len > 0 && user.s != NULL) {
 				if((lost->user = (char *)shm_malloc(user.len)) != NULL) {
@@ -606,6 +641,7 @@ static void release_call(void *param)
 	if(call != NULL && __sync_sub_and_fetch(&call->refs, 1) == 0) {
 		forget_lost(call, CG_RINGING);   /* (none: a call with kept events is held by the list) */
 		forget_lost(call, CG_ANSWERED);
+		forget_lost(call, CG_ENDED);
 		shm_free(call);
 	}
 }
@@ -634,6 +670,7 @@ static void kept_timer(unsigned int ticks, void *param)
 			at = &call->kept_next;
 		} else {
 			*at = call->kept_next;
+			(*kept_count)--;
 			release_call(call);
 		}
 	}
