@@ -26,7 +26,7 @@ import pytest
 from loadtest import sip
 
 from .serving import ROOT, Server, wait_for
-from .test_kamailio import OPEN, calls, delivered, expect, export_failover, push, sip_doc
+from .test_kamailio import OPEN, PBX, US_DEST, admin, calls, delivered, expect, export_failover, push, sip_doc
 from .test_kamailio_spool import spool
 
 BUILD = ROOT / "integrations" / "kamailio" / "callgate_events" / "build"
@@ -468,6 +468,43 @@ def test_an_end_the_disk_refused_is_written_at_the_byes_instant(world, tmp_path:
         text = proxy.text()
         assert "callgate_events: ENDED of a call the disk refused before is spooled now" in text
         assert "not spooled, lost" not in text
+        journal_records(proxy)
+
+
+def test_an_outbound_calls_events_the_disk_refused_are_kept_and_its_talk_billed(world, tmp_path: Path) -> None:
+    """An outbound call (a user of the trusted PBX) through a full disk, from its ringing to seconds after its end:
+    its RINGING still reaches callgate at once over RPC for the credit hold, and the module, which makes its events
+    now, keeps them and writes them at their instants once there is room (before, the script wrote its answer and
+    lost it: callgate kept the call ringing, unbilled, until it expired it).  The talk billed is the call's."""
+    from callgate.v1 import admin_pb2
+
+    admin(world).Credit(admin_pb2.CreditRequest(tenant="acme", amount="5.00", reference="events-outbound"), timeout=10)
+    time.sleep(0.5)   # (callgate's workers poll balances)
+    with small_disk(world, tmp_path) as proxy:
+        journals = Path(f"{proxy.spool}.journal")
+        filler = _fill(journals)
+        ok, report = sip.call(proxy.address, "u3", US_DEST, 200, tmp_path, source=PBX, hold_ms=2000)
+        assert ok, report
+        kept = [f"callgate_events: {kind} of a call not spooled yet: {why}; kept, and written as soon as the disk "
+                "takes it" for kind, why in (("RINGING", "No space left on device"),
+                                             ("ANSWERED", "behind an event of the call the disk refused"),
+                                             ("ENDED", "behind an event of the call the disk refused"))]
+        try:
+            wait_for(lambda: all(line in proxy.text() for line in kept))
+        except TimeoutError:
+            pytest.fail(f"Kamailio's log does not say the events are kept: {proxy.text()[-3000:]}")
+        # the hold's RPC told callgate of the ringing (and nothing else reached it yet)
+        [ringing] = [c for c in calls(world, "ringing") if c.direction == "outbound" and c.called == US_DEST]
+        time.sleep(3)   # still full for a while after the BYE: the answer's and the end's instants must stay theirs
+        filler.unlink()
+        wait_for(lambda: "ENDED of a call the disk refused before is spooled now" in proxy.text())
+        delivered({"disk": proxy}, "disk")
+        [call] = [c for c in calls(world, "ended") if c.call_id == ringing.call_id]
+        assert (call.ringing_user, call.answered_by, call.outcome) == ("u3", "u3", "answered")
+        # talked the 2 s hold (seconds, cut), where the instants of the writes would leave 0; one 60 s increment
+        assert 1 <= call.talked_seconds <= 3 and call.charge == "0.02", call
+        text = proxy.text()
+        assert "not spooled, lost" not in text and "Traceback" not in text
         journal_records(proxy)
 
 

@@ -58,9 +58,10 @@ WITH_CALLGATE_EVENTS; integrations/kamailio/callgate_events), an inbound or
 forwarded call's replies make its RINGING, ANSWERED and unanswered ENDED in
 C (KSR.callgate_events.track), and any call's dialog's end its ENDED
 (follow), appended to the worker's journal in the layout `spool_raw`
-writes, with no Python reply, failure or dialog route (`under_dialog`); an
-outbound call's replies stay here, and whatever the module says it cannot
-follow.  What the disk refuses (a full disk) the module keeps with the call
+writes, with no Python reply, failure or dialog route (`under_dialog`); of
+an outbound call's replies, only the RINGING's RPC for the hold and the
+talk's timer stay here; and whatever the module says it cannot follow.
+What the disk refuses (a full disk) the module keeps with the call
 and writes at its own instant once the disk takes it, for at most
 CALLGATE_KEPT_MAX calls (10000, read by the module); what this script
 writes itself is lost when the disk refuses it, logged.
@@ -566,7 +567,8 @@ class kamailio:
     def call_events(self, kinds: Sequence[str], call: dict[str, str], header_user: str, outcome: str = "",
                     at: int | None = None) -> list[tuple[str, Any]]:
         """The call's events `kinds`, in order, as (kind, request), from its record (`recall`): what a worker
-        sends itself (an outbound call's replies, a call recorded by the script before this one) and what the
+        sends itself (an outbound call's RINGING for its hold, a call recorded by the script before this one,
+        calls without the module) and what the
         sender makes of a raw record (`events_of`).  The user named is who the call rings at or talks with on
         our side: an outbound call's caller; else the user the PBX names in X-Callgate-User (`header_user`, if
         callgate takes it: at most USER_MAX characters), or the first member of the queue group (voicemail,
@@ -750,8 +752,9 @@ class kamailio:
     def under_dialog(self, timeout_s: int, fields: dict[str, str]) -> None:
         """Track the call as a dialog (its end is its ENDED; it ends itself, BYE both ways, after `timeout_s` of
         talk) with its events followed: where Kamailio loaded the callgate_events module, it makes them in C, the
-        replies' (track) and the dialog's end (follow), except for an outbound call's replies (its RINGING is sent
-        at once for its hold); what it does not make, this script's routes do, from the record kept where they
+        replies' (track) and the dialog's end (follow); of an outbound call's replies, this script's reply route
+        then only sends the RINGING at once for the credit hold and times the talk from the answer (the record in
+        $avp(cg_hold)); what the module does not make, this script's routes do, from the record kept where they
         read it (`remember`).  The call's callgate id and tenant also ride in the Record-Route, so that its BYE
         is still recognised after a Kamailio restart has lost the dialog.  `fields`: the call's record but its call
         id (tenant, dir, caller, called, line, user; a dict passed as it is: no keywords packed again)."""
@@ -761,26 +764,33 @@ class kamailio:
         managed = KSR.dialog.dlg_manage() > 0
         module = EVENTS_MODULE
         done = 0
-        if RELAYED_IN_MODULE and module is not None and managed and fields.get("dir") != "outbound":
+        outbound = fields.get("dir") == "outbound"
+        if RELAYED_IN_MODULE and module is not None and managed:
             # the module makes the record and does all of what follows in one call (~50 us less); what it did not
-            # do (it could not, or a module before `relayed`) is done here
+            # do (it could not, or a module before `relayed`, or one that left an outbound call's replies here) is
+            # done here
             try:
                 done = module.relayed(*[fields.get(name, "") for name in RELAYED_FIELDS])
             except Exception:   # (a field Kamailio cannot take as a C string, a NUL in it: nothing done)
                 done = 0
-            if done == RELAYED_ALL:
+            if done == RELAYED_ALL and not outbound:
                 return
             done = done if type(done) is int and done > 0 else 0
         call_id = self.new_call_id()
         record = self.call_record(call=call_id, **fields)
+        # (an outbound call's replies are tracked by relayed() only: a module's track() before it named who the
+        # reply names, where an outbound call's events name its caller)
         tracked = 1 if done & RELAYED_TRACKED else (
-            module.track(record) if module is not None and fields.get("dir") != "outbound" else -1)
+            module.track(record) if module is not None and not outbound else -1)
         followed = 1 if done & RELAYED_FOLLOWED else (
             module.follow(record) if module is not None and managed else -1)   # (the dialog made)
         self.remember(record, transaction=tracked < 1, dialog=followed < 1)
         if tracked < 1:
             KSR.tm.t_on_reply("ksr_onreply_invite")
             KSR.tm.t_on_failure("ksr_failure_invite")
+        elif outbound:   # its events are the module's; its hold and its talk's timer are this script's
+            KSR.pv.sets("$avp(cg_hold)", record)
+            KSR.tm.t_on_reply("ksr_onreply_invite")
         if not done & RELAYED_ROUTE:
             KSR.rr.add_rr_param(f";cgc={call_id.encode().hex()};cgt={fields.get('tenant', '').encode().hex()}")
 
@@ -959,6 +969,11 @@ class kamailio:
         status = int(KSR.pv.get("$rs") or 0)
         if status not in (180, 183, 200) or KSR.pv.get("$rm") != "INVITE":
             return 1
+        held = KSR.pv.get("$avp(cg_hold)")
+        if held:   # an outbound call whose events the module makes (it journals them, and keeps what a full disk
+            # refuses): its first ring still sends its RINGING at once for the hold, which the journal's replays
+            self.held_reply(held, status)
+            return 1
         text = self.record_text()
         # `remember` writes "dir":"outbound" thus only for an outbound call (a value's quotes are escaped):
         # that call's RINGING is sent at once for its hold, so its record is read here (and a record of the
@@ -977,14 +992,35 @@ class kamailio:
             return 1
         events = self.call_events(kinds, call, self.user_header(kinds))
         taken = self.spool_events(events)
-        outbound = call.get("dir") == "outbound"
-        if outbound and taken and events[0][0] == "RINGING":
-            self.hold(call_id, events[0][1])
-        paid = (KSR.pv.get("$avp(cg_paid)") or KSR.pv.get("$dlg_var(cg_paid)") or "") if outbound and status == 200 \
-            else ""
-        if paid.isdigit():  # talk is timed from the answer: a timer set at the 180 would count the ringing as talk
-            KSR.dialog.dlg_set_timeout(talk_timer(int(paid)))
+        if call.get("dir") == "outbound":
+            if taken and events[0][0] == "RINGING":
+                self.hold(call_id, events[0][1])
+            if status == 200:
+                self.time_talk()
         return 1
+
+    def held_reply(self, text: str, status: int) -> None:
+        """A reply of an outbound call whose events the module makes (`under_dialog`; `text`: its record): at its
+        first ring (180, 183, or a 200 without one) its RINGING goes to callgate at once for the credit hold, and
+        at the 200 the talk is timed."""
+        if self.ring_kinds():
+            try:
+                call = json.loads(text)
+                [(_, ringing)] = self.call_events(("RINGING",), {str(k): str(v) for k, v in call.items()}, "")
+            except (ValueError, TypeError, AttributeError) as exc:   # (no record `under_dialog` wrote: no hold)
+                KSR.err(f"callgate: the record of outbound call {KSR.pv.get('$ci')} cannot be read: {exc!r:.100}\n")
+            else:
+                self.hold(ringing.call_id, ringing)
+        if status == 200:
+            self.time_talk()
+
+    @staticmethod
+    def time_talk() -> None:
+        """At an outbound call's 200: the dialog's timer set to the talk its hold pays for, if the hold said
+        (timed from the answer: a timer set at the 180 would count the ringing as talk)."""
+        paid = KSR.pv.get("$avp(cg_paid)") or KSR.pv.get("$dlg_var(cg_paid)") or ""
+        if paid.isdigit():
+            KSR.dialog.dlg_set_timeout(talk_timer(int(paid)))
 
     def hold(self, call_id: str, request: Any) -> None:
         """An outbound call's RINGING, sent at once for its credit hold: the talk the hold pays for is kept for

@@ -22,7 +22,9 @@
  * failure (tm relays a late 200; Kamailio 5.6's dialog module does not revive the dialog, "bogus event", but
  * another version may).  Each returns 1, or -1 (logged where it is news)
  * when the script must make those events itself.
- * An outbound call's replies stay in Python (its RINGING is sent at once for its credit hold).
+ * relayed() tracks an outbound call's replies too (its events name its caller, whatever the reply says), so that a
+ * full disk keeps its answer as it keeps an inbound call's; the script still sends its RINGING at once over RPC for
+ * its credit hold, and the journal's RINGING reaches callgate as that event's replay.
  *
  * The journal: CALLGATE_SPOOL (the environment, as the script reads it) + ".journal/", one file per process
  * named PID.c-bBOOT-NS.cgj (callgate_spool.journal_name; the script's own journal is PID-bBOOT-NS.cgj: two
@@ -793,7 +795,7 @@ static int ki_follow(sip_msg_t *msg, str *record)
 /* KSR.callgate_events.relayed(tenant, dir, caller, called, line, user), after dlg_manage(), in place of what the
  * script's `under_dialog` does around it: the call's record made here (cg_call_record: as `call_record` writes it,
  * for callgate's call id $ci/$cs), its Record-Route parameters added (cgc, cgt), the INVITE's replies tracked
- * (not an outbound call's) and its dialog followed.  Each is a Python call (five into Kamailio) and ~50 us of a SIP
+ * (an outbound call's too: the script keeps only its hold's RPC and its talk's timer) and its dialog followed.  Each is a Python call (five into Kamailio) and ~50 us of a SIP
  * worker's INVITE with its cold caches, where this is one.  What it did, as the sum of the CG_RELAYED_ flags, or
  * -1 for nothing (a field that is not UTF-8, a call id past CG_CALL_ID_MAX, a record longer than the module
  * prepares, no rr module): the script does the rest itself. */
@@ -833,7 +835,7 @@ static int ki_relayed(sip_msg_t *msg, str *tenant, str *dir, str *caller, str *c
 		done |= CG_RELAYED_ROUTE;
 	rec.s = record;
 	rec.len = (int)n;
-	if(!(dir->len == 8 && memcmp(dir->s, "outbound", 8) == 0) && ki_track(msg, &rec) > 0)
+	if(ki_track(msg, &rec) > 0)
 		done |= CG_RELAYED_TRACKED;
 	if(ki_follow(msg, &rec) > 0)
 		done |= CG_RELAYED_FOLLOWED;
