@@ -879,9 +879,10 @@ class kamailio:
         KSR.hdr.append(f"P-Asserted-Identity: <sip:{d.caller_id}@{KSR.pv.get('$fd')}>\r\n")
         KSR.setdsturi(ROUTE_URI)
         # the talk the credit pays for: the dialog ends itself (BYE both ways) when it is used up; billed at
-        # the line the decision chose (the RINGING names it: a rule changed meanwhile does not unbill the call)
-        self.under_dialog(d.max_duration_s, {"tenant": tenant, "dir": "outbound", "user": user, "caller": user,
-                                             "called": destination, "line": d.line})
+        # the line the decision chose (the RINGING names it: a rule changed meanwhile does not unbill the call).
+        # The fields in relayed()'s order: the module's record and this script's are the same bytes
+        self.under_dialog(d.max_duration_s, {"tenant": tenant, "dir": "outbound", "caller": user,
+                                             "called": destination, "line": d.line, "user": user})
         return self.relay()
 
     def pickup(self, tenant: str, user: str, dialed: str) -> int:

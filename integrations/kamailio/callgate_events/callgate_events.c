@@ -38,8 +38,8 @@
  * soon as the disk takes it (the module's timer tries every second, the call's next event first): a full disk while
  * a call rings, answers or ends, room again later, and callgate still has the call whole, its talk billed from the
  * answer to the BYE (a lost ENDED left an answered call to callgate's expiry, billed until then).  At most
- * CALLGATE_KEPT_MAX calls (10,000) keep events, in shared memory: past it, and at Kamailio's stop, what the disk
- * refuses is lost, logged.  The limit of waiting events (CALLGATE_SPOOL_MAX) is kept by the sender as it moves the
+ * CALLGATE_KEPT_MAX calls (10,000) keep events, in shared memory, and none starts to while less than a quarter of it
+ * is free: past that, and at Kamailio's stop, what the disk refuses is lost, logged.  The limit of waiting events (CALLGATE_SPOOL_MAX) is kept by the sender as it moves the
  * journals.
  */
 
@@ -59,6 +59,7 @@
 #include "../../core/mem/mem.h"
 #include "../../core/mem/shm_mem.h"
 #include "../../core/kemi.h"
+#include "../../core/globals.h"
 #include "../../core/locking.h"
 #include "../../core/timer.h"
 #include "../../core/parser/msg_parser.h"
@@ -126,6 +127,7 @@ typedef struct cg_call {
 	int lost;            /* CG_RINGING, CG_ANSWERED, CG_ENDED: refused by the disk, kept to be written */
 	int listed;          /* in the list of calls with kept events (which holds a ref) */
 	int followed;        /* its dialog's end makes its ENDED here (follow): set before the dialog can end */
+	int outbound;        /* its events name its caller (cg_event.c): no reply's user is read or kept */
 	struct cg_call *kept_next;
 	cg_lost_t lost_at[3];   /* [0] the RINGING's, [1] the ANSWERED's, [2] the ENDED's */
 	int len;             /* the record's bytes */
@@ -133,12 +135,17 @@ typedef struct cg_call {
 	char record[1];
 } cg_call_t;
 
-/* the calls with kept events (shared memory), for the module's timer, and how many they are: at most kept_max
- * (CALLGATE_KEPT_MAX), because a call that keeps its ENDED outlives its dialog in shared memory, and a disk full
- * for hours at hundreds of calls a second must not take the shared memory every new call needs */
+/* the calls with kept events (shared memory, under kept_lock), oldest first, for the module's timer, and how many
+ * they are: at most kept_max (CALLGATE_KEPT_MAX), and none is added while less than a quarter of Kamailio's shared
+ * memory is free, because a call that keeps its ENDED outlives its dialog there, and a disk full for hours at
+ * hundreds of calls a second must not take the shared memory every new call needs */
+typedef struct {
+	cg_call_t *head;
+	cg_call_t **end;     /* the kept_next of the last call, or &head */
+	int count;
+} cg_kept_t;
 static gen_lock_t *kept_lock = NULL;
-static cg_call_t **kept_calls = NULL;
-static int *kept_count = NULL;
+static cg_kept_t *kept = NULL;
 static int kept_max = 10000;
 
 static struct tm_binds tmb;
@@ -219,13 +226,13 @@ static int mod_init(void)
 	if(kept_max_read() < 0)
 		return -1;
 	kept_lock = lock_alloc();
-	kept_calls = (cg_call_t **)shm_malloc(sizeof(*kept_calls));
-	kept_count = (int *)shm_malloc(sizeof(*kept_count));
-	if(kept_calls != NULL)
-		*kept_calls = NULL;   /* (mod_destroy runs after a failed start too) */
-	if(kept_count != NULL)
-		*kept_count = 0;
-	if(kept_lock == NULL || kept_calls == NULL || kept_count == NULL || lock_init(kept_lock) == NULL) {
+	kept = (cg_kept_t *)shm_malloc(sizeof(*kept));
+	if(kept != NULL) {   /* (mod_destroy runs after a failed start too) */
+		kept->head = NULL;
+		kept->end = &kept->head;
+		kept->count = 0;
+	}
+	if(kept_lock == NULL || kept == NULL || lock_init(kept_lock) == NULL) {
 		LM_ERR("callgate_events: no shared memory\n");
 		return -1;
 	}
@@ -467,6 +474,11 @@ static void forget_lost(cg_call_t *call, int kind)
 
 static const int kept_kinds[3] = {CG_RINGING, CG_ANSWERED, CG_ENDED};   /* in the order they are written */
 
+/* the kept events written by the timer this tick, and past how many each is not logged (a disk that has room
+ * again after minutes would otherwise log a line for each of thousands of calls' events) */
+static int kept_written = 0;
+#define CG_KEPT_LOGGED 10
+
 /* the call's kept events, in order, each at its own instant, until the disk refuses one (the call's lock held) */
 static void write_kept(cg_call_t *call)
 {
@@ -484,7 +496,9 @@ static void write_kept(cg_call_t *call)
 			snprintf(lost->why, sizeof(lost->why), "%s", journal_error);
 			break;
 		}
-		LM_NOTICE("callgate_events: %s of a call the disk refused before is spooled now\n", kind_name(kept_kinds[i]));
+		if(++kept_written <= CG_KEPT_LOGGED)
+			LM_NOTICE("callgate_events: %s of a call the disk refused before is spooled now\n",
+					kind_name(kept_kinds[i]));
 		forget_lost(call, kept_kinds[i]);
 	}
 }
@@ -502,14 +516,26 @@ static void lose_kept(cg_call_t *call, const char *when)
 	}
 }
 
-/* put the call in the timer's list (its lock not held: the list's lock is taken alone) */
+/* put the call at the end of the timer's list (its lock not held: the list's lock is taken alone) */
 static void list_kept(cg_call_t *call)
 {
 	lock_get(kept_lock);
-	call->kept_next = *kept_calls;
-	*kept_calls = call;
-	(*kept_count)++;
+	call->kept_next = NULL;
+	*kept->end = call;
+	kept->end = &call->kept_next;
+	kept->count++;
 	lock_release(kept_lock);
+}
+
+/* why a call that keeps nothing yet cannot start to ("" when it can): CALLGATE_KEPT_MAX calls keep events, or
+ * shared memory is short (both read without the list's lock: a bound, overshot by a call a process at most) */
+static const char *no_room_to_keep(void)
+{
+	if(kept_max <= *(volatile int *)&kept->count)
+		return " (and CALLGATE_KEPT_MAX calls already keep events for the disk)";
+	if(shm_available() < shm_mem_size / 4)
+		return " (and less than a quarter of Kamailio's shared memory is free: nothing more is kept)";
+	return "";
 }
 
 /* the events KINDS (CG_ flags) of the call, at this instant, its outcome and the user the reply names, after the
@@ -524,12 +550,14 @@ static void call_events(cg_call_t *call, int kinds, const char *outcome, str use
 	static const int order[3] = {CG_RINGING, CG_ANSWERED, CG_ENDED};
 	struct timespec mono, wall;
 	char names[32];
-	int i, n, kind, wanted[3], count = 0, list, stamped = 0, room;
+	int i, n, kind, wanted[3], count = 0, list, stamped = 0;
+	const char *full = "";
 	lock_get(&call->lock);
 	if(!final && call->ended) {
 		lock_release(&call->lock);
 		return;
 	}
+	kept_written = 0;
 	write_kept(call);
 	names[0] = '\0';
 	for(i = 0; i < 3; i++) {
@@ -558,14 +586,14 @@ static void call_events(cg_call_t *call, int kinds, const char *outcome, str use
 		clock_gettime(CLOCK_REALTIME, &wall);
 	}
 	/* (a call already listed keeps all it must: its ENDED lost behind a kept ANSWERED would bill it to its expiry) */
-	room = call->listed || call->lost || kept_max > *(volatile int *)kept_count;
+	if(n < count && call->followed && !call->listed && !call->lost)
+		full = no_room_to_keep();
 	for(i = n; i < count; i++) {
 		kind = wanted[i];
 		if(i > n)   /* (not tried: behind the one the disk refused) */
 			journal_error = "behind an event of the call the disk refused";
-		if(!call->followed || !room) {
-			LM_ERR("callgate_events: %s of a call not spooled, lost: %s%s\n", kind_name(kind), journal_error,
-					!call->followed ? "" : " (and CALLGATE_KEPT_MAX calls already keep events for the disk)");
+		if(!call->followed || full[0]) {
+			LM_ERR("callgate_events: %s of a call not spooled, lost: %s%s\n", kind_name(kind), journal_error, full);
 			continue;
 		}
 		if(!(call->lost & kind)) {
@@ -628,11 +656,12 @@ static void on_reply(struct cell *t, int type, struct tmcb_params *ps)
 	if(code == 180 || code == 183) {
 		if(!call->rung) {
 			call->rung = 1;
-			call_events(call, CG_RINGING, "", reply_user(ps->rpl), 0);
+			call_events(call, CG_RINGING, "", call->outbound ? (str)STR_NULL : reply_user(ps->rpl), 0);
 		}
 	} else if(code == 200 && !call->answered) {
 		call->answered = 1;
-		call_events(call, rung ? CG_ANSWERED : CG_RINGING | CG_ANSWERED, "", reply_user(ps->rpl), 0);
+		call_events(call, rung ? CG_ANSWERED : CG_RINGING | CG_ANSWERED, "",
+				call->outbound ? (str)STR_NULL : reply_user(ps->rpl), 0);
 		call->rung = 1;
 	}
 }
@@ -657,8 +686,9 @@ static void kept_timer(unsigned int ticks, void *param)
 {
 	cg_call_t **at, *call;
 	int refused = 0;
+	kept_written = 0;
 	lock_get(kept_lock);
-	for(at = kept_calls; (call = *at) != NULL;) {
+	for(at = &kept->head; (call = *at) != NULL;) {
 		int still;
 		lock_get(&call->lock);
 		if(call->lost && !refused) {
@@ -672,11 +702,16 @@ static void kept_timer(unsigned int ticks, void *param)
 			at = &call->kept_next;
 		} else {
 			*at = call->kept_next;
-			(*kept_count)--;
+			if(*at == NULL)
+				kept->end = at;
+			kept->count--;
 			release_call(call);
 		}
 	}
 	lock_release(kept_lock);
+	if(kept_written > CG_KEPT_LOGGED)
+		LM_NOTICE("callgate_events: %d more events the disk refused before are spooled now\n",
+				kept_written - CG_KEPT_LOGGED);
 }
 
 static void on_dialog_end(struct dlg_cell *dlg, int type, struct dlg_cb_params *params)
@@ -693,9 +728,9 @@ static void on_dialog_end(struct dlg_cell *dlg, int type, struct dlg_cb_params *
 static void mod_destroy(void)
 {
 	cg_call_t *call;
-	if(kept_calls == NULL)
+	if(kept == NULL)
 		return;
-	for(call = *kept_calls; call != NULL; call = call->kept_next)
+	for(call = kept->head; call != NULL; call = call->kept_next)
 		lose_kept(call, " (Kamailio stopped)");
 }
 
@@ -835,8 +870,11 @@ static int ki_relayed(sip_msg_t *msg, str *tenant, str *dir, str *caller, str *c
 		done |= CG_RELAYED_ROUTE;
 	rec.s = record;
 	rec.len = (int)n;
-	if(ki_track(msg, &rec) > 0)
+	if(ki_track(msg, &rec) > 0) {
 		done |= CG_RELAYED_TRACKED;
+		/* (before t_relay: no reply of it is handled yet) */
+		tracked_call->outbound = dir->len == 8 && memcmp(dir->s, "outbound", 8) == 0;
+	}
 	if(ki_follow(msg, &rec) > 0)
 		done |= CG_RELAYED_FOLLOWED;
 	return done > 0 ? done : -1;
