@@ -267,8 +267,9 @@ def test_a_full_disk_keeps_a_calls_events_to_its_end_and_writes_them_whole_at_th
         assert callgate_call(world, "+12125550312").answered_by == MOST_USER
         call = callgate_call(world, "+12125550311")
         assert (call.ringing_user, call.answered_by, call.outcome) == (MOST_USER, MOST_USER, "answered")
-        # a 200 ms hold: no whole second talked, where the ENDED's write (3 s or more after the BYE) would bill 3
-        assert call.talked_seconds == 0 and call.ended_at - call.answered_at <= 1, call
+        # a 200 ms hold: at most a second boundary crossed, where an ENDED stamped at its write (3 s or more after
+        # the BYE) would bill 3 or more
+        assert call.talked_seconds <= 1 and call.ended_at - call.answered_at <= 1, call
         text = proxy.text()
         for kind in ("RINGING", "ANSWERED", "ENDED"):
             assert f"callgate_events: {kind} of a call the disk refused before is spooled now" in text
