@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -249,14 +249,7 @@ def test_a_full_disk_keeps_a_calls_events_to_its_end_and_writes_them_whole_at_th
         # full before the first event: the worker's journal is made, and no record of it is written
         filler = _fill(journals)
         expect(disk, "disk", "+12125550311", OPEN, 200)
-        kept = [f"callgate_events: {kind} of a call not spooled yet: {why}; kept, and written as soon as the disk "
-                "takes it" for kind, why in (("RINGING", "No space left on device"),
-                                             ("ANSWERED", "behind an event of the call the disk refused"),
-                                             ("ENDED", "behind an event of the call the disk refused"))]
-        try:
-            wait_for(lambda: all(line in proxy.text() for line in kept))
-        except TimeoutError:
-            pytest.fail(f"Kamailio's log does not say the events are kept: {proxy.text()[-3000:]}")
+        _all_three_kept(proxy)
         # (the worker's journal, and the module timer's that tries the kept events again)
         assert [j.stat().st_size for j in journals.glob("*.cgj")] in ([0], [0, 0])
         time.sleep(3)   # still full for a while after the BYE: the ENDED's instant must stay the BYE's
@@ -405,37 +398,14 @@ def test_an_answer_the_disk_refused_after_the_ringing_was_written_is_written_at_
     """The RINGING written, the disk full at the 200 (the PBX rings 2 s first), room again while the call talks:
     the ANSWERED alone is kept and written by the module's timer at the 200's instant, long before the call's end
     (callgate expires a ringing call it hears nothing of after 10 minutes: a long call must not wait for its BYE)."""
+    def answered_while_it_talks(talk: threading.Thread) -> None:
+        wait_for(lambda: [c for c in calls(world, "answered") if c.caller == "+12125550342"], timeout=4)
+        assert talk.is_alive()
+
     with small_disk(world, tmp_path, "slow") as proxy:
-        journals = Path(f"{proxy.spool}.journal")
-        done: list[tuple[bool, str]] = []
-        held: list[Any] = []
-        talk = threading.Thread(target=lambda: done.append(sip.call(
-            proxy.address, "+12125550342", OPEN, 200, tmp_path, hold_ms=7000)))
-        talk.start()
-        try:
-            wait_for(lambda: [c for c in calls(world, "ringing") if c.caller == "+12125550342"], timeout=10)
-            # (within the PBX's 2 s of ringing) the RINGING sent, its journal removed, so that the module begins
-            # another at its next record (the page the RINGING used has room left: a full disk would still take the
-            # ANSWERED there), held open here so that its pages stay taken, and the disk filled
-            held += _removed_but_open(journals)   # (closed below)
-            filler = _fill(journals)
-            kept = ("callgate_events: ANSWERED of a call not spooled yet: No space left on device; kept, and written "
-                    "as soon as the disk takes it")
-            try:
-                wait_for(lambda: kept in proxy.text())
-            except TimeoutError:
-                pytest.fail(f"Kamailio's log does not say the answer is kept: {proxy.text()[-3000:]}")
-            time.sleep(3)   # still full for a while: the timer's tries fail, the instant must stay the 200's
-            for handle in held:
-                handle.close()
-            filler.unlink()
-            wait_for(lambda: [c for c in calls(world, "answered") if c.caller == "+12125550342"], timeout=4)
-            assert talk.is_alive()
-        finally:
-            for handle in held:
-                handle.close()
-            talk.join(60)
-        assert done and done[0][0], done
+        # (within the PBX's 2 s of ringing)
+        _full_during_a_call(world, proxy, tmp_path, "+12125550342", 7000, "ringing", "ANSWERED",
+                            after=answered_while_it_talks)
         delivered({"disk": proxy}, "disk")
         call = callgate_call(world, "+12125550342")
         assert (call.ringing_user, call.answered_by, call.outcome) == (MOST_USER, MOST_USER, "answered")
@@ -452,33 +422,8 @@ def test_an_end_the_disk_refused_is_written_at_the_byes_instant(world, tmp_path:
     written by the module's timer at the BYE's instant, so callgate bills the talk the call had, not the time the
     disk took to have room (before, it was lost, and callgate billed the answered call until its expiry)."""
     with small_disk(world, tmp_path) as proxy:
-        journals = Path(f"{proxy.spool}.journal")
-        done: list[tuple[bool, str]] = []
-        held: list[Any] = []
-        talk = threading.Thread(target=lambda: done.append(sip.call(
-            proxy.address, "+12125550343", OPEN, 200, tmp_path, hold_ms=2000)))
-        talk.start()
-        try:
-            wait_for(lambda: [c for c in calls(world, "answered") if c.caller == "+12125550343"], timeout=10)
-            # (while it talks) as the answer test above: the ENDED then needs a page the full disk has not
-            held += _removed_but_open(journals)
-            filler = _fill(journals)
-            kept = ("callgate_events: ENDED of a call not spooled yet: No space left on device; kept, and written as "
-                    "soon as the disk takes it")
-            try:
-                wait_for(lambda: kept in proxy.text())
-            except TimeoutError:
-                pytest.fail(f"Kamailio's log does not say the end is kept: {proxy.text()[-3000:]}")
-            assert [c for c in calls(world, "answered") if c.caller == "+12125550343"]
-            time.sleep(4)   # still full for a while after the BYE: the ENDED's instant must stay the BYE's
-            for handle in held:
-                handle.close()
-            filler.unlink()
-        finally:
-            for handle in held:
-                handle.close()
-            talk.join(60)
-        assert done and done[0][0], done
+        # (while it talks; still full 4 s after the BYE)
+        _full_during_a_call(world, proxy, tmp_path, "+12125550343", 2000, "answered", "ENDED", full_s=4)
         delivered({"disk": proxy}, "disk")
         call = callgate_call(world, "+12125550343")
         # talked the 2 s hold (seconds, cut), where the instant of the write would bill 5 or more
@@ -487,6 +432,43 @@ def test_an_end_the_disk_refused_is_written_at_the_byes_instant(world, tmp_path:
         assert "callgate_events: ENDED of a call the disk refused before is spooled now" in text
         assert "not spooled, lost" not in text
         journal_records(proxy)
+
+
+def _full_during_a_call(world: dict[str, Any], proxy: sip.Kamailio, tmp_path: Path, caller: str, hold_ms: int,
+                        state: str, kind: str, full_s: float = 3,
+                        after: Callable[[threading.Thread], None] | None = None) -> None:
+    """A call from `caller` (held `hold_ms`, in a thread) whose `kind` the disk refuses: once callgate has the call
+    in `state`, the journals are removed (`_removed_but_open`: the next record needs a page the full disk has not)
+    and the disk filled; Kamailio's log must say the event is kept; the disk stays full `full_s` more (the timer's
+    tries fail, the event's instant must stay its own), then has room, and `after(the call's thread)` runs while the
+    call may still talk.  Asserts the call succeeded."""
+    journals = Path(f"{proxy.spool}.journal")
+    done: list[tuple[bool, str]] = []
+    held: list[Any] = []
+    talk = threading.Thread(target=lambda: done.append(sip.call(
+        proxy.address, caller, OPEN, 200, tmp_path, hold_ms=hold_ms)))
+    talk.start()
+    try:
+        wait_for(lambda: [c for c in calls(world, state) if c.caller == caller], timeout=10)
+        held += _removed_but_open(journals)
+        filler = _fill(journals)
+        kept = (f"callgate_events: {kind} of a call not spooled yet: No space left on device; kept, and written as "
+                "soon as the disk takes it")
+        try:
+            wait_for(lambda: kept in proxy.text())
+        except TimeoutError:
+            pytest.fail(f"Kamailio's log does not say the {kind} is kept: {proxy.text()[-3000:]}")
+        time.sleep(full_s)
+        for handle in held:
+            handle.close()
+        filler.unlink()
+        if after is not None:
+            after(talk)
+    finally:
+        for handle in held:
+            handle.close()
+        talk.join(60)
+    assert done and done[0][0], done
 
 
 def test_an_outbound_calls_events_the_disk_refused_are_kept_and_its_talk_billed(world, tmp_path: Path) -> None:
@@ -503,14 +485,7 @@ def test_an_outbound_calls_events_the_disk_refused_are_kept_and_its_talk_billed(
         filler = _fill(journals)
         ok, report = sip.call(proxy.address, "u3", US_DEST, 200, tmp_path, source=PBX, hold_ms=2000)
         assert ok, report
-        kept = [f"callgate_events: {kind} of a call not spooled yet: {why}; kept, and written as soon as the disk "
-                "takes it" for kind, why in (("RINGING", "No space left on device"),
-                                             ("ANSWERED", "behind an event of the call the disk refused"),
-                                             ("ENDED", "behind an event of the call the disk refused"))]
-        try:
-            wait_for(lambda: all(line in proxy.text() for line in kept))
-        except TimeoutError:
-            pytest.fail(f"Kamailio's log does not say the events are kept: {proxy.text()[-3000:]}")
+        _all_three_kept(proxy)
         # the hold's RPC told callgate of the ringing (and nothing else reached it yet)
         [ringing] = [c for c in calls(world, "ringing") if c.direction == "outbound" and c.called == US_DEST]
         time.sleep(3)   # still full for a while after the BYE: the answer's and the end's instants must stay theirs
@@ -524,6 +499,19 @@ def test_an_outbound_calls_events_the_disk_refused_are_kept_and_its_talk_billed(
         text = proxy.text()
         assert "not spooled, lost" not in text and "Traceback" not in text
         journal_records(proxy)
+
+
+def _all_three_kept(proxy: sip.Kamailio) -> None:
+    """Kamailio's log says a call's RINGING, ANSWERED and ENDED were kept, all refused from the first (a call made
+    through a full disk)."""
+    kept = [f"callgate_events: {kind} of a call not spooled yet: {why}; kept, and written as soon as the disk takes "
+            "it" for kind, why in (("RINGING", "No space left on device"),
+                                   ("ANSWERED", "behind an event of the call the disk refused"),
+                                   ("ENDED", "behind an event of the call the disk refused"))]
+    try:
+        wait_for(lambda: all(line in proxy.text() for line in kept))
+    except TimeoutError:
+        pytest.fail(f"Kamailio's log does not say the events are kept: {proxy.text()[-3000:]}")
 
 
 def _removed_but_open(journals: Path) -> list[Any]:
