@@ -45,6 +45,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,6 +182,7 @@ static void read_boot_id(void)
 }
 
 static void kept_timer(unsigned int ticks, void *param);
+static void journal_forked(void);
 
 /* CALLGATE_KEPT_MAX (the environment, as the script's settings): how many calls may keep events the disk refused;
  * -1 (logged) for a value that is no whole number from 0 to 1,000,000 */
@@ -225,6 +227,10 @@ static int mod_init(void)
 	read_boot_id();
 	if(kept_max_read() < 0)
 		return -1;
+	if(pthread_atfork(NULL, NULL, journal_forked) != 0) {
+		LM_ERR("callgate_events: the fork handler cannot be registered\n");
+		return -1;
+	}
 	kept_lock = lock_alloc();
 	kept = (cg_kept_t *)shm_malloc(sizeof(*kept));
 	if(kept != NULL) {   /* (mod_destroy runs after a failed start too) */
@@ -245,8 +251,17 @@ static int mod_init(void)
 
 static void journal_close(void)
 {
-	if(journal_fd >= 0 && journal_pid == getpid())
+	if(journal_fd >= 0 && journal_pid != 0)
 		close(journal_fd);
+	journal_fd = -1;
+}
+
+/* in a child, at its fork (pthread_atfork): the journal it inherited is its parent's (left open: the parent's
+ * descriptor, never closed here), and it begins its own at its first event.  (Where getpid() at every event was a
+ * syscall an event.) */
+static void journal_forked(void)
+{
+	journal_pid = 0;
 	journal_fd = -1;
 }
 
@@ -255,14 +270,15 @@ static int journal_ready(void)
 {
 	char path[4096];
 	struct timespec now;
-	pid_t pid = getpid();
+	pid_t pid;
 	struct stat st;
 	/* (a journal removed under its writer, by hand or a sender that misjudged it: what it would take is lost, so
 	 * a new one, as callgate_spool.Journal does) */
-	if(journal_fd >= 0 && journal_pid == pid && journal_size < CG_ROTATE_BYTES
+	if(journal_fd >= 0 && journal_pid != 0 && journal_size < CG_ROTATE_BYTES
 			&& (fstat(journal_fd, &st) < 0 || st.st_nlink > 0))
 		return 0;
 	journal_close();
+	pid = getpid();
 	if(mkdir(journal_dir, 0750) < 0 && errno != EEXIST) {
 		LM_ERR("callgate_events: the journal directory %s cannot be made: %s\n", journal_dir, strerror(errno));
 		return -1;
