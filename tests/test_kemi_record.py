@@ -180,45 +180,6 @@ def test_a_raw_record_makes_the_events_the_worker_made_itself(
     assert kinds[0] == "RINGING" and len(kinds) == len(set(kinds)) >= 2
 
 
-@pytest.mark.parametrize(("replies", "holds", "other_worker_rang"), [
-    ([180, 200], 1, False),   # the hold at the ring; the 200 finds its answer
-    ([200], 1, False),        # a 200 without a ring: the hold there
-    ([200], 1, True),         # another worker's 180 rang, its hold's answer not in yet: the 200 asks again
-])
-def test_an_outbound_call_the_module_tracks_gets_its_hold_and_its_talk_timed_and_spools_nothing(
-        kemi: tuple[Any, Variables], worker_of: Any, replies: list[int], holds: int,
-        other_worker_rang: bool) -> None:
-    """An outbound call whose events the module makes ($avp(cg_hold)): its replies send the RINGING over RPC for the
-    hold once the call rings (a replay, where another worker's 180 sent it and its answer is not in yet: callgate
-    answers with the reply it recorded) and time the talk at the 200 by what the hold pays for; the script
-    appends nothing (the module journals the events)."""
-    script, pv = kemi
-    ksr = sys.modules["KSR"]
-    timers: list[int] = []
-    ksr.dialog.dlg_set_timeout = timers.append
-    worker = worker_of(Capture())
-    sent: list[Any] = []
-
-    def call_event(request: Any, **kwargs: Any) -> Any:   # callgate: the hold pays for 61 s
-        sent.append(request)
-        return types.SimpleNamespace(max_duration_s=61)
-
-    worker._stub = types.SimpleNamespace(CallEvent=call_event)
-    record = script.call_record(call="a@b/1", tenant="acme", dir="outbound", caller="u3", called="+15551230000",
-                                line="main", user="u3")
-    pv.values.clear()
-    pv.values.update({"$rm": "INVITE", "$ci": "a@b", "$avp(cg_hold)": record})
-    if other_worker_rang:
-        pv.values["$dlg_var(cg_rung)"] = "1"
-    for status in replies:
-        pv.values["$rs"] = str(status)
-        worker.ksr_onreply_invite(None)
-    assert [(r.call_id, r.user, r.caller, r.called, r.line, r.direction) for r in sent] == [
-        ("a@b/1", "u3", "u3", "+15551230000", "main", "outbound")] * holds
-    assert timers == [60]   # the 61 s the hold pays for, less a second's guard (CALLGATE_GUARD_S)
-    assert worker.spool.appended == []
-
-
 def test_a_worker_and_the_sender_through_a_real_spool(kemi: tuple[Any, Variables], worker_of: Any,
                                                       tmp_path: Path) -> None:
     """Two workers' raw records and a record of the script before this one, through the journals into the spool's

@@ -1003,10 +1003,8 @@ class kamailio:
     def held_reply(self, text: str, status: int) -> None:
         """A reply of an outbound call whose events the module makes (`under_dialog`; `text`: its record): at its
         first ring (180, 183, or a 200 without one) its RINGING goes to callgate at once for the credit hold, and
-        at the 200 the talk is timed.  A 200 that finds no hold's answer yet (the 180, in another worker, still
-        waits for it, or it failed) asks again: callgate answers the replay with the reply it recorded, and the
-        talk is timed by what the hold pays for, not by the Outbound decision's longer estimate."""
-        if self.ring_kinds() or (status == 200 and not self.paid()):
+        at the 200 the talk is timed."""
+        if self.ring_kinds():
             try:
                 call = json.loads(text)
                 [(_, ringing)] = self.call_events(("RINGING",), {str(k): str(v) for k, v in call.items()}, "")
@@ -1018,16 +1016,10 @@ class kamailio:
             self.time_talk()
 
     @staticmethod
-    def paid() -> str:
-        """The talk an outbound call's hold pays for, in seconds, as its RINGING's answer said (`remember_paid`);
-        "" before that answer (or without one)."""
-        return str(KSR.pv.get("$avp(cg_paid)") or KSR.pv.get("$dlg_var(cg_paid)") or "")
-
-    @staticmethod
     def time_talk() -> None:
         """At an outbound call's 200: the dialog's timer set to the talk its hold pays for, if the hold said
         (timed from the answer: a timer set at the 180 would count the ringing as talk)."""
-        paid = kamailio.paid()
+        paid = KSR.pv.get("$avp(cg_paid)") or KSR.pv.get("$dlg_var(cg_paid)") or ""
         if paid.isdigit():
             KSR.dialog.dlg_set_timeout(talk_timer(int(paid)))
 
