@@ -325,6 +325,8 @@ def test_past_callgate_kept_max_calls_the_events_the_disk_refuses_are_lost_logge
         expect(disk, "disk", "+12125550353", OPEN, 200)
         wait_for(lambda: proxy.text().count("ENDED of a call not spooled yet") == 2)
         filler.unlink()
+        wait_for(lambda: proxy.text().count("ENDED of a call the disk refused before is spooled now") == 2)
+        delivered(disk, "disk")
         call = callgate_call(world, "+12125550353")
         assert (call.answered_by, call.outcome) == (MOST_USER, "answered")
         assert proxy.text().count(over) == 3   # (the second call's three lines only)
@@ -421,9 +423,13 @@ def test_an_end_the_disk_refused_is_written_at_the_byes_instant(world, tmp_path:
     """The RINGING and ANSWERED written, the disk full at the BYE, room again seconds later: the ENDED, kept, is
     written by the module's timer at the BYE's instant, so callgate bills the talk the call had, not the time the
     disk took to have room (before, it was lost, and callgate billed the answered call until its expiry)."""
+    def still_answered() -> None:   # (the disk full: callgate has no end of the call yet)
+        assert [c for c in calls(world, "answered") if c.caller == "+12125550343"]
+
     with small_disk(world, tmp_path) as proxy:
         # (while it talks; still full 4 s after the BYE)
-        _full_during_a_call(world, proxy, tmp_path, "+12125550343", 2000, "answered", "ENDED", full_s=4)
+        _full_during_a_call(world, proxy, tmp_path, "+12125550343", 2000, "answered", "ENDED", full_s=4,
+                            while_full=still_answered)
         delivered({"disk": proxy}, "disk")
         call = callgate_call(world, "+12125550343")
         # talked the 2 s hold (seconds, cut), where the instant of the write would bill 5 or more
@@ -435,13 +441,13 @@ def test_an_end_the_disk_refused_is_written_at_the_byes_instant(world, tmp_path:
 
 
 def _full_during_a_call(world: dict[str, Any], proxy: sip.Kamailio, tmp_path: Path, caller: str, hold_ms: int,
-                        state: str, kind: str, full_s: float = 3,
+                        state: str, kind: str, full_s: float = 3, while_full: Callable[[], None] | None = None,
                         after: Callable[[threading.Thread], None] | None = None) -> None:
     """A call from `caller` (held `hold_ms`, in a thread) whose `kind` the disk refuses: once callgate has the call
     in `state`, the journals are removed (`_removed_but_open`: the next record needs a page the full disk has not)
     and the disk filled; Kamailio's log must say the event is kept; the disk stays full `full_s` more (the timer's
-    tries fail, the event's instant must stay its own), then has room, and `after(the call's thread)` runs while the
-    call may still talk.  Asserts the call succeeded."""
+    tries fail, the event's instant must stay its own; `while_full()` runs then), then has room, and `after(the
+    call's thread)` runs while the call may still talk.  Asserts the call succeeded."""
     journals = Path(f"{proxy.spool}.journal")
     done: list[tuple[bool, str]] = []
     held: list[Any] = []
@@ -459,6 +465,8 @@ def _full_during_a_call(world: dict[str, Any], proxy: sip.Kamailio, tmp_path: Pa
         except TimeoutError:
             pytest.fail(f"Kamailio's log does not say the {kind} is kept: {proxy.text()[-3000:]}")
         time.sleep(full_s)
+        if while_full is not None:
+            while_full()
         for handle in held:
             handle.close()
         filler.unlink()

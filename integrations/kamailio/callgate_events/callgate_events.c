@@ -38,9 +38,9 @@
  * soon as the disk takes it (the module's timer tries every second, the call's next event first): a full disk while
  * a call rings, answers or ends, room again later, and callgate still has the call whole, its talk billed from the
  * answer to the BYE (a lost ENDED left an answered call to callgate's expiry, billed until then).  At most
- * CALLGATE_KEPT_MAX calls (10,000) keep events, in shared memory, and none starts to while less than a quarter of it
- * is free: past that, and at Kamailio's stop, what the disk refuses is lost, logged.  The limit of waiting events (CALLGATE_SPOOL_MAX) is kept by the sender as it moves the
- * journals.
+ * CALLGATE_KEPT_MAX calls (10,000) keep events, in shared memory, and none starts to while less than an eighth of it
+ * is free: past that, and at Kamailio's stop, what the disk refuses is lost, logged.  The limit of waiting events
+ * (CALLGATE_SPOOL_MAX) is kept by the sender as it moves the journals.
  */
 
 #include <errno.h>
@@ -137,7 +137,7 @@ typedef struct cg_call {
 } cg_call_t;
 
 /* the calls with kept events (shared memory, under kept_lock), oldest first, for the module's timer, and how many
- * they are: at most kept_max (CALLGATE_KEPT_MAX), and none is added while less than a quarter of Kamailio's shared
+ * they are: at most kept_max (CALLGATE_KEPT_MAX), and none is added while less than an eighth of Kamailio's shared
  * memory is free, because a call that keeps its ENDED outlives its dialog there, and a disk full for hours at
  * hundreds of calls a second must not take the shared memory every new call needs */
 typedef struct {
@@ -256,11 +256,13 @@ static void journal_close(void)
 	journal_fd = -1;
 }
 
-/* in a child, at its fork (pthread_atfork): the journal it inherited is its parent's (left open: the parent's
- * descriptor, never closed here), and it begins its own at its first event.  (Where getpid() at every event was a
- * syscall an event.) */
+/* in a child, at its fork (pthread_atfork): the journal it inherited is its parent's (its copy of the descriptor
+ * closed: the parent's stays open), and it begins its own at its first event.  (Where getpid() at every event was
+ * a syscall an event.) */
 static void journal_forked(void)
 {
+	if(journal_fd >= 0)
+		close(journal_fd);
 	journal_pid = 0;
 	journal_fd = -1;
 }
@@ -549,8 +551,8 @@ static const char *no_room_to_keep(void)
 {
 	if(kept_max <= *(volatile int *)&kept->count)
 		return " (and CALLGATE_KEPT_MAX calls already keep events for the disk)";
-	if(shm_available() < shm_mem_size / 4)
-		return " (and less than a quarter of Kamailio's shared memory is free: nothing more is kept)";
+	if(shm_available() < shm_mem_size / 8)
+		return " (and less than an eighth of Kamailio's shared memory is free: nothing more is kept)";
 	return "";
 }
 
@@ -710,6 +712,16 @@ static void kept_timer(unsigned int ticks, void *param)
 		if(call->lost && !refused) {
 			write_kept(call);
 			refused = call->lost != 0;
+			if(refused && call->kept_next != NULL) {
+				/* to the end: the next tick tries the next call first (a record the disk cannot take, a big one
+				 * on a nearly full disk, must not keep the calls behind it waiting for good) */
+				lock_release(&call->lock);
+				*at = call->kept_next;
+				call->kept_next = NULL;
+				*kept->end = call;
+				kept->end = &call->kept_next;
+				continue;
+			}
 		}
 		still = call->lost != 0;
 		call->listed = still;
@@ -846,8 +858,9 @@ static int ki_follow(sip_msg_t *msg, str *record)
 /* KSR.callgate_events.relayed(tenant, dir, caller, called, line, user), after dlg_manage(), in place of what the
  * script's `under_dialog` does around it: the call's record made here (cg_call_record: as `call_record` writes it,
  * for callgate's call id $ci/$cs), its Record-Route parameters added (cgc, cgt), the INVITE's replies tracked
- * (an outbound call's too: the script keeps only its hold's RPC and its talk's timer) and its dialog followed.  Each is a Python call (five into Kamailio) and ~50 us of a SIP
- * worker's INVITE with its cold caches, where this is one.  What it did, as the sum of the CG_RELAYED_ flags, or
+ * (an outbound call's too: the script keeps only its hold's RPC and its talk's timer) and its dialog followed.
+ * Each is a Python call (five into Kamailio) and ~50 us of a SIP worker's INVITE with its cold caches, where this is
+ * one.  What it did, as the sum of the CG_RELAYED_ flags, or
  * -1 for nothing (a field that is not UTF-8, a call id past CG_CALL_ID_MAX, a record longer than the module
  * prepares, no rr module): the script does the rest itself. */
 static int ki_relayed(sip_msg_t *msg, str *tenant, str *dir, str *caller, str *called, str *line, str *user)
