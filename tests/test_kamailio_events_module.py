@@ -293,6 +293,28 @@ def test_a_full_disk_keeps_a_calls_events_to_its_end_and_writes_them_whole_at_th
         assert "damaged record" not in text and "no record at" not in text and "Traceback" not in text
 
 
+def test_a_disk_back_after_many_kept_events_logs_ten_of_them_and_counts_the_rest(world, tmp_path: Path) -> None:
+    """Four calls through a full disk keep twelve events; once there is room, the module's timer writes them all in
+    one tick, oldest call first, and logs ten of them, then one line for the other two (a disk back after minutes
+    at hundreds of calls a second logged a line for each)."""
+    with small_disk(world, tmp_path) as proxy:
+        journals = Path(f"{proxy.spool}.journal")
+        disk = {"callgate": world["callgate"], "folder": tmp_path, "disk": proxy}
+        filler = _fill(journals)
+        callers = [f"+1212555036{n}" for n in range(4)]
+        for caller in callers:
+            expect(disk, "disk", caller, OPEN, 200)
+        wait_for(lambda: proxy.text().count("ENDED of a call not spooled yet") == 4)
+        filler.unlink()
+        wait_for(lambda: "callgate_events: 2 more events the disk refused before are spooled now" in proxy.text())
+        assert proxy.text().count("of a call the disk refused before is spooled now") == 10
+        delivered(disk, "disk")
+        for caller in callers:
+            call = callgate_call(world, caller)
+            assert (call.ringing_user, call.answered_by, call.outcome) == (MOST_USER, MOST_USER, "answered")
+        assert "not spooled, lost" not in proxy.text()
+
+
 def test_past_callgate_kept_max_calls_the_events_the_disk_refuses_are_lost_logged(world, tmp_path: Path) -> None:
     """CALLGATE_KEPT_MAX bounds the calls that keep events in Kamailio's shared memory (a disk full for hours must
     not take the memory new calls need): with 1, the first call's events are kept and written once there is room;
