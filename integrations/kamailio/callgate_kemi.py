@@ -970,10 +970,10 @@ class kamailio:
         status = int(KSR.pv.get("$rs") or 0)
         if status not in (180, 183, 200) or KSR.pv.get("$rm") != "INVITE":
             return 1
-        held = KSR.pv.get("$avp(cg_hold)")
-        if held:   # an outbound call whose events the module makes (it journals them, and keeps what a full disk
-            # refuses): its first ring still sends its RINGING at once for the hold, which the journal's replays
-            self.held_reply(held, status)
+        if KSR.pv.get("$avp(cg_hold)"):   # an outbound call whose events the module makes (it journals them, and
+            # keeps what a full disk refuses): its first ring still sends its RINGING at once for the hold, which the
+            # journal's replays
+            self.held_reply(status)
             return 1
         text = self.record_text()
         # `remember` writes "dir":"outbound" thus only for an outbound call (a value's quotes are escaped):
@@ -1000,17 +1000,14 @@ class kamailio:
                 self.time_talk()
         return 1
 
-    def held_reply(self, text: str, status: int) -> None:
-        """A reply of an outbound call whose events the module makes (`under_dialog`; `text`: its record): at its
-        first ring (180, 183, or a 200 without one) its RINGING goes to callgate at once for the credit hold, and
-        at the 200 the talk is timed."""
+    def held_reply(self, status: int) -> None:
+        """A reply of an outbound call whose events the module makes (`under_dialog`: its record in
+        $avp(cg_hold)): at its first ring (180, 183, or a 200 without one) its RINGING goes to callgate at once for
+        the credit hold, and at the 200 the talk is timed."""
         if self.ring_kinds():
-            try:
-                call = json.loads(text)
-                [(_, ringing)] = self.call_events(("RINGING",), {str(k): str(v) for k, v in call.items()}, "")
-            except (ValueError, TypeError, AttributeError) as exc:   # (no record `under_dialog` wrote: no hold)
-                KSR.err(f"callgate: the record of outbound call {KSR.pv.get('$ci')} cannot be read: {exc!r:.100}\n")
-            else:
+            call = self.recall("$avp(cg_hold)")
+            if call.get("call"):   # ({} for a record `under_dialog` did not write: no hold)
+                [(_, ringing)] = self.call_events(("RINGING",), call, "")
                 self.hold(ringing.call_id, ringing)
         if status == 200:
             self.time_talk()

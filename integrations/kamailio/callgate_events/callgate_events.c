@@ -303,12 +303,13 @@ static int journal_ready(void)
 	return 0;
 }
 
-/* the first X-Callgate-User of a reply being relayed (private memory: parsed here), trimmed as $hdr() has it */
-static str reply_user(struct sip_msg *rpl)
+/* the first X-Callgate-User of a reply being relayed (private memory: parsed here), trimmed as $hdr() has it; none
+ * for an outbound call */
+static str reply_user(cg_call_t *call, struct sip_msg *rpl)
 {
 	str none = STR_NULL;
 	struct hdr_field *hf;
-	if(rpl == NULL || rpl == FAKED_REPLY)
+	if(call->outbound || rpl == NULL || rpl == FAKED_REPLY)   /* (an outbound call's events name its caller) */
 		return none;
 	if(parse_headers(rpl, HDR_EOH_F, 0) < 0)
 		return none;
@@ -674,12 +675,12 @@ static void on_reply(struct cell *t, int type, struct tmcb_params *ps)
 	if(code == 180 || code == 183) {
 		if(!call->rung) {
 			call->rung = 1;
-			call_events(call, CG_RINGING, "", call->outbound ? (str)STR_NULL : reply_user(ps->rpl), 0);
+			call_events(call, CG_RINGING, "", reply_user(call, ps->rpl), 0);
 		}
 	} else if(code == 200 && !call->answered) {
 		call->answered = 1;
 		call_events(call, rung ? CG_ANSWERED : CG_RINGING | CG_ANSWERED, "",
-				call->outbound ? (str)STR_NULL : reply_user(ps->rpl), 0);
+				reply_user(call, ps->rpl), 0);
 		call->rung = 1;
 	}
 }
