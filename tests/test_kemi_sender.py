@@ -85,6 +85,7 @@ def sender(kemi: tuple[Any, Variables], tmp_path: Path,  # noqa: F811
     worker.spool = module["Spool"](str(tmp_path / "events.sqlite"), 1000)
     worker._pid = os.getpid()
     monkeypatch.setitem(module, "SPOOL_FILE", str(tmp_path / "events.sqlite"))
+    monkeypatch.setitem(module, "SEND_EVERY_S", 0.0)   # (a round at every call; the cadence has a test of its own)
     yield worker
     killed(worker)
 
@@ -388,17 +389,85 @@ def test_a_callgate_that_goes_on_after_a_failure_gets_one_event_per_call_a_batch
     assert server.methods[-1] == "CallEventsInOrder" and server.batches[-1] == calls("c")
 
 
-def test_more_than_a_batch_in_a_round_all_sent_once_in_order(sender: Any) -> None:
+def test_more_than_a_batch_in_a_round_all_sent_straight_in_parts_once_in_order(sender: Any) -> None:
     server = CallEvents()
     warmed(sender, server)
-    ids = [f"m{i}" for i in range(200)]        # 600 events, SENDER_BATCH 500
+    ids = [f"m{i}" for i in range(400)]        # 1,200 events, SENDER_BATCH 500
     spool(sender, *calls(*ids))
     round_(sender)
-    round_(sender)
-    assert sorted(server.seen) == sorted(calls(*ids)) and len(server.batches[0]) == 500
-    for call in ids[::37]:
-        assert [key for key in server.seen if key.partition(":")[0] == call] == [f"{call}:{kind}" for kind in CALL]
-    assert not sender.backlog and {state for _, state in table(sender)} == {1}
+    assert [len(batch) for batch in server.batches] == [500, 500, 200] and server.seen == calls(*ids)
+    assert table(sender) == [] and not sender.backlog
+
+
+def test_a_part_not_answered_whole_leaves_the_rounds_later_parts_to_the_table_in_order(sender: Any) -> None:
+    """A call stopped in a round's first part (callgate could not take one of its events) may have events in the
+    next part: none is sent past it; they wait in the table behind it, and every call's events reach callgate
+    in order, once."""
+    server = CallEvents(lambda event: "UNAVAILABLE" if event.call_id == "m100" else "")
+    warmed(sender, server)
+    ids = [f"m{i}" for i in range(200)]        # 600 events: m100's RINGING in the first part, its ENDED in the next
+    spool(sender, *calls(*ids))
+    sender.ksr_callgate_sender(None)
+    # the second part (the ENDED of m100 to m199) not sent straight but kept, then sent from the table behind
+    # m100's first two events, in the same round: m100's wait again, the others go
+    m100 = [f"m100:{kind}" for kind in CALL]
+    assert [len(batch) for batch in server.batches] == [500, 102] and server.batches[1][:3] == m100
+    assert sender.backlog and [key for key, state in table(sender) if state == 0] == m100
+    answered = [key for key in server.seen if not key.startswith("m100:")]   # (m100's: not answered)
+
+    def answering_now(event: decisions_pb2.CallEventRequest) -> str:
+        answered.append(f"{event.call_id}:{decisions_pb2.CallEventRequest.Kind.Name(event.kind)}")
+        return ""
+
+    server.verdict = answering_now
+    for _ in range(3):
+        round_(sender)
+    assert sorted(answered) == sorted(calls(*ids)) and not sender.backlog   # each once
+    for call in ("m0", "m99", "m100", "m101", "m199"):
+        assert [key for key in answered if key.partition(":")[0] == call] == [f"{call}:{kind}" for kind in CALL]
+
+
+def test_a_round_comes_every_send_every_ms_and_at_every_tick_while_the_table_drains(
+        sender: Any, kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """rtimer calls the sender every 100 ms: it sends what the journals gained once CALLGATE_SEND_EVERY_MS has
+    passed since its last round (one gRPC call a round costs ~1 ms whatever it carries), but at every tick while
+    events wait in its table (after an outage: draining a backlog at a round a tick)."""
+    server = CallEvents()
+    warmed(sender, server)
+    monkeypatch.setitem(sender.ksr_callgate_sender.__globals__, "SEND_EVERY_S", 0.5)
+    spool(sender, *calls("a"))
+    sender.ksr_callgate_sender(None)                   # (due: the last round was SEND_EVERY_S 0)
+    spool(sender, *calls("b"))
+    sender.ksr_callgate_sender(None)                   # the next tick: not due
+    assert server.batches == [calls("a")]
+    sender.next_round -= 0.5                           # half a second later
+    sender.ksr_callgate_sender(None)
+    assert server.batches == [calls("a"), calls("b")]
+    server.down = True                                 # callgate away: c waits in the table
+    spool(sender, *calls("c"))
+    sender.next_round -= 0.5
+    sender.ksr_callgate_sender(None)
+    assert sender.backlog and [key for key, _ in table(sender)] == calls("c")
+    server.down = False
+    sender.backoff_until = 0.0
+    sender.ksr_callgate_sender(None)                   # the next tick, back: at once, from the table
+    assert server.batches[-1] == calls("c") and not sender.backlog
+
+
+@pytest.mark.parametrize("text, seconds", [("0", 0.0), ("100", 0.1), ("500", 0.5), ("10000", 10.0)])
+def test_send_every_ms_is_whole_milliseconds(kemi: tuple[Any, Variables], text: str,  # noqa: F811
+                                             seconds: float) -> None:
+    script, _ = kemi
+    assert script.send_straight.__globals__["send_every_s"](text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "-1", "10001", "0.5", "5e2", "\uff15\uff10\uff10", "500ms"])
+def test_a_send_every_ms_that_is_no_whole_milliseconds_is_refused_saying_what_is_wanted(
+        kemi: tuple[Any, Variables], text: str) -> None:  # noqa: F811
+    script, _ = kemi
+    with pytest.raises(ValueError, match="CALLGATE_SEND_EVERY_MS must be a whole number of milliseconds from 0 to "
+                                         "10000"):
+        script.send_straight.__globals__["send_every_s"](text)
 
 
 def test_a_send_that_fails_without_callgates_answer_loses_nothing(sender: Any) -> None:
