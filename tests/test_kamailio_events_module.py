@@ -511,9 +511,11 @@ def _full_during_a_call(world: dict[str, Any], proxy: sip.Kamailio, tmp_path: Pa
 
 def test_an_outbound_calls_events_the_disk_refused_are_kept_and_its_talk_billed(world, tmp_path: Path) -> None:
     """An outbound call (a user of the trusted PBX) through a full disk, from its ringing to seconds after its end:
-    its RINGING still reaches callgate at once over RPC for the credit hold, and the module, which makes its events
-    now, keeps them and writes them at their instants once there is room (before, the script wrote its answer and
-    lost it: callgate kept the call ringing, unbilled, until it expired it).  The talk billed is the call's."""
+    its RINGING still reaches callgate at once over RPC for the credit hold, and so does its ANSWERED, the module
+    keeping events (else callgate, past its ring timeout of 10 minutes, would expire the call unanswered before
+    the disk has room, its talk unbilled); the module, which makes its events now, keeps them and writes them at
+    their instants once there is room (before, the script wrote its answer and lost it: callgate kept the call
+    ringing, unbilled, until it expired it).  The talk billed is the call's."""
     from callgate.v1 import admin_pb2
 
     admin(world).Credit(admin_pb2.CreditRequest(tenant="acme", amount="5.00", reference="events-outbound"), timeout=10)
@@ -524,13 +526,15 @@ def test_an_outbound_calls_events_the_disk_refused_are_kept_and_its_talk_billed(
         ok, report = sip.call(proxy.address, "u3", US_DEST, 200, tmp_path, source=PBX, hold_ms=2000)
         assert ok, report
         _all_three_kept(proxy)
-        # the hold's RPC told callgate of the ringing (and nothing else reached it yet)
-        [ringing] = [c for c in calls(world, "ringing") if c.direction == "outbound" and c.called == US_DEST]
+        # the RPCs told callgate of the ringing (the hold) and of the answer (the module keeping events); nothing
+        # told it of the end yet
+        [talking] = [c for c in calls(world, "answered") if c.direction == "outbound" and c.called == US_DEST]
+        assert talking.answered_by == "u3"
         time.sleep(3)   # still full for a while after the BYE: the answer's and the end's instants must stay theirs
         filler.unlink()
         wait_for(lambda: "ENDED of a call the disk refused before is spooled now" in proxy.text())
         delivered({"disk": proxy}, "disk")
-        [call] = [c for c in calls(world, "ended") if c.call_id == ringing.call_id]
+        [call] = [c for c in calls(world, "ended") if c.call_id == talking.call_id]
         assert (call.ringing_user, call.answered_by, call.outcome) == ("u3", "u3", "answered")
         # talked the 2 s hold (seconds, cut), where the instants of the writes would leave 0; one 60 s increment
         assert 1 <= call.talked_seconds <= 3 and call.charge == "0.02", call

@@ -10,6 +10,7 @@ import sqlite3
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -614,3 +615,30 @@ def test_a_batch_made_of_its_events_bytes_is_the_batch_protobuf_makes(kemi: tupl
     raw = [e.SerializeToString() for e in events]
     assert b"".join(framed(r) for r in raw) == decisions_pb2.CallEventBatch(events=events).SerializeToString()
     assert list(decisions_pb2.CallEventBatch.FromString(b"".join(framed(r) for r in raw)).events) == events
+
+
+@pytest.mark.parametrize("keeping, paid, sent", [(3, "120", True), (-1, "120", False), (3, "", False)])
+def test_an_outbound_answer_goes_over_rpc_while_the_module_keeps_events_for_the_disk(
+        kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch, keeping: int, paid: str,  # noqa: F811
+        sent: bool) -> None:
+    """At an outbound call's 200 (the module makes its events): its ANSWERED goes to callgate at once over RPC
+    only while the module keeps events the disk refused (kept, it would reach callgate past its ring timeout on
+    a disk full that long), and only after the hold's RINGING was answered (else out of order)."""
+    script, pv = kemi
+    module = script.recall.__globals__
+    monkeypatch.setitem(module, "EVENTS_MODULE", types.SimpleNamespace(keeping=lambda: keeping))
+    monkeypatch.setattr(sys.modules["KSR"], "warn", lambda text: None, raising=False)
+    monkeypatch.setattr(sys.modules["KSR"], "dialog", types.SimpleNamespace(
+        var_sets=pv.var_sets, dlg_set_timeout=lambda seconds: None), raising=False)
+    worker = script()
+    asked: list[decisions_pb2.CallEventRequest] = []
+    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=lambda request, **kw: asked.append(request)), \
+        os.getpid()
+    pv.values["$avp(cg_hold)"] = script.call_record(call="o@pbx/1", tenant="acme", dir="outbound", caller="u3",
+                                                    called="+442071838750", line="", user="u3")
+    if paid:
+        pv.values["$avp(cg_paid)"] = paid
+    pv.values["$dlg_var(cg_rung)"] = "1"   # (it rang: its RINGING went for the hold at the 180)
+    worker.held_reply(200)
+    assert [(e.call_id, decisions_pb2.CallEventRequest.Kind.Name(e.kind), e.user) for e in asked] == (
+        [("o@pbx/1", "ANSWERED", "u3")] if sent else [])

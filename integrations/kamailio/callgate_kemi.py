@@ -61,7 +61,9 @@ C (KSR.callgate_events.track), and any call's dialog's end its ENDED
 (follow), appended to the worker's journal in the layout `spool_raw`
 writes, with no Python reply, failure or dialog route (`under_dialog`); of
 an outbound call's replies, only the RINGING's RPC for the hold and the
-talk's timer stay here; and whatever the module says it cannot follow.
+talk's timer stay here (and, while the module keeps events a full disk
+refused, the ANSWERED's RPC: `answer_past_the_disk`); and whatever the
+module says it cannot follow.
 What the disk refuses (a full disk) the module keeps with the call
 and writes at its own instant once the disk takes it, for at most
 CALLGATE_KEPT_MAX calls (10000, read by the module); what this script
@@ -1031,12 +1033,38 @@ class kamailio:
                 self.hold(ringing.call_id, ringing)
         if status == 200:
             self.time_talk()
+            self.answer_past_the_disk()
+
+    def answer_past_the_disk(self) -> None:
+        """At the 200 of an outbound call whose events the module makes, while it keeps events the disk refused (a
+        full disk: `keeping()`): the ANSWERED goes to callgate at once over RPC too, as the RINGING went for the
+        hold.  Kept, it would reach callgate only once the disk has room, and a disk full past callgate's ring
+        timeout (10 minutes) had the call expired unanswered there, its talk unbilled; the module's ANSWERED,
+        written later, is then a replay.  Only after the hold's RINGING was answered (`cg_paid`): an answer
+        without its ringing would reach callgate out of order."""
+        keeping = getattr(EVENTS_MODULE, "keeping", None)
+        if keeping is None or keeping() <= 0 or not self.paid():
+            return
+        call = self.recall("$avp(cg_hold)")
+        if not call.get("call"):
+            return
+        [(_, answered)] = self.call_events(("ANSWERED",), call, "")
+        try:
+            self.decisions.CallEvent(answered, timeout=DEADLINE_S, metadata=METADATA)
+        except self.grpc.RpcError as exc:   # (the module's, written once the disk has room, is all callgate gets)
+            KSR.warn(f"callgate: the answer of {answered.call_id} (its events wait for the disk): "
+                     f"{exc.code().name} {exc.details()}\n")
+
+    @staticmethod
+    def paid() -> str:
+        """The talk an outbound call's hold pays for ("" before its RINGING was answered: `remember_paid`)."""
+        return KSR.pv.get("$avp(cg_paid)") or KSR.pv.get("$dlg_var(cg_paid)") or ""
 
     @staticmethod
     def time_talk() -> None:
         """At an outbound call's 200: the dialog's timer set to the talk its hold pays for, if the hold said
         (timed from the answer: a timer set at the 180 would count the ringing as talk)."""
-        paid = KSR.pv.get("$avp(cg_paid)") or KSR.pv.get("$dlg_var(cg_paid)") or ""
+        paid = kamailio.paid()
         if paid.isdigit():
             KSR.dialog.dlg_set_timeout(talk_timer(int(paid)))
 
