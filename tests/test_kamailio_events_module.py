@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -509,38 +510,92 @@ def _full_during_a_call(world: dict[str, Any], proxy: sip.Kamailio, tmp_path: Pa
     assert done and done[0][0], done
 
 
-def test_an_outbound_calls_events_the_disk_refused_are_kept_and_its_talk_billed(world, tmp_path: Path) -> None:
-    """An outbound call (a user of the trusted PBX) through a full disk, from its ringing to seconds after its end:
-    its RINGING still reaches callgate at once over RPC for the credit hold, and so does its ANSWERED, the module
-    keeping events (else callgate, past its ring timeout of 10 minutes, would expire the call unanswered before
-    the disk has room, its talk unbilled); the module, which makes its events now, keeps them and writes them at
-    their instants once there is room (before, the script wrote its answer and lost it: callgate kept the call
-    ringing, unbilled, until it expired it).  The talk billed is the call's."""
+def _balance(world: dict[str, Any]) -> Decimal:
+    from callgate.v1 import admin_pb2
+
+    return Decimal(admin(world).GetBalance(admin_pb2.BalanceRequest(tenant="acme"), timeout=10).available)
+
+
+def _outbound_calls(world: dict[str, Any]) -> dict[str, Any]:
+    """callgate's outbound calls to US_DEST, ended or not, by call id."""
+    return {c.call_id: c for state in ("", "ended") for c in calls(world, state)
+            if c.direction == "outbound" and c.called == US_DEST}
+
+
+def _credited(world: dict[str, Any]) -> None:
     from callgate.v1 import admin_pb2
 
     admin(world).Credit(admin_pb2.CreditRequest(tenant="acme", amount="5.00", reference="events-outbound"), timeout=10)
     time.sleep(0.5)   # (callgate's workers poll balances)
+
+
+def _told_while_full(world: dict[str, Any], proxy: sip.Kamailio, before: dict[str, Any], balance: Decimal,
+                     filler: Path) -> None:
+    """The outbound call made since `before` is over and the disk still full: callgate has it whole from the
+    RPCs (the hold's RINGING, then, the module keeping events, its ANSWERED and its ENDED), its 2 s of talk billed
+    0.02; then the disk has room, the module writes what it kept (replays to callgate) and the call is charged
+    once."""
+    [call] = [c for i, c in _outbound_calls(world).items() if i not in before]
+    assert (call.state, call.ringing_user, call.answered_by, call.outcome) == ("ended", "u3", "u3", "answered"), call
+    # talked the 2 s hold (seconds, cut); one 60 s increment
+    assert 1 <= call.talked_seconds <= 3 and call.charge == "0.02", call
+    assert balance - _balance(world) == Decimal("0.02")
+    filler.unlink()
+    wait_for(lambda: "ENDED of a call the disk refused before is spooled now" in proxy.text())
+    delivered({"disk": proxy}, "disk")
+    assert _outbound_calls(world)[call.call_id] == call and balance - _balance(world) == Decimal("0.02")
+    text = proxy.text()
+    assert "not spooled, lost" not in text and "Traceback" not in text
+    journal_records(proxy)
+
+
+def test_an_outbound_calls_events_the_disk_refused_are_kept_and_its_talk_billed(world, tmp_path: Path) -> None:
+    """An outbound call (a user of the trusted PBX) through a full disk, from its ringing to seconds after its end:
+    its RINGING still reaches callgate at once over RPC for the credit hold, and so do its ANSWERED and its ENDED,
+    the module keeping events (kept, the answer would reach callgate only once the disk has room: past callgate's
+    ring timeout of 10 minutes callgate would have expired the call unanswered, its talk unbilled; and an end kept
+    behind an answer callgate has could be lost, at Kamailio's stop, leaving callgate an answered call to charge to
+    its expiry); the module, which makes its events, keeps them and writes them at their instants once there is
+    room, replays then.  The talk billed is the call's, once."""
+    _credited(world)
+    before, balance = _outbound_calls(world), _balance(world)
     with small_disk(world, tmp_path) as proxy:
-        journals = Path(f"{proxy.spool}.journal")
-        filler = _fill(journals)
+        filler = _fill(Path(f"{proxy.spool}.journal"))
         ok, report = sip.call(proxy.address, "u3", US_DEST, 200, tmp_path, source=PBX, hold_ms=2000)
         assert ok, report
         _all_three_kept(proxy)
-        # the RPCs told callgate of the ringing (the hold) and of the answer (the module keeping events); nothing
-        # told it of the end yet
-        [talking] = [c for c in calls(world, "answered") if c.direction == "outbound" and c.called == US_DEST]
-        assert talking.answered_by == "u3"
-        time.sleep(3)   # still full for a while after the BYE: the answer's and the end's instants must stay theirs
-        filler.unlink()
-        wait_for(lambda: "ENDED of a call the disk refused before is spooled now" in proxy.text())
-        delivered({"disk": proxy}, "disk")
-        [call] = [c for c in calls(world, "ended") if c.call_id == talking.call_id]
-        assert (call.ringing_user, call.answered_by, call.outcome) == ("u3", "u3", "answered")
-        # talked the 2 s hold (seconds, cut), where the instants of the writes would leave 0; one 60 s increment
-        assert 1 <= call.talked_seconds <= 3 and call.charge == "0.02", call
-        text = proxy.text()
-        assert "not spooled, lost" not in text and "Traceback" not in text
-        journal_records(proxy)
+        time.sleep(1)   # (still full after the BYE)
+        _told_while_full(world, proxy, before, balance, filler)
+
+
+def test_an_outbound_answer_on_a_disk_full_since_its_ringing_goes_to_callgate_at_once(world, tmp_path: Path) -> None:
+    """The RINGING written, the disk full while the call rings (the PBX rings 2 s), no call keeping events yet: the
+    script asks at the 200, before the module tries to write the ANSWERED, and the module says the journal's file
+    system is full (`keeping()`): the ANSWERED goes over RPC, then the ENDED, as when calls keep events already."""
+    _credited(world)
+    before, balance = _outbound_calls(world), _balance(world)
+    with small_disk(world, tmp_path, "slow") as proxy:
+        journals = Path(f"{proxy.spool}.journal")
+        done: list[tuple[bool, str]] = []
+        talk = threading.Thread(target=lambda: done.append(sip.call(
+            proxy.address, "u3", US_DEST, 200, tmp_path, source=PBX, hold_ms=2000)))
+        talk.start()
+        held: list[Any] = []
+        try:
+            # (the journal's RINGING written: the hold's RPC went before it, in the reply's route)
+            wait_for(lambda: any(b":RINGING" in j.read_bytes() for j in journals.glob("*.cgj")), timeout=10)
+            held += _removed_but_open(journals)
+            filler = _fill(journals)
+            talk.join(30)
+            assert done and done[0][0], done
+            text = proxy.text()
+            assert "RINGING of a call not spooled" not in text, text[-2000:]
+            assert ("ANSWERED of a call not spooled yet: No space left on device; kept" in text), text[-2000:]
+            _told_while_full(world, proxy, before, balance, filler)
+        finally:
+            for handle in held:
+                handle.close()
+            talk.join(30)
 
 
 def _all_three_kept(proxy: sip.Kamailio) -> None:

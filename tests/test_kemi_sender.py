@@ -74,6 +74,9 @@ class RpcError(grpc.RpcError):
     def code(self) -> grpc.StatusCode:
         return self.status
 
+    def details(self) -> str:
+        return f"{self.status.name} here"
+
 
 @pytest.fixture
 def sender(kemi: tuple[Any, Variables], tmp_path: Path,  # noqa: F811
@@ -428,6 +431,19 @@ def test_a_part_not_answered_whole_leaves_the_rounds_later_parts_to_the_table_in
         assert [key for key in answered if key.partition(":")[0] == call] == [f"{call}:{kind}" for kind in CALL]
 
 
+def test_a_refusal_for_good_in_a_part_lets_the_rounds_next_part_go_straight(sender: Any) -> None:
+    """An event callgate refuses for good (its call's last in the part) is final: the round's next part goes too,
+    and only the refused event is kept, as refused."""
+    ended = decisions_pb2.CallEventRequest.ENDED
+    server = CallEvents(lambda event: "FAILED_PRECONDITION" if event.call_id == "m50" and event.kind == ended else "")
+    warmed(sender, server)
+    ids = [f"m{i}" for i in range(200)]        # 600 events: m50's ENDED in the first part
+    spool(sender, *calls(*ids))
+    sender.ksr_callgate_sender(None)
+    assert [len(batch) for batch in server.batches] == [500, 100]
+    assert table(sender) == [("m50:ENDED", 2)] and not sender.backlog
+
+
 def test_a_round_comes_every_send_every_ms_and_at_every_tick_while_the_table_drains(
         sender: Any, kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """rtimer calls the sender every 100 ms: it sends what the journals gained once CALLGATE_SEND_EVERY_MS has
@@ -617,13 +633,16 @@ def test_a_batch_made_of_its_events_bytes_is_the_batch_protobuf_makes(kemi: tupl
     assert list(decisions_pb2.CallEventBatch.FromString(b"".join(framed(r) for r in raw)).events) == events
 
 
-@pytest.mark.parametrize("keeping, paid, sent", [(3, "120", True), (-1, "120", False), (3, "", False)])
-def test_an_outbound_answer_goes_over_rpc_while_the_module_keeps_events_for_the_disk(
-        kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch, keeping: int, paid: str,  # noqa: F811
+@pytest.mark.parametrize("keeping, paid, down, sent", [
+    (3, "120", False, True), (-1, "120", False, False), (3, "", False, False), (1, "120", True, False)])
+def test_an_outbound_answer_goes_over_rpc_while_the_module_keeps_events_for_the_disk_and_then_its_end(
+        kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch, keeping: int, paid: str, down: bool,  # noqa: F811
         sent: bool) -> None:
     """At an outbound call's 200 (the module makes its events): its ANSWERED goes to callgate at once over RPC
-    only while the module keeps events the disk refused (kept, it would reach callgate past its ring timeout on
-    a disk full that long), and only after the hold's RINGING was answered (else out of order)."""
+    only while the module keeps what the disk refuses (kept, it would reach callgate past its ring timeout on a
+    disk full that long), and only after the hold's RINGING was answered (else out of order); an answer callgate
+    took marks the dialog, whose end then goes over RPC too (callgate must never hold an answered call whose end
+    is lost); one it did not take (callgate away) leaves the end to the module."""
     script, pv = kemi
     module = script.recall.__globals__
     monkeypatch.setitem(module, "EVENTS_MODULE", types.SimpleNamespace(keeping=lambda: keeping))
@@ -632,13 +651,19 @@ def test_an_outbound_answer_goes_over_rpc_while_the_module_keeps_events_for_the_
         var_sets=pv.var_sets, dlg_set_timeout=lambda seconds: None), raising=False)
     worker = script()
     asked: list[decisions_pb2.CallEventRequest] = []
-    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=lambda request, **kw: asked.append(request)), \
-        os.getpid()
+
+    def call_event(request: decisions_pb2.CallEventRequest, **kwargs: Any) -> None:
+        if down:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE)
+        asked.append(request)
+
+    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=call_event), os.getpid()
     pv.values["$avp(cg_hold)"] = script.call_record(call="o@pbx/1", tenant="acme", dir="outbound", caller="u3",
                                                     called="+442071838750", line="", user="u3")
     if paid:
         pv.values["$avp(cg_paid)"] = paid
     pv.values["$dlg_var(cg_rung)"] = "1"   # (it rang: its RINGING went for the hold at the 180)
     worker.held_reply(200)
-    assert [(e.call_id, decisions_pb2.CallEventRequest.Kind.Name(e.kind), e.user) for e in asked] == (
-        [("o@pbx/1", "ANSWERED", "u3")] if sent else [])
+    worker.ksr_dialog_event(None, "dialog:end")   # (the BYE; the module follows the dialog: no $dlg_var(cg))
+    assert [(e.call_id, decisions_pb2.CallEventRequest.Kind.Name(e.kind), e.user, e.outcome) for e in asked] == (
+        [("o@pbx/1", "ANSWERED", "u3", ""), ("o@pbx/1", "ENDED", "", "answered")] if sent else [])

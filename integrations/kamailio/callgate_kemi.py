@@ -39,7 +39,8 @@ the SIP path), except for an outbound call's RINGING (below); a timer process
 making the events of those records (`events_of`), in the order they were
 written, and sends them in CallEvents calls of up to 500 events (a round
 costs ~1 ms of CPU however few it carries); only what callgate did not
-answer goes into the spool's SQLite file (CALLGATE_SPOOL), sent first from
+answer (and the round's later calls, behind a call not answered) goes into
+the spool's SQLite file (CALLGATE_SPOOL), sent first from
 then on, with backoff while callgate is unreachable or slow.  An event
 callgate refuses for good (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION)
 is logged and kept as refused; one it fails with INTERNAL (a fault it could
@@ -1036,15 +1037,19 @@ class kamailio:
             self.answer_past_the_disk()
 
     def answer_past_the_disk(self) -> None:
-        """At the 200 of an outbound call whose events the module makes, while it keeps events the disk refused (a
+        """At the 200 of an outbound call whose events the module makes, while what the disk refuses is kept (a
         full disk: `keeping()`): the ANSWERED goes to callgate at once over RPC too, as the RINGING went for the
         hold.  Kept, it would reach callgate only once the disk has room, and a disk full past callgate's ring
-        timeout (10 minutes) had the call expired unanswered there, its talk unbilled; the module's ANSWERED,
-        written later, is then a replay.  Only after the hold's RINGING was answered (`cg_paid`): an answer
-        without its ringing would reach callgate out of order."""
+        timeout (10 minutes) had the call expired unanswered there, its talk unbilled.  Only after the hold's
+        RINGING was answered (`cg_paid`): an answer without its ringing would reach callgate out of order.  An
+        answer callgate took marks the dialog (`cg_told`): its end goes over RPC too (`end_past_the_disk`), so that
+        callgate never holds an answered call whose end is lost (a kept ENDED is lost past CALLGATE_KEPT_MAX and
+        at Kamailio's stop), which it would charge to its expiry, 24 hours.  The module's events, written once
+        the disk has room, are then replays."""
         keeping = getattr(EVENTS_MODULE, "keeping", None)
         if keeping is None or keeping() <= 0 or not self.paid():
             return
+        record = self.record_text("$avp(cg_hold)")
         call = self.recall("$avp(cg_hold)")
         if not call.get("call"):
             return
@@ -1053,6 +1058,21 @@ class kamailio:
             self.decisions.CallEvent(answered, timeout=DEADLINE_S, metadata=METADATA)
         except self.grpc.RpcError as exc:   # (the module's, written once the disk has room, is all callgate gets)
             KSR.warn(f"callgate: the answer of {answered.call_id} (its events wait for the disk): "
+                     f"{exc.code().name} {exc.details()}\n")
+            return
+        KSR.dialog.var_sets("cg_told", record)
+
+    def end_past_the_disk(self) -> None:
+        """At the end of a dialog whose answer went over RPC (`answer_past_the_disk`): its ENDED too, whatever the
+        disk does now (the module's, kept or written, is a replay)."""
+        call = self.recall("$dlg_var(cg_told)")
+        if not call.get("call"):
+            return
+        [(_, ended)] = self.call_events(("ENDED",), call, "", "answered")
+        try:
+            self.decisions.CallEvent(ended, timeout=DEADLINE_S, metadata=METADATA)
+        except self.grpc.RpcError as exc:   # (the module's is then all callgate gets)
+            KSR.warn(f"callgate: the end of {ended.call_id}, whose answer went over RPC: "
                      f"{exc.code().name} {exc.details()}\n")
 
     @staticmethod
@@ -1105,6 +1125,9 @@ class kamailio:
         if text:
             self.spool_raw(("ENDED",), text, "answered")
             return 1
+        if KSR.pv.get("$dlg_var(cg_told)"):   # (an outbound call the module follows, answered while the disk was full)
+            self.end_past_the_disk()
+            return 1
         call = self.recall("$dlg_var(cg)")
         if call.get("call") and call.get("tenant"):
             self.spool_events(self.call_events(("ENDED",), call, "", "answered"))
@@ -1113,9 +1136,10 @@ class kamailio:
     # -- the sender (an rtimer process) ------------------------------------------------------
 
     def ksr_callgate_sender(self, msg: Any, *_route: Any) -> int:
-        """A round of the sender: the SIP workers' new journal records are sent straight away in one CallEvents
-        call while nothing waits in the spool's table, and only what is not answered goes into it (the table is
-        the spool's backlog: an event written, then read, updated and marked there cost ~60 us a call); else
+        """A round of the sender: the SIP workers' new journal records are sent straight away in CallEvents calls
+        (`send_straight`) while nothing waits in the spool's table, and only what is not answered goes into it
+        (the table is the spool's backlog: an event written, then read, updated and marked there cost ~60 us a
+        call); else
         they join the table's backlog, sent oldest first.  A call's events go in order; back off while callgate
         cannot take them.  rtimer calls this every tick (100 ms): a round is due SEND_EVERY_S after the last one,
         and at every tick while events wait in the table (a backlog drains at up to SENDER_BATCH events a tick)."""
@@ -1169,9 +1193,10 @@ class kamailio:
 
     def send_straight(self, rows: list[Any]) -> list[tuple[int, int, str]]:
         """A round's new events (rows: key, call, request, wall) sent in calls of SENDER_BATCH (callgate takes
-        1,000 at most), each part once the one before was answered whole; at the first part not all answered
-        (a call stopped in it may have later events in the next part) the rest is left unsent: (position in
-        `rows`, state, error) as `send` answers them."""
+        1,000 at most), each part once the one before was answered whole (sent or refused for good); at the first
+        part not all answered, or with an event to try again (a call stopped in it may have later events in the
+        next part), the rest is left unsent, for the table: (position in `rows`, state, error) as `send` answers
+        them.  (Each part has its own deadline: a slow callgate holds this process a deadline a part.)"""
         answers: list[tuple[int, int, str]] = []
         for start in range(0, len(rows), SENDER_BATCH):
             part = rows[start:start + SENDER_BATCH]
@@ -1182,7 +1207,9 @@ class kamailio:
                 self.back_off(f"the events could not be sent: {exc!r:.200}")
                 break
             answers.extend((start + at, state, error) for at, state, error in got)
-            if len(got) != len(part) or any(state != SENT for _, state, _ in got):
+            # (a refusal is final: its call's next event may go, here as from the table; an event to try again
+            # holds its call's later ones)
+            if len(got) != len(part) or any(state == RETRY for _, state, _ in got):
                 break
         return answers
 

@@ -25,6 +25,8 @@
  * relayed() tracks an outbound call's replies too (its events name its caller, whatever the reply says), so that a
  * full disk keeps its answer as it keeps an inbound call's; the script still sends its RINGING at once over RPC for
  * its credit hold, and the journal's RINGING reaches callgate as that event's replay.
+ * KSR.callgate_events.keeping(), at an outbound call's 200: > 0 while what the disk refuses is kept (the disk full),
+ * when the script sends the call's ANSWERED and then its ENDED over RPC too (the journal's are replays).
  *
  * The journal: CALLGATE_SPOOL (the environment, as the script reads it) + ".journal/", one file per process
  * named PID.c-bBOOT-NS.cgj (callgate_spool.journal_name; the script's own journal is PID-bBOOT-NS.cgj: two
@@ -51,6 +53,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -144,6 +147,7 @@ typedef struct {
 	cg_call_t *head;
 	cg_call_t **end;     /* the kept_next of the last call, or &head */
 	int count;
+	int refusing;        /* the disk refused the last journal write of any process (a hint: no lock) */
 } cg_kept_t;
 static gen_lock_t *kept_lock = NULL;
 static cg_kept_t *kept = NULL;
@@ -237,6 +241,7 @@ static int mod_init(void)
 		kept->head = NULL;
 		kept->end = &kept->head;
 		kept->count = 0;
+		kept->refusing = 0;
 	}
 	if(kept_lock == NULL || kept == NULL || lock_init(kept_lock) == NULL) {
 		LM_ERR("callgate_events: no shared memory\n");
@@ -351,8 +356,11 @@ static int journal_write(const char *buf, size_t total)
 	} while(written < 0 && errno == EINTR);
 	if(written == (ssize_t)total) {
 		journal_size += written;
+		if(*(volatile int *)&kept->refusing)   /* (read first: no write to a shared line at every event) */
+			*(volatile int *)&kept->refusing = 0;
 		return 0;
 	}
+	*(volatile int *)&kept->refusing = 1;
 	journal_error = written < 0 ? strerror(errno) : "the disk took part of the record";
 	if(ftruncate(journal_fd, journal_size) < 0)
 		journal_close();   /* the next record begins a new file; the reader sets this one aside */
@@ -593,6 +601,7 @@ static void call_events(cg_call_t *call, int kinds, const char *outcome, str use
 	if(call->lost) {
 		journal_error = "behind an event of the call the disk refused";
 	} else if(journal_ready() < 0) {
+		*(volatile int *)&kept->refusing = 1;
 		journal_error = "no journal";
 	} else {
 		clock_gettime(CLOCK_MONOTONIC, &mono);
@@ -910,14 +919,32 @@ static int ki_relayed(sip_msg_t *msg, str *tenant, str *dir, str *caller, str *c
 	return done > 0 ? done : -1;
 }
 
-/* how many calls keep events the disk refused (a full disk), or -1 for none: while some do, the script sends an
- * outbound call's answer over RPC too (kept, it would reach callgate only once the disk has room, and past
- * callgate's ring timeout callgate has expired the call unanswered, its talk unbilled).  (Read without the list's
- * lock: a hint, a call behind at most.) */
+/* a journal's file system with fewer free blocks than this is taken as full (a reply's records take one or two) */
+#define CG_LOW_BLOCKS 16
+
+/* whether the disk refuses the journal's writes, or is about to, and what it refuses is kept, to be written once it
+ * has room: the calls that keep events (1 when none does yet: the disk refused the last write, or the journal's file
+ * system is full), or -1 when the disk takes the writes, or nothing more can be kept (CALLGATE_KEPT_MAX calls keep
+ * events, or shared memory is short: what the disk refuses is lost).  Meanwhile the script sends an outbound call's
+ * answer over RPC too: kept, it would reach callgate only once the disk has room, and past callgate's ring timeout
+ * callgate has expired the call unanswered, its talk unbilled.  The script asks at the 200, before this module
+ * writes its ANSWERED: hence the look at the file system (a statvfs, at an outbound call's answer only).  (The
+ * list read without its lock: a hint; a call that keeps events already keeps all it must, whatever this says.) */
 static int ki_keeping(sip_msg_t *msg)
 {
-	int count = kept != NULL ? *(volatile int *)&kept->count : 0;
-	return count > 0 ? count : -1;
+	struct statvfs fs;
+	int count;
+	if(kept == NULL)
+		return -1;
+	count = *(volatile int *)&kept->count;
+	if(no_room_to_keep()[0])
+		return -1;
+	if(count > 0)
+		return count;
+	if(*(volatile int *)&kept->refusing
+			|| (journal_dir != NULL && statvfs(journal_dir, &fs) == 0 && fs.f_bavail < CG_LOW_BLOCKS))
+		return 1;
+	return -1;
 }
 
 /* clang-format off */
