@@ -532,7 +532,7 @@ def _credited(world: dict[str, Any]) -> None:
 def _told_while_full(world: dict[str, Any], proxy: sip.Kamailio, before: dict[str, Any], balance: Decimal,
                      filler: Path) -> None:
     """The outbound call made since `before` is over and the disk still full: callgate has it whole from the
-    RPCs (the hold's RINGING, then, the module keeping events, its ANSWERED and its ENDED), its 2 s of talk billed
+    RPCs (the hold's RINGING, then, the answer waiting for the disk, its ANSWERED and its ENDED), its 2 s of talk billed
     0.02; then the disk has room, the module writes what it kept (replays to callgate) and the call is charged
     once."""
     [call] = [c for i, c in _outbound_calls(world).items() if i not in before]
@@ -552,7 +552,7 @@ def _told_while_full(world: dict[str, Any], proxy: sip.Kamailio, before: dict[st
 def test_an_outbound_calls_events_the_disk_refused_are_kept_and_its_talk_billed(world, tmp_path: Path) -> None:
     """An outbound call (a user of the trusted PBX) through a full disk, from its ringing to seconds after its end:
     its RINGING still reaches callgate at once over RPC for the credit hold, and so do its ANSWERED and its ENDED,
-    the module keeping events (kept, the answer would reach callgate only once the disk has room: past callgate's
+    its answer waiting for the disk (kept, it would reach callgate only once the disk has room: past callgate's
     ring timeout of 10 minutes callgate would have expired the call unanswered, its talk unbilled; and an end kept
     behind an answer callgate has could be lost, at Kamailio's stop, leaving callgate an answered call to charge to
     its expiry); the module, which makes its events, keeps them and writes them at their instants once there is
@@ -571,7 +571,7 @@ def test_an_outbound_calls_events_the_disk_refused_are_kept_and_its_talk_billed(
 def test_an_outbound_answer_on_a_disk_full_since_its_ringing_goes_to_callgate_at_once(world, tmp_path: Path) -> None:
     """The RINGING written, the disk full while the call rings (the PBX rings 2 s), no call keeping events yet: the
     script asks at the 200, before the module tries to write the ANSWERED, and the module says the journal's file
-    system is full (`keeping()`): the ANSWERED goes over RPC, then the ENDED, as when calls keep events already."""
+    system is full (`answer_waits()`): the ANSWERED goes over RPC, then the ENDED, as when the call keeps events."""
     _credited(world)
     before, balance = _outbound_calls(world), _balance(world)
     with small_disk(world, tmp_path, "slow") as proxy:

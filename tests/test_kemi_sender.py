@@ -633,19 +633,20 @@ def test_a_batch_made_of_its_events_bytes_is_the_batch_protobuf_makes(kemi: tupl
     assert list(decisions_pb2.CallEventBatch.FromString(b"".join(framed(r) for r in raw)).events) == events
 
 
-@pytest.mark.parametrize("keeping, paid, down, sent", [
-    (3, "120", False, True), (-1, "120", False, False), (3, "", False, False), (1, "120", True, False)])
-def test_an_outbound_answer_goes_over_rpc_while_the_module_keeps_events_for_the_disk_and_then_its_end(
-        kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch, keeping: int, paid: str, down: bool,  # noqa: F811
-        sent: bool) -> None:
+@pytest.mark.parametrize("waits, paid, down, sent", [
+    (1, "120", False, ["ANSWERED", "ENDED"]), (-1, "120", False, []), (1, "", False, []),
+    (1, "120", True, ["ANSWERED"])])
+def test_an_outbound_answer_goes_over_rpc_when_it_would_wait_for_the_disk_and_then_its_end(
+        kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch, waits: int, paid: str, down: bool,  # noqa: F811
+        sent: list[str]) -> None:
     """At an outbound call's 200 (the module makes its events): its ANSWERED goes to callgate at once over RPC
-    only while the module keeps what the disk refuses (kept, it would reach callgate past its ring timeout on a
-    disk full that long), and only after the hold's RINGING was answered (else out of order); an answer callgate
-    took marks the dialog, whose end then goes over RPC too (callgate must never hold an answered call whose end
-    is lost); one it did not take (callgate away) leaves the end to the module."""
+    only when the module says the answer will wait for the disk (kept, it would reach callgate past its ring
+    timeout on a disk full that long), and only after the hold's RINGING was answered (else out of order); an
+    answer callgate took marks the dialog, whose end then goes over RPC too (callgate must not hold an answered
+    call whose end is lost); one it did not take (callgate away) leaves the end to the module."""
     script, pv = kemi
     module = script.recall.__globals__
-    monkeypatch.setitem(module, "EVENTS_MODULE", types.SimpleNamespace(keeping=lambda: keeping))
+    monkeypatch.setitem(module, "EVENTS_MODULE", types.SimpleNamespace(answer_waits=lambda: waits))
     monkeypatch.setattr(sys.modules["KSR"], "warn", lambda text: None, raising=False)
     monkeypatch.setattr(sys.modules["KSR"], "dialog", types.SimpleNamespace(
         var_sets=pv.var_sets, dlg_set_timeout=lambda seconds: None), raising=False)
@@ -653,9 +654,9 @@ def test_an_outbound_answer_goes_over_rpc_while_the_module_keeps_events_for_the_
     asked: list[decisions_pb2.CallEventRequest] = []
 
     def call_event(request: decisions_pb2.CallEventRequest, **kwargs: Any) -> None:
+        asked.append(request)   # (every try)
         if down:
             raise RpcError(grpc.StatusCode.UNAVAILABLE)
-        asked.append(request)
 
     worker._stub, worker._pid = types.SimpleNamespace(CallEvent=call_event), os.getpid()
     pv.values["$avp(cg_hold)"] = script.call_record(call="o@pbx/1", tenant="acme", dir="outbound", caller="u3",
@@ -665,5 +666,32 @@ def test_an_outbound_answer_goes_over_rpc_while_the_module_keeps_events_for_the_
     pv.values["$dlg_var(cg_rung)"] = "1"   # (it rang: its RINGING went for the hold at the 180)
     worker.held_reply(200)
     worker.ksr_dialog_event(None, "dialog:end")   # (the BYE; the module follows the dialog: no $dlg_var(cg))
-    assert [(e.call_id, decisions_pb2.CallEventRequest.Kind.Name(e.kind), e.user, e.outcome) for e in asked] == (
-        [("o@pbx/1", "ANSWERED", "u3", ""), ("o@pbx/1", "ENDED", "", "answered")] if sent else [])
+    assert [(e.call_id, decisions_pb2.CallEventRequest.Kind.Name(e.kind)) for e in asked] == [
+        ("o@pbx/1", kind) for kind in sent]
+    assert [(e.user, e.outcome) for e in asked] == [("u3", ""), ("", "answered")][:len(sent)]
+
+
+def test_an_end_the_spool_refuses_goes_to_callgate_over_rpc(kemi: tuple[Any, Variables],  # noqa: F811
+                                                             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The script's own ENDED (a dialog it follows, a BYE after a restart lost the dialog) that the spool refuses
+    (a full disk) goes to callgate over RPC: lost, callgate would charge the answered call to its expiry."""
+    script, pv = kemi
+    monkeypatch.setattr(sys.modules["KSR"], "warn", lambda text: None, raising=False)
+    said: list[str] = []
+    monkeypatch.setattr(sys.modules["KSR"], "notice", said.append, raising=False)
+    monkeypatch.setattr(sys.modules["KSR"], "err", said.append, raising=False)
+    worker = script()
+    asked: list[decisions_pb2.CallEventRequest] = []
+    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=lambda request, **kw: asked.append(request)), \
+        os.getpid()
+    record = script.call_record(call="i@pbx/1", tenant="acme", dir="inbound", caller="+12125550000",
+                                called="+14155550199", line="", user="u1")
+    pv.values["$dlg_var(cg)"] = record
+    monkeypatch.setattr(worker, "spool_raw", lambda *args, **kwargs: True)
+    worker.ksr_dialog_event(None, "dialog:end")
+    assert asked == []                         # (spooled: nothing over RPC)
+    monkeypatch.setattr(worker, "spool_raw", lambda *args, **kwargs: False)
+    worker.ksr_dialog_event(None, "dialog:end")
+    assert [(e.call_id, e.tenant, decisions_pb2.CallEventRequest.Kind.Name(e.kind), e.outcome) for e in asked] == [
+        ("i@pbx/1", "acme", "ENDED", "answered")]
+    assert said == ["callgate: the end of i@pbx/1 went to callgate over RPC (the spool refused it)\n"]

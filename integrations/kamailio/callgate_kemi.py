@@ -62,9 +62,10 @@ C (KSR.callgate_events.track), and any call's dialog's end its ENDED
 (follow), appended to the worker's journal in the layout `spool_raw`
 writes, with no Python reply, failure or dialog route (`under_dialog`); of
 an outbound call's replies, only the RINGING's RPC for the hold and the
-talk's timer stay here (and, while the module keeps events a full disk
-refused, the ANSWERED's RPC: `answer_past_the_disk`); and whatever the
-module says it cannot follow.
+talk's timer stay here (and, when its answer would wait for a full disk,
+the ANSWERED's RPC, then the ENDED's from the dialog's end route:
+`answer_past_the_disk`); and whatever the module says it cannot follow.
+An ENDED the spool refuses (a full disk) goes to callgate over RPC.
 What the disk refuses (a full disk) the module keeps with the call
 and writes at its own instant once the disk takes it, for at most
 CALLGATE_KEPT_MAX calls (10000, read by the module); what this script
@@ -218,6 +219,8 @@ PROC_MAIN, PROC_INIT = 0, -127   # Kamailio's process ranks for its main process
 RAW_TAG = "R1\0"                   # a raw record of the journals (spool_raw): this layout's version
 RAW_TAG_BYTES = RAW_TAG.encode()
 OUTBOUND_MARK = '"dir":"outbound"'  # in a record `remember` wrote, only for an outbound call
+TOLD = "its answer went over RPC"     # why `tell_ended` sends a call's end: its answer went so,
+REFUSED_END = "the spool refused it"  # or the spool refused the end
 # the entry points Kamailio calls (kamailio.cfg), timed with CALLGATE_TIMINGS
 ROUTES = ("ksr_request_route", "ksr_onreply_invite", "ksr_failure_invite", "ksr_dialog_event",
           "ksr_callgate_sender")
@@ -985,7 +988,9 @@ class kamailio:
     def lost_dialog_ended(self) -> None:
         call_id, tenant = self.route_param("cgc"), self.route_param("cgt")
         if call_id and tenant:
-            self.spool_events(self.call_events(("ENDED",), {"call": call_id, "tenant": tenant}, "", "answered"))
+            call = {"call": call_id, "tenant": tenant}
+            if not self.spool_events(self.call_events(("ENDED",), call, "", "answered")):
+                self.tell_ended(call, REFUSED_END)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -1037,17 +1042,17 @@ class kamailio:
             self.answer_past_the_disk()
 
     def answer_past_the_disk(self) -> None:
-        """At the 200 of an outbound call whose events the module makes, while what the disk refuses is kept (a
-        full disk: `keeping()`): the ANSWERED goes to callgate at once over RPC too, as the RINGING went for the
-        hold.  Kept, it would reach callgate only once the disk has room, and a disk full past callgate's ring
-        timeout (10 minutes) had the call expired unanswered there, its talk unbilled.  Only after the hold's
-        RINGING was answered (`cg_paid`): an answer without its ringing would reach callgate out of order.  An
-        answer callgate took marks the dialog (`cg_told`): its end goes over RPC too (`end_past_the_disk`), so that
-        callgate never holds an answered call whose end is lost (a kept ENDED is lost past CALLGATE_KEPT_MAX and
-        at Kamailio's stop), which it would charge to its expiry, 24 hours.  The module's events, written once
-        the disk has room, are then replays."""
-        keeping = getattr(EVENTS_MODULE, "keeping", None)
-        if keeping is None or keeping() <= 0 or not self.paid():
+        """At the 200 of an outbound call whose events the module makes, when its answer will wait for the disk
+        (a full disk: the module's `answer_waits()`): the ANSWERED goes to callgate at once over RPC too, as the
+        RINGING went for the hold.  Kept, it would reach callgate only once the disk has room, and a disk full past
+        callgate's ring timeout (10 minutes) had the call expired unanswered there, its talk unbilled.  Only after
+        the hold's RINGING was answered (`cg_paid`): an answer without its ringing would reach callgate out of
+        order.  An answer callgate took marks the dialog (`cg_told`): its end goes over RPC too (`tell_ended` at
+        the dialog's end), so that callgate does not hold an answered call whose end is lost later (past
+        CALLGATE_KEPT_MAX, at Kamailio's stop), which it would charge to its expiry, 24 hours.  The module's
+        events, written once the disk has room, are then replays."""
+        waits = getattr(EVENTS_MODULE, "answer_waits", None)
+        if waits is None or waits() <= 0 or not self.paid():
             return
         record = self.record_text("$avp(cg_hold)")
         call = self.recall("$avp(cg_hold)")
@@ -1062,18 +1067,23 @@ class kamailio:
             return
         KSR.dialog.var_sets("cg_told", record)
 
-    def end_past_the_disk(self) -> None:
-        """At the end of a dialog whose answer went over RPC (`answer_past_the_disk`): its ENDED too, whatever the
-        disk does now (the module's, kept or written, is a replay)."""
-        call = self.recall("$dlg_var(cg_told)")
-        if not call.get("call"):
+    def tell_ended(self, call: dict[str, str], why: str) -> None:
+        """The call's ENDED (answered), now, to callgate over RPC: for a call whose answer went so
+        (`answer_past_the_disk`), and for an end the spool refused (a full disk).  An end lost leaves callgate an
+        answered call to charge to its expiry (24 hours); sent before an answer still in the journal, it ends the
+        call unanswered and the answer is refused: unbilled, the lesser harm.  The journal's, if written, is a
+        replay.  `why`: for the log."""
+        if not call.get("call") or not call.get("tenant"):
             return
         [(_, ended)] = self.call_events(("ENDED",), call, "", "answered")
         try:
             self.decisions.CallEvent(ended, timeout=DEADLINE_S, metadata=METADATA)
-        except self.grpc.RpcError as exc:   # (the module's is then all callgate gets)
-            KSR.warn(f"callgate: the end of {ended.call_id}, whose answer went over RPC: "
+        except self.grpc.RpcError as exc:
+            KSR.warn(f"callgate: the end of {ended.call_id} ({why}) did not reach callgate over RPC: "
                      f"{exc.code().name} {exc.details()}\n")
+            return
+        if why != TOLD:
+            KSR.notice(f"callgate: the end of {ended.call_id} went to callgate over RPC ({why})\n")
 
     @staticmethod
     def paid() -> str:
@@ -1121,16 +1131,17 @@ class kamailio:
         """The dialog ended (a BYE, or the timer of an outbound call): ENDED, answered."""
         if evname != "dialog:end":
             return 1
+        if KSR.pv.get("$dlg_var(cg_told)"):   # (an outbound call answered over RPC while the disk was full)
+            self.tell_ended(self.recall("$dlg_var(cg_told)"), TOLD)
         text = self.record_text("$dlg_var(cg)")
         if text:
-            self.spool_raw(("ENDED",), text, "answered")
-            return 1
-        if KSR.pv.get("$dlg_var(cg_told)"):   # (an outbound call the module follows, answered while the disk was full)
-            self.end_past_the_disk()
+            if not self.spool_raw(("ENDED",), text, "answered"):
+                self.tell_ended(self.recall("$dlg_var(cg)"), REFUSED_END)
             return 1
         call = self.recall("$dlg_var(cg)")
         if call.get("call") and call.get("tenant"):
-            self.spool_events(self.call_events(("ENDED",), call, "", "answered"))
+            if not self.spool_events(self.call_events(("ENDED",), call, "", "answered")):
+                self.tell_ended(call, REFUSED_END)
         return 1
 
     # -- the sender (an rtimer process) ------------------------------------------------------

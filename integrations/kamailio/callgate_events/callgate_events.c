@@ -25,8 +25,8 @@
  * relayed() tracks an outbound call's replies too (its events name its caller, whatever the reply says), so that a
  * full disk keeps its answer as it keeps an inbound call's; the script still sends its RINGING at once over RPC for
  * its credit hold, and the journal's RINGING reaches callgate as that event's replay.
- * KSR.callgate_events.keeping(), at an outbound call's 200: > 0 while what the disk refuses is kept (the disk full),
- * when the script sends the call's ANSWERED and then its ENDED over RPC too (the journal's are replays).
+ * KSR.callgate_events.answer_waits(), at an outbound call's 200: 1 when its answer will wait for the disk, kept (a
+ * full disk), when the script sends the call's ANSWERED and then its ENDED over RPC too (the journal's are replays).
  *
  * The journal: CALLGATE_SPOOL (the environment, as the script reads it) + ".journal/", one file per process
  * named PID.c-bBOOT-NS.cgj (callgate_spool.journal_name; the script's own journal is PID-bBOOT-NS.cgj: two
@@ -919,32 +919,54 @@ static int ki_relayed(sip_msg_t *msg, str *tenant, str *dir, str *caller, str *c
 	return done > 0 ? done : -1;
 }
 
-/* a journal's file system with fewer free blocks than this is taken as full (a reply's records take one or two) */
-#define CG_LOW_BLOCKS 16
+/* a journal's file system with fewer free bytes than this is taken as full (a reply's records take one or two KB) */
+#define CG_LOW_BYTES 8192
 
-/* whether the disk refuses the journal's writes, or is about to, and what it refuses is kept, to be written once it
- * has room: the calls that keep events (1 when none does yet: the disk refused the last write, or the journal's file
- * system is full), or -1 when the disk takes the writes, or nothing more can be kept (CALLGATE_KEPT_MAX calls keep
- * events, or shared memory is short: what the disk refuses is lost).  Meanwhile the script sends an outbound call's
- * answer over RPC too: kept, it would reach callgate only once the disk has room, and past callgate's ring timeout
- * callgate has expired the call unanswered, its talk unbilled.  The script asks at the 200, before this module
- * writes its ANSWERED: hence the look at the file system (a statvfs, at an outbound call's answer only).  (The
- * list read without its lock: a hint; a call that keeps events already keeps all it must, whatever this says.) */
-static int ki_keeping(sip_msg_t *msg)
+/* whether the journal's file system is full: fewer than CG_LOW_BYTES free to this process (root may use the blocks
+ * a file system reserves) */
+static int journal_disk_full(void)
 {
 	struct statvfs fs;
-	int count;
-	if(kept == NULL)
+	if(journal_dir == NULL || statvfs(journal_dir, &fs) != 0)
+		return 0;
+	return (uint64_t)(geteuid() == 0 ? fs.f_bfree : fs.f_bavail) * fs.f_frsize < CG_LOW_BYTES;
+}
+
+/* the call this module follows for the transaction at hand (its reply route), or NULL */
+static cg_call_t *transaction_call(void)
+{
+	struct cell *t = tmb.t_gett();
+	struct tm_callback *cb;
+	if(t == NULL || t == T_UNDEFINED)
+		return NULL;
+	for(cb = (struct tm_callback *)t->tmcb_hl.first; cb != NULL; cb = cb->next)
+		if(cb->callback == on_reply)
+			return (cg_call_t *)cb->param;
+	return NULL;
+}
+
+/* at an outbound call's 200, in its reply route (before this module writes the call's ANSWERED): 1 when that answer
+ * will wait for the disk, kept, to be written once it has room (the call keeps events already, or the disk refused
+ * the last write or its file system is full, and the call can keep what the disk refuses); -1 when the disk takes
+ * the writes, when the call ended already (a 200 after its failure: tm relays a late 2xx), when this module does
+ * not follow its dialog (nothing of it is kept), or when nothing more can be kept (CALLGATE_KEPT_MAX, shared memory
+ * short: its answer is lost, logged).  The script then sends the answer over RPC too, and the call's end at the
+ * dialog's end: kept, the answer would reach callgate only once the disk has room, and past callgate's ring timeout
+ * callgate has expired the call unanswered, its talk unbilled. */
+static int ki_answer_waits(sip_msg_t *msg)
+{
+	cg_call_t *call = transaction_call();
+	int state;   /* 1: waits; 0: does not; -1: as the disk and the room say */
+	if(call == NULL || kept == NULL)
 		return -1;
-	count = *(volatile int *)&kept->count;
+	lock_get(&call->lock);
+	state = call->ended || !call->followed ? 0 : call->lost || call->listed ? 1 : -1;
+	lock_release(&call->lock);
+	if(state >= 0)
+		return state ? 1 : -1;
 	if(no_room_to_keep()[0])
 		return -1;
-	if(count > 0)
-		return count;
-	if(*(volatile int *)&kept->refusing
-			|| (journal_dir != NULL && statvfs(journal_dir, &fs) == 0 && fs.f_bavail < CG_LOW_BLOCKS))
-		return 1;
-	return -1;
+	return *(volatile int *)&kept->refusing || journal_disk_full() ? 1 : -1;
 }
 
 /* clang-format off */
@@ -964,8 +986,8 @@ static sr_kemi_t sr_kemi_callgate_events_exports[] = {
 		{ SR_KEMIP_STR, SR_KEMIP_STR, SR_KEMIP_STR,
 			SR_KEMIP_STR, SR_KEMIP_STR, SR_KEMIP_STR }
 	},
-	{ str_init("callgate_events"), str_init("keeping"),
-		SR_KEMIP_INT, ki_keeping,
+	{ str_init("callgate_events"), str_init("answer_waits"),
+		SR_KEMIP_INT, ki_answer_waits,
 		{ SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE,
 			SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE }
 	},
