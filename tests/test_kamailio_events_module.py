@@ -598,6 +598,33 @@ def test_an_outbound_answer_on_a_disk_full_since_its_ringing_goes_to_callgate_at
             talk.join(30)
 
 
+def test_an_outbound_200_after_the_invite_timer_on_a_full_disk_goes_to_callgate_as_no_answer(world,
+                                                                                            tmp_path: Path) -> None:
+    """A full disk; an outbound call ended by tm's INVITE timer (the hold's RINGING at callgate, the rest kept), then
+    the PBX's 200, which tm relays: the module says the answer does not wait for the disk (the call ended:
+    `answer_waits()`), so no ANSWERED goes over RPC, and callgate ends the call unanswered and unbilled once the
+    disk has room (an answer sent over RPC would have had callgate hold an answered call the failure's earlier end
+    could no longer end)."""
+    _credited(world)
+    before, balance = _outbound_calls(world), _balance(world)
+    with small_disk(world, tmp_path, "late", fr_inv_ms=500) as proxy:
+        filler = _fill(Path(f"{proxy.spool}.journal"))
+        scenario = tmp_path / "uac-late.xml"
+        scenario.write_text(LATE_CALLER)
+        done = subprocess.run(["sipp", "-sf", str(scenario), "-s", US_DEST, proxy.address, "-i", PBX,
+                               "-p", str(sip.free_sip_port()), "-m", "1", "-key", "CALLER", "u3", "-nostdin",
+                               "-timeout", "20s", "-timeout_error"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        [call] = [c for i, c in _outbound_calls(world).items() if i not in before]
+        assert call.state == "ringing", call   # (the hold's RINGING only: no answer over RPC)
+        filler.unlink()
+        wait_for(lambda: "ENDED of a call the disk refused before is spooled now" in proxy.text())
+        delivered({"disk": proxy}, "disk")
+        call = _outbound_calls(world)[call.call_id]
+        assert (call.state, call.outcome, call.answered_by) == ("ended", "no_answer", ""), call
+        assert _balance(world) == balance
+
+
 def _all_three_kept(proxy: sip.Kamailio) -> None:
     """Kamailio's log says a call's RINGING, ANSWERED and ENDED were kept, all refused from the first (a call made
     through a full disk)."""
@@ -622,12 +649,12 @@ def _removed_but_open(journals: Path) -> list[Any]:
 
 @contextlib.contextmanager
 def small_disk(world: dict[str, Any], tmp_path: Path, pbx: str = "most",
-               env: dict[str, str] | None = None) -> Iterator[sip.Kamailio]:
+               env: dict[str, str] | None = None, fr_inv_ms: int = 30_000) -> Iterator[sip.Kamailio]:
     """A proxy (one SIP worker, in front of the PBX `pbx`, which names the longest user: ~1.3 KB of records a call;
-    `env`: more of its settings) whose journals are on a tmpfs of 64 KiB (root: as .ci/run runs), unmounted once the
-    proxy is stopped."""
+    `env`: more of its settings; `fr_inv_ms`: its INVITE timer) whose journals are on a tmpfs of 64 KiB (root: as
+    .ci/run runs), unmounted once the proxy is stopped."""
     proxy = sip.Kamailio(tmp_path, world["callgate"].address, world[f"uas-{pbx}"].port, failover=world["failover"],
-                         children=1, env=env)
+                         children=1, env=env, fr_inv_ms=fr_inv_ms)
     journals = Path(f"{proxy.spool}.journal")
     mounted = False
     try:
