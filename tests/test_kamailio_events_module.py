@@ -194,18 +194,23 @@ def test_the_longest_user_callgate_takes_is_named(world) -> None:
     assert (call.ringing_user, call.answered_by, call.outcome) == (MOST_USER, MOST_USER, "answered")
 
 
+def _late_call(folder: Path, proxy: str, caller: str, called: str, source: str = "127.0.0.1") -> None:
+    """One call of LATE_CALLER (a 408 from the INVITE timer, then the PBX's 200, ACKed and hung up) through the proxy
+    at `proxy`, from `source`; asserts sipp saw it whole."""
+    scenario = folder / "uac-late.xml"
+    scenario.write_text(LATE_CALLER)
+    done = subprocess.run(["sipp", "-sf", str(scenario), "-s", called, proxy, "-i", source,
+                           "-p", str(sip.free_sip_port()), "-m", "1", "-key", "CALLER", caller, "-nostdin",
+                           "-timeout", "20s", "-timeout_error"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_200_after_the_invite_timer_makes_no_answer_and_one_end(world) -> None:
     """tm's INVITE timer ends the call (408 to the caller: ENDED, no_answer); the PBX's 200 comes after it and tm
     relays it, the caller ACKs and hangs up through the proxy: no ANSWERED is made for the call, and its ENDED is
     written once (the BYE makes none, in the module or the script)."""
-    folder = world["folder"]
-    scenario = folder / "uac-late.xml"
-    scenario.write_text(LATE_CALLER)
     caller = "+12125550303"
-    done = subprocess.run(["sipp", "-sf", str(scenario), "-s", OPEN, world["late"].address, "-i", "127.0.0.1",
-                           "-p", str(sip.free_sip_port()), "-m", "1", "-key", "CALLER", caller, "-nostdin",
-                           "-timeout", "20s", "-timeout_error"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
+    _late_call(world["folder"], world["late"].address, caller, OPEN)
     delivered(world, "late")
     call = callgate_call(world, caller)
     assert (call.outcome, call.answered_by, call.ringing_user) == ("no_answer", "", "u2")
@@ -609,12 +614,7 @@ def test_an_outbound_200_after_the_invite_timer_on_a_full_disk_goes_to_callgate_
     before, balance = _outbound_calls(world), _balance(world)
     with small_disk(world, tmp_path, "late", fr_inv_ms=500) as proxy:
         filler = _fill(Path(f"{proxy.spool}.journal"))
-        scenario = tmp_path / "uac-late.xml"
-        scenario.write_text(LATE_CALLER)
-        done = subprocess.run(["sipp", "-sf", str(scenario), "-s", US_DEST, proxy.address, "-i", PBX,
-                               "-p", str(sip.free_sip_port()), "-m", "1", "-key", "CALLER", "u3", "-nostdin",
-                               "-timeout", "20s", "-timeout_error"], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr[-2000:]
+        _late_call(tmp_path, proxy.address, "u3", US_DEST, source=PBX)
         [call] = [c for i, c in _outbound_calls(world).items() if i not in before]
         assert call.state == "ringing", call   # (the hold's RINGING only: no answer over RPC)
         filler.unlink()

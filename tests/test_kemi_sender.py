@@ -633,6 +633,12 @@ def test_a_batch_made_of_its_events_bytes_is_the_batch_protobuf_makes(kemi: tupl
     assert list(decisions_pb2.CallEventBatch.FromString(b"".join(framed(r) for r in raw)).events) == events
 
 
+def replied(asked: list[Any], request: decisions_pb2.CallEventRequest) -> decisions_pb2.CallEventReply:
+    """callgate's CallEvent as these tests see it: the event noted in `asked`, and a reply."""
+    asked.append(request)
+    return decisions_pb2.CallEventReply(call_id=request.call_id)
+
+
 @pytest.mark.parametrize("waits, paid, down, sent", [
     (1, "120", False, ["ANSWERED", "ENDED"]), (-1, "120", False, []), (1, "", False, []),
     (1, "120", True, ["ANSWERED"])])
@@ -653,10 +659,11 @@ def test_an_outbound_answer_goes_over_rpc_when_it_would_wait_for_the_disk_and_th
     worker = script()
     asked: list[decisions_pb2.CallEventRequest] = []
 
-    def call_event(request: decisions_pb2.CallEventRequest, **kwargs: Any) -> None:
-        asked.append(request)   # (every try)
+    def call_event(request: decisions_pb2.CallEventRequest, **kwargs: Any) -> decisions_pb2.CallEventReply:
         if down:
+            asked.append(request)   # (every try)
             raise RpcError(grpc.StatusCode.UNAVAILABLE)
+        return replied(asked, request)
 
     worker._stub, worker._pid = types.SimpleNamespace(CallEvent=call_event), os.getpid()
     pv.values["$avp(cg_hold)"] = script.call_record(call="o@pbx/1", tenant="acme", dir="outbound", caller="u3",
@@ -682,7 +689,7 @@ def test_an_end_the_spool_refuses_goes_to_callgate_over_rpc(kemi: tuple[Any, Var
     monkeypatch.setattr(sys.modules["KSR"], "err", said.append, raising=False)
     worker = script()
     asked: list[decisions_pb2.CallEventRequest] = []
-    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=lambda request, **kw: asked.append(request)), \
+    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=lambda request, **kw: replied(asked, request)), \
         os.getpid()
     record = script.call_record(call="i@pbx/1", tenant="acme", dir="inbound", caller="+12125550000",
                                 called="+14155550199", line="", user="u1")
@@ -695,3 +702,4 @@ def test_an_end_the_spool_refuses_goes_to_callgate_over_rpc(kemi: tuple[Any, Var
     assert [(e.call_id, e.tenant, decisions_pb2.CallEventRequest.Kind.Name(e.kind), e.outcome) for e in asked] == [
         ("i@pbx/1", "acme", "ENDED", "answered")]
     assert said == ["callgate: the end of i@pbx/1 went to callgate over RPC (the spool refused it)\n"]
+

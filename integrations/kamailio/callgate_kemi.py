@@ -219,8 +219,6 @@ PROC_MAIN, PROC_INIT = 0, -127   # Kamailio's process ranks for its main process
 RAW_TAG = "R1\0"                   # a raw record of the journals (spool_raw): this layout's version
 RAW_TAG_BYTES = RAW_TAG.encode()
 OUTBOUND_MARK = '"dir":"outbound"'  # in a record `remember` wrote, only for an outbound call
-TOLD = "its answer went over RPC"     # why `tell_ended` sends a call's end: its answer went so,
-REFUSED_END = "the spool refused it"  # or the spool refused the end
 # the entry points Kamailio calls (kamailio.cfg), timed with CALLGATE_TIMINGS
 ROUTES = ("ksr_request_route", "ksr_onreply_invite", "ksr_failure_invite", "ksr_dialog_event",
           "ksr_callgate_sender")
@@ -552,8 +550,11 @@ class kamailio:
     def recall(pv: str = "$avp(cg)") -> dict[str, str]:
         """The call's record (remember) from the transaction, else the dialog; {} for none or a damaged one."""
         text = kamailio.record_text(pv)
-        if not text:
-            return kamailio.recall_fields(pv)
+        return kamailio.parsed(text) if text else kamailio.recall_fields(pv)
+
+    @staticmethod
+    def parsed(text: str) -> dict[str, str]:
+        """A call's record as `remember` wrote it, read; {} for a damaged one."""
         try:
             record = json.loads(text)
         except ValueError:
@@ -988,9 +989,7 @@ class kamailio:
     def lost_dialog_ended(self) -> None:
         call_id, tenant = self.route_param("cgc"), self.route_param("cgt")
         if call_id and tenant:
-            call = {"call": call_id, "tenant": tenant}
-            if not self.spool_events(self.call_events(("ENDED",), call, "", "answered")):
-                self.tell_ended(call, REFUSED_END)
+            self.spool_ended({"call": call_id, "tenant": tenant})
 
     # -- events ------------------------------------------------------------------------------
 
@@ -1055,35 +1054,45 @@ class kamailio:
         if waits is None or waits() <= 0 or not self.paid():
             return
         record = self.record_text("$avp(cg_hold)")
-        call = self.recall("$avp(cg_hold)")
+        call = self.parsed(record)
         if not call.get("call"):
             return
         [(_, answered)] = self.call_events(("ANSWERED",), call, "")
-        try:
-            self.decisions.CallEvent(answered, timeout=DEADLINE_S, metadata=METADATA)
-        except self.grpc.RpcError as exc:   # (the module's, written once the disk has room, is all callgate gets)
-            KSR.warn(f"callgate: the answer of {answered.call_id} (its events wait for the disk): "
-                     f"{exc.code().name} {exc.details()}\n")
-            return
-        KSR.dialog.var_sets("cg_told", record)
+        if self.tell(answered, "its events wait for the disk") is not None:
+            KSR.dialog.var_sets("cg_told", record)
 
-    def tell_ended(self, call: dict[str, str], why: str) -> None:
+    def tell(self, request: Any, why: str = "") -> Any:
+        """One call event to callgate at once over RPC, within the decision's deadline: its reply, or None when
+        callgate did not take it (logged with `why` it went so, if given)."""
+        try:
+            return self.decisions.CallEvent(request, timeout=DEADLINE_S, metadata=METADATA)
+        except self.grpc.RpcError as exc:
+            if why:
+                KSR.warn(f"callgate: {self.name(self.pb.CallEventRequest.Kind, request.kind)} of {request.call_id} "
+                         f"({why}) did not reach callgate over RPC: {exc.code().name} {exc.details()}\n")
+            return None
+
+    def tell_ended(self, call: dict[str, str], why: str) -> bool:
         """The call's ENDED (answered), now, to callgate over RPC: for a call whose answer went so
-        (`answer_past_the_disk`), and for an end the spool refused (a full disk).  An end lost leaves callgate an
+        (`answer_past_the_disk`), and for an end the spool refused (`spool_ended`).  An end lost leaves callgate an
         answered call to charge to its expiry (24 hours); sent before an answer still in the journal, it ends the
         call unanswered and the answer is refused: unbilled, the lesser harm.  The journal's, if written, is a
-        replay.  `why`: for the log."""
+        replay.  Whether callgate took it."""
         if not call.get("call") or not call.get("tenant"):
-            return
+            return False
         [(_, ended)] = self.call_events(("ENDED",), call, "", "answered")
-        try:
-            self.decisions.CallEvent(ended, timeout=DEADLINE_S, metadata=METADATA)
-        except self.grpc.RpcError as exc:
-            KSR.warn(f"callgate: the end of {ended.call_id} ({why}) did not reach callgate over RPC: "
-                     f"{exc.code().name} {exc.details()}\n")
+        return self.tell(ended, why) is not None
+
+    def spool_ended(self, call: dict[str, str], text: str = "") -> None:
+        """The call's ENDED (answered) into the spool: raw from its record's `text` when the dialog holds one (no
+        JSON read), else made from `call`; one the spool refuses (a full disk) goes to callgate over RPC."""
+        taken = (self.spool_raw(("ENDED",), text, "answered") if text else
+                 self.spool_events(self.call_events(("ENDED",), call, "", "answered")))
+        if taken:
             return
-        if why != TOLD:
-            KSR.notice(f"callgate: the end of {ended.call_id} went to callgate over RPC ({why})\n")
+        call = call or self.parsed(text)
+        if self.tell_ended(call, "the spool refused it"):
+            KSR.notice(f"callgate: the end of {call.get('call')} went to callgate over RPC (the spool refused it)\n")
 
     @staticmethod
     def paid() -> str:
@@ -1103,11 +1112,9 @@ class kamailio:
         the answer, when the dialog's timer comes down to it (0: the call ends as soon as it is answered).
         Late or unanswered: the spool sends it, and the Outbound decision's timer stands.  (The spool sends it
         in any case: callgate answers the replay with the reply recorded here.)"""
-        try:
-            r = self.decisions.CallEvent(request, timeout=DEADLINE_S, metadata=METADATA)
-        except self.grpc.RpcError:
-            return
-        self.remember_paid(int(r.max_duration_s))
+        r = self.tell(request)
+        if r is not None:
+            self.remember_paid(int(r.max_duration_s))
 
     def ksr_failure_invite(self, msg: Any) -> int:
         """A negative final reply (or the INVITE timer's 408): the call ended unanswered, with its outcome."""
@@ -1131,17 +1138,16 @@ class kamailio:
         """The dialog ended (a BYE, or the timer of an outbound call): ENDED, answered."""
         if evname != "dialog:end":
             return 1
-        if KSR.pv.get("$dlg_var(cg_told)"):   # (an outbound call answered over RPC while the disk was full)
-            self.tell_ended(self.recall("$dlg_var(cg_told)"), TOLD)
+        told = KSR.pv.get("$dlg_var(cg_told)")
+        if told:   # (an outbound call answered over RPC while the disk was full)
+            self.tell_ended(self.parsed(told), "its answer went over RPC")
         text = self.record_text("$dlg_var(cg)")
         if text:
-            if not self.spool_raw(("ENDED",), text, "answered"):
-                self.tell_ended(self.recall("$dlg_var(cg)"), REFUSED_END)
+            self.spool_ended({}, text)
             return 1
         call = self.recall("$dlg_var(cg)")
         if call.get("call") and call.get("tenant"):
-            if not self.spool_events(self.call_events(("ENDED",), call, "", "answered")):
-                self.tell_ended(call, REFUSED_END)
+            self.spool_ended(call)
         return 1
 
     # -- the sender (an rtimer process) ------------------------------------------------------

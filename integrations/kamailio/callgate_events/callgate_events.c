@@ -956,14 +956,17 @@ static cg_call_t *transaction_call(void)
 static int ki_answer_waits(sip_msg_t *msg)
 {
 	cg_call_t *call = transaction_call();
-	int state;   /* 1: waits; 0: does not; -1: as the disk and the room say */
+	int over, keeps;
 	if(call == NULL || kept == NULL)
 		return -1;
 	lock_get(&call->lock);
-	state = call->ended || !call->followed ? 0 : call->lost || call->listed ? 1 : -1;
+	over = call->ended || !call->followed;
+	keeps = call->lost || call->listed;
 	lock_release(&call->lock);
-	if(state >= 0)
-		return state ? 1 : -1;
+	if(over)
+		return -1;
+	if(keeps)
+		return 1;
 	if(no_room_to_keep()[0])
 		return -1;
 	return *(volatile int *)&kept->refusing || journal_disk_full() ? 1 : -1;
