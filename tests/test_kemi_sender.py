@@ -703,3 +703,18 @@ def test_an_end_the_spool_refuses_goes_to_callgate_over_rpc(kemi: tuple[Any, Var
         ("i@pbx/1", "acme", "ENDED", "answered")]
     assert said == ["callgate: the end of i@pbx/1 went to callgate over RPC (the spool refused it)\n"]
 
+
+
+def test_a_damaged_told_record_sends_nothing_and_ends_the_route(kemi: tuple[Any, Variables],  # noqa: F811
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dialog's `cg_told` that is no record (damaged, or written by an older script): no end goes over RPC, and
+    the dialog's end route still returns."""
+    script, pv = kemi
+    worker = script()
+    asked: list[Any] = []
+    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=lambda request, **kw: replied(asked, request)), \
+        os.getpid()
+    for damaged in ("not json", "[1, 2]", '{"call": "x"}', "{"):
+        pv.values["$dlg_var(cg_told)"] = damaged
+        assert worker.ksr_dialog_event(None, "dialog:end") == 1
+    assert asked == []
