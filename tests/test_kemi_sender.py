@@ -619,6 +619,51 @@ def test_a_sip_workers_channel_connects_at_its_start_and_no_thread_polls_its_sta
         server.stop(None)
 
 
+def test_a_sip_worker_deciding_from_the_replica_keeps_no_channel_until_its_first_rpc(
+        kemi: tuple[Any, Variables], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A worker that decides inbound calls from the replica may never need an RPC, and an idle grpcio channel
+    costs its process CPU every second (its threads): it holds none after its start, gRPC's own start done; its
+    first RPC (here an outbound call's Outbound) makes one and is answered within the deadline, the channel kept
+    for the next."""
+    script, _ = kemi
+    module = script.recall.__globals__
+    asked: list[str] = []
+
+    def outbound(request: Any, context: Any) -> Any:
+        asked.append(request.destination)
+        return decisions_pb2.Decision(verdict=decisions_pb2.ALLOW)
+
+    handler = grpc.method_handlers_generic_handler("callgate.v1.Decisions", {"Outbound": grpc.unary_unary_rpc_method_handler(
+        outbound, request_deserializer=decisions_pb2.OutboundRequest.FromString,
+        response_serializer=decisions_pb2.Decision.SerializeToString)})
+    server = grpc.server(futures.ThreadPoolExecutor(1), options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setitem(module, "TARGET", f"127.0.0.1:{port}")
+        monkeypatch.setitem(module, "BYPASS", False)
+        monkeypatch.setitem(module, "REPLICA_DIR", str(tmp_path / "replica"))
+        (tmp_path / "replica").mkdir()
+        logged: list[str] = []
+        monkeypatch.setattr(sys.modules["KSR"], "info", logged.append, raising=False)
+        worker = script()
+        worker.spool = module["Spool"](str(tmp_path / "events.sqlite"), 1000)
+        before = {t.ident for t in threading.enumerate()}
+        worker.child_init(1)   # a SIP worker
+        time.sleep(0.3)
+        assert worker._channel is None and worker._stub is None
+        assert [t.name for t in threading.enumerate() if t.ident not in before] == []
+        assert worker.ask("Outbound", decisions_pb2.OutboundRequest(tenant="acme", user="u", destination="+1555"))
+        assert asked == ["+1555"] and worker._channel is not None
+        channel = worker._channel
+        worker.ask("Outbound", decisions_pb2.OutboundRequest(tenant="acme", user="u", destination="+1556"))
+        assert asked == ["+1555", "+1556"] and worker._channel is channel
+        worker.drop_channel()
+    finally:
+        server.stop(None)
+
+
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16_383, 16_384, 70_000])
 def test_a_batch_made_of_its_events_bytes_is_the_batch_protobuf_makes(kemi: tuple[Any, Variables],  # noqa: F811
                                                                        size: int) -> None:

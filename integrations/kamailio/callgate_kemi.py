@@ -385,7 +385,15 @@ class kamailio:
             # callgate: no channel.
             if not BYPASS and rank > 0:
                 self.decisions  # noqa: B018 - the channel and its imports
-                self.connect_now()
+                if REPLICA_DIR:
+                    # a worker that decides inbound calls from the replica may never need an RPC: its channel
+                    # is made again at its first (an outbound call, a pickup, a tenant the replica lacks: ~0.5 ms,
+                    # and the connection, within that call's deadline).  An idle grpcio channel costs its process
+                    # ~0.5 ms of CPU a second (its threads; they end with it): 20-30 us a call of 8 workers at
+                    # 200 calls/s.  Made and closed here, gRPC's own start (~5 ms) is not on that first call
+                    self.drop_channel()
+                else:
+                    self.connect_now()
             local = self.local  # the engine's import (numpy, the core) before the first call
             if local is not None and rank > 0:   # a SIP worker (not a timer's or RPC's process): every tenant's
                 # file mapped and checked now, no call waits for it; a descriptor each (Python < 3.13): a quarter
@@ -422,6 +430,12 @@ class kamailio:
             # ~5 ms of CPU a second, idle or not; a call is failed at once while the channel is down anyway)
             self._stub, self._pid, self._channel = decisions_pb2_grpc.DecisionsStub(channel), os.getpid(), channel
         return self._stub
+
+    def drop_channel(self) -> None:
+        """Close this process's channel (its grpcio threads end with it); the next RPC makes another."""
+        if self._channel is not None:
+            self._channel.close()
+        self._stub = self._channel = None
 
     def connect_now(self) -> None:
         """Have the channel connect now, without waiting.  grpcio's one public way, channel_ready_future (or
