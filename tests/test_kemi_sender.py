@@ -403,6 +403,33 @@ def test_more_than_a_batch_in_a_round_all_sent_straight_in_parts_once_in_order(s
     assert table(sender) == [] and not sender.backlog
 
 
+def test_a_slow_callgate_holds_the_sender_one_deadline_a_round_not_one_a_part(
+        sender: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """callgate answering each part in 5 s: a round's parts share its 10 s (the second part is given what the first
+    left), the part that would be left none waits in the table (not sent with the table's own deadline in the same
+    round either), and the next round sends it from there, in order, once."""
+    server = CallEvents()
+    warmed(sender, server)
+    clock = [time.monotonic()]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    timeouts: list[float] = []
+
+    def slow(batch: Any, timeout: float, **kwargs: Any) -> Any:
+        timeouts.append(timeout)
+        clock[0] += 5.0
+        return server.ordered(batch)
+
+    sender._stub = type("Stub", (), {"CallEventsInOrder": staticmethod(slow), "CallEvents": staticmethod(slow)})()
+    ids = [f"m{i}" for i in range(400)]        # 1,200 events: three parts
+    spool(sender, *calls(*ids))
+    round_(sender)
+    assert [len(batch) for batch in server.batches] == [500, 500] and timeouts == [10.0, 5.0]
+    assert sender.backlog and [key for key, state in table(sender) if state == 0] == calls(*ids)[1000:]
+    round_(sender)                              # the next tick: from the table, with a deadline of its own
+    assert [len(batch) for batch in server.batches] == [500, 500, 200] and timeouts == [10.0, 5.0, 10.0]
+    assert server.seen == calls(*ids) and {state for _, state in table(sender)} == {1} and not sender.backlog
+
+
 def test_a_part_not_answered_whole_leaves_the_rounds_later_parts_to_the_table_in_order(sender: Any) -> None:
     """A call stopped in a round's first part (callgate could not take one of its events) may have events in the
     next part: none is sent past it; they wait in the table behind it, and every call's events reach callgate
@@ -633,9 +660,10 @@ def test_a_sip_worker_deciding_from_the_replica_keeps_no_channel_until_its_first
         asked.append(request.destination)
         return decisions_pb2.Decision(verdict=decisions_pb2.ALLOW)
 
-    handler = grpc.method_handlers_generic_handler("callgate.v1.Decisions", {"Outbound": grpc.unary_unary_rpc_method_handler(
+    method = grpc.unary_unary_rpc_method_handler(
         outbound, request_deserializer=decisions_pb2.OutboundRequest.FromString,
-        response_serializer=decisions_pb2.Decision.SerializeToString)})
+        response_serializer=decisions_pb2.Decision.SerializeToString)
+    handler = grpc.method_handlers_generic_handler("callgate.v1.Decisions", {"Outbound": method})
     server = grpc.server(futures.ThreadPoolExecutor(1), options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -749,6 +777,42 @@ def test_an_end_the_spool_refuses_goes_to_callgate_over_rpc(kemi: tuple[Any, Var
     assert said == ["callgate: the end of i@pbx/1 went to callgate over RPC (the spool refused it)\n"]
 
 
+
+
+def test_the_bye_of_a_dialog_a_restart_lost_goes_over_rpc_when_the_spool_refuses_its_end(
+        kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Kamailio restarted mid-call (its dialog lost): the BYE's Route still names the call (cgc, cgt), and its
+    ENDED, refused by the spool (a full disk), goes to callgate over RPC; the BYE is relayed either way."""
+    script, pv = kemi
+    monkeypatch.setattr(sys.modules["KSR"], "warn", lambda text: None, raising=False)
+    said: list[str] = []
+    monkeypatch.setattr(sys.modules["KSR"], "notice", said.append, raising=False)
+    monkeypatch.setattr(sys.modules["KSR"], "err", said.append, raising=False)
+    relayed: list[str] = []
+    monkeypatch.setattr(sys.modules["KSR"], "rr", types.SimpleNamespace(loose_route=lambda: 1), raising=False)
+    monkeypatch.setattr(sys.modules["KSR"], "dialog", types.SimpleNamespace(is_known_dlg=lambda: -1), raising=False)
+    monkeypatch.setattr(sys.modules["KSR"], "tm", types.SimpleNamespace(t_relay=lambda: relayed.append("BYE")),
+                        raising=False)
+    worker = script()
+    asked: list[decisions_pb2.CallEventRequest] = []
+    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=lambda request, **kw: replied(asked, request)), \
+        os.getpid()
+    pv.values["$hdr(Route)"] = f"<sip:127.0.0.1;lr;cgc={b'i@pbx/1'.hex()};cgt={b'acme'.hex()}>"
+    spooled: list[tuple[Any, ...]] = []
+
+    def spool_events(*args: Any) -> bool:
+        spooled.append(args)
+        return True
+
+    monkeypatch.setattr(worker, "spool_events", spool_events)
+    assert worker.in_dialog("BYE") == 1
+    assert asked == [] and len(spooled) == 1 and relayed == ["BYE"]   # (spooled: nothing over RPC)
+    monkeypatch.setattr(worker, "spool_events", lambda *args, **kwargs: False)
+    assert worker.in_dialog("BYE") == 1
+    assert [(e.call_id, e.tenant, decisions_pb2.CallEventRequest.Kind.Name(e.kind), e.outcome) for e in asked] == [
+        ("i@pbx/1", "acme", "ENDED", "answered")]
+    assert relayed == ["BYE", "BYE"]
+    assert said == ["callgate: the end of i@pbx/1 went to callgate over RPC (the spool refused it)\n"]
 
 def test_a_damaged_told_record_sends_nothing_and_ends_the_route(kemi: tuple[Any, Variables],  # noqa: F811
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:

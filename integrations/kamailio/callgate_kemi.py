@@ -93,6 +93,8 @@ over the RPC as without it; when the replica is older than its
 the backup number).  Outbound, Pickup and the call events stay RPCs (the
 balance, the holds and the ringing registry live in the store).  With
 callgate down, inbound calls keep being decided on the last snapshot.
+Such a SIP worker holds no gRPC channel until its first RPC (an idle
+channel's threads cost its process CPU every second).
 CALLGATE_REPLICA_COPY=1 makes each worker read the files into its own
 memory instead of mapping them (a private copy per worker): only for the
 SIP benchmark's memory comparison, never faster.
@@ -206,6 +208,10 @@ FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE",
 # call ended unanswered, unbilled
 RETRIED = ("INTERNAL",)
 SENDER_BATCH = 500
+# how long callgate may take to answer a CallEvents call; a round's parts share it (a slow callgate holds the sender
+# this long a round, not a part), and a part is not sent with less than SEND_LEAST_S of it left
+SEND_DEADLINE_S = 10.0
+SEND_LEAST_S = 1.0
 REFUSAL_LOG_S = 300.0   # a replica file refused for the same reason is logged again after this (per worker)
 IN_ORDER_RETRY_S = 60.0   # a callgate without CallEventsInOrder is asked again after this (an upgrade since)
 CALL_ID_MAX = 256   # the longest call id callgate takes (characters; callgate_events.c CG_CALL_ID_MAX, in bytes)
@@ -1180,6 +1186,7 @@ class kamailio:
         if not self.sending():
             return 1
         self.next_round = now + SEND_EVERY_S
+        until = now + SEND_DEADLINE_S   # (the round's calls to callgate, together)
         intake = None
         try:
             intake = self.spool.read(self.events_of)
@@ -1196,7 +1203,7 @@ class kamailio:
             answered = False   # every row of the round answered for good (the usual round: nothing to look up)
             sent_all = False   # ... and none refused: nothing to keep
             if intake.records and not self.backlog and now >= self.backoff_until:
-                answers = self.send_straight(every)
+                answers = self.send_straight(every, until)
                 settled = {every[at][0]: (state, error) for at, state, error in answers}
                 # (each position is answered once at most: as many answers as rows, none to wait, is all of them)
                 states = {state for _, state, _ in answers}
@@ -1219,20 +1226,24 @@ class kamailio:
             for problem in intake.problems:
                 KSR.err(f"callgate: event spool: {problem}\n")
         if self.backlog and time.monotonic() >= self.backoff_until:
-            self.send_backlog()
+            self.send_backlog(until)
         return 1
 
-    def send_straight(self, rows: list[Any]) -> list[tuple[int, int, str]]:
+    def send_straight(self, rows: list[Any], until: float) -> list[tuple[int, int, str]]:
         """A round's new events (rows: key, call, request, wall) sent in calls of SENDER_BATCH (callgate takes
         1,000 at most), each part once the one before was answered whole (sent or refused for good); at the first
         part not all answered, or with an event to try again (a call stopped in it may have later events in the
         next part), the rest is left unsent, for the table: (position in `rows`, state, error) as `send` answers
-        them.  (Each part has its own deadline: a slow callgate holds this process a deadline a part.)"""
+        them.  The parts share the round's deadline (`until`, time.monotonic(): a slow callgate holds this process
+        SEND_DEADLINE_S a round, not a deadline a part); a part left less than SEND_LEAST_S waits in the table."""
         answers: list[tuple[int, int, str]] = []
         for start in range(0, len(rows), SENDER_BATCH):
             part = rows[start:start + SENDER_BATCH]
+            left = until - time.monotonic()
+            if left < SEND_LEAST_S:
+                break
             try:
-                got = self.send([(call, request) for _, call, request, _ in part])
+                got = self.send([(call, request) for _, call, request, _ in part], left)
             except Exception as exc:   # (no answer of callgate's: a CA file unreadable, ...) nothing was sent
                 # as far as the sender knows: the part's events and the rest go into the table, and wait
                 self.back_off(f"the events could not be sent: {exc!r:.200}")
@@ -1266,9 +1277,13 @@ class kamailio:
                         "CALLGATE_SPOOL\n")
         return claimed
 
-    def send_backlog(self) -> None:
+    def send_backlog(self, until: float) -> None:
         """Send the oldest events waiting in the table (a call's first only, to a callgate that goes on with a
-        call after its event that failed) and mark those answered or refused."""
+        call after its event that failed) and mark those answered or refused, within what is left of the round's
+        deadline (`until`; less than SEND_LEAST_S: at the next tick)."""
+        left = until - time.monotonic()
+        if left < SEND_LEAST_S:
+            return
         first_of_call = not self.in_order
         try:
             waiting = self.spool.pending(SENDER_BATCH, first_of_call=first_of_call)
@@ -1280,7 +1295,7 @@ class kamailio:
             return
         try:
             done = [(waiting[at][0], state, error)
-                    for at, state, error in self.send([(call, request) for _, call, request in waiting])]
+                    for at, state, error in self.send([(call, request) for _, call, request in waiting], left)]
         except Exception as exc:   # (as above)
             self.back_off(f"the events could not be sent: {exc!r:.200}")
             return
@@ -1297,8 +1312,9 @@ class kamailio:
         # round's events go straight away
         self.backlog = first_of_call or len(waiting) == SENDER_BATCH or self.still_waiting()
 
-    def send(self, events: list[tuple[str, bytes]]) -> list[tuple[int, int, str]]:
-        """Send events (call, request) in one call: (position, SENT, REFUSED or RETRY, error) of each that
+    def send(self, events: list[tuple[str, bytes]], timeout: float = SEND_DEADLINE_S) -> list[tuple[int, int, str]]:
+        """Send events (call, request) in one call, answered within `timeout` seconds: (position, SENT, REFUSED or
+        RETRY, error) of each that
         callgate answered, refused for good, or failed for a reason to try again later (RETRIED); the others
         wait (and back off if callgate cannot take them).  A call's events go together to CallEventsInOrder,
         where callgate stops a call at its first event not answered (the call's events after it wait too); to a
@@ -1346,7 +1362,7 @@ class kamailio:
         waiting = ""
         try:
             call_events = ordered if self.in_order and ordered is not None else self.decisions.CallEvents
-            reply = call_events(batch, timeout=10, metadata=METADATA)
+            reply = call_events(batch, timeout=timeout, metadata=METADATA)
         except self.grpc.RpcError as exc:
             if exc.code() == self.grpc.StatusCode.UNIMPLEMENTED and self.in_order:
                 KSR.warn("callgate: callgate has no CallEventsInOrder (it is older than this script): one event "
