@@ -5,8 +5,10 @@ cannot be written after a send."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -22,7 +24,7 @@ import pytest
 from callgate.v1 import decisions_pb2
 
 from .serving import wait_for
-from .test_kemi_record import Variables, kemi  # noqa: F401  (the script under a stand-in KSR)
+from .test_kemi_record import SCRIPT, Variables, kemi  # noqa: F401  (the script under a stand-in KSR)
 
 Verdict = Callable[[decisions_pb2.CallEventRequest], str]   # "" answered, else a grpc.StatusCode's name
 
@@ -405,9 +407,10 @@ def test_more_than_a_batch_in_a_round_all_sent_straight_in_parts_once_in_order(s
 
 def test_a_slow_callgate_holds_the_sender_one_deadline_a_round_not_one_a_part(
         sender: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """callgate answering each part in 5 s: a round's parts share its 10 s (the second part is given what the first
-    left), the part that would be left none waits in the table (not sent with the table's own deadline in the same
-    round either), and the next round sends it from there, in order, once."""
+    """callgate answering each part in 4 s: a round's parts share its 10 s (the second part is given the 6 s the
+    first left); the third, left 2 s where the part before took 4, waits in the table (sent now it would likely
+    fail its deadline, applied by callgate all the same), and so does the table's own call in that round; the
+    next round sends it from there, with the whole deadline, in order, once."""
     server = CallEvents()
     warmed(sender, server)
     clock = [time.monotonic()]
@@ -416,17 +419,18 @@ def test_a_slow_callgate_holds_the_sender_one_deadline_a_round_not_one_a_part(
 
     def slow(batch: Any, timeout: float, **kwargs: Any) -> Any:
         timeouts.append(timeout)
-        clock[0] += 5.0
+        clock[0] += 4.0
         return server.ordered(batch)
 
     sender._stub = type("Stub", (), {"CallEventsInOrder": staticmethod(slow), "CallEvents": staticmethod(slow)})()
     ids = [f"m{i}" for i in range(400)]        # 1,200 events: three parts
     spool(sender, *calls(*ids))
     round_(sender)
-    assert [len(batch) for batch in server.batches] == [500, 500] and timeouts == [10.0, 5.0]
+    assert [len(batch) for batch in server.batches] == [500, 500] and timeouts == pytest.approx([10.0, 6.0])
     assert sender.backlog and [key for key, state in table(sender) if state == 0] == calls(*ids)[1000:]
-    round_(sender)                              # the next tick: from the table, with a deadline of its own
-    assert [len(batch) for batch in server.batches] == [500, 500, 200] and timeouts == [10.0, 5.0, 10.0]
+    round_(sender)                              # the next tick: from the table, with the whole deadline
+    assert [len(batch) for batch in server.batches] == [500, 500, 200]
+    assert timeouts == pytest.approx([10.0, 6.0, 10.0])
     assert server.seen == calls(*ids) and {state for _, state in table(sender)} == {1} and not sender.backlog
 
 
@@ -646,14 +650,55 @@ def test_a_sip_workers_channel_connects_at_its_start_and_no_thread_polls_its_sta
         server.stop(None)
 
 
-def test_a_sip_worker_deciding_from_the_replica_keeps_no_channel_until_its_first_rpc(
-        kemi: tuple[Any, Variables], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+# a SIP worker of a Kamailio deciding from the replica, in a process of its own (gRPC's core and threads as in a
+# Kamailio worker, not shared with the test's): its OS threads after child_init, then two Outbound calls, with the
+# deadline each was given
+WORKER = r"""
+import importlib.util, json, os, sys, time, types
+ksr = types.ModuleType("KSR")
+ksr.pv = types.SimpleNamespace(get=lambda name: None)
+for level in ("info", "notice", "warn", "err"):
+    setattr(ksr, level, lambda text: None)
+sys.modules["KSR"] = ksr
+spec = importlib.util.spec_from_file_location("callgate_kemi_worker", sys.argv[1])
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+script.TARGET, script.BYPASS, script.REPLICA_DIR = sys.argv[2], False, sys.argv[3]
+from callgate.v1 import decisions_pb2, decisions_pb2_grpc
+deadlines = []
+class Recording(decisions_pb2_grpc.DecisionsStub):
+    def __init__(self, channel):
+        super().__init__(channel)
+        outbound = self.Outbound
+        def timed(request, timeout=None, **kwargs):
+            deadlines.append(timeout)
+            return outbound(request, timeout=timeout, **kwargs)
+        self.Outbound = timed
+decisions_pb2_grpc.DecisionsStub = Recording
+def threads():
+    return sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+before = threads()
+worker = script.kamailio()
+worker.spool = script.Spool(sys.argv[4], 1000)
+worker.child_init(1)
+time.sleep(0.5)
+after_start = threads()
+no_channel = worker._channel is None and worker._stub is None
+answers = [worker.ask("Outbound", decisions_pb2.OutboundRequest(tenant="acme", user="u", destination=number))
+           for number in ("+1555", "+1556")]
+print(json.dumps({"before": before, "after_start": after_start, "no_channel": no_channel,
+                  "answered": [a is not None and a.verdict == decisions_pb2.ALLOW for a in answers],
+                  "with_channel": threads(), "deadlines": deadlines, "deadline_s": script.DEADLINE_S,
+                  "extra_s": script.FIRST_CALL_EXTRA_S}))
+"""
+
+
+def test_a_sip_worker_deciding_from_the_replica_keeps_no_channel_until_its_first_rpc(tmp_path: Path) -> None:
     """A worker that decides inbound calls from the replica may never need an RPC, and an idle grpcio channel
-    costs its process CPU every second (its threads): it holds none after its start, gRPC's own start done; its
-    first RPC (here an outbound call's Outbound) makes one and is answered within the deadline, the channel kept
-    for the next."""
-    script, _ = kemi
-    module = script.recall.__globals__
+    costs its process CPU every second (its threads): after its start it has no channel and none of gRPC's threads
+    (gRPC's own start done, its core stopped again); its first RPC (an outbound call's Outbound) makes
+    the channel, connects and is answered, given FIRST_CALL_EXTRA_S more than the deadline for the connection;
+    the next is given the deadline alone, on the same channel."""
     asked: list[str] = []
 
     def outbound(request: Any, context: Any) -> Any:
@@ -668,28 +713,46 @@ def test_a_sip_worker_deciding_from_the_replica_keeps_no_channel_until_its_first
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    (tmp_path / "replica").mkdir()
+    root = Path(__file__).resolve().parent.parent
     try:
-        monkeypatch.setitem(module, "TARGET", f"127.0.0.1:{port}")
-        monkeypatch.setitem(module, "BYPASS", False)
-        monkeypatch.setitem(module, "REPLICA_DIR", str(tmp_path / "replica"))
-        (tmp_path / "replica").mkdir()
-        logged: list[str] = []
-        monkeypatch.setattr(sys.modules["KSR"], "info", logged.append, raising=False)
-        worker = script()
-        worker.spool = module["Spool"](str(tmp_path / "events.sqlite"), 1000)
-        before = {t.ident for t in threading.enumerate()}
-        worker.child_init(1)   # a SIP worker
-        time.sleep(0.3)
-        assert worker._channel is None and worker._stub is None
-        assert [t.name for t in threading.enumerate() if t.ident not in before] == []
-        assert worker.ask("Outbound", decisions_pb2.OutboundRequest(tenant="acme", user="u", destination="+1555"))
-        assert asked == ["+1555"] and worker._channel is not None
-        channel = worker._channel
-        worker.ask("Outbound", decisions_pb2.OutboundRequest(tenant="acme", user="u", destination="+1556"))
-        assert asked == ["+1555", "+1556"] and worker._channel is channel
-        worker.drop_channel()
+        done = subprocess.run([sys.executable, "-c", WORKER, str(SCRIPT), f"127.0.0.1:{port}",
+                               str(tmp_path / "replica"), str(tmp_path / "events.sqlite")],
+                              cwd=root, capture_output=True, text=True, timeout=60)
     finally:
         server.stop(None)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    # gRPC's threads have names of their own (event_engine, grpc_global_timer...); numpy's are the process's
+    assert seen["no_channel"] and [name for name in seen["after_start"] if name != "python"] == [], seen
+    assert seen["answered"] == [True, True] and asked == ["+1555", "+1556"]
+    assert [name for name in seen["with_channel"] if name != "python"] != []   # (what the worker went without)
+    assert seen["deadlines"] == pytest.approx([seen["deadline_s"] + seen["extra_s"], seen["deadline_s"]])
+
+
+def test_the_ca_file_is_read_once_and_a_channel_that_cannot_be_made_fails_the_call_not_the_route(
+        kemi: tuple[Any, Variables], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A worker deciding from the replica makes its channel again at its first RPC, maybe hours after its start:
+    CALLGATE_TLS_CA read at the start serves it, the file since removed or rotated; and a worker that cannot make
+    a channel at all (the file never readable) fails that call as with callgate away, logged, not its route."""
+    script, _ = kemi
+    module = script.recall.__globals__
+    said: list[str] = []
+    monkeypatch.setattr(sys.modules["KSR"], "err", said.append, raising=False)
+    monkeypatch.setattr(sys.modules["KSR"], "warn", said.append, raising=False)
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n")
+    monkeypatch.setitem(module, "TLS_CA", str(ca))
+    monkeypatch.setitem(module, "TARGET", "127.0.0.1:9")
+    worker = script()
+    worker.decisions  # noqa: B018 - as child_init makes it, then drops it
+    worker.drop_channel()
+    ca.unlink()
+    assert worker.stub("Outbound") is not None and said == []
+    worker.drop_channel()
+    other = script()   # (a worker whose file was never there)
+    assert other.ask("Outbound", decisions_pb2.OutboundRequest(tenant="acme", user="u", destination="+1555")) is None
+    assert len(said) == 1 and said[0].startswith("callgate: no channel to callgate for Outbound: FileNotFoundError")
 
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16_383, 16_384, 70_000])
@@ -777,8 +840,6 @@ def test_an_end_the_spool_refuses_goes_to_callgate_over_rpc(kemi: tuple[Any, Var
     assert said == ["callgate: the end of i@pbx/1 went to callgate over RPC (the spool refused it)\n"]
 
 
-
-
 def test_the_bye_of_a_dialog_a_restart_lost_goes_over_rpc_when_the_spool_refuses_its_end(
         kemi: tuple[Any, Variables], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """Kamailio restarted mid-call (its dialog lost): the BYE's Route still names the call (cgc, cgt), and its
@@ -813,6 +874,7 @@ def test_the_bye_of_a_dialog_a_restart_lost_goes_over_rpc_when_the_spool_refuses
         ("i@pbx/1", "acme", "ENDED", "answered")]
     assert relayed == ["BYE", "BYE"]
     assert said == ["callgate: the end of i@pbx/1 went to callgate over RPC (the spool refused it)\n"]
+
 
 def test_a_damaged_told_record_sends_nothing_and_ends_the_route(kemi: tuple[Any, Variables],  # noqa: F811
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:

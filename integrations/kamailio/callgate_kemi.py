@@ -164,6 +164,7 @@ from callgate_spool import PENDING, REFUSED, RETRY, RETRY_TRIES, SENT, Spool  # 
 
 TARGET = os.environ.get("CALLGATE_TARGET", "127.0.0.1:50051")
 DEADLINE_S = int(os.environ.get("CALLGATE_DEADLINE_MS", "50")) / 1000
+FIRST_CALL_EXTRA_S = 0.2   # more for a channel's first call when it was not connected ahead (`call_timeout`)
 FAILURE = os.environ.get("CALLGATE_FAILURE", "closed")
 ROUTE_URI = os.environ.get("CALLGATE_ROUTE_URI", "sip:127.0.0.1:5080")
 FAILOVER_FILE = os.environ.get("CALLGATE_FAILOVER", "")
@@ -208,8 +209,10 @@ FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE",
 # call ended unanswered, unbilled
 RETRIED = ("INTERNAL",)
 SENDER_BATCH = 500
-# how long callgate may take to answer a CallEvents call; a round's parts share it (a slow callgate holds the sender
-# this long a round, not a part), and a part is not sent with less than SEND_LEAST_S of it left
+# how long callgate may take to answer a round's CallEvents calls, together (a slow callgate holds the sender this
+# long a round, not a call); a call after the round's first is made only with at least SEND_LEAST_S left, and as
+# long as the one before took (one likely to fail its deadline, and be applied by callgate all the same, would
+# only turn into replays)
 SEND_DEADLINE_S = 10.0
 SEND_LEAST_S = 1.0
 REFUSAL_LOG_S = 300.0   # a replica file refused for the same reason is logged again after this (per worker)
@@ -345,6 +348,8 @@ class kamailio:
         self.refresh_failover()
         self.spool = Spool(SPOOL_FILE, SPOOL_MAX)
         self._stub: Any = None
+        self._ca: bytes | None = None   # CALLGATE_TLS_CA's certificates, read at the first channel
+        self.fresh = False   # the channel was made and its first call not made yet (`call_timeout`)
         self._channel: Any = None
         self._pid = 0
         self.backoff_until = 0.0
@@ -355,6 +360,7 @@ class kamailio:
         self.in_order = True     # callgate has CallEventsInOrder (until it answers UNIMPLEMENTED)
         self.in_order_retry = 0.0
         self.retried = 0         # events callgate failed with a status of RETRIED (logged at the 1st, every 100th)
+        self.round_took = 0.0    # how long the round's last call to callgate took (`time_left`)
         self._local: Any = None
         # source address -> its tenant by CALLGATE_TRUSTED (source_tenant): the address parsed and matched once, not
         # at every INVITE (~60 us of a SIP worker's with its cold caches)
@@ -394,9 +400,10 @@ class kamailio:
                 if REPLICA_DIR:
                     # a worker that decides inbound calls from the replica may never need an RPC: its channel
                     # is made again at its first (an outbound call, a pickup, a tenant the replica lacks: ~0.5 ms,
-                    # and the connection, within that call's deadline).  An idle grpcio channel costs its process
-                    # ~0.5 ms of CPU a second (its threads; they end with it): 20-30 us a call of 8 workers at
-                    # 200 calls/s.  Made and closed here, gRPC's own start (~5 ms) is not on that first call
+                    # and the connection, given FIRST_CALL_EXTRA_S more than the deadline).  An idle grpcio
+                    # channel costs its process ~0.5 ms of CPU a second (its threads; they end with it): 20-30 us
+                    # a call of 8 workers at 200 calls/s.  Made and closed here, gRPC's own start (~5 ms) is not
+                    # on that first call, and the CA file is read now (`_ca`), never in a call
                     self.drop_channel()
                 else:
                     self.connect_now()
@@ -427,15 +434,36 @@ class kamailio:
             from callgate.v1 import decisions_pb2_grpc
 
             if TLS_CA:
-                with open(TLS_CA, "rb") as handle:
-                    creds = grpc.ssl_channel_credentials(root_certificates=handle.read())
+                if self._ca is None:   # (read once: a channel made again later never depends on the file)
+                    with open(TLS_CA, "rb") as handle:
+                        self._ca = handle.read()
+                creds = grpc.ssl_channel_credentials(root_certificates=self._ca)
                 channel = grpc.secure_channel(TARGET, creds, options=CHANNEL_OPTIONS)
             else:
                 channel = grpc.insecure_channel(TARGET, options=CHANNEL_OPTIONS)
             # (no channel.subscribe: grpcio's thread polling the channel's state cost every Kamailio process
             # ~5 ms of CPU a second, idle or not; a call is failed at once while the channel is down anyway)
             self._stub, self._pid, self._channel = decisions_pb2_grpc.DecisionsStub(channel), os.getpid(), channel
+            self.fresh = True
         return self._stub
+
+    def call_timeout(self) -> float:
+        """The deadline of a call from a SIP route: DEADLINE_S, and FIRST_CALL_EXTRA_S more for the first call on
+        a channel made without connecting ahead (a worker deciding from the replica: its connection, a TLS
+        handshake to a callgate across the network, is made within that call)."""
+        if self.fresh:
+            self.fresh = False
+            return DEADLINE_S + FIRST_CALL_EXTRA_S
+        return DEADLINE_S
+
+    def stub(self, what: str) -> Any:
+        """`decisions` for a SIP route's call, or None (logged) when no channel can be made: that call fails as
+        with callgate away, never the route."""
+        try:
+            return self.decisions
+        except Exception as exc:
+            KSR.err(f"callgate: no channel to callgate for {what}: {exc!r:.200}\n")
+            return None
 
     def drop_channel(self) -> None:
         """Close this process's channel (its grpcio threads end with it); the next RPC makes another."""
@@ -448,6 +476,7 @@ class kamailio:
         subscribe), leaves a thread polling the channel's state (~5 ms of CPU a second; in a Kamailio worker it
         went on after the connection was made); the core's own one-shot call does it, where this grpcio has it
         (else the first call connects)."""
+        self.fresh = False   # (connecting from now: its first call is given the deadline only)
         check = getattr(getattr(self._channel, "_channel", None), "check_connectivity_state", None)
         if check is not None:
             try:
@@ -787,11 +816,13 @@ class kamailio:
 
     def ask(self, method: str, request: Any) -> Any:
         """One decision within the deadline; None when callgate is unreachable, late or refuses the input."""
+        stub = self.stub(method)
+        if stub is None:
+            return None
         try:
-            stub = self.decisions
             # (not wait_for_ready: a channel that is connecting, callgate just back, is waited for within the
             # deadline; one that failed to connect fails the call at once, not holding a SIP worker for the deadline)
-            return getattr(stub, method)(request, timeout=DEADLINE_S, metadata=METADATA)
+            return getattr(stub, method)(request, timeout=self.call_timeout(), metadata=METADATA)
         except self.grpc.RpcError as exc:
             KSR.warn(f"callgate: {method} for {KSR.pv.get('$ci')}: {exc.code().name} {exc.details()}\n")
             return None
@@ -1084,8 +1115,11 @@ class kamailio:
     def tell(self, request: Any, why: str = "") -> Any:
         """One call event to callgate at once over RPC, within the decision's deadline: its reply, or None when
         callgate did not take it (logged with `why` it went so, if given)."""
+        stub = self.stub("CallEvent")
+        if stub is None:
+            return None
         try:
-            return self.decisions.CallEvent(request, timeout=DEADLINE_S, metadata=METADATA)
+            return stub.CallEvent(request, timeout=self.call_timeout(), metadata=METADATA)
         except self.grpc.RpcError as exc:
             if why:
                 KSR.warn(f"callgate: {self.name(self.pb.CallEventRequest.Kind, request.kind)} of {request.call_id} "
@@ -1187,6 +1221,7 @@ class kamailio:
             return 1
         self.next_round = now + SEND_EVERY_S
         until = now + SEND_DEADLINE_S   # (the round's calls to callgate, together)
+        self.round_took = 0.0
         intake = None
         try:
             intake = self.spool.read(self.events_of)
@@ -1235,12 +1270,13 @@ class kamailio:
         part not all answered, or with an event to try again (a call stopped in it may have later events in the
         next part), the rest is left unsent, for the table: (position in `rows`, state, error) as `send` answers
         them.  The parts share the round's deadline (`until`, time.monotonic(): a slow callgate holds this process
-        SEND_DEADLINE_S a round, not a deadline a part); a part left less than SEND_LEAST_S waits in the table."""
+        SEND_DEADLINE_S a round, not a deadline a part); a part left less than it needs (`time_left`) waits in the
+        table."""
         answers: list[tuple[int, int, str]] = []
         for start in range(0, len(rows), SENDER_BATCH):
             part = rows[start:start + SENDER_BATCH]
-            left = until - time.monotonic()
-            if left < SEND_LEAST_S:
+            left = self.time_left(until)
+            if left is None:
                 break
             try:
                 got = self.send([(call, request) for _, call, request, _ in part], left)
@@ -1277,13 +1313,16 @@ class kamailio:
                         "CALLGATE_SPOOL\n")
         return claimed
 
+    def time_left(self, until: float) -> float | None:
+        """What is left of the round's deadline for its next call to callgate, or None when too little is: less
+        than SEND_LEAST_S, or than the round's last call took (`round_took`; the round's first call has it all)."""
+        left = until - time.monotonic()
+        return left if left >= max(SEND_LEAST_S, self.round_took) else None
+
     def send_backlog(self, until: float) -> None:
         """Send the oldest events waiting in the table (a call's first only, to a callgate that goes on with a
         call after its event that failed) and mark those answered or refused, within what is left of the round's
-        deadline (`until`; less than SEND_LEAST_S: at the next tick)."""
-        left = until - time.monotonic()
-        if left < SEND_LEAST_S:
-            return
+        deadline (`until`; too little, `time_left`: at the next tick)."""
         first_of_call = not self.in_order
         try:
             waiting = self.spool.pending(SENDER_BATCH, first_of_call=first_of_call)
@@ -1292,6 +1331,9 @@ class kamailio:
             return
         if not waiting:   # (or all of it waits out a retry: new events go behind it all the same)
             self.backlog = self.still_waiting()
+            return
+        left = self.time_left(until)   # (after the table's query: it takes its time too)
+        if left is None:
             return
         try:
             done = [(waiting[at][0], state, error)
@@ -1362,7 +1404,11 @@ class kamailio:
         waiting = ""
         try:
             call_events = ordered if self.in_order and ordered is not None else self.decisions.CallEvents
-            reply = call_events(batch, timeout=timeout, metadata=METADATA)
+            t0 = time.monotonic()
+            try:
+                reply = call_events(batch, timeout=timeout, metadata=METADATA)
+            finally:
+                self.round_took = time.monotonic() - t0
         except self.grpc.RpcError as exc:
             if exc.code() == self.grpc.StatusCode.UNIMPLEMENTED and self.in_order:
                 KSR.warn("callgate: callgate has no CallEventsInOrder (it is older than this script): one event "
