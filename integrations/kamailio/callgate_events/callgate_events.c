@@ -169,11 +169,6 @@ static char boot_id[9] = "";        /* callgate_spool.BOOT: this machine's boot,
 static int journal_fd = -1;
 static pid_t journal_pid = 0;
 static off_t journal_size = 0;
-/* a writer looks whether its journal was removed under it at most this often: an fstat() at every event cost ~3 us
- * of a worker's CPU (with its cold caches; ~9 us a call of three events), and what it writes between a removal and
- * its next look is lost with the file (as what the file held is: a removal by hand loses events either way) */
-#define CG_LINK_CHECK_NS 100000000LL
-static long long journal_checked_ns = 0;   /* when it last looked (CLOCK_MONOTONIC_COARSE) */
 
 /* the first 8 hex digits of the kernel's boot id, as callgate_spool._boot_id reads them ("" where none) */
 static void read_boot_id(void)
@@ -284,18 +279,11 @@ static int journal_ready(void)
 	struct timespec now;
 	pid_t pid;
 	struct stat st;
-	long long now_ns;
 	/* (a journal removed under its writer, by hand or a sender that misjudged it: what it would take is lost, so
-	 * a new one, as callgate_spool.Journal does; looked at every CG_LINK_CHECK_NS) */
-	if(journal_fd >= 0 && journal_pid != 0 && journal_size < CG_ROTATE_BYTES) {
-		clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-		now_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
-		if(now_ns - journal_checked_ns < CG_LINK_CHECK_NS)
-			return 0;
-		journal_checked_ns = now_ns;
-		if(fstat(journal_fd, &st) < 0 || st.st_nlink > 0)
-			return 0;
-	}
+	 * a new one, as callgate_spool.Journal does) */
+	if(journal_fd >= 0 && journal_pid != 0 && journal_size < CG_ROTATE_BYTES
+			&& (fstat(journal_fd, &st) < 0 || st.st_nlink > 0))
+		return 0;
 	journal_close();
 	pid = getpid();
 	if(mkdir(journal_dir, 0750) < 0 && errno != EEXIST) {
@@ -317,8 +305,6 @@ static int journal_ready(void)
 	}
 	journal_pid = pid;
 	journal_size = 0;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);   /* (just opened: the next look is CG_LINK_CHECK_NS away) */
-	journal_checked_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
 	return 0;
 }
 
