@@ -733,8 +733,9 @@ def test_a_sip_worker_deciding_from_the_replica_keeps_no_channel_until_its_first
 def test_the_ca_file_is_read_once_and_a_channel_that_cannot_be_made_fails_the_call_not_the_route(
         kemi: tuple[Any, Variables], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """A worker deciding from the replica makes its channel again at its first RPC, maybe hours after its start:
-    CALLGATE_TLS_CA read at the start serves it, the file since removed or rotated; and a worker that cannot make
-    a channel at all (the file never readable) fails that call as with callgate away, logged, not its route."""
+    CALLGATE_TLS_CA read at the start serves it, the file since removed or rotated; and a channel that cannot be
+    made at all fails that call as with callgate away, logged, not its route (here a worker whose file was never
+    there; a Kamailio worker reads it at its start)."""
     script, _ = kemi
     module = script.recall.__globals__
     said: list[str] = []

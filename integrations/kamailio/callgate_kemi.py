@@ -210,9 +210,9 @@ FINAL = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE",
 RETRIED = ("INTERNAL",)
 SENDER_BATCH = 500
 # how long callgate may take to answer a round's CallEvents calls, together (a slow callgate holds the sender this
-# long a round, not a call); a call after the round's first is made only with at least SEND_LEAST_S left, and as
-# long as the one before took (one likely to fail its deadline, and be applied by callgate all the same, would
-# only turn into replays)
+# long a round, not a call); a call is made only with at least SEND_LEAST_S of it left and, after the round's
+# first, as long as the one before took (one likely to fail its deadline, and be applied by callgate all the same,
+# would only turn into replays)
 SEND_DEADLINE_S = 10.0
 SEND_LEAST_S = 1.0
 REFUSAL_LOG_S = 300.0   # a replica file refused for the same reason is logged again after this (per worker)
@@ -476,11 +476,11 @@ class kamailio:
         subscribe), leaves a thread polling the channel's state (~5 ms of CPU a second; in a Kamailio worker it
         went on after the connection was made); the core's own one-shot call does it, where this grpcio has it
         (else the first call connects)."""
-        self.fresh = False   # (connecting from now: its first call is given the deadline only)
         check = getattr(getattr(self._channel, "_channel", None), "check_connectivity_state", None)
         if check is not None:
             try:
                 check(True)
+                self.fresh = False   # (connecting from now: its first call is given the deadline only)
             except Exception as exc:   # (a grpcio whose inside changed: the first call connects)
                 KSR.info(f"callgate: the channel connects at its first call ({exc!r:.100})\n")
 
