@@ -749,7 +749,7 @@ def test_the_ca_file_is_read_once_and_a_channel_that_cannot_be_made_fails_the_ca
     worker.decisions  # noqa: B018 - as child_init makes it, then drops it
     worker.drop_channel()
     ca.unlink()
-    assert worker.stub("Outbound") is not None and said == []
+    assert worker.decisions is not None and said == []
     worker.drop_channel()
     other = script()   # (a worker whose file was never there)
     assert other.ask("Outbound", decisions_pb2.OutboundRequest(tenant="acme", user="u", destination="+1555")) is None
@@ -774,6 +774,14 @@ def replied(asked: list[Any], request: decisions_pb2.CallEventRequest) -> decisi
     """callgate's CallEvent as these tests see it: the event noted in `asked`, and a reply."""
     asked.append(request)
     return decisions_pb2.CallEventReply(call_id=request.call_id)
+
+
+def told(worker: Any) -> list[decisions_pb2.CallEventRequest]:
+    """The events `worker` sends callgate over RPC from now on, in order (CallEvent answered as callgate does)."""
+    asked: list[decisions_pb2.CallEventRequest] = []
+    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=lambda request, **kw: replied(asked, request)), \
+        os.getpid()
+    return asked
 
 
 @pytest.mark.parametrize("waits, paid, down, sent", [
@@ -825,9 +833,7 @@ def test_an_end_the_spool_refuses_goes_to_callgate_over_rpc(kemi: tuple[Any, Var
     monkeypatch.setattr(sys.modules["KSR"], "notice", said.append, raising=False)
     monkeypatch.setattr(sys.modules["KSR"], "err", said.append, raising=False)
     worker = script()
-    asked: list[decisions_pb2.CallEventRequest] = []
-    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=lambda request, **kw: replied(asked, request)), \
-        os.getpid()
+    asked = told(worker)
     record = script.call_record(call="i@pbx/1", tenant="acme", dir="inbound", caller="+12125550000",
                                 called="+14155550199", line="", user="u1")
     pv.values["$dlg_var(cg)"] = record
@@ -856,9 +862,7 @@ def test_the_bye_of_a_dialog_a_restart_lost_goes_over_rpc_when_the_spool_refuses
     monkeypatch.setattr(sys.modules["KSR"], "tm", types.SimpleNamespace(t_relay=lambda: relayed.append("BYE")),
                         raising=False)
     worker = script()
-    asked: list[decisions_pb2.CallEventRequest] = []
-    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=lambda request, **kw: replied(asked, request)), \
-        os.getpid()
+    asked = told(worker)
     pv.values["$hdr(Route)"] = f"<sip:127.0.0.1;lr;cgc={b'i@pbx/1'.hex()};cgt={b'acme'.hex()}>"
     spooled: list[tuple[Any, ...]] = []
 
@@ -883,9 +887,7 @@ def test_a_damaged_told_record_sends_nothing_and_ends_the_route(kemi: tuple[Any,
     the dialog's end route still returns."""
     script, pv = kemi
     worker = script()
-    asked: list[Any] = []
-    worker._stub, worker._pid = types.SimpleNamespace(CallEvent=lambda request, **kw: replied(asked, request)), \
-        os.getpid()
+    asked = told(worker)
     for damaged in ("not json", "[1, 2]", '{"call": "x"}', "{"):
         pv.values["$dlg_var(cg_told)"] = damaged
         assert worker.ksr_dialog_event(None, "dialog:end") == 1

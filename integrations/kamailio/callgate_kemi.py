@@ -456,14 +456,18 @@ class kamailio:
             return DEADLINE_S + FIRST_CALL_EXTRA_S
         return DEADLINE_S
 
-    def stub(self, what: str) -> Any:
-        """`decisions` for a SIP route's call, or None (logged) when no channel can be made: that call fails as
-        with callgate away, never the route."""
+    def rpc(self, method: str, request: Any) -> Any:
+        """One call from a SIP route (or a timer's) within `call_timeout`: its reply; None (logged) when no
+        channel can be made, which fails the call as with callgate away, never the route; grpc.RpcError as
+        grpcio raises it."""
         try:
-            return self.decisions
+            stub = self.decisions
         except Exception as exc:
-            KSR.err(f"callgate: no channel to callgate for {what}: {exc!r:.200}\n")
+            KSR.err(f"callgate: no channel to callgate for {method}: {exc!r:.200}\n")
             return None
+        # (not wait_for_ready: a channel that is connecting, callgate just back, is waited for within the
+        # deadline; one that failed to connect fails the call at once, not holding a SIP worker for the deadline)
+        return getattr(stub, method)(request, timeout=self.call_timeout(), metadata=METADATA)
 
     def drop_channel(self) -> None:
         """Close this process's channel (its grpcio threads end with it); the next RPC makes another."""
@@ -816,13 +820,8 @@ class kamailio:
 
     def ask(self, method: str, request: Any) -> Any:
         """One decision within the deadline; None when callgate is unreachable, late or refuses the input."""
-        stub = self.stub(method)
-        if stub is None:
-            return None
         try:
-            # (not wait_for_ready: a channel that is connecting, callgate just back, is waited for within the
-            # deadline; one that failed to connect fails the call at once, not holding a SIP worker for the deadline)
-            return getattr(stub, method)(request, timeout=self.call_timeout(), metadata=METADATA)
+            return self.rpc(method, request)
         except self.grpc.RpcError as exc:
             KSR.warn(f"callgate: {method} for {KSR.pv.get('$ci')}: {exc.code().name} {exc.details()}\n")
             return None
@@ -1115,11 +1114,8 @@ class kamailio:
     def tell(self, request: Any, why: str = "") -> Any:
         """One call event to callgate at once over RPC, within the decision's deadline: its reply, or None when
         callgate did not take it (logged with `why` it went so, if given)."""
-        stub = self.stub("CallEvent")
-        if stub is None:
-            return None
         try:
-            return stub.CallEvent(request, timeout=self.call_timeout(), metadata=METADATA)
+            return self.rpc("CallEvent", request)
         except self.grpc.RpcError as exc:
             if why:
                 KSR.warn(f"callgate: {self.name(self.pb.CallEventRequest.Kind, request.kind)} of {request.call_id} "
@@ -1354,7 +1350,7 @@ class kamailio:
         # round's events go straight away
         self.backlog = first_of_call or len(waiting) == SENDER_BATCH or self.still_waiting()
 
-    def send(self, events: list[tuple[str, bytes]], timeout: float = SEND_DEADLINE_S) -> list[tuple[int, int, str]]:
+    def send(self, events: list[tuple[str, bytes]], timeout: float) -> list[tuple[int, int, str]]:
         """Send events (call, request) in one call, answered within `timeout` seconds: (position, SENT, REFUSED or
         RETRY, error) of each that
         callgate answered, refused for good, or failed for a reason to try again later (RETRIED); the others
