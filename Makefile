@@ -83,4 +83,5 @@ debug: $(STAMP)
 	cp engine/*.py build/debug/engine/
 
 clean:
-	rm -rf build engine/_core.c engine/_core*.so callgate/v1/*_pb2*
+	rm -rf build engine/_core.c engine/_core*.so callgate/v1/*_pb2* \
+		integrations/kamailio/callgate_journal.c integrations/kamailio/callgate_journal*.so

@@ -42,6 +42,15 @@ extensions = [
         undef_macros=["NDEBUG"] if DEBUG else [],
         extra_compile_args=DEBUG_FLAGS if DEBUG else ["-O3"],
     ),
+    # the event spool's journal reader for the Kamailio integration (callgate_spool.py reads in Python without it),
+    # built beside the spool module it serves: integrations/kamailio/callgate_journal*.so
+    Extension(
+        "integrations.kamailio.callgate_journal",
+        ["integrations/kamailio/callgate_journal.pyx"],
+        libraries=["z"],
+        undef_macros=["NDEBUG"] if DEBUG else [],
+        extra_compile_args=DEBUG_FLAGS if DEBUG else ["-O3"],
+    ),
 ]
 
 # `make` builds the core in place first, then installs the project into the virtualenv in editable mode for

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import importlib.machinery
+import importlib.util
 import os
 import re
 import sqlite3
@@ -228,13 +230,16 @@ class Journal:
         self._fd = -1
 
 
-def read_journal(data: bytes, watermark_ns: int, raw: bool = True) -> tuple[list[tuple[int, float, str, str, bytes]],
-                                                                            int, str]:
-    """The whole records at the start of `data` written before `watermark_ns`: ([(monotonic ns, wall time, key,
-    call, request)], bytes they take, "" or what is damaged where they stop); a raw record has key and call "".
-    Without `raw`, the records stop before the first raw one (it waits for a reader that can convert it)."""
+def read_journal(data: bytes, watermark_ns: int, raw: bool = True, start: int = 0) -> tuple[
+        list[tuple[int, float, str, str, bytes]], int, str]:
+    """The whole records of `data` from byte `start` written before `watermark_ns`: ([(monotonic ns, wall time, key,
+    call, request)], the byte where they stop, "" or what is damaged there); a raw record has key and call "".
+    Without `raw`, the records stop before the first raw one (it waits for a reader that can convert it).
+    The reference: `Spool.read` reads with its compiled twin, callgate_journal.read_journal, where it is built."""
+    if start < 0 or start > len(data):
+        raise ValueError(f"start {start} outside the {len(data)} bytes read")
     out: list[tuple[int, float, str, str, bytes]] = []
-    pos = 0
+    pos = start
     while pos + _RECORD.size <= len(data):
         record, end, damage = _record_at(data, pos)
         if damage:
@@ -278,6 +283,34 @@ def next_record(data: bytes, pos: int) -> int | None:
             return at
         at = find(at + 1)
     return None
+
+
+def _compiled_reader() -> Callable[[bytes, int, bool, int], tuple[list[tuple[int, float, str, str, bytes]], int,
+                                                                  str]] | None:
+    """read_journal's compiled twin (callgate_journal.pyx, which `make build` builds beside this file), loaded from
+    this file's folder (wherever that is on sys.path: the two go together); None where it is not built, or cannot
+    load (a build for another Python, a big-endian host)."""
+    if "__file__" not in globals():
+        return None
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(here, "callgate_journal" + suffix)
+        if not os.path.exists(path):
+            continue
+        try:
+            loader = importlib.machinery.ExtensionFileLoader("callgate_journal", path)
+            spec = importlib.util.spec_from_file_location("callgate_journal", path, loader=loader)
+            assert spec is not None
+            module = importlib.util.module_from_spec(spec)
+            loader.exec_module(module)
+        except ImportError:
+            return None
+        return module.read_journal
+    return None
+
+
+# what `Spool.read` reads journals with: the compiled twin where it is built, else the reference
+READ_JOURNAL = _compiled_reader() or read_journal
 
 
 class Intake:
@@ -471,9 +504,8 @@ class Spool:
                 continue
             used = 0
             while True:
-                records, took, damage = read_journal(data[used:], watermark, raw=convert is not None)
+                records, used, damage = READ_JOURNAL(data, watermark, convert is not None, used)
                 found.extend(records)
-                used += took
                 if not damage:
                     if convert is None and name not in self._waiting_on:
                         waiting, _, _ = _record_at(data, used) if used + _RECORD.size <= len(data) else (None, 0, "")
