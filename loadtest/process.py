@@ -167,6 +167,24 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
 
 
+def proc_cpu_precise(pid: int) -> float | None:
+    """CPU seconds of process `pid`'s live threads to the nanosecond: the scheduler's run time of each (the first
+    figure of /proc/PID/task/TID/schedstat), where utime + stime come in clock ticks (10 ms: over a 2,000-call
+    run of a dozen processes, ~13 us a call of noise).  A thread that ended in between is not counted: for
+    processes whose threads last as long as they do (Kamailio's); None if unreadable."""
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
+                    total += int(f.read().split()[0])
+            except FileNotFoundError:   # (a thread that ended while listed)
+                continue
+    except OSError:
+        return None
+    return total / 1e9
+
+
 def children_cpu() -> float:
     """CPU seconds of our reaped children (h2load runs are reaped by subprocess.run)."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -232,11 +250,13 @@ class Interference:
 
 
 class CpuMeter:
-    """CPU of given PIDs (from /proc), of our reaped children, and of the whole machine, over an interval."""
+    """CPU of given PIDs (from /proc), of our reaped children, and of the whole machine, over an interval.
+    `precise`: the PIDs' CPU to the nanosecond, of their live threads (`proc_cpu_precise`)."""
 
-    def __init__(self, pids: Sequence[int]) -> None:
+    def __init__(self, pids: Sequence[int], precise: bool = False) -> None:
         self.pids = list(pids)
-        self.pid0 = {p: proc_cpu_seconds(p) for p in self.pids}
+        self.cpu_of = proc_cpu_precise if precise else proc_cpu_seconds
+        self.pid0 = {p: self.cpu_of(p) for p in self.pids}
         self.child0 = children_cpu()
         self.ticks0 = machine_ticks()
         self.wall0 = time.monotonic()
@@ -245,7 +265,7 @@ class CpuMeter:
         wall = time.monotonic() - self.wall0
         per_pid: dict[str, float] = {}
         for p in self.pids:
-            a, b = self.pid0[p], proc_cpu_seconds(p)
+            a, b = self.pid0[p], self.cpu_of(p)
             if a is not None and b is not None:
                 per_pid[str(p)] = b - a
         b1, t1 = machine_ticks()

@@ -32,11 +32,17 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    Per proxy: calls completed, failed, retransmitted; the response time
    (sipp's -trace_rtt, from the INVITE to its 180: sipp's clock moves in
    4 ms steps here, so p50 and p99 read 0 or 4 and the mean is the figure
-   to compare); and Kamailio's CPU per call: utime + stime of every process
-   of that instance (the main process and all it forked, from /proc) from
-   the run's start until its spool has sent every event (at most 10 s
-   after), divided by the calls completed, split into the SIP workers, the
-   event sender (the rtimer process) and the rest (timers, dialogs).
+   to compare); and Kamailio's CPU per call: the run time of every thread
+   of every process of that instance (the main process and all it forked;
+   /proc/PID/task/*/schedstat, to the nanosecond, where utime + stime come
+   in 10 ms ticks: ~13 µs a call of noise over a 2,000-call run) from the
+   run's start until its spool has sent every event (at most 10 s after),
+   divided by the calls completed, split into the SIP workers, the event
+   sender (the rtimer process) and the rest (timers, dialogs).  Before it
+   all, each proxy takes `--warmup` calls, not measured: a proxy's first
+   calls pay what it does once (the event sender's gRPC import and
+   channel, ~80 ms: 40 µs a call of a 2,000-call round), no per-call cost
+   of a proxy that runs.
    `--rounds N` runs it N times, the proxies' order turned by one each
    round (each proxy in every place); each ratio is then the median of the
    rounds' ratios (every round's listed), each proxy's figures those of its
@@ -230,7 +236,7 @@ def idle_cpu(proxy: sip.Kamailio, seconds: float) -> float:
     """The instance's CPU in ms a second over `seconds` without calls (its timers, the event sender's rounds, and
     whatever a library does in the background: grpcio's channel-state polling cost ~5 ms a second a process)."""
     time.sleep(2.0)   # (what its start left to do: the workers' first rounds)
-    meter = CpuMeter(proxy.tree())
+    meter = CpuMeter(proxy.tree(), precise=True)
     time.sleep(seconds)
     cpu = meter.read()
     return sum(cpu["worker_cpu_s"].values()) / cpu["wall_s"] * 1000 if cpu["wall_s"] else 0.0
@@ -241,7 +247,7 @@ def bounded(proxy: sip.Kamailio, rate: float, calls: int, folder: Path, timeout_
     by kind of process (the SIP workers, the rest: timers, the event sender)."""
     kinds = proxy.processes()
     pids = proxy.tree()
-    meter = CpuMeter(pids)
+    meter = CpuMeter(pids, precise=True)
     r = run_sipp(proxy.address, rate, calls, folder, timeout_s)
     r["spool_drained"] = drained(proxy, 10.0)
     cpu = meter.read()
@@ -401,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp", default="100,200,300,350,400,450,500,600",
                    help="calls/s of the ramp steps, comma-separated ('' skips the ramp)")
     p.add_argument("--step-seconds", type=float, default=5.0, help="length of each ramp step (default 5)")
+    p.add_argument("--warmup", type=int, default=400,
+                   help="calls each proxy takes before anything is measured, at --rate (default 400; 0: none)")
     p.add_argument("--children", type=int, default=8, help="Kamailio UDP workers (default 8)")
     p.add_argument("--events-module", action=argparse.BooleanOptionalAction, default=True,
                    help="rpc and local make their replies' events with Kamailio's callgate_events module "
@@ -468,7 +476,12 @@ def main(argv: list[str] | None = None) -> int:
         say(f"callgate at {callgate.address}, UAS at 127.0.0.1:{uas.port}, replica in {replica.directory}; "
             + ", ".join(f"Kamailio {n} at {k.address}" for n, k in proxies.items()))
 
-        # each proxy idle (started, no call): what it costs with nothing to do, apart from what calls cost
+        # each proxy's first calls, not measured: what it does once (imports, channels, first-call paths)
+        for name in ROUND_PROXIES if args.warmup > 0 else ():
+            r = run_sipp(proxies[name].address, args.rate, args.warmup, folder, args.warmup / args.rate + 30)
+            drained(proxies[name], 10.0)
+            say(f"1 warm-up {name}: {r['successful']:,} of {args.warmup:,} calls, failed {r['failed']} (not measured)")
+        # each proxy idle (no call now): what it costs with nothing to do, apart from what calls cost
         for name in ROUND_PROXIES:
             out["idle"][name] = idle_cpu(proxies[name], IDLE_S)
             say(f"1 idle {name}: {out['idle'][name]:.1f} ms CPU a second over {IDLE_S:g} s without calls")

@@ -608,10 +608,13 @@ def test_sip_bench_smoke(tmp_path: Path) -> None:
     shared, then copied."""
     out = tmp_path / "sip.json"
     done = subprocess.run([sys.executable, "-m", "loadtest.sip_bench", "--rate", "20", "--seconds", "2",
-                           "--rounds", "2", "--ramp", "", "--children", "2", "--memory-blacklist", "1000",
+                           "--rounds", "2", "--warmup", "10", "--ramp", "", "--children", "2", "--memory-blacklist",
+                           "1000",
                            "--memory-children", "2", "--memory-calls", "20", "--memory-rate", "20", "--json",
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    for name in ("bypass", "events", "rpc", "local"):   # each proxy's first calls, before anything is measured
+        assert f"1 warm-up {name}: 10 of 10 calls, failed 0 (not measured)" in done.stderr, done.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert [list(r) for r in figures["rounds"]] == [["bypass", "events", "rpc", "local"],
                                                     ["events", "rpc", "local", "bypass"]]
