@@ -42,16 +42,18 @@ extensions = [
         undef_macros=["NDEBUG"] if DEBUG else [],
         extra_compile_args=DEBUG_FLAGS if DEBUG else ["-O3"],
     ),
-    # the event spool's journal reader for the Kamailio integration (callgate_spool.py reads in Python without it),
-    # built beside the spool module it serves: integrations/kamailio/callgate_journal*.so
-    Extension(
+]
+
+# the event spool's journal reader for the Kamailio integration (callgate_spool.py reads in Python without it),
+# built in place beside the spool module it serves (integrations/kamailio/callgate_journal*.so: `make build`), and
+# only there: integrations/ is no package, a wheel has no place for it
+if "--inplace" in sys.argv:
+    extensions.append(Extension(
         "integrations.kamailio.callgate_journal",
         ["integrations/kamailio/callgate_journal.pyx"],
         libraries=["z"],
-        undef_macros=["NDEBUG"] if DEBUG else [],
-        extra_compile_args=DEBUG_FLAGS if DEBUG else ["-O3"],
-    ),
-]
+        extra_compile_args=["-O3"],
+    ))
 
 # `make` builds the core in place first, then installs the project into the virtualenv in editable mode for
 # the `callgate` command: that install skips the extension (CALLGATE_NO_EXT=1) rather than compile it twice.

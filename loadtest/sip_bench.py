@@ -38,11 +38,13 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    in 10 ms ticks: ~13 µs a call of noise over a 2,000-call run) from the
    run's start until its spool has sent every event (at most 10 s after),
    divided by the calls completed, split into the SIP workers, the event
-   sender (the rtimer process) and the rest (timers, dialogs).  Before it
-   all, each proxy takes `--warmup` calls, not measured: a proxy's first
-   calls pay what it does once (the event sender's gRPC import and
-   channel, ~80 ms: 40 µs a call of a 2,000-call round), no per-call cost
-   of a proxy that runs.
+   sender (the rtimer process) and the rest (timers, dialogs).  Before
+   section 1, each of its proxies (section 2 runs on them too) takes
+   `--warmup` calls, not measured, and its idle figure is taken after
+   them: a proxy's first calls pay what it does once (the event sender's
+   gRPC import and channel, ~80 ms: 40 µs a call of a 2,000-call round),
+   no per-call cost of a proxy that runs.  (Sections 3 and 4 start
+   instances of their own, not warmed up.)
    `--rounds N` runs it N times, the proxies' order turned by one each
    round (each proxy in every place); each ratio is then the median of the
    rounds' ratios (every round's listed), each proxy's figures those of its
@@ -439,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     started: list[Any] = []
     out: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                            "bounded": {}, "rounds": [], "ramp": {p: [] for p in PROXIES}, "broke_at": {},
-                           "timings": {}, "idle": {}}
+                           "timings": {}, "idle": {}, "warmup": {}}
     crashed: list[str] = []
     calls = int(args.rate * args.seconds)
     try:
@@ -480,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ROUND_PROXIES if args.warmup > 0 else ():
             r = run_sipp(proxies[name].address, args.rate, args.warmup, folder, args.warmup / args.rate + 30)
             drained(proxies[name], 10.0)
+            out["warmup"][name] = {"calls": args.warmup, "successful": r["successful"], "failed": r["failed"]}
             say(f"1 warm-up {name}: {r['successful']:,} of {args.warmup:,} calls, failed {r['failed']} (not measured)")
         # each proxy idle (no call now): what it costs with nothing to do, apart from what calls cost
         for name in ROUND_PROXIES:

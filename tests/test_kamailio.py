@@ -613,9 +613,10 @@ def test_sip_bench_smoke(tmp_path: Path) -> None:
                            "--memory-children", "2", "--memory-calls", "20", "--memory-rate", "20", "--json",
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
     for name in ("bypass", "events", "rpc", "local"):   # each proxy's first calls, before anything is measured
         assert f"1 warm-up {name}: 10 of 10 calls, failed 0 (not measured)" in done.stderr, done.stderr[-3000:]
-    figures = json.loads(out.read_text())
+        assert figures["warmup"][name] == {"calls": 10, "successful": 10, "failed": 0}
     assert [list(r) for r in figures["rounds"]] == [["bypass", "events", "rpc", "local"],
                                                     ["events", "rpc", "local", "bypass"]]
     # the replies' events made by the callgate_events module: no Python reply route ran in either proxy

@@ -5,6 +5,7 @@ journals; and the build gives the spool the compiled one."""
 from __future__ import annotations
 
 import importlib.util
+import struct
 import zlib
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,43 @@ spool = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(spool)
 
 REFERENCE = spool.read_journal
-COMPILED = spool.READ_JOURNAL
+COMPILED, HOW = spool.journal_reader()
 
 
 def test_the_spool_reads_with_the_compiled_reader_the_build_makes() -> None:
     """`make build` builds callgate_journal beside the spool module, and the spool reads with it."""
-    assert COMPILED is not REFERENCE and type(COMPILED).__name__ == "cython_function_or_method"
+    assert HOW == "compiled" and COMPILED is not REFERENCE and type(COMPILED).__name__ == "cython_function_or_method"
+
+
+@pytest.mark.parametrize("built, said", [
+    ("VERSION = 0\ndef read_journal(*a): raise AssertionError('never called')\n",
+     "is version 0, this spool reads version 1"),
+    ("VERSION = 1\n", "has no read_journal"),
+    ("raise RuntimeError('a build for another machine')\n", "does not load: RuntimeError"),
+])
+def test_a_reader_built_for_another_version_or_that_does_not_load_leaves_the_spool_reading_in_python(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, built: str, said: str) -> None:
+    """A callgate_journal left from before an upgrade (another version, or one that fails to load) is not used:
+    the spool reads in Python and says why."""
+    import importlib.machinery
+
+    folder = tmp_path / "kamailio"
+    folder.mkdir()
+    copy = folder / "callgate_spool.py"
+    copy.write_text(Path(str(spool.__file__)).read_text())
+    # a Python module in the compiled reader's place (its loader is the extension one: stand in for it)
+    (folder / "callgate_journal.py").write_text(built)
+    monkeypatch.setattr(importlib.machinery, "EXTENSION_SUFFIXES", [".py"])
+    monkeypatch.setattr(importlib.machinery, "ExtensionFileLoader", importlib.machinery.SourceFileLoader)
+    spec = importlib.util.spec_from_file_location("callgate_spool_copy", copy)
+    assert spec is not None and spec.loader is not None
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    reader, how = other.journal_reader()
+    assert reader is other.read_journal and how.startswith("in Python (") and said in how, how
+    (folder / "callgate_journal.py").unlink()
+    other.journal_reader.cache_clear()
+    assert other.journal_reader()[1] == "in Python (callgate_journal not built beside the spool: `make build`)"
 
 
 def record(key: bytes, call: bytes, request: bytes, created_ns: int = 1, wall: float = 1.5, raw: bool = False,
@@ -38,10 +70,18 @@ def record(key: bytes, call: bytes, request: bytes, created_ns: int = 1, wall: f
 
 
 def both(data: bytes, watermark_ns: int = 2**62, raw: bool = True, start: int = 0) -> Any:
-    """What the two readers make of `data`: asserted the same, returned."""
+    """What the two readers make of `data`: asserted the same (each wall time by its bytes: a NaN is a NaN),
+    returned."""
     expected = REFERENCE(data, watermark_ns, raw, start)
-    assert COMPILED(data, watermark_ns, raw, start) == expected
+    got = COMPILED(data, watermark_ns, raw, start)
+    assert bitwise(got) == bitwise(expected)
     return expected
+
+
+def bitwise(read: Any) -> Any:
+    """A reader's answer with each record's wall time as its 8 bytes (not covered by the crc: any double)."""
+    records, end, damage = read
+    return [(ns, struct.pack("<d", wall), *rest) for ns, wall, *rest in records], end, damage
 
 
 def test_sound_records_are_read_whole_in_order_to_the_watermark() -> None:
@@ -56,6 +96,9 @@ def test_sound_records_are_read_whole_in_order_to_the_watermark() -> None:
     first = len(record(b"c0:RINGING", b"c0", b""))
     records, end, _ = both(data, start=first)   # from where a round stopped
     assert records[0][2] == "c1:RINGING" and end == len(data)
+    odd = b"".join(record(b"k:RINGING", b"k", b"r", wall=w) for w in (float("nan"), float("inf"), -0.0))
+    assert [struct.pack("<d", r[1]) for r in both(odd)[0]] == [struct.pack("<d", w) for w in
+                                                               (float("nan"), float("inf"), -0.0)]
 
 
 def test_a_raw_record_is_read_with_a_converter_and_stops_a_reader_without() -> None:
@@ -92,7 +135,7 @@ def test_a_torn_tail_waits_and_a_start_outside_the_data_is_refused() -> None:
 
 
 records_ = st.lists(st.tuples(st.text(max_size=12), st.text(max_size=12), st.binary(max_size=40),
-                              st.integers(0, 2**63 - 1), st.floats(allow_nan=False), st.booleans()), max_size=8)
+                              st.integers(0, 2**63 - 1), st.floats(), st.booleans()), max_size=8)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -624,6 +624,26 @@ def test_an_event_that_is_no_message_is_refused_alone_and_its_calls_next_waits_f
     assert server.seen[-1] == "b:ANSWERED" and {state for key, state in table(sender) if key != "b:RINGING"} == {1}
 
 
+def test_an_event_sent_before_its_calls_event_that_is_no_message_is_answered_once_whatever_else_fails(
+        sender: Any) -> None:
+    """b's RINGING goes in the batch, its ANSWERED (no message) does not; another call's event failing in the same
+    batch (the reply looked at event by event) leaves b's RINGING answered all the same: sent once, never again
+    from the table."""
+    server = CallEvents(verdict=lambda event: "UNAVAILABLE" if event.call_id == "a" else "")
+    warmed(sender, server)
+    before = len(server.batches)
+    spool(sender, "b:RINGING", "a:RINGING")
+    sender.spool.add([("b:ANSWERED", "b", b"\xff\xff\xff\xff")])   # (past its crc, no CallEventRequest)
+    time.sleep(0.025)
+    sender.ksr_callgate_sender(None)
+    assert server.batches[before] == ["b:RINGING", "a:RINGING"]
+    assert ("b:RINGING", 0) not in table(sender) and ("b:ANSWERED", 2) in table(sender)
+    server.verdict = lambda event: ""
+    for _ in range(3):
+        round_(sender)
+    assert server.seen.count("b:RINGING") == 1 and server.seen.count("a:RINGING") >= 2
+
+
 def test_a_sip_workers_channel_connects_at_its_start_and_no_thread_polls_its_state(
         kemi: tuple[Any, Variables], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """grpcio's public way to connect a channel ahead (subscribe, channel_ready_future) leaves a Python thread

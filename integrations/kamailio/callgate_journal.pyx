@@ -23,6 +23,12 @@ if sys.byteorder != "little":   # (the header is read as it lies in memory)
     raise ImportError("callgate_journal reads journals on a little-endian host only")
 
 
+# what callgate_spool.py expects of this module (its JOURNAL_READER_VERSION): read_journal's arguments and the
+# record's layout.  A module built from another version (a .so left from before an upgrade) is not used: the spool
+# reads in Python instead, and says so.
+VERSION = 1
+
+
 cdef extern from "zlib.h":
     unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
 
@@ -46,7 +52,8 @@ cdef packed struct Header:
 def read_journal(bytes data not None, long long watermark_ns, bint raw=True, Py_ssize_t start=0):
     """The whole records of `data` from byte `start` written before `watermark_ns`: ([(monotonic ns, wall time,
     key, call, request)], the byte where they stop, "" or what is damaged there); a raw record has key and call
-    "".  Without `raw`, the records stop before the first raw one.  callgate_spool.read_journal's twin."""
+    "".  Without `raw`, the records stop before the first raw one.  callgate_spool.read_journal's twin, for
+    `bytes` and arguments within 64 bits (what Spool.read passes)."""
     cdef const char *base = PyBytes_AS_STRING(data)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t pos = start, payload, end

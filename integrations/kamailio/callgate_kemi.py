@@ -160,7 +160,7 @@ if "__file__" in globals():
 # module is read again too, or the new script would call an old Spool (and fail at every event)
 if "callgate_spool" in sys.modules:
     importlib.reload(sys.modules["callgate_spool"])
-from callgate_spool import PENDING, READ_JOURNAL, REFUSED, RETRY, RETRY_TRIES, SENT, Spool, read_journal  # noqa: E402  (after the path set-up above)
+from callgate_spool import PENDING, REFUSED, RETRY, RETRY_TRIES, SENT, Spool  # noqa: E402  (after the path set-up above)
 
 TARGET = os.environ.get("CALLGATE_TARGET", "127.0.0.1:50051")
 DEADLINE_S = int(os.environ.get("CALLGATE_DEADLINE_MS", "50")) / 1000
@@ -1305,7 +1305,8 @@ class kamailio:
         if claimed != self.claimed:
             self.claimed = claimed
             if claimed:
-                reader = "compiled" if READ_JOURNAL is not read_journal else "in Python (callgate_journal not built)"
+                # (a spool module older than this script has no journal_reader: nothing to say)
+                reader = getattr(sys.modules.get(Spool.__module__), "journal_reader", lambda: (None, "?"))()[1]
                 KSR.info(f"callgate: this process sends the event spool {SPOOL_FILE} (its journals read {reader})\n")
             else:
                 KSR.err(f"callgate: another process (pid {holder or '?'}) sends the event spool {SPOOL_FILE}, "
@@ -1429,18 +1430,20 @@ class kamailio:
             if not whole:
                 waiting = f"{len(reply.results)} results for {len(sent)} events"
             whiches = [result.WhichOneof("result") for result in reply.results] if whole else []
-            if whole and whiches.count("reply") == len(sent):   # the usual batch: every event answered (no call
-                # was stopped: a stopped call's events are not in `sent`), each looked at once, not three times
+            if whole and whiches.count("reply") == len(sent):   # the usual batch: every event answered, each
+                # looked at once, not three times
                 done.extend((at, SENT, "") for at in sent)
                 whiches = []
+            halted: set[str] = set()   # calls with an event not answered here: their later events wait (an event
+            # sent before its call's event that is no message was answered all the same)
             for at, result, which in zip(sent, reply.results, whiches, strict=True) if whiches else ():
                 call = events[at][0]
-                if call in stopped:
+                if call in halted:
                     continue
                 if which == "reply":
                     done.append((at, SENT, ""))
                     continue
-                stopped.add(call)
+                halted.add(call)
                 event = batch.events[sent.index(at)]   # (the message, for its call id: only an event not answered)
                 name = next((c.name for c in self.grpc.StatusCode if c.value[0] == result.error_code), "UNKNOWN")
                 if which == "error" and name in FINAL:

@@ -38,6 +38,7 @@ import fcntl
 import functools
 import importlib.machinery
 import importlib.util
+import operator
 import os
 import re
 import sqlite3
@@ -235,7 +236,7 @@ def read_journal(data: bytes, watermark_ns: int, raw: bool = True, start: int = 
     """The whole records of `data` from byte `start` written before `watermark_ns`: ([(monotonic ns, wall time, key,
     call, request)], the byte where they stop, "" or what is damaged there); a raw record has key and call "".
     Without `raw`, the records stop before the first raw one (it waits for a reader that can convert it).
-    The reference: `Spool.read` reads with its compiled twin, callgate_journal.read_journal, where it is built."""
+    The reference: `Spool.read` reads with its compiled twin where it is built (`journal_reader`)."""
     if start < 0 or start > len(data):
         raise ValueError(f"start {start} outside the {len(data)} bytes read")
     out: list[tuple[int, float, str, str, bytes]] = []
@@ -285,13 +286,17 @@ def next_record(data: bytes, pos: int) -> int | None:
     return None
 
 
-def _compiled_reader() -> Callable[[bytes, int, bool, int], tuple[list[tuple[int, float, str, str, bytes]], int,
-                                                                  str]] | None:
-    """read_journal's compiled twin (callgate_journal.pyx, which `make build` builds beside this file), loaded from
-    this file's folder (wherever that is on sys.path: the two go together); None where it is not built, or cannot
-    load (a build for another Python, a big-endian host)."""
-    if "__file__" not in globals():
-        return None
+JOURNAL_READER_VERSION = 1   # the compiled reader this module can use (callgate_journal.pyx's VERSION)
+Reader = Callable[[bytes, int, bool, int], tuple[list[tuple[int, float, str, str, bytes]], int, str]]
+
+
+@functools.cache
+def journal_reader() -> tuple[Reader, str]:
+    """What `Spool.read` reads journals with, loaded at its first round (in the one process that sends, not in
+    every worker): read_journal's compiled twin (callgate_journal.pyx, which `make build` builds beside this file),
+    from this file's folder, the two going together; else `read_journal` itself.  With what it is, for the log:
+    "compiled", or "in Python" and why (not built; a build for another Python or of another version, a .so left
+    from before an upgrade: read_journal's arguments or the records may have changed)."""
     here = os.path.dirname(os.path.abspath(__file__))
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = os.path.join(here, "callgate_journal" + suffix)
@@ -303,14 +308,15 @@ def _compiled_reader() -> Callable[[bytes, int, bool, int], tuple[list[tuple[int
             assert spec is not None
             module = importlib.util.module_from_spec(spec)
             loader.exec_module(module)
-        except ImportError:
-            return None
-        return module.read_journal
-    return None
-
-
-# what `Spool.read` reads journals with: the compiled twin where it is built, else the reference
-READ_JOURNAL = _compiled_reader() or read_journal
+        except Exception as exc:   # (any failure to load is a reason to read in Python, never to stop)
+            return read_journal, f"in Python ({path} does not load: {exc!r:.200})"
+        version, reader = getattr(module, "VERSION", None), getattr(module, "read_journal", None)
+        if version != JOURNAL_READER_VERSION or not callable(reader):
+            what = f"is version {version}" if version != JOURNAL_READER_VERSION else "has no read_journal"
+            return read_journal, (f"in Python ({path} {what}, this spool reads version {JOURNAL_READER_VERSION}: "
+                                  "`make build` again)")
+        return reader, "compiled"
+    return read_journal, "in Python (callgate_journal not built beside the spool: `make build`)"
 
 
 class Intake:
@@ -483,6 +489,7 @@ class Spool:
         except FileNotFoundError:
             return intake
         known = self._read_to()
+        reader = journal_reader()[0]
         found: list[tuple[int, float, str, str, bytes]] = []
         problems = intake.problems
         for name in names:
@@ -504,7 +511,7 @@ class Spool:
                 continue
             used = 0
             while True:
-                records, used, damage = READ_JOURNAL(data, watermark, convert is not None, used)
+                records, used, damage = reader(data, watermark, convert is not None, used)
                 found.extend(records)
                 if not damage:
                     if convert is None and name not in self._waiting_on:
@@ -528,7 +535,7 @@ class Spool:
                 used = skip_to
             intake.offsets[name] = start + used
             intake.ends[name] = start + used >= size
-        found.sort(key=lambda r: r[0])   # one clock for every process: the order the events were written in
+        found.sort(key=operator.itemgetter(0))   # one clock for every process: the order the events were written in
         for _, wall, key, call, request in found:
             if key:
                 intake.records.append([(key, call, request, wall)])
@@ -549,8 +556,8 @@ class Spool:
         transaction, with how far the journals were read (with no event kept: that alone, at most
         OFFSETS_EVERY_S after it was read; none when nothing changed).  Journals read
         whole whose process is gone are then removed.  The events kept waiting (past CALLGATE_SPOOL_MAX some
-        are dropped: a problem).  `sent_all`: the caller found every event of `intake` in `settled` as SENT (the
-        usual round: no event is looked at)."""
+        are dropped: a problem).  `sent_all`: every event of `intake` was answered and none refused (the usual
+        round: no event is looked at, `settled` neither)."""
         settled = settled or {}
         records = [] if sent_all else [
             [row for row in record if settled.get(row[0], (PENDING,))[0] in (PENDING, RETRY)]
