@@ -17,3 +17,23 @@ def test_core_bench_quick_prints_every_section(tmp_path, capsys):
     assert figures["inbound"]["single_ns"] > 0
     # the mix exercises the refusals the benchmark claims to measure
     assert {"OK", "BLACKLISTED", "OFF_HOURS", "DOCUMENTS_PENDING"} <= set(figures["inbound"]["reasons"])
+
+
+def test_spool_bench_runs_both_readers_side_by_side_every_event_answered(tmp_path):
+    """The sender's rounds outside Kamailio (a subprocess: it forks writers and loads the script under a stand-in
+    KSR), each reader's rounds counted apart, every event of every round answered at once."""
+    import subprocess
+    import sys
+
+    from .serving import ROOT
+
+    out_file = tmp_path / "spool.json"
+    done = subprocess.run([sys.executable, "-m", "loadtest.spool_bench", "--rounds", "3", "--calls", "20",
+                           "--writers", "2", "--every-ms", "0", "--json", str(out_file)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "compiled / python" in done.stdout
+    figures = json.loads(out_file.read_text())
+    assert figures["rounds_run"] >= 8 and figures["events"] == figures["rounds_run"] * 3 * 20   # (warm-up too)
+    assert all(len(figures["readers"][name]["rounds"]) == 3 and figures["readers"][name]["p50_us_per_call"] > 0
+               for name in ("compiled", "python"))
