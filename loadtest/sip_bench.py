@@ -34,8 +34,8 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    4 ms steps here, so p50 and p99 read 0 or 4 and the mean is the figure
    to compare); and Kamailio's CPU per call: the run time of every thread
    of every process of that instance (the main process and all it forked;
-   /proc/PID/task/*/schedstat, to the nanosecond, where utime + stime come
-   in 10 ms ticks: ~13 µs a call of noise over a 2,000-call run) from the
+   each process's CPU-time clock, to the nanosecond, where utime + stime
+   come in 10 ms ticks: ~13 µs a call of noise over a 2,000-call run) from the
    run's start until its spool has sent every event (at most 10 s after),
    divided by the calls completed, split into the SIP workers, the event
    sender (the rtimer process) and the rest (timers, dialogs).  Before

@@ -33,6 +33,8 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+from .cluster_bench import pct
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "integrations" / "kamailio" / "callgate_kemi.py"
 
@@ -90,11 +92,6 @@ def writer(spool_module: Any, journals: str, index: int, writers: int, calls: in
                     tenant="acme", call_id=call, kind=getattr(kind, name), at=int(time.time()),
                     caller="+14155550100", called="+14155550199", user="u1", line="main").SerializeToString())])
     os._exit(0)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             os.waitpid(pid, 0)
         server.send_signal(signal.SIGTERM)
         server.wait(10)
-    medians = {name: pct(v, 50) for name, v in rounds.items()}
+    medians = {name: pct(v, 50) or 0.0 for name, v in rounds.items()}
     out = {name: {"p50_us_per_call": medians[name], "min": min(v), "max": max(v), "rounds": v}
            for name, v in rounds.items()}
     ratio = medians["compiled"] / medians["python"]

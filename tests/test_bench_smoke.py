@@ -37,3 +37,15 @@ def test_spool_bench_runs_both_readers_side_by_side_every_event_answered(tmp_pat
     assert figures["rounds_run"] >= 8 and figures["events"] == figures["rounds_run"] * 3 * 20   # (warm-up too)
     assert all(len(figures["readers"][name]["rounds"]) == 3 and figures["readers"][name]["p50_us_per_call"] > 0
                for name in ("compiled", "python"))
+
+
+def test_spool_bench_refuses_bad_arguments_with_exit_2_saying_what_is_wanted(capsys):
+    import pytest
+
+    from loadtest import spool_bench
+
+    for argv in (["--calls", "0"], ["--calls", "301"], ["--rounds", "0"], ["--every-ms", "-1"], ["--writers", "0"]):
+        with pytest.raises(SystemExit) as stop:
+            spool_bench.main(argv)
+        assert stop.value.code == 2
+        assert "--calls 1 to 300" in capsys.readouterr().err
