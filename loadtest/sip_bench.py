@@ -3,6 +3,7 @@
     python -m loadtest.sip_bench                 # every section, ~2.5 minutes on the 2-core machine
     python -m loadtest.sip_bench --no-memory     # without section 4
     python -m loadtest.sip_bench --no-memory --ramp '' --rounds 5   # section 1's ratios, medians of 5 rounds
+    python -m loadtest.sip_bench --no-memory --ramp '' --rounds 5 --together bypass,events,local   # at once
     python -m loadtest.sip_bench --rate 200 --seconds 10 --ramp 100,200,300,400 --step-seconds 5 --json out.json
 
 Starts, on free loopback ports: callgate (`callgate serve`, the example tenant
@@ -49,6 +50,14 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    round (each proxy in every place); each ratio is then the median of the
    rounds' ratios (every round's listed), each proxy's figures those of its
    median round, and every call of every round must succeed.
+   `--together bypass,events,local` runs those proxies at the same time in
+   each round (each with a sipp UAC of its own at `--rate`, the one UAS
+   answering all), then the others in turn: one after the other, a ratio
+   compares seconds of this shared machine that differ (the relay alone
+   moved by 40% between rounds of one run); side by side, its two figures
+   come from the same seconds.  The machine then carries all of them at
+   once, so every figure holds more of the others' cache and scheduling
+   than alone: compare ratios, not the µs, with a run without it.
    Targets: local / bypass <= 1.10; rpc / bypass, events / bypass and
    local / events are reported.  Before the
    rounds each proxy's CPU idle (5 s without calls) is reported too: what
@@ -104,6 +113,7 @@ server_bench).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import shutil
@@ -111,6 +121,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +142,7 @@ PROXIES = ("bypass", "rpc", "local")
 # section 1 also runs "events": the relay that records each call's events as rpc and local do, deciding nothing
 ROUND_PROXIES = ("bypass", "events", "rpc", "local")
 BIG = "big"
+_RUNS = itertools.count()   # (sipp runs at once need files of their own)
 
 
 def bench_doc() -> dict[str, Any]:
@@ -160,7 +172,7 @@ def big_doc(blacklist: int) -> tuple[bytes, str, str]:
 def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float, called: str = OPEN,
              caller: str = CALLER) -> dict[str, Any]:
     """One bounded sipp UAC run; its counters from the -trace_stat CSV, its response times from -trace_rtt."""
-    tag = free_port()
+    tag = f"{free_port()}-{next(_RUNS)}"
     scenario = folder / f"uac-{tag}.xml"  # the response-time file is named after the scenario: one per run
     scenario.write_text(sip.uac_scenario(200, hold_ms=100, rtd=True))
     stat = folder / f"stat-{tag}.csv"
@@ -203,6 +215,12 @@ def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float
     stat.unlink(missing_ok=True)
     scenario.unlink(missing_ok=True)
     return out
+
+
+def say_bounded(what: str, r: dict[str, Any], calls: int, rate: float) -> None:
+    say(f"{what}: {r['successful']:,} of {calls:,} calls at {rate:g}/s, failed {r['failed']}, retransmissions "
+        f"{r['retransmissions']}, response p50/p99 {r['response_ms']['p50']}/{r['response_ms']['p99']} ms, "
+        f"Kamailio {r['cpu']['us_per_call'] or 0:.0f} µs CPU per call")
 
 
 def broke(r: dict[str, Any]) -> bool:
@@ -411,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-seconds", type=float, default=5.0, help="length of each ramp step (default 5)")
     p.add_argument("--warmup", type=int, default=400,
                    help="calls each proxy takes before anything is measured, at --rate (default 400; 0: none)")
+    p.add_argument("--together", default="", metavar="LIST",
+                   help="section 1's proxies (of bypass, events, rpc, local; at least two, comma-separated) that "
+                        "run at the same time in each round, each with a sipp of its own at --rate, before the "
+                        "others in turn: their ratios are then of the same seconds of this machine (e.g. "
+                        "bypass,events,local; default '': each proxy alone)")
     p.add_argument("--children", type=int, default=8, help="Kamailio UDP workers (default 8)")
     p.add_argument("--events-module", action=argparse.BooleanOptionalAction, default=True,
                    help="rpc and local make their replies' events with Kamailio's callgate_events module "
@@ -433,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     if (args.rate <= 0 or args.seconds <= 0 or args.step_seconds <= 0 or any(r <= 0 for r in ramp)
             or args.memory_rate <= 0):
         p.error("rates and seconds must be positive")
+    together = tuple(dict.fromkeys(x.strip() for x in args.together.split(",") if x.strip()))
+    if together and (len(together) < 2 or not set(together) <= set(ROUND_PROXIES)):
+        p.error(f"--together {args.together!r}: two or more of {', '.join(ROUND_PROXIES)}, comma-separated")
     if min(args.rounds, args.children, args.memory_children, args.memory_calls, args.memory_blacklist) < 1:
         p.error("--rounds, --children, --memory-children, --memory-calls and --memory-blacklist must be at least 1")
     t_start = time.monotonic()
@@ -441,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     started: list[Any] = []
     out: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                            "bounded": {}, "rounds": [], "ramp": {p: [] for p in PROXIES}, "broke_at": {},
-                           "timings": {}, "idle": {}, "warmup": {}}
+                           "timings": {}, "idle": {}, "warmup": {}, "together": list(together)}
     crashed: list[str] = []
     calls = int(args.rate * args.seconds)
     try:
@@ -488,15 +514,23 @@ def main(argv: list[str] | None = None) -> int:
         for name in ROUND_PROXIES:
             out["idle"][name] = idle_cpu(proxies[name], IDLE_S)
             say(f"1 idle {name}: {out['idle'][name]:.1f} ms CPU a second over {IDLE_S:g} s without calls")
+        rest = tuple(name for name in ROUND_PROXIES if name not in together)
         for turn in range(args.rounds):   # round k starts k places further: each proxy in every place
-            order = ROUND_PROXIES[turn % len(ROUND_PROXIES):] + ROUND_PROXIES[:turn % len(ROUND_PROXIES)]
+            order = rest[turn % len(rest):] + rest[:turn % len(rest)] if rest else ()
             this: dict[str, Any] = {}
+            when = f" (round {turn + 1})" if args.rounds > 1 else ""
+            if together:   # at the same moments, each with a sipp of its own: the machine's drift is theirs alike
+                with ThreadPoolExecutor(len(together)) as pool:
+                    runs = {name: pool.submit(bounded, proxies[name], args.rate, calls, folder, args.seconds + 30)
+                            for name in together}
+                    for name, run in runs.items():
+                        this[name] = run.result()
+                for name in together:
+                    say_bounded(f"1 bounded {name}{when}, side by side with "
+                                f"{', '.join(n for n in together if n != name)}", this[name], calls, args.rate)
             for name in order:
-                r = this[name] = bounded(proxies[name], args.rate, calls, folder, args.seconds + 30)
-                say(f"1 bounded {name}{f' (round {turn + 1})' if args.rounds > 1 else ''}: {r['successful']:,} of "
-                    f"{calls:,} calls at {args.rate:g}/s, failed {r['failed']}, retransmissions "
-                    f"{r['retransmissions']}, response p50/p99 {r['response_ms']['p50']}/{r['response_ms']['p99']} "
-                    f"ms, Kamailio {r['cpu']['us_per_call'] or 0:.0f} µs CPU per call")
+                this[name] = bounded(proxies[name], args.rate, calls, folder, args.seconds + 30)
+                say_bounded(f"1 bounded {name}{when}", this[name], calls, args.rate)
             out["rounds"].append(this)
         out["bounded"] = {name: median_round(out["rounds"], name) for name in ROUND_PROXIES}
         for name in PROXIES:
@@ -616,7 +650,9 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
                          ("events", "bypass", ""), ("local", "events", "")):
         ratios = round_ratios(rounds, a, c) if all(a in r and c in r for r in rounds) else []
         middle = float(np.median(ratios)) if ratios else None
-        rep.add(1, f"Kamailio CPU per call, {a} / {c}" + (" (median; each round)" if len(ratios) > 1 else ""),
+        paired = " side by side" if {a, c} <= set(out.get("together", ())) else ""
+        rep.add(1, f"Kamailio CPU per call, {a} / {c}{paired}"
+                   + (" (median; each round)" if len(ratios) > 1 else ""),
                 middle, "{:.2f}", target, (lambda v: v <= 1.10) if target else None,
                 text=f"{middle:.2f} ({', '.join(f'{v:.2f}' for v in ratios)})"
                 if middle is not None and len(ratios) > 1 else None)

@@ -49,3 +49,18 @@ def test_spool_bench_refuses_bad_arguments_with_exit_2_saying_what_is_wanted(cap
             spool_bench.main(argv)
         assert stop.value.code == 2
         assert "--calls 1 to 300" in capsys.readouterr().err
+
+
+def test_sip_bench_refuses_a_together_list_that_pairs_nothing_with_exit_2_naming_the_proxies(capsys):
+    import pytest
+
+    from loadtest import sip, sip_bench
+
+    if sip.missing_tools():   # (what it says first without them: .ci/run installs both)
+        pytest.skip(f"{sip.missing_tools()} not installed")
+    for argv in (["--together", "local"], ["--together", "local,local"], ["--together", "bypass,nobody"],
+                 ["--together", "bypass,,"]):
+        with pytest.raises(SystemExit) as stop:
+            sip_bench.main(argv)
+        assert stop.value.code == 2
+        assert "two or more of bypass, events, rpc, local" in capsys.readouterr().err

@@ -603,13 +603,13 @@ def test_kemi_script_is_plain_python(tmp_path: Path) -> None:
 
 
 def test_sip_bench_smoke(tmp_path: Path) -> None:
-    """The SIP benchmark end to end with a tiny load: the three proxies carry every call, in two rounds in turned
-    orders, the workers time their decisions, and the memory section (a small blacklist, 2 workers) sees the file
-    shared, then copied."""
+    """The SIP benchmark end to end with a tiny load: the proxies carry every call, in two rounds (the relay and
+    the local one side by side, then the other two in turned orders), the workers time their decisions, and the
+    memory section (a small blacklist, 2 workers) sees the file shared, then copied."""
     out = tmp_path / "sip.json"
     done = subprocess.run([sys.executable, "-m", "loadtest.sip_bench", "--rate", "20", "--seconds", "2",
                            "--rounds", "2", "--warmup", "10", "--ramp", "", "--children", "2", "--memory-blacklist",
-                           "1000",
+                           "1000", "--together", "local,bypass",
                            "--memory-children", "2", "--memory-calls", "20", "--memory-rate", "20", "--json",
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
@@ -617,8 +617,12 @@ def test_sip_bench_smoke(tmp_path: Path) -> None:
     for name in ("bypass", "events", "rpc", "local"):   # each proxy's first calls, before anything is measured
         assert f"1 warm-up {name}: 10 of 10 calls, failed 0 (not measured)" in done.stderr, done.stderr[-3000:]
         assert figures["warmup"][name] == {"calls": 10, "successful": 10, "failed": 0}
-    assert [list(r) for r in figures["rounds"]] == [["bypass", "events", "rpc", "local"],
-                                                    ["events", "rpc", "local", "bypass"]]
+    assert figures["together"] == ["local", "bypass"]
+    assert [list(r) for r in figures["rounds"]] == [["local", "bypass", "events", "rpc"],
+                                                    ["local", "bypass", "rpc", "events"]]
+    for turn in (1, 2):   # the two side by side: each run said so, each with its own sipp's calls
+        assert f"1 bounded local (round {turn}), side by side with bypass: 40 of 40 calls" in done.stderr
+        assert f"1 bounded bypass (round {turn}), side by side with local: 40 of 40 calls" in done.stderr
     # the replies' events made by the callgate_events module: no Python reply route ran in either proxy
     assert all(not k.startswith("route:onreply") for name in ("rpc", "local") for k in figures["timings"][name])
     assert all("route:request_route" in figures["timings"][name] for name in ("rpc", "local"))   # (routes timed)
@@ -628,6 +632,8 @@ def test_sip_bench_smoke(tmp_path: Path) -> None:
         assert figures["bounded"][name]["cpu"]["us_per_call"] > 0
     ratios = {row["what"]: row for row in figures["summary"] if row["what"].startswith("Kamailio CPU per call, ")}
     assert len(ratios) == 5
+    assert [what for what in ratios if "side by side" in what] == [
+        "Kamailio CPU per call, local / bypass side by side (median; each round)"]
     # the events baseline sends what the others send (its spool drained by its sender), the bypass nothing
     assert all(r["events"]["spool_drained"] and r["events"]["cpu"]["event_sender_s"] > 0 for r in figures["rounds"])
     assert all("each round" in what and row["text"].count(",") == 1 for what, row in ratios.items())   # 2 listed
