@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -162,6 +163,11 @@ def test_with_a_replica_inbound_calls_go_on_while_callgate_is_away(tmp_path: Pat
         callgate = Server(data, seed=None, listen=listen)
         load.join(180)
         assert outcome and outcome[0][0], f"an inbound call failed while callgate was away: {outcome}"
+        # every SIP worker, the engine (and numpy) imported, is still one thread: OpenBLAS's pool would be a second
+        # in each, and every syscall and malloc of the worker would then take glibc's threaded paths
+        workers = proxy.udp_workers()
+        assert workers and {p: len(os.listdir(f"/proc/{p}/task")) for p in workers} == dict.fromkeys(workers, 1)
+        assert all("numpy" in Path(f"/proc/{p}/maps").read_text() for p in workers)
         wait_for(lambda: not proxy.spooled().get(0), timeout=60)            # the spool has sent what it held
         answered = set(f"{c}/1" for c in re.findall(r"^Call-ID: (\S+)", "\n".join(
             m for m in uas.messages().split("-----------------------------------------------")
