@@ -51,13 +51,19 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    rounds' ratios (every round's listed), each proxy's figures those of its
    median round, and every call of every round must succeed.
    `--together bypass,events,local` runs those proxies at the same time in
-   each round (each with a sipp UAC of its own at `--rate`, the one UAS
-   answering all), then the others in turn: one after the other, a ratio
-   compares seconds of this shared machine that differ (the relay alone
-   moved by 40% between rounds of one run); side by side, its two figures
-   come from the same seconds.  The machine then carries all of them at
-   once, so every figure holds more of the others' cache and scheduling
-   than alone: compare ratios, not the µs, with a run without it.
+   each round, first (their meters and sipps started together, the order
+   they are started in turned each round; each with a sipp UAC of its own
+   at `--rate`, the one UAS answering them all: the machine carries their
+   number times `--rate`), then the others one after the other, turned as
+   above.  One after the other, a ratio compares seconds of this shared
+   machine that differ (the relay alone moved by 40% between rounds of one
+   run); side by side, its two figures come from the same seconds (two
+   local proxies side by side: 1.009, rounds 0.98-1.03).  Every figure then
+   holds more of the others' cache and scheduling than alone: compare
+   ratios, not the µs, with a run without it.  A ratio of one proxy side by
+   side and one alone says so and is checked against no target; rounds
+   where a side-by-side proxy's calls were retransmitted (a machine past
+   what it carries) are counted in a note.
    Targets: local / bypass <= 1.10; rpc / bypass, events / bypass and
    local / events are reported.  Before the
    rounds each proxy's CPU idle (5 s without calls) is reported too: what
@@ -120,8 +126,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +150,21 @@ PROXIES = ("bypass", "rpc", "local")
 ROUND_PROXIES = ("bypass", "events", "rpc", "local")
 BIG = "big"
 _RUNS = itertools.count()   # (sipp runs at once need files of their own)
+# sipps running (runs at once, `--together`: each in a thread of its own), the SIP ports handed to them, and
+# whether the run is being stopped (`stop_sipps`: the threads' sipps killed, their waits cut short)
+_SIPPS_LOCK = threading.Lock()
+_SIPPS: set[subprocess.Popen[str]] = set()
+_SIPP_PORTS: set[int] = set()
+_STOPPING = threading.Event()
+
+
+def stop_sipps() -> None:
+    """Kill every sipp a run started and is waiting for, and cut short the waits for spools to drain: the run
+    is being given up (SIGTERM, or a run beside it failed), and the threads of runs at once end at once."""
+    _STOPPING.set()
+    with _SIPPS_LOCK:
+        for proc in _SIPPS:
+            proc.kill()
 
 
 def bench_doc() -> dict[str, Any]:
@@ -176,16 +198,35 @@ def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float
     scenario = folder / f"uac-{tag}.xml"  # the response-time file is named after the scenario: one per run
     scenario.write_text(sip.uac_scenario(200, hold_ms=100, rtd=True))
     stat = folder / f"stat-{tag}.csv"
-    cmd = ["sipp", "-sf", str(scenario), "-s", called, proxy, "-i", "127.0.0.1", "-p", str(sip.free_sip_port()),
+    with _SIPPS_LOCK:   # (a port free now may be another thread's sipp's a moment later: one handed out once)
+        port = next(p for p in iter(sip.free_sip_port, None) if p not in _SIPP_PORTS)
+        _SIPP_PORTS.add(port)
+    cmd = ["sipp", "-sf", str(scenario), "-s", called, proxy, "-i", "127.0.0.1", "-p", str(port),
            "-key", "CALLER", caller, "-m", str(calls), "-r", str(rate), "-l", str(max(int(rate * 3), 10)),
            "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error", "-trace_stat", "-stf", str(stat),
            "-fd", "1", "-recv_timeout", "5000", "-trace_rtt", "-rtt_freq", "1"]  # (a partial batch is never written)
     t0 = time.monotonic()
-    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s + 30,
-                          cwd=folder)
+    try:
+        with _SIPPS_LOCK:
+            if _STOPPING.is_set():
+                raise RuntimeError("the run is being stopped")
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, cwd=folder)
+            _SIPPS.add(proc)
+        try:
+            _, err = proc.communicate(timeout=timeout_s + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        finally:
+            with _SIPPS_LOCK:
+                _SIPPS.discard(proc)
+    finally:
+        with _SIPPS_LOCK:
+            _SIPP_PORTS.discard(port)
     wall = time.monotonic() - t0
     rows = [line.split(";") for line in stat.read_text().splitlines()] if stat.exists() else []
-    out: dict[str, Any] = {"rate": rate, "calls": calls, "exit": done.returncode, "wall_s": wall}
+    out: dict[str, Any] = {"rate": rate, "calls": calls, "exit": proc.returncode, "wall_s": wall}
     if len(rows) >= 2:
         values = dict(zip(rows[0], rows[-1], strict=False))
 
@@ -198,7 +239,7 @@ def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float
         out.update(successful=num("SuccessfulCall(C)"), failed=num("FailedCall(C)"),
                    retransmissions=num("Retransmissions(C)"), call_length=values.get("CallLength(C)", ""))
     else:
-        out.update(successful=0, failed=calls, retransmissions=0, error=done.stderr[-300:])
+        out.update(successful=0, failed=calls, retransmissions=0, error=err[-300:])
     out["achieved_rate"] = out["successful"] / wall if wall > 0 else 0.0
     times: list[float] = []
     for rtt in folder.glob(f"{scenario.stem}_*_rtt.csv"):
@@ -217,6 +258,25 @@ def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float
     return out
 
 
+def parse_together(text: str, error: Any) -> tuple[str, ...]:
+    """--together's proxies, in its order; `error(message)` (argparse's: exit 2) for an empty item, a name that is
+    no proxy of section 1, one named twice, or fewer than two.  "" (the default): none."""
+    if not text.strip():
+        return ()
+    names = [x.strip() for x in text.split(",")]
+    wanted = f"two or more of {', '.join(ROUND_PROXIES)}, comma-separated, each once"
+    for name in names:
+        if not name:
+            error(f"--together {text[:60]!r}: an empty item ({wanted})")
+        if name not in ROUND_PROXIES:
+            error(f"--together {text[:60]!r}: {name[:30]!r} is no proxy ({wanted})")
+        if names.count(name) > 1:
+            error(f"--together {text[:60]!r}: {name!r} named twice ({wanted})")
+    if len(names) < 2:
+        error(f"--together {text[:60]!r}: one proxy is side by side with nothing ({wanted})")
+    return tuple(names)
+
+
 def say_bounded(what: str, r: dict[str, Any], calls: int, rate: float) -> None:
     say(f"{what}: {r['successful']:,} of {calls:,} calls at {rate:g}/s, failed {r['failed']}, retransmissions "
         f"{r['retransmissions']}, response p50/p99 {r['response_ms']['p50']}/{r['response_ms']['p99']} ms, "
@@ -225,7 +285,7 @@ def say_bounded(what: str, r: dict[str, Any], calls: int, rate: float) -> None:
 
 def broke(r: dict[str, Any]) -> bool:
     """More than 1% of the calls failed, or fewer than 95% completed: a stray failure among thousands on a
-    2-core machine that also runs both sipps is noise, a collapse is not."""
+    2-core machine that also runs the sipps is noise, a collapse is not."""
     return bool(r["failed"] > 0.01 * r["calls"] or r["successful"] < 0.95 * r["calls"])
 
 
@@ -234,11 +294,12 @@ def say(text: str) -> None:
 
 
 def drained(proxy: sip.Kamailio, timeout_s: float) -> bool:
-    """Wait until the proxy's spool has no event waiting (a bypass proxy spools none)."""
+    """Wait until the proxy's spool has no event waiting (a bypass proxy spools none); False at once when the run is
+    being stopped (`stop_sipps`)."""
     import sqlite3
 
     deadline = time.monotonic() + timeout_s
-    while True:
+    while not _STOPPING.is_set():
         try:
             if not proxy.spooled().get(0):
                 return True
@@ -247,6 +308,7 @@ def drained(proxy: sip.Kamailio, timeout_s: float) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
+    return False
 
 
 IDLE_S = 5.0
@@ -262,15 +324,21 @@ def idle_cpu(proxy: sip.Kamailio, seconds: float) -> float:
     return sum(cpu["worker_cpu_s"].values()) / cpu["wall_s"] * 1000 if cpu["wall_s"] else 0.0
 
 
-def bounded(proxy: sip.Kamailio, rate: float, calls: int, folder: Path, timeout_s: float) -> dict[str, Any]:
+def bounded(proxy: sip.Kamailio, rate: float, calls: int, folder: Path, timeout_s: float,
+            start: threading.Barrier | None = None) -> dict[str, Any]:
     """One bounded run with the instance's CPU over it (until its spool is drained): per call, in total, and
-    by kind of process (the SIP workers, the rest: timers, the event sender)."""
+    by kind of process (the SIP workers, the rest: timers, the event sender).  `start`: the runs at once wait
+    for each other there, their meters made, before their sipps start."""
     kinds = proxy.processes()
     pids = proxy.tree()
     meter = CpuMeter(pids, precise=True)
+    if start is not None:
+        start.wait(60)
+    started = time.monotonic()
     r = run_sipp(proxy.address, rate, calls, folder, timeout_s)
     r["spool_drained"] = drained(proxy, 10.0)
     cpu = meter.read()
+    r["started"], r["ended"] = started, time.monotonic()   # (time.monotonic(): runs at once overlap)
     per_pid = {int(p): s for p, s in cpu["worker_cpu_s"].items()}
     parts = {"sip_workers": 0.0, "event_sender": 0.0, "others": 0.0}
     for pid, seconds in per_pid.items():
@@ -446,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-rate", type=float, default=100.0, help="their rate, calls/s (100)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every figure here")
     args = p.parse_args(argv)
+    together = parse_together(args.together, p.error)
     missing = sip.missing_tools()
     if missing:
         p.error(f"{', '.join(missing)} not installed: apt-get install {sip.PACKAGES}")
@@ -456,9 +525,6 @@ def main(argv: list[str] | None = None) -> int:
     if (args.rate <= 0 or args.seconds <= 0 or args.step_seconds <= 0 or any(r <= 0 for r in ramp)
             or args.memory_rate <= 0):
         p.error("rates and seconds must be positive")
-    together = tuple(dict.fromkeys(x.strip() for x in args.together.split(",") if x.strip()))
-    if together and (len(together) < 2 or not set(together) <= set(ROUND_PROXIES)):
-        p.error(f"--together {args.together!r}: two or more of {', '.join(ROUND_PROXIES)}, comma-separated")
     if min(args.rounds, args.children, args.memory_children, args.memory_calls, args.memory_blacklist) < 1:
         p.error("--rounds, --children, --memory-children, --memory-calls and --memory-blacklist must be at least 1")
     t_start = time.monotonic()
@@ -520,11 +586,19 @@ def main(argv: list[str] | None = None) -> int:
             this: dict[str, Any] = {}
             when = f" (round {turn + 1})" if args.rounds > 1 else ""
             if together:   # at the same moments, each with a sipp of its own: the machine's drift is theirs alike
+                first = together[turn % len(together):] + together[:turn % len(together)]   # (started first)
+                barrier = threading.Barrier(len(together))
                 with ThreadPoolExecutor(len(together)) as pool:
-                    runs = {name: pool.submit(bounded, proxies[name], args.rate, calls, folder, args.seconds + 30)
-                            for name in together}
-                    for name, run in runs.items():
-                        this[name] = run.result()
+                    runs = {name: pool.submit(bounded, proxies[name], args.rate, calls, folder, args.seconds + 30,
+                                              barrier) for name in first}
+                    try:   # one that fails (or SIGTERM meanwhile) stops the others' sipps and waits now
+                        wait(runs.values(), return_when=FIRST_EXCEPTION)
+                        for name in together:
+                            this[name] = runs[name].result()
+                    except BaseException:
+                        barrier.abort()
+                        stop_sipps()
+                        raise
                 for name in together:
                     say_bounded(f"1 bounded {name}{when}, side by side with "
                                 f"{', '.join(n for n in together if n != name)}", this[name], calls, args.rate)
@@ -582,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsip_bench summary ({out['elapsed_s']:.0f} s; SIP through Kamailio, {args.children} workers: whole "
           "calls INVITE, 180, 200, ACK, 100 ms, BYE, 200; the replies' events made by "
           f"{'the callgate_events module' if args.events_module else 'the Python reply routes'}; callgate, replica, "
-          "Kamailio and both sipps on this machine's cores)")
+          "Kamailio and the sipps on this machine's cores)")
     print(rep.table())
     for section in sorted(rep.notes):
         for text in rep.notes[section]:
@@ -650,12 +724,22 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
                          ("events", "bypass", ""), ("local", "events", "")):
         ratios = round_ratios(rounds, a, c) if all(a in r and c in r for r in rounds) else []
         middle = float(np.median(ratios)) if ratios else None
-        paired = " side by side" if {a, c} <= set(out.get("together", ())) else ""
+        at_once = set(out.get("together", ())) & {a, c}
+        # (a ratio of one proxy side by side and one alone mixes two machines' loads: checked against no target)
+        paired = (" side by side" if len(at_once) == 2 else
+                  f" ({next(iter(at_once))} side by side, {({a, c} - at_once).pop()} alone)" if at_once else "")
+        target = "" if len(at_once) == 1 else target
         rep.add(1, f"Kamailio CPU per call, {a} / {c}{paired}"
                    + (" (median; each round)" if len(ratios) > 1 else ""),
                 middle, "{:.2f}", target, (lambda v: v <= 1.10) if target else None,
                 text=f"{middle:.2f} ({', '.join(f'{v:.2f}' for v in ratios)})"
                 if middle is not None and len(ratios) > 1 else None)
+    side = out.get("together", [])
+    retransmitted = [i + 1 for i, rnd in enumerate(rounds) if any(rnd[n]["retransmissions"] for n in side if n in rnd)]
+    if retransmitted:   # (a machine past what it carries: a proxy's calls waited, and its CPU per call with them)
+        rep.note(1, f"round(s) {', '.join(map(str, retransmitted))}: the calls of proxies side by side were "
+                    "retransmitted; their ratios hold a machine past what it carries (fewer --together or a lower "
+                    "--rate)")
     if args.ramp.strip():
         for name in PROXIES:
             steps = out["ramp"].get(name, [])

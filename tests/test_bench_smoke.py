@@ -51,16 +51,16 @@ def test_spool_bench_refuses_bad_arguments_with_exit_2_saying_what_is_wanted(cap
         assert "--calls 1 to 300" in capsys.readouterr().err
 
 
-def test_sip_bench_refuses_a_together_list_that_pairs_nothing_with_exit_2_naming_the_proxies(capsys):
+def test_sip_bench_refuses_a_together_list_that_pairs_nothing_with_exit_2_naming_the_item(capsys):
     import pytest
 
-    from loadtest import sip, sip_bench
+    from loadtest import sip_bench
 
-    if sip.missing_tools():   # (what it says first without them: .ci/run installs both)
-        pytest.skip(f"{sip.missing_tools()} not installed")
-    for argv in (["--together", "local"], ["--together", "local,local"], ["--together", "bypass,nobody"],
-                 ["--together", "bypass,,"]):
-        with pytest.raises(SystemExit) as stop:
-            sip_bench.main(argv)
+    for value, why in (("local", "one proxy is side by side with nothing"), ("local,local", "'local' named twice"),
+                       ("bypass,nobody", "'nobody' is no proxy"), ("bypass,,local", "an empty item"),
+                       (",", "an empty item"), ("bypass, local,bypass", "'bypass' named twice")):
+        with pytest.raises(SystemExit) as stop:   # (before anything is looked for or started)
+            sip_bench.main(["--together", value])
         assert stop.value.code == 2
-        assert "two or more of bypass, events, rpc, local" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert why in err and "two or more of bypass, events, rpc, local, comma-separated, each once" in err, err

@@ -149,7 +149,9 @@ def test_with_a_replica_inbound_calls_go_on_while_callgate_is_away(tmp_path: Pat
         wait_for(lambda: "acme" in replica.held(tmp_path / "replica"), timeout=30)
         uas = sip.Uas(tmp_path)
         started.append(uas)
-        proxy = sip.Kamailio(tmp_path, listen, uas.port, replica=tmp_path / "replica")
+        # (an environment asking for BLAS threads: the script keeps its workers one thread whatever it says)
+        proxy = sip.Kamailio(tmp_path, listen, uas.port, replica=tmp_path / "replica",
+                             env={"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"})
         started.append(proxy)
         rate, before_s, outage_s, after_s = 10, 5, 10, 5
         total = rate * (before_s + outage_s + after_s)
@@ -166,7 +168,9 @@ def test_with_a_replica_inbound_calls_go_on_while_callgate_is_away(tmp_path: Pat
         # every SIP worker, the engine (and numpy) imported, is still one thread: OpenBLAS's pool would be a second
         # in each, and every syscall and malloc of the worker would then take glibc's threaded paths
         workers = proxy.udp_workers()
-        assert workers and {p: len(os.listdir(f"/proc/{p}/task")) for p in workers} == dict.fromkeys(workers, 1)
+        threads = {p: sorted(Path(f"/proc/{p}/task/{t}/comm").read_text().strip()
+                             for t in os.listdir(f"/proc/{p}/task")) for p in workers}
+        assert workers and all(len(names) == 1 for names in threads.values()), threads
         assert all("numpy" in Path(f"/proc/{p}/maps").read_text() for p in workers)
         wait_for(lambda: not proxy.spooled().get(0), timeout=60)            # the spool has sent what it held
         answered = set(f"{c}/1" for c in re.findall(r"^Call-ID: (\S+)", "\n".join(

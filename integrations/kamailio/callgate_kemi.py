@@ -155,7 +155,8 @@ import KSR  # provided by Kamailio's app_python3 (no stubs: mypy ignores missing
 # algebra, so a worker gains nothing from it but a thread that could spin, its stack, and glibc's threaded paths
 # for the worker's every syscall and malloc.  (Its CPU was not measurable: side by side, the local proxy with the
 # pool cost 0.995 of one without, within the rounds' 2%.)  Set before any import of numpy in any Kamailio
-# process, whatever Kamailio's environment says: no process of it has a use for the pool.
+# process, whatever Kamailio's environment says.  (Kamailio's environment from then on: a program it starts, with
+# the exec module say, inherits both; set them there again for one that wants a thread pool.)
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
 os.environ["OMP_NUM_THREADS"] = "1"
 
