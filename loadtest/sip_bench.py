@@ -64,6 +64,14 @@ A sipp UAC places whole calls (INVITE, 180, 200, ACK, a 100 ms hold, BYE,
    side and one alone says so and is checked against no target; rounds
    where a side-by-side proxy's calls were retransmitted (a machine past
    what it carries) are counted in a note.
+   `--variant NAME=KIND[:VAR=VALUE,...]` (repeatable) adds to section 1 a
+   proxy of that kind (bypass, events, rpc or local) with those settings in
+   its environment (the script's CALLGATE_* settings, or any other), e.g.
+   `--variant tmpfs=events:CALLGATE_SPOOL=/dev/shm/cg/events.sqlite
+   --together events,tmpfs`: each variant's ratio to its kind is reported,
+   what a setting costs measured against the same proxy without it; NAME
+   is then a proxy `--together` may list.  `--variant again=local` (no
+   setting) measures how far two instances of one proxy differ.
    Targets: local / bypass <= 1.10; rpc / bypass, events / bypass and
    local / events are reported.  Before the
    rounds each proxy's CPU idle (5 s without calls) is reported too: what
@@ -258,23 +266,64 @@ def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float
     return out
 
 
-def parse_together(text: str, error: Any) -> tuple[str, ...]:
+VARIANT = re.compile(r"([a-z][a-z0-9_-]{0,30})=([a-z]+)(?::(.*))?", re.DOTALL)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_VARIANTS = 4   # (each a Kamailio with --children workers, its calls at --rate)
+
+
+def parse_variants(values: list[str], error: Any) -> dict[str, tuple[str, dict[str, str]]]:
+    """--variant's proxies: name -> (kind, environment); `error(message)` (argparse's: exit 2) for a malformed one,
+    a name that is a kind or taken twice, a kind that is none of section 1's, a setting that is no VAR=VALUE, or
+    more than MAX_VARIANTS."""
+    wanted = ("NAME=KIND[:VAR=VALUE,...]: NAME lower-case letters, digits, _ and -; KIND one of "
+              f"{', '.join(ROUND_PROXIES)}")
+    if len(values) > MAX_VARIANTS:
+        error(f"--variant: {len(values)} given, at most {MAX_VARIANTS} (each is a Kamailio of its own)")
+    out: dict[str, tuple[str, dict[str, str]]] = {}
+    for text in values:
+        m = VARIANT.fullmatch(text)
+        if m is None:
+            error(f"--variant {text[:60]!r}: not {wanted}")
+            continue
+        name, kind, settings = m.group(1), m.group(2), m.group(3)
+        if kind not in ROUND_PROXIES:
+            error(f"--variant {text[:60]!r}: {kind!r} is no kind of proxy ({wanted})")
+        if name in ROUND_PROXIES or name in out:
+            error(f"--variant {text[:60]!r}: {name!r} is taken (a kind, or another variant's name)")
+        env: dict[str, str] = {}
+        for item in settings.split(",") if settings is not None else ():
+            var, eq, value = item.partition("=")
+            if not eq or not ENV_NAME.fullmatch(var) or "\0" in value:
+                error(f"--variant {text[:60]!r}: {item[:40]!r} is no VAR=VALUE ({wanted})")
+            env[var] = value
+        out[name] = (kind, env)
+    return out
+
+
+def parse_together(text: str, error: Any, known: tuple[str, ...] = ROUND_PROXIES) -> tuple[str, ...]:
     """--together's proxies, in its order; `error(message)` (argparse's: exit 2) for an empty item, a name that is
-    no proxy of section 1, one named twice, or fewer than two.  "" (the default): none."""
+    no proxy of section 1 (`known`: its kinds and variants), one named twice, or fewer than two.  "" (the
+    default): none."""
     if not text.strip():
         return ()
     names = [x.strip() for x in text.split(",")]
-    wanted = f"two or more of {', '.join(ROUND_PROXIES)}, comma-separated, each once"
+    wanted = f"two or more of {', '.join(known)}, comma-separated, each once"
     for name in names:
         if not name:
             error(f"--together {text[:60]!r}: an empty item ({wanted})")
-        if name not in ROUND_PROXIES:
+        if name not in known:
             error(f"--together {text[:60]!r}: {name[:30]!r} is no proxy ({wanted})")
         if names.count(name) > 1:
             error(f"--together {text[:60]!r}: {name!r} named twice ({wanted})")
     if len(names) < 2:
         error(f"--together {text[:60]!r}: one proxy is side by side with nothing ({wanted})")
     return tuple(names)
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    """A process's environment as it started (/proc/PID/environ)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if item)
 
 
 def say_bounded(what: str, r: dict[str, Any], calls: int, rate: float) -> None:
@@ -502,6 +551,10 @@ def main(argv: list[str] | None = None) -> int:
                         "run at the same time in each round, each with a sipp of its own at --rate, before the "
                         "others in turn: their ratios are then of the same seconds of this machine (e.g. "
                         "bypass,events,local; default '': each proxy alone)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=KIND[:VAR=VALUE,...]",
+                   help="one more proxy in section 1: of KIND (bypass, events, rpc, local) with these settings in "
+                        "its environment; its ratio to KIND is reported (repeatable, at most 4; e.g. "
+                        "slow=events:CALLGATE_SEND_EVERY_MS=2000)")
     p.add_argument("--children", type=int, default=8, help="Kamailio UDP workers (default 8)")
     p.add_argument("--events-module", action=argparse.BooleanOptionalAction, default=True,
                    help="rpc and local make their replies' events with Kamailio's callgate_events module "
@@ -514,7 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-rate", type=float, default=100.0, help="their rate, calls/s (100)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every figure here")
     args = p.parse_args(argv)
-    together = parse_together(args.together, p.error)
+    variants = parse_variants(args.variant, p.error)
+    section1 = ROUND_PROXIES + tuple(variants)
+    together = parse_together(args.together, p.error, section1)
     missing = sip.missing_tools()
     if missing:
         p.error(f"{', '.join(missing)} not installed: apt-get install {sip.PACKAGES}")
@@ -533,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     started: list[Any] = []
     out: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                            "bounded": {}, "rounds": [], "ramp": {p: [] for p in PROXIES}, "broke_at": {},
-                           "timings": {}, "idle": {}, "warmup": {}, "together": list(together)}
+                           "timings": {}, "idle": {}, "warmup": {}, "together": list(together),
+                           "variants": {n: {"kind": k, "env": e} for n, (k, e) in variants.items()}}
     crashed: list[str] = []
     calls = int(args.rate * args.seconds)
     try:
@@ -556,31 +612,38 @@ def main(argv: list[str] | None = None) -> int:
         started.append(uas)
 
         def start_proxy(name: str, timings: Path | None = None) -> sip.Kamailio:
+            kind, env = variants.get(name, (name, {}))
             made = sip.Kamailio(folder, callgate.address, uas.port, children=args.children,
-                                bypass="events" if name == "events" else name == "bypass",
-                                failover=None if name == "bypass" else failover,
-                                replica=replica.directory if name == "local" else None, timings=timings,
-                                events_module=args.events_module)
+                                bypass="events" if kind == "events" else kind == "bypass",
+                                failover=None if kind == "bypass" else failover,
+                                replica=replica.directory if kind == "local" else None, timings=timings,
+                                events_module=args.events_module, env=env)
             started.append(made)
             return made
 
         # sections 1 and 2 on proxies that time nothing (the timings cost each proxy CPU, the local one most: a
         # decision, its peer and five routes timed a call); section 3 on instances of their own that do
-        proxies = {name: start_proxy(name) for name in ROUND_PROXIES}
+        proxies = {name: start_proxy(name) for name in section1}
+        for name, (kind, env) in variants.items():   # (what its Kamailio was given: its environment, read back)
+            seen = environment_of(proxies[name].proc.pid)
+            out["variants"][name]["in_its_environment"] = all(seen.get(k) == v for k, v in env.items())
+            say(f"1 variant {name}: the {kind} proxy with {', '.join(f'{k}={v}' for k, v in env.items()) or 'nothing'}"
+                f" set; its Kamailio's environment {'has' if out['variants'][name]['in_its_environment'] else 'LACKS'}"
+                " it")
         say(f"callgate at {callgate.address}, UAS at 127.0.0.1:{uas.port}, replica in {replica.directory}; "
             + ", ".join(f"Kamailio {n} at {k.address}" for n, k in proxies.items()))
 
         # each proxy's first calls, not measured: what it does once (imports, channels, first-call paths)
-        for name in ROUND_PROXIES if args.warmup > 0 else ():
+        for name in section1 if args.warmup > 0 else ():
             r = run_sipp(proxies[name].address, args.rate, args.warmup, folder, args.warmup / args.rate + 30)
             drained(proxies[name], 10.0)
             out["warmup"][name] = {"calls": args.warmup, "successful": r["successful"], "failed": r["failed"]}
             say(f"1 warm-up {name}: {r['successful']:,} of {args.warmup:,} calls, failed {r['failed']} (not measured)")
         # each proxy idle (no call now): what it costs with nothing to do, apart from what calls cost
-        for name in ROUND_PROXIES:
+        for name in section1:
             out["idle"][name] = idle_cpu(proxies[name], IDLE_S)
             say(f"1 idle {name}: {out['idle'][name]:.1f} ms CPU a second over {IDLE_S:g} s without calls")
-        rest = tuple(name for name in ROUND_PROXIES if name not in together)
+        rest = tuple(name for name in section1 if name not in together)
         for turn in range(args.rounds):   # round k starts k places further: each proxy in every place
             order = rest[turn % len(rest):] + rest[:turn % len(rest)] if rest else ()
             this: dict[str, Any] = {}
@@ -606,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
                 this[name] = bounded(proxies[name], args.rate, calls, folder, args.seconds + 30)
                 say_bounded(f"1 bounded {name}{when}", this[name], calls, args.rate)
             out["rounds"].append(this)
-        out["bounded"] = {name: median_round(out["rounds"], name) for name in ROUND_PROXIES}
+        out["bounded"] = {name: median_round(out["rounds"], name) for name in section1}
         for name in PROXIES:
             prefix = folder / f"timings-{name}"
             timed = start_proxy(name, prefix)
@@ -668,7 +731,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; sections that did not complete: {crashed}" if crashed else ""))
     if args.json:
         save_json(args.json, out)
-    return 0 if zero_failed and len(out["bounded"]) == len(ROUND_PROXIES) and not crashed else 1
+    given = all(v.get("in_its_environment") for v in out["variants"].values())   # (each variant had its settings)
+    return 0 if zero_failed and given and len(out["bounded"]) == len(section1) and not crashed else 1
 
 
 def median_round(rounds: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -695,7 +759,7 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
     rep = Report()
     b = out["bounded"]
     rounds = out["rounds"]
-    for name in ROUND_PROXIES:
+    for name in (*ROUND_PROXIES, *out.get("variants", {})):
         r = b.get(name)
         if r is None:
             continue
@@ -720,8 +784,10 @@ def summary(out: dict[str, Any], args: Any, calls: int) -> Report:
         value: float | None = b.get(name, {}).get("cpu", {}).get("us_per_call")
         return value
 
-    for a, c, target in (("local", "bypass", "<= 1.10"), ("rpc", "bypass", ""), ("local", "rpc", ""),
-                         ("events", "bypass", ""), ("local", "events", "")):
+    pairs = [("local", "bypass", "<= 1.10"), ("rpc", "bypass", ""), ("local", "rpc", ""),
+             ("events", "bypass", ""), ("local", "events", "")]
+    pairs += [(name, v["kind"], "") for name, v in out.get("variants", {}).items()]   # (a setting against none)
+    for a, c, target in pairs:
         ratios = round_ratios(rounds, a, c) if all(a in r and c in r for r in rounds) else []
         middle = float(np.median(ratios)) if ratios else None
         at_once = set(out.get("together", ())) & {a, c}

@@ -64,3 +64,26 @@ def test_sip_bench_refuses_a_together_list_that_pairs_nothing_with_exit_2_naming
         assert stop.value.code == 2
         err = capsys.readouterr().err
         assert why in err and "two or more of bypass, events, rpc, local, comma-separated, each once" in err, err
+
+
+def test_sip_bench_refuses_a_variant_it_cannot_start_with_exit_2_saying_what_is_wanted(capsys):
+    import pytest
+
+    from loadtest import sip_bench
+
+    for argv, why in ((["--variant", "bypass=local"], "'bypass' is taken"),
+                      (["--variant", "a=local", "--variant", "a=events"], "'a' is taken"),
+                      (["--variant", "x=nobody"], "'nobody' is no kind of proxy"),
+                      (["--variant", "x=local:NOEQUALS"], "'NOEQUALS' is no VAR=VALUE"),
+                      (["--variant", "x=local:A=1,,B=2"], "'' is no VAR=VALUE"),
+                      (["--variant", "x=local:1BAD=2"], "'1BAD=2' is no VAR=VALUE"),
+                      (["--variant", "Upper=local"], "not NAME=KIND"),
+                      (["--variant", "=local"], "not NAME=KIND"),
+                      ([f"--variant=v{i}=local" for i in range(5)], "5 given, at most 4"),
+                      (["--together", "local,x"], "'x' is no proxy"),   # (a variant's name only once it is one)
+                      (["--variant", "x=local", "--together", "local,x,y"], "'y' is no proxy")):
+        with pytest.raises(SystemExit) as stop:
+            sip_bench.main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert why in err, (argv, err)

@@ -603,46 +603,53 @@ def test_kemi_script_is_plain_python(tmp_path: Path) -> None:
 
 
 def test_sip_bench_smoke(tmp_path: Path) -> None:
-    """The SIP benchmark end to end with a tiny load: the proxies carry every call, in two rounds (the relay and
-    the local one side by side, then the other two in turned orders), the workers time their decisions, and the
-    memory section (a small blacklist, 2 workers) sees the file shared, then copied."""
+    """The SIP benchmark end to end with a tiny load: the proxies carry every call, in two rounds (the local one,
+    the relay and a variant of the relay side by side, then the other two in turned orders), the workers time
+    their decisions, and the memory section (a small blacklist, 2 workers) sees the file shared, then copied."""
     out = tmp_path / "sip.json"
     done = subprocess.run([sys.executable, "-m", "loadtest.sip_bench", "--rate", "20", "--seconds", "2",
                            "--rounds", "2", "--warmup", "10", "--ramp", "", "--children", "2", "--memory-blacklist",
-                           "1000", "--together", "local,bypass",
+                           "1000", "--together", "local,bypass,again",
+                           "--variant", "again=bypass:CALLGATE_SEND_EVERY_MS=1000",
                            "--memory-children", "2", "--memory-calls", "20", "--memory-rate", "20", "--json",
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     figures = json.loads(out.read_text())
-    for name in ("bypass", "events", "rpc", "local"):   # each proxy's first calls, before anything is measured
+    for name in ("bypass", "events", "rpc", "local", "again"):   # each proxy's first calls, before anything is measured
         assert f"1 warm-up {name}: 10 of 10 calls, failed 0 (not measured)" in done.stderr, done.stderr[-3000:]
         assert figures["warmup"][name] == {"calls": 10, "successful": 10, "failed": 0}
-    assert figures["together"] == ["local", "bypass"]
-    assert [list(r) for r in figures["rounds"]] == [["local", "bypass", "events", "rpc"],
-                                                    ["local", "bypass", "rpc", "events"]]
-    for turn, rnd in enumerate(figures["rounds"], 1):   # the two at the same time, each with its own sipp's calls
-        assert f"1 bounded local (round {turn}), side by side with bypass: 40 of 40 calls" in done.stderr
-        assert f"1 bounded bypass (round {turn}), side by side with local: 40 of 40 calls" in done.stderr
-        local, bypass = rnd["local"], rnd["bypass"]
-        assert max(local["started"], bypass["started"]) < min(local["ended"], bypass["ended"]) - 1.0   # overlap
-        assert abs(local["started"] - bypass["started"]) < 1.0                                         # together
-        assert rnd["events"]["started"] >= max(local["ended"], bypass["ended"])                        # then alone
+    assert figures["together"] == ["local", "bypass", "again"]
+    # the variant: a relay whose Kamailio had the setting in its environment
+    assert figures["variants"] == {"again": {"kind": "bypass", "env": {"CALLGATE_SEND_EVERY_MS": "1000"},
+                                             "in_its_environment": True}}
+    assert ("1 variant again: the bypass proxy with CALLGATE_SEND_EVERY_MS=1000 set; its Kamailio's environment "
+            "has it") in done.stderr
+    assert [list(r) for r in figures["rounds"]] == [["local", "bypass", "again", "events", "rpc"],
+                                                    ["local", "bypass", "again", "rpc", "events"]]
+    for turn, rnd in enumerate(figures["rounds"], 1):   # the three at the same time, each with its own sipp's calls
+        assert f"1 bounded local (round {turn}), side by side with bypass, again: 40 of 40 calls" in done.stderr
+        assert f"1 bounded bypass (round {turn}), side by side with local, again: 40 of 40 calls" in done.stderr
+        runs = [rnd[name] for name in ("local", "bypass", "again")]
+        assert max(r["started"] for r in runs) < min(r["ended"] for r in runs) - 1.0   # they overlap
+        assert max(r["started"] for r in runs) - min(r["started"] for r in runs) < 1.0   # started together
+        assert rnd["events"]["started"] >= max(r["ended"] for r in runs)               # then the others alone
     # the replies' events made by the callgate_events module: no Python reply route ran in either proxy
     assert all(not k.startswith("route:onreply") for name in ("rpc", "local") for k in figures["timings"][name])
     assert all("route:request_route" in figures["timings"][name] for name in ("rpc", "local"))   # (routes timed)
-    for name in ("bypass", "events", "rpc", "local"):
+    for name in ("bypass", "events", "rpc", "local", "again"):
         assert all(r[name]["successful"] == 40 and r[name]["failed"] == 0 for r in figures["rounds"])
         assert figures["bounded"][name] in [r[name] for r in figures["rounds"]]
         assert figures["bounded"][name]["cpu"]["us_per_call"] > 0
     ratios = {row["what"]: row for row in figures["summary"] if row["what"].startswith("Kamailio CPU per call, ")}
-    assert len(ratios) == 5
+    assert len(ratios) == 6
     assert [what for what in ratios if "side by side" in what] == [   # a mixed pair says so, with no target
         "Kamailio CPU per call, local / bypass side by side (median; each round)",
         "Kamailio CPU per call, rpc / bypass (bypass side by side, rpc alone) (median; each round)",
         "Kamailio CPU per call, local / rpc (local side by side, rpc alone) (median; each round)",
         "Kamailio CPU per call, events / bypass (bypass side by side, events alone) (median; each round)",
-        "Kamailio CPU per call, local / events (local side by side, events alone) (median; each round)"]
-    assert [row["target"] for row in ratios.values()] == ["<= 1.10", "", "", "", ""]
+        "Kamailio CPU per call, local / events (local side by side, events alone) (median; each round)",
+        "Kamailio CPU per call, again / bypass side by side (median; each round)"]
+    assert [row["target"] for row in ratios.values()] == ["<= 1.10", "", "", "", "", ""]
     # the events baseline sends what the others send (its spool drained by its sender), the bypass nothing
     assert all(r["events"]["spool_drained"] and r["events"]["cpu"]["event_sender_s"] > 0 for r in figures["rounds"])
     assert all("each round" in what and row["text"].count(",") == 1 for what, row in ratios.items())   # 2 listed

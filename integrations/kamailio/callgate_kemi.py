@@ -185,6 +185,20 @@ REPLICA_COPY = os.environ.get("CALLGATE_REPLICA_COPY", "") == "1"  # a private c
 TIMINGS = os.environ.get("CALLGATE_TIMINGS", "")    # PATH: every inbound decision's ns appended to PATH.<pid>
 SPOOL_MAX = int(os.environ.get("CALLGATE_SPOOL_MAX", "100000"))
 
+# The engine (numpy, the compiled core, phonenumbers' tables: ~0.2 s of CPU to import) imported once here, in
+# Kamailio's main process as it loads this script, before it forks: every SIP worker that decides from the replica
+# inherits it.  Imported by each worker at its start instead, 8 workers on 2 cores took seconds before they read
+# their first INVITE, which waited, was sent again and overflowed the socket's buffer: a Kamailio started into 200
+# calls/s failed up to 56 of its first 2,000 calls.  Its pages are then shared, not copied, too.  (No thread, no
+# logging, no grpc in it: nothing that must not cross Kamailio's fork.  If it fails here, each worker tries again,
+# and says why, at its start.)
+if REPLICA_DIR:
+    try:
+        import engine.replica  # noqa: F401  (for the workers: see above)
+    except Exception as exc:   # (never fatal here: the workers' own import reports it)
+        KSR.err(f"callgate: the engine could not be imported before the workers start ({exc!r:.200}): each worker "
+                "imports it at its start\n")
+
 
 def send_every_s(text: str) -> float:
     """CALLGATE_SEND_EVERY_MS: how often the sender sends what the journals gained, in whole milliseconds from 0 to
