@@ -137,6 +137,16 @@ if __name__ == "__main__":  # pragma: no cover - run by hand
     sys.exit(subprocess.call([sys.executable, "-m", "pytest", "-q", "-s", __file__], cwd=ROOT))
 
 
+def replica_and_pbx(listen: str, tmp_path: Path, started: list) -> sip.Uas:
+    """`callgate replica` following callgate at `listen` into tmp_path/replica (it holds acme on return) and a
+    sipp UAS, the PBX, both appended to `started`."""
+    started.append(ReplicaProcess(listen, tmp_path / "replica", name="sip-host"))
+    wait_for(lambda: "acme" in replica.held(tmp_path / "replica"), timeout=30)
+    uas = sip.Uas(tmp_path)
+    started.append(uas)
+    return uas
+
+
 def test_with_a_replica_inbound_calls_go_on_while_callgate_is_away(tmp_path: Path) -> None:
     """Local decisions: callgate stopped for 10 s under 10 inbound calls/s; every call is answered (decided in
     the Kamailio worker from the replica's files, its events spooled), and once callgate is back every answered
@@ -144,11 +154,7 @@ def test_with_a_replica_inbound_calls_go_on_while_callgate_is_away(tmp_path: Pat
     listen, data, callgate = callgate_with_acme(tmp_path)
     started: list = []
     try:
-        rep = ReplicaProcess(listen, tmp_path / "replica", name="sip-host")
-        started.append(rep)
-        wait_for(lambda: "acme" in replica.held(tmp_path / "replica"), timeout=30)
-        uas = sip.Uas(tmp_path)
-        started.append(uas)
+        uas = replica_and_pbx(listen, tmp_path, started)
         # (an environment asking for BLAS threads: the script keeps its workers one thread whatever it says)
         proxy = sip.Kamailio(tmp_path, listen, uas.port, replica=tmp_path / "replica",
                              env={"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"})
@@ -199,11 +205,7 @@ def test_a_kamailio_deciding_from_the_replica_takes_calls_from_its_start(tmp_pat
     listen, _, callgate = callgate_with_acme(tmp_path)
     started: list = []
     try:
-        rep = ReplicaProcess(listen, tmp_path / "replica", name="sip-host")
-        started.append(rep)
-        wait_for(lambda: "acme" in replica.held(tmp_path / "replica"), timeout=30)
-        uas = sip.Uas(tmp_path)
-        started.append(uas)
+        uas = replica_and_pbx(listen, tmp_path, started)
         proxy = sip.Kamailio(tmp_path, listen, uas.port, replica=tmp_path / "replica", children=8)
         started.append(proxy)
         r = run_sipp(proxy.address, 200, 1200, tmp_path, 40, called=OPEN)   # (at once: no wait for the workers)
