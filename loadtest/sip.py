@@ -308,6 +308,8 @@ class Kamailio:
         if token:
             env["CALLGATE_TOKEN"] = token
         env.update(extra)   # (any other setting of the environment, e.g. CALLGATE_KEPT_MAX)
+        if env.get("CALLGATE_SPOOL"):   # (a spool of the caller's: where `spooled` looks too)
+            self.spool = Path(env["CALLGATE_SPOOL"])
         self.log = folder / f"kamailio-{self.port}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(

@@ -77,6 +77,9 @@ def test_sip_bench_refuses_a_variant_it_cannot_start_with_exit_2_saying_what_is_
                       (["--variant", "x=local:NOEQUALS"], "'NOEQUALS' is no VAR=VALUE"),
                       (["--variant", "x=local:A=1,,B=2"], "'' is no VAR=VALUE"),
                       (["--variant", "x=local:1BAD=2"], "'1BAD=2' is no VAR=VALUE"),
+                      (["--variant", "x=local:A=1,A=2"], "A set twice"),
+                      (["--variant", "x=events:CALLGATE_BYPASS=1"], "CALLGATE_BYPASS is what makes the kind"),
+                      (["--variant", "x=local:CALLGATE_REPLICA_DIR=/tmp"], "CALLGATE_REPLICA_DIR is what makes"),
                       (["--variant", "Upper=local"], "not NAME=KIND"),
                       (["--variant", "=local"], "not NAME=KIND"),
                       ([f"--variant=v{i}=local" for i in range(5)], "5 given, at most 4"),
@@ -87,3 +90,13 @@ def test_sip_bench_refuses_a_variant_it_cannot_start_with_exit_2_saying_what_is_
         assert stop.value.code == 2
         err = capsys.readouterr().err
         assert why in err, (argv, err)
+
+
+def test_sip_bench_takes_a_variant_whose_values_hold_what_a_value_may():
+    from loadtest import sip_bench
+
+    def refuse(message: str) -> None:
+        raise AssertionError(message)
+
+    assert sip_bench.parse_variants(["x=local", "y=events:A=1,B=a=b:c", "z=rpc:EMPTY="], refuse) == {
+        "x": ("local", {}), "y": ("events", {"A": "1", "B": "a=b:c"}), "z": ("rpc", {"EMPTY": ""})}

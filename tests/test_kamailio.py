@@ -621,7 +621,7 @@ def test_sip_bench_smoke(tmp_path: Path) -> None:
     assert figures["together"] == ["local", "bypass", "again"]
     # the variant: a relay whose Kamailio had the setting in its environment
     assert figures["variants"] == {"again": {"kind": "bypass", "env": {"CALLGATE_SEND_EVERY_MS": "1000"},
-                                             "in_its_environment": True}}
+                                             "in_its_environment": True, "bypass": "1"}}   # (a relay, as its kind)
     assert ("1 variant again: the bypass proxy with CALLGATE_SEND_EVERY_MS=1000 set; its Kamailio's environment "
             "has it") in done.stderr
     assert [list(r) for r in figures["rounds"]] == [["local", "bypass", "again", "events", "rpc"],

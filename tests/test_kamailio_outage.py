@@ -197,9 +197,9 @@ def test_with_a_replica_inbound_calls_go_on_while_callgate_is_away(tmp_path: Pat
 
 def test_a_kamailio_deciding_from_the_replica_takes_calls_from_its_start(tmp_path: Path) -> None:
     """A Kamailio with 8 SIP workers deciding from the replica, started into 200 inbound calls/s: every call of
-    its first 1,200 completes and almost none is sent again.  (Each worker importing the engine at its start kept
-    the first seconds' INVITEs waiting: 3 to 56 of 2,000 calls failed, with 29 to 243 retransmissions; the script
-    imports it in Kamailio's main process before the fork.)"""
+    its first 1,200 completes and few are sent again (0 in three starts here).  (Each worker importing the engine
+    at its start kept the first seconds' INVITEs waiting: 3 to 56 of 2,000 calls failed, with 29 to 243
+    retransmissions; the script imports it in Kamailio's main process before the fork.)"""
     from loadtest.sip_bench import run_sipp
 
     listen, _, callgate = callgate_with_acme(tmp_path)
@@ -208,9 +208,12 @@ def test_a_kamailio_deciding_from_the_replica_takes_calls_from_its_start(tmp_pat
         uas = replica_and_pbx(listen, tmp_path, started)
         proxy = sip.Kamailio(tmp_path, listen, uas.port, replica=tmp_path / "replica", children=8)
         started.append(proxy)
-        r = run_sipp(proxy.address, 200, 1200, tmp_path, 40, called=OPEN)   # (at once: no wait for the workers)
+        # (as soon as the harness sees Kamailio started, 1 s after its first log line: no wait for the workers)
+        r = run_sipp(proxy.address, 200, 1200, tmp_path, 40, called=OPEN)
         assert (r["successful"], r["failed"]) == (1200, 0), r
-        assert r["retransmissions"] <= 5, r
+        assert r["retransmissions"] <= 50, r
+        # the engine was imported by Kamailio's main process, before it forked the workers
+        assert "_core.cpython" in Path(f"/proc/{proxy.proc.pid}/maps").read_text()
         assert "engine could not be imported" not in proxy.text() and "Traceback" not in proxy.text()
     finally:
         callgate.stop()

@@ -150,11 +150,11 @@ from typing import Any
 
 import KSR  # provided by Kamailio's app_python3 (no stubs: mypy ignores missing imports)
 
-# A SIP worker stays one thread.  numpy (the engine's, imported by a worker that decides from the replica) starts
-# OpenBLAS's thread pool at its import, a thread for every core but one, in every worker; the engine does no linear
-# algebra, so a worker gains nothing from it but a thread that could spin, its stack, and glibc's threaded paths
-# for the worker's every syscall and malloc.  (Its CPU was not measurable: side by side, the local proxy with the
-# pool cost 0.995 of one without, within the rounds' 2%.)  Set before any import of numpy in any Kamailio
+# A SIP worker stays one thread.  numpy (the engine's, imported below for the workers deciding from the replica)
+# starts OpenBLAS's thread pool at its import, a thread for every core but one, in every worker; the engine does no
+# linear algebra, so a worker gains nothing from it but a thread that could spin, its stack, and glibc's threaded
+# paths for the worker's every syscall and malloc.  (Its CPU was not measurable: side by side, the local proxy with
+# the pool cost 0.995 of one without, within the rounds' 2%.)  Set before any import of numpy in any Kamailio
 # process, whatever Kamailio's environment says.  (Kamailio's environment from then on: a program it starts, with
 # the exec module say, inherits both; set them there again for one that wants a thread pool.)
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
@@ -189,15 +189,15 @@ SPOOL_MAX = int(os.environ.get("CALLGATE_SPOOL_MAX", "100000"))
 # Kamailio's main process as it loads this script, before it forks: every SIP worker that decides from the replica
 # inherits it.  Imported by each worker at its start instead, 8 workers on 2 cores took seconds before they read
 # their first INVITE, which waited, was sent again and overflowed the socket's buffer: a Kamailio started into 200
-# calls/s failed up to 56 of its first 2,000 calls.  Its pages are then shared, not copied, too.  (No thread, no
-# logging, no grpc in it: nothing that must not cross Kamailio's fork.  If it fails here, each worker tries again,
-# and says why, at its start.)
+# calls/s failed up to 56 of its first 2,000 calls.  Its pages are then shared by the workers until one writes to
+# them (Python's reference counts and collections do, page by page).  (No thread, no logging, no grpc in it:
+# nothing that must not cross Kamailio's fork.  If it fails here, each worker imports it again at its start.)
 if REPLICA_DIR:
     try:
         import engine.replica  # noqa: F401  (for the workers: see above)
     except Exception as exc:   # (never fatal here: the workers' own import reports it)
-        KSR.err(f"callgate: the engine could not be imported before the workers start ({exc!r:.200}): each worker "
-                "imports it at its start\n")
+        KSR.err(f"callgate: the engine could not be imported ahead of the workers ({exc!r:.200}): each worker "
+                "imports it itself\n")
 
 
 def send_every_s(text: str) -> float:
