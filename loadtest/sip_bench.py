@@ -149,7 +149,7 @@ from server.client import open_channel, upload_messages
 
 from . import sip
 from .cluster_bench import pct
-from .process import EXAMPLE, CpuMeter, Interference, ReplicaProcess, ServeProcess, free_port, sigterm_unwinds
+from .process import EXAMPLE, CpuMeter, Interference, ReplicaProcess, ServeProcess, sigterm_unwinds
 from .report import save_json
 from .server_sections import BIG_OPTIONS, Report
 
@@ -204,7 +204,7 @@ def big_doc(blacklist: int) -> tuple[bytes, str, str]:
 def run_sipp(proxy: str, rate: float, calls: int, folder: Path, timeout_s: float, called: str = OPEN,
              caller: str = CALLER) -> dict[str, Any]:
     """One bounded sipp UAC run; its counters from the -trace_stat CSV, its response times from -trace_rtt."""
-    tag = f"{free_port()}-{next(_RUNS)}"
+    tag = next(_RUNS)
     scenario = folder / f"uac-{tag}.xml"  # the response-time file is named after the scenario: one per run
     scenario.write_text(sip.uac_scenario(200, hold_ms=100, rtd=True))
     stat = folder / f"stat-{tag}.csv"
@@ -331,6 +331,12 @@ def environment_of(pid: int) -> dict[str, str]:
     """A process's environment as it started (/proc/PID/environ)."""
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if item)
+
+
+def turned(names: tuple[str, ...], turn: int) -> tuple[str, ...]:
+    """`names` starting `turn` places further (round k's order: each name in every place over the rounds)."""
+    at = turn % len(names) if names else 0
+    return names[at:] + names[:at]
 
 
 def say_bounded(what: str, r: dict[str, Any], calls: int, rate: float) -> None:
@@ -655,11 +661,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"1 idle {name}: {out['idle'][name]:.1f} ms CPU a second over {IDLE_S:g} s without calls")
         rest = tuple(name for name in section1 if name not in together)
         for turn in range(args.rounds):   # round k starts k places further: each proxy in every place
-            order = rest[turn % len(rest):] + rest[:turn % len(rest)] if rest else ()
+            order = turned(rest, turn)
             this: dict[str, Any] = {}
             when = f" (round {turn + 1})" if args.rounds > 1 else ""
             if together:   # at the same moments, each with a sipp of its own: the machine's drift is theirs alike
-                first = together[turn % len(together):] + together[:turn % len(together)]   # (started first)
+                first = turned(together, turn)   # (the order they are started in)
                 barrier = threading.Barrier(len(together))
                 with ThreadPoolExecutor(len(together)) as pool:
                     runs = {name: pool.submit(bounded, proxies[name], args.rate, calls, folder, args.seconds + 30,
